@@ -1,0 +1,106 @@
+// Causal attention with sinks, sliding window and GQA, one workgroup per (query head, token).
+// Query head h reads KV head h / (NH / NKV). The sink is a learned logit per head that joins the
+// softmax denominator only: p_j = exp(s_j - m) / (sum exp(s_j - m) + exp(sink - m)). Starting the
+// online softmax at m = sink, l = 1 includes it exactly once.
+// Bindings: tokens [T], qkv [T, (NH + 2 NKV) * D] (q already rotated), k_cache, v_cache
+// [seqs, cap, NKV, D], sinks [NH] f32, out [T, NH * D] f32.
+// Grid: (NH, T). Keys are visited in chunks of WG: one score per thread, then the chunk's
+// contribution to each output dim.
+#include "common/step.wgsl"
+
+struct Params {
+    n_heads: u32,
+    n_kv: u32,
+    head_dim: u32,
+    cap: u32,
+    window: u32,
+    scale: f32,
+    _pad0: u32,
+    _pad1: u32,
+}
+
+@group(0) @binding(1) var<uniform> p: Params;
+@group(0) @binding(2) var<storage, read> tokens: array<TokenInfo>;
+@group(0) @binding(3) var<storage, read> qkv: array<f32>;
+@group(0) @binding(4) var<storage, read> k_cache: array<f32>;
+@group(0) @binding(5) var<storage, read> v_cache: array<f32>;
+@group(0) @binding(6) var<storage, read> sinks: array<f32>;
+@group(0) @binding(7) var<storage, read_write> out: array<f32>;
+
+const WG: u32 = 64u;
+const MAX_D: u32 = 256u;
+const DPT: u32 = MAX_D / WG;
+const NEG: f32 = -3.0e38;
+
+var<workgroup> qs: array<f32, MAX_D>;
+var<workgroup> score: array<f32, WG>;
+
+@compute @workgroup_size(WG)
+fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>) {
+    let h = wg.x;
+    let t = wg.y;
+    if t >= step.tokens {
+        return;
+    }
+    let tok = tokens[t];
+    let d = p.head_dim;
+    let kvh = h / (p.n_heads / p.n_kv);
+    let stride = (p.n_heads + 2u * p.n_kv) * d;
+    for (var i = lid; i < d; i += WG) {
+        qs[i] = qkv[t * stride + h * d + i];
+    }
+    workgroupBarrier();
+
+    var start = 0u;
+    if p.window > 0u && tok.pos + 1u > p.window {
+        start = tok.pos + 1u - p.window;
+    }
+    var m = sinks[h];
+    var l = 1.0;
+    var acc: array<f32, DPT>;
+    let seq_base = tok.seq * p.cap;
+    for (var base = start; base <= tok.pos; base += WG) {
+        let n = min(WG, tok.pos + 1u - base);
+        var s = NEG;
+        if lid < n {
+            let kb = ((seq_base + (base + lid) % p.cap) * p.n_kv + kvh) * d;
+            var dot_qk = 0.0;
+            for (var i = 0u; i < d; i++) {
+                dot_qk += qs[i] * k_cache[kb + i];
+            }
+            s = dot_qk * p.scale;
+        }
+        score[lid] = s;
+        workgroupBarrier();
+        var m_chunk = NEG;
+        for (var j = 0u; j < n; j++) {
+            m_chunk = max(m_chunk, score[j]);
+        }
+        let m_new = max(m, m_chunk);
+        let corr = exp(m - m_new);
+        var psum = 0.0;
+        for (var j = 0u; j < n; j++) {
+            psum += exp(score[j] - m_new);
+        }
+        l = l * corr + psum;
+        for (var k = 0u; k < DPT; k++) {
+            let i = lid + k * WG;
+            if i < d {
+                var a = acc[k] * corr;
+                for (var j = 0u; j < n; j++) {
+                    let vb = ((seq_base + (base + j) % p.cap) * p.n_kv + kvh) * d;
+                    a += exp(score[j] - m_new) * v_cache[vb + i];
+                }
+                acc[k] = a;
+            }
+        }
+        m = m_new;
+        workgroupBarrier();
+    }
+    for (var k = 0u; k < DPT; k++) {
+        let i = lid + k * WG;
+        if i < d {
+            out[t * p.n_heads * d + h * d + i] = acc[k] / l;
+        }
+    }
+}

@@ -1,0 +1,28 @@
+// Bindings and types every kernel shares. Binding 0 carries the per-step counts (StepCounts in
+// src/gpu/dispatch.rs); a kernel's grid y scales with one of them and it reads the same count here.
+struct Step {
+    tokens: u32,
+    outputs: u32,
+    slots: u32,
+    _pad: u32,
+}
+
+// One token of the forward pass (TokenInfo in src/model/inputs.rs): its id, position in its
+// sequence, and the KV-cache slot of its sequence.
+struct TokenInfo {
+    id: u32,
+    pos: u32,
+    seq: u32,
+    _pad: u32,
+}
+
+@group(0) @binding(0) var<uniform> step: Step;
+
+// 0: tokens, 1: outputs, 2: token-expert slots.
+fn step_count(which: u32) -> u32 {
+    switch which {
+        case 1u: { return step.outputs; }
+        case 2u: { return step.slots; }
+        default: { return step.tokens; }
+    }
+}

@@ -1,0 +1,53 @@
+// RMSNorm: out[r, :] = w * (x[src, :] * rsqrt(mean(x[src, :]^2) + eps)), src = r, or rows[r] when
+// gathering (the final norm picks only the positions whose logits are wanted).
+// Bindings: x [*, n] f32, w [n] f32, rows [count] u32, out [count, n] f32.
+// Grid: (1, count). Variants: SUBGROUPS.
+#include "common/step.wgsl"
+
+struct Params {
+    n: u32,
+    eps: f32,
+    count_which: u32,
+    gather: u32,
+}
+
+@group(0) @binding(1) var<uniform> p: Params;
+@group(0) @binding(2) var<storage, read> x: array<f32>;
+@group(0) @binding(3) var<storage, read> w: array<f32>;
+@group(0) @binding(4) var<storage, read> rows: array<u32>;
+@group(0) @binding(5) var<storage, read_write> out: array<f32>;
+
+const WG: u32 = 64u;
+const NV: u32 = 1u;
+#include "common/reduce.wgsl"
+
+@compute @workgroup_size(WG)
+fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>
+#ifdef SUBGROUPS
+        , @builtin(subgroup_invocation_id) lane: u32, @builtin(subgroup_size) sg: u32
+#endif
+) {
+#ifdef SUBGROUPS
+    r_lane = lane;
+    r_sg = sg;
+#endif
+    r_lid = lid;
+    let r = wg.y;
+    if r >= step_count(p.count_which) {
+        return;
+    }
+    var src = r;
+    if p.gather != 0u {
+        src = rows[r];
+    }
+    var acc: array<f32, NV>;
+    for (var i = lid; i < p.n; i += WG) {
+        let v = x[src * p.n + i];
+        acc[0] += v * v;
+    }
+    reduce_sum(&acc);
+    let scale = inverseSqrt(red[0] / f32(p.n) + p.eps);
+    for (var i = lid; i < p.n; i += WG) {
+        out[r * p.n + i] = w[i] * (x[src * p.n + i] * scale);
+    }
+}

@@ -1,0 +1,59 @@
+// RoPE (YaRN) on q and k, and the KV-cache write. Rotates halves: dims i and i + D/2 form a pair.
+// cos/sin come from a table computed on the host exactly as the reference does (f32 product
+// position * inv_freq, then cos, then the YaRN attention factor), so long positions agree too.
+// Bindings: tokens [T], table [max_pos, D/2] vec2 (cos, sin), qkv [T, (NH + 2 NKV) * D] f32 (q is
+// rotated in place), k_cache and v_cache [seqs, cap, NKV, D] f32 (slot = pos % cap; cap is the
+// sliding window ring or the full context). Grid: (1, T).
+#include "common/step.wgsl"
+
+struct Params {
+    n_heads: u32,
+    n_kv: u32,
+    head_dim: u32,
+    cap: u32,
+}
+
+@group(0) @binding(1) var<uniform> p: Params;
+@group(0) @binding(2) var<storage, read> tokens: array<TokenInfo>;
+@group(0) @binding(3) var<storage, read> table: array<vec2<f32>>;
+@group(0) @binding(4) var<storage, read_write> qkv: array<f32>;
+@group(0) @binding(5) var<storage, read_write> k_cache: array<f32>;
+@group(0) @binding(6) var<storage, read_write> v_cache: array<f32>;
+
+const WG: u32 = 64u;
+
+@compute @workgroup_size(WG)
+fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>) {
+    let t = wg.y;
+    if t >= step.tokens {
+        return;
+    }
+    let tok = tokens[t];
+    let d = p.head_dim;
+    let half = d / 2u;
+    let stride = (p.n_heads + 2u * p.n_kv) * d;
+    let base = t * stride;
+    let cache_row = ((tok.seq * p.cap + tok.pos % p.cap) * p.n_kv) * d;
+    for (var idx = lid; idx < (p.n_heads + p.n_kv) * half; idx += WG) {
+        let head = idx / half;
+        let i = idx % half;
+        let cs = table[tok.pos * half + i];
+        let off = base + head * d;
+        let x1 = qkv[off + i];
+        let x2 = qkv[off + i + half];
+        let o1 = x1 * cs.x - x2 * cs.y;
+        let o2 = x2 * cs.x + x1 * cs.y;
+        if head < p.n_heads {
+            qkv[off + i] = o1;
+            qkv[off + i + half] = o2;
+        } else {
+            let c = cache_row + (head - p.n_heads) * d;
+            k_cache[c + i] = o1;
+            k_cache[c + i + half] = o2;
+        }
+    }
+    let v_off = base + (p.n_heads + p.n_kv) * d;
+    for (var i = lid; i < p.n_kv * d; i += WG) {
+        v_cache[cache_row + i] = qkv[v_off + i];
+    }
+}

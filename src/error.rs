@@ -1,0 +1,58 @@
+//! The library's error type. Every failure a user can cause (bad checkpoint, bad request, missing
+//! adapter feature) maps to one variant with a message that names the file, tensor or limit.
+
+/// Errors from loading, building and running a model.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A tensor whose shape disagrees with the config.
+    #[error("tensor `{tensor}` has shape {got:?}, expected {expected:?}")]
+    Shape {
+        tensor: String,
+        expected: Vec<usize>,
+        got: Vec<usize>,
+    },
+    /// Something the adapter cannot hold or do.
+    #[error("{what} needs {needed}, but the adapter allows at most {max}")]
+    Limit { what: String, needed: u64, max: u64 },
+    /// A feature of the checkpoint or request that this crate does not implement.
+    #[error("unsupported: {0}")]
+    Unsupported(String),
+    /// A checkpoint that is missing, truncated or malformed.
+    #[error("checkpoint: {0}")]
+    Weights(String),
+    /// A config.json value that is missing or invalid.
+    #[error("config.json: {0}")]
+    Config(String),
+    /// A shader that failed to preprocess or compile.
+    #[error("shader `{key}`: {msg}")]
+    Shader { key: String, msg: String },
+    /// The GPU device could not be created, was lost, or reported an error.
+    #[error("GPU: {0}")]
+    Device(String),
+    /// A request that cannot be served as given.
+    #[error("request: {0}")]
+    Request(String),
+    /// Tokenizer loading or encoding failed.
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Result with the crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// Wraps an I/O error with the path it concerns.
+    pub fn io(path: impl AsRef<std::path::Path>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.as_ref().display().to_string(),
+            source,
+        }
+    }
+}

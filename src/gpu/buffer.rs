@@ -1,0 +1,159 @@
+//! Storage buffers: creation, upload, read-back, and tensors split by rows over several buffers.
+
+use wgpu::util::DeviceExt;
+
+use crate::error::{Error, Result};
+use crate::gpu::Gpu;
+
+/// A plain storage buffer holding one tensor.
+pub struct Tensor {
+    pub buffer: wgpu::Buffer,
+}
+
+/// A contiguous range of rows of a larger matrix, in a buffer of its own.
+pub struct Rows {
+    pub buffer: wgpu::Buffer,
+    /// Index of the first row this buffer holds.
+    pub start: u32,
+    /// Number of rows it holds.
+    pub count: u32,
+}
+
+/// A matrix stored by rows over as many buffers as the binding limit requires.
+pub struct Split {
+    pub chunks: Vec<Rows>,
+}
+
+/// Buffer usage for everything the kernels read or write.
+pub const STORAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
+    .union(wgpu::BufferUsages::COPY_DST)
+    .union(wgpu::BufferUsages::COPY_SRC);
+
+fn padded(bytes: u64) -> u64 {
+    bytes.div_ceil(4).max(1) * 4
+}
+
+impl Gpu {
+    /// A zeroed storage buffer of at least `bytes` bytes.
+    pub fn storage(&self, label: &str, bytes: u64) -> Result<wgpu::Buffer> {
+        let size = padded(bytes);
+        if size > self.caps.max_binding {
+            return Err(Error::Limit {
+                what: format!("buffer `{label}`"),
+                needed: size,
+                max: self.caps.max_binding,
+            });
+        }
+        Ok(self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size,
+            usage: STORAGE,
+            mapped_at_creation: false,
+        }))
+    }
+
+    /// A storage buffer holding `data` (padded to 4 bytes).
+    pub fn upload(&self, label: &str, data: &[u8]) -> Result<wgpu::Buffer> {
+        let buf = self.storage(label, data.len() as u64)?;
+        self.write(&buf, 0, data);
+        Ok(buf)
+    }
+
+    /// Writes bytes at an offset, padding the tail to 4 bytes as wgpu requires.
+    pub fn write(&self, buf: &wgpu::Buffer, offset: u64, data: &[u8]) {
+        if data.len() % 4 == 0 {
+            self.queue.write_buffer(buf, offset, data);
+        } else {
+            let mut v = data.to_vec();
+            v.resize(padded(data.len() as u64) as usize, 0);
+            self.queue.write_buffer(buf, offset, &v);
+        }
+    }
+
+    /// A uniform buffer with fixed contents.
+    pub fn uniform(&self, label: &str, data: &[u8]) -> wgpu::Buffer {
+        let mut v = data.to_vec();
+        v.resize(v.len().div_ceil(16).max(1) * 16, 0);
+        self.device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some(label),
+                contents: &v,
+                usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+            })
+    }
+
+    /// Copies `bytes` bytes from the start of `buf` back to the host (waits for the GPU).
+    pub fn read(&self, buf: &wgpu::Buffer, bytes: u64) -> Result<Vec<u8>> {
+        let size = padded(bytes);
+        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("read-back"),
+            size,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let mut enc = self.device.create_command_encoder(&Default::default());
+        enc.copy_buffer_to_buffer(buf, 0, &staging, 0, size);
+        self.queue.submit([enc.finish()]);
+        let mut out = map_read(self, &staging, size)?;
+        out.truncate(bytes as usize);
+        Ok(out)
+    }
+
+    /// Reads a buffer of f32 values.
+    pub fn read_f32(&self, buf: &wgpu::Buffer, n: usize) -> Result<Vec<f32>> {
+        Ok(bytemuck::pod_collect_to_vec(&self.read(buf, n as u64 * 4)?))
+    }
+
+    /// Reads a buffer of u32 values.
+    pub fn read_u32(&self, buf: &wgpu::Buffer, n: usize) -> Result<Vec<u32>> {
+        Ok(bytemuck::pod_collect_to_vec(&self.read(buf, n as u64 * 4)?))
+    }
+
+    /// Plans how a matrix of `rows` rows of `row_bytes` bytes is cut so that no buffer exceeds the
+    /// binding limit; cuts fall on multiples of `rows_per_unit` (an expert's rows stay together).
+    pub fn plan_split(
+        &self,
+        label: &str,
+        rows: u64,
+        row_bytes: u64,
+        rows_per_unit: u64,
+    ) -> Result<Vec<(u32, u32)>> {
+        let unit_bytes = row_bytes * rows_per_unit;
+        if unit_bytes > self.caps.max_binding {
+            return Err(Error::Limit {
+                what: format!("one unit of `{label}`"),
+                needed: unit_bytes,
+                max: self.caps.max_binding,
+            });
+        }
+        let units_per_chunk = (self.caps.max_binding / unit_bytes).max(1);
+        let rows_per_chunk = units_per_chunk * rows_per_unit;
+        let mut out = Vec::new();
+        let mut start = 0;
+        while start < rows {
+            let count = rows_per_chunk.min(rows - start);
+            out.push((start as u32, count as u32));
+            start += count;
+        }
+        Ok(out)
+    }
+}
+
+/// Maps a MAP_READ buffer and copies its contents out.
+pub fn map_read(gpu: &Gpu, staging: &wgpu::Buffer, size: u64) -> Result<Vec<u8>> {
+    let slice = staging.slice(..size);
+    let (tx, rx) = std::sync::mpsc::channel();
+    slice.map_async(wgpu::MapMode::Read, move |r| {
+        let _ = tx.send(r);
+    });
+    gpu.wait()?;
+    rx.recv()
+        .map_err(|_| Error::Device("read-back never completed".into()))?
+        .map_err(|e| Error::Device(format!("read-back failed: {e}")))?;
+    let out = slice
+        .get_mapped_range()
+        .map_err(|e| Error::Device(format!("read-back mapping failed: {e}")))?
+        .to_vec();
+    staging.unmap();
+    Ok(out)
+}

@@ -1,0 +1,228 @@
+//! The GPU handle every kernel uses: device, queue, what the adapter can do, and the pipeline cache.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use crate::error::{Error, Result};
+use crate::gpu::shader::ShaderKey;
+
+/// What the adapter offers that the kernels care about, fixed when the device is created.
+#[derive(Clone, Debug)]
+pub struct Caps {
+    /// `enable f16;` works in shaders.
+    pub f16: bool,
+    /// Subgroup operations (`subgroupAdd`, ...) work in compute shaders.
+    pub subgroups: bool,
+    /// Timestamp queries at pass boundaries work.
+    pub timestamps: bool,
+    /// Largest storage-buffer binding in bytes; tensors above it are split over several buffers.
+    pub max_binding: u64,
+    /// Largest buffer in bytes.
+    pub max_buffer: u64,
+    /// Most invocations in one workgroup.
+    pub max_invocations: u32,
+    /// Most workgroups in one dispatch dimension.
+    pub max_workgroups_per_dim: u32,
+}
+
+/// How to pick and set up the device.
+#[derive(Clone, Debug, Default)]
+pub struct GpuOptions {
+    /// Restrict to these backends (e.g. Vulkan); `None` tries all the build has.
+    pub backends: Option<wgpu::Backends>,
+    /// Pick the adapter whose index (as `devices` lists them) or name substring matches.
+    pub adapter: Option<String>,
+    /// Use only the portable kernels: no f16, no subgroups (what the browser path runs).
+    pub portable: bool,
+    /// Split tensors at this many bytes instead of the adapter's binding limit (tests use it to
+    /// exercise split weights on small models).
+    pub max_binding: Option<u64>,
+}
+
+impl GpuOptions {
+    /// Options from the environment: `GPT_OSS_PORTABLE=1` forces the portable kernels and
+    /// `GPT_OSS_MAX_BINDING=<bytes>` lowers the split size.
+    pub fn from_env() -> Self {
+        let portable = std::env::var("GPT_OSS_PORTABLE").is_ok_and(|v| v != "0" && !v.is_empty());
+        let max_binding = std::env::var("GPT_OSS_MAX_BINDING")
+            .ok()
+            .and_then(|v| v.parse().ok());
+        GpuOptions {
+            portable,
+            max_binding,
+            ..Default::default()
+        }
+    }
+}
+
+/// A device with its queue, capabilities and compiled pipelines.
+pub struct Gpu {
+    pub device: wgpu::Device,
+    pub queue: wgpu::Queue,
+    pub info: wgpu::AdapterInfo,
+    pub caps: Caps,
+    pipelines: Mutex<HashMap<String, Arc<wgpu::ComputePipeline>>>,
+}
+
+/// Adapter description for listings such as `gpt-oss-wgpu devices`.
+pub fn describe_adapter(adapter: &wgpu::Adapter) -> String {
+    let info = adapter.get_info();
+    let f = adapter.features();
+    let l = adapter.limits();
+    format!(
+        "{} ({:?}, {:?}, driver {} {})\n  shader-f16: {}  subgroups: {} (size {}..{})  timestamps: {}  \
+         cooperative-matrix: {}\n  max binding {} MiB, max buffer {} MiB, {} invocations/workgroup",
+        info.name,
+        info.backend,
+        info.device_type,
+        info.driver,
+        info.driver_info,
+        f.contains(wgpu::Features::SHADER_F16),
+        f.contains(wgpu::Features::SUBGROUP),
+        info.subgroup_min_size,
+        info.subgroup_max_size,
+        f.contains(wgpu::Features::TIMESTAMP_QUERY),
+        f.contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX),
+        l.max_storage_buffer_binding_size >> 20,
+        l.max_buffer_size >> 20,
+        l.max_compute_invocations_per_workgroup,
+    )
+}
+
+/// All adapters the instance can see, in a stable order.
+pub async fn adapters(backends: Option<wgpu::Backends>) -> Vec<wgpu::Adapter> {
+    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+    instance
+        .enumerate_adapters(backends.unwrap_or(wgpu::Backends::all()))
+        .await
+}
+
+impl Gpu {
+    /// Opens the adapter the options select (the default high-performance one otherwise).
+    pub async fn new(opts: &GpuOptions) -> Result<Gpu> {
+        let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
+        if let Some(b) = opts.backends {
+            desc.backends = b;
+        }
+        let instance = wgpu::Instance::new(desc);
+        let adapter = match &opts.adapter {
+            Some(sel) => {
+                let all = instance.enumerate_adapters(wgpu::Backends::all()).await;
+                let found = match sel.parse::<usize>() {
+                    Ok(i) => all.into_iter().nth(i),
+                    Err(_) => {
+                        let s = sel.to_lowercase();
+                        all.into_iter()
+                            .find(|a| a.get_info().name.to_lowercase().contains(&s))
+                    }
+                };
+                found.ok_or_else(|| {
+                    Error::Device(format!("no adapter matches `{sel}` (see `gpt-oss-wgpu devices`)"))
+                })?
+            }
+            None => instance
+                .request_adapter(&wgpu::RequestAdapterOptions {
+                    power_preference: wgpu::PowerPreference::HighPerformance,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| Error::Device(format!("no GPU adapter found: {e}")))?,
+        };
+        let available = adapter.features();
+        let mut wanted = wgpu::Features::TIMESTAMP_QUERY;
+        if !opts.portable {
+            wanted |= wgpu::Features::SHADER_F16 | wgpu::Features::SUBGROUP;
+        }
+        let features = available & wanted;
+        // Ask for everything the adapter allows: weights want the largest bindings and buffers.
+        let limits = adapter.limits();
+        let (device, queue) = adapter
+            .request_device(&wgpu::DeviceDescriptor {
+                label: Some("gpt-oss"),
+                required_features: features,
+                required_limits: limits,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| Error::Device(format!("cannot open {}: {e}", adapter.get_info().name)))?;
+        let mut gpu = Gpu::from_device(device, queue, adapter.get_info());
+        if let Some(b) = opts.max_binding {
+            gpu.caps.max_binding = gpu.caps.max_binding.min(b);
+        }
+        Ok(gpu)
+    }
+
+    /// Wraps a device the host application already owns; the kernels use whatever features it was
+    /// created with.
+    pub fn from_device(device: wgpu::Device, queue: wgpu::Queue, info: wgpu::AdapterInfo) -> Gpu {
+        let f = device.features();
+        let l = device.limits();
+        let caps = Caps {
+            f16: f.contains(wgpu::Features::SHADER_F16),
+            subgroups: f.contains(wgpu::Features::SUBGROUP),
+            timestamps: f.contains(wgpu::Features::TIMESTAMP_QUERY),
+            max_binding: l.max_storage_buffer_binding_size,
+            max_buffer: l.max_buffer_size,
+            max_invocations: l.max_compute_invocations_per_workgroup,
+            max_workgroups_per_dim: l.max_compute_workgroups_per_dimension,
+        };
+        Gpu {
+            device,
+            queue,
+            info,
+            caps,
+            pipelines: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The compute pipeline for a shader key, compiled on first use.
+    pub fn pipeline(&self, key: &ShaderKey) -> Result<Arc<wgpu::ComputePipeline>> {
+        let label = key.label();
+        let mut cache = self
+            .pipelines
+            .lock()
+            .map_err(|_| Error::Device("pipeline cache poisoned".into()))?;
+        if let Some(p) = cache.get(&label) {
+            return Ok(p.clone());
+        }
+        let source = key.source()?;
+        let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let module = self
+            .device
+            .create_shader_module(wgpu::ShaderModuleDescriptor {
+                label: Some(&label),
+                source: wgpu::ShaderSource::Wgsl(source.as_str().into()),
+            });
+        let constants: Vec<(&str, f64)> = key.overrides.iter().map(|(k, v)| (*k, *v as f64)).collect();
+        let pipeline = self
+            .device
+            .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(&label),
+                layout: None,
+                module: &module,
+                entry_point: Some(key.entry),
+                compilation_options: wgpu::PipelineCompilationOptions {
+                    constants: &constants,
+                    zero_initialize_workgroup_memory: false,
+                },
+                cache: None,
+            });
+        if let Some(err) = pollster::block_on(scope.pop()) {
+            return Err(Error::Shader {
+                key: label,
+                msg: format!("{err}\n--- preprocessed source ---\n{source}"),
+            });
+        }
+        let pipeline = Arc::new(pipeline);
+        cache.insert(label, pipeline.clone());
+        Ok(pipeline)
+    }
+
+    /// Blocks until the GPU has finished all submitted work (native) or yields (web).
+    pub fn wait(&self) -> Result<()> {
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map(|_| ())
+            .map_err(|e| Error::Device(format!("wait failed: {e}")))
+    }
+}

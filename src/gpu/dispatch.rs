@@ -1,0 +1,158 @@
+//! A dispatch prepared once (pipeline, bind group, grid rule) and recorded every step.
+//!
+//! The forward pass is a fixed list of these built at load time; each step only writes the step
+//! counts (how many tokens, outputs) and records the list, so the hot loop creates no bind groups.
+
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+use crate::gpu::{Gpu, ShaderKey};
+
+/// The per-step counts every kernel reads from binding 0 (`Step` in `common/step.wgsl`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct StepCounts {
+    /// Tokens in this forward pass.
+    pub tokens: u32,
+    /// Rows of logits wanted (one per sequence that samples, or every position).
+    pub outputs: u32,
+    /// Token-expert slots: tokens times experts per token.
+    pub slots: u32,
+    pub _pad: u32,
+}
+
+/// What the second grid dimension scales with.
+#[derive(Clone, Copy, Debug)]
+pub enum Count {
+    One,
+    Tokens,
+    Outputs,
+    Slots,
+}
+
+/// One compute dispatch ready to record.
+pub struct Dispatch {
+    pub label: String,
+    pipeline: Arc<wgpu::ComputePipeline>,
+    bind_group: wgpu::BindGroup,
+    /// Workgroups along x (rows, heads, ...).
+    pub x: u32,
+    /// Grid y is ceil(count / per_wg).
+    pub count: Count,
+    pub per_wg: u32,
+    // The uniform holding this dispatch's fixed parameters, kept alive with the bind group.
+    _params: wgpu::Buffer,
+}
+
+impl Dispatch {
+    /// Builds a dispatch: binding 0 is the step uniform, 1 the parameters, then `buffers` in order.
+    pub fn new(
+        gpu: &Gpu,
+        key: &ShaderKey,
+        step: &wgpu::Buffer,
+        params: &[u8],
+        buffers: &[&wgpu::Buffer],
+        x: u32,
+        count: Count,
+        per_wg: u32,
+    ) -> Result<Dispatch> {
+        if x > gpu.caps.max_workgroups_per_dim {
+            return Err(Error::Limit {
+                what: format!("dispatch `{}` workgroups", key.label()),
+                needed: x as u64,
+                max: gpu.caps.max_workgroups_per_dim as u64,
+            });
+        }
+        let pipeline = gpu.pipeline(key)?;
+        let label = key.label();
+        let params_buf = gpu.uniform(&label, params);
+        let mut entries = vec![
+            wgpu::BindGroupEntry {
+                binding: 0,
+                resource: step.as_entire_binding(),
+            },
+            wgpu::BindGroupEntry {
+                binding: 1,
+                resource: params_buf.as_entire_binding(),
+            },
+        ];
+        for (i, b) in buffers.iter().enumerate() {
+            entries.push(wgpu::BindGroupEntry {
+                binding: 2 + i as u32,
+                resource: b.as_entire_binding(),
+            });
+        }
+        let scope = gpu.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let bind_group = gpu.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some(&label),
+            layout: &pipeline.get_bind_group_layout(0),
+            entries: &entries,
+        });
+        if let Some(err) = pollster::block_on(scope.pop()) {
+            return Err(Error::Shader {
+                key: label,
+                msg: format!("binding failed: {err}"),
+            });
+        }
+        Ok(Dispatch {
+            label,
+            pipeline,
+            bind_group,
+            x,
+            count,
+            per_wg: per_wg.max(1),
+            _params: params_buf,
+        })
+    }
+
+    /// The workgroup grid for a step, or `None` when there is nothing to do.
+    pub fn grid(&self, c: &StepCounts) -> Option<[u32; 3]> {
+        let n = match self.count {
+            Count::One => 1,
+            Count::Tokens => c.tokens,
+            Count::Outputs => c.outputs,
+            Count::Slots => c.slots,
+        };
+        let y = n.div_ceil(self.per_wg);
+        (y > 0 && self.x > 0).then_some([self.x, y, 1])
+    }
+
+    /// Records the dispatch into a compute pass.
+    pub fn record(&self, pass: &mut wgpu::ComputePass<'_>, c: &StepCounts) {
+        if let Some([x, y, z]) = self.grid(c) {
+            pass.set_pipeline(&self.pipeline);
+            pass.set_bind_group(0, &self.bind_group, &[]);
+            pass.dispatch_workgroups(x, y, z);
+        }
+    }
+}
+
+/// Writes the step counts and records `dispatches` in order into one compute pass.
+pub fn record_all(
+    gpu: &Gpu,
+    enc: &mut wgpu::CommandEncoder,
+    step: &wgpu::Buffer,
+    counts: &StepCounts,
+    dispatches: &[Dispatch],
+) {
+    gpu.queue.write_buffer(step, 0, bytemuck::bytes_of(counts));
+    let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+        label: Some("forward"),
+        timestamp_writes: None,
+    });
+    for d in dispatches {
+        d.record(&mut pass, counts);
+    }
+}
+
+/// The uniform buffer that carries [`StepCounts`].
+pub fn step_buffer(gpu: &Gpu) -> wgpu::Buffer {
+    gpu.uniform("step", bytemuck::bytes_of(&StepCounts::default()))
+}
+
+/// Records and submits one step's dispatches (no waiting).
+pub fn submit(gpu: &Gpu, step: &wgpu::Buffer, counts: &StepCounts, dispatches: &[Dispatch]) {
+    let mut enc = gpu.device.create_command_encoder(&Default::default());
+    record_all(gpu, &mut enc, step, counts, dispatches);
+    gpu.queue.submit([enc.finish()]);
+}

@@ -1,0 +1,10 @@
+//! Device setup, shader variants, buffers and dispatch recording.
+pub mod buffer;
+pub mod context;
+pub mod dispatch;
+pub mod shader;
+
+pub use buffer::{Rows, Split, Tensor};
+pub use context::{Caps, Gpu, GpuOptions};
+pub use dispatch::{Count, Dispatch, StepCounts};
+pub use shader::ShaderKey;

@@ -1,0 +1,178 @@
+//! WGSL sources, a small preprocessor, and the keys that name each compiled variant.
+//!
+//! Two ways to specialize a kernel, never mixed: text variants (`#ifdef SUBGROUPS`, `enable f16;`)
+//! chosen by `defines`, and pipeline-overridable constants (`override WG: u32`) for tuning numbers.
+//! Only `#include "file"`, `#ifdef NAME`, `#ifndef NAME`, `#else` and `#endif` are understood; a
+//! define that the source never tests is an error, so a misspelt flag cannot be ignored silently.
+
+use std::collections::BTreeSet;
+
+use crate::error::{Error, Result};
+
+/// Every WGSL file, embedded at build time, by its path under `shaders/`.
+const SOURCES: &[(&str, &str)] = &[
+    ("common/reduce.wgsl", include_str!("../../shaders/common/reduce.wgsl")),
+    ("common/step.wgsl", include_str!("../../shaders/common/step.wgsl")),
+    ("common/bf16.wgsl", include_str!("../../shaders/common/bf16.wgsl")),
+    ("common/mxfp4.wgsl", include_str!("../../shaders/common/mxfp4.wgsl")),
+    ("embed.wgsl", include_str!("../../shaders/embed.wgsl")),
+    ("rmsnorm.wgsl", include_str!("../../shaders/rmsnorm.wgsl")),
+    ("linear.wgsl", include_str!("../../shaders/linear.wgsl")),
+    ("rope.wgsl", include_str!("../../shaders/rope.wgsl")),
+    ("attention.wgsl", include_str!("../../shaders/attention.wgsl")),
+    ("router.wgsl", include_str!("../../shaders/router.wgsl")),
+    ("moe.wgsl", include_str!("../../shaders/moe.wgsl")),
+    ("sample.wgsl", include_str!("../../shaders/sample.wgsl")),
+];
+
+/// Names the kernel files (without `common/`), for the shader validation sweep.
+pub fn kernel_files() -> impl Iterator<Item = &'static str> {
+    SOURCES
+        .iter()
+        .map(|(n, _)| *n)
+        .filter(|n| !n.starts_with("common/"))
+}
+
+fn lookup(name: &str) -> Result<&'static str> {
+    SOURCES
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, s)| *s)
+        .ok_or_else(|| Error::Shader {
+            key: name.into(),
+            msg: "no such shader file".into(),
+        })
+}
+
+/// One compiled variant: file, entry point, text defines and override constants.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ShaderKey {
+    pub file: &'static str,
+    pub entry: &'static str,
+    pub defines: BTreeSet<&'static str>,
+    pub overrides: Vec<(&'static str, u32)>,
+}
+
+impl ShaderKey {
+    pub fn new(file: &'static str, entry: &'static str) -> Self {
+        ShaderKey {
+            file,
+            entry,
+            defines: BTreeSet::new(),
+            overrides: Vec::new(),
+        }
+    }
+
+    /// Adds a text define when `on`.
+    pub fn define_if(mut self, name: &'static str, on: bool) -> Self {
+        if on {
+            self.defines.insert(name);
+        }
+        self
+    }
+
+    /// Sets an override constant.
+    pub fn set(mut self, name: &'static str, value: u32) -> Self {
+        self.overrides.push((name, value));
+        self
+    }
+
+    /// A readable unique label such as `linear.main.SUBGROUPS.WG=64`.
+    pub fn label(&self) -> String {
+        let mut s = format!("{}.{}", self.file.trim_end_matches(".wgsl"), self.entry);
+        for d in &self.defines {
+            s.push('.');
+            s.push_str(d);
+        }
+        for (k, v) in &self.overrides {
+            s.push_str(&format!(".{k}={v}"));
+        }
+        s
+    }
+
+    /// The preprocessed WGSL text.
+    pub fn source(&self) -> Result<String> {
+        let mut tested = BTreeSet::new();
+        let mut out = String::new();
+        expand(self.file, &self.defines, &mut tested, &mut out, 0).map_err(|msg| Error::Shader {
+            key: self.label(),
+            msg,
+        })?;
+        if let Some(unused) = self.defines.iter().find(|d| !tested.contains(**d)) {
+            return Err(Error::Shader {
+                key: self.label(),
+                msg: format!("define `{unused}` is never tested by the source"),
+            });
+        }
+        Ok(out)
+    }
+}
+
+fn expand(
+    file: &str,
+    defines: &BTreeSet<&'static str>,
+    tested: &mut BTreeSet<String>,
+    out: &mut String,
+    depth: usize,
+) -> std::result::Result<(), String> {
+    if depth > 8 {
+        return Err(format!("#include nested too deeply at {file}"));
+    }
+    let text = lookup(file).map_err(|_| format!("unknown file `{file}`"))?;
+    // Each open #if: (this branch active, some branch taken, parent active).
+    let mut stack: Vec<(bool, bool)> = Vec::new();
+    let active = |stack: &Vec<(bool, bool)>| stack.iter().all(|(a, _)| *a);
+    for (no, line) in text.lines().enumerate() {
+        let t = line.trim();
+        let at = || format!("{file}:{}", no + 1);
+        if let Some(rest) = t.strip_prefix("#ifdef ").or_else(|| t.strip_prefix("#ifndef ")) {
+            let name = rest.trim();
+            tested.insert(name.to_string());
+            let is_set = defines.contains(name);
+            let cond = if t.starts_with("#ifdef") { is_set } else { !is_set };
+            stack.push((cond, cond));
+        } else if t == "#else" {
+            let top = stack.last_mut().ok_or_else(|| format!("{}: #else without #if", at()))?;
+            top.0 = !top.1;
+            top.1 = true;
+        } else if t == "#endif" {
+            stack.pop().ok_or_else(|| format!("{}: #endif without #if", at()))?;
+        } else if let Some(rest) = t.strip_prefix("#include ") {
+            if active(&stack) {
+                let name = rest.trim().trim_matches('"');
+                expand(name, defines, tested, out, depth + 1)?;
+            }
+        } else if t.starts_with('#') {
+            return Err(format!("{}: unknown directive `{t}`", at()));
+        } else if active(&stack) {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    if !stack.is_empty() {
+        return Err(format!("{file}: missing #endif"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_define_is_an_error() {
+        let key = ShaderKey::new("rmsnorm.wgsl", "main").define_if("NO_SUCH_FLAG", true);
+        let err = key.source().unwrap_err().to_string();
+        assert!(err.contains("NO_SUCH_FLAG"), "{err}");
+    }
+
+    #[test]
+    fn subgroup_variant_differs() {
+        let a = ShaderKey::new("linear.wgsl", "main").source().unwrap();
+        let b = ShaderKey::new("linear.wgsl", "main")
+            .define_if("SUBGROUPS", true)
+            .source()
+            .unwrap();
+        assert!(!a.contains("subgroupAdd") && b.contains("subgroupAdd"));
+    }
+}

@@ -1,0 +1,77 @@
+//! Token embedding lookup (`shaders/embed.wgsl`).
+
+use crate::error::Result;
+use crate::gpu::{Count, Dispatch, Gpu, ShaderKey, Split};
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    hidden: u32,
+    row_start: u32,
+    rows: u32,
+    _pad: u32,
+}
+
+/// x: [T, H] f32 = table[tokens[t].id] for table: [V, H] bf16 split by rows.
+pub fn build(
+    gpu: &Gpu,
+    step: &wgpu::Buffer,
+    tokens: &wgpu::Buffer,
+    table: &Split,
+    x: &wgpu::Buffer,
+    hidden: u32,
+) -> Result<Vec<Dispatch>> {
+    let key = ShaderKey::new("embed.wgsl", "main");
+    table
+        .chunks
+        .iter()
+        .map(|c| {
+            let p = Params {
+                hidden,
+                row_start: c.start,
+                rows: c.count,
+                _pad: 0,
+            };
+            Dispatch::new(gpu, &key, step, bytemuck::bytes_of(&p), &[tokens, &c.buffer, x], 1, Count::Tokens, 1)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gpu::dispatch::{StepCounts, step_buffer, submit};
+    use crate::gpu::Rows;
+    use crate::kernels::testing::*;
+    use crate::model::inputs::TokenInfo;
+
+    #[test]
+    fn embed_gathers_rows_across_split_table() {
+        let mut rng = seeded("embed");
+        for gpu in gpus() {
+            let (v, h, split) = (23usize, 96usize, 10usize);
+            let (table, bytes) = random_bf16(&mut rng, v * h, 1.0);
+            let chunks = (0..v)
+                .step_by(split)
+                .map(|s| {
+                    let c = split.min(v - s);
+                    Rows {
+                        buffer: gpu.upload("t", &bytes[s * h * 2..(s + c) * h * 2]).unwrap(),
+                        start: s as u32,
+                        count: c as u32,
+                    }
+                })
+                .collect();
+            let ids: Vec<u32> = (0..9).map(|_| rng.below(v as u64) as u32).collect();
+            let toks: Vec<TokenInfo> = ids.iter().map(|&id| TokenInfo { id, ..Default::default() }).collect();
+            let tb = gpu.upload("tok", bytemuck::cast_slice(&toks)).unwrap();
+            let xb = gpu.storage("x", (ids.len() * h * 4) as u64).unwrap();
+            let step = step_buffer(gpu);
+            let d = build(gpu, &step, &tb, &Split { chunks }, &xb, h as u32).unwrap();
+            submit(gpu, &step, &StepCounts { tokens: ids.len() as u32, ..Default::default() }, &d);
+            let got = gpu.read_f32(&xb, ids.len() * h).unwrap();
+            let want: Vec<f32> = ids.iter().flat_map(|&i| table[i as usize * h..(i as usize + 1) * h].to_vec()).collect();
+            assert_eq!(got, want);
+        }
+    }
+}

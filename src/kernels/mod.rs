@@ -1,0 +1,79 @@
+//! One module per WGSL kernel family: the parameter block that mirrors the shader's `Params`, a
+//! builder that checks shapes and returns ready [`Dispatch`]es, and tests against a plain Rust
+//! reference.
+//!
+//! Shapes are written as `[T, H]`: T tokens, H hidden, NH/NKV heads, D head dim, E experts,
+//! K experts per token, I intermediate, V vocab.
+
+pub mod attention;
+pub mod embed;
+pub mod linear;
+pub mod moe;
+pub mod rmsnorm;
+pub mod rope;
+pub mod router;
+pub mod sample;
+
+use crate::gpu::{Count, Gpu, ShaderKey};
+
+/// The key for a kernel that has a SUBGROUPS variant, using it where the device allows.
+fn key(gpu: &Gpu, file: &'static str, entry: &'static str) -> ShaderKey {
+    ShaderKey::new(file, entry).define_if("SUBGROUPS", gpu.caps.subgroups)
+}
+
+/// Which step count a kernel's rows follow, as `step_count()` in `common/step.wgsl` numbers them.
+fn count_index(c: Count) -> u32 {
+    match c {
+        Count::Tokens | Count::One => 0,
+        Count::Outputs => 1,
+        Count::Slots => 2,
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod testing;
+
+/// Every shader variant the kernels can ask for, for the validation sweep.
+pub fn all_variants() -> Vec<ShaderKey> {
+    let mut out = Vec::new();
+    for sg in [false, true] {
+        let k = |f, e| ShaderKey::new(f, e).define_if("SUBGROUPS", sg);
+        out.push(k("rmsnorm.wgsl", "main"));
+        out.push(k("linear.wgsl", "main"));
+        out.push(k("sample.wgsl", "main"));
+        out.push(k("moe.wgsl", "gate_up").define_if("GATE_UP", true));
+        out.push(k("moe.wgsl", "down").define_if("DOWN", true));
+    }
+    for f in ["embed.wgsl", "rope.wgsl", "attention.wgsl", "router.wgsl"] {
+        out.push(ShaderKey::new(f, "main"));
+    }
+    out
+}
+
+#[cfg(test)]
+mod validate {
+    /// Every variant parses and validates with naga, without a GPU.
+    #[test]
+    fn every_shader_variant_validates() {
+        let mut files: Vec<&str> = super::all_variants().iter().map(|k| k.file).collect();
+        for f in crate::gpu::shader::kernel_files() {
+            assert!(files.contains(&f), "{f} has no variant in all_variants()");
+        }
+        files.dedup();
+        for key in super::all_variants() {
+            let src = key.source().unwrap();
+            let module = naga::front::wgsl::parse_str(&src)
+                .unwrap_or_else(|e| panic!("{}: {}", key.label(), e.emit_to_string(&src)));
+            let mut v = naga::valid::Validator::new(
+                naga::valid::ValidationFlags::all(),
+                naga::valid::Capabilities::all(),
+            );
+            v.subgroup_stages(naga::valid::ShaderStages::COMPUTE)
+                .subgroup_operations(naga::valid::SubgroupOperationSet::all());
+            if let Err(e) = v.validate(&module) {
+                panic!("{}: {}", key.label(), e.emit_to_string(&src));
+            }
+            assert!(module.entry_points.iter().any(|e| e.name == key.entry), "{}", key.label());
+        }
+    }
+}

@@ -1,0 +1,38 @@
+//! RoPE on q and k plus the KV-cache write (`shaders/rope.wgsl`).
+
+use crate::error::Result;
+use crate::gpu::{Count, Dispatch, Gpu, ShaderKey};
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+pub(crate) struct Params {
+    pub n_heads: u32,
+    pub n_kv: u32,
+    pub head_dim: u32,
+    /// Positions each sequence keeps in this layer's cache (window ring or full context).
+    pub cap: u32,
+}
+
+/// Rotates q in qkv: [T, (NH + 2 NKV) * D] in place and writes rotated k and v into the caches
+/// k_cache, v_cache: [seqs, cap, NKV, D]. table: [max_pos, D/2] (cos, sin).
+pub struct Rope<'a> {
+    pub tokens: &'a wgpu::Buffer,
+    pub table: &'a wgpu::Buffer,
+    pub qkv: &'a wgpu::Buffer,
+    pub k_cache: &'a wgpu::Buffer,
+    pub v_cache: &'a wgpu::Buffer,
+}
+
+pub(crate) fn build(gpu: &Gpu, step: &wgpu::Buffer, a: &Rope, p: Params) -> Result<Dispatch> {
+    let key = ShaderKey::new("rope.wgsl", "main");
+    Dispatch::new(
+        gpu,
+        &key,
+        step,
+        bytemuck::bytes_of(&p),
+        &[a.tokens, a.table, a.qkv, a.k_cache, a.v_cache],
+        1,
+        Count::Tokens,
+        1,
+    )
+}

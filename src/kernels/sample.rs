@@ -1,0 +1,130 @@
+//! Token sampling on the GPU (`shaders/sample.wgsl`): greedy, temperature, top-k, top-p, seeded.
+
+use crate::error::Result;
+use crate::gpu::{Count, Dispatch, Gpu};
+
+/// One logits row's sampling settings (`Sampling` in the shader).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct SampleParams {
+    /// 0 means greedy.
+    pub temperature: f32,
+    /// 1 keeps everything.
+    pub top_p: f32,
+    /// 0 keeps everything; 1 is greedy.
+    pub top_k: u32,
+    pub seed: u32,
+    /// Advances every sampled token so each draw is fresh but replayable.
+    pub counter: u32,
+    pub _pad: [u32; 3],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    vocab: u32,
+    _pad: [u32; 3],
+}
+
+/// ids: [outputs] u32 drawn from logits: [outputs, V] with params: [outputs].
+pub fn build(
+    gpu: &Gpu,
+    step: &wgpu::Buffer,
+    logits: &wgpu::Buffer,
+    params: &wgpu::Buffer,
+    ids: &wgpu::Buffer,
+    vocab: u32,
+) -> Result<Dispatch> {
+    let p = Params { vocab, _pad: [0; 3] };
+    let key = super::key(gpu, "sample.wgsl", "main");
+    Dispatch::new(gpu, &key, step, bytemuck::bytes_of(&p), &[logits, params, ids], 1, Count::Outputs, 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gpu::dispatch::{StepCounts, step_buffer, submit};
+    use crate::kernels::testing::*;
+
+    fn run(gpu: &Gpu, logits: &[f32], vocab: usize, ps: &[SampleParams]) -> Vec<u32> {
+        let rows = ps.len();
+        let all: Vec<f32> = (0..rows).flat_map(|_| logits.iter().copied()).collect();
+        let lb = gpu.upload("l", f32_bytes(&all)).unwrap();
+        let pb = gpu.upload("p", bytemuck::cast_slice(ps)).unwrap();
+        let ib = gpu.storage("ids", rows as u64 * 4).unwrap();
+        let step = step_buffer(gpu);
+        let d = build(gpu, &step, &lb, &pb, &ib, vocab as u32).unwrap();
+        submit(gpu, &step, &StepCounts { outputs: rows as u32, ..Default::default() }, &[d]);
+        gpu.read_u32(&ib, rows).unwrap()
+    }
+
+    #[test]
+    fn greedy_is_argmax() {
+        let mut rng = seeded("greedy");
+        for gpu in gpus() {
+            for vocab in [1usize, 7, 1000, 5003] {
+                let l = random(&mut rng, vocab, 5.0);
+                let want = l.iter().enumerate().fold(0, |b, (i, v)| if *v > l[b] { i } else { b });
+                let got = run(gpu, &l, vocab, &[SampleParams { top_p: 1.0, ..Default::default() }]);
+                assert_eq!(got[0] as usize, want);
+            }
+        }
+    }
+
+    #[test]
+    fn draws_follow_the_filtered_distribution() {
+        let mut rng = seeded("sampling");
+        for gpu in gpus() {
+            let vocab = 3000;
+            let mut l = random(&mut rng, vocab, 1.0);
+            // A few clear favourites so top-k/top-p sets are well separated.
+            let fav = [17usize, 911, 2500, 42, 1234];
+            for (i, &f) in fav.iter().enumerate() {
+                l[f] = 6.0 - i as f32 * 0.5;
+            }
+            let temperature = 0.8f32;
+            let n = 4000;
+            for (top_k, top_p) in [(3u32, 1.0f32), (0, 0.6), (0, 1.0)] {
+                let seed = rng.next_u64() as u32;
+                let ps: Vec<SampleParams> = (0..n)
+                    .map(|c| SampleParams { temperature, top_p, top_k, seed, counter: c, _pad: [0; 3] })
+                    .collect();
+                let got = run(gpu, &l, vocab, &ps);
+                // The reference distribution, computed in f64 with a sort.
+                let mut order: Vec<usize> = (0..vocab).collect();
+                order.sort_by(|&a, &b| l[b].total_cmp(&l[a]));
+                let mx = l[order[0]] as f64;
+                let mut probs: Vec<f64> = order.iter().map(|&i| ((l[i] as f64 - mx) / temperature as f64).exp()).collect();
+                if top_k > 0 {
+                    probs.truncate(top_k as usize);
+                }
+                let z: f64 = probs.iter().sum();
+                let mut keep = 0;
+                let mut mass = 0.0;
+                while keep < probs.len() {
+                    mass += probs[keep] / z;
+                    keep += 1;
+                    if mass >= top_p as f64 {
+                        break;
+                    }
+                }
+                probs.truncate(keep);
+                let z: f64 = probs.iter().sum();
+                let mut counts = vec![0usize; vocab];
+                for &g in &got {
+                    counts[g as usize] += 1;
+                }
+                let outside: usize = (0..vocab).filter(|i| !order[..keep].contains(i)).map(|i| counts[i]).sum();
+                assert_eq!(outside, 0, "top_k={top_k} top_p={top_p}: drew outside the kept set");
+                for (r, &i) in order[..keep.min(5)].iter().enumerate() {
+                    let p = probs[r] / z;
+                    let sd = (p * (1.0 - p) / n as f64).sqrt();
+                    let f = counts[i] as f64 / n as f64;
+                    assert!((f - p).abs() < 5.0 * sd + 1e-3, "top_k={top_k} top_p={top_p}: token {i} drawn {f}, expected {p}");
+                }
+                // Same seed and counter give the same token.
+                assert_eq!(run(gpu, &l, vocab, &ps[..3]), got[..3]);
+            }
+        }
+    }
+}

@@ -1,0 +1,83 @@
+//! Helpers for kernel tests: the devices to test on (default and portable), fresh seeds, error
+//! measures and bf16 packing.
+
+use std::sync::OnceLock;
+
+use crate::gpu::{Gpu, GpuOptions};
+use crate::rng::Rng;
+
+/// The devices every kernel test runs on: the adapter's fast path (subgroups where it has them)
+/// and the portable path. Empty when there is no adapter, unless GPT_OSS_REQUIRE_GPU is set.
+pub fn gpus() -> &'static [Gpu] {
+    static GPUS: OnceLock<Vec<Gpu>> = OnceLock::new();
+    GPUS.get_or_init(|| {
+        let mut out = Vec::new();
+        for portable in [false, true] {
+            let opts = GpuOptions {
+                portable,
+                ..Default::default()
+            };
+            match pollster::block_on(Gpu::new(&opts)) {
+                Ok(g) => out.push(g),
+                Err(e) => {
+                    assert!(
+                        std::env::var("GPT_OSS_REQUIRE_GPU").is_err(),
+                        "GPT_OSS_REQUIRE_GPU is set but no device: {e}"
+                    );
+                    eprintln!("skipping GPU test: {e}");
+                }
+            }
+        }
+        out
+    })
+}
+
+/// A fresh seed per run (or GPT_OSS_SEED to replay), printed so a failure can be reproduced.
+pub fn seeded(test: &str) -> Rng {
+    let seed = std::env::var("GPT_OSS_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(1)
+        });
+    eprintln!("{test}: GPT_OSS_SEED={seed}");
+    Rng::new(seed)
+}
+
+/// Normalized mean squared error of `got` against `want`.
+pub fn nmse(got: &[f32], want: &[f32]) -> f64 {
+    assert_eq!(got.len(), want.len());
+    let mut num = 0.0f64;
+    let mut den = 0.0f64;
+    for (g, w) in got.iter().zip(want) {
+        num += (*g as f64 - *w as f64).powi(2);
+        den += (*w as f64).powi(2);
+    }
+    num / den.max(1e-30)
+}
+
+/// Largest absolute difference.
+pub fn max_abs(got: &[f32], want: &[f32]) -> f32 {
+    got.iter()
+        .zip(want)
+        .map(|(g, w)| (g - w).abs())
+        .fold(0.0, f32::max)
+}
+
+pub fn random(rng: &mut Rng, n: usize, a: f32) -> Vec<f32> {
+    (0..n).map(|_| rng.symmetric(a)).collect()
+}
+
+/// Random values already rounded to bf16, with their packed bytes.
+pub fn random_bf16(rng: &mut Rng, n: usize, a: f32) -> (Vec<f32>, Vec<u8>) {
+    let v: Vec<half::bf16> = (0..n).map(|_| half::bf16::from_f32(rng.symmetric(a))).collect();
+    let f = v.iter().map(|x| x.to_f32()).collect();
+    (f, bytemuck::cast_slice(&v).to_vec())
+}
+
+pub fn f32_bytes(v: &[f32]) -> &[u8] {
+    bytemuck::cast_slice(v)
+}

@@ -1,0 +1,13 @@
+//! gpt-oss on any GPU: OpenAI's gpt-oss models run as WGSL compute shaders on wgpu.
+//!
+//! The [`Engine`] loads a Hugging Face checkpoint directory and generates tokens; the modules
+//! below it are the pieces: `gpu` (device, shaders, buffers), `kernels` (one per WGSL family),
+//! `model` (config, weights, forward graph), `engine` (requests, sampling, the step loop).
+
+pub mod error;
+pub mod gpu;
+pub mod kernels;
+pub mod model;
+pub mod rng;
+
+pub use error::{Error, Result};
