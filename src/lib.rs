@@ -9,5 +9,8 @@ pub mod gpu;
 pub mod kernels;
 pub mod model;
 pub mod rng;
+#[cfg(feature = "native")]
+pub mod synth;
+pub mod tokenizer;
 
 pub use error::{Error, Result};

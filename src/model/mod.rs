@@ -1,2 +1,10 @@
 //! The gpt-oss model: config, checkpoint loading, the forward graph and its KV cache.
+pub mod config;
+pub mod gpt_oss;
 pub mod inputs;
+pub mod kv_cache;
+pub mod weights;
+
+pub use config::{HfConfig, ModelConfig};
+pub use gpt_oss::{Batch, Model, ModelOptions};
+pub use inputs::TokenInfo;

@@ -1,0 +1,597 @@
+//! The gpt-oss forward pass: weights on the GPU, activations sized for one forward pass, and the
+//! fixed list of dispatches that runs it. Layers are named as in the checkpoint.
+//!
+//! A forward pass takes any mix of tokens from any sequences (a prompt chunk, one decode token per
+//! running sequence, or both), writes their K/V into the cache, and produces logits only for the
+//! rows the caller asks for, then samples them on the GPU.
+
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+use crate::gpu::dispatch::{self, StepCounts};
+use crate::gpu::{Count, Dispatch, Gpu, Rows, Split};
+use crate::kernels::attention::{self, Attention};
+use crate::kernels::linear::{self, Linear};
+use crate::kernels::moe::{self, ExpertChunk, MoeShape};
+use crate::kernels::rmsnorm::{self, RmsNorm};
+use crate::kernels::rope::{self, Rope};
+use crate::kernels::sample::{self, SampleParams};
+use crate::kernels::{embed, router};
+use crate::model::config::ModelConfig;
+use crate::model::inputs::TokenInfo;
+use crate::model::kv_cache::{self, LayerCache};
+use crate::model::weights::{DType, WeightSource, expect};
+
+/// Sizes fixed at load time.
+#[derive(Clone, Debug)]
+pub struct ModelOptions {
+    /// Most tokens in one forward pass (longer prompts are prefilled in chunks).
+    pub max_tokens: u32,
+    /// Most sequences held in the KV cache at once.
+    pub max_seqs: u32,
+    /// Most positions per sequence.
+    pub max_context: u32,
+}
+
+impl Default for ModelOptions {
+    fn default() -> Self {
+        ModelOptions {
+            max_tokens: 512,
+            max_seqs: 4,
+            max_context: 8192,
+        }
+    }
+}
+
+/// One forward pass: its tokens, which of them want logits, and how to sample each of those.
+pub struct Batch<'a> {
+    pub tokens: &'a [TokenInfo],
+    /// Indices into `tokens` whose logits are wanted.
+    pub outputs: &'a [u32],
+    /// One per output.
+    pub sampling: &'a [SampleParams],
+}
+
+struct Layer {
+    _buffers: Vec<wgpu::Buffer>,
+    _splits: Vec<Split>,
+    _experts: Vec<ExpertChunk>,
+}
+
+/// A loaded model, ready to run forward passes.
+pub struct Model {
+    pub gpu: Arc<Gpu>,
+    pub cfg: ModelConfig,
+    pub opts: ModelOptions,
+    /// Most logits rows per forward pass.
+    pub max_outputs: u32,
+    /// GPU bytes of weights, KV cache and activations.
+    pub weight_bytes: u64,
+    pub cache_bytes: u64,
+    pub activation_bytes: u64,
+    step: wgpu::Buffer,
+    tokens: wgpu::Buffer,
+    out_rows: wgpu::Buffer,
+    sampling: wgpu::Buffer,
+    ids: wgpu::Buffer,
+    ids_staging: wgpu::Buffer,
+    logits: wgpu::Buffer,
+    dispatches: Vec<Dispatch>,
+    _layers: Vec<Layer>,
+    _globals: (Split, Split, Vec<wgpu::Buffer>),
+    _caches: Vec<LayerCache>,
+}
+
+/// Copies host bytes into GPU buffers, letting wgpu's staging memory drain every so often so a
+/// 13 GB checkpoint never sits in host memory twice.
+struct Uploader<'a> {
+    gpu: &'a Gpu,
+    pending: u64,
+    done: u64,
+    total: u64,
+    weight_bytes: u64,
+    progress: &'a mut dyn FnMut(u64, u64),
+}
+
+const FLUSH_BYTES: u64 = 256 << 20;
+
+impl Uploader<'_> {
+    fn write(&mut self, buf: &wgpu::Buffer, offset: u64, data: &[u8]) -> Result<()> {
+        self.gpu.write(buf, offset, data);
+        self.pending += data.len() as u64;
+        if self.pending >= FLUSH_BYTES {
+            self.gpu.queue.submit([]);
+            self.gpu.wait()?;
+            self.pending = 0;
+        }
+        Ok(())
+    }
+
+    fn tick(&mut self, bytes: u64) {
+        self.done += bytes;
+        (self.progress)(self.done, self.total);
+    }
+
+    fn buffer(&mut self, label: &str, bytes: u64) -> Result<wgpu::Buffer> {
+        self.weight_bytes += bytes;
+        self.gpu.storage(label, bytes)
+    }
+
+    /// A row-major matrix given as consecutive row blocks (`parts`, e.g. q, k and v), split over
+    /// buffers at multiples of `unit` rows.
+    fn split(&mut self, label: &str, parts: &[&[u8]], row_bytes: u64, unit: u64) -> Result<Split> {
+        let total: u64 = parts.iter().map(|p| p.len() as u64).sum();
+        let rows = total / row_bytes;
+        let mut chunks = Vec::new();
+        for (start, count) in self.gpu.plan_split(label, rows, row_bytes, unit)? {
+            let buf = self.buffer(label, count as u64 * row_bytes)?;
+            // Copy the byte range [lo, hi) of the concatenated parts.
+            let (lo, hi) = (start as u64 * row_bytes, (start + count) as u64 * row_bytes);
+            let mut at = 0u64;
+            for p in parts {
+                let (a, b) = (at, at + p.len() as u64);
+                let (s, e) = (lo.max(a), hi.min(b));
+                if s < e {
+                    self.write(&buf, s - lo, &p[(s - a) as usize..(e - a) as usize])?;
+                }
+                at = b;
+            }
+            chunks.push(Rows { buffer: buf, start, count });
+        }
+        self.tick(total);
+        Ok(Split { chunks })
+    }
+
+    /// Small bf16/f32 vectors widened to f32 on the host (norm weights, biases, sinks).
+    fn vector(&mut self, label: &str, parts: &[(DType, &[u8])]) -> Result<wgpu::Buffer> {
+        let mut v: Vec<f32> = Vec::new();
+        for (dt, bytes) in parts {
+            match dt {
+                DType::BF16 => v.extend(bytes.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())),
+                DType::F32 => v.extend(bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))),
+                _ => return Err(Error::Weights(format!("`{label}` must be bf16 or f32"))),
+            }
+        }
+        let buf = self.buffer(label, v.len() as u64 * 4)?;
+        self.write(&buf, 0, bytemuck::cast_slice(&v))?;
+        self.tick(parts.iter().map(|p| p.1.len() as u64).sum());
+        Ok(buf)
+    }
+
+    /// MXFP4 expert weights split by whole experts.
+    fn experts(&mut self, label: &str, blocks: &[u8], scales: &[u8], experts: u32, rows: u64, cols: u64) -> Result<Vec<ExpertChunk>> {
+        let row_bytes = cols / 2;
+        let mut out = Vec::new();
+        for (start, count) in self.gpu.plan_split(label, experts as u64 * rows, row_bytes, rows)? {
+            let (e0, ec) = (start as u64 / rows, count as u64 / rows);
+            let (bb, sb) = (rows * cols / 2, rows * cols / 32);
+            let b = self.buffer(&format!("{label}.blocks"), ec * bb)?;
+            self.write(&b, 0, &blocks[(e0 * bb) as usize..((e0 + ec) * bb) as usize])?;
+            let s = self.buffer(&format!("{label}.scales"), ec * sb)?;
+            self.write(&s, 0, &scales[(e0 * sb) as usize..((e0 + ec) * sb) as usize])?;
+            out.push(ExpertChunk { start: e0 as u32, count: ec as u32, blocks: b, scales: s });
+        }
+        self.tick((blocks.len() + scales.len()) as u64);
+        Ok(out)
+    }
+}
+
+/// A small vector tensor in bf16 or f32.
+fn small<'a>(src: &'a dyn WeightSource, name: &str, len: usize) -> Result<(DType, &'a [u8])> {
+    let t = src.tensor(name)?;
+    if t.shape != [len] {
+        return Err(Error::Shape { tensor: format!("{name} in {}", t.file), expected: vec![len], got: t.shape });
+    }
+    Ok((t.dtype, t.data))
+}
+
+/// A small 2-D tensor (expert biases) in bf16 or f32.
+fn small2<'a>(src: &'a dyn WeightSource, name: &str, shape: [usize; 2]) -> Result<(DType, &'a [u8])> {
+    let t = src.tensor(name)?;
+    if t.shape != shape {
+        return Err(Error::Shape { tensor: format!("{name} in {}", t.file), expected: shape.to_vec(), got: t.shape });
+    }
+    Ok((t.dtype, t.data))
+}
+
+/// Every tensor the config implies, with its size, for progress and for validating up front.
+fn check_all(src: &dyn WeightSource, c: &ModelConfig) -> Result<u64> {
+    let (h, v) = (c.hidden as usize, c.vocab as usize);
+    let (nh, nkv, d) = (c.heads as usize, c.kv_heads as usize, c.head_dim as usize);
+    let (e, i) = (c.experts as usize, c.inter as usize);
+    let mut total = 0u64;
+    let mut add = |name: String, dtype: DType, shape: Vec<usize>| -> Result<()> {
+        if dtype == DType::Other {
+            // bf16 or f32 vectors: shape check only.
+            let t = src.tensor(&name)?;
+            if t.shape != shape {
+                return Err(Error::Shape { tensor: format!("{name} in {}", t.file), expected: shape, got: t.shape });
+            }
+            total += t.data.len() as u64;
+        } else {
+            total += expect(src, &name, dtype, &shape)?.len() as u64;
+        }
+        Ok(())
+    };
+    add("model.embed_tokens.weight".into(), DType::BF16, vec![v, h])?;
+    add("model.norm.weight".into(), DType::Other, vec![h])?;
+    if !c.tie_embeddings {
+        add("lm_head.weight".into(), DType::BF16, vec![v, h])?;
+    }
+    for l in 0..c.layers as usize {
+        let p = format!("model.layers.{l}.");
+        add(format!("{p}input_layernorm.weight"), DType::Other, vec![h])?;
+        add(format!("{p}post_attention_layernorm.weight"), DType::Other, vec![h])?;
+        for (n, rows) in [("q", nh * d), ("k", nkv * d), ("v", nkv * d)] {
+            add(format!("{p}self_attn.{n}_proj.weight"), DType::BF16, vec![rows, h])?;
+            if c.attention_bias {
+                add(format!("{p}self_attn.{n}_proj.bias"), DType::Other, vec![rows])?;
+            }
+        }
+        add(format!("{p}self_attn.o_proj.weight"), DType::BF16, vec![h, nh * d])?;
+        if c.attention_bias {
+            add(format!("{p}self_attn.o_proj.bias"), DType::Other, vec![h])?;
+        }
+        add(format!("{p}self_attn.sinks"), DType::Other, vec![nh])?;
+        add(format!("{p}mlp.router.weight"), DType::BF16, vec![e, h])?;
+        add(format!("{p}mlp.router.bias"), DType::Other, vec![e])?;
+        let x = format!("{p}mlp.experts.");
+        add(format!("{x}gate_up_proj_blocks"), DType::U8, vec![e, 2 * i, h / 32, 16])?;
+        add(format!("{x}gate_up_proj_scales"), DType::U8, vec![e, 2 * i, h / 32])?;
+        add(format!("{x}gate_up_proj_bias"), DType::Other, vec![e, 2 * i])?;
+        add(format!("{x}down_proj_blocks"), DType::U8, vec![e, h, i / 32, 16])?;
+        add(format!("{x}down_proj_scales"), DType::U8, vec![e, h, i / 32])?;
+        add(format!("{x}down_proj_bias"), DType::Other, vec![e, h])?;
+    }
+    Ok(total)
+}
+
+impl Model {
+    /// Validates every tensor against the config, uploads the weights, allocates the cache and
+    /// activations, and builds the forward pass. `progress(done, total)` reports uploaded bytes.
+    pub fn load(
+        gpu: Arc<Gpu>,
+        src: &dyn WeightSource,
+        cfg: ModelConfig,
+        opts: ModelOptions,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<Model> {
+        let c = &cfg;
+        if opts.max_tokens == 0 || opts.max_seqs == 0 || opts.max_context == 0 {
+            return Err(Error::Request("max_tokens, max_seqs and max_context must be positive".into()));
+        }
+        if opts.max_context > c.max_positions {
+            return Err(Error::Request(format!(
+                "context {} exceeds the model's max_position_embeddings {}",
+                opts.max_context, c.max_positions
+            )));
+        }
+        let total = check_all(src, c)?;
+        let g = &*gpu;
+        let mut up = Uploader { gpu: g, pending: 0, done: 0, total, weight_bytes: 0, progress };
+        let (h, v) = (c.hidden as u64, c.vocab as u64);
+        let (nh, nkv, d) = (c.heads as usize, c.kv_heads as usize, c.head_dim as usize);
+        let (e, i) = (c.experts as usize, c.inter as usize);
+        let qkv_n = (nh + 2 * nkv) * d;
+
+        // Logits rows per pass: as many as the binding limit allows, up to max_tokens.
+        let row_bytes = v * 4;
+        let max_outputs = (g.caps.max_binding / row_bytes).min(opts.max_tokens as u64) as u32;
+        if max_outputs < opts.max_seqs {
+            return Err(Error::Limit {
+                what: format!("logits for {} sequences", opts.max_seqs),
+                needed: opts.max_seqs as u64 * row_bytes,
+                max: g.caps.max_binding,
+            });
+        }
+
+        // Activations for one forward pass.
+        let t = opts.max_tokens as u64;
+        let o = max_outputs as u64;
+        let k = c.top_k as u64;
+        let act_sizes = [
+            ("tokens", t * 16),
+            ("out_rows", o * 4),
+            ("x", t * h * 4),
+            ("h", t * h * 4),
+            ("qkv", t * qkv_n as u64 * 4),
+            ("attn", t * (nh * d) as u64 * 4),
+            ("router_logits", t * e as u64 * 4),
+            ("expert_idx", t * k * 4),
+            ("expert_wts", t * k * 4),
+            ("expert_act", t * k * i as u64 * 4),
+            ("final_h", o * h * 4),
+            ("logits", o * v * 4),
+            ("sampling", o * 32),
+            ("ids", o * 4),
+        ];
+        let mut acts = std::collections::HashMap::new();
+        for (name, bytes) in act_sizes {
+            acts.insert(name, g.storage(name, bytes)?);
+        }
+        let activation_bytes = act_sizes.iter().map(|(_, b)| b.div_ceil(4) * 4).sum();
+        let a = |n: &str| &acts[n];
+        let rope_table = g.upload("rope_table", bytemuck::cast_slice(&c.rope.table(opts.max_context)))?;
+        let caches = kv_cache::allocate(g, c, opts.max_seqs, opts.max_context, opts.max_tokens)?;
+        let step = dispatch::step_buffer(g);
+
+        let mut ds: Vec<Dispatch> = Vec::new();
+        let embed = {
+            let data = src.tensor("model.embed_tokens.weight")?.data;
+            up.split("embed_tokens", &[data], h * 2, 1)?
+        };
+        ds.extend(embed::build(g, &step, a("tokens"), &embed, a("x"), c.hidden)?);
+
+        let mut layers = Vec::new();
+        for l in 0..c.layers as usize {
+            let p = format!("model.layers.{l}.");
+            let name = |s: &str| format!("{p}{s}");
+            let tensor = |s: &str| -> Result<&[u8]> { Ok(src.tensor(&name(s))?.data) };
+            let mut bufs = Vec::new();
+            let ln1 = up.vector(&name("input_layernorm"), &[small(src, &name("input_layernorm.weight"), h as usize)?])?;
+            let ln2 = up.vector(&name("post_attention_layernorm"), &[small(src, &name("post_attention_layernorm.weight"), h as usize)?])?;
+            let qkv_w = up.split(
+                &name("self_attn.qkv"),
+                &[tensor("self_attn.q_proj.weight")?, tensor("self_attn.k_proj.weight")?, tensor("self_attn.v_proj.weight")?],
+                h * 2,
+                1,
+            )?;
+            let qkv_b = if c.attention_bias {
+                Some(up.vector(
+                    &name("self_attn.qkv.bias"),
+                    &[
+                        small(src, &name("self_attn.q_proj.bias"), nh * d)?,
+                        small(src, &name("self_attn.k_proj.bias"), nkv * d)?,
+                        small(src, &name("self_attn.v_proj.bias"), nkv * d)?,
+                    ],
+                )?)
+            } else {
+                None
+            };
+            let o_w = up.split(&name("self_attn.o_proj"), &[tensor("self_attn.o_proj.weight")?], (nh * d) as u64 * 2, 1)?;
+            let o_b = if c.attention_bias {
+                Some(up.vector(&name("self_attn.o_proj.bias"), &[small(src, &name("self_attn.o_proj.bias"), h as usize)?])?)
+            } else {
+                None
+            };
+            let sinks = up.vector(&name("self_attn.sinks"), &[small(src, &name("self_attn.sinks"), nh)?])?;
+            let router_w = up.split(&name("mlp.router"), &[tensor("mlp.router.weight")?], h * 2, 1)?;
+            let router_b = up.vector(&name("mlp.router.bias"), &[small(src, &name("mlp.router.bias"), e)?])?;
+            let gu = up.experts(
+                &name("mlp.experts.gate_up"),
+                tensor("mlp.experts.gate_up_proj_blocks")?,
+                tensor("mlp.experts.gate_up_proj_scales")?,
+                c.experts,
+                2 * i as u64,
+                h,
+            )?;
+            let gu_b = up.vector(&name("mlp.experts.gate_up_bias"), &[small2(src, &name("mlp.experts.gate_up_proj_bias"), [e, 2 * i])?])?;
+            let dn = up.experts(
+                &name("mlp.experts.down"),
+                tensor("mlp.experts.down_proj_blocks")?,
+                tensor("mlp.experts.down_proj_scales")?,
+                c.experts,
+                h,
+                i as u64,
+            )?;
+            let dn_b = up.vector(&name("mlp.experts.down_bias"), &[small2(src, &name("mlp.experts.down_proj_bias"), [e, h as usize])?])?;
+
+            // Attention block: x += o_proj(attn(rope(qkv(norm(x))))).
+            let cache = &caches[l];
+            ds.push(rmsnorm::build(g, &step, &RmsNorm { x: a("x"), w: &ln1, rows: None, out: a("h"), n: c.hidden, eps: c.eps, count: Count::Tokens })?);
+            ds.extend(linear::build(g, &step, &Linear {
+                x: a("h"), w: &qkv_w, bias: qkv_b.as_ref(), y: a("qkv"), k: c.hidden, n_out: qkv_n as u32, count: Count::Tokens, accumulate: false,
+            })?);
+            ds.push(rope::build(
+                g,
+                &step,
+                &Rope { tokens: a("tokens"), table: &rope_table, qkv: a("qkv"), k_cache: &cache.k, v_cache: &cache.v },
+                rope::Params { n_heads: c.heads, n_kv: c.kv_heads, head_dim: c.head_dim, cap: cache.cap },
+            )?);
+            ds.push(attention::build(
+                g,
+                &step,
+                &Attention { tokens: a("tokens"), qkv: a("qkv"), k_cache: &cache.k, v_cache: &cache.v, sinks: &sinks, out: a("attn") },
+                attention::Params {
+                    n_heads: c.heads,
+                    n_kv: c.kv_heads,
+                    head_dim: c.head_dim,
+                    cap: cache.cap,
+                    window: if c.sliding[l] { c.sliding_window } else { 0 },
+                    scale: 1.0 / (c.head_dim as f32).sqrt(),
+                    _pad: [0; 2],
+                },
+            )?);
+            ds.extend(linear::build(g, &step, &Linear {
+                x: a("attn"), w: &o_w, bias: o_b.as_ref(), y: a("x"), k: (nh * d) as u32, n_out: c.hidden, count: Count::Tokens, accumulate: true,
+            })?);
+            // MoE block: x += sum_k w_k * expert_k(norm(x)).
+            ds.push(rmsnorm::build(g, &step, &RmsNorm { x: a("x"), w: &ln2, rows: None, out: a("h"), n: c.hidden, eps: c.eps, count: Count::Tokens })?);
+            ds.extend(linear::build(g, &step, &Linear {
+                x: a("h"), w: &router_w, bias: Some(&router_b), y: a("router_logits"), k: c.hidden, n_out: c.experts, count: Count::Tokens, accumulate: false,
+            })?);
+            ds.push(router::build(g, &step, a("router_logits"), a("expert_idx"), a("expert_wts"), c.experts, c.top_k)?);
+            let shape = MoeShape { hidden: c.hidden, inter: c.inter, top_k: c.top_k, limit: c.swiglu_limit, alpha: c.swiglu_alpha };
+            ds.extend(moe::gate_up(g, &step, &shape, a("h"), a("expert_idx"), &gu, &gu_b, a("expert_act"))?);
+            ds.extend(moe::down(g, &step, &shape, a("expert_act"), a("expert_idx"), a("expert_wts"), &dn, &dn_b, a("x"))?);
+
+            bufs.extend([ln1, ln2, sinks, router_b, gu_b, dn_b]);
+            bufs.extend(qkv_b);
+            bufs.extend(o_b);
+            let mut experts = gu;
+            experts.extend(dn);
+            layers.push(Layer { _buffers: bufs, _splits: vec![qkv_w, o_w, router_w], _experts: experts });
+        }
+
+        let norm = up.vector("model.norm", &[small(src, "model.norm.weight", h as usize)?])?;
+        let lm_head = if c.tie_embeddings {
+            Split { chunks: Vec::new() }
+        } else {
+            up.split("lm_head", &[src.tensor("lm_head.weight")?.data], h * 2, 1)?
+        };
+        let head = if c.tie_embeddings { &embed } else { &lm_head };
+        ds.push(rmsnorm::build(g, &step, &RmsNorm {
+            x: a("x"), w: &norm, rows: Some(a("out_rows")), out: a("final_h"), n: c.hidden, eps: c.eps, count: Count::Outputs,
+        })?);
+        ds.extend(linear::build(g, &step, &Linear {
+            x: a("final_h"), w: head, bias: None, y: a("logits"), k: c.hidden, n_out: c.vocab, count: Count::Outputs, accumulate: false,
+        })?);
+        ds.push(sample::build(g, &step, a("logits"), a("sampling"), a("ids"), c.vocab)?);
+        g.queue.submit([]);
+        g.wait()?;
+
+        let ids_staging = g.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("ids read-back"),
+            size: (max_outputs as u64 * 4).max(4),
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let weight_bytes = up.weight_bytes;
+        let take = |acts: &mut std::collections::HashMap<&str, wgpu::Buffer>, n: &str| acts.remove(n).ok_or_else(|| Error::Device(format!("no buffer {n}")));
+        let mut acts = acts;
+        Ok(Model {
+            max_outputs,
+            weight_bytes,
+            cache_bytes: kv_cache::bytes(&caches),
+            activation_bytes,
+            tokens: take(&mut acts, "tokens")?,
+            out_rows: take(&mut acts, "out_rows")?,
+            sampling: take(&mut acts, "sampling")?,
+            ids: take(&mut acts, "ids")?,
+            logits: take(&mut acts, "logits")?,
+            ids_staging,
+            step,
+            dispatches: ds,
+            _layers: layers,
+            _globals: (embed, lm_head, [vec![norm, rope_table], acts.into_values().collect()].concat()),
+            _caches: caches,
+            gpu,
+            cfg,
+            opts,
+        })
+    }
+
+    /// Checks a batch against the sizes fixed at load and writes its inputs.
+    fn write_inputs(&self, b: &Batch) -> Result<StepCounts> {
+        let n = b.tokens.len();
+        if n == 0 || n > self.opts.max_tokens as usize {
+            return Err(Error::Request(format!("a forward pass takes 1..={} tokens, got {n}", self.opts.max_tokens)));
+        }
+        if b.outputs.len() > self.max_outputs as usize || b.sampling.len() != b.outputs.len() {
+            return Err(Error::Request(format!(
+                "{} outputs with {} sampling settings (at most {})",
+                b.outputs.len(),
+                b.sampling.len(),
+                self.max_outputs
+            )));
+        }
+        for t in b.tokens {
+            if t.id >= self.cfg.vocab {
+                return Err(Error::Request(format!("token id {} is outside the vocabulary of {}", t.id, self.cfg.vocab)));
+            }
+            if t.pos >= self.opts.max_context {
+                return Err(Error::Request(format!("position {} exceeds the context of {} tokens", t.pos, self.opts.max_context)));
+            }
+            if t.seq >= self.opts.max_seqs {
+                return Err(Error::Request(format!("sequence slot {} exceeds {}", t.seq, self.opts.max_seqs)));
+            }
+        }
+        if let Some(o) = b.outputs.iter().find(|o| **o as usize >= n) {
+            return Err(Error::Request(format!("output row {o} is not a token of the pass")));
+        }
+        let g = &self.gpu;
+        g.write(&self.tokens, 0, bytemuck::cast_slice(b.tokens));
+        if !b.outputs.is_empty() {
+            g.write(&self.out_rows, 0, bytemuck::cast_slice(b.outputs));
+            g.write(&self.sampling, 0, bytemuck::cast_slice(b.sampling));
+        }
+        Ok(StepCounts {
+            tokens: n as u32,
+            outputs: b.outputs.len() as u32,
+            slots: n as u32 * self.cfg.top_k,
+            _pad: 0,
+        })
+    }
+
+    /// Runs a forward pass and returns the sampled token id of each output row. Only those ids
+    /// come back from the GPU.
+    pub async fn sample(&self, b: &Batch<'_>) -> Result<Vec<u32>> {
+        let counts = self.write_inputs(b)?;
+        let g = &self.gpu;
+        let mut enc = g.device.create_command_encoder(&Default::default());
+        dispatch::record_all(g, &mut enc, &self.step, &counts, &self.dispatches);
+        let n = b.outputs.len() as u64 * 4;
+        if n > 0 {
+            enc.copy_buffer_to_buffer(&self.ids, 0, &self.ids_staging, 0, n);
+        }
+        g.queue.submit([enc.finish()]);
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        let bytes = crate::gpu::buffer::map_read(g, &self.ids_staging, n)?;
+        Ok(bytemuck::pod_collect_to_vec(&bytes))
+    }
+
+    /// Runs a forward pass and returns the logits [outputs, V] (a debugging and parity path).
+    pub fn logits(&self, b: &Batch<'_>) -> Result<Vec<f32>> {
+        let counts = self.write_inputs(b)?;
+        dispatch::submit(&self.gpu, &self.step, &counts, &self.dispatches);
+        self.gpu.read_f32(&self.logits, b.outputs.len() * self.cfg.vocab as usize)
+    }
+
+    /// GPU time per kernel family over one forward pass, from timestamp queries (None when the
+    /// adapter has none).
+    pub fn profile(&self, b: &Batch<'_>) -> Result<Option<Vec<(String, f64)>>> {
+        let g = &self.gpu;
+        if !g.caps.timestamps {
+            return Ok(None);
+        }
+        let counts = self.write_inputs(b)?;
+        let n = self.dispatches.len() as u32;
+        let set = g.device.create_query_set(&wgpu::QuerySetDescriptor {
+            label: Some("profile"),
+            ty: wgpu::QueryType::Timestamp,
+            count: 2 * n,
+        });
+        let resolve = g.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("profile resolve"),
+            size: 16 * n as u64,
+            usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: false,
+        });
+        let staging = g.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("profile read-back"),
+            size: 16 * n as u64,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        g.queue.write_buffer(&self.step, 0, bytemuck::bytes_of(&counts));
+        let mut enc = g.device.create_command_encoder(&Default::default());
+        for (i, d) in self.dispatches.iter().enumerate() {
+            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some(&d.label),
+                timestamp_writes: Some(wgpu::ComputePassTimestampWrites {
+                    query_set: &set,
+                    beginning_of_pass_write_index: Some(2 * i as u32),
+                    end_of_pass_write_index: Some(2 * i as u32 + 1),
+                }),
+            });
+            d.record(&mut pass, &counts);
+        }
+        enc.resolve_query_set(&set, 0..2 * n, &resolve, 0);
+        enc.copy_buffer_to_buffer(&resolve, 0, &staging, 0, 16 * n as u64);
+        g.queue.submit([enc.finish()]);
+        let ticks: Vec<u64> = bytemuck::pod_collect_to_vec(&crate::gpu::buffer::map_read(g, &staging, 16 * n as u64)?);
+        let period = g.queue.get_timestamp_period() as f64;
+        let mut per: Vec<(String, f64)> = Vec::new();
+        for (i, d) in self.dispatches.iter().enumerate() {
+            let ns = ticks[2 * i + 1].saturating_sub(ticks[2 * i]) as f64 * period;
+            let family = d.label.split('.').take(2).collect::<Vec<_>>().join(".");
+            match per.iter_mut().find(|(f, _)| *f == family) {
+                Some((_, t)) => *t += ns,
+                None => per.push((family, ns)),
+            }
+        }
+        Ok(Some(per))
+    }
+}

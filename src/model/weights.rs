@@ -1,0 +1,172 @@
+//! Where tensor bytes come from: the `WeightSource` trait, and on native targets a checkpoint
+//! directory (config.json, safetensors shards, tokenizer.json) read through memory maps, so the
+//! bytes go from the page cache to the GPU without a second host copy.
+
+use crate::error::{Error, Result};
+
+/// Element types the checkpoint may hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DType {
+    BF16,
+    U8,
+    F32,
+    Other,
+}
+
+/// One tensor's description and bytes.
+pub struct TensorRef<'a> {
+    pub dtype: DType,
+    pub shape: Vec<usize>,
+    pub data: &'a [u8],
+    /// The file it came from, for error messages.
+    pub file: &'a str,
+}
+
+/// A set of named tensors.
+pub trait WeightSource {
+    /// The tensor, or an error naming what is missing.
+    fn tensor(&self, name: &str) -> Result<TensorRef<'_>>;
+}
+
+
+/// Fetches `name` and checks its dtype and shape.
+pub fn expect<'a>(src: &'a dyn WeightSource, name: &str, dtype: DType, shape: &[usize]) -> Result<&'a [u8]> {
+    let t = src.tensor(name)?;
+    if t.dtype != dtype {
+        return Err(Error::Weights(format!(
+            "{}: tensor `{name}` is {:?}, expected {dtype:?}",
+            t.file, t.dtype
+        )));
+    }
+    if t.shape != shape {
+        return Err(Error::Shape {
+            tensor: format!("{} in {}", name, t.file),
+            expected: shape.to_vec(),
+            got: t.shape,
+        });
+    }
+    Ok(t.data)
+}
+
+fn dtype_of(d: safetensors::Dtype) -> DType {
+    match d {
+        safetensors::Dtype::BF16 => DType::BF16,
+        safetensors::Dtype::U8 => DType::U8,
+        safetensors::Dtype::F32 => DType::F32,
+        _ => DType::Other,
+    }
+}
+
+/// Safetensors files held in memory (or memory-mapped), indexed by tensor name.
+pub struct Shards<B: AsRef<[u8]>> {
+    files: Vec<(String, B)>,
+    index: std::collections::HashMap<String, (usize, DType, Vec<usize>, std::ops::Range<usize>)>,
+}
+
+impl<B: AsRef<[u8]>> Shards<B> {
+    /// Parses each file's header; a corrupt header or data that runs past the end of the file is
+    /// an error naming the file.
+    pub fn new(files: Vec<(String, B)>) -> Result<Self> {
+        let mut index = std::collections::HashMap::new();
+        for (i, (name, bytes)) in files.iter().enumerate() {
+            let st = safetensors::SafeTensors::deserialize(bytes.as_ref())
+                .map_err(|e| Error::Weights(format!("{name}: not a valid safetensors file: {e}")))?;
+            let base = bytes.as_ref().as_ptr() as usize;
+            for (tname, view) in st.tensors() {
+                let start = view.data().as_ptr() as usize - base;
+                let range = start..start + view.data().len();
+                index.insert(tname, (i, dtype_of(view.dtype()), view.shape().to_vec(), range));
+            }
+        }
+        Ok(Shards { files, index })
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &String> {
+        self.index.keys()
+    }
+}
+
+impl<B: AsRef<[u8]>> WeightSource for Shards<B> {
+    fn tensor(&self, name: &str) -> Result<TensorRef<'_>> {
+        let (i, dtype, shape, range) = self.index.get(name).ok_or_else(|| {
+            let files: Vec<&str> = self.files.iter().map(|(n, _)| n.as_str()).collect();
+            Error::Weights(format!("tensor `{name}` is missing (looked in {})", files.join(", ")))
+        })?;
+        let (file, bytes) = &self.files[*i];
+        Ok(TensorRef {
+            dtype: *dtype,
+            shape: shape.clone(),
+            data: &bytes.as_ref()[range.clone()],
+            file,
+        })
+    }
+}
+
+#[cfg(feature = "native")]
+pub use native::{Checkpoint, load_dir};
+
+#[cfg(feature = "native")]
+mod native {
+    use std::path::{Path, PathBuf};
+
+    use super::*;
+    use crate::model::config::{HfConfig, ModelConfig};
+
+    /// A checkpoint directory opened for loading.
+    pub struct Checkpoint {
+        pub dir: PathBuf,
+        pub config: ModelConfig,
+        pub shards: Shards<memmap2::Mmap>,
+    }
+
+    fn read(path: &Path) -> Result<String> {
+        std::fs::read_to_string(path).map_err(|e| Error::io(path, e))
+    }
+
+    /// Opens `dir`: validates config.json, finds the shards (through model.safetensors.index.json
+    /// or a single model.safetensors) and maps them.
+    pub fn load_dir(dir: &Path) -> Result<Checkpoint> {
+        if !dir.is_dir() {
+            return Err(Error::Weights(format!("{} is not a directory", dir.display())));
+        }
+        let config_path = dir.join("config.json");
+        let config = HfConfig::from_json(&read(&config_path)?)
+            .and_then(|c| c.validate())
+            .map_err(|e| Error::Config(format!("{}: {e}", config_path.display())))?;
+        let index_path = dir.join("model.safetensors.index.json");
+        let mut names: Vec<String> = if index_path.exists() {
+            let v: serde_json::Value = serde_json::from_str(&read(&index_path)?)
+                .map_err(|e| Error::Weights(format!("{}: {e}", index_path.display())))?;
+            let map = v
+                .get("weight_map")
+                .and_then(|m| m.as_object())
+                .ok_or_else(|| Error::Weights(format!("{}: no `weight_map`", index_path.display())))?;
+            let mut files: Vec<String> = map.values().filter_map(|f| f.as_str().map(String::from)).collect();
+            files.sort();
+            files.dedup();
+            files
+        } else if dir.join("model.safetensors").exists() {
+            vec!["model.safetensors".into()]
+        } else {
+            return Err(Error::Weights(format!(
+                "{}: neither model.safetensors.index.json nor model.safetensors found",
+                dir.display()
+            )));
+        };
+        names.retain(|n| !n.contains('/') && !n.contains(".."));
+        let mut files = Vec::new();
+        for n in names {
+            let path = dir.join(&n);
+            let f = std::fs::File::open(&path).map_err(|e| Error::io(&path, e))?;
+            // SAFETY: the map is read-only; a file truncated while mapped would fault, which is
+            // the usual caveat of memory-mapped checkpoints in every runtime.
+            let map = unsafe { memmap2::Mmap::map(&f) }.map_err(|e| Error::io(&path, e))?;
+            files.push((path.display().to_string(), map));
+        }
+        Ok(Checkpoint {
+            dir: dir.to_path_buf(),
+            config,
+            shards: Shards::new(files)?,
+        })
+    }
+}
