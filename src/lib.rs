@@ -4,6 +4,9 @@
 //! below it are the pieces: `gpu` (device, shaders, buffers), `kernels` (one per WGSL family),
 //! `model` (config, weights, forward graph), `engine` (requests, sampling, the step loop).
 
+#[cfg(feature = "native")]
+pub mod bench;
+pub mod engine;
 pub mod error;
 pub mod gpu;
 pub mod kernels;
@@ -13,4 +16,8 @@ pub mod rng;
 pub mod synth;
 pub mod tokenizer;
 
+pub use engine::{Engine, Event, FinishReason, Request, RequestId, Sampling};
 pub use error::{Error, Result};
+pub use gpu::{Gpu, GpuOptions};
+pub use model::{ModelConfig, ModelOptions};
+pub use tokenizer::{StreamDecoder, Tokenizer};

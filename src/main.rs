@@ -1,1 +1,474 @@
-fn main() {}
+//! `gpt-oss-wgpu`: run gpt-oss checkpoints on the local GPU. A thin shell over the library.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+use gpt_oss_wgpu::model::{Batch, TokenInfo};
+use gpt_oss_wgpu::synth::{self, SynthSpec};
+use gpt_oss_wgpu::{
+    Engine, Event, Gpu, GpuOptions, ModelOptions, Request, Sampling, StreamDecoder,
+};
+use indicatif::{ProgressBar, ProgressStyle};
+
+#[derive(Parser)]
+#[command(
+    name = "gpt-oss-wgpu",
+    version,
+    about = "Run OpenAI's gpt-oss models on any GPU through WGSL compute shaders"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// List the GPU adapters wgpu can see, with their features and limits.
+    Devices(DeviceArgs),
+    /// Write a random-weight checkpoint in the released Hugging Face layout.
+    Synth(SynthArgs),
+    /// Generate a completion of raw text (or token ids), streaming it to stdout.
+    Generate(GenerateArgs),
+    /// Write the logits of every position of a token sequence to a safetensors file.
+    Logits(LogitsArgs),
+    /// Measure prefill and decode speed, time to first token, GPU memory and per-kernel time.
+    Bench(BenchArgs),
+}
+
+#[derive(Args, Clone)]
+struct DeviceArgs {
+    /// Graphics API to use: vulkan, metal, dx12, gl, or all.
+    #[arg(long, default_value = "all")]
+    backend: String,
+    /// Adapter to use: its index in `devices` or part of its name.
+    #[arg(long)]
+    adapter: Option<String>,
+    /// Use only the portable kernels (no subgroups, no f16), as the browser does.
+    #[arg(long)]
+    portable: bool,
+}
+
+#[derive(Args, Clone)]
+struct ModelArgs {
+    /// Checkpoint directory (config.json, *.safetensors, tokenizer.json).
+    #[arg(long)]
+    model: PathBuf,
+    /// Most positions per sequence (prompt plus output).
+    #[arg(long, default_value_t = 4096)]
+    max_context: u32,
+    /// Most tokens per forward pass; longer prompts are prefilled in chunks.
+    #[arg(long, default_value_t = 512)]
+    chunk: u32,
+    #[command(flatten)]
+    device: DeviceArgs,
+}
+
+#[derive(Args)]
+struct SynthArgs {
+    /// Shape to start from: tiny, 20b or 120b.
+    #[arg(long, default_value = "tiny")]
+    preset: String,
+    /// Output directory.
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[arg(long)]
+    layers: Option<u32>,
+    #[arg(long)]
+    hidden: Option<u32>,
+    #[arg(long)]
+    intermediate: Option<u32>,
+    #[arg(long)]
+    heads: Option<u32>,
+    #[arg(long)]
+    kv_heads: Option<u32>,
+    #[arg(long)]
+    head_dim: Option<u32>,
+    #[arg(long)]
+    experts: Option<u32>,
+    #[arg(long)]
+    top_k: Option<u32>,
+    #[arg(long)]
+    vocab: Option<u32>,
+    #[arg(long)]
+    sliding_window: Option<u32>,
+    /// Start a new shard after this many MiB.
+    #[arg(long)]
+    shard_mib: Option<u64>,
+}
+
+#[derive(Args)]
+struct GenerateArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Prompt text (raw, no chat format).
+    #[arg(long, conflicts_with = "token_ids")]
+    prompt: Option<String>,
+    /// Prompt as comma-separated token ids.
+    #[arg(long, value_delimiter = ',')]
+    token_ids: Option<Vec<u32>>,
+    #[arg(long, default_value_t = 128)]
+    max_tokens: u32,
+    #[arg(long, default_value_t = 1.0)]
+    temperature: f32,
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f32,
+    /// Keep only the k most likely tokens (0 keeps all).
+    #[arg(long, default_value_t = 0)]
+    top_k: u32,
+    /// Sampling seed (random when omitted).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Always take the most likely token.
+    #[arg(long)]
+    greedy: bool,
+    /// Print JSON with the generated ids, text and timings instead of streaming text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct LogitsArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[arg(long, value_delimiter = ',', required = true)]
+    token_ids: Vec<u32>,
+    /// Output safetensors file (tensor `logits`, f32, [n, vocab]).
+    #[arg(long)]
+    out: PathBuf,
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Prompt lengths to prefill.
+    #[arg(long, value_delimiter = ',', default_value = "512,2048")]
+    prompt_lens: Vec<u32>,
+    /// Decode batch sizes (sequences decoding together).
+    #[arg(long, value_delimiter = ',', default_value = "1")]
+    batches: Vec<u32>,
+    /// Decode steps to time per batch size.
+    #[arg(long, default_value_t = 64)]
+    decode_steps: u32,
+    /// Write the report as JSON here too.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+fn gpu_options(d: &DeviceArgs) -> Result<GpuOptions> {
+    let backends = match d.backend.to_lowercase().as_str() {
+        "all" => None,
+        "vulkan" => Some(wgpu::Backends::VULKAN),
+        "metal" => Some(wgpu::Backends::METAL),
+        "dx12" => Some(wgpu::Backends::DX12),
+        "gl" => Some(wgpu::Backends::GL),
+        other => bail!("unknown backend `{other}` (vulkan, metal, dx12, gl, all)"),
+    };
+    let mut o = GpuOptions::from_env();
+    o.backends = backends;
+    o.adapter = d.adapter.clone();
+    o.portable |= d.portable;
+    Ok(o)
+}
+
+fn bar(len: u64, msg: &str) -> ProgressBar {
+    let pb = ProgressBar::new(len);
+    pb.set_style(
+        ProgressStyle::with_template(
+            "{msg} [{bar:30}] {bytes}/{total_bytes} ({bytes_per_sec}, {eta})",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    pb.set_message(msg.to_string());
+    pb
+}
+
+fn load(m: &ModelArgs, max_seqs: u32) -> Result<Engine> {
+    let gpu = pollster::block_on(Gpu::new(&gpu_options(&m.device)?))?;
+    eprintln!("using {} ({:?})", gpu.info.name, gpu.info.backend);
+    let cfg = gpt_oss_wgpu::model::weights::load_dir(&m.model)?.config;
+    let opts = ModelOptions {
+        max_tokens: m.chunk,
+        max_seqs,
+        max_context: m.max_context.min(cfg.max_positions),
+    };
+    let pb = bar(0, "loading");
+    let t0 = Instant::now();
+    let engine = Engine::load_dir(Arc::new(gpu), &m.model, opts, &mut |done, total| {
+        pb.set_length(total);
+        pb.set_position(done);
+    })
+    .with_context(|| format!("loading {}", m.model.display()))?;
+    pb.finish_and_clear();
+    eprintln!(
+        "loaded {} in {:.1}s: {:.2} GiB weights, {:.2} GiB KV cache",
+        m.model.display(),
+        t0.elapsed().as_secs_f64(),
+        engine.model.weight_bytes as f64 / (1u64 << 30) as f64,
+        engine.model.cache_bytes as f64 / (1u64 << 30) as f64
+    );
+    Ok(engine)
+}
+
+fn devices(d: &DeviceArgs) -> Result<()> {
+    let o = gpu_options(d)?;
+    let list = pollster::block_on(gpt_oss_wgpu::gpu::context::adapters(o.backends));
+    if list.is_empty() {
+        bail!(
+            "no GPU adapters found (on Linux, install a Vulkan driver such as mesa-vulkan-drivers)"
+        );
+    }
+    for (i, a) in list.iter().enumerate() {
+        println!("[{i}] {}", gpt_oss_wgpu::gpu::context::describe_adapter(a));
+    }
+    Ok(())
+}
+
+fn synth_cmd(a: &SynthArgs) -> Result<()> {
+    let mut s = SynthSpec::preset(&a.preset)?;
+    let set = |v: &mut u32, o: Option<u32>| {
+        if let Some(x) = o {
+            *v = x;
+        }
+    };
+    set(&mut s.layers, a.layers);
+    set(&mut s.hidden, a.hidden);
+    set(&mut s.inter, a.intermediate);
+    set(&mut s.heads, a.heads);
+    set(&mut s.kv_heads, a.kv_heads);
+    set(&mut s.head_dim, a.head_dim);
+    set(&mut s.experts, a.experts);
+    set(&mut s.top_k, a.top_k);
+    set(&mut s.vocab, a.vocab);
+    set(&mut s.sliding_window, a.sliding_window);
+    if let Some(m) = a.shard_mib {
+        s.shard_bytes = m.max(1) << 20;
+    }
+    let pb = bar(0, "writing");
+    synth::write(&a.out, &s, a.seed, &mut |done, total| {
+        pb.set_length(total);
+        pb.set_position(done);
+    })?;
+    pb.finish_and_clear();
+    eprintln!(
+        "wrote {} ({} layers, hidden {}, {} experts, top-{}, vocab {})",
+        a.out.display(),
+        s.layers,
+        s.hidden,
+        s.experts,
+        s.top_k,
+        s.vocab
+    );
+    Ok(())
+}
+
+fn generate(a: &GenerateArgs) -> Result<()> {
+    let mut engine = load(&a.model, 1)?;
+    let prompt = match (&a.prompt, &a.token_ids) {
+        (Some(text), _) => match &engine.tokenizer {
+            Some(t) => t.encode(text)?,
+            None => bail!(
+                "{} has no tokenizer.json; pass --token-ids",
+                a.model.model.display()
+            ),
+        },
+        (None, Some(ids)) => ids.clone(),
+        (None, None) => bail!("give --prompt TEXT or --token-ids 1,2,3"),
+    };
+    let seed = a.seed.unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64)
+    });
+    let sampling = if a.greedy {
+        Sampling {
+            seed,
+            ..Sampling::greedy()
+        }
+    } else {
+        Sampling {
+            temperature: a.temperature,
+            top_p: a.top_p,
+            top_k: a.top_k,
+            seed,
+        }
+    };
+    let t0 = Instant::now();
+    engine.submit(Request {
+        prompt: prompt.clone(),
+        max_tokens: a.max_tokens,
+        sampling,
+        stop: vec![],
+        ignore_eos: false,
+    })?;
+    let mut out = Vec::new();
+    let mut first_token = None;
+    let mut reason = None;
+    let mut dec = StreamDecoder::default();
+    let mut stdout = std::io::stdout().lock();
+    while engine.has_work() {
+        for ev in pollster::block_on(engine.step())? {
+            match ev {
+                Event::Token { token, .. } => {
+                    first_token.get_or_insert_with(|| t0.elapsed());
+                    out.push(token);
+                    if !a.json && !engine.eos.contains(&token) {
+                        if let Some(t) = &engine.tokenizer {
+                            if let Some(piece) = dec.push(t, token)? {
+                                stdout.write_all(piece.as_bytes())?;
+                                stdout.flush()?;
+                            }
+                        } else {
+                            write!(stdout, "{token} ")?;
+                        }
+                    }
+                }
+                Event::Finished { reason: r, .. } => reason = Some(r),
+            }
+        }
+    }
+    let total = t0.elapsed().as_secs_f64();
+    let ttft = first_token.map_or(0.0, |d| d.as_secs_f64());
+    let decode_tok_s = if out.len() > 1 {
+        (out.len() - 1) as f64 / (total - ttft).max(1e-9)
+    } else {
+        0.0
+    };
+    if a.json {
+        let text = match &engine.tokenizer {
+            Some(t) => Some(t.decode(&out)?),
+            None => None,
+        };
+        let v = serde_json::json!({
+            "prompt_tokens": prompt.len(),
+            "token_ids": out,
+            "text": text,
+            "finish_reason": reason.map(|r| r.as_str()),
+            "seed": seed,
+            "timings": {"time_to_first_token_s": ttft, "total_s": total, "prefill_tok_s": prompt.len() as f64 / ttft.max(1e-9), "decode_tok_s": decode_tok_s},
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        writeln!(stdout)?;
+        eprintln!(
+            "{} prompt tokens, {} generated; first token after {:.0} ms, {:.1} tok/s",
+            prompt.len(),
+            out.len(),
+            ttft * 1e3,
+            decode_tok_s
+        );
+    }
+    Ok(())
+}
+
+fn logits(a: &LogitsArgs) -> Result<()> {
+    let engine = load(&a.model, 1)?;
+    let model = &engine.model;
+    let n = a.token_ids.len();
+    if n == 0 || n > model.opts.max_context as usize {
+        bail!(
+            "{n} tokens do not fit a context of {}",
+            model.opts.max_context
+        );
+    }
+    let vocab = model.cfg.vocab as usize;
+    let mut all = Vec::with_capacity(n * vocab);
+    let step = (model.max_outputs as usize).min(model.opts.max_tokens as usize);
+    for start in (0..n).step_by(step) {
+        let end = (start + step).min(n);
+        let toks: Vec<TokenInfo> = (start..end)
+            .map(|p| TokenInfo {
+                id: a.token_ids[p],
+                pos: p as u32,
+                seq: 0,
+                _pad: 0,
+            })
+            .collect();
+        let outputs: Vec<u32> = (0..toks.len() as u32).collect();
+        let sampling = vec![Default::default(); toks.len()];
+        all.extend(model.logits(&Batch {
+            tokens: &toks,
+            outputs: &outputs,
+            sampling: &sampling,
+        })?);
+    }
+    write_logits(&a.out, &all, n, vocab)?;
+    eprintln!("wrote logits [{n}, {vocab}] to {}", a.out.display());
+    Ok(())
+}
+
+fn write_logits(path: &Path, v: &[f32], n: usize, vocab: usize) -> Result<()> {
+    let bytes: &[u8] = bytemuck::cast_slice(v);
+    let view =
+        safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![n, vocab], bytes)?;
+    safetensors::serialize_to_file([("logits", view)], None, path)?;
+    Ok(())
+}
+
+fn bench(a: &BenchArgs) -> Result<()> {
+    let mut m = a.model.clone();
+    let longest = a.prompt_lens.iter().copied().max().unwrap_or(512);
+    m.chunk = m.chunk.max(longest);
+    m.max_context = m.max_context.max(longest + 1);
+    let max_batch = a.batches.iter().copied().max().unwrap_or(1);
+    let engine = load(&m, max_batch)?;
+    let report = gpt_oss_wgpu::bench::run(
+        &engine.model,
+        &a.prompt_lens,
+        &a.batches,
+        a.decode_steps,
+        &mut |l| eprintln!("{l}"),
+    )?;
+    println!("adapter: {}", report.adapter);
+    println!(
+        "GPU memory: {:.2} GiB weights + {:.2} GiB KV cache + {:.2} GiB activations",
+        report.weight_gib, report.kv_cache_gib, report.activations_gib
+    );
+    for (name, k) in [
+        ("decode step", &report.decode_kernels_us),
+        ("prefill pass", &report.prefill_kernels_us),
+    ] {
+        if k.is_empty() {
+            continue;
+        }
+        let total: f64 = k.iter().map(|x| x.1).sum();
+        println!("GPU time per {name}: {total:.0} us");
+        for (fam, us) in k {
+            println!(
+                "  {fam:<24} {us:>10.1} us  {:>5.1}%",
+                100.0 * us / total.max(1e-9)
+            );
+        }
+    }
+    if let Some(p) = &a.json {
+        std::fs::write(p, serde_json::to_string_pretty(&report)?)
+            .with_context(|| p.display().to_string())?;
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let r = match &cli.command {
+        Command::Devices(d) => devices(d),
+        Command::Synth(a) => synth_cmd(a),
+        Command::Generate(a) => generate(a),
+        Command::Logits(a) => logits(a),
+        Command::Bench(a) => bench(a),
+    };
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -61,20 +61,40 @@ impl SynthSpec {
                 ..big
             }),
             "20b" => Ok(big),
-            "120b" => Ok(SynthSpec { layers: 36, experts: 128, ..big }),
-            other => Err(Error::Request(format!("unknown preset `{other}` (tiny, 20b, 120b)"))),
+            "120b" => Ok(SynthSpec {
+                layers: 36,
+                experts: 128,
+                ..big
+            }),
+            other => Err(Error::Request(format!(
+                "unknown preset `{other}` (tiny, 20b, 120b)"
+            ))),
         }
     }
 
     fn config_json(&self) -> serde_json::Value {
         let layer_types: Vec<&str> = (0..self.layers)
-            .map(|i| if i % 2 == 0 { "sliding_attention" } else { "full_attention" })
+            .map(|i| {
+                if i % 2 == 0 {
+                    "sliding_attention"
+                } else {
+                    "full_attention"
+                }
+            })
             .collect();
+        // Small test vocabularies have no special tokens: leave their ids out.
+        let special = |id: u32| {
+            if id < self.vocab {
+                json!(id)
+            } else {
+                serde_json::Value::Null
+            }
+        };
         json!({
             "architectures": ["GptOssForCausalLM"],
             "attention_bias": true,
             "attention_dropout": 0.0,
-            "eos_token_id": 200002,
+            "eos_token_id": special(200002),
             "experts_per_token": self.top_k,
             "head_dim": self.head_dim,
             "hidden_act": "silu",
@@ -91,7 +111,7 @@ impl SynthSpec {
             "num_key_value_heads": self.kv_heads,
             "num_local_experts": self.experts,
             "output_router_logits": false,
-            "pad_token_id": 199999,
+            "pad_token_id": special(199999),
             "quantization_config": {
                 "modules_to_not_convert": ["model.layers.*.self_attn", "model.layers.*.mlp.router", "model.embed_tokens", "lm_head"],
                 "quant_method": "mxfp4"
@@ -151,39 +171,117 @@ impl Entry {
 }
 
 fn tensors(s: &SynthSpec) -> Vec<Entry> {
-    let (h, v, i, e) = (s.hidden as usize, s.vocab as usize, s.inter as usize, s.experts as usize);
+    let (h, v, i, e) = (
+        s.hidden as usize,
+        s.vocab as usize,
+        s.inter as usize,
+        s.experts as usize,
+    );
     let (nh, nkv, d) = (s.heads as usize, s.kv_heads as usize, s.head_dim as usize);
-    let uniform = |fan_in: usize| Fill::Bf16 { center: 0.0, a: (3.0 / fan_in as f32).sqrt() };
-    let small = Fill::Bf16 { center: 0.0, a: 0.1 };
-    let norm = Fill::Bf16 { center: 1.0, a: 0.2 };
+    let uniform = |fan_in: usize| Fill::Bf16 {
+        center: 0.0,
+        a: (3.0 / fan_in as f32).sqrt(),
+    };
+    let small = Fill::Bf16 {
+        center: 0.0,
+        a: 0.1,
+    };
+    let norm = Fill::Bf16 {
+        center: 1.0,
+        a: 0.2,
+    };
     // Scale exponents so dequantized weights have about 1/sqrt(fan_in) spread (the e2m1 values
     // have an RMS of about 2.9).
-    let scales = |fan_in: usize| Fill::Scales { base: (127.0 - (2.93 * (fan_in as f32).sqrt()).log2()).round() as u8 };
-    let mut out = vec![Entry { name: "model.embed_tokens.weight".into(), shape: vec![v, h], fill: Fill::Bf16 { center: 0.0, a: 1.0 } }];
+    let scales = |fan_in: usize| Fill::Scales {
+        base: (127.0 - (2.93 * (fan_in as f32).sqrt()).log2()).round() as u8,
+    };
+    let mut out = vec![Entry {
+        name: "model.embed_tokens.weight".into(),
+        shape: vec![v, h],
+        fill: Fill::Bf16 {
+            center: 0.0,
+            a: 1.0,
+        },
+    }];
     for l in 0..s.layers as usize {
         let p = format!("model.layers.{l}.");
-        let mut add = |n: &str, shape: Vec<usize>, fill| out.push(Entry { name: format!("{p}{n}"), shape, fill });
+        let mut add = |n: &str, shape: Vec<usize>, fill| {
+            out.push(Entry {
+                name: format!("{p}{n}"),
+                shape,
+                fill,
+            })
+        };
         add("input_layernorm.weight", vec![h], norm);
         for (n, rows) in [("q", nh * d), ("k", nkv * d), ("v", nkv * d)] {
-            add(&format!("self_attn.{n}_proj.weight"), vec![rows, h], uniform(h));
+            add(
+                &format!("self_attn.{n}_proj.weight"),
+                vec![rows, h],
+                uniform(h),
+            );
             add(&format!("self_attn.{n}_proj.bias"), vec![rows], small);
         }
         add("self_attn.o_proj.weight", vec![h, nh * d], uniform(nh * d));
         add("self_attn.o_proj.bias", vec![h], small);
-        add("self_attn.sinks", vec![nh], Fill::Bf16 { center: 0.0, a: 1.0 });
+        add(
+            "self_attn.sinks",
+            vec![nh],
+            Fill::Bf16 {
+                center: 0.0,
+                a: 1.0,
+            },
+        );
         add("post_attention_layernorm.weight", vec![h], norm);
         // Router logits spread of about 2 so expert choices are mostly clear-cut.
-        add("mlp.router.weight", vec![e, h], Fill::Bf16 { center: 0.0, a: 2.0 * (3.0 / h as f32).sqrt() });
-        add("mlp.router.bias", vec![e], Fill::Bf16 { center: 0.0, a: 0.5 });
-        add("mlp.experts.gate_up_proj_blocks", vec![e, 2 * i, h / 32, 16], Fill::Codes);
-        add("mlp.experts.gate_up_proj_scales", vec![e, 2 * i, h / 32], scales(h));
+        add(
+            "mlp.router.weight",
+            vec![e, h],
+            Fill::Bf16 {
+                center: 0.0,
+                a: 2.0 * (3.0 / h as f32).sqrt(),
+            },
+        );
+        add(
+            "mlp.router.bias",
+            vec![e],
+            Fill::Bf16 {
+                center: 0.0,
+                a: 0.5,
+            },
+        );
+        add(
+            "mlp.experts.gate_up_proj_blocks",
+            vec![e, 2 * i, h / 32, 16],
+            Fill::Codes,
+        );
+        add(
+            "mlp.experts.gate_up_proj_scales",
+            vec![e, 2 * i, h / 32],
+            scales(h),
+        );
         add("mlp.experts.gate_up_proj_bias", vec![e, 2 * i], small);
-        add("mlp.experts.down_proj_blocks", vec![e, h, i / 32, 16], Fill::Codes);
-        add("mlp.experts.down_proj_scales", vec![e, h, i / 32], scales(i));
+        add(
+            "mlp.experts.down_proj_blocks",
+            vec![e, h, i / 32, 16],
+            Fill::Codes,
+        );
+        add(
+            "mlp.experts.down_proj_scales",
+            vec![e, h, i / 32],
+            scales(i),
+        );
         add("mlp.experts.down_proj_bias", vec![e, h], small);
     }
-    out.push(Entry { name: "model.norm.weight".into(), shape: vec![h], fill: norm });
-    out.push(Entry { name: "lm_head.weight".into(), shape: vec![v, h], fill: uniform(h) });
+    out.push(Entry {
+        name: "model.norm.weight".into(),
+        shape: vec![h],
+        fill: norm,
+    });
+    out.push(Entry {
+        name: "lm_head.weight".into(),
+        shape: vec![v, h],
+        fill: uniform(h),
+    });
     out
 }
 
@@ -203,7 +301,9 @@ fn fill_part(out: &mut [u8], fill: Fill, seed: u64) {
     match fill {
         Fill::Bf16 { center, a } => {
             for pair in out.chunks_exact_mut(2) {
-                pair.copy_from_slice(&half::bf16::from_f32(center + rng.symmetric(a)).to_le_bytes());
+                pair.copy_from_slice(
+                    &half::bf16::from_f32(center + rng.symmetric(a)).to_le_bytes(),
+                );
             }
         }
         Fill::Codes => {
@@ -233,7 +333,11 @@ fn generate(t: &Entry, seed: u64) -> Vec<u8> {
             let batch: Vec<(usize, &mut [u8])> = parts.drain(..per.min(parts.len())).collect();
             s.spawn(move || {
                 for (i, p) in batch {
-                    fill_part(p, t.fill, base ^ (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+                    fill_part(
+                        p,
+                        t.fill,
+                        base ^ (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15),
+                    );
                 }
             });
         }
@@ -246,7 +350,12 @@ fn write_file(path: &Path, text: &str) -> Result<()> {
 }
 
 /// Writes the checkpoint into `dir` (created if needed). `progress(done, total)` reports bytes.
-pub fn write(dir: &Path, spec: &SynthSpec, seed: u64, progress: &mut dyn FnMut(u64, u64)) -> Result<()> {
+pub fn write(
+    dir: &Path,
+    spec: &SynthSpec,
+    seed: u64,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<()> {
     crate::model::HfConfig::from_json(&spec.config_json().to_string())?.validate()?;
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let all = tensors(spec);
@@ -294,10 +403,26 @@ pub fn write(dir: &Path, spec: &SynthSpec, seed: u64, progress: &mut dyn FnMut(u
         w.flush().map_err(|e| Error::io(&path, e))?;
     }
     let index = json!({"metadata": {"total_size": total}, "weight_map": weight_map});
-    write_file(&dir.join("model.safetensors.index.json"), &serde_json::to_string_pretty(&index).unwrap_or_default())?;
-    write_file(&dir.join("config.json"), &serde_json::to_string_pretty(&spec.config_json()).unwrap_or_default())?;
-    let generation = json!({"bos_token_id": 199998, "do_sample": true, "eos_token_id": [200002, 199999, 200012], "pad_token_id": 199999});
-    write_file(&dir.join("generation_config.json"), &serde_json::to_string_pretty(&generation).unwrap_or_default())?;
-    write_file(&dir.join("tokenizer.json"), &crate::tokenizer::gpt_oss_tokenizer_json(spec.vocab)?)?;
+    write_file(
+        &dir.join("model.safetensors.index.json"),
+        &serde_json::to_string_pretty(&index).unwrap_or_default(),
+    )?;
+    write_file(
+        &dir.join("config.json"),
+        &serde_json::to_string_pretty(&spec.config_json()).unwrap_or_default(),
+    )?;
+    let eos: Vec<u32> = [200002, 199999, 200012]
+        .into_iter()
+        .filter(|i| *i < spec.vocab)
+        .collect();
+    let generation = json!({"bos_token_id": 199998, "do_sample": true, "eos_token_id": eos, "pad_token_id": 199999});
+    write_file(
+        &dir.join("generation_config.json"),
+        &serde_json::to_string_pretty(&generation).unwrap_or_default(),
+    )?;
+    write_file(
+        &dir.join("tokenizer.json"),
+        &crate::tokenizer::gpt_oss_tokenizer_json(spec.vocab)?,
+    )?;
     Ok(())
 }

@@ -10,7 +10,8 @@ pub struct Tokenizer {
 
 impl Tokenizer {
     pub fn from_bytes(json: &[u8]) -> Result<Tokenizer> {
-        let inner = tokenizers::Tokenizer::from_bytes(json).map_err(|e| Error::Tokenizer(e.to_string()))?;
+        let inner =
+            tokenizers::Tokenizer::from_bytes(json).map_err(|e| Error::Tokenizer(e.to_string()))?;
         Ok(Tokenizer { inner })
     }
 
@@ -21,12 +22,17 @@ impl Tokenizer {
     }
 
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
-        let enc = self.inner.encode(text, false).map_err(|e| Error::Tokenizer(e.to_string()))?;
+        let enc = self
+            .inner
+            .encode(text, false)
+            .map_err(|e| Error::Tokenizer(e.to_string()))?;
         Ok(enc.get_ids().to_vec())
     }
 
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
-        self.inner.decode(ids, false).map_err(|e| Error::Tokenizer(e.to_string()))
+        self.inner
+            .decode(ids, false)
+            .map_err(|e| Error::Tokenizer(e.to_string()))
     }
 
     pub fn vocab_size(&self) -> usize {
@@ -50,7 +56,8 @@ impl StreamDecoder {
         self.ids.push(id);
         let done = tok.decode(&self.ids[self.prefix..self.read])?;
         let all = tok.decode(&self.ids[self.prefix..])?;
-        if all.len() > done.len() && !all.ends_with('\u{fffd}') && all.is_char_boundary(done.len()) {
+        if all.len() > done.len() && !all.ends_with('\u{fffd}') && all.is_char_boundary(done.len())
+        {
             let piece = all[done.len()..].to_string();
             self.prefix = self.read;
             self.read = self.ids.len();
@@ -135,15 +142,26 @@ mod build {
         let encode = |b: &[u8]| -> String { b.iter().map(|x| chars[*x as usize]).collect() };
         let n_ranks = FIRST_SPECIAL.min(vocab);
         if n_ranks < 256 {
-            return Err(Error::Request(format!("a vocabulary of {vocab} cannot hold the 256 byte tokens")));
+            return Err(Error::Request(format!(
+                "a vocabulary of {vocab} cannot hold the 256 byte tokens"
+            )));
         }
         let mut bytes_of: Vec<Vec<u8>> = Vec::with_capacity(n_ranks as usize);
         for r in 0..n_ranks {
-            bytes_of.push(bpe.decode_bytes(&[r]).map_err(|e| Error::Tokenizer(format!("rank {r}: {e}")))?);
+            bytes_of.push(
+                bpe.decode_bytes(&[r])
+                    .map_err(|e| Error::Tokenizer(format!("rank {r}: {e}")))?,
+            );
         }
-        let rank: HashMap<&[u8], u32> = bytes_of.iter().enumerate().map(|(r, b)| (b.as_slice(), r as u32)).collect();
+        let rank: HashMap<&[u8], u32> = bytes_of
+            .iter()
+            .enumerate()
+            .map(|(r, b)| (b.as_slice(), r as u32))
+            .collect();
         if (0..=255u8).any(|b| !rank.contains_key(&[b][..])) {
-            return Err(Error::Request(format!("a vocabulary of {vocab} leaves out some byte tokens")));
+            return Err(Error::Request(format!(
+                "a vocabulary of {vocab} leaves out some byte tokens"
+            )));
         }
         // Every split of a token into two tokens is a merge, ordered by the merged token's rank
         // and then by the parts' ranks: BPE applying them in that order reproduces tiktoken.
@@ -156,11 +174,19 @@ mod build {
             }
         }
         merges.sort();
-        let vocab_map: serde_json::Map<String, serde_json::Value> =
-            bytes_of.iter().enumerate().map(|(r, b)| (encode(b), json!(r))).collect();
+        let vocab_map: serde_json::Map<String, serde_json::Value> = bytes_of
+            .iter()
+            .enumerate()
+            .map(|(r, b)| (encode(b), json!(r)))
+            .collect();
         let merges_json: Vec<serde_json::Value> = merges
             .iter()
-            .map(|(_, a, c)| json!([encode(&bytes_of[*a as usize]), encode(&bytes_of[*c as usize])]))
+            .map(|(_, a, c)| {
+                json!([
+                    encode(&bytes_of[*a as usize]),
+                    encode(&bytes_of[*c as usize])
+                ])
+            })
             .collect();
         let added: Vec<serde_json::Value> = (FIRST_SPECIAL..vocab.min(201088))
             .map(|id| {

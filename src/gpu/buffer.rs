@@ -119,14 +119,14 @@ impl Gpu {
         rows_per_unit: u64,
     ) -> Result<Vec<(u32, u32)>> {
         let unit_bytes = row_bytes * rows_per_unit;
-        if unit_bytes > self.caps.max_binding {
+        if unit_bytes > self.caps.split_bytes {
             return Err(Error::Limit {
                 what: format!("one unit of `{label}`"),
                 needed: unit_bytes,
-                max: self.caps.max_binding,
+                max: self.caps.split_bytes,
             });
         }
-        let units_per_chunk = (self.caps.max_binding / unit_bytes).max(1);
+        let units_per_chunk = self.caps.split_bytes / unit_bytes;
         let rows_per_chunk = units_per_chunk * rows_per_unit;
         let mut out = Vec::new();
         let mut start = 0;

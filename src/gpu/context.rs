@@ -15,8 +15,11 @@ pub struct Caps {
     pub subgroups: bool,
     /// Timestamp queries at pass boundaries work.
     pub timestamps: bool,
-    /// Largest storage-buffer binding in bytes; tensors above it are split over several buffers.
+    /// Largest storage-buffer binding in bytes.
     pub max_binding: u64,
+    /// Weight matrices larger than this are split by rows over several buffers: the binding
+    /// limit, unless lowered (tests lower it to exercise splitting on small models).
+    pub split_bytes: u64,
     /// Largest buffer in bytes.
     pub max_buffer: u64,
     /// Most invocations in one workgroup.
@@ -34,17 +37,17 @@ pub struct GpuOptions {
     pub adapter: Option<String>,
     /// Use only the portable kernels: no f16, no subgroups (what the browser path runs).
     pub portable: bool,
-    /// Split tensors at this many bytes instead of the adapter's binding limit (tests use it to
-    /// exercise split weights on small models).
+    /// Split weights at this many bytes instead of at the adapter's binding limit (tests use it
+    /// to exercise split weights on small models).
     pub max_binding: Option<u64>,
 }
 
 impl GpuOptions {
     /// Options from the environment: `GPT_OSS_PORTABLE=1` forces the portable kernels and
-    /// `GPT_OSS_MAX_BINDING=<bytes>` lowers the split size.
+    /// `GPT_OSS_SPLIT_BYTES=<bytes>` lowers the size at which weights are split.
     pub fn from_env() -> Self {
         let portable = std::env::var("GPT_OSS_PORTABLE").is_ok_and(|v| v != "0" && !v.is_empty());
-        let max_binding = std::env::var("GPT_OSS_MAX_BINDING")
+        let max_binding = std::env::var("GPT_OSS_SPLIT_BYTES")
             .ok()
             .and_then(|v| v.parse().ok());
         GpuOptions {
@@ -91,7 +94,8 @@ pub fn describe_adapter(adapter: &wgpu::Adapter) -> String {
 
 /// All adapters the instance can see, in a stable order.
 pub async fn adapters(backends: Option<wgpu::Backends>) -> Vec<wgpu::Adapter> {
-    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+    let instance =
+        wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
     instance
         .enumerate_adapters(backends.unwrap_or(wgpu::Backends::all()))
         .await
@@ -117,7 +121,9 @@ impl Gpu {
                     }
                 };
                 found.ok_or_else(|| {
-                    Error::Device(format!("no adapter matches `{sel}` (see `gpt-oss-wgpu devices`)"))
+                    Error::Device(format!(
+                        "no adapter matches `{sel}` (see `gpt-oss-wgpu devices`)"
+                    ))
                 })?
             }
             None => instance
@@ -147,7 +153,7 @@ impl Gpu {
             .map_err(|e| Error::Device(format!("cannot open {}: {e}", adapter.get_info().name)))?;
         let mut gpu = Gpu::from_device(device, queue, adapter.get_info());
         if let Some(b) = opts.max_binding {
-            gpu.caps.max_binding = gpu.caps.max_binding.min(b);
+            gpu.caps.split_bytes = gpu.caps.max_binding.min(b);
         }
         Ok(gpu)
     }
@@ -162,6 +168,7 @@ impl Gpu {
             subgroups: f.contains(wgpu::Features::SUBGROUP),
             timestamps: f.contains(wgpu::Features::TIMESTAMP_QUERY),
             max_binding: l.max_storage_buffer_binding_size,
+            split_bytes: l.max_storage_buffer_binding_size,
             max_buffer: l.max_buffer_size,
             max_invocations: l.max_compute_invocations_per_workgroup,
             max_workgroups_per_dim: l.max_compute_workgroups_per_dimension,
@@ -193,7 +200,8 @@ impl Gpu {
                 label: Some(&label),
                 source: wgpu::ShaderSource::Wgsl(source.as_str().into()),
             });
-        let constants: Vec<(&str, f64)> = key.overrides.iter().map(|(k, v)| (*k, *v as f64)).collect();
+        let constants: Vec<(&str, f64)> =
+            key.overrides.iter().map(|(k, v)| (*k, *v as f64)).collect();
         let pipeline = self
             .device
             .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {

@@ -11,15 +11,30 @@ use crate::error::{Error, Result};
 
 /// Every WGSL file, embedded at build time, by its path under `shaders/`.
 const SOURCES: &[(&str, &str)] = &[
-    ("common/reduce.wgsl", include_str!("../../shaders/common/reduce.wgsl")),
-    ("common/step.wgsl", include_str!("../../shaders/common/step.wgsl")),
-    ("common/bf16.wgsl", include_str!("../../shaders/common/bf16.wgsl")),
-    ("common/mxfp4.wgsl", include_str!("../../shaders/common/mxfp4.wgsl")),
+    (
+        "common/reduce.wgsl",
+        include_str!("../../shaders/common/reduce.wgsl"),
+    ),
+    (
+        "common/step.wgsl",
+        include_str!("../../shaders/common/step.wgsl"),
+    ),
+    (
+        "common/bf16.wgsl",
+        include_str!("../../shaders/common/bf16.wgsl"),
+    ),
+    (
+        "common/mxfp4.wgsl",
+        include_str!("../../shaders/common/mxfp4.wgsl"),
+    ),
     ("embed.wgsl", include_str!("../../shaders/embed.wgsl")),
     ("rmsnorm.wgsl", include_str!("../../shaders/rmsnorm.wgsl")),
     ("linear.wgsl", include_str!("../../shaders/linear.wgsl")),
     ("rope.wgsl", include_str!("../../shaders/rope.wgsl")),
-    ("attention.wgsl", include_str!("../../shaders/attention.wgsl")),
+    (
+        "attention.wgsl",
+        include_str!("../../shaders/attention.wgsl"),
+    ),
     ("router.wgsl", include_str!("../../shaders/router.wgsl")),
     ("moe.wgsl", include_str!("../../shaders/moe.wgsl")),
     ("sample.wgsl", include_str!("../../shaders/sample.wgsl")),
@@ -94,9 +109,11 @@ impl ShaderKey {
     pub fn source(&self) -> Result<String> {
         let mut tested = BTreeSet::new();
         let mut out = String::new();
-        expand(self.file, &self.defines, &mut tested, &mut out, 0).map_err(|msg| Error::Shader {
-            key: self.label(),
-            msg,
+        expand(self.file, &self.defines, &mut tested, &mut out, 0).map_err(|msg| {
+            Error::Shader {
+                key: self.label(),
+                msg,
+            }
         })?;
         if let Some(unused) = self.defines.iter().find(|d| !tested.contains(**d)) {
             return Err(Error::Shader {
@@ -125,18 +142,29 @@ fn expand(
     for (no, line) in text.lines().enumerate() {
         let t = line.trim();
         let at = || format!("{file}:{}", no + 1);
-        if let Some(rest) = t.strip_prefix("#ifdef ").or_else(|| t.strip_prefix("#ifndef ")) {
+        if let Some(rest) = t
+            .strip_prefix("#ifdef ")
+            .or_else(|| t.strip_prefix("#ifndef "))
+        {
             let name = rest.trim();
             tested.insert(name.to_string());
             let is_set = defines.contains(name);
-            let cond = if t.starts_with("#ifdef") { is_set } else { !is_set };
+            let cond = if t.starts_with("#ifdef") {
+                is_set
+            } else {
+                !is_set
+            };
             stack.push((cond, cond));
         } else if t == "#else" {
-            let top = stack.last_mut().ok_or_else(|| format!("{}: #else without #if", at()))?;
+            let top = stack
+                .last_mut()
+                .ok_or_else(|| format!("{}: #else without #if", at()))?;
             top.0 = !top.1;
             top.1 = true;
         } else if t == "#endif" {
-            stack.pop().ok_or_else(|| format!("{}: #endif without #if", at()))?;
+            stack
+                .pop()
+                .ok_or_else(|| format!("{}: #endif without #if", at()))?;
         } else if let Some(rest) = t.strip_prefix("#include ") {
             if active(&stack) {
                 let name = rest.trim().trim_matches('"');

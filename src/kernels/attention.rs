@@ -72,7 +72,11 @@ mod tests {
     fn attention_matches_reference() {
         let mut rng = seeded("attention");
         for gpu in gpus() {
-            for &(nh, nkv, d, window, cap) in &[(4u32, 2u32, 64u32, 0u32, 40u32), (6, 3, 32, 5, 5 + 13 - 1), (2, 1, 100, 70, 90)] {
+            for &(nh, nkv, d, window, cap) in &[
+                (4u32, 2u32, 64u32, 0u32, 40u32),
+                (6, 3, 32, 5, 5 + 13 - 1),
+                (2, 1, 100, 70, 90),
+            ] {
                 let (nh_, nkv_, d_) = (nh as usize, nkv as usize, d as usize);
                 let stride = (nh_ + 2 * nkv_) * d_;
                 let max_pos = 40usize;
@@ -86,8 +90,12 @@ mod tests {
                 let sinks = random(&mut rng, nh_, 1.0);
                 let tb = gpu.upload("table", bytemuck::cast_slice(&table)).unwrap();
                 let sb = gpu.upload("sinks", f32_bytes(&sinks)).unwrap();
-                let kc = gpu.storage("k", (seqs * cap as usize * nkv_ * d_ * 4) as u64).unwrap();
-                let vc = gpu.storage("v", (seqs * cap as usize * nkv_ * d_ * 4) as u64).unwrap();
+                let kc = gpu
+                    .storage("k", (seqs * cap as usize * nkv_ * d_ * 4) as u64)
+                    .unwrap();
+                let vc = gpu
+                    .storage("v", (seqs * cap as usize * nkv_ * d_ * 4) as u64)
+                    .unwrap();
                 // Reference cache: every (seq, pos) -> rotated k, v per kv head.
                 let mut ref_k = vec![vec![Vec::<f32>::new(); max_pos]; seqs];
                 let mut ref_v = vec![vec![Vec::<f32>::new(); max_pos]; seqs];
@@ -97,7 +105,12 @@ mod tests {
                     let mut toks = Vec::new();
                     for &(s, n) in &plan {
                         for _ in 0..n {
-                            toks.push(TokenInfo { id: 0, pos: next_pos[s], seq: s as u32, _pad: 0 });
+                            toks.push(TokenInfo {
+                                id: 0,
+                                pos: next_pos[s],
+                                seq: s as u32,
+                                _pad: 0,
+                            });
                             next_pos[s] += 1;
                         }
                     }
@@ -110,19 +123,53 @@ mod tests {
                     let r = rope::build(
                         gpu,
                         &step,
-                        &Rope { tokens: &tokb, table: &tb, qkv: &qb, k_cache: &kc, v_cache: &vc },
-                        rope::Params { n_heads: nh, n_kv: nkv, head_dim: d, cap },
+                        &Rope {
+                            tokens: &tokb,
+                            table: &tb,
+                            qkv: &qb,
+                            k_cache: &kc,
+                            v_cache: &vc,
+                        },
+                        rope::Params {
+                            n_heads: nh,
+                            n_kv: nkv,
+                            head_dim: d,
+                            cap,
+                        },
                     )
                     .unwrap();
                     let scale = 1.0 / (d as f32).sqrt();
                     let a = build(
                         gpu,
                         &step,
-                        &Attention { tokens: &tokb, qkv: &qb, k_cache: &kc, v_cache: &vc, sinks: &sb, out: &ob },
-                        Params { n_heads: nh, n_kv: nkv, head_dim: d, cap, window, scale, _pad: [0; 2] },
+                        &Attention {
+                            tokens: &tokb,
+                            qkv: &qb,
+                            k_cache: &kc,
+                            v_cache: &vc,
+                            sinks: &sb,
+                            out: &ob,
+                        },
+                        Params {
+                            n_heads: nh,
+                            n_kv: nkv,
+                            head_dim: d,
+                            cap,
+                            window,
+                            scale,
+                            _pad: [0; 2],
+                        },
                     )
                     .unwrap();
-                    submit(gpu, &step, &StepCounts { tokens: t as u32, ..Default::default() }, &[r, a]);
+                    submit(
+                        gpu,
+                        &step,
+                        &StepCounts {
+                            tokens: t as u32,
+                            ..Default::default()
+                        },
+                        &[r, a],
+                    );
                     let got = gpu.read_f32(&ob, t * nh_ * d_).unwrap();
 
                     // Reference: rotate, store, then attend.
@@ -139,28 +186,39 @@ mod tests {
                             rotate(&mut k[h * d_..(h + 1) * d_], cs);
                         }
                         ref_k[tok.seq as usize][tok.pos as usize] = k;
-                        ref_v[tok.seq as usize][tok.pos as usize] = row[(nh_ + nkv_) * d_..].to_vec();
+                        ref_v[tok.seq as usize][tok.pos as usize] =
+                            row[(nh_ + nkv_) * d_..].to_vec();
                         qs.push(q);
                     }
                     let mut want = vec![0.0f32; t * nh_ * d_];
                     for (ti, tok) in toks.iter().enumerate() {
                         let (s, p) = (tok.seq as usize, tok.pos as usize);
-                        let start = if window > 0 { (p + 1).saturating_sub(window as usize) } else { 0 };
+                        let start = if window > 0 {
+                            (p + 1).saturating_sub(window as usize)
+                        } else {
+                            0
+                        };
                         for h in 0..nh_ {
                             let kvh = h / (nh_ / nkv_);
                             let q = &qs[ti][h * d_..(h + 1) * d_];
                             let scores: Vec<f64> = (start..=p)
                                 .map(|j| {
                                     let k = &ref_k[s][j][kvh * d_..(kvh + 1) * d_];
-                                    q.iter().zip(k).map(|(a, b)| *a as f64 * *b as f64).sum::<f64>() * scale as f64
+                                    q.iter()
+                                        .zip(k)
+                                        .map(|(a, b)| *a as f64 * *b as f64)
+                                        .sum::<f64>()
+                                        * scale as f64
                                 })
                                 .collect();
                             let m = scores.iter().cloned().fold(sinks[h] as f64, f64::max);
-                            let denom: f64 = scores.iter().map(|x| (x - m).exp()).sum::<f64>() + (sinks[h] as f64 - m).exp();
+                            let denom: f64 = scores.iter().map(|x| (x - m).exp()).sum::<f64>()
+                                + (sinks[h] as f64 - m).exp();
                             for i in 0..d_ {
                                 let mut o = 0.0;
                                 for (jj, j) in (start..=p).enumerate() {
-                                    o += (scores[jj] - m).exp() / denom * ref_v[s][j][kvh * d_ + i] as f64;
+                                    o += (scores[jj] - m).exp() / denom
+                                        * ref_v[s][j][kvh * d_ + i] as f64;
                                 }
                                 want[ti * nh_ * d_ + h * d_ + i] = o as f32;
                             }

@@ -32,7 +32,16 @@ pub fn build(
                 rows: c.count,
                 _pad: 0,
             };
-            Dispatch::new(gpu, &key, step, bytemuck::bytes_of(&p), &[tokens, &c.buffer, x], 1, Count::Tokens, 1)
+            Dispatch::new(
+                gpu,
+                &key,
+                step,
+                bytemuck::bytes_of(&p),
+                &[tokens, &c.buffer, x],
+                1,
+                Count::Tokens,
+                1,
+            )
         })
         .collect()
 }
@@ -40,8 +49,8 @@ pub fn build(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gpu::dispatch::{StepCounts, step_buffer, submit};
     use crate::gpu::Rows;
+    use crate::gpu::dispatch::{StepCounts, step_buffer, submit};
     use crate::kernels::testing::*;
     use crate::model::inputs::TokenInfo;
 
@@ -63,14 +72,31 @@ mod tests {
                 })
                 .collect();
             let ids: Vec<u32> = (0..9).map(|_| rng.below(v as u64) as u32).collect();
-            let toks: Vec<TokenInfo> = ids.iter().map(|&id| TokenInfo { id, ..Default::default() }).collect();
+            let toks: Vec<TokenInfo> = ids
+                .iter()
+                .map(|&id| TokenInfo {
+                    id,
+                    ..Default::default()
+                })
+                .collect();
             let tb = gpu.upload("tok", bytemuck::cast_slice(&toks)).unwrap();
             let xb = gpu.storage("x", (ids.len() * h * 4) as u64).unwrap();
             let step = step_buffer(gpu);
             let d = build(gpu, &step, &tb, &Split { chunks }, &xb, h as u32).unwrap();
-            submit(gpu, &step, &StepCounts { tokens: ids.len() as u32, ..Default::default() }, &d);
+            submit(
+                gpu,
+                &step,
+                &StepCounts {
+                    tokens: ids.len() as u32,
+                    ..Default::default()
+                },
+                &d,
+            );
             let got = gpu.read_f32(&xb, ids.len() * h).unwrap();
-            let want: Vec<f32> = ids.iter().flat_map(|&i| table[i as usize * h..(i as usize + 1) * h].to_vec()).collect();
+            let want: Vec<f32> = ids
+                .iter()
+                .flat_map(|&i| table[i as usize * h..(i as usize + 1) * h].to_vec())
+                .collect();
             assert_eq!(got, want);
         }
     }

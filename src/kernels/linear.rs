@@ -37,7 +37,10 @@ pub struct Linear<'a> {
 /// One dispatch per weight buffer.
 pub fn build(gpu: &Gpu, step: &wgpu::Buffer, l: &Linear) -> Result<Vec<Dispatch>> {
     if l.k % 2 != 0 {
-        return Err(Error::Unsupported(format!("linear input width {} must be even", l.k)));
+        return Err(Error::Unsupported(format!(
+            "linear input width {} must be even",
+            l.k
+        )));
     }
     let covered: u32 = l.w.chunks.iter().map(|c| c.count).sum();
     if covered != l.n_out {
@@ -84,7 +87,16 @@ mod tests {
     use crate::gpu::{Rows, Split};
     use crate::kernels::testing::*;
 
-    fn reference(x: &[f32], w: &[f32], b: &[f32], y0: &[f32], t: usize, k: usize, n: usize, acc: bool) -> Vec<f32> {
+    fn reference(
+        x: &[f32],
+        w: &[f32],
+        b: &[f32],
+        y0: &[f32],
+        t: usize,
+        k: usize,
+        n: usize,
+        acc: bool,
+    ) -> Vec<f32> {
         let mut y = vec![0.0; t * n];
         for ti in 0..t {
             for r in 0..n {
@@ -145,12 +157,19 @@ mod tests {
                     },
                 )
                 .unwrap();
-                let counts = StepCounts { tokens: t as u32, ..Default::default() };
+                let counts = StepCounts {
+                    tokens: t as u32,
+                    ..Default::default()
+                };
                 submit(gpu, &step, &counts, &d);
                 let got = gpu.read_f32(&yb, t * n).unwrap();
                 let want = reference(&x, &w, &b, &y0, t, k, n, acc);
                 let e = nmse(&got, &want);
-                assert!(e < 1e-10, "{} t={t} k={k} n={n}: nmse {e}", gpu.caps.subgroups);
+                assert!(
+                    e < 1e-10,
+                    "{} t={t} k={k} n={n}: nmse {e}",
+                    gpu.caps.subgroups
+                );
             }
         }
     }

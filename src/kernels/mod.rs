@@ -73,7 +73,11 @@ mod validate {
             if let Err(e) = v.validate(&module) {
                 panic!("{}: {}", key.label(), e.emit_to_string(&src));
             }
-            assert!(module.entry_points.iter().any(|e| e.name == key.entry), "{}", key.label());
+            assert!(
+                module.entry_points.iter().any(|e| e.name == key.entry),
+                "{}",
+                key.label()
+            );
         }
     }
 }

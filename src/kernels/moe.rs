@@ -148,7 +148,9 @@ mod tests {
 
     fn random_mxfp4(rng: &mut Rng, rows: usize, cols: usize) -> (Vec<u8>, Vec<u8>) {
         let blocks = (0..rows * cols / 2).map(|_| rng.below(256) as u8).collect();
-        let scales = (0..rows * cols / 32).map(|_| 120 + rng.below(6) as u8).collect();
+        let scales = (0..rows * cols / 32)
+            .map(|_| 120 + rng.below(6) as u8)
+            .collect();
         (blocks, scales)
     }
 
@@ -157,8 +159,18 @@ mod tests {
         let mut rng = seeded("moe");
         for gpu in gpus() {
             // (tokens, hidden, inter, experts, top_k, experts per buffer)
-            for &(t, hd, it, e, k, per) in &[(1usize, 64usize, 32usize, 4usize, 2usize, 4usize), (7, 96, 64, 6, 3, 4), (3, 32, 96, 5, 1, 2)] {
-                let s = MoeShape { hidden: hd as u32, inter: it as u32, top_k: k as u32, limit: 7.0, alpha: 1.702 };
+            for &(t, hd, it, e, k, per) in &[
+                (1usize, 64usize, 32usize, 4usize, 2usize, 4usize),
+                (7, 96, 64, 6, 3, 4),
+                (3, 32, 96, 5, 1, 2),
+            ] {
+                let s = MoeShape {
+                    hidden: hd as u32,
+                    inter: it as u32,
+                    top_k: k as u32,
+                    limit: 7.0,
+                    alpha: 1.702,
+                };
                 let (gu_b, gu_s) = random_mxfp4(&mut rng, e * 2 * it, hd);
                 let (dn_b, dn_s) = random_mxfp4(&mut rng, e * hd, it);
                 let gu_bias = random(&mut rng, e * 2 * it, 0.5);
@@ -206,7 +218,11 @@ mod tests {
                 let step = step_buffer(gpu);
                 let mut d = gate_up(gpu, &step, &s, &hb, &ib, &gu, &gbb, &ab).unwrap();
                 d.extend(down(gpu, &step, &s, &ab, &ib, &wb, &dn, &dbb, &xb).unwrap());
-                let c = StepCounts { tokens: t as u32, slots: (t * k) as u32, ..Default::default() };
+                let c = StepCounts {
+                    tokens: t as u32,
+                    slots: (t * k) as u32,
+                    ..Default::default()
+                };
                 submit(gpu, &step, &c, &d);
                 let got = gpu.read_f32(&xb, t * hd).unwrap();
 
@@ -219,8 +235,14 @@ mod tests {
                             let mut g = [0.0f64; 2];
                             for (q, gq) in g.iter_mut().enumerate() {
                                 let row = ex * 2 * it + 2 * i + q;
-                                let w = dequant_row(&gu_b[row * hd / 2..(row + 1) * hd / 2], &gu_s[row * hd / 32..(row + 1) * hd / 32]);
-                                *gq = (0..hd).map(|c| w[c] as f64 * h[ti * hd + c] as f64).sum::<f64>() + gu_bias[ex * 2 * it + 2 * i + q] as f64;
+                                let w = dequant_row(
+                                    &gu_b[row * hd / 2..(row + 1) * hd / 2],
+                                    &gu_s[row * hd / 32..(row + 1) * hd / 32],
+                                );
+                                *gq = (0..hd)
+                                    .map(|c| w[c] as f64 * h[ti * hd + c] as f64)
+                                    .sum::<f64>()
+                                    + gu_bias[ex * 2 * it + 2 * i + q] as f64;
                             }
                             let gate = g[0].min(7.0);
                             let up = g[1].clamp(-7.0, 7.0);
@@ -228,8 +250,12 @@ mod tests {
                         }
                         for n in 0..hd {
                             let row = ex * hd + n;
-                            let w = dequant_row(&dn_b[row * it / 2..(row + 1) * it / 2], &dn_s[row * it / 32..(row + 1) * it / 32]);
-                            let y = (0..it).map(|c| w[c] as f64 * act[c]).sum::<f64>() + dn_bias[row] as f64;
+                            let w = dequant_row(
+                                &dn_b[row * it / 2..(row + 1) * it / 2],
+                                &dn_s[row * it / 32..(row + 1) * it / 32],
+                            );
+                            let y = (0..it).map(|c| w[c] as f64 * act[c]).sum::<f64>()
+                                + dn_bias[row] as f64;
                             want[ti * hd + n] += (wts[ti * k + j] as f64 * y) as f32;
                         }
                     }

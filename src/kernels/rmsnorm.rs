@@ -33,7 +33,16 @@ pub fn build(gpu: &Gpu, step: &wgpu::Buffer, a: &RmsNorm) -> Result<Dispatch> {
     let key = super::key(gpu, "rmsnorm.wgsl", "main");
     // Without gathering the index binding is never read; the weight stands in for it.
     let rows = a.rows.unwrap_or(a.w);
-    Dispatch::new(gpu, &key, step, bytemuck::bytes_of(&p), &[a.x, a.w, rows, a.out], 1, a.count, 1)
+    Dispatch::new(
+        gpu,
+        &key,
+        step,
+        bytemuck::bytes_of(&p),
+        &[a.x, a.w, rows, a.out],
+        1,
+        a.count,
+        1,
+    )
 }
 
 #[cfg(test)]
@@ -55,14 +64,30 @@ mod tests {
                 let rb = gpu.upload("rows", bytemuck::cast_slice(&rows)).unwrap();
                 let ob = gpu.storage("out", (t * n * 4) as u64).unwrap();
                 let step = step_buffer(gpu);
-                let count = if gather { Count::Outputs } else { Count::Tokens };
+                let count = if gather {
+                    Count::Outputs
+                } else {
+                    Count::Tokens
+                };
                 let d = build(
                     gpu,
                     &step,
-                    &RmsNorm { x: &xb, w: &wb, rows: gather.then_some(&rb), out: &ob, n: n as u32, eps: 1e-5, count },
+                    &RmsNorm {
+                        x: &xb,
+                        w: &wb,
+                        rows: gather.then_some(&rb),
+                        out: &ob,
+                        n: n as u32,
+                        eps: 1e-5,
+                        count,
+                    },
                 )
                 .unwrap();
-                let c = StepCounts { tokens: t as u32, outputs: t as u32, ..Default::default() };
+                let c = StepCounts {
+                    tokens: t as u32,
+                    outputs: t as u32,
+                    ..Default::default()
+                };
                 submit(gpu, &step, &c, &[d]);
                 let got = gpu.read_f32(&ob, t * n).unwrap();
                 let mut want = vec![0.0; t * n];

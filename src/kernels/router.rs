@@ -21,9 +21,22 @@ pub fn build(
     n_experts: u32,
     top_k: u32,
 ) -> Result<Dispatch> {
-    let p = Params { n_experts, top_k, _pad: [0; 2] };
+    let p = Params {
+        n_experts,
+        top_k,
+        _pad: [0; 2],
+    };
     let key = ShaderKey::new("router.wgsl", "main");
-    Dispatch::new(gpu, &key, step, bytemuck::bytes_of(&p), &[logits, idx, wts], 1, Count::Tokens, 64)
+    Dispatch::new(
+        gpu,
+        &key,
+        step,
+        bytemuck::bytes_of(&p),
+        &[logits, idx, wts],
+        1,
+        Count::Tokens,
+        64,
+    )
 }
 
 /// The reference: top-k by value (lower index first on ties), softmax over the k values.
@@ -32,9 +45,15 @@ pub fn reference(logits: &[f32], top_k: usize) -> (Vec<u32>, Vec<f32>) {
     order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
     let chosen = &order[..top_k];
     let m = logits[chosen[0]];
-    let e: Vec<f64> = chosen.iter().map(|&i| ((logits[i] - m) as f64).exp()).collect();
+    let e: Vec<f64> = chosen
+        .iter()
+        .map(|&i| ((logits[i] - m) as f64).exp())
+        .collect();
     let s: f64 = e.iter().sum();
-    (chosen.iter().map(|&i| i as u32).collect(), e.iter().map(|v| (v / s) as f32).collect())
+    (
+        chosen.iter().map(|&i| i as u32).collect(),
+        e.iter().map(|v| (v / s) as f32).collect(),
+    )
 }
 
 #[cfg(test)]
@@ -47,14 +66,27 @@ mod tests {
     fn router_picks_top_k_and_softmaxes() {
         let mut rng = seeded("router");
         for gpu in gpus() {
-            for &(t, e, k) in &[(1usize, 4usize, 2usize), (70, 32, 4), (3, 128, 4), (5, 7, 3)] {
+            for &(t, e, k) in &[
+                (1usize, 4usize, 2usize),
+                (70, 32, 4),
+                (3, 128, 4),
+                (5, 7, 3),
+            ] {
                 let logits = random(&mut rng, t * e, 3.0);
                 let lb = gpu.upload("l", f32_bytes(&logits)).unwrap();
                 let ib = gpu.storage("i", (t * k * 4) as u64).unwrap();
                 let wb = gpu.storage("w", (t * k * 4) as u64).unwrap();
                 let step = step_buffer(gpu);
                 let d = build(gpu, &step, &lb, &ib, &wb, e as u32, k as u32).unwrap();
-                submit(gpu, &step, &StepCounts { tokens: t as u32, ..Default::default() }, &[d]);
+                submit(
+                    gpu,
+                    &step,
+                    &StepCounts {
+                        tokens: t as u32,
+                        ..Default::default()
+                    },
+                    &[d],
+                );
                 let gi = gpu.read_u32(&ib, t * k).unwrap();
                 let gw = gpu.read_f32(&wb, t * k).unwrap();
                 for ti in 0..t {

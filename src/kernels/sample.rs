@@ -35,9 +35,21 @@ pub fn build(
     ids: &wgpu::Buffer,
     vocab: u32,
 ) -> Result<Dispatch> {
-    let p = Params { vocab, _pad: [0; 3] };
+    let p = Params {
+        vocab,
+        _pad: [0; 3],
+    };
     let key = super::key(gpu, "sample.wgsl", "main");
-    Dispatch::new(gpu, &key, step, bytemuck::bytes_of(&p), &[logits, params, ids], 1, Count::Outputs, 1)
+    Dispatch::new(
+        gpu,
+        &key,
+        step,
+        bytemuck::bytes_of(&p),
+        &[logits, params, ids],
+        1,
+        Count::Outputs,
+        1,
+    )
 }
 
 #[cfg(test)]
@@ -54,7 +66,15 @@ mod tests {
         let ib = gpu.storage("ids", rows as u64 * 4).unwrap();
         let step = step_buffer(gpu);
         let d = build(gpu, &step, &lb, &pb, &ib, vocab as u32).unwrap();
-        submit(gpu, &step, &StepCounts { outputs: rows as u32, ..Default::default() }, &[d]);
+        submit(
+            gpu,
+            &step,
+            &StepCounts {
+                outputs: rows as u32,
+                ..Default::default()
+            },
+            &[d],
+        );
         gpu.read_u32(&ib, rows).unwrap()
     }
 
@@ -64,8 +84,19 @@ mod tests {
         for gpu in gpus() {
             for vocab in [1usize, 7, 1000, 5003] {
                 let l = random(&mut rng, vocab, 5.0);
-                let want = l.iter().enumerate().fold(0, |b, (i, v)| if *v > l[b] { i } else { b });
-                let got = run(gpu, &l, vocab, &[SampleParams { top_p: 1.0, ..Default::default() }]);
+                let want = l
+                    .iter()
+                    .enumerate()
+                    .fold(0, |b, (i, v)| if *v > l[b] { i } else { b });
+                let got = run(
+                    gpu,
+                    &l,
+                    vocab,
+                    &[SampleParams {
+                        top_p: 1.0,
+                        ..Default::default()
+                    }],
+                );
                 assert_eq!(got[0] as usize, want);
             }
         }
@@ -87,14 +118,24 @@ mod tests {
             for (top_k, top_p) in [(3u32, 1.0f32), (0, 0.6), (0, 1.0)] {
                 let seed = rng.next_u64() as u32;
                 let ps: Vec<SampleParams> = (0..n)
-                    .map(|c| SampleParams { temperature, top_p, top_k, seed, counter: c, _pad: [0; 3] })
+                    .map(|c| SampleParams {
+                        temperature,
+                        top_p,
+                        top_k,
+                        seed,
+                        counter: c,
+                        _pad: [0; 3],
+                    })
                     .collect();
                 let got = run(gpu, &l, vocab, &ps);
                 // The reference distribution, computed in f64 with a sort.
                 let mut order: Vec<usize> = (0..vocab).collect();
                 order.sort_by(|&a, &b| l[b].total_cmp(&l[a]));
                 let mx = l[order[0]] as f64;
-                let mut probs: Vec<f64> = order.iter().map(|&i| ((l[i] as f64 - mx) / temperature as f64).exp()).collect();
+                let mut probs: Vec<f64> = order
+                    .iter()
+                    .map(|&i| ((l[i] as f64 - mx) / temperature as f64).exp())
+                    .collect();
                 if top_k > 0 {
                     probs.truncate(top_k as usize);
                 }
@@ -114,13 +155,22 @@ mod tests {
                 for &g in &got {
                     counts[g as usize] += 1;
                 }
-                let outside: usize = (0..vocab).filter(|i| !order[..keep].contains(i)).map(|i| counts[i]).sum();
-                assert_eq!(outside, 0, "top_k={top_k} top_p={top_p}: drew outside the kept set");
+                let outside: usize = (0..vocab)
+                    .filter(|i| !order[..keep].contains(i))
+                    .map(|i| counts[i])
+                    .sum();
+                assert_eq!(
+                    outside, 0,
+                    "top_k={top_k} top_p={top_p}: drew outside the kept set"
+                );
                 for (r, &i) in order[..keep.min(5)].iter().enumerate() {
                     let p = probs[r] / z;
                     let sd = (p * (1.0 - p) / n as f64).sqrt();
                     let f = counts[i] as f64 / n as f64;
-                    assert!((f - p).abs() < 5.0 * sd + 1e-3, "top_k={top_k} top_p={top_p}: token {i} drawn {f}, expected {p}");
+                    assert!(
+                        (f - p).abs() < 5.0 * sd + 1e-3,
+                        "top_k={top_k} top_p={top_p}: token {i} drawn {f}, expected {p}"
+                    );
                 }
                 // Same seed and counter give the same token.
                 assert_eq!(run(gpu, &l, vocab, &ps[..3]), got[..3]);

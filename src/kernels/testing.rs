@@ -73,7 +73,9 @@ pub fn random(rng: &mut Rng, n: usize, a: f32) -> Vec<f32> {
 
 /// Random values already rounded to bf16, with their packed bytes.
 pub fn random_bf16(rng: &mut Rng, n: usize, a: f32) -> (Vec<f32>, Vec<u8>) {
-    let v: Vec<half::bf16> = (0..n).map(|_| half::bf16::from_f32(rng.symmetric(a))).collect();
+    let v: Vec<half::bf16> = (0..n)
+        .map(|_| half::bf16::from_f32(rng.symmetric(a)))
+        .collect();
     let f = v.iter().map(|x| x.to_f32()).collect();
     (f, bytemuck::cast_slice(&v).to_vec())
 }

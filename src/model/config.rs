@@ -125,14 +125,17 @@ fn need<T: Copy>(v: Option<T>, name: &str) -> Result<T> {
 
 impl HfConfig {
     pub fn from_json(text: &str) -> Result<HfConfig> {
-        serde_json::from_str(text).map_err(|e| Error::Config(format!("not valid JSON for a gpt-oss config: {e}")))
+        serde_json::from_str(text)
+            .map_err(|e| Error::Config(format!("not valid JSON for a gpt-oss config: {e}")))
     }
 
     /// Checks every value and resolves defaults the way transformers does.
     pub fn validate(&self) -> Result<ModelConfig> {
         if let Some(t) = &self.model_type {
             if t != "gpt_oss" {
-                return Err(Error::Unsupported(format!("model_type `{t}` (only gpt_oss)")));
+                return Err(Error::Unsupported(format!(
+                    "model_type `{t}` (only gpt_oss)"
+                )));
             }
         }
         let hidden = need(self.hidden_size, "hidden_size")?;
@@ -146,7 +149,10 @@ impl HfConfig {
             None => 0,
         };
         let experts = need(self.num_local_experts, "num_local_experts")?;
-        let top_k = need(self.num_experts_per_tok.or(self.experts_per_token), "num_experts_per_tok")?;
+        let top_k = need(
+            self.num_experts_per_tok.or(self.experts_per_token),
+            "num_experts_per_tok",
+        )?;
         let vocab = need(self.vocab_size, "vocab_size")?;
         let sliding_window = self.sliding_window.unwrap_or(0);
         let positive = [
@@ -174,7 +180,9 @@ impl HfConfig {
             )));
         }
         if head_dim % 2 != 0 || head_dim > crate::kernels::attention::MAX_HEAD_DIM {
-            return Err(Error::Config(format!("head_dim {head_dim} must be even and at most 256")));
+            return Err(Error::Config(format!(
+                "head_dim {head_dim} must be even and at most 256"
+            )));
         }
         if top_k > experts {
             return Err(Error::Config(format!(
@@ -202,7 +210,9 @@ impl HfConfig {
             None => (0..layers).map(|i| i % 2 == 0).collect(),
         };
         if sliding.iter().any(|s| *s) && sliding_window == 0 {
-            return Err(Error::Config("sliding layers need a positive `sliding_window`".into()));
+            return Err(Error::Config(
+                "sliding layers need a positive `sliding_window`".into(),
+            ));
         }
         let rope_src = self.rope_scaling.as_ref().or(self.rope_parameters.as_ref());
         let theta = self
@@ -216,7 +226,10 @@ impl HfConfig {
                 None | Some("default") => None,
                 Some("yarn") => {
                     let factor = need(r.factor, "rope_scaling.factor")?;
-                    let original_max = need(r.original_max_position_embeddings, "rope_scaling.original_max_position_embeddings")?;
+                    let original_max = need(
+                        r.original_max_position_embeddings,
+                        "rope_scaling.original_max_position_embeddings",
+                    )?;
                     if factor <= 0.0 || original_max == 0 {
                         return Err(Error::Config("rope_scaling.factor and original_max_position_embeddings must be positive".into()));
                     }
@@ -240,7 +253,9 @@ impl HfConfig {
         if let Some(q) = &self.quantization_config {
             if let Some(m) = &q.quant_method {
                 if m != "mxfp4" {
-                    return Err(Error::Unsupported(format!("quantization `{m}` (only mxfp4)")));
+                    return Err(Error::Unsupported(format!(
+                        "quantization `{m}` (only mxfp4)"
+                    )));
                 }
             }
         }
@@ -260,14 +275,22 @@ impl HfConfig {
             vocab,
             sliding_window,
             sliding,
-            rope: RopeConfig { theta, head_dim, yarn },
+            rope: RopeConfig {
+                theta,
+                head_dim,
+                yarn,
+            },
             max_positions,
             eps: eps as f32,
             swiglu_limit: self.swiglu_limit.unwrap_or(7.0) as f32,
             swiglu_alpha: self.swiglu_alpha.unwrap_or(1.702) as f32,
             attention_bias: self.attention_bias.unwrap_or(true),
             tie_embeddings: self.tie_word_embeddings.unwrap_or(false),
-            eos: self.eos_token_id.as_ref().map(Ids::to_vec).unwrap_or_default(),
+            eos: self
+                .eos_token_id
+                .as_ref()
+                .map(Ids::to_vec)
+                .unwrap_or_default(),
             pad: self.pad_token_id,
         })
     }
@@ -280,12 +303,15 @@ impl RopeConfig {
         let dim = self.head_dim as usize;
         let half = dim / 2;
         let base = self.theta as f32;
-        let pos_freq: Vec<f32> = (0..half).map(|i| base.powf((2 * i) as f32 / dim as f32)).collect();
+        let pos_freq: Vec<f32> = (0..half)
+            .map(|i| base.powf((2 * i) as f32 / dim as f32))
+            .collect();
         let Some(y) = &self.yarn else {
             return pos_freq.iter().map(|p| 1.0 / p).collect();
         };
         let corr = |rot: f64| {
-            dim as f64 * (y.original_max as f64 / (rot * 2.0 * std::f64::consts::PI)).ln() / (2.0 * self.theta.ln())
+            dim as f64 * (y.original_max as f64 / (rot * 2.0 * std::f64::consts::PI)).ln()
+                / (2.0 * self.theta.ln())
         };
         let (mut low, mut high) = (corr(y.beta_fast), corr(y.beta_slow));
         if y.truncate {
@@ -313,13 +339,19 @@ impl RopeConfig {
     /// The cos/sin table [positions, D/2], scaled by the YaRN attention factor.
     pub fn table(&self, positions: u32) -> Vec<[f32; 2]> {
         let inv = self.inv_freq();
-        let scale = self.yarn.as_ref().map_or(1.0, |y| y.attention_factor as f32);
+        let scale = self
+            .yarn
+            .as_ref()
+            .map_or(1.0, |y| y.attention_factor as f32);
         let mut out = Vec::with_capacity(positions as usize * inv.len());
         for p in 0..positions {
             for f in &inv {
                 // The f32 product is what the reference rotates by; its cos/sin are then exact.
                 let arg = p as f32 * f;
-                out.push([(arg as f64).cos() as f32 * scale, (arg as f64).sin() as f32 * scale]);
+                out.push([
+                    (arg as f64).cos() as f32 * scale,
+                    (arg as f64).sin() as f32 * scale,
+                ]);
             }
         }
         out
@@ -359,13 +391,28 @@ mod tests {
     fn bad_values_get_clear_errors() {
         let mut c = gpt_oss_20b();
         c.num_key_value_heads = Some(7);
-        assert!(c.validate().unwrap_err().to_string().contains("num_key_value_heads"));
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("num_key_value_heads")
+        );
         let mut c = gpt_oss_20b();
         c.hidden_size = Some(100);
-        assert!(c.validate().unwrap_err().to_string().contains("multiples of 32"));
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("multiples of 32")
+        );
         let mut c = gpt_oss_20b();
         c.layer_types = Some(vec!["full_attention".into()]);
-        assert!(c.validate().unwrap_err().to_string().contains("layer_types"));
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("layer_types")
+        );
         let mut c = gpt_oss_20b();
         c.vocab_size = None;
         assert!(c.validate().unwrap_err().to_string().contains("vocab_size"));

@@ -136,7 +136,11 @@ impl Uploader<'_> {
                 }
                 at = b;
             }
-            chunks.push(Rows { buffer: buf, start, count });
+            chunks.push(Rows {
+                buffer: buf,
+                start,
+                count,
+            });
         }
         self.tick(total);
         Ok(Split { chunks })
@@ -147,8 +151,16 @@ impl Uploader<'_> {
         let mut v: Vec<f32> = Vec::new();
         for (dt, bytes) in parts {
             match dt {
-                DType::BF16 => v.extend(bytes.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())),
-                DType::F32 => v.extend(bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))),
+                DType::BF16 => v.extend(
+                    bytes
+                        .chunks_exact(2)
+                        .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()),
+                ),
+                DType::F32 => v.extend(
+                    bytes
+                        .chunks_exact(4)
+                        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+                ),
                 _ => return Err(Error::Weights(format!("`{label}` must be bf16 or f32"))),
             }
         }
@@ -159,17 +171,41 @@ impl Uploader<'_> {
     }
 
     /// MXFP4 expert weights split by whole experts.
-    fn experts(&mut self, label: &str, blocks: &[u8], scales: &[u8], experts: u32, rows: u64, cols: u64) -> Result<Vec<ExpertChunk>> {
+    fn experts(
+        &mut self,
+        label: &str,
+        blocks: &[u8],
+        scales: &[u8],
+        experts: u32,
+        rows: u64,
+        cols: u64,
+    ) -> Result<Vec<ExpertChunk>> {
         let row_bytes = cols / 2;
         let mut out = Vec::new();
-        for (start, count) in self.gpu.plan_split(label, experts as u64 * rows, row_bytes, rows)? {
+        for (start, count) in self
+            .gpu
+            .plan_split(label, experts as u64 * rows, row_bytes, rows)?
+        {
             let (e0, ec) = (start as u64 / rows, count as u64 / rows);
             let (bb, sb) = (rows * cols / 2, rows * cols / 32);
             let b = self.buffer(&format!("{label}.blocks"), ec * bb)?;
-            self.write(&b, 0, &blocks[(e0 * bb) as usize..((e0 + ec) * bb) as usize])?;
+            self.write(
+                &b,
+                0,
+                &blocks[(e0 * bb) as usize..((e0 + ec) * bb) as usize],
+            )?;
             let s = self.buffer(&format!("{label}.scales"), ec * sb)?;
-            self.write(&s, 0, &scales[(e0 * sb) as usize..((e0 + ec) * sb) as usize])?;
-            out.push(ExpertChunk { start: e0 as u32, count: ec as u32, blocks: b, scales: s });
+            self.write(
+                &s,
+                0,
+                &scales[(e0 * sb) as usize..((e0 + ec) * sb) as usize],
+            )?;
+            out.push(ExpertChunk {
+                start: e0 as u32,
+                count: ec as u32,
+                blocks: b,
+                scales: s,
+            });
         }
         self.tick((blocks.len() + scales.len()) as u64);
         Ok(out)
@@ -180,16 +216,28 @@ impl Uploader<'_> {
 fn small<'a>(src: &'a dyn WeightSource, name: &str, len: usize) -> Result<(DType, &'a [u8])> {
     let t = src.tensor(name)?;
     if t.shape != [len] {
-        return Err(Error::Shape { tensor: format!("{name} in {}", t.file), expected: vec![len], got: t.shape });
+        return Err(Error::Shape {
+            tensor: format!("{name} in {}", t.file),
+            expected: vec![len],
+            got: t.shape,
+        });
     }
     Ok((t.dtype, t.data))
 }
 
 /// A small 2-D tensor (expert biases) in bf16 or f32.
-fn small2<'a>(src: &'a dyn WeightSource, name: &str, shape: [usize; 2]) -> Result<(DType, &'a [u8])> {
+fn small2<'a>(
+    src: &'a dyn WeightSource,
+    name: &str,
+    shape: [usize; 2],
+) -> Result<(DType, &'a [u8])> {
     let t = src.tensor(name)?;
     if t.shape != shape {
-        return Err(Error::Shape { tensor: format!("{name} in {}", t.file), expected: shape.to_vec(), got: t.shape });
+        return Err(Error::Shape {
+            tensor: format!("{name} in {}", t.file),
+            expected: shape.to_vec(),
+            got: t.shape,
+        });
     }
     Ok((t.dtype, t.data))
 }
@@ -205,7 +253,11 @@ fn check_all(src: &dyn WeightSource, c: &ModelConfig) -> Result<u64> {
             // bf16 or f32 vectors: shape check only.
             let t = src.tensor(&name)?;
             if t.shape != shape {
-                return Err(Error::Shape { tensor: format!("{name} in {}", t.file), expected: shape, got: t.shape });
+                return Err(Error::Shape {
+                    tensor: format!("{name} in {}", t.file),
+                    expected: shape,
+                    got: t.shape,
+                });
             }
             total += t.data.len() as u64;
         } else {
@@ -221,14 +273,30 @@ fn check_all(src: &dyn WeightSource, c: &ModelConfig) -> Result<u64> {
     for l in 0..c.layers as usize {
         let p = format!("model.layers.{l}.");
         add(format!("{p}input_layernorm.weight"), DType::Other, vec![h])?;
-        add(format!("{p}post_attention_layernorm.weight"), DType::Other, vec![h])?;
+        add(
+            format!("{p}post_attention_layernorm.weight"),
+            DType::Other,
+            vec![h],
+        )?;
         for (n, rows) in [("q", nh * d), ("k", nkv * d), ("v", nkv * d)] {
-            add(format!("{p}self_attn.{n}_proj.weight"), DType::BF16, vec![rows, h])?;
+            add(
+                format!("{p}self_attn.{n}_proj.weight"),
+                DType::BF16,
+                vec![rows, h],
+            )?;
             if c.attention_bias {
-                add(format!("{p}self_attn.{n}_proj.bias"), DType::Other, vec![rows])?;
+                add(
+                    format!("{p}self_attn.{n}_proj.bias"),
+                    DType::Other,
+                    vec![rows],
+                )?;
             }
         }
-        add(format!("{p}self_attn.o_proj.weight"), DType::BF16, vec![h, nh * d])?;
+        add(
+            format!("{p}self_attn.o_proj.weight"),
+            DType::BF16,
+            vec![h, nh * d],
+        )?;
         if c.attention_bias {
             add(format!("{p}self_attn.o_proj.bias"), DType::Other, vec![h])?;
         }
@@ -236,11 +304,31 @@ fn check_all(src: &dyn WeightSource, c: &ModelConfig) -> Result<u64> {
         add(format!("{p}mlp.router.weight"), DType::BF16, vec![e, h])?;
         add(format!("{p}mlp.router.bias"), DType::Other, vec![e])?;
         let x = format!("{p}mlp.experts.");
-        add(format!("{x}gate_up_proj_blocks"), DType::U8, vec![e, 2 * i, h / 32, 16])?;
-        add(format!("{x}gate_up_proj_scales"), DType::U8, vec![e, 2 * i, h / 32])?;
-        add(format!("{x}gate_up_proj_bias"), DType::Other, vec![e, 2 * i])?;
-        add(format!("{x}down_proj_blocks"), DType::U8, vec![e, h, i / 32, 16])?;
-        add(format!("{x}down_proj_scales"), DType::U8, vec![e, h, i / 32])?;
+        add(
+            format!("{x}gate_up_proj_blocks"),
+            DType::U8,
+            vec![e, 2 * i, h / 32, 16],
+        )?;
+        add(
+            format!("{x}gate_up_proj_scales"),
+            DType::U8,
+            vec![e, 2 * i, h / 32],
+        )?;
+        add(
+            format!("{x}gate_up_proj_bias"),
+            DType::Other,
+            vec![e, 2 * i],
+        )?;
+        add(
+            format!("{x}down_proj_blocks"),
+            DType::U8,
+            vec![e, h, i / 32, 16],
+        )?;
+        add(
+            format!("{x}down_proj_scales"),
+            DType::U8,
+            vec![e, h, i / 32],
+        )?;
         add(format!("{x}down_proj_bias"), DType::Other, vec![e, h])?;
     }
     Ok(total)
@@ -258,7 +346,9 @@ impl Model {
     ) -> Result<Model> {
         let c = &cfg;
         if opts.max_tokens == 0 || opts.max_seqs == 0 || opts.max_context == 0 {
-            return Err(Error::Request("max_tokens, max_seqs and max_context must be positive".into()));
+            return Err(Error::Request(
+                "max_tokens, max_seqs and max_context must be positive".into(),
+            ));
         }
         if opts.max_context > c.max_positions {
             return Err(Error::Request(format!(
@@ -268,7 +358,14 @@ impl Model {
         }
         let total = check_all(src, c)?;
         let g = &*gpu;
-        let mut up = Uploader { gpu: g, pending: 0, done: 0, total, weight_bytes: 0, progress };
+        let mut up = Uploader {
+            gpu: g,
+            pending: 0,
+            done: 0,
+            total,
+            weight_bytes: 0,
+            progress,
+        };
         let (h, v) = (c.hidden as u64, c.vocab as u64);
         let (nh, nkv, d) = (c.heads as usize, c.kv_heads as usize, c.head_dim as usize);
         let (e, i) = (c.experts as usize, c.inter as usize);
@@ -311,7 +408,10 @@ impl Model {
         }
         let activation_bytes = act_sizes.iter().map(|(_, b)| b.div_ceil(4) * 4).sum();
         let a = |n: &str| &acts[n];
-        let rope_table = g.upload("rope_table", bytemuck::cast_slice(&c.rope.table(opts.max_context)))?;
+        let rope_table = g.upload(
+            "rope_table",
+            bytemuck::cast_slice(&c.rope.table(opts.max_context)),
+        )?;
         let caches = kv_cache::allocate(g, c, opts.max_seqs, opts.max_context, opts.max_tokens)?;
         let step = dispatch::step_buffer(g);
 
@@ -320,7 +420,14 @@ impl Model {
             let data = src.tensor("model.embed_tokens.weight")?.data;
             up.split("embed_tokens", &[data], h * 2, 1)?
         };
-        ds.extend(embed::build(g, &step, a("tokens"), &embed, a("x"), c.hidden)?);
+        ds.extend(embed::build(
+            g,
+            &step,
+            a("tokens"),
+            &embed,
+            a("x"),
+            c.hidden,
+        )?);
 
         let mut layers = Vec::new();
         for l in 0..c.layers as usize {
@@ -328,11 +435,25 @@ impl Model {
             let name = |s: &str| format!("{p}{s}");
             let tensor = |s: &str| -> Result<&[u8]> { Ok(src.tensor(&name(s))?.data) };
             let mut bufs = Vec::new();
-            let ln1 = up.vector(&name("input_layernorm"), &[small(src, &name("input_layernorm.weight"), h as usize)?])?;
-            let ln2 = up.vector(&name("post_attention_layernorm"), &[small(src, &name("post_attention_layernorm.weight"), h as usize)?])?;
+            let ln1 = up.vector(
+                &name("input_layernorm"),
+                &[small(src, &name("input_layernorm.weight"), h as usize)?],
+            )?;
+            let ln2 = up.vector(
+                &name("post_attention_layernorm"),
+                &[small(
+                    src,
+                    &name("post_attention_layernorm.weight"),
+                    h as usize,
+                )?],
+            )?;
             let qkv_w = up.split(
                 &name("self_attn.qkv"),
-                &[tensor("self_attn.q_proj.weight")?, tensor("self_attn.k_proj.weight")?, tensor("self_attn.v_proj.weight")?],
+                &[
+                    tensor("self_attn.q_proj.weight")?,
+                    tensor("self_attn.k_proj.weight")?,
+                    tensor("self_attn.v_proj.weight")?,
+                ],
                 h * 2,
                 1,
             )?;
@@ -348,15 +469,34 @@ impl Model {
             } else {
                 None
             };
-            let o_w = up.split(&name("self_attn.o_proj"), &[tensor("self_attn.o_proj.weight")?], (nh * d) as u64 * 2, 1)?;
+            let o_w = up.split(
+                &name("self_attn.o_proj"),
+                &[tensor("self_attn.o_proj.weight")?],
+                (nh * d) as u64 * 2,
+                1,
+            )?;
             let o_b = if c.attention_bias {
-                Some(up.vector(&name("self_attn.o_proj.bias"), &[small(src, &name("self_attn.o_proj.bias"), h as usize)?])?)
+                Some(up.vector(
+                    &name("self_attn.o_proj.bias"),
+                    &[small(src, &name("self_attn.o_proj.bias"), h as usize)?],
+                )?)
             } else {
                 None
             };
-            let sinks = up.vector(&name("self_attn.sinks"), &[small(src, &name("self_attn.sinks"), nh)?])?;
-            let router_w = up.split(&name("mlp.router"), &[tensor("mlp.router.weight")?], h * 2, 1)?;
-            let router_b = up.vector(&name("mlp.router.bias"), &[small(src, &name("mlp.router.bias"), e)?])?;
+            let sinks = up.vector(
+                &name("self_attn.sinks"),
+                &[small(src, &name("self_attn.sinks"), nh)?],
+            )?;
+            let router_w = up.split(
+                &name("mlp.router"),
+                &[tensor("mlp.router.weight")?],
+                h * 2,
+                1,
+            )?;
+            let router_b = up.vector(
+                &name("mlp.router.bias"),
+                &[small(src, &name("mlp.router.bias"), e)?],
+            )?;
             let gu = up.experts(
                 &name("mlp.experts.gate_up"),
                 tensor("mlp.experts.gate_up_proj_blocks")?,
@@ -365,7 +505,14 @@ impl Model {
                 2 * i as u64,
                 h,
             )?;
-            let gu_b = up.vector(&name("mlp.experts.gate_up_bias"), &[small2(src, &name("mlp.experts.gate_up_proj_bias"), [e, 2 * i])?])?;
+            let gu_b = up.vector(
+                &name("mlp.experts.gate_up_bias"),
+                &[small2(
+                    src,
+                    &name("mlp.experts.gate_up_proj_bias"),
+                    [e, 2 * i],
+                )?],
+            )?;
             let dn = up.experts(
                 &name("mlp.experts.down"),
                 tensor("mlp.experts.down_proj_blocks")?,
@@ -374,24 +521,72 @@ impl Model {
                 h,
                 i as u64,
             )?;
-            let dn_b = up.vector(&name("mlp.experts.down_bias"), &[small2(src, &name("mlp.experts.down_proj_bias"), [e, h as usize])?])?;
+            let dn_b = up.vector(
+                &name("mlp.experts.down_bias"),
+                &[small2(
+                    src,
+                    &name("mlp.experts.down_proj_bias"),
+                    [e, h as usize],
+                )?],
+            )?;
 
             // Attention block: x += o_proj(attn(rope(qkv(norm(x))))).
             let cache = &caches[l];
-            ds.push(rmsnorm::build(g, &step, &RmsNorm { x: a("x"), w: &ln1, rows: None, out: a("h"), n: c.hidden, eps: c.eps, count: Count::Tokens })?);
-            ds.extend(linear::build(g, &step, &Linear {
-                x: a("h"), w: &qkv_w, bias: qkv_b.as_ref(), y: a("qkv"), k: c.hidden, n_out: qkv_n as u32, count: Count::Tokens, accumulate: false,
-            })?);
+            ds.push(rmsnorm::build(
+                g,
+                &step,
+                &RmsNorm {
+                    x: a("x"),
+                    w: &ln1,
+                    rows: None,
+                    out: a("h"),
+                    n: c.hidden,
+                    eps: c.eps,
+                    count: Count::Tokens,
+                },
+            )?);
+            ds.extend(linear::build(
+                g,
+                &step,
+                &Linear {
+                    x: a("h"),
+                    w: &qkv_w,
+                    bias: qkv_b.as_ref(),
+                    y: a("qkv"),
+                    k: c.hidden,
+                    n_out: qkv_n as u32,
+                    count: Count::Tokens,
+                    accumulate: false,
+                },
+            )?);
             ds.push(rope::build(
                 g,
                 &step,
-                &Rope { tokens: a("tokens"), table: &rope_table, qkv: a("qkv"), k_cache: &cache.k, v_cache: &cache.v },
-                rope::Params { n_heads: c.heads, n_kv: c.kv_heads, head_dim: c.head_dim, cap: cache.cap },
+                &Rope {
+                    tokens: a("tokens"),
+                    table: &rope_table,
+                    qkv: a("qkv"),
+                    k_cache: &cache.k,
+                    v_cache: &cache.v,
+                },
+                rope::Params {
+                    n_heads: c.heads,
+                    n_kv: c.kv_heads,
+                    head_dim: c.head_dim,
+                    cap: cache.cap,
+                },
             )?);
             ds.push(attention::build(
                 g,
                 &step,
-                &Attention { tokens: a("tokens"), qkv: a("qkv"), k_cache: &cache.k, v_cache: &cache.v, sinks: &sinks, out: a("attn") },
+                &Attention {
+                    tokens: a("tokens"),
+                    qkv: a("qkv"),
+                    k_cache: &cache.k,
+                    v_cache: &cache.v,
+                    sinks: &sinks,
+                    out: a("attn"),
+                },
                 attention::Params {
                     n_heads: c.heads,
                     n_kv: c.kv_heads,
@@ -402,41 +597,143 @@ impl Model {
                     _pad: [0; 2],
                 },
             )?);
-            ds.extend(linear::build(g, &step, &Linear {
-                x: a("attn"), w: &o_w, bias: o_b.as_ref(), y: a("x"), k: (nh * d) as u32, n_out: c.hidden, count: Count::Tokens, accumulate: true,
-            })?);
+            ds.extend(linear::build(
+                g,
+                &step,
+                &Linear {
+                    x: a("attn"),
+                    w: &o_w,
+                    bias: o_b.as_ref(),
+                    y: a("x"),
+                    k: (nh * d) as u32,
+                    n_out: c.hidden,
+                    count: Count::Tokens,
+                    accumulate: true,
+                },
+            )?);
             // MoE block: x += sum_k w_k * expert_k(norm(x)).
-            ds.push(rmsnorm::build(g, &step, &RmsNorm { x: a("x"), w: &ln2, rows: None, out: a("h"), n: c.hidden, eps: c.eps, count: Count::Tokens })?);
-            ds.extend(linear::build(g, &step, &Linear {
-                x: a("h"), w: &router_w, bias: Some(&router_b), y: a("router_logits"), k: c.hidden, n_out: c.experts, count: Count::Tokens, accumulate: false,
-            })?);
-            ds.push(router::build(g, &step, a("router_logits"), a("expert_idx"), a("expert_wts"), c.experts, c.top_k)?);
-            let shape = MoeShape { hidden: c.hidden, inter: c.inter, top_k: c.top_k, limit: c.swiglu_limit, alpha: c.swiglu_alpha };
-            ds.extend(moe::gate_up(g, &step, &shape, a("h"), a("expert_idx"), &gu, &gu_b, a("expert_act"))?);
-            ds.extend(moe::down(g, &step, &shape, a("expert_act"), a("expert_idx"), a("expert_wts"), &dn, &dn_b, a("x"))?);
+            ds.push(rmsnorm::build(
+                g,
+                &step,
+                &RmsNorm {
+                    x: a("x"),
+                    w: &ln2,
+                    rows: None,
+                    out: a("h"),
+                    n: c.hidden,
+                    eps: c.eps,
+                    count: Count::Tokens,
+                },
+            )?);
+            ds.extend(linear::build(
+                g,
+                &step,
+                &Linear {
+                    x: a("h"),
+                    w: &router_w,
+                    bias: Some(&router_b),
+                    y: a("router_logits"),
+                    k: c.hidden,
+                    n_out: c.experts,
+                    count: Count::Tokens,
+                    accumulate: false,
+                },
+            )?);
+            ds.push(router::build(
+                g,
+                &step,
+                a("router_logits"),
+                a("expert_idx"),
+                a("expert_wts"),
+                c.experts,
+                c.top_k,
+            )?);
+            let shape = MoeShape {
+                hidden: c.hidden,
+                inter: c.inter,
+                top_k: c.top_k,
+                limit: c.swiglu_limit,
+                alpha: c.swiglu_alpha,
+            };
+            ds.extend(moe::gate_up(
+                g,
+                &step,
+                &shape,
+                a("h"),
+                a("expert_idx"),
+                &gu,
+                &gu_b,
+                a("expert_act"),
+            )?);
+            ds.extend(moe::down(
+                g,
+                &step,
+                &shape,
+                a("expert_act"),
+                a("expert_idx"),
+                a("expert_wts"),
+                &dn,
+                &dn_b,
+                a("x"),
+            )?);
 
             bufs.extend([ln1, ln2, sinks, router_b, gu_b, dn_b]);
             bufs.extend(qkv_b);
             bufs.extend(o_b);
             let mut experts = gu;
             experts.extend(dn);
-            layers.push(Layer { _buffers: bufs, _splits: vec![qkv_w, o_w, router_w], _experts: experts });
+            layers.push(Layer {
+                _buffers: bufs,
+                _splits: vec![qkv_w, o_w, router_w],
+                _experts: experts,
+            });
         }
 
-        let norm = up.vector("model.norm", &[small(src, "model.norm.weight", h as usize)?])?;
+        let norm = up.vector(
+            "model.norm",
+            &[small(src, "model.norm.weight", h as usize)?],
+        )?;
         let lm_head = if c.tie_embeddings {
             Split { chunks: Vec::new() }
         } else {
             up.split("lm_head", &[src.tensor("lm_head.weight")?.data], h * 2, 1)?
         };
         let head = if c.tie_embeddings { &embed } else { &lm_head };
-        ds.push(rmsnorm::build(g, &step, &RmsNorm {
-            x: a("x"), w: &norm, rows: Some(a("out_rows")), out: a("final_h"), n: c.hidden, eps: c.eps, count: Count::Outputs,
-        })?);
-        ds.extend(linear::build(g, &step, &Linear {
-            x: a("final_h"), w: head, bias: None, y: a("logits"), k: c.hidden, n_out: c.vocab, count: Count::Outputs, accumulate: false,
-        })?);
-        ds.push(sample::build(g, &step, a("logits"), a("sampling"), a("ids"), c.vocab)?);
+        ds.push(rmsnorm::build(
+            g,
+            &step,
+            &RmsNorm {
+                x: a("x"),
+                w: &norm,
+                rows: Some(a("out_rows")),
+                out: a("final_h"),
+                n: c.hidden,
+                eps: c.eps,
+                count: Count::Outputs,
+            },
+        )?);
+        ds.extend(linear::build(
+            g,
+            &step,
+            &Linear {
+                x: a("final_h"),
+                w: head,
+                bias: None,
+                y: a("logits"),
+                k: c.hidden,
+                n_out: c.vocab,
+                count: Count::Outputs,
+                accumulate: false,
+            },
+        )?);
+        ds.push(sample::build(
+            g,
+            &step,
+            a("logits"),
+            a("sampling"),
+            a("ids"),
+            c.vocab,
+        )?);
         g.queue.submit([]);
         g.wait()?;
 
@@ -447,7 +744,10 @@ impl Model {
             mapped_at_creation: false,
         });
         let weight_bytes = up.weight_bytes;
-        let take = |acts: &mut std::collections::HashMap<&str, wgpu::Buffer>, n: &str| acts.remove(n).ok_or_else(|| Error::Device(format!("no buffer {n}")));
+        let take = |acts: &mut std::collections::HashMap<&str, wgpu::Buffer>, n: &str| {
+            acts.remove(n)
+                .ok_or_else(|| Error::Device(format!("no buffer {n}")))
+        };
         let mut acts = acts;
         Ok(Model {
             max_outputs,
@@ -463,7 +763,11 @@ impl Model {
             step,
             dispatches: ds,
             _layers: layers,
-            _globals: (embed, lm_head, [vec![norm, rope_table], acts.into_values().collect()].concat()),
+            _globals: (
+                embed,
+                lm_head,
+                [vec![norm, rope_table], acts.into_values().collect()].concat(),
+            ),
             _caches: caches,
             gpu,
             cfg,
@@ -475,7 +779,10 @@ impl Model {
     fn write_inputs(&self, b: &Batch) -> Result<StepCounts> {
         let n = b.tokens.len();
         if n == 0 || n > self.opts.max_tokens as usize {
-            return Err(Error::Request(format!("a forward pass takes 1..={} tokens, got {n}", self.opts.max_tokens)));
+            return Err(Error::Request(format!(
+                "a forward pass takes 1..={} tokens, got {n}",
+                self.opts.max_tokens
+            )));
         }
         if b.outputs.len() > self.max_outputs as usize || b.sampling.len() != b.outputs.len() {
             return Err(Error::Request(format!(
@@ -487,17 +794,28 @@ impl Model {
         }
         for t in b.tokens {
             if t.id >= self.cfg.vocab {
-                return Err(Error::Request(format!("token id {} is outside the vocabulary of {}", t.id, self.cfg.vocab)));
+                return Err(Error::Request(format!(
+                    "token id {} is outside the vocabulary of {}",
+                    t.id, self.cfg.vocab
+                )));
             }
             if t.pos >= self.opts.max_context {
-                return Err(Error::Request(format!("position {} exceeds the context of {} tokens", t.pos, self.opts.max_context)));
+                return Err(Error::Request(format!(
+                    "position {} exceeds the context of {} tokens",
+                    t.pos, self.opts.max_context
+                )));
             }
             if t.seq >= self.opts.max_seqs {
-                return Err(Error::Request(format!("sequence slot {} exceeds {}", t.seq, self.opts.max_seqs)));
+                return Err(Error::Request(format!(
+                    "sequence slot {} exceeds {}",
+                    t.seq, self.opts.max_seqs
+                )));
             }
         }
         if let Some(o) = b.outputs.iter().find(|o| **o as usize >= n) {
-            return Err(Error::Request(format!("output row {o} is not a token of the pass")));
+            return Err(Error::Request(format!(
+                "output row {o} is not a token of the pass"
+            )));
         }
         let g = &self.gpu;
         g.write(&self.tokens, 0, bytemuck::cast_slice(b.tokens));
@@ -536,7 +854,8 @@ impl Model {
     pub fn logits(&self, b: &Batch<'_>) -> Result<Vec<f32>> {
         let counts = self.write_inputs(b)?;
         dispatch::submit(&self.gpu, &self.step, &counts, &self.dispatches);
-        self.gpu.read_f32(&self.logits, b.outputs.len() * self.cfg.vocab as usize)
+        self.gpu
+            .read_f32(&self.logits, b.outputs.len() * self.cfg.vocab as usize)
     }
 
     /// GPU time per kernel family over one forward pass, from timestamp queries (None when the
@@ -565,7 +884,8 @@ impl Model {
             usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
-        g.queue.write_buffer(&self.step, 0, bytemuck::bytes_of(&counts));
+        g.queue
+            .write_buffer(&self.step, 0, bytemuck::bytes_of(&counts));
         let mut enc = g.device.create_command_encoder(&Default::default());
         for (i, d) in self.dispatches.iter().enumerate() {
             let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
@@ -581,7 +901,11 @@ impl Model {
         enc.resolve_query_set(&set, 0..2 * n, &resolve, 0);
         enc.copy_buffer_to_buffer(&resolve, 0, &staging, 0, 16 * n as u64);
         g.queue.submit([enc.finish()]);
-        let ticks: Vec<u64> = bytemuck::pod_collect_to_vec(&crate::gpu::buffer::map_read(g, &staging, 16 * n as u64)?);
+        let ticks: Vec<u64> = bytemuck::pod_collect_to_vec(&crate::gpu::buffer::map_read(
+            g,
+            &staging,
+            16 * n as u64,
+        )?);
         let period = g.queue.get_timestamp_period() as f64;
         let mut per: Vec<(String, f64)> = Vec::new();
         for (i, d) in self.dispatches.iter().enumerate() {

@@ -23,11 +23,18 @@ pub fn capacity(cfg: &ModelConfig, layer: usize, max_context: u32, max_tokens: u
     }
 }
 
-pub fn allocate(gpu: &Gpu, cfg: &ModelConfig, max_seqs: u32, max_context: u32, max_tokens: u32) -> Result<Vec<LayerCache>> {
+pub fn allocate(
+    gpu: &Gpu,
+    cfg: &ModelConfig,
+    max_seqs: u32,
+    max_context: u32,
+    max_tokens: u32,
+) -> Result<Vec<LayerCache>> {
     (0..cfg.layers as usize)
         .map(|l| {
             let cap = capacity(cfg, l, max_context, max_tokens);
-            let bytes = max_seqs as u64 * cap as u64 * cfg.kv_heads as u64 * cfg.head_dim as u64 * 4;
+            let bytes =
+                max_seqs as u64 * cap as u64 * cfg.kv_heads as u64 * cfg.head_dim as u64 * 4;
             if bytes > gpu.caps.max_binding {
                 return Err(Error::Limit {
                     what: format!("KV cache of layer {l} ({max_seqs} sequences x {cap} positions)"),

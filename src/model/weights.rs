@@ -28,9 +28,13 @@ pub trait WeightSource {
     fn tensor(&self, name: &str) -> Result<TensorRef<'_>>;
 }
 
-
 /// Fetches `name` and checks its dtype and shape.
-pub fn expect<'a>(src: &'a dyn WeightSource, name: &str, dtype: DType, shape: &[usize]) -> Result<&'a [u8]> {
+pub fn expect<'a>(
+    src: &'a dyn WeightSource,
+    name: &str,
+    dtype: DType,
+    shape: &[usize],
+) -> Result<&'a [u8]> {
     let t = src.tensor(name)?;
     if t.dtype != dtype {
         return Err(Error::Weights(format!(
@@ -69,13 +73,17 @@ impl<B: AsRef<[u8]>> Shards<B> {
     pub fn new(files: Vec<(String, B)>) -> Result<Self> {
         let mut index = std::collections::HashMap::new();
         for (i, (name, bytes)) in files.iter().enumerate() {
-            let st = safetensors::SafeTensors::deserialize(bytes.as_ref())
-                .map_err(|e| Error::Weights(format!("{name}: not a valid safetensors file: {e}")))?;
+            let st = safetensors::SafeTensors::deserialize(bytes.as_ref()).map_err(|e| {
+                Error::Weights(format!("{name}: not a valid safetensors file: {e}"))
+            })?;
             let base = bytes.as_ref().as_ptr() as usize;
             for (tname, view) in st.tensors() {
                 let start = view.data().as_ptr() as usize - base;
                 let range = start..start + view.data().len();
-                index.insert(tname, (i, dtype_of(view.dtype()), view.shape().to_vec(), range));
+                index.insert(
+                    tname,
+                    (i, dtype_of(view.dtype()), view.shape().to_vec(), range),
+                );
             }
         }
         Ok(Shards { files, index })
@@ -90,7 +98,10 @@ impl<B: AsRef<[u8]>> WeightSource for Shards<B> {
     fn tensor(&self, name: &str) -> Result<TensorRef<'_>> {
         let (i, dtype, shape, range) = self.index.get(name).ok_or_else(|| {
             let files: Vec<&str> = self.files.iter().map(|(n, _)| n.as_str()).collect();
-            Error::Weights(format!("tensor `{name}` is missing (looked in {})", files.join(", ")))
+            Error::Weights(format!(
+                "tensor `{name}` is missing (looked in {})",
+                files.join(", ")
+            ))
         })?;
         let (file, bytes) = &self.files[*i];
         Ok(TensorRef {
@@ -127,7 +138,10 @@ mod native {
     /// or a single model.safetensors) and maps them.
     pub fn load_dir(dir: &Path) -> Result<Checkpoint> {
         if !dir.is_dir() {
-            return Err(Error::Weights(format!("{} is not a directory", dir.display())));
+            return Err(Error::Weights(format!(
+                "{} is not a directory",
+                dir.display()
+            )));
         }
         let config_path = dir.join("config.json");
         let config = HfConfig::from_json(&read(&config_path)?)
@@ -140,8 +154,13 @@ mod native {
             let map = v
                 .get("weight_map")
                 .and_then(|m| m.as_object())
-                .ok_or_else(|| Error::Weights(format!("{}: no `weight_map`", index_path.display())))?;
-            let mut files: Vec<String> = map.values().filter_map(|f| f.as_str().map(String::from)).collect();
+                .ok_or_else(|| {
+                    Error::Weights(format!("{}: no `weight_map`", index_path.display()))
+                })?;
+            let mut files: Vec<String> = map
+                .values()
+                .filter_map(|f| f.as_str().map(String::from))
+                .collect();
             files.sort();
             files.dedup();
             files

@@ -1,0 +1,199 @@
+//! `gpt-oss-wgpu bench`: prefill and decode throughput, time to first token, GPU memory and
+//! per-kernel GPU time, measured on the model's own forward pass.
+
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::error::Result;
+use crate::kernels::sample::SampleParams;
+use crate::model::{Batch, Model, TokenInfo};
+use crate::rng::Rng;
+
+#[derive(Debug, Serialize)]
+pub struct PrefillResult {
+    pub tokens: u32,
+    /// Time to first token: the whole prompt in, the first sampled id back.
+    pub ttft_ms: f64,
+    pub tok_s: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct DecodeResult {
+    pub batch: u32,
+    pub steps: u32,
+    pub ms_per_step: f64,
+    /// Tokens per second over all sequences.
+    pub tok_s: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub adapter: String,
+    pub prefill: Vec<PrefillResult>,
+    pub decode: Vec<DecodeResult>,
+    pub weight_gib: f64,
+    pub kv_cache_gib: f64,
+    pub activations_gib: f64,
+    /// GPU microseconds per kernel family for one decode step and one prefill pass.
+    pub decode_kernels_us: Vec<(String, f64)>,
+    pub prefill_kernels_us: Vec<(String, f64)>,
+}
+
+fn greedy(n: usize) -> Vec<SampleParams> {
+    vec![
+        SampleParams {
+            temperature: 0.0,
+            top_p: 1.0,
+            ..Default::default()
+        };
+        n
+    ]
+}
+
+/// Prefills `len` random tokens into slot `seq` in passes of at most max_tokens; returns the
+/// seconds until the first sampled id is back.
+fn prefill(model: &Model, rng: &mut Rng, seq: u32, len: u32) -> Result<(f64, u32)> {
+    let vocab = model.cfg.vocab.min(199_998) as u64;
+    let toks: Vec<TokenInfo> = (0..len)
+        .map(|p| TokenInfo {
+            id: rng.below(vocab) as u32,
+            pos: p,
+            seq,
+            _pad: 0,
+        })
+        .collect();
+    let t0 = Instant::now();
+    let mut last = 0;
+    for chunk in toks.chunks(model.opts.max_tokens as usize) {
+        let out = [chunk.len() as u32 - 1];
+        last = pollster::block_on(model.sample(&Batch {
+            tokens: chunk,
+            outputs: &out,
+            sampling: &greedy(1),
+        }))?[0];
+    }
+    Ok((t0.elapsed().as_secs_f64(), last))
+}
+
+/// Decodes `steps` tokens for `batch` sequences whose prompts of `ctx` tokens are cached.
+fn decode(model: &Model, first: &[u32], ctx: u32, steps: u32) -> Result<f64> {
+    let batch = first.len();
+    let mut next = first.to_vec();
+    let sampling = greedy(batch);
+    let outputs: Vec<u32> = (0..batch as u32).collect();
+    let t0 = Instant::now();
+    for s in 0..steps {
+        let toks: Vec<TokenInfo> = (0..batch)
+            .map(|b| TokenInfo {
+                id: next[b],
+                pos: ctx + s,
+                seq: b as u32,
+                _pad: 0,
+            })
+            .collect();
+        next = pollster::block_on(model.sample(&Batch {
+            tokens: &toks,
+            outputs: &outputs,
+            sampling: &sampling,
+        }))?;
+    }
+    Ok(t0.elapsed().as_secs_f64())
+}
+
+fn micros(v: Option<Vec<(String, f64)>>) -> Vec<(String, f64)> {
+    v.unwrap_or_default()
+        .into_iter()
+        .map(|(k, ns)| (k, ns / 1e3))
+        .collect()
+}
+
+/// Runs the benchmark; `log` receives a line per measurement as it completes.
+pub fn run(
+    model: &Model,
+    prompt_lens: &[u32],
+    batches: &[u32],
+    decode_steps: u32,
+    log: &mut dyn FnMut(String),
+) -> Result<Report> {
+    let mut rng = Rng::new(1);
+    let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+    // Warm-up: compile pipelines and touch every buffer once.
+    prefill(model, &mut rng, 0, 16.min(model.opts.max_context - 1))?;
+    let mut report = Report {
+        adapter: format!("{} ({:?})", model.gpu.info.name, model.gpu.info.backend),
+        prefill: Vec::new(),
+        decode: Vec::new(),
+        weight_gib: gib(model.weight_bytes),
+        kv_cache_gib: gib(model.cache_bytes),
+        activations_gib: gib(model.activation_bytes),
+        decode_kernels_us: Vec::new(),
+        prefill_kernels_us: Vec::new(),
+    };
+    for &len in prompt_lens {
+        let (t, _) = prefill(model, &mut rng, 0, len)?;
+        let r = PrefillResult {
+            tokens: len,
+            ttft_ms: t * 1e3,
+            tok_s: len as f64 / t,
+        };
+        log(format!(
+            "prefill {len:>5} tokens: {:>9.1} tok/s, time to first token {:.1} ms",
+            r.tok_s, r.ttft_ms
+        ));
+        report.prefill.push(r);
+    }
+    let ctx = 128.min(model.opts.max_context / 2);
+    for &b in batches {
+        let b = b.min(model.opts.max_seqs).min(model.max_outputs);
+        let mut first = Vec::new();
+        for s in 0..b {
+            first.push(prefill(model, &mut rng, s, ctx)?.1);
+        }
+        let steps = decode_steps.min(model.opts.max_context - ctx - 1);
+        decode(model, &first, ctx, 2.min(steps))?;
+        let t = decode(model, &first, ctx, steps)?;
+        let r = DecodeResult {
+            batch: b,
+            steps,
+            ms_per_step: t * 1e3 / steps as f64,
+            tok_s: (b * steps) as f64 / t,
+        };
+        log(format!(
+            "decode batch {b:>3}: {:>9.1} tok/s, {:.2} ms per step",
+            r.tok_s, r.ms_per_step
+        ));
+        report.decode.push(r);
+    }
+    let one = [TokenInfo {
+        id: 1,
+        pos: ctx,
+        seq: 0,
+        _pad: 0,
+    }];
+    report.decode_kernels_us = micros(model.profile(&Batch {
+        tokens: &one,
+        outputs: &[0],
+        sampling: &greedy(1),
+    })?);
+    let n = prompt_lens
+        .iter()
+        .copied()
+        .max()
+        .unwrap_or(128)
+        .min(model.opts.max_tokens);
+    let toks: Vec<TokenInfo> = (0..n)
+        .map(|p| TokenInfo {
+            id: 1,
+            pos: p,
+            seq: 0,
+            _pad: 0,
+        })
+        .collect();
+    report.prefill_kernels_us = micros(model.profile(&Batch {
+        tokens: &toks,
+        outputs: &[n - 1],
+        sampling: &greedy(1),
+    })?);
+    Ok(report)
+}

@@ -1,0 +1,345 @@
+//! The engine: requests in, token events out. Each `step` schedules one forward pass over the
+//! running sequences (prompt chunks and decode tokens together), runs it, samples on the GPU and
+//! reports what each request produced.
+
+mod scheduler;
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+use crate::gpu::Gpu;
+use crate::kernels::sample::SampleParams;
+use crate::model::weights::WeightSource;
+use crate::model::{Batch, Model, ModelConfig, ModelOptions, TokenInfo};
+use crate::tokenizer::Tokenizer;
+
+use scheduler::plan;
+
+/// How to pick each next token.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Sampling {
+    /// 0 = greedy.
+    pub temperature: f32,
+    /// 1.0 keeps all.
+    pub top_p: f32,
+    /// 0 keeps all.
+    pub top_k: u32,
+    pub seed: u64,
+}
+
+impl Default for Sampling {
+    fn default() -> Self {
+        Sampling {
+            temperature: 1.0,
+            top_p: 1.0,
+            top_k: 0,
+            seed: 0,
+        }
+    }
+}
+
+impl Sampling {
+    pub fn greedy() -> Self {
+        Sampling {
+            temperature: 0.0,
+            ..Default::default()
+        }
+    }
+}
+
+/// A completion request over token ids.
+#[derive(Clone, Debug)]
+pub struct Request {
+    pub prompt: Vec<u32>,
+    pub max_tokens: u32,
+    pub sampling: Sampling,
+    /// Ids that end generation besides the model's end-of-sequence ids.
+    pub stop: Vec<u32>,
+    /// Keep going past end-of-sequence ids (benchmarks).
+    pub ignore_eos: bool,
+}
+
+pub type RequestId = u64;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FinishReason {
+    /// An end-of-sequence or stop id was sampled (it is reported as the last token).
+    Stop,
+    /// max_tokens or the context limit was reached.
+    Length,
+    Cancelled,
+}
+
+impl FinishReason {
+    /// The OpenAI name: `stop`, `length` or `cancelled`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FinishReason::Stop => "stop",
+            FinishReason::Length => "length",
+            FinishReason::Cancelled => "cancelled",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Event {
+    Token {
+        id: RequestId,
+        token: u32,
+    },
+    Finished {
+        id: RequestId,
+        reason: FinishReason,
+        prompt_tokens: u32,
+        generated: u32,
+    },
+}
+
+/// A request being served.
+pub(crate) struct Sequence {
+    pub id: RequestId,
+    pub req: Request,
+    /// Prompt then generated ids.
+    pub tokens: Vec<u32>,
+    /// How many of `tokens` are in the KV cache.
+    pub cached: usize,
+    pub slot: u32,
+    pub generated: u32,
+}
+
+/// Loads models and serves requests on one GPU.
+pub struct Engine {
+    pub model: Model,
+    pub tokenizer: Option<Tokenizer>,
+    /// Ids that end a sequence.
+    pub eos: Vec<u32>,
+    waiting: VecDeque<Sequence>,
+    running: Vec<Sequence>,
+    free_slots: Vec<u32>,
+    next_id: RequestId,
+}
+
+impl Engine {
+    pub fn new(model: Model, tokenizer: Option<Tokenizer>, eos: Vec<u32>) -> Engine {
+        let free_slots = (0..model.opts.max_seqs).rev().collect();
+        Engine {
+            model,
+            tokenizer,
+            eos,
+            waiting: VecDeque::new(),
+            running: Vec::new(),
+            free_slots,
+            next_id: 0,
+        }
+    }
+
+    /// Loads weights from any source onto `gpu` (the host application's device or our own).
+    pub fn load(
+        gpu: Arc<Gpu>,
+        src: &dyn WeightSource,
+        cfg: ModelConfig,
+        opts: ModelOptions,
+        tokenizer: Option<Tokenizer>,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<Engine> {
+        let mut eos = cfg.eos.clone();
+        let model = Model::load(gpu, src, cfg, opts, progress)?;
+        eos.sort();
+        eos.dedup();
+        Ok(Engine::new(model, tokenizer, eos))
+    }
+
+    /// Loads a checkpoint directory: config.json, the safetensors shards, tokenizer.json, and
+    /// generation_config.json's end-of-sequence ids.
+    #[cfg(feature = "native")]
+    pub fn load_dir(
+        gpu: Arc<Gpu>,
+        dir: &std::path::Path,
+        opts: ModelOptions,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<Engine> {
+        let ckpt = crate::model::weights::load_dir(dir)?;
+        let tok_path = dir.join("tokenizer.json");
+        let tokenizer = if tok_path.exists() {
+            Some(Tokenizer::from_file(&tok_path)?)
+        } else {
+            None
+        };
+        let mut engine = Engine::load(
+            gpu,
+            &ckpt.shards,
+            ckpt.config.clone(),
+            opts,
+            tokenizer,
+            progress,
+        )?;
+        let gen_path = dir.join("generation_config.json");
+        if let Ok(text) = std::fs::read_to_string(&gen_path) {
+            let v: serde_json::Value = serde_json::from_str(&text)
+                .map_err(|e| Error::Config(format!("{}: {e}", gen_path.display())))?;
+            if let Some(ids) = v.get("eos_token_id") {
+                let ids: crate::model::config::Ids =
+                    serde_json::from_value(ids.clone()).map_err(|e| {
+                        Error::Config(format!("{}: eos_token_id: {e}", gen_path.display()))
+                    })?;
+                engine.eos.extend(ids.to_vec());
+                engine.eos.sort();
+                engine.eos.dedup();
+            }
+        }
+        Ok(engine)
+    }
+
+    /// Queues a request. Prompts that cannot fit the context are refused here.
+    pub fn submit(&mut self, req: Request) -> Result<RequestId> {
+        let ctx = self.model.opts.max_context as usize;
+        if req.prompt.is_empty() {
+            return Err(Error::Request("the prompt is empty".into()));
+        }
+        if req.prompt.len() >= ctx {
+            return Err(Error::Request(format!(
+                "the prompt has {} tokens but the context holds {ctx} (including at least one generated token)",
+                req.prompt.len()
+            )));
+        }
+        if let Some(bad) = req.prompt.iter().find(|t| **t >= self.model.cfg.vocab) {
+            return Err(Error::Request(format!(
+                "token id {bad} is outside the vocabulary of {}",
+                self.model.cfg.vocab
+            )));
+        }
+        let s = &req.sampling;
+        if !(s.temperature >= 0.0 && s.temperature.is_finite())
+            || !(s.top_p > 0.0 && s.top_p <= 1.0)
+        {
+            return Err(Error::Request(format!(
+                "temperature must be >= 0 and top_p in (0, 1]; got {} and {}",
+                s.temperature, s.top_p
+            )));
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        let tokens = req.prompt.clone();
+        self.waiting.push_back(Sequence {
+            id,
+            req,
+            tokens,
+            cached: 0,
+            slot: 0,
+            generated: 0,
+        });
+        Ok(id)
+    }
+
+    /// Whether any request is still waiting or running.
+    pub fn has_work(&self) -> bool {
+        !self.waiting.is_empty() || !self.running.is_empty()
+    }
+
+    /// Stops a request; its slot is freed and a `Finished { Cancelled }` event is returned.
+    pub fn cancel(&mut self, id: RequestId) -> Option<Event> {
+        if let Some(i) = self.waiting.iter().position(|s| s.id == id) {
+            let s = self.waiting.remove(i)?;
+            return Some(finished(&s, FinishReason::Cancelled));
+        }
+        let i = self.running.iter().position(|s| s.id == id)?;
+        let s = self.running.swap_remove(i);
+        self.free_slots.push(s.slot);
+        Some(finished(&s, FinishReason::Cancelled))
+    }
+
+    /// Runs one forward pass and returns the tokens it produced.
+    pub async fn step(&mut self) -> Result<Vec<Event>> {
+        while let Some(slot) = (!self.waiting.is_empty())
+            .then(|| self.free_slots.pop())
+            .flatten()
+        {
+            if let Some(mut s) = self.waiting.pop_front() {
+                s.slot = slot;
+                self.running.push(s);
+            }
+        }
+        if self.running.is_empty() {
+            return Ok(Vec::new());
+        }
+        let work = plan(
+            &self.running,
+            self.model.opts.max_tokens as usize,
+            self.model.max_outputs as usize,
+        );
+        let mut tokens = Vec::new();
+        let mut outputs = Vec::new();
+        let mut sampling = Vec::new();
+        let mut sampled_seqs = Vec::new();
+        for w in &work {
+            let s = &self.running[w.seq];
+            for p in w.start..w.start + w.len {
+                tokens.push(TokenInfo {
+                    id: s.tokens[p],
+                    pos: p as u32,
+                    seq: s.slot,
+                    _pad: 0,
+                });
+            }
+            if w.start + w.len == s.tokens.len() {
+                outputs.push(tokens.len() as u32 - 1);
+                let sp = &s.req.sampling;
+                sampling.push(SampleParams {
+                    temperature: sp.temperature,
+                    top_p: sp.top_p,
+                    top_k: sp.top_k,
+                    seed: (sp.seed ^ (sp.seed >> 32)) as u32,
+                    counter: s.generated,
+                    _pad: [0; 3],
+                });
+                sampled_seqs.push(w.seq);
+            }
+        }
+        let ids = self
+            .model
+            .sample(&Batch {
+                tokens: &tokens,
+                outputs: &outputs,
+                sampling: &sampling,
+            })
+            .await?;
+        for w in &work {
+            self.running[w.seq].cached = w.start + w.len;
+        }
+        let mut events = Vec::new();
+        let mut done = Vec::new();
+        let ctx = self.model.opts.max_context as usize;
+        for (&si, &tok) in sampled_seqs.iter().zip(&ids) {
+            let s = &mut self.running[si];
+            s.tokens.push(tok);
+            s.generated += 1;
+            events.push(Event::Token {
+                id: s.id,
+                token: tok,
+            });
+            let stop = (!s.req.ignore_eos && self.eos.contains(&tok)) || s.req.stop.contains(&tok);
+            if stop {
+                done.push((si, FinishReason::Stop));
+            } else if s.generated >= s.req.max_tokens || s.tokens.len() >= ctx {
+                done.push((si, FinishReason::Length));
+            }
+        }
+        done.sort_by(|a, b| b.0.cmp(&a.0));
+        for (si, reason) in done {
+            let s = self.running.swap_remove(si);
+            self.free_slots.push(s.slot);
+            events.push(finished(&s, reason));
+        }
+        Ok(events)
+    }
+}
+
+fn finished(s: &Sequence, reason: FinishReason) -> Event {
+    Event::Finished {
+        id: s.id,
+        reason,
+        prompt_tokens: s.req.prompt.len() as u32,
+        generated: s.generated,
+    }
+}

@@ -1,0 +1,124 @@
+//! Which tokens go into the next forward pass (pure CPU, no GPU types).
+//!
+//! Decode tokens first (one per sequence whose prompt is cached, so running requests keep their
+//! pace), then prompt chunks in arrival order until the pass is full. A sequence whose chunk
+//! reaches the end of its tokens gets a logits row; the number of such rows is capped too.
+
+use super::Sequence;
+
+/// Tokens [start, start + len) of running sequence `seq` go into the pass.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Work {
+    pub seq: usize,
+    pub start: usize,
+    pub len: usize,
+}
+
+pub(crate) fn plan(running: &[Sequence], max_tokens: usize, max_outputs: usize) -> Vec<Work> {
+    let pending: Vec<(usize, usize, usize)> = running
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (i, s.cached, s.tokens.len() - s.cached))
+        .collect();
+    let mut out = Vec::new();
+    let mut budget = max_tokens;
+    let mut outputs = 0;
+    for &(i, start, n) in pending.iter().filter(|p| p.2 == 1) {
+        if budget == 0 || outputs == max_outputs {
+            break;
+        }
+        out.push(Work {
+            seq: i,
+            start,
+            len: n,
+        });
+        budget -= 1;
+        outputs += 1;
+    }
+    for &(i, start, n) in pending.iter().filter(|p| p.2 > 1) {
+        if budget == 0 {
+            break;
+        }
+        let len = n.min(budget);
+        if len == n {
+            if outputs == max_outputs {
+                continue;
+            }
+            outputs += 1;
+        }
+        out.push(Work { seq: i, start, len });
+        budget -= len;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::{Request, Sampling};
+
+    fn seq(prompt: usize, cached: usize) -> Sequence {
+        let req = Request {
+            prompt: vec![1; prompt],
+            max_tokens: 10,
+            sampling: Sampling::greedy(),
+            stop: vec![],
+            ignore_eos: false,
+        };
+        Sequence {
+            id: 0,
+            tokens: req.prompt.clone(),
+            req,
+            cached,
+            slot: 0,
+            generated: 0,
+        }
+    }
+
+    #[test]
+    fn decode_first_then_prompt_chunks() {
+        let running = vec![seq(300, 0), seq(5, 4), seq(20, 0)];
+        let w = plan(&running, 64, 8);
+        assert_eq!(
+            w,
+            vec![
+                Work {
+                    seq: 1,
+                    start: 4,
+                    len: 1
+                },
+                Work {
+                    seq: 0,
+                    start: 0,
+                    len: 63
+                }
+            ]
+        );
+        // Once the long prompt is mostly cached its tail and the next prompt share a pass.
+        let running = vec![seq(300, 290), seq(20, 0)];
+        let w = plan(&running, 64, 8);
+        assert_eq!(
+            w,
+            vec![
+                Work {
+                    seq: 0,
+                    start: 290,
+                    len: 10
+                },
+                Work {
+                    seq: 1,
+                    start: 0,
+                    len: 20
+                }
+            ]
+        );
+    }
+
+    #[test]
+    fn output_rows_are_capped() {
+        let running = vec![seq(3, 2), seq(3, 2), seq(4, 0)];
+        let w = plan(&running, 64, 2);
+        assert_eq!(w.len(), 2);
+        assert!(w.iter().all(|x| x.len == 1));
+    }
+}
