@@ -42,8 +42,8 @@ enum Command {
 
 #[derive(Args, Clone)]
 struct DeviceArgs {
-    /// Graphics API to use: vulkan, metal, dx12, gl, or all.
-    #[arg(long, default_value = "all")]
+    /// Graphics API: primary (Vulkan, Metal, DX12), vulkan, metal, dx12, gl, or all.
+    #[arg(long, default_value = "primary")]
     backend: String,
     /// Adapter to use: its index in `devices` or part of its name.
     #[arg(long)]
@@ -164,12 +164,13 @@ struct BenchArgs {
 
 fn gpu_options(d: &DeviceArgs) -> Result<GpuOptions> {
     let backends = match d.backend.to_lowercase().as_str() {
-        "all" => None,
+        "primary" => None,
+        "all" => Some(wgpu::Backends::all()),
         "vulkan" => Some(wgpu::Backends::VULKAN),
         "metal" => Some(wgpu::Backends::METAL),
         "dx12" => Some(wgpu::Backends::DX12),
         "gl" => Some(wgpu::Backends::GL),
-        other => bail!("unknown backend `{other}` (vulkan, metal, dx12, gl, all)"),
+        other => bail!("unknown backend `{other}` (primary, vulkan, metal, dx12, gl, all)"),
     };
     let mut o = GpuOptions::from_env();
     o.backends = backends;

@@ -31,7 +31,7 @@ pub struct Caps {
 /// How to pick and set up the device.
 #[derive(Clone, Debug, Default)]
 pub struct GpuOptions {
-    /// Restrict to these backends (e.g. Vulkan); `None` tries all the build has.
+    /// Restrict to these backends; `None` means Vulkan, Metal, DX12 and WebGPU (or WGPU_BACKEND).
     pub backends: Option<wgpu::Backends>,
     /// Pick the adapter whose index (as `devices` lists them) or name substring matches.
     pub adapter: Option<String>,
@@ -92,26 +92,31 @@ pub fn describe_adapter(adapter: &wgpu::Adapter) -> String {
     )
 }
 
-/// All adapters the instance can see, in a stable order.
+/// The instance settings: the given backends, else WGPU_BACKEND, else the primary backends (GL
+/// lacks the compute features the kernels want and only adds noise when probed).
+fn instance_descriptor(backends: Option<wgpu::Backends>) -> wgpu::InstanceDescriptor {
+    let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
+    match backends {
+        Some(b) => desc.backends = b,
+        None if std::env::var_os("WGPU_BACKEND").is_none() => desc.backends = wgpu::Backends::PRIMARY,
+        None => {}
+    }
+    desc
+}
+
+/// All adapters the instance can see, in a stable order (the order `--adapter N` counts in).
 pub async fn adapters(backends: Option<wgpu::Backends>) -> Vec<wgpu::Adapter> {
-    let instance =
-        wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
-    instance
-        .enumerate_adapters(backends.unwrap_or(wgpu::Backends::all()))
-        .await
+    let instance = wgpu::Instance::new(instance_descriptor(backends));
+    instance.enumerate_adapters(wgpu::Backends::all()).await
 }
 
 impl Gpu {
     /// Opens the adapter the options select (the default high-performance one otherwise).
     pub async fn new(opts: &GpuOptions) -> Result<Gpu> {
-        let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
-        if let Some(b) = opts.backends {
-            desc.backends = b;
-        }
-        let instance = wgpu::Instance::new(desc);
+        let instance = wgpu::Instance::new(instance_descriptor(opts.backends));
         let adapter = match &opts.adapter {
             Some(sel) => {
-                let all = instance.enumerate_adapters(wgpu::Backends::all()).await;
+                let all = adapters(opts.backends).await;
                 let found = match sel.parse::<usize>() {
                     Ok(i) => all.into_iter().nth(i),
                     Err(_) => {
@@ -224,6 +229,25 @@ impl Gpu {
         let pipeline = Arc::new(pipeline);
         cache.insert(label, pipeline.clone());
         Ok(pipeline)
+    }
+
+    /// Runs `f` inside a validation error scope and returns the error it raised, if any. On the
+    /// web the scope resolves only from the event loop, so errors there go to the device's
+    /// uncaptured-error handler instead.
+    pub fn checked<T>(&self, f: impl FnOnce() -> T) -> std::result::Result<T, String> {
+        #[cfg(not(target_arch = "wasm32"))]
+        {
+            let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+            let out = f();
+            match pollster::block_on(scope.pop()) {
+                Some(err) => Err(err.to_string()),
+                None => Ok(out),
+            }
+        }
+        #[cfg(target_arch = "wasm32")]
+        {
+            Ok(f())
+        }
     }
 
     /// Blocks until the GPU has finished all submitted work (native) or yields (web).

@@ -82,18 +82,18 @@ impl Dispatch {
                 resource: b.as_entire_binding(),
             });
         }
-        let scope = gpu.device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let bind_group = gpu.device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: Some(&label),
-            layout: &pipeline.get_bind_group_layout(0),
-            entries: &entries,
-        });
-        if let Some(err) = pollster::block_on(scope.pop()) {
-            return Err(Error::Shader {
-                key: label,
+        let bind_group = gpu
+            .checked(|| {
+                gpu.device.create_bind_group(&wgpu::BindGroupDescriptor {
+                    label: Some(&label),
+                    layout: &pipeline.get_bind_group_layout(0),
+                    entries: &entries,
+                })
+            })
+            .map_err(|err| Error::Shader {
+                key: label.clone(),
                 msg: format!("binding failed: {err}"),
-            });
-        }
+            })?;
         Ok(Dispatch {
             label,
             pipeline,
