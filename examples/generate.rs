@@ -18,7 +18,8 @@ fn main() -> anyhow::Result<()> {
     // engine uses whatever the device was created with.
     let instance = wgpu::Instance::default();
     let adapter = pollster::block_on(instance.request_adapter(&Default::default()))?;
-    let wanted = wgpu::Features::SUBGROUP | wgpu::Features::SHADER_F16 | wgpu::Features::TIMESTAMP_QUERY;
+    let wanted =
+        wgpu::Features::SUBGROUP | wgpu::Features::SHADER_F16 | wgpu::Features::TIMESTAMP_QUERY;
     let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
         required_features: adapter.features() & wanted,
         required_limits: adapter.limits(),
@@ -27,11 +28,19 @@ fn main() -> anyhow::Result<()> {
     let gpu = Arc::new(Gpu::from_device(device, queue, adapter.get_info()));
 
     let mut engine = Engine::load_dir(gpu, dir.as_ref(), ModelOptions::default(), &mut |_, _| {})?;
-    let tokenizer = engine.tokenizer.take().ok_or_else(|| anyhow::anyhow!("{dir} has no tokenizer.json"))?;
+    let tokenizer = engine
+        .tokenizer
+        .take()
+        .ok_or_else(|| anyhow::anyhow!("{dir} has no tokenizer.json"))?;
     let request = Request {
         prompt: tokenizer.encode(&prompt)?,
         max_tokens: 64,
-        sampling: Sampling { temperature: 0.8, top_p: 0.95, top_k: 0, seed: 1 },
+        sampling: Sampling {
+            temperature: 0.8,
+            top_p: 0.95,
+            top_k: 0,
+            seed: 1,
+        },
         stop: vec![],
         ignore_eos: false,
     };

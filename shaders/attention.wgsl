@@ -5,7 +5,13 @@
 // Bindings: tokens [T], qkv [T, (NH + 2 NKV) * D] (q already rotated), k_cache, v_cache
 // [seqs, cap, NKV, D], sinks [NH] f32, out [T, NH * D] f32.
 // Grid: (NH, T). Keys are visited in chunks of WG: one score per thread, then the chunk's
-// contribution to each output dim.
+// contribution to each output dim. Variants: KV_F16 (cache stored in f16, math in f32).
+#ifdef KV_F16
+enable f16;
+alias kv = f16;
+#else
+alias kv = f32;
+#endif
 #include "common/step.wgsl"
 
 struct Params {
@@ -22,8 +28,8 @@ struct Params {
 @group(0) @binding(1) var<uniform> p: Params;
 @group(0) @binding(2) var<storage, read> tokens: array<TokenInfo>;
 @group(0) @binding(3) var<storage, read> qkv: array<f32>;
-@group(0) @binding(4) var<storage, read> k_cache: array<f32>;
-@group(0) @binding(5) var<storage, read> v_cache: array<f32>;
+@group(0) @binding(4) var<storage, read> k_cache: array<kv>;
+@group(0) @binding(5) var<storage, read> v_cache: array<kv>;
 @group(0) @binding(6) var<storage, read> sinks: array<f32>;
 @group(0) @binding(7) var<storage, read_write> out: array<f32>;
 
@@ -66,7 +72,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: ve
             let kb = ((seq_base + (base + lid) % p.cap) * p.n_kv + kvh) * d;
             var dot_qk = 0.0;
             for (var i = 0u; i < d; i++) {
-                dot_qk += qs[i] * k_cache[kb + i];
+                dot_qk += qs[i] * f32(k_cache[kb + i]);
             }
             s = dot_qk * p.scale;
         }
@@ -89,7 +95,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: ve
                 var a = acc[k] * corr;
                 for (var j = 0u; j < n; j++) {
                     let vb = ((seq_base + (base + j) % p.cap) * p.n_kv + kvh) * d;
-                    a += exp(score[j] - m_new) * v_cache[vb + i];
+                    a += exp(score[j] - m_new) * f32(v_cache[vb + i]);
                 }
                 acc[k] = a;
             }

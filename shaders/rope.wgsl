@@ -3,7 +3,14 @@
 // position * inv_freq, then cos, then the YaRN attention factor), so long positions agree too.
 // Bindings: tokens [T], table [max_pos, D/2] vec2 (cos, sin), qkv [T, (NH + 2 NKV) * D] f32 (q is
 // rotated in place), k_cache and v_cache [seqs, cap, NKV, D] f32 (slot = pos % cap; cap is the
-// sliding window ring or the full context). Grid: (1, T).
+// sliding window ring or the full context). Grid: (1, T). Variants: KV_F16 stores the cache in
+// f16 (half the memory and attention bandwidth).
+#ifdef KV_F16
+enable f16;
+alias kv = f16;
+#else
+alias kv = f32;
+#endif
 #include "common/step.wgsl"
 
 struct Params {
@@ -17,8 +24,8 @@ struct Params {
 @group(0) @binding(2) var<storage, read> tokens: array<TokenInfo>;
 @group(0) @binding(3) var<storage, read> table: array<vec2<f32>>;
 @group(0) @binding(4) var<storage, read_write> qkv: array<f32>;
-@group(0) @binding(5) var<storage, read_write> k_cache: array<f32>;
-@group(0) @binding(6) var<storage, read_write> v_cache: array<f32>;
+@group(0) @binding(5) var<storage, read_write> k_cache: array<kv>;
+@group(0) @binding(6) var<storage, read_write> v_cache: array<kv>;
 
 const WG: u32 = 64u;
 
@@ -48,12 +55,12 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: ve
             qkv[off + i + half] = o2;
         } else {
             let c = cache_row + (head - p.n_heads) * d;
-            k_cache[c + i] = o1;
-            k_cache[c + i + half] = o2;
+            k_cache[c + i] = kv(o1);
+            k_cache[c + i + half] = kv(o2);
         }
     }
     let v_off = base + (p.n_heads + p.n_kv) * d;
     for (var i = lid; i < p.n_kv * d; i += WG) {
-        v_cache[cache_row + i] = qkv[v_off + i];
+        v_cache[cache_row + i] = kv(qkv[v_off + i]);
     }
 }

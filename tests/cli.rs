@@ -10,19 +10,38 @@ fn bin() -> Command {
 
 fn run(args: &[&str]) -> Output {
     let out = bin().args(args).output().unwrap();
-    eprintln!("$ gpt-oss-wgpu {}\n{}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+    eprintln!(
+        "$ gpt-oss-wgpu {}\n{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
     out
 }
 
 fn have_gpu() -> bool {
     let ok = run(&["devices"]).status.success();
-    assert!(ok || std::env::var("GPT_OSS_REQUIRE_GPU").is_err(), "GPT_OSS_REQUIRE_GPU is set but no GPU");
+    assert!(
+        ok || std::env::var("GPT_OSS_REQUIRE_GPU").is_err(),
+        "GPT_OSS_REQUIRE_GPU is set but no GPU"
+    );
     ok
 }
 
 /// The parity checkpoint (same arguments as tools/make_parity_fixtures.py).
 fn synth(dir: &Path) {
-    let out = run(&["synth", "--preset", "tiny", "--vocab", "1024", "--seed", "7", "--shard-mib", "1", "--out", dir.to_str().unwrap()]);
+    let out = run(&[
+        "synth",
+        "--preset",
+        "tiny",
+        "--vocab",
+        "1024",
+        "--seed",
+        "7",
+        "--shard-mib",
+        "1",
+        "--out",
+        dir.to_str().unwrap(),
+    ]);
     assert!(out.status.success());
 }
 
@@ -56,7 +75,16 @@ fn generate_and_logits() {
     let m = model.to_str().unwrap();
 
     let generate = |extra: &[&str]| -> serde_json::Value {
-        let mut args = vec!["generate", "--model", m, "--prompt", "The quick brown fox", "--max-tokens", "6", "--json"];
+        let mut args = vec![
+            "generate",
+            "--model",
+            m,
+            "--prompt",
+            "The quick brown fox",
+            "--max-tokens",
+            "6",
+            "--json",
+        ];
         args.extend_from_slice(extra);
         let out = run(&args);
         assert!(out.status.success());
@@ -71,30 +99,62 @@ fn generate_and_logits() {
     assert_eq!(a["token_ids"], b["token_ids"], "same seed, same tokens");
 
     // Streaming text mode prints to stdout.
-    let out = run(&["generate", "--model", m, "--token-ids", "1,2,3", "--max-tokens", "4", "--greedy"]);
+    let out = run(&[
+        "generate",
+        "--model",
+        m,
+        "--token-ids",
+        "1,2,3",
+        "--max-tokens",
+        "4",
+        "--greedy",
+    ]);
     assert!(out.status.success());
 
     // logits of the fixture's first tokens equal transformers' rows.
-    let fx = std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/parity_tiny.safetensors")).unwrap();
+    let fx = std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/parity_tiny.safetensors"),
+    )
+    .unwrap();
     let st = safetensors::SafeTensors::deserialize(&fx).unwrap();
     let ids: Vec<i32> = bytemuck::pod_collect_to_vec(st.tensor("token_ids").unwrap().data());
     let want: Vec<f32> = bytemuck::pod_collect_to_vec(st.tensor("logits").unwrap().data());
     let n = 12;
     let list: Vec<String> = ids[..n].iter().map(|i| i.to_string()).collect();
     let path = dir.path().join("logits.safetensors");
-    let out = run(&["logits", "--model", m, "--token-ids", &list.join(","), "--out", path.to_str().unwrap()]);
+    let out = run(&[
+        "logits",
+        "--model",
+        m,
+        "--token-ids",
+        &list.join(","),
+        "--out",
+        path.to_str().unwrap(),
+    ]);
     assert!(out.status.success());
     let bytes = std::fs::read(&path).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     let t = st.tensor("logits").unwrap();
     assert_eq!(t.shape(), &[n, 1024]);
     let got: Vec<f32> = bytemuck::pod_collect_to_vec(t.data());
-    let d = got.iter().zip(&want[..n * 1024]).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    let d = got
+        .iter()
+        .zip(&want[..n * 1024])
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
     assert!(d < 1e-4, "logits differ from transformers by {d}");
 
     // Requests that cannot be served.
     let long: Vec<String> = (0..40).map(|i| (i % 500).to_string()).collect();
-    let out = run(&["generate", "--model", m, "--token-ids", &long.join(","), "--max-context", "32"]);
+    let out = run(&[
+        "generate",
+        "--model",
+        m,
+        "--token-ids",
+        &long.join(","),
+        "--max-context",
+        "32",
+    ]);
     assert_clean_error(&out, "context");
     let out = run(&["generate", "--model", m, "--token-ids", "5000"]);
     assert_clean_error(&out, "vocabulary");
@@ -117,7 +177,17 @@ fn bad_checkpoints_get_one_line_errors() {
         }
         d
     };
-    let generate = |d: &Path| run(&["generate", "--model", d.to_str().unwrap(), "--token-ids", "1,2", "--max-tokens", "1"]);
+    let generate = |d: &Path| {
+        run(&[
+            "generate",
+            "--model",
+            d.to_str().unwrap(),
+            "--token-ids",
+            "1,2",
+            "--max-tokens",
+            "1",
+        ])
+    };
 
     let missing = dir.path().join("nothing-here");
     assert_clean_error(&generate(&missing), "not a directory");
@@ -125,33 +195,48 @@ fn bad_checkpoints_get_one_line_errors() {
     let truncated = copy("truncated");
     let shard = truncated.join("model-00001-of-00001.safetensors");
     let len = std::fs::metadata(&shard).unwrap().len();
-    std::fs::OpenOptions::new().write(true).open(&shard).unwrap().set_len(len / 2).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&shard)
+        .unwrap()
+        .set_len(len / 2)
+        .unwrap();
     assert_clean_error(&generate(&truncated), "model-00001-of-00001.safetensors");
 
     let corrupt = copy("corrupt");
-    std::fs::write(corrupt.join("model-00000-of-00001.safetensors"), b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}      ").unwrap();
+    std::fs::write(
+        corrupt.join("model-00000-of-00001.safetensors"),
+        b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}      ",
+    )
+    .unwrap();
     assert_clean_error(&generate(&corrupt), "not a valid safetensors file");
 
     // A config that promises more layers than the shards hold.
     let more_layers = copy("more-layers");
     let cfg_path = more_layers.join("config.json");
-    let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
     cfg["num_hidden_layers"] = 4.into();
-    cfg["layer_types"].as_array_mut().unwrap().push("full_attention".into());
+    cfg["layer_types"]
+        .as_array_mut()
+        .unwrap()
+        .push("full_attention".into());
     std::fs::write(&cfg_path, cfg.to_string()).unwrap();
     assert_clean_error(&generate(&more_layers), "model.layers.3.");
 
     // A config whose shape disagrees with the tensors.
     let wrong_shape = copy("wrong-shape");
     let cfg_path = wrong_shape.join("config.json");
-    let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
     cfg["intermediate_size"] = 64.into();
     std::fs::write(&cfg_path, cfg.to_string()).unwrap();
     assert_clean_error(&generate(&wrong_shape), "expected");
 
     let bad_value = copy("bad-value");
     let cfg_path = bad_value.join("config.json");
-    let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
     cfg["num_key_value_heads"] = 3.into();
     std::fs::write(&cfg_path, cfg.to_string()).unwrap();
     assert_clean_error(&generate(&bad_value), "num_key_value_heads");

@@ -98,7 +98,9 @@ fn instance_descriptor(backends: Option<wgpu::Backends>) -> wgpu::InstanceDescri
     let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
     match backends {
         Some(b) => desc.backends = b,
-        None if std::env::var_os("WGPU_BACKEND").is_none() => desc.backends = wgpu::Backends::PRIMARY,
+        None if std::env::var_os("WGPU_BACKEND").is_none() => {
+            desc.backends = wgpu::Backends::PRIMARY
+        }
         None => {}
     }
     desc

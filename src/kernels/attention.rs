@@ -29,14 +29,21 @@ pub struct Attention<'a> {
     pub out: &'a wgpu::Buffer,
 }
 
-pub(crate) fn build(gpu: &Gpu, step: &wgpu::Buffer, a: &Attention, p: Params) -> Result<Dispatch> {
+/// `kv_f16` reads a cache stored in f16.
+pub(crate) fn build(
+    gpu: &Gpu,
+    step: &wgpu::Buffer,
+    a: &Attention,
+    p: Params,
+    kv_f16: bool,
+) -> Result<Dispatch> {
     if p.head_dim > MAX_HEAD_DIM || p.n_kv == 0 || p.n_heads % p.n_kv != 0 {
         return Err(Error::Unsupported(format!(
             "attention with {} heads, {} kv heads, head dim {}",
             p.n_heads, p.n_kv, p.head_dim
         )));
     }
-    let key = ShaderKey::new("attention.wgsl", "main");
+    let key = ShaderKey::new("attention.wgsl", "main").define_if("KV_F16", kv_f16);
     Dispatch::new(
         gpu,
         &key,
@@ -71,7 +78,20 @@ mod tests {
     #[test]
     fn attention_matches_reference() {
         let mut rng = seeded("attention");
-        for gpu in gpus() {
+        for (gpu, kv_f16) in gpus()
+            .iter()
+            .flat_map(|g| [(g, false), (g, true)])
+            .filter(|(g, f)| !f || g.caps.f16)
+        {
+            // With an f16 cache the reference rounds K and V to f16 too, so the tolerance stays tight.
+            let kv_round = |v: f32| {
+                if kv_f16 {
+                    half::f16::from_f32(v).to_f32()
+                } else {
+                    v
+                }
+            };
+            let kv_bytes = if kv_f16 { 2 } else { 4 };
             for &(nh, nkv, d, window, cap) in &[
                 (4u32, 2u32, 64u32, 0u32, 40u32),
                 (6, 3, 32, 5, 5 + 13 - 1),
@@ -91,10 +111,10 @@ mod tests {
                 let tb = gpu.upload("table", bytemuck::cast_slice(&table)).unwrap();
                 let sb = gpu.upload("sinks", f32_bytes(&sinks)).unwrap();
                 let kc = gpu
-                    .storage("k", (seqs * cap as usize * nkv_ * d_ * 4) as u64)
+                    .storage("k", (seqs * cap as usize * nkv_ * d_ * kv_bytes) as u64)
                     .unwrap();
                 let vc = gpu
-                    .storage("v", (seqs * cap as usize * nkv_ * d_ * 4) as u64)
+                    .storage("v", (seqs * cap as usize * nkv_ * d_ * kv_bytes) as u64)
                     .unwrap();
                 // Reference cache: every (seq, pos) -> rotated k, v per kv head.
                 let mut ref_k = vec![vec![Vec::<f32>::new(); max_pos]; seqs];
@@ -136,6 +156,7 @@ mod tests {
                             head_dim: d,
                             cap,
                         },
+                        kv_f16,
                     )
                     .unwrap();
                     let scale = 1.0 / (d as f32).sqrt();
@@ -159,6 +180,7 @@ mod tests {
                             scale,
                             _pad: [0; 2],
                         },
+                        kv_f16,
                     )
                     .unwrap();
                     submit(
@@ -185,9 +207,12 @@ mod tests {
                         for h in 0..nkv_ {
                             rotate(&mut k[h * d_..(h + 1) * d_], cs);
                         }
-                        ref_k[tok.seq as usize][tok.pos as usize] = k;
-                        ref_v[tok.seq as usize][tok.pos as usize] =
-                            row[(nh_ + nkv_) * d_..].to_vec();
+                        ref_k[tok.seq as usize][tok.pos as usize] =
+                            k.into_iter().map(kv_round).collect();
+                        ref_v[tok.seq as usize][tok.pos as usize] = row[(nh_ + nkv_) * d_..]
+                            .iter()
+                            .map(|v| kv_round(*v))
+                            .collect();
                         qs.push(q);
                     }
                     let mut want = vec![0.0f32; t * nh_ * d_];
@@ -225,7 +250,10 @@ mod tests {
                         }
                     }
                     let e = nmse(&got, &want);
-                    assert!(e < 1e-11, "nh={nh} d={d} window={window}: nmse {e}");
+                    assert!(
+                        e < 1e-11,
+                        "nh={nh} d={d} window={window} kv_f16={kv_f16}: nmse {e}"
+                    );
                 }
             }
         }

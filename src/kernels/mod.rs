@@ -44,8 +44,13 @@ pub fn all_variants() -> Vec<ShaderKey> {
         out.push(k("moe.wgsl", "gate_up").define_if("GATE_UP", true));
         out.push(k("moe.wgsl", "down").define_if("DOWN", true));
     }
-    for f in ["embed.wgsl", "rope.wgsl", "attention.wgsl", "router.wgsl"] {
+    for f in ["embed.wgsl", "router.wgsl"] {
         out.push(ShaderKey::new(f, "main"));
+    }
+    for f16 in [false, true] {
+        for f in ["rope.wgsl", "attention.wgsl"] {
+            out.push(ShaderKey::new(f, "main").define_if("KV_F16", f16));
+        }
     }
     out
 }

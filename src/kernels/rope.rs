@@ -23,8 +23,15 @@ pub struct Rope<'a> {
     pub v_cache: &'a wgpu::Buffer,
 }
 
-pub(crate) fn build(gpu: &Gpu, step: &wgpu::Buffer, a: &Rope, p: Params) -> Result<Dispatch> {
-    let key = ShaderKey::new("rope.wgsl", "main");
+/// `kv_f16` stores the cache in f16 (the adapter must have SHADER_F16).
+pub(crate) fn build(
+    gpu: &Gpu,
+    step: &wgpu::Buffer,
+    a: &Rope,
+    p: Params,
+    kv_f16: bool,
+) -> Result<Dispatch> {
+    let key = ShaderKey::new("rope.wgsl", "main").define_if("KV_F16", kv_f16);
     Dispatch::new(
         gpu,
         &key,

@@ -31,6 +31,9 @@ pub struct ModelOptions {
     pub max_seqs: u32,
     /// Most positions per sequence.
     pub max_context: u32,
+    /// Store the KV cache in f16 where the adapter has SHADER_F16 (half the memory and attention
+    /// bandwidth; keys and values rounded to f16). False keeps it in f32.
+    pub kv_f16: bool,
 }
 
 impl Default for ModelOptions {
@@ -39,6 +42,7 @@ impl Default for ModelOptions {
             max_tokens: 512,
             max_seqs: 4,
             max_context: 8192,
+            kv_f16: true,
         }
     }
 }
@@ -65,6 +69,8 @@ pub struct Model {
     pub opts: ModelOptions,
     /// Most logits rows per forward pass.
     pub max_outputs: u32,
+    /// Whether the KV cache is stored in f16.
+    pub kv_f16: bool,
     /// GPU bytes of weights, KV cache and activations.
     pub weight_bytes: u64,
     pub cache_bytes: u64,
@@ -412,7 +418,15 @@ impl Model {
             "rope_table",
             bytemuck::cast_slice(&c.rope.table(opts.max_context)),
         )?;
-        let caches = kv_cache::allocate(g, c, opts.max_seqs, opts.max_context, opts.max_tokens)?;
+        let kv_f16 = opts.kv_f16 && g.caps.f16;
+        let caches = kv_cache::allocate(
+            g,
+            c,
+            opts.max_seqs,
+            opts.max_context,
+            opts.max_tokens,
+            kv_f16,
+        )?;
         let step = dispatch::step_buffer(g);
 
         let mut ds: Vec<Dispatch> = Vec::new();
@@ -575,6 +589,7 @@ impl Model {
                     head_dim: c.head_dim,
                     cap: cache.cap,
                 },
+                kv_f16,
             )?);
             ds.push(attention::build(
                 g,
@@ -596,6 +611,7 @@ impl Model {
                     scale: 1.0 / (c.head_dim as f32).sqrt(),
                     _pad: [0; 2],
                 },
+                kv_f16,
             )?);
             ds.extend(linear::build(
                 g,
@@ -751,6 +767,7 @@ impl Model {
         let mut acts = acts;
         Ok(Model {
             max_outputs,
+            kv_f16,
             weight_bytes,
             cache_bytes: kv_cache::bytes(&caches),
             activation_bytes,
