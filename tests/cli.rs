@@ -130,6 +130,7 @@ fn generate_and_logits() {
         &list.join(","),
         "--out",
         path.to_str().unwrap(),
+        "--kv-f32",
     ]);
     assert!(out.status.success());
     let bytes = std::fs::read(&path).unwrap();

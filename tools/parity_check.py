@@ -26,7 +26,8 @@ def main():
     ap.add_argument("--near-tie", type=float, default=1e-4)
     ap.add_argument("--device", default="cpu", help="where transformers runs")
     ap.add_argument("--seed", type=int, default=3)
-    ap.add_argument("--our-args", default="", help="extra arguments for our commands, e.g. --portable")
+    ap.add_argument("--our-args", default="--kv-f32",
+                    help="arguments for our commands (default keeps the KV cache in f32, as the reference)")
     args = ap.parse_args()
 
     cfg = json.load(open(os.path.join(args.model, "config.json")))
