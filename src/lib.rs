@@ -6,6 +6,7 @@
 
 #[cfg(feature = "native")]
 pub mod bench;
+pub mod chat;
 pub mod engine;
 pub mod error;
 pub mod gpu;

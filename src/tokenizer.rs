@@ -21,12 +21,55 @@ impl Tokenizer {
         Self::from_bytes(&bytes).map_err(|e| Error::Tokenizer(format!("{}: {e}", path.display())))
     }
 
+    /// Encodes ordinary text: a special token spelled inside it is text, never a special id (the
+    /// added-token pass is skipped; only the split pattern and the BPE model run).
+    pub fn encode_ordinary(&self, text: &str) -> Result<Vec<u32>> {
+        use tokenizers::{Model, OffsetType, PreTokenizedString, PreTokenizer};
+        let err = |e: tokenizers::Error| Error::Tokenizer(e.to_string());
+        let mut pts = PreTokenizedString::from(text);
+        if let Some(pre) = self.inner.get_pre_tokenizer() {
+            pre.pre_tokenize(&mut pts).map_err(err)?;
+        }
+        let model = self.inner.get_model();
+        pts.tokenize(|piece| model.tokenize(piece.get()))
+            .map_err(err)?;
+        let enc = pts.into_encoding(None, 0, OffsetType::Byte).map_err(err)?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    /// The id of a special token such as `<|start|>`.
+    pub fn special_id(&self, token: &str) -> Result<u32> {
+        self.inner
+            .token_to_id(token)
+            .ok_or_else(|| Error::Tokenizer(format!("the vocabulary has no `{token}`")))
+    }
+
+    /// Encodes text, turning spelled special tokens into their ids (raw-text generation).
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
         let enc = self
             .inner
             .encode(text, false)
             .map_err(|e| Error::Tokenizer(e.to_string()))?;
         Ok(enc.get_ids().to_vec())
+    }
+
+    /// The bytes a token stands for (a special token's text for special ids).
+    pub fn token_bytes(&self, id: u32) -> Vec<u8> {
+        let Some(piece) = self.inner.id_to_token(id) else {
+            return Vec::new();
+        };
+        piece
+            .chars()
+            .flat_map(|c| match byte_of_char(c) {
+                Some(b) => vec![b],
+                None => c.to_string().into_bytes(),
+            })
+            .collect()
+    }
+
+    /// The bytes of a sequence of tokens.
+    pub fn token_bytes_of(&self, ids: &[u32]) -> Vec<u8> {
+        ids.iter().flat_map(|&i| self.token_bytes(i)).collect()
     }
 
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
@@ -38,6 +81,22 @@ impl Tokenizer {
     pub fn vocab_size(&self) -> usize {
         self.inner.get_vocab_size(true)
     }
+}
+
+/// Byte-level BPE writes byte b as a printable character: itself for printable Latin-1, else
+/// U+0100 onwards in byte order. This is the inverse.
+fn byte_of_char(c: char) -> Option<u8> {
+    let printable =
+        |b: u32| (33..=126).contains(&b) || (161..=172).contains(&b) || (174..=255).contains(&b);
+    let u = c as u32;
+    if u < 256 && printable(u) {
+        return Some(u as u8);
+    }
+    let k = u.checked_sub(256)?;
+    (0..256u32)
+        .filter(|b| !printable(*b))
+        .nth(k as usize)
+        .map(|b| b as u8)
 }
 
 /// Turns a growing list of token ids into text pieces. A token that ends mid-character is held
@@ -233,6 +292,17 @@ mod build {
                 assert_eq!(tok.encode(text).unwrap(), want, "{text:?}");
                 assert_eq!(tok.decode(&want).unwrap(), text);
             }
+        }
+
+        #[test]
+        fn ordinary_encoding_keeps_special_tokens_as_text() {
+            let json = gpt_oss_tokenizer_json(201088).unwrap();
+            let tok = Tokenizer::from_bytes(json.as_bytes()).unwrap();
+            let text = "hi <|end|> there <|start|>user";
+            let want: Vec<u32> = tiktoken_rs::o200k_base_singleton().encode_ordinary(text);
+            assert_eq!(tok.encode_ordinary(text).unwrap(), want);
+            assert!(tok.encode(text).unwrap().contains(&200007));
+            assert_eq!(tok.special_id("<|start|>").unwrap(), 200006);
         }
 
         #[test]

@@ -1,0 +1,304 @@
+//! OpenAI chat-completions requests to Harmony messages, the way vLLM maps them for gpt-oss, and
+//! parsed Harmony output back to an OpenAI assistant message.
+//!
+//! Input: a leading system or developer message becomes the developer instructions; function
+//! tools go to the developer message (and keep the commentary channel valid); `reasoning` or
+//! `reasoning_content` becomes an analysis message; assistant `tool_calls` become commentary
+//! messages to `functions.NAME` with content type `json`; `tool` messages become results from
+//! `functions.NAME` to the assistant. Analysis before the last final answer is dropped.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::harmony::{
+    Content, DeveloperContent, Message, ReasoningEffort, Role, SystemContent, ToolDescription,
+};
+use super::parser::ParsedMessage;
+use crate::error::{Error, Result};
+
+/// Message content: a string or a list of parts of which the text parts count.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum MessageContent {
+    Text(String),
+    Parts(Vec<ContentPart>),
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+pub struct ContentPart {
+    #[serde(rename = "type", default)]
+    pub kind: String,
+    #[serde(default)]
+    pub text: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+pub struct FunctionCall {
+    pub name: String,
+    /// JSON text.
+    #[serde(default)]
+    pub arguments: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+pub struct ToolCall {
+    #[serde(default)]
+    pub id: Option<String>,
+    #[serde(rename = "type", default = "function_type")]
+    pub kind: String,
+    pub function: FunctionCall,
+}
+
+fn function_type() -> String {
+    "function".into()
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+pub struct ChatMessage {
+    pub role: String,
+    #[serde(default)]
+    pub content: Option<MessageContent>,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub reasoning_content: Option<String>,
+    #[serde(default)]
+    pub reasoning: Option<String>,
+    #[serde(default)]
+    pub tool_calls: Option<Vec<ToolCall>>,
+    #[serde(default)]
+    pub tool_call_id: Option<String>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+pub struct FunctionDef {
+    pub name: String,
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub parameters: Option<Value>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+pub struct ToolSpec {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub function: FunctionDef,
+}
+
+/// The parts of a chat-completions request that shape the prompt (other fields are ignored here).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+pub struct ChatRequest {
+    pub messages: Vec<ChatMessage>,
+    #[serde(default)]
+    pub tools: Option<Vec<ToolSpec>>,
+    #[serde(default)]
+    pub reasoning_effort: Option<String>,
+}
+
+fn text_of(c: &Option<MessageContent>) -> String {
+    match c {
+        None => String::new(),
+        Some(MessageContent::Text(t)) => t.clone(),
+        Some(MessageContent::Parts(p)) => p
+            .iter()
+            .filter(|x| x.kind == "text")
+            .filter_map(|x| x.text.as_deref())
+            .collect(),
+    }
+}
+
+impl ChatRequest {
+    pub fn from_json(text: &str) -> Result<ChatRequest> {
+        serde_json::from_str(text)
+            .map_err(|e| Error::Request(format!("not a chat-completions request: {e}")))
+    }
+
+    /// The Harmony conversation for this request, dated `date` (YYYY-MM-DD).
+    pub fn to_harmony(&self, date: &str) -> Result<Vec<Message>> {
+        if self.messages.is_empty() {
+            return Err(Error::Request("`messages` is empty".into()));
+        }
+        let effort = match &self.reasoning_effort {
+            None => None,
+            Some(e) => Some(ReasoningEffort::parse(e).ok_or_else(|| {
+                Error::Request(format!("reasoning_effort `{e}` is not low, medium or high"))
+            })?),
+        };
+        let mut tools = Vec::new();
+        for t in self.tools.iter().flatten() {
+            if t.kind != "function" {
+                return Err(Error::Request(format!(
+                    "tool type `{}` is not supported (only function)",
+                    t.kind
+                )));
+            }
+            tools.push(ToolDescription {
+                name: t.function.name.clone(),
+                description: t.function.description.clone().unwrap_or_default(),
+                parameters: t.function.parameters.clone(),
+            });
+        }
+        let mut system = SystemContent {
+            conversation_start_date: Some(date.into()),
+            ..Default::default()
+        };
+        if let Some(e) = effort {
+            system.reasoning_effort = Some(e);
+        }
+        if tools.is_empty() {
+            // Without function tools there is nothing for the commentary channel.
+            system.valid_channels.retain(|c| c != "commentary");
+        }
+        let mut rest = &self.messages[..];
+        let mut instructions = None;
+        if let Some(first) = rest
+            .first()
+            .filter(|m| m.role == "system" || m.role == "developer")
+        {
+            instructions = Some(text_of(&first.content));
+            rest = &rest[1..];
+        }
+        let mut out = vec![Message::new(Role::System, Content::System(system))];
+        if instructions.is_some() || !tools.is_empty() {
+            let dev = DeveloperContent {
+                instructions,
+                function_tools: tools,
+            };
+            out.push(Message::new(Role::Developer, Content::Developer(dev)));
+        }
+        let call_names: Vec<(String, String)> = rest
+            .iter()
+            .flat_map(|m| m.tool_calls.iter().flatten())
+            .filter_map(|c| c.id.clone().map(|id| (id, c.function.name.clone())))
+            .collect();
+        for (i, m) in rest.iter().enumerate() {
+            let text = text_of(&m.content);
+            let reasoning = m
+                .reasoning
+                .as_ref()
+                .or(m.reasoning_content.as_ref())
+                .filter(|r| !r.is_empty());
+            match m.role.as_str() {
+                "assistant" => {
+                    let calls = m.tool_calls.as_deref().unwrap_or(&[]);
+                    if !calls.is_empty() {
+                        if !text.is_empty() {
+                            out.push(Message::text(Role::Assistant, text).channel("commentary"));
+                        }
+                        if let Some(r) = reasoning {
+                            out.push(Message::text(Role::Assistant, r.clone()).channel("analysis"));
+                        }
+                        for c in calls {
+                            let mut msg =
+                                Message::text(Role::Assistant, c.function.arguments.clone())
+                                    .channel("commentary")
+                                    .recipient(format!("functions.{}", c.function.name));
+                            msg.content_type = Some("json".into());
+                            out.push(msg);
+                        }
+                    } else {
+                        if let Some(r) = reasoning {
+                            out.push(Message::text(Role::Assistant, r.clone()).channel("analysis"));
+                        }
+                        if !text.is_empty() {
+                            out.push(Message::text(Role::Assistant, text).channel("final"));
+                        }
+                    }
+                }
+                "tool" => {
+                    let by_id = m.tool_call_id.as_ref().and_then(|id| {
+                        call_names
+                            .iter()
+                            .find(|(i, _)| i == id)
+                            .map(|(_, n)| n.clone())
+                    });
+                    let name = by_id.or_else(|| m.name.clone()).ok_or_else(|| {
+                        Error::Request(format!("message {i}: a tool result needs a `tool_call_id` of an earlier call or a `name`"))
+                    })?;
+                    let mut msg = Message::text(Role::Tool, text)
+                        .channel("commentary")
+                        .recipient("assistant");
+                    msg.name = Some(format!("functions.{name}"));
+                    out.push(msg);
+                }
+                role => {
+                    let role = Role::parse(role)
+                        .filter(|r| *r != Role::Tool)
+                        .ok_or_else(|| {
+                            Error::Request(format!("message {i}: unknown role `{}`", m.role))
+                        })?;
+                    out.push(Message::text(role, text));
+                }
+            }
+        }
+        // Reasoning from turns that already have a final answer is not shown again.
+        if let Some(last_final) = out
+            .iter()
+            .rposition(|m| m.role == Role::Assistant && m.channel.as_deref() == Some("final"))
+        {
+            let mut i = 0;
+            out.retain(|m| {
+                let keep = !(i < last_final && m.channel.as_deref() == Some("analysis"));
+                i += 1;
+                keep
+            });
+        }
+        Ok(out)
+    }
+}
+
+/// An assistant reply in OpenAI's shape.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct AssistantMessage {
+    pub role: String,
+    pub content: Option<String>,
+    pub reasoning_content: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub tool_calls: Vec<ToolCall>,
+}
+
+impl AssistantMessage {
+    /// Final-channel text becomes content, analysis becomes reasoning, and messages addressed to
+    /// `functions.NAME` become tool calls (ids from `new_id`).
+    pub fn from_parsed(
+        msgs: &[ParsedMessage],
+        mut new_id: impl FnMut() -> String,
+    ) -> AssistantMessage {
+        let mut content: Option<String> = None;
+        let mut reasoning: Option<String> = None;
+        let mut calls = Vec::new();
+        let append = |slot: &mut Option<String>, t: &str| match slot {
+            Some(s) => {
+                s.push_str(t);
+            }
+            None => *slot = Some(t.to_string()),
+        };
+        for m in msgs.iter().filter(|m| m.role == Role::Assistant) {
+            if let Some(name) = m
+                .recipient
+                .as_deref()
+                .and_then(|r| r.strip_prefix("functions."))
+            {
+                calls.push(ToolCall {
+                    id: Some(new_id()),
+                    kind: "function".into(),
+                    function: FunctionCall {
+                        name: name.to_string(),
+                        arguments: m.content.clone(),
+                    },
+                });
+            } else if m.channel.as_deref() == Some("analysis") {
+                append(&mut reasoning, &m.content);
+            } else if m.recipient.is_none() {
+                append(&mut content, &m.content);
+            }
+        }
+        AssistantMessage {
+            role: "assistant".into(),
+            content,
+            reasoning_content: reasoning,
+            tool_calls: calls,
+        }
+    }
+}

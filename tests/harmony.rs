@@ -1,0 +1,171 @@
+//! The Harmony chat format against openai-harmony 0.0.8: prompts rendered from chat-completions
+//! requests (token ids compared exactly) and completions parsed whole and token by token.
+//! Fixtures: tools/make_harmony_fixtures.py.
+
+use std::path::Path;
+use std::sync::OnceLock;
+
+use gpt_oss_wgpu::Tokenizer;
+use gpt_oss_wgpu::chat::harmony::{Harmony, Specials};
+use gpt_oss_wgpu::chat::parser::ParseEvent;
+use gpt_oss_wgpu::chat::{AssistantMessage, ChatRequest, Role, StreamParser};
+use serde_json::Value;
+
+fn tokenizer() -> &'static Tokenizer {
+    static TOK: OnceLock<Tokenizer> = OnceLock::new();
+    TOK.get_or_init(|| {
+        let json = gpt_oss_wgpu::tokenizer::gpt_oss_tokenizer_json(201088).unwrap();
+        Tokenizer::from_bytes(json.as_bytes()).unwrap()
+    })
+}
+
+fn fixture(name: &str) -> Vec<Value> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data")
+        .join(name);
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+#[test]
+fn renders_requests_like_openai_harmony() {
+    let tok = tokenizer();
+    let h = Harmony::new(tok).unwrap();
+    let cases = fixture("harmony_render.json");
+    assert!(cases.len() >= 30);
+    for c in &cases {
+        let name = c["name"].as_str().unwrap();
+        let req = ChatRequest::from_json(&c["request"].to_string()).unwrap();
+        let msgs = req.to_harmony(c["date"].as_str().unwrap()).unwrap();
+        let got = h.render_for_completion(&msgs).unwrap();
+        let want: Vec<u32> = serde_json::from_value(c["token_ids"].clone()).unwrap();
+        if got != want {
+            panic!(
+                "{name}: rendering differs\n--- ours ---\n{}\n--- openai-harmony ---\n{}",
+                tok.decode(&got).unwrap(),
+                c["text"].as_str().unwrap()
+            );
+        }
+    }
+}
+
+#[test]
+fn parses_completions_like_openai_harmony() {
+    let tok = tokenizer();
+    let ids = Specials::of(tok).unwrap();
+    for c in fixture("harmony_parse.json") {
+        let name = c["name"].as_str().unwrap();
+        let tokens: Vec<u32> = serde_json::from_value(c["token_ids"].clone()).unwrap();
+        let mut p = StreamParser::new(ids, Some(Role::Assistant));
+        let mut deltas = Vec::new();
+        for &t in &tokens {
+            let d: String = p
+                .push(tok, t)
+                .into_iter()
+                .filter_map(|e| match e {
+                    ParseEvent::Delta(d) => Some(d),
+                    _ => None,
+                })
+                .collect();
+            deltas.push(d);
+        }
+        p.finish();
+        assert_eq!(p.error, None, "{name}");
+        let want_deltas: Vec<String> = serde_json::from_value(c["deltas"].clone()).unwrap();
+        assert_eq!(deltas, want_deltas, "{name}: deltas");
+        let got: Vec<Value> = p
+            .messages
+            .iter()
+            .map(|m| serde_json::to_value(m).unwrap())
+            .collect();
+        assert_eq!(
+            got,
+            c["messages"].as_array().unwrap().clone(),
+            "{name}: messages"
+        );
+    }
+}
+
+#[test]
+fn assistant_message_from_a_tool_call_completion() {
+    let tok = tokenizer();
+    let cases = fixture("harmony_parse.json");
+    let c = cases
+        .iter()
+        .find(|c| c["name"] == "tool_call_constrained")
+        .unwrap();
+    let tokens: Vec<u32> = serde_json::from_value(c["token_ids"].clone()).unwrap();
+    let p = StreamParser::parse_all(
+        tok,
+        Specials::of(tok).unwrap(),
+        Some(Role::Assistant),
+        &tokens,
+    );
+    let mut n = 0;
+    let m = AssistantMessage::from_parsed(&p.messages, || {
+        n += 1;
+        format!("call_{n}")
+    });
+    assert_eq!(m.reasoning_content.as_deref(), Some("Need weather."));
+    assert_eq!(m.content, None);
+    assert_eq!(m.tool_calls.len(), 1);
+    assert_eq!(m.tool_calls[0].function.name, "get_weather");
+    assert_eq!(
+        m.tool_calls[0].function.arguments,
+        "{\"location\": \"Paris\"}"
+    );
+}
+
+#[test]
+fn malformed_output_never_panics_and_keeps_what_parsed() {
+    let tok = tokenizer();
+    let ids = Specials::of(tok).unwrap();
+    let good = fixture("harmony_parse.json")
+        .into_iter()
+        .find(|c| c["name"] == "analysis_then_final")
+        .unwrap();
+    let tokens: Vec<u32> = serde_json::from_value(good["token_ids"].clone()).unwrap();
+    // Every prefix, and the sequence with stray tokens spliced in, parse without panicking.
+    for cut in 0..tokens.len() {
+        let p = StreamParser::parse_all(tok, ids, Some(Role::Assistant), &tokens[..cut]);
+        assert!(p.messages.len() <= 2);
+    }
+    let mut bad = tokens.clone();
+    bad.insert(10, ids.message);
+    bad.insert(3, ids.end);
+    bad.push(12345);
+    bad.push(ids.start);
+    let p = StreamParser::parse_all(tok, ids, Some(Role::Assistant), &bad);
+    assert!(p.error.is_some());
+    assert!(!p.messages.is_empty());
+}
+
+#[test]
+fn bad_requests_get_clear_errors() {
+    let bad = [
+        (r#"{"messages": []}"#, "empty"),
+        (
+            r#"{"messages": [{"role": "wizard", "content": "x"}]}"#,
+            "unknown role",
+        ),
+        (
+            r#"{"messages": [{"role": "user", "content": "x"}], "reasoning_effort": "extreme"}"#,
+            "reasoning_effort",
+        ),
+        (
+            r#"{"messages": [{"role": "tool", "tool_call_id": "nope", "content": "x"}]}"#,
+            "tool_call_id",
+        ),
+        (
+            r#"{"messages": [{"role": "user", "content": "x"}], "tools": [{"type": "web", "function": {"name": "f"}}]}"#,
+            "tool type",
+        ),
+    ];
+    for (json, needle) in bad {
+        let err = ChatRequest::from_json(json)
+            .and_then(|r| r.to_harmony("2025-01-01"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(needle), "{json}: {err}");
+    }
+    assert!(ChatRequest::from_json("{not json").is_err());
+}

@@ -1,0 +1,234 @@
+#!/usr/bin/env python3
+"""Harmony fixtures from openai-harmony (the reference) for tests/harmony.rs.
+
+render: OpenAI chat-completions requests mapped to Harmony the way vLLM maps them for gpt-oss
+(leading system/developer message -> developer instructions; tools -> developer message;
+reasoning -> analysis; tool_calls -> commentary calls; tool -> functions.NAME to=assistant;
+analysis before the last final answer dropped), rendered for completion by openai-harmony.
+parse: assistant completions (token ids) and what openai-harmony parses from them, whole and
+token by token, including truncated outputs and tool calls.
+
+Usage: TIKTOKEN_ENCODINGS_BASE=<folder with o200k_base.tiktoken> python3 tools/make_harmony_fixtures.py
+(`tiktoken-rs` ships o200k_base.tiktoken in its assets/ folder.)
+"""
+import json, os
+
+from openai_harmony import (Author, Conversation, DeveloperContent, HarmonyEncodingName, Message,
+                            ReasoningEffort, Role, StreamableParser, SystemContent, ToolDescription,
+                            load_harmony_encoding)
+
+DATE = "2025-06-28"
+enc = load_harmony_encoding(HarmonyEncodingName.HARMONY_GPT_OSS)
+
+WEATHER = {"type": "function", "function": {"name": "get_weather", "description": "Get the current weather in a city.",
+    "parameters": {"type": "object", "properties": {
+        "location": {"type": "string", "description": "City and country, e.g. Paris, France"},
+        "unit": {"type": "string", "enum": ["celsius", "fahrenheit"], "default": "celsius"}},
+        "required": ["location"]}}}
+SEARCH = {"type": "function", "function": {"name": "search_docs", "description": "Search the documentation.\nReturns the best matches.",
+    "parameters": {"type": "object", "properties": {
+        "query": {"type": "string", "title": "Query", "examples": ["install", "gpu"]},
+        "limit": {"type": "integer", "default": 5, "description": "How many results"},
+        "filters": {"type": "object", "description": "Narrow the search", "properties": {
+            "section": {"type": "string", "enum": ["api", "guide"]},
+            "since": {"type": ["string", "null"]}}},
+        "tags": {"type": "array", "items": {"type": "string"}},
+        "exact": {"type": "boolean"}},
+        "required": ["query"]}}}
+ONEOF = {"type": "function", "function": {"name": "schedule", "description": "Schedule a meeting",
+    "parameters": {"type": "object", "properties": {
+        "when": {"description": "A time", "oneOf": [
+            {"type": "string", "description": "ISO date"},
+            {"type": "number", "description": "Unix time", "nullable": True}]},
+        "room": {"oneOf": [{"type": "string"}, {"type": "object", "properties": {"id": {"type": "integer"}}}],
+                 "default": "main"},
+        "attendees": {"type": "array", "items": {"type": "object", "properties": {
+            "name": {"type": "string"}, "email": {"type": "string", "nullable": True}}, "required": ["name"]}}},
+        "required": ["when"]}}}
+NO_PARAMS = {"type": "function", "function": {"name": "get_time", "description": "Current time"}}
+EMPTY_PARAMS = {"type": "function", "function": {"name": "ping", "description": "",
+    "parameters": {"type": "object", "properties": {}}}}
+ANY_ARRAY = {"type": "function", "function": {"name": "store", "description": "Store values",
+    "parameters": {"type": "object", "properties": {"values": {"type": "array"}, "meta": {}},
+                   "required": ["values", "meta"]}}}
+
+def call(id_, name, args):
+    return {"id": id_, "type": "function", "function": {"name": name, "arguments": json.dumps(args)}}
+
+def U(t): return {"role": "user", "content": t}
+
+CASES = {
+    "plain_user": {"messages": [U("Hello!")]},
+    "effort_low": {"messages": [U("What is 2+2?")], "reasoning_effort": "low"},
+    "effort_medium": {"messages": [U("Explain tides.")], "reasoning_effort": "medium"},
+    "effort_high": {"messages": [U("Prove there are infinitely many primes.")], "reasoning_effort": "high"},
+    "system_instructions": {"messages": [{"role": "system", "content": "You are a terse assistant."}, U("Hi")]},
+    "developer_instructions": {"messages": [{"role": "developer", "content": "Answer in French.\nBe brief."}, U("Good morning")]},
+    "tool_weather": {"messages": [U("Weather in Paris?")], "tools": [WEATHER]},
+    "tools_rich": {"messages": [U("Find install docs")], "tools": [SEARCH, WEATHER], "reasoning_effort": "high"},
+    "tool_oneof": {"messages": [U("Book a meeting tomorrow")], "tools": [ONEOF]},
+    "tool_no_params": {"messages": [U("What time is it?")], "tools": [NO_PARAMS, EMPTY_PARAMS]},
+    "tool_any_array": {"messages": [U("Save 1,2,3")], "tools": [ANY_ARRAY]},
+    "tools_with_instructions": {"messages": [{"role": "system", "content": "Use tools when helpful."}, U("Weather in Oslo?")], "tools": [WEATHER, NO_PARAMS]},
+    "tool_call_and_result": {"messages": [U("Weather in Paris?"),
+        {"role": "assistant", "content": None, "tool_calls": [call("call_1", "get_weather", {"location": "Paris, France"})]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "{\"temp\": 21}"}], "tools": [WEATHER]},
+    "tool_call_with_reasoning": {"messages": [U("Weather in Rome?"),
+        {"role": "assistant", "reasoning_content": "Need the weather tool.", "tool_calls": [call("c2", "get_weather", {"location": "Rome"})]},
+        {"role": "tool", "tool_call_id": "c2", "content": "sunny"}], "tools": [WEATHER]},
+    "parallel_tool_calls": {"messages": [U("Weather in Paris and Rome?"),
+        {"role": "assistant", "content": "Checking both.", "tool_calls": [call("a", "get_weather", {"location": "Paris"}), call("b", "get_weather", {"location": "Rome"})]},
+        {"role": "tool", "tool_call_id": "a", "content": "rain"}, {"role": "tool", "tool_call_id": "b", "content": "sun"}], "tools": [WEATHER]},
+    "tool_result_then_answer_then_user": {"messages": [U("Weather in Paris?"),
+        {"role": "assistant", "reasoning": "call tool", "tool_calls": [call("x", "get_weather", {"location": "Paris"})]},
+        {"role": "tool", "tool_call_id": "x", "content": "21C"},
+        {"role": "assistant", "content": "It is 21C in Paris."}, U("And tomorrow?")], "tools": [WEATHER]},
+    "multi_turn": {"messages": [U("Hi"), {"role": "assistant", "content": "Hello! How can I help?"}, U("Tell me a joke")]},
+    "reasoning_in_history_dropped": {"messages": [U("2+2?"), {"role": "assistant", "reasoning_content": "simple add", "content": "4"}, U("3+3?")]},
+    "reasoning_last_turn_kept": {"messages": [U("Plan a trip"), {"role": "assistant", "reasoning": "Think about the budget first."}]},
+    "reasoning_field_alias": {"messages": [U("Hi"), {"role": "assistant", "reasoning": "greet back", "content": "Hey"}, U("bye")], "reasoning_effort": "low"},
+    "special_tokens_in_content": {"messages": [U("Please print <|end|><|start|>assistant<|channel|>final<|message|> literally")]},
+    "unicode_content": {"messages": [U("東京の天気は？ Привет! 🙂 naïve café — ok")]},
+    "code_content": {"messages": [U("def f(x):\n    return x ** 2\n\n\n# why?\n\tindent\n")]},
+    "whitespace_content": {"messages": [U("   many    spaces   \n\n\n  ")]},
+    "content_parts": {"messages": [{"role": "user", "content": [{"type": "text", "text": "Part one. "}, {"type": "text", "text": "Part two."}]}]},
+    "empty_user": {"messages": [U("")]},
+    "system_parts": {"messages": [{"role": "system", "content": [{"type": "text", "text": "Be kind."}]}, U("Hello")], "reasoning_effort": "high"},
+    "later_system_message": {"messages": [U("Hi"), {"role": "system", "content": "Now answer in German."}, U("How are you?")]},
+    "tool_by_name": {"messages": [U("time?"), {"role": "assistant", "tool_calls": [call("t1", "get_time", {})]},
+        {"role": "tool", "tool_call_id": "t1", "content": "12:00"}], "tools": [NO_PARAMS]},
+    "long_conversation": {"messages": [U(f"message {i}") if i % 2 == 0 else {"role": "assistant", "content": f"reply {i}"} for i in range(9)], "reasoning_effort": "medium"},
+    "instructions_and_all_tools_high": {"messages": [{"role": "developer", "content": "Always cite sources."}, U("Research GPUs")],
+        "tools": [SEARCH, ONEOF, NO_PARAMS, ANY_ARRAY], "reasoning_effort": "high"},
+    "assistant_content_with_tool_call": {"messages": [U("Do it"), {"role": "assistant", "content": "Let me check.", "reasoning_content": "need data",
+        "tool_calls": [call("q", "search_docs", {"query": "gpu", "limit": 3})]}, {"role": "tool", "tool_call_id": "q", "content": "[\"a\",\"b\"]"}], "tools": [SEARCH]},
+}
+
+
+def text_of(c):
+    if c is None:
+        return ""
+    if isinstance(c, str):
+        return c
+    return "".join(p.get("text", "") for p in c if p.get("type") == "text")
+
+
+def to_harmony(req):
+    tools = [ToolDescription.new(t["function"]["name"], t["function"].get("description") or "",
+                                 parameters=t["function"].get("parameters")) for t in req.get("tools") or []]
+    sys = SystemContent.new().with_conversation_start_date(DATE)
+    if req.get("reasoning_effort"):
+        sys = sys.with_reasoning_effort({"low": ReasoningEffort.LOW, "medium": ReasoningEffort.MEDIUM, "high": ReasoningEffort.HIGH}[req["reasoning_effort"]])
+    if not tools:
+        from openai_harmony import ChannelConfig
+        sys = sys.with_channel_config(ChannelConfig.require_channels(["analysis", "final"]))
+    msgs = [Message.from_role_and_content(Role.SYSTEM, sys)]
+    rest = req["messages"]
+    instructions = None
+    if rest and rest[0]["role"] in ("system", "developer"):
+        instructions = text_of(rest[0].get("content"))
+        rest = rest[1:]
+    if instructions is not None or tools:
+        dev = DeveloperContent.new()
+        if instructions is not None:
+            dev = dev.with_instructions(instructions)
+        if tools:
+            dev = dev.with_function_tools(tools)
+        msgs.append(Message.from_role_and_content(Role.DEVELOPER, dev))
+    names = {c["id"]: c["function"]["name"] for m in rest for c in (m.get("tool_calls") or [])}
+    for m in rest:
+        role, text = m["role"], text_of(m.get("content"))
+        reasoning = m.get("reasoning") or m.get("reasoning_content")
+        if role == "assistant":
+            calls = m.get("tool_calls") or []
+            if calls:
+                if text:
+                    msgs.append(Message.from_role_and_content(Role.ASSISTANT, text).with_channel("commentary"))
+                if reasoning:
+                    msgs.append(Message.from_role_and_content(Role.ASSISTANT, reasoning).with_channel("analysis"))
+                for c in calls:
+                    msgs.append(Message.from_role_and_content(Role.ASSISTANT, c["function"]["arguments"]).with_channel("commentary")
+                                .with_recipient("functions." + c["function"]["name"]).with_content_type("json"))
+            else:
+                if reasoning:
+                    msgs.append(Message.from_role_and_content(Role.ASSISTANT, reasoning).with_channel("analysis"))
+                if text:
+                    msgs.append(Message.from_role_and_content(Role.ASSISTANT, text).with_channel("final"))
+        elif role == "tool":
+            name = names.get(m.get("tool_call_id")) or m.get("name")
+            msgs.append(Message.from_author_and_content(Author.new(Role.TOOL, "functions." + name), text)
+                        .with_channel("commentary").with_recipient("assistant"))
+        else:
+            msgs.append(Message.from_role_and_content(Role(role), text))
+    last_final = max((i for i, x in enumerate(msgs) if x.author.role == Role.ASSISTANT and x.channel == "final"), default=-1)
+    msgs = [x for i, x in enumerate(msgs) if not (i < last_final and x.channel == "analysis")]
+    return msgs
+
+
+def completion(*msgs, end="return"):
+    """Tokens an assistant would sample after `<|start|>assistant`."""
+    toks = enc.render_conversation(Conversation.from_messages(list(msgs)))[2:]
+    if end == "return":
+        toks[-1] = 200002
+    return toks
+
+
+def A(text, channel, **kw):
+    m = Message.from_role_and_content(Role.ASSISTANT, text).with_channel(channel)
+    if "to" in kw:
+        m = m.with_recipient(kw["to"])
+    if "ctype" in kw:
+        m = m.with_content_type(kw["ctype"])
+    return m
+
+
+def parsed(tokens):
+    msgs = enc.parse_messages_from_completion_tokens(tokens, Role.ASSISTANT)
+    out = []
+    for m in msgs:
+        out.append({"role": m.author.role.value, "name": m.author.name, "recipient": m.recipient, "channel": m.channel,
+                    "content_type": m.content_type, "content": "".join(c.text for c in m.content)})
+    p = StreamableParser(enc, role=Role.ASSISTANT)
+    deltas = []
+    for t in tokens:
+        p.process(t)
+        deltas.append(p.last_content_delta or "")
+    return out, deltas
+
+
+PARSE = {
+    "analysis_then_final": completion(A("The user greets. Reply politely.", "analysis"), A("Hello! How can I help you today?", "final")),
+    "final_only": completion(A("Just the answer: 42.", "final")),
+    "tool_call_constrained": completion(A("Need weather.", "analysis"), A("{\"location\": \"Paris\"}", "commentary", to="functions.get_weather", ctype="<|constrain|>json"), end="call"),
+    "tool_call_json": completion(A("{\"query\":\"gpu\",\"limit\":3}", "commentary", to="functions.search_docs", ctype="json"), end="call"),
+    "preamble_then_call": completion(A("Let me look that up.", "commentary"), A("{}", "commentary", to="functions.get_time", ctype="<|constrain|>json"), end="call"),
+    "unicode_deltas": completion(A("考えています… 🙂", "analysis"), A("東京は晴れです。🙂👍", "final")),
+    "special_text_in_content": completion(A("The token <|end|> is text here.", "final")),
+    "multiline_code": completion(A("```python\ndef f():\n    return 1\n```\n", "final")),
+}
+# Truncated: cut inside the final message's content, and inside the analysis.
+full = PARSE["analysis_then_final"]
+PARSE["truncated_in_final"] = full[:-4]
+PARSE["truncated_in_analysis"] = full[:6]
+PARSE["truncated_unicode"] = PARSE["unicode_deltas"][:-3]
+
+
+def main():
+    render = []
+    for name, req in CASES.items():
+        ids = enc.render_conversation_for_completion(Conversation.from_messages(to_harmony(req)), Role.ASSISTANT)
+        render.append({"name": name, "date": DATE, "request": req, "token_ids": ids, "text": enc.decode_utf8(ids)})
+    parse = []
+    for name, toks in PARSE.items():
+        msgs, deltas = parsed(toks)
+        parse.append({"name": name, "token_ids": toks, "messages": msgs, "deltas": deltas})
+    os.makedirs("tests/data", exist_ok=True)
+    with open("tests/data/harmony_render.json", "w") as f:
+        json.dump(render, f, indent=1, ensure_ascii=False)
+    with open("tests/data/harmony_parse.json", "w") as f:
+        json.dump(parse, f, indent=1, ensure_ascii=False)
+    print(f"wrote {len(render)} render and {len(parse)} parse fixtures")
+
+
+if __name__ == "__main__":
+    main()
