@@ -8,10 +8,14 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
+use gpt_oss_wgpu::chat::harmony::Harmony;
+use gpt_oss_wgpu::chat::{
+    AssistantMessage, ChatRequest, ChatSession, ReasoningEffort, Role, StreamParser, TurnEvent,
+};
 use gpt_oss_wgpu::model::{Batch, TokenInfo};
 use gpt_oss_wgpu::synth::{self, SynthSpec};
 use gpt_oss_wgpu::{
-    Engine, Event, Gpu, GpuOptions, ModelOptions, Request, Sampling, StreamDecoder,
+    Engine, Event, Gpu, GpuOptions, ModelOptions, Request, Sampling, StreamDecoder, Tokenizer,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -36,6 +40,12 @@ enum Command {
     Generate(GenerateArgs),
     /// Write the logits of every position of a token sequence to a safetensors file.
     Logits(LogitsArgs),
+    /// Chat with the model in the terminal (or over a pipe: one message per line).
+    Chat(ChatArgs),
+    /// Print the Harmony prompt of a chat-completions request as token ids and text.
+    Render(RenderArgs),
+    /// Parse Harmony output token ids into an OpenAI assistant message.
+    Parse(ParseArgs),
     /// Measure prefill and decode speed, time to first token, GPU memory and per-kernel time.
     Bench(BenchArgs),
 }
@@ -134,6 +144,75 @@ struct GenerateArgs {
     /// Print JSON with the generated ids, text and timings instead of streaming text.
     #[arg(long)]
     json: bool,
+    /// Continue raw text instead of chatting (the prompt is not wrapped in the chat format).
+    #[arg(long)]
+    raw: bool,
+    /// In chat mode, also print the model's reasoning.
+    #[arg(long)]
+    show_reasoning: bool,
+    /// In chat mode: reasoning effort (low, medium, high).
+    #[arg(long, default_value = "medium")]
+    reasoning_effort: String,
+}
+
+#[derive(Args)]
+struct TokenizerArgs {
+    /// Take tokenizer.json from this model directory (default: the built-in gpt-oss tokenizer).
+    #[arg(long)]
+    model: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct RenderArgs {
+    /// A chat-completions request (JSON with `messages`, optional `tools`, `reasoning_effort`).
+    #[arg(long)]
+    request: PathBuf,
+    /// Current date for the system message (default: today).
+    #[arg(long)]
+    date: Option<String>,
+    #[command(flatten)]
+    tokenizer: TokenizerArgs,
+}
+
+#[derive(Args)]
+struct ParseArgs {
+    /// Output token ids, as sampled after the prompt's `<|start|>assistant`.
+    #[arg(long, value_delimiter = ',', required = true)]
+    token_ids: Vec<u32>,
+    #[command(flatten)]
+    tokenizer: TokenizerArgs,
+}
+
+#[derive(Args)]
+struct ChatArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    chat: ChatOptions,
+    /// Do not show the model's reasoning.
+    #[arg(long)]
+    hide_reasoning: bool,
+}
+
+/// Options shared by `chat` and chat-mode `generate`.
+#[derive(Args, Clone)]
+struct ChatOptions {
+    /// Reasoning effort: low, medium or high.
+    #[arg(long, default_value = "medium")]
+    reasoning_effort: String,
+    /// Developer instructions (a system prompt).
+    #[arg(long)]
+    system: Option<String>,
+    /// Most tokens per answer, reasoning included.
+    #[arg(long, default_value_t = 2048)]
+    max_tokens: u32,
+    #[arg(long, default_value_t = 1.0)]
+    temperature: f32,
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f32,
+    /// Sampling seed (random when omitted).
+    #[arg(long)]
+    seed: Option<u64>,
 }
 
 #[derive(Args)]
@@ -277,6 +356,9 @@ fn synth_cmd(a: &SynthArgs) -> Result<()> {
 }
 
 fn generate(a: &GenerateArgs) -> Result<()> {
+    if let (Some(text), false) = (&a.prompt, a.raw) {
+        return generate_chat(a, text);
+    }
     let mut engine = load(&a.model, 1)?;
     let prompt = match (&a.prompt, &a.token_ids) {
         (Some(text), _) => match &engine.tokenizer {
@@ -375,6 +457,314 @@ fn generate(a: &GenerateArgs) -> Result<()> {
     Ok(())
 }
 
+/// Today's date (UTC) as YYYY-MM-DD, for the system message.
+fn today() -> String {
+    let days = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() / 86400) as i64;
+    // Civil date from days since 1970-01-01 (proleptic Gregorian, 400-year eras).
+    let z = days + 719468;
+    let era = z.div_euclid(146097);
+    let doe = z - era * 146097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + if m <= 2 { 1 } else { 0 };
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
+fn random_seed() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+fn effort(s: &str) -> Result<ReasoningEffort> {
+    ReasoningEffort::parse(s)
+        .with_context(|| format!("reasoning effort `{s}` is not low, medium or high"))
+}
+
+const DIM: &str = "\x1b[2m";
+const RESET: &str = "\x1b[0m";
+
+/// `generate` in chat mode: the prompt is a user message and the final answer is printed.
+fn generate_chat(a: &GenerateArgs, text: &str) -> Result<()> {
+    let mut engine = load(&a.model, 1)?;
+    let mut session = ChatSession::new(today());
+    session.effort = effort(&a.reasoning_effort)?;
+    let seed = a.seed.unwrap_or_else(random_seed);
+    let sampling = if a.greedy {
+        Sampling {
+            seed,
+            ..Sampling::greedy()
+        }
+    } else {
+        Sampling {
+            temperature: a.temperature,
+            top_p: a.top_p,
+            top_k: a.top_k,
+            seed,
+        }
+    };
+    let mut stdout = std::io::stdout().lock();
+    let (show, json) = (a.show_reasoning && !a.json, a.json);
+    let mut in_reasoning = false;
+    let r = session.turn(
+        &mut engine,
+        text,
+        sampling,
+        a.max_tokens,
+        &mut |ev| {
+            let _ = match ev {
+                TurnEvent::Reasoning(t) if show => {
+                    in_reasoning = true;
+                    write!(stdout, "{DIM}{t}{RESET}")
+                }
+                TurnEvent::Answer(t) if !json => {
+                    if std::mem::take(&mut in_reasoning) {
+                        let _ = writeln!(stdout, "\n");
+                    }
+                    write!(stdout, "{t}")
+                }
+                _ => Ok(()),
+            };
+            let _ = stdout.flush();
+        },
+        &|| false,
+    )?;
+    let msg = AssistantMessage::from_parsed(&r.messages, || format!("call_{:016x}", random_seed()));
+    if json {
+        let v = serde_json::json!({
+            "content": msg.content,
+            "reasoning_content": msg.reasoning_content,
+            "tool_calls": msg.tool_calls,
+            "unparsed": r.unparsed,
+            "finish_reason": r.reason.as_str(),
+            "generated_tokens": r.generated,
+            "seed": seed,
+            "timings": {"total_s": r.seconds, "tok_s": r.generated as f64 / r.seconds.max(1e-9)},
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        if let Some(u) = &r.unparsed {
+            write!(stdout, "{DIM}(not in the chat format) {u}{RESET}")?;
+        }
+        writeln!(stdout)?;
+        eprintln!(
+            "{} tokens in {:.1}s, {:.1} tok/s",
+            r.generated,
+            r.seconds,
+            r.generated as f64 / r.seconds.max(1e-9)
+        );
+    }
+    Ok(())
+}
+
+const CHAT_HELP: &str = "commands:
+  /effort low|medium|high   reasoning effort for the next answers
+  /system TEXT              developer instructions (empty clears them)
+  /reset                    forget the conversation
+  /save FILE                write the conversation as a chat-completions request (JSON)
+  /help                     this list
+  /quit                     leave (or Ctrl-D)
+Ctrl-C stops the answer being written. A line ending in \\ continues on the next line;
+a line holding only \"\"\" starts and ends a multi-line message.";
+
+/// Reads one message: continued lines (`\` at the end) or a `"""` block. None at end of input.
+fn read_message(input: &mut impl std::io::BufRead) -> Result<Option<String>> {
+    let mut line = String::new();
+    if input.read_line(&mut line)? == 0 {
+        return Ok(None);
+    }
+    let mut msg = line.trim_end_matches(['\n', '\r']).to_string();
+    if msg.trim() == "\"\"\"" {
+        let mut block = Vec::new();
+        loop {
+            let mut l = String::new();
+            if input.read_line(&mut l)? == 0 || l.trim() == "\"\"\"" {
+                break;
+            }
+            block.push(l.trim_end_matches(['\n', '\r']).to_string());
+        }
+        return Ok(Some(block.join("\n")));
+    }
+    while msg.ends_with('\\') {
+        msg.pop();
+        msg.push('\n');
+        let mut l = String::new();
+        if input.read_line(&mut l)? == 0 {
+            break;
+        }
+        msg.push_str(l.trim_end_matches(['\n', '\r']));
+    }
+    Ok(Some(msg))
+}
+
+fn chat(a: &ChatArgs) -> Result<()> {
+    use std::io::IsTerminal;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let mut engine = load(&a.model, 1)?;
+    let interactive = std::io::stdin().is_terminal();
+    let color = std::io::stdout().is_terminal();
+    let (dim, reset) = if color { (DIM, RESET) } else { ("", "") };
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst))
+        .context("installing the Ctrl-C handler")?;
+    let mut session = ChatSession::new(today());
+    session.effort = effort(&a.chat.reasoning_effort)?;
+    session.instructions = a.chat.system.clone();
+    let mut seed = a.chat.seed.unwrap_or_else(random_seed);
+    if interactive {
+        eprintln!(
+            "chat with {} — /help for commands, Ctrl-D to leave",
+            a.model.model.display()
+        );
+    }
+    let mut input = std::io::stdin().lock();
+    let mut stdout = std::io::stdout();
+    loop {
+        if interactive {
+            eprint!("\x1b[1m>\x1b[0m ");
+        }
+        stop.store(false, Ordering::SeqCst);
+        let Some(msg) = read_message(&mut input)? else {
+            break;
+        };
+        let text = msg.trim();
+        if text.is_empty() {
+            continue;
+        }
+        if let Some(cmd) = text.strip_prefix('/') {
+            let (name, arg) = cmd
+                .split_once(char::is_whitespace)
+                .map_or((cmd, ""), |(n, r)| (n, r.trim()));
+            match name {
+                "help" => eprintln!("{CHAT_HELP}"),
+                "quit" | "exit" => break,
+                "reset" => {
+                    session.history.clear();
+                    eprintln!("conversation cleared");
+                }
+                "effort" => match ReasoningEffort::parse(arg) {
+                    Some(e) => {
+                        session.effort = e;
+                        eprintln!("reasoning effort: {}", e.as_str());
+                    }
+                    None => eprintln!("usage: /effort low|medium|high"),
+                },
+                "system" => {
+                    session.instructions = (!arg.is_empty()).then(|| arg.to_string());
+                    eprintln!(
+                        "{}",
+                        if arg.is_empty() {
+                            "instructions cleared"
+                        } else {
+                            "instructions set"
+                        }
+                    );
+                }
+                "save" if !arg.is_empty() => {
+                    match std::fs::write(arg, serde_json::to_string_pretty(&session.to_openai())?) {
+                        Ok(()) => eprintln!("saved to {arg}"),
+                        Err(e) => eprintln!("cannot save to {arg}: {e}"),
+                    }
+                }
+                "save" => eprintln!("usage: /save FILE"),
+                other => eprintln!("unknown command /{other} (/help lists them)"),
+            }
+            continue;
+        }
+        let sampling = Sampling {
+            temperature: a.chat.temperature,
+            top_p: a.chat.top_p,
+            top_k: 0,
+            seed,
+        };
+        seed = seed.wrapping_add(1);
+        let mut in_reasoning = false;
+        let hide = a.hide_reasoning;
+        let r = session.turn(
+            &mut engine,
+            text,
+            sampling,
+            a.chat.max_tokens,
+            &mut |ev| {
+                let _ = match ev {
+                    TurnEvent::Reasoning(t) if !hide => {
+                        in_reasoning = true;
+                        write!(stdout, "{dim}{t}{reset}")
+                    }
+                    TurnEvent::Answer(t) => {
+                        if std::mem::take(&mut in_reasoning) {
+                            let _ = writeln!(stdout, "\n");
+                        }
+                        write!(stdout, "{t}")
+                    }
+                    _ => Ok(()),
+                };
+                let _ = stdout.flush();
+            },
+            &|| stop.load(Ordering::SeqCst),
+        )?;
+        if let Some(u) = &r.unparsed {
+            write!(stdout, "{dim}(not in the chat format) {u}{reset}")?;
+        }
+        writeln!(stdout)?;
+        let note = if r.reason == gpt_oss_wgpu::FinishReason::Cancelled {
+            " (stopped)"
+        } else {
+            ""
+        };
+        eprintln!(
+            "[{} tokens, {:.1} tok/s{note}]",
+            r.generated,
+            r.generated as f64 / r.seconds.max(1e-9)
+        );
+    }
+    Ok(())
+}
+
+fn builtin_tokenizer(t: &TokenizerArgs) -> Result<Tokenizer> {
+    Ok(match &t.model {
+        Some(dir) => Tokenizer::from_file(&dir.join("tokenizer.json"))?,
+        None => Tokenizer::from_bytes(
+            gpt_oss_wgpu::tokenizer::gpt_oss_tokenizer_json(201088)?.as_bytes(),
+        )?,
+    })
+}
+
+fn render(a: &RenderArgs) -> Result<()> {
+    let text =
+        std::fs::read_to_string(&a.request).with_context(|| a.request.display().to_string())?;
+    let req = ChatRequest::from_json(&text)?;
+    let tok = builtin_tokenizer(&a.tokenizer)?;
+    let msgs = req.to_harmony(&a.date.clone().unwrap_or_else(today))?;
+    let ids = Harmony::new(&tok)?.render_for_completion(&msgs)?;
+    let v = serde_json::json!({"token_ids": ids, "text": tok.decode(&ids)?});
+    println!("{}", serde_json::to_string_pretty(&v)?);
+    Ok(())
+}
+
+fn parse(a: &ParseArgs) -> Result<()> {
+    let tok = builtin_tokenizer(&a.tokenizer)?;
+    let ids = gpt_oss_wgpu::chat::harmony::Specials::of(&tok)?;
+    let p = StreamParser::parse_all(&tok, ids, Some(Role::Assistant), &a.token_ids);
+    let mut n = 0;
+    let msg = AssistantMessage::from_parsed(&p.messages, || {
+        n += 1;
+        format!("call_{:08x}{n}", random_seed() as u32)
+    });
+    let mut v = serde_json::to_value(&msg)?;
+    if let Some(e) = &p.error {
+        v["parse_error"] = e.clone().into();
+    }
+    println!("{}", serde_json::to_string_pretty(&v)?);
+    Ok(())
+}
+
 fn logits(a: &LogitsArgs) -> Result<()> {
     let engine = load(&a.model, 1)?;
     let model = &engine.model;
@@ -469,6 +859,9 @@ fn main() -> ExitCode {
         Command::Generate(a) => generate(a),
         Command::Logits(a) => logits(a),
         Command::Bench(a) => bench(a),
+        Command::Chat(a) => chat(a),
+        Command::Render(a) => render(a),
+        Command::Parse(a) => parse(a),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,

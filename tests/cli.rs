@@ -84,6 +84,7 @@ fn generate_and_logits() {
             "--max-tokens",
             "6",
             "--json",
+            "--raw",
         ];
         args.extend_from_slice(extra);
         let out = run(&args);
@@ -241,4 +242,182 @@ fn bad_checkpoints_get_one_line_errors() {
     cfg["num_key_value_heads"] = 3.into();
     std::fs::write(&cfg_path, cfg.to_string()).unwrap();
     assert_clean_error(&generate(&bad_value), "num_key_value_heads");
+}
+
+/// The tiny preset: full vocabulary, so the Harmony special tokens exist.
+fn synth_tiny(dir: &Path) {
+    let out = run(&[
+        "synth",
+        "--preset",
+        "tiny",
+        "--seed",
+        "3",
+        "--out",
+        dir.to_str().unwrap(),
+    ]);
+    assert!(out.status.success());
+}
+
+#[test]
+fn render_and_parse_commands() {
+    let dir = tempfile::tempdir().unwrap();
+    let req = dir.path().join("req.json");
+    std::fs::write(
+        &req,
+        r#"{"messages": [{"role": "developer", "content": "Be brief."}, {"role": "user", "content": "Hi <|end|>"}], "reasoning_effort": "high"}"#,
+    )
+    .unwrap();
+    let out = run(&[
+        "render",
+        "--request",
+        req.to_str().unwrap(),
+        "--date",
+        "2025-06-28",
+    ]);
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let text = v["text"].as_str().unwrap();
+    assert!(text.starts_with("<|start|>system<|message|>") && text.ends_with("<|start|>assistant"));
+    assert!(text.contains("Reasoning: high") && text.contains("# Instructions\n\nBe brief."));
+    let ids = v["token_ids"].as_array().unwrap();
+    // The spelled <|end|> in the user's text is text, not the special id.
+    assert_eq!(ids.iter().filter(|i| **i == 200007).count(), 3);
+
+    // analysis "I need to check." then final "Hello!".
+    let out = run(&[
+        "parse",
+        "--token-ids",
+        "200005,35644,200008,40,1309,316,2371,13,200007,200006,173781,200005,17196,200008,13225,0,200002",
+    ]);
+    assert!(out.status.success());
+    let m: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(m["content"], "Hello!");
+    assert_eq!(m["reasoning_content"], "I need to check.");
+    // Truncated output keeps what was parsed.
+    let out = run(&["parse", "--token-ids", "200005,35644,200008,40,1309"]);
+    let m: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(m["reasoning_content"], "I need");
+    assert_clean_error(
+        &run(&["render", "--request", "/nonexistent.json"]),
+        "nonexistent",
+    );
+}
+
+#[test]
+fn chat_over_a_pipe_with_commands_history_and_cancel() {
+    use std::io::Write;
+    use std::process::Stdio;
+    if !have_gpu() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("tiny");
+    synth_tiny(&model);
+    let m = model.to_str().unwrap();
+    let saved = dir.path().join("conv.json");
+    let script = format!(
+        "hello there\n/effort high\n/system Be nice.\nline one \\\ncontinued\n\"\"\"\nblock a\nblock b\n\"\"\"\n/save {}\n/bogus\n/reset\n/help\n",
+        saved.display()
+    );
+    let mut child = bin()
+        .args(["chat", "--model", m, "--max-tokens", "4", "--seed", "1"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(script.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    eprintln!("{err}");
+    assert!(out.status.success());
+    for needle in [
+        "reasoning effort: high",
+        "instructions set",
+        "saved to",
+        "unknown command /bogus",
+        "conversation cleared",
+        "/effort low|medium|high",
+    ] {
+        assert!(err.contains(needle), "missing `{needle}`");
+    }
+    assert_eq!(
+        err.matches("[4 tokens").count(),
+        3,
+        "three answers of 4 tokens"
+    );
+    let conv: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&saved).unwrap()).unwrap();
+    let msgs = conv["messages"].as_array().unwrap();
+    assert_eq!(msgs[0]["role"], "system");
+    let users: Vec<&str> = msgs
+        .iter()
+        .filter(|m| m["role"] == "user")
+        .map(|m| m["content"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        users,
+        ["hello there", "line one \ncontinued", "block a\nblock b"]
+    );
+    assert_eq!(msgs.iter().filter(|m| m["role"] == "assistant").count(), 3);
+    assert_eq!(conv["reasoning_effort"], "high");
+
+    // generate's chat mode: the prompt is a user message; JSON gives the parsed answer.
+    let out = run(&[
+        "generate",
+        "--model",
+        m,
+        "--prompt",
+        "Hi",
+        "--max-tokens",
+        "3",
+        "--json",
+        "--reasoning-effort",
+        "low",
+    ]);
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["generated_tokens"], 3);
+    assert_eq!(v["finish_reason"], "length");
+
+    // Ctrl-C stops a long answer; the program goes on to the next command.
+    let mut child = bin()
+        .args([
+            "chat",
+            "--model",
+            m,
+            "--max-tokens",
+            "5000",
+            "--max-context",
+            "8192",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"tell me a long story\n").unwrap();
+    // Loading takes about a second; then the answer is being written (a random model writes
+    // no chat-format text, so there is nothing to wait for on stdout).
+    std::thread::sleep(std::time::Duration::from_secs(6));
+    let kill = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    stdin
+        .write_all(format!("/save {}\n/quit\n", saved.display()).as_bytes())
+        .unwrap();
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("(stopped)"), "{err}");
+    assert!(err.contains("saved to"), "{err}");
 }

@@ -5,6 +5,7 @@ pub mod harmony;
 pub mod openai;
 pub mod parser;
 pub mod schema;
+pub mod session;
 
 pub use harmony::{
     Content, DeveloperContent, Harmony, Message, ReasoningEffort, Role, SystemContent,
@@ -12,3 +13,4 @@ pub use harmony::{
 };
 pub use openai::{AssistantMessage, ChatRequest};
 pub use parser::{ParsedMessage, StreamParser};
+pub use session::{ChatSession, TurnEvent, TurnResult};
