@@ -30,16 +30,9 @@ const NV: u32 = R * TT;
 #include "common/reduce.wgsl"
 
 @compute @workgroup_size(WG)
-fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>
-#ifdef SUBGROUPS
-        , @builtin(subgroup_invocation_id) lane: u32, @builtin(subgroup_size) sg: u32
-#endif
-) {
-#ifdef SUBGROUPS
-    r_lane = lane;
-    r_sg = sg;
-#endif
-    r_lid = lid;
+fn main(lanes: Lanes, @builtin(workgroup_id) wg: vec3<u32>) {
+    reduce_setup(lanes);
+    let lid = lanes.lid;
     let count = step_count(p.count_which);
     let r0 = wg.x * R;
     let t0 = wg.y * TT;

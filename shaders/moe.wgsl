@@ -53,16 +53,9 @@ fn block_dot(row: u32, b: u32, n_blocks: u32, xs: array<vec4<f32>, 8>) -> f32 {
 @group(0) @binding(7) var<storage, read_write> act: array<f32>;
 
 @compute @workgroup_size(WG)
-fn gate_up(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>
-#ifdef SUBGROUPS
-        , @builtin(subgroup_invocation_id) lane: u32, @builtin(subgroup_size) sg: u32
-#endif
-) {
-#ifdef SUBGROUPS
-    r_lane = lane;
-    r_sg = sg;
-#endif
-    r_lid = lid;
+fn gate_up(lanes: Lanes, @builtin(workgroup_id) wg: vec3<u32>) {
+    reduce_setup(lanes);
+    let lid = lanes.lid;
     let s = wg.y;
     if s >= step.slots {
         return;
@@ -114,16 +107,9 @@ fn gate_up(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg:
 @group(0) @binding(8) var<storage, read_write> x: array<f32>;
 
 @compute @workgroup_size(WG)
-fn down(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>
-#ifdef SUBGROUPS
-        , @builtin(subgroup_invocation_id) lane: u32, @builtin(subgroup_size) sg: u32
-#endif
-) {
-#ifdef SUBGROUPS
-    r_lane = lane;
-    r_sg = sg;
-#endif
-    r_lid = lid;
+fn down(lanes: Lanes, @builtin(workgroup_id) wg: vec3<u32>) {
+    reduce_setup(lanes);
+    let lid = lanes.lid;
     let t = wg.y;
     if t >= step.tokens {
         return;

@@ -59,16 +59,9 @@ fn wg_sum(v: f32) -> f32 {
 }
 
 @compute @workgroup_size(WG)
-fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>
-#ifdef SUBGROUPS
-        , @builtin(subgroup_invocation_id) lane: u32, @builtin(subgroup_size) sg: u32
-#endif
-) {
-#ifdef SUBGROUPS
-    r_lane = lane;
-    r_sg = sg;
-#endif
-    r_lid = lid;
+fn main(lanes: Lanes, @builtin(workgroup_id) wg: vec3<u32>) {
+    reduce_setup(lanes);
+    let lid = lanes.lid;
     let row = wg.y;
     if row >= step.outputs {
         return;

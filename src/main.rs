@@ -244,6 +244,27 @@ struct BenchArgs {
     json: Option<PathBuf>,
 }
 
+impl GenerateArgs {
+    /// The sampling settings and the seed they use (random unless given).
+    fn sampling(&self) -> (Sampling, u64) {
+        let seed = self.seed.unwrap_or_else(random_seed);
+        let s = if self.greedy {
+            Sampling {
+                seed,
+                ..Sampling::greedy()
+            }
+        } else {
+            Sampling {
+                temperature: self.temperature,
+                top_p: self.top_p,
+                top_k: self.top_k,
+                seed,
+            }
+        };
+        (s, seed)
+    }
+}
+
 fn gpu_options(d: &DeviceArgs) -> Result<GpuOptions> {
     let backends = match d.backend.to_lowercase().as_str() {
         "primary" => None,
@@ -371,24 +392,7 @@ fn generate(a: &GenerateArgs) -> Result<()> {
         (None, Some(ids)) => ids.clone(),
         (None, None) => bail!("give --prompt TEXT or --token-ids 1,2,3"),
     };
-    let seed = a.seed.unwrap_or_else(|| {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64)
-    });
-    let sampling = if a.greedy {
-        Sampling {
-            seed,
-            ..Sampling::greedy()
-        }
-    } else {
-        Sampling {
-            temperature: a.temperature,
-            top_p: a.top_p,
-            top_k: a.top_k,
-            seed,
-        }
-    };
+    let (sampling, seed) = a.sampling();
     let t0 = Instant::now();
     engine.submit(Request {
         prompt: prompt.clone(),
@@ -494,20 +498,7 @@ fn generate_chat(a: &GenerateArgs, text: &str) -> Result<()> {
     let mut engine = load(&a.model, 1)?;
     let mut session = ChatSession::new(today());
     session.effort = effort(&a.reasoning_effort)?;
-    let seed = a.seed.unwrap_or_else(random_seed);
-    let sampling = if a.greedy {
-        Sampling {
-            seed,
-            ..Sampling::greedy()
-        }
-    } else {
-        Sampling {
-            temperature: a.temperature,
-            top_p: a.top_p,
-            top_k: a.top_k,
-            seed,
-        }
-    };
+    let (sampling, seed) = a.sampling();
     let mut stdout = std::io::stdout().lock();
     let (show, json) = (a.show_reasoning && !a.json, a.json);
     let mut in_reasoning = false;

@@ -3,11 +3,7 @@
 # `bench` on it, then the transformers baseline, in one go. Expects the release binary in .bin/
 # and the Vulkan loader packages in .gl/; logs go to $OUT.
 set -uo pipefail
-for f in .gl/*.deb; do dpkg -x "$f" /; done; ldconfig
-export VK_DRIVER_FILES=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
-BIN=.bin/gpt-oss-wgpu
-M=/tmp/gpt-oss-20b-synth
-OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+source tools/h100_env.sh
 nvidia-smi --query-gpu=name,memory.used,memory.total,clocks.sm --format=csv | tee "$OUT/gpu.txt"
 $BIN devices | tee "$OUT/devices.txt"
 /usr/bin/time -f "synth %e s" $BIN synth --preset 20b --seed 1 --out $M 2>&1 | tail -2

@@ -4,11 +4,7 @@
 # (about 84 GB) only fits in host memory, so it runs on the CPU; LAYERS=N writes fewer layers of
 # the same shapes and DEVICE=cuda runs the reference on the GPU instead.
 set -uo pipefail
-for f in .gl/*.deb; do dpkg -x "$f" /; done; ldconfig
-export VK_DRIVER_FILES=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
-BIN=.bin/gpt-oss-wgpu
-M=/tmp/gpt-oss-20b-synth
-OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+source tools/h100_env.sh
 $BIN synth --preset 20b --seed 2 ${LAYERS:+--layers $LAYERS} --out $M 2>&1 | tail -1
 PYTHONUNBUFFERED=1 timeout ${REF_TIMEOUT:-480} python3 tools/parity_check.py --model $M --bin $BIN \
   --tokens ${TOKENS:-160} --greedy ${GREEDY:-16} --device ${DEVICE:-cpu} 2>&1 | grep -v "Loading weights" | tee "$OUT/parity.txt"

@@ -1,12 +1,26 @@
 // Workgroup sum of NV values per thread; the totals land in red[0..NV]. The including file defines
-// `const WG: u32` (a power of two) and `const NV: u32`, sets r_lid (and r_lane, r_sg with
-// SUBGROUPS) at the top of its entry point, and calls reduce_sum from uniform control flow.
+// `const WG: u32` (a power of two) and `const NV: u32`, takes a `Lanes` parameter in its entry
+// point and passes it to reduce_setup first, and calls reduce_sum from uniform control flow
+// (reading red[] before any later call overwrites it).
 var<private> r_lid: u32;
 var<workgroup> red: array<f32, NV * WG>;
 
 #ifdef SUBGROUPS
+// The invocation's place in the workgroup and in its subgroup.
+struct Lanes {
+    @builtin(local_invocation_index) lid: u32,
+    @builtin(subgroup_invocation_id) lane: u32,
+    @builtin(subgroup_size) size: u32,
+}
+
 var<private> r_lane: u32;
 var<private> r_sg: u32;
+
+fn reduce_setup(l: Lanes) {
+    r_lid = l.lid;
+    r_lane = l.lane;
+    r_sg = l.size;
+}
 
 fn reduce_sum(acc: ptr<function, array<f32, NV>>) {
     // Sum inside each subgroup in registers, then the few subgroup totals through memory.
@@ -29,6 +43,14 @@ fn reduce_sum(acc: ptr<function, array<f32, NV>>) {
     workgroupBarrier();
 }
 #else
+struct Lanes {
+    @builtin(local_invocation_index) lid: u32,
+}
+
+fn reduce_setup(l: Lanes) {
+    r_lid = l.lid;
+}
+
 fn reduce_sum(acc: ptr<function, array<f32, NV>>) {
     for (var j = 0u; j < NV; j++) {
         red[r_lid * NV + j] = (*acc)[j];

@@ -98,26 +98,9 @@ impl ChatSession {
     ) -> Result<TurnResult> {
         let tok = engine
             .tokenizer
-            .take()
+            .clone()
             .ok_or_else(|| Error::Tokenizer("the model has no tokenizer.json".into()))?;
-        let result = self.turn_with(
-            engine, &tok, user, sampling, max_tokens, on_event, cancelled,
-        );
-        engine.tokenizer = Some(tok);
-        result
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn turn_with(
-        &mut self,
-        engine: &mut Engine,
-        tok: &crate::tokenizer::Tokenizer,
-        user: &str,
-        sampling: Sampling,
-        max_tokens: u32,
-        on_event: &mut dyn FnMut(TurnEvent),
-        cancelled: &dyn Fn() -> bool,
-    ) -> Result<TurnResult> {
+        let tok = &*tok;
         let h = Harmony::new(tok)?;
         let mut msgs = self.messages();
         msgs.push(Message::text(Role::User, user));

@@ -111,7 +111,7 @@ pub(crate) struct Sequence {
 /// Loads models and serves requests on one GPU.
 pub struct Engine {
     pub model: Model,
-    pub tokenizer: Option<Tokenizer>,
+    pub tokenizer: Option<Arc<Tokenizer>>,
     /// Ids that end a sequence.
     pub eos: Vec<u32>,
     waiting: VecDeque<Sequence>,
@@ -125,7 +125,7 @@ impl Engine {
         let free_slots = (0..model.opts.max_seqs).rev().collect();
         Engine {
             model,
-            tokenizer,
+            tokenizer: tokenizer.map(Arc::new),
             eos,
             waiting: VecDeque::new(),
             running: Vec::new(),

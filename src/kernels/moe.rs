@@ -1,7 +1,7 @@
 //! MoE expert projections with MXFP4 weights and the clamped SwiGLU (`shaders/moe.wgsl`).
 
 use crate::error::{Error, Result};
-use crate::gpu::{Count, Dispatch, Gpu};
+use crate::gpu::{Count, Dispatch, Gpu, ShaderKey};
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -62,19 +62,18 @@ fn check(s: &MoeShape) -> Result<()> {
     Ok(())
 }
 
-/// act: [T*K, I] = SwiGLU(gate_up[idx](h) + bias) for h: [T, H], idx: [T*K], bias: [E, 2I].
-pub fn gate_up(
+/// One dispatch per expert chunk of `key`, binding `buffers(chunk)`.
+fn per_chunk<'a>(
     gpu: &Gpu,
     step: &wgpu::Buffer,
     s: &MoeShape,
-    h: &wgpu::Buffer,
-    idx: &wgpu::Buffer,
-    chunks: &[ExpertChunk],
-    bias: &wgpu::Buffer,
-    act: &wgpu::Buffer,
+    key: ShaderKey,
+    chunks: &'a [ExpertChunk],
+    buffers: impl Fn(&'a ExpertChunk) -> Vec<&'a wgpu::Buffer>,
+    x: u32,
+    count: Count,
 ) -> Result<Vec<Dispatch>> {
     check(s)?;
-    let key = super::key(gpu, "moe.wgsl", "gate_up").define_if("GATE_UP", true);
     chunks
         .iter()
         .map(|c| {
@@ -83,44 +82,66 @@ pub fn gate_up(
                 &key,
                 step,
                 bytemuck::bytes_of(&params(s, c)),
-                &[h, idx, &c.blocks, &c.scales, bias, act],
-                s.inter.div_ceil(R / 2),
-                Count::Slots,
+                &buffers(c),
+                x,
+                count,
                 1,
             )
         })
         .collect()
 }
 
-/// x: [T, H] += sum_k wts[t, k] * (down[idx](act) + bias) for act: [T*K, I], bias: [E, H].
-pub fn down(
+/// act: [T*K, I] = SwiGLU(gate_up[idx](h) + bias) for h: [T, H], idx: [T*K], bias: [E, 2I].
+#[allow(clippy::too_many_arguments)]
+pub fn gate_up<'a>(
     gpu: &Gpu,
     step: &wgpu::Buffer,
     s: &MoeShape,
-    act: &wgpu::Buffer,
-    idx: &wgpu::Buffer,
-    wts: &wgpu::Buffer,
-    chunks: &[ExpertChunk],
-    bias: &wgpu::Buffer,
-    x: &wgpu::Buffer,
+    h: &'a wgpu::Buffer,
+    idx: &'a wgpu::Buffer,
+    chunks: &'a [ExpertChunk],
+    bias: &'a wgpu::Buffer,
+    act: &'a wgpu::Buffer,
 ) -> Result<Vec<Dispatch>> {
-    check(s)?;
+    let key = super::key(gpu, "moe.wgsl", "gate_up").define_if("GATE_UP", true);
+    let buffers = |c: &'a ExpertChunk| vec![h, idx, &c.blocks, &c.scales, bias, act];
+    per_chunk(
+        gpu,
+        step,
+        s,
+        key,
+        chunks,
+        buffers,
+        s.inter.div_ceil(R / 2),
+        Count::Slots,
+    )
+}
+
+/// x: [T, H] += sum_k wts[t, k] * (down[idx](act) + bias) for act: [T*K, I], bias: [E, H].
+#[allow(clippy::too_many_arguments)]
+pub fn down<'a>(
+    gpu: &Gpu,
+    step: &wgpu::Buffer,
+    s: &MoeShape,
+    act: &'a wgpu::Buffer,
+    idx: &'a wgpu::Buffer,
+    wts: &'a wgpu::Buffer,
+    chunks: &'a [ExpertChunk],
+    bias: &'a wgpu::Buffer,
+    x: &'a wgpu::Buffer,
+) -> Result<Vec<Dispatch>> {
     let key = super::key(gpu, "moe.wgsl", "down").define_if("DOWN", true);
-    chunks
-        .iter()
-        .map(|c| {
-            Dispatch::new(
-                gpu,
-                &key,
-                step,
-                bytemuck::bytes_of(&params(s, c)),
-                &[act, idx, wts, &c.blocks, &c.scales, bias, x],
-                s.hidden.div_ceil(R),
-                Count::Tokens,
-                1,
-            )
-        })
-        .collect()
+    let buffers = |c: &'a ExpertChunk| vec![act, idx, wts, &c.blocks, &c.scales, bias, x];
+    per_chunk(
+        gpu,
+        step,
+        s,
+        key,
+        chunks,
+        buffers,
+        s.hidden.div_ceil(R),
+        Count::Tokens,
+    )
 }
 
 /// MXFP4 dequantization on the host: one row of `cols` values from its blocks and scales.
