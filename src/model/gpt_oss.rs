@@ -544,21 +544,22 @@ impl Model {
                 )?],
             )?;
 
-            // Attention block: x += o_proj(attn(rope(qkv(norm(x))))).
-            let cache = &caches[l];
-            ds.push(rmsnorm::build(
-                g,
-                &step,
-                &RmsNorm {
+            // Both blocks start from h = RMSNorm(x).
+            let norm_x = |w| {
+                let n = RmsNorm {
                     x: a("x"),
-                    w: &ln1,
+                    w,
                     rows: None,
                     out: a("h"),
                     n: c.hidden,
                     eps: c.eps,
                     count: Count::Tokens,
-                },
-            )?);
+                };
+                rmsnorm::build(g, &step, &n)
+            };
+            // Attention block: x += o_proj(attn(rope(qkv(norm(x))))).
+            let cache = &caches[l];
+            ds.push(norm_x(&ln1)?);
             ds.extend(linear::build(
                 g,
                 &step,
@@ -628,19 +629,7 @@ impl Model {
                 },
             )?);
             // MoE block: x += sum_k w_k * expert_k(norm(x)).
-            ds.push(rmsnorm::build(
-                g,
-                &step,
-                &RmsNorm {
-                    x: a("x"),
-                    w: &ln2,
-                    rows: None,
-                    out: a("h"),
-                    n: c.hidden,
-                    eps: c.eps,
-                    count: Count::Tokens,
-                },
-            )?);
+            ds.push(norm_x(&ln2)?);
             ds.extend(linear::build(
                 g,
                 &step,
