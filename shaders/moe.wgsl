@@ -1,18 +1,24 @@
-// MoE experts with MXFP4 weights, dequantized in registers (experts stay packed on the GPU).
-// Weights of experts [e_start, e_start + e_count) sit in this dispatch's buffers (the expert set may
-// be split over buffers); slots routed to other experts are skipped and done by another dispatch.
+// MoE experts with MXFP4 weights, dequantized in registers (experts stay packed on the GPU),
+// grouped by expert: a workgroup owns R rows of one expert and runs every token-expert slot routed
+// to it, TT slots at a time, so each weight word is read once per TT slots instead of once per slot.
+// Each slot's sums are accumulated in the same order whatever else is in the batch, so a sequence's
+// results do not depend on which other sequences share the forward pass.
 //
-// GATE_UP: for token-expert slot s = t * K + j with expert e = idx[s]:
+// ROUTE: lists[e, 0..counts[e]] = the slots s = t * K + j with idx[s] == e, in slot order.
+//   Bindings: idx [T*K], lists [E, T_max*K], counts [E]. Grid: (E, 1).
+// GATE_UP: for each slot s of expert e (weights of experts [e_start, e_start + e_count) are in this
+//   dispatch's buffers; a split expert set takes one dispatch per buffer):
 //   g = W_gate_up[e] h[t] + bias[e] (2I values, even = gate, odd = up);
 //   gate = min(g_even, limit); up = clamp(g_odd, -limit, limit);   (the clamp is upper-only on gate)
 //   act[s, i] = gate * sigmoid(alpha * gate) * (up + 1).
-//   Bindings: h [T, H], idx [T*K], blocks [e_count, 2I, H/32, 16] u8, scales [e_count, 2I, H/32] u8,
-//   bias [E, 2I] f32, act [T*K, I]. Grid: (ceil(I / (R/2)), T*K).
-// DOWN: x[t, n] += sum_j wts[t, j] * (W_down[e_j, n] act[t*K + j] + bias[e_j, n]) over the slots
-//   whose expert is here; the residual add is fused.
-//   Bindings: act, idx, wts [T*K], blocks [e_count, H, I/32, 16], scales, bias [E, H], x [T, H].
-//   Grid: (ceil(H / R), T).
-// Variants: GATE_UP or DOWN (different bindings), SUBGROUPS.
+//   Bindings: h [T, H], lists, counts, blocks [e_count, 2I, H/32, 16] u8, scales [e_count, 2I, H/32]
+//   u8, bias [E, 2I] f32, act [T*K, I]. Grid: (ceil(2I / R), e_count).
+// DOWN: y[s, n] = wts[s] * (W_down[e] act[s] + bias[e])[n].
+//   Bindings: act, lists, counts, wts [T*K], blocks [e_count, H, I/32, 16], scales, bias [E, H],
+//   y [T*K, H]. Grid: (ceil(H / R), e_count).
+// COMBINE: x[t, n] += sum_j y[t*K + j, n] (the residual add), j in order.
+//   Bindings: y, x [T, H]. Grid: (ceil(H / WG), T).
+// Variants: ROUTE, GATE_UP, DOWN or COMBINE (different bindings), SUBGROUPS.
 #include "common/step.wgsl"
 #include "common/mxfp4.wgsl"
 
@@ -24,133 +30,210 @@ struct Params {
     e_count: u32,
     limit: f32,
     alpha: f32,
-    _pad: u32,
+    /// Row stride of `lists` (T_max * K).
+    list_stride: u32,
 }
 
 @group(0) @binding(1) var<uniform> p: Params;
 
 const WG: u32 = 64u;
 const R: u32 = 8u;
-const NV: u32 = R;
+const TT: u32 = 4u;
+const NV: u32 = R * TT;
 #include "common/reduce.wgsl"
 
-// Dot of block `b` of MXFP4 row `row` (n_blocks blocks per row) with the 32 inputs in xs.
-fn block_dot(row: u32, b: u32, n_blocks: u32, xs: array<vec4<f32>, 8>) -> f32 {
-    let blk = row * n_blocks + b;
-    let w = vec4<u32>(blocks[blk * 4u], blocks[blk * 4u + 1u], blocks[blk * 4u + 2u], blocks[blk * 4u + 3u]);
-    let s = e8m0(byte_of(scales[blk / 4u], blk));
-    let d = fp4_dot8(w.x, xs[0], xs[1]) + fp4_dot8(w.y, xs[2], xs[3])
-        + fp4_dot8(w.z, xs[4], xs[5]) + fp4_dot8(w.w, xs[6], xs[7]);
-    return d * s;
+#ifdef ROUTE
+@group(0) @binding(2) var<storage, read> idx: array<u32>;
+@group(0) @binding(3) var<storage, read_write> lists: array<u32>;
+@group(0) @binding(4) var<storage, read_write> counts: array<u32>;
+
+var<workgroup> scan: array<u32, WG>;
+
+@compute @workgroup_size(WG)
+fn route(lanes: Lanes, @builtin(workgroup_id) wg: vec3<u32>) {
+    let lid = lanes.lid;
+    let e = wg.x;
+    var found = 0u;
+    for (var base = 0u; base < step.slots; base += WG) {
+        let s = base + lid;
+        let hit = select(0u, 1u, s < step.slots && idx[s] == e);
+        // Inclusive prefix sum of the hits over the chunk.
+        scan[lid] = hit;
+        for (var d = 1u; d < WG; d <<= 1u) {
+            workgroupBarrier();
+            var v = scan[lid];
+            if lid >= d {
+                v += scan[lid - d];
+            }
+            workgroupBarrier();
+            scan[lid] = v;
+        }
+        workgroupBarrier();
+        if hit == 1u {
+            lists[e * p.list_stride + found + scan[lid] - 1u] = s;
+        }
+        found += scan[WG - 1u];
+        workgroupBarrier();
+    }
+    if lid == 0u {
+        counts[e] = found;
+    }
 }
+#endif
 
 #ifdef GATE_UP
 @group(0) @binding(2) var<storage, read> h: array<f32>;
-@group(0) @binding(3) var<storage, read> idx: array<u32>;
-@group(0) @binding(4) var<storage, read> blocks: array<u32>;
-@group(0) @binding(5) var<storage, read> scales: array<u32>;
-@group(0) @binding(6) var<storage, read> bias: array<f32>;
-@group(0) @binding(7) var<storage, read_write> act: array<f32>;
+@group(0) @binding(3) var<storage, read> lists: array<u32>;
+@group(0) @binding(4) var<storage, read> counts: array<u32>;
+@group(0) @binding(5) var<storage, read> blocks: array<u32>;
+@group(0) @binding(6) var<storage, read> scales: array<u32>;
+@group(0) @binding(7) var<storage, read> bias: array<f32>;
+@group(0) @binding(8) var<storage, read_write> act: array<f32>;
+#endif
+
+#ifdef DOWN
+@group(0) @binding(2) var<storage, read> act: array<f32>;
+@group(0) @binding(3) var<storage, read> lists: array<u32>;
+@group(0) @binding(4) var<storage, read> counts: array<u32>;
+@group(0) @binding(5) var<storage, read> wts: array<f32>;
+@group(0) @binding(6) var<storage, read> blocks: array<u32>;
+@group(0) @binding(7) var<storage, read> scales: array<u32>;
+@group(0) @binding(8) var<storage, read> bias: array<f32>;
+@group(0) @binding(9) var<storage, read_write> y: array<f32>;
+#endif
+
+#ifdef COMBINE
+@group(0) @binding(2) var<storage, read> y: array<f32>;
+@group(0) @binding(3) var<storage, read_write> x: array<f32>;
+
+@compute @workgroup_size(WG)
+fn combine(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>) {
+    let t = wg.y;
+    let n = wg.x * WG + lid;
+    if t >= step.tokens || n >= p.hidden {
+        return;
+    }
+    var sum = 0.0;
+    for (var j = 0u; j < p.top_k; j++) {
+        sum += y[(t * p.top_k + j) * p.hidden + n];
+    }
+    x[t * p.hidden + n] += sum;
+}
+#endif
+
+// GATE_UP and DOWN share the projection: R rows of expert e against TT slots' inputs.
+#ifndef ROUTE
+#ifndef COMBINE
+// acc[r * TT + tt] += row r (of rows [row0, row0 + R) of the expert's `rows` rows, k inputs) . the
+// input of slot tt, for the blocks this thread owns. `input_of(tt)` is the slot's input offset.
+fn project(acc: ptr<function, array<f32, NV>>, lid: u32, e_local: u32, row0: u32, rows: u32, k: u32,
+           base: array<u32, TT>, live: u32) {
+    let n_blocks = k / 32u;
+    for (var b = lid; b < n_blocks; b += WG) {
+        var w: array<vec4<u32>, R>;
+        var sc: array<f32, R>;
+        for (var r = 0u; r < R; r++) {
+            if row0 + r < rows {
+                let blk = (e_local * rows + row0 + r) * n_blocks + b;
+                w[r] = vec4<u32>(blocks[blk * 4u], blocks[blk * 4u + 1u], blocks[blk * 4u + 2u], blocks[blk * 4u + 3u]);
+                sc[r] = e8m0(byte_of(scales[blk / 4u], blk));
+            }
+        }
+        for (var tt = 0u; tt < live; tt++) {
+            let xb = base[tt] + b * 32u;
+            var xs: array<vec4<f32>, 8>;
+            for (var q = 0u; q < 8u; q++) {
+                xs[q] = vec4<f32>(input(xb + 4u * q), input(xb + 4u * q + 1u), input(xb + 4u * q + 2u), input(xb + 4u * q + 3u));
+            }
+            for (var r = 0u; r < R; r++) {
+                let d = fp4_dot8(w[r].x, xs[0], xs[1]) + fp4_dot8(w[r].y, xs[2], xs[3])
+                    + fp4_dot8(w[r].z, xs[4], xs[5]) + fp4_dot8(w[r].w, xs[6], xs[7]);
+                (*acc)[r * TT + tt] += d * sc[r];
+            }
+        }
+    }
+}
+#endif
+#endif
+
+#ifdef GATE_UP
+fn input(i: u32) -> f32 {
+    return h[i];
+}
 
 @compute @workgroup_size(WG)
 fn gate_up(lanes: Lanes, @builtin(workgroup_id) wg: vec3<u32>) {
     reduce_setup(lanes);
     let lid = lanes.lid;
-    let s = wg.y;
-    if s >= step.slots {
-        return;
-    }
-    let e = idx[s];
-    if e < p.e_start || e >= p.e_start + p.e_count {
-        return;
-    }
-    let t = s / p.top_k;
+    let e = p.e_start + wg.y;
+    // Slots of this expert (none when the pass has no tokens).
+    let n = select(counts[e], 0u, step.slots == 0u);
     let rows = 2u * p.inter;
-    let r0 = wg.x * R;
-    let n_blocks = p.hidden / 32u;
-    let row_base = (e - p.e_start) * rows;
-    var acc: array<f32, NV>;
-    for (var b = lid; b < n_blocks; b += WG) {
-        var xs: array<vec4<f32>, 8>;
-        let xb = t * p.hidden + b * 32u;
-        for (var q = 0u; q < 8u; q++) {
-            xs[q] = vec4<f32>(h[xb + 4u * q], h[xb + 4u * q + 1u], h[xb + 4u * q + 2u], h[xb + 4u * q + 3u]);
+    let row0 = wg.x * R;
+    for (var j0 = 0u; j0 < n; j0 += TT) {
+        let live = min(TT, n - j0);
+        var slot: array<u32, TT>;
+        var base: array<u32, TT>;
+        for (var tt = 0u; tt < live; tt++) {
+            slot[tt] = lists[e * p.list_stride + j0 + tt];
+            base[tt] = (slot[tt] / p.top_k) * p.hidden;
         }
-        for (var r = 0u; r < R; r++) {
-            if r0 + r < rows {
-                acc[r] += block_dot(row_base + r0 + r, b, n_blocks, xs);
+        var acc: array<f32, NV>;
+        project(&acc, lid, wg.y, row0, rows, p.hidden, base, live);
+        reduce_sum(&acc);
+        // Thread (pair, tt) finishes one gate/up pair of one slot.
+        if lid < (R / 2u) * TT {
+            let pair = lid / TT;
+            let tt = lid % TT;
+            let i = row0 / 2u + pair;
+            if tt < live && i < p.inter {
+                let rb = e * rows + 2u * i;
+                var gate = red[(2u * pair) * TT + tt] + bias[rb];
+                var up = red[(2u * pair + 1u) * TT + tt] + bias[rb + 1u];
+                gate = min(gate, p.limit);
+                up = clamp(up, -p.limit, p.limit);
+                let glu = gate / (1.0 + exp(-p.alpha * gate));
+                act[slot[tt] * p.inter + i] = glu * (up + 1.0);
             }
         }
-    }
-    reduce_sum(&acc);
-    if lid < R / 2u {
-        let i = r0 / 2u + lid;
-        if i < p.inter {
-            var gate = red[2u * lid] + bias[e * rows + 2u * i];
-            var up = red[2u * lid + 1u] + bias[e * rows + 2u * i + 1u];
-            gate = min(gate, p.limit);
-            up = clamp(up, -p.limit, p.limit);
-            let glu = gate / (1.0 + exp(-p.alpha * gate));
-            act[s * p.inter + i] = glu * (up + 1.0);
-        }
+        workgroupBarrier();
     }
 }
 #endif
 
 #ifdef DOWN
-@group(0) @binding(2) var<storage, read> act: array<f32>;
-@group(0) @binding(3) var<storage, read> idx: array<u32>;
-@group(0) @binding(4) var<storage, read> wts: array<f32>;
-@group(0) @binding(5) var<storage, read> blocks: array<u32>;
-@group(0) @binding(6) var<storage, read> scales: array<u32>;
-@group(0) @binding(7) var<storage, read> bias: array<f32>;
-@group(0) @binding(8) var<storage, read_write> x: array<f32>;
+fn input(i: u32) -> f32 {
+    return act[i];
+}
 
 @compute @workgroup_size(WG)
 fn down(lanes: Lanes, @builtin(workgroup_id) wg: vec3<u32>) {
     reduce_setup(lanes);
     let lid = lanes.lid;
-    let t = wg.y;
-    if t >= step.tokens {
-        return;
-    }
-    let r0 = wg.x * R;
-    let n_blocks = p.inter / 32u;
-    var acc: array<f32, NV>;
-    for (var j = 0u; j < p.top_k; j++) {
-        let s = t * p.top_k + j;
-        let e = idx[s];
-        if e < p.e_start || e >= p.e_start + p.e_count {
-            continue;
+    let e = p.e_start + wg.y;
+    let n = select(counts[e], 0u, step.slots == 0u);
+    let row0 = wg.x * R;
+    for (var j0 = 0u; j0 < n; j0 += TT) {
+        let live = min(TT, n - j0);
+        var slot: array<u32, TT>;
+        var base: array<u32, TT>;
+        for (var tt = 0u; tt < live; tt++) {
+            slot[tt] = lists[e * p.list_stride + j0 + tt];
+            base[tt] = slot[tt] * p.inter;
         }
-        let wj = wts[s];
-        let row_base = (e - p.e_start) * p.hidden;
-        for (var b = lid; b < n_blocks; b += WG) {
-            var xs: array<vec4<f32>, 8>;
-            let xb = s * p.inter + b * 32u;
-            for (var q = 0u; q < 8u; q++) {
-                xs[q] = vec4<f32>(act[xb + 4u * q], act[xb + 4u * q + 1u], act[xb + 4u * q + 2u], act[xb + 4u * q + 3u]);
-            }
-            for (var r = 0u; r < R; r++) {
-                if r0 + r < p.hidden {
-                    acc[r] += wj * block_dot(row_base + r0 + r, b, n_blocks, xs);
-                }
+        var acc: array<f32, NV>;
+        project(&acc, lid, wg.y, row0, p.hidden, p.inter, base, live);
+        reduce_sum(&acc);
+        if lid < NV {
+            let r = lid / TT;
+            let tt = lid % TT;
+            let row = row0 + r;
+            if tt < live && row < p.hidden {
+                let s = slot[tt];
+                y[s * p.hidden + row] = wts[s] * (red[lid] + bias[e * p.hidden + row]);
             }
         }
-    }
-    reduce_sum(&acc);
-    if lid < R {
-        let n = r0 + lid;
-        if n < p.hidden {
-            var v = red[lid];
-            for (var j = 0u; j < p.top_k; j++) {
-                let e = idx[t * p.top_k + j];
-                if e >= p.e_start && e < p.e_start + p.e_count {
-                    v += wts[t * p.top_k + j] * bias[e * p.hidden + n];
-                }
-            }
-            x[t * p.hidden + n] += v;
-        }
+        workgroupBarrier();
     }
 }
 #endif

@@ -25,6 +25,8 @@ pub struct StepCounts {
 #[derive(Clone, Copy, Debug)]
 pub enum Count {
     One,
+    /// A fixed number of rows of workgroups (e.g. one per expert).
+    Fixed(u32),
     Tokens,
     Outputs,
     Slots,
@@ -109,6 +111,7 @@ impl Dispatch {
     pub fn grid(&self, c: &StepCounts) -> Option<[u32; 3]> {
         let n = match self.count {
             Count::One => 1,
+            Count::Fixed(n) => n,
             Count::Tokens => c.tokens,
             Count::Outputs => c.outputs,
             Count::Slots => c.slots,

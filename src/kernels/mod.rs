@@ -24,7 +24,7 @@ fn key(gpu: &Gpu, file: &'static str, entry: &'static str) -> ShaderKey {
 /// Which step count a kernel's rows follow, as `step_count()` in `common/step.wgsl` numbers them.
 fn count_index(c: Count) -> u32 {
     match c {
-        Count::Tokens | Count::One => 0,
+        Count::Tokens | Count::One | Count::Fixed(_) => 0,
         Count::Outputs => 1,
         Count::Slots => 2,
     }
@@ -43,6 +43,8 @@ pub fn all_variants() -> Vec<ShaderKey> {
         out.push(k("sample.wgsl", "main"));
         out.push(k("moe.wgsl", "gate_up").define_if("GATE_UP", true));
         out.push(k("moe.wgsl", "down").define_if("DOWN", true));
+        out.push(ShaderKey::new("moe.wgsl", "route").define_if("ROUTE", true));
+        out.push(ShaderKey::new("moe.wgsl", "combine").define_if("COMBINE", true));
     }
     for f in ["embed.wgsl", "router.wgsl"] {
         out.push(ShaderKey::new(f, "main"));

@@ -13,7 +13,7 @@ struct Params {
     e_count: u32,
     limit: f32,
     alpha: f32,
-    _pad: u32,
+    list_stride: u32,
 }
 
 /// Rows per workgroup (R in the shader).
@@ -34,114 +34,140 @@ pub struct ExpertChunk {
 pub struct MoeShape {
     pub hidden: u32,
     pub inter: u32,
+    pub experts: u32,
     pub top_k: u32,
     pub limit: f32,
     pub alpha: f32,
+    /// Most token-expert slots in a forward pass (the row stride of the slot lists).
+    pub max_slots: u32,
 }
 
-fn params(s: &MoeShape, c: &ExpertChunk) -> Params {
+/// The buffers one MoE layer works on.
+pub struct MoeBuffers<'a> {
+    /// idx: [T*K] chosen experts, wts: [T*K] their weights.
+    pub idx: &'a wgpu::Buffer,
+    pub wts: &'a wgpu::Buffer,
+    /// lists: [E, max_slots] slots per expert, counts: [E].
+    pub lists: &'a wgpu::Buffer,
+    pub counts: &'a wgpu::Buffer,
+    /// h: [T, H] normed input, act: [T*K, I], y: [T*K, H] per-slot outputs, x: [T, H] residual.
+    pub h: &'a wgpu::Buffer,
+    pub act: &'a wgpu::Buffer,
+    pub y: &'a wgpu::Buffer,
+    pub x: &'a wgpu::Buffer,
+}
+
+/// The packed weights and biases of one MoE layer.
+pub struct MoeWeights<'a> {
+    pub gate_up: &'a [ExpertChunk],
+    /// [E, 2I] f32.
+    pub gate_up_bias: &'a wgpu::Buffer,
+    pub down: &'a [ExpertChunk],
+    /// [E, H] f32.
+    pub down_bias: &'a wgpu::Buffer,
+}
+
+fn params(s: &MoeShape, start: u32, count: u32) -> Params {
     Params {
         hidden: s.hidden,
         inter: s.inter,
         top_k: s.top_k,
-        e_start: c.start,
-        e_count: c.count,
+        e_start: start,
+        e_count: count,
         limit: s.limit,
         alpha: s.alpha,
-        _pad: 0,
+        list_stride: s.max_slots,
     }
 }
 
-fn check(s: &MoeShape) -> Result<()> {
+/// The whole MoE block: x += sum_k w_k * (down_k(SwiGLU(gate_up_k(h) + b)) + b), as route,
+/// gate_up and down per expert chunk, and combine.
+pub fn build(
+    gpu: &Gpu,
+    step: &wgpu::Buffer,
+    s: &MoeShape,
+    b: &MoeBuffers,
+    w: &MoeWeights,
+) -> Result<Vec<Dispatch>> {
     if s.hidden % 32 != 0 || s.inter % 32 != 0 {
         return Err(Error::Unsupported(format!(
             "MXFP4 experts need hidden ({}) and intermediate ({}) sizes that are multiples of 32",
             s.hidden, s.inter
         )));
     }
-    Ok(())
-}
-
-/// One dispatch per expert chunk of `key`, binding `buffers(chunk)`.
-fn per_chunk<'a>(
-    gpu: &Gpu,
-    step: &wgpu::Buffer,
-    s: &MoeShape,
-    key: ShaderKey,
-    chunks: &'a [ExpertChunk],
-    buffers: impl Fn(&'a ExpertChunk) -> Vec<&'a wgpu::Buffer>,
-    x: u32,
-    count: Count,
-) -> Result<Vec<Dispatch>> {
-    check(s)?;
-    chunks
-        .iter()
-        .map(|c| {
-            Dispatch::new(
-                gpu,
-                &key,
-                step,
-                bytemuck::bytes_of(&params(s, c)),
-                &buffers(c),
-                x,
-                count,
-                1,
-            )
-        })
-        .collect()
-}
-
-/// act: [T*K, I] = SwiGLU(gate_up[idx](h) + bias) for h: [T, H], idx: [T*K], bias: [E, 2I].
-#[allow(clippy::too_many_arguments)]
-pub fn gate_up<'a>(
-    gpu: &Gpu,
-    step: &wgpu::Buffer,
-    s: &MoeShape,
-    h: &'a wgpu::Buffer,
-    idx: &'a wgpu::Buffer,
-    chunks: &'a [ExpertChunk],
-    bias: &'a wgpu::Buffer,
-    act: &'a wgpu::Buffer,
-) -> Result<Vec<Dispatch>> {
+    let mut out = Vec::new();
+    let key = ShaderKey::new("moe.wgsl", "route").define_if("ROUTE", true);
+    let p = params(s, 0, s.experts);
+    out.push(Dispatch::new(
+        gpu,
+        &key,
+        step,
+        bytemuck::bytes_of(&p),
+        &[b.idx, b.lists, b.counts],
+        s.experts,
+        Count::One,
+        1,
+    )?);
     let key = super::key(gpu, "moe.wgsl", "gate_up").define_if("GATE_UP", true);
-    let buffers = |c: &'a ExpertChunk| vec![h, idx, &c.blocks, &c.scales, bias, act];
-    per_chunk(
-        gpu,
-        step,
-        s,
-        key,
-        chunks,
-        buffers,
-        s.inter.div_ceil(R / 2),
-        Count::Slots,
-    )
-}
-
-/// x: [T, H] += sum_k wts[t, k] * (down[idx](act) + bias) for act: [T*K, I], bias: [E, H].
-#[allow(clippy::too_many_arguments)]
-pub fn down<'a>(
-    gpu: &Gpu,
-    step: &wgpu::Buffer,
-    s: &MoeShape,
-    act: &'a wgpu::Buffer,
-    idx: &'a wgpu::Buffer,
-    wts: &'a wgpu::Buffer,
-    chunks: &'a [ExpertChunk],
-    bias: &'a wgpu::Buffer,
-    x: &'a wgpu::Buffer,
-) -> Result<Vec<Dispatch>> {
+    for c in w.gate_up {
+        let p = params(s, c.start, c.count);
+        let bufs = [
+            b.h,
+            b.lists,
+            b.counts,
+            &c.blocks,
+            &c.scales,
+            w.gate_up_bias,
+            b.act,
+        ];
+        out.push(Dispatch::new(
+            gpu,
+            &key,
+            step,
+            bytemuck::bytes_of(&p),
+            &bufs,
+            (2 * s.inter).div_ceil(R),
+            Count::Fixed(c.count),
+            1,
+        )?);
+    }
     let key = super::key(gpu, "moe.wgsl", "down").define_if("DOWN", true);
-    let buffers = |c: &'a ExpertChunk| vec![act, idx, wts, &c.blocks, &c.scales, bias, x];
-    per_chunk(
+    for c in w.down {
+        let p = params(s, c.start, c.count);
+        let bufs = [
+            b.act,
+            b.lists,
+            b.counts,
+            b.wts,
+            &c.blocks,
+            &c.scales,
+            w.down_bias,
+            b.y,
+        ];
+        out.push(Dispatch::new(
+            gpu,
+            &key,
+            step,
+            bytemuck::bytes_of(&p),
+            &bufs,
+            s.hidden.div_ceil(R),
+            Count::Fixed(c.count),
+            1,
+        )?);
+    }
+    let key = ShaderKey::new("moe.wgsl", "combine").define_if("COMBINE", true);
+    let p = params(s, 0, s.experts);
+    out.push(Dispatch::new(
         gpu,
+        &key,
         step,
-        s,
-        key,
-        chunks,
-        buffers,
-        s.hidden.div_ceil(R),
+        bytemuck::bytes_of(&p),
+        &[b.y, b.x],
+        s.hidden.div_ceil(64),
         Count::Tokens,
-    )
+        1,
+    )?);
+    Ok(out)
 }
 
 /// MXFP4 dequantization on the host: one row of `cols` values from its blocks and scales.
@@ -181,6 +207,7 @@ mod tests {
         for gpu in gpus() {
             // (tokens, hidden, inter, experts, top_k, experts per buffer)
             for &(t, hd, it, e, k, per) in &[
+                (23, 64, 64, 3, 2, 2),
                 (1usize, 64usize, 32usize, 4usize, 2usize, 4usize),
                 (7, 96, 64, 6, 3, 4),
                 (3, 32, 96, 5, 1, 2),
@@ -191,6 +218,8 @@ mod tests {
                     top_k: k as u32,
                     limit: 7.0,
                     alpha: 1.702,
+                    experts: e as u32,
+                    max_slots: (t * k) as u32,
                 };
                 let (gu_b, gu_s) = random_mxfp4(&mut rng, e * 2 * it, hd);
                 let (dn_b, dn_s) = random_mxfp4(&mut rng, e * hd, it);
@@ -236,9 +265,27 @@ mod tests {
                 let gbb = gpu.upload("gub", f32_bytes(&gu_bias)).unwrap();
                 let dbb = gpu.upload("dnb", f32_bytes(&dn_bias)).unwrap();
                 let ab = gpu.storage("act", (t * k * it * 4) as u64).unwrap();
+                let yb = gpu.storage("y", (t * k * hd * 4) as u64).unwrap();
+                let lb = gpu.storage("lists", (e * t * k * 4) as u64).unwrap();
+                let cb = gpu.storage("counts", (e * 4) as u64).unwrap();
                 let step = step_buffer(gpu);
-                let mut d = gate_up(gpu, &step, &s, &hb, &ib, &gu, &gbb, &ab).unwrap();
-                d.extend(down(gpu, &step, &s, &ab, &ib, &wb, &dn, &dbb, &xb).unwrap());
+                let bufs = MoeBuffers {
+                    idx: &ib,
+                    wts: &wb,
+                    lists: &lb,
+                    counts: &cb,
+                    h: &hb,
+                    act: &ab,
+                    y: &yb,
+                    x: &xb,
+                };
+                let ws = MoeWeights {
+                    gate_up: &gu,
+                    gate_up_bias: &gbb,
+                    down: &dn,
+                    down_bias: &dbb,
+                };
+                let d = build(gpu, &step, &s, &bufs, &ws).unwrap();
                 let c = StepCounts {
                     tokens: t as u32,
                     slots: (t * k) as u32,

@@ -12,7 +12,7 @@ use crate::gpu::dispatch::{self, StepCounts};
 use crate::gpu::{Count, Dispatch, Gpu, Rows, Split};
 use crate::kernels::attention::{self, Attention};
 use crate::kernels::linear::{self, Linear};
-use crate::kernels::moe::{self, ExpertChunk, MoeShape};
+use crate::kernels::moe::{self, ExpertChunk, MoeBuffers, MoeShape, MoeWeights};
 use crate::kernels::rmsnorm::{self, RmsNorm};
 use crate::kernels::rope::{self, Rope};
 use crate::kernels::sample::{self, SampleParams};
@@ -403,6 +403,9 @@ impl Model {
             ("expert_idx", t * k * 4),
             ("expert_wts", t * k * 4),
             ("expert_act", t * k * i as u64 * 4),
+            ("expert_out", t * k * h * 4),
+            ("expert_lists", e as u64 * t * k * 4),
+            ("expert_counts", e as u64 * 4),
             ("final_h", o * h * 4),
             ("logits", o * v * 4),
             ("sampling", o * 32),
@@ -656,31 +659,29 @@ impl Model {
             let shape = MoeShape {
                 hidden: c.hidden,
                 inter: c.inter,
+                experts: c.experts,
                 top_k: c.top_k,
                 limit: c.swiglu_limit,
                 alpha: c.swiglu_alpha,
+                max_slots: opts.max_tokens * c.top_k,
             };
-            ds.extend(moe::gate_up(
-                g,
-                &step,
-                &shape,
-                a("h"),
-                a("expert_idx"),
-                &gu,
-                &gu_b,
-                a("expert_act"),
-            )?);
-            ds.extend(moe::down(
-                g,
-                &step,
-                &shape,
-                a("expert_act"),
-                a("expert_idx"),
-                a("expert_wts"),
-                &dn,
-                &dn_b,
-                a("x"),
-            )?);
+            let buffers = MoeBuffers {
+                idx: a("expert_idx"),
+                wts: a("expert_wts"),
+                lists: a("expert_lists"),
+                counts: a("expert_counts"),
+                h: a("h"),
+                act: a("expert_act"),
+                y: a("expert_out"),
+                x: a("x"),
+            };
+            let weights = MoeWeights {
+                gate_up: &gu,
+                gate_up_bias: &gu_b,
+                down: &dn,
+                down_bias: &dn_b,
+            };
+            ds.extend(moe::build(g, &step, &shape, &buffers, &weights)?);
 
             bufs.extend([ln1, ln2, sinks, router_b, gu_b, dn_b]);
             bufs.extend(qkv_b);
