@@ -1,15 +1,21 @@
 // MXFP4: blocks of 32 values, 16 bytes of e2m1 codes plus one e8m0 scale byte. Element 2j is the
 // low nibble of byte j, so nibble n of a little-endian word (low to high) is element n of its 8.
-var<private> FP4: array<f32, 16> = array<f32, 16>(
-    0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0,
-    -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0,
-);
+// e2m1 codes to f32 by building the float's bits: sign s, exponent field e, mantissa bit m gives
+// 0, 0.5 (e = 0, m = 1: subnormal) or (1 + m/2) * 2^(e - 1). Arithmetic instead of a table keeps the
+// decode in registers (a dynamically indexed private array lands in slow local memory on NVIDIA).
+fn fp4x4(n: vec4<u32>) -> vec4<f32> {
+    let mag = n & vec4<u32>(7u);
+    var bits = (((mag >> vec4<u32>(1u)) + vec4<u32>(126u)) << vec4<u32>(23u)) | ((mag & vec4<u32>(1u)) << vec4<u32>(22u));
+    bits = select(bits, vec4<u32>(126u << 23u), mag == vec4<u32>(1u));
+    bits = select(bits, vec4<u32>(0u), mag == vec4<u32>(0u));
+    return bitcast<vec4<f32>>(bits | ((n & vec4<u32>(8u)) << vec4<u32>(28u)));
+}
 
 // Dot product of the 8 codes in `w` with inputs a (elements 0..3) and b (elements 4..7).
 fn fp4_dot8(w: u32, a: vec4<f32>, b: vec4<f32>) -> f32 {
-    let lo = vec4<f32>(FP4[w & 15u], FP4[(w >> 4u) & 15u], FP4[(w >> 8u) & 15u], FP4[(w >> 12u) & 15u]);
-    let hi = vec4<f32>(FP4[(w >> 16u) & 15u], FP4[(w >> 20u) & 15u], FP4[(w >> 24u) & 15u], FP4[w >> 28u]);
-    return dot(lo, a) + dot(hi, b);
+    let lo = vec4<u32>(w, w >> 4u, w >> 8u, w >> 12u) & vec4<u32>(15u);
+    let hi = vec4<u32>(w >> 16u, w >> 20u, w >> 24u, w >> 28u) & vec4<u32>(15u);
+    return dot(fp4x4(lo), a) + dot(fp4x4(hi), b);
 }
 
 // e8m0 scale: 2^(s - 127). ldexp keeps the tiny exponents exact where the hardware has denormals.
