@@ -2,7 +2,8 @@
 // Bindings: x [count, k] f32, W rows [rows, k] bf16 (this buffer's part of the matrix), bias [n_out]
 // f32, y [count, n_out] f32. Grid: (ceil(rows / R), ceil(count / TT)); each workgroup computes R
 // rows for TT tokens so a weight word is read once per TT tokens. ACCUMULATE adds into y (the
-// residual stream) instead of overwriting. Variants: SUBGROUPS.
+// residual stream) instead of overwriting. Variants: SUBGROUPS; VEC8 (k a multiple of 8) reads 8
+// weights and 8 inputs per load, which quarters the load instructions of the memory-bound decode.
 #include "common/step.wgsl"
 #include "common/bf16.wgsl"
 
@@ -18,8 +19,13 @@ struct Params {
 }
 
 @group(0) @binding(1) var<uniform> p: Params;
+#ifdef VEC8
+@group(0) @binding(2) var<storage, read> x: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read> w: array<vec4<u32>>;
+#else
 @group(0) @binding(2) var<storage, read> x: array<f32>;
 @group(0) @binding(3) var<storage, read> w: array<u32>;
+#endif
 @group(0) @binding(4) var<storage, read> bias: array<f32>;
 @group(0) @binding(5) var<storage, read_write> y: array<f32>;
 
@@ -36,8 +42,33 @@ fn main(lanes: Lanes, @builtin(workgroup_id) wg: vec3<u32>) {
     let count = step_count(p.count_which);
     let r0 = wg.x * R;
     let t0 = wg.y * TT;
-    let half_k = p.k / 2u;
     var acc: array<f32, NV>;
+#ifdef VEC8
+    // Unit i covers inputs 8i .. 8i + 7: one vec4 of bf16 pairs, two vec4 of inputs.
+    let units = p.k / 8u;
+    for (var i = lid; i < units; i += WG) {
+        var xa: array<vec4<f32>, TT>;
+        var xb: array<vec4<f32>, TT>;
+        for (var tt = 0u; tt < TT; tt++) {
+            let t = t0 + tt;
+            if t < count {
+                xa[tt] = x[(t * p.k) / 4u + 2u * i];
+                xb[tt] = x[(t * p.k) / 4u + 2u * i + 1u];
+            }
+        }
+        for (var r = 0u; r < R; r++) {
+            if r0 + r < p.rows {
+                let q = w[(r0 + r) * units + i];
+                let wa = vec4<f32>(bf16_lo(q.x), bf16_hi(q.x), bf16_lo(q.y), bf16_hi(q.y));
+                let wb = vec4<f32>(bf16_lo(q.z), bf16_hi(q.z), bf16_lo(q.w), bf16_hi(q.w));
+                for (var tt = 0u; tt < TT; tt++) {
+                    acc[r * TT + tt] += dot(wa, xa[tt]) + dot(wb, xb[tt]);
+                }
+            }
+        }
+    }
+#else
+    let half_k = p.k / 2u;
     for (var i = lid; i < half_k; i += WG) {
         var xv: array<vec2<f32>, TT>;
         for (var tt = 0u; tt < TT; tt++) {
@@ -56,6 +87,7 @@ fn main(lanes: Lanes, @builtin(workgroup_id) wg: vec3<u32>) {
             }
         }
     }
+#endif
     reduce_sum(&acc);
     if lid < NV {
         let row = r0 + lid / TT;

@@ -50,7 +50,7 @@ pub fn build(gpu: &Gpu, step: &wgpu::Buffer, l: &Linear) -> Result<Vec<Dispatch>
             got: vec![covered as usize, l.k as usize],
         });
     }
-    let key = super::key(gpu, "linear.wgsl", "main");
+    let key = super::key(gpu, "linear.wgsl", "main").define_if("VEC8", l.k % 8 == 0);
     l.w.chunks
         .iter()
         .map(|c| {

@@ -40,6 +40,7 @@ pub fn all_variants() -> Vec<ShaderKey> {
         let k = |f, e| ShaderKey::new(f, e).define_if("SUBGROUPS", sg);
         out.push(k("rmsnorm.wgsl", "main"));
         out.push(k("linear.wgsl", "main"));
+        out.push(k("linear.wgsl", "main").define_if("VEC8", true));
         out.push(k("sample.wgsl", "main"));
         out.push(k("moe.wgsl", "gate_up").define_if("GATE_UP", true));
         out.push(k("moe.wgsl", "down").define_if("DOWN", true));
