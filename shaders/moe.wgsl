@@ -11,7 +11,7 @@
 //   g = W_gate_up[e] h[t] + bias[e] (2I values, even = gate, odd = up);
 //   gate = min(g_even, limit); up = clamp(g_odd, -limit, limit);   (the clamp is upper-only on gate)
 //   act[s, i] = gate * sigmoid(alpha * gate) * (up + 1).
-//   Bindings: h [T, H], lists, counts, blocks [e_count, 2I, H/32, 16] u8, scales [e_count, 2I, H/32]
+//   Bindings: h [T, H], lists, counts, blocks [e_count, 2I, H/32] of 16 bytes, scales [e_count, 2I, H/32]
 //   u8, bias [E, 2I] f32, act [T*K, I]. Grid: (ceil(2I / R), e_count).
 // DOWN: y[s, n] = wts[s] * (W_down[e] act[s] + bias[e])[n].
 //   Bindings: act, lists, counts, wts [T*K], blocks [e_count, H, I/32, 16], scales, bias [E, H],
@@ -85,7 +85,7 @@ fn route(lanes: Lanes, @builtin(workgroup_id) wg: vec3<u32>) {
 @group(0) @binding(2) var<storage, read> h: array<f32>;
 @group(0) @binding(3) var<storage, read> lists: array<u32>;
 @group(0) @binding(4) var<storage, read> counts: array<u32>;
-@group(0) @binding(5) var<storage, read> blocks: array<u32>;
+@group(0) @binding(5) var<storage, read> blocks: array<vec4<u32>>;
 @group(0) @binding(6) var<storage, read> scales: array<u32>;
 @group(0) @binding(7) var<storage, read> bias: array<f32>;
 @group(0) @binding(8) var<storage, read_write> act: array<f32>;
@@ -96,7 +96,7 @@ fn route(lanes: Lanes, @builtin(workgroup_id) wg: vec3<u32>) {
 @group(0) @binding(3) var<storage, read> lists: array<u32>;
 @group(0) @binding(4) var<storage, read> counts: array<u32>;
 @group(0) @binding(5) var<storage, read> wts: array<f32>;
-@group(0) @binding(6) var<storage, read> blocks: array<u32>;
+@group(0) @binding(6) var<storage, read> blocks: array<vec4<u32>>;
 @group(0) @binding(7) var<storage, read> scales: array<u32>;
 @group(0) @binding(8) var<storage, read> bias: array<f32>;
 @group(0) @binding(9) var<storage, read_write> y: array<f32>;
@@ -135,7 +135,8 @@ fn project(acc: ptr<function, array<f32, NV>>, lid: u32, e_local: u32, row0: u32
         for (var r = 0u; r < R; r++) {
             if row0 + r < rows {
                 let blk = (e_local * rows + row0 + r) * n_blocks + b;
-                w[r] = vec4<u32>(blocks[blk * 4u], blocks[blk * 4u + 1u], blocks[blk * 4u + 2u], blocks[blk * 4u + 3u]);
+                // One 16-byte load per block of 32 codes.
+                w[r] = blocks[blk];
                 sc[r] = e8m0(byte_of(scales[blk / 4u], blk));
             }
         }

@@ -17,7 +17,8 @@ struct Params {
 @group(0) @binding(4) var<storage, read> rows: array<u32>;
 @group(0) @binding(5) var<storage, read_write> out: array<f32>;
 
-const WG: u32 = 64u;
+// 256 threads: one workgroup per row, so a decode step's norm is one workgroup's latency.
+const WG: u32 = 256u;
 const NV: u32 = 1u;
 #include "common/reduce.wgsl"
 
