@@ -5,11 +5,6 @@ use wgpu::util::DeviceExt;
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 
-/// A plain storage buffer holding one tensor.
-pub struct Tensor {
-    pub buffer: wgpu::Buffer,
-}
-
 /// A contiguous range of rows of a larger matrix, in a buffer of its own.
 pub struct Rows {
     pub buffer: wgpu::Buffer,

@@ -207,8 +207,6 @@ impl Gpu {
                 label: Some(&label),
                 source: wgpu::ShaderSource::Wgsl(source.as_str().into()),
             });
-        let constants: Vec<(&str, f64)> =
-            key.overrides.iter().map(|(k, v)| (*k, *v as f64)).collect();
         let pipeline = self
             .device
             .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
@@ -217,7 +215,7 @@ impl Gpu {
                 module: &module,
                 entry_point: Some(key.entry),
                 compilation_options: wgpu::PipelineCompilationOptions {
-                    constants: &constants,
+                    constants: &[],
                     zero_initialize_workgroup_memory: false,
                 },
                 cache: None,

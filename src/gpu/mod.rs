@@ -4,7 +4,7 @@ pub mod context;
 pub mod dispatch;
 pub mod shader;
 
-pub use buffer::{Rows, Split, Tensor};
+pub use buffer::{Rows, Split};
 pub use context::{Caps, Gpu, GpuOptions};
 pub use dispatch::{Count, Dispatch, StepCounts};
 pub use shader::ShaderKey;

@@ -1,8 +1,7 @@
 //! WGSL sources, a small preprocessor, and the keys that name each compiled variant.
 //!
-//! Two ways to specialize a kernel, never mixed: text variants (`#ifdef SUBGROUPS`, `enable f16;`)
-//! chosen by `defines`, and pipeline-overridable constants (`override WG: u32`) for tuning numbers.
-//! Only `#include "file"`, `#ifdef NAME`, `#ifndef NAME`, `#else` and `#endif` are understood; a
+//! Kernels are specialized by text variants (`#ifdef SUBGROUPS`, `enable f16;`) chosen by
+//! `defines`; tuning numbers are WGSL constants in each file. Only `#include "file"`, `#ifdef NAME`, `#ifndef NAME`, `#else` and `#endif` are understood; a
 //! define that the source never tests is an error, so a misspelt flag cannot be ignored silently.
 
 use std::collections::BTreeSet;
@@ -59,13 +58,12 @@ fn lookup(name: &str) -> Result<&'static str> {
         })
 }
 
-/// One compiled variant: file, entry point, text defines and override constants.
+/// One compiled variant: file, entry point and text defines.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ShaderKey {
     pub file: &'static str,
     pub entry: &'static str,
     pub defines: BTreeSet<&'static str>,
-    pub overrides: Vec<(&'static str, u32)>,
 }
 
 impl ShaderKey {
@@ -74,7 +72,6 @@ impl ShaderKey {
             file,
             entry,
             defines: BTreeSet::new(),
-            overrides: Vec::new(),
         }
     }
 
@@ -86,21 +83,12 @@ impl ShaderKey {
         self
     }
 
-    /// Sets an override constant.
-    pub fn set(mut self, name: &'static str, value: u32) -> Self {
-        self.overrides.push((name, value));
-        self
-    }
-
-    /// A readable unique label such as `linear.main.SUBGROUPS.WG=64`.
+    /// A readable unique label such as `linear.main.SUBGROUPS.VEC8`.
     pub fn label(&self) -> String {
         let mut s = format!("{}.{}", self.file.trim_end_matches(".wgsl"), self.entry);
         for d in &self.defines {
             s.push('.');
             s.push_str(d);
-        }
-        for (k, v) in &self.overrides {
-            s.push_str(&format!(".{k}={v}"));
         }
         s
     }

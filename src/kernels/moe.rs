@@ -170,8 +170,9 @@ pub fn build(
     Ok(out)
 }
 
-/// MXFP4 dequantization on the host: one row of `cols` values from its blocks and scales.
-pub fn dequant_row(blocks: &[u8], scales: &[u8]) -> Vec<f32> {
+/// MXFP4 dequantization on the host (the tests' reference): one row of `cols` values from its blocks and scales.
+#[cfg(test)]
+fn dequant_row(blocks: &[u8], scales: &[u8]) -> Vec<f32> {
     const LUT: [f32; 16] = [
         0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0,
     ];

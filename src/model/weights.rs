@@ -88,10 +88,6 @@ impl<B: AsRef<[u8]>> Shards<B> {
         }
         Ok(Shards { files, index })
     }
-
-    pub fn names(&self) -> impl Iterator<Item = &String> {
-        self.index.keys()
-    }
 }
 
 impl<B: AsRef<[u8]>> WeightSource for Shards<B> {
