@@ -154,6 +154,20 @@ fn project(acc: ptr<function, array<f32, NV>>, lid: u32, e_local: u32, row0: u32
         }
     }
 }
+
+// Slots routed to expert e (none when the pass has no tokens).
+fn expert_slots(e: u32) -> u32 {
+    return select(counts[e], 0u, step.slots == 0u);
+}
+
+// Slots j0 .. j0 + live of expert e.
+fn tile_slots(e: u32, j0: u32, live: u32) -> array<u32, TT> {
+    var slot: array<u32, TT>;
+    for (var tt = 0u; tt < live; tt++) {
+        slot[tt] = lists[e * p.list_stride + j0 + tt];
+    }
+    return slot;
+}
 #endif
 #endif
 
@@ -167,16 +181,14 @@ fn gate_up(lanes: Lanes, @builtin(workgroup_id) wg: vec3<u32>) {
     reduce_setup(lanes);
     let lid = lanes.lid;
     let e = p.e_start + wg.y;
-    // Slots of this expert (none when the pass has no tokens).
-    let n = select(counts[e], 0u, step.slots == 0u);
+    let n = expert_slots(e);
     let rows = 2u * p.inter;
     let row0 = wg.x * R;
     for (var j0 = 0u; j0 < n; j0 += TT) {
         let live = min(TT, n - j0);
-        var slot: array<u32, TT>;
+        let slot = tile_slots(e, j0, live);
         var base: array<u32, TT>;
         for (var tt = 0u; tt < live; tt++) {
-            slot[tt] = lists[e * p.list_stride + j0 + tt];
             base[tt] = (slot[tt] / p.top_k) * p.hidden;
         }
         var acc: array<f32, NV>;
@@ -212,14 +224,13 @@ fn down(lanes: Lanes, @builtin(workgroup_id) wg: vec3<u32>) {
     reduce_setup(lanes);
     let lid = lanes.lid;
     let e = p.e_start + wg.y;
-    let n = select(counts[e], 0u, step.slots == 0u);
+    let n = expert_slots(e);
     let row0 = wg.x * R;
     for (var j0 = 0u; j0 < n; j0 += TT) {
         let live = min(TT, n - j0);
-        var slot: array<u32, TT>;
+        let slot = tile_slots(e, j0, live);
         var base: array<u32, TT>;
         for (var tt = 0u; tt < live; tt++) {
-            slot[tt] = lists[e * p.list_stride + j0 + tt];
             base[tt] = slot[tt] * p.inter;
         }
         var acc: array<f32, NV>;

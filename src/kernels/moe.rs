@@ -80,6 +80,35 @@ fn params(s: &MoeShape, start: u32, count: u32) -> Params {
     }
 }
 
+/// One dispatch per expert chunk: `rows` output rows in workgroups of R rows, one workgroup row
+/// per expert of the chunk.
+fn per_chunk<'a>(
+    gpu: &Gpu,
+    step: &wgpu::Buffer,
+    s: &MoeShape,
+    key: &ShaderKey,
+    chunks: &'a [ExpertChunk],
+    rows: u32,
+    buffers: impl Fn(&'a ExpertChunk) -> Vec<&'a wgpu::Buffer>,
+) -> Result<Vec<Dispatch>> {
+    chunks
+        .iter()
+        .map(|c| {
+            let p = params(s, c.start, c.count);
+            Dispatch::new(
+                gpu,
+                key,
+                step,
+                bytemuck::bytes_of(&p),
+                &buffers(c),
+                rows.div_ceil(R),
+                Count::Fixed(c.count),
+                1,
+            )
+        })
+        .collect()
+}
+
 /// The whole MoE block: x += sum_k w_k * (down_k(SwiGLU(gate_up_k(h) + b)) + b), as route,
 /// gate_up and down per expert chunk, and combine.
 pub fn build(
@@ -109,32 +138,28 @@ pub fn build(
         1,
     )?);
     let key = super::key(gpu, "moe.wgsl", "gate_up").define_if("GATE_UP", true);
-    for c in w.gate_up {
-        let p = params(s, c.start, c.count);
-        let bufs = [
-            b.h,
-            b.lists,
-            b.counts,
-            &c.blocks,
-            &c.scales,
-            w.gate_up_bias,
-            b.act,
-        ];
-        out.push(Dispatch::new(
-            gpu,
-            &key,
-            step,
-            bytemuck::bytes_of(&p),
-            &bufs,
-            (2 * s.inter).div_ceil(R),
-            Count::Fixed(c.count),
-            1,
-        )?);
-    }
+    out.extend(per_chunk(
+        gpu,
+        step,
+        s,
+        &key,
+        w.gate_up,
+        2 * s.inter,
+        |c| {
+            vec![
+                b.h,
+                b.lists,
+                b.counts,
+                &c.blocks,
+                &c.scales,
+                w.gate_up_bias,
+                b.act,
+            ]
+        },
+    )?);
     let key = super::key(gpu, "moe.wgsl", "down").define_if("DOWN", true);
-    for c in w.down {
-        let p = params(s, c.start, c.count);
-        let bufs = [
+    out.extend(per_chunk(gpu, step, s, &key, w.down, s.hidden, |c| {
+        vec![
             b.act,
             b.lists,
             b.counts,
@@ -143,18 +168,8 @@ pub fn build(
             &c.scales,
             w.down_bias,
             b.y,
-        ];
-        out.push(Dispatch::new(
-            gpu,
-            &key,
-            step,
-            bytemuck::bytes_of(&p),
-            &bufs,
-            s.hidden.div_ceil(R),
-            Count::Fixed(c.count),
-            1,
-        )?);
-    }
+        ]
+    })?);
     let key = ShaderKey::new("moe.wgsl", "combine").define_if("COMBINE", true);
     let p = params(s, 0, s.experts);
     out.push(Dispatch::new(
