@@ -2,7 +2,8 @@
 //!
 //! The [`Engine`] loads a Hugging Face checkpoint directory and generates tokens; the modules
 //! below it are the pieces: `gpu` (device, shaders, buffers), `kernels` (one per WGSL family),
-//! `model` (config, weights, forward graph), `engine` (requests, sampling, the step loop).
+//! `model` (config, weights, forward graph), `engine` (requests, sampling, the step loop),
+//! `chat` (the Harmony format, the OpenAI mapping, chat sessions) and `tokenizer`.
 
 #[cfg(feature = "native")]
 pub mod bench;
