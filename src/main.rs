@@ -126,8 +126,9 @@ struct GenerateArgs {
     /// Prompt as comma-separated token ids.
     #[arg(long, value_delimiter = ',')]
     token_ids: Option<Vec<u32>>,
-    #[arg(long, default_value_t = 128)]
-    max_tokens: u32,
+    /// Most tokens to generate (default: 2048 in chat mode, reasoning included; 128 with --raw).
+    #[arg(long)]
+    max_tokens: Option<u32>,
     #[arg(long, default_value_t = 1.0)]
     temperature: f32,
     #[arg(long, default_value_t = 1.0)]
@@ -396,7 +397,7 @@ fn generate(a: &GenerateArgs) -> Result<()> {
     let t0 = Instant::now();
     engine.submit(Request {
         prompt: prompt.clone(),
-        max_tokens: a.max_tokens,
+        max_tokens: a.max_tokens.unwrap_or(128),
         sampling,
         stop: vec![],
         ignore_eos: false,
@@ -506,7 +507,7 @@ fn generate_chat(a: &GenerateArgs, text: &str) -> Result<()> {
         &mut engine,
         text,
         sampling,
-        a.max_tokens,
+        a.max_tokens.unwrap_or(2048),
         &mut |ev| {
             let _ = match ev {
                 TurnEvent::Reasoning(t) if show => {
