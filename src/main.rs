@@ -491,8 +491,15 @@ fn effort(s: &str) -> Result<ReasoningEffort> {
         .with_context(|| format!("reasoning effort `{s}` is not low, medium or high"))
 }
 
-const DIM: &str = "\x1b[2m";
-const RESET: &str = "\x1b[0m";
+/// Escape codes that dim text, or nothing when stdout is not a terminal.
+fn dim_codes() -> (&'static str, &'static str) {
+    use std::io::IsTerminal;
+    if std::io::stdout().is_terminal() {
+        ("\x1b[2m", "\x1b[0m")
+    } else {
+        ("", "")
+    }
+}
 
 /// `generate` in chat mode: the prompt is a user message and the final answer is printed.
 fn generate_chat(a: &GenerateArgs, text: &str) -> Result<()> {
@@ -500,6 +507,7 @@ fn generate_chat(a: &GenerateArgs, text: &str) -> Result<()> {
     let mut session = ChatSession::new(today());
     session.effort = effort(&a.reasoning_effort)?;
     let (sampling, seed) = a.sampling();
+    let (dim, reset) = dim_codes();
     let mut stdout = std::io::stdout().lock();
     let (show, json) = (a.show_reasoning && !a.json, a.json);
     let mut in_reasoning = false;
@@ -512,7 +520,7 @@ fn generate_chat(a: &GenerateArgs, text: &str) -> Result<()> {
             let _ = match ev {
                 TurnEvent::Reasoning(t) if show => {
                     in_reasoning = true;
-                    write!(stdout, "{DIM}{t}{RESET}")
+                    write!(stdout, "{dim}{t}{reset}")
                 }
                 TurnEvent::Answer(t) if !json => {
                     if std::mem::take(&mut in_reasoning) {
@@ -541,7 +549,7 @@ fn generate_chat(a: &GenerateArgs, text: &str) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         if let Some(u) = &r.unparsed {
-            write!(stdout, "{DIM}(not in the chat format) {u}{RESET}")?;
+            write!(stdout, "{dim}(not in the chat format) {u}{reset}")?;
         }
         writeln!(stdout)?;
         eprintln!(
@@ -599,8 +607,7 @@ fn chat(a: &ChatArgs) -> Result<()> {
     use std::sync::atomic::{AtomicBool, Ordering};
     let mut engine = load(&a.model, 1)?;
     let interactive = std::io::stdin().is_terminal();
-    let color = std::io::stdout().is_terminal();
-    let (dim, reset) = if color { (DIM, RESET) } else { ("", "") };
+    let (dim, reset) = dim_codes();
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
     ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst))
