@@ -140,7 +140,12 @@ fn project(acc: ptr<function, array<f32, NV>>, lid: u32, e_local: u32, row0: u32
                 sc[r] = e8m0(byte_of(scales[blk / 4u], blk));
             }
         }
-        for (var tt = 0u; tt < live; tt++) {
+        // Constant trip counts with a guard: the loops unroll and the arrays stay in registers
+        // (a dynamically indexed array would live in local memory).
+        for (var tt = 0u; tt < TT; tt++) {
+            if tt >= live {
+                break;
+            }
             let xb = base[tt] + b * 32u;
             var xs: array<vec4<f32>, 8>;
             for (var q = 0u; q < 8u; q++) {
@@ -163,8 +168,10 @@ fn expert_slots(e: u32) -> u32 {
 // Slots j0 .. j0 + live of expert e.
 fn tile_slots(e: u32, j0: u32, live: u32) -> array<u32, TT> {
     var slot: array<u32, TT>;
-    for (var tt = 0u; tt < live; tt++) {
-        slot[tt] = lists[e * p.list_stride + j0 + tt];
+    for (var tt = 0u; tt < TT; tt++) {
+        if tt < live {
+            slot[tt] = lists[e * p.list_stride + j0 + tt];
+        }
     }
     return slot;
 }
@@ -188,7 +195,7 @@ fn gate_up(lanes: Lanes, @builtin(workgroup_id) wg: vec3<u32>) {
         let live = min(TT, n - j0);
         let slot = tile_slots(e, j0, live);
         var base: array<u32, TT>;
-        for (var tt = 0u; tt < live; tt++) {
+        for (var tt = 0u; tt < TT; tt++) {
             base[tt] = (slot[tt] / p.top_k) * p.hidden;
         }
         var acc: array<f32, NV>;
@@ -230,7 +237,7 @@ fn down(lanes: Lanes, @builtin(workgroup_id) wg: vec3<u32>) {
         let live = min(TT, n - j0);
         let slot = tile_slots(e, j0, live);
         var base: array<u32, TT>;
-        for (var tt = 0u; tt < live; tt++) {
+        for (var tt = 0u; tt < TT; tt++) {
             base[tt] = slot[tt] * p.inter;
         }
         var acc: array<f32, NV>;
