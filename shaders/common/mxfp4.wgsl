@@ -18,9 +18,10 @@ fn fp4_dot8(w: u32, a: vec4<f32>, b: vec4<f32>) -> f32 {
     return dot(fp4x4(lo), a) + dot(fp4x4(hi), b);
 }
 
-// e8m0 scale: 2^(s - 127). ldexp keeps the tiny exponents exact where the hardware has denormals.
+// e8m0 scale: 2^(s - 127), built as the float whose exponent field is s (s = 0 is the subnormal
+// 2^-127), which avoids a general ldexp.
 fn e8m0(s: u32) -> f32 {
-    return ldexp(1.0, i32(s) - 127);
+    return select(bitcast<f32>(s << 23u), bitcast<f32>(0x00400000u), s == 0u);
 }
 
 // Byte `i` of a u32 array viewed as bytes.
