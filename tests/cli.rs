@@ -160,6 +160,16 @@ fn generate_and_logits() {
     assert_clean_error(&out, "context");
     let out = run(&["generate", "--model", m, "--token-ids", "5000"]);
     assert_clean_error(&out, "vocabulary");
+    let out = run(&[
+        "generate",
+        "--model",
+        m,
+        "--token-ids",
+        "1,2",
+        "--max-tokens",
+        "0",
+    ]);
+    assert_clean_error(&out, "max_tokens");
 }
 
 #[test]

@@ -197,6 +197,9 @@ impl Engine {
         if req.prompt.is_empty() {
             return Err(Error::Request("the prompt is empty".into()));
         }
+        if req.max_tokens == 0 {
+            return Err(Error::Request("max_tokens must be at least 1".into()));
+        }
         if req.prompt.len() >= ctx {
             return Err(Error::Request(format!(
                 "the prompt has {} tokens but the context holds {ctx} (including at least one generated token)",
