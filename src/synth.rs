@@ -357,6 +357,8 @@ pub fn write(
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<()> {
     crate::model::HfConfig::from_json(&spec.config_json().to_string())?.validate()?;
+    // Built first so that a vocabulary it cannot serve fails before gigabytes are written.
+    let tokenizer = crate::tokenizer::gpt_oss_tokenizer_json(spec.vocab)?;
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let all = tensors(spec);
     let total: u64 = all.iter().map(Entry::bytes).sum();
@@ -420,9 +422,6 @@ pub fn write(
         &dir.join("generation_config.json"),
         &serde_json::to_string_pretty(&generation).unwrap_or_default(),
     )?;
-    write_file(
-        &dir.join("tokenizer.json"),
-        &crate::tokenizer::gpt_oss_tokenizer_json(spec.vocab)?,
-    )?;
+    write_file(&dir.join("tokenizer.json"), &tokenizer)?;
     Ok(())
 }
