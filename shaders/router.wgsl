@@ -27,21 +27,20 @@ fn main(@builtin(local_invocation_index) lid: u32,
     }
     let e_n = p.n_experts;
     let k_n = p.top_k;
-    var top = -3.0e38;
+    // Pass j picks the largest logit ranked after pick j-1 in (value descending, index ascending)
+    // order, so no list of taken experts is needed.
+    var prev_v = 3.0e38;
+    var prev_e = 0u;
+    var top = 0.0;
     for (var j = 0u; j < k_n; j++) {
         var best = -3.0e38;
-        var best_e = 0u;
-        var found = false;
+        var best_e = e_n;
         for (var e = 0u; e < e_n; e++) {
-            var taken = false;
-            for (var jj = 0u; jj < j; jj++) {
-                taken = taken || idx[t * k_n + jj] == e;
-            }
             let v = logits[t * e_n + e];
-            if !taken && (!found || v > best) {
+            let after_prev = j == 0u || v < prev_v || (v == prev_v && e > prev_e);
+            if after_prev && (best_e == e_n || v > best) {
                 best = v;
                 best_e = e;
-                found = true;
             }
         }
         idx[t * k_n + j] = best_e;
@@ -49,6 +48,8 @@ fn main(@builtin(local_invocation_index) lid: u32,
         if j == 0u {
             top = best;
         }
+        prev_v = best;
+        prev_e = best_e;
     }
     var sum = 0.0;
     for (var j = 0u; j < k_n; j++) {

@@ -72,7 +72,11 @@ mod tests {
                 (3, 128, 4),
                 (5, 7, 3),
             ] {
-                let logits = random(&mut rng, t * e, 3.0);
+                let mut logits = random(&mut rng, t * e, 3.0);
+                // Exact ties: the lower expert index ranks first.
+                for v in logits.iter_mut().step_by(3) {
+                    *v = 0.5;
+                }
                 let lb = gpu.upload("l", f32_bytes(&logits)).unwrap();
                 let ib = gpu.storage("i", (t * k * 4) as u64).unwrap();
                 let wb = gpu.storage("w", (t * k * 4) as u64).unwrap();
