@@ -3,7 +3,9 @@
 // f32, y [count, n_out] f32. Grid: (ceil(rows / R), ceil(count / TT)); each workgroup computes R
 // rows for TT tokens so a weight word is read once per TT tokens. ACCUMULATE adds into y (the
 // residual stream) instead of overwriting. Variants: SUBGROUPS; VEC8 (k a multiple of 8) reads 8
-// weights and 8 inputs per load, which quarters the load instructions of the memory-bound decode.
+// weights and 8 inputs per load, which quarters the load instructions of the memory-bound decode;
+// ONE_TOKEN (TT = 1) serves passes of a single row, where the token tile would only add reduction
+// work. Both give each token the same sums in the same order.
 #include "common/step.wgsl"
 #include "common/bf16.wgsl"
 
@@ -31,7 +33,12 @@ struct Params {
 
 const WG: u32 = 64u;
 const R: u32 = 4u;
+#ifdef ONE_TOKEN
+// Decode: one token, so no token tile to reduce over.
+const TT: u32 = 1u;
+#else
 const TT: u32 = 4u;
+#endif
 const NV: u32 = R * TT;
 #include "common/reduce.wgsl"
 

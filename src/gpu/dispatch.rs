@@ -42,6 +42,8 @@ pub struct Dispatch {
     /// Grid y is ceil(count / per_wg).
     pub count: Count,
     pub per_wg: u32,
+    /// Runs only while the count is in this range (a kernel variant tuned for some sizes).
+    pub active: std::ops::RangeInclusive<u32>,
     // The uniform holding this dispatch's fixed parameters, kept alive with the bind group.
     _params: wgpu::Buffer,
 }
@@ -103,6 +105,7 @@ impl Dispatch {
             x,
             count,
             per_wg: per_wg.max(1),
+            active: 0..=u32::MAX,
             _params: params_buf,
         })
     }
@@ -117,7 +120,13 @@ impl Dispatch {
             Count::Slots => c.slots,
         };
         let y = n.div_ceil(self.per_wg);
-        (y > 0 && self.x > 0).then_some([self.x, y, 1])
+        (y > 0 && self.x > 0 && self.active.contains(&n)).then_some([self.x, y, 1])
+    }
+
+    /// Restricts the dispatch to counts in `range`.
+    pub fn only_for(mut self, range: std::ops::RangeInclusive<u32>) -> Dispatch {
+        self.active = range;
+        self
     }
 
     /// Records the dispatch into a compute pass.

@@ -51,33 +51,30 @@ pub fn build(gpu: &Gpu, step: &wgpu::Buffer, l: &Linear) -> Result<Vec<Dispatch>
         });
     }
     let key = super::key(gpu, "linear.wgsl", "main").define_if("VEC8", l.k % 8 == 0);
-    l.w.chunks
-        .iter()
-        .map(|c| {
-            let p = Params {
-                k: l.k,
-                rows: c.count,
-                row_start: c.start,
-                n_out: l.n_out,
-                count_which: super::count_index(l.count),
-                has_bias: l.bias.is_some() as u32,
-                accumulate: l.accumulate as u32,
-                _pad: 0,
-            };
-            // Without a bias the binding still needs a buffer; x is read-only too.
-            let bias = l.bias.unwrap_or(l.x);
-            Dispatch::new(
-                gpu,
-                &key,
-                step,
-                bytemuck::bytes_of(&p),
-                &[l.x, &c.buffer, bias, l.y],
-                c.count.div_ceil(R),
-                l.count,
-                TT,
-            )
-        })
-        .collect()
+    let one = key.clone().define_if("ONE_TOKEN", true);
+    let mut out = Vec::new();
+    for c in &l.w.chunks {
+        let p = Params {
+            k: l.k,
+            rows: c.count,
+            row_start: c.start,
+            n_out: l.n_out,
+            count_which: super::count_index(l.count),
+            has_bias: l.bias.is_some() as u32,
+            accumulate: l.accumulate as u32,
+            _pad: 0,
+        };
+        // Without a bias the binding still needs a buffer; x is read-only too.
+        let bias = l.bias.unwrap_or(l.x);
+        let bufs = [l.x, &c.buffer, bias, l.y];
+        let params = bytemuck::bytes_of(&p);
+        let x = c.count.div_ceil(R);
+        out.push(Dispatch::new(gpu, &one, step, params, &bufs, x, l.count, 1)?.only_for(1..=1));
+        out.push(
+            Dispatch::new(gpu, &key, step, params, &bufs, x, l.count, TT)?.only_for(2..=u32::MAX),
+        );
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -118,6 +115,7 @@ mod tests {
             // (tokens, k, n, rows per buffer, accumulate)
             for &(t, k, n, split, acc) in &[
                 (1, 64, 8, 8, false),
+                (1, 98, 13, 5, true),
                 (7, 98, 13, 5, true),
                 (5, 256, 37, 37, false),
                 (9, 130, 20, 7, true),

@@ -41,6 +41,12 @@ pub fn all_variants() -> Vec<ShaderKey> {
         out.push(k("rmsnorm.wgsl", "main"));
         out.push(k("linear.wgsl", "main"));
         out.push(k("linear.wgsl", "main").define_if("VEC8", true));
+        out.push(k("linear.wgsl", "main").define_if("ONE_TOKEN", true));
+        out.push(
+            k("linear.wgsl", "main")
+                .define_if("VEC8", true)
+                .define_if("ONE_TOKEN", true),
+        );
         out.push(k("sample.wgsl", "main"));
         out.push(k("moe.wgsl", "gate_up").define_if("GATE_UP", true));
         out.push(k("moe.wgsl", "down").define_if("DOWN", true));
