@@ -18,7 +18,8 @@
 //   y [T*K, H]. Grid: (ceil(H / R), e_count).
 // COMBINE: x[t, n] += sum_j y[t*K + j, n] (the residual add), j in order.
 //   Bindings: y, x [T, H]. Grid: (ceil(H / WG), T).
-// Variants: ROUTE, GATE_UP, DOWN or COMBINE (different bindings), SUBGROUPS.
+// Variants: ROUTE, GATE_UP, DOWN or COMBINE (different bindings), SUBGROUPS, ONE_TOKEN (tiles of
+// one slot for single-token passes; each slot's sums are the same as with larger tiles).
 #include "common/step.wgsl"
 #include "common/mxfp4.wgsl"
 
@@ -38,7 +39,12 @@ struct Params {
 
 const WG: u32 = 64u;
 const R: u32 = 8u;
+#ifdef ONE_TOKEN
+// A pass of one token: every expert has at most one slot.
+const TT: u32 = 1u;
+#else
 const TT: u32 = 4u;
+#endif
 const NV: u32 = R * TT;
 #include "common/reduce.wgsl"
 

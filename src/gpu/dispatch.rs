@@ -21,6 +21,19 @@ pub struct StepCounts {
     pub _pad: u32,
 }
 
+impl StepCounts {
+    /// The value of one count.
+    pub fn get(&self, c: Count) -> u32 {
+        match c {
+            Count::One => 1,
+            Count::Fixed(n) => n,
+            Count::Tokens => self.tokens,
+            Count::Outputs => self.outputs,
+            Count::Slots => self.slots,
+        }
+    }
+}
+
 /// What the second grid dimension scales with.
 #[derive(Clone, Copy, Debug)]
 pub enum Count {
@@ -42,8 +55,8 @@ pub struct Dispatch {
     /// Grid y is ceil(count / per_wg).
     pub count: Count,
     pub per_wg: u32,
-    /// Runs only while the count is in this range (a kernel variant tuned for some sizes).
-    pub active: std::ops::RangeInclusive<u32>,
+    /// Runs only while this count is in this range (a kernel variant tuned for some sizes).
+    pub active: (Count, std::ops::RangeInclusive<u32>),
     // The uniform holding this dispatch's fixed parameters, kept alive with the bind group.
     _params: wgpu::Buffer,
 }
@@ -105,27 +118,21 @@ impl Dispatch {
             x,
             count,
             per_wg: per_wg.max(1),
-            active: 0..=u32::MAX,
+            active: (count, 0..=u32::MAX),
             _params: params_buf,
         })
     }
 
     /// The workgroup grid for a step, or `None` when there is nothing to do.
     pub fn grid(&self, c: &StepCounts) -> Option<[u32; 3]> {
-        let n = match self.count {
-            Count::One => 1,
-            Count::Fixed(n) => n,
-            Count::Tokens => c.tokens,
-            Count::Outputs => c.outputs,
-            Count::Slots => c.slots,
-        };
-        let y = n.div_ceil(self.per_wg);
-        (y > 0 && self.x > 0 && self.active.contains(&n)).then_some([self.x, y, 1])
+        let y = c.get(self.count).div_ceil(self.per_wg);
+        let active = self.active.1.contains(&c.get(self.active.0));
+        (y > 0 && self.x > 0 && active).then_some([self.x, y, 1])
     }
 
-    /// Restricts the dispatch to counts in `range`.
-    pub fn only_for(mut self, range: std::ops::RangeInclusive<u32>) -> Dispatch {
-        self.active = range;
+    /// Restricts the dispatch to steps whose `count` is in `range`.
+    pub fn only_for(mut self, count: Count, range: std::ops::RangeInclusive<u32>) -> Dispatch {
+        self.active = (count, range);
         self
     }
 

@@ -69,9 +69,12 @@ pub fn build(gpu: &Gpu, step: &wgpu::Buffer, l: &Linear) -> Result<Vec<Dispatch>
         let bufs = [l.x, &c.buffer, bias, l.y];
         let params = bytemuck::bytes_of(&p);
         let x = c.count.div_ceil(R);
-        out.push(Dispatch::new(gpu, &one, step, params, &bufs, x, l.count, 1)?.only_for(1..=1));
         out.push(
-            Dispatch::new(gpu, &key, step, params, &bufs, x, l.count, TT)?.only_for(2..=u32::MAX),
+            Dispatch::new(gpu, &one, step, params, &bufs, x, l.count, 1)?.only_for(l.count, 1..=1),
+        );
+        out.push(
+            Dispatch::new(gpu, &key, step, params, &bufs, x, l.count, TT)?
+                .only_for(l.count, 2..=u32::MAX),
         );
     }
     Ok(out)

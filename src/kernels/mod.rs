@@ -48,8 +48,18 @@ pub fn all_variants() -> Vec<ShaderKey> {
                 .define_if("ONE_TOKEN", true),
         );
         out.push(k("sample.wgsl", "main"));
-        out.push(k("moe.wgsl", "gate_up").define_if("GATE_UP", true));
-        out.push(k("moe.wgsl", "down").define_if("DOWN", true));
+        for one in [false, true] {
+            out.push(
+                k("moe.wgsl", "gate_up")
+                    .define_if("GATE_UP", true)
+                    .define_if("ONE_TOKEN", one),
+            );
+            out.push(
+                k("moe.wgsl", "down")
+                    .define_if("DOWN", true)
+                    .define_if("ONE_TOKEN", one),
+            );
+        }
         out.push(ShaderKey::new("moe.wgsl", "route").define_if("ROUTE", true));
         out.push(ShaderKey::new("moe.wgsl", "combine").define_if("COMBINE", true));
     }

@@ -91,22 +91,17 @@ fn per_chunk<'a>(
     rows: u32,
     buffers: impl Fn(&'a ExpertChunk) -> Vec<&'a wgpu::Buffer>,
 ) -> Result<Vec<Dispatch>> {
-    chunks
-        .iter()
-        .map(|c| {
-            let p = params(s, c.start, c.count);
-            Dispatch::new(
-                gpu,
-                key,
-                step,
-                bytemuck::bytes_of(&p),
-                &buffers(c),
-                rows.div_ceil(R),
-                Count::Fixed(c.count),
-                1,
-            )
-        })
-        .collect()
+    let one = key.clone().define_if("ONE_TOKEN", true);
+    let mut out = Vec::new();
+    for c in chunks {
+        let p = params(s, c.start, c.count);
+        let (bufs, x, y) = (buffers(c), rows.div_ceil(R), Count::Fixed(c.count));
+        let d = Dispatch::new(gpu, &one, step, bytemuck::bytes_of(&p), &bufs, x, y, 1)?;
+        out.push(d.only_for(Count::Tokens, 1..=1));
+        let d = Dispatch::new(gpu, key, step, bytemuck::bytes_of(&p), &bufs, x, y, 1)?;
+        out.push(d.only_for(Count::Tokens, 2..=u32::MAX));
+    }
+    Ok(out)
 }
 
 /// The whole MoE block: x += sum_k w_k * (down_k(SwiGLU(gate_up_k(h) + b)) + b), as route,
