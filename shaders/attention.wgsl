@@ -6,12 +6,7 @@
 // [seqs, cap, NKV, D], sinks [NH] f32, out [T, NH * D] f32.
 // Grid: (NH, T). Keys are visited in chunks of WG: one score per thread, then the chunk's
 // contribution to each output dim. Variants: KV_F16 (cache stored in f16, math in f32).
-#ifdef KV_F16
-enable f16;
-alias kv = f16;
-#else
-alias kv = f32;
-#endif
+#include "common/kv.wgsl"
 #include "common/step.wgsl"
 
 struct Params {

@@ -5,12 +5,7 @@
 // rotated in place), k_cache and v_cache [seqs, cap, NKV, D] f32 (slot = pos % cap; cap is the
 // sliding window ring or the full context). Grid: (1, T). Variants: KV_F16 stores the cache in
 // f16 (half the memory and attention bandwidth).
-#ifdef KV_F16
-enable f16;
-alias kv = f16;
-#else
-alias kv = f32;
-#endif
+#include "common/kv.wgsl"
 #include "common/step.wgsl"
 
 struct Params {
