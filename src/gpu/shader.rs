@@ -26,6 +26,10 @@ const SOURCES: &[(&str, &str)] = &[
         "common/mxfp4.wgsl",
         include_str!("../../shaders/common/mxfp4.wgsl"),
     ),
+    (
+        "common/kv.wgsl",
+        include_str!("../../shaders/common/kv.wgsl"),
+    ),
     ("embed.wgsl", include_str!("../../shaders/embed.wgsl")),
     ("rmsnorm.wgsl", include_str!("../../shaders/rmsnorm.wgsl")),
     ("linear.wgsl", include_str!("../../shaders/linear.wgsl")),
