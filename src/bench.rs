@@ -171,11 +171,11 @@ pub fn run(
         seq: 0,
         _pad: 0,
     }];
-    report.decode_kernels_us = micros(model.profile(&Batch {
+    report.decode_kernels_us = micros(pollster::block_on(model.profile(&Batch {
         tokens: &one,
         outputs: &[0],
         sampling: &greedy(1),
-    })?);
+    }))?);
     let n = prompt_lens
         .iter()
         .copied()
@@ -190,10 +190,10 @@ pub fn run(
             _pad: 0,
         })
         .collect();
-    report.prefill_kernels_us = micros(model.profile(&Batch {
+    report.prefill_kernels_us = micros(pollster::block_on(model.profile(&Batch {
         tokens: &toks,
         outputs: &[n - 1],
         sampling: &greedy(1),
-    })?);
+    }))?);
     Ok(report)
 }

@@ -1,5 +1,10 @@
 //! Storage buffers: creation, upload, read-back, and tensors split by rows over several buffers.
 
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
+
 use wgpu::util::DeviceExt;
 
 use crate::error::{Error, Result};
@@ -89,7 +94,7 @@ impl Gpu {
         let mut enc = self.device.create_command_encoder(&Default::default());
         enc.copy_buffer_to_buffer(buf, 0, &staging, 0, size);
         self.queue.submit([enc.finish()]);
-        let mut out = map_read(self, &staging, size)?;
+        let mut out = pollster::block_on(map_read(self, &staging, size))?;
         out.truncate(bytes as usize);
         Ok(out)
     }
@@ -134,16 +139,16 @@ impl Gpu {
     }
 }
 
-/// Maps a MAP_READ buffer and copies its contents out.
-pub fn map_read(gpu: &Gpu, staging: &wgpu::Buffer, size: u64) -> Result<Vec<u8>> {
+/// Maps a MAP_READ buffer and copies its contents out. Natively the GPU is polled until the map
+/// completes; in the browser the future resolves when the event loop delivers the map.
+pub async fn map_read(gpu: &Gpu, staging: &wgpu::Buffer, size: u64) -> Result<Vec<u8>> {
     let slice = staging.slice(..size);
-    let (tx, rx) = std::sync::mpsc::channel();
-    slice.map_async(wgpu::MapMode::Read, move |r| {
-        let _ = tx.send(r);
-    });
+    let done = MapDone::default();
+    let signal = done.clone();
+    slice.map_async(wgpu::MapMode::Read, move |r| signal.finish(r));
+    // Natively this runs the callback; on the web it does nothing and the await yields instead.
     gpu.wait()?;
-    rx.recv()
-        .map_err(|_| Error::Device("read-back never completed".into()))?
+    done.await
         .map_err(|e| Error::Device(format!("read-back failed: {e}")))?;
     let out = slice
         .get_mapped_range()
@@ -151,4 +156,42 @@ pub fn map_read(gpu: &Gpu, staging: &wgpu::Buffer, size: u64) -> Result<Vec<u8>>
         .to_vec();
     staging.unmap();
     Ok(out)
+}
+
+/// A one-shot future for a buffer map: the callback stores the result and wakes the waiter.
+#[derive(Clone, Default)]
+struct MapDone(Arc<Mutex<MapState>>);
+
+#[derive(Default)]
+struct MapState {
+    result: Option<std::result::Result<(), wgpu::BufferAsyncError>>,
+    waker: Option<Waker>,
+}
+
+impl MapDone {
+    fn finish(&self, r: std::result::Result<(), wgpu::BufferAsyncError>) {
+        if let Ok(mut st) = self.0.lock() {
+            st.result = Some(r);
+            if let Some(w) = st.waker.take() {
+                w.wake();
+            }
+        }
+    }
+}
+
+impl Future for MapDone {
+    type Output = std::result::Result<(), wgpu::BufferAsyncError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let Ok(mut st) = self.0.lock() else {
+            return Poll::Ready(Err(wgpu::BufferAsyncError));
+        };
+        match st.result.take() {
+            Some(r) => Poll::Ready(r),
+            None => {
+                st.waker = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        }
+    }
 }

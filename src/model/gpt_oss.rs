@@ -853,7 +853,7 @@ impl Model {
         if n == 0 {
             return Ok(Vec::new());
         }
-        let bytes = crate::gpu::buffer::map_read(g, &self.ids_staging, n)?;
+        let bytes = crate::gpu::buffer::map_read(g, &self.ids_staging, n).await?;
         Ok(bytemuck::pod_collect_to_vec(&bytes))
     }
 
@@ -867,7 +867,7 @@ impl Model {
 
     /// GPU time per kernel family over one forward pass, from timestamp queries (None when the
     /// adapter has none).
-    pub fn profile(&self, b: &Batch<'_>) -> Result<Option<Vec<(String, f64)>>> {
+    pub async fn profile(&self, b: &Batch<'_>) -> Result<Option<Vec<(String, f64)>>> {
         let g = &self.gpu;
         if !g.caps.timestamps {
             return Ok(None);
@@ -908,11 +908,8 @@ impl Model {
         enc.resolve_query_set(&set, 0..2 * n, &resolve, 0);
         enc.copy_buffer_to_buffer(&resolve, 0, &staging, 0, 16 * n as u64);
         g.queue.submit([enc.finish()]);
-        let ticks: Vec<u64> = bytemuck::pod_collect_to_vec(&crate::gpu::buffer::map_read(
-            g,
-            &staging,
-            16 * n as u64,
-        )?);
+        let bytes = crate::gpu::buffer::map_read(g, &staging, 16 * n as u64).await?;
+        let ticks: Vec<u64> = bytemuck::pod_collect_to_vec(&bytes);
         let period = g.queue.get_timestamp_period() as f64;
         let mut per: Vec<(String, f64)> = Vec::new();
         for (i, d) in self.dispatches.iter().enumerate() {
