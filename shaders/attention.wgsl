@@ -5,7 +5,8 @@
 // Bindings: tokens [T], qkv [T, (NH + 2 NKV) * D] (q already rotated), k_cache, v_cache
 // [seqs, cap, NKV, D], sinks [NH] f32, out [T, NH * D] f32.
 // Grid: (NH, T). Keys are visited in chunks of WG: one score per thread, then the chunk's
-// contribution to each output dim. Variants: KV_F16 (cache stored in f16, math in f32).
+// contribution to each output dim. Keys are read 4 dims per load (D is a multiple of 4).
+// Variants: KV_F16 (cache stored in f16, math in f32).
 #include "common/kv.wgsl"
 #include "common/step.wgsl"
 
@@ -23,7 +24,7 @@ struct Params {
 @group(0) @binding(1) var<uniform> p: Params;
 @group(0) @binding(2) var<storage, read> tokens: array<TokenInfo>;
 @group(0) @binding(3) var<storage, read> qkv: array<f32>;
-@group(0) @binding(4) var<storage, read> k_cache: array<kv>;
+@group(0) @binding(4) var<storage, read> k_cache: array<vec4<kv>>;
 @group(0) @binding(5) var<storage, read> v_cache: array<kv>;
 @group(0) @binding(6) var<storage, read> sinks: array<f32>;
 @group(0) @binding(7) var<storage, read_write> out: array<f32>;
@@ -33,8 +34,9 @@ const MAX_D: u32 = 256u;
 const DPT: u32 = MAX_D / WG;
 const NEG: f32 = -3.0e38;
 
-var<workgroup> qs: array<f32, MAX_D>;
+var<workgroup> qs: array<vec4<f32>, MAX_D / 4u>;
 var<workgroup> score: array<f32, WG>;
+var<workgroup> prob: array<f32, WG>;
 
 @compute @workgroup_size(WG)
 fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>) {
@@ -47,8 +49,9 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: ve
     let d = p.head_dim;
     let kvh = h / (p.n_heads / p.n_kv);
     let stride = (p.n_heads + 2u * p.n_kv) * d;
-    for (var i = lid; i < d; i += WG) {
-        qs[i] = qkv[t * stride + h * d + i];
+    let q0 = t * stride + h * d;
+    for (var i = lid; i < d / 4u; i += WG) {
+        qs[i] = vec4<f32>(qkv[q0 + 4u * i], qkv[q0 + 4u * i + 1u], qkv[q0 + 4u * i + 2u], qkv[q0 + 4u * i + 3u]);
     }
     workgroupBarrier();
 
@@ -64,10 +67,10 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: ve
         let n = min(WG, tok.pos + 1u - base);
         var s = NEG;
         if lid < n {
-            let kb = ((seq_base + (base + lid) % p.cap) * p.n_kv + kvh) * d;
+            let kb = ((seq_base + (base + lid) % p.cap) * p.n_kv + kvh) * d / 4u;
             var dot_qk = 0.0;
-            for (var i = 0u; i < d; i++) {
-                dot_qk += qs[i] * f32(k_cache[kb + i]);
+            for (var i = 0u; i < d / 4u; i++) {
+                dot_qk += dot(qs[i], vec4<f32>(k_cache[kb + i]));
             }
             s = dot_qk * p.scale;
         }
@@ -79,9 +82,12 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: ve
         }
         let m_new = max(m, m_chunk);
         let corr = exp(m - m_new);
+        // Each key's weight once, shared by every output dim.
+        prob[lid] = select(0.0, exp(s - m_new), lid < n);
+        workgroupBarrier();
         var psum = 0.0;
         for (var j = 0u; j < n; j++) {
-            psum += exp(score[j] - m_new);
+            psum += prob[j];
         }
         l = l * corr + psum;
         for (var k = 0u; k < DPT; k++) {
@@ -90,7 +96,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: ve
                 var a = acc[k] * corr;
                 for (var j = 0u; j < n; j++) {
                     let vb = ((seq_base + (base + j) % p.cap) * p.n_kv + kvh) * d;
-                    a += exp(score[j] - m_new) * f32(v_cache[vb + i]);
+                    a += prob[j] * f32(v_cache[vb + i]);
                 }
                 acc[k] = a;
             }

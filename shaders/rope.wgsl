@@ -22,7 +22,8 @@ struct Params {
 @group(0) @binding(5) var<storage, read_write> k_cache: array<kv>;
 @group(0) @binding(6) var<storage, read_write> v_cache: array<kv>;
 
-const WG: u32 = 64u;
+// One workgroup per token: 256 threads cover the heads of a decode step in a few passes.
+const WG: u32 = 256u;
 
 @compute @workgroup_size(WG)
 fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>) {

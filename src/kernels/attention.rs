@@ -37,7 +37,7 @@ pub(crate) fn build(
     p: Params,
     kv_f16: bool,
 ) -> Result<Dispatch> {
-    if p.head_dim > MAX_HEAD_DIM || p.n_kv == 0 || p.n_heads % p.n_kv != 0 {
+    if p.head_dim > MAX_HEAD_DIM || p.head_dim % 4 != 0 || p.n_kv == 0 || p.n_heads % p.n_kv != 0 {
         return Err(Error::Unsupported(format!(
             "attention with {} heads, {} kv heads, head dim {}",
             p.n_heads, p.n_kv, p.head_dim

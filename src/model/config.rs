@@ -179,9 +179,9 @@ impl HfConfig {
                 "num_attention_heads ({heads}) must be a multiple of num_key_value_heads ({kv_heads})"
             )));
         }
-        if head_dim % 2 != 0 || head_dim > crate::kernels::attention::MAX_HEAD_DIM {
+        if head_dim % 4 != 0 || head_dim > crate::kernels::attention::MAX_HEAD_DIM {
             return Err(Error::Config(format!(
-                "head_dim {head_dim} must be even and at most 256"
+                "head_dim {head_dim} must be a multiple of 4 and at most 256"
             )));
         }
         if top_k > experts {
