@@ -33,12 +33,7 @@ struct Params {
 
 const WG: u32 = 64u;
 const R: u32 = 4u;
-#ifdef ONE_TOKEN
-// Decode: one token, so no token tile to reduce over.
-const TT: u32 = 1u;
-#else
-const TT: u32 = 4u;
-#endif
+#include "common/token_tile.wgsl"
 const NV: u32 = R * TT;
 #include "common/reduce.wgsl"
 

@@ -39,12 +39,7 @@ struct Params {
 
 const WG: u32 = 64u;
 const R: u32 = 8u;
-#ifdef ONE_TOKEN
-// A pass of one token: every expert has at most one slot.
-const TT: u32 = 1u;
-#else
-const TT: u32 = 4u;
-#endif
+#include "common/token_tile.wgsl"
 const NV: u32 = R * TT;
 #include "common/reduce.wgsl"
 
@@ -131,9 +126,10 @@ fn combine(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg:
 #ifndef ROUTE
 #ifndef COMBINE
 // acc[r * TT + tt] += row r (of rows [row0, row0 + R) of the expert's `rows` rows, k inputs) . the
-// input of slot tt, for the blocks this thread owns. `input_of(tt)` is the slot's input offset.
+// input of slot[tt], for the blocks this thread owns. Each variant defines input(i) and
+// input_base(slot), the offset of a slot's input vector.
 fn project(acc: ptr<function, array<f32, NV>>, lid: u32, e_local: u32, row0: u32, rows: u32, k: u32,
-           base: array<u32, TT>, live: u32) {
+           slot: array<u32, TT>, live: u32) {
     let n_blocks = k / 32u;
     for (var b = lid; b < n_blocks; b += WG) {
         var w: array<vec4<u32>, R>;
@@ -152,7 +148,7 @@ fn project(acc: ptr<function, array<f32, NV>>, lid: u32, e_local: u32, row0: u32
             if tt >= live {
                 break;
             }
-            let xb = base[tt] + b * 32u;
+            let xb = input_base(slot[tt]) + b * 32u;
             var xs: array<vec4<f32>, 8>;
             for (var q = 0u; q < 8u; q++) {
                 xs[q] = vec4<f32>(input(xb + 4u * q), input(xb + 4u * q + 1u), input(xb + 4u * q + 2u), input(xb + 4u * q + 3u));
@@ -189,6 +185,11 @@ fn input(i: u32) -> f32 {
     return h[i];
 }
 
+// A slot reads the normed hidden state of its token.
+fn input_base(slot: u32) -> u32 {
+    return (slot / p.top_k) * p.hidden;
+}
+
 @compute @workgroup_size(WG)
 fn gate_up(lanes: Lanes, @builtin(workgroup_id) wg: vec3<u32>) {
     reduce_setup(lanes);
@@ -200,12 +201,8 @@ fn gate_up(lanes: Lanes, @builtin(workgroup_id) wg: vec3<u32>) {
     for (var j0 = 0u; j0 < n; j0 += TT) {
         let live = min(TT, n - j0);
         let slot = tile_slots(e, j0, live);
-        var base: array<u32, TT>;
-        for (var tt = 0u; tt < TT; tt++) {
-            base[tt] = (slot[tt] / p.top_k) * p.hidden;
-        }
         var acc: array<f32, NV>;
-        project(&acc, lid, wg.y, row0, rows, p.hidden, base, live);
+        project(&acc, lid, wg.y, row0, rows, p.hidden, slot, live);
         reduce_sum(&acc);
         // Thread (pair, tt) finishes one gate/up pair of one slot.
         if lid < (R / 2u) * TT {
@@ -232,6 +229,11 @@ fn input(i: u32) -> f32 {
     return act[i];
 }
 
+// A slot reads its own activation.
+fn input_base(slot: u32) -> u32 {
+    return slot * p.inter;
+}
+
 @compute @workgroup_size(WG)
 fn down(lanes: Lanes, @builtin(workgroup_id) wg: vec3<u32>) {
     reduce_setup(lanes);
@@ -242,12 +244,8 @@ fn down(lanes: Lanes, @builtin(workgroup_id) wg: vec3<u32>) {
     for (var j0 = 0u; j0 < n; j0 += TT) {
         let live = min(TT, n - j0);
         let slot = tile_slots(e, j0, live);
-        var base: array<u32, TT>;
-        for (var tt = 0u; tt < TT; tt++) {
-            base[tt] = slot[tt] * p.inter;
-        }
         var acc: array<f32, NV>;
-        project(&acc, lid, wg.y, row0, p.hidden, p.inter, base, live);
+        project(&acc, lid, wg.y, row0, p.hidden, p.inter, slot, live);
         reduce_sum(&acc);
         if lid < NV {
             let r = lid / TT;

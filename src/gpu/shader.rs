@@ -8,39 +8,29 @@ use std::collections::BTreeSet;
 
 use crate::error::{Error, Result};
 
-/// Every WGSL file, embedded at build time, by its path under `shaders/`.
-const SOURCES: &[(&str, &str)] = &[
-    (
-        "common/reduce.wgsl",
-        include_str!("../../shaders/common/reduce.wgsl"),
-    ),
-    (
-        "common/step.wgsl",
-        include_str!("../../shaders/common/step.wgsl"),
-    ),
-    (
-        "common/bf16.wgsl",
-        include_str!("../../shaders/common/bf16.wgsl"),
-    ),
-    (
-        "common/mxfp4.wgsl",
-        include_str!("../../shaders/common/mxfp4.wgsl"),
-    ),
-    (
-        "common/kv.wgsl",
-        include_str!("../../shaders/common/kv.wgsl"),
-    ),
-    ("embed.wgsl", include_str!("../../shaders/embed.wgsl")),
-    ("rmsnorm.wgsl", include_str!("../../shaders/rmsnorm.wgsl")),
-    ("linear.wgsl", include_str!("../../shaders/linear.wgsl")),
-    ("rope.wgsl", include_str!("../../shaders/rope.wgsl")),
-    (
-        "attention.wgsl",
-        include_str!("../../shaders/attention.wgsl"),
-    ),
-    ("router.wgsl", include_str!("../../shaders/router.wgsl")),
-    ("moe.wgsl", include_str!("../../shaders/moe.wgsl")),
-    ("sample.wgsl", include_str!("../../shaders/sample.wgsl")),
+/// (path under `shaders/`, text) for a list of WGSL files embedded at build time.
+macro_rules! embed_wgsl {
+    ($($path:literal),* $(,)?) => {
+        &[$(($path, include_str!(concat!("../../shaders/", $path)))),*]
+    };
+}
+
+/// Every WGSL file, by its path under `shaders/`.
+const SOURCES: &[(&str, &str)] = embed_wgsl![
+    "common/reduce.wgsl",
+    "common/step.wgsl",
+    "common/bf16.wgsl",
+    "common/mxfp4.wgsl",
+    "common/kv.wgsl",
+    "common/token_tile.wgsl",
+    "embed.wgsl",
+    "rmsnorm.wgsl",
+    "linear.wgsl",
+    "rope.wgsl",
+    "attention.wgsl",
+    "router.wgsl",
+    "moe.wgsl",
+    "sample.wgsl",
 ];
 
 /// Names the kernel files (without `common/`), for the shader validation sweep.

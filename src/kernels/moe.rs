@@ -120,13 +120,14 @@ pub fn build(
         )));
     }
     let mut out = Vec::new();
+    // Route and combine span every expert.
+    let all = params(s, 0, s.experts);
     let key = ShaderKey::new("moe.wgsl", "route").define_if("ROUTE", true);
-    let p = params(s, 0, s.experts);
     out.push(Dispatch::new(
         gpu,
         &key,
         step,
-        bytemuck::bytes_of(&p),
+        bytemuck::bytes_of(&all),
         &[b.idx, b.lists, b.counts],
         s.experts,
         Count::One,
@@ -166,12 +167,11 @@ pub fn build(
         ]
     })?);
     let key = ShaderKey::new("moe.wgsl", "combine").define_if("COMBINE", true);
-    let p = params(s, 0, s.experts);
     out.push(Dispatch::new(
         gpu,
         &key,
         step,
-        bytemuck::bytes_of(&p),
+        bytemuck::bytes_of(&all),
         &[b.y, b.x],
         s.hidden.div_ceil(64),
         Count::Tokens,
