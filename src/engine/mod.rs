@@ -118,6 +118,18 @@ pub struct Engine {
     running: Vec<Sequence>,
     free_slots: Vec<u32>,
     next_id: RequestId,
+    scratch: StepScratch,
+}
+
+/// Per-step buffers kept between steps.
+#[derive(Default)]
+struct StepScratch {
+    work: Vec<scheduler::Work>,
+    tokens: Vec<TokenInfo>,
+    outputs: Vec<u32>,
+    sampling: Vec<SampleParams>,
+    /// Running-sequence index of each output row.
+    sampled: Vec<usize>,
 }
 
 impl Engine {
@@ -131,6 +143,7 @@ impl Engine {
             running: Vec::new(),
             free_slots,
             next_id: 0,
+            scratch: StepScratch::default(),
         }
     }
 
@@ -266,16 +279,25 @@ impl Engine {
         if self.running.is_empty() {
             return Ok(Vec::new());
         }
-        let work = plan(
+        // The step's inputs reuse the engine's buffers: no allocation per step once warm.
+        let sc = &mut self.scratch;
+        plan(
             &self.running,
             self.model.opts.max_tokens as usize,
             self.model.max_outputs as usize,
+            &mut sc.work,
         );
-        let mut tokens = Vec::new();
-        let mut outputs = Vec::new();
-        let mut sampling = Vec::new();
-        let mut sampled_seqs = Vec::new();
-        for w in &work {
+        let (tokens, outputs, sampling, sampled_seqs) = (
+            &mut sc.tokens,
+            &mut sc.outputs,
+            &mut sc.sampling,
+            &mut sc.sampled,
+        );
+        tokens.clear();
+        outputs.clear();
+        sampling.clear();
+        sampled_seqs.clear();
+        for w in &sc.work {
             let s = &self.running[w.seq];
             for p in w.start..w.start + w.len {
                 tokens.push(TokenInfo {
@@ -302,12 +324,12 @@ impl Engine {
         let ids = self
             .model
             .sample(&Batch {
-                tokens: &tokens,
-                outputs: &outputs,
-                sampling: &sampling,
+                tokens,
+                outputs,
+                sampling,
             })
             .await?;
-        for w in &work {
+        for w in &sc.work {
             self.running[w.seq].cached = w.start + w.len;
         }
         let mut events = Vec::new();

@@ -14,28 +14,31 @@ pub struct Work {
     pub len: usize,
 }
 
-pub(crate) fn plan(running: &[Sequence], max_tokens: usize, max_outputs: usize) -> Vec<Work> {
-    let pending: Vec<(usize, usize, usize)> = running
-        .iter()
-        .enumerate()
-        .map(|(i, s)| (i, s.cached, s.tokens.len() - s.cached))
-        .collect();
-    let mut out = Vec::new();
+/// Fills `out` (cleared first) with the next pass's work.
+pub(crate) fn plan(
+    running: &[Sequence],
+    max_tokens: usize,
+    max_outputs: usize,
+    out: &mut Vec<Work>,
+) {
+    out.clear();
+    let pending = || {
+        running
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (i, s.cached, s.tokens.len() - s.cached))
+    };
     let mut budget = max_tokens;
     let mut outputs = 0;
-    for &(i, start, n) in pending.iter().filter(|p| p.2 == 1) {
+    for (seq, start, n) in pending().filter(|p| p.2 == 1) {
         if budget == 0 || outputs == max_outputs {
             break;
         }
-        out.push(Work {
-            seq: i,
-            start,
-            len: n,
-        });
+        out.push(Work { seq, start, len: n });
         budget -= 1;
         outputs += 1;
     }
-    for &(i, start, n) in pending.iter().filter(|p| p.2 > 1) {
+    for (seq, start, n) in pending().filter(|p| p.2 > 1) {
         if budget == 0 {
             break;
         }
@@ -46,10 +49,9 @@ pub(crate) fn plan(running: &[Sequence], max_tokens: usize, max_outputs: usize) 
             }
             outputs += 1;
         }
-        out.push(Work { seq: i, start, len });
+        out.push(Work { seq, start, len });
         budget -= len;
     }
-    out
 }
 
 #[cfg(test)]
@@ -78,7 +80,8 @@ mod tests {
     #[test]
     fn decode_first_then_prompt_chunks() {
         let running = vec![seq(300, 0), seq(5, 4), seq(20, 0)];
-        let w = plan(&running, 64, 8);
+        let mut w = Vec::new();
+        plan(&running, 64, 8, &mut w);
         assert_eq!(
             w,
             vec![
@@ -96,7 +99,8 @@ mod tests {
         );
         // Once the long prompt is mostly cached its tail and the next prompt share a pass.
         let running = vec![seq(300, 290), seq(20, 0)];
-        let w = plan(&running, 64, 8);
+        let mut w = Vec::new();
+        plan(&running, 64, 8, &mut w);
         assert_eq!(
             w,
             vec![
@@ -117,7 +121,8 @@ mod tests {
     #[test]
     fn output_rows_are_capped() {
         let running = vec![seq(3, 2), seq(3, 2), seq(4, 0)];
-        let w = plan(&running, 64, 2);
+        let mut w = Vec::new();
+        plan(&running, 64, 2, &mut w);
         assert_eq!(w.len(), 2);
         assert!(w.iter().all(|x| x.len == 1));
     }
