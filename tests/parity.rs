@@ -199,7 +199,7 @@ fn chunked_prefill_and_split_weights_match() {
     // Passes of 48 tokens wrap the sliding-window ring several times; a 64 KiB binding limit
     // splits the embedding, lm_head, attention and expert weights over many buffers.
     let opts = GpuOptions {
-        max_binding: Some(64 << 10),
+        split_bytes: Some(64 << 10),
         ..Default::default()
     };
     let Some(e) = engine(dir.path(), opts, 48, false) else {

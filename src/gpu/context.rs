@@ -39,7 +39,7 @@ pub struct GpuOptions {
     pub portable: bool,
     /// Split weights at this many bytes instead of at the adapter's binding limit (tests use it
     /// to exercise split weights on small models).
-    pub max_binding: Option<u64>,
+    pub split_bytes: Option<u64>,
 }
 
 impl GpuOptions {
@@ -47,12 +47,12 @@ impl GpuOptions {
     /// `GPT_OSS_SPLIT_BYTES=<bytes>` lowers the size at which weights are split.
     pub fn from_env() -> Self {
         let portable = std::env::var("GPT_OSS_PORTABLE").is_ok_and(|v| v != "0" && !v.is_empty());
-        let max_binding = std::env::var("GPT_OSS_SPLIT_BYTES")
+        let split_bytes = std::env::var("GPT_OSS_SPLIT_BYTES")
             .ok()
             .and_then(|v| v.parse().ok());
         GpuOptions {
             portable,
-            max_binding,
+            split_bytes,
             ..Default::default()
         }
     }
@@ -159,7 +159,7 @@ impl Gpu {
             .await
             .map_err(|e| Error::Device(format!("cannot open {}: {e}", adapter.get_info().name)))?;
         let mut gpu = Gpu::from_device(device, queue, adapter.get_info());
-        if let Some(b) = opts.max_binding {
+        if let Some(b) = opts.split_bytes {
             gpu.caps.split_bytes = gpu.caps.max_binding.min(b);
         }
         Ok(gpu)
