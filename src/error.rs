@@ -5,9 +5,11 @@
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A tensor whose shape disagrees with the config.
-    #[error("tensor `{tensor}` has shape {got:?}, expected {expected:?}")]
+    #[error("{file}: tensor `{tensor}` has shape {got:?}, expected {expected:?}")]
     Shape {
         tensor: String,
+        /// Where the tensor came from (a file, or the kernel that checked it).
+        file: String,
         expected: Vec<usize>,
         got: Vec<usize>,
     },
@@ -20,8 +22,8 @@ pub enum Error {
     /// A checkpoint that is missing, truncated or malformed.
     #[error("checkpoint: {0}")]
     Weights(String),
-    /// A config.json value that is missing or invalid.
-    #[error("config.json: {0}")]
+    /// A config.json value that is missing or invalid (the message names the file where known).
+    #[error("{0}")]
     Config(String),
     /// A shader that failed to preprocess or compile.
     #[error("shader `{key}`: {msg}")]
@@ -29,19 +31,16 @@ pub enum Error {
     /// The GPU device could not be created, was lost, or reported an error.
     #[error("GPU: {0}")]
     Device(String),
-    /// A request that cannot be served as given.
-    #[error("request: {0}")]
+    /// A request that cannot be served as given (the message says which value and why).
+    #[error("{0}")]
     Request(String),
     /// Tokenizer loading or encoding failed.
     #[error("tokenizer: {0}")]
     Tokenizer(String),
-    /// A file could not be read or written.
-    #[error("{path}: {source}")]
-    Io {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
+    /// A file could not be read or written. The OS error is part of the message, not a separate
+    /// source, so that error chains do not print it twice.
+    #[error("{path}: {err}")]
+    Io { path: String, err: std::io::Error },
 }
 
 /// Result with the crate's [`Error`].
@@ -49,10 +48,10 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
     /// Wraps an I/O error with the path it concerns.
-    pub fn io(path: impl AsRef<std::path::Path>, source: std::io::Error) -> Self {
+    pub fn io(path: impl AsRef<std::path::Path>, err: std::io::Error) -> Self {
         Error::Io {
             path: path.as_ref().display().to_string(),
-            source,
+            err,
         }
     }
 }

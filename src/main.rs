@@ -10,8 +10,11 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use gpt_oss_wgpu::chat::harmony::Harmony;
 use gpt_oss_wgpu::chat::{
-    AssistantMessage, ChatRequest, ChatSession, ReasoningEffort, Role, StreamParser, TurnEvent,
+    AssistantMessage, ChatRequest, ChatSession, ReasoningEffort, Role, StopText, StreamParser,
+    TurnEvent,
 };
+use gpt_oss_wgpu::engine::check_request;
+use gpt_oss_wgpu::model::weights::Checkpoint;
 use gpt_oss_wgpu::model::{Batch, TokenInfo};
 use gpt_oss_wgpu::synth::{self, SynthSpec};
 use gpt_oss_wgpu::{
@@ -36,7 +39,8 @@ enum Command {
     Devices(DeviceArgs),
     /// Write a random-weight checkpoint in the released Hugging Face layout.
     Synth(SynthArgs),
-    /// Generate a completion of raw text (or token ids), streaming it to stdout.
+    /// Answer a prompt (a user message in the chat format; --raw continues plain text), streaming
+    /// to stdout.
     Generate(GenerateArgs),
     /// Write the logits of every position of a token sequence to a safetensors file.
     Logits(LogitsArgs),
@@ -114,16 +118,19 @@ struct SynthArgs {
     /// Start a new shard after this many MiB.
     #[arg(long)]
     shard_mib: Option<u64>,
+    /// Write into --out even if it already holds files (they may be overwritten).
+    #[arg(long)]
+    force: bool,
 }
 
 #[derive(Args)]
 struct GenerateArgs {
     #[command(flatten)]
     model: ModelArgs,
-    /// Prompt text (raw, no chat format).
+    /// Prompt text: a user message in the Harmony chat format (with --raw: text to continue).
     #[arg(long, conflicts_with = "token_ids")]
     prompt: Option<String>,
-    /// Prompt as comma-separated token ids.
+    /// Prompt as comma-separated token ids, continued as they are (no chat format).
     #[arg(long, value_delimiter = ',')]
     token_ids: Option<Vec<u32>>,
     /// Most tokens to generate (default: 2048 in chat mode, reasoning included; 128 with --raw).
@@ -154,6 +161,10 @@ struct GenerateArgs {
     /// In chat mode: reasoning effort (low, medium, high).
     #[arg(long, default_value = "medium")]
     reasoning_effort: String,
+    /// Stop when the output (the answer, in chat mode) contains this text; may be repeated.
+    /// The stop text itself is not printed.
+    #[arg(long)]
+    stop: Vec<String>,
 }
 
 #[derive(Args)]
@@ -193,6 +204,9 @@ struct ChatArgs {
     /// Do not show the model's reasoning.
     #[arg(long)]
     hide_reasoning: bool,
+    /// Continue a conversation saved with /save (a chat-completions request file).
+    #[arg(long)]
+    load: Option<PathBuf>,
 }
 
 /// Options shared by `chat` and chat-mode `generate`.
@@ -211,9 +225,15 @@ struct ChatOptions {
     temperature: f32,
     #[arg(long, default_value_t = 1.0)]
     top_p: f32,
+    /// Keep only the k most likely tokens (0 keeps all).
+    #[arg(long, default_value_t = 0)]
+    top_k: u32,
     /// Sampling seed (random when omitted).
     #[arg(long)]
     seed: Option<u64>,
+    /// End an answer when it contains this text; may be repeated. The stop text is not shown.
+    #[arg(long)]
+    stop: Vec<String>,
 }
 
 #[derive(Args)]
@@ -296,23 +316,59 @@ fn bar(len: u64, msg: &str) -> ProgressBar {
     pb
 }
 
-fn load(m: &ModelArgs, max_seqs: u32) -> Result<Engine> {
+/// Opens a checkpoint without loading its weights: config.json, shard headers and the tokenizer,
+/// enough to check a request before minutes of uploading.
+fn open(m: &ModelArgs) -> Result<Checkpoint> {
+    let ckpt = gpt_oss_wgpu::model::weights::load_dir(&m.model)?;
+    if ckpt.builtin_tokenizer {
+        eprintln!(
+            "note: {} has no tokenizer.json; using the built-in gpt-oss tokenizer (o200k_base \
+             with the Harmony tokens)",
+            m.model.display()
+        );
+    }
+    Ok(ckpt)
+}
+
+/// Positions per sequence: --max-context, capped by the model's own limit.
+fn context(m: &ModelArgs, ckpt: &Checkpoint) -> u32 {
+    m.max_context.min(ckpt.config.max_positions)
+}
+
+/// The checkpoint's tokenizer, or an error saying how to do without one.
+fn tokenizer_of<'a>(m: &ModelArgs, ckpt: &'a Checkpoint) -> Result<&'a Tokenizer> {
+    ckpt.tokenizer.as_ref().with_context(|| {
+        format!(
+            "{} has no tokenizer.json and its vocabulary is too small for the built-in one; \
+             pass --token-ids",
+            m.model.display()
+        )
+    })
+}
+
+/// Opens the GPU and uploads an opened checkpoint.
+fn load(m: &ModelArgs, ckpt: Checkpoint, max_seqs: u32) -> Result<Engine> {
     let gpu = pollster::block_on(Gpu::new(&gpu_options(&m.device)?))?;
     eprintln!("using {} ({:?})", gpu.info.name, gpu.info.backend);
-    let cfg = gpt_oss_wgpu::model::weights::load_dir(&m.model)?.config;
+    if gpu.info.device_type == wgpu::DeviceType::Cpu {
+        eprintln!(
+            "note: {} is a software adapter (the CPU emulating a GPU): expect it to be slow; \
+             `gpt-oss-wgpu devices` lists the others",
+            gpu.info.name
+        );
+    }
     let opts = ModelOptions {
         max_tokens: m.chunk,
         max_seqs,
-        max_context: m.max_context.min(cfg.max_positions),
+        max_context: context(m, &ckpt),
         kv_f16: !m.kv_f32,
     };
     let pb = bar(0, "loading");
     let t0 = Instant::now();
-    let engine = Engine::load_dir(Arc::new(gpu), &m.model, opts, &mut |done, total| {
+    let engine = Engine::from_checkpoint(Arc::new(gpu), ckpt, opts, &mut |done, total| {
         pb.set_length(total);
         pb.set_position(done);
-    })
-    .with_context(|| format!("loading {}", m.model.display()))?;
+    })?;
     pb.finish_and_clear();
     eprintln!(
         "loaded {} in {:.1}s: {:.2} GiB weights, {:.2} GiB KV cache ({})",
@@ -359,6 +415,14 @@ fn synth_cmd(a: &SynthArgs) -> Result<()> {
     if let Some(m) = a.shard_mib {
         s.shard_bytes = m.max(1) << 20;
     }
+    let occupied = std::fs::read_dir(&a.out).is_ok_and(|mut d| d.next().is_some());
+    if occupied && !a.force {
+        bail!(
+            "{} already exists and is not empty; choose another --out or add --force to write \
+             over it",
+            a.out.display()
+        );
+    }
     let pb = bar(0, "writing");
     synth::write(&a.out, &s, a.seed, &mut |done, total| {
         pb.set_length(total);
@@ -381,28 +445,27 @@ fn generate(a: &GenerateArgs) -> Result<()> {
     if let (Some(text), false) = (&a.prompt, a.raw) {
         return generate_chat(a, text);
     }
-    let mut engine = load(&a.model, 1)?;
+    let ckpt = open(&a.model)?;
     let prompt = match (&a.prompt, &a.token_ids) {
-        (Some(text), _) => match &engine.tokenizer {
-            Some(t) => t.encode(text)?,
-            None => bail!(
-                "{} has no tokenizer.json; pass --token-ids",
-                a.model.model.display()
-            ),
-        },
+        (Some(text), _) => tokenizer_of(&a.model, &ckpt)?.encode(text)?,
         (None, Some(ids)) => ids.clone(),
         (None, None) => bail!("give --prompt TEXT or --token-ids 1,2,3"),
     };
     let (sampling, seed) = a.sampling();
-    let t0 = Instant::now();
-    engine.submit(Request {
+    let req = Request {
         prompt: prompt.clone(),
         max_tokens: a.max_tokens.unwrap_or(128),
         sampling,
         stop: vec![],
         ignore_eos: false,
-    })?;
+    };
+    check_request(&ckpt.config, context(&a.model, &ckpt), &req)?;
+    let mut stop = StopText::new(a.stop.clone())?;
+    let mut engine = load(&a.model, ckpt, 1)?;
+    let t0 = Instant::now();
+    let id = engine.submit(req)?;
     let mut out = Vec::new();
+    let mut text = String::new();
     let mut first_token = None;
     let mut reason = None;
     let mut dec = StreamDecoder::default();
@@ -413,21 +476,31 @@ fn generate(a: &GenerateArgs) -> Result<()> {
                 Event::Token { token, .. } => {
                     first_token.get_or_insert_with(|| t0.elapsed());
                     out.push(token);
-                    if !a.json && !engine.eos.contains(&token) {
-                        if let Some(t) = &engine.tokenizer {
-                            if let Some(piece) = dec.push(t, token)? {
-                                stdout.write_all(piece.as_bytes())?;
-                                stdout.flush()?;
-                            }
-                        } else {
-                            write!(stdout, "{token} ")?;
+                    if engine.eos.contains(&token) {
+                        continue;
+                    }
+                    let piece = match &engine.tokenizer {
+                        Some(t) => dec.push(t, token)?.map(|p| stop.push(&p)),
+                        None => Some(format!("{token} ")),
+                    };
+                    if let Some(piece) = piece {
+                        text.push_str(&piece);
+                        if !a.json {
+                            stdout.write_all(piece.as_bytes())?;
+                            stdout.flush()?;
                         }
                     }
                 }
                 Event::Finished { reason: r, .. } => reason = Some(r),
             }
         }
+        if stop.stopped() && reason.is_none() {
+            engine.cancel(id);
+            reason = Some(gpt_oss_wgpu::FinishReason::Stop);
+        }
     }
+    let rest = stop.finish();
+    text.push_str(&rest);
     let total = t0.elapsed().as_secs_f64();
     let ttft = first_token.map_or(0.0, |d| d.as_secs_f64());
     let decode_tok_s = if out.len() > 1 {
@@ -436,21 +509,17 @@ fn generate(a: &GenerateArgs) -> Result<()> {
         0.0
     };
     if a.json {
-        let text = match &engine.tokenizer {
-            Some(t) => Some(t.decode(&out)?),
-            None => None,
-        };
         let v = serde_json::json!({
             "prompt_tokens": prompt.len(),
             "token_ids": out,
-            "text": text,
+            "text": engine.tokenizer.is_some().then_some(text),
             "finish_reason": reason.map(|r| r.as_str()),
             "seed": seed,
             "timings": {"time_to_first_token_s": ttft, "total_s": total, "prefill_tok_s": prompt.len() as f64 / ttft.max(1e-9), "decode_tok_s": decode_tok_s},
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
-        writeln!(stdout)?;
+        writeln!(stdout, "{rest}")?;
         eprintln!(
             "{} prompt tokens, {} generated; first token after {:.0} ms, {:.1} tok/s",
             prompt.len(),
@@ -462,7 +531,6 @@ fn generate(a: &GenerateArgs) -> Result<()> {
     Ok(())
 }
 
-/// Today's date (UTC) as YYYY-MM-DD, for the system message.
 fn today() -> String {
     let days = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -502,40 +570,90 @@ fn dim_codes() -> (&'static str, &'static str) {
 }
 
 /// `generate` in chat mode: the prompt is a user message and the final answer is printed.
+
+/// Prints a turn as it streams: reasoning dimmed (or hidden), the answer, and output that is not
+/// in the chat format (a random-weight model's) as dimmed plain text after a note saying so.
+struct TurnPrinter {
+    show_reasoning: bool,
+    show_answer: bool,
+    dim: (&'static str, &'static str),
+    in_reasoning: bool,
+    raw_noted: bool,
+}
+
+impl TurnPrinter {
+    fn new(show_reasoning: bool, show_answer: bool) -> TurnPrinter {
+        TurnPrinter {
+            show_reasoning,
+            show_answer,
+            dim: dim_codes(),
+            in_reasoning: false,
+            raw_noted: false,
+        }
+    }
+
+    fn print(&mut self, out: &mut impl Write, ev: TurnEvent) {
+        let (dim, reset) = self.dim;
+        let _ = match ev {
+            TurnEvent::Reasoning(t) if self.show_reasoning => {
+                self.in_reasoning = true;
+                write!(out, "{dim}{t}{reset}")
+            }
+            TurnEvent::Answer(t) if self.show_answer => {
+                if std::mem::take(&mut self.in_reasoning) {
+                    let _ = writeln!(out, "\n");
+                }
+                write!(out, "{t}")
+            }
+            TurnEvent::Raw(t) if self.show_answer => {
+                if !std::mem::replace(&mut self.raw_noted, true) {
+                    eprintln!(
+                        "note: the model's output is not in the Harmony chat format (a \
+                         random-weight model writes such text); showing it as plain text"
+                    );
+                }
+                write!(out, "{dim}{t}{reset}")
+            }
+            _ => Ok(()),
+        };
+        let _ = out.flush();
+    }
+}
+
+/// Sampling settings for one chat answer.
+fn chat_sampling(o: &ChatOptions, seed: u64) -> Sampling {
+    Sampling {
+        temperature: o.temperature,
+        top_p: o.top_p,
+        top_k: o.top_k,
+        seed,
+    }
+}
+
+/// `generate` in chat mode: the prompt is a user message and the final answer is printed.
 fn generate_chat(a: &GenerateArgs, text: &str) -> Result<()> {
-    let mut engine = load(&a.model, 1)?;
+    let ckpt = open(&a.model)?;
     let mut session = ChatSession::new(today());
     session.effort = effort(&a.reasoning_effort)?;
+    session.stop = a.stop.clone();
+    StopText::new(a.stop.clone())?;
     let (sampling, seed) = a.sampling();
-    let (dim, reset) = dim_codes();
+    let max_tokens = a.max_tokens.unwrap_or(2048);
+    let req = session.request(tokenizer_of(&a.model, &ckpt)?, text, sampling, max_tokens)?;
+    check_request(&ckpt.config, context(&a.model, &ckpt), &req)?;
+    let mut engine = load(&a.model, ckpt, 1)?;
     let mut stdout = std::io::stdout().lock();
-    let (show, json) = (a.show_reasoning && !a.json, a.json);
-    let mut in_reasoning = false;
+    let mut printer = TurnPrinter::new(a.show_reasoning && !a.json, !a.json);
     let r = session.turn(
         &mut engine,
         text,
         sampling,
-        a.max_tokens.unwrap_or(2048),
-        &mut |ev| {
-            let _ = match ev {
-                TurnEvent::Reasoning(t) if show => {
-                    in_reasoning = true;
-                    write!(stdout, "{dim}{t}{reset}")
-                }
-                TurnEvent::Answer(t) if !json => {
-                    if std::mem::take(&mut in_reasoning) {
-                        let _ = writeln!(stdout, "\n");
-                    }
-                    write!(stdout, "{t}")
-                }
-                _ => Ok(()),
-            };
-            let _ = stdout.flush();
-        },
+        max_tokens,
+        &mut |ev| printer.print(&mut stdout, ev),
         &|| false,
     )?;
     let msg = AssistantMessage::from_parsed(&r.messages, || format!("call_{:016x}", random_seed()));
-    if json {
+    if a.json {
         let v = serde_json::json!({
             "content": msg.content,
             "reasoning_content": msg.reasoning_content,
@@ -548,9 +666,6 @@ fn generate_chat(a: &GenerateArgs, text: &str) -> Result<()> {
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
-        if let Some(u) = &r.unparsed {
-            write!(stdout, "{dim}(not in the chat format) {u}{reset}")?;
-        }
         writeln!(stdout)?;
         eprintln!(
             "{} tokens in {:.1}s, {:.1} tok/s",
@@ -567,11 +682,11 @@ const CHAT_HELP: &str = "commands:
   /system TEXT              developer instructions (empty clears them)
   /reset                    forget the conversation
   /save FILE                write the conversation as a chat-completions request (JSON)
+  /load FILE                continue a conversation written by /save
   /help                     this list
   /quit                     leave (or Ctrl-D)
-Ctrl-C stops the answer being written. A line ending in \\ continues on the next line;
-a line holding only \"\"\" starts and ends a multi-line message.";
-
+Ctrl-C stops the answer being written (at the prompt, it leaves). A line ending in \\
+continues on the next line; a line holding only \"\"\" starts and ends a multi-line message.";
 /// Reads one message: continued lines (`\` at the end) or a `"""` block. None at end of input.
 fn read_message(input: &mut impl std::io::BufRead) -> Result<Option<String>> {
     let mut line = String::new();
@@ -602,19 +717,51 @@ fn read_message(input: &mut impl std::io::BufRead) -> Result<Option<String>> {
     Ok(Some(msg))
 }
 
+/// Replaces the session's conversation with the one saved in `path`; returns its message count.
+fn load_conversation(session: &mut ChatSession, path: &str) -> Result<usize> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {path}"))?;
+    let req = ChatRequest::from_json(&text).with_context(|| path.to_string())?;
+    session
+        .load_openai(&req)
+        .with_context(|| path.to_string())?;
+    Ok(session.history.len())
+}
+
+/// What Ctrl-C does depends on where the chat is: loading or at the prompt it leaves, while an
+/// answer is written it stops the answer.
+const PHASE_WAITING: u8 = 0;
+const PHASE_ANSWERING: u8 = 1;
+
 fn chat(a: &ChatArgs) -> Result<()> {
     use std::io::IsTerminal;
-    use std::sync::atomic::{AtomicBool, Ordering};
-    let mut engine = load(&a.model, 1)?;
-    let interactive = std::io::stdin().is_terminal();
-    let (dim, reset) = dim_codes();
+    use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
     let stop = Arc::new(AtomicBool::new(false));
-    let flag = stop.clone();
-    ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst))
-        .context("installing the Ctrl-C handler")?;
+    let phase = Arc::new(AtomicU8::new(PHASE_WAITING));
+    let (flag, at) = (stop.clone(), phase.clone());
+    ctrlc::set_handler(move || {
+        if at.load(Ordering::SeqCst) == PHASE_ANSWERING {
+            flag.store(true, Ordering::SeqCst);
+        } else {
+            eprintln!();
+            std::process::exit(130);
+        }
+    })
+    .context("installing the Ctrl-C handler")?;
+
+    // Everything that can be wrong with the options is reported before the weights load.
+    let ckpt = open(&a.model)?;
     let mut session = ChatSession::new(today());
     session.effort = effort(&a.chat.reasoning_effort)?;
     session.instructions = a.chat.system.clone();
+    session.stop = a.chat.stop.clone();
+    StopText::new(a.chat.stop.clone())?;
+    tokenizer_of(&a.model, &ckpt)?;
+    if let Some(path) = &a.load {
+        let n = load_conversation(&mut session, &path.display().to_string())?;
+        eprintln!("continuing {} ({n} messages)", path.display());
+    }
+    let mut engine = load(&a.model, ckpt, 1)?;
+    let interactive = std::io::stdin().is_terminal();
     let mut seed = a.chat.seed.unwrap_or_else(random_seed);
     if interactive {
         eprintln!(
@@ -628,7 +775,6 @@ fn chat(a: &ChatArgs) -> Result<()> {
         if interactive {
             eprint!("\x1b[1m>\x1b[0m ");
         }
-        stop.store(false, Ordering::SeqCst);
         let Some(msg) = read_message(&mut input)? else {
             break;
         };
@@ -668,49 +814,41 @@ fn chat(a: &ChatArgs) -> Result<()> {
                 "save" if !arg.is_empty() => {
                     match std::fs::write(arg, serde_json::to_string_pretty(&session.to_openai())?) {
                         Ok(()) => eprintln!("saved to {arg}"),
-                        Err(e) => eprintln!("cannot save to {arg}: {e}"),
+                        Err(e) => eprintln!("error: cannot save to {arg}: {e}"),
                     }
                 }
-                "save" => eprintln!("usage: /save FILE"),
+                "load" if !arg.is_empty() => match load_conversation(&mut session, arg) {
+                    Ok(n) => eprintln!("loaded {arg} ({n} messages)"),
+                    Err(e) => eprintln!("error: {e:#}"),
+                },
+                "save" | "load" => eprintln!("usage: /{name} FILE"),
                 other => eprintln!("unknown command /{other} (/help lists them)"),
             }
             continue;
         }
-        let sampling = Sampling {
-            temperature: a.chat.temperature,
-            top_p: a.chat.top_p,
-            top_k: 0,
-            seed,
-        };
+        let sampling = chat_sampling(&a.chat, seed);
         seed = seed.wrapping_add(1);
-        let mut in_reasoning = false;
-        let hide = a.hide_reasoning;
+        let mut printer = TurnPrinter::new(!a.hide_reasoning, true);
+        stop.store(false, Ordering::SeqCst);
+        phase.store(PHASE_ANSWERING, Ordering::SeqCst);
         let r = session.turn(
             &mut engine,
             text,
             sampling,
             a.chat.max_tokens,
-            &mut |ev| {
-                let _ = match ev {
-                    TurnEvent::Reasoning(t) if !hide => {
-                        in_reasoning = true;
-                        write!(stdout, "{dim}{t}{reset}")
-                    }
-                    TurnEvent::Answer(t) => {
-                        if std::mem::take(&mut in_reasoning) {
-                            let _ = writeln!(stdout, "\n");
-                        }
-                        write!(stdout, "{t}")
-                    }
-                    _ => Ok(()),
-                };
-                let _ = stdout.flush();
-            },
+            &mut |ev| printer.print(&mut stdout, ev),
             &|| stop.load(Ordering::SeqCst),
-        )?;
-        if let Some(u) = &r.unparsed {
-            write!(stdout, "{dim}(not in the chat format) {u}{reset}")?;
-        }
+        );
+        phase.store(PHASE_WAITING, Ordering::SeqCst);
+        // A turn that cannot run (too long for the context, say) is reported; the conversation
+        // and the rest of the input go on.
+        let r = match r {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("error: {e}");
+                continue;
+            }
+        };
         writeln!(stdout)?;
         let note = if r.reason == gpt_oss_wgpu::FinishReason::Cancelled {
             " (stopped)"
@@ -736,11 +874,13 @@ fn builtin_tokenizer(t: &TokenizerArgs) -> Result<Tokenizer> {
 }
 
 fn render(a: &RenderArgs) -> Result<()> {
-    let text =
-        std::fs::read_to_string(&a.request).with_context(|| a.request.display().to_string())?;
-    let req = ChatRequest::from_json(&text)?;
+    let text = std::fs::read_to_string(&a.request)
+        .with_context(|| format!("cannot read {}", a.request.display()))?;
+    let req = ChatRequest::from_json(&text).with_context(|| a.request.display().to_string())?;
+    let msgs = req
+        .to_harmony(&a.date.clone().unwrap_or_else(today))
+        .with_context(|| a.request.display().to_string())?;
     let tok = builtin_tokenizer(&a.tokenizer)?;
-    let msgs = req.to_harmony(&a.date.clone().unwrap_or_else(today))?;
     let ids = Harmony::new(&tok)?.render_for_completion(&msgs)?;
     let v = serde_json::json!({"token_ids": ids, "text": tok.decode(&ids)?});
     println!("{}", serde_json::to_string_pretty(&v)?);
@@ -749,6 +889,12 @@ fn render(a: &RenderArgs) -> Result<()> {
 
 fn parse(a: &ParseArgs) -> Result<()> {
     let tok = builtin_tokenizer(&a.tokenizer)?;
+    if let Some(bad) = a.token_ids.iter().find(|&&t| !tok.contains(t)) {
+        bail!(
+            "token id {bad} is outside the vocabulary of {}",
+            tok.vocab_size()
+        );
+    }
     let ids = gpt_oss_wgpu::chat::harmony::Specials::of(&tok)?;
     let p = StreamParser::parse_all(&tok, ids, Some(Role::Assistant), &a.token_ids);
     let mut n = 0;
@@ -761,20 +907,26 @@ fn parse(a: &ParseArgs) -> Result<()> {
         v["parse_error"] = e.clone().into();
     }
     println!("{}", serde_json::to_string_pretty(&v)?);
+    if let Some(e) = &p.error {
+        bail!("the tokens are not valid Harmony output: {e} (what parsed is printed above)");
+    }
     Ok(())
 }
 
 fn logits(a: &LogitsArgs) -> Result<()> {
-    let engine = load(&a.model, 1)?;
-    let model = &engine.model;
+    let ckpt = open(&a.model)?;
     let n = a.token_ids.len();
-    if n == 0 || n > model.opts.max_context as usize {
-        bail!(
-            "{n} tokens do not fit a context of {}",
-            model.opts.max_context
-        );
+    let ctx = context(&a.model, &ckpt);
+    if n == 0 || n > ctx as usize {
+        bail!("{n} tokens do not fit a context of {ctx} (raise --max-context)");
     }
-    let vocab = model.cfg.vocab as usize;
+    let vocab = ckpt.config.vocab;
+    if let Some(bad) = a.token_ids.iter().find(|&&t| t >= vocab) {
+        bail!("token id {bad} is outside the vocabulary of {vocab}");
+    }
+    let engine = load(&a.model, ckpt, 1)?;
+    let model = &engine.model;
+    let vocab = vocab as usize;
     let mut all = Vec::with_capacity(n * vocab);
     let step = (model.max_outputs as usize).min(model.opts.max_tokens as usize);
     for start in (0..n).step_by(step) {
@@ -800,11 +952,13 @@ fn logits(a: &LogitsArgs) -> Result<()> {
     Ok(())
 }
 
+/// Writes the logits as safetensors with the usual file permissions (the umask's).
 fn write_logits(path: &Path, v: &[f32], n: usize, vocab: usize) -> Result<()> {
     let bytes: &[u8] = bytemuck::cast_slice(v);
     let view =
         safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![n, vocab], bytes)?;
-    safetensors::serialize_to_file([("logits", view)], None, path)?;
+    let data = safetensors::serialize([("logits", view)], None)?;
+    std::fs::write(path, data).with_context(|| format!("cannot write {}", path.display()))?;
     Ok(())
 }
 
@@ -814,13 +968,15 @@ fn bench(a: &BenchArgs) -> Result<()> {
     m.chunk = m.chunk.max(longest);
     m.max_context = m.max_context.max(longest + 1);
     let max_batch = a.batches.iter().copied().max().unwrap_or(1);
-    let engine = load(&m, max_batch)?;
+    let ckpt = open(&m)?;
+    let engine = load(&m, ckpt, max_batch)?;
+    // Results go to stdout as they are measured; progress and notes stay on stderr.
     let report = gpt_oss_wgpu::bench::run(
         &engine.model,
         &a.prompt_lens,
         &a.batches,
         a.decode_steps,
-        &mut |l| eprintln!("{l}"),
+        &mut |l| println!("{l}"),
     )?;
     println!("adapter: {}", report.adapter);
     println!(
@@ -850,7 +1006,20 @@ fn bench(a: &BenchArgs) -> Result<()> {
     Ok(())
 }
 
+/// Mesa's Vulkan drivers probe Wayland, and libwayland prints "error: XDG_RUNTIME_DIR is invalid
+/// or not set" when that variable is missing (containers, CI, ssh sessions), which reads like an
+/// error of ours. Without XDG_RUNTIME_DIR no Wayland display is reachable anyway, so point the
+/// probe at an absolute socket path that does not exist: it then fails quietly.
+fn quiet_wayland_probe() {
+    let relative = std::env::var("WAYLAND_DISPLAY").map_or(true, |d| !d.starts_with('/'));
+    if std::env::var_os("XDG_RUNTIME_DIR").is_none() && relative {
+        // SAFETY: called first thing in main, before any other thread exists.
+        unsafe { std::env::set_var("WAYLAND_DISPLAY", "/nonexistent/wayland-0") };
+    }
+}
+
 fn main() -> ExitCode {
+    quiet_wayland_probe();
     let cli = Cli::parse();
     let r = match &cli.command {
         Command::Devices(d) => devices(d),

@@ -66,8 +66,8 @@ impl SynthSpec {
                 experts: 128,
                 ..big
             }),
-            other => Err(Error::Request(format!(
-                "unknown preset `{other}` (tiny, 20b, 120b)"
+            other => Err(Error::Config(format!(
+                "unknown preset `{other}` (choose tiny, 20b or 120b)"
             ))),
         }
     }

@@ -78,6 +78,11 @@ impl Tokenizer {
             .map_err(|e| Error::Tokenizer(e.to_string()))
     }
 
+    /// Whether `id` is a token of this vocabulary.
+    pub fn contains(&self, id: u32) -> bool {
+        self.inner.id_to_token(id).is_some()
+    }
+
     pub fn vocab_size(&self) -> usize {
         self.inner.get_vocab_size(true)
     }
@@ -201,7 +206,7 @@ mod build {
         let encode = |b: &[u8]| -> String { b.iter().map(|x| chars[*x as usize]).collect() };
         let n_ranks = FIRST_SPECIAL.min(vocab);
         if n_ranks < 256 {
-            return Err(Error::Request(format!(
+            return Err(Error::Tokenizer(format!(
                 "a vocabulary of {vocab} cannot hold the 256 byte tokens"
             )));
         }
@@ -218,7 +223,7 @@ mod build {
             .map(|(r, b)| (b.as_slice(), r as u32))
             .collect();
         if (0..=255u8).any(|b| !rank.contains_key(&[b][..])) {
-            return Err(Error::Request(format!(
+            return Err(Error::Tokenizer(format!(
                 "a vocabulary of {vocab} leaves out some byte tokens"
             )));
         }

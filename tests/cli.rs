@@ -57,7 +57,9 @@ fn assert_clean_error(out: &Output, needle: &str) {
 
 #[test]
 fn help_for_every_command() {
-    for c in ["devices", "synth", "generate", "logits", "bench"] {
+    for c in [
+        "devices", "synth", "generate", "logits", "bench", "chat", "render", "parse",
+    ] {
         let out = run(&[c, "--help"]);
         assert!(out.status.success());
         assert!(String::from_utf8_lossy(&out.stdout).contains("Usage"));
@@ -146,30 +148,125 @@ fn generate_and_logits() {
         .fold(0.0f32, f32::max);
     assert!(d < 1e-4, "logits differ from transformers by {d}");
 
-    // Requests that cannot be served.
+    // Requests that cannot be served are refused from config.json alone, before any weights
+    // are loaded (no "loaded" line).
     let long: Vec<String> = (0..40).map(|i| (i % 500).to_string()).collect();
+    let refusals: [(&[&str], &str); 4] = [
+        (
+            &["--token-ids", &long.join(","), "--max-context", "32"],
+            "context",
+        ),
+        (&["--token-ids", "5000"], "vocabulary"),
+        (&["--token-ids", "1,2", "--max-tokens", "0"], "max_tokens"),
+        (&["--token-ids", "1,2", "--top-p", "0"], "top_p"),
+    ];
+    for (extra, needle) in refusals {
+        let mut args = vec!["generate", "--model", m];
+        args.extend_from_slice(extra);
+        let out = run(&args);
+        assert_clean_error(&out, needle);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!err.contains("loaded"), "refused only after loading: {err}");
+    }
     let out = run(&[
-        "generate",
+        "logits",
         "--model",
         m,
         "--token-ids",
-        &long.join(","),
-        "--max-context",
-        "32",
+        "1,5000",
+        "--out",
+        path.to_str().unwrap(),
     ]);
-    assert_clean_error(&out, "context");
-    let out = run(&["generate", "--model", m, "--token-ids", "5000"]);
     assert_clean_error(&out, "vocabulary");
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("loaded"));
+
+    // The logits file gets the permissions of any other new file here.
+    let plain = dir.path().join("plain");
+    std::fs::write(&plain, b"x").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&path), mode(&plain));
+
+    // bench writes its results on stdout.
     let out = run(&[
-        "generate",
+        "bench",
         "--model",
         m,
-        "--token-ids",
-        "1,2",
-        "--max-tokens",
-        "0",
+        "--prompt-lens",
+        "8",
+        "--decode-steps",
+        "2",
+        "--max-context",
+        "64",
     ]);
-    assert_clean_error(&out, "max_tokens");
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("prefill") && stdout.contains("decode"),
+        "{stdout}"
+    );
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("tok/s"));
+}
+
+#[test]
+fn errors_are_one_line_and_say_each_thing_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let m = empty.to_str().unwrap();
+    let out = run(&["generate", "--model", m, "--token-ids", "1"]);
+    assert_clean_error(&out, "config.json");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.matches("os error 2").count(), 1, "{err}");
+
+    std::fs::write(empty.join("config.json"), "{not json").unwrap();
+    let out = run(&["generate", "--model", m, "--token-ids", "1"]);
+    assert_clean_error(&out, "not valid JSON");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.matches("config.json").count(), 1, "{err}");
+
+    let out = run(&["synth", "--preset", "huge", "--out", m]);
+    assert_clean_error(&out, "unknown preset `huge`");
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("request:"));
+    // Nothing on stderr but our own lines (no driver noise such as XDG_RUNTIME_DIR).
+    let out = run(&["devices"]);
+    if out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!err.contains("XDG_RUNTIME_DIR"), "{err}");
+    }
+}
+
+#[test]
+fn synth_refuses_to_overwrite_without_force() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_dir = dir.path().join("m");
+    std::fs::create_dir_all(&out_dir).unwrap();
+    std::fs::write(out_dir.join("notes.txt"), "mine").unwrap();
+    let args = |force: bool| {
+        let mut a = vec![
+            "synth",
+            "--preset",
+            "tiny",
+            "--vocab",
+            "1024",
+            "--layers",
+            "1",
+            "--out",
+            out_dir.to_str().unwrap(),
+        ];
+        if force {
+            a.push("--force");
+        }
+        a
+    };
+    assert_clean_error(&run(&args(false)), "--force");
+    assert!(!out_dir.join("config.json").exists());
+    assert!(run(&args(true)).status.success());
+    assert!(out_dir.join("config.json").exists());
+    assert_eq!(
+        std::fs::read_to_string(out_dir.join("notes.txt")).unwrap(),
+        "mine"
+    );
 }
 
 #[test]
@@ -311,6 +408,29 @@ fn render_and_parse_commands() {
         &run(&["render", "--request", "/nonexistent.json"]),
         "nonexistent",
     );
+
+    // What render and parse cannot take is refused, naming the value.
+    let image = dir.path().join("image.json");
+    std::fs::write(
+        &image,
+        r#"{"messages": [{"role": "user", "content": [{"type": "text", "text": "What is this?"}, {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}]}]}"#,
+    )
+    .unwrap();
+    assert_clean_error(
+        &run(&["render", "--request", image.to_str().unwrap()]),
+        "image_url",
+    );
+    for date in ["notadate", "2025-02-30", "2025-1-05"] {
+        let out = run(&["render", "--request", req.to_str().unwrap(), "--date", date]);
+        assert_clean_error(&out, date);
+    }
+    assert_clean_error(&run(&["parse", "--token-ids", "1,2,201088"]), "201088");
+    // A parse error exits non-zero but still prints what was parsed.
+    let out = run(&["parse", "--token-ids", "200005,35644,200008,40,200007,13"]);
+    assert_clean_error(&out, "not valid Harmony");
+    let m: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(m["reasoning_content"], "I");
+    assert!(m["parse_error"].is_string());
 }
 
 #[test]
@@ -395,7 +515,9 @@ fn chat_over_a_pipe_with_commands_history_and_cancel() {
     assert_eq!(v["generated_tokens"], 3);
     assert_eq!(v["finish_reason"], "length");
 
-    // Ctrl-C stops a long answer; the program goes on to the next command.
+    // Ctrl-C stops a long answer; the program goes on to the next command. The signal is sent
+    // once the answer is being written, which the note about non-chat output on stderr shows (a
+    // random model writes no chat-format text).
     let mut child = bin()
         .args([
             "chat",
@@ -413,21 +535,144 @@ fn chat_over_a_pipe_with_commands_history_and_cancel() {
         .unwrap();
     let mut stdin = child.stdin.take().unwrap();
     stdin.write_all(b"tell me a long story\n").unwrap();
-    // Loading takes about a second; then the answer is being written (a random model writes
-    // no chat-format text, so there is nothing to wait for on stdout).
-    std::thread::sleep(std::time::Duration::from_secs(6));
+    let lines = stderr_lines(&mut child);
+    let mut err = String::new();
+    wait_for_line(&lines, &mut err, "not in the Harmony chat format");
     let kill = Command::new("kill")
         .args(["-INT", &child.id().to_string()])
         .status()
         .unwrap();
     assert!(kill.success());
+    wait_for_line(&lines, &mut err, "(stopped)");
     stdin
         .write_all(format!("/save {}\n/quit\n", saved.display()).as_bytes())
         .unwrap();
     drop(stdin);
-    let out = child.wait_with_output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{err}");
-    assert!(err.contains("(stopped)"), "{err}");
+    let status = child.wait().unwrap();
+    err.extend(lines.iter().map(|l| l + "\n"));
+    assert!(status.success(), "{err}");
     assert!(err.contains("saved to"), "{err}");
+}
+
+/// The child's stderr, line by line, read on a thread.
+fn stderr_lines(child: &mut std::process::Child) -> std::sync::mpsc::Receiver<String> {
+    use std::io::BufRead;
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// Collects lines into `seen` until one contains `needle`. The bound only turns a hang into a
+/// failure; the wait ends as soon as the line arrives.
+fn wait_for_line(lines: &std::sync::mpsc::Receiver<String>, seen: &mut String, needle: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1200);
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(line) => {
+                seen.push_str(&line);
+                seen.push('\n');
+                if line.contains(needle) {
+                    return;
+                }
+            }
+            Err(e) => panic!("waiting for `{needle}`: {e}\n{seen}"),
+        }
+    }
+}
+
+#[test]
+fn chat_survives_bad_turns_and_reloads_a_saved_conversation() {
+    use std::io::Write;
+    use std::process::Stdio;
+    if !have_gpu() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("tiny");
+    synth_tiny(&model);
+    let m = model.to_str().unwrap();
+    let saved = dir.path().join("conv.json");
+    let long = "word ".repeat(300);
+    let script = format!(
+        "first question\n{long}\n/load {missing}\nsecond question\n/save {saved}\n",
+        missing = dir.path().join("missing.json").display(),
+        saved = saved.display()
+    );
+    let chat = |extra: &[&str], script: &str| {
+        let mut args = vec![
+            "chat",
+            "--model",
+            m,
+            "--max-tokens",
+            "2",
+            "--max-context",
+            "300",
+            "--top-k",
+            "5",
+            "--seed",
+            "1",
+        ];
+        args.extend_from_slice(extra);
+        let mut child = bin()
+            .args(&args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(script.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        eprintln!("{err}");
+        assert!(out.status.success(), "{err}");
+        err
+    };
+    let err = chat(&[], &script);
+    assert!(err.contains("error: the prompt has"), "{err}");
+    assert!(err.contains("missing.json"), "{err}");
+    assert_eq!(err.matches("[2 tokens").count(), 2, "{err}");
+    let conv: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&saved).unwrap()).unwrap();
+    let users: Vec<&str> = conv["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["role"] == "user")
+        .map(|m| m["content"].as_str().unwrap())
+        .collect();
+    assert_eq!(users, ["first question", "second question"]);
+
+    // --load continues the saved conversation: saving it again gives the same messages plus
+    // the new turn.
+    let again = dir.path().join("again.json");
+    let err = chat(
+        &["--load", saved.to_str().unwrap()],
+        &format!("third\n/save {}\n", again.display()),
+    );
+    assert!(err.contains("4 messages"), "{err}");
+    let conv2: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&again).unwrap()).unwrap();
+    let msgs = conv2["messages"].as_array().unwrap();
+    assert_eq!(msgs.len(), 6);
+    assert_eq!(&msgs[..4], &conv["messages"].as_array().unwrap()[..]);
+    assert_eq!(msgs[4]["content"], "third");
+
+    // A bad option is refused before loading.
+    let out = run(&["chat", "--model", m, "--reasoning-effort", "extreme"]);
+    assert_clean_error(&out, "extreme");
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("loaded"));
 }

@@ -1,10 +1,21 @@
 #!/usr/bin/env bash
 # Installs what building and testing need on a fresh Debian/Ubuntu machine: a Vulkan driver
-# (lavapipe, a software GPU, when no hardware driver is present) and the wasm32 target.
+# (lavapipe, a software GPU, when no Vulkan driver is present) and the wasm32 target. Safe to run
+# again: it installs only what is missing.
 set -euo pipefail
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-if ! ls /usr/share/vulkan/icd.d/*.json /etc/vulkan/icd.d/*.json >/dev/null 2>&1; then
+
+# A Vulkan driver registers a JSON manifest in one of these folders (any of them will do).
+have_vulkan_driver() {
+  local d
+  for d in /usr/share/vulkan/icd.d /etc/vulkan/icd.d /usr/local/share/vulkan/icd.d; do
+    compgen -G "$d/*.json" >/dev/null && return 0
+  done
+  [ -n "${VK_DRIVER_FILES:-}${VK_ICD_FILENAMES:-}" ]
+}
+
+if ! have_vulkan_driver; then
   echo "installing a Vulkan driver (mesa-vulkan-drivers)..."
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq mesa-vulkan-drivers >/dev/null

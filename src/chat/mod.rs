@@ -6,6 +6,7 @@ pub mod openai;
 pub mod parser;
 pub mod schema;
 pub mod session;
+pub mod stop;
 
 pub use harmony::{
     Content, DeveloperContent, Harmony, Message, ReasoningEffort, Role, SystemContent,
@@ -14,3 +15,4 @@ pub use harmony::{
 pub use openai::{AssistantMessage, ChatRequest};
 pub use parser::{ParsedMessage, StreamParser};
 pub use session::{ChatSession, TurnEvent, TurnResult};
+pub use stop::StopText;

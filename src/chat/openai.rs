@@ -96,15 +96,69 @@ pub struct ChatRequest {
     pub reasoning_effort: Option<String>,
 }
 
-fn text_of(c: &Option<MessageContent>) -> String {
+/// The text of a message's content. Parts other than text are refused: gpt-oss reads text only,
+/// and dropping an image silently would answer a question the user did not ask.
+fn text_of(i: usize, c: &Option<MessageContent>) -> Result<String> {
     match c {
-        None => String::new(),
-        Some(MessageContent::Text(t)) => t.clone(),
-        Some(MessageContent::Parts(p)) => p
-            .iter()
-            .filter(|x| x.kind == "text")
-            .filter_map(|x| x.text.as_deref())
-            .collect(),
+        None => Ok(String::new()),
+        Some(MessageContent::Text(t)) => Ok(t.clone()),
+        Some(MessageContent::Parts(parts)) => {
+            let mut out = String::new();
+            for p in parts {
+                match (p.kind.as_str(), &p.text) {
+                    ("text" | "input_text", Some(t)) => out.push_str(t),
+                    ("text" | "input_text", None) => {
+                        return Err(Error::Request(format!(
+                            "message {i}: a `{}` content part has no `text`",
+                            p.kind
+                        )));
+                    }
+                    (kind, _) => {
+                        return Err(Error::Request(format!(
+                            "message {i}: content parts of type `{kind}` are not supported \
+                             (gpt-oss reads text only)"
+                        )));
+                    }
+                }
+            }
+            Ok(out)
+        }
+    }
+}
+
+/// Checks that `date` is a calendar date written YYYY-MM-DD.
+pub fn check_date(date: &str) -> Result<()> {
+    let bad = || Error::Request(format!("date `{date}` is not a calendar date (YYYY-MM-DD)"));
+    let b = date.as_bytes();
+    if b.len() != 10 || b[4] != b'-' || b[7] != b'-' {
+        return Err(bad());
+    }
+    let num = |r: std::ops::Range<usize>| -> Result<u32> {
+        let s = &date[r];
+        if !s.bytes().all(|c| c.is_ascii_digit()) {
+            return Err(bad());
+        }
+        s.parse().map_err(|_| bad())
+    };
+    let (y, m, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+    let days = match m {
+        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+        4 | 6 | 9 | 11 => 30,
+        2 if leap => 29,
+        2 => 28,
+        _ => return Err(bad()),
+    };
+    if d == 0 || d > days {
+        return Err(bad());
+    }
+    Ok(())
+}
+
+impl ChatMessage {
+    /// The message's text; `i` is its index, for errors.
+    pub fn text(&self, i: usize) -> Result<String> {
+        text_of(i, &self.content)
     }
 }
 
@@ -116,6 +170,7 @@ impl ChatRequest {
 
     /// The Harmony conversation for this request, dated `date` (YYYY-MM-DD).
     pub fn to_harmony(&self, date: &str) -> Result<Vec<Message>> {
+        check_date(date)?;
         if self.messages.is_empty() {
             return Err(Error::Request("`messages` is empty".into()));
         }
@@ -156,7 +211,7 @@ impl ChatRequest {
             .first()
             .filter(|m| m.role == "system" || m.role == "developer")
         {
-            instructions = Some(text_of(&first.content));
+            instructions = Some(text_of(0, &first.content)?);
             rest = &rest[1..];
         }
         let mut out = vec![Message::new(Role::System, Content::System(system))];
@@ -172,8 +227,10 @@ impl ChatRequest {
             .flat_map(|m| m.tool_calls.iter().flatten())
             .filter_map(|c| c.id.clone().map(|id| (id, c.function.name.clone())))
             .collect();
+        let first = self.messages.len() - rest.len();
         for (i, m) in rest.iter().enumerate() {
-            let text = text_of(&m.content);
+            let i = i + first;
+            let text = text_of(i, &m.content)?;
             let reasoning = m
                 .reasoning
                 .as_ref()

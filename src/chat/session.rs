@@ -7,9 +7,12 @@ use serde_json::json;
 use super::harmony::{
     Content, DeveloperContent, Harmony, Message, ReasoningEffort, Role, SystemContent,
 };
+use super::openai::ChatRequest;
 use super::parser::{ParseEvent, ParsedMessage, StreamParser};
+use super::stop::StopText;
 use crate::engine::{Engine, Event, FinishReason, Request, Sampling};
 use crate::error::{Error, Result};
+use crate::tokenizer::Tokenizer;
 
 /// What a turn produces as it streams.
 #[derive(Clone, Debug, PartialEq)]
@@ -18,7 +21,14 @@ pub enum TurnEvent {
     Reasoning(String),
     /// Final (or commentary) text meant for the user.
     Answer(String),
+    /// Output that is not in the Harmony format (a random-weight or confused model), as plain
+    /// text. The first such event of a turn starts with everything generated so far.
+    Raw(String),
 }
+
+/// Header tokens after which output that has not formed a Harmony header is shown as plain text
+/// (a real header, recipient and constraint included, is about a dozen tokens).
+const RAW_AFTER_TOKENS: usize = 32;
 
 /// How a turn ended.
 #[derive(Clone, Debug)]
@@ -41,6 +51,88 @@ pub struct ChatSession {
     pub instructions: Option<String>,
     /// User and assistant messages so far.
     pub history: Vec<Message>,
+    /// Answer text ends at the first of these (reasoning is not cut).
+    pub stop: Vec<String>,
+}
+
+/// One turn's output as it streams: Harmony parsing, stop strings on the answer, and the plain
+/// text fallback for output that is not Harmony.
+struct TurnOutput {
+    parser: StreamParser,
+    stop: StopText,
+    raw: Vec<u32>,
+    /// Set once the output is known not to be Harmony: the text decoded so far.
+    raw_text: Option<String>,
+    /// The answer as shown (after stop strings): what the history keeps.
+    shown: String,
+}
+
+impl TurnOutput {
+    fn push(
+        &mut self,
+        tok: &Tokenizer,
+        id: u32,
+        on_event: &mut dyn FnMut(TurnEvent),
+    ) -> Result<()> {
+        self.raw.push(id);
+        for e in self.parser.push(tok, id) {
+            let ParseEvent::Delta(d) = e else { continue };
+            let analysis = self
+                .parser
+                .current()
+                .is_some_and(|m| m.channel.as_deref() == Some("analysis"));
+            if analysis {
+                on_event(TurnEvent::Reasoning(d));
+            } else {
+                let shown = self.stop.push(&d);
+                if !shown.is_empty() {
+                    self.shown.push_str(&shown);
+                    on_event(TurnEvent::Answer(shown));
+                }
+            }
+        }
+        let not_harmony = self.parser.messages.is_empty()
+            && self.parser.current().is_none()
+            && (self.raw.len() >= RAW_AFTER_TOKENS || self.parser.error.is_some());
+        if not_harmony {
+            self.show_raw(tok, on_event)?;
+        }
+        Ok(())
+    }
+
+    /// Shows what was generated and not yet shown as plain text.
+    fn show_raw(&mut self, tok: &Tokenizer, on_event: &mut dyn FnMut(TurnEvent)) -> Result<()> {
+        let text = tok.decode(&self.raw)?;
+        let shown = self.raw_text.get_or_insert_with(String::new);
+        // Decoding all ids again keeps multi-byte characters whole; only complete ones are new.
+        let complete = text.trim_end_matches('\u{fffd}');
+        if complete.len() > shown.len() && complete.is_char_boundary(shown.len()) {
+            let piece = self.stop.push(&complete[shown.len()..]);
+            *shown = complete.to_string();
+            if !piece.is_empty() {
+                self.shown.push_str(&piece);
+                on_event(TurnEvent::Raw(piece));
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self, tok: &Tokenizer, on_event: &mut dyn FnMut(TurnEvent)) -> Result<()> {
+        self.parser.finish();
+        if self.raw_text.is_some() || (self.parser.messages.is_empty() && !self.raw.is_empty()) {
+            self.show_raw(tok, on_event)?;
+        }
+        let rest = self.stop.finish();
+        if !rest.is_empty() {
+            self.shown.push_str(&rest);
+            on_event(if self.raw_text.is_some() {
+                TurnEvent::Raw(rest)
+            } else {
+                TurnEvent::Answer(rest)
+            });
+        }
+        Ok(())
+    }
 }
 
 impl ChatSession {
@@ -50,7 +142,39 @@ impl ChatSession {
             date,
             instructions: None,
             history: Vec::new(),
+            stop: Vec::new(),
         }
+    }
+
+    /// Replaces instructions, history and effort with a saved conversation (a chat-completions
+    /// request, as [`ChatSession::to_openai`] writes it). Only plain text turns are accepted.
+    pub fn load_openai(&mut self, req: &ChatRequest) -> Result<()> {
+        let mut instructions = None;
+        let mut history = Vec::new();
+        for (i, m) in req.messages.iter().enumerate() {
+            let text = m.text(i)?;
+            match m.role.as_str() {
+                "system" | "developer" if i == 0 => instructions = Some(text),
+                "user" => history.push(Message::text(Role::User, text)),
+                "assistant" if m.tool_calls.as_ref().is_none_or(|c| c.is_empty()) => {
+                    history.push(Message::text(Role::Assistant, text).channel("final"))
+                }
+                other => {
+                    return Err(Error::Request(format!(
+                        "message {i}: a `{other}` message cannot be loaded into a chat \
+                         (only a leading system message, user and assistant text)"
+                    )));
+                }
+            }
+        }
+        if let Some(e) = &req.reasoning_effort {
+            self.effort = ReasoningEffort::parse(e).ok_or_else(|| {
+                Error::Request(format!("reasoning_effort `{e}` is not low, medium or high"))
+            })?;
+        }
+        self.instructions = instructions;
+        self.history = history;
+        Ok(())
     }
 
     /// System, developer and history messages.
@@ -85,6 +209,28 @@ impl ChatSession {
         json!({"messages": msgs, "reasoning_effort": self.effort.as_str()})
     }
 
+    /// The request a turn with the user message `user` submits: the rendered conversation, ending
+    /// at `<|start|>assistant`, stopping at Harmony's stop ids. Callers can check it against the
+    /// model before loading any weights.
+    pub fn request(
+        &self,
+        tok: &Tokenizer,
+        user: &str,
+        sampling: Sampling,
+        max_tokens: u32,
+    ) -> Result<Request> {
+        let h = Harmony::new(tok)?;
+        let mut msgs = self.messages();
+        msgs.push(Message::text(Role::User, user));
+        Ok(Request {
+            prompt: h.render_for_completion(&msgs)?,
+            max_tokens,
+            sampling,
+            stop: h.stop_ids().to_vec(),
+            ignore_eos: false,
+        })
+    }
+
     /// Runs one user turn: renders the prompt, streams the answer through `on_event`, stops early
     /// when `cancelled()` turns true, and records the answer in the history.
     pub fn turn(
@@ -102,56 +248,42 @@ impl ChatSession {
             .ok_or_else(|| Error::Tokenizer("the model has no tokenizer.json".into()))?;
         let tok = &*tok;
         let h = Harmony::new(tok)?;
-        let mut msgs = self.messages();
-        msgs.push(Message::text(Role::User, user));
-        let prompt = h.render_for_completion(&msgs)?;
-        let id = engine.submit(Request {
-            prompt,
-            max_tokens,
-            sampling,
-            stop: h.stop_ids().to_vec(),
-            ignore_eos: false,
-        })?;
+        let id = engine.submit(self.request(tok, user, sampling, max_tokens)?)?;
         let t0 = std::time::Instant::now();
-        let mut parser = StreamParser::new(h.ids, Some(Role::Assistant));
-        let mut raw = Vec::new();
+        let mut out = TurnOutput {
+            parser: StreamParser::new(h.ids, Some(Role::Assistant)),
+            stop: StopText::new(self.stop.clone())?,
+            raw: Vec::new(),
+            raw_text: None,
+            shown: String::new(),
+        };
         let mut reason = FinishReason::Length;
         let mut generated = 0;
-        let emit =
-            |p: &StreamParser, events: Vec<ParseEvent>, on_event: &mut dyn FnMut(TurnEvent)| {
-                for e in events {
-                    if let ParseEvent::Delta(d) = e {
-                        let analysis = p
-                            .current()
-                            .is_some_and(|m| m.channel.as_deref() == Some("analysis"));
-                        on_event(if analysis {
-                            TurnEvent::Reasoning(d)
-                        } else {
-                            TurnEvent::Answer(d)
-                        });
-                    }
-                }
-            };
         'outer: while engine.has_work() {
-            if cancelled() {
+            if cancelled() || out.stop.stopped() {
+                let stopped = out.stop.stopped();
                 if let Some(Event::Finished {
                     reason: r,
                     generated: g,
                     ..
                 }) = engine.cancel(id)
                 {
-                    reason = r;
+                    reason = if stopped { FinishReason::Stop } else { r };
                     generated = g;
                 }
                 break;
             }
-            for ev in pollster::block_on(engine.step())? {
+            let events = match pollster::block_on(engine.step()) {
+                Ok(ev) => ev,
+                Err(e) => {
+                    // Leave the engine ready for the next turn.
+                    engine.cancel(id);
+                    return Err(e);
+                }
+            };
+            for ev in events {
                 match ev {
-                    Event::Token { token, .. } => {
-                        raw.push(token);
-                        let events = parser.push(tok, token);
-                        emit(&parser, events, on_event);
-                    }
+                    Event::Token { token, .. } => out.push(tok, token, on_event)?,
                     Event::Finished {
                         reason: r,
                         generated: g,
@@ -164,26 +296,17 @@ impl ChatSession {
                 }
             }
         }
-        let events = parser.finish();
-        emit(&parser, events, on_event);
-        let unparsed = (parser.messages.is_empty() && !raw.is_empty())
-            .then(|| tok.decode(&raw).unwrap_or_default());
+        out.finish(tok, on_event)?;
+        let TurnOutput {
+            parser,
+            raw_text: unparsed,
+            shown,
+            ..
+        } = out;
+        // Earlier reasoning is dropped from history; the answer as shown is kept.
         self.history.push(Message::text(Role::User, user));
-        // Earlier reasoning is dropped from history; the final answer (or, failing that, what
-        // was said) is kept.
-        let answer: String = parser
-            .messages
-            .iter()
-            .filter(|m| m.channel.as_deref() != Some("analysis") && m.recipient.is_none())
-            .map(|m| m.content.as_str())
-            .collect();
-        let answer = if answer.is_empty() {
-            unparsed.clone().unwrap_or_default()
-        } else {
-            answer
-        };
         self.history
-            .push(Message::text(Role::Assistant, answer).channel("final"));
+            .push(Message::text(Role::Assistant, shown).channel("final"));
         Ok(TurnResult {
             messages: parser.messages,
             generated,

@@ -163,7 +163,7 @@ impl Engine {
         Ok(Engine::new(model, tokenizer, eos))
     }
 
-    /// Loads a checkpoint directory: config.json, the safetensors shards, tokenizer.json, and
+    /// Loads a checkpoint directory: config.json, the safetensors shards, the tokenizer and
     /// generation_config.json's end-of-sequence ids.
     #[cfg(feature = "native")]
     pub fn load_dir(
@@ -172,68 +172,35 @@ impl Engine {
         opts: ModelOptions,
         progress: &mut dyn FnMut(u64, u64),
     ) -> Result<Engine> {
-        let ckpt = crate::model::weights::load_dir(dir)?;
-        let tok_path = dir.join("tokenizer.json");
-        let tokenizer = if tok_path.exists() {
-            Some(Tokenizer::from_file(&tok_path)?)
-        } else {
-            None
-        };
+        Engine::from_checkpoint(gpu, crate::model::weights::load_dir(dir)?, opts, progress)
+    }
+
+    /// Loads an opened checkpoint (see [`crate::model::weights::load_dir`]), so that callers can
+    /// check requests against its config and tokenizer before the weights go to the GPU.
+    #[cfg(feature = "native")]
+    pub fn from_checkpoint(
+        gpu: Arc<Gpu>,
+        ckpt: crate::model::weights::Checkpoint,
+        opts: ModelOptions,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<Engine> {
         let mut engine = Engine::load(
             gpu,
             &ckpt.shards,
-            ckpt.config.clone(),
+            ckpt.config,
             opts,
-            tokenizer,
+            ckpt.tokenizer,
             progress,
         )?;
-        let gen_path = dir.join("generation_config.json");
-        if let Ok(text) = std::fs::read_to_string(&gen_path) {
-            let v: serde_json::Value = serde_json::from_str(&text)
-                .map_err(|e| Error::Config(format!("{}: {e}", gen_path.display())))?;
-            if let Some(ids) = v.get("eos_token_id") {
-                let ids: crate::model::config::Ids =
-                    serde_json::from_value(ids.clone()).map_err(|e| {
-                        Error::Config(format!("{}: eos_token_id: {e}", gen_path.display()))
-                    })?;
-                engine.eos.extend(ids.to_vec());
-                engine.eos.sort();
-                engine.eos.dedup();
-            }
-        }
+        engine.eos.extend(ckpt.eos);
+        engine.eos.sort();
+        engine.eos.dedup();
         Ok(engine)
     }
 
     /// Queues a request. Prompts that cannot fit the context are refused here.
     pub fn submit(&mut self, req: Request) -> Result<RequestId> {
-        let ctx = self.model.opts.max_context as usize;
-        if req.prompt.is_empty() {
-            return Err(Error::Request("the prompt is empty".into()));
-        }
-        if req.max_tokens == 0 {
-            return Err(Error::Request("max_tokens must be at least 1".into()));
-        }
-        if req.prompt.len() >= ctx {
-            return Err(Error::Request(format!(
-                "the prompt has {} tokens but the context holds {ctx} (including at least one generated token)",
-                req.prompt.len()
-            )));
-        }
-        if let Some(bad) = req.prompt.iter().find(|t| **t >= self.model.cfg.vocab) {
-            return Err(Error::Request(format!(
-                "token id {bad} is outside the vocabulary of {}",
-                self.model.cfg.vocab
-            )));
-        }
-        let s = &req.sampling;
-        if !(s.temperature >= 0.0 && s.temperature.is_finite())
-            || !(s.top_p > 0.0 && s.top_p <= 1.0)
-        {
-            return Err(Error::Request(format!(
-                "temperature must be >= 0 and top_p in (0, 1]; got {} and {}",
-                s.temperature, s.top_p
-            )));
-        }
+        check_request(&self.model.cfg, self.model.opts.max_context, &req)?;
         let id = self.next_id;
         self.next_id += 1;
         let tokens = req.prompt.clone();
@@ -358,6 +325,40 @@ impl Engine {
         }
         Ok(events)
     }
+}
+
+/// Checks a request against what config.json and the context size allow, so that callers can
+/// refuse it before loading any weights: an empty prompt, `max_tokens` 0, a prompt that leaves no
+/// room in the context, ids outside the vocabulary, sampling values out of range.
+pub fn check_request(cfg: &ModelConfig, max_context: u32, req: &Request) -> Result<()> {
+    let ctx = max_context as usize;
+    if req.prompt.is_empty() {
+        return Err(Error::Request("the prompt is empty".into()));
+    }
+    if req.max_tokens == 0 {
+        return Err(Error::Request("max_tokens must be at least 1".into()));
+    }
+    if req.prompt.len() >= ctx {
+        return Err(Error::Request(format!(
+            "the prompt has {} tokens but the context holds {ctx} (including at least one \
+             generated token); shorten it or raise --max-context",
+            req.prompt.len()
+        )));
+    }
+    if let Some(bad) = req.prompt.iter().find(|t| **t >= cfg.vocab) {
+        return Err(Error::Request(format!(
+            "token id {bad} is outside the vocabulary of {}",
+            cfg.vocab
+        )));
+    }
+    let s = &req.sampling;
+    if !(s.temperature >= 0.0 && s.temperature.is_finite()) || !(s.top_p > 0.0 && s.top_p <= 1.0) {
+        return Err(Error::Request(format!(
+            "temperature must be >= 0 and top_p in (0, 1]; got {} and {}",
+            s.temperature, s.top_p
+        )));
+    }
+    Ok(())
 }
 
 fn finished(s: &Sequence, reason: FinishReason) -> Event {

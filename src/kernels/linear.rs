@@ -45,7 +45,8 @@ pub fn build(gpu: &Gpu, step: &wgpu::Buffer, l: &Linear) -> Result<Vec<Dispatch>
     let covered: u32 = l.w.chunks.iter().map(|c| c.count).sum();
     if covered != l.n_out {
         return Err(Error::Shape {
-            tensor: "linear weight".into(),
+            tensor: "weight".into(),
+            file: "linear".into(),
             expected: vec![l.n_out as usize, l.k as usize],
             got: vec![covered as usize, l.k as usize],
         });

@@ -223,7 +223,8 @@ fn small<'a>(src: &'a dyn WeightSource, name: &str, len: usize) -> Result<(DType
     let t = src.tensor(name)?;
     if t.shape != [len] {
         return Err(Error::Shape {
-            tensor: format!("{name} in {}", t.file),
+            tensor: name.to_string(),
+            file: t.file.to_string(),
             expected: vec![len],
             got: t.shape,
         });
@@ -240,7 +241,8 @@ fn small2<'a>(
     let t = src.tensor(name)?;
     if t.shape != shape {
         return Err(Error::Shape {
-            tensor: format!("{name} in {}", t.file),
+            tensor: name.to_string(),
+            file: t.file.to_string(),
             expected: shape.to_vec(),
             got: t.shape,
         });
@@ -260,7 +262,8 @@ fn check_all(src: &dyn WeightSource, c: &ModelConfig) -> Result<u64> {
             let t = src.tensor(&name)?;
             if t.shape != shape {
                 return Err(Error::Shape {
-                    tensor: format!("{name} in {}", t.file),
+                    tensor: name.to_string(),
+                    file: t.file.to_string(),
                     expected: shape,
                     got: t.shape,
                 });

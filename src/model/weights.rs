@@ -44,7 +44,8 @@ pub fn expect<'a>(
     }
     if t.shape != shape {
         return Err(Error::Shape {
-            tensor: format!("{} in {}", name, t.file),
+            tensor: name.to_string(),
+            file: t.file.to_string(),
             expected: shape.to_vec(),
             got: t.shape,
         });
@@ -117,13 +118,20 @@ mod native {
     use std::path::{Path, PathBuf};
 
     use super::*;
-    use crate::model::config::{HfConfig, ModelConfig};
+    use crate::model::config::{HfConfig, Ids, ModelConfig};
+    use crate::tokenizer::Tokenizer;
 
-    /// A checkpoint directory opened for loading.
+    /// A checkpoint directory opened for loading: everything but the tensor bytes is read.
     pub struct Checkpoint {
         pub dir: PathBuf,
         pub config: ModelConfig,
         pub shards: Shards<memmap2::Mmap>,
+        /// tokenizer.json, or the built-in gpt-oss tokenizer when the directory has none.
+        pub tokenizer: Option<Tokenizer>,
+        /// True when `tokenizer` is the built-in one.
+        pub builtin_tokenizer: bool,
+        /// generation_config.json's `eos_token_id`, if any.
+        pub eos: Vec<u32>,
     }
 
     fn read(path: &Path) -> Result<String> {
@@ -131,11 +139,13 @@ mod native {
     }
 
     /// Opens `dir`: validates config.json, finds the shards (through model.safetensors.index.json
-    /// or a single model.safetensors) and maps them.
+    /// or a single model.safetensors), maps them and checks their headers, and reads the
+    /// tokenizer and generation_config.json. No tensor data is read.
     pub fn load_dir(dir: &Path) -> Result<Checkpoint> {
         if !dir.is_dir() {
             return Err(Error::Weights(format!(
-                "{} is not a directory",
+                "{} is not a directory (--model takes a checkpoint directory holding \
+                 config.json and the safetensors shards)",
                 dir.display()
             )));
         }
@@ -178,10 +188,40 @@ mod native {
             let map = unsafe { memmap2::Mmap::map(&f) }.map_err(|e| Error::io(&path, e))?;
             files.push((path.display().to_string(), map));
         }
+        let shards = Shards::new(files)?;
+        let tok_path = dir.join("tokenizer.json");
+        let (tokenizer, builtin_tokenizer) = if tok_path.exists() {
+            (Some(Tokenizer::from_file(&tok_path)?), false)
+        } else {
+            // The released models all use o200k_base plus the Harmony ids; a vocabulary too
+            // small for its byte tokens (a test model) simply has no tokenizer.
+            match crate::tokenizer::gpt_oss_tokenizer_json(config.vocab) {
+                Ok(json) => (Some(Tokenizer::from_bytes(json.as_bytes())?), true),
+                Err(_) => (None, false),
+            }
+        };
         Ok(Checkpoint {
             dir: dir.to_path_buf(),
+            eos: generation_eos(&dir.join("generation_config.json"))?,
             config,
-            shards: Shards::new(files)?,
+            shards,
+            tokenizer,
+            builtin_tokenizer,
         })
+    }
+
+    /// `eos_token_id` of generation_config.json (none when the file is absent).
+    fn generation_eos(path: &Path) -> Result<Vec<u32>> {
+        let Ok(text) = std::fs::read_to_string(path) else {
+            return Ok(Vec::new());
+        };
+        let v: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| Error::Config(format!("{}: not valid JSON: {e}", path.display())))?;
+        match v.get("eos_token_id") {
+            None | Some(serde_json::Value::Null) => Ok(Vec::new()),
+            Some(ids) => serde_json::from_value::<Ids>(ids.clone())
+                .map(|ids| ids.to_vec())
+                .map_err(|e| Error::Config(format!("{}: eos_token_id: {e}", path.display()))),
+        }
     }
 }
