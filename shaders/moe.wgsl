@@ -139,7 +139,7 @@ fn project(acc: ptr<function, array<f32, NV>>, lid: u32, e_local: u32, row0: u32
                 let blk = (e_local * rows + row0 + r) * n_blocks + b;
                 // One 16-byte load per block of 32 codes.
                 w[r] = blocks[blk];
-                sc[r] = e8m0(byte_of(scales[blk / 4u], blk));
+                sc[r] = mx_scale(byte_of(scales[blk / 4u], blk));
             }
         }
         // Constant trip counts with a guard: the loops unroll and the arrays stay in registers

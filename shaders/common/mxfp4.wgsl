@@ -1,21 +1,27 @@
 // MXFP4: blocks of 32 values, 16 bytes of e2m1 codes plus one e8m0 scale byte. Element 2j is the
 // low nibble of byte j, so nibble n of a little-endian word (low to high) is element n of its 8.
-// e2m1 codes to f32 by building the float's bits: sign s, exponent field e, mantissa bit m gives
-// 0, 0.5 (e = 0, m = 1: subnormal) or (1 + m/2) * 2^(e - 1). Arithmetic instead of a table keeps the
-// decode in registers (a dynamically indexed private array lands in slow local memory on NVIDIA).
-fn fp4x4(n: vec4<u32>) -> vec4<f32> {
-    let mag = n & vec4<u32>(7u);
-    var bits = (((mag >> vec4<u32>(1u)) + vec4<u32>(126u)) << vec4<u32>(23u)) | ((mag & vec4<u32>(1u)) << vec4<u32>(22u));
-    bits = select(bits, vec4<u32>(126u << 23u), mag == vec4<u32>(1u));
-    bits = select(bits, vec4<u32>(0u), mag == vec4<u32>(0u));
-    return bitcast<vec4<f32>>(bits | ((n & vec4<u32>(8u)) << vec4<u32>(28u)));
+// Dot product of the 8 codes of `w` with inputs a (elements 0..3) and b (elements 4..7), in units
+// of 2^-14 (the caller folds 2^14 into the block scale). Each code becomes the f16 whose exponent
+// and mantissa bits are the code's: (1 + m/2) * 2^(e - 15), and the subnormal m * 2^-15 for e = 0,
+// which is exactly the e2m1 value times 2^-14. Elements n and n + 4 sit 16 bits apart in the word,
+// so one mask and one unpack2x16float decode two codes: a handful of integer operations per pair
+// instead of a table (a dynamically indexed private array lands in slow local memory on NVIDIA).
+fn fp4_dot8(w: u32, a: vec4<f32>, b: vec4<f32>) -> f32 {
+    let m = 0x000f000fu;
+    return dot(fp4_pair(w & m), vec2<f32>(a.x, b.x))
+        + dot(fp4_pair((w >> 4u) & m), vec2<f32>(a.y, b.y))
+        + dot(fp4_pair((w >> 8u) & m), vec2<f32>(a.z, b.z))
+        + dot(fp4_pair((w >> 12u) & m), vec2<f32>(a.w, b.w));
 }
 
-// Dot product of the 8 codes in `w` with inputs a (elements 0..3) and b (elements 4..7).
-fn fp4_dot8(w: u32, a: vec4<f32>, b: vec4<f32>) -> f32 {
-    let lo = vec4<u32>(w, w >> 4u, w >> 8u, w >> 12u) & vec4<u32>(15u);
-    let hi = vec4<u32>(w >> 16u, w >> 20u, w >> 24u, w >> 28u) & vec4<u32>(15u);
-    return dot(fp4x4(lo), a) + dot(fp4x4(hi), b);
+// Two codes, in the low nibbles of the two 16-bit halves of q, as values times 2^-14.
+fn fp4_pair(q: u32) -> vec2<f32> {
+    return unpack2x16float(((q & 0x00070007u) << 9u) | ((q & 0x00080008u) << 12u));
+}
+
+// The block scale for fp4_dot8's units: 2^(s - 127) * 2^14.
+fn mx_scale(s: u32) -> f32 {
+    return e8m0(s) * 16384.0;
 }
 
 // e8m0 scale: 2^(s - 127), built as the float whose exponent field is s (s = 0 is the subnormal

@@ -23,13 +23,16 @@ const SOURCES: &[(&str, &str)] = embed_wgsl![
     "common/mxfp4.wgsl",
     "common/kv.wgsl",
     "common/token_tile.wgsl",
+    "common/row_group.wgsl",
     "embed.wgsl",
     "rmsnorm.wgsl",
     "linear.wgsl",
+    "linear_vec.wgsl",
     "rope.wgsl",
     "attention.wgsl",
     "router.wgsl",
     "moe.wgsl",
+    "moe_vec.wgsl",
     "sample.wgsl",
 ];
 
@@ -49,6 +52,20 @@ fn lookup(name: &str) -> Result<&'static str> {
         .ok_or_else(|| Error::Shader {
             key: name.into(),
             msg: "no such shader file".into(),
+        })
+}
+
+/// The value of `const NAME: u32 = <literal>u;` in a shader file, so that a grid size the Rust side
+/// needs is written once, in the shader.
+pub fn wgsl_const(file: &str, name: &str) -> Result<u32> {
+    let text = lookup(file)?;
+    let prefix = format!("const {name}: u32 = ");
+    text.lines()
+        .find_map(|l| l.trim().strip_prefix(prefix.as_str()))
+        .and_then(|v| v.trim_end_matches(';').trim_end_matches('u').parse().ok())
+        .ok_or_else(|| Error::Shader {
+            key: file.into(),
+            msg: format!("no `{prefix}<number>u;` line"),
         })
 }
 
@@ -174,6 +191,12 @@ mod tests {
         let key = ShaderKey::new("rmsnorm.wgsl", "main").define_if("NO_SUCH_FLAG", true);
         let err = key.source().unwrap_err().to_string();
         assert!(err.contains("NO_SUCH_FLAG"), "{err}");
+    }
+
+    #[test]
+    fn constants_are_read_from_the_shader() {
+        assert_eq!(wgsl_const("linear_vec.wgsl", "ROWS").unwrap(), 16);
+        assert!(wgsl_const("linear_vec.wgsl", "NOPE").is_err());
     }
 
     #[test]

@@ -1,7 +1,35 @@
-//! Dense layers with bf16 weights (`shaders/linear.wgsl`): q/k/v, o_proj, router, lm_head.
+//! Dense layers with bf16 weights: q/k/v, o_proj, lm_head. Passes of up to VEC_MAX_TOKENS tokens
+//! run `shaders/linear_vec.wgsl` (one workgroup row per token, the preceding RMSNorm fused), larger
+//! ones the token tiles of `shaders/linear.wgsl`.
 
 use crate::error::{Error, Result};
+use crate::gpu::shader::wgsl_const;
 use crate::gpu::{Count, Dispatch, Gpu, Split};
+
+use super::VEC_MAX_TOKENS;
+
+/// linear_vec's parameters (`Params` in shaders/linear_vec.wgsl).
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct VecParams {
+    k: u32,
+    rows: u32,
+    row_start: u32,
+    n_out: u32,
+    count_which: u32,
+    has_bias: u32,
+    accumulate: u32,
+    eps: f32,
+}
+
+/// The RMSNorm a projection's input goes through first: in = RMSNorm(x) * w.
+pub struct NormInput<'a> {
+    /// The un-normed input [count, k] (the residual stream).
+    pub x: &'a wgpu::Buffer,
+    /// [k] f32 gain.
+    pub w: &'a wgpu::Buffer,
+    pub eps: f32,
+}
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -32,6 +60,17 @@ pub struct Linear<'a> {
     pub count: Count,
     /// Add into y (the residual stream) instead of overwriting it.
     pub accumulate: bool,
+    /// When set, `x` holds RMSNorm(norm.x) * norm.w for the tiled path (written by a separate
+    /// rmsnorm dispatch that the caller runs only for passes above VEC_MAX_TOKENS), and the
+    /// vector path reads norm.x and normalizes it itself.
+    pub norm: Option<NormInput<'a>>,
+}
+
+/// The largest pass that runs the vector kernel for input width k: it reads 8 weights per load,
+/// so k must be a multiple of 8 (else 0: every pass is tiled). A fused norm's separate rmsnorm
+/// dispatch must run for the larger passes.
+pub fn vec_max_tokens(k: u32) -> u32 {
+    if k % 8 == 0 { VEC_MAX_TOKENS } else { 0 }
 }
 
 /// One dispatch per weight buffer.
@@ -53,8 +92,45 @@ pub fn build(gpu: &Gpu, step: &wgpu::Buffer, l: &Linear) -> Result<Vec<Dispatch>
     }
     let key = super::key(gpu, "linear.wgsl", "main").define_if("VEC8", l.k % 8 == 0);
     let one = key.clone().define_if("ONE_TOKEN", true);
+    let vec_max = vec_max_tokens(l.k);
+    let vec_key =
+        super::row_group_key(gpu, "linear_vec.wgsl", "main").define_if("NORM", l.norm.is_some());
+    let vec_rows = wgsl_const("linear_vec.wgsl", "ROWS")?;
     let mut out = Vec::new();
     for c in &l.w.chunks {
+        // Without a bias the binding still needs a buffer; x is read-only too.
+        let bias = l.bias.unwrap_or(l.x);
+        if vec_max > 0 {
+            let p = VecParams {
+                k: l.k,
+                rows: c.count,
+                row_start: c.start,
+                n_out: l.n_out,
+                count_which: super::count_index(l.count),
+                has_bias: l.bias.is_some() as u32,
+                accumulate: l.accumulate as u32,
+                eps: l.norm.as_ref().map_or(0.0, |n| n.eps),
+            };
+            // The gain binding exists only in the NORM variant.
+            let bufs = match &l.norm {
+                Some(n) => vec![n.x, &c.buffer, bias, l.y, n.w],
+                None => vec![l.x, &c.buffer, bias, l.y],
+            };
+            let grid_x = c.count.div_ceil(vec_rows);
+            out.push(
+                Dispatch::new(
+                    gpu,
+                    &vec_key,
+                    step,
+                    bytemuck::bytes_of(&p),
+                    &bufs,
+                    grid_x,
+                    l.count,
+                    1,
+                )?
+                .only_for(l.count, 1..=vec_max),
+            );
+        }
         let p = Params {
             k: l.k,
             rows: c.count,
@@ -65,17 +141,18 @@ pub fn build(gpu: &Gpu, step: &wgpu::Buffer, l: &Linear) -> Result<Vec<Dispatch>
             accumulate: l.accumulate as u32,
             _pad: 0,
         };
-        // Without a bias the binding still needs a buffer; x is read-only too.
-        let bias = l.bias.unwrap_or(l.x);
         let bufs = [l.x, &c.buffer, bias, l.y];
         let params = bytemuck::bytes_of(&p);
         let x = c.count.div_ceil(R);
-        out.push(
-            Dispatch::new(gpu, &one, step, params, &bufs, x, l.count, 1)?.only_for(l.count, 1..=1),
-        );
+        if vec_max == 0 {
+            out.push(
+                Dispatch::new(gpu, &one, step, params, &bufs, x, l.count, 1)?
+                    .only_for(l.count, 1..=1),
+            );
+        }
         out.push(
             Dispatch::new(gpu, &key, step, params, &bufs, x, l.count, TT)?
-                .only_for(l.count, 2..=u32::MAX),
+                .only_for(l.count, (vec_max + 1).max(2)..=u32::MAX),
         );
     }
     Ok(out)
@@ -156,6 +233,7 @@ mod tests {
                         n_out: n as u32,
                         count: Count::Tokens,
                         accumulate: acc,
+                        norm: None,
                     },
                 )
                 .unwrap();
@@ -172,6 +250,76 @@ mod tests {
                     "{} t={t} k={k} n={n}: nmse {e}",
                     gpu.caps.subgroups
                 );
+            }
+        }
+    }
+
+    #[test]
+    fn fused_norm_matches_rmsnorm_then_linear() {
+        let mut rng = seeded("linear_norm");
+        for gpu in gpus() {
+            // (tokens, k, n, rows per buffer): the vector path with the norm fused, and above
+            // VEC_MAX_TOKENS the tiled path on the separately normed input.
+            for &(t, k, n, split) in &[(1, 64, 24, 24), (3, 256, 37, 16), (12, 64, 9, 9)] {
+                let x = random(&mut rng, t * k, 2.0);
+                let g = random(&mut rng, k, 1.0);
+                let (w, wb) = random_bf16(&mut rng, n * k, 0.5);
+                let mut h = vec![0.0f32; t * k];
+                for ti in 0..t {
+                    let xr = &x[ti * k..(ti + 1) * k];
+                    let ms = xr.iter().map(|v| (*v as f64).powi(2)).sum::<f64>() / k as f64;
+                    let inv = 1.0 / (ms + 1e-5).sqrt();
+                    for i in 0..k {
+                        h[ti * k + i] = (xr[i] as f64 * inv * g[i] as f64) as f32;
+                    }
+                }
+                let chunks = (0..n)
+                    .step_by(split)
+                    .map(|s| {
+                        let c = split.min(n - s);
+                        Rows {
+                            buffer: gpu.upload("w", &wb[s * k * 2..(s + c) * k * 2]).unwrap(),
+                            start: s as u32,
+                            count: c as u32,
+                        }
+                    })
+                    .collect();
+                let w_split = Split { chunks };
+                let xb = gpu.upload("x", f32_bytes(&x)).unwrap();
+                let gb = gpu.upload("g", f32_bytes(&g)).unwrap();
+                // The tiled path reads the normed input, as the model's rmsnorm dispatch writes it.
+                let hb = gpu.upload("h", f32_bytes(&h)).unwrap();
+                let yb = gpu.storage("y", (t * n * 4) as u64).unwrap();
+                let step = step_buffer(gpu);
+                let d = build(
+                    gpu,
+                    &step,
+                    &Linear {
+                        x: &hb,
+                        w: &w_split,
+                        bias: None,
+                        y: &yb,
+                        k: k as u32,
+                        n_out: n as u32,
+                        count: Count::Tokens,
+                        accumulate: false,
+                        norm: Some(NormInput {
+                            x: &xb,
+                            w: &gb,
+                            eps: 1e-5,
+                        }),
+                    },
+                )
+                .unwrap();
+                let counts = StepCounts {
+                    tokens: t as u32,
+                    ..Default::default()
+                };
+                submit(gpu, &step, &counts, &d);
+                let got = gpu.read_f32(&yb, t * n).unwrap();
+                let want = reference(&h, &w, &vec![0.0; n], &[], t, k, n, false);
+                let e = nmse(&got, &want);
+                assert!(e < 1e-10, "t={t} k={k} n={n}: nmse {e}");
             }
         }
     }

@@ -21,6 +21,18 @@ fn key(gpu: &Gpu, file: &'static str, entry: &'static str) -> ShaderKey {
     ShaderKey::new(file, entry).define_if("SUBGROUPS", gpu.caps.subgroups)
 }
 
+/// The key for a row-group kernel (`common/row_group.wgsl`): subgroup sums only where no subgroup
+/// is wider than a row group.
+fn row_group_key(gpu: &Gpu, file: &'static str, entry: &'static str) -> ShaderKey {
+    let fits = (1..=32).contains(&gpu.caps.subgroup_max);
+    ShaderKey::new(file, entry).define_if("SUBGROUPS", gpu.caps.subgroups && fits)
+}
+
+/// Passes with at most this many tokens run the matrix-vector kernels (`linear_vec`, `moe_vec`,
+/// one workgroup row per token or slot); larger ones the tiled kernels that reuse each weight
+/// load across tokens.
+pub const VEC_MAX_TOKENS: u32 = 8;
+
 /// Which step count a kernel's rows follow, as `step_count()` in `common/step.wgsl` numbers them.
 fn count_index(c: Count) -> u32 {
     match c {
@@ -48,6 +60,12 @@ pub fn all_variants() -> Vec<ShaderKey> {
                 .define_if("ONE_TOKEN", true),
         );
         out.push(k("sample.wgsl", "main"));
+        out.push(k("router.wgsl", "main"));
+        for norm in [false, true] {
+            out.push(k("linear_vec.wgsl", "main").define_if("NORM", norm));
+        }
+        out.push(k("moe_vec.wgsl", "gate_up").define_if("GATE_UP", true));
+        out.push(k("moe_vec.wgsl", "down").define_if("DOWN", true));
         for one in [false, true] {
             out.push(
                 k("moe.wgsl", "gate_up")
@@ -63,9 +81,7 @@ pub fn all_variants() -> Vec<ShaderKey> {
         out.push(ShaderKey::new("moe.wgsl", "route").define_if("ROUTE", true));
         out.push(ShaderKey::new("moe.wgsl", "combine").define_if("COMBINE", true));
     }
-    for f in ["embed.wgsl", "router.wgsl"] {
-        out.push(ShaderKey::new(f, "main"));
-    }
+    out.push(ShaderKey::new("embed.wgsl", "main"));
     for f16 in [false, true] {
         for f in ["rope.wgsl", "attention.wgsl"] {
             out.push(ShaderKey::new(f, "main").define_if("KV_F16", f16));

@@ -1,7 +1,24 @@
-//! MoE expert projections with MXFP4 weights and the clamped SwiGLU (`shaders/moe.wgsl`).
+//! MoE expert projections with MXFP4 weights and the clamped SwiGLU: `shaders/moe_vec.wgsl` (one
+//! workgroup row per slot) for passes of up to `vec_max_tokens` tokens, `shaders/moe.wgsl`
+//! (slots grouped by expert) above.
 
 use crate::error::{Error, Result};
+use crate::gpu::shader::wgsl_const;
 use crate::gpu::{Count, Dispatch, Gpu, ShaderKey};
+
+/// moe_vec's parameters (`Params` in shaders/moe_vec.wgsl).
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct VecParams {
+    hidden: u32,
+    inter: u32,
+    top_k: u32,
+    e_start: u32,
+    e_count: u32,
+    limit: f32,
+    alpha: f32,
+    _pad: u32,
+}
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -40,6 +57,8 @@ pub struct MoeShape {
     pub alpha: f32,
     /// Most token-expert slots in a forward pass (the row stride of the slot lists).
     pub max_slots: u32,
+    /// Passes of up to this many tokens run the per-slot kernels (normally VEC_MAX_TOKENS).
+    pub vec_max_tokens: u32,
 }
 
 /// The buffers one MoE layer works on.
@@ -96,10 +115,12 @@ fn per_chunk<'a>(
     for c in chunks {
         let p = params(s, c.start, c.count);
         let (bufs, x, y) = (buffers(c), rows.div_ceil(R), Count::Fixed(c.count));
-        let d = Dispatch::new(gpu, &one, step, bytemuck::bytes_of(&p), &bufs, x, y, 1)?;
-        out.push(d.only_for(Count::Tokens, 1..=1));
+        if s.vec_max_tokens == 0 {
+            let d = Dispatch::new(gpu, &one, step, bytemuck::bytes_of(&p), &bufs, x, y, 1)?;
+            out.push(d.only_for(Count::Tokens, 1..=1));
+        }
         let d = Dispatch::new(gpu, key, step, bytemuck::bytes_of(&p), &bufs, x, y, 1)?;
-        out.push(d.only_for(Count::Tokens, 2..=u32::MAX));
+        out.push(d.only_for(Count::Tokens, (s.vec_max_tokens + 1).max(2)..=u32::MAX));
     }
     Ok(out)
 }
@@ -119,20 +140,24 @@ pub fn build(
             s.hidden, s.inter
         )));
     }
-    let mut out = Vec::new();
+    let mut out = vec_dispatches(gpu, step, s, b, w)?;
+    let grouped = (s.vec_max_tokens + 1)..=u32::MAX;
     // Route and combine span every expert.
     let all = params(s, 0, s.experts);
     let key = ShaderKey::new("moe.wgsl", "route").define_if("ROUTE", true);
-    out.push(Dispatch::new(
-        gpu,
-        &key,
-        step,
-        bytemuck::bytes_of(&all),
-        &[b.idx, b.lists, b.counts],
-        s.experts,
-        Count::One,
-        1,
-    )?);
+    out.push(
+        Dispatch::new(
+            gpu,
+            &key,
+            step,
+            bytemuck::bytes_of(&all),
+            &[b.idx, b.lists, b.counts],
+            s.experts,
+            Count::One,
+            1,
+        )?
+        .only_for(Count::Tokens, grouped.clone()),
+    );
     let key = super::key(gpu, "moe.wgsl", "gate_up").define_if("GATE_UP", true);
     out.extend(per_chunk(
         gpu,
@@ -167,16 +192,79 @@ pub fn build(
         ]
     })?);
     let key = ShaderKey::new("moe.wgsl", "combine").define_if("COMBINE", true);
-    out.push(Dispatch::new(
-        gpu,
-        &key,
-        step,
-        bytemuck::bytes_of(&all),
-        &[b.y, b.x],
-        s.hidden.div_ceil(64),
-        Count::Tokens,
-        1,
-    )?);
+    out.push(
+        Dispatch::new(
+            gpu,
+            &key,
+            step,
+            bytemuck::bytes_of(&all),
+            &[b.y, b.x],
+            s.hidden.div_ceil(64),
+            Count::Tokens,
+            1,
+        )?
+        .only_for(Count::Tokens, grouped),
+    );
+    Ok(out)
+}
+
+/// The per-slot path: gate_up (with SwiGLU) per slot, then down with the combine and residual
+/// add per token, one dispatch of each per expert buffer.
+fn vec_dispatches(
+    gpu: &Gpu,
+    step: &wgpu::Buffer,
+    s: &MoeShape,
+    b: &MoeBuffers,
+    w: &MoeWeights,
+) -> Result<Vec<Dispatch>> {
+    let mut out = Vec::new();
+    if s.vec_max_tokens == 0 {
+        return Ok(out);
+    }
+    let rows_per_wg = wgsl_const("moe_vec.wgsl", "ROWS")?;
+    let range = 1..=s.vec_max_tokens;
+    let p = |c: &ExpertChunk| VecParams {
+        hidden: s.hidden,
+        inter: s.inter,
+        top_k: s.top_k,
+        e_start: c.start,
+        e_count: c.count,
+        limit: s.limit,
+        alpha: s.alpha,
+        _pad: 0,
+    };
+    let key = super::row_group_key(gpu, "moe_vec.wgsl", "gate_up").define_if("GATE_UP", true);
+    for c in w.gate_up {
+        let bufs = [b.h, b.idx, &c.blocks, &c.scales, w.gate_up_bias, b.act];
+        let grid_x = (2 * s.inter).div_ceil(rows_per_wg);
+        let d = Dispatch::new(
+            gpu,
+            &key,
+            step,
+            bytemuck::bytes_of(&p(c)),
+            &bufs,
+            grid_x,
+            Count::Slots,
+            1,
+        )?;
+        out.push(d.only_for(Count::Tokens, range.clone()));
+    }
+    let key = super::row_group_key(gpu, "moe_vec.wgsl", "down").define_if("DOWN", true);
+    for c in w.down {
+        let bufs = [b.act, b.idx, b.wts, &c.blocks, &c.scales, w.down_bias, b.x];
+        let grid_x = s.hidden.div_ceil(rows_per_wg);
+        let d = Dispatch::new(
+            gpu,
+            &key,
+            step,
+            bytemuck::bytes_of(&p(c)),
+            &bufs,
+            grid_x,
+            Count::Tokens,
+            1,
+        )?;
+        out.push(d.only_for(Count::Tokens, range.clone()));
+    }
     Ok(out)
 }
 
@@ -231,6 +319,7 @@ mod tests {
                     alpha: 1.702,
                     experts: e as u32,
                     max_slots: (t * k) as u32,
+                    vec_max_tokens: 0,
                 };
                 let (gu_b, gu_s) = random_mxfp4(&mut rng, e * 2 * it, hd);
                 let (dn_b, dn_s) = random_mxfp4(&mut rng, e * hd, it);
@@ -270,7 +359,6 @@ mod tests {
                 let gu = chunk(&gu_b, &gu_s, 2 * it, hd);
                 let dn = chunk(&dn_b, &dn_s, hd, it);
                 let hb = gpu.upload("h", f32_bytes(&h)).unwrap();
-                let xb = gpu.upload("x", f32_bytes(&x0)).unwrap();
                 let ib = gpu.upload("idx", bytemuck::cast_slice(&idx)).unwrap();
                 let wb = gpu.upload("wts", f32_bytes(&wts)).unwrap();
                 let gbb = gpu.upload("gub", f32_bytes(&gu_bias)).unwrap();
@@ -280,30 +368,39 @@ mod tests {
                 let lb = gpu.storage("lists", (e * t * k * 4) as u64).unwrap();
                 let cb = gpu.storage("counts", (e * 4) as u64).unwrap();
                 let step = step_buffer(gpu);
-                let bufs = MoeBuffers {
-                    idx: &ib,
-                    wts: &wb,
-                    lists: &lb,
-                    counts: &cb,
-                    h: &hb,
-                    act: &ab,
-                    y: &yb,
-                    x: &xb,
-                };
                 let ws = MoeWeights {
                     gate_up: &gu,
                     gate_up_bias: &gbb,
                     down: &dn,
                     down_bias: &dbb,
                 };
-                let d = build(gpu, &step, &s, &bufs, &ws).unwrap();
-                let c = StepCounts {
-                    tokens: t as u32,
-                    slots: (t * k) as u32,
-                    ..Default::default()
+                // Both paths on the same inputs: grouped by expert, and per slot.
+                let run = |vec_max_tokens: u32| {
+                    let xb = gpu.upload("x", f32_bytes(&x0)).unwrap();
+                    let bufs = MoeBuffers {
+                        idx: &ib,
+                        wts: &wb,
+                        lists: &lb,
+                        counts: &cb,
+                        h: &hb,
+                        act: &ab,
+                        y: &yb,
+                        x: &xb,
+                    };
+                    let shape = MoeShape {
+                        vec_max_tokens,
+                        ..s
+                    };
+                    let d = build(gpu, &step, &shape, &bufs, &ws).unwrap();
+                    let c = StepCounts {
+                        tokens: t as u32,
+                        slots: (t * k) as u32,
+                        ..Default::default()
+                    };
+                    submit(gpu, &step, &c, &d);
+                    gpu.read_f32(&xb, t * hd).unwrap()
                 };
-                submit(gpu, &step, &c, &d);
-                let got = gpu.read_f32(&xb, t * hd).unwrap();
+                let paths = [(0, run(0)), (t as u32, run(t as u32))];
 
                 let mut want = x0.clone();
                 for ti in 0..t {
@@ -339,8 +436,13 @@ mod tests {
                         }
                     }
                 }
-                let e2 = nmse(&got, &want);
-                assert!(e2 < 1e-11, "t={t} h={hd} i={it}: nmse {e2}");
+                for (vec_max, got) in &paths {
+                    let e2 = nmse(got, &want);
+                    assert!(
+                        e2 < 1e-11,
+                        "t={t} h={hd} i={it} vec_max={vec_max}: nmse {e2}"
+                    );
+                }
             }
         }
     }

@@ -1,41 +1,67 @@
-//! Router top-k and softmax over the chosen logits (`shaders/router.wgsl`).
+//! The MoE router, whole (`shaders/router.wgsl`): RMSNorm, the router projection, top-k and the
+//! softmax over the chosen logits in one workgroup per token.
 
-use crate::error::Result;
-use crate::gpu::{Count, Dispatch, Gpu, ShaderKey};
+use crate::error::{Error, Result};
+use crate::gpu::{Count, Dispatch, Gpu, Split};
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 struct Params {
+    hidden: u32,
     n_experts: u32,
     top_k: u32,
-    _pad: [u32; 2],
+    eps: f32,
 }
 
-/// idx, wts: [T, K] from logits: [T, E].
-pub fn build(
-    gpu: &Gpu,
-    step: &wgpu::Buffer,
-    logits: &wgpu::Buffer,
-    idx: &wgpu::Buffer,
-    wts: &wgpu::Buffer,
-    n_experts: u32,
-    top_k: u32,
-) -> Result<Dispatch> {
-    let p = Params {
-        n_experts,
-        top_k,
-        _pad: [0; 2],
+/// The router of one layer and what it reads and writes.
+pub struct Router<'a> {
+    /// [T, H] residual stream.
+    pub x: &'a wgpu::Buffer,
+    /// [H] f32 post-attention norm gain.
+    pub norm: &'a wgpu::Buffer,
+    pub eps: f32,
+    /// [E, H] bf16 in one buffer, and [E] f32.
+    pub w: &'a Split,
+    pub bias: &'a wgpu::Buffer,
+    /// Outputs: h [T, H] = RMSNorm(x) * norm (the experts' input), idx and wts [T, K].
+    pub h: &'a wgpu::Buffer,
+    pub idx: &'a wgpu::Buffer,
+    pub wts: &'a wgpu::Buffer,
+    pub hidden: u32,
+    pub n_experts: u32,
+    pub top_k: u32,
+}
+
+pub fn build(gpu: &Gpu, step: &wgpu::Buffer, r: &Router) -> Result<Dispatch> {
+    let max_e = crate::gpu::shader::wgsl_const("router.wgsl", "MAX_E")?;
+    if r.n_experts > max_e || r.top_k > r.n_experts {
+        return Err(Error::Unsupported(format!(
+            "router with {} experts, top-{} (at most {max_e} experts)",
+            r.n_experts, r.top_k
+        )));
+    }
+    let [chunk] = &r.w.chunks[..] else {
+        return Err(Error::Unsupported(
+            "a router weight split over several buffers".into(),
+        ));
     };
-    let key = ShaderKey::new("router.wgsl", "main");
+    let p = Params {
+        hidden: r.hidden,
+        n_experts: r.n_experts,
+        top_k: r.top_k,
+        eps: r.eps,
+    };
+    let key = super::row_group_key(gpu, "router.wgsl", "main");
+    let bufs = [r.x, r.norm, &chunk.buffer, r.bias, r.h, r.idx, r.wts];
     Dispatch::new(
         gpu,
         &key,
         step,
         bytemuck::bytes_of(&p),
-        &[logits, idx, wts],
+        &bufs,
         1,
         Count::Tokens,
-        64,
+        1,
     )
 }
 
@@ -63,40 +89,88 @@ mod tests {
     use crate::kernels::testing::*;
 
     #[test]
-    fn router_picks_top_k_and_softmaxes() {
+    fn router_norms_projects_picks_top_k_and_softmaxes() {
         let mut rng = seeded("router");
         for gpu in gpus() {
-            for &(t, e, k) in &[
-                (1usize, 4usize, 2usize),
-                (70, 32, 4),
-                (3, 128, 4),
-                (5, 7, 3),
+            for &(t, hd, e, k) in &[
+                (1usize, 64usize, 4usize, 2usize),
+                (70, 32, 32, 4),
+                (3, 96, 128, 4),
+                (5, 64, 7, 3),
             ] {
-                let mut logits = random(&mut rng, t * e, 3.0);
-                // Exact ties: the lower expert index ranks first.
-                for v in logits.iter_mut().step_by(3) {
-                    *v = 0.5;
+                let x = random(&mut rng, t * hd, 2.0);
+                let g = random(&mut rng, hd, 1.0);
+                let (mut w, mut wb) = random_bf16(&mut rng, e * hd, 0.5);
+                let mut bias = random(&mut rng, e, 0.5);
+                // Rows of zeros make exact ties: the lower expert index ranks first.
+                for ex in (0..e).step_by(3) {
+                    w[ex * hd..(ex + 1) * hd].fill(0.0);
+                    wb[ex * hd * 2..(ex + 1) * hd * 2].fill(0);
+                    bias[ex] = 0.25;
                 }
-                let lb = gpu.upload("l", f32_bytes(&logits)).unwrap();
+                let split = Split {
+                    chunks: vec![crate::gpu::Rows {
+                        buffer: gpu.upload("w", &wb).unwrap(),
+                        start: 0,
+                        count: e as u32,
+                    }],
+                };
+                let xb = gpu.upload("x", f32_bytes(&x)).unwrap();
+                let gb = gpu.upload("g", f32_bytes(&g)).unwrap();
+                let bb = gpu.upload("b", f32_bytes(&bias)).unwrap();
+                let hb = gpu.storage("h", (t * hd * 4) as u64).unwrap();
                 let ib = gpu.storage("i", (t * k * 4) as u64).unwrap();
-                let wb = gpu.storage("w", (t * k * 4) as u64).unwrap();
+                let wtb = gpu.storage("w", (t * k * 4) as u64).unwrap();
                 let step = step_buffer(gpu);
-                let d = build(gpu, &step, &lb, &ib, &wb, e as u32, k as u32).unwrap();
-                submit(
-                    gpu,
-                    &step,
-                    &StepCounts {
-                        tokens: t as u32,
-                        ..Default::default()
-                    },
-                    &[d],
-                );
+                let r = Router {
+                    x: &xb,
+                    norm: &gb,
+                    eps: 1e-5,
+                    w: &split,
+                    bias: &bb,
+                    h: &hb,
+                    idx: &ib,
+                    wts: &wtb,
+                    hidden: hd as u32,
+                    n_experts: e as u32,
+                    top_k: k as u32,
+                };
+                let d = build(gpu, &step, &r).unwrap();
+                let counts = StepCounts {
+                    tokens: t as u32,
+                    ..Default::default()
+                };
+                submit(gpu, &step, &counts, &[d]);
+                let gh = gpu.read_f32(&hb, t * hd).unwrap();
                 let gi = gpu.read_u32(&ib, t * k).unwrap();
-                let gw = gpu.read_f32(&wb, t * k).unwrap();
+                let gw = gpu.read_f32(&wtb, t * k).unwrap();
                 for ti in 0..t {
-                    let (ri, rw) = reference(&logits[ti * e..(ti + 1) * e], k);
-                    assert_eq!(&gi[ti * k..(ti + 1) * k], &ri[..], "token {ti}");
-                    assert!(max_abs(&gw[ti * k..(ti + 1) * k], &rw) < 1e-6);
+                    let xr = &x[ti * hd..(ti + 1) * hd];
+                    let ms = xr.iter().map(|v| (*v as f64).powi(2)).sum::<f64>() / hd as f64;
+                    let inv = 1.0 / (ms + 1e-5).sqrt();
+                    let h: Vec<f32> = (0..hd)
+                        .map(|i| (xr[i] as f64 * inv * g[i] as f64) as f32)
+                        .collect();
+                    assert!(
+                        nmse(&gh[ti * hd..(ti + 1) * hd], &h) < 1e-12,
+                        "h of token {ti}"
+                    );
+                    let logits: Vec<f32> = (0..e)
+                        .map(|ex| {
+                            let dotp: f64 =
+                                (0..hd).map(|i| w[ex * hd + i] as f64 * h[i] as f64).sum();
+                            (dotp + bias[ex] as f64) as f32
+                        })
+                        .collect();
+                    let (ri, rw) = reference(&logits, k);
+                    // Ranks may swap only between logits closer than rounding.
+                    for (j, (&got, &want)) in gi[ti * k..(ti + 1) * k].iter().zip(&ri).enumerate() {
+                        if got != want {
+                            let gap = (logits[got as usize] - logits[want as usize]).abs();
+                            assert!(gap < 1e-5, "token {ti} pick {j}: {got} vs {want} ({gap})");
+                        }
+                    }
+                    assert!(max_abs(&gw[ti * k..(ti + 1) * k], &rw) < 1e-5, "token {ti}");
                 }
             }
         }

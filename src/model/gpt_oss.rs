@@ -10,13 +10,15 @@ use std::sync::Arc;
 use crate::error::{Error, Result};
 use crate::gpu::dispatch::{self, StepCounts};
 use crate::gpu::{Count, Dispatch, Gpu, Rows, Split};
+use crate::kernels::VEC_MAX_TOKENS;
 use crate::kernels::attention::{self, Attention};
-use crate::kernels::linear::{self, Linear};
+use crate::kernels::embed;
+use crate::kernels::linear::{self, Linear, NormInput};
 use crate::kernels::moe::{self, ExpertChunk, MoeBuffers, MoeShape, MoeWeights};
 use crate::kernels::rmsnorm::{self, RmsNorm};
 use crate::kernels::rope::{self, Rope};
+use crate::kernels::router::{self, Router};
 use crate::kernels::sample::{self, SampleParams};
-use crate::kernels::{embed, router};
 use crate::model::config::ModelConfig;
 use crate::model::inputs::TokenInfo;
 use crate::model::kv_cache::{self, LayerCache};
@@ -402,7 +404,6 @@ impl Model {
             ("h", t * h * 4),
             ("qkv", t * qkv_n as u64 * 4),
             ("attn", t * (nh * d) as u64 * 4),
-            ("router_logits", t * e as u64 * 4),
             ("expert_idx", t * k * 4),
             ("expert_wts", t * k * 4),
             ("expert_act", t * k * i as u64 * 4),
@@ -507,11 +508,12 @@ impl Model {
                 &name("self_attn.sinks"),
                 &[small(src, &name("self_attn.sinks"), nh)?],
             )?;
+            // The fused router kernel reads its whole matrix from one buffer.
             let router_w = up.split(
                 &name("mlp.router"),
                 &[tensor("mlp.router.weight")?],
                 h * 2,
-                1,
+                e as u64,
             )?;
             let router_b = up.vector(
                 &name("mlp.router.bias"),
@@ -550,22 +552,26 @@ impl Model {
                 )?],
             )?;
 
-            // Both blocks start from h = RMSNorm(x).
-            let norm_x = |w| {
-                let n = RmsNorm {
-                    x: a("x"),
-                    w,
-                    rows: None,
-                    out: a("h"),
-                    n: c.hidden,
-                    eps: c.eps,
-                    count: Count::Tokens,
-                };
-                rmsnorm::build(g, &step, &n)
-            };
-            // Attention block: x += o_proj(attn(rope(qkv(norm(x))))).
+            // Attention block: x += o_proj(attn(rope(qkv(norm(x))))). Small passes fuse the norm
+            // into the qkv projection; large ones norm into `h` first for the tiled kernels.
             let cache = &caches[l];
-            ds.push(norm_x(&ln1)?);
+            let vec_max = linear::vec_max_tokens(c.hidden);
+            ds.push(
+                rmsnorm::build(
+                    g,
+                    &step,
+                    &RmsNorm {
+                        x: a("x"),
+                        w: &ln1,
+                        rows: None,
+                        out: a("h"),
+                        n: c.hidden,
+                        eps: c.eps,
+                        count: Count::Tokens,
+                    },
+                )?
+                .only_for(Count::Tokens, vec_max + 1..=u32::MAX),
+            );
             ds.extend(linear::build(
                 g,
                 &step,
@@ -578,6 +584,11 @@ impl Model {
                     n_out: qkv_n as u32,
                     count: Count::Tokens,
                     accumulate: false,
+                    norm: Some(NormInput {
+                        x: a("x"),
+                        w: &ln1,
+                        eps: c.eps,
+                    }),
                 },
             )?);
             ds.push(rope::build(
@@ -632,32 +643,27 @@ impl Model {
                     n_out: c.hidden,
                     count: Count::Tokens,
                     accumulate: true,
+                    norm: None,
                 },
             )?);
-            // MoE block: x += sum_k w_k * expert_k(norm(x)).
-            ds.push(norm_x(&ln2)?);
-            ds.extend(linear::build(
-                g,
-                &step,
-                &Linear {
-                    x: a("h"),
-                    w: &router_w,
-                    bias: Some(&router_b),
-                    y: a("router_logits"),
-                    k: c.hidden,
-                    n_out: c.experts,
-                    count: Count::Tokens,
-                    accumulate: false,
-                },
-            )?);
+            // MoE block: x += sum_k w_k * expert_k(norm(x)); the router kernel writes norm(x)
+            // to `h` along with the chosen experts and their weights.
             ds.push(router::build(
                 g,
                 &step,
-                a("router_logits"),
-                a("expert_idx"),
-                a("expert_wts"),
-                c.experts,
-                c.top_k,
+                &Router {
+                    x: a("x"),
+                    norm: &ln2,
+                    eps: c.eps,
+                    w: &router_w,
+                    bias: &router_b,
+                    h: a("h"),
+                    idx: a("expert_idx"),
+                    wts: a("expert_wts"),
+                    hidden: c.hidden,
+                    n_experts: c.experts,
+                    top_k: c.top_k,
+                },
             )?);
             let shape = MoeShape {
                 hidden: c.hidden,
@@ -667,6 +673,7 @@ impl Model {
                 limit: c.swiglu_limit,
                 alpha: c.swiglu_alpha,
                 max_slots: opts.max_tokens * c.top_k,
+                vec_max_tokens: VEC_MAX_TOKENS,
             };
             let buffers = MoeBuffers {
                 idx: a("expert_idx"),
@@ -733,6 +740,7 @@ impl Model {
                 n_out: c.vocab,
                 count: Count::Outputs,
                 accumulate: false,
+                norm: None,
             },
         )?);
         ds.push(sample::build(

@@ -1,0 +1,100 @@
+// Row groups for matrix-vector kernels: a workgroup of WG lanes is cut into groups of GL = 32
+// consecutive lanes; a group computes R output rows, its lanes splitting the inner dimension so
+// that consecutive lanes read consecutive words (coalesced), and the group's partial sums are
+// added here. Every lane of a group receives the R totals.
+//
+// With SUBGROUPS, subgroupAdd sums inside each subgroup and the GL / size subgroup totals of a
+// group meet in workgroup memory (one step on NVIDIA where a subgroup is the group, four on an
+// 8-wide subgroup). The Rust side only picks SUBGROUPS when no subgroup is wider than GL.
+// Without, a tree in workgroup memory does it all. Subgroups are taken to be consecutive lanes
+// (lane = lid % size), which holds for one-dimensional compute workgroups on the drivers we know.
+//
+// The including file defines `const WG: u32` (a multiple of GL, at most 256) and `const R: u32`,
+// declares its entry point's lanes as `Lanes`, and calls these from uniform control flow.
+const GL: u32 = 32u;
+const NG: u32 = WG / GL;
+
+var<workgroup> rg_part: array<f32, WG * R>;
+
+#ifdef SUBGROUPS
+struct Lanes {
+    @builtin(local_invocation_index) lid: u32,
+    @builtin(subgroup_invocation_id) lane: u32,
+    @builtin(subgroup_size) size: u32,
+}
+
+fn group_sums(acc: ptr<function, array<f32, R>>, l: Lanes) {
+    let sg = l.lid / l.size;
+    for (var r = 0u; r < R; r++) {
+        let s = subgroupAdd((*acc)[r]);
+        if l.lane == 0u {
+            rg_part[sg * R + r] = s;
+        }
+    }
+    workgroupBarrier();
+    let parts = max(GL / l.size, 1u);
+    let first = (l.lid / GL) * parts;
+    for (var r = 0u; r < R; r++) {
+        var total = 0.0;
+        for (var q = 0u; q < parts; q++) {
+            total += rg_part[(first + q) * R + r];
+        }
+        (*acc)[r] = total;
+    }
+    workgroupBarrier();
+}
+
+// The sum of one value per lane over the whole workgroup, returned to every lane.
+fn workgroup_sum(v: f32, l: Lanes) -> f32 {
+    let s = subgroupAdd(v);
+    if l.lane == 0u {
+        rg_part[l.lid / l.size] = s;
+    }
+    workgroupBarrier();
+    var total = 0.0;
+    for (var q = 0u; q < (WG + l.size - 1u) / l.size; q++) {
+        total += rg_part[q];
+    }
+    workgroupBarrier();
+    return total;
+}
+#else
+struct Lanes {
+    @builtin(local_invocation_index) lid: u32,
+}
+
+fn group_sums(acc: ptr<function, array<f32, R>>, l: Lanes) {
+    for (var r = 0u; r < R; r++) {
+        rg_part[l.lid * R + r] = (*acc)[r];
+    }
+    let g_lane = l.lid % GL;
+    for (var stride = GL / 2u; stride > 0u; stride >>= 1u) {
+        workgroupBarrier();
+        if g_lane < stride {
+            for (var r = 0u; r < R; r++) {
+                rg_part[l.lid * R + r] += rg_part[(l.lid + stride) * R + r];
+            }
+        }
+    }
+    workgroupBarrier();
+    let first = l.lid - g_lane;
+    for (var r = 0u; r < R; r++) {
+        (*acc)[r] = rg_part[first * R + r];
+    }
+    workgroupBarrier();
+}
+
+fn workgroup_sum(v: f32, l: Lanes) -> f32 {
+    rg_part[l.lid] = v;
+    for (var stride = WG / 2u; stride > 0u; stride >>= 1u) {
+        workgroupBarrier();
+        if l.lid < stride {
+            rg_part[l.lid] += rg_part[l.lid + stride];
+        }
+    }
+    workgroupBarrier();
+    let total = rg_part[0];
+    workgroupBarrier();
+    return total;
+}
+#endif

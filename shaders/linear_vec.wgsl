@@ -1,0 +1,92 @@
+// Dense layer with bf16 weights for passes of a few tokens (decode), one token per workgroup row:
+// y[t, row_start + r] (+)= sum_k in[t, k] * W[r, k] + bias[row_start + r], in = x, or with NORM
+// in = x * rsqrt(mean(x^2) + eps) * g: the RMSNorm that precedes the projection, fused so the
+// normed vector never goes through memory.
+// Bindings: x [count, k] f32 (k a multiple of 8), W rows [rows, k] bf16 (this buffer's rows of
+// the matrix, read 8 weights per 16-byte load), bias [n_out] f32, y [count, n_out] f32,
+// g [k] f32 (NORM only).
+// Grid: (ceil(rows / ROWS), count). Lane i of a row group reads 8-weight units i, i + GL, ...
+// of each of its R rows, so a group reads whole consecutive 512-byte spans of a row.
+// Variants: SUBGROUPS, NORM. ACCUMULATE (a parameter) adds into y, the residual stream.
+#include "common/step.wgsl"
+#include "common/bf16.wgsl"
+
+struct Params {
+    k: u32,
+    rows: u32,
+    row_start: u32,
+    n_out: u32,
+    count_which: u32,
+    has_bias: u32,
+    accumulate: u32,
+    eps: f32,
+}
+
+@group(0) @binding(1) var<uniform> p: Params;
+@group(0) @binding(2) var<storage, read> x: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read> w: array<vec4<u32>>;
+@group(0) @binding(4) var<storage, read> bias: array<f32>;
+@group(0) @binding(5) var<storage, read_write> y: array<f32>;
+#ifdef NORM
+@group(0) @binding(6) var<storage, read> g: array<vec4<f32>>;
+#endif
+
+// Rows per workgroup (the Rust side reads this line to size the grid).
+const ROWS: u32 = 16u;
+const WG: u32 = 128u;
+const R: u32 = ROWS / (WG / 32u);
+#include "common/row_group.wgsl"
+
+@compute @workgroup_size(WG)
+fn main(l: Lanes, @builtin(workgroup_id) wg: vec3<u32>) {
+    let t = wg.y;
+    if t >= step_count(p.count_which) {
+        return;
+    }
+    let units = p.k / 8u;
+    let xb = t * 2u * units;
+    var scale = 1.0;
+#ifdef NORM
+    var ss = 0.0;
+    for (var i = l.lid; i < 2u * units; i += WG) {
+        let v = x[xb + i];
+        ss += dot(v, v);
+    }
+    scale = inverseSqrt(workgroup_sum(ss, l) / f32(p.k) + p.eps);
+#endif
+    let lane = l.lid % GL;
+    let r0 = (wg.x * NG + l.lid / GL) * R;
+    var acc: array<f32, R>;
+    for (var i = lane; i < units; i += GL) {
+        var a = x[xb + 2u * i] * scale;
+        var b = x[xb + 2u * i + 1u] * scale;
+#ifdef NORM
+        a *= g[2u * i];
+        b *= g[2u * i + 1u];
+#endif
+        for (var r = 0u; r < R; r++) {
+            if r0 + r < p.rows {
+                acc[r] += bf16_dot8(w[(r0 + r) * units + i], a, b);
+            }
+        }
+    }
+    group_sums(&acc, l);
+    if lane == 0u {
+        for (var r = 0u; r < R; r++) {
+            let row = r0 + r;
+            if row < p.rows {
+                let col = p.row_start + row;
+                var v = acc[r];
+                if p.has_bias != 0u {
+                    v += bias[col];
+                }
+                let o = t * p.n_out + col;
+                if p.accumulate != 0u {
+                    y[o] += v;
+                } else {
+                    y[o] = v;
+                }
+            }
+        }
+    }
+}
