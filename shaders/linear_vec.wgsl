@@ -5,8 +5,10 @@
 // Bindings: x [count, k] f32 (k a multiple of 8), W rows [rows, k] bf16 (this buffer's rows of
 // the matrix, read 8 weights per 16-byte load), bias [n_out] f32, y [count, n_out] f32,
 // g [k] f32 (NORM only).
-// Grid: (ceil(rows / ROWS), count). Lane i of a row group reads 8-weight units i, i + GL, ...
-// of each of its R rows, so a group reads whole consecutive 512-byte spans of a row.
+// Grid: (min(ceil(rows / ROWS), 65535), count); workgroups stride over the row blocks. All WG
+// lanes share a row (a lane reads 8-weight units lane, lane + WG, ...), so even a small matrix
+// spreads over thousands of workgroups with a few loads each: at batch 1 latency, not bandwidth,
+// is what a long per-lane loop costs.
 // Variants: SUBGROUPS, NORM. ACCUMULATE (a parameter) adds into y, the residual stream.
 #include "common/step.wgsl"
 #include "common/bf16.wgsl"
@@ -32,13 +34,14 @@ struct Params {
 #endif
 
 // Rows per workgroup (the Rust side reads this line to size the grid).
-const ROWS: u32 = 16u;
+const ROWS: u32 = 2u;
 const WG: u32 = 128u;
-const R: u32 = ROWS / (WG / 32u);
+const GL: u32 = 128u;
+const R: u32 = ROWS;
 #include "common/row_group.wgsl"
 
 @compute @workgroup_size(WG)
-fn main(l: Lanes, @builtin(workgroup_id) wg: vec3<u32>) {
+fn main(l: Lanes, @builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let t = wg.y;
     if t >= step_count(p.count_which) {
         return;
@@ -54,37 +57,39 @@ fn main(l: Lanes, @builtin(workgroup_id) wg: vec3<u32>) {
     }
     scale = inverseSqrt(workgroup_sum(ss, l) / f32(p.k) + p.eps);
 #endif
-    let lane = l.lid % GL;
-    let r0 = (wg.x * NG + l.lid / GL) * R;
-    var acc: array<f32, R>;
-    for (var i = lane; i < units; i += GL) {
-        var a = x[xb + 2u * i] * scale;
-        var b = x[xb + 2u * i + 1u] * scale;
+    let blocks = (p.rows + ROWS - 1u) / ROWS;
+    for (var rb = wg.x; rb < blocks; rb += nwg.x) {
+        let r0 = rb * ROWS;
+        var acc: array<f32, R>;
+        for (var i = l.lid; i < units; i += GL) {
+            var a = x[xb + 2u * i] * scale;
+            var b = x[xb + 2u * i + 1u] * scale;
 #ifdef NORM
-        a *= g[2u * i];
-        b *= g[2u * i + 1u];
+            a *= g[2u * i];
+            b *= g[2u * i + 1u];
 #endif
-        for (var r = 0u; r < R; r++) {
-            if r0 + r < p.rows {
-                acc[r] += bf16_dot8(w[(r0 + r) * units + i], a, b);
+            for (var r = 0u; r < R; r++) {
+                if r0 + r < p.rows {
+                    acc[r] += bf16_dot8(w[(r0 + r) * units + i], a, b);
+                }
             }
         }
-    }
-    group_sums(&acc, l);
-    if lane == 0u {
-        for (var r = 0u; r < R; r++) {
-            let row = r0 + r;
-            if row < p.rows {
-                let col = p.row_start + row;
-                var v = acc[r];
-                if p.has_bias != 0u {
-                    v += bias[col];
-                }
-                let o = t * p.n_out + col;
-                if p.accumulate != 0u {
-                    y[o] += v;
-                } else {
-                    y[o] = v;
+        group_sums(&acc, l);
+        if l.lid == 0u {
+            for (var r = 0u; r < R; r++) {
+                let row = r0 + r;
+                if row < p.rows {
+                    let col = p.row_start + row;
+                    var v = acc[r];
+                    if p.has_bias != 0u {
+                        v += bias[col];
+                    }
+                    let o = t * p.n_out + col;
+                    if p.accumulate != 0u {
+                        y[o] += v;
+                    } else {
+                        y[o] = v;
+                    }
                 }
             }
         }

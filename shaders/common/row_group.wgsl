@@ -1,17 +1,18 @@
-// Row groups for matrix-vector kernels: a workgroup of WG lanes is cut into groups of GL = 32
+// Row groups for matrix-vector kernels: a workgroup of WG lanes is cut into NG groups of GL
 // consecutive lanes; a group computes R output rows, its lanes splitting the inner dimension so
 // that consecutive lanes read consecutive words (coalesced), and the group's partial sums are
 // added here. Every lane of a group receives the R totals.
 //
 // With SUBGROUPS, subgroupAdd sums inside each subgroup and the GL / size subgroup totals of a
-// group meet in workgroup memory (one step on NVIDIA where a subgroup is the group, four on an
-// 8-wide subgroup). The Rust side only picks SUBGROUPS when no subgroup is wider than GL.
+// group meet in workgroup memory. The Rust side only picks SUBGROUPS when no subgroup is wider
+// than 32 lanes (GL is 32 or more).
 // Without, a tree in workgroup memory does it all. Subgroups are taken to be consecutive lanes
 // (lane = lid % size), which holds for one-dimensional compute workgroups on the drivers we know.
 //
-// The including file defines `const WG: u32` (a multiple of GL, at most 256) and `const R: u32`,
-// declares its entry point's lanes as `Lanes`, and calls these from uniform control flow.
-const GL: u32 = 32u;
+// The including file defines `const WG: u32` (at most 256), `const GL: u32` (a power of two from
+// 32 to WG) and `const R: u32`, declares its entry point's lanes as `Lanes`, and calls these from
+// uniform control flow. Parallelism comes from many short rows of work: a lane handles a few
+// 16-byte loads per row, so a batch-1 pass keeps enough bytes in flight to fill the memory bus.
 const NG: u32 = WG / GL;
 
 var<workgroup> rg_part: array<f32, WG * R>;

@@ -90,47 +90,15 @@ pub fn build(gpu: &Gpu, step: &wgpu::Buffer, l: &Linear) -> Result<Vec<Dispatch>
             got: vec![covered as usize, l.k as usize],
         });
     }
+    let vec_max = vec_max_tokens(l.k);
+    let mut out = if vec_max > 0 {
+        build_vec(gpu, step, l, 1..=vec_max)?
+    } else {
+        Vec::new()
+    };
     let key = super::key(gpu, "linear.wgsl", "main").define_if("VEC8", l.k % 8 == 0);
     let one = key.clone().define_if("ONE_TOKEN", true);
-    let vec_max = vec_max_tokens(l.k);
-    let vec_key =
-        super::row_group_key(gpu, "linear_vec.wgsl", "main").define_if("NORM", l.norm.is_some());
-    let vec_rows = wgsl_const("linear_vec.wgsl", "ROWS")?;
-    let mut out = Vec::new();
     for c in &l.w.chunks {
-        // Without a bias the binding still needs a buffer; x is read-only too.
-        let bias = l.bias.unwrap_or(l.x);
-        if vec_max > 0 {
-            let p = VecParams {
-                k: l.k,
-                rows: c.count,
-                row_start: c.start,
-                n_out: l.n_out,
-                count_which: super::count_index(l.count),
-                has_bias: l.bias.is_some() as u32,
-                accumulate: l.accumulate as u32,
-                eps: l.norm.as_ref().map_or(0.0, |n| n.eps),
-            };
-            // The gain binding exists only in the NORM variant.
-            let bufs = match &l.norm {
-                Some(n) => vec![n.x, &c.buffer, bias, l.y, n.w],
-                None => vec![l.x, &c.buffer, bias, l.y],
-            };
-            let grid_x = c.count.div_ceil(vec_rows);
-            out.push(
-                Dispatch::new(
-                    gpu,
-                    &vec_key,
-                    step,
-                    bytemuck::bytes_of(&p),
-                    &bufs,
-                    grid_x,
-                    l.count,
-                    1,
-                )?
-                .only_for(l.count, 1..=vec_max),
-            );
-        }
         let p = Params {
             k: l.k,
             rows: c.count,
@@ -141,7 +109,8 @@ pub fn build(gpu: &Gpu, step: &wgpu::Buffer, l: &Linear) -> Result<Vec<Dispatch>
             accumulate: l.accumulate as u32,
             _pad: 0,
         };
-        let bufs = [l.x, &c.buffer, bias, l.y];
+        // Without a bias the binding still needs a buffer; x is read-only too.
+        let bufs = [l.x, &c.buffer, l.bias.unwrap_or(l.x), l.y];
         let params = bytemuck::bytes_of(&p);
         let x = c.count.div_ceil(R);
         if vec_max == 0 {
@@ -153,6 +122,54 @@ pub fn build(gpu: &Gpu, step: &wgpu::Buffer, l: &Linear) -> Result<Vec<Dispatch>
         out.push(
             Dispatch::new(gpu, &key, step, params, &bufs, x, l.count, TT)?
                 .only_for(l.count, (vec_max + 1).max(2)..=u32::MAX),
+        );
+    }
+    Ok(out)
+}
+
+/// The matrix-vector kernel alone, for passes whose count is in `counts` (k a multiple of 8).
+pub fn build_vec(
+    gpu: &Gpu,
+    step: &wgpu::Buffer,
+    l: &Linear,
+    counts: std::ops::RangeInclusive<u32>,
+) -> Result<Vec<Dispatch>> {
+    if l.k % 8 != 0 {
+        return Err(Error::Unsupported(format!(
+            "the vector kernel needs an input width that is a multiple of 8, not {}",
+            l.k
+        )));
+    }
+    let key =
+        super::row_group_key(gpu, "linear_vec.wgsl", "main").define_if("NORM", l.norm.is_some());
+    let rows_per_wg = wgsl_const("linear_vec.wgsl", "ROWS")?;
+    let mut out = Vec::new();
+    for c in &l.w.chunks {
+        let p = VecParams {
+            k: l.k,
+            rows: c.count,
+            row_start: c.start,
+            n_out: l.n_out,
+            count_which: super::count_index(l.count),
+            has_bias: l.bias.is_some() as u32,
+            accumulate: l.accumulate as u32,
+            eps: l.norm.as_ref().map_or(0.0, |n| n.eps),
+        };
+        let bias = l.bias.unwrap_or(l.x);
+        // The gain binding exists only in the NORM variant.
+        let bufs = match &l.norm {
+            Some(n) => vec![n.x, &c.buffer, bias, l.y, n.w],
+            None => vec![l.x, &c.buffer, bias, l.y],
+        };
+        // Workgroups stride over row blocks beyond the grid limit (lm_head has 10^5).
+        let grid_x = c
+            .count
+            .div_ceil(rows_per_wg)
+            .min(gpu.caps.max_workgroups_per_dim);
+        let params = bytemuck::bytes_of(&p);
+        out.push(
+            Dispatch::new(gpu, &key, step, params, &bufs, grid_x, l.count, 1)?
+                .only_for(l.count, counts.clone()),
         );
     }
     Ok(out)

@@ -252,7 +252,7 @@ fn vec_dispatches(
     let key = super::row_group_key(gpu, "moe_vec.wgsl", "down").define_if("DOWN", true);
     for c in w.down {
         let bufs = [b.act, b.idx, b.wts, &c.blocks, &c.scales, w.down_bias, b.x];
-        let grid_x = s.hidden.div_ceil(rows_per_wg);
+        let grid_x = s.hidden.div_ceil(wgsl_const("moe_vec.wgsl", "R")?);
         let d = Dispatch::new(
             gpu,
             &key,

@@ -1,8 +1,9 @@
-//! The MoE router, whole (`shaders/router.wgsl`): RMSNorm, the router projection, top-k and the
-//! softmax over the chosen logits in one workgroup per token.
+//! The MoE router: its projection with the RMSNorm fused (`linear_vec`), then `shaders/router.wgsl`
+//! writes the normed input for the experts, picks the top k and softmaxes their logits.
 
 use crate::error::{Error, Result};
 use crate::gpu::{Count, Dispatch, Gpu, Split};
+use crate::kernels::linear::{self, Linear, NormInput};
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -20,9 +21,11 @@ pub struct Router<'a> {
     /// [H] f32 post-attention norm gain.
     pub norm: &'a wgpu::Buffer,
     pub eps: f32,
-    /// [E, H] bf16 in one buffer, and [E] f32.
+    /// [E, H] bf16 and [E] f32.
     pub w: &'a Split,
     pub bias: &'a wgpu::Buffer,
+    /// Scratch [T, E] for the logits.
+    pub logits: &'a wgpu::Buffer,
     /// Outputs: h [T, H] = RMSNorm(x) * norm (the experts' input), idx and wts [T, K].
     pub h: &'a wgpu::Buffer,
     pub idx: &'a wgpu::Buffer,
@@ -32,19 +35,35 @@ pub struct Router<'a> {
     pub top_k: u32,
 }
 
-pub fn build(gpu: &Gpu, step: &wgpu::Buffer, r: &Router) -> Result<Dispatch> {
-    let max_e = crate::gpu::shader::wgsl_const("router.wgsl", "MAX_E")?;
-    if r.n_experts > max_e || r.top_k > r.n_experts {
+/// The logits (the router projection with the norm fused, for every pass size: the matrix is
+/// small), then norm, top-k and softmax.
+pub fn build(gpu: &Gpu, step: &wgpu::Buffer, r: &Router) -> Result<Vec<Dispatch>> {
+    if r.top_k > r.n_experts {
         return Err(Error::Unsupported(format!(
-            "router with {} experts, top-{} (at most {max_e} experts)",
-            r.n_experts, r.top_k
+            "router top-{} of {} experts",
+            r.top_k, r.n_experts
         )));
     }
-    let [chunk] = &r.w.chunks[..] else {
-        return Err(Error::Unsupported(
-            "a router weight split over several buffers".into(),
-        ));
-    };
+    let mut out = linear::build_vec(
+        gpu,
+        step,
+        &Linear {
+            x: r.x,
+            w: r.w,
+            bias: Some(r.bias),
+            y: r.logits,
+            k: r.hidden,
+            n_out: r.n_experts,
+            count: Count::Tokens,
+            accumulate: false,
+            norm: Some(NormInput {
+                x: r.x,
+                w: r.norm,
+                eps: r.eps,
+            }),
+        },
+        1..=u32::MAX,
+    )?;
     let p = Params {
         hidden: r.hidden,
         n_experts: r.n_experts,
@@ -52,8 +71,8 @@ pub fn build(gpu: &Gpu, step: &wgpu::Buffer, r: &Router) -> Result<Dispatch> {
         eps: r.eps,
     };
     let key = super::row_group_key(gpu, "router.wgsl", "main");
-    let bufs = [r.x, r.norm, &chunk.buffer, r.bias, r.h, r.idx, r.wts];
-    Dispatch::new(
+    let bufs = [r.x, r.norm, r.logits, r.h, r.idx, r.wts];
+    out.push(Dispatch::new(
         gpu,
         &key,
         step,
@@ -62,7 +81,8 @@ pub fn build(gpu: &Gpu, step: &wgpu::Buffer, r: &Router) -> Result<Dispatch> {
         1,
         Count::Tokens,
         1,
-    )
+    )?);
+    Ok(out)
 }
 
 /// The reference: top-k by value (lower index first on ties), softmax over the k values.
@@ -121,6 +141,7 @@ mod tests {
                 let hb = gpu.storage("h", (t * hd * 4) as u64).unwrap();
                 let ib = gpu.storage("i", (t * k * 4) as u64).unwrap();
                 let wtb = gpu.storage("w", (t * k * 4) as u64).unwrap();
+                let lg = gpu.storage("logits", (t * e * 4) as u64).unwrap();
                 let step = step_buffer(gpu);
                 let r = Router {
                     x: &xb,
@@ -128,6 +149,7 @@ mod tests {
                     eps: 1e-5,
                     w: &split,
                     bias: &bb,
+                    logits: &lg,
                     h: &hb,
                     idx: &ib,
                     wts: &wtb,
@@ -140,7 +162,7 @@ mod tests {
                     tokens: t as u32,
                     ..Default::default()
                 };
-                submit(gpu, &step, &counts, &[d]);
+                submit(gpu, &step, &counts, &d);
                 let gh = gpu.read_f32(&hb, t * hd).unwrap();
                 let gi = gpu.read_u32(&ib, t * k).unwrap();
                 let gw = gpu.read_f32(&wtb, t * k).unwrap();

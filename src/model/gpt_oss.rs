@@ -404,6 +404,7 @@ impl Model {
             ("h", t * h * 4),
             ("qkv", t * qkv_n as u64 * 4),
             ("attn", t * (nh * d) as u64 * 4),
+            ("router_logits", t * e as u64 * 4),
             ("expert_idx", t * k * 4),
             ("expert_wts", t * k * 4),
             ("expert_act", t * k * i as u64 * 4),
@@ -508,12 +509,11 @@ impl Model {
                 &name("self_attn.sinks"),
                 &[small(src, &name("self_attn.sinks"), nh)?],
             )?;
-            // The fused router kernel reads its whole matrix from one buffer.
             let router_w = up.split(
                 &name("mlp.router"),
                 &[tensor("mlp.router.weight")?],
                 h * 2,
-                e as u64,
+                1,
             )?;
             let router_b = up.vector(
                 &name("mlp.router.bias"),
@@ -648,7 +648,7 @@ impl Model {
             )?);
             // MoE block: x += sum_k w_k * expert_k(norm(x)); the router kernel writes norm(x)
             // to `h` along with the chosen experts and their weights.
-            ds.push(router::build(
+            ds.extend(router::build(
                 g,
                 &step,
                 &Router {
@@ -657,6 +657,7 @@ impl Model {
                     eps: c.eps,
                     w: &router_w,
                     bias: &router_b,
+                    logits: a("router_logits"),
                     h: a("h"),
                     idx: a("expert_idx"),
                     wts: a("expert_wts"),
