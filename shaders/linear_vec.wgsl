@@ -6,9 +6,10 @@
 // the matrix, read 8 weights per 16-byte load), bias [n_out] f32, y [count, n_out] f32,
 // g [k] f32 (NORM only).
 // Grid: (min(ceil(rows / ROWS), 65535), count); workgroups stride over the row blocks. All WG
-// lanes share a row (a lane reads 8-weight units lane, lane + WG, ...), so even a small matrix
-// spreads over thousands of workgroups with a few loads each: at batch 1 latency, not bandwidth,
-// is what a long per-lane loop costs.
+// lanes share the ROWS rows (a lane reads 8-weight units lane, lane + WG, ... of each), so a lane
+// has a few iterations of ROWS independent 16-byte loads in flight, and each input load (32 bytes
+// per lane, through the caches) serves ROWS rows: with fewer rows per workgroup the re-read
+// inputs, not the weights, would fill the L2 bandwidth.
 // Variants: SUBGROUPS, NORM. ACCUMULATE (a parameter) adds into y, the residual stream.
 #include "common/step.wgsl"
 #include "common/bf16.wgsl"
@@ -34,7 +35,7 @@ struct Params {
 #endif
 
 // Rows per workgroup (the Rust side reads this line to size the grid).
-const ROWS: u32 = 2u;
+const ROWS: u32 = 8u;
 const WG: u32 = 128u;
 const GL: u32 = 128u;
 const R: u32 = ROWS;

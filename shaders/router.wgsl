@@ -2,7 +2,7 @@
 // largest router logits (lower index wins a tie), weighted by the softmax over those K only.
 // One workgroup per token: all lanes norm, one picks.
 // Bindings: x [T, H] f32, g [H] f32, logits [T, E] f32 (bias included), h [T, H] f32,
-// idx [T, K] u32, wts [T, K] f32. Grid: (1, T). Variants: SUBGROUPS.
+// idx [T, K] u32, wts [T, K] f32. Grid: (1, T). E <= MAX_E. Variants: SUBGROUPS.
 #include "common/step.wgsl"
 
 struct Params {
@@ -23,7 +23,11 @@ struct Params {
 const WG: u32 = 128u;
 const GL: u32 = 128u;
 const R: u32 = 1u;
+const MAX_E: u32 = 256u;
 #include "common/row_group.wgsl"
+
+// The token's logits, loaded by all lanes at once: the picking thread then scans fast memory.
+var<workgroup> lg: array<f32, MAX_E>;
 
 @compute @workgroup_size(WG)
 fn main(l: Lanes, @builtin(workgroup_id) wg: vec3<u32>) {
@@ -41,12 +45,15 @@ fn main(l: Lanes, @builtin(workgroup_id) wg: vec3<u32>) {
     for (var i = l.lid; i < n4; i += WG) {
         h[t * n4 + i] = x[t * n4 + i] * scale * g[i];
     }
+    let e_n = p.n_experts;
+    let k_n = p.top_k;
+    for (var e = l.lid; e < e_n; e += WG) {
+        lg[e] = logits[t * e_n + e];
+    }
+    workgroupBarrier();
     if l.lid != 0u {
         return;
     }
-    let e_n = p.n_experts;
-    let k_n = p.top_k;
-    let lb = t * e_n;
     // Pass j picks the largest logit ranked after pick j-1 in (value descending, index ascending)
     // order, so no list of taken experts is needed.
     var prev_v = 3.0e38;
@@ -56,7 +63,7 @@ fn main(l: Lanes, @builtin(workgroup_id) wg: vec3<u32>) {
         var best = -3.0e38;
         var best_e = e_n;
         for (var e = 0u; e < e_n; e++) {
-            let v = logits[lb + e];
+            let v = lg[e];
             let after_prev = j == 0u || v < prev_v || (v == prev_v && e > prev_e);
             if after_prev && (best_e == e_n || v > best) {
                 best = v;

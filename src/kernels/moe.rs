@@ -191,25 +191,23 @@ pub fn build(
             b.y,
         ]
     })?);
+    // Both paths end here: each token's slot outputs added to x in slot order.
     let key = ShaderKey::new("moe.wgsl", "combine").define_if("COMBINE", true);
-    out.push(
-        Dispatch::new(
-            gpu,
-            &key,
-            step,
-            bytemuck::bytes_of(&all),
-            &[b.y, b.x],
-            s.hidden.div_ceil(64),
-            Count::Tokens,
-            1,
-        )?
-        .only_for(Count::Tokens, grouped),
-    );
+    out.push(Dispatch::new(
+        gpu,
+        &key,
+        step,
+        bytemuck::bytes_of(&all),
+        &[b.y, b.x],
+        s.hidden.div_ceil(64),
+        Count::Tokens,
+        1,
+    )?);
     Ok(out)
 }
 
-/// The per-slot path: gate_up (with SwiGLU) per slot, then down with the combine and residual
-/// add per token, one dispatch of each per expert buffer.
+/// The per-slot path: gate_up (with SwiGLU) and down per slot, one dispatch of each per expert
+/// buffer (the combine that follows is shared with the grouped path).
 fn vec_dispatches(
     gpu: &Gpu,
     step: &wgpu::Buffer,
@@ -221,7 +219,7 @@ fn vec_dispatches(
     if s.vec_max_tokens == 0 {
         return Ok(out);
     }
-    let rows_per_wg = wgsl_const("moe_vec.wgsl", "ROWS")?;
+    let rows_per_wg = wgsl_const("moe_vec.wgsl", "R")?;
     let range = 1..=s.vec_max_tokens;
     let p = |c: &ExpertChunk| VecParams {
         hidden: s.hidden,
@@ -237,32 +235,14 @@ fn vec_dispatches(
     for c in w.gate_up {
         let bufs = [b.h, b.idx, &c.blocks, &c.scales, w.gate_up_bias, b.act];
         let grid_x = (2 * s.inter).div_ceil(rows_per_wg);
-        let d = Dispatch::new(
-            gpu,
-            &key,
-            step,
-            bytemuck::bytes_of(&p(c)),
-            &bufs,
-            grid_x,
-            Count::Slots,
-            1,
-        )?;
+        let d = Dispatch::new(gpu, &key, step, bytemuck::bytes_of(&p(c)), &bufs, grid_x, Count::Slots, 1)?;
         out.push(d.only_for(Count::Tokens, range.clone()));
     }
     let key = super::row_group_key(gpu, "moe_vec.wgsl", "down").define_if("DOWN", true);
     for c in w.down {
-        let bufs = [b.act, b.idx, b.wts, &c.blocks, &c.scales, w.down_bias, b.x];
-        let grid_x = s.hidden.div_ceil(wgsl_const("moe_vec.wgsl", "R")?);
-        let d = Dispatch::new(
-            gpu,
-            &key,
-            step,
-            bytemuck::bytes_of(&p(c)),
-            &bufs,
-            grid_x,
-            Count::Tokens,
-            1,
-        )?;
+        let bufs = [b.act, b.idx, b.wts, &c.blocks, &c.scales, w.down_bias, b.y];
+        let grid_x = s.hidden.div_ceil(rows_per_wg);
+        let d = Dispatch::new(gpu, &key, step, bytemuck::bytes_of(&p(c)), &bufs, grid_x, Count::Slots, 1)?;
         out.push(d.only_for(Count::Tokens, range.clone()));
     }
     Ok(out)

@@ -38,9 +38,10 @@ pub struct Router<'a> {
 /// The logits (the router projection with the norm fused, for every pass size: the matrix is
 /// small), then norm, top-k and softmax.
 pub fn build(gpu: &Gpu, step: &wgpu::Buffer, r: &Router) -> Result<Vec<Dispatch>> {
-    if r.top_k > r.n_experts {
+    let max_e = crate::gpu::shader::wgsl_const("router.wgsl", "MAX_E")?;
+    if r.top_k > r.n_experts || r.n_experts > max_e {
         return Err(Error::Unsupported(format!(
-            "router top-{} of {} experts",
+            "router top-{} of {} experts (at most {max_e} experts)",
             r.top_k, r.n_experts
         )));
     }
