@@ -30,6 +30,7 @@ struct Params {
 #endif
 @group(0) @binding(4) var<storage, read> bias: array<f32>;
 @group(0) @binding(5) var<storage, read_write> y: array<f32>;
+#include "common/linear_out.wgsl"
 
 const WG: u32 = 64u;
 const R: u32 = 4u;
@@ -95,17 +96,7 @@ fn main(lanes: Lanes, @builtin(workgroup_id) wg: vec3<u32>) {
         let row = r0 + lid / TT;
         let t = t0 + lid % TT;
         if row < p.rows && t < count {
-            let col = p.row_start + row;
-            var v = red[lid];
-            if p.has_bias != 0u {
-                v += bias[col];
-            }
-            let o = t * p.n_out + col;
-            if p.accumulate != 0u {
-                y[o] += v;
-            } else {
-                y[o] = v;
-            }
+            store_out(t, p.row_start + row, red[lid]);
         }
     }
 }

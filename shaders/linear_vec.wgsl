@@ -30,6 +30,7 @@ struct Params {
 @group(0) @binding(3) var<storage, read> w: array<vec4<u32>>;
 @group(0) @binding(4) var<storage, read> bias: array<f32>;
 @group(0) @binding(5) var<storage, read_write> y: array<f32>;
+#include "common/linear_out.wgsl"
 #ifdef NORM
 @group(0) @binding(6) var<storage, read> g: array<vec4<f32>>;
 #endif
@@ -80,17 +81,7 @@ fn main(l: Lanes, @builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups)
             for (var r = 0u; r < R; r++) {
                 let row = r0 + r;
                 if row < p.rows {
-                    let col = p.row_start + row;
-                    var v = acc[r];
-                    if p.has_bias != 0u {
-                        v += bias[col];
-                    }
-                    let o = t * p.n_out + col;
-                    if p.accumulate != 0u {
-                        y[o] += v;
-                    } else {
-                        y[o] = v;
-                    }
+                    store_out(t, p.row_start + row, acc[r]);
                 }
             }
         }

@@ -28,7 +28,8 @@ struct Params {
     e_count: u32,
     limit: f32,
     alpha: f32,
-    _pad: u32,
+    /// Row stride of moe.wgsl's slot lists (the same parameters serve both files; unused here).
+    list_stride: u32,
 }
 
 @group(0) @binding(1) var<uniform> p: Params;

@@ -38,6 +38,8 @@ pub struct Report {
     /// GPU microseconds per kernel family for one decode step and one prefill pass.
     pub decode_kernels_us: Vec<(String, f64)>,
     pub prefill_kernels_us: Vec<(String, f64)>,
+    /// Every dispatch of one decode step, in order (label, microseconds).
+    pub decode_dispatches_us: Vec<(String, f64)>,
 }
 
 fn greedy(n: usize) -> Vec<SampleParams> {
@@ -101,11 +103,17 @@ fn decode(model: &Model, first: &[u32], ctx: u32, steps: u32) -> Result<f64> {
     Ok(t0.elapsed().as_secs_f64())
 }
 
-fn micros(v: Option<Vec<(String, f64)>>) -> Vec<(String, f64)> {
-    v.unwrap_or_default()
-        .into_iter()
-        .map(|(k, ns)| (k, ns / 1e3))
-        .collect()
+/// Microseconds per kernel family (the label's first two parts), in order of first appearance.
+fn per_family(v: &[(String, f64)]) -> Vec<(String, f64)> {
+    let mut out: Vec<(String, f64)> = Vec::new();
+    for (label, ns) in v {
+        let family = label.split('.').take(2).collect::<Vec<_>>().join(".");
+        match out.iter_mut().find(|(f, _)| *f == family) {
+            Some((_, t)) => *t += ns / 1e3,
+            None => out.push((family, ns / 1e3)),
+        }
+    }
+    out
 }
 
 /// Runs the benchmark; `log` receives a line per measurement as it completes.
@@ -129,6 +137,7 @@ pub fn run(
         activations_gib: gib(model.activation_bytes),
         decode_kernels_us: Vec::new(),
         prefill_kernels_us: Vec::new(),
+        decode_dispatches_us: Vec::new(),
     };
     for &len in prompt_lens {
         let (t, _) = prefill(model, &mut rng, 0, len)?;
@@ -171,11 +180,14 @@ pub fn run(
         seq: 0,
         _pad: 0,
     }];
-    report.decode_kernels_us = micros(pollster::block_on(model.profile(&Batch {
+    let decode = pollster::block_on(model.profile(&Batch {
         tokens: &one,
         outputs: &[0],
         sampling: &greedy(1),
-    }))?);
+    }))?
+    .unwrap_or_default();
+    report.decode_kernels_us = per_family(&decode);
+    report.decode_dispatches_us = decode.into_iter().map(|(l, ns)| (l, ns / 1e3)).collect();
     let n = prompt_lens
         .iter()
         .copied()
@@ -190,10 +202,13 @@ pub fn run(
             _pad: 0,
         })
         .collect();
-    report.prefill_kernels_us = micros(pollster::block_on(model.profile(&Batch {
-        tokens: &toks,
-        outputs: &[n - 1],
-        sampling: &greedy(1),
-    }))?);
+    report.prefill_kernels_us = per_family(
+        &pollster::block_on(model.profile(&Batch {
+            tokens: &toks,
+            outputs: &[n - 1],
+            sampling: &greedy(1),
+        }))?
+        .unwrap_or_default(),
+    );
     Ok(report)
 }

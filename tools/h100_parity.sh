@@ -5,6 +5,6 @@
 # the same shapes and DEVICE=cuda runs the reference on the GPU instead.
 set -uo pipefail
 source tools/h100_env.sh
-$BIN synth --preset 20b --seed 2 ${LAYERS:+--layers $LAYERS} --out $M 2>&1 | tail -1
+$BIN synth --preset 20b --seed 2 --force ${LAYERS:+--layers $LAYERS} --out $M 2>&1 | tail -1
 PYTHONUNBUFFERED=1 timeout ${REF_TIMEOUT:-480} python3 tools/parity_check.py --model $M --bin $BIN \
   --tokens ${TOKENS:-160} --greedy ${GREEDY:-16} --device ${DEVICE:-cpu} 2>&1 | grep -v "Loading weights" | tee "$OUT/parity.txt"

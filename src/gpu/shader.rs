@@ -24,6 +24,7 @@ const SOURCES: &[(&str, &str)] = embed_wgsl![
     "common/kv.wgsl",
     "common/token_tile.wgsl",
     "common/row_group.wgsl",
+    "common/linear_out.wgsl",
     "embed.wgsl",
     "rmsnorm.wgsl",
     "linear.wgsl",

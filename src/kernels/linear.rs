@@ -206,6 +206,22 @@ mod tests {
         y
     }
 
+    /// bf16 weights [n, k] uploaded in buffers of `split` rows.
+    fn split_rows(gpu: &Gpu, wb: &[u8], n: usize, k: usize, split: usize) -> Split {
+        let chunks = (0..n)
+            .step_by(split)
+            .map(|s| {
+                let c = split.min(n - s);
+                Rows {
+                    buffer: gpu.upload("w", &wb[s * k * 2..(s + c) * k * 2]).unwrap(),
+                    start: s as u32,
+                    count: c as u32,
+                }
+            })
+            .collect();
+        Split { chunks }
+    }
+
     #[test]
     fn linear_matches_reference() {
         let mut rng = seeded("linear_matches_reference");
@@ -222,18 +238,7 @@ mod tests {
                 let (w, wb) = random_bf16(&mut rng, n * k, 0.5);
                 let b = random(&mut rng, n, 0.5);
                 let y0 = random(&mut rng, t * n, 1.0);
-                let chunks = (0..n)
-                    .step_by(split)
-                    .map(|s| {
-                        let c = split.min(n - s);
-                        Rows {
-                            buffer: gpu.upload("w", &wb[s * k * 2..(s + c) * k * 2]).unwrap(),
-                            start: s as u32,
-                            count: c as u32,
-                        }
-                    })
-                    .collect();
-                let w_split = Split { chunks };
+                let w_split = split_rows(gpu, &wb, n, k, split);
                 let xb = gpu.upload("x", f32_bytes(&x)).unwrap();
                 let bb = gpu.upload("b", f32_bytes(&b)).unwrap();
                 let yb = gpu.upload("y", f32_bytes(&y0)).unwrap();
@@ -290,18 +295,7 @@ mod tests {
                         h[ti * k + i] = (xr[i] as f64 * inv * g[i] as f64) as f32;
                     }
                 }
-                let chunks = (0..n)
-                    .step_by(split)
-                    .map(|s| {
-                        let c = split.min(n - s);
-                        Rows {
-                            buffer: gpu.upload("w", &wb[s * k * 2..(s + c) * k * 2]).unwrap(),
-                            start: s as u32,
-                            count: c as u32,
-                        }
-                    })
-                    .collect();
-                let w_split = Split { chunks };
+                let w_split = split_rows(gpu, &wb, n, k, split);
                 let xb = gpu.upload("x", f32_bytes(&x)).unwrap();
                 let gb = gpu.upload("g", f32_bytes(&g)).unwrap();
                 // The tiled path reads the normed input, as the model's rmsnorm dispatch writes it.

@@ -6,7 +6,6 @@ use crate::error::{Error, Result};
 use crate::gpu::shader::wgsl_const;
 use crate::gpu::{Count, Dispatch, Gpu, ShaderKey};
 
-/// moe_vec's parameters (`Params` in shaders/moe_vec.wgsl).
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 struct VecParams {
@@ -20,6 +19,7 @@ struct VecParams {
     _pad: u32,
 }
 
+/// `Params` of shaders/moe.wgsl and shaders/moe_vec.wgsl.
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 struct Params {
@@ -221,28 +221,37 @@ fn vec_dispatches(
     }
     let rows_per_wg = wgsl_const("moe_vec.wgsl", "R")?;
     let range = 1..=s.vec_max_tokens;
-    let p = |c: &ExpertChunk| VecParams {
-        hidden: s.hidden,
-        inter: s.inter,
-        top_k: s.top_k,
-        e_start: c.start,
-        e_count: c.count,
-        limit: s.limit,
-        alpha: s.alpha,
-        _pad: 0,
-    };
+    let p = |c: &ExpertChunk| params(s, c.start, c.count);
     let key = super::row_group_key(gpu, "moe_vec.wgsl", "gate_up").define_if("GATE_UP", true);
     for c in w.gate_up {
         let bufs = [b.h, b.idx, &c.blocks, &c.scales, w.gate_up_bias, b.act];
         let grid_x = (2 * s.inter).div_ceil(rows_per_wg);
-        let d = Dispatch::new(gpu, &key, step, bytemuck::bytes_of(&p(c)), &bufs, grid_x, Count::Slots, 1)?;
+        let d = Dispatch::new(
+            gpu,
+            &key,
+            step,
+            bytemuck::bytes_of(&p(c)),
+            &bufs,
+            grid_x,
+            Count::Slots,
+            1,
+        )?;
         out.push(d.only_for(Count::Tokens, range.clone()));
     }
     let key = super::row_group_key(gpu, "moe_vec.wgsl", "down").define_if("DOWN", true);
     for c in w.down {
         let bufs = [b.act, b.idx, b.wts, &c.blocks, &c.scales, w.down_bias, b.y];
         let grid_x = s.hidden.div_ceil(rows_per_wg);
-        let d = Dispatch::new(gpu, &key, step, bytemuck::bytes_of(&p(c)), &bufs, grid_x, Count::Slots, 1)?;
+        let d = Dispatch::new(
+            gpu,
+            &key,
+            step,
+            bytemuck::bytes_of(&p(c)),
+            &bufs,
+            grid_x,
+            Count::Slots,
+            1,
+        )?;
         out.push(d.only_for(Count::Tokens, range.clone()));
     }
     Ok(out)

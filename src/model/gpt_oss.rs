@@ -877,8 +877,8 @@ impl Model {
             .read_f32(&self.logits, b.outputs.len() * self.cfg.vocab as usize)
     }
 
-    /// GPU time per kernel family over one forward pass, from timestamp queries (None when the
-    /// adapter has none).
+    /// GPU time of each dispatch that runs in one forward pass, in order, from timestamp queries
+    /// (None when the adapter has none).
     pub async fn profile(&self, b: &Batch<'_>) -> Result<Option<Vec<(String, f64)>>> {
         let g = &self.gpu;
         if !g.caps.timestamps {
@@ -925,12 +925,11 @@ impl Model {
         let period = g.queue.get_timestamp_period() as f64;
         let mut per: Vec<(String, f64)> = Vec::new();
         for (i, d) in self.dispatches.iter().enumerate() {
-            let ns = ticks[2 * i + 1].saturating_sub(ticks[2 * i]) as f64 * period;
-            let family = d.label.split('.').take(2).collect::<Vec<_>>().join(".");
-            match per.iter_mut().find(|(f, _)| *f == family) {
-                Some((_, t)) => *t += ns,
-                None => per.push((family, ns)),
+            if d.grid(&counts).is_none() {
+                continue;
             }
+            let ns = ticks[2 * i + 1].saturating_sub(ticks[2 * i]) as f64 * period;
+            per.push((d.label.clone(), ns));
         }
         Ok(Some(per))
     }
