@@ -101,6 +101,44 @@ fn generate_and_logits() {
     let b = generate(&["--seed", "5", "--temperature", "0.9", "--top-k", "50"]);
     assert_eq!(a["token_ids"], b["token_ids"], "same seed, same tokens");
 
+    // A stop string ends the output where the text would first contain it: take a piece of the
+    // greedy text and stop at it.
+    let text = greedy["text"].as_str().unwrap().to_string();
+    let chars: Vec<char> = text.chars().collect();
+    if chars.len() >= 4 {
+        let stop: String = chars[chars.len() / 2..chars.len() / 2 + 2].iter().collect();
+        let cut = generate(&["--greedy", "--stop", &stop]);
+        let want = &text[..text.find(&stop).unwrap()];
+        assert_eq!(cut["text"], want, "stop {stop:?} in {text:?}");
+        assert_eq!(cut["finish_reason"], "stop");
+    }
+
+    // Without tokenizer.json the built-in gpt-oss tokenizer is used, and says so.
+    let bare = dir.path().join("bare");
+    std::fs::create_dir_all(&bare).unwrap();
+    for e in std::fs::read_dir(&model).unwrap() {
+        let e = e.unwrap();
+        if e.file_name() != "tokenizer.json" {
+            std::fs::copy(e.path(), bare.join(e.file_name())).unwrap();
+        }
+    }
+    let out = run(&[
+        "generate",
+        "--model",
+        bare.to_str().unwrap(),
+        "--prompt",
+        "The quick brown fox",
+        "--raw",
+        "--greedy",
+        "--max-tokens",
+        "6",
+        "--json",
+    ]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("built-in gpt-oss tokenizer"));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["token_ids"], greedy["token_ids"]);
+
     // Streaming text mode prints to stdout.
     let out = run(&[
         "generate",
