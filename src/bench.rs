@@ -21,6 +21,8 @@ pub struct PrefillResult {
 #[derive(Debug, Serialize)]
 pub struct DecodeResult {
     pub batch: u32,
+    /// Positions already in each sequence's cache when the timed steps start.
+    pub context: u32,
     pub steps: u32,
     pub ms_per_step: f64,
     /// Tokens per second over all sequences.
@@ -40,6 +42,32 @@ pub struct Report {
     pub prefill_kernels_us: Vec<(String, f64)>,
     /// Every dispatch of one decode step, in order (label, microseconds).
     pub decode_dispatches_us: Vec<(String, f64)>,
+    /// Bytes the main decode kernel families must read in that step (weights, and the KV cache
+    /// for attention), for achieved bandwidth.
+    pub decode_kernel_bytes: Vec<(String, u64)>,
+}
+
+/// What one batch-1 decode step at context `ctx` must read, per kernel family.
+fn decode_bytes(model: &Model, ctx: u32) -> Vec<(String, u64)> {
+    let c = &model.cfg;
+    let (h, layers, k) = (c.hidden as u64, c.layers as u64, c.top_k as u64);
+    let (i, e, v) = (c.inter as u64, c.experts as u64, c.vocab as u64);
+    let (nh, nkv, d) = (c.heads as u64, c.kv_heads as u64, c.head_dim as u64);
+    let dense = layers * (((nh + 2 * nkv) * d * h + h * nh * d + e * h) * 2) + v * h * 2;
+    // MXFP4: half a byte per weight plus a scale byte per 32.
+    let mx = |rows: u64, cols: u64| rows * (cols / 2 + cols / 32);
+    let kv_elem = if model.kv_f16 { 2 } else { 4 };
+    let keys: u64 = c
+        .sliding
+        .iter()
+        .map(|&sl| (ctx + 1).min(if sl { c.sliding_window } else { u32::MAX }) as u64)
+        .sum();
+    vec![
+        ("linear_vec.main".into(), dense),
+        ("moe_vec.gate_up".into(), layers * k * mx(2 * i, h)),
+        ("moe_vec.down".into(), layers * k * mx(h, i)),
+        ("attention_split.split".into(), keys * nkv * d * 2 * kv_elem),
+    ]
 }
 
 fn greedy(n: usize) -> Vec<SampleParams> {
@@ -121,6 +149,7 @@ pub fn run(
     model: &Model,
     prompt_lens: &[u32],
     batches: &[u32],
+    contexts: &[u32],
     decode_steps: u32,
     log: &mut dyn FnMut(String),
 ) -> Result<Report> {
@@ -138,6 +167,7 @@ pub fn run(
         decode_kernels_us: Vec::new(),
         prefill_kernels_us: Vec::new(),
         decode_dispatches_us: Vec::new(),
+        decode_kernel_bytes: Vec::new(),
     };
     for &len in prompt_lens {
         let (t, _) = prefill(model, &mut rng, 0, len)?;
@@ -164,12 +194,37 @@ pub fn run(
         let t = decode(model, &first, ctx, steps)?;
         let r = DecodeResult {
             batch: b,
+            context: ctx,
             steps,
             ms_per_step: t * 1e3 / steps as f64,
             tok_s: (b * steps) as f64 / t,
         };
         log(format!(
             "decode batch {b:>3}: {:>9.1} tok/s, {:.2} ms per step",
+            r.tok_s, r.ms_per_step
+        ));
+        report.decode.push(r);
+    }
+    // Decode at long contexts: what each step reads grows with the keys before it, not with their
+    // values, so the cache is left as it is instead of prefilling thousands of tokens first.
+    for &c in contexts {
+        if c + decode_steps + 1 > model.opts.max_context {
+            log(format!(
+                "decode at context {c}: skipped (beyond --max-context)"
+            ));
+            continue;
+        }
+        decode(model, &[1], c, 2)?;
+        let t = decode(model, &[1], c, decode_steps)?;
+        let r = DecodeResult {
+            batch: 1,
+            context: c,
+            steps: decode_steps,
+            ms_per_step: t * 1e3 / decode_steps as f64,
+            tok_s: decode_steps as f64 / t,
+        };
+        log(format!(
+            "decode batch   1 at context {c:>6}: {:>9.1} tok/s, {:.2} ms per step",
             r.tok_s, r.ms_per_step
         ));
         report.decode.push(r);
@@ -187,6 +242,7 @@ pub fn run(
     }))?
     .unwrap_or_default();
     report.decode_kernels_us = per_family(&decode);
+    report.decode_kernel_bytes = decode_bytes(model, ctx);
     report.decode_dispatches_us = decode.into_iter().map(|(l, ns)| (l, ns / 1e3)).collect();
     let n = prompt_lens
         .iter()

@@ -4,7 +4,12 @@ struct Step {
     tokens: u32,
     outputs: u32,
     slots: u32,
-    _pad: u32,
+    // Split attention: spans per token's keys, and positions per span.
+    splits: u32,
+    span: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 // One token of the forward pass (TokenInfo in src/model/inputs.rs): its id, position in its

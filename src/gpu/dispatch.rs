@@ -18,7 +18,10 @@ pub struct StepCounts {
     pub outputs: u32,
     /// Token-expert slots: tokens times experts per token.
     pub slots: u32,
-    pub _pad: u32,
+    /// Split attention: the spans each token's keys are cut into, and their length in positions.
+    pub splits: u32,
+    pub span: u32,
+    pub _pad: [u32; 3],
 }
 
 impl StepCounts {
@@ -30,6 +33,7 @@ impl StepCounts {
             Count::Tokens => self.tokens,
             Count::Outputs => self.outputs,
             Count::Slots => self.slots,
+            Count::TokenSplits => self.tokens * self.splits,
         }
     }
 }
@@ -43,6 +47,8 @@ pub enum Count {
     Tokens,
     Outputs,
     Slots,
+    /// Tokens times attention splits.
+    TokenSplits,
 }
 
 /// One compute dispatch ready to record.

@@ -31,6 +31,7 @@ const SOURCES: &[(&str, &str)] = embed_wgsl![
     "linear_vec.wgsl",
     "rope.wgsl",
     "attention.wgsl",
+    "attention_split.wgsl",
     "router.wgsl",
     "moe.wgsl",
     "moe_vec.wgsl",

@@ -1,7 +1,12 @@
-//! Attention with sinks, sliding window and GQA over the KV cache (`shaders/attention.wgsl`).
+//! Attention with sinks, sliding window and GQA over the KV cache: for passes of a few tokens
+//! (decode) split over the keys with one workgroup per KV head and span (`attention_split.wgsl`,
+//! then a merge), for larger passes one workgroup per query head and token (`attention.wgsl`).
 
 use crate::error::{Error, Result};
+use crate::gpu::shader::wgsl_const;
 use crate::gpu::{Count, Dispatch, Gpu, ShaderKey};
+
+use super::VEC_MAX_TOKENS;
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -27,6 +32,33 @@ pub struct Attention<'a> {
     pub v_cache: &'a wgpu::Buffer,
     pub sinks: &'a wgpu::Buffer,
     pub out: &'a wgpu::Buffer,
+    /// Scratch for the split path: [VEC_MAX_TOKENS, NH, max_splits(), D + 2] f32
+    /// (`partials_bytes`).
+    pub partials: &'a wgpu::Buffer,
+}
+
+/// Most spans a token's keys are split into (MAX_SPLITS in the shader).
+pub fn max_splits() -> Result<u32> {
+    wgsl_const("attention_split.wgsl", "MAX_SPLITS")
+}
+
+/// Bytes of the split path's scratch for `n_heads` heads of `head_dim`.
+pub fn partials_bytes(n_heads: u32, head_dim: u32) -> Result<u64> {
+    Ok(VEC_MAX_TOKENS as u64 * n_heads as u64 * max_splits()? as u64 * (head_dim as u64 + 2) * 4)
+}
+
+/// How a pass whose tokens see at most `keys` positions is split: (spans, positions per span).
+/// A span of at most 64 keys is one workgroup chunk; long contexts make spans longer instead of
+/// more numerous.
+pub fn split_keys(keys: u32, max_splits: u32) -> (u32, u32) {
+    let splits = keys.div_ceil(64).clamp(1, max_splits);
+    (splits, keys.div_ceil(splits).max(1))
+}
+
+/// Whether the split path serves this shape (head dim within one workgroup, few heads per group).
+fn split_fits(p: &Params) -> Result<bool> {
+    let group = p.n_heads / p.n_kv;
+    Ok(p.head_dim <= 64 && group <= wgsl_const("attention_split.wgsl", "MAX_G")?)
 }
 
 /// `kv_f16` reads a cache stored in f16.
@@ -36,24 +68,56 @@ pub(crate) fn build(
     a: &Attention,
     p: Params,
     kv_f16: bool,
-) -> Result<Dispatch> {
+) -> Result<Vec<Dispatch>> {
     if p.head_dim > MAX_HEAD_DIM || p.head_dim % 4 != 0 || p.n_kv == 0 || p.n_heads % p.n_kv != 0 {
         return Err(Error::Unsupported(format!(
             "attention with {} heads, {} kv heads, head dim {}",
             p.n_heads, p.n_kv, p.head_dim
         )));
     }
+    let params = bytemuck::bytes_of(&p);
+    let mut out = Vec::new();
+    let split_max = if split_fits(&p)? { VEC_MAX_TOKENS } else { 0 };
+    if split_max > 0 {
+        let key = ShaderKey::new("attention_split.wgsl", "split")
+            .define_if("SPLIT", true)
+            .define_if("KV_F16", kv_f16);
+        let bufs = [a.tokens, a.qkv, a.k_cache, a.v_cache, a.partials];
+        out.push(
+            Dispatch::new(
+                gpu,
+                &key,
+                step,
+                params,
+                &bufs,
+                p.n_kv,
+                Count::TokenSplits,
+                1,
+            )?
+            .only_for(Count::Tokens, 1..=split_max),
+        );
+        let key = ShaderKey::new("attention_split.wgsl", "merge").define_if("MERGE", true);
+        let bufs = [a.partials, a.sinks, a.out];
+        out.push(
+            Dispatch::new(gpu, &key, step, params, &bufs, p.n_heads, Count::Tokens, 1)?
+                .only_for(Count::Tokens, 1..=split_max),
+        );
+    }
     let key = ShaderKey::new("attention.wgsl", "main").define_if("KV_F16", kv_f16);
-    Dispatch::new(
-        gpu,
-        &key,
-        step,
-        bytemuck::bytes_of(&p),
-        &[a.tokens, a.qkv, a.k_cache, a.v_cache, a.sinks, a.out],
-        p.n_heads,
-        Count::Tokens,
-        1,
-    )
+    out.push(
+        Dispatch::new(
+            gpu,
+            &key,
+            step,
+            params,
+            &[a.tokens, a.qkv, a.k_cache, a.v_cache, a.sinks, a.out],
+            p.n_heads,
+            Count::Tokens,
+            1,
+        )?
+        .only_for(Count::Tokens, split_max + 1..=u32::MAX),
+    );
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -92,14 +156,26 @@ mod tests {
                 }
             };
             let kv_bytes = if kv_f16 { 2 } else { 4 };
-            for &(nh, nkv, d, window, cap) in &[
-                (4u32, 2u32, 64u32, 0u32, 40u32),
-                (6, 3, 32, 5, 5 + 13 - 1),
-                (2, 1, 100, 70, 90),
+            // The split path serves the decode steps (spans of one and of several 64-key chunks,
+            // one and many spans, windows); head dim 100 always takes the per-head kernel.
+            // (heads, kv heads, head dim, window, most splits, tokens of seq 0's first pass)
+            for &(nh, nkv, d, window, max_splits, first) in &[
+                (4u32, 2u32, 64u32, 0u32, 128u32, 13usize),
+                (16, 2, 64, 0, 1, 70),
+                (4, 2, 64, 0, 128, 70),
+                (6, 3, 32, 5, 3, 13),
+                (8, 1, 32, 40, 128, 70),
+                (2, 1, 100, 70, 128, 13),
             ] {
+                // A sliding window keeps a ring of window + (tokens per pass) - 1 positions.
+                let cap = if window > 0 {
+                    window + first as u32 + 4 - 1
+                } else {
+                    100
+                };
                 let (nh_, nkv_, d_) = (nh as usize, nkv as usize, d as usize);
                 let stride = (nh_ + 2 * nkv_) * d_;
-                let max_pos = 40usize;
+                let max_pos = first + 2;
                 let table: Vec<[f32; 2]> = (0..max_pos * d_ / 2)
                     .map(|_| {
                         let a = rng.symmetric(3.0);
@@ -120,8 +196,8 @@ mod tests {
                 let mut ref_k = vec![vec![Vec::<f32>::new(); max_pos]; seqs];
                 let mut ref_v = vec![vec![Vec::<f32>::new(); max_pos]; seqs];
                 let mut next_pos = [0u32; 2];
-                // Step 1: 13 tokens of seq 0 and 4 of seq 1; step 2: one token each.
-                for plan in [vec![(0usize, 13usize), (1, 4)], vec![(1, 1), (0, 1)]] {
+                // Step 1: `first` tokens of seq 0 and 4 of seq 1; step 2: one token each.
+                for plan in [vec![(0usize, first), (1, 4)], vec![(1, 1), (0, 1)]] {
                     let mut toks = Vec::new();
                     for &(s, n) in &plan {
                         for _ in 0..n {
@@ -139,6 +215,9 @@ mod tests {
                     let tokb = gpu.upload("tok", bytemuck::cast_slice(&toks)).unwrap();
                     let qb = gpu.upload("qkv", f32_bytes(&qkv)).unwrap();
                     let ob = gpu.storage("out", (t * nh_ * d_ * 4) as u64).unwrap();
+                    let pb = gpu
+                        .storage("partials", partials_bytes(nh, d).unwrap())
+                        .unwrap();
                     let step = step_buffer(gpu);
                     let r = rope::build(
                         gpu,
@@ -170,6 +249,7 @@ mod tests {
                             v_cache: &vc,
                             sinks: &sb,
                             out: &ob,
+                            partials: &pb,
                         },
                         Params {
                             n_heads: nh,
@@ -183,14 +263,20 @@ mod tests {
                         kv_f16,
                     )
                     .unwrap();
+                    let keys = toks.iter().map(|k| k.pos + 1).max().unwrap();
+                    let (splits, span) = split_keys(keys, max_splits);
+                    let mut ds = vec![r];
+                    ds.extend(a);
                     submit(
                         gpu,
                         &step,
                         &StepCounts {
                             tokens: t as u32,
+                            splits,
+                            span,
                             ..Default::default()
                         },
-                        &[r, a],
+                        &ds,
                     );
                     let got = gpu.read_f32(&ob, t * nh_ * d_).unwrap();
 

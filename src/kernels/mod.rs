@@ -36,7 +36,7 @@ pub const VEC_MAX_TOKENS: u32 = 8;
 /// Which step count a kernel's rows follow, as `step_count()` in `common/step.wgsl` numbers them.
 fn count_index(c: Count) -> u32 {
     match c {
-        Count::Tokens | Count::One | Count::Fixed(_) => 0,
+        Count::Tokens | Count::One | Count::Fixed(_) | Count::TokenSplits => 0,
         Count::Outputs => 1,
         Count::Slots => 2,
     }
@@ -86,7 +86,14 @@ pub fn all_variants() -> Vec<ShaderKey> {
         for f in ["rope.wgsl", "attention.wgsl"] {
             out.push(ShaderKey::new(f, "main").define_if("KV_F16", f16));
         }
+        let split = |entry, define| {
+            ShaderKey::new("attention_split.wgsl", entry)
+                .define_if(define, true)
+                .define_if("KV_F16", f16)
+        };
+        out.push(split("split", "SPLIT"));
     }
+    out.push(ShaderKey::new("attention_split.wgsl", "merge").define_if("MERGE", true));
     out
 }
 

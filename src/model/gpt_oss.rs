@@ -71,6 +71,8 @@ pub struct Model {
     pub opts: ModelOptions,
     /// Most logits rows per forward pass.
     pub max_outputs: u32,
+    /// Most spans split attention cuts a token's keys into.
+    max_splits: u32,
     /// Whether the KV cache is stored in f16.
     pub kv_f16: bool,
     /// GPU bytes of weights, KV cache and activations.
@@ -404,6 +406,10 @@ impl Model {
             ("h", t * h * 4),
             ("qkv", t * qkv_n as u64 * 4),
             ("attn", t * (nh * d) as u64 * 4),
+            (
+                "attn_partials",
+                attention::partials_bytes(c.heads, c.head_dim)?,
+            ),
             ("router_logits", t * e as u64 * 4),
             ("expert_idx", t * k * 4),
             ("expert_wts", t * k * 4),
@@ -609,7 +615,7 @@ impl Model {
                 },
                 kv_f16,
             )?);
-            ds.push(attention::build(
+            ds.extend(attention::build(
                 g,
                 &step,
                 &Attention {
@@ -619,6 +625,7 @@ impl Model {
                     v_cache: &cache.v,
                     sinks: &sinks,
                     out: a("attn"),
+                    partials: a("attn_partials"),
                 },
                 attention::Params {
                     n_heads: c.heads,
@@ -769,6 +776,7 @@ impl Model {
         let mut acts = acts;
         Ok(Model {
             max_outputs,
+            max_splits: attention::max_splits()?,
             kv_f16,
             weight_bytes,
             cache_bytes: kv_cache::bytes(&caches),
@@ -842,11 +850,15 @@ impl Model {
             g.write(&self.out_rows, 0, bytemuck::cast_slice(b.outputs));
             g.write(&self.sampling, 0, bytemuck::cast_slice(b.sampling));
         }
+        let keys = b.tokens.iter().map(|t| t.pos + 1).max().unwrap_or(1);
+        let (splits, span) = attention::split_keys(keys, self.max_splits);
         Ok(StepCounts {
             tokens: n as u32,
             outputs: b.outputs.len() as u32,
             slots: n as u32 * self.cfg.top_k,
-            _pad: 0,
+            splits,
+            span,
+            _pad: [0; 3],
         })
     }
 

@@ -1,0 +1,190 @@
+// Decode attention split over the keys (flash-decoding), for passes of a few tokens. The keys a
+// token sees are cut into step.splits spans of step.span positions; a workgroup takes one span of
+// one KV head for one token and all G = NH / NKV query heads that share that KV head, so each key
+// and value is read once per group. Spans combine in MERGE, where the sink joins the denominator:
+// p_j = exp(s_j - M) / (sum_j exp(s_j - M) + exp(sink - M)), M the max over scores and sink.
+// SPLIT: Bindings tokens [T], qkv [T, (NH + 2 NKV) * D] (q rotated), k_cache, v_cache
+//   [seqs, cap, NKV, D], part [T, NH, MAX_SPLITS, D + 2] f32 (acc[D], m, l per span).
+//   Grid: (NKV, T * splits). Keys in chunks of WG: lane j scores key j for the G heads, the
+//   chunk's max and sum are tree-reduced, then lane i accumulates output dim i over the chunk.
+// MERGE: Bindings part, sinks [NH] f32, out [T, NH * D] f32. Grid: (NH, T); lane i is dim i.
+// Limits: D <= WG, G <= MAX_G, D a multiple of 4. Variants: SPLIT or MERGE, KV_F16.
+#include "common/kv.wgsl"
+#include "common/step.wgsl"
+
+struct Params {
+    n_heads: u32,
+    n_kv: u32,
+    head_dim: u32,
+    cap: u32,
+    window: u32,
+    scale: f32,
+    _pad0: u32,
+    _pad1: u32,
+}
+
+@group(0) @binding(1) var<uniform> p: Params;
+
+// Spans per token at most, and query heads per KV head at most (the Rust side reads these).
+const MAX_SPLITS: u32 = 128u;
+const MAX_G: u32 = 8u;
+const WG: u32 = 64u;
+const NEG: f32 = -3.0e38;
+
+#ifdef SPLIT
+@group(0) @binding(2) var<storage, read> tokens: array<TokenInfo>;
+@group(0) @binding(3) var<storage, read> qkv: array<f32>;
+@group(0) @binding(4) var<storage, read> k_cache: array<vec4<kv>>;
+@group(0) @binding(5) var<storage, read> v_cache: array<kv>;
+@group(0) @binding(6) var<storage, read_write> part: array<f32>;
+
+var<workgroup> qs: array<vec4<f32>, MAX_G * WG / 4u>;
+var<workgroup> prob: array<f32, MAX_G * WG>;
+var<workgroup> red: array<f32, MAX_G * WG>;
+var<workgroup> tok_shared: TokenInfo;
+
+// Per head g < G: the max (or sum) over lanes of v[g], returned to every lane. Tree in workgroup
+// memory; called from uniform control flow.
+fn reduce_heads(v: array<f32, MAX_G>, lid: u32, use_max: bool) -> array<f32, MAX_G> {
+    for (var g = 0u; g < MAX_G; g++) {
+        red[lid * MAX_G + g] = v[g];
+    }
+    for (var stride = WG / 2u; stride > 0u; stride >>= 1u) {
+        workgroupBarrier();
+        if lid < stride {
+            for (var g = 0u; g < MAX_G; g++) {
+                let a = red[lid * MAX_G + g];
+                let b = red[(lid + stride) * MAX_G + g];
+                red[lid * MAX_G + g] = select(a + b, max(a, b), use_max);
+            }
+        }
+    }
+    workgroupBarrier();
+    var out: array<f32, MAX_G>;
+    for (var g = 0u; g < MAX_G; g++) {
+        out[g] = red[g];
+    }
+    workgroupBarrier();
+    return out;
+}
+
+@compute @workgroup_size(WG)
+fn split(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>) {
+    let kvh = wg.x;
+    let t = wg.y / step.splits;
+    let c = wg.y % step.splits;
+    if t >= step.tokens {
+        return;
+    }
+    // The token's position decides the loop bounds: a uniform copy keeps the barriers legal.
+    tok_shared = tokens[t];
+    let tok = workgroupUniformLoad(&tok_shared);
+    let d = p.head_dim;
+    let d4 = d / 4u;
+    let gn = p.n_heads / p.n_kv;
+    let stride = (p.n_heads + 2u * p.n_kv) * d;
+    for (var i = lid; i < gn * d4; i += WG) {
+        let q0 = t * stride + kvh * gn * d + 4u * i;
+        qs[i] = vec4<f32>(qkv[q0], qkv[q0 + 1u], qkv[q0 + 2u], qkv[q0 + 3u]);
+    }
+    var start = 0u;
+    if p.window > 0u && tok.pos + 1u > p.window {
+        start = tok.pos + 1u - p.window;
+    }
+    let lo = max(start, c * step.span);
+    let hi = min(tok.pos + 1u, (c + 1u) * step.span);
+    var m: array<f32, MAX_G>;
+    var l: array<f32, MAX_G>;
+    var acc: array<f32, MAX_G>;
+    for (var g = 0u; g < MAX_G; g++) {
+        m[g] = NEG;
+    }
+    let seq_base = tok.seq * p.cap;
+    workgroupBarrier();
+    for (var base = lo; base < hi; base += WG) {
+        let n = min(WG, hi - base);
+        var s: array<f32, MAX_G>;
+        for (var g = 0u; g < MAX_G; g++) {
+            s[g] = NEG;
+        }
+        if lid < n {
+            let kb = ((seq_base + (base + lid) % p.cap) * p.n_kv + kvh) * d4;
+            for (var g = 0u; g < MAX_G; g++) {
+                if g < gn {
+                    var dot_qk = 0.0;
+                    for (var i = 0u; i < d4; i++) {
+                        dot_qk += dot(qs[g * d4 + i], vec4<f32>(k_cache[kb + i]));
+                    }
+                    s[g] = dot_qk * p.scale;
+                }
+            }
+        }
+        let m_chunk = reduce_heads(s, lid, true);
+        var e: array<f32, MAX_G>;
+        var corr: array<f32, MAX_G>;
+        for (var g = 0u; g < MAX_G; g++) {
+            let m_new = max(m[g], m_chunk[g]);
+            corr[g] = exp(m[g] - m_new);
+            e[g] = select(0.0, exp(s[g] - m_new), lid < n);
+            prob[g * WG + lid] = e[g];
+            m[g] = m_new;
+        }
+        let sums = reduce_heads(e, lid, false);
+        for (var g = 0u; g < MAX_G; g++) {
+            l[g] = l[g] * corr[g] + sums[g];
+            acc[g] *= corr[g];
+        }
+        // Lane i: output dim i, each key's value once for the G heads.
+        if lid < d {
+            for (var j = 0u; j < n; j++) {
+                let v = f32(v_cache[((seq_base + (base + j) % p.cap) * p.n_kv + kvh) * d + lid]);
+                for (var g = 0u; g < MAX_G; g++) {
+                    acc[g] += prob[g * WG + j] * v;
+                }
+            }
+        }
+        workgroupBarrier();
+    }
+    if lid < d {
+        for (var g = 0u; g < gn; g++) {
+            let h = kvh * gn + g;
+            let pb = ((t * p.n_heads + h) * MAX_SPLITS + c) * (d + 2u);
+            part[pb + lid] = acc[g];
+            if lid == 0u {
+                part[pb + d] = m[g];
+                part[pb + d + 1u] = l[g];
+            }
+        }
+    }
+}
+#endif
+
+#ifdef MERGE
+@group(0) @binding(2) var<storage, read> part: array<f32>;
+@group(0) @binding(3) var<storage, read> sinks: array<f32>;
+@group(0) @binding(4) var<storage, read_write> out: array<f32>;
+
+@compute @workgroup_size(WG)
+fn merge(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>) {
+    let h = wg.x;
+    let t = wg.y;
+    let d = p.head_dim;
+    if t >= step.tokens || lid >= d {
+        return;
+    }
+    let base = (t * p.n_heads + h) * MAX_SPLITS * (d + 2u);
+    var mx = sinks[h];
+    for (var c = 0u; c < step.splits; c++) {
+        mx = max(mx, part[base + c * (d + 2u) + d]);
+    }
+    var den = exp(sinks[h] - mx);
+    var o = 0.0;
+    for (var c = 0u; c < step.splits; c++) {
+        let pc = base + c * (d + 2u);
+        let w = exp(part[pc + d] - mx);
+        den += w * part[pc + d + 1u];
+        o += w * part[pc + lid];
+    }
+    out[t * p.n_heads * d + h * d + lid] = o / den;
+}
+#endif
