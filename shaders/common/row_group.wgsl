@@ -16,6 +16,7 @@
 const NG: u32 = WG / GL;
 
 var<workgroup> rg_part: array<f32, WG * R>;
+var<workgroup> rg_total: array<f32, NG * R>;
 
 #ifdef SUBGROUPS
 struct Lanes {
@@ -33,16 +34,21 @@ fn group_sums(acc: ptr<function, array<f32, R>>, l: Lanes) {
         }
     }
     workgroupBarrier();
-    let parts = max(GL / l.size, 1u);
-    let first = (l.lid / GL) * parts;
-    for (var r = 0u; r < R; r++) {
+    // Lane r of each group adds row r's subgroup totals, then every lane reads the R sums.
+    let grp = l.lid / GL;
+    let g_lane = l.lid % GL;
+    if g_lane < R {
+        let parts = max(GL / l.size, 1u);
         var total = 0.0;
         for (var q = 0u; q < parts; q++) {
-            total += rg_part[(first + q) * R + r];
+            total += rg_part[(grp * parts + q) * R + g_lane];
         }
-        (*acc)[r] = total;
+        rg_total[grp * R + g_lane] = total;
     }
     workgroupBarrier();
+    for (var r = 0u; r < R; r++) {
+        (*acc)[r] = rg_total[grp * R + r];
+    }
 }
 
 // The sum of one value per lane over the whole workgroup, returned to every lane.
