@@ -7,9 +7,9 @@
 // g [k] f32 (NORM only).
 // Grid: (min(ceil(rows / ROWS), 65535), count); workgroups stride over the row blocks. All WG
 // lanes share the ROWS rows (a lane reads 8-weight units lane, lane + WG, ... of each), so a lane
-// has a few iterations of ROWS independent 16-byte loads in flight, and each input load (32 bytes
-// per lane, through the caches) serves ROWS rows: with fewer rows per workgroup the re-read
-// inputs, not the weights, would fill the L2 bandwidth.
+// has a few short iterations and even a per-layer matrix spreads over thousands of workgroups:
+// at batch 1 a workgroup's serial latency, not the bandwidth, is what costs (on the H200, 2 rows
+// per workgroup beat 8 and 16 rows with fewer lanes each; PERF.md v0.9).
 // Variants: SUBGROUPS, NORM. ACCUMULATE (a parameter) adds into y, the residual stream.
 #include "common/step.wgsl"
 #include "common/bf16.wgsl"
@@ -36,7 +36,7 @@ struct Params {
 #endif
 
 // Rows per workgroup (the Rust side reads this line to size the grid).
-const ROWS: u32 = 8u;
+const ROWS: u32 = 2u;
 const WG: u32 = 128u;
 const GL: u32 = 128u;
 const R: u32 = ROWS;

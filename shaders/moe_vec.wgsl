@@ -6,15 +6,16 @@
 //   gate = min(g_even, limit); up = clamp(g_odd, -limit, limit);   (the clamp is upper-only on gate)
 //   act[s, i] = gate * sigmoid(alpha * gate) * (up + 1).
 //   Bindings: h [T, H] (normed), idx [T*K], blocks [e_count, 2I, H/32, 16] u8 as words, scales
-//   [e_count, 2I, H/32] u8, bias [E, 2I] f32, act [T*K, I]. Grid: (ceil(2I / R), T*K).
+//   [e_count, 2I, H/32] u8, bias [E, 2I] f32, act [T*K, I]. Grid: (ceil(2I / ROWS), T*K).
 // DOWN: y[s, n] = wts[s] * (W_down[e] act[s] + bias[e])[n]; moe.wgsl's COMBINE then adds the
 //   slots of each token to the residual stream in slot order.
 //   Bindings: act, idx, wts [T*K], blocks [e_count, H, I/32, 16], scales, bias [E, H], y [T*K, H].
-//   Grid: (ceil(H / R), T*K).
-// All WG lanes share the workgroup's R rows: lane i reads word i, i + WG, ... (8 codes, 4 bytes;
-// a warp reads 128 contiguous bytes) of each row and the matching 8 inputs (32 contiguous bytes
-// per lane). An input load serves R rows, so the inputs re-read through the caches stay a
-// fraction of the weight traffic, and a lane keeps R independent loads in flight.
+//   Grid: (ceil(H / ROWS), T*K).
+// A workgroup's NG row groups of GL lanes take R rows each: lane i of a group reads word i,
+// i + GL, ... (8 codes, 4 bytes; a warp reads 128 contiguous bytes) of each of its rows and the
+// matching 8 inputs (32 contiguous bytes per lane), an input load serving R rows. (Measured on
+// the H200 against one block per lane, whose 128-byte input strides do not coalesce, and against
+// 16 rows per 128-lane workgroup: this shape was the fastest; PERF.md v0.9.)
 // A dispatch holds the experts [e_start, e_start + e_count) of one weight buffer; slots routed to
 // other experts do nothing in it. Variants: GATE_UP or DOWN, SUBGROUPS.
 #include "common/step.wgsl"
@@ -62,18 +63,19 @@ fn input(i: u32) -> vec4<f32> {
 #endif
 
 // Rows per workgroup (the Rust side reads this line to size the grid).
-const R: u32 = 16u;
+const ROWS: u32 = 16u;
 const WG: u32 = 128u;
-const GL: u32 = 128u;
+const GL: u32 = 32u;
+const R: u32 = ROWS / (WG / GL);
 #include "common/row_group.wgsl"
 
 // acc[r] = row row0 + r of local expert e_local (`rows` rows of k codes) . the input vector at
-// vec4 index `inb`, summed over the workgroup.
+// vec4 index `inb`, summed over the lanes of this lane's row group.
 fn project(l: Lanes, e_local: u32, row0: u32, rows: u32, k: u32, inb: u32) -> array<f32, R> {
     var acc: array<f32, R>;
     let units = k / 8u;
     let n_blocks = k / 32u;
-    for (var i = l.lid; i < units; i += WG) {
+    for (var i = l.lid % GL; i < units; i += GL) {
         let a = input(inb + 2u * i);
         let b = input(inb + 2u * i + 1u);
         for (var r = 0u; r < R; r++) {
@@ -107,25 +109,18 @@ fn gate_up(l: Lanes, @builtin(workgroup_id) wg: vec3<u32>) {
         return;
     }
     let rows = 2u * p.inter;
-    let r0 = wg.x * R;
+    let r0 = (wg.x * NG + l.lid / GL) * R;
     let acc = project(l, e - p.e_start, r0, rows, p.hidden, (s / p.top_k) * (p.hidden / 4u));
-    if l.lid < R / 2u {
-        let i = r0 / 2u + l.lid;
-        if i < p.inter {
-            let rb = e * rows + 2u * i;
-            var gate = 0.0;
-            var up = 0.0;
-            // Constant indices keep acc in registers.
-            for (var q = 0u; q < R / 2u; q++) {
-                if q == l.lid {
-                    gate = acc[2u * q];
-                    up = acc[2u * q + 1u];
-                }
+    if l.lid % GL == 0u {
+        for (var q = 0u; q < R / 2u; q++) {
+            let i = r0 / 2u + q;
+            if i < p.inter {
+                let rb = e * rows + 2u * i;
+                let gate = min(acc[2u * q] + bias[rb], p.limit);
+                let up = clamp(acc[2u * q + 1u] + bias[rb + 1u], -p.limit, p.limit);
+                let glu = gate / (1.0 + exp(-p.alpha * gate));
+                act[s * p.inter + i] = glu * (up + 1.0);
             }
-            gate = min(gate + bias[rb], p.limit);
-            up = clamp(up + bias[rb + 1u], -p.limit, p.limit);
-            let glu = gate / (1.0 + exp(-p.alpha * gate));
-            act[s * p.inter + i] = glu * (up + 1.0);
         }
     }
 }
@@ -142,18 +137,14 @@ fn down(l: Lanes, @builtin(workgroup_id) wg: vec3<u32>) {
     if !here(e) {
         return;
     }
-    let r0 = wg.x * R;
+    let r0 = (wg.x * NG + l.lid / GL) * R;
     let acc = project(l, e - p.e_start, r0, p.hidden, p.inter, s * (p.inter / 4u));
-    if l.lid < R {
-        let row = r0 + l.lid;
-        if row < p.hidden {
-            var v = 0.0;
-            for (var q = 0u; q < R; q++) {
-                if q == l.lid {
-                    v = acc[q];
-                }
+    if l.lid % GL == 0u {
+        for (var r = 0u; r < R; r++) {
+            let row = r0 + r;
+            if row < p.hidden {
+                y[s * p.hidden + row] = wts[s] * (acc[r] + bias[e * p.hidden + row]);
             }
-            y[s * p.hidden + row] = wts[s] * (v + bias[e * p.hidden + row]);
         }
     }
 }

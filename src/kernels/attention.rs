@@ -48,10 +48,10 @@ pub fn partials_bytes(n_heads: u32, head_dim: u32) -> Result<u64> {
 }
 
 /// How a pass whose tokens see at most `keys` positions is split: (spans, positions per span).
-/// A span of at most 64 keys is one workgroup chunk; long contexts make spans longer instead of
-/// more numerous.
+/// Spans of 16 keys keep a workgroup's serial work short at decode (what bounds a short context);
+/// long contexts make spans longer instead of more numerous.
 pub fn split_keys(keys: u32, max_splits: u32) -> (u32, u32) {
-    let splits = keys.div_ceil(64).clamp(1, max_splits);
+    let splits = keys.div_ceil(16).clamp(1, max_splits);
     (splits, keys.div_ceil(splits).max(1))
 }
 

@@ -219,7 +219,7 @@ fn vec_dispatches(
     if s.vec_max_tokens == 0 {
         return Ok(out);
     }
-    let rows_per_wg = wgsl_const("moe_vec.wgsl", "R")?;
+    let rows_per_wg = wgsl_const("moe_vec.wgsl", "ROWS")?;
     let range = 1..=s.vec_max_tokens;
     let p = |c: &ExpertChunk| params(s, c.start, c.count);
     let key = super::row_group_key(gpu, "moe_vec.wgsl", "gate_up").define_if("GATE_UP", true);
