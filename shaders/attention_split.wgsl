@@ -8,7 +8,8 @@
 //   Grid: (NKV, T * splits). Keys in chunks of WG: lane j scores key j for the G heads, the
 //   chunk's max and sum are tree-reduced, then lane i accumulates output dim i over the chunk.
 // MERGE: Bindings part, sinks [NH] f32, out [T, NH * D] f32. Grid: (NH, T); lane i is dim i.
-// Limits: D <= WG, G <= MAX_G, D a multiple of 4. Variants: SPLIT or MERGE, KV_F16.
+// Limits: D <= WG, G <= MAX_G, D a multiple of 4. Variants: SPLIT or MERGE, KV_F16, SUBGROUPS
+// (SPLIT's reductions in registers).
 #include "common/kv.wgsl"
 #include "common/step.wgsl"
 
@@ -43,9 +44,48 @@ var<workgroup> prob: array<f32, MAX_G * WG>;
 var<workgroup> red: array<f32, MAX_G * WG>;
 var<workgroup> tok_shared: TokenInfo;
 
-// Per head g < G: the max (or sum) over lanes of v[g], returned to every lane. Tree in workgroup
-// memory; called from uniform control flow.
-fn reduce_heads(v: array<f32, MAX_G>, lid: u32, use_max: bool) -> array<f32, MAX_G> {
+// Per head g < G: the max (or sum) over lanes of v[g], returned to every lane; called from
+// uniform control flow. With SUBGROUPS in registers, then across the few subgroups; otherwise a
+// tree in workgroup memory.
+#ifdef SUBGROUPS
+struct Lanes {
+    @builtin(local_invocation_index) lid: u32,
+    @builtin(subgroup_invocation_id) lane: u32,
+    @builtin(subgroup_size) size: u32,
+}
+
+fn reduce_heads(v: array<f32, MAX_G>, l: Lanes, use_max: bool) -> array<f32, MAX_G> {
+    let sg = l.lid / l.size;
+    for (var g = 0u; g < MAX_G; g++) {
+        var r: f32;
+        if use_max {
+            r = subgroupMax(v[g]);
+        } else {
+            r = subgroupAdd(v[g]);
+        }
+        if l.lane == 0u {
+            red[sg * MAX_G + g] = r;
+        }
+    }
+    workgroupBarrier();
+    var out: array<f32, MAX_G>;
+    for (var g = 0u; g < MAX_G; g++) {
+        out[g] = red[g];
+        for (var q = 1u; q < (WG + l.size - 1u) / l.size; q++) {
+            let b = red[q * MAX_G + g];
+            out[g] = select(out[g] + b, max(out[g], b), use_max);
+        }
+    }
+    workgroupBarrier();
+    return out;
+}
+#else
+struct Lanes {
+    @builtin(local_invocation_index) lid: u32,
+}
+
+fn reduce_heads(v: array<f32, MAX_G>, l: Lanes, use_max: bool) -> array<f32, MAX_G> {
+    let lid = l.lid;
     for (var g = 0u; g < MAX_G; g++) {
         red[lid * MAX_G + g] = v[g];
     }
@@ -67,9 +107,11 @@ fn reduce_heads(v: array<f32, MAX_G>, lid: u32, use_max: bool) -> array<f32, MAX
     workgroupBarrier();
     return out;
 }
+#endif
 
 @compute @workgroup_size(WG)
-fn split(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>) {
+fn split(lanes: Lanes, @builtin(workgroup_id) wg: vec3<u32>) {
+    let lid = lanes.lid;
     let kvh = wg.x;
     let t = wg.y / step.splits;
     let c = wg.y % step.splits;
@@ -119,7 +161,7 @@ fn split(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: v
                 }
             }
         }
-        let m_chunk = reduce_heads(s, lid, true);
+        let m_chunk = reduce_heads(s, lanes, true);
         var e: array<f32, MAX_G>;
         var corr: array<f32, MAX_G>;
         for (var g = 0u; g < MAX_G; g++) {
@@ -129,7 +171,7 @@ fn split(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: v
             prob[g * WG + lid] = e[g];
             m[g] = m_new;
         }
-        let sums = reduce_heads(e, lid, false);
+        let sums = reduce_heads(e, lanes, false);
         for (var g = 0u; g < MAX_G; g++) {
             l[g] = l[g] * corr[g] + sums[g];
             acc[g] *= corr[g];

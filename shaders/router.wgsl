@@ -28,6 +28,8 @@ const MAX_E: u32 = 256u;
 
 // The token's logits, loaded by all lanes at once: the picking thread then scans fast memory.
 var<workgroup> lg: array<f32, MAX_E>;
+// The chosen logits by rank.
+var<workgroup> picked: array<f32, MAX_E>;
 
 @compute @workgroup_size(WG)
 fn main(l: Lanes, @builtin(workgroup_id) wg: vec3<u32>) {
@@ -51,40 +53,32 @@ fn main(l: Lanes, @builtin(workgroup_id) wg: vec3<u32>) {
         lg[e] = logits[t * e_n + e];
     }
     workgroupBarrier();
+    // Lane e ranks expert e by how many experts beat it (a higher logit, or an equal one at a
+    // lower index): the K best have ranks 0..K-1, all found at once.
+    for (var e = l.lid; e < e_n; e += WG) {
+        let v = lg[e];
+        var rank = 0u;
+        for (var o = 0u; o < e_n; o++) {
+            let w = lg[o];
+            if w > v || (w == v && o < e) {
+                rank++;
+            }
+        }
+        if rank < k_n {
+            idx[t * k_n + rank] = e;
+            picked[rank] = v;
+        }
+    }
+    workgroupBarrier();
     if l.lid != 0u {
         return;
     }
-    // Pass j picks the largest logit ranked after pick j-1 in (value descending, index ascending)
-    // order, so no list of taken experts is needed.
-    var prev_v = 3.0e38;
-    var prev_e = 0u;
-    var top = 0.0;
-    for (var j = 0u; j < k_n; j++) {
-        var best = -3.0e38;
-        var best_e = e_n;
-        for (var e = 0u; e < e_n; e++) {
-            let v = lg[e];
-            let after_prev = j == 0u || v < prev_v || (v == prev_v && e > prev_e);
-            if after_prev && (best_e == e_n || v > best) {
-                best = v;
-                best_e = e;
-            }
-        }
-        idx[t * k_n + j] = best_e;
-        wts[t * k_n + j] = best;
-        if j == 0u {
-            top = best;
-        }
-        prev_v = best;
-        prev_e = best_e;
-    }
+    // Softmax over the K chosen logits; the first is the largest.
     var sum = 0.0;
     for (var j = 0u; j < k_n; j++) {
-        let e = exp(wts[t * k_n + j] - top);
-        wts[t * k_n + j] = e;
-        sum += e;
+        sum += exp(picked[j] - picked[0]);
     }
     for (var j = 0u; j < k_n; j++) {
-        wts[t * k_n + j] /= sum;
+        wts[t * k_n + j] = exp(picked[j] - picked[0]) / sum;
     }
 }

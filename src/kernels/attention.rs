@@ -79,7 +79,7 @@ pub(crate) fn build(
     let mut out = Vec::new();
     let split_max = if split_fits(&p)? { VEC_MAX_TOKENS } else { 0 };
     if split_max > 0 {
-        let key = ShaderKey::new("attention_split.wgsl", "split")
+        let key = super::key(gpu, "attention_split.wgsl", "split")
             .define_if("SPLIT", true)
             .define_if("KV_F16", kv_f16);
         let bufs = [a.tokens, a.qkv, a.k_cache, a.v_cache, a.partials];

@@ -86,12 +86,14 @@ pub fn all_variants() -> Vec<ShaderKey> {
         for f in ["rope.wgsl", "attention.wgsl"] {
             out.push(ShaderKey::new(f, "main").define_if("KV_F16", f16));
         }
-        let split = |entry, define| {
-            ShaderKey::new("attention_split.wgsl", entry)
-                .define_if(define, true)
-                .define_if("KV_F16", f16)
-        };
-        out.push(split("split", "SPLIT"));
+        for sg in [false, true] {
+            out.push(
+                ShaderKey::new("attention_split.wgsl", "split")
+                    .define_if("SPLIT", true)
+                    .define_if("KV_F16", f16)
+                    .define_if("SUBGROUPS", sg),
+            );
+        }
     }
     out.push(ShaderKey::new("attention_split.wgsl", "merge").define_if("MERGE", true));
     out
