@@ -5,11 +5,10 @@
 // Bindings: x [count, k] f32 (k a multiple of 8), W rows [rows, k] bf16 (this buffer's rows of
 // the matrix, read 8 weights per 16-byte load), bias [n_out] f32, y [count, n_out] f32,
 // g [k] f32 (NORM only).
-// Grid: (min(ceil(rows / ROWS), 65535), count); workgroups stride over the row blocks. All WG
-// lanes share the ROWS rows (a lane reads 8-weight units lane, lane + WG, ... of each), so a lane
-// has a few short iterations and even a per-layer matrix spreads over thousands of workgroups:
-// at batch 1 a workgroup's serial latency, not the bandwidth, is what costs (on the H200, 2 rows
-// per workgroup beat 8 and 16 rows with fewer lanes each; PERF.md v0.9).
+// Grid: (min(ceil(rows / ROWS), 65535), count); workgroups stride over the row blocks. Each of
+// the NG row groups of GL lanes takes R rows (a lane reads 8-weight units lane, lane + GL, ... of
+// each), so even a per-layer matrix spreads over thousands of short workgroups: at batch 1 a
+// workgroup's serial latency, not the bandwidth, is what costs (PERF.md v0.9 and v0.10).
 // Variants: SUBGROUPS, NORM. ACCUMULATE (a parameter) adds into y, the residual stream.
 #include "common/step.wgsl"
 #include "common/bf16.wgsl"
@@ -36,10 +35,10 @@ struct Params {
 #endif
 
 // Rows per workgroup (the Rust side reads this line to size the grid).
-const ROWS: u32 = 2u;
+const ROWS: u32 = 4u;
 const WG: u32 = 128u;
-const GL: u32 = 128u;
-const R: u32 = ROWS;
+const GL: u32 = 32u;
+const R: u32 = ROWS / (WG / GL);
 #include "common/row_group.wgsl"
 
 @compute @workgroup_size(WG)
@@ -60,10 +59,11 @@ fn main(l: Lanes, @builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups)
     scale = inverseSqrt(workgroup_sum(ss, l) / f32(p.k) + p.eps);
 #endif
     let blocks = (p.rows + ROWS - 1u) / ROWS;
+    let lane = l.lid % GL;
     for (var rb = wg.x; rb < blocks; rb += nwg.x) {
-        let r0 = rb * ROWS;
+        let r0 = rb * ROWS + (l.lid / GL) * R;
         var acc: array<f32, R>;
-        for (var i = l.lid; i < units; i += GL) {
+        for (var i = lane; i < units; i += GL) {
             var a = x[xb + 2u * i] * scale;
             var b = x[xb + 2u * i + 1u] * scale;
 #ifdef NORM
@@ -77,7 +77,7 @@ fn main(l: Lanes, @builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups)
             }
         }
         group_sums(&acc, l);
-        if l.lid == 0u {
+        if lane == 0u {
             for (var r = 0u; r < R; r++) {
                 let row = r0 + r;
                 if row < p.rows {

@@ -13,9 +13,10 @@
 //   Grid: (ceil(H / ROWS), T*K).
 // A workgroup's NG row groups of GL lanes take R rows each: lane i of a group reads word i,
 // i + GL, ... (8 codes, 4 bytes; a warp reads 128 contiguous bytes) of each of its rows and the
-// matching 8 inputs (32 contiguous bytes per lane), an input load serving R rows. (Measured on
-// the H200 against one block per lane, whose 128-byte input strides do not coalesce, and against
-// 16 rows per 128-lane workgroup: this shape was the fastest; PERF.md v0.9.)
+// matching 8 inputs (32 contiguous bytes per lane), an input load serving R rows. Short rows of
+// work in many workgroups: on the H200, 2 rows per 32-lane group beat 4 and 8, 64-lane groups,
+// one 16-byte block per lane (its 128-byte input strides do not coalesce) and 16 rows per
+// 128-lane workgroup (PERF.md v0.9 and v0.10).
 // A dispatch holds the experts [e_start, e_start + e_count) of one weight buffer; slots routed to
 // other experts do nothing in it. Variants: GATE_UP or DOWN, SUBGROUPS.
 #include "common/step.wgsl"
@@ -63,7 +64,7 @@ fn input(i: u32) -> vec4<f32> {
 #endif
 
 // Rows per workgroup (the Rust side reads this line to size the grid).
-const ROWS: u32 = 16u;
+const ROWS: u32 = 8u;
 const WG: u32 = 128u;
 const GL: u32 = 32u;
 const R: u32 = ROWS / (WG / GL);
