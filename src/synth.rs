@@ -11,6 +11,8 @@ use std::path::Path;
 use serde_json::json;
 
 use crate::error::{Error, Result};
+use crate::model::ModelConfig;
+use crate::model::tensors::{Role, checkpoint_tensors};
 use crate::rng::Rng;
 
 /// The shape of a synthetic checkpoint.
@@ -72,7 +74,7 @@ impl SynthSpec {
         }
     }
 
-    fn config_json(&self) -> serde_json::Value {
+    pub(crate) fn config_json(&self) -> serde_json::Value {
         let layer_types: Vec<&str> = (0..self.layers)
             .map(|i| {
                 if i % 2 == 0 {
@@ -170,119 +172,35 @@ impl Entry {
     }
 }
 
-fn tensors(s: &SynthSpec) -> Vec<Entry> {
-    let (h, v, i, e) = (
-        s.hidden as usize,
-        s.vocab as usize,
-        s.inter as usize,
-        s.experts as usize,
-    );
-    let (nh, nkv, d) = (s.heads as usize, s.kv_heads as usize, s.head_dim as usize);
-    let uniform = |fan_in: usize| Fill::Bf16 {
-        center: 0.0,
-        a: (3.0 / fan_in as f32).sqrt(),
-    };
-    let small = Fill::Bf16 {
-        center: 0.0,
-        a: 0.1,
-    };
-    let norm = Fill::Bf16 {
-        center: 1.0,
-        a: 0.2,
-    };
-    // Scale exponents so dequantized weights have about 1/sqrt(fan_in) spread (the e2m1 values
-    // have an RMS of about 2.9).
-    let scales = |fan_in: usize| Fill::Scales {
-        base: (127.0 - (2.93 * (fan_in as f32).sqrt()).log2()).round() as u8,
-    };
-    let mut out = vec![Entry {
-        name: "model.embed_tokens.weight".into(),
-        shape: vec![v, h],
-        fill: Fill::Bf16 {
-            center: 0.0,
-            a: 1.0,
-        },
-    }];
-    for l in 0..s.layers as usize {
-        let p = format!("model.layers.{l}.");
-        let mut add = |n: &str, shape: Vec<usize>, fill| {
-            out.push(Entry {
-                name: format!("{p}{n}"),
-                shape,
+/// The checkpoint's tensors (`model::tensors`) with the value ranges synth draws them from.
+fn tensors(cfg: &ModelConfig) -> Vec<Entry> {
+    let h = cfg.hidden as f32;
+    let bf16 = |center: f32, a: f32| Fill::Bf16 { center, a };
+    checkpoint_tensors(cfg)
+        .into_iter()
+        .map(|t| {
+            let fill = match t.role {
+                Role::Embedding | Role::Sinks => bf16(0.0, 1.0),
+                Role::Norm => bf16(1.0, 0.2),
+                Role::Matrix { fan_in } => bf16(0.0, (3.0 / fan_in as f32).sqrt()),
+                // Router logits spread of about 2 so expert choices are mostly clear-cut.
+                Role::RouterMatrix => bf16(0.0, 2.0 * (3.0 / h).sqrt()),
+                Role::RouterBias => bf16(0.0, 0.5),
+                Role::Bias => bf16(0.0, 0.1),
+                Role::Mxfp4Blocks => Fill::Codes,
+                // Scale exponents so dequantized weights have about 1/sqrt(fan_in) spread (the
+                // e2m1 values have an RMS of about 2.9).
+                Role::Mxfp4Scales { fan_in } => Fill::Scales {
+                    base: (127.0 - (2.93 * (fan_in as f32).sqrt()).log2()).round() as u8,
+                },
+            };
+            Entry {
+                name: t.name,
+                shape: t.shape,
                 fill,
-            })
-        };
-        add("input_layernorm.weight", vec![h], norm);
-        for (n, rows) in [("q", nh * d), ("k", nkv * d), ("v", nkv * d)] {
-            add(
-                &format!("self_attn.{n}_proj.weight"),
-                vec![rows, h],
-                uniform(h),
-            );
-            add(&format!("self_attn.{n}_proj.bias"), vec![rows], small);
-        }
-        add("self_attn.o_proj.weight", vec![h, nh * d], uniform(nh * d));
-        add("self_attn.o_proj.bias", vec![h], small);
-        add(
-            "self_attn.sinks",
-            vec![nh],
-            Fill::Bf16 {
-                center: 0.0,
-                a: 1.0,
-            },
-        );
-        add("post_attention_layernorm.weight", vec![h], norm);
-        // Router logits spread of about 2 so expert choices are mostly clear-cut.
-        add(
-            "mlp.router.weight",
-            vec![e, h],
-            Fill::Bf16 {
-                center: 0.0,
-                a: 2.0 * (3.0 / h as f32).sqrt(),
-            },
-        );
-        add(
-            "mlp.router.bias",
-            vec![e],
-            Fill::Bf16 {
-                center: 0.0,
-                a: 0.5,
-            },
-        );
-        add(
-            "mlp.experts.gate_up_proj_blocks",
-            vec![e, 2 * i, h / 32, 16],
-            Fill::Codes,
-        );
-        add(
-            "mlp.experts.gate_up_proj_scales",
-            vec![e, 2 * i, h / 32],
-            scales(h),
-        );
-        add("mlp.experts.gate_up_proj_bias", vec![e, 2 * i], small);
-        add(
-            "mlp.experts.down_proj_blocks",
-            vec![e, h, i / 32, 16],
-            Fill::Codes,
-        );
-        add(
-            "mlp.experts.down_proj_scales",
-            vec![e, h, i / 32],
-            scales(i),
-        );
-        add("mlp.experts.down_proj_bias", vec![e, h], small);
-    }
-    out.push(Entry {
-        name: "model.norm.weight".into(),
-        shape: vec![h],
-        fill: norm,
-    });
-    out.push(Entry {
-        name: "lm_head.weight".into(),
-        shape: vec![v, h],
-        fill: uniform(h),
-    });
-    out
+            }
+        })
+        .collect()
 }
 
 fn name_seed(seed: u64, name: &str) -> u64 {
@@ -356,11 +274,11 @@ pub fn write(
     seed: u64,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<()> {
-    crate::model::HfConfig::from_json(&spec.config_json().to_string())?.validate()?;
+    let cfg = crate::model::HfConfig::from_json(&spec.config_json().to_string())?.validate()?;
     // Built first so that a vocabulary it cannot serve fails before gigabytes are written.
     let tokenizer = crate::tokenizer::gpt_oss_tokenizer_json(spec.vocab)?;
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    let all = tensors(spec);
+    let all = tensors(&cfg);
     let total: u64 = all.iter().map(Entry::bytes).sum();
 
     // Assign tensors to shards in order.

@@ -22,7 +22,8 @@ use crate::kernels::sample::{self, SampleParams};
 use crate::model::config::ModelConfig;
 use crate::model::inputs::TokenInfo;
 use crate::model::kv_cache::{self, LayerCache};
-use crate::model::weights::{DType, WeightSource, expect};
+use crate::model::tensors;
+use crate::model::weights::{DType, WeightSource};
 
 /// Sizes fixed at load time.
 #[derive(Clone, Debug)]
@@ -222,129 +223,11 @@ impl Uploader<'_> {
     }
 }
 
-/// A small vector tensor in bf16 or f32.
-fn small<'a>(src: &'a dyn WeightSource, name: &str, len: usize) -> Result<(DType, &'a [u8])> {
+/// A small bf16 or f32 tensor (norm gains, biases, sinks), already checked against the tensor
+/// table.
+fn float<'a>(src: &'a dyn WeightSource, name: &str) -> Result<(DType, &'a [u8])> {
     let t = src.tensor(name)?;
-    if t.shape != [len] {
-        return Err(Error::Shape {
-            tensor: name.to_string(),
-            file: t.file.to_string(),
-            expected: vec![len],
-            got: t.shape,
-        });
-    }
     Ok((t.dtype, t.data))
-}
-
-/// A small 2-D tensor (expert biases) in bf16 or f32.
-fn small2<'a>(
-    src: &'a dyn WeightSource,
-    name: &str,
-    shape: [usize; 2],
-) -> Result<(DType, &'a [u8])> {
-    let t = src.tensor(name)?;
-    if t.shape != shape {
-        return Err(Error::Shape {
-            tensor: name.to_string(),
-            file: t.file.to_string(),
-            expected: shape.to_vec(),
-            got: t.shape,
-        });
-    }
-    Ok((t.dtype, t.data))
-}
-
-/// Every tensor the config implies, with its size, for progress and for validating up front.
-fn check_all(src: &dyn WeightSource, c: &ModelConfig) -> Result<u64> {
-    let (h, v) = (c.hidden as usize, c.vocab as usize);
-    let (nh, nkv, d) = (c.heads as usize, c.kv_heads as usize, c.head_dim as usize);
-    let (e, i) = (c.experts as usize, c.inter as usize);
-    let mut total = 0u64;
-    let mut add = |name: String, dtype: DType, shape: Vec<usize>| -> Result<()> {
-        if dtype == DType::Other {
-            // bf16 or f32 vectors: shape check only.
-            let t = src.tensor(&name)?;
-            if t.shape != shape {
-                return Err(Error::Shape {
-                    tensor: name.to_string(),
-                    file: t.file.to_string(),
-                    expected: shape,
-                    got: t.shape,
-                });
-            }
-            total += t.data.len() as u64;
-        } else {
-            total += expect(src, &name, dtype, &shape)?.len() as u64;
-        }
-        Ok(())
-    };
-    add("model.embed_tokens.weight".into(), DType::BF16, vec![v, h])?;
-    add("model.norm.weight".into(), DType::Other, vec![h])?;
-    if !c.tie_embeddings {
-        add("lm_head.weight".into(), DType::BF16, vec![v, h])?;
-    }
-    for l in 0..c.layers as usize {
-        let p = format!("model.layers.{l}.");
-        add(format!("{p}input_layernorm.weight"), DType::Other, vec![h])?;
-        add(
-            format!("{p}post_attention_layernorm.weight"),
-            DType::Other,
-            vec![h],
-        )?;
-        for (n, rows) in [("q", nh * d), ("k", nkv * d), ("v", nkv * d)] {
-            add(
-                format!("{p}self_attn.{n}_proj.weight"),
-                DType::BF16,
-                vec![rows, h],
-            )?;
-            if c.attention_bias {
-                add(
-                    format!("{p}self_attn.{n}_proj.bias"),
-                    DType::Other,
-                    vec![rows],
-                )?;
-            }
-        }
-        add(
-            format!("{p}self_attn.o_proj.weight"),
-            DType::BF16,
-            vec![h, nh * d],
-        )?;
-        if c.attention_bias {
-            add(format!("{p}self_attn.o_proj.bias"), DType::Other, vec![h])?;
-        }
-        add(format!("{p}self_attn.sinks"), DType::Other, vec![nh])?;
-        add(format!("{p}mlp.router.weight"), DType::BF16, vec![e, h])?;
-        add(format!("{p}mlp.router.bias"), DType::Other, vec![e])?;
-        let x = format!("{p}mlp.experts.");
-        add(
-            format!("{x}gate_up_proj_blocks"),
-            DType::U8,
-            vec![e, 2 * i, h / 32, 16],
-        )?;
-        add(
-            format!("{x}gate_up_proj_scales"),
-            DType::U8,
-            vec![e, 2 * i, h / 32],
-        )?;
-        add(
-            format!("{x}gate_up_proj_bias"),
-            DType::Other,
-            vec![e, 2 * i],
-        )?;
-        add(
-            format!("{x}down_proj_blocks"),
-            DType::U8,
-            vec![e, h, i / 32, 16],
-        )?;
-        add(
-            format!("{x}down_proj_scales"),
-            DType::U8,
-            vec![e, h, i / 32],
-        )?;
-        add(format!("{x}down_proj_bias"), DType::Other, vec![e, h])?;
-    }
-    Ok(total)
 }
 
 impl Model {
@@ -369,7 +252,7 @@ impl Model {
                 opts.max_context, c.max_positions
             )));
         }
-        let total = check_all(src, c)?;
+        let total = tensors::check(src, c)?;
         let g = &*gpu;
         let mut up = Uploader {
             gpu: g,
@@ -465,15 +348,11 @@ impl Model {
             let mut bufs = Vec::new();
             let ln1 = up.vector(
                 &name("input_layernorm"),
-                &[small(src, &name("input_layernorm.weight"), h as usize)?],
+                &[float(src, &name("input_layernorm.weight"))?],
             )?;
             let ln2 = up.vector(
                 &name("post_attention_layernorm"),
-                &[small(
-                    src,
-                    &name("post_attention_layernorm.weight"),
-                    h as usize,
-                )?],
+                &[float(src, &name("post_attention_layernorm.weight"))?],
             )?;
             let qkv_w = up.split(
                 &name("self_attn.qkv"),
@@ -489,9 +368,9 @@ impl Model {
                 Some(up.vector(
                     &name("self_attn.qkv.bias"),
                     &[
-                        small(src, &name("self_attn.q_proj.bias"), nh * d)?,
-                        small(src, &name("self_attn.k_proj.bias"), nkv * d)?,
-                        small(src, &name("self_attn.v_proj.bias"), nkv * d)?,
+                        float(src, &name("self_attn.q_proj.bias"))?,
+                        float(src, &name("self_attn.k_proj.bias"))?,
+                        float(src, &name("self_attn.v_proj.bias"))?,
                     ],
                 )?)
             } else {
@@ -506,14 +385,14 @@ impl Model {
             let o_b = if c.attention_bias {
                 Some(up.vector(
                     &name("self_attn.o_proj.bias"),
-                    &[small(src, &name("self_attn.o_proj.bias"), h as usize)?],
+                    &[float(src, &name("self_attn.o_proj.bias"))?],
                 )?)
             } else {
                 None
             };
             let sinks = up.vector(
                 &name("self_attn.sinks"),
-                &[small(src, &name("self_attn.sinks"), nh)?],
+                &[float(src, &name("self_attn.sinks"))?],
             )?;
             let router_w = up.split(
                 &name("mlp.router"),
@@ -523,7 +402,7 @@ impl Model {
             )?;
             let router_b = up.vector(
                 &name("mlp.router.bias"),
-                &[small(src, &name("mlp.router.bias"), e)?],
+                &[float(src, &name("mlp.router.bias"))?],
             )?;
             let gu = up.experts(
                 &name("mlp.experts.gate_up"),
@@ -535,11 +414,7 @@ impl Model {
             )?;
             let gu_b = up.vector(
                 &name("mlp.experts.gate_up_bias"),
-                &[small2(
-                    src,
-                    &name("mlp.experts.gate_up_proj_bias"),
-                    [e, 2 * i],
-                )?],
+                &[float(src, &name("mlp.experts.gate_up_proj_bias"))?],
             )?;
             let dn = up.experts(
                 &name("mlp.experts.down"),
@@ -551,11 +426,7 @@ impl Model {
             )?;
             let dn_b = up.vector(
                 &name("mlp.experts.down_bias"),
-                &[small2(
-                    src,
-                    &name("mlp.experts.down_proj_bias"),
-                    [e, h as usize],
-                )?],
+                &[float(src, &name("mlp.experts.down_proj_bias"))?],
             )?;
 
             // Attention block: x += o_proj(attn(rope(qkv(norm(x))))). Small passes fuse the norm
@@ -713,10 +584,7 @@ impl Model {
             });
         }
 
-        let norm = up.vector(
-            "model.norm",
-            &[small(src, "model.norm.weight", h as usize)?],
-        )?;
+        let norm = up.vector("model.norm", &[float(src, "model.norm.weight")?])?;
         let lm_head = if c.tie_embeddings {
             Split { chunks: Vec::new() }
         } else {

@@ -3,6 +3,7 @@ pub mod config;
 pub mod gpt_oss;
 pub mod inputs;
 pub mod kv_cache;
+pub mod tensors;
 pub mod weights;
 
 pub use config::{HfConfig, ModelConfig};

@@ -28,31 +28,6 @@ pub trait WeightSource {
     fn tensor(&self, name: &str) -> Result<TensorRef<'_>>;
 }
 
-/// Fetches `name` and checks its dtype and shape.
-pub fn expect<'a>(
-    src: &'a dyn WeightSource,
-    name: &str,
-    dtype: DType,
-    shape: &[usize],
-) -> Result<&'a [u8]> {
-    let t = src.tensor(name)?;
-    if t.dtype != dtype {
-        return Err(Error::Weights(format!(
-            "{}: tensor `{name}` is {:?}, expected {dtype:?}",
-            t.file, t.dtype
-        )));
-    }
-    if t.shape != shape {
-        return Err(Error::Shape {
-            tensor: name.to_string(),
-            file: t.file.to_string(),
-            expected: shape.to_vec(),
-            got: t.shape,
-        });
-    }
-    Ok(t.data)
-}
-
 fn dtype_of(d: safetensors::Dtype) -> DType {
     match d {
         safetensors::Dtype::BF16 => DType::BF16,
