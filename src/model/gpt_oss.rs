@@ -59,6 +59,75 @@ pub struct Batch<'a> {
     pub sampling: &'a [SampleParams],
 }
 
+/// The buffers one forward pass works in, sized at load for `max_tokens` tokens and
+/// `max_outputs` logits rows. Shapes: T tokens, O outputs, H hidden, E experts, K top-k.
+struct Activations {
+    /// [T] TokenInfo, and [O] the token row of each output.
+    tokens: wgpu::Buffer,
+    out_rows: wgpu::Buffer,
+    /// [T, H] the residual stream, and h = RMSNorm(x) for the tiled kernels and the experts.
+    x: wgpu::Buffer,
+    h: wgpu::Buffer,
+    /// [T, (NH + 2 NKV) D] q, k, v; [T, NH D] attention output; split attention's scratch.
+    qkv: wgpu::Buffer,
+    attn: wgpu::Buffer,
+    attn_partials: wgpu::Buffer,
+    /// [T, E] router logits; [T, K] chosen experts and their weights.
+    router_logits: wgpu::Buffer,
+    expert_idx: wgpu::Buffer,
+    expert_wts: wgpu::Buffer,
+    /// [T K, I] SwiGLU outputs, [T K, H] per-slot outputs; [E, T K] slots per expert, [E] counts.
+    expert_act: wgpu::Buffer,
+    expert_out: wgpu::Buffer,
+    expert_lists: wgpu::Buffer,
+    expert_counts: wgpu::Buffer,
+    /// [O, H] final norm, [O, V] logits, [O] sampling settings, [O] sampled ids.
+    final_h: wgpu::Buffer,
+    logits: wgpu::Buffer,
+    sampling: wgpu::Buffer,
+    ids: wgpu::Buffer,
+    /// Their total size.
+    bytes: u64,
+}
+
+impl Activations {
+    fn allocate(g: &Gpu, c: &ModelConfig, max_tokens: u32, max_outputs: u32) -> Result<Self> {
+        let (t, o) = (max_tokens as u64, max_outputs as u64);
+        let (h, v, k) = (c.hidden as u64, c.vocab as u64, c.top_k as u64);
+        let (e, i) = (c.experts as u64, c.inter as u64);
+        let qkv_n = (c.heads + 2 * c.kv_heads) as u64 * c.head_dim as u64;
+        let mut bytes = 0;
+        let mut buf = |name: &str, n: u64| {
+            bytes += n.div_ceil(4) * 4;
+            g.storage(name, n)
+        };
+        Ok(Activations {
+            tokens: buf("tokens", t * 16)?,
+            out_rows: buf("out_rows", o * 4)?,
+            x: buf("x", t * h * 4)?,
+            h: buf("h", t * h * 4)?,
+            qkv: buf("qkv", t * qkv_n * 4)?,
+            attn: buf("attn", t * (c.heads * c.head_dim) as u64 * 4)?,
+            attn_partials: buf(
+                "attn_partials",
+                attention::partials_bytes(c.heads, c.head_dim)?,
+            )?,
+            router_logits: buf("router_logits", t * e * 4)?,
+            expert_idx: buf("expert_idx", t * k * 4)?,
+            expert_wts: buf("expert_wts", t * k * 4)?,
+            expert_act: buf("expert_act", t * k * i * 4)?,
+            expert_out: buf("expert_out", t * k * h * 4)?,
+            expert_lists: buf("expert_lists", e * t * k * 4)?,
+            expert_counts: buf("expert_counts", e * 4)?,
+            final_h: buf("final_h", o * h * 4)?,
+            logits: buf("logits", o * v * 4)?,
+            sampling: buf("sampling", o * 32)?,
+            ids: buf("ids", o * 4)?,
+            bytes,
+        })
+    }
+}
+
 struct Layer {
     _buffers: Vec<wgpu::Buffer>,
     _splits: Vec<Split>,
@@ -81,12 +150,8 @@ pub struct Model {
     pub cache_bytes: u64,
     pub activation_bytes: u64,
     step: wgpu::Buffer,
-    tokens: wgpu::Buffer,
-    out_rows: wgpu::Buffer,
-    sampling: wgpu::Buffer,
-    ids: wgpu::Buffer,
+    acts: Activations,
     ids_staging: wgpu::Buffer,
-    logits: wgpu::Buffer,
     dispatches: Vec<Dispatch>,
     _layers: Vec<Layer>,
     _globals: (Split, Split, Vec<wgpu::Buffer>),
@@ -264,7 +329,7 @@ impl Model {
         };
         let (h, v) = (c.hidden as u64, c.vocab as u64);
         let (nh, nkv, d) = (c.heads as usize, c.kv_heads as usize, c.head_dim as usize);
-        let (e, i) = (c.experts as usize, c.inter as usize);
+        let i = c.inter as usize;
         let qkv_n = (nh + 2 * nkv) * d;
 
         // Logits rows per pass: as many as the binding limit allows, up to max_tokens.
@@ -278,39 +343,8 @@ impl Model {
             });
         }
 
-        // Activations for one forward pass.
-        let t = opts.max_tokens as u64;
-        let o = max_outputs as u64;
-        let k = c.top_k as u64;
-        let act_sizes = [
-            ("tokens", t * 16),
-            ("out_rows", o * 4),
-            ("x", t * h * 4),
-            ("h", t * h * 4),
-            ("qkv", t * qkv_n as u64 * 4),
-            ("attn", t * (nh * d) as u64 * 4),
-            (
-                "attn_partials",
-                attention::partials_bytes(c.heads, c.head_dim)?,
-            ),
-            ("router_logits", t * e as u64 * 4),
-            ("expert_idx", t * k * 4),
-            ("expert_wts", t * k * 4),
-            ("expert_act", t * k * i as u64 * 4),
-            ("expert_out", t * k * h * 4),
-            ("expert_lists", e as u64 * t * k * 4),
-            ("expert_counts", e as u64 * 4),
-            ("final_h", o * h * 4),
-            ("logits", o * v * 4),
-            ("sampling", o * 32),
-            ("ids", o * 4),
-        ];
-        let mut acts = std::collections::HashMap::new();
-        for (name, bytes) in act_sizes {
-            acts.insert(name, g.storage(name, bytes)?);
-        }
-        let activation_bytes = act_sizes.iter().map(|(_, b)| b.div_ceil(4) * 4).sum();
-        let a = |n: &str| &acts[n];
+        let acts = Activations::allocate(g, c, opts.max_tokens, max_outputs)?;
+        let activation_bytes = acts.bytes;
         let rope_table = g.upload(
             "rope_table",
             bytemuck::cast_slice(&c.rope.table(opts.max_context)),
@@ -334,9 +368,9 @@ impl Model {
         ds.extend(embed::build(
             g,
             &step,
-            a("tokens"),
+            &acts.tokens,
             &embed,
-            a("x"),
+            &acts.x,
             c.hidden,
         )?);
 
@@ -438,10 +472,10 @@ impl Model {
                     g,
                     &step,
                     &RmsNorm {
-                        x: a("x"),
+                        x: &acts.x,
                         w: &ln1,
                         rows: None,
-                        out: a("h"),
+                        out: &acts.h,
                         n: c.hidden,
                         eps: c.eps,
                         count: Count::Tokens,
@@ -453,16 +487,16 @@ impl Model {
                 g,
                 &step,
                 &Linear {
-                    x: a("h"),
+                    x: &acts.h,
                     w: &qkv_w,
                     bias: qkv_b.as_ref(),
-                    y: a("qkv"),
+                    y: &acts.qkv,
                     k: c.hidden,
                     n_out: qkv_n as u32,
                     count: Count::Tokens,
                     accumulate: false,
                     norm: Some(NormInput {
-                        x: a("x"),
+                        x: &acts.x,
                         w: &ln1,
                         eps: c.eps,
                     }),
@@ -472,9 +506,9 @@ impl Model {
                 g,
                 &step,
                 &Rope {
-                    tokens: a("tokens"),
+                    tokens: &acts.tokens,
                     table: &rope_table,
-                    qkv: a("qkv"),
+                    qkv: &acts.qkv,
                     k_cache: &cache.k,
                     v_cache: &cache.v,
                 },
@@ -490,13 +524,13 @@ impl Model {
                 g,
                 &step,
                 &Attention {
-                    tokens: a("tokens"),
-                    qkv: a("qkv"),
+                    tokens: &acts.tokens,
+                    qkv: &acts.qkv,
                     k_cache: &cache.k,
                     v_cache: &cache.v,
                     sinks: &sinks,
-                    out: a("attn"),
-                    partials: a("attn_partials"),
+                    out: &acts.attn,
+                    partials: &acts.attn_partials,
                 },
                 attention::Params {
                     n_heads: c.heads,
@@ -513,10 +547,10 @@ impl Model {
                 g,
                 &step,
                 &Linear {
-                    x: a("attn"),
+                    x: &acts.attn,
                     w: &o_w,
                     bias: o_b.as_ref(),
-                    y: a("x"),
+                    y: &acts.x,
                     k: (nh * d) as u32,
                     n_out: c.hidden,
                     count: Count::Tokens,
@@ -530,15 +564,15 @@ impl Model {
                 g,
                 &step,
                 &Router {
-                    x: a("x"),
+                    x: &acts.x,
                     norm: &ln2,
                     eps: c.eps,
                     w: &router_w,
                     bias: &router_b,
-                    logits: a("router_logits"),
-                    h: a("h"),
-                    idx: a("expert_idx"),
-                    wts: a("expert_wts"),
+                    logits: &acts.router_logits,
+                    h: &acts.h,
+                    idx: &acts.expert_idx,
+                    wts: &acts.expert_wts,
                     hidden: c.hidden,
                     n_experts: c.experts,
                     top_k: c.top_k,
@@ -555,14 +589,14 @@ impl Model {
                 vec_max_tokens: VEC_MAX_TOKENS,
             };
             let buffers = MoeBuffers {
-                idx: a("expert_idx"),
-                wts: a("expert_wts"),
-                lists: a("expert_lists"),
-                counts: a("expert_counts"),
-                h: a("h"),
-                act: a("expert_act"),
-                y: a("expert_out"),
-                x: a("x"),
+                idx: &acts.expert_idx,
+                wts: &acts.expert_wts,
+                lists: &acts.expert_lists,
+                counts: &acts.expert_counts,
+                h: &acts.h,
+                act: &acts.expert_act,
+                y: &acts.expert_out,
+                x: &acts.x,
             };
             let weights = MoeWeights {
                 gate_up: &gu,
@@ -595,10 +629,10 @@ impl Model {
             g,
             &step,
             &RmsNorm {
-                x: a("x"),
+                x: &acts.x,
                 w: &norm,
-                rows: Some(a("out_rows")),
-                out: a("final_h"),
+                rows: Some(&acts.out_rows),
+                out: &acts.final_h,
                 n: c.hidden,
                 eps: c.eps,
                 count: Count::Outputs,
@@ -608,10 +642,10 @@ impl Model {
             g,
             &step,
             &Linear {
-                x: a("final_h"),
+                x: &acts.final_h,
                 w: head,
                 bias: None,
-                y: a("logits"),
+                y: &acts.logits,
                 k: c.hidden,
                 n_out: c.vocab,
                 count: Count::Outputs,
@@ -622,9 +656,9 @@ impl Model {
         ds.push(sample::build(
             g,
             &step,
-            a("logits"),
-            a("sampling"),
-            a("ids"),
+            &acts.logits,
+            &acts.sampling,
+            &acts.ids,
             c.vocab,
         )?);
         g.queue.submit([]);
@@ -637,11 +671,6 @@ impl Model {
             mapped_at_creation: false,
         });
         let weight_bytes = up.weight_bytes;
-        let take = |acts: &mut std::collections::HashMap<&str, wgpu::Buffer>, n: &str| {
-            acts.remove(n)
-                .ok_or_else(|| Error::Device(format!("no buffer {n}")))
-        };
-        let mut acts = acts;
         Ok(Model {
             max_outputs,
             max_splits: attention::max_splits()?,
@@ -649,20 +678,12 @@ impl Model {
             weight_bytes,
             cache_bytes: kv_cache::bytes(&caches),
             activation_bytes,
-            tokens: take(&mut acts, "tokens")?,
-            out_rows: take(&mut acts, "out_rows")?,
-            sampling: take(&mut acts, "sampling")?,
-            ids: take(&mut acts, "ids")?,
-            logits: take(&mut acts, "logits")?,
+            acts,
             ids_staging,
             step,
             dispatches: ds,
             _layers: layers,
-            _globals: (
-                embed,
-                lm_head,
-                [vec![norm, rope_table], acts.into_values().collect()].concat(),
-            ),
+            _globals: (embed, lm_head, vec![norm, rope_table]),
             _caches: caches,
             gpu,
             cfg,
@@ -713,10 +734,10 @@ impl Model {
             )));
         }
         let g = &self.gpu;
-        g.write(&self.tokens, 0, bytemuck::cast_slice(b.tokens));
+        g.write(&self.acts.tokens, 0, bytemuck::cast_slice(b.tokens));
         if !b.outputs.is_empty() {
-            g.write(&self.out_rows, 0, bytemuck::cast_slice(b.outputs));
-            g.write(&self.sampling, 0, bytemuck::cast_slice(b.sampling));
+            g.write(&self.acts.out_rows, 0, bytemuck::cast_slice(b.outputs));
+            g.write(&self.acts.sampling, 0, bytemuck::cast_slice(b.sampling));
         }
         let keys = b.tokens.iter().map(|t| t.pos + 1).max().unwrap_or(1);
         let (splits, span) = attention::split_keys(keys, self.max_splits);
@@ -739,7 +760,7 @@ impl Model {
         dispatch::record_all(g, &mut enc, &self.step, &counts, &self.dispatches);
         let n = b.outputs.len() as u64 * 4;
         if n > 0 {
-            enc.copy_buffer_to_buffer(&self.ids, 0, &self.ids_staging, 0, n);
+            enc.copy_buffer_to_buffer(&self.acts.ids, 0, &self.ids_staging, 0, n);
         }
         g.queue.submit([enc.finish()]);
         if n == 0 {
@@ -754,7 +775,7 @@ impl Model {
         let counts = self.write_inputs(b)?;
         dispatch::submit(&self.gpu, &self.step, &counts, &self.dispatches);
         self.gpu
-            .read_f32(&self.logits, b.outputs.len() * self.cfg.vocab as usize)
+            .read_f32(&self.acts.logits, b.outputs.len() * self.cfg.vocab as usize)
     }
 
     /// GPU time of each dispatch that runs in one forward pass, in order, from timestamp queries
