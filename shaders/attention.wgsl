@@ -10,18 +10,7 @@
 #include "common/kv.wgsl"
 #include "common/step.wgsl"
 
-struct Params {
-    n_heads: u32,
-    n_kv: u32,
-    head_dim: u32,
-    cap: u32,
-    window: u32,
-    scale: f32,
-    _pad0: u32,
-    _pad1: u32,
-}
-
-@group(0) @binding(1) var<uniform> p: Params;
+#include "common/attention_params.wgsl"
 @group(0) @binding(2) var<storage, read> tokens: array<TokenInfo>;
 @group(0) @binding(3) var<storage, read> qkv: array<f32>;
 @group(0) @binding(4) var<storage, read> k_cache: array<vec4<kv>>;

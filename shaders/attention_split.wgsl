@@ -13,18 +13,7 @@
 #include "common/kv.wgsl"
 #include "common/step.wgsl"
 
-struct Params {
-    n_heads: u32,
-    n_kv: u32,
-    head_dim: u32,
-    cap: u32,
-    window: u32,
-    scale: f32,
-    _pad0: u32,
-    _pad1: u32,
-}
-
-@group(0) @binding(1) var<uniform> p: Params;
+#include "common/attention_params.wgsl"
 
 // Spans per token at most, and query heads per KV head at most (the Rust side reads these).
 const MAX_SPLITS: u32 = 128u;

@@ -9,18 +9,7 @@
 #include "common/step.wgsl"
 #include "common/bf16.wgsl"
 
-struct Params {
-    k: u32,
-    rows: u32,
-    row_start: u32,
-    n_out: u32,
-    count_which: u32,
-    has_bias: u32,
-    accumulate: u32,
-    _pad: u32,
-}
-
-@group(0) @binding(1) var<uniform> p: Params;
+#include "common/linear_params.wgsl"
 #ifdef VEC8
 @group(0) @binding(2) var<storage, read> x: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read> w: array<vec4<u32>>;

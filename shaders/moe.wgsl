@@ -23,19 +23,7 @@
 #include "common/step.wgsl"
 #include "common/mxfp4.wgsl"
 
-struct Params {
-    hidden: u32,
-    inter: u32,
-    top_k: u32,
-    e_start: u32,
-    e_count: u32,
-    limit: f32,
-    alpha: f32,
-    /// Row stride of `lists` (T_max * K).
-    list_stride: u32,
-}
-
-@group(0) @binding(1) var<uniform> p: Params;
+#include "common/moe_params.wgsl"
 
 const WG: u32 = 64u;
 const R: u32 = 8u;

@@ -22,19 +22,7 @@
 #include "common/step.wgsl"
 #include "common/mxfp4.wgsl"
 
-struct Params {
-    hidden: u32,
-    inter: u32,
-    top_k: u32,
-    e_start: u32,
-    e_count: u32,
-    limit: f32,
-    alpha: f32,
-    /// Row stride of moe.wgsl's slot lists (the same parameters serve both files; unused here).
-    list_stride: u32,
-}
-
-@group(0) @binding(1) var<uniform> p: Params;
+#include "common/moe_params.wgsl"
 
 #ifdef GATE_UP
 @group(0) @binding(2) var<storage, read> h: array<vec4<f32>>;

@@ -487,22 +487,11 @@ fn chat_over_a_pipe_with_commands_history_and_cancel() {
         "hello there\n/effort high\n/system Be nice.\nline one \\\ncontinued\n\"\"\"\nblock a\nblock b\n\"\"\"\n/save {}\n/bogus\n/reset\n/help\n",
         saved.display()
     );
-    let mut child = bin()
-        .args(["chat", "--model", m, "--max-tokens", "4", "--seed", "1"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(script.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = piped(
+        &["chat", "--model", m, "--max-tokens", "4", "--seed", "1"],
+        &script,
+    );
     let err = String::from_utf8_lossy(&out.stderr);
-    eprintln!("{err}");
     assert!(out.status.success());
     for needle in [
         "reasoning effort: high",
@@ -592,6 +581,28 @@ fn chat_over_a_pipe_with_commands_history_and_cancel() {
     assert!(err.contains("saved to"), "{err}");
 }
 
+/// Runs the binary with `script` on its stdin and waits for it (stderr is echoed for failures).
+fn piped(args: &[&str], script: &str) -> Output {
+    use std::io::Write;
+    use std::process::Stdio;
+    let mut child = bin()
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(script.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    eprintln!("{}", String::from_utf8_lossy(&out.stderr));
+    out
+}
+
 /// The child's stderr, line by line, read on a thread.
 fn stderr_lines(child: &mut std::process::Child) -> std::sync::mpsc::Receiver<String> {
     use std::io::BufRead;
@@ -629,8 +640,6 @@ fn wait_for_line(lines: &std::sync::mpsc::Receiver<String>, seen: &mut String, n
 
 #[test]
 fn chat_survives_bad_turns_and_reloads_a_saved_conversation() {
-    use std::io::Write;
-    use std::process::Stdio;
     if !have_gpu() {
         return;
     }
@@ -660,22 +669,8 @@ fn chat_survives_bad_turns_and_reloads_a_saved_conversation() {
             "1",
         ];
         args.extend_from_slice(extra);
-        let mut child = bin()
-            .args(&args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(script.as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
+        let out = piped(&args, script);
         let err = String::from_utf8_lossy(&out.stderr).into_owned();
-        eprintln!("{err}");
         assert!(out.status.success(), "{err}");
         err
     };

@@ -8,20 +8,6 @@ use crate::gpu::{Count, Dispatch, Gpu, Split};
 
 use super::VEC_MAX_TOKENS;
 
-/// linear_vec's parameters (`Params` in shaders/linear_vec.wgsl).
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct VecParams {
-    k: u32,
-    rows: u32,
-    row_start: u32,
-    n_out: u32,
-    count_which: u32,
-    has_bias: u32,
-    accumulate: u32,
-    eps: f32,
-}
-
 /// The RMSNorm a projection's input goes through first: in = RMSNorm(x) * w.
 pub struct NormInput<'a> {
     /// The un-normed input [count, k] (the residual stream).
@@ -31,6 +17,7 @@ pub struct NormInput<'a> {
     pub eps: f32,
 }
 
+/// `Params` of shaders/common/linear_params.wgsl.
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 struct Params {
@@ -41,7 +28,23 @@ struct Params {
     count_which: u32,
     has_bias: u32,
     accumulate: u32,
-    _pad: u32,
+    eps: f32,
+}
+
+impl Params {
+    /// The parameters of `l` for its weight buffer `c`.
+    fn new(l: &Linear, c: &crate::gpu::Rows) -> Params {
+        Params {
+            k: l.k,
+            rows: c.count,
+            row_start: c.start,
+            n_out: l.n_out,
+            count_which: super::count_index(l.count),
+            has_bias: l.bias.is_some() as u32,
+            accumulate: l.accumulate as u32,
+            eps: l.norm.as_ref().map_or(0.0, |n| n.eps),
+        }
+    }
 }
 
 /// Rows and tokens per workgroup (R, TT in the shader).
@@ -99,16 +102,7 @@ pub fn build(gpu: &Gpu, step: &wgpu::Buffer, l: &Linear) -> Result<Vec<Dispatch>
     let key = super::key(gpu, "linear.wgsl", "main").define_if("VEC8", l.k % 8 == 0);
     let one = key.clone().define_if("ONE_TOKEN", true);
     for c in &l.w.chunks {
-        let p = Params {
-            k: l.k,
-            rows: c.count,
-            row_start: c.start,
-            n_out: l.n_out,
-            count_which: super::count_index(l.count),
-            has_bias: l.bias.is_some() as u32,
-            accumulate: l.accumulate as u32,
-            _pad: 0,
-        };
+        let p = Params::new(l, c);
         // Without a bias the binding still needs a buffer; x is read-only too.
         let bufs = [l.x, &c.buffer, l.bias.unwrap_or(l.x), l.y];
         let params = bytemuck::bytes_of(&p);
@@ -145,16 +139,7 @@ pub fn build_vec(
     let rows_per_wg = wgsl_const("linear_vec.wgsl", "ROWS")?;
     let mut out = Vec::new();
     for c in &l.w.chunks {
-        let p = VecParams {
-            k: l.k,
-            rows: c.count,
-            row_start: c.start,
-            n_out: l.n_out,
-            count_which: super::count_index(l.count),
-            has_bias: l.bias.is_some() as u32,
-            accumulate: l.accumulate as u32,
-            eps: l.norm.as_ref().map_or(0.0, |n| n.eps),
-        };
+        let p = Params::new(l, c);
         let bias = l.bias.unwrap_or(l.x);
         // The gain binding exists only in the NORM variant.
         let bufs = match &l.norm {

@@ -6,20 +6,7 @@ use crate::error::{Error, Result};
 use crate::gpu::shader::wgsl_const;
 use crate::gpu::{Count, Dispatch, Gpu, ShaderKey};
 
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct VecParams {
-    hidden: u32,
-    inter: u32,
-    top_k: u32,
-    e_start: u32,
-    e_count: u32,
-    limit: f32,
-    alpha: f32,
-    _pad: u32,
-}
-
-/// `Params` of shaders/moe.wgsl and shaders/moe_vec.wgsl.
+/// `Params` of shaders/common/moe_params.wgsl (moe.wgsl and moe_vec.wgsl).
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 struct Params {
@@ -220,39 +207,50 @@ fn vec_dispatches(
         return Ok(out);
     }
     let rows_per_wg = wgsl_const("moe_vec.wgsl", "ROWS")?;
-    let range = 1..=s.vec_max_tokens;
-    let p = |c: &ExpertChunk| params(s, c.start, c.count);
-    let key = super::row_group_key(gpu, "moe_vec.wgsl", "gate_up").define_if("GATE_UP", true);
-    for c in w.gate_up {
-        let bufs = [b.h, b.idx, &c.blocks, &c.scales, w.gate_up_bias, b.act];
-        let grid_x = (2 * s.inter).div_ceil(rows_per_wg);
-        let d = Dispatch::new(
-            gpu,
-            &key,
-            step,
-            bytemuck::bytes_of(&p(c)),
-            &bufs,
-            grid_x,
-            Count::Slots,
-            1,
-        )?;
-        out.push(d.only_for(Count::Tokens, range.clone()));
-    }
-    let key = super::row_group_key(gpu, "moe_vec.wgsl", "down").define_if("DOWN", true);
-    for c in w.down {
-        let bufs = [b.act, b.idx, b.wts, &c.blocks, &c.scales, w.down_bias, b.y];
-        let grid_x = s.hidden.div_ceil(rows_per_wg);
-        let d = Dispatch::new(
-            gpu,
-            &key,
-            step,
-            bytemuck::bytes_of(&p(c)),
-            &bufs,
-            grid_x,
-            Count::Slots,
-            1,
-        )?;
-        out.push(d.only_for(Count::Tokens, range.clone()));
+    // Each projection binds its inputs, then one buffer's blocks and scales, then its outputs.
+    let projections: [(
+        &str,
+        &str,
+        &[ExpertChunk],
+        u32,
+        Vec<&wgpu::Buffer>,
+        Vec<&wgpu::Buffer>,
+    ); 2] = [
+        (
+            "gate_up",
+            "GATE_UP",
+            w.gate_up,
+            2 * s.inter,
+            vec![b.h, b.idx],
+            vec![w.gate_up_bias, b.act],
+        ),
+        (
+            "down",
+            "DOWN",
+            w.down,
+            s.hidden,
+            vec![b.act, b.idx, b.wts],
+            vec![w.down_bias, b.y],
+        ),
+    ];
+    for (entry, define, chunks, rows, before, after) in projections {
+        let key = super::row_group_key(gpu, "moe_vec.wgsl", entry).define_if(define, true);
+        for c in chunks {
+            let p = params(s, c.start, c.count);
+            let bufs = [&before[..], &[&c.blocks, &c.scales], &after[..]].concat();
+            let grid_x = rows.div_ceil(rows_per_wg);
+            let d = Dispatch::new(
+                gpu,
+                &key,
+                step,
+                bytemuck::bytes_of(&p),
+                &bufs,
+                grid_x,
+                Count::Slots,
+                1,
+            )?;
+            out.push(d.only_for(Count::Tokens, 1..=s.vec_max_tokens));
+        }
     }
     Ok(out)
 }
