@@ -9,12 +9,12 @@ use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::gpu::dispatch::{self, StepCounts};
-use crate::gpu::{Count, Dispatch, Gpu, Rows, Split};
+use crate::gpu::{Count, Dispatch, Gpu};
 use crate::kernels::VEC_MAX_TOKENS;
 use crate::kernels::attention::{self, Attention};
 use crate::kernels::embed;
 use crate::kernels::linear::{self, Linear, NormInput};
-use crate::kernels::moe::{self, ExpertChunk, MoeBuffers, MoeShape, MoeWeights};
+use crate::kernels::moe::{self, MoeBuffers, MoeShape, MoeWeights};
 use crate::kernels::rmsnorm::{self, RmsNorm};
 use crate::kernels::rope::{self, Rope};
 use crate::kernels::router::{self, Router};
@@ -23,7 +23,8 @@ use crate::model::config::ModelConfig;
 use crate::model::inputs::TokenInfo;
 use crate::model::kv_cache::{self, LayerCache};
 use crate::model::tensors;
-use crate::model::weights::{DType, WeightSource};
+use crate::model::upload::{self, LayerWeights, Weights};
+use crate::model::weights::WeightSource;
 
 /// Sizes fixed at load time.
 #[derive(Clone, Debug)]
@@ -128,12 +129,6 @@ impl Activations {
     }
 }
 
-struct Layer {
-    _buffers: Vec<wgpu::Buffer>,
-    _splits: Vec<Split>,
-    _experts: Vec<ExpertChunk>,
-}
-
 /// A loaded model, ready to run forward passes.
 pub struct Model {
     pub gpu: Arc<Gpu>,
@@ -153,146 +148,228 @@ pub struct Model {
     acts: Activations,
     ids_staging: wgpu::Buffer,
     dispatches: Vec<Dispatch>,
-    _layers: Vec<Layer>,
-    _globals: (Split, Split, Vec<wgpu::Buffer>),
+    // Kept alive for the dispatches' bind groups.
+    _weights: Weights,
+    _rope_table: wgpu::Buffer,
     _caches: Vec<LayerCache>,
 }
 
-/// Copies host bytes into GPU buffers, letting wgpu's staging memory drain every so often so a
-/// 13 GB checkpoint never sits in host memory twice.
-struct Uploader<'a> {
-    gpu: &'a Gpu,
-    pending: u64,
-    done: u64,
-    total: u64,
-    weight_bytes: u64,
-    progress: &'a mut dyn FnMut(u64, u64),
+/// Builds the forward pass: the dispatch list of DESIGN.md section 2, layer by layer.
+struct Graph<'a> {
+    g: &'a Gpu,
+    step: &'a wgpu::Buffer,
+    c: &'a ModelConfig,
+    acts: &'a Activations,
+    max_tokens: u32,
+    kv_f16: bool,
 }
 
-const FLUSH_BYTES: u64 = 256 << 20;
-
-impl Uploader<'_> {
-    fn write(&mut self, buf: &wgpu::Buffer, offset: u64, data: &[u8]) -> Result<()> {
-        self.gpu.write(buf, offset, data);
-        self.pending += data.len() as u64;
-        if self.pending >= FLUSH_BYTES {
-            self.gpu.queue.submit([]);
-            self.gpu.wait()?;
-            self.pending = 0;
+impl Graph<'_> {
+    fn build(
+        &self,
+        w: &Weights,
+        caches: &[LayerCache],
+        rope_table: &wgpu::Buffer,
+    ) -> Result<Vec<Dispatch>> {
+        let (g, step, c, a) = (self.g, self.step, self.c, self.acts);
+        let mut ds = embed::build(g, step, &a.tokens, &w.embed_tokens, &a.x, c.hidden)?;
+        for (l, lw) in w.layers.iter().enumerate() {
+            ds.extend(self.attention_block(l, lw, &caches[l], rope_table)?);
+            ds.extend(self.moe_block(lw)?);
         }
-        Ok(())
+        // Final norm of the rows whose logits are wanted, lm_head, sampling.
+        ds.push(rmsnorm::build(
+            g,
+            step,
+            &RmsNorm {
+                x: &a.x,
+                w: &w.norm,
+                rows: Some(&a.out_rows),
+                out: &a.final_h,
+                n: c.hidden,
+                eps: c.eps,
+                count: Count::Outputs,
+            },
+        )?);
+        ds.extend(linear::build(
+            g,
+            step,
+            &Linear {
+                x: &a.final_h,
+                w: w.head(),
+                bias: None,
+                y: &a.logits,
+                k: c.hidden,
+                n_out: c.vocab,
+                count: Count::Outputs,
+                accumulate: false,
+                norm: None,
+            },
+        )?);
+        ds.push(sample::build(
+            g,
+            step,
+            &a.logits,
+            &a.sampling,
+            &a.ids,
+            c.vocab,
+        )?);
+        Ok(ds)
     }
 
-    fn tick(&mut self, bytes: u64) {
-        self.done += bytes;
-        (self.progress)(self.done, self.total);
+    /// x += o_proj(attention(rope(qkv(RMSNorm(x))))). Small passes fuse the norm into the qkv
+    /// projection; large ones norm into `h` first for the tiled kernels.
+    fn attention_block(
+        &self,
+        l: usize,
+        lw: &LayerWeights,
+        cache: &LayerCache,
+        rope_table: &wgpu::Buffer,
+    ) -> Result<Vec<Dispatch>> {
+        let (g, step, c, a) = (self.g, self.step, self.c, self.acts);
+        let qkv_n = (c.heads + 2 * c.kv_heads) * c.head_dim;
+        let norm = RmsNorm {
+            x: &a.x,
+            w: &lw.input_layernorm,
+            rows: None,
+            out: &a.h,
+            n: c.hidden,
+            eps: c.eps,
+            count: Count::Tokens,
+        };
+        let mut ds = vec![rmsnorm::build(g, step, &norm)?.only_for(
+            Count::Tokens,
+            linear::vec_max_tokens(c.hidden) + 1..=u32::MAX,
+        )];
+        ds.extend(linear::build(
+            g,
+            step,
+            &Linear {
+                x: &a.h,
+                w: &lw.qkv,
+                bias: lw.qkv_bias.as_ref(),
+                y: &a.qkv,
+                k: c.hidden,
+                n_out: qkv_n,
+                count: Count::Tokens,
+                accumulate: false,
+                norm: Some(NormInput {
+                    x: &a.x,
+                    w: &lw.input_layernorm,
+                    eps: c.eps,
+                }),
+            },
+        )?);
+        ds.push(rope::build(
+            g,
+            step,
+            &Rope {
+                tokens: &a.tokens,
+                table: rope_table,
+                qkv: &a.qkv,
+                k_cache: &cache.k,
+                v_cache: &cache.v,
+            },
+            rope::Params {
+                n_heads: c.heads,
+                n_kv: c.kv_heads,
+                head_dim: c.head_dim,
+                cap: cache.cap,
+            },
+            self.kv_f16,
+        )?);
+        ds.extend(attention::build(
+            g,
+            step,
+            &Attention {
+                tokens: &a.tokens,
+                qkv: &a.qkv,
+                k_cache: &cache.k,
+                v_cache: &cache.v,
+                sinks: &lw.sinks,
+                out: &a.attn,
+                partials: &a.attn_partials,
+            },
+            attention::Params {
+                n_heads: c.heads,
+                n_kv: c.kv_heads,
+                head_dim: c.head_dim,
+                cap: cache.cap,
+                window: if c.sliding[l] { c.sliding_window } else { 0 },
+                scale: 1.0 / (c.head_dim as f32).sqrt(),
+                _pad: [0; 2],
+            },
+            self.kv_f16,
+        )?);
+        ds.extend(linear::build(
+            g,
+            step,
+            &Linear {
+                x: &a.attn,
+                w: &lw.o_proj,
+                bias: lw.o_proj_bias.as_ref(),
+                y: &a.x,
+                k: c.heads * c.head_dim,
+                n_out: c.hidden,
+                count: Count::Tokens,
+                accumulate: true,
+                norm: None,
+            },
+        )?);
+        Ok(ds)
     }
 
-    fn buffer(&mut self, label: &str, bytes: u64) -> Result<wgpu::Buffer> {
-        self.weight_bytes += bytes;
-        self.gpu.storage(label, bytes)
+    /// x += sum_k w_k * expert_k(RMSNorm(x)); the router writes RMSNorm(x) to `h` along with the
+    /// chosen experts and their weights.
+    fn moe_block(&self, lw: &LayerWeights) -> Result<Vec<Dispatch>> {
+        let (g, step, c, a) = (self.g, self.step, self.c, self.acts);
+        let mut ds = router::build(
+            g,
+            step,
+            &Router {
+                x: &a.x,
+                norm: &lw.post_attention_layernorm,
+                eps: c.eps,
+                w: &lw.router,
+                bias: &lw.router_bias,
+                logits: &a.router_logits,
+                h: &a.h,
+                idx: &a.expert_idx,
+                wts: &a.expert_wts,
+                hidden: c.hidden,
+                n_experts: c.experts,
+                top_k: c.top_k,
+            },
+        )?;
+        let shape = MoeShape {
+            hidden: c.hidden,
+            inter: c.inter,
+            experts: c.experts,
+            top_k: c.top_k,
+            limit: c.swiglu_limit,
+            alpha: c.swiglu_alpha,
+            max_slots: self.max_tokens * c.top_k,
+            vec_max_tokens: VEC_MAX_TOKENS,
+        };
+        let buffers = MoeBuffers {
+            idx: &a.expert_idx,
+            wts: &a.expert_wts,
+            lists: &a.expert_lists,
+            counts: &a.expert_counts,
+            h: &a.h,
+            act: &a.expert_act,
+            y: &a.expert_out,
+            x: &a.x,
+        };
+        let weights = MoeWeights {
+            gate_up: &lw.gate_up,
+            gate_up_bias: &lw.gate_up_bias,
+            down: &lw.down,
+            down_bias: &lw.down_bias,
+        };
+        ds.extend(moe::build(g, step, &shape, &buffers, &weights)?);
+        Ok(ds)
     }
-
-    /// A row-major matrix given as consecutive row blocks (`parts`, e.g. q, k and v), split over
-    /// buffers at multiples of `unit` rows.
-    fn split(&mut self, label: &str, parts: &[&[u8]], row_bytes: u64, unit: u64) -> Result<Split> {
-        let total: u64 = parts.iter().map(|p| p.len() as u64).sum();
-        let rows = total / row_bytes;
-        let mut chunks = Vec::new();
-        for (start, count) in self.gpu.plan_split(label, rows, row_bytes, unit)? {
-            let buf = self.buffer(label, count as u64 * row_bytes)?;
-            // Copy the byte range [lo, hi) of the concatenated parts.
-            let (lo, hi) = (start as u64 * row_bytes, (start + count) as u64 * row_bytes);
-            let mut at = 0u64;
-            for p in parts {
-                let (a, b) = (at, at + p.len() as u64);
-                let (s, e) = (lo.max(a), hi.min(b));
-                if s < e {
-                    self.write(&buf, s - lo, &p[(s - a) as usize..(e - a) as usize])?;
-                }
-                at = b;
-            }
-            chunks.push(Rows {
-                buffer: buf,
-                start,
-                count,
-            });
-        }
-        self.tick(total);
-        Ok(Split { chunks })
-    }
-
-    /// Small bf16/f32 vectors widened to f32 on the host (norm weights, biases, sinks).
-    fn vector(&mut self, label: &str, parts: &[(DType, &[u8])]) -> Result<wgpu::Buffer> {
-        let mut v: Vec<f32> = Vec::new();
-        for (dt, bytes) in parts {
-            match dt {
-                DType::BF16 => v.extend(
-                    bytes
-                        .chunks_exact(2)
-                        .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()),
-                ),
-                DType::F32 => v.extend(
-                    bytes
-                        .chunks_exact(4)
-                        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
-                ),
-                _ => return Err(Error::Weights(format!("`{label}` must be bf16 or f32"))),
-            }
-        }
-        let buf = self.buffer(label, v.len() as u64 * 4)?;
-        self.write(&buf, 0, bytemuck::cast_slice(&v))?;
-        self.tick(parts.iter().map(|p| p.1.len() as u64).sum());
-        Ok(buf)
-    }
-
-    /// MXFP4 expert weights split by whole experts.
-    fn experts(
-        &mut self,
-        label: &str,
-        blocks: &[u8],
-        scales: &[u8],
-        experts: u32,
-        rows: u64,
-        cols: u64,
-    ) -> Result<Vec<ExpertChunk>> {
-        let row_bytes = cols / 2;
-        let mut out = Vec::new();
-        for (start, count) in self
-            .gpu
-            .plan_split(label, experts as u64 * rows, row_bytes, rows)?
-        {
-            let (e0, ec) = (start as u64 / rows, count as u64 / rows);
-            let (bb, sb) = (rows * cols / 2, rows * cols / 32);
-            let b = self.buffer(&format!("{label}.blocks"), ec * bb)?;
-            self.write(
-                &b,
-                0,
-                &blocks[(e0 * bb) as usize..((e0 + ec) * bb) as usize],
-            )?;
-            let s = self.buffer(&format!("{label}.scales"), ec * sb)?;
-            self.write(
-                &s,
-                0,
-                &scales[(e0 * sb) as usize..((e0 + ec) * sb) as usize],
-            )?;
-            out.push(ExpertChunk {
-                start: e0 as u32,
-                count: ec as u32,
-                blocks: b,
-                scales: s,
-            });
-        }
-        self.tick((blocks.len() + scales.len()) as u64);
-        Ok(out)
-    }
-}
-
-/// A small bf16 or f32 tensor (norm gains, biases, sinks), already checked against the tensor
-/// table.
-fn float<'a>(src: &'a dyn WeightSource, name: &str) -> Result<(DType, &'a [u8])> {
-    let t = src.tensor(name)?;
-    Ok((t.dtype, t.data))
 }
 
 impl Model {
@@ -317,23 +394,9 @@ impl Model {
                 opts.max_context, c.max_positions
             )));
         }
-        let total = tensors::check(src, c)?;
         let g = &*gpu;
-        let mut up = Uploader {
-            gpu: g,
-            pending: 0,
-            done: 0,
-            total,
-            weight_bytes: 0,
-            progress,
-        };
-        let (h, v) = (c.hidden as u64, c.vocab as u64);
-        let (nh, nkv, d) = (c.heads as usize, c.kv_heads as usize, c.head_dim as usize);
-        let i = c.inter as usize;
-        let qkv_n = (nh + 2 * nkv) * d;
-
         // Logits rows per pass: as many as the binding limit allows, up to max_tokens.
-        let row_bytes = v * 4;
+        let row_bytes = c.vocab as u64 * 4;
         let max_outputs = (g.caps.max_binding / row_bytes).min(opts.max_tokens as u64) as u32;
         if max_outputs < opts.max_seqs {
             return Err(Error::Limit {
@@ -342,9 +405,9 @@ impl Model {
                 max: g.caps.max_binding,
             });
         }
-
+        let total = tensors::check(src, c)?;
+        let weights = upload::upload(g, src, c, total, progress)?;
         let acts = Activations::allocate(g, c, opts.max_tokens, max_outputs)?;
-        let activation_bytes = acts.bytes;
         let rope_table = g.upload(
             "rope_table",
             bytemuck::cast_slice(&c.rope.table(opts.max_context)),
@@ -359,331 +422,34 @@ impl Model {
             kv_f16,
         )?;
         let step = dispatch::step_buffer(g);
-
-        let mut ds: Vec<Dispatch> = Vec::new();
-        let embed = {
-            let data = src.tensor("model.embed_tokens.weight")?.data;
-            up.split("embed_tokens", &[data], h * 2, 1)?
+        let graph = Graph {
+            g,
+            step: &step,
+            c,
+            acts: &acts,
+            max_tokens: opts.max_tokens,
+            kv_f16,
         };
-        ds.extend(embed::build(
-            g,
-            &step,
-            &acts.tokens,
-            &embed,
-            &acts.x,
-            c.hidden,
-        )?);
-
-        let mut layers = Vec::new();
-        for l in 0..c.layers as usize {
-            let p = format!("model.layers.{l}.");
-            let name = |s: &str| format!("{p}{s}");
-            let tensor = |s: &str| -> Result<&[u8]> { Ok(src.tensor(&name(s))?.data) };
-            let mut bufs = Vec::new();
-            let ln1 = up.vector(
-                &name("input_layernorm"),
-                &[float(src, &name("input_layernorm.weight"))?],
-            )?;
-            let ln2 = up.vector(
-                &name("post_attention_layernorm"),
-                &[float(src, &name("post_attention_layernorm.weight"))?],
-            )?;
-            let qkv_w = up.split(
-                &name("self_attn.qkv"),
-                &[
-                    tensor("self_attn.q_proj.weight")?,
-                    tensor("self_attn.k_proj.weight")?,
-                    tensor("self_attn.v_proj.weight")?,
-                ],
-                h * 2,
-                1,
-            )?;
-            let qkv_b = if c.attention_bias {
-                Some(up.vector(
-                    &name("self_attn.qkv.bias"),
-                    &[
-                        float(src, &name("self_attn.q_proj.bias"))?,
-                        float(src, &name("self_attn.k_proj.bias"))?,
-                        float(src, &name("self_attn.v_proj.bias"))?,
-                    ],
-                )?)
-            } else {
-                None
-            };
-            let o_w = up.split(
-                &name("self_attn.o_proj"),
-                &[tensor("self_attn.o_proj.weight")?],
-                (nh * d) as u64 * 2,
-                1,
-            )?;
-            let o_b = if c.attention_bias {
-                Some(up.vector(
-                    &name("self_attn.o_proj.bias"),
-                    &[float(src, &name("self_attn.o_proj.bias"))?],
-                )?)
-            } else {
-                None
-            };
-            let sinks = up.vector(
-                &name("self_attn.sinks"),
-                &[float(src, &name("self_attn.sinks"))?],
-            )?;
-            let router_w = up.split(
-                &name("mlp.router"),
-                &[tensor("mlp.router.weight")?],
-                h * 2,
-                1,
-            )?;
-            let router_b = up.vector(
-                &name("mlp.router.bias"),
-                &[float(src, &name("mlp.router.bias"))?],
-            )?;
-            let gu = up.experts(
-                &name("mlp.experts.gate_up"),
-                tensor("mlp.experts.gate_up_proj_blocks")?,
-                tensor("mlp.experts.gate_up_proj_scales")?,
-                c.experts,
-                2 * i as u64,
-                h,
-            )?;
-            let gu_b = up.vector(
-                &name("mlp.experts.gate_up_bias"),
-                &[float(src, &name("mlp.experts.gate_up_proj_bias"))?],
-            )?;
-            let dn = up.experts(
-                &name("mlp.experts.down"),
-                tensor("mlp.experts.down_proj_blocks")?,
-                tensor("mlp.experts.down_proj_scales")?,
-                c.experts,
-                h,
-                i as u64,
-            )?;
-            let dn_b = up.vector(
-                &name("mlp.experts.down_bias"),
-                &[float(src, &name("mlp.experts.down_proj_bias"))?],
-            )?;
-
-            // Attention block: x += o_proj(attn(rope(qkv(norm(x))))). Small passes fuse the norm
-            // into the qkv projection; large ones norm into `h` first for the tiled kernels.
-            let cache = &caches[l];
-            let vec_max = linear::vec_max_tokens(c.hidden);
-            ds.push(
-                rmsnorm::build(
-                    g,
-                    &step,
-                    &RmsNorm {
-                        x: &acts.x,
-                        w: &ln1,
-                        rows: None,
-                        out: &acts.h,
-                        n: c.hidden,
-                        eps: c.eps,
-                        count: Count::Tokens,
-                    },
-                )?
-                .only_for(Count::Tokens, vec_max + 1..=u32::MAX),
-            );
-            ds.extend(linear::build(
-                g,
-                &step,
-                &Linear {
-                    x: &acts.h,
-                    w: &qkv_w,
-                    bias: qkv_b.as_ref(),
-                    y: &acts.qkv,
-                    k: c.hidden,
-                    n_out: qkv_n as u32,
-                    count: Count::Tokens,
-                    accumulate: false,
-                    norm: Some(NormInput {
-                        x: &acts.x,
-                        w: &ln1,
-                        eps: c.eps,
-                    }),
-                },
-            )?);
-            ds.push(rope::build(
-                g,
-                &step,
-                &Rope {
-                    tokens: &acts.tokens,
-                    table: &rope_table,
-                    qkv: &acts.qkv,
-                    k_cache: &cache.k,
-                    v_cache: &cache.v,
-                },
-                rope::Params {
-                    n_heads: c.heads,
-                    n_kv: c.kv_heads,
-                    head_dim: c.head_dim,
-                    cap: cache.cap,
-                },
-                kv_f16,
-            )?);
-            ds.extend(attention::build(
-                g,
-                &step,
-                &Attention {
-                    tokens: &acts.tokens,
-                    qkv: &acts.qkv,
-                    k_cache: &cache.k,
-                    v_cache: &cache.v,
-                    sinks: &sinks,
-                    out: &acts.attn,
-                    partials: &acts.attn_partials,
-                },
-                attention::Params {
-                    n_heads: c.heads,
-                    n_kv: c.kv_heads,
-                    head_dim: c.head_dim,
-                    cap: cache.cap,
-                    window: if c.sliding[l] { c.sliding_window } else { 0 },
-                    scale: 1.0 / (c.head_dim as f32).sqrt(),
-                    _pad: [0; 2],
-                },
-                kv_f16,
-            )?);
-            ds.extend(linear::build(
-                g,
-                &step,
-                &Linear {
-                    x: &acts.attn,
-                    w: &o_w,
-                    bias: o_b.as_ref(),
-                    y: &acts.x,
-                    k: (nh * d) as u32,
-                    n_out: c.hidden,
-                    count: Count::Tokens,
-                    accumulate: true,
-                    norm: None,
-                },
-            )?);
-            // MoE block: x += sum_k w_k * expert_k(norm(x)); the router kernel writes norm(x)
-            // to `h` along with the chosen experts and their weights.
-            ds.extend(router::build(
-                g,
-                &step,
-                &Router {
-                    x: &acts.x,
-                    norm: &ln2,
-                    eps: c.eps,
-                    w: &router_w,
-                    bias: &router_b,
-                    logits: &acts.router_logits,
-                    h: &acts.h,
-                    idx: &acts.expert_idx,
-                    wts: &acts.expert_wts,
-                    hidden: c.hidden,
-                    n_experts: c.experts,
-                    top_k: c.top_k,
-                },
-            )?);
-            let shape = MoeShape {
-                hidden: c.hidden,
-                inter: c.inter,
-                experts: c.experts,
-                top_k: c.top_k,
-                limit: c.swiglu_limit,
-                alpha: c.swiglu_alpha,
-                max_slots: opts.max_tokens * c.top_k,
-                vec_max_tokens: VEC_MAX_TOKENS,
-            };
-            let buffers = MoeBuffers {
-                idx: &acts.expert_idx,
-                wts: &acts.expert_wts,
-                lists: &acts.expert_lists,
-                counts: &acts.expert_counts,
-                h: &acts.h,
-                act: &acts.expert_act,
-                y: &acts.expert_out,
-                x: &acts.x,
-            };
-            let weights = MoeWeights {
-                gate_up: &gu,
-                gate_up_bias: &gu_b,
-                down: &dn,
-                down_bias: &dn_b,
-            };
-            ds.extend(moe::build(g, &step, &shape, &buffers, &weights)?);
-
-            bufs.extend([ln1, ln2, sinks, router_b, gu_b, dn_b]);
-            bufs.extend(qkv_b);
-            bufs.extend(o_b);
-            let mut experts = gu;
-            experts.extend(dn);
-            layers.push(Layer {
-                _buffers: bufs,
-                _splits: vec![qkv_w, o_w, router_w],
-                _experts: experts,
-            });
-        }
-
-        let norm = up.vector("model.norm", &[float(src, "model.norm.weight")?])?;
-        let lm_head = if c.tie_embeddings {
-            Split { chunks: Vec::new() }
-        } else {
-            up.split("lm_head", &[src.tensor("lm_head.weight")?.data], h * 2, 1)?
-        };
-        let head = if c.tie_embeddings { &embed } else { &lm_head };
-        ds.push(rmsnorm::build(
-            g,
-            &step,
-            &RmsNorm {
-                x: &acts.x,
-                w: &norm,
-                rows: Some(&acts.out_rows),
-                out: &acts.final_h,
-                n: c.hidden,
-                eps: c.eps,
-                count: Count::Outputs,
-            },
-        )?);
-        ds.extend(linear::build(
-            g,
-            &step,
-            &Linear {
-                x: &acts.final_h,
-                w: head,
-                bias: None,
-                y: &acts.logits,
-                k: c.hidden,
-                n_out: c.vocab,
-                count: Count::Outputs,
-                accumulate: false,
-                norm: None,
-            },
-        )?);
-        ds.push(sample::build(
-            g,
-            &step,
-            &acts.logits,
-            &acts.sampling,
-            &acts.ids,
-            c.vocab,
-        )?);
-        g.queue.submit([]);
-        g.wait()?;
-
+        let dispatches = graph.build(&weights, &caches, &rope_table)?;
         let ids_staging = g.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("ids read-back"),
             size: (max_outputs as u64 * 4).max(4),
             usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
-        let weight_bytes = up.weight_bytes;
         Ok(Model {
             max_outputs,
             max_splits: attention::max_splits()?,
             kv_f16,
-            weight_bytes,
+            weight_bytes: weights.bytes,
             cache_bytes: kv_cache::bytes(&caches),
-            activation_bytes,
+            activation_bytes: acts.bytes,
             acts,
             ids_staging,
             step,
-            dispatches: ds,
-            _layers: layers,
-            _globals: (embed, lm_head, vec![norm, rope_table]),
+            dispatches,
+            _weights: weights,
+            _rope_table: rope_table,
             _caches: caches,
             gpu,
             cfg,

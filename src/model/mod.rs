@@ -4,6 +4,7 @@ pub mod gpt_oss;
 pub mod inputs;
 pub mod kv_cache;
 pub mod tensors;
+pub mod upload;
 pub mod weights;
 
 pub use config::{HfConfig, ModelConfig};
