@@ -576,8 +576,6 @@ fn dim_codes() -> (&'static str, &'static str) {
     }
 }
 
-/// `generate` in chat mode: the prompt is a user message and the final answer is printed.
-
 /// Prints a turn as it streams: reasoning dimmed (or hidden), the answer, and output that is not
 /// in the chat format (a random-weight model's) as dimmed plain text after a note saying so.
 struct TurnPrinter {

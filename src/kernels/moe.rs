@@ -208,37 +208,38 @@ fn vec_dispatches(
     }
     let rows_per_wg = wgsl_const("moe_vec.wgsl", "ROWS")?;
     // Each projection binds its inputs, then one buffer's blocks and scales, then its outputs.
-    let projections: [(
-        &str,
-        &str,
-        &[ExpertChunk],
-        u32,
-        Vec<&wgpu::Buffer>,
-        Vec<&wgpu::Buffer>,
-    ); 2] = [
-        (
-            "gate_up",
-            "GATE_UP",
-            w.gate_up,
-            2 * s.inter,
-            vec![b.h, b.idx],
-            vec![w.gate_up_bias, b.act],
-        ),
-        (
-            "down",
-            "DOWN",
-            w.down,
-            s.hidden,
-            vec![b.act, b.idx, b.wts],
-            vec![w.down_bias, b.y],
-        ),
+    struct Projection<'a> {
+        entry: &'static str,
+        define: &'static str,
+        chunks: &'a [ExpertChunk],
+        rows: u32,
+        before: Vec<&'a wgpu::Buffer>,
+        after: Vec<&'a wgpu::Buffer>,
+    }
+    let projections = [
+        Projection {
+            entry: "gate_up",
+            define: "GATE_UP",
+            chunks: w.gate_up,
+            rows: 2 * s.inter,
+            before: vec![b.h, b.idx],
+            after: vec![w.gate_up_bias, b.act],
+        },
+        Projection {
+            entry: "down",
+            define: "DOWN",
+            chunks: w.down,
+            rows: s.hidden,
+            before: vec![b.act, b.idx, b.wts],
+            after: vec![w.down_bias, b.y],
+        },
     ];
-    for (entry, define, chunks, rows, before, after) in projections {
-        let key = super::row_group_key(gpu, "moe_vec.wgsl", entry).define_if(define, true);
-        for c in chunks {
+    for pr in projections {
+        let key = super::row_group_key(gpu, "moe_vec.wgsl", pr.entry).define_if(pr.define, true);
+        for c in pr.chunks {
             let p = params(s, c.start, c.count);
-            let bufs = [&before[..], &[&c.blocks, &c.scales], &after[..]].concat();
-            let grid_x = rows.div_ceil(rows_per_wg);
+            let bufs = [&pr.before[..], &[&c.blocks, &c.scales], &pr.after[..]].concat();
+            let grid_x = pr.rows.div_ceil(rows_per_wg);
             let d = Dispatch::new(
                 gpu,
                 &key,
