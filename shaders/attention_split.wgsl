@@ -36,13 +36,9 @@ var<workgroup> tok_shared: TokenInfo;
 // Per head g < G: the max (or sum) over lanes of v[g], returned to every lane; called from
 // uniform control flow. With SUBGROUPS in registers, then across the few subgroups; otherwise a
 // tree in workgroup memory.
-#ifdef SUBGROUPS
-struct Lanes {
-    @builtin(local_invocation_index) lid: u32,
-    @builtin(subgroup_invocation_id) lane: u32,
-    @builtin(subgroup_size) size: u32,
-}
+#include "common/lanes.wgsl"
 
+#ifdef SUBGROUPS
 fn reduce_heads(v: array<f32, MAX_G>, l: Lanes, use_max: bool) -> array<f32, MAX_G> {
     let sg = l.lid / l.size;
     for (var g = 0u; g < MAX_G; g++) {
@@ -69,10 +65,6 @@ fn reduce_heads(v: array<f32, MAX_G>, l: Lanes, use_max: bool) -> array<f32, MAX
     return out;
 }
 #else
-struct Lanes {
-    @builtin(local_invocation_index) lid: u32,
-}
-
 fn reduce_heads(v: array<f32, MAX_G>, l: Lanes, use_max: bool) -> array<f32, MAX_G> {
     let lid = l.lid;
     for (var g = 0u; g < MAX_G; g++) {

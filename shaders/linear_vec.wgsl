@@ -29,6 +29,11 @@ const WG: u32 = 128u;
 const GL: u32 = 32u;
 const R: u32 = ROWS / (WG / GL);
 #include "common/row_group.wgsl"
+#ifdef NORM
+// The fused norm's sum of squares is one workgroup-wide sum.
+const NV: u32 = 1u;
+#include "common/reduce.wgsl"
+#endif
 
 @compute @workgroup_size(WG)
 fn main(l: Lanes, @builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
@@ -40,12 +45,14 @@ fn main(l: Lanes, @builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups)
     let xb = t * 2u * units;
     var scale = 1.0;
 #ifdef NORM
-    var ss = 0.0;
+    reduce_setup(l);
+    var ss: array<f32, NV>;
     for (var i = l.lid; i < 2u * units; i += WG) {
         let v = x[xb + i];
-        ss += dot(v, v);
+        ss[0] += dot(v, v);
     }
-    scale = inverseSqrt(workgroup_sum(ss, l) / f32(p.k) + p.eps);
+    reduce_sum(&ss);
+    scale = inverseSqrt(red[0] / f32(p.k) + p.eps);
 #endif
     let blocks = (p.rows + ROWS - 1u) / ROWS;
     let lane = l.lid % GL;

@@ -21,10 +21,9 @@ struct Params {
 @group(0) @binding(7) var<storage, read_write> wts: array<f32>;
 
 const WG: u32 = 128u;
-const GL: u32 = 128u;
-const R: u32 = 1u;
+const NV: u32 = 1u;
 const MAX_E: u32 = 256u;
-#include "common/row_group.wgsl"
+#include "common/reduce.wgsl"
 
 // The token's logits, loaded by all lanes at once: the picking thread then scans fast memory.
 var<workgroup> lg: array<f32, MAX_E>;
@@ -37,13 +36,15 @@ fn main(l: Lanes, @builtin(workgroup_id) wg: vec3<u32>) {
     if t >= step.tokens {
         return;
     }
+    reduce_setup(l);
     let n4 = p.hidden / 4u;
-    var ss = 0.0;
+    var ss: array<f32, NV>;
     for (var i = l.lid; i < n4; i += WG) {
         let v = x[t * n4 + i];
-        ss += dot(v, v);
+        ss[0] += dot(v, v);
     }
-    let scale = inverseSqrt(workgroup_sum(ss, l) / f32(p.hidden) + p.eps);
+    reduce_sum(&ss);
+    let scale = inverseSqrt(red[0] / f32(p.hidden) + p.eps);
     for (var i = l.lid; i < n4; i += WG) {
         h[t * n4 + i] = x[t * n4 + i] * scale * g[i];
     }

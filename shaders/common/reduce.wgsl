@@ -2,17 +2,12 @@
 // `const WG: u32` (a power of two) and `const NV: u32`, takes a `Lanes` parameter in its entry
 // point and passes it to reduce_setup first, and calls reduce_sum from uniform control flow
 // (reading red[] before any later call overwrites it).
+#include "common/lanes.wgsl"
+
 var<private> r_lid: u32;
 var<workgroup> red: array<f32, NV * WG>;
 
 #ifdef SUBGROUPS
-// The invocation's place in the workgroup and in its subgroup.
-struct Lanes {
-    @builtin(local_invocation_index) lid: u32,
-    @builtin(subgroup_invocation_id) lane: u32,
-    @builtin(subgroup_size) size: u32,
-}
-
 var<private> r_lane: u32;
 var<private> r_sg: u32;
 
@@ -43,10 +38,6 @@ fn reduce_sum(acc: ptr<function, array<f32, NV>>) {
     workgroupBarrier();
 }
 #else
-struct Lanes {
-    @builtin(local_invocation_index) lid: u32,
-}
-
 fn reduce_setup(l: Lanes) {
     r_lid = l.lid;
 }

@@ -10,21 +10,18 @@
 // (lane = lid % size), which holds for one-dimensional compute workgroups on the drivers we know.
 //
 // The including file defines `const WG: u32` (at most 256), `const GL: u32` (a power of two from
-// 32 to WG) and `const R: u32`, declares its entry point's lanes as `Lanes`, and calls these from
-// uniform control flow. Parallelism comes from many short rows of work: a lane handles a few
-// 16-byte loads per row, so a batch-1 pass keeps enough bytes in flight to fill the memory bus.
+// 32 to WG) and `const R: u32`, takes its entry point's lanes as `Lanes` (common/lanes.wgsl),
+// and calls group_sums from uniform control flow. Parallelism comes from many short rows of
+// work: a lane handles a few 16-byte loads per row, so a batch-1 pass keeps enough bytes in
+// flight to fill the memory bus.
+#include "common/lanes.wgsl"
+
 const NG: u32 = WG / GL;
 
 var<workgroup> rg_part: array<f32, WG * R>;
 var<workgroup> rg_total: array<f32, NG * R>;
 
 #ifdef SUBGROUPS
-struct Lanes {
-    @builtin(local_invocation_index) lid: u32,
-    @builtin(subgroup_invocation_id) lane: u32,
-    @builtin(subgroup_size) size: u32,
-}
-
 fn group_sums(acc: ptr<function, array<f32, R>>, l: Lanes) {
     let sg = l.lid / l.size;
     for (var r = 0u; r < R; r++) {
@@ -51,25 +48,7 @@ fn group_sums(acc: ptr<function, array<f32, R>>, l: Lanes) {
     }
 }
 
-// The sum of one value per lane over the whole workgroup, returned to every lane.
-fn workgroup_sum(v: f32, l: Lanes) -> f32 {
-    let s = subgroupAdd(v);
-    if l.lane == 0u {
-        rg_part[l.lid / l.size] = s;
-    }
-    workgroupBarrier();
-    var total = 0.0;
-    for (var q = 0u; q < (WG + l.size - 1u) / l.size; q++) {
-        total += rg_part[q];
-    }
-    workgroupBarrier();
-    return total;
-}
 #else
-struct Lanes {
-    @builtin(local_invocation_index) lid: u32,
-}
-
 fn group_sums(acc: ptr<function, array<f32, R>>, l: Lanes) {
     for (var r = 0u; r < R; r++) {
         rg_part[l.lid * R + r] = (*acc)[r];
@@ -91,17 +70,4 @@ fn group_sums(acc: ptr<function, array<f32, R>>, l: Lanes) {
     workgroupBarrier();
 }
 
-fn workgroup_sum(v: f32, l: Lanes) -> f32 {
-    rg_part[l.lid] = v;
-    for (var stride = WG / 2u; stride > 0u; stride >>= 1u) {
-        workgroupBarrier();
-        if l.lid < stride {
-            rg_part[l.lid] += rg_part[l.lid + stride];
-        }
-    }
-    workgroupBarrier();
-    let total = rg_part[0];
-    workgroupBarrier();
-    return total;
-}
 #endif

@@ -1,7 +1,8 @@
 //! WGSL sources, a small preprocessor, and the keys that name each compiled variant.
 //!
 //! Kernels are specialized by text variants (`#ifdef SUBGROUPS`, `enable f16;`) chosen by
-//! `defines`; tuning numbers are WGSL constants in each file. Only `#include "file"`, `#ifdef NAME`, `#ifndef NAME`, `#else` and `#endif` are understood; a
+//! `defines`; tuning numbers are WGSL constants in each file. Only `#include "file"` (each file
+//! once per shader), `#ifdef NAME`, `#ifndef NAME`, `#else` and `#endif` are understood; a
 //! define that the source never tests is an error, so a misspelt flag cannot be ignored silently.
 
 use std::collections::BTreeSet;
@@ -23,6 +24,7 @@ const SOURCES: &[(&str, &str)] = embed_wgsl![
     "common/mxfp4.wgsl",
     "common/kv.wgsl",
     "common/token_tile.wgsl",
+    "common/lanes.wgsl",
     "common/row_group.wgsl",
     "common/linear_out.wgsl",
     "common/linear_params.wgsl",
@@ -111,80 +113,89 @@ impl ShaderKey {
 
     /// The preprocessed WGSL text.
     pub fn source(&self) -> Result<String> {
-        let mut tested = BTreeSet::new();
-        let mut out = String::new();
-        expand(self.file, &self.defines, &mut tested, &mut out, 0).map_err(|msg| {
-            Error::Shader {
-                key: self.label(),
-                msg,
-            }
+        let mut ex = Expansion {
+            defines: &self.defines,
+            tested: BTreeSet::new(),
+            included: BTreeSet::new(),
+            out: String::new(),
+        };
+        ex.expand(self.file, 0).map_err(|msg| Error::Shader {
+            key: self.label(),
+            msg,
         })?;
-        if let Some(unused) = self.defines.iter().find(|d| !tested.contains(**d)) {
+        if let Some(unused) = self.defines.iter().find(|d| !ex.tested.contains(**d)) {
             return Err(Error::Shader {
                 key: self.label(),
                 msg: format!("define `{unused}` is never tested by the source"),
             });
         }
-        Ok(out)
+        Ok(ex.out)
     }
 }
 
-fn expand(
-    file: &str,
-    defines: &BTreeSet<&'static str>,
-    tested: &mut BTreeSet<String>,
-    out: &mut String,
-    depth: usize,
-) -> std::result::Result<(), String> {
-    if depth > 8 {
-        return Err(format!("#include nested too deeply at {file}"));
-    }
-    let text = lookup(file).map_err(|_| format!("unknown file `{file}`"))?;
-    // Each open #if: (this branch active, some branch taken, parent active).
-    let mut stack: Vec<(bool, bool)> = Vec::new();
-    let active = |stack: &Vec<(bool, bool)>| stack.iter().all(|(a, _)| *a);
-    for (no, line) in text.lines().enumerate() {
-        let t = line.trim();
-        let at = || format!("{file}:{}", no + 1);
-        if let Some(rest) = t
-            .strip_prefix("#ifdef ")
-            .or_else(|| t.strip_prefix("#ifndef "))
-        {
-            let name = rest.trim();
-            tested.insert(name.to_string());
-            let is_set = defines.contains(name);
-            let cond = if t.starts_with("#ifdef") {
-                is_set
-            } else {
-                !is_set
-            };
-            stack.push((cond, cond));
-        } else if t == "#else" {
-            let top = stack
-                .last_mut()
-                .ok_or_else(|| format!("{}: #else without #if", at()))?;
-            top.0 = !top.1;
-            top.1 = true;
-        } else if t == "#endif" {
-            stack
-                .pop()
-                .ok_or_else(|| format!("{}: #endif without #if", at()))?;
-        } else if let Some(rest) = t.strip_prefix("#include ") {
-            if active(&stack) {
-                let name = rest.trim().trim_matches('"');
-                expand(name, defines, tested, out, depth + 1)?;
-            }
-        } else if t.starts_with('#') {
-            return Err(format!("{}: unknown directive `{t}`", at()));
-        } else if active(&stack) {
-            out.push_str(line);
-            out.push('\n');
+/// One preprocessing run: the defines, the names the source tested, the files already included
+/// (each file is included once, so common headers may include what they need), and the text.
+struct Expansion<'a> {
+    defines: &'a BTreeSet<&'static str>,
+    tested: BTreeSet<String>,
+    included: BTreeSet<String>,
+    out: String,
+}
+
+impl Expansion<'_> {
+    fn expand(&mut self, file: &str, depth: usize) -> std::result::Result<(), String> {
+        if depth > 8 {
+            return Err(format!("#include nested too deeply at {file}"));
         }
+        if !self.included.insert(file.to_string()) {
+            return Ok(());
+        }
+        let text = lookup(file).map_err(|_| format!("unknown file `{file}`"))?;
+        // Each open #if: (this branch active, some branch taken).
+        let mut stack: Vec<(bool, bool)> = Vec::new();
+        let active = |stack: &Vec<(bool, bool)>| stack.iter().all(|(a, _)| *a);
+        for (no, line) in text.lines().enumerate() {
+            let t = line.trim();
+            let at = || format!("{file}:{}", no + 1);
+            if let Some(rest) = t
+                .strip_prefix("#ifdef ")
+                .or_else(|| t.strip_prefix("#ifndef "))
+            {
+                let name = rest.trim();
+                self.tested.insert(name.to_string());
+                let is_set = self.defines.contains(name);
+                let cond = if t.starts_with("#ifdef") {
+                    is_set
+                } else {
+                    !is_set
+                };
+                stack.push((cond, cond));
+            } else if t == "#else" {
+                let top = stack
+                    .last_mut()
+                    .ok_or_else(|| format!("{}: #else without #if", at()))?;
+                top.0 = !top.1;
+                top.1 = true;
+            } else if t == "#endif" {
+                stack
+                    .pop()
+                    .ok_or_else(|| format!("{}: #endif without #if", at()))?;
+            } else if let Some(rest) = t.strip_prefix("#include ") {
+                if active(&stack) {
+                    self.expand(rest.trim().trim_matches('"'), depth + 1)?;
+                }
+            } else if t.starts_with('#') {
+                return Err(format!("{}: unknown directive `{t}`", at()));
+            } else if active(&stack) {
+                self.out.push_str(line);
+                self.out.push('\n');
+            }
+        }
+        if !stack.is_empty() {
+            return Err(format!("{file}: missing #endif"));
+        }
+        Ok(())
     }
-    if !stack.is_empty() {
-        return Err(format!("{file}: missing #endif"));
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -196,6 +207,16 @@ mod tests {
         let key = ShaderKey::new("rmsnorm.wgsl", "main").define_if("NO_SUCH_FLAG", true);
         let err = key.source().unwrap_err().to_string();
         assert!(err.contains("NO_SUCH_FLAG"), "{err}");
+    }
+
+    #[test]
+    fn a_header_included_twice_is_expanded_once() {
+        // linear_vec's NORM variant reaches common/lanes.wgsl through row_group and reduce.
+        let src = ShaderKey::new("linear_vec.wgsl", "main")
+            .define_if("NORM", true)
+            .source()
+            .unwrap();
+        assert_eq!(src.matches("struct Lanes").count(), 1);
     }
 
     #[test]

@@ -71,7 +71,7 @@ pub fn build(gpu: &Gpu, step: &wgpu::Buffer, r: &Router) -> Result<Vec<Dispatch>
         top_k: r.top_k,
         eps: r.eps,
     };
-    let key = super::row_group_key(gpu, "router.wgsl", "main");
+    let key = super::key(gpu, "router.wgsl", "main");
     let bufs = [r.x, r.norm, r.logits, r.h, r.idx, r.wts];
     out.push(Dispatch::new(
         gpu,
