@@ -640,8 +640,7 @@ fn generate_chat(a: &GenerateArgs, text: &str) -> Result<()> {
     let ckpt = open(&a.model)?;
     let mut session = ChatSession::new(today());
     session.effort = effort(&a.reasoning_effort)?;
-    session.stop = a.stop.clone();
-    StopText::new(a.stop.clone())?;
+    session.set_stop(a.stop.clone())?;
     let (sampling, seed) = a.sampling();
     let max_tokens = a.max_tokens.unwrap_or(2048);
     let req = session.request(tokenizer_of(&a.model, &ckpt)?, text, sampling, max_tokens)?;
@@ -758,8 +757,7 @@ fn chat(a: &ChatArgs) -> Result<()> {
     let mut session = ChatSession::new(today());
     session.effort = effort(&a.chat.reasoning_effort)?;
     session.instructions = a.chat.system.clone();
-    session.stop = a.chat.stop.clone();
-    StopText::new(a.chat.stop.clone())?;
+    session.set_stop(a.chat.stop.clone())?;
     tokenizer_of(&a.model, &ckpt)?;
     if let Some(path) = &a.load {
         let n = load_conversation(&mut session, &path.display().to_string())?;

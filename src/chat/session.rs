@@ -12,7 +12,7 @@ use super::parser::{ParseEvent, ParsedMessage, StreamParser};
 use super::stop::StopText;
 use crate::engine::{Engine, Event, FinishReason, Request, Sampling};
 use crate::error::{Error, Result};
-use crate::tokenizer::Tokenizer;
+use crate::tokenizer::{StreamDecoder, Tokenizer};
 
 /// What a turn produces as it streams.
 #[derive(Clone, Debug, PartialEq)]
@@ -22,7 +22,7 @@ pub enum TurnEvent {
     /// Final (or commentary) text meant for the user.
     Answer(String),
     /// Output that is not in the Harmony format (a random-weight or confused model), as plain
-    /// text. The first such event of a turn starts with everything generated so far.
+    /// text. The first such events of a turn carry everything generated so far.
     Raw(String),
 }
 
@@ -51,8 +51,8 @@ pub struct ChatSession {
     pub instructions: Option<String>,
     /// User and assistant messages so far.
     pub history: Vec<Message>,
-    /// Answer text ends at the first of these (reasoning is not cut).
-    pub stop: Vec<String>,
+    /// Answer text ends at the first stop string (reasoning is not cut); see `set_stop`.
+    stop: StopText,
 }
 
 /// One turn's output as it streams: Harmony parsing, stop strings on the answer, and the plain
@@ -60,9 +60,11 @@ pub struct ChatSession {
 struct TurnOutput {
     parser: StreamParser,
     stop: StopText,
-    raw: Vec<u32>,
-    /// Set once the output is known not to be Harmony: the text decoded so far.
-    raw_text: Option<String>,
+    /// Ids not shown as plain text: all of them until the output proves not to be Harmony.
+    pending: Vec<u32>,
+    /// Once the output is known not to be Harmony (and from then on): its decoder and the text
+    /// decoded so far.
+    plain: Option<(StreamDecoder, String)>,
     /// The answer as shown (after stop strings): what the history keeps.
     shown: String,
 }
@@ -74,8 +76,12 @@ impl TurnOutput {
         id: u32,
         on_event: &mut dyn FnMut(TurnEvent),
     ) -> Result<()> {
-        self.raw.push(id);
-        for e in self.parser.push(tok, id) {
+        let events = self.parser.push(tok, id);
+        if self.plain.is_some() {
+            return self.show_plain(tok, id, on_event);
+        }
+        self.pending.push(id);
+        for e in events {
             let ParseEvent::Delta(d) = e else { continue };
             let analysis = self
                 .parser
@@ -93,22 +99,35 @@ impl TurnOutput {
         }
         let not_harmony = self.parser.messages.is_empty()
             && self.parser.current().is_none()
-            && (self.raw.len() >= RAW_AFTER_TOKENS || self.parser.error.is_some());
+            && (self.pending.len() >= RAW_AFTER_TOKENS || self.parser.error.is_some());
         if not_harmony {
-            self.show_raw(tok, on_event)?;
+            self.start_plain(tok, on_event)?;
         }
         Ok(())
     }
 
-    /// Shows what was generated and not yet shown as plain text.
-    fn show_raw(&mut self, tok: &Tokenizer, on_event: &mut dyn FnMut(TurnEvent)) -> Result<()> {
-        let text = tok.decode(&self.raw)?;
-        let shown = self.raw_text.get_or_insert_with(String::new);
-        // Decoding all ids again keeps multi-byte characters whole; only complete ones are new.
-        let complete = text.trim_end_matches('\u{fffd}');
-        if complete.len() > shown.len() && complete.is_char_boundary(shown.len()) {
-            let piece = self.stop.push(&complete[shown.len()..]);
-            *shown = complete.to_string();
+    /// Switches to plain text, showing everything generated so far.
+    fn start_plain(&mut self, tok: &Tokenizer, on_event: &mut dyn FnMut(TurnEvent)) -> Result<()> {
+        self.plain = Some((StreamDecoder::default(), String::new()));
+        for id in std::mem::take(&mut self.pending) {
+            self.show_plain(tok, id, on_event)?;
+        }
+        Ok(())
+    }
+
+    /// Shows one more id as plain text (a character split across ids waits for its end).
+    fn show_plain(
+        &mut self,
+        tok: &Tokenizer,
+        id: u32,
+        on_event: &mut dyn FnMut(TurnEvent),
+    ) -> Result<()> {
+        let Some((dec, text)) = self.plain.as_mut() else {
+            return Ok(());
+        };
+        if let Some(piece) = dec.push(tok, id)? {
+            text.push_str(&piece);
+            let piece = self.stop.push(&piece);
             if !piece.is_empty() {
                 self.shown.push_str(&piece);
                 on_event(TurnEvent::Raw(piece));
@@ -119,13 +138,13 @@ impl TurnOutput {
 
     fn finish(&mut self, tok: &Tokenizer, on_event: &mut dyn FnMut(TurnEvent)) -> Result<()> {
         self.parser.finish();
-        if self.raw_text.is_some() || (self.parser.messages.is_empty() && !self.raw.is_empty()) {
-            self.show_raw(tok, on_event)?;
+        if self.plain.is_none() && self.parser.messages.is_empty() && !self.pending.is_empty() {
+            self.start_plain(tok, on_event)?;
         }
         let rest = self.stop.finish();
         if !rest.is_empty() {
             self.shown.push_str(&rest);
-            on_event(if self.raw_text.is_some() {
+            on_event(if self.plain.is_some() {
                 TurnEvent::Raw(rest)
             } else {
                 TurnEvent::Answer(rest)
@@ -142,8 +161,14 @@ impl ChatSession {
             date,
             instructions: None,
             history: Vec::new(),
-            stop: Vec::new(),
+            stop: StopText::default(),
         }
+    }
+
+    /// Stop strings for the answers from now on; an empty one is refused.
+    pub fn set_stop(&mut self, stops: Vec<String>) -> Result<()> {
+        self.stop = StopText::new(stops)?;
+        Ok(())
     }
 
     /// Replaces instructions, history and effort with a saved conversation (a chat-completions
@@ -252,9 +277,9 @@ impl ChatSession {
         let t0 = std::time::Instant::now();
         let mut out = TurnOutput {
             parser: StreamParser::new(h.ids, Some(Role::Assistant)),
-            stop: StopText::new(self.stop.clone())?,
-            raw: Vec::new(),
-            raw_text: None,
+            stop: self.stop.clone(),
+            pending: Vec::new(),
+            plain: None,
             shown: String::new(),
         };
         let mut reason = FinishReason::Length;
@@ -299,10 +324,11 @@ impl ChatSession {
         out.finish(tok, on_event)?;
         let TurnOutput {
             parser,
-            raw_text: unparsed,
+            plain,
             shown,
             ..
         } = out;
+        let unparsed = plain.map(|(_, text)| text);
         // Earlier reasoning is dropped from history; the answer as shown is kept.
         self.history.push(Message::text(Role::User, user));
         self.history
