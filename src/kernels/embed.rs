@@ -49,7 +49,6 @@ pub fn build(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gpu::Rows;
     use crate::gpu::dispatch::{StepCounts, step_buffer, submit};
     use crate::kernels::testing::*;
     use crate::model::inputs::TokenInfo;
@@ -60,17 +59,7 @@ mod tests {
         for gpu in gpus() {
             let (v, h, split) = (23usize, 96usize, 10usize);
             let (table, bytes) = random_bf16(&mut rng, v * h, 1.0);
-            let chunks = (0..v)
-                .step_by(split)
-                .map(|s| {
-                    let c = split.min(v - s);
-                    Rows {
-                        buffer: gpu.upload("t", &bytes[s * h * 2..(s + c) * h * 2]).unwrap(),
-                        start: s as u32,
-                        count: c as u32,
-                    }
-                })
-                .collect();
+            let table_split = split_rows(gpu, &bytes, v, h, split);
             let ids: Vec<u32> = (0..9).map(|_| rng.below(v as u64) as u32).collect();
             let toks: Vec<TokenInfo> = ids
                 .iter()
@@ -82,7 +71,7 @@ mod tests {
             let tb = gpu.upload("tok", bytemuck::cast_slice(&toks)).unwrap();
             let xb = gpu.storage("x", (ids.len() * h * 4) as u64).unwrap();
             let step = step_buffer(gpu);
-            let d = build(gpu, &step, &tb, &Split { chunks }, &xb, h as u32).unwrap();
+            let d = build(gpu, &step, &tb, &table_split, &xb, h as u32).unwrap();
             submit(
                 gpu,
                 &step,

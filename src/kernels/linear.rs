@@ -164,7 +164,6 @@ pub fn build_vec(
 mod tests {
     use super::*;
     use crate::gpu::dispatch::{StepCounts, step_buffer, submit};
-    use crate::gpu::{Rows, Split};
     use crate::kernels::testing::*;
 
     fn reference(
@@ -189,22 +188,6 @@ mod tests {
             }
         }
         y
-    }
-
-    /// bf16 weights [n, k] uploaded in buffers of `split` rows.
-    fn split_rows(gpu: &Gpu, wb: &[u8], n: usize, k: usize, split: usize) -> Split {
-        let chunks = (0..n)
-            .step_by(split)
-            .map(|s| {
-                let c = split.min(n - s);
-                Rows {
-                    buffer: gpu.upload("w", &wb[s * k * 2..(s + c) * k * 2]).unwrap(),
-                    start: s as u32,
-                    count: c as u32,
-                }
-            })
-            .collect();
-        Split { chunks }
     }
 
     #[test]
@@ -271,15 +254,7 @@ mod tests {
                 let x = random(&mut rng, t * k, 2.0);
                 let g = random(&mut rng, k, 1.0);
                 let (w, wb) = random_bf16(&mut rng, n * k, 0.5);
-                let mut h = vec![0.0f32; t * k];
-                for ti in 0..t {
-                    let xr = &x[ti * k..(ti + 1) * k];
-                    let ms = xr.iter().map(|v| (*v as f64).powi(2)).sum::<f64>() / k as f64;
-                    let inv = 1.0 / (ms + 1e-5).sqrt();
-                    for i in 0..k {
-                        h[ti * k + i] = (xr[i] as f64 * inv * g[i] as f64) as f32;
-                    }
-                }
+                let h: Vec<f32> = x.chunks(k).flat_map(|r| rmsnorm_ref(r, &g, 1e-5)).collect();
                 let w_split = split_rows(gpu, &wb, n, k, split);
                 let xb = gpu.upload("x", f32_bytes(&x)).unwrap();
                 let gb = gpu.upload("g", f32_bytes(&g)).unwrap();

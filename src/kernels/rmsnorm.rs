@@ -93,12 +93,8 @@ mod tests {
                 let mut want = vec![0.0; t * n];
                 for r in 0..t {
                     let src = if gather { rows[r] as usize } else { r };
-                    let row = &x[src * n..(src + 1) * n];
-                    let ms = row.iter().map(|v| (*v as f64).powi(2)).sum::<f64>() / n as f64;
-                    let s = 1.0 / (ms + 1e-5).sqrt();
-                    for i in 0..n {
-                        want[r * n + i] = w[i] * (row[i] as f64 * s) as f32;
-                    }
+                    let row = rmsnorm_ref(&x[src * n..(src + 1) * n], &w, 1e-5);
+                    want[r * n..(r + 1) * n].copy_from_slice(&row);
                 }
                 let e = nmse(&got, &want);
                 assert!(e < 1e-12, "t={t} n={n}: nmse {e}");

@@ -129,13 +129,7 @@ mod tests {
                     wb[ex * hd * 2..(ex + 1) * hd * 2].fill(0);
                     bias[ex] = 0.25;
                 }
-                let split = Split {
-                    chunks: vec![crate::gpu::Rows {
-                        buffer: gpu.upload("w", &wb).unwrap(),
-                        start: 0,
-                        count: e as u32,
-                    }],
-                };
+                let split = split_rows(gpu, &wb, e, hd, e);
                 let xb = gpu.upload("x", f32_bytes(&x)).unwrap();
                 let gb = gpu.upload("g", f32_bytes(&g)).unwrap();
                 let bb = gpu.upload("b", f32_bytes(&bias)).unwrap();
@@ -168,12 +162,7 @@ mod tests {
                 let gi = gpu.read_u32(&ib, t * k).unwrap();
                 let gw = gpu.read_f32(&wtb, t * k).unwrap();
                 for ti in 0..t {
-                    let xr = &x[ti * hd..(ti + 1) * hd];
-                    let ms = xr.iter().map(|v| (*v as f64).powi(2)).sum::<f64>() / hd as f64;
-                    let inv = 1.0 / (ms + 1e-5).sqrt();
-                    let h: Vec<f32> = (0..hd)
-                        .map(|i| (xr[i] as f64 * inv * g[i] as f64) as f32)
-                        .collect();
+                    let h = rmsnorm_ref(&x[ti * hd..(ti + 1) * hd], &g, 1e-5);
                     assert!(
                         nmse(&gh[ti * hd..(ti + 1) * hd], &h) < 1e-12,
                         "h of token {ti}"

@@ -3,7 +3,7 @@
 
 use std::sync::OnceLock;
 
-use crate::gpu::{Gpu, GpuOptions};
+use crate::gpu::{Gpu, GpuOptions, Rows, Split};
 use crate::rng::Rng;
 
 /// The devices every kernel test runs on: the adapter's fast path (subgroups where it has them)
@@ -82,4 +82,33 @@ pub fn random_bf16(rng: &mut Rng, n: usize, a: f32) -> (Vec<f32>, Vec<u8>) {
 
 pub fn f32_bytes(v: &[f32]) -> &[u8] {
     bytemuck::cast_slice(v)
+}
+
+/// bf16 rows [n, k] (packed bytes) uploaded in buffers of `split` rows, as the model splits
+/// matrices over buffers.
+pub fn split_rows(gpu: &Gpu, bytes: &[u8], n: usize, k: usize, split: usize) -> Split {
+    let chunks = (0..n)
+        .step_by(split)
+        .map(|s| {
+            let c = split.min(n - s);
+            Rows {
+                buffer: gpu
+                    .upload("rows", &bytes[s * k * 2..(s + c) * k * 2])
+                    .unwrap(),
+                start: s as u32,
+                count: c as u32,
+            }
+        })
+        .collect();
+    Split { chunks }
+}
+
+/// RMSNorm(x) * g of one row, computed in f64: the reference for plain and fused norms.
+pub fn rmsnorm_ref(x: &[f32], g: &[f32], eps: f64) -> Vec<f32> {
+    let ms = x.iter().map(|v| (*v as f64).powi(2)).sum::<f64>() / x.len() as f64;
+    let inv = 1.0 / (ms + eps).sqrt();
+    x.iter()
+        .zip(g)
+        .map(|(v, w)| (*v as f64 * inv * *w as f64) as f32)
+        .collect()
 }
