@@ -389,8 +389,14 @@ fn bad_checkpoints_get_one_line_errors() {
     assert_clean_error(&generate(&bad_value), "num_key_value_heads");
 }
 
-/// The tiny preset: full vocabulary, so the Harmony special tokens exist.
-fn synth_tiny(dir: &Path) {
+/// A temporary folder holding the tiny preset as `tiny` (full vocabulary, so the Harmony special
+/// tokens exist), or None when there is no GPU to run it on.
+fn tiny_model() -> Option<(tempfile::TempDir, std::path::PathBuf)> {
+    if !have_gpu() {
+        return None;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("tiny");
     let out = run(&[
         "synth",
         "--preset",
@@ -398,9 +404,10 @@ fn synth_tiny(dir: &Path) {
         "--seed",
         "3",
         "--out",
-        dir.to_str().unwrap(),
+        model.to_str().unwrap(),
     ]);
     assert!(out.status.success());
+    Some((dir, model))
 }
 
 #[test]
@@ -475,12 +482,9 @@ fn render_and_parse_commands() {
 fn chat_over_a_pipe_with_commands_history_and_cancel() {
     use std::io::Write;
     use std::process::Stdio;
-    if !have_gpu() {
+    let Some((dir, model)) = tiny_model() else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let model = dir.path().join("tiny");
-    synth_tiny(&model);
+    };
     let m = model.to_str().unwrap();
     let saved = dir.path().join("conv.json");
     let script = format!(
@@ -640,12 +644,9 @@ fn wait_for_line(lines: &std::sync::mpsc::Receiver<String>, seen: &mut String, n
 
 #[test]
 fn chat_survives_bad_turns_and_reloads_a_saved_conversation() {
-    if !have_gpu() {
+    let Some((dir, model)) = tiny_model() else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let model = dir.path().join("tiny");
-    synth_tiny(&model);
+    };
     let m = model.to_str().unwrap();
     let saved = dir.path().join("conv.json");
     let long = "word ".repeat(300);
