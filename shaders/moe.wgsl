@@ -18,8 +18,8 @@
 //   y [T*K, H]. Grid: (ceil(H / R), e_count).
 // COMBINE: x[t, n] += sum_j y[t*K + j, n] (the residual add), j in order.
 //   Bindings: y, x [T, H]. Grid: (ceil(H / WG), T).
-// Variants: ROUTE, GATE_UP, DOWN or COMBINE (different bindings), SUBGROUPS, ONE_TOKEN (tiles of
-// one slot for single-token passes; each slot's sums are the same as with larger tiles).
+// Variants: ROUTE, GATE_UP, DOWN or COMBINE (different bindings), SUBGROUPS. Passes of a few
+// tokens take moe_vec.wgsl instead.
 #include "common/step.wgsl"
 #include "common/mxfp4.wgsl"
 

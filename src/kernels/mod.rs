@@ -66,18 +66,8 @@ pub fn all_variants() -> Vec<ShaderKey> {
         }
         out.push(k("moe_vec.wgsl", "gate_up").define_if("GATE_UP", true));
         out.push(k("moe_vec.wgsl", "down").define_if("DOWN", true));
-        for one in [false, true] {
-            out.push(
-                k("moe.wgsl", "gate_up")
-                    .define_if("GATE_UP", true)
-                    .define_if("ONE_TOKEN", one),
-            );
-            out.push(
-                k("moe.wgsl", "down")
-                    .define_if("DOWN", true)
-                    .define_if("ONE_TOKEN", one),
-            );
-        }
+        out.push(k("moe.wgsl", "gate_up").define_if("GATE_UP", true));
+        out.push(k("moe.wgsl", "down").define_if("DOWN", true));
         out.push(ShaderKey::new("moe.wgsl", "route").define_if("ROUTE", true));
         out.push(ShaderKey::new("moe.wgsl", "combine").define_if("COMBINE", true));
     }

@@ -86,8 +86,8 @@ fn params(s: &MoeShape, start: u32, count: u32) -> Params {
     }
 }
 
-/// One dispatch per expert chunk: `rows` output rows in workgroups of R rows, one workgroup row
-/// per expert of the chunk.
+/// One dispatch per expert chunk for the passes above `vec_max_tokens`: `rows` output rows in
+/// workgroups of R rows, one workgroup row per expert of the chunk.
 fn per_chunk<'a>(
     gpu: &Gpu,
     step: &wgpu::Buffer,
@@ -97,23 +97,19 @@ fn per_chunk<'a>(
     rows: u32,
     buffers: impl Fn(&'a ExpertChunk) -> Vec<&'a wgpu::Buffer>,
 ) -> Result<Vec<Dispatch>> {
-    let one = key.clone().define_if("ONE_TOKEN", true);
     let mut out = Vec::new();
     for c in chunks {
         let p = params(s, c.start, c.count);
         let (bufs, x, y) = (buffers(c), rows.div_ceil(R), Count::Fixed(c.count));
-        if s.vec_max_tokens == 0 {
-            let d = Dispatch::new(gpu, &one, step, bytemuck::bytes_of(&p), &bufs, x, y, 1)?;
-            out.push(d.only_for(Count::Tokens, 1..=1));
-        }
         let d = Dispatch::new(gpu, key, step, bytemuck::bytes_of(&p), &bufs, x, y, 1)?;
-        out.push(d.only_for(Count::Tokens, (s.vec_max_tokens + 1).max(2)..=u32::MAX));
+        out.push(d.only_for(Count::Tokens, s.vec_max_tokens + 1..=u32::MAX));
     }
     Ok(out)
 }
 
-/// The whole MoE block: x += sum_k w_k * (down_k(SwiGLU(gate_up_k(h) + b)) + b), as route,
-/// gate_up and down per expert chunk, and combine.
+/// The whole MoE block: x += sum_k w_k * (down_k(SwiGLU(gate_up_k(h) + b)) + b): gate_up and
+/// down per slot for passes of up to `vec_max_tokens` tokens, else route, then gate_up and down
+/// per expert chunk; combine for both.
 pub fn build(
     gpu: &Gpu,
     step: &wgpu::Buffer,
