@@ -381,8 +381,8 @@ fn load(m: &ModelArgs, ckpt: Checkpoint, max_seqs: u32) -> Result<Engine> {
         "loaded {} in {:.1}s: {:.2} GiB weights, {:.2} GiB KV cache ({})",
         m.model.display(),
         t0.elapsed().as_secs_f64(),
-        engine.model.weight_bytes as f64 / (1u64 << 30) as f64,
-        engine.model.cache_bytes as f64 / (1u64 << 30) as f64,
+        engine.model.weight_bytes() as f64 / (1u64 << 30) as f64,
+        engine.model.cache_bytes() as f64 / (1u64 << 30) as f64,
         if engine.model.kv_f16 { "f16" } else { "f32" }
     );
     Ok(engine)

@@ -140,18 +140,14 @@ pub struct Model {
     max_splits: u32,
     /// Whether the KV cache is stored in f16.
     pub kv_f16: bool,
-    /// GPU bytes of weights, KV cache and activations.
-    pub weight_bytes: u64,
-    pub cache_bytes: u64,
-    pub activation_bytes: u64,
     step: wgpu::Buffer,
     acts: Activations,
     ids_staging: wgpu::Buffer,
     dispatches: Vec<Dispatch>,
     // Kept alive for the dispatches' bind groups.
-    _weights: Weights,
+    weights: Weights,
     _rope_table: wgpu::Buffer,
-    _caches: Vec<LayerCache>,
+    caches: Vec<LayerCache>,
 }
 
 /// Builds the forward pass: the dispatch list of DESIGN.md section 2, layer by layer.
@@ -441,20 +437,32 @@ impl Model {
             max_outputs,
             max_splits: attention::max_splits()?,
             kv_f16,
-            weight_bytes: weights.bytes,
-            cache_bytes: kv_cache::bytes(&caches),
-            activation_bytes: acts.bytes,
             acts,
             ids_staging,
             step,
             dispatches,
-            _weights: weights,
+            weights,
             _rope_table: rope_table,
-            _caches: caches,
+            caches,
             gpu,
             cfg,
             opts,
         })
+    }
+
+    /// GPU bytes of the weights.
+    pub fn weight_bytes(&self) -> u64 {
+        self.weights.bytes
+    }
+
+    /// GPU bytes of the KV cache.
+    pub fn cache_bytes(&self) -> u64 {
+        kv_cache::bytes(&self.caches)
+    }
+
+    /// GPU bytes of one forward pass's activations.
+    pub fn activation_bytes(&self) -> u64 {
+        self.acts.bytes
     }
 
     /// Checks a batch against the sizes fixed at load and writes its inputs.
