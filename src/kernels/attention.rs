@@ -55,10 +55,12 @@ pub fn split_keys(keys: u32, max_splits: u32) -> (u32, u32) {
     (splits, keys.div_ceil(splits).max(1))
 }
 
-/// Whether the split path serves this shape (head dim within one workgroup, few heads per group).
+/// Whether the split path serves this shape (a lane per head dim in one workgroup, few query
+/// heads per KV head).
 fn split_fits(p: &Params) -> Result<bool> {
     let group = p.n_heads / p.n_kv;
-    Ok(p.head_dim <= 64 && group <= wgsl_const("attention_split.wgsl", "MAX_G")?)
+    Ok(p.head_dim <= wgsl_const("attention_split.wgsl", "WG")?
+        && group <= wgsl_const("attention_split.wgsl", "MAX_G")?)
 }
 
 /// `kv_f16` reads a cache stored in f16.
