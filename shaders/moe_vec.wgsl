@@ -7,13 +7,17 @@
 //   act[s, i] = gate * sigmoid(alpha * gate) * (up + 1).
 //   Bindings: h [T, H] (normed), idx [T*K], blocks [e_count, 2I, H/32, 16] u8 as words, scales
 //   [e_count, 2I, H/32] u8, bias [E, 2I] f32, act [T*K, I]. Grid: (ceil(2I / ROWS), T*K).
-// DOWN: y[s, n] = wts[s] * (W_down[e] act[s] + bias[e])[n]; moe.wgsl's COMBINE then adds the
-//   slots of each token to the residual stream in slot order.
-//   Bindings: act, idx, wts [T*K], blocks [e_count, H, I/32, 16], scales, bias [E, H], y [T*K, H].
-//   Grid: (ceil(H / ROWS), T*K).
-// A workgroup's NG row groups of GL lanes take R rows each: lane i of a group reads word i,
-// i + GL, ... (8 codes, 4 bytes; a warp reads 128 contiguous bytes) of each of its rows and the
-// matching 8 inputs (32 contiguous bytes per lane), an input load serving R rows. Short rows of
+// DOWN: x[t, n] += sum_j wts[s] * (W_down[e] act[s] + bias[e])[n] over the token's slots
+//   s = t * K + j whose expert e is in this dispatch: the down projection, the weighting and the
+//   residual add in one (moe.wgsl's COMBINE does that step for large passes). Row group j of a
+//   workgroup takes slot j (j, j + NG, ... when K > NG) for the workgroup's R rows; the groups'
+//   sums meet in workgroup memory and are added in slot order.
+//   Bindings: act, idx, wts [T*K], blocks [e_count, H, I/32, 16], scales, bias [E, H], x [T, H].
+//   Grid: (ceil(H / R), T).
+// A row group of GL lanes takes R rows: lane i of a group reads word i, i + GL, ... (8 codes, 4
+// bytes; a warp reads 128 contiguous bytes) of each of its rows, two words at a time so that two
+// loads are in flight, and the matching 8 inputs (32 contiguous bytes per lane), an input load
+// serving R rows. Short rows of
 // work in many workgroups: on the H200, 2 rows per 32-lane group beat 4 and 8, 64-lane groups,
 // one 16-byte block per lane (its 128-byte input strides do not coalesce) and 16 rows per
 // 128-lane workgroup (PERF.md v0.9 and v0.10).
@@ -44,7 +48,7 @@ fn input(i: u32) -> vec4<f32> {
 @group(0) @binding(5) var<storage, read> blocks: array<u32>;
 @group(0) @binding(6) var<storage, read> scales: array<u32>;
 @group(0) @binding(7) var<storage, read> bias: array<f32>;
-@group(0) @binding(8) var<storage, read_write> y: array<f32>;
+@group(0) @binding(8) var<storage, read_write> x: array<f32>;
 
 fn input(i: u32) -> vec4<f32> {
     return act[i];
@@ -63,21 +67,40 @@ const R: u32 = ROWS / (WG / GL);
 fn project(l: Lanes, e_local: u32, row0: u32, rows: u32, k: u32, inb: u32) -> array<f32, R> {
     var acc: array<f32, R>;
     let units = k / 8u;
-    let n_blocks = k / 32u;
-    for (var i = l.lid % GL; i < units; i += GL) {
+    var i = l.lid % GL;
+    for (; i + GL < units; i += 2u * GL) {
+        let a0 = input(inb + 2u * i);
+        let b0 = input(inb + 2u * i + 1u);
+        let a1 = input(inb + 2u * (i + GL));
+        let b1 = input(inb + 2u * (i + GL) + 1u);
+        for (var r = 0u; r < R; r++) {
+            if row0 + r < rows {
+                let row = e_local * rows + row0 + r;
+                let w0 = blocks[row * units + i];
+                let w1 = blocks[row * units + i + GL];
+                acc[r] += fp4_dot8(w0, a0, b0) * unit_scale(row, k, i)
+                    + fp4_dot8(w1, a1, b1) * unit_scale(row, k, i + GL);
+            }
+        }
+    }
+    if i < units {
         let a = input(inb + 2u * i);
         let b = input(inb + 2u * i + 1u);
         for (var r = 0u; r < R; r++) {
             if row0 + r < rows {
                 let row = e_local * rows + row0 + r;
-                let blk = row * n_blocks + i / 4u;
-                let sc = mx_scale(byte_of(scales[blk / 4u], blk));
-                acc[r] += fp4_dot8(blocks[row * units + i], a, b) * sc;
+                acc[r] += fp4_dot8(blocks[row * units + i], a, b) * unit_scale(row, k, i);
             }
         }
     }
     group_sums(&acc, l);
     return acc;
+}
+
+// The block scale of 8-code unit i of a row of k codes.
+fn unit_scale(row: u32, k: u32, i: u32) -> f32 {
+    let blk = row * (k / 32u) + i / 4u;
+    return mx_scale(byte_of(scales[blk / 4u], blk));
 }
 
 // Whether expert e is in this dispatch's buffer.
@@ -116,25 +139,53 @@ fn gate_up(l: Lanes, @builtin(workgroup_id) wg: vec3<u32>) {
 #endif
 
 #ifdef DOWN
+// Most experts per token (the Rust side reads this line), and each group's weighted row sums.
+const MAX_K: u32 = 16u;
+var<workgroup> slot_e: array<u32, MAX_K>;
+var<workgroup> slot_sums: array<f32, NG * R>;
+
 @compute @workgroup_size(WG)
 fn down(l: Lanes, @builtin(workgroup_id) wg: vec3<u32>) {
-    let s = wg.y;
-    if s >= step.slots {
+    let t = wg.y;
+    if t >= step.tokens {
         return;
     }
-    let e = idx_uniform(s);
-    if !here(e) {
-        return;
+    if l.lid < p.top_k {
+        slot_e[l.lid] = idx[t * p.top_k + l.lid];
     }
-    let r0 = (wg.x * NG + l.lid / GL) * R;
-    let acc = project(l, e - p.e_start, r0, p.hidden, p.inter, s * (p.inter / 4u));
-    if l.lid % GL == 0u {
-        for (var r = 0u; r < R; r++) {
-            let row = r0 + r;
-            if row < p.hidden {
-                y[s * p.hidden + row] = wts[s] * (acc[r] + bias[e * p.hidden + row]);
+    workgroupBarrier();
+    let grp = l.lid / GL;
+    let r0 = wg.x * R;
+    var sums: array<f32, R>;
+    for (var j0 = 0u; j0 < p.top_k; j0 += NG) {
+        // Every group runs the loop (group_sums needs the whole workgroup); j past K or an
+        // expert of another buffer adds nothing.
+        let j = j0 + grp;
+        let s = t * p.top_k + min(j, p.top_k - 1u);
+        let e = slot_e[min(j, p.top_k - 1u)];
+        let live = j < p.top_k && here(e);
+        // A group with nothing to do projects zero rows: no loads, but it joins the sums.
+        let e_local = select(0u, e - p.e_start, live);
+        let acc = project(l, e_local, r0, select(0u, p.hidden, live), p.inter, s * (p.inter / 4u));
+        if live {
+            for (var r = 0u; r < R; r++) {
+                let row = min(r0 + r, p.hidden - 1u);
+                sums[r] += wts[s] * (acc[r] + bias[e * p.hidden + row]);
             }
         }
+    }
+    if l.lid % GL == 0u {
+        for (var r = 0u; r < R; r++) {
+            slot_sums[grp * R + r] = sums[r];
+        }
+    }
+    workgroupBarrier();
+    if l.lid < R && r0 + l.lid < p.hidden {
+        var total = 0.0;
+        for (var q = 0u; q < NG; q++) {
+            total += slot_sums[q * R + l.lid];
+        }
+        x[t * p.hidden + r0 + l.lid] += total;
     }
 }
 #endif

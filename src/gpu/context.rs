@@ -204,12 +204,18 @@ impl Gpu {
         }
         let source = key.source()?;
         let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let module = self
-            .device
-            .create_shader_module(wgpu::ShaderModuleDescriptor {
-                label: Some(&label),
-                source: wgpu::ShaderSource::Wgsl(source.as_str().into()),
-            });
+        let desc = wgpu::ShaderModuleDescriptor {
+            label: Some(&label),
+            source: wgpu::ShaderSource::Wgsl(source.as_str().into()),
+        };
+        let checks = wgpu::ShaderRuntimeChecks {
+            force_loop_bounding: loop_bounding(),
+            ..wgpu::ShaderRuntimeChecks::checked()
+        };
+        // SAFETY: every loop in our kernels ends: their bounds are shapes and counts checked on
+        // the host (kernels/*.rs). Buffer bounds checks stay on. Without the injected loop
+        // counter the driver's compiler can unroll and pipeline the inner loops.
+        let module = unsafe { self.device.create_shader_module_trusted(desc, checks) };
         let pipeline = self
             .device
             .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
@@ -260,4 +266,10 @@ impl Gpu {
             .map(|_| ())
             .map_err(|e| Error::Device(format!("wait failed: {e}")))
     }
+}
+
+/// Whether wgpu bounds every shader loop with a counter (its default for untrusted shaders);
+/// `GPT_OSS_LOOP_BOUNDING=1` turns it back on to measure what it costs.
+fn loop_bounding() -> bool {
+    cfg!(target_arch = "wasm32") || std::env::var_os("GPT_OSS_LOOP_BOUNDING").is_some_and(|v| v == "1")
 }

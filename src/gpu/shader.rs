@@ -52,6 +52,9 @@ pub fn kernel_files() -> impl Iterator<Item = &'static str> {
 }
 
 fn lookup(name: &str) -> Result<&'static str> {
+    if let Some(text) = overridden(name) {
+        return Ok(text);
+    }
     SOURCES
         .iter()
         .find(|(n, _)| *n == name)
@@ -60,6 +63,26 @@ fn lookup(name: &str) -> Result<&'static str> {
             key: name.into(),
             msg: "no such shader file".into(),
         })
+}
+
+/// For kernel tuning: with `GPT_OSS_SHADER_DIR` set, a file found there replaces the embedded one
+/// (read once per process), so one binary can time several variants of a kernel in one run.
+#[cfg(not(target_arch = "wasm32"))]
+fn overridden(name: &str) -> Option<&'static str> {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+    static READ: OnceLock<Mutex<HashMap<String, Option<&'static str>>>> = OnceLock::new();
+    let dir = std::env::var_os("GPT_OSS_SHADER_DIR")?;
+    let mut read = READ.get_or_init(Default::default).lock().ok()?;
+    *read.entry(name.to_string()).or_insert_with(|| {
+        let text = std::fs::read_to_string(std::path::Path::new(&dir).join(name)).ok()?;
+        Some(Box::leak(text.into_boxed_str()))
+    })
+}
+
+#[cfg(target_arch = "wasm32")]
+fn overridden(_: &str) -> Option<&'static str> {
+    None
 }
 
 /// The value of `const NAME: u32 = <literal>u;` in a shader file, so that a grid size the Rust side

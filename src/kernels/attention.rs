@@ -132,15 +132,6 @@ mod tests {
     use crate::kernels::testing::*;
     use crate::model::inputs::TokenInfo;
 
-    fn rotate(v: &mut [f32], cs: &[[f32; 2]]) {
-        let half = v.len() / 2;
-        for i in 0..half {
-            let (x1, x2) = (v[i], v[i + half]);
-            v[i] = x1 * cs[i][0] - x2 * cs[i][1];
-            v[i + half] = x2 * cs[i][0] + x1 * cs[i][1];
-        }
-    }
-
     #[test]
     fn attention_matches_reference() {
         let mut rng = seeded("attention");
@@ -150,13 +141,7 @@ mod tests {
             .filter(|(g, f)| !f || g.caps.f16)
         {
             // With an f16 cache the reference rounds K and V to f16 too, so the tolerance stays tight.
-            let kv_round = |v: f32| {
-                if kv_f16 {
-                    half::f16::from_f32(v).to_f32()
-                } else {
-                    v
-                }
-            };
+            let kv_round = |v: f32| kv_round(v, kv_f16);
             let kv_bytes = if kv_f16 { 2 } else { 4 };
             // The split path serves the decode steps (spans of one and of several 64-key chunks,
             // one and many spans, windows); head dim 100 always takes the per-head kernel.
@@ -178,12 +163,7 @@ mod tests {
                 let (nh_, nkv_, d_) = (nh as usize, nkv as usize, d as usize);
                 let stride = (nh_ + 2 * nkv_) * d_;
                 let max_pos = first + 2;
-                let table: Vec<[f32; 2]> = (0..max_pos * d_ / 2)
-                    .map(|_| {
-                        let a = rng.symmetric(3.0);
-                        [a.cos() * 1.3, a.sin() * 1.3]
-                    })
-                    .collect();
+                let table = random_rope_table(&mut rng, max_pos * d_ / 2);
                 let seqs = 2usize;
                 let sinks = random(&mut rng, nh_, 1.0);
                 let tb = gpu.upload("table", bytemuck::cast_slice(&table)).unwrap();
@@ -289,11 +269,11 @@ mod tests {
                         let row = &qkv[ti * stride..(ti + 1) * stride];
                         let mut q = row[..nh_ * d_].to_vec();
                         for h in 0..nh_ {
-                            rotate(&mut q[h * d_..(h + 1) * d_], cs);
+                            rotate_halves(&mut q[h * d_..(h + 1) * d_], cs);
                         }
                         let mut k = row[nh_ * d_..(nh_ + nkv_) * d_].to_vec();
                         for h in 0..nkv_ {
-                            rotate(&mut k[h * d_..(h + 1) * d_], cs);
+                            rotate_halves(&mut k[h * d_..(h + 1) * d_], cs);
                         }
                         ref_k[tok.seq as usize][tok.pos as usize] =
                             k.into_iter().map(kv_round).collect();

@@ -29,6 +29,10 @@ struct Params {
     has_bias: u32,
     accumulate: u32,
     eps: f32,
+    n_heads: u32,
+    n_kv: u32,
+    head_dim: u32,
+    cap: u32,
 }
 
 impl Params {
@@ -43,6 +47,10 @@ impl Params {
             has_bias: l.bias.is_some() as u32,
             accumulate: l.accumulate as u32,
             eps: l.norm.as_ref().map_or(0.0, |n| n.eps),
+            n_heads: l.rope.as_ref().map_or(0, |r| r.n_heads),
+            n_kv: l.rope.as_ref().map_or(0, |r| r.n_kv),
+            head_dim: l.rope.as_ref().map_or(0, |r| r.head_dim),
+            cap: l.rope.as_ref().map_or(0, |r| r.cap),
         }
     }
 }
@@ -67,6 +75,24 @@ pub struct Linear<'a> {
     /// rmsnorm dispatch that the caller runs only for passes above VEC_MAX_TOKENS), and the
     /// vector path reads norm.x and normalizes it itself.
     pub norm: Option<NormInput<'a>>,
+    /// The q/k/v projection at decode: rotate q and k and write k, v into the cache in the
+    /// epilogue (the vector path only; the tiled path leaves that to rope.wgsl).
+    pub rope: Option<RopeOutput<'a>>,
+}
+
+/// Where the fused q/k/v epilogue finds positions and rotations and puts k and v.
+pub struct RopeOutput<'a> {
+    pub tokens: &'a wgpu::Buffer,
+    /// [max_pos, D/2] (cos, sin).
+    pub table: &'a wgpu::Buffer,
+    pub k_cache: &'a wgpu::Buffer,
+    pub v_cache: &'a wgpu::Buffer,
+    pub n_heads: u32,
+    pub n_kv: u32,
+    pub head_dim: u32,
+    /// Positions per sequence in this layer's cache.
+    pub cap: u32,
+    pub kv_f16: bool,
 }
 
 /// The largest pass that runs the vector kernel for input width k: it reads 8 weights per load,
@@ -76,8 +102,20 @@ pub fn vec_max_tokens(k: u32) -> u32 {
     if k % 8 == 0 { VEC_MAX_TOKENS } else { 0 }
 }
 
-/// One dispatch per weight buffer.
+/// One dispatch per weight buffer and kernel.
 pub fn build(gpu: &Gpu, step: &wgpu::Buffer, l: &Linear) -> Result<Vec<Dispatch>> {
+    let vec_max = vec_max_tokens(l.k);
+    let mut out = if vec_max > 0 {
+        build_vec(gpu, step, l, 1..=vec_max)?
+    } else {
+        Vec::new()
+    };
+    out.extend(build_tiled(gpu, step, l, vec_max)?);
+    Ok(out)
+}
+
+/// The weight buffers must cover the n_out rows; the tiled kernel reads inputs in pairs.
+fn check(l: &Linear) -> Result<()> {
     if l.k % 2 != 0 {
         return Err(Error::Unsupported(format!(
             "linear input width {} must be even",
@@ -93,12 +131,18 @@ pub fn build(gpu: &Gpu, step: &wgpu::Buffer, l: &Linear) -> Result<Vec<Dispatch>
             got: vec![covered as usize, l.k as usize],
         });
     }
-    let vec_max = vec_max_tokens(l.k);
-    let mut out = if vec_max > 0 {
-        build_vec(gpu, step, l, 1..=vec_max)?
-    } else {
-        Vec::new()
-    };
+    Ok(())
+}
+
+/// The tiled kernel alone, for passes above `vec_max` tokens (every pass when it is 0).
+pub fn build_tiled(
+    gpu: &Gpu,
+    step: &wgpu::Buffer,
+    l: &Linear,
+    vec_max: u32,
+) -> Result<Vec<Dispatch>> {
+    check(l)?;
+    let mut out = Vec::new();
     let key = super::key(gpu, "linear.wgsl", "main").define_if("VEC8", l.k % 8 == 0);
     let one = key.clone().define_if("ONE_TOKEN", true);
     for c in &l.w.chunks {
@@ -128,24 +172,40 @@ pub fn build_vec(
     l: &Linear,
     counts: std::ops::RangeInclusive<u32>,
 ) -> Result<Vec<Dispatch>> {
+    check(l)?;
     if l.k % 8 != 0 {
         return Err(Error::Unsupported(format!(
             "the vector kernel needs an input width that is a multiple of 8, not {}",
             l.k
         )));
     }
-    let key =
-        super::row_group_key(gpu, "linear_vec.wgsl", "main").define_if("NORM", l.norm.is_some());
+    let key = super::row_group_key(gpu, "linear_vec.wgsl", "main")
+        .define_if("NORM", l.norm.is_some())
+        .define_if("ROPE", l.rope.is_some())
+        .define_if("KV_F16", l.rope.as_ref().is_some_and(|r| r.kv_f16));
     let rows_per_wg = wgsl_const("linear_vec.wgsl", "ROWS")?;
+    if let Some(r) = &l.rope {
+        // The epilogue pairs rows i and i + D/2 of a head within one workgroup.
+        let aligned = l.w.chunks.iter().all(|c| c.start % r.head_dim == 0 && c.count % r.head_dim == 0);
+        if l.norm.is_none() || r.head_dim % rows_per_wg != 0 || !aligned {
+            return Err(Error::Unsupported(format!(
+                "fused RoPE needs the norm, head dim a multiple of {rows_per_wg} and weight buffers cut at heads (head dim {})",
+                r.head_dim
+            )));
+        }
+    }
     let mut out = Vec::new();
     for c in &l.w.chunks {
         let p = Params::new(l, c);
         let bias = l.bias.unwrap_or(l.x);
-        // The gain binding exists only in the NORM variant.
-        let bufs = match &l.norm {
+        // The gain binding exists only in the NORM variant, the cache ones in ROPE.
+        let mut bufs = match &l.norm {
             Some(n) => vec![n.x, &c.buffer, bias, l.y, n.w],
             None => vec![l.x, &c.buffer, bias, l.y],
         };
+        if let Some(r) = &l.rope {
+            bufs.extend([r.tokens, r.table, r.k_cache, r.v_cache]);
+        }
         // Workgroups stride over row blocks beyond the grid limit (lm_head has 10^5).
         let grid_x = c
             .count
@@ -165,6 +225,7 @@ mod tests {
     use super::*;
     use crate::gpu::dispatch::{StepCounts, step_buffer, submit};
     use crate::kernels::testing::*;
+    use crate::model::inputs::TokenInfo;
 
     fn reference(
         x: &[f32],
@@ -224,6 +285,7 @@ mod tests {
                         count: Count::Tokens,
                         accumulate: acc,
                         norm: None,
+                        rope: None,
                     },
                 )
                 .unwrap();
@@ -279,6 +341,7 @@ mod tests {
                             w: &gb,
                             eps: 1e-5,
                         }),
+                        rope: None,
                     },
                 )
                 .unwrap();
@@ -291,6 +354,121 @@ mod tests {
                 let want = reference(&h, &w, &vec![0.0; n], &[], t, k, n, false);
                 let e = nmse(&got, &want);
                 assert!(e < 1e-10, "t={t} k={k} n={n}: nmse {e}");
+            }
+        }
+    }
+
+    #[test]
+    fn fused_rope_rotates_q_and_writes_the_cache() {
+        let mut rng = seeded("linear_rope");
+        for (gpu, kv_f16) in gpus()
+            .iter()
+            .flat_map(|g| [(g, false), (g, true)])
+            .filter(|(g, f)| !f || g.caps.f16)
+        {
+            // (heads, kv heads, head dim, k, heads per weight buffer, tokens)
+            for &(nh, nkv, d, k, heads_split, t) in
+                &[(4usize, 2usize, 8usize, 64usize, 3usize, 1usize), (8, 2, 64, 96, 12, 5)]
+            {
+                let n = (nh + 2 * nkv) * d;
+                let (seqs, cap, max_pos) = (2usize, 7usize, 20usize);
+                let x = random(&mut rng, t * k, 2.0);
+                let g = random(&mut rng, k, 1.0);
+                let (w, wb) = random_bf16(&mut rng, n * k, 0.5);
+                let b = random(&mut rng, n, 0.5);
+                let table = random_rope_table(&mut rng, max_pos * d / 2);
+                // Each sequence's tokens at consecutive positions from a random start.
+                let starts = [rng.below(12) as u32, rng.below(12) as u32];
+                let toks: Vec<TokenInfo> = (0..t)
+                    .map(|i| TokenInfo {
+                        id: 0,
+                        pos: starts[i % seqs] + (i / seqs) as u32,
+                        seq: (i % seqs) as u32,
+                        _pad: 0,
+                    })
+                    .collect();
+                let w_split = split_rows(gpu, &wb, n, k, heads_split * d);
+                let xb = gpu.upload("x", f32_bytes(&x)).unwrap();
+                let gb = gpu.upload("g", f32_bytes(&g)).unwrap();
+                let bb = gpu.upload("b", f32_bytes(&b)).unwrap();
+                let tb = gpu.upload("table", bytemuck::cast_slice(&table)).unwrap();
+                let tokb = gpu.upload("tokens", bytemuck::cast_slice(&toks)).unwrap();
+                let yb = gpu.storage("y", (t * n * 4) as u64).unwrap();
+                let kv_bytes = (seqs * cap * nkv * d * if kv_f16 { 2 } else { 4 }) as u64;
+                let kc = gpu.storage("k", kv_bytes).unwrap();
+                let vc = gpu.storage("v", kv_bytes).unwrap();
+                let step = step_buffer(gpu);
+                let ds = build_vec(
+                    gpu,
+                    &step,
+                    &Linear {
+                        x: &xb,
+                        w: &w_split,
+                        bias: Some(&bb),
+                        y: &yb,
+                        k: k as u32,
+                        n_out: n as u32,
+                        count: Count::Tokens,
+                        accumulate: false,
+                        norm: Some(NormInput {
+                            x: &xb,
+                            w: &gb,
+                            eps: 1e-5,
+                        }),
+                        rope: Some(RopeOutput {
+                            tokens: &tokb,
+                            table: &tb,
+                            k_cache: &kc,
+                            v_cache: &vc,
+                            n_heads: nh as u32,
+                            n_kv: nkv as u32,
+                            head_dim: d as u32,
+                            cap: cap as u32,
+                            kv_f16,
+                        }),
+                    },
+                    1..=VEC_MAX_TOKENS,
+                )
+                .unwrap();
+                let counts = StepCounts {
+                    tokens: t as u32,
+                    ..Default::default()
+                };
+                submit(gpu, &step, &counts, &ds);
+                let y = gpu.read_f32(&yb, t * n).unwrap();
+                let read_cache = |buf: &wgpu::Buffer| -> Vec<f32> {
+                    let len = seqs * cap * nkv * d;
+                    if kv_f16 {
+                        let raw = gpu.read(buf, len as u64 * 2).unwrap();
+                        let h: Vec<half::f16> = bytemuck::pod_collect_to_vec(&raw);
+                        h.iter().map(|v| v.to_f32()).collect()
+                    } else {
+                        gpu.read_f32(buf, len).unwrap()
+                    }
+                };
+                let (kg, vg) = (read_cache(&kc), read_cache(&vc));
+
+                let h: Vec<f32> = x.chunks(k).flat_map(|r| rmsnorm_ref(r, &g, 1e-5)).collect();
+                let proj = reference(&h, &w, &b, &[], t, k, n, false);
+                let (mut got, mut want) = (Vec::new(), Vec::new());
+                for (ti, tok) in toks.iter().enumerate() {
+                    let p = tok.pos as usize;
+                    let cs = &table[p * d / 2..(p + 1) * d / 2];
+                    let mut row = proj[ti * n..(ti + 1) * n].to_vec();
+                    for head in row[..(nh + nkv) * d].chunks_mut(d) {
+                        rotate_halves(head, cs);
+                    }
+                    got.extend_from_slice(&y[ti * n..ti * n + nh * d]);
+                    want.extend_from_slice(&row[..nh * d]);
+                    let at = (tok.seq as usize * cap + p % cap) * nkv * d;
+                    got.extend_from_slice(&kg[at..at + nkv * d]);
+                    got.extend_from_slice(&vg[at..at + nkv * d]);
+                    want.extend(row[nh * d..].iter().map(|v| kv_round(*v, kv_f16)));
+                }
+                // f16 rounding of k and v happens after the same f32 sums, so it matches exactly
+                // up to the sums' own rounding.
+                let e = nmse(&got, &want);
+                assert!(e < 1e-10, "nh={nh} d={d} t={t} f16={kv_f16}: nmse {e}");
             }
         }
     }

@@ -64,6 +64,14 @@ pub fn all_variants() -> Vec<ShaderKey> {
         for norm in [false, true] {
             out.push(k("linear_vec.wgsl", "main").define_if("NORM", norm));
         }
+        for f16 in [false, true] {
+            out.push(
+                k("linear_vec.wgsl", "main")
+                    .define_if("NORM", true)
+                    .define_if("ROPE", true)
+                    .define_if("KV_F16", f16),
+            );
+        }
         out.push(k("moe_vec.wgsl", "gate_up").define_if("GATE_UP", true));
         out.push(k("moe_vec.wgsl", "down").define_if("DOWN", true));
         out.push(k("moe.wgsl", "gate_up").define_if("GATE_UP", true));

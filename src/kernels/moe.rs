@@ -107,9 +107,9 @@ fn per_chunk<'a>(
     Ok(out)
 }
 
-/// The whole MoE block: x += sum_k w_k * (down_k(SwiGLU(gate_up_k(h) + b)) + b): gate_up and
-/// down per slot for passes of up to `vec_max_tokens` tokens, else route, then gate_up and down
-/// per expert chunk; combine for both.
+/// The whole MoE block: x += sum_k w_k * (down_k(SwiGLU(gate_up_k(h) + b)) + b): gate_up per slot
+/// and down per token (the residual add included) for passes of up to `vec_max_tokens` tokens,
+/// else route, then gate_up and down per expert chunk, then combine.
 pub fn build(
     gpu: &Gpu,
     step: &wgpu::Buffer,
@@ -174,23 +174,26 @@ pub fn build(
             b.y,
         ]
     })?);
-    // Both paths end here: each token's slot outputs added to x in slot order.
+    // Each token's slot outputs added to x in slot order (the per-slot down does it itself).
     let key = ShaderKey::new("moe.wgsl", "combine").define_if("COMBINE", true);
-    out.push(Dispatch::new(
-        gpu,
-        &key,
-        step,
-        bytemuck::bytes_of(&all),
-        &[b.y, b.x],
-        s.hidden.div_ceil(64),
-        Count::Tokens,
-        1,
-    )?);
+    out.push(
+        Dispatch::new(
+            gpu,
+            &key,
+            step,
+            bytemuck::bytes_of(&all),
+            &[b.y, b.x],
+            s.hidden.div_ceil(64),
+            Count::Tokens,
+            1,
+        )?
+        .only_for(Count::Tokens, grouped),
+    );
     Ok(out)
 }
 
-/// The per-slot path: gate_up (with SwiGLU) and down per slot, one dispatch of each per expert
-/// buffer (the combine that follows is shared with the grouped path).
+/// The per-slot path: gate_up (with SwiGLU) per slot and down per token, one dispatch of each per
+/// expert buffer.
 fn vec_dispatches(
     gpu: &Gpu,
     step: &wgpu::Buffer,
@@ -203,12 +206,23 @@ fn vec_dispatches(
         return Ok(out);
     }
     let rows_per_wg = wgsl_const("moe_vec.wgsl", "ROWS")?;
+    let groups = wgsl_const("moe_vec.wgsl", "WG")? / wgsl_const("moe_vec.wgsl", "GL")?;
+    let max_k = wgsl_const("moe_vec.wgsl", "MAX_K")?;
+    if s.top_k > max_k {
+        return Err(Error::Unsupported(format!(
+            "{} experts per token (the per-slot kernels take at most {max_k})",
+            s.top_k
+        )));
+    }
     // Each projection binds its inputs, then one buffer's blocks and scales, then its outputs.
+    // gate_up's workgroups take ROWS rows of one slot; down's take the R = ROWS / groups rows of
+    // every slot of a token and add them to the residual stream.
     struct Projection<'a> {
         entry: &'static str,
         define: &'static str,
         chunks: &'a [ExpertChunk],
-        rows: u32,
+        grid_x: u32,
+        count: Count,
         before: Vec<&'a wgpu::Buffer>,
         after: Vec<&'a wgpu::Buffer>,
     }
@@ -217,7 +231,8 @@ fn vec_dispatches(
             entry: "gate_up",
             define: "GATE_UP",
             chunks: w.gate_up,
-            rows: 2 * s.inter,
+            grid_x: (2 * s.inter).div_ceil(rows_per_wg),
+            count: Count::Slots,
             before: vec![b.h, b.idx],
             after: vec![w.gate_up_bias, b.act],
         },
@@ -225,9 +240,10 @@ fn vec_dispatches(
             entry: "down",
             define: "DOWN",
             chunks: w.down,
-            rows: s.hidden,
+            grid_x: s.hidden.div_ceil(rows_per_wg / groups),
+            count: Count::Tokens,
             before: vec![b.act, b.idx, b.wts],
-            after: vec![w.down_bias, b.y],
+            after: vec![w.down_bias, b.x],
         },
     ];
     for pr in projections {
@@ -235,15 +251,14 @@ fn vec_dispatches(
         for c in pr.chunks {
             let p = params(s, c.start, c.count);
             let bufs = [&pr.before[..], &[&c.blocks, &c.scales], &pr.after[..]].concat();
-            let grid_x = pr.rows.div_ceil(rows_per_wg);
             let d = Dispatch::new(
                 gpu,
                 &key,
                 step,
                 bytemuck::bytes_of(&p),
                 &bufs,
-                grid_x,
-                Count::Slots,
+                pr.grid_x,
+                pr.count,
                 1,
             )?;
             out.push(d.only_for(Count::Tokens, 1..=s.vec_max_tokens));
@@ -294,6 +309,8 @@ mod tests {
                 (1usize, 64usize, 32usize, 4usize, 2usize, 4usize),
                 (7, 96, 64, 6, 3, 4),
                 (3, 32, 96, 5, 1, 2),
+                // More experts per token than a workgroup has row groups.
+                (2, 64, 32, 8, 6, 3),
             ] {
                 let s = MoeShape {
                     hidden: hd as u32,

@@ -62,6 +62,7 @@ pub fn build(gpu: &Gpu, step: &wgpu::Buffer, r: &Router) -> Result<Vec<Dispatch>
                 w: r.norm,
                 eps: r.eps,
             }),
+            rope: None,
         },
         1..=u32::MAX,
     )?;

@@ -112,3 +112,28 @@ pub fn rmsnorm_ref(x: &[f32], g: &[f32], eps: f64) -> Vec<f32> {
         .map(|(v, w)| (*v as f64 * inv * *w as f64) as f32)
         .collect()
 }
+
+/// RoPE on one head by halves (dims i and i + D/2 pair up) with (cos, sin) per pair.
+pub fn rotate_halves(v: &mut [f32], cs: &[[f32; 2]]) {
+    let half = v.len() / 2;
+    for i in 0..half {
+        let (x1, x2) = (v[i], v[i + half]);
+        v[i] = x1 * cs[i][0] - x2 * cs[i][1];
+        v[i + half] = x2 * cs[i][0] + x1 * cs[i][1];
+    }
+}
+
+/// A random (cos, sin) table of `n` pairs, scaled as YaRN's attention factor scales it.
+pub fn random_rope_table(rng: &mut Rng, n: usize) -> Vec<[f32; 2]> {
+    (0..n)
+        .map(|_| {
+            let a = rng.symmetric(3.0);
+            [a.cos() * 1.3, a.sin() * 1.3]
+        })
+        .collect()
+}
+
+/// Values as the KV cache stores them: rounded to f16 when it is f16.
+pub fn kv_round(v: f32, f16: bool) -> f32 {
+    if f16 { half::f16::from_f32(v).to_f32() } else { v }
+}

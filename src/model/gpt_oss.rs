@@ -13,7 +13,7 @@ use crate::gpu::{Count, Dispatch, Gpu};
 use crate::kernels::VEC_MAX_TOKENS;
 use crate::kernels::attention::{self, Attention};
 use crate::kernels::embed;
-use crate::kernels::linear::{self, Linear, NormInput};
+use crate::kernels::linear::{self, Linear, NormInput, RopeOutput};
 use crate::kernels::moe::{self, MoeBuffers, MoeShape, MoeWeights};
 use crate::kernels::rmsnorm::{self, RmsNorm};
 use crate::kernels::rope::{self, Rope};
@@ -200,6 +200,7 @@ impl Graph<'_> {
                 count: Count::Outputs,
                 accumulate: false,
                 norm: None,
+                rope: None,
             },
         )?);
         ds.push(sample::build(
@@ -237,43 +238,65 @@ impl Graph<'_> {
             Count::Tokens,
             linear::vec_max_tokens(c.hidden) + 1..=u32::MAX,
         )];
-        ds.extend(linear::build(
-            g,
-            step,
-            &Linear {
-                x: &a.h,
-                w: &lw.qkv,
-                bias: lw.qkv_bias.as_ref(),
-                y: &a.qkv,
-                k: c.hidden,
-                n_out: qkv_n,
-                count: Count::Tokens,
-                accumulate: false,
-                norm: Some(NormInput {
-                    x: &a.x,
-                    w: &lw.input_layernorm,
-                    eps: c.eps,
-                }),
-            },
-        )?);
-        ds.push(rope::build(
-            g,
-            step,
-            &Rope {
-                tokens: &a.tokens,
-                table: rope_table,
-                qkv: &a.qkv,
-                k_cache: &cache.k,
-                v_cache: &cache.v,
-            },
-            rope::Params {
-                n_heads: c.heads,
-                n_kv: c.kv_heads,
-                head_dim: c.head_dim,
-                cap: cache.cap,
-            },
-            self.kv_f16,
-        )?);
+        // Decode-sized passes rotate and store k, v in the projection's epilogue; larger ones run
+        // rope.wgsl after the tiled projection.
+        let vec_max = linear::vec_max_tokens(c.hidden);
+        let qkv = |rope| Linear {
+            x: &a.h,
+            w: &lw.qkv,
+            bias: lw.qkv_bias.as_ref(),
+            y: &a.qkv,
+            k: c.hidden,
+            n_out: qkv_n,
+            count: Count::Tokens,
+            accumulate: false,
+            norm: Some(NormInput {
+                x: &a.x,
+                w: &lw.input_layernorm,
+                eps: c.eps,
+            }),
+            rope,
+        };
+        if vec_max > 0 {
+            ds.extend(linear::build_vec(
+                g,
+                step,
+                &qkv(Some(RopeOutput {
+                    tokens: &a.tokens,
+                    table: rope_table,
+                    k_cache: &cache.k,
+                    v_cache: &cache.v,
+                    n_heads: c.heads,
+                    n_kv: c.kv_heads,
+                    head_dim: c.head_dim,
+                    cap: cache.cap,
+                    kv_f16: self.kv_f16,
+                })),
+                1..=vec_max,
+            )?);
+        }
+        ds.extend(linear::build_tiled(g, step, &qkv(None), vec_max)?);
+        ds.push(
+            rope::build(
+                g,
+                step,
+                &Rope {
+                    tokens: &a.tokens,
+                    table: rope_table,
+                    qkv: &a.qkv,
+                    k_cache: &cache.k,
+                    v_cache: &cache.v,
+                },
+                rope::Params {
+                    n_heads: c.heads,
+                    n_kv: c.kv_heads,
+                    head_dim: c.head_dim,
+                    cap: cache.cap,
+                },
+                self.kv_f16,
+            )?
+            .only_for(Count::Tokens, vec_max + 1..=u32::MAX),
+        );
         ds.extend(attention::build(
             g,
             step,
@@ -310,6 +333,7 @@ impl Graph<'_> {
                 count: Count::Tokens,
                 accumulate: true,
                 norm: None,
+                rope: None,
             },
         )?);
         Ok(ds)

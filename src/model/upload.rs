@@ -100,7 +100,8 @@ pub fn upload(
                     tensor("self_attn.v_proj.weight")?,
                 ],
                 h * 2,
-                1,
+                // Cut at heads: the fused RoPE epilogue pairs rows within a head.
+                c.head_dim as u64,
             )?,
             qkv_bias: bias(
                 &mut up,
