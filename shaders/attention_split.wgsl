@@ -7,6 +7,9 @@
 //   [seqs, cap, NKV, D], part [T, NH, MAX_SPLITS, D + 2] f32 (acc[D], m, l per span).
 //   Grid: (NKV, T * splits). Keys in chunks of WG: lane j scores key j for the G heads, the
 //   chunk's max and sum are tree-reduced, then lane i accumulates output dim i over the chunk.
+// A pass whose keys fit one span (step.splits == 1) ends in SPLIT itself: the sink joins there
+// and the output goes straight to `out`, with no merge dispatch (Rust runs MERGE only for more).
+// SPLIT's extra bindings: sinks [NH] f32, out [T, NH * D] f32.
 // MERGE: Bindings part, sinks [NH] f32, out [T, NH * D] f32. Grid: (NH, T); lane i is dim i.
 // Limits: D <= WG, G <= MAX_G, D a multiple of 4. Variants: SPLIT or MERGE, KV_F16, SUBGROUPS
 // (SPLIT's reductions in registers).
@@ -15,8 +18,12 @@
 
 #include "common/attention_params.wgsl"
 
-// Spans per token at most, and query heads per KV head at most (the Rust side reads these).
+// Spans per token at most, and query heads per KV head at most (the Rust side reads these), and
+// how spans are sized: keys up to ONE_SPAN take a single span, more are cut into spans of at
+// least MIN_SPAN (longer when MAX_SPLITS would not do).
 const MAX_SPLITS: u32 = 128u;
+const ONE_SPAN: u32 = 128u;
+const MIN_SPAN: u32 = 64u;
 const MAX_G: u32 = 8u;
 const WG: u32 = 64u;
 const NEG: f32 = -3.0e38;
@@ -27,6 +34,8 @@ const NEG: f32 = -3.0e38;
 @group(0) @binding(4) var<storage, read> k_cache: array<vec4<kv>>;
 @group(0) @binding(5) var<storage, read> v_cache: array<kv>;
 @group(0) @binding(6) var<storage, read_write> part: array<f32>;
+@group(0) @binding(7) var<storage, read> sinks: array<f32>;
+@group(0) @binding(8) var<storage, read_write> out: array<f32>;
 
 var<workgroup> qs: array<vec4<f32>, MAX_G * WG / 4u>;
 var<workgroup> prob: array<f32, MAX_G * WG>;
@@ -122,7 +131,6 @@ fn split(lanes: Lanes, @builtin(workgroup_id) wg: vec3<u32>) {
     for (var g = 0u; g < MAX_G; g++) {
         m[g] = NEG;
     }
-    let seq_base = tok.seq * p.cap;
     workgroupBarrier();
     for (var base = lo; base < hi; base += WG) {
         let n = min(WG, hi - base);
@@ -131,14 +139,18 @@ fn split(lanes: Lanes, @builtin(workgroup_id) wg: vec3<u32>) {
             s[g] = NEG;
         }
         if lid < n {
-            let kb = ((seq_base + (base + lid) % p.cap) * p.n_kv + kvh) * d4;
+            // Each 4 dims of the key are loaded once and serve the G heads.
+            let kb = cache_at(tok.seq, base + lid, kvh) / 4u;
+            var dot_qk: array<f32, MAX_G>;
+            for (var i = 0u; i < d4; i++) {
+                let k4 = vec4<f32>(k_cache[kb + i]);
+                for (var g = 0u; g < MAX_G; g++) {
+                    dot_qk[g] += dot(qs[min(g, gn - 1u) * d4 + i], k4);
+                }
+            }
             for (var g = 0u; g < MAX_G; g++) {
                 if g < gn {
-                    var dot_qk = 0.0;
-                    for (var i = 0u; i < d4; i++) {
-                        dot_qk += dot(qs[g * d4 + i], vec4<f32>(k_cache[kb + i]));
-                    }
-                    s[g] = dot_qk * p.scale;
+                    s[g] = dot_qk[g] * p.scale;
                 }
             }
         }
@@ -160,7 +172,7 @@ fn split(lanes: Lanes, @builtin(workgroup_id) wg: vec3<u32>) {
         // Lane i: output dim i, each key's value once for the G heads.
         if lid < d {
             for (var j = 0u; j < n; j++) {
-                let v = f32(v_cache[((seq_base + (base + j) % p.cap) * p.n_kv + kvh) * d + lid]);
+                let v = f32(v_cache[cache_at(tok.seq, base + j, kvh) + lid]);
                 for (var g = 0u; g < MAX_G; g++) {
                     acc[g] += prob[g * WG + j] * v;
                 }
@@ -168,7 +180,14 @@ fn split(lanes: Lanes, @builtin(workgroup_id) wg: vec3<u32>) {
         }
         workgroupBarrier();
     }
-    if lid < d {
+    if lid < d && step.splits == 1u {
+        for (var g = 0u; g < gn; g++) {
+            let h = kvh * gn + g;
+            let mx = max(m[g], sinks[h]);
+            let cm = exp(m[g] - mx);
+            out[(t * p.n_heads + h) * d + lid] = acc[g] * cm / (l[g] * cm + exp(sinks[h] - mx));
+        }
+    } else if lid < d {
         for (var g = 0u; g < gn; g++) {
             let h = kvh * gn + g;
             let pb = ((t * p.n_heads + h) * MAX_SPLITS + c) * (d + 2u);

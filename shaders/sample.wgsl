@@ -1,15 +1,26 @@
-// Sampling on the GPU, one workgroup per logits row; only the chosen token id is read back.
-// temperature <= 0 or top_k == 1: argmax (lowest index on ties). Otherwise, as transformers'
-// warpers do in order: logits / temperature, keep the top_k largest (top_k = 0: all), keep the
-// smallest set of largest ones whose probability mass reaches top_p, renormalize, and draw with a
-// counter-based generator seeded per request, so a (seed, step) pair always gives the same token.
-// Thresholds are found by bisection on the logit value, so no sort is needed.
-// Bindings: logits [outputs, V] f32, params [outputs], ids [outputs] u32. Grid: (1, outputs).
+// Sampling on the GPU in two dispatches; only the chosen token id is read back.
+// SCAN: the row is cut into chunks of CHUNK logits, a workgroup each (a decode step has one row
+//   of 2 * 10^5 logits: one workgroup alone would take 0.3 ms): each chunk's max (lowest index on
+//   ties), min, and for rows sampled with temperature alone the chunk's best Gumbel-perturbed
+//   score l / T - log(-log u_i), with u_i from a counter-based generator per (seed, counter, i):
+//   the argmax over the row of that score is an exact draw from softmax(l / T) (the Gumbel-max
+//   trick), so the plain temperature case needs no second pass over the row.
+//   Bindings: logits [outputs, V] f32, params [outputs], part [outputs, chunks, 6].
+//   Grid: (chunks, outputs).
+// Otherwise (PICK), one workgroup per row combines the chunks: temperature <= 0 or top_k == 1:
+//   the argmax; temperature alone: the Gumbel winner. With top_k or top_p, as transformers'
+//   warpers do in order: logits / temperature, keep the top_k largest (top_k = 0: all), keep the
+//   smallest set of largest ones whose probability mass reaches top_p, renormalize, and draw with
+//   the same generator, so a (seed, step) pair always gives the same token. Thresholds are found
+//   by bisection on the logit value, so no sort is needed (this path reads the whole row ~50
+//   times).
+//   Bindings: logits, params, part, ids [outputs] u32. Grid: (1, outputs).
 #include "common/step.wgsl"
 
 struct Params {
     vocab: u32,
-    _pad0: u32,
+    // Chunks per row in SCAN (ceil(vocab / CHUNK)).
+    chunks: u32,
     _pad1: u32,
     _pad2: u32,
 }
@@ -29,9 +40,18 @@ struct Sampling {
 @group(0) @binding(1) var<uniform> p: Params;
 @group(0) @binding(2) var<storage, read> logits: array<f32>;
 @group(0) @binding(3) var<storage, read> sp: array<Sampling>;
-@group(0) @binding(4) var<storage, read_write> ids: array<u32>;
+#ifdef SCAN
+@group(0) @binding(4) var<storage, read_write> part: array<f32>;
+#else
+@group(0) @binding(4) var<storage, read> part: array<f32>;
+@group(0) @binding(5) var<storage, read_write> ids: array<u32>;
+#endif
 
 const WG: u32 = 256u;
+// Logits per SCAN workgroup (the Rust side reads this line), and the values it keeps per chunk:
+// max, its index, min, best Gumbel score, its index (indices as f32 bit patterns), unused.
+const CHUNK: u32 = 2048u;
+const PART: u32 = 6u;
 const NV: u32 = 1u;
 const BISECT_STEPS: u32 = 24u;
 #include "common/reduce.wgsl"
@@ -58,8 +78,96 @@ fn wg_sum(v: f32) -> f32 {
     return total;
 }
 
+var<workgroup> gum_v: array<f32, WG>;
+var<workgroup> gum_i: array<u32, WG>;
+
+// Whether a row is drawn with temperature alone (the Gumbel path).
+fn temperature_only(s: Sampling) -> bool {
+    return s.temperature > 0.0 && s.top_k != 1u && (s.top_k == 0u || s.top_k >= p.vocab)
+        && s.top_p >= 1.0;
+}
+
+// Whether (v, i) beats (bv, bi): larger, or equal at a lower index.
+fn beats(v: f32, i: u32, bv: f32, bi: u32) -> bool {
+    return v > bv || (v == bv && i < bi);
+}
+
+// Tree-reduces the lanes' (best_v, best_i), (gum_v, gum_i) and low_v into lane 0's slots.
+fn reduce_best(lid: u32) {
+    for (var stride = WG / 2u; stride > 0u; stride >>= 1u) {
+        workgroupBarrier();
+        if lid < stride {
+            if beats(best_v[lid + stride], best_i[lid + stride], best_v[lid], best_i[lid]) {
+                best_v[lid] = best_v[lid + stride];
+                best_i[lid] = best_i[lid + stride];
+            }
+            if beats(gum_v[lid + stride], gum_i[lid + stride], gum_v[lid], gum_i[lid]) {
+                gum_v[lid] = gum_v[lid + stride];
+                gum_i[lid] = gum_i[lid + stride];
+            }
+            low_v[lid] = min(low_v[lid], low_v[lid + stride]);
+        }
+    }
+    workgroupBarrier();
+}
+
+// A uniform draw in [0, 1) from 24 bits, fixed by (seed, counter, i).
+fn draw_u(s: Sampling, i: u32) -> f32 {
+    return f32(pcg(s.seed ^ pcg(s.counter ^ pcg(i))) >> 8u) / 16777216.0;
+}
+
+#ifdef SCAN
 @compute @workgroup_size(WG)
-fn main(lanes: Lanes, @builtin(workgroup_id) wg: vec3<u32>) {
+fn scan(lanes: Lanes, @builtin(workgroup_id) wg: vec3<u32>) {
+    let lid = lanes.lid;
+    let row = wg.y;
+    if row >= step.outputs {
+        return;
+    }
+    let s = sp[row];
+    let gumbel = temperature_only(s);
+    let inv_t = select(0.0, 1.0 / s.temperature, gumbel);
+    let base = row * p.vocab;
+    let end = min((wg.x + 1u) * CHUNK, p.vocab);
+    var bv = -3.0e38;
+    var bi = 0u;
+    var lv = 3.0e38;
+    var gv = -3.0e38;
+    var gi = 0u;
+    for (var i = wg.x * CHUNK + lid; i < end; i += WG) {
+        let l = logits[base + i];
+        if l > bv {
+            bv = l;
+            bi = i;
+        }
+        lv = min(lv, l);
+        if gumbel {
+            // u = 0 would give -inf: such a draw is never the winner anyway.
+            let g = l * inv_t - log(-log(max(draw_u(s, i), 1.0e-30)));
+            if g > gv {
+                gv = g;
+                gi = i;
+            }
+        }
+    }
+    best_v[lid] = bv;
+    best_i[lid] = bi;
+    low_v[lid] = lv;
+    gum_v[lid] = gv;
+    gum_i[lid] = gi;
+    reduce_best(lid);
+    if lid == 0u {
+        let o = (row * p.chunks + wg.x) * PART;
+        part[o] = best_v[0];
+        part[o + 1u] = bitcast<f32>(best_i[0]);
+        part[o + 2u] = low_v[0];
+        part[o + 3u] = gum_v[0];
+        part[o + 4u] = bitcast<f32>(gum_i[0]);
+    }
+}
+#else
+@compute @workgroup_size(WG)
+fn pick(lanes: Lanes, @builtin(workgroup_id) wg: vec3<u32>) {
     reduce_setup(lanes);
     let lid = lanes.lid;
     let row = wg.y;
@@ -70,40 +178,37 @@ fn main(lanes: Lanes, @builtin(workgroup_id) wg: vec3<u32>) {
     let base = row * v_n;
     let s = sp[row];
 
-    // Max (with its lowest index) and min of the row.
-    var bv = -3.0e38;
-    var bi = 0u;
-    var lv = 3.0e38;
-    for (var i = lid; i < v_n; i += WG) {
-        let l = logits[base + i];
-        if l > bv {
-            bv = l;
-            bi = i;
+    // Max (with its lowest index), min and the Gumbel winner over the chunks.
+    best_v[lid] = -3.0e38;
+    best_i[lid] = 0u;
+    low_v[lid] = 3.0e38;
+    gum_v[lid] = -3.0e38;
+    gum_i[lid] = 0u;
+    for (var c = lid; c < p.chunks; c += WG) {
+        let o = (row * p.chunks + c) * PART;
+        if beats(part[o], bitcast<u32>(part[o + 1u]), best_v[lid], best_i[lid]) {
+            best_v[lid] = part[o];
+            best_i[lid] = bitcast<u32>(part[o + 1u]);
         }
-        lv = min(lv, l);
-    }
-    best_v[lid] = bv;
-    best_i[lid] = bi;
-    low_v[lid] = lv;
-    for (var stride = WG / 2u; stride > 0u; stride >>= 1u) {
-        workgroupBarrier();
-        if lid < stride {
-            let ov = best_v[lid + stride];
-            let oi = best_i[lid + stride];
-            if ov > best_v[lid] || (ov == best_v[lid] && oi < best_i[lid]) {
-                best_v[lid] = ov;
-                best_i[lid] = oi;
-            }
-            low_v[lid] = min(low_v[lid], low_v[lid + stride]);
+        low_v[lid] = min(low_v[lid], part[o + 2u]);
+        if beats(part[o + 3u], bitcast<u32>(part[o + 4u]), gum_v[lid], gum_i[lid]) {
+            gum_v[lid] = part[o + 3u];
+            gum_i[lid] = bitcast<u32>(part[o + 4u]);
         }
     }
-    workgroupBarrier();
+    reduce_best(lid);
     let mx = best_v[0];
     let argmax = best_i[0];
     let mn = low_v[0];
     if s.temperature <= 0.0 || s.top_k == 1u || mx == mn {
         if lid == 0u {
             ids[row] = argmax;
+        }
+        return;
+    }
+    if temperature_only(s) {
+        if lid == 0u {
+            ids[row] = gum_i[0];
         }
         return;
     }
@@ -180,7 +285,7 @@ fn main(lanes: Lanes, @builtin(workgroup_id) wg: vec3<u32>) {
     }
     workgroupBarrier();
     let total = prefix[0];
-    let u = f32(pcg(s.seed ^ pcg(s.counter)) >> 8u) / 16777216.0;
+    let u = draw_u(s, v_n);
     let target_draw = u * total;
     var before = prefix[lid];
     if lid == 0u {
@@ -211,3 +316,4 @@ fn main(lanes: Lanes, @builtin(workgroup_id) wg: vec3<u32>) {
         ids[row] = chosen;
     }
 }
+#endif

@@ -34,6 +34,7 @@ impl StepCounts {
             Count::Outputs => self.outputs,
             Count::Slots => self.slots,
             Count::TokenSplits => self.tokens * self.splits,
+            Count::Splits => self.splits,
         }
     }
 }
@@ -49,6 +50,8 @@ pub enum Count {
     Slots,
     /// Tokens times attention splits.
     TokenSplits,
+    /// Attention splits (a condition only, never a grid count).
+    Splits,
 }
 
 /// One compute dispatch ready to record.
@@ -61,8 +64,9 @@ pub struct Dispatch {
     /// Grid y is ceil(count / per_wg).
     pub count: Count,
     pub per_wg: u32,
-    /// Runs only while this count is in this range (a kernel variant tuned for some sizes).
-    pub active: (Count, std::ops::RangeInclusive<u32>),
+    /// Runs only while each of these counts is in its range (a kernel variant tuned for some
+    /// sizes).
+    pub active: Vec<(Count, std::ops::RangeInclusive<u32>)>,
     // The uniform holding this dispatch's fixed parameters, kept alive with the bind group.
     _params: wgpu::Buffer,
 }
@@ -124,7 +128,7 @@ impl Dispatch {
             x,
             count,
             per_wg: per_wg.max(1),
-            active: (count, 0..=u32::MAX),
+            active: Vec::new(),
             _params: params_buf,
         })
     }
@@ -132,13 +136,13 @@ impl Dispatch {
     /// The workgroup grid for a step, or `None` when there is nothing to do.
     pub fn grid(&self, c: &StepCounts) -> Option<[u32; 3]> {
         let y = c.get(self.count).div_ceil(self.per_wg);
-        let active = self.active.1.contains(&c.get(self.active.0));
+        let active = self.active.iter().all(|(n, r)| r.contains(&c.get(*n)));
         (y > 0 && self.x > 0 && active).then_some([self.x, y, 1])
     }
 
-    /// Restricts the dispatch to steps whose `count` is in `range`.
+    /// Restricts the dispatch to steps whose `count` is in `range` (and any earlier condition).
     pub fn only_for(mut self, count: Count, range: std::ops::RangeInclusive<u32>) -> Dispatch {
-        self.active = (count, range);
+        self.active.push((count, range));
         self
     }
 

@@ -47,12 +47,36 @@ pub fn partials_bytes(n_heads: u32, head_dim: u32) -> Result<u64> {
     Ok(VEC_MAX_TOKENS as u64 * n_heads as u64 * max_splits()? as u64 * (head_dim as u64 + 2) * 4)
 }
 
-/// How a pass whose tokens see at most `keys` positions is split: (spans, positions per span).
-/// Spans of 16 keys keep a workgroup's serial work short at decode (what bounds a short context);
-/// long contexts make spans longer instead of more numerous.
-pub fn split_keys(keys: u32, max_splits: u32) -> (u32, u32) {
-    let splits = keys.div_ceil(16).clamp(1, max_splits);
-    (splits, keys.div_ceil(splits).max(1))
+/// How split attention cuts a token's keys into spans: a short context takes one span (no
+/// merge dispatch); longer ones spans of at least `min_span` keys, as many as `max_splits`
+/// allows, so that a workgroup's serial work stays short.
+#[derive(Clone, Copy, Debug)]
+pub struct SplitRule {
+    pub one_span: u32,
+    pub min_span: u32,
+    pub max_splits: u32,
+}
+
+impl SplitRule {
+    /// The rule as the shader's constants set it.
+    pub fn from_shader() -> Result<SplitRule> {
+        let c = |name| wgsl_const("attention_split.wgsl", name);
+        Ok(SplitRule {
+            one_span: c("ONE_SPAN")?,
+            min_span: c("MIN_SPAN")?.max(1),
+            max_splits: c("MAX_SPLITS")?,
+        })
+    }
+
+    /// (spans, positions per span) for a pass whose tokens see at most `keys` positions.
+    pub fn split(&self, keys: u32) -> (u32, u32) {
+        let splits = if keys <= self.one_span {
+            1
+        } else {
+            keys.div_ceil(self.min_span).clamp(1, self.max_splits)
+        };
+        (splits, keys.div_ceil(splits).max(1))
+    }
 }
 
 /// Whether the split path serves this shape (a lane per head dim in one workgroup, few query
@@ -84,7 +108,7 @@ pub(crate) fn build(
         let key = super::key(gpu, "attention_split.wgsl", "split")
             .define_if("SPLIT", true)
             .define_if("KV_F16", kv_f16);
-        let bufs = [a.tokens, a.qkv, a.k_cache, a.v_cache, a.partials];
+        let bufs = [a.tokens, a.qkv, a.k_cache, a.v_cache, a.partials, a.sinks, a.out];
         out.push(
             Dispatch::new(
                 gpu,
@@ -102,7 +126,8 @@ pub(crate) fn build(
         let bufs = [a.partials, a.sinks, a.out];
         out.push(
             Dispatch::new(gpu, &key, step, params, &bufs, p.n_heads, Count::Tokens, 1)?
-                .only_for(Count::Tokens, 1..=split_max),
+                .only_for(Count::Tokens, 1..=split_max)
+                .only_for(Count::Splits, 2..=u32::MAX),
         );
     }
     let key = ShaderKey::new("attention.wgsl", "main").define_if("KV_F16", kv_f16);
@@ -143,16 +168,25 @@ mod tests {
             // With an f16 cache the reference rounds K and V to f16 too, so the tolerance stays tight.
             let kv_round = |v: f32| kv_round(v, kv_f16);
             let kv_bytes = if kv_f16 { 2 } else { 4 };
-            // The split path serves the decode steps (spans of one and of several 64-key chunks,
-            // one and many spans, windows); head dim 100 always takes the per-head kernel.
-            // (heads, kv heads, head dim, window, most splits, tokens of seq 0's first pass)
-            for &(nh, nkv, d, window, max_splits, first) in &[
-                (4u32, 2u32, 64u32, 0u32, 128u32, 13usize),
-                (16, 2, 64, 0, 1, 70),
-                (4, 2, 64, 0, 128, 70),
-                (6, 3, 32, 5, 3, 13),
-                (8, 1, 32, 40, 128, 70),
-                (2, 1, 100, 70, 128, 13),
+            // The split path serves the decode steps: one span ending in the output itself
+            // (short contexts, or at most one split), or many spans of one or several 64-key
+            // chunks merged after, with windows; head dim 100 always takes the per-head kernel.
+            // (heads, kv heads, head dim, window, split rule (one span up to, min span, most
+            // splits), tokens of seq 0's first pass)
+            let shader = SplitRule::from_shader().unwrap();
+            let rule = |one_span, min_span, max_splits| SplitRule {
+                one_span,
+                min_span,
+                max_splits,
+            };
+            for &(nh, nkv, d, window, rule, first) in &[
+                (4u32, 2u32, 64u32, 0u32, rule(0, 16, 128), 13usize),
+                (16, 2, 64, 0, rule(0, 16, 1), 70),
+                (4, 2, 64, 0, shader, 70),
+                (4, 2, 64, 0, rule(0, 70, 128), 70),
+                (6, 3, 32, 5, rule(0, 16, 3), 13),
+                (8, 1, 32, 40, rule(0, 16, 128), 70),
+                (2, 1, 100, 70, shader, 13),
             ] {
                 // A sliding window keeps a ring of window + (tokens per pass) - 1 positions.
                 let cap = if window > 0 {
@@ -246,7 +280,7 @@ mod tests {
                     )
                     .unwrap();
                     let keys = toks.iter().map(|k| k.pos + 1).max().unwrap();
-                    let (splits, span) = split_keys(keys, max_splits);
+                    let (splits, span) = rule.split(keys);
                     let mut ds = vec![r];
                     ds.extend(a);
                     submit(

@@ -36,7 +36,7 @@ pub const VEC_MAX_TOKENS: u32 = 8;
 /// Which step count a kernel's rows follow, as `step_count()` in `common/step.wgsl` numbers them.
 fn count_index(c: Count) -> u32 {
     match c {
-        Count::Tokens | Count::One | Count::Fixed(_) | Count::TokenSplits => 0,
+        Count::Tokens | Count::One | Count::Fixed(_) | Count::TokenSplits | Count::Splits => 0,
         Count::Outputs => 1,
         Count::Slots => 2,
     }
@@ -59,7 +59,7 @@ pub fn all_variants() -> Vec<ShaderKey> {
                 .define_if("VEC8", true)
                 .define_if("ONE_TOKEN", true),
         );
-        out.push(k("sample.wgsl", "main"));
+        out.push(k("sample.wgsl", "pick"));
         out.push(k("router.wgsl", "main"));
         for norm in [false, true] {
             out.push(k("linear_vec.wgsl", "main").define_if("NORM", norm));
@@ -80,6 +80,7 @@ pub fn all_variants() -> Vec<ShaderKey> {
         out.push(ShaderKey::new("moe.wgsl", "combine").define_if("COMBINE", true));
     }
     out.push(ShaderKey::new("embed.wgsl", "main"));
+    out.push(ShaderKey::new("sample.wgsl", "scan").define_if("SCAN", true));
     for f16 in [false, true] {
         for f in ["rope.wgsl", "attention.wgsl"] {
             out.push(ShaderKey::new(f, "main").define_if("KV_F16", f16));

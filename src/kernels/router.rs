@@ -1,9 +1,8 @@
-//! The MoE router: its projection with the RMSNorm fused (`linear_vec`), then `shaders/router.wgsl`
-//! writes the normed input for the experts, picks the top k and softmaxes their logits.
+//! The MoE router (`shaders/router.wgsl`): one workgroup per token norms the input (written for the
+//! experts), projects it to the router logits, picks the top k and softmaxes their logits.
 
 use crate::error::{Error, Result};
 use crate::gpu::{Count, Dispatch, Gpu, Split};
-use crate::kernels::linear::{self, Linear, NormInput};
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -24,8 +23,6 @@ pub struct Router<'a> {
     /// [E, H] bf16 and [E] f32.
     pub w: &'a Split,
     pub bias: &'a wgpu::Buffer,
-    /// Scratch [T, E] for the logits.
-    pub logits: &'a wgpu::Buffer,
     /// Outputs: h [T, H] = RMSNorm(x) * norm (the experts' input), idx and wts [T, K].
     pub h: &'a wgpu::Buffer,
     pub idx: &'a wgpu::Buffer,
@@ -35,46 +32,29 @@ pub struct Router<'a> {
     pub top_k: u32,
 }
 
-/// The logits (the router projection with the norm fused, for every pass size: the matrix is
-/// small), then norm, top-k and softmax.
-pub fn build(gpu: &Gpu, step: &wgpu::Buffer, r: &Router) -> Result<Vec<Dispatch>> {
+/// One dispatch for every pass size.
+pub fn build(gpu: &Gpu, step: &wgpu::Buffer, r: &Router) -> Result<Dispatch> {
     let max_e = crate::gpu::shader::wgsl_const("router.wgsl", "MAX_E")?;
-    if r.top_k > r.n_experts || r.n_experts > max_e {
+    if r.top_k > r.n_experts || r.n_experts > max_e || r.hidden % 8 != 0 {
         return Err(Error::Unsupported(format!(
-            "router top-{} of {} experts (at most {max_e} experts)",
-            r.top_k, r.n_experts
+            "router top-{} of {} experts over {} inputs (at most {max_e} experts, inputs a multiple of 8)",
+            r.top_k, r.n_experts, r.hidden
         )));
     }
-    let mut out = linear::build_vec(
-        gpu,
-        step,
-        &Linear {
-            x: r.x,
-            w: r.w,
-            bias: Some(r.bias),
-            y: r.logits,
-            k: r.hidden,
-            n_out: r.n_experts,
-            count: Count::Tokens,
-            accumulate: false,
-            norm: Some(NormInput {
-                x: r.x,
-                w: r.norm,
-                eps: r.eps,
-            }),
-            rope: None,
-        },
-        1..=u32::MAX,
-    )?;
+    let [w] = &r.w.chunks[..] else {
+        return Err(Error::Unsupported(
+            "the router matrix must fit one buffer".into(),
+        ));
+    };
     let p = Params {
         hidden: r.hidden,
         n_experts: r.n_experts,
         top_k: r.top_k,
         eps: r.eps,
     };
-    let key = super::key(gpu, "router.wgsl", "main");
-    let bufs = [r.x, r.norm, r.logits, r.h, r.idx, r.wts];
-    out.push(Dispatch::new(
+    let key = super::row_group_key(gpu, "router.wgsl", "main");
+    let bufs = [r.x, r.norm, &w.buffer, r.bias, r.h, r.idx, r.wts];
+    Dispatch::new(
         gpu,
         &key,
         step,
@@ -83,8 +63,7 @@ pub fn build(gpu: &Gpu, step: &wgpu::Buffer, r: &Router) -> Result<Vec<Dispatch>
         1,
         Count::Tokens,
         1,
-    )?);
-    Ok(out)
+    )
 }
 
 /// The reference: top-k by value (lower index first on ties), softmax over the k values.
@@ -137,7 +116,6 @@ mod tests {
                 let hb = gpu.storage("h", (t * hd * 4) as u64).unwrap();
                 let ib = gpu.storage("i", (t * k * 4) as u64).unwrap();
                 let wtb = gpu.storage("w", (t * k * 4) as u64).unwrap();
-                let lg = gpu.storage("logits", (t * e * 4) as u64).unwrap();
                 let step = step_buffer(gpu);
                 let r = Router {
                     x: &xb,
@@ -145,7 +123,6 @@ mod tests {
                     eps: 1e-5,
                     w: &split,
                     bias: &bb,
-                    logits: &lg,
                     h: &hb,
                     idx: &ib,
                     wts: &wtb,
@@ -158,7 +135,7 @@ mod tests {
                     tokens: t as u32,
                     ..Default::default()
                 };
-                submit(gpu, &step, &counts, &d);
+                submit(gpu, &step, &counts, &[d]);
                 let gh = gpu.read_f32(&hb, t * hd).unwrap();
                 let gi = gpu.read_u32(&ib, t * k).unwrap();
                 let gw = gpu.read_f32(&wtb, t * k).unwrap();

@@ -1,7 +1,8 @@
 //! Token sampling on the GPU (`shaders/sample.wgsl`): greedy, temperature, top-k, top-p, seeded.
 
 use crate::error::Result;
-use crate::gpu::{Count, Dispatch, Gpu};
+use crate::gpu::shader::wgsl_const;
+use crate::gpu::{Count, Dispatch, Gpu, ShaderKey};
 
 /// One logits row's sampling settings (`Sampling` in the shader).
 #[repr(C)]
@@ -23,33 +24,61 @@ pub struct SampleParams {
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 struct Params {
     vocab: u32,
-    _pad: [u32; 3],
+    chunks: u32,
+    _pad: [u32; 2],
 }
 
-/// ids: [outputs] u32 drawn from logits: [outputs, V] with params: [outputs].
+/// Chunks SCAN cuts a row of `vocab` logits into.
+fn chunks(vocab: u32) -> Result<u32> {
+    Ok(vocab.div_ceil(wgsl_const("sample.wgsl", "CHUNK")?))
+}
+
+/// Bytes of the per-chunk scratch for `outputs` rows of `vocab` logits.
+pub fn parts_bytes(outputs: u32, vocab: u32) -> Result<u64> {
+    Ok(outputs as u64 * chunks(vocab)? as u64 * wgsl_const("sample.wgsl", "PART")? as u64 * 4)
+}
+
+/// ids: [outputs] u32 drawn from logits: [outputs, V] with params: [outputs]; parts is scratch of
+/// `parts_bytes`.
 pub fn build(
     gpu: &Gpu,
     step: &wgpu::Buffer,
     logits: &wgpu::Buffer,
     params: &wgpu::Buffer,
+    parts: &wgpu::Buffer,
     ids: &wgpu::Buffer,
     vocab: u32,
-) -> Result<Dispatch> {
+) -> Result<Vec<Dispatch>> {
     let p = Params {
         vocab,
-        _pad: [0; 3],
+        chunks: chunks(vocab)?,
+        _pad: [0; 2],
     };
-    let key = super::key(gpu, "sample.wgsl", "main");
-    Dispatch::new(
-        gpu,
-        &key,
-        step,
-        bytemuck::bytes_of(&p),
-        &[logits, params, ids],
-        1,
-        Count::Outputs,
-        1,
-    )
+    let p = bytemuck::bytes_of(&p);
+    let scan = ShaderKey::new("sample.wgsl", "scan").define_if("SCAN", true);
+    let pick = super::key(gpu, "sample.wgsl", "pick");
+    Ok(vec![
+        Dispatch::new(
+            gpu,
+            &scan,
+            step,
+            p,
+            &[logits, params, parts],
+            chunks(vocab)?,
+            Count::Outputs,
+            1,
+        )?,
+        Dispatch::new(
+            gpu,
+            &pick,
+            step,
+            p,
+            &[logits, params, parts, ids],
+            1,
+            Count::Outputs,
+            1,
+        )?,
+    ])
 }
 
 #[cfg(test)]
@@ -64,8 +93,11 @@ mod tests {
         let lb = gpu.upload("l", f32_bytes(&all)).unwrap();
         let pb = gpu.upload("p", bytemuck::cast_slice(ps)).unwrap();
         let ib = gpu.storage("ids", rows as u64 * 4).unwrap();
+        let parts = gpu
+            .storage("parts", parts_bytes(rows as u32, vocab as u32).unwrap())
+            .unwrap();
         let step = step_buffer(gpu);
-        let d = build(gpu, &step, &lb, &pb, &ib, vocab as u32).unwrap();
+        let d = build(gpu, &step, &lb, &pb, &parts, &ib, vocab as u32).unwrap();
         submit(
             gpu,
             &step,
@@ -73,7 +105,7 @@ mod tests {
                 outputs: rows as u32,
                 ..Default::default()
             },
-            &[d],
+            &d,
         );
         gpu.read_u32(&ib, rows).unwrap()
     }
@@ -82,7 +114,7 @@ mod tests {
     fn greedy_is_argmax() {
         let mut rng = seeded("greedy");
         for gpu in gpus() {
-            for vocab in [1usize, 7, 1000, 5003] {
+            for vocab in [1usize, 7, 1000, 5003, 20000] {
                 let l = random(&mut rng, vocab, 5.0);
                 let want = l
                     .iter()

@@ -73,8 +73,7 @@ struct Activations {
     qkv: wgpu::Buffer,
     attn: wgpu::Buffer,
     attn_partials: wgpu::Buffer,
-    /// [T, E] router logits; [T, K] chosen experts and their weights.
-    router_logits: wgpu::Buffer,
+    /// [T, K] chosen experts and their weights.
     expert_idx: wgpu::Buffer,
     expert_wts: wgpu::Buffer,
     /// [T K, I] SwiGLU outputs, [T K, H] per-slot outputs; [E, T K] slots per expert, [E] counts.
@@ -82,10 +81,12 @@ struct Activations {
     expert_out: wgpu::Buffer,
     expert_lists: wgpu::Buffer,
     expert_counts: wgpu::Buffer,
-    /// [O, H] final norm, [O, V] logits, [O] sampling settings, [O] sampled ids.
+    /// [O, H] final norm, [O, V] logits, [O] sampling settings, sampling's per-chunk scratch,
+    /// [O] sampled ids.
     final_h: wgpu::Buffer,
     logits: wgpu::Buffer,
     sampling: wgpu::Buffer,
+    sample_parts: wgpu::Buffer,
     ids: wgpu::Buffer,
     /// Their total size.
     bytes: u64,
@@ -113,7 +114,6 @@ impl Activations {
                 "attn_partials",
                 attention::partials_bytes(c.heads, c.head_dim)?,
             )?,
-            router_logits: buf("router_logits", t * e * 4)?,
             expert_idx: buf("expert_idx", t * k * 4)?,
             expert_wts: buf("expert_wts", t * k * 4)?,
             expert_act: buf("expert_act", t * k * i * 4)?,
@@ -123,6 +123,7 @@ impl Activations {
             final_h: buf("final_h", o * h * 4)?,
             logits: buf("logits", o * v * 4)?,
             sampling: buf("sampling", o * 32)?,
+            sample_parts: buf("sample_parts", sample::parts_bytes(o as u32, c.vocab)?)?,
             ids: buf("ids", o * 4)?,
             bytes,
         })
@@ -136,8 +137,8 @@ pub struct Model {
     pub opts: ModelOptions,
     /// Most logits rows per forward pass.
     pub max_outputs: u32,
-    /// Most spans split attention cuts a token's keys into.
-    max_splits: u32,
+    /// How split attention cuts a token's keys into spans.
+    split_rule: attention::SplitRule,
     /// Whether the KV cache is stored in f16.
     pub kv_f16: bool,
     step: wgpu::Buffer,
@@ -203,11 +204,12 @@ impl Graph<'_> {
                 rope: None,
             },
         )?);
-        ds.push(sample::build(
+        ds.extend(sample::build(
             g,
             step,
             &a.logits,
             &a.sampling,
+            &a.sample_parts,
             &a.ids,
             c.vocab,
         )?);
@@ -343,7 +345,7 @@ impl Graph<'_> {
     /// chosen experts and their weights.
     fn moe_block(&self, lw: &LayerWeights) -> Result<Vec<Dispatch>> {
         let (g, step, c, a) = (self.g, self.step, self.c, self.acts);
-        let mut ds = router::build(
+        let mut ds = vec![router::build(
             g,
             step,
             &Router {
@@ -352,7 +354,6 @@ impl Graph<'_> {
                 eps: c.eps,
                 w: &lw.router,
                 bias: &lw.router_bias,
-                logits: &a.router_logits,
                 h: &a.h,
                 idx: &a.expert_idx,
                 wts: &a.expert_wts,
@@ -360,7 +361,7 @@ impl Graph<'_> {
                 n_experts: c.experts,
                 top_k: c.top_k,
             },
-        )?;
+        )?];
         let shape = MoeShape {
             hidden: c.hidden,
             inter: c.inter,
@@ -459,7 +460,7 @@ impl Model {
         });
         Ok(Model {
             max_outputs,
-            max_splits: attention::max_splits()?,
+            split_rule: attention::SplitRule::from_shader()?,
             kv_f16,
             acts,
             ids_staging,
@@ -538,7 +539,7 @@ impl Model {
             g.write(&self.acts.sampling, 0, bytemuck::cast_slice(b.sampling));
         }
         let keys = b.tokens.iter().map(|t| t.pos + 1).max().unwrap_or(1);
-        let (splits, span) = attention::split_keys(keys, self.max_splits);
+        let (splits, span) = self.split_rule.split(keys);
         Ok(StepCounts {
             tokens: n as u32,
             outputs: b.outputs.len() as u32,
