@@ -2,12 +2,13 @@
 // Query head h reads KV head h / (NH / NKV). The sink is a learned logit per head that joins the
 // softmax denominator only: p_j = exp(s_j - m) / (sum exp(s_j - m) + exp(sink - m)). Starting the
 // online softmax at m = sink, l = 1 includes it exactly once.
-// Bindings: tokens [T], qkv [T, (NH + 2 NKV) * D] (q already rotated), k_cache, v_cache
-// [seqs, cap, NKV, D], sinks [NH] f32, out [T, NH * D] f32.
+// Bindings: tokens [T], qkv [T, (NH + 2 NKV) * D] (q already rotated), k_cache, v_cache (the
+// paged pools, read through kv_table: common/kv_table.wgsl), sinks [NH] f32, out [T, NH * D] f32,
+// kv_table [seqs, ring] u32.
 // Grid: (NH, T). Keys are visited in chunks of WG: one score per thread, then the chunk's
 // contribution to each output dim. Keys are read 4 dims per load (D is a multiple of 4).
 // Variants: KV_F16 (cache stored in f16, math in f32).
-#include "common/kv.wgsl"
+#include "common/kv_table.wgsl"
 #include "common/step.wgsl"
 
 #include "common/attention_params.wgsl"
@@ -17,6 +18,7 @@
 @group(0) @binding(5) var<storage, read> v_cache: array<kv>;
 @group(0) @binding(6) var<storage, read> sinks: array<f32>;
 @group(0) @binding(7) var<storage, read_write> out: array<f32>;
+@group(0) @binding(8) var<storage, read> kv_table: array<u32>;
 
 const WG: u32 = 64u;
 const MAX_D: u32 = 256u;
@@ -51,12 +53,11 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: ve
     var m = sinks[h];
     var l = 1.0;
     var acc: array<f32, DPT>;
-    let seq_base = tok.seq * p.cap;
     for (var base = start; base <= tok.pos; base += WG) {
         let n = min(WG, tok.pos + 1u - base);
         var s = NEG;
         if lid < n {
-            let kb = ((seq_base + (base + lid) % p.cap) * p.n_kv + kvh) * d / 4u;
+            let kb = kv_at(tok.seq, base + lid, kvh) / 4u;
             var dot_qk = 0.0;
             for (var i = 0u; i < d / 4u; i++) {
                 dot_qk += dot(qs[i], vec4<f32>(k_cache[kb + i]));
@@ -84,7 +85,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: ve
             if i < d {
                 var a = acc[k] * corr;
                 for (var j = 0u; j < n; j++) {
-                    let vb = ((seq_base + (base + j) % p.cap) * p.n_kv + kvh) * d;
+                    let vb = kv_at(tok.seq, base + j, kvh);
                     a += prob[j] * f32(v_cache[vb + i]);
                 }
                 acc[k] = a;

@@ -3,17 +3,22 @@
 // one KV head for one token and all G = NH / NKV query heads that share that KV head, so each key
 // and value is read once per group. Spans combine in MERGE, where the sink joins the denominator:
 // p_j = exp(s_j - M) / (sum_j exp(s_j - M) + exp(sink - M)), M the max over scores and sink.
-// SPLIT: Bindings tokens [T], qkv [T, (NH + 2 NKV) * D] (q rotated), k_cache, v_cache
-//   [seqs, cap, NKV, D], part [T, NH, MAX_SPLITS, D + 2] f32 (acc[D], m, l per span).
-//   Grid: (NKV, T * splits). Keys in chunks of WG: lane j scores key j for the G heads, the
-//   chunk's max and sum are tree-reduced, then lane i accumulates output dim i over the chunk.
+// SPLIT: Bindings tokens [T], qkv [T, (NH + 2 NKV) * D] (q rotated), k_cache, v_cache (the paged
+//   pools, read through kv_table: common/kv_table.wgsl), part [T, NH, MAX_SPLITS, D + 2] f32
+//   (acc[D], m, l per span). Grid: (NKV, T * splits). Keys in chunks of WG: lane j scores key j
+//   for the G heads (each 4 dims of the key loaded once), the chunk's max and sum are reduced,
+//   then the values: lane (q, f) accumulates dims 4q..4q+3 over keys f, f + WG / (D/4), ..., so
+//   that all lanes load at once rather than one key after another; the phases f meet in
+//   workgroup memory at the end.
 // A pass whose keys fit one span (step.splits == 1) ends in SPLIT itself: the sink joins there
 // and the output goes straight to `out`, with no merge dispatch (Rust runs MERGE only for more).
 // SPLIT's extra bindings: sinks [NH] f32, out [T, NH * D] f32.
 // MERGE: Bindings part, sinks [NH] f32, out [T, NH * D] f32. Grid: (NH, T); lane i is dim i.
 // Limits: D <= WG, G <= MAX_G, D a multiple of 4. Variants: SPLIT or MERGE, KV_F16, SUBGROUPS
 // (SPLIT's reductions in registers).
-#include "common/kv.wgsl"
+#ifdef SPLIT
+#include "common/kv_table.wgsl"
+#endif
 #include "common/step.wgsl"
 
 #include "common/attention_params.wgsl"
@@ -32,15 +37,20 @@ const NEG: f32 = -3.0e38;
 @group(0) @binding(2) var<storage, read> tokens: array<TokenInfo>;
 @group(0) @binding(3) var<storage, read> qkv: array<f32>;
 @group(0) @binding(4) var<storage, read> k_cache: array<vec4<kv>>;
-@group(0) @binding(5) var<storage, read> v_cache: array<kv>;
+@group(0) @binding(5) var<storage, read> v_cache: array<vec4<kv>>;
 @group(0) @binding(6) var<storage, read_write> part: array<f32>;
 @group(0) @binding(7) var<storage, read> sinks: array<f32>;
 @group(0) @binding(8) var<storage, read_write> out: array<f32>;
+@group(0) @binding(9) var<storage, read> kv_table: array<u32>;
 
 var<workgroup> qs: array<vec4<f32>, MAX_G * WG / 4u>;
 var<workgroup> prob: array<f32, MAX_G * WG>;
 var<workgroup> red: array<f32, MAX_G * WG>;
 var<workgroup> tok_shared: TokenInfo;
+// Where each key of the chunk starts in the cache (vec4 index), looked up once by its scoring lane.
+var<workgroup> key_at: array<u32, WG>;
+// The value phases' sums, [phase, head, quad].
+var<workgroup> vsum: array<vec4<f32>, MAX_G * WG>;
 
 // Per head g < G: the max (or sum) over lanes of v[g], returned to every lane; called from
 // uniform control flow. With SUBGROUPS in registers, then across the few subgroups; otherwise a
@@ -127,10 +137,14 @@ fn split(lanes: Lanes, @builtin(workgroup_id) wg: vec3<u32>) {
     let hi = min(tok.pos + 1u, (c + 1u) * step.span);
     var m: array<f32, MAX_G>;
     var l: array<f32, MAX_G>;
-    var acc: array<f32, MAX_G>;
+    var acc: array<vec4<f32>, MAX_G>;
     for (var g = 0u; g < MAX_G; g++) {
         m[g] = NEG;
     }
+    // The value lanes: quad q of the head dims, key phase f of `phases`.
+    let phases = WG / d4;
+    let q = lid % d4;
+    let f = lid / d4;
     workgroupBarrier();
     for (var base = lo; base < hi; base += WG) {
         let n = min(WG, hi - base);
@@ -139,8 +153,8 @@ fn split(lanes: Lanes, @builtin(workgroup_id) wg: vec3<u32>) {
             s[g] = NEG;
         }
         if lid < n {
-            // Each 4 dims of the key are loaded once and serve the G heads.
-            let kb = cache_at(tok.seq, base + lid, kvh) / 4u;
+            let kb = kv_at(tok.seq, base + lid, kvh) / 4u;
+            key_at[lid] = kb;
             var dot_qk: array<f32, MAX_G>;
             for (var i = 0u; i < d4; i++) {
                 let k4 = vec4<f32>(k_cache[kb + i]);
@@ -169,30 +183,47 @@ fn split(lanes: Lanes, @builtin(workgroup_id) wg: vec3<u32>) {
             l[g] = l[g] * corr[g] + sums[g];
             acc[g] *= corr[g];
         }
-        // Lane i: output dim i, each key's value once for the G heads.
-        if lid < d {
-            for (var j = 0u; j < n; j++) {
-                let v = f32(v_cache[cache_at(tok.seq, base + j, kvh) + lid]);
+        if f < phases {
+            for (var j = f; j < n; j += phases) {
+                let v4 = vec4<f32>(v_cache[key_at[j] + q]);
                 for (var g = 0u; g < MAX_G; g++) {
-                    acc[g] += prob[g * WG + j] * v;
+                    acc[g] += prob[g * WG + j] * v4;
                 }
             }
         }
         workgroupBarrier();
     }
-    if lid < d && step.splits == 1u {
-        for (var g = 0u; g < gn; g++) {
-            let h = kvh * gn + g;
+    if f < phases {
+        for (var g = 0u; g < MAX_G; g++) {
+            vsum[(f * MAX_G + g) * d4 + q] = acc[g];
+        }
+    }
+    workgroupBarrier();
+    if f != 0u {
+        return;
+    }
+    for (var g = 0u; g < gn; g++) {
+        var o = vec4<f32>(0.0);
+        for (var ph = 0u; ph < phases; ph++) {
+            o += vsum[(ph * MAX_G + g) * d4 + q];
+        }
+        let h = kvh * gn + g;
+        if step.splits == 1u {
             let mx = max(m[g], sinks[h]);
             let cm = exp(m[g] - mx);
-            out[(t * p.n_heads + h) * d + lid] = acc[g] * cm / (l[g] * cm + exp(sinks[h] - mx));
-        }
-    } else if lid < d {
-        for (var g = 0u; g < gn; g++) {
-            let h = kvh * gn + g;
+            let ob = (t * p.n_heads + h) * d + 4u * q;
+            let r = o * cm / (l[g] * cm + exp(sinks[h] - mx));
+            out[ob] = r.x;
+            out[ob + 1u] = r.y;
+            out[ob + 2u] = r.z;
+            out[ob + 3u] = r.w;
+        } else {
             let pb = ((t * p.n_heads + h) * MAX_SPLITS + c) * (d + 2u);
-            part[pb + lid] = acc[g];
-            if lid == 0u {
+            part[pb + 4u * q] = o.x;
+            part[pb + 4u * q + 1u] = o.y;
+            part[pb + 4u * q + 2u] = o.z;
+            part[pb + 4u * q + 3u] = o.w;
+            if q == 0u {
                 part[pb + d] = m[g];
                 part[pb + d + 1u] = l[g];
             }

@@ -169,11 +169,11 @@ fn rope_store(t: u32, row: u32, v: f32, lane: u32, grp: u32) {
             y[t * p.n_out + col] = o1;
             y[t * p.n_out + col + d / 2u] = o2;
         } else if head < p.n_heads + p.n_kv {
-            let c = cache_at(tok.seq, tok.pos, head - p.n_heads) + i;
+            let c = kv_at_slot(tok.kv_slot[p.kv_kind], head - p.n_heads) + i;
             k_cache[c] = kv(o1);
             k_cache[c + d / 2u] = kv(o2);
         } else {
-            let c = cache_at(tok.seq, tok.pos, head - p.n_heads - p.n_kv) + i;
+            let c = kv_at_slot(tok.kv_slot[p.kv_kind], head - p.n_heads - p.n_kv) + i;
             v_cache[c] = kv(o1);
             v_cache[c + d / 2u] = kv(o2);
         }

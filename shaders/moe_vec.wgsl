@@ -1,12 +1,17 @@
 // MoE experts with MXFP4 weights for passes of a few tokens (decode): one workgroup row per
 // token-expert slot, so only the routed experts' weights are read. (Large passes use moe.wgsl,
 // which groups slots by expert to reuse weights across tokens.)
-// GATE_UP: for slot s = t * K + j with e = idx[s] in this dispatch's experts:
+// GATE_UP: for slot s = t * K + j, the slot's expert e is the token's j-th largest router logit
+//   (lower index wins a tie), the logits being the sums of the router's per-slice partials
+//   (router.wgsl PARTIAL); every workgroup ranks them itself, so routing costs no dispatch of its
+//   own, and the first workgroup of the slot stores e and its softmax weight (over the K chosen)
+//   in idx and wts for DOWN. Then, when e is in this dispatch's experts:
 //   g = W_gate_up[e] h[t] + bias[e] (2I values, even = gate, odd = up);
 //   gate = min(g_even, limit); up = clamp(g_odd, -limit, limit);   (the clamp is upper-only on gate)
 //   act[s, i] = gate * sigmoid(alpha * gate) * (up + 1).
-//   Bindings: h [T, H] (normed), idx [T*K], blocks [e_count, 2I, H/32, 16] u8 as words, scales
-//   [e_count, 2I, H/32] u8, bias [E, 2I] f32, act [T*K, I]. Grid: (ceil(2I / ROWS), T*K).
+//   Bindings: h [T, H] (normed), part [T, slices, E], idx [T*K] u32, wts [T*K] f32, blocks
+//   [e_count, 2I, H/32, 16] u8 as words, scales [e_count, 2I, H/32] u8, bias [E, 2I] f32,
+//   act [T*K, I]. Grid: (ceil(2I / ROWS), T*K).
 // DOWN: x[t, n] += sum_j wts[s] * (W_down[e] act[s] + bias[e])[n] over the token's slots
 //   s = t * K + j whose expert e is in this dispatch: the down projection, the weighting and the
 //   residual add in one (moe.wgsl's COMBINE does that step for large passes). Row group j of a
@@ -30,11 +35,13 @@
 
 #ifdef GATE_UP
 @group(0) @binding(2) var<storage, read> h: array<vec4<f32>>;
-@group(0) @binding(3) var<storage, read> idx: array<u32>;
-@group(0) @binding(4) var<storage, read> blocks: array<u32>;
-@group(0) @binding(5) var<storage, read> scales: array<u32>;
-@group(0) @binding(6) var<storage, read> bias: array<f32>;
-@group(0) @binding(7) var<storage, read_write> act: array<f32>;
+@group(0) @binding(3) var<storage, read> part: array<f32>;
+@group(0) @binding(4) var<storage, read_write> idx: array<u32>;
+@group(0) @binding(5) var<storage, read_write> wts: array<f32>;
+@group(0) @binding(6) var<storage, read> blocks: array<u32>;
+@group(0) @binding(7) var<storage, read> scales: array<u32>;
+@group(0) @binding(8) var<storage, read> bias: array<f32>;
+@group(0) @binding(9) var<storage, read_write> act: array<f32>;
 
 fn input(i: u32) -> vec4<f32> {
     return h[i];
@@ -55,8 +62,10 @@ fn input(i: u32) -> vec4<f32> {
 }
 #endif
 
-// Rows per workgroup (the Rust side reads this line to size the grid).
+// Rows per workgroup (the Rust side reads this line to size the grid; gate_up needs R even, a
+// gate row beside its up row), and the most experts per token.
 const ROWS: u32 = 8u;
+const MAX_K: u32 = 16u;
 const WG: u32 = 128u;
 const GL: u32 = 32u;
 const R: u32 = ROWS / (WG / GL);
@@ -115,8 +124,7 @@ fn gate_up(l: Lanes, @builtin(workgroup_id) wg: vec3<u32>) {
     if s >= step.slots {
         return;
     }
-    // Every lane reads the same expert id; a workgroup-uniform copy keeps the branch uniform.
-    let e = idx_uniform(s);
+    let e = route(l, s, wg.x == 0u);
     if !here(e) {
         return;
     }
@@ -139,8 +147,7 @@ fn gate_up(l: Lanes, @builtin(workgroup_id) wg: vec3<u32>) {
 #endif
 
 #ifdef DOWN
-// Most experts per token (the Rust side reads this line), and each group's weighted row sums.
-const MAX_K: u32 = 16u;
+// Each slot's expert, and each group's weighted row sums.
 var<workgroup> slot_e: array<u32, MAX_K>;
 var<workgroup> slot_sums: array<f32, NG * R>;
 
@@ -190,10 +197,52 @@ fn down(l: Lanes, @builtin(workgroup_id) wg: vec3<u32>) {
 }
 #endif
 
-var<workgroup> e_shared: u32;
+#ifdef GATE_UP
+// Most experts (the Rust side reads this line); the token's logits, the chosen experts and their
+// logits by rank.
+const MAX_E: u32 = 256u;
+var<workgroup> logit: array<f32, MAX_E>;
+var<workgroup> chosen: array<u32, MAX_K>;
+var<workgroup> chosen_logit: array<f32, MAX_K>;
 
-// idx[s] as a workgroup-uniform value (a storage load is not uniform to the shader compiler).
-fn idx_uniform(s: u32) -> u32 {
-    e_shared = idx[s];
-    return workgroupUniformLoad(&e_shared);
+// The expert of slot s (workgroup-uniform), stored with its weight in idx and wts when `store`.
+// Called from uniform control flow.
+fn route(l: Lanes, s: u32, store: bool) -> u32 {
+    let t = s / p.top_k;
+    let j = s % p.top_k;
+    for (var e = l.lid; e < p.n_experts; e += WG) {
+        var sum = 0.0;
+        for (var c = 0u; c < p.slices; c++) {
+            sum += part[(t * p.slices + c) * p.n_experts + e];
+        }
+        logit[e] = sum;
+    }
+    workgroupBarrier();
+    // Lane e ranks expert e by how many experts beat it: the K best get ranks 0..K-1 at once.
+    for (var e = l.lid; e < p.n_experts; e += WG) {
+        let v = logit[e];
+        var rank = 0u;
+        for (var o = 0u; o < p.n_experts; o++) {
+            let u = logit[o];
+            if u > v || (u == v && o < e) {
+                rank++;
+            }
+        }
+        if rank < p.top_k {
+            chosen[rank] = e;
+            chosen_logit[rank] = v;
+        }
+    }
+    let e = workgroupUniformLoad(&chosen[j]);
+    if store && l.lid == 0u {
+        // Softmax over the K chosen logits; the first is the largest.
+        var sum = 0.0;
+        for (var q = 0u; q < p.top_k; q++) {
+            sum += exp(chosen_logit[q] - chosen_logit[0]);
+        }
+        idx[s] = e;
+        wts[s] = exp(chosen_logit[j] - chosen_logit[0]) / sum;
+    }
+    return e;
 }
+#endif

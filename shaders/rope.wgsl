@@ -2,9 +2,9 @@
 // cos/sin come from a table computed on the host exactly as the reference does (f32 product
 // position * inv_freq, then cos, then the YaRN attention factor), so long positions agree too.
 // Bindings: tokens [T], table [max_pos, D/2] vec2 (cos, sin), qkv [T, (NH + 2 NKV) * D] f32 (q is
-// rotated in place), k_cache and v_cache [seqs, cap, NKV, D] f32 (slot = pos % cap; cap is the
-// sliding window ring or the full context). Grid: (1, T). Variants: KV_F16 stores the cache in
-// f16 (half the memory and attention bandwidth).
+// rotated in place), k_cache and v_cache: the paged pools (common/kv.wgsl), written at the
+// token's kv_slot[kv_kind]. Grid: (1, T). Variants: KV_F16 stores the cache in f16 (half the
+// memory and attention bandwidth).
 #include "common/kv.wgsl"
 #include "common/step.wgsl"
 
@@ -12,7 +12,7 @@ struct Params {
     n_heads: u32,
     n_kv: u32,
     head_dim: u32,
-    cap: u32,
+    kv_kind: u32,
 }
 
 @group(0) @binding(1) var<uniform> p: Params;
@@ -36,7 +36,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: ve
     let half = d / 2u;
     let stride = (p.n_heads + 2u * p.n_kv) * d;
     let base = t * stride;
-    let cache_row = ((tok.seq * p.cap + tok.pos % p.cap) * p.n_kv) * d;
+    let slot = tok.kv_slot[p.kv_kind];
     for (var idx = lid; idx < (p.n_heads + p.n_kv) * half; idx += WG) {
         let head = idx / half;
         let i = idx % half;
@@ -50,13 +50,13 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: ve
             qkv[off + i] = o1;
             qkv[off + i + half] = o2;
         } else {
-            let c = cache_row + (head - p.n_heads) * d;
+            let c = kv_at_slot(slot, head - p.n_heads);
             k_cache[c + i] = kv(o1);
             k_cache[c + i + half] = kv(o2);
         }
     }
     let v_off = base + (p.n_heads + p.n_kv) * d;
     for (var i = lid; i < p.n_kv * d; i += WG) {
-        v_cache[cache_row + i] = kv(qkv[v_off + i]);
+        v_cache[kv_at_slot(slot, i / d) + i % d] = kv(qkv[v_off + i]);
     }
 }

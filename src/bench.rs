@@ -86,12 +86,7 @@ fn greedy(n: usize) -> Vec<SampleParams> {
 fn prefill(model: &Model, rng: &mut Rng, seq: u32, len: u32) -> Result<(f64, u32)> {
     let vocab = model.cfg.vocab.min(199_998) as u64;
     let toks: Vec<TokenInfo> = (0..len)
-        .map(|p| TokenInfo {
-            id: rng.below(vocab) as u32,
-            pos: p,
-            seq,
-            _pad: 0,
-        })
+        .map(|p| TokenInfo::new(rng.below(vocab) as u32, p, seq))
         .collect();
     let t0 = Instant::now();
     let mut last = 0;
@@ -115,12 +110,7 @@ fn decode(model: &Model, first: &[u32], ctx: u32, steps: u32) -> Result<f64> {
     let t0 = Instant::now();
     for s in 0..steps {
         let toks: Vec<TokenInfo> = (0..batch)
-            .map(|b| TokenInfo {
-                id: next[b],
-                pos: ctx + s,
-                seq: b as u32,
-                _pad: 0,
-            })
+            .map(|b| TokenInfo::new(next[b], ctx + s, b as u32))
             .collect();
         next = pollster::block_on(model.sample(&Batch {
             tokens: &toks,
@@ -229,12 +219,7 @@ pub fn run(
         ));
         report.decode.push(r);
     }
-    let one = [TokenInfo {
-        id: 1,
-        pos: ctx,
-        seq: 0,
-        _pad: 0,
-    }];
+    let one = [TokenInfo::new(1, ctx, 0)];
     let decode = pollster::block_on(model.profile(&Batch {
         tokens: &one,
         outputs: &[0],
@@ -251,12 +236,7 @@ pub fn run(
         .unwrap_or(128)
         .min(model.opts.max_tokens);
     let toks: Vec<TokenInfo> = (0..n)
-        .map(|p| TokenInfo {
-            id: 1,
-            pos: p,
-            seq: 0,
-            _pad: 0,
-        })
+        .map(|p| TokenInfo::new(1, p, 0))
         .collect();
     report.prefill_kernels_us = per_family(
         &pollster::block_on(model.profile(&Batch {

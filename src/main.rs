@@ -935,12 +935,7 @@ fn logits(a: &LogitsArgs) -> Result<()> {
     for start in (0..n).step_by(step) {
         let end = (start + step).min(n);
         let toks: Vec<TokenInfo> = (start..end)
-            .map(|p| TokenInfo {
-                id: a.token_ids[p],
-                pos: p as u32,
-                seq: 0,
-                _pad: 0,
-            })
+            .map(|p| TokenInfo::new(a.token_ids[p], p as u32, 0))
             .collect();
         let outputs: Vec<u32> = (0..toks.len() as u32).collect();
         let sampling = vec![Default::default(); toks.len()];

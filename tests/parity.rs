@@ -84,12 +84,7 @@ fn all_logits(e: &Engine, ids: &[u32], chunk: usize) -> Vec<f32> {
     for start in (0..ids.len()).step_by(chunk) {
         let end = (start + chunk).min(ids.len());
         let toks: Vec<TokenInfo> = (start..end)
-            .map(|p| TokenInfo {
-                id: ids[p],
-                pos: p as u32,
-                seq: 1,
-                _pad: 0,
-            })
+            .map(|p| TokenInfo::new(ids[p], p as u32, 1))
             .collect();
         let outputs: Vec<u32> = (0..toks.len() as u32).collect();
         let sampling = vec![Default::default(); toks.len()];
@@ -167,12 +162,7 @@ fn logits_match_transformers() {
         // Prefill 150 tokens, then decode the rest one at a time: same logits as one pass.
         let mut stepped = all_logits(&e, &f.ids[..150], 150);
         for p in 150..f.ids.len() {
-            let t = [TokenInfo {
-                id: f.ids[p],
-                pos: p as u32,
-                seq: 1,
-                _pad: 0,
-            }];
+            let t = [TokenInfo::new(f.ids[p], p as u32, 1)];
             stepped.extend(
                 e.model
                     .logits(&Batch {

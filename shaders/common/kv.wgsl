@@ -7,9 +7,13 @@ alias kv = f16;
 alias kv = f32;
 #endif
 
-// Where head `kvh` of position `pos` of sequence slot `seq` starts in a cache [seqs, cap, NKV, D]
-// (slot = pos % cap: the sliding window's ring or the whole context). The including file's `p`
-// has cap, n_kv and head_dim.
-fn cache_at(seq: u32, pos: u32, kvh: u32) -> u32 {
-    return ((seq * p.cap + pos % p.cap) * p.n_kv + kvh) * p.head_dim;
+// The paged cache (src/model/kv_cache.rs): a layer's pool is [blocks, NKV, KV_BLOCK, D], so the
+// positions of one block and head are contiguous. Positions per block (the Rust side reads this
+// line):
+const KV_BLOCK: u32 = 16u;
+
+// Where head `kvh` of cache slot `slot` (block * KV_BLOCK + offset, as TokenInfo.kv_slot holds
+// it) starts. The including file's `p` has n_kv and head_dim.
+fn kv_at_slot(slot: u32, kvh: u32) -> u32 {
+    return (((slot / KV_BLOCK) * p.n_kv + kvh) * KV_BLOCK + slot % KV_BLOCK) * p.head_dim;
 }

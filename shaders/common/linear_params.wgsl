@@ -1,7 +1,8 @@
 // The parameters of the dense-layer kernels (linear.wgsl and linear_vec.wgsl; Params in
 // src/kernels/linear.rs): this buffer holds rows [row_start, row_start + rows) of a matrix of
 // n_out rows and k inputs; eps is the fused RMSNorm's (linear_vec's NORM variant); the heads, head
-// dim and cache positions are the q/k/v projection's (linear_vec's ROPE variant).
+// dim and which of a token's KV slots this layer writes are the q/k/v projection's (linear_vec's
+// ROPE variant).
 struct Params {
     k: u32,
     rows: u32,
@@ -14,7 +15,7 @@ struct Params {
     n_heads: u32,
     n_kv: u32,
     head_dim: u32,
-    cap: u32,
+    kv_kind: u32,
 }
 
 @group(0) @binding(1) var<uniform> p: Params;

@@ -11,6 +11,11 @@ struct Params {
     alpha: f32,
     // Row stride of moe.wgsl's slot lists (T_max * K); moe_vec does not use it.
     list_stride: u32,
+    // moe_vec's routing: experts, and the router's partial sums per token (router.wgsl PARTIAL).
+    n_experts: u32,
+    slices: u32,
+    _pad0: u32,
+    _pad1: u32,
 }
 
 @group(0) @binding(1) var<uniform> p: Params;

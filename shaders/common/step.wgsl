@@ -13,12 +13,15 @@ struct Step {
 }
 
 // One token of the forward pass (TokenInfo in src/model/inputs.rs): its id, position in its
-// sequence, and the KV-cache slot of its sequence.
+// sequence, the KV-cache slot of its sequence, and where its K/V go in the paged cache for each
+// kind of layer (common/kv.wgsl).
 struct TokenInfo {
     id: u32,
     pos: u32,
     seq: u32,
     _pad: u32,
+    kv_slot: vec2<u32>,
+    _pad2: vec2<u32>,
 }
 
 @group(0) @binding(0) var<uniform> step: Step;

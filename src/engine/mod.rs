@@ -228,6 +228,7 @@ impl Engine {
         }
         let i = self.running.iter().position(|s| s.id == id)?;
         let s = self.running.swap_remove(i);
+        self.model.release(s.slot);
         self.free_slots.push(s.slot);
         Some(finished(&s, FinishReason::Cancelled))
     }
@@ -267,12 +268,7 @@ impl Engine {
         for w in &sc.work {
             let s = &self.running[w.seq];
             for p in w.start..w.start + w.len {
-                tokens.push(TokenInfo {
-                    id: s.tokens[p],
-                    pos: p as u32,
-                    seq: s.slot,
-                    _pad: 0,
-                });
+                tokens.push(TokenInfo::new(s.tokens[p], p as u32, s.slot));
             }
             if w.start + w.len == s.tokens.len() {
                 outputs.push(tokens.len() as u32 - 1);
@@ -320,6 +316,7 @@ impl Engine {
         done.sort_by(|a, b| b.0.cmp(&a.0));
         for (si, reason) in done {
             let s = self.running.swap_remove(si);
+            self.model.release(s.slot);
             self.free_slots.push(s.slot);
             events.push(finished(&s, reason));
         }

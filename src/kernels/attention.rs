@@ -14,7 +14,8 @@ pub(crate) struct Params {
     pub n_heads: u32,
     pub n_kv: u32,
     pub head_dim: u32,
-    pub cap: u32,
+    /// Entries of each slot's block table.
+    pub ring: u32,
     /// Keys visible to a query: 0 for all earlier positions, else the sliding window.
     pub window: u32,
     pub scale: f32,
@@ -24,12 +25,14 @@ pub(crate) struct Params {
 /// Largest head dim the kernel's shared q buffer holds (MAX_D in the shader).
 pub const MAX_HEAD_DIM: u32 = 256;
 
-/// out: [T, NH * D] from q in qkv: [T, (NH + 2 NKV) * D] and the caches [seqs, cap, NKV, D].
+/// out: [T, NH * D] from q in qkv: [T, (NH + 2 NKV) * D] and the paged caches read through the
+/// block table [seqs, ring] (`model::kv_cache`).
 pub struct Attention<'a> {
     pub tokens: &'a wgpu::Buffer,
     pub qkv: &'a wgpu::Buffer,
     pub k_cache: &'a wgpu::Buffer,
     pub v_cache: &'a wgpu::Buffer,
+    pub table: &'a wgpu::Buffer,
     pub sinks: &'a wgpu::Buffer,
     pub out: &'a wgpu::Buffer,
     /// Scratch for the split path: [VEC_MAX_TOKENS, NH, max_splits(), D + 2] f32
@@ -108,7 +111,9 @@ pub(crate) fn build(
         let key = super::key(gpu, "attention_split.wgsl", "split")
             .define_if("SPLIT", true)
             .define_if("KV_F16", kv_f16);
-        let bufs = [a.tokens, a.qkv, a.k_cache, a.v_cache, a.partials, a.sinks, a.out];
+        let bufs = [
+            a.tokens, a.qkv, a.k_cache, a.v_cache, a.partials, a.sinks, a.out, a.table,
+        ];
         out.push(
             Dispatch::new(
                 gpu,
@@ -137,7 +142,7 @@ pub(crate) fn build(
             &key,
             step,
             params,
-            &[a.tokens, a.qkv, a.k_cache, a.v_cache, a.sinks, a.out],
+            &[a.tokens, a.qkv, a.k_cache, a.v_cache, a.sinks, a.out, a.table],
             p.n_heads,
             Count::Tokens,
             1,
@@ -156,6 +161,7 @@ mod tests {
     use crate::kernels::rope::{self, Rope};
     use crate::kernels::testing::*;
     use crate::model::inputs::TokenInfo;
+    use crate::model::kv_cache::BlockTables;
 
     #[test]
     fn attention_matches_reference() {
@@ -188,44 +194,55 @@ mod tests {
                 (8, 1, 32, 40, rule(0, 16, 128), 70),
                 (2, 1, 100, 70, shader, 13),
             ] {
-                // A sliding window keeps a ring of window + (tokens per pass) - 1 positions.
-                let cap = if window > 0 {
-                    window + first as u32 + 4 - 1
+                // Step 1: `first` tokens of seq 0 and 4 of seq 1; step 2: one token each; with a
+                // window, more passes until the window's ring of blocks has wrapped.
+                let mut plans = vec![vec![(0usize, first), (1, 4)], vec![(1, 1), (0, 1)]];
+                if window > 0 {
+                    for _ in 0..6 {
+                        plans.push(vec![(0, 16), (1, 2)]);
+                        plans.push(vec![(0, 3), (1, 1)]);
+                    }
+                }
+                let max_pass = plans.iter().map(|p| p.iter().map(|x| x.1).sum::<usize>()).max();
+                let max_pos: usize = plans.iter().flatten().filter(|x| x.0 == 0).map(|x| x.1).sum();
+                // The paged cache as the model sizes it, blocks handed out in a random order.
+                let block = crate::model::kv_cache::block_size().unwrap() as usize;
+                let ring = if window > 0 {
+                    (window as usize + max_pass.unwrap() - 1).div_ceil(block) + 1
                 } else {
-                    100
+                    max_pos.div_ceil(block)
                 };
+                let seqs = 2usize;
+                let mut free: Vec<u32> = (0..(seqs * ring) as u32).collect();
+                for i in (1..free.len()).rev() {
+                    free.swap(i, rng.below(i as u64 + 1) as usize);
+                }
+                let mut tables = BlockTables::new(seqs as u32, ring as u32, free);
                 let (nh_, nkv_, d_) = (nh as usize, nkv as usize, d as usize);
                 let stride = (nh_ + 2 * nkv_) * d_;
-                let max_pos = first + 2;
                 let table = random_rope_table(&mut rng, max_pos * d_ / 2);
-                let seqs = 2usize;
                 let sinks = random(&mut rng, nh_, 1.0);
                 let tb = gpu.upload("table", bytemuck::cast_slice(&table)).unwrap();
                 let sb = gpu.upload("sinks", f32_bytes(&sinks)).unwrap();
-                let kc = gpu
-                    .storage("k", (seqs * cap as usize * nkv_ * d_ * kv_bytes) as u64)
-                    .unwrap();
-                let vc = gpu
-                    .storage("v", (seqs * cap as usize * nkv_ * d_ * kv_bytes) as u64)
-                    .unwrap();
+                let pool = (seqs * ring * block * nkv_ * d_ * kv_bytes) as u64;
+                let kc = gpu.storage("k", pool).unwrap();
+                let vc = gpu.storage("v", pool).unwrap();
                 // Reference cache: every (seq, pos) -> rotated k, v per kv head.
                 let mut ref_k = vec![vec![Vec::<f32>::new(); max_pos]; seqs];
                 let mut ref_v = vec![vec![Vec::<f32>::new(); max_pos]; seqs];
                 let mut next_pos = [0u32; 2];
-                // Step 1: `first` tokens of seq 0 and 4 of seq 1; step 2: one token each.
-                for plan in [vec![(0usize, first), (1, 4)], vec![(1, 1), (0, 1)]] {
+                for plan in plans {
                     let mut toks = Vec::new();
                     for &(s, n) in &plan {
                         for _ in 0..n {
-                            toks.push(TokenInfo {
-                                id: 0,
-                                pos: next_pos[s],
-                                seq: s as u32,
-                                _pad: 0,
-                            });
+                            let mut tok = TokenInfo::new(0, next_pos[s], s as u32);
+                            tok.kv_slot[0] = tables.place(s as u32, tok.pos, block as u32).unwrap().0;
+                            toks.push(tok);
                             next_pos[s] += 1;
                         }
                     }
+                    let rows: Vec<u32> = (0..seqs as u32).flat_map(|s| tables.row(s)).collect();
+                    let kv_table = gpu.upload("kv_table", bytemuck::cast_slice(&rows)).unwrap();
                     let t = toks.len();
                     let qkv = random(&mut rng, t * stride, 1.0);
                     let tokb = gpu.upload("tok", bytemuck::cast_slice(&toks)).unwrap();
@@ -249,7 +266,7 @@ mod tests {
                             n_heads: nh,
                             n_kv: nkv,
                             head_dim: d,
-                            cap,
+                            kv_kind: 0,
                         },
                         kv_f16,
                     )
@@ -263,6 +280,7 @@ mod tests {
                             qkv: &qb,
                             k_cache: &kc,
                             v_cache: &vc,
+                            table: &kv_table,
                             sinks: &sb,
                             out: &ob,
                             partials: &pb,
@@ -271,7 +289,7 @@ mod tests {
                             n_heads: nh,
                             n_kv: nkv,
                             head_dim: d,
-                            cap,
+                            ring: ring as u32,
                             window,
                             scale,
                             _pad: [0; 2],

@@ -32,7 +32,7 @@ struct Params {
     n_heads: u32,
     n_kv: u32,
     head_dim: u32,
-    cap: u32,
+    kv_kind: u32,
 }
 
 impl Params {
@@ -50,7 +50,7 @@ impl Params {
             n_heads: l.rope.as_ref().map_or(0, |r| r.n_heads),
             n_kv: l.rope.as_ref().map_or(0, |r| r.n_kv),
             head_dim: l.rope.as_ref().map_or(0, |r| r.head_dim),
-            cap: l.rope.as_ref().map_or(0, |r| r.cap),
+            kv_kind: l.rope.as_ref().map_or(0, |r| r.kv_kind),
         }
     }
 }
@@ -90,8 +90,8 @@ pub struct RopeOutput<'a> {
     pub n_heads: u32,
     pub n_kv: u32,
     pub head_dim: u32,
-    /// Positions per sequence in this layer's cache.
-    pub cap: u32,
+    /// Which of a token's KV slots this layer writes (`kv_cache::Kind`).
+    pub kv_kind: u32,
     pub kv_f16: bool,
 }
 
@@ -371,7 +371,11 @@ mod tests {
                 &[(4usize, 2usize, 8usize, 64usize, 3usize, 1usize), (8, 2, 64, 96, 12, 5)]
             {
                 let n = (nh + 2 * nkv) * d;
-                let (seqs, cap, max_pos) = (2usize, 7usize, 20usize);
+                let (seqs, max_pos) = (2usize, 20usize);
+                // A paged cache of two blocks per sequence, taken in the order of `free`.
+                let block = crate::model::kv_cache::block_size().unwrap() as usize;
+                let free = vec![2, 0, 3, 1];
+                let mut tables = crate::model::kv_cache::BlockTables::new(2, 2, free);
                 let x = random(&mut rng, t * k, 2.0);
                 let g = random(&mut rng, k, 1.0);
                 let (w, wb) = random_bf16(&mut rng, n * k, 0.5);
@@ -380,11 +384,11 @@ mod tests {
                 // Each sequence's tokens at consecutive positions from a random start.
                 let starts = [rng.below(12) as u32, rng.below(12) as u32];
                 let toks: Vec<TokenInfo> = (0..t)
-                    .map(|i| TokenInfo {
-                        id: 0,
-                        pos: starts[i % seqs] + (i / seqs) as u32,
-                        seq: (i % seqs) as u32,
-                        _pad: 0,
+                    .map(|i| {
+                        let s = (i % seqs) as u32;
+                        let mut tok = TokenInfo::new(0, starts[s as usize] + (i / seqs) as u32, s);
+                        tok.kv_slot[1] = tables.place(s, tok.pos, block as u32).unwrap().0;
+                        tok
                     })
                     .collect();
                 let w_split = split_rows(gpu, &wb, n, k, heads_split * d);
@@ -394,7 +398,8 @@ mod tests {
                 let tb = gpu.upload("table", bytemuck::cast_slice(&table)).unwrap();
                 let tokb = gpu.upload("tokens", bytemuck::cast_slice(&toks)).unwrap();
                 let yb = gpu.storage("y", (t * n * 4) as u64).unwrap();
-                let kv_bytes = (seqs * cap * nkv * d * if kv_f16 { 2 } else { 4 }) as u64;
+                let pool = seqs * 2 * block * nkv * d;
+                let kv_bytes = (pool * if kv_f16 { 2 } else { 4 }) as u64;
                 let kc = gpu.storage("k", kv_bytes).unwrap();
                 let vc = gpu.storage("v", kv_bytes).unwrap();
                 let step = step_buffer(gpu);
@@ -423,7 +428,7 @@ mod tests {
                             n_heads: nh as u32,
                             n_kv: nkv as u32,
                             head_dim: d as u32,
-                            cap: cap as u32,
+                            kv_kind: 1,
                             kv_f16,
                         }),
                     },
@@ -437,7 +442,7 @@ mod tests {
                 submit(gpu, &step, &counts, &ds);
                 let y = gpu.read_f32(&yb, t * n).unwrap();
                 let read_cache = |buf: &wgpu::Buffer| -> Vec<f32> {
-                    let len = seqs * cap * nkv * d;
+                    let len = pool;
                     if kv_f16 {
                         let raw = gpu.read(buf, len as u64 * 2).unwrap();
                         let h: Vec<half::f16> = bytemuck::pod_collect_to_vec(&raw);
@@ -460,9 +465,14 @@ mod tests {
                     }
                     got.extend_from_slice(&y[ti * n..ti * n + nh * d]);
                     want.extend_from_slice(&row[..nh * d]);
-                    let at = (tok.seq as usize * cap + p % cap) * nkv * d;
-                    got.extend_from_slice(&kg[at..at + nkv * d]);
-                    got.extend_from_slice(&vg[at..at + nkv * d]);
+                    // Head h of a slot: block [NKV, KV_BLOCK, D], then the slot's row in it.
+                    let slot = tok.kv_slot[1] as usize;
+                    for cache in [&kg, &vg] {
+                        for h in 0..nkv {
+                            let at = (((slot / block) * nkv + h) * block + slot % block) * d;
+                            got.extend_from_slice(&cache[at..at + d]);
+                        }
+                    }
                     want.extend(row[nh * d..].iter().map(|v| kv_round(*v, kv_f16)));
                 }
                 // f16 rounding of k and v happens after the same f32 sums, so it matches exactly

@@ -61,6 +61,7 @@ pub fn all_variants() -> Vec<ShaderKey> {
         );
         out.push(k("sample.wgsl", "pick"));
         out.push(k("router.wgsl", "main"));
+        out.push(k("router.wgsl", "partial").define_if("PARTIAL", true));
         for norm in [false, true] {
             out.push(k("linear_vec.wgsl", "main").define_if("NORM", norm));
         }

@@ -18,6 +18,9 @@ struct Params {
     limit: f32,
     alpha: f32,
     list_stride: u32,
+    n_experts: u32,
+    slices: u32,
+    _pad: [u32; 2],
 }
 
 /// Rows per workgroup (R in the shader).
@@ -46,11 +49,15 @@ pub struct MoeShape {
     pub max_slots: u32,
     /// Passes of up to this many tokens run the per-slot kernels (normally VEC_MAX_TOKENS).
     pub vec_max_tokens: u32,
+    /// Slices of the router's partial logits that the per-slot gate_up adds up.
+    pub router_slices: u32,
 }
 
 /// The buffers one MoE layer works on.
 pub struct MoeBuffers<'a> {
-    /// idx: [T*K] chosen experts, wts: [T*K] their weights.
+    /// [VEC_MAX_TOKENS, slices, E] the router's partial logits (the per-slot path routes itself).
+    pub router_part: &'a wgpu::Buffer,
+    /// idx: [T*K] chosen experts, wts: [T*K] their weights (written by the per-slot gate_up).
     pub idx: &'a wgpu::Buffer,
     pub wts: &'a wgpu::Buffer,
     /// lists: [E, max_slots] slots per expert, counts: [E].
@@ -83,6 +90,9 @@ fn params(s: &MoeShape, start: u32, count: u32) -> Params {
         limit: s.limit,
         alpha: s.alpha,
         list_stride: s.max_slots,
+        n_experts: s.experts,
+        slices: s.router_slices,
+        _pad: [0; 2],
     }
 }
 
@@ -208,10 +218,11 @@ fn vec_dispatches(
     let rows_per_wg = wgsl_const("moe_vec.wgsl", "ROWS")?;
     let groups = wgsl_const("moe_vec.wgsl", "WG")? / wgsl_const("moe_vec.wgsl", "GL")?;
     let max_k = wgsl_const("moe_vec.wgsl", "MAX_K")?;
-    if s.top_k > max_k {
+    let max_e = wgsl_const("moe_vec.wgsl", "MAX_E")?;
+    if s.top_k > max_k || s.experts > max_e {
         return Err(Error::Unsupported(format!(
-            "{} experts per token (the per-slot kernels take at most {max_k})",
-            s.top_k
+            "top-{} of {} experts (the per-slot kernels take at most {max_k} of {max_e})",
+            s.top_k, s.experts
         )));
     }
     // Each projection binds its inputs, then one buffer's blocks and scales, then its outputs.
@@ -233,7 +244,7 @@ fn vec_dispatches(
             chunks: w.gate_up,
             grid_x: (2 * s.inter).div_ceil(rows_per_wg),
             count: Count::Slots,
-            before: vec![b.h, b.idx],
+            before: vec![b.h, b.router_part, b.idx, b.wts],
             after: vec![w.gate_up_bias, b.act],
         },
         Projection {
@@ -321,6 +332,7 @@ mod tests {
                     experts: e as u32,
                     max_slots: (t * k) as u32,
                     vec_max_tokens: 0,
+                    router_slices: 1,
                 };
                 let (gu_b, gu_s) = random_mxfp4(&mut rng, e * 2 * it, hd);
                 let (dn_b, dn_s) = random_mxfp4(&mut rng, e * hd, it);
@@ -328,19 +340,29 @@ mod tests {
                 let dn_bias = random(&mut rng, e * hd, 0.5);
                 let h = random(&mut rng, t * hd, 1.0);
                 let x0 = random(&mut rng, t * hd, 1.0);
+                // Router logits per token, given to the per-slot path as partial sums over
+                // `slices` slices (as router.wgsl writes them) and to the grouped path as the
+                // picks and softmax weights they imply (the router's own job there).
+                let slices = 3usize;
+                let mut part = vec![0.0f32; t * slices * e];
                 let mut idx: Vec<u32> = Vec::new();
                 let mut wts = Vec::new();
-                for _ in 0..t {
-                    let mut picked: Vec<u32> = Vec::new();
-                    while picked.len() < k {
-                        let c = rng.below(e as u64) as u32;
-                        if !picked.contains(&c) {
-                            picked.push(c);
+                for ti in 0..t {
+                    let logits = random(&mut rng, e, 3.0);
+                    for (ex, &v) in logits.iter().enumerate() {
+                        let cut = random(&mut rng, slices - 1, 1.0);
+                        let rest = v - cut.iter().sum::<f32>();
+                        for (c, pv) in cut.iter().chain([&rest]).enumerate() {
+                            part[(ti * slices + c) * e + ex] = *pv;
                         }
                     }
-                    idx.extend(&picked);
-                    let w = random(&mut rng, k, 1.0);
-                    wts.extend(w.iter().map(|v| v.abs()));
+                    // The sums the kernel sees, in its order, decide the picks.
+                    let sums: Vec<f32> = (0..e)
+                        .map(|ex| (0..slices).map(|c| part[(ti * slices + c) * e + ex]).sum())
+                        .collect();
+                    let (i, w) = crate::kernels::router::reference(&sums, k);
+                    idx.extend(i);
+                    wts.extend(w);
                 }
                 let chunk = |b: &[u8], sc: &[u8], rows: usize, cols: usize| -> Vec<ExpertChunk> {
                     (0..e)
@@ -360,8 +382,7 @@ mod tests {
                 let gu = chunk(&gu_b, &gu_s, 2 * it, hd);
                 let dn = chunk(&dn_b, &dn_s, hd, it);
                 let hb = gpu.upload("h", f32_bytes(&h)).unwrap();
-                let ib = gpu.upload("idx", bytemuck::cast_slice(&idx)).unwrap();
-                let wb = gpu.upload("wts", f32_bytes(&wts)).unwrap();
+                let pb = gpu.upload("part", f32_bytes(&part)).unwrap();
                 let gbb = gpu.upload("gub", f32_bytes(&gu_bias)).unwrap();
                 let dbb = gpu.upload("dnb", f32_bytes(&dn_bias)).unwrap();
                 let ab = gpu.storage("act", (t * k * it * 4) as u64).unwrap();
@@ -378,7 +399,16 @@ mod tests {
                 // Both paths on the same inputs: grouped by expert, and per slot.
                 let run = |vec_max_tokens: u32| {
                     let xb = gpu.upload("x", f32_bytes(&x0)).unwrap();
+                    // The grouped path reads the picks; the per-slot path writes them.
+                    let (ib, wb) = if vec_max_tokens == 0 {
+                        let i = gpu.upload("idx", bytemuck::cast_slice(&idx)).unwrap();
+                        (i, gpu.upload("wts", f32_bytes(&wts)).unwrap())
+                    } else {
+                        let bytes = (t * k * 4) as u64;
+                        (gpu.storage("idx", bytes).unwrap(), gpu.storage("wts", bytes).unwrap())
+                    };
                     let bufs = MoeBuffers {
+                        router_part: &pb,
                         idx: &ib,
                         wts: &wb,
                         lists: &lb,
@@ -390,6 +420,7 @@ mod tests {
                     };
                     let shape = MoeShape {
                         vec_max_tokens,
+                        router_slices: slices as u32,
                         ..s
                     };
                     let d = build(gpu, &step, &shape, &bufs, &ws).unwrap();
@@ -399,6 +430,10 @@ mod tests {
                         ..Default::default()
                     };
                     submit(gpu, &step, &c, &d);
+                    let picks = gpu.read_u32(&ib, t * k).unwrap();
+                    assert_eq!(picks, idx, "t={t} vec_max={vec_max_tokens}: experts");
+                    let weights = gpu.read_f32(&wb, t * k).unwrap();
+                    assert!(max_abs(&weights, &wts) < 1e-6, "weights {weights:?} {wts:?}");
                     gpu.read_f32(&xb, t * hd).unwrap()
                 };
                 let paths = [(0, run(0)), (t as u32, run(t as u32))];

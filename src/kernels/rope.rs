@@ -9,12 +9,12 @@ pub(crate) struct Params {
     pub n_heads: u32,
     pub n_kv: u32,
     pub head_dim: u32,
-    /// Positions each sequence keeps in this layer's cache (window ring or full context).
-    pub cap: u32,
+    /// Which of a token's KV slots this layer writes (`kv_cache::Kind`).
+    pub kv_kind: u32,
 }
 
-/// Rotates q in qkv: [T, (NH + 2 NKV) * D] in place and writes rotated k and v into the caches
-/// k_cache, v_cache: [seqs, cap, NKV, D]. table: [max_pos, D/2] (cos, sin).
+/// Rotates q in qkv: [T, (NH + 2 NKV) * D] in place and writes rotated k and v into the paged
+/// caches k_cache, v_cache at each token's KV slot. table: [max_pos, D/2] (cos, sin).
 pub struct Rope<'a> {
     pub tokens: &'a wgpu::Buffer,
     pub table: &'a wgpu::Buffer,

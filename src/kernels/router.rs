@@ -1,5 +1,7 @@
-//! The MoE router (`shaders/router.wgsl`): one workgroup per token norms the input (written for the
-//! experts), projects it to the router logits, picks the top k and softmaxes their logits.
+//! The MoE router (`shaders/router.wgsl`): norms the input (written for the experts) and projects
+//! it to the router logits. Large passes pick the top k and softmax their logits in the same
+//! dispatch (one workgroup per token); decode passes spread each token's logits over many
+//! workgroups as partial sums, which `moe_vec`'s gate_up adds up and ranks itself.
 
 use crate::error::{Error, Result};
 use crate::gpu::{Count, Dispatch, Gpu, Split};
@@ -23,17 +25,27 @@ pub struct Router<'a> {
     /// [E, H] bf16 and [E] f32.
     pub w: &'a Split,
     pub bias: &'a wgpu::Buffer,
-    /// Outputs: h [T, H] = RMSNorm(x) * norm (the experts' input), idx and wts [T, K].
+    /// Outputs: h [T, H] = RMSNorm(x) * norm (the experts' input), idx and wts [T, K] (large
+    /// passes), part [VEC_MAX_TOKENS, slices, E] the decode passes' partial logits.
     pub h: &'a wgpu::Buffer,
+    pub part: &'a wgpu::Buffer,
     pub idx: &'a wgpu::Buffer,
     pub wts: &'a wgpu::Buffer,
     pub hidden: u32,
     pub n_experts: u32,
     pub top_k: u32,
+    /// Passes of up to this many tokens write partial logits.
+    pub vec_max_tokens: u32,
 }
 
-/// One dispatch for every pass size.
-pub fn build(gpu: &Gpu, step: &wgpu::Buffer, r: &Router) -> Result<Dispatch> {
+/// Slices of the input a decode pass's router logits are split into, for `hidden` inputs.
+pub fn slices(hidden: u32) -> Result<u32> {
+    let units = crate::gpu::shader::wgsl_const("router.wgsl", "SLICE_UNITS")?;
+    Ok((hidden / 8).div_ceil(units).max(1))
+}
+
+/// Two dispatches: the partial logits for decode passes, the whole router for larger ones.
+pub fn build(gpu: &Gpu, step: &wgpu::Buffer, r: &Router) -> Result<Vec<Dispatch>> {
     let max_e = crate::gpu::shader::wgsl_const("router.wgsl", "MAX_E")?;
     if r.top_k > r.n_experts || r.n_experts > max_e || r.hidden % 8 != 0 {
         return Err(Error::Unsupported(format!(
@@ -52,18 +64,35 @@ pub fn build(gpu: &Gpu, step: &wgpu::Buffer, r: &Router) -> Result<Dispatch> {
         top_k: r.top_k,
         eps: r.eps,
     };
-    let key = super::row_group_key(gpu, "router.wgsl", "main");
-    let bufs = [r.x, r.norm, &w.buffer, r.bias, r.h, r.idx, r.wts];
-    Dispatch::new(
-        gpu,
-        &key,
-        step,
-        bytemuck::bytes_of(&p),
-        &bufs,
-        1,
-        Count::Tokens,
-        1,
-    )
+    let p = bytemuck::bytes_of(&p);
+    let main = super::row_group_key(gpu, "router.wgsl", "main");
+    let partial = super::row_group_key(gpu, "router.wgsl", "partial").define_if("PARTIAL", true);
+    let common = [r.x, r.norm, &w.buffer, r.bias, r.h];
+    let (vec, tiled) = (1..=r.vec_max_tokens, r.vec_max_tokens + 1..=u32::MAX);
+    Ok(vec![
+        Dispatch::new(
+            gpu,
+            &partial,
+            step,
+            p,
+            &[&common[..], &[r.part]].concat(),
+            slices(r.hidden)?,
+            Count::Tokens,
+            1,
+        )?
+        .only_for(Count::Tokens, vec),
+        Dispatch::new(
+            gpu,
+            &main,
+            step,
+            p,
+            &[&common[..], &[r.idx, r.wts]].concat(),
+            1,
+            Count::Tokens,
+            1,
+        )?
+        .only_for(Count::Tokens, tiled),
+    ])
 }
 
 /// The reference: top-k by value (lower index first on ties), softmax over the k values.
@@ -93,11 +122,14 @@ mod tests {
     fn router_norms_projects_picks_top_k_and_softmaxes() {
         let mut rng = seeded("router");
         for gpu in gpus() {
+            // Passes of up to 8 tokens write partial logits (hidden 600 makes three slices, the
+            // last one short), larger ones pick.
             for &(t, hd, e, k) in &[
                 (1usize, 64usize, 4usize, 2usize),
                 (70, 32, 32, 4),
                 (3, 96, 128, 4),
-                (5, 64, 7, 3),
+                (5, 600, 7, 3),
+                (9, 600, 40, 4),
             ] {
                 let x = random(&mut rng, t * hd, 2.0);
                 let g = random(&mut rng, hd, 1.0);
@@ -116,7 +148,10 @@ mod tests {
                 let hb = gpu.storage("h", (t * hd * 4) as u64).unwrap();
                 let ib = gpu.storage("i", (t * k * 4) as u64).unwrap();
                 let wtb = gpu.storage("w", (t * k * 4) as u64).unwrap();
+                let n_slices = slices(hd as u32).unwrap() as usize;
+                let pb = gpu.storage("part", (t * n_slices * e * 4) as u64).unwrap();
                 let step = step_buffer(gpu);
+                let vec_max = 8;
                 let r = Router {
                     x: &xb,
                     norm: &gb,
@@ -124,21 +159,24 @@ mod tests {
                     w: &split,
                     bias: &bb,
                     h: &hb,
+                    part: &pb,
                     idx: &ib,
                     wts: &wtb,
                     hidden: hd as u32,
                     n_experts: e as u32,
                     top_k: k as u32,
+                    vec_max_tokens: vec_max,
                 };
                 let d = build(gpu, &step, &r).unwrap();
                 let counts = StepCounts {
                     tokens: t as u32,
                     ..Default::default()
                 };
-                submit(gpu, &step, &counts, &[d]);
+                submit(gpu, &step, &counts, &d);
                 let gh = gpu.read_f32(&hb, t * hd).unwrap();
                 let gi = gpu.read_u32(&ib, t * k).unwrap();
                 let gw = gpu.read_f32(&wtb, t * k).unwrap();
+                let gp = gpu.read_f32(&pb, t * n_slices * e).unwrap();
                 for ti in 0..t {
                     let h = rmsnorm_ref(&x[ti * hd..(ti + 1) * hd], &g, 1e-5);
                     assert!(
@@ -152,6 +190,13 @@ mod tests {
                             (dotp + bias[ex] as f64) as f32
                         })
                         .collect();
+                    if t <= vec_max as usize {
+                        let sums: Vec<f32> = (0..e)
+                            .map(|ex| (0..n_slices).map(|c| gp[(ti * n_slices + c) * e + ex]).sum())
+                            .collect();
+                        assert!(nmse(&sums, &logits) < 1e-12, "partial logits of token {ti}");
+                        continue;
+                    }
                     let (ri, rw) = reference(&logits, k);
                     // Ranks may swap only between logits closer than rounding.
                     for (j, (&got, &want)) in gi[ti * k..(ti + 1) * k].iter().zip(&ri).enumerate() {

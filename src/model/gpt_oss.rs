@@ -21,7 +21,7 @@ use crate::kernels::router::{self, Router};
 use crate::kernels::sample::{self, SampleParams};
 use crate::model::config::ModelConfig;
 use crate::model::inputs::TokenInfo;
-use crate::model::kv_cache::{self, LayerCache};
+use crate::model::kv_cache::{KvCache, LayerCache};
 use crate::model::tensors;
 use crate::model::upload::{self, LayerWeights, Weights};
 use crate::model::weights::WeightSource;
@@ -73,7 +73,9 @@ struct Activations {
     qkv: wgpu::Buffer,
     attn: wgpu::Buffer,
     attn_partials: wgpu::Buffer,
-    /// [T, K] chosen experts and their weights.
+    /// [VEC_MAX_TOKENS, slices, E] a decode pass's partial router logits; [T, K] chosen experts
+    /// and their weights.
+    router_part: wgpu::Buffer,
     expert_idx: wgpu::Buffer,
     expert_wts: wgpu::Buffer,
     /// [T K, I] SwiGLU outputs, [T K, H] per-slot outputs; [E, T K] slots per expert, [E] counts.
@@ -104,7 +106,7 @@ impl Activations {
             g.storage(name, n)
         };
         Ok(Activations {
-            tokens: buf("tokens", t * 16)?,
+            tokens: buf("tokens", t * std::mem::size_of::<TokenInfo>() as u64)?,
             out_rows: buf("out_rows", o * 4)?,
             x: buf("x", t * h * 4)?,
             h: buf("h", t * h * 4)?,
@@ -113,6 +115,10 @@ impl Activations {
             attn_partials: buf(
                 "attn_partials",
                 attention::partials_bytes(c.heads, c.head_dim)?,
+            )?,
+            router_part: buf(
+                "router_part",
+                VEC_MAX_TOKENS as u64 * router::slices(c.hidden)? as u64 * e * 4,
             )?,
             expert_idx: buf("expert_idx", t * k * 4)?,
             expert_wts: buf("expert_wts", t * k * 4)?,
@@ -148,7 +154,7 @@ pub struct Model {
     // Kept alive for the dispatches' bind groups.
     weights: Weights,
     _rope_table: wgpu::Buffer,
-    caches: Vec<LayerCache>,
+    cache: KvCache,
 }
 
 /// Builds the forward pass: the dispatch list of DESIGN.md section 2, layer by layer.
@@ -165,13 +171,13 @@ impl Graph<'_> {
     fn build(
         &self,
         w: &Weights,
-        caches: &[LayerCache],
+        cache: &KvCache,
         rope_table: &wgpu::Buffer,
     ) -> Result<Vec<Dispatch>> {
         let (g, step, c, a) = (self.g, self.step, self.c, self.acts);
         let mut ds = embed::build(g, step, &a.tokens, &w.embed_tokens, &a.x, c.hidden)?;
         for (l, lw) in w.layers.iter().enumerate() {
-            ds.extend(self.attention_block(l, lw, &caches[l], rope_table)?);
+            ds.extend(self.attention_block(l, lw, cache, rope_table)?);
             ds.extend(self.moe_block(lw)?);
         }
         // Final norm of the rows whose logits are wanted, lm_head, sampling.
@@ -222,10 +228,12 @@ impl Graph<'_> {
         &self,
         l: usize,
         lw: &LayerWeights,
-        cache: &LayerCache,
+        kv: &KvCache,
         rope_table: &wgpu::Buffer,
     ) -> Result<Vec<Dispatch>> {
         let (g, step, c, a) = (self.g, self.step, self.c, self.acts);
+        let cache: &LayerCache = &kv.layers[l];
+        let kind = cache.kind as u32;
         let qkv_n = (c.heads + 2 * c.kv_heads) * c.head_dim;
         let norm = RmsNorm {
             x: &a.x,
@@ -271,7 +279,7 @@ impl Graph<'_> {
                     n_heads: c.heads,
                     n_kv: c.kv_heads,
                     head_dim: c.head_dim,
-                    cap: cache.cap,
+                    kv_kind: kind,
                     kv_f16: self.kv_f16,
                 })),
                 1..=vec_max,
@@ -293,7 +301,7 @@ impl Graph<'_> {
                     n_heads: c.heads,
                     n_kv: c.kv_heads,
                     head_dim: c.head_dim,
-                    cap: cache.cap,
+                    kv_kind: kind,
                 },
                 self.kv_f16,
             )?
@@ -307,6 +315,7 @@ impl Graph<'_> {
                 qkv: &a.qkv,
                 k_cache: &cache.k,
                 v_cache: &cache.v,
+                table: &kv.tables[kind as usize],
                 sinks: &lw.sinks,
                 out: &a.attn,
                 partials: &a.attn_partials,
@@ -315,7 +324,7 @@ impl Graph<'_> {
                 n_heads: c.heads,
                 n_kv: c.kv_heads,
                 head_dim: c.head_dim,
-                cap: cache.cap,
+                ring: kv.ring(cache.kind),
                 window: if c.sliding[l] { c.sliding_window } else { 0 },
                 scale: 1.0 / (c.head_dim as f32).sqrt(),
                 _pad: [0; 2],
@@ -345,7 +354,7 @@ impl Graph<'_> {
     /// chosen experts and their weights.
     fn moe_block(&self, lw: &LayerWeights) -> Result<Vec<Dispatch>> {
         let (g, step, c, a) = (self.g, self.step, self.c, self.acts);
-        let mut ds = vec![router::build(
+        let mut ds = router::build(
             g,
             step,
             &Router {
@@ -355,13 +364,15 @@ impl Graph<'_> {
                 w: &lw.router,
                 bias: &lw.router_bias,
                 h: &a.h,
+                part: &a.router_part,
                 idx: &a.expert_idx,
                 wts: &a.expert_wts,
                 hidden: c.hidden,
                 n_experts: c.experts,
                 top_k: c.top_k,
+                vec_max_tokens: VEC_MAX_TOKENS,
             },
-        )?];
+        )?;
         let shape = MoeShape {
             hidden: c.hidden,
             inter: c.inter,
@@ -371,8 +382,10 @@ impl Graph<'_> {
             alpha: c.swiglu_alpha,
             max_slots: self.max_tokens * c.top_k,
             vec_max_tokens: VEC_MAX_TOKENS,
+            router_slices: router::slices(c.hidden)?,
         };
         let buffers = MoeBuffers {
+            router_part: &a.router_part,
             idx: &a.expert_idx,
             wts: &a.expert_wts,
             lists: &a.expert_lists,
@@ -434,7 +447,7 @@ impl Model {
             bytemuck::cast_slice(&c.rope.table(opts.max_context)),
         )?;
         let kv_f16 = opts.kv_f16 && g.caps.f16;
-        let caches = kv_cache::allocate(
+        let cache = KvCache::allocate(
             g,
             c,
             opts.max_seqs,
@@ -451,7 +464,7 @@ impl Model {
             max_tokens: opts.max_tokens,
             kv_f16,
         };
-        let dispatches = graph.build(&weights, &caches, &rope_table)?;
+        let dispatches = graph.build(&weights, &cache, &rope_table)?;
         let ids_staging = g.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("ids read-back"),
             size: (max_outputs as u64 * 4).max(4),
@@ -468,7 +481,7 @@ impl Model {
             dispatches,
             weights,
             _rope_table: rope_table,
-            caches,
+            cache,
             gpu,
             cfg,
             opts,
@@ -480,9 +493,19 @@ impl Model {
         self.weights.bytes
     }
 
+    /// Gives the KV-cache blocks of a sequence slot back: its sequence ended.
+    pub fn release(&self, seq: u32) {
+        self.cache.release(seq);
+    }
+
+    /// Free KV-cache blocks (full-attention layers, sliding-window layers).
+    pub fn free_kv_blocks(&self) -> [usize; 2] {
+        self.cache.free_blocks()
+    }
+
     /// GPU bytes of the KV cache.
     pub fn cache_bytes(&self) -> u64 {
-        kv_cache::bytes(&self.caches)
+        self.cache.bytes()
     }
 
     /// GPU bytes of one forward pass's activations.
@@ -533,7 +556,9 @@ impl Model {
             )));
         }
         let g = &self.gpu;
-        g.write(&self.acts.tokens, 0, bytemuck::cast_slice(b.tokens));
+        let mut tokens = b.tokens.to_vec();
+        self.cache.place(g, &mut tokens)?;
+        g.write(&self.acts.tokens, 0, bytemuck::cast_slice(&tokens));
         if !b.outputs.is_empty() {
             g.write(&self.acts.out_rows, 0, bytemuck::cast_slice(b.outputs));
             g.write(&self.acts.sampling, 0, bytemuck::cast_slice(b.sampling));

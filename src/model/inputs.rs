@@ -10,4 +10,19 @@ pub struct TokenInfo {
     /// KV-cache slot of its sequence.
     pub seq: u32,
     pub _pad: u32,
+    /// Where its K/V go in the paged cache, per kind of layer (full, window): block * KV_BLOCK
+    /// + offset. Filled in by the model (`KvCache::place`).
+    pub kv_slot: [u32; 2],
+    pub _pad2: [u32; 2],
+}
+
+impl TokenInfo {
+    pub fn new(id: u32, pos: u32, seq: u32) -> TokenInfo {
+        TokenInfo {
+            id,
+            pos,
+            seq,
+            ..Default::default()
+        }
+    }
 }
