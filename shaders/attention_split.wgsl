@@ -156,12 +156,10 @@ fn split(lanes: Lanes, @builtin(workgroup_id) wg: vec3<u32>) {
             let kb = kv_at(tok.seq, base + lid, kvh) / 4u;
             key_at[lid] = kb;
             var dot_qk: array<f32, MAX_G>;
-            // A constant trip count (D/4 <= WG/4) with clamped loads: all of them in flight.
-            for (var i = 0u; i < WG / 4u; i++) {
-                let ic = min(i, d4 - 1u);
-                let k4 = select(vec4<f32>(0.0), vec4<f32>(k_cache[kb + ic]), i < d4);
+            for (var i = 0u; i < d4; i++) {
+                let k4 = vec4<f32>(k_cache[kb + i]);
                 for (var g = 0u; g < MAX_G; g++) {
-                    dot_qk[g] += dot(qs[min(g, gn - 1u) * d4 + ic], k4);
+                    dot_qk[g] += dot(qs[min(g, gn - 1u) * d4 + i], k4);
                 }
             }
             for (var g = 0u; g < MAX_G; g++) {
@@ -186,13 +184,10 @@ fn split(lanes: Lanes, @builtin(workgroup_id) wg: vec3<u32>) {
             acc[g] *= corr[g];
         }
         if f < phases {
-            // Keys f, f + phases, ...: at most D/4 <= WG/4 of them, unrolled like the keys.
-            for (var jj = 0u; jj < WG / 4u; jj++) {
-                let j = f + jj * phases;
-                let jc = min(j, n - 1u);
-                let v4 = vec4<f32>(v_cache[key_at[jc] + q]);
+            for (var j = f; j < n; j += phases) {
+                let v4 = vec4<f32>(v_cache[key_at[j] + q]);
                 for (var g = 0u; g < MAX_G; g++) {
-                    acc[g] += select(0.0, prob[g * WG + jc], j < n) * v4;
+                    acc[g] += prob[g * WG + j] * v4;
                 }
             }
         }

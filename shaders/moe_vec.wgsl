@@ -20,9 +20,9 @@
 //   Bindings: act, idx, wts [T*K], blocks [e_count, H, I/32, 16], scales, bias [E, H], x [T, H].
 //   Grid: (ceil(H / R), T).
 // A row group of GL lanes takes R rows: lane i of a group reads word i, i + GL, ... (8 codes, 4
-// bytes; a warp reads 128 contiguous bytes) of each of its rows, UNROLL words at a time so that
-// their loads are in flight together, and the matching 8 inputs (32 contiguous bytes per lane),
-// an input load serving R rows. Short rows of
+// bytes; a warp reads 128 contiguous bytes) of each of its rows, two words at a time so that two
+// loads are in flight, and the matching 8 inputs (32 contiguous bytes per lane), an input load
+// serving R rows. Short rows of
 // work in many workgroups: on the H200, 2 rows per 32-lane group beat 4 and 8, 64-lane groups,
 // one 16-byte block per lane (its 128-byte input strides do not coalesce) and 16 rows per
 // 128-lane workgroup (PERF.md v0.9 and v0.10).
@@ -66,8 +66,6 @@ fn input(i: u32) -> vec4<f32> {
 // gate row beside its up row), and the most experts per token.
 const ROWS: u32 = 8u;
 const MAX_K: u32 = 16u;
-// 8-code units a lane has in flight per row.
-const UNROLL: u32 = 4u;
 const WG: u32 = 128u;
 const GL: u32 = 32u;
 const R: u32 = ROWS / (WG / GL);
@@ -78,21 +76,29 @@ const R: u32 = ROWS / (WG / GL);
 fn project(l: Lanes, e_local: u32, row0: u32, rows: u32, k: u32, inb: u32) -> array<f32, R> {
     var acc: array<f32, R>;
     let units = k / 8u;
-    // A group with no rows (its slot's expert is in another buffer) loads nothing.
-    let end = select(0u, units, rows > 0u);
-    for (var i0 = l.lid % GL; i0 < end; i0 += UNROLL * GL) {
-        // Straight-line code over UNROLL units (indices clamped, dead ones zeroed rather than
-        // branched around) lets the compiler issue all their loads at once.
-        for (var u = 0u; u < UNROLL; u++) {
-            let i = i0 + u * GL;
-            let ic = select(0u, i, i < units);
-            let a = input(inb + 2u * ic);
-            let b = input(inb + 2u * ic + 1u);
-            for (var r = 0u; r < R; r++) {
-                let live = i < units && row0 + r < rows;
-                let row = e_local * rows + min(row0 + r, rows - 1u);
-                let d = fp4_dot8(blocks[row * units + ic], a, b) * unit_scale(row, k, ic);
-                acc[r] += select(0.0, d, live);
+    var i = l.lid % GL;
+    for (; i + GL < units; i += 2u * GL) {
+        let a0 = input(inb + 2u * i);
+        let b0 = input(inb + 2u * i + 1u);
+        let a1 = input(inb + 2u * (i + GL));
+        let b1 = input(inb + 2u * (i + GL) + 1u);
+        for (var r = 0u; r < R; r++) {
+            if row0 + r < rows {
+                let row = e_local * rows + row0 + r;
+                let w0 = blocks[row * units + i];
+                let w1 = blocks[row * units + i + GL];
+                acc[r] += fp4_dot8(w0, a0, b0) * unit_scale(row, k, i)
+                    + fp4_dot8(w1, a1, b1) * unit_scale(row, k, i + GL);
+            }
+        }
+    }
+    if i < units {
+        let a = input(inb + 2u * i);
+        let b = input(inb + 2u * i + 1u);
+        for (var r = 0u; r < R; r++) {
+            if row0 + r < rows {
+                let row = e_local * rows + row0 + r;
+                acc[r] += fp4_dot8(blocks[row * units + i], a, b) * unit_scale(row, k, i);
             }
         }
     }
@@ -192,11 +198,9 @@ fn down(l: Lanes, @builtin(workgroup_id) wg: vec3<u32>) {
 #endif
 
 #ifdef GATE_UP
-// Most experts and most partials per token (the Rust side reads these lines); the token's
-// partials and logits, the chosen experts and their logits by rank.
+// Most experts (the Rust side reads this line); the token's logits, the chosen experts and their
+// logits by rank.
 const MAX_E: u32 = 256u;
-const MAX_PARTS: u32 = 2048u;
-var<workgroup> staged: array<f32, MAX_PARTS>;
 var<workgroup> logit: array<f32, MAX_E>;
 var<workgroup> chosen: array<u32, MAX_K>;
 var<workgroup> chosen_logit: array<f32, MAX_K>;
@@ -206,25 +210,10 @@ var<workgroup> chosen_logit: array<f32, MAX_K>;
 fn route(l: Lanes, s: u32, store: bool) -> u32 {
     let t = s / p.top_k;
     let j = s % p.top_k;
-    // The token's partials come in with every lane's loads in flight at once, then each expert's
-    // slices are added in workgroup memory.
-    let n = p.slices * p.n_experts;
-    for (var i0 = l.lid; i0 < n; i0 += UNROLL * WG) {
-        var v: array<f32, UNROLL>;
-        for (var u = 0u; u < UNROLL; u++) {
-            v[u] = part[t * n + min(i0 + u * WG, n - 1u)];
-        }
-        for (var u = 0u; u < UNROLL; u++) {
-            if i0 + u * WG < n {
-                staged[i0 + u * WG] = v[u];
-            }
-        }
-    }
-    workgroupBarrier();
     for (var e = l.lid; e < p.n_experts; e += WG) {
         var sum = 0.0;
         for (var c = 0u; c < p.slices; c++) {
-            sum += staged[c * p.n_experts + e];
+            sum += part[(t * p.slices + c) * p.n_experts + e];
         }
         logit[e] = sum;
     }
