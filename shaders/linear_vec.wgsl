@@ -7,9 +7,9 @@
 // g [k] f32 (NORM only).
 // Grid: (min(ceil(rows / ROWS), 65535), count); workgroups stride over the row blocks. Each of
 // the NG row groups of GL lanes takes R rows (a lane reads 8-weight units lane, lane + GL, ... of
-// each, two at a time so that two loads are in flight), so even a per-layer matrix spreads over
-// thousands of short workgroups: at batch 1 a workgroup's serial latency, not the bandwidth, is
-// what costs (PERF.md v0.9 and v0.10).
+// each, UNROLL at a time so that their loads are in flight together), so even a per-layer matrix
+// spreads over thousands of short workgroups: at batch 1 a workgroup's serial latency, not the
+// bandwidth, is what costs (PERF.md v0.9 to v0.11).
 // ROPE (the q/k/v projection, with NORM): the four rows of a workgroup are two rotation pairs
 // (i, i + D/2) of one head, so the epilogue applies RoPE (as rope.wgsl does) and stores q into y
 // and k, v straight into the KV cache: no separate rope dispatch at decode. Extra bindings:
@@ -44,6 +44,8 @@ const ROWS: u32 = 4u;
 const WG: u32 = 128u;
 const GL: u32 = 32u;
 const R: u32 = ROWS / (WG / GL);
+// 8-weight units a lane has in flight per row.
+const UNROLL: u32 = 4u;
 #include "common/row_group.wgsl"
 #ifdef NORM
 // The fused norm's sum of squares is one workgroup-wide sum.
@@ -88,24 +90,17 @@ fn main(l: Lanes, @builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups)
     for (var rb = wg.x; rb < blocks; rb += nwg.x) {
         let r0 = first_row(rb, grp);
         var acc: array<f32, R>;
-        var i = lane;
-        for (; i + GL < units; i += 2u * GL) {
-            let a0 = input(xb, i, scale);
-            let a1 = input(xb, i + GL, scale);
-            for (var r = 0u; r < R; r++) {
-                if r0 + r < p.rows {
-                    let wb = (r0 + r) * units + i;
-                    let w0 = w[wb];
-                    let w1 = w[wb + GL];
-                    acc[r] += bf16_dot8(w0, a0[0], a0[1]) + bf16_dot8(w1, a1[0], a1[1]);
-                }
-            }
-        }
-        if i < units {
-            let a = input(xb, i, scale);
-            for (var r = 0u; r < R; r++) {
-                if r0 + r < p.rows {
-                    acc[r] += bf16_dot8(w[(r0 + r) * units + i], a[0], a[1]);
+        for (var i0 = lane; i0 < units; i0 += UNROLL * GL) {
+            // Straight-line code over UNROLL units (indices clamped, dead ones zeroed rather
+            // than branched around) lets the compiler issue all their loads at once.
+            for (var u = 0u; u < UNROLL; u++) {
+                let i = i0 + u * GL;
+                let live = i < units;
+                let ic = select(0u, i, live);
+                let a = input(xb, ic, scale);
+                for (var r = 0u; r < R; r++) {
+                    let row = min(r0 + r, p.rows - 1u);
+                    acc[r] += select(0.0, bf16_dot8(w[row * units + ic], a[0], a[1]), live);
                 }
             }
         }
