@@ -1,22 +1,23 @@
-// Dense layer with bf16 weights for passes of a few tokens (decode), one token per workgroup row:
-// y[t, row_start + r] (+)= sum_k in[t, k] * W[r, k] + bias[row_start + r], in = x, or with NORM
-// in = x * rsqrt(mean(x^2) + eps) * g: the RMSNorm that precedes the projection, fused so the
-// normed vector never goes through memory.
+// Dense layer with bf16 weights for passes of a few tokens (decode): for each of up to MAX_T
+// tokens t of the pass, y[t, row_start + r] (+)= sum_k in[t, k] * W[r, k] + bias[row_start + r],
+// in = x, or with NORM in = x * rsqrt(mean(x^2) + eps) * g: the RMSNorm that precedes the
+// projection, fused so the normed vector never goes through memory. Every workgroup serves all
+// the tokens, so each weight is read once per pass however many sequences decode together.
 // Bindings: x [count, k] f32 (k a multiple of 8), W rows [rows, k] bf16 (this buffer's rows of
 // the matrix, read 8 weights per 16-byte load), bias [n_out] f32, y [count, n_out] f32,
 // g [k] f32 (NORM only).
-// Grid: (min(ceil(rows / ROWS), 65535), count); workgroups stride over the row blocks. Each of
-// the NG row groups of GL lanes takes R rows (a lane reads 8-weight units lane, lane + GL, ... of
-// each, UNROLL at a time so that their loads are in flight together), so even a per-layer matrix
-// spreads over thousands of short workgroups: at batch 1 a workgroup's serial latency, not the
-// bandwidth, is what costs (PERF.md v0.9 to v0.11).
+// Grid: (min(ceil(rows / ROWS), 65535), ceil(count / MAX_T)); workgroups stride over the row
+// blocks. Each of the NG row groups of GL lanes takes R rows (a lane reads 8-weight units lane,
+// lane + GL, ... of each, UNROLL at a time so that their loads are in flight together), so even a
+// per-layer matrix spreads over thousands of short workgroups: at batch 1 a workgroup's serial
+// latency, not the bandwidth, is what costs (PERF.md v0.9 to v0.11).
 // ROPE (the q/k/v projection, with NORM): the four rows of a workgroup are two rotation pairs
 // (i, i + D/2) of one head, so the epilogue applies RoPE (as rope.wgsl does) and stores q into y
-// and k, v straight into the KV cache: no separate rope dispatch at decode. Extra bindings:
-// tokens [count], table [max_pos, D/2] (cos, sin), k_cache, v_cache (common/kv.wgsl). The
-// buffer's rows start at a head boundary.
-// Variants: SUBGROUPS, NORM, ROPE (with KV_F16). ACCUMULATE (a parameter) adds into y, the
-// residual stream.
+// and k, v straight into the KV cache at each token's slot: no separate rope dispatch at decode.
+// Extra bindings: tokens [count], table [max_pos, D/2] (cos, sin), k_cache, v_cache
+// (common/kv.wgsl). The buffer's rows start at a head boundary.
+// Variants: SUBGROUPS, NORM, ROPE (with KV_F16), MULTI. ACCUMULATE (a parameter) adds into y,
+// the residual stream.
 #ifdef ROPE
 #include "common/kv.wgsl"
 #endif
@@ -44,12 +45,19 @@ const ROWS: u32 = 4u;
 const WG: u32 = 128u;
 const GL: u32 = 32u;
 const R: u32 = ROWS / (WG / GL);
-// 8-weight units a lane has in flight per row.
+// 8-weight units a lane has in flight per row, and tokens per workgroup: MULTI serves up to 8
+// (the Rust side reads this line), the plain variant one (batch-1 decode keeps its registers).
 const UNROLL: u32 = 4u;
+#ifdef MULTI
+const MAX_T: u32 = 8u;
+#else
+const MAX_T: u32 = 1u;
+#endif
+const NSUM: u32 = R * MAX_T;
 #include "common/row_group.wgsl"
 #ifdef NORM
-// The fused norm's sum of squares is one workgroup-wide sum.
-const NV: u32 = 1u;
+// The fused norm's sums of squares, one workgroup-wide sum per token.
+const NV: u32 = MAX_T;
 #include "common/reduce.wgsl"
 #endif
 
@@ -67,52 +75,79 @@ fn first_row(rb: u32, grp: u32) -> u32 {
 
 @compute @workgroup_size(WG)
 fn main(l: Lanes, @builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let t = wg.y;
-    if t >= step_count(p.count_which) {
+    let t0 = wg.y * MAX_T;
+    let count = step_count(p.count_which);
+    if t0 >= count {
         return;
     }
+    let n_tok = min(count - t0, MAX_T);
     let units = p.k / 8u;
-    let xb = t * 2u * units;
-    var scale = 1.0;
+    // Token t's inputs start at vec4 index (t0 + t) * xs.
+    let xs = 2u * units;
+    var scale: array<f32, MAX_T>;
+    for (var t = 0u; t < MAX_T; t++) {
+        scale[t] = 1.0;
+    }
 #ifdef NORM
     reduce_setup(l);
     var ss: array<f32, NV>;
-    for (var i = l.lid; i < 2u * units; i += WG) {
-        let v = x[xb + i];
-        ss[0] += dot(v, v);
+    for (var t = 0u; t < n_tok; t++) {
+        for (var i = l.lid; i < xs; i += WG) {
+            let v = x[(t0 + t) * xs + i];
+            ss[t] += dot(v, v);
+        }
     }
     reduce_sum(&ss);
-    scale = inverseSqrt(red[0] / f32(p.k) + p.eps);
+    for (var t = 0u; t < MAX_T; t++) {
+        scale[t] = inverseSqrt(red[t] / f32(p.k) + p.eps);
+    }
 #endif
     let blocks = (p.rows + ROWS - 1u) / ROWS;
     let lane = l.lid % GL;
     let grp = l.lid / GL;
     for (var rb = wg.x; rb < blocks; rb += nwg.x) {
         let r0 = first_row(rb, grp);
-        var acc: array<f32, R>;
+        // acc[r * MAX_T + t]: row r0 + r for token t0 + t.
+        var acc: array<f32, NSUM>;
         for (var i0 = lane; i0 < units; i0 += UNROLL * GL) {
             // Straight-line code over UNROLL units (indices clamped, dead ones zeroed rather
             // than branched around) lets the compiler issue all their loads at once.
             for (var u = 0u; u < UNROLL; u++) {
                 let i = i0 + u * GL;
-                let live = i < units;
-                let ic = select(0u, i, live);
-                let a = input(xb, ic, scale);
+                let live = select(0.0, 1.0, i < units);
+                let ic = select(0u, i, i < units);
+#ifdef NORM
+                let ga = g[2u * ic];
+                let gb = g[2u * ic + 1u];
+#endif
                 for (var r = 0u; r < R; r++) {
-                    let row = min(r0 + r, p.rows - 1u);
-                    acc[r] += select(0.0, bf16_dot8(w[row * units + ic], a[0], a[1]), live);
+                    let wr = bf16_wide8(w[min(r0 + r, p.rows - 1u) * units + ic]);
+                    for (var t = 0u; t < MAX_T; t++) {
+                        if t < n_tok {
+                            let xb = (t0 + t) * xs + 2u * ic;
+                            var a = x[xb] * (scale[t] * live);
+                            var b = x[xb + 1u] * (scale[t] * live);
+#ifdef NORM
+                            a *= ga;
+                            b *= gb;
+#endif
+                            acc[r * MAX_T + t] += dot(wr[0], a) + dot(wr[1], b);
+                        }
+                    }
                 }
             }
         }
         group_sums(&acc, l);
 #ifdef ROPE
-        rope_store(t, r0, acc[0], lane, grp);
+        rope_store(t0, n_tok, r0, acc, lane, grp);
 #else
         if lane == 0u {
             for (var r = 0u; r < R; r++) {
                 let row = r0 + r;
-                if row < p.rows {
-                    store_out(t, p.row_start + row, acc[r]);
+                for (var t = 0u; t < n_tok; t++) {
+                    if row < p.rows {
+                        store_out(t0 + t, p.row_start + row, acc[r * MAX_T + t]);
+                    }
                 }
             }
         }
@@ -120,38 +155,31 @@ fn main(l: Lanes, @builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups)
     }
 }
 
-// The 8 inputs of unit i of the token at vec4 `xb`, normed with NORM.
-fn input(xb: u32, i: u32, scale: f32) -> array<vec4<f32>, 2> {
-    var a = x[xb + 2u * i] * scale;
-    var b = x[xb + 2u * i + 1u] * scale;
-#ifdef NORM
-    a *= g[2u * i];
-    b *= g[2u * i + 1u];
-#endif
-    return array<vec4<f32>, 2>(a, b);
-}
-
 #ifdef ROPE
-var<workgroup> pair_v: array<f32, 4>;
+var<workgroup> pair_v: array<f32, 4u * MAX_T>;
 
-// Rotates the workgroup's two (i, i + D/2) pairs and stores them: q into y, k and v into the
-// cache. Called from uniform control flow by every lane.
-fn rope_store(t: u32, row: u32, v: f32, lane: u32, grp: u32) {
+// Rotates the workgroup's two (i, i + D/2) pairs for each token and stores them: q into y, k and
+// v into the cache. Lane t of groups 0 and 2 takes token t0 + t. Called from uniform control
+// flow by every lane.
+fn rope_store(t0: u32, n_tok: u32, row: u32, acc: array<f32, NSUM>, lane: u32, grp: u32) {
     let col = p.row_start + row;
     if lane == 0u {
-        var out = v;
-        if p.has_bias != 0u {
-            out += bias[col];
+        for (var t = 0u; t < MAX_T; t++) {
+            var out = acc[t];
+            if p.has_bias != 0u {
+                out += bias[col];
+            }
+            pair_v[grp * MAX_T + t] = out;
         }
-        pair_v[grp] = out;
     }
     workgroupBarrier();
-    if lane == 0u && grp % 2u == 0u && row < p.rows {
+    if lane < n_tok && grp % 2u == 0u && row < p.rows {
+        let t = t0 + lane;
         let d = p.head_dim;
         let head = col / d;
         let i = col % d;
-        let x1 = pair_v[grp];
-        let x2 = pair_v[grp + 1u];
+        let x1 = pair_v[grp * MAX_T + lane];
+        let x2 = pair_v[(grp + 1u) * MAX_T + lane];
         let tok = tokens[t];
         var o1 = x1;
         var o2 = x2;

@@ -69,6 +69,7 @@ const MAX_K: u32 = 16u;
 const WG: u32 = 128u;
 const GL: u32 = 32u;
 const R: u32 = ROWS / (WG / GL);
+const NSUM: u32 = R;
 #include "common/row_group.wgsl"
 
 // acc[r] = row row0 + r of local expert e_local (`rows` rows of k codes) . the input vector at

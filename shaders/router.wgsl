@@ -43,6 +43,7 @@ const MAX_E: u32 = 256u;
 // 8-input units per PARTIAL slice (the Rust side reads this line).
 const SLICE_UNITS: u32 = 32u;
 #include "common/reduce.wgsl"
+const NSUM: u32 = R;
 #include "common/row_group.wgsl"
 
 // RMSNorm's scale for token t (its x starts at vec4 index xb). Called from uniform control flow.

@@ -37,8 +37,10 @@ pub struct Report {
     pub weight_gib: f64,
     pub kv_cache_gib: f64,
     pub activations_gib: f64,
-    /// GPU microseconds per kernel family for one decode step and one prefill pass.
+    /// GPU microseconds per kernel family for one decode step, one batched decode step (the
+    /// largest batch of --batches that takes the decode kernels) and one prefill pass.
     pub decode_kernels_us: Vec<(String, f64)>,
+    pub batch_decode_kernels_us: Vec<(String, f64)>,
     pub prefill_kernels_us: Vec<(String, f64)>,
     /// Every dispatch of one decode step, in order (label, microseconds).
     pub decode_dispatches_us: Vec<(String, f64)>,
@@ -155,6 +157,7 @@ pub fn run(
         kv_cache_gib: gib(model.cache_bytes()),
         activations_gib: gib(model.activation_bytes()),
         decode_kernels_us: Vec::new(),
+        batch_decode_kernels_us: Vec::new(),
         prefill_kernels_us: Vec::new(),
         decode_dispatches_us: Vec::new(),
         decode_kernel_bytes: Vec::new(),
@@ -229,6 +232,21 @@ pub fn run(
     report.decode_kernels_us = per_family(&decode);
     report.decode_kernel_bytes = decode_bytes(model, ctx);
     report.decode_dispatches_us = decode.into_iter().map(|(l, ns)| (l, ns / 1e3)).collect();
+    let batch = batches
+        .iter()
+        .copied()
+        .filter(|&b| b > 1 && b <= crate::kernels::VEC_MAX_TOKENS.min(model.opts.max_seqs))
+        .max();
+    if let Some(b) = batch {
+        let toks: Vec<TokenInfo> = (0..b).map(|s| TokenInfo::new(1, ctx, s)).collect();
+        let outputs: Vec<u32> = (0..b).collect();
+        let profile = pollster::block_on(model.profile(&Batch {
+            tokens: &toks,
+            outputs: &outputs,
+            sampling: &greedy(b as usize),
+        }))?;
+        report.batch_decode_kernels_us = per_family(&profile.unwrap_or_default());
+    }
     let n = prompt_lens
         .iter()
         .copied()

@@ -988,6 +988,7 @@ fn bench(a: &BenchArgs) -> Result<()> {
     );
     for (name, k) in [
         ("decode step", &report.decode_kernels_us),
+        ("batched decode step", &report.batch_decode_kernels_us),
         ("prefill pass", &report.prefill_kernels_us),
     ] {
         if k.is_empty() {

@@ -8,9 +8,16 @@ fn bf16_hi(w: u32) -> f32 {
     return bitcast<f32>(w & 0xffff0000u);
 }
 
+// 8 bf16 weights (4 words) widened: elements 0..3, then 4..7.
+fn bf16_wide8(q: vec4<u32>) -> array<vec4<f32>, 2> {
+    return array<vec4<f32>, 2>(
+        vec4<f32>(bf16_lo(q.x), bf16_hi(q.x), bf16_lo(q.y), bf16_hi(q.y)),
+        vec4<f32>(bf16_lo(q.z), bf16_hi(q.z), bf16_lo(q.w), bf16_hi(q.w)),
+    );
+}
+
 // 8 bf16 weights (4 words) against 8 inputs (a: elements 0..3, b: 4..7).
 fn bf16_dot8(q: vec4<u32>, a: vec4<f32>, b: vec4<f32>) -> f32 {
-    let wa = vec4<f32>(bf16_lo(q.x), bf16_hi(q.x), bf16_lo(q.y), bf16_hi(q.y));
-    let wb = vec4<f32>(bf16_lo(q.z), bf16_hi(q.z), bf16_lo(q.w), bf16_hi(q.w));
-    return dot(wa, a) + dot(wb, b);
+    let w = bf16_wide8(q);
+    return dot(w[0], a) + dot(w[1], b);
 }

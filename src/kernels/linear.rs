@@ -184,6 +184,9 @@ pub fn build_vec(
         .define_if("ROPE", l.rope.is_some())
         .define_if("KV_F16", l.rope.as_ref().is_some_and(|r| r.kv_f16));
     let rows_per_wg = wgsl_const("linear_vec.wgsl", "ROWS")?;
+    // Each MULTI workgroup serves this many tokens.
+    let max_t = wgsl_const("linear_vec.wgsl", "MAX_T")?;
+    let multi = key.clone().define_if("MULTI", true);
     if let Some(r) = &l.rope {
         // The epilogue pairs rows i and i + D/2 of a head within one workgroup.
         let aligned = l.w.chunks.iter().all(|c| c.start % r.head_dim == 0 && c.count % r.head_dim == 0);
@@ -212,10 +215,20 @@ pub fn build_vec(
             .div_ceil(rows_per_wg)
             .min(gpu.caps.max_workgroups_per_dim);
         let params = bytemuck::bytes_of(&p);
-        out.push(
-            Dispatch::new(gpu, &key, step, params, &bufs, grid_x, l.count, 1)?
-                .only_for(l.count, counts.clone()),
-        );
+        // One token alone takes the plain variant, more the MULTI one.
+        let (one, many) = (*counts.start()..=1, 2.max(*counts.start())..=*counts.end());
+        if !one.is_empty() {
+            out.push(
+                Dispatch::new(gpu, &key, step, params, &bufs, grid_x, l.count, 1)?
+                    .only_for(l.count, one),
+            );
+        }
+        if !many.is_empty() {
+            out.push(
+                Dispatch::new(gpu, &multi, step, params, &bufs, grid_x, l.count, max_t)?
+                    .only_for(l.count, many),
+            );
+        }
     }
     Ok(out)
 }

@@ -28,9 +28,9 @@ fn row_group_key(gpu: &Gpu, file: &'static str, entry: &'static str) -> ShaderKe
     ShaderKey::new(file, entry).define_if("SUBGROUPS", gpu.caps.subgroups && fits)
 }
 
-/// Passes with at most this many tokens run the matrix-vector kernels (`linear_vec`, `moe_vec`,
-/// one workgroup row per token or slot); larger ones the tiled kernels that reuse each weight
-/// load across tokens.
+/// Passes with at most this many tokens run the matrix-vector kernels (`linear_vec`, whose
+/// workgroups serve every token of the pass, and `moe_vec`, one workgroup row per slot or token);
+/// larger ones the tiled kernels that reuse each weight load across more tokens.
 pub const VEC_MAX_TOKENS: u32 = 8;
 
 /// Which step count a kernel's rows follow, as `step_count()` in `common/step.wgsl` numbers them.
@@ -62,16 +62,19 @@ pub fn all_variants() -> Vec<ShaderKey> {
         out.push(k("sample.wgsl", "pick"));
         out.push(k("router.wgsl", "main"));
         out.push(k("router.wgsl", "partial").define_if("PARTIAL", true));
-        for norm in [false, true] {
-            out.push(k("linear_vec.wgsl", "main").define_if("NORM", norm));
-        }
-        for f16 in [false, true] {
-            out.push(
-                k("linear_vec.wgsl", "main")
-                    .define_if("NORM", true)
-                    .define_if("ROPE", true)
-                    .define_if("KV_F16", f16),
-            );
+        for multi in [false, true] {
+            let k = |f, e| k(f, e).define_if("MULTI", multi);
+            for norm in [false, true] {
+                out.push(k("linear_vec.wgsl", "main").define_if("NORM", norm));
+            }
+            for f16 in [false, true] {
+                out.push(
+                    k("linear_vec.wgsl", "main")
+                        .define_if("NORM", true)
+                        .define_if("ROPE", true)
+                        .define_if("KV_F16", f16),
+                );
+            }
         }
         out.push(k("moe_vec.wgsl", "gate_up").define_if("GATE_UP", true));
         out.push(k("moe_vec.wgsl", "down").define_if("DOWN", true));
