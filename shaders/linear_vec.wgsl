@@ -6,7 +6,7 @@
 // Bindings: x [count, k] f32 (k a multiple of 8), W rows [rows, k] bf16 (this buffer's rows of
 // the matrix, read 8 weights per 16-byte load), bias [n_out] f32, y [count, n_out] f32,
 // g [k] f32 (NORM only).
-// Grid: (min(ceil(rows / ROWS), 65535), ceil(count / MAX_T)); workgroups stride over the row
+// Grid: (min(ceil(rows / WG_ROWS), 65535), ceil(count / MAX_T)); workgroups stride over the row
 // blocks. Each of the NG row groups of GL lanes takes R rows (a lane reads 8-weight units lane,
 // lane + GL, ... of each, UNROLL at a time so that their loads are in flight together), so even a
 // per-layer matrix spreads over thousands of short workgroups: at batch 1 a workgroup's serial
@@ -40,19 +40,24 @@
 @group(0) @binding(10) var<storage, read_write> v_cache: array<kv>;
 #endif
 
-// Rows per workgroup (the Rust side reads this line to size the grid).
+// Rows per workgroup, one token and MULTI (the Rust side reads these lines to size the grid):
+// one row per row group at batch 1, where a workgroup's latency is what counts; four with
+// several tokens, so that each input load serves four rows.
 const ROWS: u32 = 4u;
+const MULTI_ROWS: u32 = 16u;
 const WG: u32 = 128u;
 const GL: u32 = 32u;
-const R: u32 = ROWS / (WG / GL);
 // 8-weight units a lane has in flight per row, and tokens per workgroup: MULTI serves up to 8
 // (the Rust side reads this line), the plain variant one (batch-1 decode keeps its registers).
 const UNROLL: u32 = 4u;
 #ifdef MULTI
 const MAX_T: u32 = 8u;
+const WG_ROWS: u32 = MULTI_ROWS;
 #else
 const MAX_T: u32 = 1u;
+const WG_ROWS: u32 = ROWS;
 #endif
+const R: u32 = WG_ROWS / (WG / GL);
 const NSUM: u32 = R * MAX_T;
 #include "common/row_group.wgsl"
 #ifdef NORM
@@ -64,12 +69,13 @@ const NV: u32 = MAX_T;
 // The first of the R rows (of this buffer) that row group `grp` computes in row block `rb`.
 fn first_row(rb: u32, grp: u32) -> u32 {
 #ifdef ROPE
-    // R = 1: groups 0, 1 take rows i, i + D/2 of a head, groups 2, 3 rows i + 1, i + 1 + D/2.
-    let quarter = p.head_dim / 4u;
-    let i = 2u * (rb % quarter) + grp / 2u;
-    return (rb / quarter) * p.head_dim + i + (grp % 2u) * (p.head_dim / 2u);
+    // A workgroup takes 2R consecutive dims i of the first half of a head (groups 0 and 2) and
+    // the same dims i + D/2 of the second half (groups 1 and 3), so that rotation pairs meet.
+    let per_head = p.head_dim / WG_ROWS;
+    let i = (rb % per_head) * 2u * R + (grp / 2u) * R;
+    return (rb / per_head) * p.head_dim + i + (grp % 2u) * (p.head_dim / 2u);
 #else
-    return rb * ROWS + grp * R;
+    return rb * WG_ROWS + grp * R;
 #endif
 }
 
@@ -102,7 +108,7 @@ fn main(l: Lanes, @builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups)
         scale[t] = inverseSqrt(red[t] / f32(p.k) + p.eps);
     }
 #endif
-    let blocks = (p.rows + ROWS - 1u) / ROWS;
+    let blocks = (p.rows + WG_ROWS - 1u) / WG_ROWS;
     let lane = l.lid % GL;
     let grp = l.lid / GL;
     for (var rb = wg.x; rb < blocks; rb += nwg.x) {
@@ -156,30 +162,34 @@ fn main(l: Lanes, @builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups)
 }
 
 #ifdef ROPE
-var<workgroup> pair_v: array<f32, 4u * MAX_T>;
+var<workgroup> pair_v: array<f32, 4u * NSUM>;
 
-// Rotates the workgroup's two (i, i + D/2) pairs for each token and stores them: q into y, k and
-// v into the cache. Lane t of groups 0 and 2 takes token t0 + t. Called from uniform control
-// flow by every lane.
-fn rope_store(t0: u32, n_tok: u32, row: u32, acc: array<f32, NSUM>, lane: u32, grp: u32) {
-    let col = p.row_start + row;
+// Rotates the workgroup's rotation pairs for each token and stores them: q into y, k and v into
+// the cache. Lane r * MAX_T + t of groups 0 and 2 takes row r0 + r of token t0 + t (R * MAX_T
+// <= GL). Called from uniform control flow by every lane.
+fn rope_store(t0: u32, n_tok: u32, r0: u32, acc: array<f32, NSUM>, lane: u32, grp: u32) {
     if lane == 0u {
-        for (var t = 0u; t < MAX_T; t++) {
-            var out = acc[t];
+        for (var q = 0u; q < NSUM; q++) {
+            var out = acc[q];
+            let col = p.row_start + min(r0 + q / MAX_T, p.rows - 1u);
             if p.has_bias != 0u {
                 out += bias[col];
             }
-            pair_v[grp * MAX_T + t] = out;
+            pair_v[grp * NSUM + q] = out;
         }
     }
     workgroupBarrier();
-    if lane < n_tok && grp % 2u == 0u && row < p.rows {
-        let t = t0 + lane;
+    let r = lane / MAX_T;
+    let tq = lane % MAX_T;
+    let row = r0 + r;
+    if r < R && tq < n_tok && grp % 2u == 0u && row < p.rows {
+        let col = p.row_start + row;
+        let t = t0 + tq;
         let d = p.head_dim;
         let head = col / d;
         let i = col % d;
-        let x1 = pair_v[grp * MAX_T + lane];
-        let x2 = pair_v[(grp + 1u) * MAX_T + lane];
+        let x1 = pair_v[grp * NSUM + lane];
+        let x2 = pair_v[(grp + 1u) * NSUM + lane];
         let tok = tokens[t];
         var o1 = x1;
         var o2 = x2;

@@ -188,8 +188,11 @@ fn chunked_prefill_and_split_weights_match() {
     let dir = checkpoint();
     // Passes of 48 tokens wrap the sliding-window ring several times; a 64 KiB binding limit
     // splits the embedding, lm_head, attention and expert weights over many buffers.
+    // Portable as well: no subgroups, and the browser's eight storage buffers per kernel, so
+    // RoPE runs as its own dispatch after the q/k/v projection.
     let opts = GpuOptions {
         split_bytes: Some(64 << 10),
+        portable: true,
         ..Default::default()
     };
     let Some(e) = engine(dir.path(), opts, 48, false) else {
@@ -198,6 +201,14 @@ fn chunked_prefill_and_split_weights_match() {
     let got = all_logits(&e, &f.ids, 48);
     compare(
         "chunks of 48, split weights",
+        &got,
+        &f,
+        e.model.cfg.vocab as usize,
+    );
+    // Passes of 8 take the decode kernels, with every weight read once for all 8 tokens.
+    let got = all_logits(&e, &f.ids, 8);
+    compare(
+        "chunks of 8, split weights, portable",
         &got,
         &f,
         e.model.cfg.vocab as usize,

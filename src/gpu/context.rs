@@ -28,6 +28,9 @@ pub struct Caps {
     pub max_invocations: u32,
     /// Most workgroups in one dispatch dimension.
     pub max_workgroups_per_dim: u32,
+    /// Most storage buffers one kernel may bind (8 is all WebGPU promises; fused kernels that
+    /// need more have an unfused fallback).
+    pub storage_buffers: u32,
 }
 
 /// How to pick and set up the device.
@@ -161,6 +164,10 @@ impl Gpu {
             .await
             .map_err(|e| Error::Device(format!("cannot open {}: {e}", adapter.get_info().name)))?;
         let mut gpu = Gpu::from_device(device, queue, adapter.get_info());
+        if opts.portable {
+            // What WebGPU promises everywhere: the browser path's binding budget.
+            gpu.caps.storage_buffers = gpu.caps.storage_buffers.min(8);
+        }
         if let Some(b) = opts.split_bytes {
             gpu.caps.split_bytes = gpu.caps.max_binding.min(b);
         }
@@ -182,6 +189,7 @@ impl Gpu {
             max_buffer: l.max_buffer_size,
             max_invocations: l.max_compute_invocations_per_workgroup,
             max_workgroups_per_dim: l.max_compute_workgroups_per_dimension,
+            storage_buffers: l.max_storage_buffers_per_shader_stage,
         };
         Gpu {
             device,

@@ -95,6 +95,13 @@ pub struct RopeOutput<'a> {
     pub kv_f16: bool,
 }
 
+/// Whether the q/k/v projection can rotate and store k, v itself (`RopeOutput`) for this head dim
+/// on this device: its rows pair up within a workgroup, and it binds nine storage buffers.
+pub fn fuses_rope(gpu: &Gpu, head_dim: u32) -> Result<bool> {
+    let rows = wgsl_const("linear_vec.wgsl", "ROWS")?.max(wgsl_const("linear_vec.wgsl", "MULTI_ROWS")?);
+    Ok(head_dim % rows == 0 && gpu.caps.storage_buffers >= 9)
+}
+
 /// The largest pass that runs the vector kernel for input width k: it reads 8 weights per load,
 /// so k must be a multiple of 8 (else 0: every pass is tiled). A fused norm's separate rmsnorm
 /// dispatch must run for the larger passes.
@@ -184,15 +191,17 @@ pub fn build_vec(
         .define_if("ROPE", l.rope.is_some())
         .define_if("KV_F16", l.rope.as_ref().is_some_and(|r| r.kv_f16));
     let rows_per_wg = wgsl_const("linear_vec.wgsl", "ROWS")?;
+    let multi_rows = wgsl_const("linear_vec.wgsl", "MULTI_ROWS")?;
     // Each MULTI workgroup serves this many tokens.
     let max_t = wgsl_const("linear_vec.wgsl", "MAX_T")?;
     let multi = key.clone().define_if("MULTI", true);
     if let Some(r) = &l.rope {
         // The epilogue pairs rows i and i + D/2 of a head within one workgroup.
         let aligned = l.w.chunks.iter().all(|c| c.start % r.head_dim == 0 && c.count % r.head_dim == 0);
-        if l.norm.is_none() || r.head_dim % rows_per_wg != 0 || !aligned {
+        if l.norm.is_none() || r.head_dim % rows_per_wg.max(multi_rows) != 0 || !aligned {
             return Err(Error::Unsupported(format!(
-                "fused RoPE needs the norm, head dim a multiple of {rows_per_wg} and weight buffers cut at heads (head dim {})",
+                "fused RoPE needs the norm, head dim a multiple of {} and weight buffers cut at heads (head dim {})",
+                rows_per_wg.max(multi_rows),
                 r.head_dim
             )));
         }
@@ -210,22 +219,19 @@ pub fn build_vec(
             bufs.extend([r.tokens, r.table, r.k_cache, r.v_cache]);
         }
         // Workgroups stride over row blocks beyond the grid limit (lm_head has 10^5).
-        let grid_x = c
-            .count
-            .div_ceil(rows_per_wg)
-            .min(gpu.caps.max_workgroups_per_dim);
+        let grid = |per_wg: u32| c.count.div_ceil(per_wg).min(gpu.caps.max_workgroups_per_dim);
         let params = bytemuck::bytes_of(&p);
         // One token alone takes the plain variant, more the MULTI one.
         let (one, many) = (*counts.start()..=1, 2.max(*counts.start())..=*counts.end());
         if !one.is_empty() {
             out.push(
-                Dispatch::new(gpu, &key, step, params, &bufs, grid_x, l.count, 1)?
+                Dispatch::new(gpu, &key, step, params, &bufs, grid(rows_per_wg), l.count, 1)?
                     .only_for(l.count, one),
             );
         }
         if !many.is_empty() {
             out.push(
-                Dispatch::new(gpu, &multi, step, params, &bufs, grid_x, l.count, max_t)?
+                Dispatch::new(gpu, &multi, step, params, &bufs, grid(multi_rows), l.count, max_t)?
                     .only_for(l.count, many),
             );
         }
@@ -381,7 +387,7 @@ mod tests {
         {
             // (heads, kv heads, head dim, k, heads per weight buffer, tokens)
             for &(nh, nkv, d, k, heads_split, t) in
-                &[(4usize, 2usize, 8usize, 64usize, 3usize, 1usize), (8, 2, 64, 96, 12, 5)]
+                &[(4usize, 2usize, 16usize, 64usize, 3usize, 1usize), (8, 2, 64, 96, 12, 5), (2, 1, 32, 32, 1, 8)]
             {
                 let n = (nh + 2 * nkv) * d;
                 let (seqs, max_pos) = (2usize, 20usize);

@@ -248,9 +248,13 @@ impl Graph<'_> {
             Count::Tokens,
             linear::vec_max_tokens(c.hidden) + 1..=u32::MAX,
         )];
-        // Decode-sized passes rotate and store k, v in the projection's epilogue; larger ones run
-        // rope.wgsl after the tiled projection.
-        let vec_max = linear::vec_max_tokens(c.hidden);
+        // Decode-sized passes rotate and store k, v in the projection's epilogue (where the head
+        // dim and the device allow); larger ones run rope.wgsl after the tiled projection.
+        let fused = if linear::fuses_rope(g, c.head_dim)? {
+            linear::vec_max_tokens(c.hidden)
+        } else {
+            0
+        };
         let qkv = |rope| Linear {
             x: &a.h,
             w: &lw.qkv,
@@ -267,7 +271,7 @@ impl Graph<'_> {
             }),
             rope,
         };
-        if vec_max > 0 {
+        if fused > 0 {
             ds.extend(linear::build_vec(
                 g,
                 step,
@@ -282,10 +286,12 @@ impl Graph<'_> {
                     kv_kind: kind,
                     kv_f16: self.kv_f16,
                 })),
-                1..=vec_max,
+                1..=fused,
             )?);
+            ds.extend(linear::build_tiled(g, step, &qkv(None), fused)?);
+        } else {
+            ds.extend(linear::build(g, step, &qkv(None))?);
         }
-        ds.extend(linear::build_tiled(g, step, &qkv(None), vec_max)?);
         ds.push(
             rope::build(
                 g,
@@ -305,7 +311,7 @@ impl Graph<'_> {
                 },
                 self.kv_f16,
             )?
-            .only_for(Count::Tokens, vec_max + 1..=u32::MAX),
+            .only_for(Count::Tokens, fused + 1..=u32::MAX),
         );
         ds.extend(attention::build(
             g,
