@@ -41,10 +41,10 @@
 #endif
 
 // Rows per workgroup, one token and MULTI (the Rust side reads these lines to size the grid):
-// one row per row group at batch 1, where a workgroup's latency is what counts; four with
-// several tokens, so that each input load serves four rows.
+// one row per row group. (Four rows per group with 8 tokens, so that an input load serves four
+// rows, made the H200's batch-8 step 60% slower in the dense layers: PERF.md v0.11.)
 const ROWS: u32 = 4u;
-const MULTI_ROWS: u32 = 16u;
+const MULTI_ROWS: u32 = 4u;
 const WG: u32 = 128u;
 const GL: u32 = 32u;
 // 8-weight units a lane has in flight per row, and tokens per workgroup: MULTI serves up to 8
