@@ -10,7 +10,7 @@
 //   gate = min(g_even, limit); up = clamp(g_odd, -limit, limit);   (the clamp is upper-only on gate)
 //   act[s, i] = gate * sigmoid(alpha * gate) * (up + 1).
 //   Bindings: h [T, H] (normed), part [T, slices, E], idx [T*K] u32, wts [T*K] f32, blocks
-//   [e_count, 2I, H/32, 16] u8 as words, scales [e_count, 2I, H/32] u8, bias [E, 2I] f32,
+//   [e_count, 2I, H/32, 16] u8 in 8-byte units, scales [e_count, 2I, H/32] u8, bias [E, 2I] f32,
 //   act [T*K, I]. Grid: (ceil(2I / ROWS), T*K).
 // DOWN: x[t, n] += sum_j wts[s] * (W_down[e] act[s] + bias[e])[n] over the token's slots
 //   s = t * K + j whose expert e is in this dispatch: the down projection, the weighting and the
@@ -19,10 +19,11 @@
 //   sums meet in workgroup memory and are added in slot order.
 //   Bindings: act, idx, wts [T*K], blocks [e_count, H, I/32, 16], scales, bias [E, H], x [T, H].
 //   Grid: (ceil(H / R), T).
-// A row group of GL lanes takes R rows: lane i of a group reads word i, i + GL, ... (8 codes, 4
-// bytes; a warp reads 128 contiguous bytes) of each of its rows, two words at a time so that two
-// loads are in flight, and the matching 8 inputs (32 contiguous bytes per lane), an input load
-// serving R rows. Short rows of
+// A row group of GL lanes takes R rows: lane i of a group reads 8-byte unit i, i + GL, ... (16
+// codes; a warp reads 256 contiguous bytes) of each of its rows and the matching 16 inputs (64
+// contiguous bytes per lane), an input load serving R rows. (8-byte units beat 4-byte ones by 3%
+// on the H200; a byte-to-pair table in workgroup memory instead of the bit-twiddled decode lost
+// 25%: PERF.md v0.11.) Short rows of
 // work in many workgroups: on the H200, 2 rows per 32-lane group beat 4 and 8, 64-lane groups,
 // one 16-byte block per lane (its 128-byte input strides do not coalesce) and 16 rows per
 // 128-lane workgroup (PERF.md v0.9 and v0.10).
@@ -38,7 +39,7 @@
 @group(0) @binding(3) var<storage, read> part: array<f32>;
 @group(0) @binding(4) var<storage, read_write> idx: array<u32>;
 @group(0) @binding(5) var<storage, read_write> wts: array<f32>;
-@group(0) @binding(6) var<storage, read> blocks: array<u32>;
+@group(0) @binding(6) var<storage, read> blocks: array<vec2<u32>>;
 @group(0) @binding(7) var<storage, read> scales: array<u32>;
 @group(0) @binding(8) var<storage, read> bias: array<f32>;
 @group(0) @binding(9) var<storage, read_write> act: array<f32>;
@@ -52,7 +53,7 @@ fn input(i: u32) -> vec4<f32> {
 @group(0) @binding(2) var<storage, read> act: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read> idx: array<u32>;
 @group(0) @binding(4) var<storage, read> wts: array<f32>;
-@group(0) @binding(5) var<storage, read> blocks: array<u32>;
+@group(0) @binding(5) var<storage, read> blocks: array<vec2<u32>>;
 @group(0) @binding(6) var<storage, read> scales: array<u32>;
 @group(0) @binding(7) var<storage, read> bias: array<f32>;
 @group(0) @binding(8) var<storage, read_write> x: array<f32>;
@@ -72,34 +73,21 @@ const R: u32 = ROWS / (WG / GL);
 const NSUM: u32 = R;
 #include "common/row_group.wgsl"
 
-// acc[r] = row row0 + r of local expert e_local (`rows` rows of k codes) . the input vector at
-// vec4 index `inb`, summed over the lanes of this lane's row group.
+// acc[r] = row row0 + r of local expert e_local (`rows` rows of k codes, 16 per unit) . the
+// input vector at vec4 index `inb`, summed over the lanes of this lane's row group.
 fn project(l: Lanes, e_local: u32, row0: u32, rows: u32, k: u32, inb: u32) -> array<f32, R> {
     var acc: array<f32, R>;
-    let units = k / 8u;
-    var i = l.lid % GL;
-    for (; i + GL < units; i += 2u * GL) {
-        let a0 = input(inb + 2u * i);
-        let b0 = input(inb + 2u * i + 1u);
-        let a1 = input(inb + 2u * (i + GL));
-        let b1 = input(inb + 2u * (i + GL) + 1u);
+    let units = k / 16u;
+    for (var i = l.lid % GL; i < units; i += GL) {
+        let a0 = input(inb + 4u * i);
+        let a1 = input(inb + 4u * i + 1u);
+        let a2 = input(inb + 4u * i + 2u);
+        let a3 = input(inb + 4u * i + 3u);
         for (var r = 0u; r < R; r++) {
             if row0 + r < rows {
                 let row = e_local * rows + row0 + r;
-                let w0 = blocks[row * units + i];
-                let w1 = blocks[row * units + i + GL];
-                acc[r] += fp4_dot8(w0, a0, b0) * unit_scale(row, k, i)
-                    + fp4_dot8(w1, a1, b1) * unit_scale(row, k, i + GL);
-            }
-        }
-    }
-    if i < units {
-        let a = input(inb + 2u * i);
-        let b = input(inb + 2u * i + 1u);
-        for (var r = 0u; r < R; r++) {
-            if row0 + r < rows {
-                let row = e_local * rows + row0 + r;
-                acc[r] += fp4_dot8(blocks[row * units + i], a, b) * unit_scale(row, k, i);
+                let w = blocks[row * units + i];
+                acc[r] += (fp4_dot8(w.x, a0, a1) + fp4_dot8(w.y, a2, a3)) * unit_scale(row, k, 2u * i);
             }
         }
     }
@@ -107,7 +95,7 @@ fn project(l: Lanes, e_local: u32, row0: u32, rows: u32, k: u32, inb: u32) -> ar
     return acc;
 }
 
-// The block scale of 8-code unit i of a row of k codes.
+// The block scale of 8-code unit i of a row of k codes (16-code unit i is 8-code unit 2i).
 fn unit_scale(row: u32, k: u32, i: u32) -> f32 {
     let blk = row * (k / 32u) + i / 4u;
     return mx_scale(byte_of(scales[blk / 4u], blk));
