@@ -7,7 +7,7 @@ use std::sync::OnceLock;
 
 use gpt_oss_wgpu::Tokenizer;
 use gpt_oss_wgpu::chat::harmony::{Harmony, Specials};
-use gpt_oss_wgpu::chat::parser::ParseEvent;
+use gpt_oss_wgpu::chat::parser::{ParseEvent, ParsedMessage};
 use gpt_oss_wgpu::chat::{AssistantMessage, ChatRequest, Role, StreamParser};
 use serde_json::Value;
 
@@ -113,6 +113,32 @@ fn assistant_message_from_a_tool_call_completion() {
         m.tool_calls[0].function.arguments,
         "{\"location\": \"Paris\"}"
     );
+}
+
+#[test]
+fn several_analysis_messages_join_with_newlines() {
+    // Two analysis messages, then two final pieces: reasoning_content joins the analysis with
+    // "\n" as vLLM does, content keeps the final text as it came.
+    let msg = |channel: &str, text: &str| ParsedMessage {
+        role: Role::Assistant,
+        name: None,
+        recipient: None,
+        channel: Some(channel.into()),
+        content_type: None,
+        content: text.into(),
+    };
+    let parsed = [
+        msg("analysis", "First thought."),
+        msg("analysis", "Second thought."),
+        msg("final", "Hello"),
+        msg("final", " there."),
+    ];
+    let m = AssistantMessage::from_parsed(&parsed, || "call_1".into());
+    assert_eq!(
+        m.reasoning_content.as_deref(),
+        Some("First thought.\nSecond thought.")
+    );
+    assert_eq!(m.content.as_deref(), Some("Hello there."));
 }
 
 #[test]

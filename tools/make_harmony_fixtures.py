@@ -14,7 +14,8 @@ Usage: TIKTOKEN_ENCODINGS_BASE=<folder with o200k_base.tiktoken> python3 tools/m
 import json, os
 
 from openai_harmony import (Author, Conversation, DeveloperContent, HarmonyEncodingName, Message,
-                            ReasoningEffort, Role, StreamableParser, SystemContent, ToolDescription,
+                            ReasoningEffort, Role, StreamableParser, SystemContent, TextContent,
+                            ToolDescription,
                             load_harmony_encoding)
 
 DATE = "2025-06-28"
@@ -92,6 +93,9 @@ CASES = {
     "code_content": {"messages": [U("def f(x):\n    return x ** 2\n\n\n# why?\n\tindent\n")]},
     "whitespace_content": {"messages": [U("   many    spaces   \n\n\n  ")]},
     "content_parts": {"messages": [{"role": "user", "content": [{"type": "text", "text": "Part one. "}, {"type": "text", "text": "Part two."}]}]},
+    # Parts meet inside a word: tokenized apart they are not the tokens of the joined text.
+    "content_parts_split_word": {"messages": [{"role": "user", "content": [{"type": "text", "text": "Hel"}, {"type": "text", "text": "lo wor"}, {"type": "text", "text": "ld"}]},
+                                              {"role": "assistant", "content": [{"type": "text", "text": "Fi"}, {"type": "text", "text": "ne."}]}, U("Again")]},
     "empty_user": {"messages": [U("")]},
     "system_parts": {"messages": [{"role": "system", "content": [{"type": "text", "text": "Be kind."}]}, U("Hello")], "reasoning_effort": "high"},
     "later_system_message": {"messages": [U("Hi"), {"role": "system", "content": "Now answer in German."}, U("How are you?")]},
@@ -105,12 +109,22 @@ CASES = {
 }
 
 
-def text_of(c):
+def parts_of(c):
+    """The text parts of a content, each handed to openai-harmony as its own text content, as
+    vLLM does for user and assistant messages (each part is tokenized on its own)."""
     if c is None:
-        return ""
+        return []
     if isinstance(c, str):
-        return c
-    return "".join(p.get("text", "") for p in c if p.get("type") == "text")
+        return [c]
+    return [p.get("text", "") for p in c if p.get("type") == "text"]
+
+
+def text_of(c):
+    return "".join(parts_of(c))
+
+
+def parts_message(role, c):
+    return Message.from_role_and_contents(role, [TextContent(text=t) for t in parts_of(c)])
 
 
 def to_harmony(req):
@@ -153,13 +167,13 @@ def to_harmony(req):
                 if reasoning:
                     msgs.append(Message.from_role_and_content(Role.ASSISTANT, reasoning).with_channel("analysis"))
                 if text:
-                    msgs.append(Message.from_role_and_content(Role.ASSISTANT, text).with_channel("final"))
+                    msgs.append(parts_message(Role.ASSISTANT, m.get("content")).with_channel("final"))
         elif role == "tool":
             name = names.get(m.get("tool_call_id")) or m.get("name")
             msgs.append(Message.from_author_and_content(Author.new(Role.TOOL, "functions." + name), text)
                         .with_channel("commentary").with_recipient("assistant"))
         else:
-            msgs.append(Message.from_role_and_content(Role(role), text))
+            msgs.append(parts_message(Role(role), m.get("content")))
     last_final = max((i for i, x in enumerate(msgs) if x.author.role == Role.ASSISTANT and x.channel == "final"), default=-1)
     msgs = [x for i, x in enumerate(msgs) if not (i < last_final and x.channel == "analysis")]
     return msgs

@@ -117,6 +117,9 @@ pub struct DeveloperContent {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Content {
     Text(String),
+    /// Text given in pieces (an OpenAI content-part list), each tokenized on its own as
+    /// openai-harmony tokenizes each text content of a message.
+    Parts(Vec<String>),
     System(SystemContent),
     Developer(DeveloperContent),
 }
@@ -161,10 +164,11 @@ impl Message {
     }
 
     /// The text of a text message (empty for system/developer content).
-    pub fn text_content(&self) -> &str {
+    pub fn text_content(&self) -> String {
         match &self.content {
-            Content::Text(t) => t,
-            _ => "",
+            Content::Text(t) => t.clone(),
+            Content::Parts(p) => p.concat(),
+            _ => String::new(),
         }
     }
 }
@@ -292,6 +296,11 @@ impl<'a> Harmony<'a> {
         out.push(self.ids.message);
         match &m.content {
             Content::Text(t) => self.text(t, out)?,
+            Content::Parts(parts) => {
+                for t in parts {
+                    self.text(t, out)?;
+                }
+            }
             Content::System(s) => {
                 if m.role != Role::System {
                     return Err(Error::Request(

@@ -96,33 +96,40 @@ pub struct ChatRequest {
     pub reasoning_effort: Option<String>,
 }
 
-/// The text of a message's content. Parts other than text are refused: gpt-oss reads text only,
-/// and dropping an image silently would answer a question the user did not ask.
-fn text_of(i: usize, c: &Option<MessageContent>) -> Result<String> {
+/// The text parts of a message's content. Parts other than text are refused: gpt-oss reads text
+/// only, and dropping an image silently would answer a question the user did not ask.
+fn parts_of(i: usize, c: &Option<MessageContent>) -> Result<Vec<String>> {
     match c {
-        None => Ok(String::new()),
-        Some(MessageContent::Text(t)) => Ok(t.clone()),
-        Some(MessageContent::Parts(parts)) => {
-            let mut out = String::new();
-            for p in parts {
-                match (p.kind.as_str(), &p.text) {
-                    ("text" | "input_text", Some(t)) => out.push_str(t),
-                    ("text" | "input_text", None) => {
-                        return Err(Error::Request(format!(
-                            "message {i}: a `{}` content part has no `text`",
-                            p.kind
-                        )));
-                    }
-                    (kind, _) => {
-                        return Err(Error::Request(format!(
-                            "message {i}: content parts of type `{kind}` are not supported \
-                             (gpt-oss reads text only)"
-                        )));
-                    }
-                }
-            }
-            Ok(out)
-        }
+        None => Ok(Vec::new()),
+        Some(MessageContent::Text(t)) => Ok(vec![t.clone()]),
+        Some(MessageContent::Parts(parts)) => parts
+            .iter()
+            .map(|p| match (p.kind.as_str(), &p.text) {
+                ("text" | "input_text", Some(t)) => Ok(t.clone()),
+                ("text" | "input_text", None) => Err(Error::Request(format!(
+                    "message {i}: a `{}` content part has no `text`",
+                    p.kind
+                ))),
+                (kind, _) => Err(Error::Request(format!(
+                    "message {i}: content parts of type `{kind}` are not supported \
+                     (gpt-oss reads text only)"
+                ))),
+            })
+            .collect(),
+    }
+}
+
+/// The whole text of a message's content (instructions and tool results take it joined).
+fn text_of(i: usize, c: &Option<MessageContent>) -> Result<String> {
+    Ok(parts_of(i, c)?.concat())
+}
+
+/// User and assistant text keeps its parts: vLLM hands each to openai-harmony as its own text
+/// content, so each is tokenized on its own.
+fn content_of(parts: Vec<String>) -> Content {
+    match <[String; 1]>::try_from(parts) {
+        Ok([one]) => Content::Text(one),
+        Err(parts) => Content::Parts(parts),
     }
 }
 
@@ -259,7 +266,8 @@ impl ChatRequest {
                             out.push(Message::text(Role::Assistant, r.clone()).channel("analysis"));
                         }
                         if !text.is_empty() {
-                            out.push(Message::text(Role::Assistant, text).channel("final"));
+                            let parts = content_of(parts_of(i, &m.content)?);
+                            out.push(Message::new(Role::Assistant, parts).channel("final"));
                         }
                     }
                 }
@@ -285,7 +293,7 @@ impl ChatRequest {
                         .ok_or_else(|| {
                             Error::Request(format!("message {i}: unknown role `{}`", m.role))
                         })?;
-                    out.push(Message::text(role, text));
+                    out.push(Message::new(role, content_of(parts_of(i, &m.content)?)));
                 }
             }
         }
@@ -325,8 +333,11 @@ impl AssistantMessage {
         let mut content: Option<String> = None;
         let mut reasoning: Option<String> = None;
         let mut calls = Vec::new();
-        let append = |slot: &mut Option<String>, t: &str| match slot {
+        // Several messages of a kind join: analysis with a newline between (as vLLM writes
+        // reasoning_content), final text as it came.
+        let append = |slot: &mut Option<String>, t: &str, sep: &str| match slot {
             Some(s) => {
+                s.push_str(sep);
                 s.push_str(t);
             }
             None => *slot = Some(t.to_string()),
@@ -346,9 +357,9 @@ impl AssistantMessage {
                     },
                 });
             } else if m.channel.as_deref() == Some("analysis") {
-                append(&mut reasoning, &m.content);
+                append(&mut reasoning, &m.content, "\n");
             } else if m.recipient.is_none() {
-                append(&mut content, &m.content);
+                append(&mut content, &m.content, "");
             }
         }
         AssistantMessage {
