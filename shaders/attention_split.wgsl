@@ -26,7 +26,7 @@
 // Spans per token at most, and query heads per KV head at most (the Rust side reads these), and
 // how spans are sized: keys up to ONE_SPAN take a single span, more are cut into spans of at
 // least MIN_SPAN (longer when MAX_SPLITS would not do).
-const MAX_SPLITS: u32 = 128u;
+const MAX_SPLITS: u32 = 64u;
 const ONE_SPAN: u32 = 128u;
 const MIN_SPAN: u32 = 64u;
 const MAX_G: u32 = 8u;
