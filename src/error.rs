@@ -37,6 +37,9 @@ pub enum Error {
     /// Tokenizer loading or encoding failed.
     #[error("tokenizer: {0}")]
     Tokenizer(String),
+    /// The model could not be loaded (serve loads it after opening its port).
+    #[error("loading the model: {0}")]
+    Load(String),
     /// A file could not be read or written. The OS error is part of the message, not a separate
     /// source, so that error chains do not print it twice.
     #[error("{path}: {err}")]

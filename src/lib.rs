@@ -15,6 +15,8 @@ pub mod kernels;
 pub mod model;
 pub mod rng;
 #[cfg(feature = "native")]
+pub mod serve;
+#[cfg(feature = "native")]
 pub mod synth;
 pub mod tokenizer;
 

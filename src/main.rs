@@ -9,6 +9,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use gpt_oss_wgpu::chat::harmony::Harmony;
+use gpt_oss_wgpu::chat::openai::today;
 use gpt_oss_wgpu::chat::{
     AssistantMessage, ChatRequest, ChatSession, ReasoningEffort, Role, StopText, StreamParser,
     TurnEvent,
@@ -16,6 +17,7 @@ use gpt_oss_wgpu::chat::{
 use gpt_oss_wgpu::engine::check_request;
 use gpt_oss_wgpu::model::weights::Checkpoint;
 use gpt_oss_wgpu::model::{Batch, TokenInfo};
+use gpt_oss_wgpu::serve::ServeConfig;
 use gpt_oss_wgpu::synth::{self, SynthSpec};
 use gpt_oss_wgpu::{
     Engine, Event, Gpu, GpuOptions, ModelOptions, Request, Sampling, StreamDecoder, Tokenizer,
@@ -52,6 +54,10 @@ enum Command {
     Parse(ParseArgs),
     /// Measure prefill and decode speed, time to first token, GPU memory and per-kernel time.
     Bench(BenchArgs),
+    /// Serve an OpenAI-compatible API over HTTP: /v1/chat/completions, /v1/completions,
+    /// /v1/models, /tokenize, /detokenize, /health (many clients share the GPU: requests join
+    /// the running batch between forward passes).
+    Serve(ServeArgs),
 }
 
 #[derive(Args, Clone)]
@@ -73,7 +79,7 @@ struct ModelArgs {
     #[arg(long)]
     model: PathBuf,
     /// Most positions per sequence (prompt plus output).
-    #[arg(long, default_value_t = 4096)]
+    #[arg(long, alias = "max-model-len", default_value_t = 4096)]
     max_context: u32,
     /// Most tokens per forward pass; longer prompts are prefilled in chunks.
     #[arg(long, default_value_t = 512)]
@@ -83,6 +89,30 @@ struct ModelArgs {
     kv_f32: bool,
     #[command(flatten)]
     device: DeviceArgs,
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// Port to listen on (0 picks a free one; the address is printed once the model is ready).
+    #[arg(long, default_value_t = 8000)]
+    port: u16,
+    /// Require `Authorization: Bearer KEY` on every route but /health.
+    #[arg(long, env = "GPT_OSS_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+    /// The model name clients send and /v1/models lists (default: --model as given).
+    #[arg(long)]
+    served_model_name: Option<String>,
+    /// Most sequences decoding together (each holds a KV-cache slot).
+    #[arg(long, default_value_t = 8)]
+    max_num_seqs: u32,
+    /// Requests that may wait for a free sequence; more get 503.
+    #[arg(long, default_value_t = 256)]
+    max_queue: usize,
 }
 
 #[derive(Args)]
@@ -536,23 +566,6 @@ fn generate(a: &GenerateArgs) -> Result<()> {
         );
     }
     Ok(())
-}
-
-fn today() -> String {
-    let days = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() / 86400) as i64;
-    // Civil date from days since 1970-01-01 (proleptic Gregorian, 400-year eras).
-    let z = days + 719468;
-    let era = z.div_euclid(146097);
-    let doe = z - era * 146097;
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + if m <= 2 { 1 } else { 0 };
-    format!("{y:04}-{m:02}-{d:02}")
 }
 
 fn random_seed() -> u64 {
@@ -1024,6 +1037,37 @@ fn bench(a: &BenchArgs) -> Result<()> {
 /// or not set" when that variable is missing (containers, CI, ssh sessions), which reads like an
 /// error of ours. Without XDG_RUNTIME_DIR no Wayland display is reachable anyway, so point the
 /// probe at an absolute socket path that does not exist: it then fails quietly.
+fn serve(a: &ServeArgs) -> Result<()> {
+    if a.max_num_seqs == 0 {
+        bail!("--max-num-seqs must be at least 1");
+    }
+    let ckpt = open(&a.model)?;
+    let cfg = ServeConfig {
+        host: a.host.clone(),
+        port: a.port,
+        model_name: a
+            .served_model_name
+            .clone()
+            .unwrap_or_else(|| a.model.model.display().to_string()),
+        api_key: a.api_key.clone().filter(|k| !k.is_empty()),
+        max_queue: a.max_queue,
+        max_body: 32 << 20,
+    };
+    let name = cfg.model_name.clone();
+    let (m, seqs) = (a.model.clone(), a.max_num_seqs);
+    eprintln!("opening {}:{} (503 on /health until the model is loaded)", a.host, a.port);
+    gpt_oss_wgpu::serve::run(
+        cfg,
+        move || load(&m, ckpt, seqs).map_err(|e| gpt_oss_wgpu::Error::Load(format!("{e:#}"))),
+        move |addr| {
+            println!("serving {name} at http://{addr}/v1 (Ctrl-C to stop)");
+            let _ = std::io::stdout().flush();
+        },
+    )?;
+    eprintln!("stopped");
+    Ok(())
+}
+
 fn quiet_wayland_probe() {
     let relative = std::env::var("WAYLAND_DISPLAY").map_or(true, |d| !d.starts_with('/'));
     if std::env::var_os("XDG_RUNTIME_DIR").is_none() && relative {
@@ -1044,6 +1088,7 @@ fn main() -> ExitCode {
         Command::Chat(a) => chat(a),
         Command::Render(a) => render(a),
         Command::Parse(a) => parse(a),
+        Command::Serve(a) => serve(a),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,

@@ -133,6 +133,24 @@ fn content_of(parts: Vec<String>) -> Content {
     }
 }
 
+/// Today's date (UTC) as YYYY-MM-DD, for the system message.
+pub fn today() -> String {
+    let days = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() / 86400) as i64;
+    // Civil date from days since 1970-01-01 (proleptic Gregorian, 400-year eras).
+    let z = days + 719468;
+    let era = z.div_euclid(146097);
+    let doe = z - era * 146097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + if m <= 2 { 1 } else { 0 };
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
 /// Checks that `date` is a calendar date written YYYY-MM-DD.
 pub fn check_date(date: &str) -> Result<()> {
     let bad = || Error::Request(format!("date `{date}` is not a calendar date (YYYY-MM-DD)"));

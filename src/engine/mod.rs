@@ -215,6 +215,16 @@ impl Engine {
         Ok(id)
     }
 
+    /// Requests waiting for a sequence slot.
+    pub fn waiting(&self) -> usize {
+        self.waiting.len()
+    }
+
+    /// Requests holding a sequence slot.
+    pub fn running(&self) -> usize {
+        self.running.len()
+    }
+
     /// Whether any request is still waiting or running.
     pub fn has_work(&self) -> bool {
         !self.waiting.is_empty() || !self.running.is_empty()

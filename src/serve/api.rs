@@ -1,0 +1,629 @@
+//! The endpoints, shaped as vLLM answers them for gpt-oss: request bodies, validation, and the
+//! JSON or server-sent events that come back.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
+use axum::http::StatusCode;
+use axum::response::sse::{Event as Sse, KeepAlive};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::UnboundedReceiverStream;
+
+use super::driver::{Refused, Update};
+use super::error::ApiError;
+use super::stream::{ChatDelta, ChatStream, TextStream};
+use super::{AppState, Ready};
+use crate::chat::harmony::{Harmony, Specials};
+use crate::chat::openai::today;
+use crate::chat::{ChatRequest, StopText};
+use crate::engine::{Event, FinishReason, Request, Sampling};
+
+type ApiResult = Result<Response, ApiError>;
+
+/// `stop`: one string or a list.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum StopSpec {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Deserialize, Default)]
+struct StreamOptions {
+    #[serde(default)]
+    include_usage: bool,
+}
+
+/// The sampling and length fields chat and completions share.
+#[derive(Deserialize)]
+struct Common {
+    model: Option<String>,
+    max_tokens: Option<i64>,
+    max_completion_tokens: Option<i64>,
+    temperature: Option<f32>,
+    top_p: Option<f32>,
+    top_k: Option<i64>,
+    seed: Option<u64>,
+    stop: Option<StopSpec>,
+    n: Option<i64>,
+    #[serde(default)]
+    stream: bool,
+    stream_options: Option<StreamOptions>,
+    logprobs: Option<Value>,
+}
+
+#[derive(Deserialize)]
+struct ChatBody {
+    #[serde(flatten)]
+    common: Common,
+    #[serde(flatten)]
+    chat: ChatRequest,
+    tool_choice: Option<Value>,
+}
+
+/// `prompt`: a text, a list of one text, or token ids.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum PromptSpec {
+    Text(String),
+    Texts(Vec<String>),
+    Ids(Vec<u32>),
+}
+
+#[derive(Deserialize)]
+struct CompletionBody {
+    #[serde(flatten)]
+    common: Common,
+    prompt: PromptSpec,
+    #[serde(default)]
+    echo: bool,
+}
+
+/// The body as JSON of type T, with 400/413 for what is not.
+fn parse<T: serde::de::DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
+    let body = body.map_err(|e| ApiError::new(e.status(), e.body_text()))?;
+    let v: Value = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad(format!("the body is not valid JSON: {e}")))?;
+    if !v.is_object() {
+        return Err(ApiError::bad("the body must be a JSON object"));
+    }
+    serde_json::from_value(v).map_err(|e| ApiError::bad(format!("invalid request: {e}")))
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// A short random-looking id, e.g. for `chatcmpl-...` and tool calls.
+fn new_id(prefix: &str) -> String {
+    let n = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let mut x = n ^ 0x9e37_79b9_7f4a_7c15;
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    x ^= x >> 33;
+    format!("{prefix}{x:016x}")
+}
+
+impl Common {
+    /// The engine request for `prompt`, checked against the model.
+    fn request(&self, r: &Ready, prompt: Vec<u32>, stop_ids: Vec<u32>) -> Result<Request, ApiError> {
+        if let Some(m) = &self.model {
+            if *m != r.model_name {
+                return Err(ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    format!("The model `{m}` does not exist."),
+                ));
+            }
+        }
+        if self.n.is_some_and(|n| n != 1) {
+            return Err(ApiError::param("n", "only n = 1 is supported"));
+        }
+        if self.logprobs.as_ref().is_some_and(|l| !matches!(l, Value::Bool(false) | Value::Null)) {
+            return Err(ApiError::param("logprobs", "logprobs are not supported yet"));
+        }
+        let temperature = self.temperature.unwrap_or(1.0);
+        if !(temperature.is_finite() && temperature >= 0.0) {
+            return Err(ApiError::param("temperature", "temperature must be a number >= 0"));
+        }
+        let top_p = self.top_p.unwrap_or(1.0);
+        if !(top_p > 0.0 && top_p <= 1.0) {
+            return Err(ApiError::param("top_p", "top_p must be in (0, 1]"));
+        }
+        let top_k = match self.top_k.unwrap_or(0) {
+            -1 | 0 => 0,
+            k if k >= 1 && k <= u32::MAX as i64 => k as u32,
+            _ => return Err(ApiError::param("top_k", "top_k must be -1, 0 or positive")),
+        };
+        let ctx = r.max_model_len as usize;
+        if prompt.len() >= ctx {
+            return Err(ApiError::param(
+                "messages",
+                format!(
+                    "This model's maximum context length is {ctx} tokens; the prompt has {} tokens.",
+                    prompt.len()
+                ),
+            ));
+        }
+        let room = (ctx - prompt.len()) as i64;
+        let max_tokens = match self.max_completion_tokens.or(self.max_tokens) {
+            None => room,
+            Some(m) if m < 1 => {
+                return Err(ApiError::param("max_tokens", "max_tokens must be at least 1"));
+            }
+            Some(m) if m > room => {
+                return Err(ApiError::param(
+                    "max_tokens",
+                    format!(
+                        "This model's maximum context length is {ctx} tokens; the prompt has {} \
+                         tokens and max_tokens asks for {m} more.",
+                        prompt.len()
+                    ),
+                ));
+            }
+            Some(m) => m,
+        };
+        Ok(Request {
+            prompt,
+            max_tokens: max_tokens as u32,
+            sampling: Sampling {
+                temperature,
+                top_p,
+                top_k,
+                seed: self.seed.unwrap_or_else(|| now() ^ 0x5eed),
+            },
+            stop: stop_ids,
+            ignore_eos: false,
+        })
+    }
+
+    fn stop_text(&self) -> Result<StopText, ApiError> {
+        let stops = match &self.stop {
+            None => Vec::new(),
+            Some(StopSpec::One(s)) => vec![s.clone()],
+            Some(StopSpec::Many(v)) => v.clone(),
+        };
+        StopText::new(stops).map_err(|e| ApiError::param("stop", e.to_string()))
+    }
+
+    fn include_usage(&self) -> bool {
+        self.stream_options.as_ref().is_some_and(|o| o.include_usage)
+    }
+}
+
+async fn submit(r: &Ready, req: Request) -> Result<mpsc::UnboundedReceiver<Update>, ApiError> {
+    match r.driver.submit(req).await {
+        Ok((_, rx)) => Ok(rx),
+        Err(Refused::Invalid(m)) => Err(ApiError::bad(m)),
+        Err(Refused::Busy) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the server is busy: too many requests are waiting",
+        )),
+        Err(Refused::Stopped) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the engine has stopped",
+        )),
+    }
+}
+
+fn usage(prompt: u32, generated: u32) -> Value {
+    json!({
+        "prompt_tokens": prompt,
+        "completion_tokens": generated,
+        "total_tokens": prompt + generated,
+        "prompt_tokens_details": {"cached_tokens": 0},
+    })
+}
+
+pub async fn chat(State(st): State<Arc<AppState>>, body: Result<Bytes, BytesRejection>) -> ApiResult {
+    let r = st.ready()?;
+    let b: ChatBody = parse(body)?;
+    if b.chat.messages.is_empty() {
+        return Err(ApiError::param("messages", "messages must not be empty"));
+    }
+    let mut chat = b.chat;
+    match &b.tool_choice {
+        None => {}
+        Some(Value::String(s)) if s == "auto" => {}
+        Some(Value::String(s)) if s == "none" => chat.tools = None,
+        Some(Value::Object(o)) => {
+            let name = o
+                .get("function")
+                .and_then(|f| f.get("name"))
+                .and_then(Value::as_str)
+                .ok_or_else(|| ApiError::param("tool_choice", "tool_choice names no function"))?;
+            let known = chat.tools.iter().flatten().any(|t| t.function.name == name);
+            if !known {
+                return Err(ApiError::param(
+                    "tool_choice",
+                    format!("tool_choice names `{name}`, which is not among the tools"),
+                ));
+            }
+            return Err(ApiError::param(
+                "tool_choice",
+                "forcing a named function is not supported yet; use auto",
+            ));
+        }
+        Some(_) => {
+            return Err(ApiError::param(
+                "tool_choice",
+                "tool_choice must be auto, none or a named function (required is not supported yet)",
+            ));
+        }
+    }
+    let tok = r.tokenizer.as_ref();
+    let h = Harmony::new(tok).map_err(|e| ApiError::bad(e.to_string()))?;
+    let msgs = chat.to_harmony(&today()).map_err(|e| ApiError::bad(e.to_string()))?;
+    let prompt = h
+        .render_for_completion(&msgs)
+        .map_err(|e| ApiError::bad(e.to_string()))?;
+    let req = b.common.request(r, prompt, h.stop_ids().to_vec())?;
+    let prompt_tokens = req.prompt.len() as u32;
+    let stop = b.common.stop_text()?;
+    let specials = Specials::of(tok).map_err(|e| ApiError::bad(e.to_string()))?;
+    let id = new_id("chatcmpl-");
+    let calls = Box::new(|| new_id("call_"));
+    let mut out = ChatStream::new(specials, stop, calls);
+    let mut rx = submit(r, req).await?;
+    let created = now();
+    let model = r.model_name.clone();
+    if !b.common.stream {
+        let (mut reasoning, mut content) = (String::new(), String::new());
+        let mut calls: Vec<(String, String, String)> = Vec::new();
+        let mut fold = |d: ChatDelta| match d {
+            ChatDelta::Reasoning(t) => reasoning.push_str(&t),
+            ChatDelta::Content(t) => content.push_str(&t),
+            ChatDelta::ToolStart { id, name, .. } => calls.push((id, name, String::new())),
+            ChatDelta::ToolArgs { index, args } => calls[index].2.push_str(&args),
+        };
+        let mut finish = ("length", 0u32);
+        while let Some(u) = rx.recv().await {
+            match u {
+                Update::Event(Event::Token { token, .. }) => {
+                    out.push(tok, token).into_iter().for_each(&mut fold);
+                    if out.stopped() {
+                        break;
+                    }
+                }
+                Update::Event(Event::Finished {
+                    reason, generated, ..
+                }) => {
+                    finish = (reason_name(reason), generated);
+                    break;
+                }
+                Update::Failed(m) => {
+                    return Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, m));
+                }
+            }
+        }
+        out.finish().into_iter().for_each(&mut fold);
+        let generated = finish.1;
+        let reason = if out.stopped() {
+            "stop"
+        } else if out.tool_calls() > 0 {
+            "tool_calls"
+        } else {
+            finish.0
+        };
+        let tool_calls: Vec<Value> = calls
+            .iter()
+            .map(|(id, name, args)| {
+                json!({"id": id, "type": "function", "function": {"name": name, "arguments": args}})
+            })
+            .collect();
+        let mut message = json!({
+            "role": "assistant",
+            "content": (!content.is_empty() || tool_calls.is_empty()).then_some(content),
+            "reasoning_content": (!reasoning.is_empty()).then_some(reasoning),
+        });
+        if !tool_calls.is_empty() {
+            message["tool_calls"] = Value::Array(tool_calls);
+        }
+        return Ok(Json(json!({
+            "id": id,
+            "object": "chat.completion",
+            "created": created,
+            "model": model,
+            "choices": [{"index": 0, "message": message, "finish_reason": reason, "logprobs": null}],
+            "usage": usage(prompt_tokens, generated),
+        }))
+        .into_response());
+    }
+    // Streaming: a role delta, then pieces as tokens come, the finish chunk, usage if asked.
+    let include_usage = b.common.include_usage();
+    let (tx, events) = mpsc::unbounded_channel::<Result<Sse, Infallible>>();
+    let chunk = move |delta: Value, finish: Option<&str>| {
+        let c = json!({
+            "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": null}],
+        });
+        Ok(Sse::default().data(c.to_string()))
+    };
+    let tok_arc = r.tokenizer.clone();
+    tokio::spawn(async move {
+        let tok = tok_arc.as_ref();
+        let send = |e| tx.send(e).is_ok();
+        if !send(chunk(json!({"role": "assistant", "content": ""}), None)) {
+            return;
+        }
+        let delta_json = |d: ChatDelta| match d {
+            ChatDelta::Reasoning(t) => json!({"reasoning_content": t}),
+            ChatDelta::Content(t) => json!({"content": t}),
+            ChatDelta::ToolStart { index, id, name } => json!({"tool_calls": [{
+                "index": index, "id": id, "type": "function",
+                "function": {"name": name, "arguments": ""}}]}),
+            ChatDelta::ToolArgs { index, args } => {
+                json!({"tool_calls": [{"index": index, "function": {"arguments": args}}]})
+            }
+        };
+        let mut finish = ("length", 0u32);
+        while let Some(u) = rx.recv().await {
+            match u {
+                Update::Event(Event::Token { token, .. }) => {
+                    for d in out.push(tok, token) {
+                        if !send(chunk(delta_json(d), None)) {
+                            return;
+                        }
+                    }
+                    if out.stopped() {
+                        break;
+                    }
+                }
+                Update::Event(Event::Finished {
+                    reason, generated, ..
+                }) => {
+                    finish = (reason_name(reason), generated);
+                    break;
+                }
+                Update::Failed(m) => {
+                    let e = json!({"error": {"message": m, "type": "server_error", "param": null, "code": 500}});
+                    send(Ok(Sse::default().data(e.to_string())));
+                    return;
+                }
+            }
+        }
+        // Dropping the receiver here cancels generation if a stop string ended it early.
+        drop(rx);
+        for d in out.finish() {
+            send(chunk(delta_json(d), None));
+        }
+        let reason = if out.stopped() {
+            "stop"
+        } else if out.tool_calls() > 0 {
+            "tool_calls"
+        } else {
+            finish.0
+        };
+        send(chunk(json!({}), Some(reason)));
+        if include_usage {
+            let u = json!({
+                "id": new_id("chatcmpl-"), "object": "chat.completion.chunk", "created": created,
+                "choices": [], "usage": usage(prompt_tokens, finish.1),
+            });
+            send(Ok(Sse::default().data(u.to_string())));
+        }
+        send(Ok(Sse::default().data("[DONE]")));
+    });
+    Ok(axum::response::Sse::new(UnboundedReceiverStream::new(events))
+        .keep_alive(KeepAlive::default())
+        .into_response())
+}
+
+fn reason_name(r: FinishReason) -> &'static str {
+    match r {
+        FinishReason::Stop => "stop",
+        FinishReason::Length | FinishReason::Cancelled => "length",
+    }
+}
+
+pub async fn completions(
+    State(st): State<Arc<AppState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    let r = st.ready()?;
+    let b: CompletionBody = parse(body)?;
+    let tok = r.tokenizer.as_ref();
+    let (prompt, prompt_text) = match b.prompt {
+        PromptSpec::Text(t) => (encode(r, &t)?, t),
+        PromptSpec::Texts(v) if v.len() == 1 => (encode(r, &v[0])?, v[0].clone()),
+        PromptSpec::Texts(_) => {
+            return Err(ApiError::param("prompt", "only one prompt per request is supported"));
+        }
+        PromptSpec::Ids(ids) => {
+            let text = tok.decode(&ids).map_err(|e| ApiError::param("prompt", e.to_string()))?;
+            (ids, text)
+        }
+    };
+    if prompt.is_empty() {
+        return Err(ApiError::param("prompt", "the prompt is empty"));
+    }
+    let req = b.common.request(r, prompt, Vec::new())?;
+    let prompt_tokens = req.prompt.len() as u32;
+    let mut out = TextStream::new(b.common.stop_text()?);
+    let mut rx = submit(r, req).await?;
+    let (id, created, model) = (new_id("cmpl-"), now(), r.model_name.clone());
+    let echo = if b.echo { prompt_text } else { String::new() };
+    if !b.common.stream {
+        let mut text = echo;
+        let mut finish = ("length", 0u32);
+        while let Some(u) = rx.recv().await {
+            match u {
+                Update::Event(Event::Token { token, .. }) => {
+                    text.push_str(&out.push(tok, token));
+                    if out.stopped() {
+                        break;
+                    }
+                }
+                Update::Event(Event::Finished {
+                    reason, generated, ..
+                }) => {
+                    finish = (reason_name(reason), generated);
+                    break;
+                }
+                Update::Failed(m) => {
+                    return Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, m));
+                }
+            }
+        }
+        text.push_str(&out.finish());
+        let reason = if out.stopped() { "stop" } else { finish.0 };
+        return Ok(Json(json!({
+            "id": id, "object": "text_completion", "created": created, "model": model,
+            "choices": [{"index": 0, "text": text, "finish_reason": reason, "logprobs": null}],
+            "usage": usage(prompt_tokens, finish.1),
+        }))
+        .into_response());
+    }
+    let include_usage = b.common.include_usage();
+    let (tx, events) = mpsc::unbounded_channel::<Result<Sse, Infallible>>();
+    let chunk = move |text: String, finish: Option<&str>| {
+        let c = json!({
+            "id": id, "object": "text_completion", "created": created, "model": model,
+            "choices": [{"index": 0, "text": text, "finish_reason": finish, "logprobs": null}],
+        });
+        Ok(Sse::default().data(c.to_string()))
+    };
+    let tok_arc = r.tokenizer.clone();
+    tokio::spawn(async move {
+        let tok = tok_arc.as_ref();
+        let send = |e| tx.send(e).is_ok();
+        if !echo.is_empty() && !send(chunk(echo, None)) {
+            return;
+        }
+        let mut finish = ("length", 0u32);
+        while let Some(u) = rx.recv().await {
+            match u {
+                Update::Event(Event::Token { token, .. }) => {
+                    let piece = out.push(tok, token);
+                    if !piece.is_empty() && !send(chunk(piece, None)) {
+                        return;
+                    }
+                    if out.stopped() {
+                        break;
+                    }
+                }
+                Update::Event(Event::Finished {
+                    reason, generated, ..
+                }) => {
+                    finish = (reason_name(reason), generated);
+                    break;
+                }
+                Update::Failed(m) => {
+                    let e = json!({"error": {"message": m, "type": "server_error", "param": null, "code": 500}});
+                    send(Ok(Sse::default().data(e.to_string())));
+                    return;
+                }
+            }
+        }
+        drop(rx);
+        let rest = out.finish();
+        let reason = if out.stopped() { "stop" } else { finish.0 };
+        send(chunk(rest, Some(reason)));
+        if include_usage {
+            let u = json!({"id": new_id("cmpl-"), "object": "text_completion", "created": created,
+                "choices": [], "usage": usage(prompt_tokens, finish.1)});
+            send(Ok(Sse::default().data(u.to_string())));
+        }
+        send(Ok(Sse::default().data("[DONE]")));
+    });
+    Ok(axum::response::Sse::new(UnboundedReceiverStream::new(events))
+        .keep_alive(KeepAlive::default())
+        .into_response())
+}
+
+/// Plain text as the model reads it (special-token text stays text).
+fn encode(r: &Ready, text: &str) -> Result<Vec<u32>, ApiError> {
+    r.tokenizer
+        .encode_ordinary(text)
+        .map_err(|e| ApiError::param("prompt", e.to_string()))
+}
+
+#[derive(Deserialize)]
+struct TokenizeBody {
+    prompt: Option<String>,
+    #[serde(flatten)]
+    chat: Option<ChatRequest>,
+}
+
+/// `{"prompt": text}` or a chat request's `messages` (rendered as `render` does, ready for the
+/// assistant's answer).
+pub async fn tokenize(
+    State(st): State<Arc<AppState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    let r = st.ready()?;
+    let b: TokenizeBody = parse(body)?;
+    let tokens = match (b.prompt, b.chat) {
+        (Some(p), _) => encode(r, &p)?,
+        (None, Some(chat)) => {
+            let h = Harmony::new(&r.tokenizer).map_err(|e| ApiError::bad(e.to_string()))?;
+            let msgs = chat.to_harmony(&today()).map_err(|e| ApiError::bad(e.to_string()))?;
+            h.render_for_completion(&msgs)
+                .map_err(|e| ApiError::bad(e.to_string()))?
+        }
+        (None, None) => return Err(ApiError::bad("give `prompt` or `messages`")),
+    };
+    Ok(Json(json!({"count": tokens.len(), "max_model_len": r.max_model_len, "tokens": tokens}))
+        .into_response())
+}
+
+#[derive(Deserialize)]
+struct DetokenizeBody {
+    tokens: Vec<u32>,
+}
+
+pub async fn detokenize(
+    State(st): State<Arc<AppState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    let r = st.ready()?;
+    let b: DetokenizeBody = parse(body)?;
+    let text = r
+        .tokenizer
+        .decode(&b.tokens)
+        .map_err(|e| ApiError::param("tokens", e.to_string()))?;
+    Ok(Json(json!({"prompt": text})).into_response())
+}
+
+pub async fn models(State(st): State<Arc<AppState>>) -> ApiResult {
+    let r = st.ready()?;
+    Ok(Json(json!({
+        "object": "list",
+        "data": [{
+            "id": r.model_name, "object": "model", "created": r.created,
+            "owned_by": "gpt-oss-wgpu", "root": r.model_name, "max_model_len": r.max_model_len,
+        }],
+    }))
+    .into_response())
+}
+
+pub async fn version() -> Response {
+    Json(json!({"version": env!("CARGO_PKG_VERSION")})).into_response()
+}
+
+/// 200 once the model is loaded, 503 before.
+pub async fn health(State(st): State<Arc<AppState>>) -> Response {
+    match st.ready() {
+        Ok(_) => StatusCode::OK.into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+pub async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "no such route")
+}
+
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed on this route")
+}

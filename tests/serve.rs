@@ -1,0 +1,302 @@
+//! `serve` end to end on a tiny synthetic checkpoint: the binary is started on a free port and
+//! spoken to over plain HTTP/1.1 (a small client below: no HTTP crate needed for tests). Random
+//! weights rarely produce Harmony messages, so exact-output checks use raw completions; chat is
+//! checked for shape, usage and stream/non-stream agreement.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+
+use serde_json::{Value, json};
+
+struct Server {
+    child: Child,
+    addr: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn have_gpu() -> bool {
+    let ok = Command::new(env!("CARGO_BIN_EXE_gpt-oss-wgpu"))
+        .arg("devices")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        ok || std::env::var("GPT_OSS_REQUIRE_GPU").is_err(),
+        "GPT_OSS_REQUIRE_GPU is set but no GPU"
+    );
+    ok
+}
+
+/// A tiny checkpoint (full vocabulary, so the Harmony tokens exist) in a temporary folder.
+fn tiny() -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("tiny");
+    let out = Command::new(env!("CARGO_BIN_EXE_gpt-oss-wgpu"))
+        .args(["synth", "--preset", "tiny", "--seed", "5", "--out"])
+        .arg(&model)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    (dir, model.to_str().unwrap().to_string())
+}
+
+/// Starts `serve` on a free port and waits for the line that says it is ready.
+fn start(model: &str, extra: &[&str]) -> Server {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_gpt-oss-wgpu"))
+        .args(["serve", "--model", model, "--port", "0", "--max-context", "256"])
+        .args(["--served-model-name", "tiny", "--max-num-seqs", "4"])
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line).unwrap();
+    let addr = line
+        .split("http://")
+        .nth(1)
+        .and_then(|r| r.split('/').next())
+        .unwrap_or_else(|| panic!("no address in {line:?}"))
+        .to_string();
+    Server { child, addr }
+}
+
+/// One HTTP/1.1 exchange: (status, body), chunked bodies joined.
+fn http(s: &str, method: &str, path: &str, body: Option<&str>, key: Option<&str>) -> (u16, String) {
+    let mut c = TcpStream::connect(s).unwrap();
+    let body = body.unwrap_or("");
+    let auth = key.map_or(String::new(), |k| format!("Authorization: Bearer {k}\r\n"));
+    write!(
+        c,
+        "{method} {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\n{auth}\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        s,
+        body.len()
+    )
+    .unwrap();
+    let mut raw = Vec::new();
+    c.read_to_end(&mut raw).unwrap();
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, rest) = text.split_once("\r\n\r\n").unwrap();
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        dechunk(rest)
+    } else {
+        rest.to_string()
+    };
+    (status, body)
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = s.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = &rest[n + 2..];
+    }
+    out
+}
+
+fn post(s: &str, path: &str, body: &Value) -> (u16, Value) {
+    let (status, text) = http(s, "POST", path, Some(&body.to_string()), None);
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+/// The `data:` payloads of an event stream, up to `[DONE]` (which must come last).
+fn events(s: &str, path: &str, body: &Value) -> Vec<Value> {
+    let (status, text) = http(s, "POST", path, Some(&body.to_string()), None);
+    assert_eq!(status, 200, "{text}");
+    let data: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .collect();
+    assert_eq!(data.last(), Some(&"[DONE]"), "{text}");
+    data[..data.len() - 1]
+        .iter()
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect()
+}
+
+#[test]
+fn serves_the_openai_api() {
+    if !have_gpu() {
+        return;
+    }
+    let (_dir, model) = tiny();
+    let server = start(&model, &[]);
+    let s = server.addr.as_str();
+
+    assert_eq!(http(s, "GET", "/health", None, None).0, 200);
+    let (status, models) = http(s, "GET", "/v1/models", None, None);
+    assert_eq!(status, 200);
+    let models: Value = serde_json::from_str(&models).unwrap();
+    assert_eq!(models["data"][0]["id"], "tiny");
+    assert_eq!(models["data"][0]["max_model_len"], 256);
+
+    // Completions at temperature 0: the stream's pieces make the whole answer, usage counts.
+    let req = json!({"model": "tiny", "prompt": "The quick brown fox", "max_tokens": 12, "temperature": 0});
+    let (status, whole) = post(s, "/v1/completions", &req);
+    assert_eq!(status, 200, "{whole}");
+    let text = whole["choices"][0]["text"].as_str().unwrap().to_string();
+    assert_eq!(whole["choices"][0]["finish_reason"], "length");
+    assert_eq!(whole["usage"]["completion_tokens"], 12);
+    let prompt_tokens = whole["usage"]["prompt_tokens"].as_u64().unwrap();
+    assert!(prompt_tokens > 0);
+    let mut streamed = req.clone();
+    streamed["stream"] = json!(true);
+    streamed["stream_options"] = json!({"include_usage": true});
+    let chunks = events(s, "/v1/completions", &streamed);
+    let joined: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["text"].as_str())
+        .collect();
+    assert_eq!(joined, text);
+    assert_eq!(chunks.last().unwrap()["usage"]["completion_tokens"], 12);
+
+    // Several requests at once each get exactly what they get alone.
+    let handles: Vec<_> = (0..4)
+        .map(|_| {
+            let (addr, req) = (s.to_string(), req.clone());
+            std::thread::spawn(move || post(&addr, "/v1/completions", &req).1["choices"][0]["text"].clone())
+        })
+        .collect();
+    for h in handles {
+        assert_eq!(h.join().unwrap(), json!(text));
+    }
+
+    // A stop string cuts the text before it and ends with finish_reason stop.
+    let cut_at = text.char_indices().nth(text.chars().count() / 2).map_or(0, |c| c.0);
+    let stop: String = text[cut_at..].chars().take(3).collect();
+    if !stop.trim().is_empty() {
+        let mut r = req.clone();
+        r["stop"] = json!([stop]);
+        let (status, v) = post(s, "/v1/completions", &r);
+        assert_eq!(status, 200);
+        let want = &text[..text.find(&stop).unwrap()];
+        assert_eq!(v["choices"][0]["text"], want);
+        assert_eq!(v["choices"][0]["finish_reason"], "stop");
+    }
+
+    // The same seed draws the same tokens.
+    let seeded = json!({"prompt": "Once", "max_tokens": 8, "temperature": 1.0, "seed": 11});
+    let a = post(s, "/v1/completions", &seeded).1;
+    let b = post(s, "/v1/completions", &seeded).1;
+    assert_eq!(a["choices"][0]["text"], b["choices"][0]["text"]);
+
+    // Chat: the answer's shape and usage; the stream carries the same text.
+    let chat = json!({"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 10,
+                      "temperature": 0, "reasoning_effort": "low"});
+    let (status, whole) = post(s, "/v1/chat/completions", &chat);
+    assert_eq!(status, 200, "{whole}");
+    assert_eq!(whole["object"], "chat.completion");
+    assert_eq!(whole["choices"][0]["message"]["role"], "assistant");
+    assert_eq!(whole["usage"]["completion_tokens"], 10);
+    let mut sc = chat.clone();
+    sc["stream"] = json!(true);
+    let chunks = events(s, "/v1/chat/completions", &sc);
+    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+    let field = |name: &str| -> String {
+        chunks
+            .iter()
+            .filter_map(|c| c["choices"][0]["delta"][name].as_str())
+            .collect()
+    };
+    let msg = &whole["choices"][0]["message"];
+    assert_eq!(field("content"), msg["content"].as_str().unwrap_or(""));
+    assert_eq!(
+        field("reasoning_content"),
+        msg["reasoning_content"].as_str().unwrap_or("")
+    );
+    assert_eq!(
+        chunks.last().unwrap()["choices"][0]["finish_reason"],
+        whole["choices"][0]["finish_reason"]
+    );
+
+    // /tokenize renders messages exactly as the chat endpoint prompts (reasoning effort
+    // included), and /detokenize inverts plain text.
+    let (status, t) = post(s, "/tokenize", &chat);
+    assert_eq!(status, 200);
+    assert_eq!(t["count"].as_u64(), whole["usage"]["prompt_tokens"].as_u64());
+    let (_, plain) = post(s, "/tokenize", &json!({"prompt": "Hello there"}));
+    let (_, back) = post(s, "/detokenize", &json!({"tokens": plain["tokens"]}));
+    assert_eq!(back["prompt"], "Hello there");
+    let (_, high) = post(
+        s,
+        "/detokenize",
+        &json!({"tokens": post(s, "/tokenize", &json!({"messages": [{"role": "user", "content": "Hi"}], "reasoning_effort": "high"})).1["tokens"]}),
+    );
+    assert!(high["prompt"].as_str().unwrap().contains("Reasoning: high"));
+
+    // Bad requests: each gets its status and an OpenAI error body; the server stays up.
+    let user = json!([{"role": "user", "content": "x"}]);
+    let cases: Vec<(&str, &str, String, u16)> = vec![
+        ("POST", "/v1/chat/completions", "not json".into(), 400),
+        ("POST", "/v1/chat/completions", "[1, 2]".into(), 400),
+        ("POST", "/v1/chat/completions", "{}".into(), 400),
+        ("POST", "/v1/chat/completions", json!({"messages": []}).to_string(), 400),
+        ("POST", "/v1/chat/completions", json!({"messages": "hi"}).to_string(), 400),
+        ("POST", "/v1/chat/completions", json!({"messages": [{"role": "wizard", "content": "x"}]}).to_string(), 400),
+        ("POST", "/v1/chat/completions", json!({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}).to_string(), 400),
+        ("POST", "/v1/chat/completions", json!({"messages": user, "temperature": -1}).to_string(), 400),
+        ("POST", "/v1/chat/completions", json!({"messages": user, "temperature": "hot"}).to_string(), 400),
+        ("POST", "/v1/chat/completions", json!({"messages": user, "top_p": 0}).to_string(), 400),
+        ("POST", "/v1/chat/completions", json!({"messages": user, "top_p": 1.5}).to_string(), 400),
+        ("POST", "/v1/chat/completions", json!({"messages": user, "top_k": -5}).to_string(), 400),
+        ("POST", "/v1/chat/completions", json!({"messages": user, "max_tokens": 0}).to_string(), 400),
+        ("POST", "/v1/chat/completions", json!({"messages": user, "max_tokens": 100000}).to_string(), 400),
+        ("POST", "/v1/chat/completions", json!({"messages": user, "max_completion_tokens": -3}).to_string(), 400),
+        ("POST", "/v1/chat/completions", json!({"messages": user, "n": 2}).to_string(), 400),
+        ("POST", "/v1/chat/completions", json!({"messages": user, "stop": ""}).to_string(), 400),
+        ("POST", "/v1/chat/completions", json!({"messages": user, "reasoning_effort": "max"}).to_string(), 400),
+        ("POST", "/v1/chat/completions", json!({"messages": user, "model": "other"}).to_string(), 404),
+        ("POST", "/v1/chat/completions", json!({"messages": user, "tool_choice": {"type": "function", "function": {"name": "nope"}}}).to_string(), 400),
+        ("POST", "/v1/chat/completions", json!({"messages": user, "tools": [{"type": "function"}]}).to_string(), 400),
+        ("POST", "/v1/chat/completions", json!({"messages": [{"role": "tool", "content": "42"}]}).to_string(), 400),
+        ("POST", "/v1/chat/completions", json!({"messages": [{"role": "user", "content": "hello ".repeat(400)}]}).to_string(), 400),
+        ("POST", "/v1/completions", json!({"prompt": ""}).to_string(), 400),
+        ("POST", "/v1/completions", json!({"prompt": ["a", "b"]}).to_string(), 400),
+        ("POST", "/v1/completions", json!({"prompt": "x", "logprobs": 3}).to_string(), 400),
+        ("POST", "/v1/completions", json!({"max_tokens": 3}).to_string(), 400),
+        ("POST", "/tokenize", json!({}).to_string(), 400),
+        ("POST", "/detokenize", json!({"tokens": ["a"]}).to_string(), 400),
+        ("GET", "/v1/chat/completions", String::new(), 405),
+        ("GET", "/v1/nothing", String::new(), 404),
+    ];
+    for (method, path, body, want) in &cases {
+        let (status, text) = http(s, method, path, Some(body), None);
+        assert_eq!(status, *want, "{method} {path} {body}: {text}");
+        let v: Value = serde_json::from_str(&text).unwrap_or_else(|_| panic!("{path}: {text}"));
+        assert!(
+            v["error"]["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "{body}: {text}"
+        );
+        assert_eq!(v["error"]["code"], *want, "{text}");
+    }
+    assert_eq!(http(s, "GET", "/health", None, None).0, 200);
+}
+
+#[test]
+fn api_key_guards_everything_but_health() {
+    if !have_gpu() {
+        return;
+    }
+    let (_dir, model) = tiny();
+    let server = start(&model, &["--api-key", "sesame"]);
+    let s = server.addr.as_str();
+    assert_eq!(http(s, "GET", "/health", None, None).0, 200);
+    let (status, text) = http(s, "GET", "/v1/models", None, None);
+    assert_eq!(status, 401, "{text}");
+    assert!(text.contains("authentication_error"));
+    assert_eq!(http(s, "GET", "/v1/models", None, Some("wrong")).0, 401);
+    assert_eq!(http(s, "GET", "/v1/models", None, Some("sesame")).0, 200);
+}
