@@ -300,3 +300,56 @@ fn api_key_guards_everything_but_health() {
     assert_eq!(http(s, "GET", "/v1/models", None, Some("wrong")).0, 401);
     assert_eq!(http(s, "GET", "/v1/models", None, Some("sesame")).0, 200);
 }
+
+/// The value of one `gpt_oss:NAME` line of /metrics.
+fn metric(s: &str, name: &str) -> u64 {
+    let (status, text) = http(s, "GET", "/metrics", None, None);
+    assert_eq!(status, 200);
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("gpt_oss:{name} ")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {text}"))
+}
+
+#[test]
+fn a_client_that_disconnects_is_dropped_and_its_blocks_freed() {
+    if !have_gpu() {
+        return;
+    }
+    let (_dir, model) = tiny();
+    let server = start(&model, &[]);
+    let s = server.addr.as_str();
+    let free = [
+        metric(s, "kv_cache_free_blocks_full"),
+        metric(s, "kv_cache_free_blocks_window"),
+    ];
+    // A long stream, abandoned after its first event.
+    let body = json!({"prompt": "Tell me everything", "max_tokens": 200, "temperature": 0, "stream": true})
+        .to_string();
+    let mut c = TcpStream::connect(s).unwrap();
+    write!(
+        c,
+        "POST /v1/completions HTTP/1.1\r\nHost: {s}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut reader = BufReader::new(c);
+    let mut line = String::new();
+    while !line.starts_with("data: ") {
+        line.clear();
+        assert!(reader.read_line(&mut line).unwrap() > 0, "stream ended early");
+    }
+    assert_eq!(metric(s, "num_requests_running"), 1);
+    drop(reader);
+    // The engine notices before its next pass: wait for that (each poll is a round trip).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+    while metric(s, "request_cancelled_total") == 0 {
+        assert!(std::time::Instant::now() < deadline, "the request was never cancelled");
+        std::thread::yield_now();
+    }
+    assert_eq!(metric(s, "num_requests_running"), 0);
+    assert!(metric(s, "generation_tokens_total") < 200);
+    assert_eq!(metric(s, "kv_cache_free_blocks_full"), free[0]);
+    assert_eq!(metric(s, "kv_cache_free_blocks_window"), free[1]);
+}

@@ -608,6 +608,28 @@ pub async fn models(State(st): State<Arc<AppState>>) -> ApiResult {
     .into_response())
 }
 
+/// Prometheus text: requests running and waiting, free KV-cache blocks, token and request counters.
+pub async fn metrics(State(st): State<Arc<AppState>>) -> ApiResult {
+    use std::sync::atomic::Ordering::Relaxed;
+    let r = st.ready()?;
+    let s = &r.driver.stats;
+    let mut out = String::new();
+    let mut put = |name: &str, kind: &str, help: &str, v: u64| {
+        out.push_str(&format!(
+            "# HELP gpt_oss:{name} {help}\n# TYPE gpt_oss:{name} {kind}\ngpt_oss:{name} {v}\n"
+        ));
+    };
+    put("num_requests_running", "gauge", "Requests holding a sequence slot.", s.running.load(Relaxed));
+    put("num_requests_waiting", "gauge", "Requests waiting for a slot.", s.waiting.load(Relaxed));
+    put("kv_cache_free_blocks_full", "gauge", "Free KV-cache blocks of full-attention layers.", s.free_blocks[0].load(Relaxed));
+    put("kv_cache_free_blocks_window", "gauge", "Free KV-cache blocks of sliding-window layers.", s.free_blocks[1].load(Relaxed));
+    put("prompt_tokens_total", "counter", "Prompt tokens of accepted requests.", s.prompt_tokens.load(Relaxed));
+    put("generation_tokens_total", "counter", "Tokens generated.", s.generated_tokens.load(Relaxed));
+    put("request_success_total", "counter", "Requests that ran to their end.", s.requests_finished.load(Relaxed));
+    put("request_cancelled_total", "counter", "Requests whose client went away.", s.requests_cancelled.load(Relaxed));
+    Ok(([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response())
+}
+
 pub async fn version() -> Response {
     Json(json!({"version": env!("CARGO_PKG_VERSION")})).into_response()
 }

@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::sync::{mpsc, oneshot};
 
@@ -37,25 +37,49 @@ struct Submit {
     reply: oneshot::Sender<Result<RequestId, Refused>>,
 }
 
+/// What /metrics reports, kept by the loop.
+#[derive(Default)]
+pub struct Stats {
+    pub running: AtomicU64,
+    pub waiting: AtomicU64,
+    /// Free KV-cache blocks of full-attention and sliding-window layers.
+    pub free_blocks: [AtomicU64; 2],
+    pub prompt_tokens: AtomicU64,
+    pub generated_tokens: AtomicU64,
+    pub requests_finished: AtomicU64,
+    pub requests_cancelled: AtomicU64,
+}
+
+impl Stats {
+    fn update(&self, engine: &Engine) {
+        self.running.store(engine.running() as u64, Ordering::Relaxed);
+        self.waiting.store(engine.waiting() as u64, Ordering::Relaxed);
+        let free = engine.model.free_kv_blocks();
+        for (s, f) in self.free_blocks.iter().zip(free) {
+            s.store(f as u64, Ordering::Relaxed);
+        }
+    }
+}
+
 /// The handlers' side of the loop.
 #[derive(Clone)]
 pub struct Driver {
     tx: mpsc::UnboundedSender<Submit>,
-    /// Requests waiting or running, for /metrics-style reporting and the queue bound.
-    pub active: Arc<AtomicUsize>,
+    pub stats: Arc<Stats>,
 }
 
 impl Driver {
     /// Starts the loop on its own thread. At most `max_queue` requests wait for a slot.
     pub fn spawn(engine: Engine, max_queue: usize) -> (Driver, std::thread::JoinHandle<()>) {
         let (tx, rx) = mpsc::unbounded_channel();
-        let active = Arc::new(AtomicUsize::new(0));
-        let counter = active.clone();
+        let stats = Arc::new(Stats::default());
+        stats.update(&engine);
+        let shared = stats.clone();
         let handle = std::thread::Builder::new()
             .name("engine".into())
-            .spawn(move || run(engine, rx, max_queue, counter))
+            .spawn(move || run(engine, rx, max_queue, shared))
             .expect("spawning the engine thread");
-        (Driver { tx, active }, handle)
+        (Driver { tx, stats }, handle)
     }
 
     /// Queues a request; its events arrive on the returned receiver until `Finished`.
@@ -81,19 +105,20 @@ fn run(
     mut engine: Engine,
     mut rx: mpsc::UnboundedReceiver<Submit>,
     max_queue: usize,
-    active: Arc<AtomicUsize>,
+    stats: Arc<Stats>,
 ) {
     let mut handlers: HashMap<RequestId, mpsc::UnboundedSender<Update>> = HashMap::new();
     loop {
         // Idle: sleep until a request comes (or every sender is gone: shut down).
         if !engine.has_work() {
+            stats.update(&engine);
             match rx.blocking_recv() {
-                Some(s) => accept(&mut engine, &mut handlers, s, max_queue),
+                Some(s) => accept(&mut engine, &mut handlers, s, max_queue, &stats),
                 None => return,
             }
         }
         while let Ok(s) = rx.try_recv() {
-            accept(&mut engine, &mut handlers, s, max_queue);
+            accept(&mut engine, &mut handlers, s, max_queue, &stats);
         }
         // Requests whose client went away leave before the pass.
         let gone: Vec<RequestId> = handlers
@@ -101,21 +126,35 @@ fn run(
             .filter(|(_, h)| h.is_closed())
             .map(|(id, _)| *id)
             .collect();
-        for id in gone {
-            engine.cancel(id);
-            handlers.remove(&id);
+        for id in &gone {
+            engine.cancel(*id);
+            handlers.remove(id);
         }
-        active.store(handlers.len(), Ordering::Relaxed);
+        // The gauges move before the counter, so that a reader who sees the cancellation also
+        // sees its slot and blocks free.
+        stats.update(&engine);
+        stats
+            .requests_cancelled
+            .fetch_add(gone.len() as u64, Ordering::Relaxed);
         if !engine.has_work() {
             continue;
         }
-        match pollster::block_on(engine.step()) {
+        let stepped = pollster::block_on(engine.step());
+        // Counts first, so that a client that hears its token sees them current.
+        stats.update(&engine);
+        match stepped {
             Ok(events) => {
                 for ev in events {
                     let id = match &ev {
                         Event::Token { id, .. } | Event::Finished { id, .. } => *id,
                     };
                     let done = matches!(ev, Event::Finished { .. });
+                    let counter = if done {
+                        &stats.requests_finished
+                    } else {
+                        &stats.generated_tokens
+                    };
+                    counter.fetch_add(1, Ordering::Relaxed);
                     if let Some(h) = handlers.get(&id) {
                         // A closed receiver is noticed (and cancelled) before the next pass.
                         let _ = h.send(Update::Event(ev));
@@ -132,9 +171,9 @@ fn run(
                     engine.cancel(id);
                     let _ = h.send(Update::Failed(msg.clone()));
                 }
+                stats.update(&engine);
             }
         }
-        active.store(handlers.len(), Ordering::Relaxed);
     }
 }
 
@@ -143,7 +182,9 @@ fn accept(
     handlers: &mut HashMap<RequestId, mpsc::UnboundedSender<Update>>,
     s: Submit,
     max_queue: usize,
+    stats: &Stats,
 ) {
+    let s_prompt_len = s.req.prompt.len();
     let answer = if engine.waiting() >= max_queue {
         Err(Refused::Busy)
     } else {
@@ -153,6 +194,9 @@ fn accept(
     };
     if let Ok(id) = answer {
         handlers.insert(id, s.updates);
+        stats
+            .prompt_tokens
+            .fetch_add(s_prompt_len as u64, Ordering::Relaxed);
     }
     if let Err(Ok(id)) = s.reply.send(answer) {
         // The handler went away before hearing back.

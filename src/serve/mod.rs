@@ -3,7 +3,8 @@
 //! its own thread ([`driver`]) and requests join its running batch at step boundaries.
 //!
 //! Endpoints: `GET /health`, `/version`, `/v1/models`; `POST /v1/chat/completions`,
-//! `/v1/completions` (JSON or server-sent events), `/tokenize`, `/detokenize`. With an API key,
+//! `/v1/completions` (JSON or server-sent events), `/tokenize`, `/detokenize`; `GET /metrics`
+//! (Prometheus text). With an API key,
 //! every route but `/health` wants `Authorization: Bearer KEY`.
 
 mod api;
@@ -67,6 +68,7 @@ fn router(state: Arc<AppState>, max_body: usize) -> Router {
     Router::new()
         .route("/health", get(api::health))
         .route("/version", get(api::version))
+        .route("/metrics", get(api::metrics))
         .route("/v1/models", get(api::models))
         .route("/v1/chat/completions", post(api::chat))
         .route("/v1/completions", post(api::completions))
