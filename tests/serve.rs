@@ -353,3 +353,40 @@ fn a_client_that_disconnects_is_dropped_and_its_blocks_freed() {
     assert_eq!(metric(s, "kv_cache_free_blocks_full"), free[0]);
     assert_eq!(metric(s, "kv_cache_free_blocks_window"), free[1]);
 }
+
+#[test]
+fn the_openai_sdk_talks_to_it() {
+    if !have_gpu() {
+        return;
+    }
+    // tools/setup.sh puts the SDK in .venv; CI (GPT_OSS_REQUIRE_GPU) must have it.
+    let python = std::env::var("GPT_OSS_PYTHON").unwrap_or_else(|_| {
+        concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin/python").to_string()
+    });
+    let has_sdk = Command::new(&python)
+        .args(["-c", "import openai"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !has_sdk {
+        assert!(
+            std::env::var("GPT_OSS_REQUIRE_GPU").is_err(),
+            "no openai SDK at {python}: run tools/setup.sh"
+        );
+        eprintln!("skipping: no openai SDK at {python} (tools/setup.sh installs it)");
+        return;
+    }
+    let (_dir, model) = tiny();
+    let server = start(&model, &[]);
+    let out = Command::new(&python)
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tools/openai_sdk_check.py"))
+        .arg(format!("http://{}/v1", server.addr))
+        .arg("tiny")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -21,3 +21,15 @@ if ! have_vulkan_driver; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq mesa-vulkan-drivers >/dev/null
 fi
 rustup target list --installed 2>/dev/null | grep -q wasm32-unknown-unknown || rustup target add wasm32-unknown-unknown
+
+# The official `openai` Python SDK, which tests/serve.rs drives the server with (a venv in .venv).
+VENV="$(cd "$(dirname "$0")/.." && pwd)/.venv"
+if ! "$VENV/bin/python" -c "import openai" 2>/dev/null; then
+  echo "installing the openai Python SDK into .venv..."
+  if ! command -v python3 >/dev/null || ! python3 -m venv "$VENV" 2>/dev/null; then
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq python3-venv >/dev/null
+    python3 -m venv "$VENV"
+  fi
+  "$VENV/bin/pip" install -q openai
+fi
