@@ -222,6 +222,45 @@ fn serves_the_openai_api() {
         whole["choices"][0]["finish_reason"]
     );
 
+    // Responses: input items (text parts, a function call and its output) become the same
+    // prompt as chat messages would; output items and typed events come back.
+    let resp = json!({"model": "tiny", "instructions": "Be brief.", "max_output_tokens": 6,
+        "temperature": 0, "reasoning": {"effort": "low"},
+        "tools": [{"type": "function", "name": "get", "description": "Get it.",
+                   "parameters": {"type": "object", "properties": {}}}],
+        "input": [{"role": "user", "content": [{"type": "input_text", "text": "Hi"}]},
+                  {"type": "function_call", "call_id": "c1", "name": "get", "arguments": "{}"},
+                  {"type": "function_call_output", "call_id": "c1", "output": "42"}]});
+    let (status, answer) = post(s, "/v1/responses", &resp);
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["object"], "response");
+    assert_eq!(answer["status"], "incomplete");
+    assert_eq!(answer["incomplete_details"]["reason"], "max_output_tokens");
+    assert_eq!(answer["usage"]["output_tokens"], 6);
+    assert!(answer["output"].as_array().is_some_and(|o| !o.is_empty()));
+    let mut rs = resp.clone();
+    rs["stream"] = json!(true);
+    let (status, text) = http(s, "POST", "/v1/responses", Some(&rs.to_string()), None);
+    assert_eq!(status, 200);
+    let kinds: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix("event: ")).collect();
+    assert_eq!(kinds.first(), Some(&"response.created"), "{text}");
+    assert_eq!(kinds.last(), Some(&"response.incomplete"), "{text}");
+    let (_, final_event) = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .map(|d| ((), serde_json::from_str::<Value>(d).unwrap()))
+        .last()
+        .unwrap();
+    // The same items as the answer answer (ids are fresh per response).
+    let strip = |items: &Value| -> Value {
+        let mut v = items.clone();
+        for item in v.as_array_mut().into_iter().flatten() {
+            item.as_object_mut().map(|o| o.remove("id"));
+        }
+        v
+    };
+    assert_eq!(strip(&final_event["response"]["output"]), strip(&answer["output"]));
+
     // /tokenize renders messages exactly as the chat endpoint prompts (reasoning effort
     // included), and /detokenize inverts plain text.
     let (status, t) = post(s, "/tokenize", &chat);
@@ -268,6 +307,11 @@ fn serves_the_openai_api() {
         ("POST", "/v1/completions", json!({"prompt": "x", "logprobs": 3}).to_string(), 400),
         ("POST", "/v1/completions", json!({"max_tokens": 3}).to_string(), 400),
         ("POST", "/tokenize", json!({}).to_string(), 400),
+        ("POST", "/v1/responses", json!({"input": "x", "previous_response_id": "resp_1"}).to_string(), 400),
+        ("POST", "/v1/responses", json!({"input": "x", "tools": [{"type": "web_search"}]}).to_string(), 400),
+        ("POST", "/v1/responses", json!({"input": 7}).to_string(), 400),
+        ("POST", "/v1/responses", json!({"input": [{"type": "image", "url": "x"}]}).to_string(), 400),
+        ("POST", "/v1/responses", json!({"input": "x", "max_output_tokens": 0}).to_string(), 400),
         ("POST", "/detokenize", json!({"tokens": ["a"]}).to_string(), 400),
         ("GET", "/v1/chat/completions", String::new(), 405),
         ("GET", "/v1/nothing", String::new(), 404),

@@ -42,6 +42,14 @@ streamed = "".join(c.choices[0].text for c in client.completions.create(
 assert streamed == text, (streamed, text)
 assert full.choices[0].finish_reason == "length"
 
+# Responses, whole and streamed.
+r = client.responses.create(model=model, input="Hello", instructions="Be brief.", max_output_tokens=8,
+                            temperature=0, reasoning={"effort": "low"})
+assert r.status in ("completed", "incomplete") and r.usage.output_tokens == 8, r
+events = [e.type for e in client.responses.create(model=model, input="Hello", max_output_tokens=8,
+                                                  temperature=0, stream=True)]
+assert events[0] == "response.created" and events[-1] in ("response.completed", "response.incomplete"), events
+
 # Errors arrive as the SDK's typed exceptions.
 for bad, kind in [({"max_tokens": 0}, openai.BadRequestError),
                   ({"temperature": -1}, openai.BadRequestError),

@@ -105,8 +105,8 @@ fn parts_of(i: usize, c: &Option<MessageContent>) -> Result<Vec<String>> {
         Some(MessageContent::Parts(parts)) => parts
             .iter()
             .map(|p| match (p.kind.as_str(), &p.text) {
-                ("text" | "input_text", Some(t)) => Ok(t.clone()),
-                ("text" | "input_text", None) => Err(Error::Request(format!(
+                ("text" | "input_text" | "output_text", Some(t)) => Ok(t.clone()),
+                ("text" | "input_text" | "output_text", None) => Err(Error::Request(format!(
                     "message {i}: a `{}` content part has no `text`",
                     p.kind
                 ))),

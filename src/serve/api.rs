@@ -19,45 +19,45 @@ use tokio_stream::wrappers::UnboundedReceiverStream;
 
 use super::driver::{Refused, Update};
 use super::error::ApiError;
-use super::stream::{ChatDelta, ChatStream, TextStream};
+use super::stream::{ChatDelta, ChatStream, Sink, TextStream};
 use super::{AppState, Ready};
 use crate::chat::harmony::{Harmony, Specials};
 use crate::chat::openai::today;
 use crate::chat::{ChatRequest, StopText};
 use crate::engine::{Event, FinishReason, Request, Sampling};
 
-type ApiResult = Result<Response, ApiError>;
+pub(super) type ApiResult = Result<Response, ApiError>;
 
 /// `stop`: one string or a list.
 #[derive(Deserialize)]
 #[serde(untagged)]
-enum StopSpec {
+pub(super) enum StopSpec {
     One(String),
     Many(Vec<String>),
 }
 
 #[derive(Deserialize, Default)]
-struct StreamOptions {
+pub(super) struct StreamOptions {
     #[serde(default)]
     include_usage: bool,
 }
 
-/// The sampling and length fields chat and completions share.
-#[derive(Deserialize)]
-struct Common {
-    model: Option<String>,
-    max_tokens: Option<i64>,
-    max_completion_tokens: Option<i64>,
-    temperature: Option<f32>,
-    top_p: Option<f32>,
-    top_k: Option<i64>,
-    seed: Option<u64>,
-    stop: Option<StopSpec>,
-    n: Option<i64>,
+/// The sampling and length fields chat, completions and responses share.
+#[derive(Deserialize, Default)]
+pub(super) struct Common {
+    pub model: Option<String>,
+    pub max_tokens: Option<i64>,
+    pub max_completion_tokens: Option<i64>,
+    pub temperature: Option<f32>,
+    pub top_p: Option<f32>,
+    pub top_k: Option<i64>,
+    pub seed: Option<u64>,
+    pub stop: Option<StopSpec>,
+    pub n: Option<i64>,
     #[serde(default)]
-    stream: bool,
-    stream_options: Option<StreamOptions>,
-    logprobs: Option<Value>,
+    pub stream: bool,
+    pub stream_options: Option<StreamOptions>,
+    pub logprobs: Option<Value>,
 }
 
 #[derive(Deserialize)]
@@ -88,7 +88,7 @@ struct CompletionBody {
 }
 
 /// The body as JSON of type T, with 400/413 for what is not.
-fn parse<T: serde::de::DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
+pub(super) fn parse<T: serde::de::DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
     let body = body.map_err(|e| ApiError::new(e.status(), e.body_text()))?;
     let v: Value = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad(format!("the body is not valid JSON: {e}")))?;
@@ -98,14 +98,14 @@ fn parse<T: serde::de::DeserializeOwned>(body: Result<Bytes, BytesRejection>) ->
     serde_json::from_value(v).map_err(|e| ApiError::bad(format!("invalid request: {e}")))
 }
 
-fn now() -> u64 {
+pub(super) fn now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
 }
 
 /// A short random-looking id, e.g. for `chatcmpl-...` and tool calls.
-fn new_id(prefix: &str) -> String {
+pub(super) fn new_id(prefix: &str) -> String {
     let n = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64);
@@ -226,21 +226,20 @@ fn usage(prompt: u32, generated: u32) -> Value {
     })
 }
 
-pub async fn chat(State(st): State<Arc<AppState>>, body: Result<Bytes, BytesRejection>) -> ApiResult {
-    let r = st.ready()?;
-    let b: ChatBody = parse(body)?;
-    if b.chat.messages.is_empty() {
-        return Err(ApiError::param("messages", "messages must not be empty"));
-    }
-    let mut chat = b.chat;
-    match &b.tool_choice {
-        None => {}
-        Some(Value::String(s)) if s == "auto" => {}
-        Some(Value::String(s)) if s == "none" => chat.tools = None,
+/// Applies `tool_choice` (auto, none, or a named function that must exist) to the tools.
+pub(super) fn apply_tool_choice(chat: &mut ChatRequest, choice: Option<&Value>) -> Result<(), ApiError> {
+    match choice {
+        None => Ok(()),
+        Some(Value::String(s)) if s == "auto" => Ok(()),
+        Some(Value::String(s)) if s == "none" => {
+            chat.tools = None;
+            Ok(())
+        }
         Some(Value::Object(o)) => {
             let name = o
                 .get("function")
                 .and_then(|f| f.get("name"))
+                .or_else(|| o.get("name"))
                 .and_then(Value::as_str)
                 .ok_or_else(|| ApiError::param("tool_choice", "tool_choice names no function"))?;
             let known = chat.tools.iter().flatten().any(|t| t.function.name == name);
@@ -250,17 +249,30 @@ pub async fn chat(State(st): State<Arc<AppState>>, body: Result<Bytes, BytesReje
                     format!("tool_choice names `{name}`, which is not among the tools"),
                 ));
             }
-            return Err(ApiError::param(
+            Err(ApiError::param(
                 "tool_choice",
                 "forcing a named function is not supported yet; use auto",
-            ));
+            ))
         }
-        Some(_) => {
-            return Err(ApiError::param(
-                "tool_choice",
-                "tool_choice must be auto, none or a named function (required is not supported yet)",
-            ));
-        }
+        Some(_) => Err(ApiError::param(
+            "tool_choice",
+            "tool_choice must be auto, none or a named function (required is not supported yet)",
+        )),
+    }
+}
+
+/// A chat request queued: its updates, the stream that turns tokens into answer pieces, and the
+/// prompt's length.
+pub(super) struct ChatRun {
+    pub rx: mpsc::UnboundedReceiver<Update>,
+    pub out: ChatStream,
+    pub prompt_tokens: u32,
+}
+
+/// Renders `chat` as the Harmony prompt and queues it.
+pub(super) async fn start_chat(r: &Ready, chat: &ChatRequest, common: &Common) -> Result<ChatRun, ApiError> {
+    if chat.messages.is_empty() {
+        return Err(ApiError::param("messages", "messages must not be empty"));
     }
     let tok = r.tokenizer.as_ref();
     let h = Harmony::new(tok).map_err(|e| ApiError::bad(e.to_string()))?;
@@ -268,60 +280,155 @@ pub async fn chat(State(st): State<Arc<AppState>>, body: Result<Bytes, BytesReje
     let prompt = h
         .render_for_completion(&msgs)
         .map_err(|e| ApiError::bad(e.to_string()))?;
-    let req = b.common.request(r, prompt, h.stop_ids().to_vec())?;
+    let req = common.request(r, prompt, h.stop_ids().to_vec())?;
     let prompt_tokens = req.prompt.len() as u32;
-    let stop = b.common.stop_text()?;
+    let stop = common.stop_text()?;
     let specials = Specials::of(tok).map_err(|e| ApiError::bad(e.to_string()))?;
-    let id = new_id("chatcmpl-");
-    let calls = Box::new(|| new_id("call_"));
-    let mut out = ChatStream::new(specials, stop, calls);
-    let mut rx = submit(r, req).await?;
-    let created = now();
-    let model = r.model_name.clone();
-    if !b.common.stream {
-        let (mut reasoning, mut content) = (String::new(), String::new());
-        let mut calls: Vec<(String, String, String)> = Vec::new();
-        let mut fold = |d: ChatDelta| match d {
-            ChatDelta::Reasoning(t) => reasoning.push_str(&t),
-            ChatDelta::Content(t) => content.push_str(&t),
-            ChatDelta::ToolStart { id, name, .. } => calls.push((id, name, String::new())),
-            ChatDelta::ToolArgs { index, args } => calls[index].2.push_str(&args),
-        };
-        let mut finish = ("length", 0u32);
-        while let Some(u) = rx.recv().await {
-            match u {
-                Update::Event(Event::Token { token, .. }) => {
-                    out.push(tok, token).into_iter().for_each(&mut fold);
-                    if out.stopped() {
-                        break;
-                    }
+    let out = ChatStream::new(specials, stop, Box::new(|| new_id("call_")));
+    let rx = submit(r, req).await?;
+    Ok(ChatRun {
+        rx,
+        out,
+        prompt_tokens,
+    })
+}
+
+/// How an answer ended: OpenAI's finish reason and the tokens generated.
+pub(super) struct Finish {
+    pub reason: &'static str,
+    pub generated: u32,
+}
+
+/// Feeds a request's tokens through its sink until it ends, handing each piece of the answer to
+/// `emit` (which returns false when nobody listens any more: then None). Leaving drops the
+/// updates, which cancels a generation that a stop string ended early.
+pub(super) async fn drive<S: Sink>(
+    mut rx: mpsc::UnboundedReceiver<Update>,
+    mut out: S,
+    tok: &crate::tokenizer::Tokenizer,
+    mut emit: impl FnMut(S::Piece) -> bool,
+) -> Result<Option<Finish>, String> {
+    let mut finish = Finish {
+        reason: "length",
+        generated: 0,
+    };
+    while let Some(u) = rx.recv().await {
+        match u {
+            Update::Event(Event::Token { token, .. }) => {
+                finish.generated += 1;
+                if !out.push(tok, token).into_iter().all(&mut emit) {
+                    return Ok(None);
                 }
-                Update::Event(Event::Finished {
-                    reason, generated, ..
-                }) => {
-                    finish = (reason_name(reason), generated);
+                if out.stopped() {
                     break;
                 }
-                Update::Failed(m) => {
-                    return Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, m));
-                }
             }
+            Update::Event(Event::Finished {
+                reason, generated, ..
+            }) => {
+                finish = Finish {
+                    reason: reason_name(reason),
+                    generated,
+                };
+                break;
+            }
+            Update::Failed(m) => return Err(m),
         }
-        out.finish().into_iter().for_each(&mut fold);
-        let generated = finish.1;
-        let reason = if out.stopped() {
-            "stop"
-        } else if out.tool_calls() > 0 {
-            "tool_calls"
-        } else {
-            finish.0
-        };
-        let tool_calls: Vec<Value> = calls
+    }
+    drop(rx);
+    if !out.finish().into_iter().all(&mut emit) {
+        return Ok(None);
+    }
+    if out.stopped() {
+        finish.reason = "stop";
+    } else if out.tool_calls() > 0 {
+        finish.reason = "tool_calls";
+    }
+    Ok(Some(finish))
+}
+
+/// A chat request's tokens through its Harmony stream.
+pub(super) async fn drive_chat(
+    run: ChatRun,
+    tok: &crate::tokenizer::Tokenizer,
+    emit: impl FnMut(ChatDelta) -> bool,
+) -> Result<Option<Finish>, String> {
+    drive(run.rx, run.out, tok, emit).await
+}
+
+/// A chat request run to its end and folded into one answer.
+pub(super) async fn whole_answer(
+    run: ChatRun,
+    tok: &crate::tokenizer::Tokenizer,
+) -> Result<(Answer, Finish), ApiError> {
+    let mut answer = Answer::default();
+    let finish = drive_chat(run, tok, |d| answer.add(d))
+        .await
+        .map_err(failed)?
+        .unwrap_or(Finish {
+            reason: "length",
+            generated: 0,
+        });
+    Ok((answer, finish))
+}
+
+/// A whole answer folded from its pieces.
+#[derive(Default)]
+pub(super) struct Answer {
+    pub reasoning: String,
+    pub content: String,
+    /// (id, name, arguments)
+    pub calls: Vec<(String, String, String)>,
+}
+
+impl Answer {
+    pub fn add(&mut self, d: ChatDelta) -> bool {
+        match d {
+            ChatDelta::Reasoning(t) => self.reasoning.push_str(&t),
+            ChatDelta::Content(t) => self.content.push_str(&t),
+            ChatDelta::ToolStart { id, name, .. } => self.calls.push((id, name, String::new())),
+            ChatDelta::ToolArgs { index, args } => self.calls[index].2.push_str(&args),
+        }
+        true
+    }
+}
+
+/// Streams server-sent events produced by `task` (which sends them into the given channel).
+pub(super) fn sse<F>(task: impl FnOnce(mpsc::UnboundedSender<Result<Sse, Infallible>>) -> F) -> Response
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (tx, events) = mpsc::unbounded_channel::<Result<Sse, Infallible>>();
+    tokio::spawn(task(tx));
+    axum::response::Sse::new(UnboundedReceiverStream::new(events))
+        .keep_alive(KeepAlive::default())
+        .into_response()
+}
+
+pub(super) fn failed(m: String) -> ApiError {
+    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, m)
+}
+
+pub async fn chat(State(st): State<Arc<AppState>>, body: Result<Bytes, BytesRejection>) -> ApiResult {
+    let r = st.ready()?;
+    let b: ChatBody = parse(body)?;
+    let mut chat = b.chat;
+    apply_tool_choice(&mut chat, b.tool_choice.as_ref())?;
+    let run = start_chat(r, &chat, &b.common).await?;
+    let prompt_tokens = run.prompt_tokens;
+    let (id, created, model) = (new_id("chatcmpl-"), now(), r.model_name.clone());
+    if !b.common.stream {
+        let (answer, finish) = whole_answer(run, &r.tokenizer).await?;
+        let tool_calls: Vec<Value> = answer
+            .calls
             .iter()
             .map(|(id, name, args)| {
                 json!({"id": id, "type": "function", "function": {"name": name, "arguments": args}})
             })
             .collect();
+        let Answer {
+            reasoning, content, ..
+        } = answer;
         let mut message = json!({
             "role": "assistant",
             "content": (!content.is_empty() || tool_calls.is_empty()).then_some(content),
@@ -335,29 +442,27 @@ pub async fn chat(State(st): State<Arc<AppState>>, body: Result<Bytes, BytesReje
             "object": "chat.completion",
             "created": created,
             "model": model,
-            "choices": [{"index": 0, "message": message, "finish_reason": reason, "logprobs": null}],
-            "usage": usage(prompt_tokens, generated),
+            "choices": [{"index": 0, "message": message, "finish_reason": finish.reason, "logprobs": null}],
+            "usage": usage(prompt_tokens, finish.generated),
         }))
         .into_response());
     }
     // Streaming: a role delta, then pieces as tokens come, the finish chunk, usage if asked.
     let include_usage = b.common.include_usage();
-    let (tx, events) = mpsc::unbounded_channel::<Result<Sse, Infallible>>();
-    let chunk = move |delta: Value, finish: Option<&str>| {
-        let c = json!({
-            "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": null}],
-        });
-        Ok(Sse::default().data(c.to_string()))
-    };
-    let tok_arc = r.tokenizer.clone();
-    tokio::spawn(async move {
-        let tok = tok_arc.as_ref();
+    let tok = r.tokenizer.clone();
+    Ok(sse(move |tx| async move {
+        let chunk = |delta: Value, finish: Option<&str>| {
+            let c = json!({
+                "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": null}],
+            });
+            Ok(Sse::default().data(c.to_string()))
+        };
         let send = |e| tx.send(e).is_ok();
         if !send(chunk(json!({"role": "assistant", "content": ""}), None)) {
             return;
         }
-        let delta_json = |d: ChatDelta| match d {
+        let delta = |d: ChatDelta| match d {
             ChatDelta::Reasoning(t) => json!({"reasoning_content": t}),
             ChatDelta::Content(t) => json!({"content": t}),
             ChatDelta::ToolStart { index, id, name } => json!({"tool_calls": [{
@@ -367,57 +472,30 @@ pub async fn chat(State(st): State<Arc<AppState>>, body: Result<Bytes, BytesReje
                 json!({"tool_calls": [{"index": index, "function": {"arguments": args}}]})
             }
         };
-        let mut finish = ("length", 0u32);
-        while let Some(u) = rx.recv().await {
-            match u {
-                Update::Event(Event::Token { token, .. }) => {
-                    for d in out.push(tok, token) {
-                        if !send(chunk(delta_json(d), None)) {
-                            return;
-                        }
-                    }
-                    if out.stopped() {
-                        break;
-                    }
+        match drive_chat(run, &tok, |d| send(chunk(delta(d), None))).await {
+            Ok(Some(finish)) => {
+                send(chunk(json!({}), Some(finish.reason)));
+                if include_usage {
+                    let u = json!({
+                        "id": new_id("chatcmpl-"), "object": "chat.completion.chunk",
+                        "created": created, "choices": [],
+                        "usage": usage(prompt_tokens, finish.generated),
+                    });
+                    send(Ok(Sse::default().data(u.to_string())));
                 }
-                Update::Event(Event::Finished {
-                    reason, generated, ..
-                }) => {
-                    finish = (reason_name(reason), generated);
-                    break;
-                }
-                Update::Failed(m) => {
-                    let e = json!({"error": {"message": m, "type": "server_error", "param": null, "code": 500}});
-                    send(Ok(Sse::default().data(e.to_string())));
-                    return;
-                }
+                send(Ok(Sse::default().data("[DONE]")));
+            }
+            Ok(None) => {}
+            Err(m) => {
+                send(Ok(Sse::default().data(error_event(m))));
             }
         }
-        // Dropping the receiver here cancels generation if a stop string ended it early.
-        drop(rx);
-        for d in out.finish() {
-            send(chunk(delta_json(d), None));
-        }
-        let reason = if out.stopped() {
-            "stop"
-        } else if out.tool_calls() > 0 {
-            "tool_calls"
-        } else {
-            finish.0
-        };
-        send(chunk(json!({}), Some(reason)));
-        if include_usage {
-            let u = json!({
-                "id": new_id("chatcmpl-"), "object": "chat.completion.chunk", "created": created,
-                "choices": [], "usage": usage(prompt_tokens, finish.1),
-            });
-            send(Ok(Sse::default().data(u.to_string())));
-        }
-        send(Ok(Sse::default().data("[DONE]")));
-    });
-    Ok(axum::response::Sse::new(UnboundedReceiverStream::new(events))
-        .keep_alive(KeepAlive::default())
-        .into_response())
+    }))
+}
+
+/// The event a stream ends with when the forward pass failed.
+pub(super) fn error_event(m: String) -> String {
+    json!({"error": {"message": m, "type": "server_error", "param": null, "code": 500}}).to_string()
 }
 
 fn reason_name(r: FinishReason) -> &'static str {
@@ -450,96 +528,60 @@ pub async fn completions(
     }
     let req = b.common.request(r, prompt, Vec::new())?;
     let prompt_tokens = req.prompt.len() as u32;
-    let mut out = TextStream::new(b.common.stop_text()?);
-    let mut rx = submit(r, req).await?;
+    let out = TextStream::new(b.common.stop_text()?);
+    let rx = submit(r, req).await?;
     let (id, created, model) = (new_id("cmpl-"), now(), r.model_name.clone());
     let echo = if b.echo { prompt_text } else { String::new() };
     if !b.common.stream {
         let mut text = echo;
-        let mut finish = ("length", 0u32);
-        while let Some(u) = rx.recv().await {
-            match u {
-                Update::Event(Event::Token { token, .. }) => {
-                    text.push_str(&out.push(tok, token));
-                    if out.stopped() {
-                        break;
-                    }
-                }
-                Update::Event(Event::Finished {
-                    reason, generated, ..
-                }) => {
-                    finish = (reason_name(reason), generated);
-                    break;
-                }
-                Update::Failed(m) => {
-                    return Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, m));
-                }
-            }
-        }
-        text.push_str(&out.finish());
-        let reason = if out.stopped() { "stop" } else { finish.0 };
+        let finish = drive(rx, out, &r.tokenizer, |t| {
+            text.push_str(&t);
+            true
+        })
+        .await
+        .map_err(failed)?
+        .unwrap_or(Finish {
+            reason: "length",
+            generated: 0,
+        });
         return Ok(Json(json!({
             "id": id, "object": "text_completion", "created": created, "model": model,
-            "choices": [{"index": 0, "text": text, "finish_reason": reason, "logprobs": null}],
-            "usage": usage(prompt_tokens, finish.1),
+            "choices": [{"index": 0, "text": text, "finish_reason": finish.reason, "logprobs": null}],
+            "usage": usage(prompt_tokens, finish.generated),
         }))
         .into_response());
     }
     let include_usage = b.common.include_usage();
-    let (tx, events) = mpsc::unbounded_channel::<Result<Sse, Infallible>>();
-    let chunk = move |text: String, finish: Option<&str>| {
-        let c = json!({
-            "id": id, "object": "text_completion", "created": created, "model": model,
-            "choices": [{"index": 0, "text": text, "finish_reason": finish, "logprobs": null}],
-        });
-        Ok(Sse::default().data(c.to_string()))
-    };
-    let tok_arc = r.tokenizer.clone();
-    tokio::spawn(async move {
-        let tok = tok_arc.as_ref();
+    let tok = r.tokenizer.clone();
+    Ok(sse(move |tx| async move {
+        let chunk = |text: String, finish: Option<&str>| {
+            let c = json!({
+                "id": id, "object": "text_completion", "created": created, "model": model,
+                "choices": [{"index": 0, "text": text, "finish_reason": finish, "logprobs": null}],
+            });
+            Ok(Sse::default().data(c.to_string()))
+        };
         let send = |e| tx.send(e).is_ok();
         if !echo.is_empty() && !send(chunk(echo, None)) {
             return;
         }
-        let mut finish = ("length", 0u32);
-        while let Some(u) = rx.recv().await {
-            match u {
-                Update::Event(Event::Token { token, .. }) => {
-                    let piece = out.push(tok, token);
-                    if !piece.is_empty() && !send(chunk(piece, None)) {
-                        return;
-                    }
-                    if out.stopped() {
-                        break;
-                    }
+        match drive(rx, out, &tok, |t| send(chunk(t, None))).await {
+            Ok(Some(finish)) => {
+                send(chunk(String::new(), Some(finish.reason)));
+                if include_usage {
+                    let u = json!({"id": new_id("cmpl-"), "object": "text_completion",
+                        "created": created, "choices": [],
+                        "usage": usage(prompt_tokens, finish.generated)});
+                    send(Ok(Sse::default().data(u.to_string())));
                 }
-                Update::Event(Event::Finished {
-                    reason, generated, ..
-                }) => {
-                    finish = (reason_name(reason), generated);
-                    break;
-                }
-                Update::Failed(m) => {
-                    let e = json!({"error": {"message": m, "type": "server_error", "param": null, "code": 500}});
-                    send(Ok(Sse::default().data(e.to_string())));
-                    return;
-                }
+                send(Ok(Sse::default().data("[DONE]")));
+            }
+            Ok(None) => {}
+            Err(m) => {
+                send(Ok(Sse::default().data(error_event(m))));
             }
         }
-        drop(rx);
-        let rest = out.finish();
-        let reason = if out.stopped() { "stop" } else { finish.0 };
-        send(chunk(rest, Some(reason)));
-        if include_usage {
-            let u = json!({"id": new_id("cmpl-"), "object": "text_completion", "created": created,
-                "choices": [], "usage": usage(prompt_tokens, finish.1)});
-            send(Ok(Sse::default().data(u.to_string())));
-        }
-        send(Ok(Sse::default().data("[DONE]")));
-    });
-    Ok(axum::response::Sse::new(UnboundedReceiverStream::new(events))
-        .keep_alive(KeepAlive::default())
-        .into_response())
+    }))
 }
 
 /// Plain text as the model reads it (special-token text stays text).

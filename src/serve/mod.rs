@@ -3,13 +3,15 @@
 //! its own thread ([`driver`]) and requests join its running batch at step boundaries.
 //!
 //! Endpoints: `GET /health`, `/version`, `/v1/models`; `POST /v1/chat/completions`,
-//! `/v1/completions` (JSON or server-sent events), `/tokenize`, `/detokenize`; `GET /metrics`
+//! `/v1/completions`, `/v1/responses` (JSON or server-sent events), `/tokenize`, `/detokenize`;
+//! `GET /metrics`
 //! (Prometheus text). With an API key,
 //! every route but `/health` wants `Authorization: Bearer KEY`.
 
 mod api;
 pub mod driver;
 mod error;
+mod responses;
 pub mod stream;
 
 use std::net::SocketAddr;
@@ -72,6 +74,7 @@ fn router(state: Arc<AppState>, max_body: usize) -> Router {
         .route("/v1/models", get(api::models))
         .route("/v1/chat/completions", post(api::chat))
         .route("/v1/completions", post(api::completions))
+        .route("/v1/responses", post(responses::responses))
         .route("/tokenize", post(api::tokenize))
         .route("/detokenize", post(api::detokenize))
         .fallback(api::not_found)

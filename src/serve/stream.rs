@@ -9,6 +9,21 @@ use crate::chat::parser::ParseEvent;
 use crate::chat::{Role, StopText, StreamParser};
 use crate::tokenizer::{StreamDecoder, Tokenizer};
 
+/// Tokens in, pieces of the answer out: what `serve` feeds each request's tokens through.
+pub trait Sink {
+    type Piece;
+    /// Feeds one generated token.
+    fn push(&mut self, tok: &Tokenizer, id: u32) -> Vec<Self::Piece>;
+    /// The output ended: what was held back.
+    fn finish(&mut self) -> Vec<Self::Piece>;
+    /// Whether a stop string ended the answer.
+    fn stopped(&self) -> bool;
+    /// How many tool calls the answer made.
+    fn tool_calls(&self) -> usize {
+        0
+    }
+}
+
 /// One piece of a chat answer.
 #[derive(Clone, Debug, PartialEq)]
 pub enum ChatDelta {
@@ -26,7 +41,7 @@ pub enum ChatDelta {
 
 /// Where the current message's text goes.
 #[derive(Clone, Copy, PartialEq)]
-enum Sink {
+enum Target {
     Reasoning,
     Content,
     Tool(usize),
@@ -36,7 +51,7 @@ enum Sink {
 pub struct ChatStream {
     parser: StreamParser,
     stop: StopText,
-    sink: Sink,
+    target: Target,
     calls: usize,
     call_id: Box<dyn FnMut() -> String + Send>,
 }
@@ -46,38 +61,10 @@ impl ChatStream {
         ChatStream {
             parser: StreamParser::new(specials, Some(Role::Assistant)),
             stop,
-            sink: Sink::Nowhere,
+            target: Target::Nowhere,
             calls: 0,
             call_id,
         }
-    }
-
-    /// Whether a stop string ended the content.
-    pub fn stopped(&self) -> bool {
-        self.stop.stopped()
-    }
-
-    /// How many tool calls the answer made.
-    pub fn tool_calls(&self) -> usize {
-        self.calls
-    }
-
-    /// Feeds one generated token.
-    pub fn push(&mut self, tok: &Tokenizer, id: u32) -> Vec<ChatDelta> {
-        let events = self.parser.push(tok, id);
-        self.apply(events)
-    }
-
-    /// The output ended: a message still open is closed with what it has.
-    pub fn finish(&mut self) -> Vec<ChatDelta> {
-        let events = self.parser.finish();
-        let mut out = self.apply(events);
-        // Content held back as a possible stop-string start is released at the end.
-        let rest = self.stop.finish();
-        if !rest.is_empty() {
-            out.push(ChatDelta::Content(rest));
-        }
-        out
     }
 
     fn apply(&mut self, events: Vec<ParseEvent>) -> Vec<ChatDelta> {
@@ -85,7 +72,7 @@ impl ChatStream {
         for ev in events {
             match ev {
                 ParseEvent::Start(m) => {
-                    self.sink = if let Some(name) = m
+                    self.target = if let Some(name) = m
                         .recipient
                         .as_deref()
                         .and_then(|r| r.strip_prefix("functions."))
@@ -97,30 +84,58 @@ impl ChatStream {
                             id: (self.call_id)(),
                             name: name.to_string(),
                         });
-                        Sink::Tool(index)
+                        Target::Tool(index)
                     } else if m.channel.as_deref() == Some("analysis") {
-                        Sink::Reasoning
+                        Target::Reasoning
                     } else if m.recipient.is_none() {
-                        Sink::Content
+                        Target::Content
                     } else {
-                        Sink::Nowhere
+                        Target::Nowhere
                     };
                 }
-                ParseEvent::Delta(d) => match self.sink {
-                    Sink::Reasoning => out.push(ChatDelta::Reasoning(d)),
-                    Sink::Content => {
+                ParseEvent::Delta(d) => match self.target {
+                    Target::Reasoning => out.push(ChatDelta::Reasoning(d)),
+                    Target::Content => {
                         let shown = self.stop.push(&d);
                         if !shown.is_empty() {
                             out.push(ChatDelta::Content(shown));
                         }
                     }
-                    Sink::Tool(index) => out.push(ChatDelta::ToolArgs { index, args: d }),
-                    Sink::Nowhere => {}
+                    Target::Tool(index) => out.push(ChatDelta::ToolArgs { index, args: d }),
+                    Target::Nowhere => {}
                 },
                 ParseEvent::End(_) => {}
             }
         }
         out
+    }
+}
+
+impl Sink for ChatStream {
+    type Piece = ChatDelta;
+
+    fn push(&mut self, tok: &Tokenizer, id: u32) -> Vec<ChatDelta> {
+        let events = self.parser.push(tok, id);
+        self.apply(events)
+    }
+
+    fn finish(&mut self) -> Vec<ChatDelta> {
+        let events = self.parser.finish();
+        let mut out = self.apply(events);
+        // Content held back as a possible stop-string start is released at the end.
+        let rest = self.stop.finish();
+        if !rest.is_empty() {
+            out.push(ChatDelta::Content(rest));
+        }
+        out
+    }
+
+    fn stopped(&self) -> bool {
+        self.stop.stopped()
+    }
+
+    fn tool_calls(&self) -> usize {
+        self.calls
     }
 }
 
@@ -137,21 +152,23 @@ impl TextStream {
             stop,
         }
     }
+}
 
-    pub fn stopped(&self) -> bool {
-        self.stop.stopped()
-    }
+impl Sink for TextStream {
+    type Piece = String;
 
-    /// Feeds one generated token; returns the text that can be shown now.
-    pub fn push(&mut self, tok: &Tokenizer, id: u32) -> String {
+    fn push(&mut self, tok: &Tokenizer, id: u32) -> Vec<String> {
         match self.decoder.push(tok, id) {
-            Ok(Some(piece)) => self.stop.push(&piece),
-            _ => String::new(),
+            Ok(Some(piece)) => Some(self.stop.push(&piece)).filter(|p| !p.is_empty()).into_iter().collect(),
+            _ => Vec::new(),
         }
     }
 
-    /// The output ended: text held back is released.
-    pub fn finish(&mut self) -> String {
-        self.stop.finish()
+    fn finish(&mut self) -> Vec<String> {
+        Some(self.stop.finish()).filter(|p| !p.is_empty()).into_iter().collect()
+    }
+
+    fn stopped(&self) -> bool {
+        self.stop.stopped()
     }
 }

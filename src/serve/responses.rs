@@ -1,0 +1,296 @@
+//! `POST /v1/responses`, the API OpenAI recommends for gpt-oss: the request is mapped onto a chat
+//! request (input items to messages, function tools, reasoning effort) and answered with output
+//! items (reasoning, message, function_call), whole or as typed server-sent events. Stateless:
+//! `previous_response_id` is refused.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
+use axum::response::IntoResponse;
+use axum::response::sse::Event as Sse;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::AppState;
+use super::api::{
+    Answer, ApiResult, Common, Finish, apply_tool_choice, drive_chat, error_event, new_id, now,
+    parse, sse, start_chat, whole_answer,
+};
+use super::error::ApiError;
+use super::stream::ChatDelta;
+use crate::chat::ChatRequest;
+
+#[derive(Deserialize)]
+struct Reasoning {
+    effort: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct ResponsesBody {
+    model: Option<String>,
+    input: Value,
+    instructions: Option<String>,
+    tools: Option<Vec<Value>>,
+    tool_choice: Option<Value>,
+    reasoning: Option<Reasoning>,
+    max_output_tokens: Option<i64>,
+    temperature: Option<f32>,
+    top_p: Option<f32>,
+    #[serde(default)]
+    stream: bool,
+    previous_response_id: Option<String>,
+}
+
+/// The chat request a responses request means.
+fn to_chat(b: &ResponsesBody) -> Result<ChatRequest, ApiError> {
+    let mut messages = Vec::new();
+    if let Some(i) = &b.instructions {
+        messages.push(json!({"role": "developer", "content": i}));
+    }
+    match &b.input {
+        Value::String(s) => messages.push(json!({"role": "user", "content": s})),
+        Value::Array(items) => {
+            for (n, item) in items.iter().enumerate() {
+                messages.push(input_item(n, item)?);
+            }
+        }
+        _ => return Err(ApiError::param("input", "input must be a string or a list of items")),
+    }
+    let tools = b
+        .tools
+        .iter()
+        .flatten()
+        .map(|t| {
+            if t.get("type").and_then(Value::as_str) != Some("function") {
+                return Err(ApiError::param("tools", "only function tools are supported"));
+            }
+            let mut f = t.clone();
+            if let Some(o) = f.as_object_mut() {
+                o.remove("type");
+                o.remove("strict");
+            }
+            Ok(json!({"type": "function", "function": f}))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut chat = json!({"messages": messages});
+    if !tools.is_empty() {
+        chat["tools"] = Value::Array(tools);
+    }
+    if let Some(e) = b.reasoning.as_ref().and_then(|r| r.effort.as_ref()) {
+        chat["reasoning_effort"] = json!(e);
+    }
+    serde_json::from_value(chat).map_err(|e| ApiError::param("input", format!("invalid input: {e}")))
+}
+
+/// One input item as a chat message.
+fn input_item(n: usize, item: &Value) -> Result<Value, ApiError> {
+    let field = |k: &str| item.get(k).cloned().unwrap_or(Value::Null);
+    let bad = |what: &str| ApiError::param("input", format!("input item {n}: {what}"));
+    match item.get("type").and_then(Value::as_str) {
+        Some("function_call") => Ok(json!({"role": "assistant", "tool_calls": [{
+            "id": field("call_id"), "type": "function",
+            "function": {"name": field("name"), "arguments": field("arguments")}}]})),
+        Some("function_call_output") => {
+            let output = match field("output") {
+                Value::String(s) => s,
+                other => other.to_string(),
+            };
+            Ok(json!({"role": "tool", "tool_call_id": field("call_id"), "content": output}))
+        }
+        Some("reasoning") => {
+            let text: String = item
+                .get("content")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(|c| c.get("text").and_then(Value::as_str))
+                .collect();
+            Ok(json!({"role": "assistant", "reasoning_content": text}))
+        }
+        Some("message") | None => {
+            let role = item
+                .get("role")
+                .and_then(Value::as_str)
+                .ok_or_else(|| bad("a message needs a role"))?;
+            Ok(json!({"role": role, "content": field("content")}))
+        }
+        Some(other) => Err(bad(&format!("items of type `{other}` are not supported"))),
+    }
+}
+
+/// The output items of a whole answer.
+fn output_items(a: &Answer, ids: &ItemIds) -> Vec<Value> {
+    let mut out = Vec::new();
+    if !a.reasoning.is_empty() {
+        out.push(reasoning_item(&ids.reasoning, &a.reasoning));
+    }
+    if !a.content.is_empty() || a.calls.is_empty() {
+        out.push(message_item(&ids.message, &a.content, "completed"));
+    }
+    for (id, name, args) in &a.calls {
+        out.push(call_item(id, name, args, "completed"));
+    }
+    out
+}
+
+fn reasoning_item(id: &str, text: &str) -> Value {
+    json!({"type": "reasoning", "id": id, "summary": [],
+           "content": [{"type": "reasoning_text", "text": text}]})
+}
+
+fn message_item(id: &str, text: &str, status: &str) -> Value {
+    json!({"type": "message", "id": id, "role": "assistant", "status": status,
+           "content": [{"type": "output_text", "text": text, "annotations": []}]})
+}
+
+fn call_item(call_id: &str, name: &str, args: &str, status: &str) -> Value {
+    json!({"type": "function_call", "id": format!("fc_{call_id}"), "call_id": call_id,
+           "name": name, "arguments": args, "status": status})
+}
+
+struct ItemIds {
+    reasoning: String,
+    message: String,
+}
+
+/// The response object around `output`.
+fn response(id: &str, created: u64, model: &str, output: Vec<Value>, fin: Option<(&Finish, u32)>) -> Value {
+    let (status, incomplete, usage) = match fin {
+        None => ("in_progress", Value::Null, Value::Null),
+        Some((f, prompt)) => (
+            if f.reason == "length" { "incomplete" } else { "completed" },
+            if f.reason == "length" {
+                json!({"reason": "max_output_tokens"})
+            } else {
+                Value::Null
+            },
+            json!({"input_tokens": prompt, "output_tokens": f.generated,
+                   "total_tokens": prompt + f.generated,
+                   "input_tokens_details": {"cached_tokens": 0},
+                   "output_tokens_details": {"reasoning_tokens": 0}}),
+        ),
+    };
+    json!({"id": id, "object": "response", "created_at": created, "model": model,
+           "status": status, "incomplete_details": incomplete, "output": output, "usage": usage})
+}
+
+pub async fn responses(
+    State(st): State<Arc<AppState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    let r = st.ready()?;
+    let b: ResponsesBody = parse(body)?;
+    if b.previous_response_id.is_some() {
+        return Err(ApiError::param(
+            "previous_response_id",
+            "responses are not stored: send the whole conversation as input",
+        ));
+    }
+    let mut chat = to_chat(&b)?;
+    apply_tool_choice(&mut chat, b.tool_choice.as_ref())?;
+    let common = Common {
+        model: b.model.clone(),
+        max_tokens: b.max_output_tokens,
+        temperature: b.temperature,
+        top_p: b.top_p,
+        stream: b.stream,
+        ..Default::default()
+    };
+    let run = start_chat(r, &chat, &common).await?;
+    let prompt = run.prompt_tokens;
+    let (id, created, model) = (new_id("resp_"), now(), r.model_name.clone());
+    let ids = ItemIds {
+        reasoning: new_id("rs_"),
+        message: new_id("msg_"),
+    };
+    if !b.stream {
+        let (answer, finish) = whole_answer(run, &r.tokenizer).await?;
+        let output = output_items(&answer, &ids);
+        return Ok(Json(response(&id, created, &model, output, Some((&finish, prompt)))).into_response());
+    }
+    let tok = r.tokenizer.clone();
+    Ok(sse(move |tx| async move {
+        let mut seq = 0u64;
+        let mut send = |kind: &str, mut data: Value| {
+            data["type"] = json!(kind);
+            data["sequence_number"] = json!(seq);
+            seq += 1;
+            tx.send(Ok(Sse::default().event(kind).data(data.to_string()))).is_ok()
+        };
+        if !send("response.created", json!({"response": response(&id, created, &model, vec![], None)})) {
+            return;
+        }
+        // The item being written: its output index and what kind it is.
+        let mut answer = Answer::default();
+        let mut open: Option<(usize, &'static str)> = None;
+        let mut items = 0usize;
+        let mut events: Vec<(String, Value)> = Vec::new();
+        let ended = drive_chat(run, &tok, |d| {
+            let kind = match &d {
+                ChatDelta::Reasoning(_) => "reasoning",
+                ChatDelta::Content(_) => "message",
+                ChatDelta::ToolStart { .. } | ChatDelta::ToolArgs { .. } => "function_call",
+            };
+            let starts = matches!(d, ChatDelta::ToolStart { .. }) || open.map(|o| o.1) != Some(kind);
+            if starts {
+                if let Some((index, k)) = open {
+                    events.push(close_item(index, k, &answer, &ids));
+                }
+                let item = match &d {
+                    ChatDelta::Reasoning(_) => json!({"type": "reasoning", "id": ids.reasoning, "summary": [], "content": []}),
+                    ChatDelta::Content(_) => json!({"type": "message", "id": ids.message, "role": "assistant", "status": "in_progress", "content": []}),
+                    ChatDelta::ToolStart { id, name, .. } => call_item(id, name, "", "in_progress"),
+                    ChatDelta::ToolArgs { .. } => json!({}),
+                };
+                events.push(("response.output_item.added".into(), json!({"output_index": items, "item": item})));
+                if kind == "message" {
+                    events.push(("response.content_part.added".into(), json!({"item_id": ids.message, "output_index": items, "content_index": 0, "part": {"type": "output_text", "text": "", "annotations": []}})));
+                }
+                open = Some((items, kind));
+                items += 1;
+            }
+            let index = open.map_or(0, |o| o.0);
+            match &d {
+                ChatDelta::Reasoning(t) => events.push(("response.reasoning_text.delta".into(), json!({"item_id": ids.reasoning, "output_index": index, "content_index": 0, "delta": t}))),
+                ChatDelta::Content(t) => events.push(("response.output_text.delta".into(), json!({"item_id": ids.message, "output_index": index, "content_index": 0, "delta": t}))),
+                ChatDelta::ToolArgs { index: c, args } => {
+                    let item_id = format!("fc_{}", answer.calls[*c].0);
+                    events.push(("response.function_call_arguments.delta".into(), json!({"item_id": item_id, "output_index": index, "delta": args})));
+                }
+                ChatDelta::ToolStart { .. } => {}
+            }
+            answer.add(d);
+            events.drain(..).all(|(k, v)| send(&k, v))
+        })
+        .await;
+        match ended {
+            Ok(Some(finish)) => {
+                if let Some((index, k)) = open {
+                    let (kind, data) = close_item(index, k, &answer, &ids);
+                    send(&kind, data);
+                }
+                let output = output_items(&answer, &ids);
+                let done = response(&id, created, &model, output, Some((&finish, prompt)));
+                let kind = if finish.reason == "length" { "response.incomplete" } else { "response.completed" };
+                send(kind, json!({"response": done}));
+            }
+            Ok(None) => {}
+            Err(m) => {
+                let _ = tx.send(Ok(Sse::default().event("error").data(error_event(m))));
+            }
+        }
+    }))
+}
+
+/// The `done` event of the item at `index` (reasoning, message or function call).
+fn close_item(index: usize, kind: &str, a: &Answer, ids: &ItemIds) -> (String, Value) {
+    let item = match kind {
+        "reasoning" => reasoning_item(&ids.reasoning, &a.reasoning),
+        "message" => message_item(&ids.message, &a.content, "completed"),
+        _ => a.calls.last().map_or(json!({}), |(id, name, args)| call_item(id, name, args, "completed")),
+    };
+    ("response.output_item.done".into(), json!({"output_index": index, "item": item}))
+}
