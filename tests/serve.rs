@@ -434,3 +434,20 @@ fn the_openai_sdk_talks_to_it() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[cfg(unix)]
+#[test]
+fn sigterm_stops_the_server_cleanly() {
+    if !have_gpu() {
+        return;
+    }
+    let (_dir, model) = tiny();
+    let mut server = start(&model, &[]);
+    let s = server.addr.clone();
+    // One request done first, so the engine thread has run.
+    assert_eq!(post(&s, "/v1/completions", &json!({"prompt": "Hi", "max_tokens": 2})).0, 200);
+    let pid = server.child.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let status = server.child.wait().unwrap();
+    assert!(status.success(), "serve exited with {status}");
+}

@@ -135,6 +135,10 @@ pub fn run(
         let (failed_tx, failed_rx) = tokio::sync::oneshot::channel::<Error>();
         let loader = state.clone();
         let cfg2 = cfg.clone();
+        // The engine thread, joined at shutdown so that the GPU is released before the process
+        // exits (a Vulkan driver torn down under a running thread can crash the exit).
+        let engine_thread = Arc::new(std::sync::Mutex::new(None));
+        let engine_slot = engine_thread.clone();
         std::thread::spawn(move || match load() {
             Ok(engine) => {
                 let Some(tokenizer) = engine.tokenizer.clone() else {
@@ -144,7 +148,10 @@ pub fn run(
                     return;
                 };
                 let max_model_len = engine.model.opts.max_context;
-                let (driver, _) = Driver::spawn(engine, cfg2.max_queue);
+                let (driver, handle) = Driver::spawn(engine, cfg2.max_queue);
+                if let Ok(mut slot) = engine_slot.lock() {
+                    *slot = Some(handle);
+                }
                 let created = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
                     .map_or(0, |d| d.as_secs());
@@ -188,6 +195,19 @@ pub fn run(
                 path: format!("http://{addr}"),
                 err,
             })?;
+        // The last handle on the engine goes: its loop ends, the thread drops the model.
+        drop(state);
+        let handle = engine_thread.lock().ok().and_then(|mut h| h.take());
+        if let Some(h) = handle {
+            // A pass in flight finishes first; give up after a while rather than hang the exit.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+            while !h.is_finished() && std::time::Instant::now() < deadline {
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            if h.is_finished() {
+                let _ = h.join();
+            }
+        }
         match done_rx.await.ok().flatten() {
             Some(e) => Err(e),
             None => Ok(()),
