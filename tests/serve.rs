@@ -222,6 +222,29 @@ fn serves_the_openai_api() {
         whole["choices"][0]["finish_reason"]
     );
 
+    // n choices: at temperature 0 each is the single answer; streamed, each choice's pieces
+    // carry its index.
+    let mut multi = chat.clone();
+    multi["n"] = json!(3);
+    let (status, three) = post(s, "/v1/chat/completions", &multi);
+    assert_eq!(status, 200, "{three}");
+    let choices = three["choices"].as_array().unwrap();
+    assert_eq!(choices.len(), 3);
+    for (i, c) in choices.iter().enumerate() {
+        assert_eq!(c["index"], i);
+        assert_eq!(c["message"], whole["choices"][0]["message"]);
+    }
+    assert_eq!(three["usage"]["completion_tokens"], 30);
+    multi["stream"] = json!(true);
+    let chunks = events(s, "/v1/chat/completions", &multi);
+    for i in 0..3 {
+        let finishes = chunks
+            .iter()
+            .filter(|c| c["choices"][0]["index"] == i && !c["choices"][0]["finish_reason"].is_null())
+            .count();
+        assert_eq!(finishes, 1, "choice {i}");
+    }
+
     // Responses: input items (text parts, a function call and its output) become the same
     // prompt as chat messages would; output items and typed events come back.
     let resp = json!({"model": "tiny", "instructions": "Be brief.", "max_output_tokens": 6,
@@ -294,7 +317,9 @@ fn serves_the_openai_api() {
         ("POST", "/v1/chat/completions", json!({"messages": user, "max_tokens": 0}).to_string(), 400),
         ("POST", "/v1/chat/completions", json!({"messages": user, "max_tokens": 100000}).to_string(), 400),
         ("POST", "/v1/chat/completions", json!({"messages": user, "max_completion_tokens": -3}).to_string(), 400),
-        ("POST", "/v1/chat/completions", json!({"messages": user, "n": 2}).to_string(), 400),
+        ("POST", "/v1/chat/completions", json!({"messages": user, "n": 0}).to_string(), 400),
+        ("POST", "/v1/chat/completions", json!({"messages": user, "n": 17}).to_string(), 400),
+        ("POST", "/v1/completions", json!({"prompt": "x", "n": 2}).to_string(), 400),
         ("POST", "/v1/chat/completions", json!({"messages": user, "stop": ""}).to_string(), 400),
         ("POST", "/v1/chat/completions", json!({"messages": user, "reasoning_effort": "max"}).to_string(), 400),
         ("POST", "/v1/chat/completions", json!({"messages": user, "model": "other"}).to_string(), 404),

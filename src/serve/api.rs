@@ -42,6 +42,9 @@ pub(super) struct StreamOptions {
     include_usage: bool,
 }
 
+/// Most choices one request may ask for.
+const MAX_N: i64 = 16;
+
 /// The sampling and length fields chat, completions and responses share.
 #[derive(Deserialize, Default)]
 pub(super) struct Common {
@@ -127,8 +130,8 @@ impl Common {
                 ));
             }
         }
-        if self.n.is_some_and(|n| n != 1) {
-            return Err(ApiError::param("n", "only n = 1 is supported"));
+        if self.n.is_some_and(|n| !(1..=MAX_N).contains(&n)) {
+            return Err(ApiError::param("n", format!("n must be between 1 and {MAX_N}")));
         }
         if self.logprobs.as_ref().is_some_and(|l| !matches!(l, Value::Bool(false) | Value::Null)) {
             return Err(ApiError::param("logprobs", "logprobs are not supported yet"));
@@ -195,6 +198,19 @@ impl Common {
             Some(StopSpec::Many(v)) => v.clone(),
         };
         StopText::new(stops).map_err(|e| ApiError::param("stop", e.to_string()))
+    }
+
+    /// The request for each of the `n` choices: seeds seed, seed + 1, ... so that choices differ
+    /// when sampling and a seed replays all of them.
+    fn choices(&self, req: Request) -> Vec<Request> {
+        let n = self.n.unwrap_or(1).max(1) as u64;
+        (0..n)
+            .map(|i| {
+                let mut r = req.clone();
+                r.sampling.seed = r.sampling.seed.wrapping_add(i);
+                r
+            })
+            .collect()
     }
 
     fn include_usage(&self) -> bool {
@@ -269,8 +285,8 @@ pub(super) struct ChatRun {
     pub prompt_tokens: u32,
 }
 
-/// Renders `chat` as the Harmony prompt and queues it.
-pub(super) async fn start_chat(r: &Ready, chat: &ChatRequest, common: &Common) -> Result<ChatRun, ApiError> {
+/// Renders `chat` as the Harmony prompt and queues one request per choice (`n`).
+pub(super) async fn start_chat(r: &Ready, chat: &ChatRequest, common: &Common) -> Result<Vec<ChatRun>, ApiError> {
     if chat.messages.is_empty() {
         return Err(ApiError::param("messages", "messages must not be empty"));
     }
@@ -282,15 +298,17 @@ pub(super) async fn start_chat(r: &Ready, chat: &ChatRequest, common: &Common) -
         .map_err(|e| ApiError::bad(e.to_string()))?;
     let req = common.request(r, prompt, h.stop_ids().to_vec())?;
     let prompt_tokens = req.prompt.len() as u32;
-    let stop = common.stop_text()?;
     let specials = Specials::of(tok).map_err(|e| ApiError::bad(e.to_string()))?;
-    let out = ChatStream::new(specials, stop, Box::new(|| new_id("call_")));
-    let rx = submit(r, req).await?;
-    Ok(ChatRun {
-        rx,
-        out,
-        prompt_tokens,
-    })
+    let mut runs = Vec::new();
+    for req in common.choices(req) {
+        let out = ChatStream::new(specials, common.stop_text()?, Box::new(|| new_id("call_")));
+        runs.push(ChatRun {
+            rx: submit(r, req).await?,
+            out,
+            prompt_tokens,
+        });
+    }
+    Ok(runs)
 }
 
 /// How an answer ended: OpenAI's finish reason and the tokens generated.
@@ -409,87 +427,131 @@ pub(super) fn failed(m: String) -> ApiError {
     ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, m)
 }
 
+/// The message of a whole chat answer.
+fn chat_message(answer: Answer) -> Value {
+    let tool_calls: Vec<Value> = answer
+        .calls
+        .iter()
+        .map(|(id, name, args)| {
+            json!({"id": id, "type": "function", "function": {"name": name, "arguments": args}})
+        })
+        .collect();
+    let Answer {
+        reasoning, content, ..
+    } = answer;
+    let mut message = json!({
+        "role": "assistant",
+        "content": (!content.is_empty() || tool_calls.is_empty()).then_some(content),
+        "reasoning_content": (!reasoning.is_empty()).then_some(reasoning),
+    });
+    if !tool_calls.is_empty() {
+        message["tool_calls"] = Value::Array(tool_calls);
+    }
+    message
+}
+
+/// A chat stream's delta for one answer piece.
+fn chat_delta(d: ChatDelta) -> Value {
+    match d {
+        ChatDelta::Reasoning(t) => json!({"reasoning_content": t}),
+        ChatDelta::Content(t) => json!({"content": t}),
+        ChatDelta::ToolStart { index, id, name } => json!({"tool_calls": [{
+            "index": index, "id": id, "type": "function",
+            "function": {"name": name, "arguments": ""}}]}),
+        ChatDelta::ToolArgs { index, args } => {
+            json!({"tool_calls": [{"index": index, "function": {"arguments": args}}]})
+        }
+    }
+}
+
 pub async fn chat(State(st): State<Arc<AppState>>, body: Result<Bytes, BytesRejection>) -> ApiResult {
     let r = st.ready()?;
     let b: ChatBody = parse(body)?;
     let mut chat = b.chat;
     apply_tool_choice(&mut chat, b.tool_choice.as_ref())?;
-    let run = start_chat(r, &chat, &b.common).await?;
-    let prompt_tokens = run.prompt_tokens;
+    let runs = start_chat(r, &chat, &b.common).await?;
+    let prompt_tokens = runs[0].prompt_tokens;
     let (id, created, model) = (new_id("chatcmpl-"), now(), r.model_name.clone());
     if !b.common.stream {
-        let (answer, finish) = whole_answer(run, &r.tokenizer).await?;
-        let tool_calls: Vec<Value> = answer
-            .calls
-            .iter()
-            .map(|(id, name, args)| {
-                json!({"id": id, "type": "function", "function": {"name": name, "arguments": args}})
+        let mut choices = Vec::new();
+        let mut generated = 0;
+        // Every choice runs in the same batch; their answers are read in order.
+        let tasks: Vec<_> = runs
+            .into_iter()
+            .map(|run| {
+                let tok = r.tokenizer.clone();
+                tokio::spawn(async move { whole_answer(run, &tok).await })
             })
             .collect();
-        let Answer {
-            reasoning, content, ..
-        } = answer;
-        let mut message = json!({
-            "role": "assistant",
-            "content": (!content.is_empty() || tool_calls.is_empty()).then_some(content),
-            "reasoning_content": (!reasoning.is_empty()).then_some(reasoning),
-        });
-        if !tool_calls.is_empty() {
-            message["tool_calls"] = Value::Array(tool_calls);
+        for (index, t) in tasks.into_iter().enumerate() {
+            let (answer, finish) = t.await.map_err(|e| failed(e.to_string()))??;
+            generated += finish.generated;
+            choices.push(json!({"index": index, "message": chat_message(answer),
+                                "finish_reason": finish.reason, "logprobs": null}));
         }
         return Ok(Json(json!({
             "id": id,
             "object": "chat.completion",
             "created": created,
             "model": model,
-            "choices": [{"index": 0, "message": message, "finish_reason": finish.reason, "logprobs": null}],
-            "usage": usage(prompt_tokens, finish.generated),
+            "choices": choices,
+            "usage": usage(prompt_tokens, generated),
         }))
         .into_response());
     }
-    // Streaming: a role delta, then pieces as tokens come, the finish chunk, usage if asked.
+    // Streaming: per choice a role delta, then pieces as tokens come and its finish chunk; the
+    // usage chunk when asked, then [DONE].
     let include_usage = b.common.include_usage();
     let tok = r.tokenizer.clone();
     Ok(sse(move |tx| async move {
-        let chunk = |delta: Value, finish: Option<&str>| {
+        let chunk = move |index: usize, delta: Value, finish: Option<&str>| {
             let c = json!({
                 "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
-                "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": null}],
+                "choices": [{"index": index, "delta": delta, "finish_reason": finish, "logprobs": null}],
             });
             Ok(Sse::default().data(c.to_string()))
         };
-        let send = |e| tx.send(e).is_ok();
-        if !send(chunk(json!({"role": "assistant", "content": ""}), None)) {
-            return;
-        }
-        let delta = |d: ChatDelta| match d {
-            ChatDelta::Reasoning(t) => json!({"reasoning_content": t}),
-            ChatDelta::Content(t) => json!({"content": t}),
-            ChatDelta::ToolStart { index, id, name } => json!({"tool_calls": [{
-                "index": index, "id": id, "type": "function",
-                "function": {"name": name, "arguments": ""}}]}),
-            ChatDelta::ToolArgs { index, args } => {
-                json!({"tool_calls": [{"index": index, "function": {"arguments": args}}]})
-            }
-        };
-        match drive_chat(run, &tok, |d| send(chunk(delta(d), None))).await {
-            Ok(Some(finish)) => {
-                send(chunk(json!({}), Some(finish.reason)));
-                if include_usage {
-                    let u = json!({
-                        "id": new_id("chatcmpl-"), "object": "chat.completion.chunk",
-                        "created": created, "choices": [],
-                        "usage": usage(prompt_tokens, finish.generated),
-                    });
-                    send(Ok(Sse::default().data(u.to_string())));
+        let tasks: Vec<_> = runs
+            .into_iter()
+            .enumerate()
+            .map(|(index, run)| {
+                let (tx, tok, chunk) = (tx.clone(), tok.clone(), chunk.clone());
+                tokio::spawn(async move {
+                    let send = |e| tx.send(e).is_ok();
+                    if !send(chunk(index, json!({"role": "assistant", "content": ""}), None)) {
+                        return Ok(None);
+                    }
+                    let finish = drive_chat(run, &tok, |d| send(chunk(index, chat_delta(d), None))).await;
+                    if let Ok(Some(f)) = &finish {
+                        send(chunk(index, json!({}), Some(f.reason)));
+                    }
+                    finish
+                })
+            })
+            .collect();
+        let mut generated = 0;
+        for t in tasks {
+            match t.await {
+                Ok(Ok(Some(f))) => generated += f.generated,
+                Ok(Ok(None)) => return,
+                Ok(Err(m)) => {
+                    let _ = tx.send(Ok(Sse::default().data(error_event(m))));
+                    return;
                 }
-                send(Ok(Sse::default().data("[DONE]")));
-            }
-            Ok(None) => {}
-            Err(m) => {
-                send(Ok(Sse::default().data(error_event(m))));
+                Err(e) => {
+                    let _ = tx.send(Ok(Sse::default().data(error_event(e.to_string()))));
+                    return;
+                }
             }
         }
+        if include_usage {
+            let u = json!({
+                "id": new_id("chatcmpl-"), "object": "chat.completion.chunk",
+                "created": created, "choices": [], "usage": usage(prompt_tokens, generated),
+            });
+            let _ = tx.send(Ok(Sse::default().data(u.to_string())));
+        }
+        let _ = tx.send(Ok(Sse::default().data("[DONE]")));
     }))
 }
 
@@ -525,6 +587,12 @@ pub async fn completions(
     };
     if prompt.is_empty() {
         return Err(ApiError::param("prompt", "the prompt is empty"));
+    }
+    if b.common.n.is_some_and(|n| n > 1) {
+        return Err(ApiError::param(
+            "n",
+            "n > 1 is supported on /v1/chat/completions only",
+        ));
     }
     let req = b.common.request(r, prompt, Vec::new())?;
     let prompt_tokens = req.prompt.len() as u32;

@@ -199,7 +199,9 @@ pub async fn responses(
         stream: b.stream,
         ..Default::default()
     };
-    let run = start_chat(r, &chat, &common).await?;
+    let Some(run) = start_chat(r, &chat, &common).await?.pop() else {
+        return Err(ApiError::bad("nothing to answer"));
+    };
     let prompt = run.prompt_tokens;
     let (id, created, model) = (new_id("resp_"), now(), r.model_name.clone());
     let ids = ItemIds {
