@@ -253,9 +253,7 @@ pub fn run(
         .max()
         .unwrap_or(128)
         .min(model.opts.max_tokens);
-    let toks: Vec<TokenInfo> = (0..n)
-        .map(|p| TokenInfo::new(1, p, 0))
-        .collect();
+    let toks: Vec<TokenInfo> = (0..n).map(|p| TokenInfo::new(1, p, 0)).collect();
     report.prefill_kernels_us = per_family(
         &pollster::block_on(model.profile(&Batch {
             tokens: &toks,

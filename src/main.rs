@@ -1055,7 +1055,10 @@ fn serve(a: &ServeArgs) -> Result<()> {
     };
     let name = cfg.model_name.clone();
     let (m, seqs) = (a.model.clone(), a.max_num_seqs);
-    eprintln!("opening {}:{} (503 on /health until the model is loaded)", a.host, a.port);
+    eprintln!(
+        "opening {}:{} (503 on /health until the model is loaded)",
+        a.host, a.port
+    );
     gpt_oss_wgpu::serve::run(
         cfg,
         move || load(&m, ckpt, seqs).map_err(|e| gpt_oss_wgpu::Error::Load(format!("{e:#}"))),

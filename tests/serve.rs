@@ -49,7 +49,15 @@ fn tiny() -> (tempfile::TempDir, String) {
 /// Starts `serve` on a free port and waits for the line that says it is ready.
 fn start(model: &str, extra: &[&str]) -> Server {
     let mut child = Command::new(env!("CARGO_BIN_EXE_gpt-oss-wgpu"))
-        .args(["serve", "--model", model, "--port", "0", "--max-context", "256"])
+        .args([
+            "serve",
+            "--model",
+            model,
+            "--port",
+            "0",
+            "--max-context",
+            "256",
+        ])
         .args(["--served-model-name", "tiny", "--max-num-seqs", "4"])
         .args(extra)
         .stdout(Stdio::piped())
@@ -86,7 +94,10 @@ fn http(s: &str, method: &str, path: &str, body: Option<&str>, key: Option<&str>
     let text = String::from_utf8_lossy(&raw).into_owned();
     let (head, rest) = text.split_once("\r\n\r\n").unwrap();
     let status = head.split(' ').nth(1).unwrap().parse().unwrap();
-    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
         dechunk(rest)
     } else {
         rest.to_string()
@@ -167,7 +178,9 @@ fn serves_the_openai_api() {
     let handles: Vec<_> = (0..4)
         .map(|_| {
             let (addr, req) = (s.to_string(), req.clone());
-            std::thread::spawn(move || post(&addr, "/v1/completions", &req).1["choices"][0]["text"].clone())
+            std::thread::spawn(move || {
+                post(&addr, "/v1/completions", &req).1["choices"][0]["text"].clone()
+            })
         })
         .collect();
     for h in handles {
@@ -175,7 +188,10 @@ fn serves_the_openai_api() {
     }
 
     // A stop string cuts the text before it and ends with finish_reason stop.
-    let cut_at = text.char_indices().nth(text.chars().count() / 2).map_or(0, |c| c.0);
+    let cut_at = text
+        .char_indices()
+        .nth(text.chars().count() / 2)
+        .map_or(0, |c| c.0);
     let stop: String = text[cut_at..].chars().take(3).collect();
     if !stop.trim().is_empty() {
         let mut r = req.clone();
@@ -240,7 +256,9 @@ fn serves_the_openai_api() {
     for i in 0..3 {
         let finishes = chunks
             .iter()
-            .filter(|c| c["choices"][0]["index"] == i && !c["choices"][0]["finish_reason"].is_null())
+            .filter(|c| {
+                c["choices"][0]["index"] == i && !c["choices"][0]["finish_reason"].is_null()
+            })
             .count();
         assert_eq!(finishes, 1, "choice {i}");
     }
@@ -265,7 +283,10 @@ fn serves_the_openai_api() {
     rs["stream"] = json!(true);
     let (status, text) = http(s, "POST", "/v1/responses", Some(&rs.to_string()), None);
     assert_eq!(status, 200);
-    let kinds: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix("event: ")).collect();
+    let kinds: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("event: "))
+        .collect();
     assert_eq!(kinds.first(), Some(&"response.created"), "{text}");
     assert_eq!(kinds.last(), Some(&"response.incomplete"), "{text}");
     let (_, final_event) = text
@@ -282,13 +303,19 @@ fn serves_the_openai_api() {
         }
         v
     };
-    assert_eq!(strip(&final_event["response"]["output"]), strip(&answer["output"]));
+    assert_eq!(
+        strip(&final_event["response"]["output"]),
+        strip(&answer["output"])
+    );
 
     // /tokenize renders messages exactly as the chat endpoint prompts (reasoning effort
     // included), and /detokenize inverts plain text.
     let (status, t) = post(s, "/tokenize", &chat);
     assert_eq!(status, 200);
-    assert_eq!(t["count"].as_u64(), whole["usage"]["prompt_tokens"].as_u64());
+    assert_eq!(
+        t["count"].as_u64(),
+        whole["usage"]["prompt_tokens"].as_u64()
+    );
     let (_, plain) = post(s, "/tokenize", &json!({"prompt": "Hello there"}));
     let (_, back) = post(s, "/detokenize", &json!({"tokens": plain["tokens"]}));
     assert_eq!(back["prompt"], "Hello there");
@@ -346,7 +373,9 @@ fn serves_the_openai_api() {
         assert_eq!(status, *want, "{method} {path} {body}: {text}");
         let v: Value = serde_json::from_str(&text).unwrap_or_else(|_| panic!("{path}: {text}"));
         assert!(
-            v["error"]["message"].as_str().is_some_and(|m| !m.is_empty()),
+            v["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
             "{body}: {text}"
         );
         assert_eq!(v["error"]["code"], *want, "{text}");
@@ -407,14 +436,20 @@ fn a_client_that_disconnects_is_dropped_and_its_blocks_freed() {
     let mut line = String::new();
     while !line.starts_with("data: ") {
         line.clear();
-        assert!(reader.read_line(&mut line).unwrap() > 0, "stream ended early");
+        assert!(
+            reader.read_line(&mut line).unwrap() > 0,
+            "stream ended early"
+        );
     }
     assert_eq!(metric(s, "num_requests_running"), 1);
     drop(reader);
     // The engine notices before its next pass: wait for that (each poll is a round trip).
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
     while metric(s, "request_cancelled_total") == 0 {
-        assert!(std::time::Instant::now() < deadline, "the request was never cancelled");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the request was never cancelled"
+        );
         std::thread::yield_now();
     }
     assert_eq!(metric(s, "num_requests_running"), 0);
@@ -429,9 +464,8 @@ fn the_openai_sdk_talks_to_it() {
         return;
     }
     // tools/setup.sh puts the SDK in .venv; CI (GPT_OSS_REQUIRE_GPU) must have it.
-    let python = std::env::var("GPT_OSS_PYTHON").unwrap_or_else(|_| {
-        concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin/python").to_string()
-    });
+    let python = std::env::var("GPT_OSS_PYTHON")
+        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin/python").to_string());
     let has_sdk = Command::new(&python)
         .args(["-c", "import openai"])
         .output()
@@ -447,7 +481,10 @@ fn the_openai_sdk_talks_to_it() {
     let (_dir, model) = tiny();
     let server = start(&model, &[]);
     let out = Command::new(&python)
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tools/openai_sdk_check.py"))
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tools/openai_sdk_check.py"
+        ))
         .arg(format!("http://{}/v1", server.addr))
         .arg("tiny")
         .output()
@@ -470,9 +507,23 @@ fn sigterm_stops_the_server_cleanly() {
     let mut server = start(&model, &[]);
     let s = server.addr.clone();
     // One request done first, so the engine thread has run.
-    assert_eq!(post(&s, "/v1/completions", &json!({"prompt": "Hi", "max_tokens": 2})).0, 200);
+    assert_eq!(
+        post(
+            &s,
+            "/v1/completions",
+            &json!({"prompt": "Hi", "max_tokens": 2})
+        )
+        .0,
+        200
+    );
     let pid = server.child.id().to_string();
-    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
     let status = server.child.wait().unwrap();
     assert!(status.success(), "serve exited with {status}");
 }

@@ -279,5 +279,6 @@ impl Gpu {
 /// Whether wgpu bounds every shader loop with a counter (its default for untrusted shaders);
 /// `GPT_OSS_LOOP_BOUNDING=1` turns it back on to measure what it costs.
 fn loop_bounding() -> bool {
-    cfg!(target_arch = "wasm32") || std::env::var_os("GPT_OSS_LOOP_BOUNDING").is_some_and(|v| v == "1")
+    cfg!(target_arch = "wasm32")
+        || std::env::var_os("GPT_OSS_LOOP_BOUNDING").is_some_and(|v| v == "1")
 }

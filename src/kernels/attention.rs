@@ -142,7 +142,9 @@ pub(crate) fn build(
             &key,
             step,
             params,
-            &[a.tokens, a.qkv, a.k_cache, a.v_cache, a.sinks, a.out, a.table],
+            &[
+                a.tokens, a.qkv, a.k_cache, a.v_cache, a.sinks, a.out, a.table,
+            ],
             p.n_heads,
             Count::Tokens,
             1,
@@ -203,8 +205,16 @@ mod tests {
                         plans.push(vec![(0, 3), (1, 1)]);
                     }
                 }
-                let max_pass = plans.iter().map(|p| p.iter().map(|x| x.1).sum::<usize>()).max();
-                let max_pos: usize = plans.iter().flatten().filter(|x| x.0 == 0).map(|x| x.1).sum();
+                let max_pass = plans
+                    .iter()
+                    .map(|p| p.iter().map(|x| x.1).sum::<usize>())
+                    .max();
+                let max_pos: usize = plans
+                    .iter()
+                    .flatten()
+                    .filter(|x| x.0 == 0)
+                    .map(|x| x.1)
+                    .sum();
                 // The paged cache as the model sizes it, blocks handed out in a random order.
                 let block = crate::model::kv_cache::block_size().unwrap() as usize;
                 let ring = if window > 0 {
@@ -236,7 +246,8 @@ mod tests {
                     for &(s, n) in &plan {
                         for _ in 0..n {
                             let mut tok = TokenInfo::new(0, next_pos[s], s as u32);
-                            tok.kv_slot[0] = tables.place(s as u32, tok.pos, block as u32).unwrap().0;
+                            tok.kv_slot[0] =
+                                tables.place(s as u32, tok.pos, block as u32).unwrap().0;
                             toks.push(tok);
                             next_pos[s] += 1;
                         }

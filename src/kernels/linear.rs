@@ -98,7 +98,8 @@ pub struct RopeOutput<'a> {
 /// Whether the q/k/v projection can rotate and store k, v itself (`RopeOutput`) for this head dim
 /// on this device: its rows pair up within a workgroup, and it binds nine storage buffers.
 pub fn fuses_rope(gpu: &Gpu, head_dim: u32) -> Result<bool> {
-    let rows = wgsl_const("linear_vec.wgsl", "ROWS")?.max(wgsl_const("linear_vec.wgsl", "MULTI_ROWS")?);
+    let rows =
+        wgsl_const("linear_vec.wgsl", "ROWS")?.max(wgsl_const("linear_vec.wgsl", "MULTI_ROWS")?);
     Ok(head_dim % rows == 0 && gpu.caps.storage_buffers >= 9)
 }
 
@@ -197,7 +198,10 @@ pub fn build_vec(
     let multi = key.clone().define_if("MULTI", true);
     if let Some(r) = &l.rope {
         // The epilogue pairs rows i and i + D/2 of a head within one workgroup.
-        let aligned = l.w.chunks.iter().all(|c| c.start % r.head_dim == 0 && c.count % r.head_dim == 0);
+        let aligned =
+            l.w.chunks
+                .iter()
+                .all(|c| c.start % r.head_dim == 0 && c.count % r.head_dim == 0);
         if l.norm.is_none() || r.head_dim % rows_per_wg.max(multi_rows) != 0 || !aligned {
             return Err(Error::Unsupported(format!(
                 "fused RoPE needs the norm, head dim a multiple of {} and weight buffers cut at heads (head dim {})",
@@ -219,20 +223,42 @@ pub fn build_vec(
             bufs.extend([r.tokens, r.table, r.k_cache, r.v_cache]);
         }
         // Workgroups stride over row blocks beyond the grid limit (lm_head has 10^5).
-        let grid = |per_wg: u32| c.count.div_ceil(per_wg).min(gpu.caps.max_workgroups_per_dim);
+        let grid = |per_wg: u32| {
+            c.count
+                .div_ceil(per_wg)
+                .min(gpu.caps.max_workgroups_per_dim)
+        };
         let params = bytemuck::bytes_of(&p);
         // One token alone takes the plain variant, more the MULTI one.
         let (one, many) = (*counts.start()..=1, 2.max(*counts.start())..=*counts.end());
         if !one.is_empty() {
             out.push(
-                Dispatch::new(gpu, &key, step, params, &bufs, grid(rows_per_wg), l.count, 1)?
-                    .only_for(l.count, one),
+                Dispatch::new(
+                    gpu,
+                    &key,
+                    step,
+                    params,
+                    &bufs,
+                    grid(rows_per_wg),
+                    l.count,
+                    1,
+                )?
+                .only_for(l.count, one),
             );
         }
         if !many.is_empty() {
             out.push(
-                Dispatch::new(gpu, &multi, step, params, &bufs, grid(multi_rows), l.count, max_t)?
-                    .only_for(l.count, many),
+                Dispatch::new(
+                    gpu,
+                    &multi,
+                    step,
+                    params,
+                    &bufs,
+                    grid(multi_rows),
+                    l.count,
+                    max_t,
+                )?
+                .only_for(l.count, many),
             );
         }
     }
@@ -386,9 +412,11 @@ mod tests {
             .filter(|(g, f)| !f || g.caps.f16)
         {
             // (heads, kv heads, head dim, k, heads per weight buffer, tokens)
-            for &(nh, nkv, d, k, heads_split, t) in
-                &[(4usize, 2usize, 16usize, 64usize, 3usize, 1usize), (8, 2, 64, 96, 12, 5), (2, 1, 32, 32, 1, 8)]
-            {
+            for &(nh, nkv, d, k, heads_split, t) in &[
+                (4usize, 2usize, 16usize, 64usize, 3usize, 1usize),
+                (8, 2, 64, 96, 12, 5),
+                (2, 1, 32, 32, 1, 8),
+            ] {
                 let n = (nh + 2 * nkv) * d;
                 let (seqs, max_pos) = (2usize, 20usize);
                 // A paged cache of two blocks per sequence, taken in the order of `free`.

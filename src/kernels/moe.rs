@@ -405,7 +405,10 @@ mod tests {
                         (i, gpu.upload("wts", f32_bytes(&wts)).unwrap())
                     } else {
                         let bytes = (t * k * 4) as u64;
-                        (gpu.storage("idx", bytes).unwrap(), gpu.storage("wts", bytes).unwrap())
+                        (
+                            gpu.storage("idx", bytes).unwrap(),
+                            gpu.storage("wts", bytes).unwrap(),
+                        )
                     };
                     let bufs = MoeBuffers {
                         router_part: &pb,
@@ -433,7 +436,10 @@ mod tests {
                     let picks = gpu.read_u32(&ib, t * k).unwrap();
                     assert_eq!(picks, idx, "t={t} vec_max={vec_max_tokens}: experts");
                     let weights = gpu.read_f32(&wb, t * k).unwrap();
-                    assert!(max_abs(&weights, &wts) < 1e-6, "weights {weights:?} {wts:?}");
+                    assert!(
+                        max_abs(&weights, &wts) < 1e-6,
+                        "weights {weights:?} {wts:?}"
+                    );
                     gpu.read_f32(&xb, t * hd).unwrap()
                 };
                 let paths = [(0, run(0)), (t as u32, run(t as u32))];

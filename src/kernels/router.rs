@@ -192,7 +192,11 @@ mod tests {
                         .collect();
                     if t <= vec_max as usize {
                         let sums: Vec<f32> = (0..e)
-                            .map(|ex| (0..n_slices).map(|c| gp[(ti * n_slices + c) * e + ex]).sum())
+                            .map(|ex| {
+                                (0..n_slices)
+                                    .map(|c| gp[(ti * n_slices + c) * e + ex])
+                                    .sum()
+                            })
                             .collect();
                         assert!(nmse(&sums, &logits) < 1e-12, "partial logits of token {ti}");
                         continue;

@@ -135,5 +135,9 @@ pub fn random_rope_table(rng: &mut Rng, n: usize) -> Vec<[f32; 2]> {
 
 /// Values as the KV cache stores them: rounded to f16 when it is f16.
 pub fn kv_round(v: f32, f16: bool) -> f32 {
-    if f16 { half::f16::from_f32(v).to_f32() } else { v }
+    if f16 {
+        half::f16::from_f32(v).to_f32()
+    } else {
+        v
+    }
 }

@@ -124,7 +124,8 @@ impl KvCache {
         let full_ring = max_context.div_ceil(block);
         // The positions one pass reads and writes span window + max_tokens - 1, which touch at
         // most one block more than they fill.
-        let window_ring = ((cfg.sliding_window + max_tokens - 1).div_ceil(block) + 1).min(full_ring);
+        let window_ring =
+            ((cfg.sliding_window + max_tokens - 1).div_ceil(block) + 1).min(full_ring);
         let rings = [full_ring, window_ring];
         let elem = if f16 { 2 } else { 4 };
         let block_bytes = block as u64 * cfg.kv_heads as u64 * cfg.head_dim as u64 * elem;

@@ -91,7 +91,9 @@ struct CompletionBody {
 }
 
 /// The body as JSON of type T, with 400/413 for what is not.
-pub(super) fn parse<T: serde::de::DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
+pub(super) fn parse<T: serde::de::DeserializeOwned>(
+    body: Result<Bytes, BytesRejection>,
+) -> Result<T, ApiError> {
     let body = body.map_err(|e| ApiError::new(e.status(), e.body_text()))?;
     let v: Value = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad(format!("the body is not valid JSON: {e}")))?;
@@ -121,7 +123,12 @@ pub(super) fn new_id(prefix: &str) -> String {
 
 impl Common {
     /// The engine request for `prompt`, checked against the model.
-    fn request(&self, r: &Ready, prompt: Vec<u32>, stop_ids: Vec<u32>) -> Result<Request, ApiError> {
+    fn request(
+        &self,
+        r: &Ready,
+        prompt: Vec<u32>,
+        stop_ids: Vec<u32>,
+    ) -> Result<Request, ApiError> {
         if let Some(m) = &self.model {
             if *m != r.model_name {
                 return Err(ApiError::new(
@@ -131,14 +138,27 @@ impl Common {
             }
         }
         if self.n.is_some_and(|n| !(1..=MAX_N).contains(&n)) {
-            return Err(ApiError::param("n", format!("n must be between 1 and {MAX_N}")));
+            return Err(ApiError::param(
+                "n",
+                format!("n must be between 1 and {MAX_N}"),
+            ));
         }
-        if self.logprobs.as_ref().is_some_and(|l| !matches!(l, Value::Bool(false) | Value::Null)) {
-            return Err(ApiError::param("logprobs", "logprobs are not supported yet"));
+        if self
+            .logprobs
+            .as_ref()
+            .is_some_and(|l| !matches!(l, Value::Bool(false) | Value::Null))
+        {
+            return Err(ApiError::param(
+                "logprobs",
+                "logprobs are not supported yet",
+            ));
         }
         let temperature = self.temperature.unwrap_or(1.0);
         if !(temperature.is_finite() && temperature >= 0.0) {
-            return Err(ApiError::param("temperature", "temperature must be a number >= 0"));
+            return Err(ApiError::param(
+                "temperature",
+                "temperature must be a number >= 0",
+            ));
         }
         let top_p = self.top_p.unwrap_or(1.0);
         if !(top_p > 0.0 && top_p <= 1.0) {
@@ -163,7 +183,10 @@ impl Common {
         let max_tokens = match self.max_completion_tokens.or(self.max_tokens) {
             None => room,
             Some(m) if m < 1 => {
-                return Err(ApiError::param("max_tokens", "max_tokens must be at least 1"));
+                return Err(ApiError::param(
+                    "max_tokens",
+                    "max_tokens must be at least 1",
+                ));
             }
             Some(m) if m > room => {
                 return Err(ApiError::param(
@@ -214,7 +237,9 @@ impl Common {
     }
 
     fn include_usage(&self) -> bool {
-        self.stream_options.as_ref().is_some_and(|o| o.include_usage)
+        self.stream_options
+            .as_ref()
+            .is_some_and(|o| o.include_usage)
     }
 }
 
@@ -243,7 +268,10 @@ fn usage(prompt: u32, generated: u32) -> Value {
 }
 
 /// Applies `tool_choice` (auto, none, or a named function that must exist) to the tools.
-pub(super) fn apply_tool_choice(chat: &mut ChatRequest, choice: Option<&Value>) -> Result<(), ApiError> {
+pub(super) fn apply_tool_choice(
+    chat: &mut ChatRequest,
+    choice: Option<&Value>,
+) -> Result<(), ApiError> {
     match choice {
         None => Ok(()),
         Some(Value::String(s)) if s == "auto" => Ok(()),
@@ -286,13 +314,19 @@ pub(super) struct ChatRun {
 }
 
 /// Renders `chat` as the Harmony prompt and queues one request per choice (`n`).
-pub(super) async fn start_chat(r: &Ready, chat: &ChatRequest, common: &Common) -> Result<Vec<ChatRun>, ApiError> {
+pub(super) async fn start_chat(
+    r: &Ready,
+    chat: &ChatRequest,
+    common: &Common,
+) -> Result<Vec<ChatRun>, ApiError> {
     if chat.messages.is_empty() {
         return Err(ApiError::param("messages", "messages must not be empty"));
     }
     let tok = r.tokenizer.as_ref();
     let h = Harmony::new(tok).map_err(|e| ApiError::bad(e.to_string()))?;
-    let msgs = chat.to_harmony(&today()).map_err(|e| ApiError::bad(e.to_string()))?;
+    let msgs = chat
+        .to_harmony(&today())
+        .map_err(|e| ApiError::bad(e.to_string()))?;
     let prompt = h
         .render_for_completion(&msgs)
         .map_err(|e| ApiError::bad(e.to_string()))?;
@@ -412,7 +446,9 @@ impl Answer {
 }
 
 /// Streams server-sent events produced by `task` (which sends them into the given channel).
-pub(super) fn sse<F>(task: impl FnOnce(mpsc::UnboundedSender<Result<Sse, Infallible>>) -> F) -> Response
+pub(super) fn sse<F>(
+    task: impl FnOnce(mpsc::UnboundedSender<Result<Sse, Infallible>>) -> F,
+) -> Response
 where
     F: std::future::Future<Output = ()> + Send + 'static,
 {
@@ -464,7 +500,10 @@ fn chat_delta(d: ChatDelta) -> Value {
     }
 }
 
-pub async fn chat(State(st): State<Arc<AppState>>, body: Result<Bytes, BytesRejection>) -> ApiResult {
+pub async fn chat(
+    State(st): State<Arc<AppState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
     let r = st.ready()?;
     let b: ChatBody = parse(body)?;
     let mut chat = b.chat;
@@ -518,10 +557,15 @@ pub async fn chat(State(st): State<Arc<AppState>>, body: Result<Bytes, BytesReje
                 let (tx, tok, chunk) = (tx.clone(), tok.clone(), chunk.clone());
                 tokio::spawn(async move {
                     let send = |e| tx.send(e).is_ok();
-                    if !send(chunk(index, json!({"role": "assistant", "content": ""}), None)) {
+                    if !send(chunk(
+                        index,
+                        json!({"role": "assistant", "content": ""}),
+                        None,
+                    )) {
                         return Ok(None);
                     }
-                    let finish = drive_chat(run, &tok, |d| send(chunk(index, chat_delta(d), None))).await;
+                    let finish =
+                        drive_chat(run, &tok, |d| send(chunk(index, chat_delta(d), None))).await;
                     if let Ok(Some(f)) = &finish {
                         send(chunk(index, json!({}), Some(f.reason)));
                     }
@@ -578,10 +622,15 @@ pub async fn completions(
         PromptSpec::Text(t) => (encode(r, &t)?, t),
         PromptSpec::Texts(v) if v.len() == 1 => (encode(r, &v[0])?, v[0].clone()),
         PromptSpec::Texts(_) => {
-            return Err(ApiError::param("prompt", "only one prompt per request is supported"));
+            return Err(ApiError::param(
+                "prompt",
+                "only one prompt per request is supported",
+            ));
         }
         PromptSpec::Ids(ids) => {
-            let text = tok.decode(&ids).map_err(|e| ApiError::param("prompt", e.to_string()))?;
+            let text = tok
+                .decode(&ids)
+                .map_err(|e| ApiError::param("prompt", e.to_string()))?;
             (ids, text)
         }
     };
@@ -678,14 +727,18 @@ pub async fn tokenize(
         (Some(p), _) => encode(r, &p)?,
         (None, Some(chat)) => {
             let h = Harmony::new(&r.tokenizer).map_err(|e| ApiError::bad(e.to_string()))?;
-            let msgs = chat.to_harmony(&today()).map_err(|e| ApiError::bad(e.to_string()))?;
+            let msgs = chat
+                .to_harmony(&today())
+                .map_err(|e| ApiError::bad(e.to_string()))?;
             h.render_for_completion(&msgs)
                 .map_err(|e| ApiError::bad(e.to_string()))?
         }
         (None, None) => return Err(ApiError::bad("give `prompt` or `messages`")),
     };
-    Ok(Json(json!({"count": tokens.len(), "max_model_len": r.max_model_len, "tokens": tokens}))
-        .into_response())
+    Ok(
+        Json(json!({"count": tokens.len(), "max_model_len": r.max_model_len, "tokens": tokens}))
+            .into_response(),
+    )
 }
 
 #[derive(Deserialize)]
@@ -729,15 +782,62 @@ pub async fn metrics(State(st): State<Arc<AppState>>) -> ApiResult {
             "# HELP gpt_oss:{name} {help}\n# TYPE gpt_oss:{name} {kind}\ngpt_oss:{name} {v}\n"
         ));
     };
-    put("num_requests_running", "gauge", "Requests holding a sequence slot.", s.running.load(Relaxed));
-    put("num_requests_waiting", "gauge", "Requests waiting for a slot.", s.waiting.load(Relaxed));
-    put("kv_cache_free_blocks_full", "gauge", "Free KV-cache blocks of full-attention layers.", s.free_blocks[0].load(Relaxed));
-    put("kv_cache_free_blocks_window", "gauge", "Free KV-cache blocks of sliding-window layers.", s.free_blocks[1].load(Relaxed));
-    put("prompt_tokens_total", "counter", "Prompt tokens of accepted requests.", s.prompt_tokens.load(Relaxed));
-    put("generation_tokens_total", "counter", "Tokens generated.", s.generated_tokens.load(Relaxed));
-    put("request_success_total", "counter", "Requests that ran to their end.", s.requests_finished.load(Relaxed));
-    put("request_cancelled_total", "counter", "Requests whose client went away.", s.requests_cancelled.load(Relaxed));
-    Ok(([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response())
+    put(
+        "num_requests_running",
+        "gauge",
+        "Requests holding a sequence slot.",
+        s.running.load(Relaxed),
+    );
+    put(
+        "num_requests_waiting",
+        "gauge",
+        "Requests waiting for a slot.",
+        s.waiting.load(Relaxed),
+    );
+    put(
+        "kv_cache_free_blocks_full",
+        "gauge",
+        "Free KV-cache blocks of full-attention layers.",
+        s.free_blocks[0].load(Relaxed),
+    );
+    put(
+        "kv_cache_free_blocks_window",
+        "gauge",
+        "Free KV-cache blocks of sliding-window layers.",
+        s.free_blocks[1].load(Relaxed),
+    );
+    put(
+        "prompt_tokens_total",
+        "counter",
+        "Prompt tokens of accepted requests.",
+        s.prompt_tokens.load(Relaxed),
+    );
+    put(
+        "generation_tokens_total",
+        "counter",
+        "Tokens generated.",
+        s.generated_tokens.load(Relaxed),
+    );
+    put(
+        "request_success_total",
+        "counter",
+        "Requests that ran to their end.",
+        s.requests_finished.load(Relaxed),
+    );
+    put(
+        "request_cancelled_total",
+        "counter",
+        "Requests whose client went away.",
+        s.requests_cancelled.load(Relaxed),
+    );
+    Ok((
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        out,
+    )
+        .into_response())
 }
 
 pub async fn version() -> Response {
@@ -757,5 +857,8 @@ pub async fn not_found() -> ApiError {
 }
 
 pub async fn method_not_allowed() -> ApiError {
-    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed on this route")
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method not allowed on this route",
+    )
 }

@@ -52,8 +52,10 @@ pub struct Stats {
 
 impl Stats {
     fn update(&self, engine: &Engine) {
-        self.running.store(engine.running() as u64, Ordering::Relaxed);
-        self.waiting.store(engine.waiting() as u64, Ordering::Relaxed);
+        self.running
+            .store(engine.running() as u64, Ordering::Relaxed);
+        self.waiting
+            .store(engine.waiting() as u64, Ordering::Relaxed);
         let free = engine.model.free_kv_blocks();
         for (s, f) in self.free_blocks.iter().zip(free) {
             s.store(f as u64, Ordering::Relaxed);

@@ -61,7 +61,10 @@ pub(crate) struct AppState {
 impl AppState {
     fn ready(&self) -> std::result::Result<&Ready, ApiError> {
         self.ready.get().ok_or_else(|| {
-            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the model is still loading")
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the model is still loading",
+            )
         })
     }
 }
@@ -121,12 +124,10 @@ pub fn run(
                 path: format!("{}:{}", cfg.host, cfg.port),
                 err,
             })?;
-        let addr = listener
-            .local_addr()
-            .map_err(|err| Error::Io {
-                path: "listener".into(),
-                err,
-            })?;
+        let addr = listener.local_addr().map_err(|err| Error::Io {
+            path: "listener".into(),
+            err,
+        })?;
         let state = Arc::new(AppState {
             ready: OnceLock::new(),
             api_key: cfg.api_key.clone(),
@@ -189,12 +190,10 @@ pub fn run(
             let err = stop_rx.await.ok().flatten();
             let _ = done_tx.send(err);
         });
-        server
-            .await
-            .map_err(|err| Error::Io {
-                path: format!("http://{addr}"),
-                err,
-            })?;
+        server.await.map_err(|err| Error::Io {
+            path: format!("http://{addr}"),
+            err,
+        })?;
         // The last handle on the engine goes: its loop ends, the thread drops the model.
         drop(state);
         let handle = engine_thread.lock().ok().and_then(|mut h| h.take());
@@ -221,8 +220,7 @@ async fn shutdown_signal() {
     };
     #[cfg(unix)]
     let term = async {
-        if let Ok(mut s) =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         {
             s.recv().await;
         }

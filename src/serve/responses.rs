@@ -57,7 +57,12 @@ fn to_chat(b: &ResponsesBody) -> Result<ChatRequest, ApiError> {
                 messages.push(input_item(n, item)?);
             }
         }
-        _ => return Err(ApiError::param("input", "input must be a string or a list of items")),
+        _ => {
+            return Err(ApiError::param(
+                "input",
+                "input must be a string or a list of items",
+            ));
+        }
     }
     let tools = b
         .tools
@@ -65,7 +70,10 @@ fn to_chat(b: &ResponsesBody) -> Result<ChatRequest, ApiError> {
         .flatten()
         .map(|t| {
             if t.get("type").and_then(Value::as_str) != Some("function") {
-                return Err(ApiError::param("tools", "only function tools are supported"));
+                return Err(ApiError::param(
+                    "tools",
+                    "only function tools are supported",
+                ));
             }
             let mut f = t.clone();
             if let Some(o) = f.as_object_mut() {
@@ -82,7 +90,8 @@ fn to_chat(b: &ResponsesBody) -> Result<ChatRequest, ApiError> {
     if let Some(e) = b.reasoning.as_ref().and_then(|r| r.effort.as_ref()) {
         chat["reasoning_effort"] = json!(e);
     }
-    serde_json::from_value(chat).map_err(|e| ApiError::param("input", format!("invalid input: {e}")))
+    serde_json::from_value(chat)
+        .map_err(|e| ApiError::param("input", format!("invalid input: {e}")))
 }
 
 /// One input item as a chat message.
@@ -157,11 +166,21 @@ struct ItemIds {
 }
 
 /// The response object around `output`.
-fn response(id: &str, created: u64, model: &str, output: Vec<Value>, fin: Option<(&Finish, u32)>) -> Value {
+fn response(
+    id: &str,
+    created: u64,
+    model: &str,
+    output: Vec<Value>,
+    fin: Option<(&Finish, u32)>,
+) -> Value {
     let (status, incomplete, usage) = match fin {
         None => ("in_progress", Value::Null, Value::Null),
         Some((f, prompt)) => (
-            if f.reason == "length" { "incomplete" } else { "completed" },
+            if f.reason == "length" {
+                "incomplete"
+            } else {
+                "completed"
+            },
             if f.reason == "length" {
                 json!({"reason": "max_output_tokens"})
             } else {
@@ -211,7 +230,14 @@ pub async fn responses(
     if !b.stream {
         let (answer, finish) = whole_answer(run, &r.tokenizer).await?;
         let output = output_items(&answer, &ids);
-        return Ok(Json(response(&id, created, &model, output, Some((&finish, prompt)))).into_response());
+        return Ok(Json(response(
+            &id,
+            created,
+            &model,
+            output,
+            Some((&finish, prompt)),
+        ))
+        .into_response());
     }
     let tok = r.tokenizer.clone();
     Ok(sse(move |tx| async move {
@@ -220,9 +246,13 @@ pub async fn responses(
             data["type"] = json!(kind);
             data["sequence_number"] = json!(seq);
             seq += 1;
-            tx.send(Ok(Sse::default().event(kind).data(data.to_string()))).is_ok()
+            tx.send(Ok(Sse::default().event(kind).data(data.to_string())))
+                .is_ok()
         };
-        if !send("response.created", json!({"response": response(&id, created, &model, vec![], None)})) {
+        if !send(
+            "response.created",
+            json!({"response": response(&id, created, &model, vec![], None)}),
+        ) {
             return;
         }
         // The item being written: its output index and what kind it is.
@@ -276,7 +306,11 @@ pub async fn responses(
                 }
                 let output = output_items(&answer, &ids);
                 let done = response(&id, created, &model, output, Some((&finish, prompt)));
-                let kind = if finish.reason == "length" { "response.incomplete" } else { "response.completed" };
+                let kind = if finish.reason == "length" {
+                    "response.incomplete"
+                } else {
+                    "response.completed"
+                };
                 send(kind, json!({"response": done}));
             }
             Ok(None) => {}
@@ -292,7 +326,12 @@ fn close_item(index: usize, kind: &str, a: &Answer, ids: &ItemIds) -> (String, V
     let item = match kind {
         "reasoning" => reasoning_item(&ids.reasoning, &a.reasoning),
         "message" => message_item(&ids.message, &a.content, "completed"),
-        _ => a.calls.last().map_or(json!({}), |(id, name, args)| call_item(id, name, args, "completed")),
+        _ => a.calls.last().map_or(json!({}), |(id, name, args)| {
+            call_item(id, name, args, "completed")
+        }),
     };
-    ("response.output_item.done".into(), json!({"output_index": index, "item": item}))
+    (
+        "response.output_item.done".into(),
+        json!({"output_index": index, "item": item}),
+    )
 }

@@ -36,7 +36,10 @@ pub enum ChatDelta {
         name: String,
     },
     /// More of the call's arguments (a JSON text).
-    ToolArgs { index: usize, args: String },
+    ToolArgs {
+        index: usize,
+        args: String,
+    },
 }
 
 /// Where the current message's text goes.
@@ -57,7 +60,11 @@ pub struct ChatStream {
 }
 
 impl ChatStream {
-    pub fn new(specials: Specials, stop: StopText, call_id: Box<dyn FnMut() -> String + Send>) -> ChatStream {
+    pub fn new(
+        specials: Specials,
+        stop: StopText,
+        call_id: Box<dyn FnMut() -> String + Send>,
+    ) -> ChatStream {
         ChatStream {
             parser: StreamParser::new(specials, Some(Role::Assistant)),
             stop,
@@ -159,13 +166,19 @@ impl Sink for TextStream {
 
     fn push(&mut self, tok: &Tokenizer, id: u32) -> Vec<String> {
         match self.decoder.push(tok, id) {
-            Ok(Some(piece)) => Some(self.stop.push(&piece)).filter(|p| !p.is_empty()).into_iter().collect(),
+            Ok(Some(piece)) => Some(self.stop.push(&piece))
+                .filter(|p| !p.is_empty())
+                .into_iter()
+                .collect(),
             _ => Vec::new(),
         }
     }
 
     fn finish(&mut self) -> Vec<String> {
-        Some(self.stop.finish()).filter(|p| !p.is_empty()).into_iter().collect()
+        Some(self.stop.finish())
+            .filter(|p| !p.is_empty())
+            .into_iter()
+            .collect()
     }
 
     fn stopped(&self) -> bool {
