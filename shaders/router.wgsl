@@ -58,6 +58,25 @@ fn norm_scale(l: Lanes, xb: u32) -> f32 {
     return inverseSqrt(red[0] / f32(p.hidden) + p.eps);
 }
 
+// Router rows r0 .. r0 + R (those below E) dotted with the normed input over the 8-weight units
+// [u_begin, u_end) of the token at vec4 index xb: lane i of a group reads units u_begin + i,
+// + GL, ...; the sums are over the group. Called from uniform control flow.
+fn logit_rows(l: Lanes, xb: u32, scale: f32, u_begin: u32, u_end: u32, r0: u32) -> array<f32, R> {
+    let units = p.hidden / 8u;
+    var acc: array<f32, R>;
+    for (var u = u_begin + l.lid % GL; u < u_end; u += GL) {
+        let a = x[xb + 2u * u] * scale * g[2u * u];
+        let b = x[xb + 2u * u + 1u] * scale * g[2u * u + 1u];
+        for (var r = 0u; r < R; r++) {
+            if r0 + r < p.n_experts {
+                acc[r] += bf16_dot8(w[(r0 + r) * units + u], a, b);
+            }
+        }
+    }
+    group_sums(&acc, l);
+    return acc;
+}
+
 #ifdef PARTIAL
 @compute @workgroup_size(WG)
 fn partial(l: Lanes, @builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
@@ -77,17 +96,7 @@ fn partial(l: Lanes, @builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgrou
     let lane = l.lid % GL;
     for (var eb = 0u; eb < e_n; eb += NG * R) {
         let r0 = eb + (l.lid / GL) * R;
-        var acc: array<f32, R>;
-        for (var u = u0 + lane; u < u_end; u += GL) {
-            let a = x[xb + 2u * u] * scale * g[2u * u];
-            let b = x[xb + 2u * u + 1u] * scale * g[2u * u + 1u];
-            for (var r = 0u; r < R; r++) {
-                if r0 + r < e_n {
-                    acc[r] += bf16_dot8(w[(r0 + r) * units + u], a, b);
-                }
-            }
-        }
-        group_sums(&acc, l);
+        let acc = logit_rows(l, xb, scale, u0, u_end, r0);
         if lane == 0u {
             for (var r = 0u; r < R; r++) {
                 let e = r0 + r;
@@ -116,23 +125,12 @@ fn main(l: Lanes, @builtin(workgroup_id) wg: vec3<u32>) {
         h[xb + i] = x[xb + i] * scale * g[i];
     }
 
-    // Logits: lane i of a group reads 8-weight units i, i + GL, ... of its R rows.
+    // Logits: each row group takes R experts at a time over all the inputs.
     let e_n = p.n_experts;
-    let units = p.hidden / 8u;
     let lane = l.lid % GL;
     for (var eb = 0u; eb < e_n; eb += NG * R) {
         let r0 = eb + (l.lid / GL) * R;
-        var acc: array<f32, R>;
-        for (var i = lane; i < units; i += GL) {
-            let a = x[xb + 2u * i] * scale * g[2u * i];
-            let b = x[xb + 2u * i + 1u] * scale * g[2u * i + 1u];
-            for (var r = 0u; r < R; r++) {
-                if r0 + r < e_n {
-                    acc[r] += bf16_dot8(w[(r0 + r) * units + i], a, b);
-                }
-            }
-        }
-        group_sums(&acc, l);
+        let acc = logit_rows(l, xb, scale, 0u, p.hidden / 8u, r0);
         if lane == 0u {
             for (var r = 0u; r < R; r++) {
                 if r0 + r < e_n {
