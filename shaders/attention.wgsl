@@ -4,7 +4,7 @@
 // online softmax at m = sink, l = 1 includes it exactly once.
 // Bindings: tokens [T], qkv [T, (NH + 2 NKV) * D] (q already rotated), k_cache, v_cache (the
 // paged pools, read through kv_table: common/kv_table.wgsl), sinks [NH] f32, out [T, NH * D] f32,
-// kv_table [seqs, ring] u32.
+// kv_table [seqs, entries] u32.
 // Grid: (NH, T). Keys are visited in chunks of WG: one score per thread, then the chunk's
 // contribution to each output dim. Keys are read 4 dims per load (D is a multiple of 4).
 // Variants: KV_F16 (cache stored in f16, math in f32).

@@ -86,6 +86,7 @@ fn greedy(n: usize) -> Vec<SampleParams> {
 /// Prefills `len` random tokens into slot `seq` in passes of at most max_tokens; returns the
 /// seconds until the first sampled id is back.
 fn prefill(model: &Model, rng: &mut Rng, seq: u32, len: u32) -> Result<(f64, u32)> {
+    model.release(seq);
     let vocab = model.cfg.vocab.min(199_998) as u64;
     let toks: Vec<TokenInfo> = (0..len)
         .map(|p| TokenInfo::new(rng.below(vocab) as u32, p, seq))

@@ -87,8 +87,48 @@ struct ModelArgs {
     /// Keep the KV cache in f32 (default: f16 where the adapter supports it, half the memory).
     #[arg(long)]
     kv_f32: bool,
+    /// GPU memory for the KV cache, e.g. 8GiB, 512M or bytes (default: a whole context for
+    /// every sequence). Sequences take blocks of it as they grow; when it runs out the newest
+    /// waits, and blocks of ended requests stay cached for prompts that start the same way.
+    #[arg(long, alias = "kv-cache-memory-bytes", value_parser = parse_size)]
+    kv_cache_memory: Option<u64>,
     #[command(flatten)]
     device: DeviceArgs,
+}
+
+/// A size in bytes: a number with an optional unit, K/M/G/T or KiB/MiB/GiB/TiB (powers of
+/// 1024), or KB/MB/GB/TB (powers of 1000).
+fn parse_size(s: &str) -> std::result::Result<u64, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let num: f64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a size (e.g. 8GiB, 512M, 1000000)"))?;
+    let unit = unit.trim().to_ascii_uppercase();
+    let pow = |base: f64, unit: &str| match unit {
+        "K" => Some(base),
+        "M" => Some(base.powi(2)),
+        "G" => Some(base.powi(3)),
+        "T" => Some(base.powi(4)),
+        _ => None,
+    };
+    let scale = match unit.as_str() {
+        "" | "B" => Some(1.0),
+        u if u.ends_with("IB") => pow(1024.0, &u[..u.len() - 2]),
+        u if u.ends_with('B') => pow(1000.0, &u[..u.len() - 1]),
+        u => pow(1024.0, u),
+    }
+    .ok_or_else(|| {
+        format!("unknown unit in `{s}` (K, M, G, T, KiB, MiB, GiB, TiB, KB, MB, GB, TB)")
+    })?;
+    let bytes = num * scale;
+    if !(bytes >= 1.0 && bytes < 2f64.powi(63)) {
+        return Err(format!("`{s}` is not a usable size"));
+    }
+    Ok(bytes as u64)
 }
 
 #[derive(Args)]
@@ -399,6 +439,7 @@ fn load(m: &ModelArgs, ckpt: Checkpoint, max_seqs: u32) -> Result<Engine> {
         max_seqs,
         max_context: context(m, &ckpt),
         kv_f16: !m.kv_f32,
+        kv_cache_bytes: m.kv_cache_memory,
     };
     let pb = bar(0, "loading");
     let t0 = Instant::now();
@@ -414,6 +455,16 @@ fn load(m: &ModelArgs, ckpt: Checkpoint, max_seqs: u32) -> Result<Engine> {
         engine.model.weight_bytes() as f64 / (1u64 << 30) as f64,
         engine.model.cache_bytes() as f64 / (1u64 << 30) as f64,
         if engine.model.kv_f16 { "f16" } else { "f32" }
+    );
+    let sizes = engine.model.cache().sizes;
+    eprintln!(
+        "KV cache: {} blocks of {} positions for full-attention layers ({:.1} contexts of {}), \
+         {} for sliding-window layers",
+        sizes.blocks[0],
+        engine.model.cache().block(),
+        sizes.blocks[0] as f64 / sizes.entries as f64,
+        engine.model.opts.max_context,
+        sizes.blocks[1]
     );
     Ok(engine)
 }

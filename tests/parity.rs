@@ -61,6 +61,16 @@ fn checkpoint() -> tempfile::TempDir {
 }
 
 fn engine(dir: &Path, opts: GpuOptions, max_tokens: u32, kv_f16: bool) -> Option<Engine> {
+    engine_with(dir, opts, max_tokens, kv_f16, None)
+}
+
+fn engine_with(
+    dir: &Path,
+    opts: GpuOptions,
+    max_tokens: u32,
+    kv_f16: bool,
+    kv_cache_bytes: Option<u64>,
+) -> Option<Engine> {
     let gpu = match pollster::block_on(Gpu::new(&opts)) {
         Ok(g) => g,
         Err(e) => {
@@ -74,6 +84,7 @@ fn engine(dir: &Path, opts: GpuOptions, max_tokens: u32, kv_f16: bool) -> Option
         max_seqs: 2,
         max_context: 256,
         kv_f16,
+        kv_cache_bytes,
     };
     Some(Engine::load_dir(Arc::new(gpu), dir, opts, &mut |_, _| {}).unwrap())
 }
@@ -222,22 +233,20 @@ fn greedy_continuation_matches_transformers() {
     let Some(mut e) = engine(dir.path(), GpuOptions::default(), 256, false) else {
         return;
     };
-    let req = Request {
-        prompt: f.greedy_prompt.clone(),
-        max_tokens: f.greedy_ids.len() as u32,
-        sampling: Sampling::greedy(),
-        stop: vec![],
-        ignore_eos: true,
-    };
-    e.submit(req).unwrap();
-    let mut got = Vec::new();
-    while e.has_work() {
-        for ev in pollster::block_on(e.step()).unwrap() {
-            if let Event::Token { token, .. } = ev {
-                got.push(token);
-            }
-        }
-    }
+    let prompt = std::slice::from_ref(&f.greedy_prompt);
+    let max = f.greedy_ids.len() as u32;
+    let (got, cached) = run(&mut e, prompt, max);
+    let got = got[0].clone();
+    assert_eq!(cached[0], 0);
+    // The same prompt again starts from the blocks the first run left in the prefix cache
+    // (all its full blocks but the one holding the last prompt token) and continues alike.
+    let (again, cached) = run(&mut e, prompt, max);
+    let block = e.model.cache().block() as usize;
+    assert_eq!(
+        cached[0] as usize,
+        (f.greedy_prompt.len() - 1) / block * block
+    );
+    assert_eq!(again[0], got, "continuation from the prefix cache");
     // A step whose top-two logits nearly tie in the reference may legitimately flip; everything
     // before the first such step must match exactly.
     let first_tie = f
@@ -298,37 +307,120 @@ fn batched_requests_match_single_requests() {
         f.ids[100..107].to_vec(),
         f.ids[50..53].to_vec(),
     ];
-    let run = |e: &mut Engine, ps: &[Vec<u32>]| -> Vec<Vec<u32>> {
-        let ids: Vec<_> = ps
-            .iter()
-            .map(|p| {
-                let req = Request {
-                    prompt: p.clone(),
-                    max_tokens: 12,
-                    sampling: Sampling::greedy(),
-                    stop: vec![],
-                    ignore_eos: true,
-                };
-                e.submit(req).unwrap()
-            })
-            .collect();
-        let mut out = vec![Vec::new(); ps.len()];
-        while e.has_work() {
-            for ev in pollster::block_on(e.step()).unwrap() {
-                if let Event::Token { id, token } = ev {
-                    out[ids.iter().position(|i| *i == id).unwrap()].push(token);
-                }
-            }
-        }
-        out
-    };
     // max_seqs is 2, so the third request waits for a free slot.
-    let together = run(&mut e, &prompts);
+    let together = run(&mut e, &prompts, 12).0;
     for (i, p) in prompts.iter().enumerate() {
         assert_eq!(
-            run(&mut e, std::slice::from_ref(p))[0],
+            run(&mut e, std::slice::from_ref(p), 12).0[0],
             together[i],
             "request {i}"
         );
     }
+}
+
+/// Runs greedy requests to their end together; returns each one's tokens and cached prompt
+/// tokens.
+fn run(e: &mut Engine, prompts: &[Vec<u32>], max_tokens: u32) -> (Vec<Vec<u32>>, Vec<u32>) {
+    let ids: Vec<_> = prompts
+        .iter()
+        .map(|p| {
+            let req = Request {
+                prompt: p.clone(),
+                max_tokens,
+                sampling: Sampling::greedy(),
+                stop: vec![],
+                ignore_eos: true,
+            };
+            e.submit(req).unwrap()
+        })
+        .collect();
+    let mut out = vec![Vec::new(); prompts.len()];
+    let mut cached = vec![0; prompts.len()];
+    while e.has_work() {
+        for ev in pollster::block_on(e.step()).unwrap() {
+            match ev {
+                Event::Token { id, token } => {
+                    out[ids.iter().position(|i| *i == id).unwrap()].push(token)
+                }
+                Event::Finished {
+                    id, cached_tokens, ..
+                } => cached[ids.iter().position(|i| *i == id).unwrap()] = cached_tokens,
+            }
+        }
+    }
+    (out, cached)
+}
+
+/// Prompts longer than the sliding window reuse the full blocks an earlier request computed
+/// (the full-attention layer's from the start, the window layers' in view) and continue as
+/// they do without them.
+#[test]
+fn a_long_prefix_is_reused_across_the_window() {
+    let f = fixture();
+    let dir = checkpoint();
+    let Some(mut e) = engine(dir.path(), GpuOptions::default(), 40, false) else {
+        return;
+    };
+    let block = e.model.cache().block() as usize;
+    let long = f.ids[..200].to_vec();
+    let mut branch = f.ids[..170].to_vec();
+    branch.extend_from_slice(&f.ids[..20]);
+    let cold: Vec<Vec<u32>> = [&long, &branch]
+        .iter()
+        .map(|p| {
+            let mut fresh = engine(dir.path(), GpuOptions::default(), 40, false).unwrap();
+            run(&mut fresh, std::slice::from_ref(*p), 20).0[0].clone()
+        })
+        .collect();
+    let (first, cached) = run(&mut e, std::slice::from_ref(&long), 20);
+    assert_eq!((&first[0], cached[0]), (&cold[0], 0));
+    let (again, cached) = run(&mut e, std::slice::from_ref(&long), 20);
+    assert_eq!(
+        (&again[0], cached[0] as usize),
+        (&cold[0], 199 / block * block)
+    );
+    let (other, cached) = run(&mut e, std::slice::from_ref(&branch), 20);
+    assert_eq!(
+        (&other[0], cached[0] as usize),
+        (&cold[1], 170 / block * block)
+    );
+    let h = e.stats;
+    assert_eq!(h.prefix_queried, 590);
+    assert_eq!(
+        h.prefix_hits,
+        (199 / block * block + 170 / block * block) as u64
+    );
+}
+
+/// A KV cache too small for every running sequence to grow: the newest waits (preempted, its
+/// blocks given back) and resumes later, and every request still produces what it produces
+/// alone with the cache to itself.
+#[test]
+fn a_full_kv_cache_preempts_and_changes_nothing() {
+    let f = fixture();
+    let dir = checkpoint();
+    let Some(mut probe) = engine(dir.path(), GpuOptions::default(), 40, false) else {
+        return;
+    };
+    // A pool of one context (256 positions) for the full-attention layer: two requests of 150
+    // positions each cannot both hold theirs.
+    let c = &probe.model.cfg;
+    let sizes = probe.model.cache().sizes;
+    let n_window = c.sliding.iter().filter(|s| **s).count() as u64;
+    let n_full = c.layers as u64 - n_window;
+    let per_block = 2 * sizes.block_bytes;
+    let entries = sizes.entries as u64;
+    let budget = sizes.blocks[1] as u64 * n_window * per_block + entries * n_full * per_block;
+    let prompts = vec![f.ids[..90].to_vec(), f.ids[100..190].to_vec()];
+    let alone: Vec<Vec<u32>> = prompts
+        .iter()
+        .map(|p| run(&mut probe, std::slice::from_ref(p), 60).0[0].clone())
+        .collect();
+    drop(probe);
+    let mut e = engine_with(dir.path(), GpuOptions::default(), 40, false, Some(budget)).unwrap();
+    assert_eq!(e.model.cache().sizes.blocks[0] as u64, entries);
+    let (together, _) = run(&mut e, &prompts, 60);
+    assert!(e.stats.preemptions > 0, "{:?}", e.stats);
+    assert_eq!(together, alone);
+    assert_eq!(e.model.cache().usage()[0].used, 0, "every block given back");
 }

@@ -209,6 +209,34 @@ fn serves_the_openai_api() {
     let b = post(s, "/v1/completions", &seeded).1;
     assert_eq!(a["choices"][0]["text"], b["choices"][0]["text"]);
 
+    // A prompt that starts like an earlier one reuses its KV blocks: reported as cached
+    // tokens, with the same answer.
+    let long = "Some words to make a prompt longer than a few KV-cache blocks. ".repeat(12);
+    let req_long = json!({"prompt": long, "max_tokens": 6, "temperature": 0});
+    let (_, first) = post(s, "/v1/completions", &req_long);
+    assert_eq!(first["usage"]["prompt_tokens_details"]["cached_tokens"], 0);
+    let (_, second) = post(s, "/v1/completions", &req_long);
+    let n = second["usage"]["prompt_tokens"].as_u64().unwrap();
+    let cached = second["usage"]["prompt_tokens_details"]["cached_tokens"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(cached, (n - 1) / 16 * 16, "{second}");
+    assert_eq!(first["choices"][0]["text"], second["choices"][0]["text"]);
+    let convo = |last: &str| {
+        json!({"messages": [{"role": "system", "content": long},
+                            {"role": "user", "content": last}],
+               "max_tokens": 4, "temperature": 0})
+    };
+    post(s, "/v1/chat/completions", &convo("First question"));
+    let (_, next) = post(s, "/v1/chat/completions", &convo("Second question"));
+    assert!(
+        next["usage"]["prompt_tokens_details"]["cached_tokens"]
+            .as_u64()
+            .unwrap()
+            >= 128,
+        "{next}"
+    );
+
     // Chat: the answer's shape and usage; the stream carries the same text.
     let chat = json!({"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 10,
                       "temperature": 0, "reasoning_effort": "low"});

@@ -5,7 +5,7 @@ struct Params {
     n_kv: u32,
     head_dim: u32,
     // Entries of each slot's block table (common/kv_table.wgsl).
-    ring: u32,
+    entries: u32,
     // Keys visible to a query: 0 for all earlier positions, else the sliding window.
     window: u32,
     scale: f32,

@@ -92,6 +92,8 @@ pub enum Event {
         id: RequestId,
         reason: FinishReason,
         prompt_tokens: u32,
+        /// Prompt tokens whose KV came from the prefix cache.
+        cached_tokens: u32,
         generated: u32,
     },
 }
@@ -106,6 +108,21 @@ pub(crate) struct Sequence {
     pub cached: usize,
     pub slot: u32,
     pub generated: u32,
+    /// Prompt tokens found in the prefix cache when the request first ran.
+    pub prompt_cached: Option<u32>,
+    /// When it (last) started running: the newest is preempted first.
+    pub started: u64,
+}
+
+/// Counters of what the engine did since it started.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EngineStats {
+    /// Prompt tokens of requests that started running.
+    pub prefix_queried: u64,
+    /// Of those, tokens found in the prefix cache.
+    pub prefix_hits: u64,
+    /// Sequences sent back to wait because the KV cache ran out of blocks.
+    pub preemptions: u64,
 }
 
 /// Loads models and serves requests on one GPU.
@@ -118,6 +135,8 @@ pub struct Engine {
     running: Vec<Sequence>,
     free_slots: Vec<u32>,
     next_id: RequestId,
+    starts: u64,
+    pub stats: EngineStats,
     scratch: StepScratch,
 }
 
@@ -125,6 +144,8 @@ pub struct Engine {
 #[derive(Default)]
 struct StepScratch {
     work: Vec<scheduler::Work>,
+    /// The work as (slot, first position, tokens).
+    placed: Vec<(u32, u32, u32)>,
     tokens: Vec<TokenInfo>,
     outputs: Vec<u32>,
     sampling: Vec<SampleParams>,
@@ -143,6 +164,8 @@ impl Engine {
             running: Vec::new(),
             free_slots,
             next_id: 0,
+            starts: 0,
+            stats: EngineStats::default(),
             scratch: StepScratch::default(),
         }
     }
@@ -211,6 +234,8 @@ impl Engine {
             cached: 0,
             slot: 0,
             generated: 0,
+            prompt_cached: None,
+            started: 0,
         });
         Ok(id)
     }
@@ -243,28 +268,84 @@ impl Engine {
         Some(finished(&s, FinishReason::Cancelled))
     }
 
+    /// Starts waiting requests, oldest first, while sequence slots are free and the KV cache
+    /// has the blocks their prompts take (after the prefix cache's) with one to spare per
+    /// running sequence.
+    fn admit(&mut self) -> Result<()> {
+        while let (Some(s), Some(&slot)) = (self.waiting.front(), self.free_slots.last()) {
+            let cache = self.model.cache();
+            let hit = self.model.reuse_prefix(slot, &s.tokens)?;
+            let rest = s.tokens.len() as u32 + 1 - hit;
+            let need = cache.blocks_for(slot, hit, rest);
+            let spare = self.running.len();
+            let fits = need
+                .iter()
+                .zip(cache.available())
+                .all(|(n, a)| n + spare <= a);
+            if !fits && !self.running.is_empty() {
+                self.model.release(slot);
+                break;
+            }
+            let (Some(mut s), Some(slot)) = (self.waiting.pop_front(), self.free_slots.pop())
+            else {
+                break;
+            };
+            s.slot = slot;
+            s.cached = hit as usize;
+            if s.prompt_cached.is_none() {
+                let cached = hit.min(s.req.prompt.len() as u32);
+                s.prompt_cached = Some(cached);
+                self.stats.prefix_queried += s.req.prompt.len() as u64;
+                self.stats.prefix_hits += cached as u64;
+            }
+            self.starts += 1;
+            s.started = self.starts;
+            self.running.push(s);
+        }
+        Ok(())
+    }
+
+    /// Sends the sequence that started last back to the front of the queue, its blocks given
+    /// back (the full ones stay in the prefix cache, so it mostly resumes from them).
+    fn preempt_newest(&mut self) {
+        let Some(i) = (0..self.running.len()).max_by_key(|&i| self.running[i].started) else {
+            return;
+        };
+        let mut s = self.running.swap_remove(i);
+        self.model.release(s.slot);
+        self.free_slots.push(s.slot);
+        s.cached = 0;
+        self.stats.preemptions += 1;
+        self.waiting.push_front(s);
+    }
+
     /// Runs one forward pass and returns the tokens it produced.
     pub async fn step(&mut self) -> Result<Vec<Event>> {
-        while let Some(slot) = (!self.waiting.is_empty())
-            .then(|| self.free_slots.pop())
-            .flatten()
-        {
-            if let Some(mut s) = self.waiting.pop_front() {
-                s.slot = slot;
-                self.running.push(s);
-            }
-        }
+        self.admit()?;
         if self.running.is_empty() {
             return Ok(Vec::new());
         }
         // The step's inputs reuse the engine's buffers: no allocation per step once warm.
+        // Sequences wait, newest first, until the pass's new positions fit the KV cache.
+        loop {
+            let sc = &mut self.scratch;
+            plan(
+                &self.running,
+                self.model.opts.max_tokens as usize,
+                self.model.max_outputs as usize,
+                &mut sc.work,
+            );
+            sc.placed.clear();
+            sc.placed.extend(sc.work.iter().map(|w| {
+                let s = &self.running[w.seq];
+                (s.slot, w.start as u32, w.len as u32)
+            }));
+            if self.running.len() <= 1 || self.model.cache().fits(&sc.placed) {
+                break;
+            }
+            self.preempt_newest();
+        }
         let sc = &mut self.scratch;
-        plan(
-            &self.running,
-            self.model.opts.max_tokens as usize,
-            self.model.max_outputs as usize,
-            &mut sc.work,
-        );
         let (tokens, outputs, sampling, sampled_seqs) = (
             &mut sc.tokens,
             &mut sc.outputs,
@@ -303,7 +384,9 @@ impl Engine {
             })
             .await?;
         for w in &sc.work {
-            self.running[w.seq].cached = w.start + w.len;
+            let s = &mut self.running[w.seq];
+            s.cached = w.start + w.len;
+            self.model.cache().commit(s.slot, &s.tokens, s.cached);
         }
         let mut events = Vec::new();
         let mut done = Vec::new();
@@ -373,6 +456,7 @@ fn finished(s: &Sequence, reason: FinishReason) -> Event {
         id: s.id,
         reason,
         prompt_tokens: s.req.prompt.len() as u32,
+        cached_tokens: s.prompt_cached.unwrap_or(0),
         generated: s.generated,
     }
 }

@@ -74,6 +74,8 @@ mod tests {
             cached,
             slot: 0,
             generated: 0,
+            prompt_cached: None,
+            started: 0,
         }
     }
 

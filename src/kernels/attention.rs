@@ -15,7 +15,7 @@ pub(crate) struct Params {
     pub n_kv: u32,
     pub head_dim: u32,
     /// Entries of each slot's block table.
-    pub ring: u32,
+    pub entries: u32,
     /// Keys visible to a query: 0 for all earlier positions, else the sliding window.
     pub window: u32,
     pub scale: f32,
@@ -26,7 +26,7 @@ pub(crate) struct Params {
 pub const MAX_HEAD_DIM: u32 = 256;
 
 /// out: [T, NH * D] from q in qkv: [T, (NH + 2 NKV) * D] and the paged caches read through the
-/// block table [seqs, ring] (`model::kv_cache`).
+/// block table [seqs, entries] (`model::kv_cache`).
 pub struct Attention<'a> {
     pub tokens: &'a wgpu::Buffer,
     pub qkv: &'a wgpu::Buffer,
@@ -163,7 +163,7 @@ mod tests {
     use crate::kernels::rope::{self, Rope};
     use crate::kernels::testing::*;
     use crate::model::inputs::TokenInfo;
-    use crate::model::kv_cache::BlockTables;
+    use crate::model::kv_cache::BlockPool;
 
     #[test]
     fn attention_matches_reference() {
@@ -197,7 +197,7 @@ mod tests {
                 (2, 1, 100, 70, shader, 13),
             ] {
                 // Step 1: `first` tokens of seq 0 and 4 of seq 1; step 2: one token each; with a
-                // window, more passes until the window's ring of blocks has wrapped.
+                // window, more passes, so that blocks leave the window and are taken again.
                 let mut plans = vec![vec![(0usize, first), (1, 4)], vec![(1, 1), (0, 1)]];
                 if window > 0 {
                     for _ in 0..6 {
@@ -215,26 +215,29 @@ mod tests {
                     .filter(|x| x.0 == 0)
                     .map(|x| x.1)
                     .sum();
-                // The paged cache as the model sizes it, blocks handed out in a random order.
+                // The paged cache with the blocks one pass needs per sequence at most, handed
+                // out in a random order.
                 let block = crate::model::kv_cache::block_size().unwrap() as usize;
-                let ring = if window > 0 {
+                let entries = max_pos.div_ceil(block);
+                let per_seq = if window > 0 {
                     (window as usize + max_pass.unwrap() - 1).div_ceil(block) + 1
                 } else {
-                    max_pos.div_ceil(block)
+                    entries
                 };
                 let seqs = 2usize;
-                let mut free: Vec<u32> = (0..(seqs * ring) as u32).collect();
+                let mut free: Vec<u32> = (0..(seqs * per_seq) as u32).collect();
                 for i in (1..free.len()).rev() {
                     free.swap(i, rng.below(i as u64 + 1) as usize);
                 }
-                let mut tables = BlockTables::new(seqs as u32, ring as u32, free);
+                let mut tables =
+                    BlockPool::new(seqs as u32, entries as u32, block as u32, window, free);
                 let (nh_, nkv_, d_) = (nh as usize, nkv as usize, d as usize);
                 let stride = (nh_ + 2 * nkv_) * d_;
                 let table = random_rope_table(&mut rng, max_pos * d_ / 2);
                 let sinks = random(&mut rng, nh_, 1.0);
                 let tb = gpu.upload("table", bytemuck::cast_slice(&table)).unwrap();
                 let sb = gpu.upload("sinks", f32_bytes(&sinks)).unwrap();
-                let pool = (seqs * ring * block * nkv_ * d_ * kv_bytes) as u64;
+                let pool = (seqs * per_seq * block * nkv_ * d_ * kv_bytes) as u64;
                 let kc = gpu.storage("k", pool).unwrap();
                 let vc = gpu.storage("v", pool).unwrap();
                 // Reference cache: every (seq, pos) -> rotated k, v per kv head.
@@ -244,10 +247,10 @@ mod tests {
                 for plan in plans {
                     let mut toks = Vec::new();
                     for &(s, n) in &plan {
+                        tables.slide(s as u32, next_pos[s]);
                         for _ in 0..n {
                             let mut tok = TokenInfo::new(0, next_pos[s], s as u32);
-                            tok.kv_slot[0] =
-                                tables.place(s as u32, tok.pos, block as u32).unwrap().0;
+                            tok.kv_slot[0] = tables.place(s as u32, tok.pos).unwrap().0;
                             toks.push(tok);
                             next_pos[s] += 1;
                         }
@@ -300,7 +303,7 @@ mod tests {
                             n_heads: nh,
                             n_kv: nkv,
                             head_dim: d,
-                            ring: ring as u32,
+                            entries: entries as u32,
                             window,
                             scale,
                             _pad: [0; 2],

@@ -422,7 +422,8 @@ mod tests {
                 // A paged cache of two blocks per sequence, taken in the order of `free`.
                 let block = crate::model::kv_cache::block_size().unwrap() as usize;
                 let free = vec![2, 0, 3, 1];
-                let mut tables = crate::model::kv_cache::BlockTables::new(2, 2, free);
+                let mut tables =
+                    crate::model::kv_cache::BlockPool::new(2, 2, block as u32, 0, free);
                 let x = random(&mut rng, t * k, 2.0);
                 let g = random(&mut rng, k, 1.0);
                 let (w, wb) = random_bf16(&mut rng, n * k, 0.5);
@@ -434,7 +435,7 @@ mod tests {
                     .map(|i| {
                         let s = (i % seqs) as u32;
                         let mut tok = TokenInfo::new(0, starts[s as usize] + (i / seqs) as u32, s);
-                        tok.kv_slot[1] = tables.place(s, tok.pos, block as u32).unwrap().0;
+                        tok.kv_slot[1] = tables.place(s, tok.pos).unwrap().0;
                         tok
                     })
                     .collect();

@@ -38,6 +38,9 @@ pub struct ModelOptions {
     /// Store the KV cache in f16 where the adapter has SHADER_F16 (half the memory and attention
     /// bandwidth; keys and values rounded to f16). False keeps it in f32.
     pub kv_f16: bool,
+    /// GPU bytes for the KV cache; None gives every sequence slot a whole context. Less makes
+    /// sequences share the pool as they grow (see `kv_cache::PoolSizes`).
+    pub kv_cache_bytes: Option<u64>,
 }
 
 impl Default for ModelOptions {
@@ -47,6 +50,7 @@ impl Default for ModelOptions {
             max_seqs: 4,
             max_context: 8192,
             kv_f16: true,
+            kv_cache_bytes: None,
         }
     }
 }
@@ -330,7 +334,7 @@ impl Graph<'_> {
                 n_heads: c.heads,
                 n_kv: c.kv_heads,
                 head_dim: c.head_dim,
-                ring: kv.ring(cache.kind),
+                entries: kv.sizes.entries,
                 window: if c.sliding[l] { c.sliding_window } else { 0 },
                 scale: 1.0 / (c.head_dim as f32).sqrt(),
                 _pad: [0; 2],
@@ -460,6 +464,7 @@ impl Model {
             opts.max_context,
             opts.max_tokens,
             kv_f16,
+            opts.kv_cache_bytes,
         )?;
         let step = dispatch::step_buffer(g);
         let graph = Graph {
@@ -499,14 +504,20 @@ impl Model {
         self.weights.bytes
     }
 
+    /// The paged KV cache: its pools, block tables and prefix cache.
+    pub fn cache(&self) -> &KvCache {
+        &self.cache
+    }
+
+    /// Gives an empty sequence slot the cached KV blocks of the longest block-aligned prefix of
+    /// `tokens` and returns how many positions they hold ([`KvCache::reuse_prefix`]).
+    pub fn reuse_prefix(&self, slot: u32, tokens: &[u32]) -> Result<u32> {
+        self.cache.reuse_prefix(&self.gpu, slot, tokens)
+    }
+
     /// Gives the KV-cache blocks of a sequence slot back: its sequence ended.
     pub fn release(&self, seq: u32) {
         self.cache.release(seq);
-    }
-
-    /// Free KV-cache blocks (full-attention layers, sliding-window layers).
-    pub fn free_kv_blocks(&self) -> [usize; 2] {
-        self.cache.free_blocks()
     }
 
     /// GPU bytes of the KV cache.

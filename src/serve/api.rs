@@ -258,12 +258,12 @@ async fn submit(r: &Ready, req: Request) -> Result<mpsc::UnboundedReceiver<Updat
     }
 }
 
-fn usage(prompt: u32, generated: u32) -> Value {
+fn usage(prompt: u32, f: &Finish) -> Value {
     json!({
         "prompt_tokens": prompt,
-        "completion_tokens": generated,
-        "total_tokens": prompt + generated,
-        "prompt_tokens_details": {"cached_tokens": 0},
+        "completion_tokens": f.generated,
+        "total_tokens": prompt + f.generated,
+        "prompt_tokens_details": {"cached_tokens": f.cached},
     })
 }
 
@@ -345,10 +345,29 @@ pub(super) async fn start_chat(
     Ok(runs)
 }
 
-/// How an answer ended: OpenAI's finish reason and the tokens generated.
+/// How an answer ended: OpenAI's finish reason, the tokens generated, and the prompt tokens
+/// found in the prefix cache.
+#[derive(Default)]
 pub(super) struct Finish {
     pub reason: &'static str,
     pub generated: u32,
+    pub cached: u32,
+}
+
+impl Finish {
+    /// The answer that ended before it began.
+    fn none() -> Finish {
+        Finish {
+            reason: "length",
+            ..Default::default()
+        }
+    }
+
+    /// Several choices' answers counted together.
+    fn add(&mut self, other: &Finish) {
+        self.generated += other.generated;
+        self.cached = self.cached.max(other.cached);
+    }
 }
 
 /// Feeds a request's tokens through its sink until it ends, handing each piece of the answer to
@@ -360,10 +379,7 @@ pub(super) async fn drive<S: Sink>(
     tok: &crate::tokenizer::Tokenizer,
     mut emit: impl FnMut(S::Piece) -> bool,
 ) -> Result<Option<Finish>, String> {
-    let mut finish = Finish {
-        reason: "length",
-        generated: 0,
-    };
+    let mut finish = Finish::none();
     while let Some(u) = rx.recv().await {
         match u {
             Update::Event(Event::Token { token, .. }) => {
@@ -376,11 +392,15 @@ pub(super) async fn drive<S: Sink>(
                 }
             }
             Update::Event(Event::Finished {
-                reason, generated, ..
+                reason,
+                generated,
+                cached_tokens,
+                ..
             }) => {
                 finish = Finish {
                     reason: reason_name(reason),
                     generated,
+                    cached: cached_tokens,
                 };
                 break;
             }
@@ -417,10 +437,7 @@ pub(super) async fn whole_answer(
     let finish = drive_chat(run, tok, |d| answer.add(d))
         .await
         .map_err(failed)?
-        .unwrap_or(Finish {
-            reason: "length",
-            generated: 0,
-        });
+        .unwrap_or_else(Finish::none);
     Ok((answer, finish))
 }
 
@@ -513,7 +530,7 @@ pub async fn chat(
     let (id, created, model) = (new_id("chatcmpl-"), now(), r.model_name.clone());
     if !b.common.stream {
         let mut choices = Vec::new();
-        let mut generated = 0;
+        let mut total = Finish::default();
         // Every choice runs in the same batch; their answers are read in order.
         let tasks: Vec<_> = runs
             .into_iter()
@@ -524,7 +541,7 @@ pub async fn chat(
             .collect();
         for (index, t) in tasks.into_iter().enumerate() {
             let (answer, finish) = t.await.map_err(|e| failed(e.to_string()))??;
-            generated += finish.generated;
+            total.add(&finish);
             choices.push(json!({"index": index, "message": chat_message(answer),
                                 "finish_reason": finish.reason, "logprobs": null}));
         }
@@ -534,7 +551,7 @@ pub async fn chat(
             "created": created,
             "model": model,
             "choices": choices,
-            "usage": usage(prompt_tokens, generated),
+            "usage": usage(prompt_tokens, &total),
         }))
         .into_response());
     }
@@ -573,10 +590,10 @@ pub async fn chat(
                 })
             })
             .collect();
-        let mut generated = 0;
+        let mut total = Finish::default();
         for t in tasks {
             match t.await {
-                Ok(Ok(Some(f))) => generated += f.generated,
+                Ok(Ok(Some(f))) => total.add(&f),
                 Ok(Ok(None)) => return,
                 Ok(Err(m)) => {
                     let _ = tx.send(Ok(Sse::default().data(error_event(m))));
@@ -591,7 +608,7 @@ pub async fn chat(
         if include_usage {
             let u = json!({
                 "id": new_id("chatcmpl-"), "object": "chat.completion.chunk",
-                "created": created, "choices": [], "usage": usage(prompt_tokens, generated),
+                "created": created, "choices": [], "usage": usage(prompt_tokens, &total),
             });
             let _ = tx.send(Ok(Sse::default().data(u.to_string())));
         }
@@ -657,14 +674,11 @@ pub async fn completions(
         })
         .await
         .map_err(failed)?
-        .unwrap_or(Finish {
-            reason: "length",
-            generated: 0,
-        });
+        .unwrap_or_else(Finish::none);
         return Ok(Json(json!({
             "id": id, "object": "text_completion", "created": created, "model": model,
             "choices": [{"index": 0, "text": text, "finish_reason": finish.reason, "logprobs": null}],
-            "usage": usage(prompt_tokens, finish.generated),
+            "usage": usage(prompt_tokens, &finish),
         }))
         .into_response());
     }
@@ -688,7 +702,7 @@ pub async fn completions(
                 if include_usage {
                     let u = json!({"id": new_id("cmpl-"), "object": "text_completion",
                         "created": created, "choices": [],
-                        "usage": usage(prompt_tokens, finish.generated)});
+                        "usage": usage(prompt_tokens, &finish)});
                     send(Ok(Sse::default().data(u.to_string())));
                 }
                 send(Ok(Sse::default().data("[DONE]")));
@@ -771,71 +785,16 @@ pub async fn models(State(st): State<Arc<AppState>>) -> ApiResult {
     .into_response())
 }
 
-/// Prometheus text: requests running and waiting, free KV-cache blocks, token and request counters.
+/// Prometheus text: the batch, the KV cache and prefix cache, token and request counters,
+/// latency histograms.
 pub async fn metrics(State(st): State<Arc<AppState>>) -> ApiResult {
-    use std::sync::atomic::Ordering::Relaxed;
     let r = st.ready()?;
-    let s = &r.driver.stats;
-    let mut out = String::new();
-    let mut put = |name: &str, kind: &str, help: &str, v: u64| {
-        out.push_str(&format!(
-            "# HELP gpt_oss:{name} {help}\n# TYPE gpt_oss:{name} {kind}\ngpt_oss:{name} {v}\n"
-        ));
-    };
-    put(
-        "num_requests_running",
-        "gauge",
-        "Requests holding a sequence slot.",
-        s.running.load(Relaxed),
-    );
-    put(
-        "num_requests_waiting",
-        "gauge",
-        "Requests waiting for a slot.",
-        s.waiting.load(Relaxed),
-    );
-    put(
-        "kv_cache_free_blocks_full",
-        "gauge",
-        "Free KV-cache blocks of full-attention layers.",
-        s.free_blocks[0].load(Relaxed),
-    );
-    put(
-        "kv_cache_free_blocks_window",
-        "gauge",
-        "Free KV-cache blocks of sliding-window layers.",
-        s.free_blocks[1].load(Relaxed),
-    );
-    put(
-        "prompt_tokens_total",
-        "counter",
-        "Prompt tokens of accepted requests.",
-        s.prompt_tokens.load(Relaxed),
-    );
-    put(
-        "generation_tokens_total",
-        "counter",
-        "Tokens generated.",
-        s.generated_tokens.load(Relaxed),
-    );
-    put(
-        "request_success_total",
-        "counter",
-        "Requests that ran to their end.",
-        s.requests_finished.load(Relaxed),
-    );
-    put(
-        "request_cancelled_total",
-        "counter",
-        "Requests whose client went away.",
-        s.requests_cancelled.load(Relaxed),
-    );
     Ok((
         [(
             axum::http::header::CONTENT_TYPE,
             "text/plain; version=0.0.4",
         )],
-        out,
+        r.driver.stats.render(),
     )
         .into_response())
 }

@@ -6,10 +6,12 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
+use std::time::Instant;
 
 use tokio::sync::{mpsc, oneshot};
 
+use super::metrics::Stats;
 use crate::engine::{Engine, Event, Request, RequestId};
 
 /// What a handler hears about its request.
@@ -35,32 +37,14 @@ struct Submit {
     req: Request,
     updates: mpsc::UnboundedSender<Update>,
     reply: oneshot::Sender<Result<RequestId, Refused>>,
+    arrived: Instant,
 }
 
-/// What /metrics reports, kept by the loop.
-#[derive(Default)]
-pub struct Stats {
-    pub running: AtomicU64,
-    pub waiting: AtomicU64,
-    /// Free KV-cache blocks of full-attention and sliding-window layers.
-    pub free_blocks: [AtomicU64; 2],
-    pub prompt_tokens: AtomicU64,
-    pub generated_tokens: AtomicU64,
-    pub requests_finished: AtomicU64,
-    pub requests_cancelled: AtomicU64,
-}
-
-impl Stats {
-    fn update(&self, engine: &Engine) {
-        self.running
-            .store(engine.running() as u64, Ordering::Relaxed);
-        self.waiting
-            .store(engine.waiting() as u64, Ordering::Relaxed);
-        let free = engine.model.free_kv_blocks();
-        for (s, f) in self.free_blocks.iter().zip(free) {
-            s.store(f as u64, Ordering::Relaxed);
-        }
-    }
+/// A request's handler and its timing.
+struct Handler {
+    updates: mpsc::UnboundedSender<Update>,
+    arrived: Instant,
+    last_token: Option<Instant>,
 }
 
 /// The handlers' side of the loop.
@@ -96,6 +80,7 @@ impl Driver {
                 req,
                 updates,
                 reply,
+                arrived: Instant::now(),
             })
             .map_err(|_| Refused::Stopped)?;
         let id = answer.await.map_err(|_| Refused::Stopped)??;
@@ -109,7 +94,7 @@ fn run(
     max_queue: usize,
     stats: Arc<Stats>,
 ) {
-    let mut handlers: HashMap<RequestId, mpsc::UnboundedSender<Update>> = HashMap::new();
+    let mut handlers: HashMap<RequestId, Handler> = HashMap::new();
     loop {
         // Idle: sleep until a request comes (or every sender is gone: shut down).
         if !engine.has_work() {
@@ -125,7 +110,7 @@ fn run(
         // Requests whose client went away leave before the pass.
         let gone: Vec<RequestId> = handlers
             .iter()
-            .filter(|(_, h)| h.is_closed())
+            .filter(|(_, h)| h.updates.is_closed())
             .map(|(id, _)| *id)
             .collect();
         for id in &gone {
@@ -157,9 +142,10 @@ fn run(
                         &stats.generated_tokens
                     };
                     counter.fetch_add(1, Ordering::Relaxed);
-                    if let Some(h) = handlers.get(&id) {
+                    if let Some(h) = handlers.get_mut(&id) {
+                        h.observe(done, &stats);
                         // A closed receiver is noticed (and cancelled) before the next pass.
-                        let _ = h.send(Update::Event(ev));
+                        let _ = h.updates.send(Update::Event(ev));
                     }
                     if done {
                         handlers.remove(&id);
@@ -171,7 +157,7 @@ fn run(
                 let msg = e.to_string();
                 for (id, h) in handlers.drain() {
                     engine.cancel(id);
-                    let _ = h.send(Update::Failed(msg.clone()));
+                    let _ = h.updates.send(Update::Failed(msg.clone()));
                 }
                 stats.update(&engine);
             }
@@ -179,9 +165,28 @@ fn run(
     }
 }
 
+impl Handler {
+    /// Records a token's latency (or the request's, at its end).
+    fn observe(&mut self, finished: bool, stats: &Stats) {
+        let now = Instant::now();
+        let Ok(mut l) = stats.latency.lock() else {
+            return;
+        };
+        if finished {
+            l.e2e.observe((now - self.arrived).as_secs_f64());
+            return;
+        }
+        match self.last_token {
+            None => l.ttft.observe((now - self.arrived).as_secs_f64()),
+            Some(t) => l.itl.observe((now - t).as_secs_f64()),
+        }
+        self.last_token = Some(now);
+    }
+}
+
 fn accept(
     engine: &mut Engine,
-    handlers: &mut HashMap<RequestId, mpsc::UnboundedSender<Update>>,
+    handlers: &mut HashMap<RequestId, Handler>,
     s: Submit,
     max_queue: usize,
     stats: &Stats,
@@ -195,7 +200,14 @@ fn accept(
             .map_err(|e| Refused::Invalid(e.to_string()))
     };
     if let Ok(id) = answer {
-        handlers.insert(id, s.updates);
+        handlers.insert(
+            id,
+            Handler {
+                updates: s.updates,
+                arrived: s.arrived,
+                last_token: None,
+            },
+        );
         stats
             .prompt_tokens
             .fetch_add(s_prompt_len as u64, Ordering::Relaxed);

@@ -188,7 +188,7 @@ fn response(
             },
             json!({"input_tokens": prompt, "output_tokens": f.generated,
                    "total_tokens": prompt + f.generated,
-                   "input_tokens_details": {"cached_tokens": 0},
+                   "input_tokens_details": {"cached_tokens": f.cached},
                    "output_tokens_details": {"reasoning_tokens": 0}}),
         ),
     };
