@@ -49,13 +49,16 @@ const WG: u32 = 128u;
 const GL: u32 = 32u;
 // 8-weight units a lane has in flight per row, and tokens per workgroup: MULTI serves up to 8
 // (the Rust side reads this line), the plain variant one (batch-1 decode keeps its registers).
-const UNROLL: u32 = 4u;
+const ONE_UNROLL: u32 = 4u;
+const MULTI_UNROLL: u32 = 4u;
 #ifdef MULTI
 const MAX_T: u32 = 8u;
 const WG_ROWS: u32 = MULTI_ROWS;
+const UNROLL: u32 = MULTI_UNROLL;
 #else
 const MAX_T: u32 = 1u;
 const WG_ROWS: u32 = ROWS;
+const UNROLL: u32 = ONE_UNROLL;
 #endif
 const R: u32 = WG_ROWS / (WG / GL);
 const NSUM: u32 = R * MAX_T;

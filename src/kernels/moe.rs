@@ -23,9 +23,6 @@ struct Params {
     _pad: [u32; 2],
 }
 
-/// Rows per workgroup (R in the shader).
-const R: u32 = 8;
-
 /// The packed weights of experts [start, start + count) of one projection.
 pub struct ExpertChunk {
     pub start: u32,
@@ -97,7 +94,7 @@ fn params(s: &MoeShape, start: u32, count: u32) -> Params {
 }
 
 /// One dispatch per expert chunk for the passes above `vec_max_tokens`: `rows` output rows in
-/// workgroups of R rows, one workgroup row per expert of the chunk.
+/// workgroups of TR rows, one workgroup row per expert of the chunk.
 fn per_chunk<'a>(
     gpu: &Gpu,
     step: &wgpu::Buffer,
@@ -107,10 +104,11 @@ fn per_chunk<'a>(
     rows: u32,
     buffers: impl Fn(&'a ExpertChunk) -> Vec<&'a wgpu::Buffer>,
 ) -> Result<Vec<Dispatch>> {
+    let tile_rows = wgsl_const("moe.wgsl", "TR")?;
     let mut out = Vec::new();
     for c in chunks {
         let p = params(s, c.start, c.count);
-        let (bufs, x, y) = (buffers(c), rows.div_ceil(R), Count::Fixed(c.count));
+        let (bufs, x, y) = (buffers(c), rows.div_ceil(tile_rows), Count::Fixed(c.count));
         let d = Dispatch::new(gpu, key, step, bytemuck::bytes_of(&p), &bufs, x, y, 1)?;
         out.push(d.only_for(Count::Tokens, s.vec_max_tokens + 1..=u32::MAX));
     }
@@ -151,7 +149,7 @@ pub fn build(
         )?
         .only_for(Count::Tokens, grouped.clone()),
     );
-    let key = super::key(gpu, "moe.wgsl", "gate_up").define_if("GATE_UP", true);
+    let key = ShaderKey::new("moe.wgsl", "gate_up").define_if("GATE_UP", true);
     out.extend(per_chunk(
         gpu,
         step,
@@ -171,7 +169,7 @@ pub fn build(
             ]
         },
     )?);
-    let key = super::key(gpu, "moe.wgsl", "down").define_if("DOWN", true);
+    let key = ShaderKey::new("moe.wgsl", "down").define_if("DOWN", true);
     out.extend(per_chunk(gpu, step, s, &key, w.down, s.hidden, |c| {
         vec![
             b.act,
@@ -322,6 +320,9 @@ mod tests {
                 (3, 32, 96, 5, 1, 2),
                 // More experts per token than a workgroup has row groups.
                 (2, 64, 32, 8, 6, 3),
+                // Experts with several tiles of slots, rows not a multiple of the tile's.
+                (70, 96, 32, 2, 2, 1),
+                (300, 64, 64, 4, 2, 2),
             ] {
                 let s = MoeShape {
                     hidden: hd as u32,
