@@ -1,3 +1,7 @@
+#ifdef COOP
+enable f16;
+enable wgpu_cooperative_matrix;
+#endif
 // MoE experts with MXFP4 weights for passes of many tokens (prefill), grouped by expert: a
 // workgroup owns TR rows of one expert and runs the token-expert slots routed to it TS at a time as
 // a tiled matrix product. Each step of the K loop decodes one MXFP4 block of each of its rows into
@@ -20,19 +24,31 @@
 //   y [T*K, H]. Grid: (ceil(H / TR), e_count).
 // COMBINE: x[t, n] += sum_j y[t*K + j, n] (the residual add), j in order.
 //   Bindings: y, x [T, H]. Grid: (ceil(H / 64), T).
-// Variants: ROUTE, GATE_UP, DOWN or COMBINE (different bindings). Passes of a few tokens take
-// moe_vec.wgsl instead.
+// Variants: ROUTE, GATE_UP, DOWN or COMBINE (different bindings); COOP (GATE_UP and DOWN on
+// adapters with 16x16x16 f16 cooperative matrices and subgroups of 32: the tiles go to workgroup
+// memory as f16 and each subgroup multiplies 16 slots by the 64 rows on the tensor cores, f32
+// accumulation; the `fast` precision). Passes of a few tokens take moe_vec.wgsl instead.
 #include "common/step.wgsl"
 #include "common/mxfp4.wgsl"
 
 #include "common/moe_params.wgsl"
 
-// Slots and rows per tile (the Rust side reads the TR line), and per thread.
+// Rows per tile of each variant (the Rust side reads these two lines), slots per tile, and the
+// work of a thread (SIMT: 4 slots by 4 rows) or of a subgroup of 32 (COOP: 16 slots by 64 rows,
+// four accumulator tiles). SIMT's tiles fit the 16 KiB of workgroup memory WebGPU promises.
+const COOP_TR: u32 = 128u;
+const SIMT_TR: u32 = 64u;
+#ifdef COOP
+const TR: u32 = COOP_TR;
+const TS: u32 = 64u;
+const WG: u32 = 32u * (TS / 16u) * (TR / 64u);
+#else
+const TR: u32 = SIMT_TR;
 const TS: u32 = 32u;
-const TR: u32 = 64u;
 const MS: u32 = 4u;
 const MR: u32 = 4u;
 const WG: u32 = (TS / MS) * (TR / MR);
+#endif
 
 #ifdef ROUTE
 @group(0) @binding(2) var<storage, read> idx: array<u32>;
@@ -115,6 +131,152 @@ fn combine(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg:
 // GATE_UP and DOWN share the tiled projection.
 #ifndef ROUTE
 #ifndef COMBINE
+// Each slot of the tile: its id, or NONE past the live slots.
+var<workgroup> tile_slot: array<u32, TS>;
+const NONE: u32 = 0xffffffffu;
+
+// Fills tile_slot with slots j0 .. j0 + live of expert e.
+fn load_slots(lid: u32, e: u32, j0: u32, live: u32) {
+    workgroupBarrier();
+    for (var j = lid; j < TS; j += WG) {
+        tile_slot[j] = NONE;
+        if j < live {
+            tile_slot[j] = lists[e * p.list_stride + j0 + j];
+        }
+    }
+}
+
+#ifdef COOP
+// [slot][k] and [row][k] of the block, as f16 (values clamped to its range), rows KP apart:
+// the padding spreads a fragment's 16 rows over the memory banks.
+const KP: u32 = 40u;
+var<workgroup> x_h: array<f16, TS * KP>;
+var<workgroup> w_h: array<f16, TR * KP>;
+// Per subgroup, one 16 x 16 accumulator tile [slot][row] on its way out.
+var<workgroup> stage: array<f32, (WG / 32u) * 256u>;
+
+fn to_h(v: f32) -> f16 {
+    return f16(clamp(v, -65504.0, 65504.0));
+}
+
+// Subgroup sg's output tile n (its slots 16 ss .., rows r0 + 16 n ..) handed to store_rows.
+fn drain(c: coop_mat16x16<f32, C>, n: u32, sg: u32, lane: u32, e: u32, r0: u32) {
+    workgroupBarrier();
+    coopStoreT(c, &stage[sg * 256u], 16u);
+    workgroupBarrier();
+    let ss = sg % (TS / 16u);
+    for (var q = lane; q < 128u; q += 32u) {
+        let m = q / 8u;
+        let pr = q % 8u;
+        let slot = tile_slot[16u * ss + m];
+        if slot != NONE {
+            let at = sg * 256u + m * 16u + 2u * pr;
+            store_rows(e, slot, r0 + 16u * n + 2u * pr, vec2<f32>(stage[at], stage[at + 1u]));
+        }
+    }
+}
+
+// Global loads of one block for a thread, fetched a block ahead so that they are in flight while
+// the tensor cores work: item u < TR * 4 of the W tile is word u % 4 (8 codes) of row u / 4's
+// block; item u < TS * 4 of the X tile is inputs 8 (u % 4) .. + 7 of slot u / 4.
+const WI: u32 = (TR * 4u + WG - 1u) / WG;
+const XI: u32 = (TS * 4u + WG - 1u) / WG;
+struct Fetch {
+    words: array<u32, WI>,
+    scales: array<f32, WI>,
+    xs: array<vec2<f32>, 4u * XI>,
+}
+
+fn fetch(lid: u32, e_local: u32, row0: u32, rows: u32, n_blocks: u32, b: u32) -> Fetch {
+    var f: Fetch;
+    for (var i = 0u; i < WI; i++) {
+        let u = lid + i * WG;
+        let row = row0 + u / 4u;
+        if u < TR * 4u && row < rows {
+            let blk = (e_local * rows + row) * n_blocks + b;
+            f.words[i] = blocks[blk][u % 4u];
+            f.scales[i] = mx_scale(byte_of(scales[blk / 4u], blk));
+        }
+    }
+    for (var i = 0u; i < XI; i++) {
+        let u = lid + i * WG;
+        if u < TS * 4u {
+            let slot = tile_slot[u / 4u];
+            if slot != NONE {
+                let at = input_base(slot) / 2u + b * 16u + (u % 4u) * 4u;
+                for (var c = 0u; c < 4u; c++) {
+                    f.xs[4u * i + c] = input(at + c);
+                }
+            }
+        }
+    }
+    return f;
+}
+
+// Writes a fetched block into the tiles as f16.
+fn stash(lid: u32, f: Fetch) {
+    for (var i = 0u; i < WI; i++) {
+        let u = lid + i * WG;
+        if u < TR * 4u {
+            let at = (u / 4u) * KP + (u % 4u) * 8u;
+            for (var j = 0u; j < 4u; j++) {
+                let v = fp4_pair((f.words[i] >> (4u * j)) & 0x000f000fu) * f.scales[i];
+                w_h[at + j] = to_h(v.x);
+                w_h[at + j + 4u] = to_h(v.y);
+            }
+        }
+    }
+    for (var i = 0u; i < XI; i++) {
+        let u = lid + i * WG;
+        if u < TS * 4u {
+            let at = (u / 4u) * KP + (u % 4u) * 8u;
+            for (var c = 0u; c < 4u; c++) {
+                x_h[at + 2u * c] = to_h(f.xs[4u * i + c].x);
+                x_h[at + 2u * c + 1u] = to_h(f.xs[4u * i + c].y);
+            }
+        }
+    }
+}
+
+// The tile's products: slots tile_slot[..] by rows [row0, row0 + TR) of the expert's `rows`
+// (k inputs), one MXFP4 block at a time, handed to store_rows.
+fn run_tile(lid: u32, e_local: u32, row0: u32, rows: u32, k: u32, e: u32, j0: u32, live: u32) {
+    load_slots(lid, e, j0, live);
+    workgroupBarrier();
+    let n_blocks = k / 32u;
+    // Subgroup sg multiplies slots 16 ss .. by rows 64 sr .. of the tile.
+    let sg = lid / 32u;
+    let lane = lid % 32u;
+    let ss = sg % (TS / 16u);
+    let sr = sg / (TS / 16u);
+    var c0 = coop_mat16x16<f32, C>();
+    var c1 = coop_mat16x16<f32, C>();
+    var c2 = coop_mat16x16<f32, C>();
+    var c3 = coop_mat16x16<f32, C>();
+    var f = fetch(lid, e_local, row0, rows, n_blocks, 0u);
+    for (var b = 0u; b < n_blocks; b++) {
+        workgroupBarrier();
+        stash(lid, f);
+        if b + 1u < n_blocks {
+            f = fetch(lid, e_local, row0, rows, n_blocks, b + 1u);
+        }
+        workgroupBarrier();
+        for (var kk = 0u; kk < 32u; kk += 16u) {
+            let a = coopLoadT<coop_mat16x16<f16, A>>(&x_h[16u * ss * KP + kk], KP);
+            let w0 = 64u * sr * KP + kk;
+            c0 = coopMultiplyAdd(a, coopLoad<coop_mat16x16<f16, B>>(&w_h[w0], KP), c0);
+            c1 = coopMultiplyAdd(a, coopLoad<coop_mat16x16<f16, B>>(&w_h[w0 + 16u * KP], KP), c1);
+            c2 = coopMultiplyAdd(a, coopLoad<coop_mat16x16<f16, B>>(&w_h[w0 + 32u * KP], KP), c2);
+            c3 = coopMultiplyAdd(a, coopLoad<coop_mat16x16<f16, B>>(&w_h[w0 + 48u * KP], KP), c3);
+        }
+    }
+    let r0 = row0 + 64u * sr;
+    drain(c0, 0u, sg, lane, e, r0);
+    drain(c1, 1u, sg, lane, e, r0);
+    drain(c2, 2u, sg, lane, e, r0);
+    drain(c3, 3u, sg, lane, e, r0);
+}
+#else
 // [k][TR / 4]: rows 4q .. 4q + 3 of the tile at input k of the block.
 var<workgroup> w_tile: array<vec4<f32>, 32u * TR / 4u>;
 // [k][TS / 4]: slots 4q .. 4q + 3 of the tile at input k of the block.
@@ -125,56 +287,49 @@ fn fp4_two(q: u32) -> vec2<f32> {
     return fp4_pair((q & 0xfu) | ((q & 0xf0u) << 12u));
 }
 
-// acc[a][b] = sum over k of input(slot j0 + 4 sq + a)[k] * W[row0 + 4 rq + b, k] for the tile's
-// slots (lists[e, j0 ..], `live` of them) and rows [row0, row0 + TR) of the expert's `rows`;
-// thread lid computes slots 4 sq .. and rows 4 rq .. (sq = lid / (TR / 4), rq = lid % (TR / 4)).
-fn project(lid: u32, e_local: u32, row0: u32, rows: u32, k: u32, e: u32, j0: u32, live: u32)
-    -> array<vec4<f32>, MS> {
+// The tile's products: slots tile_slot[..] by rows [row0, row0 + TR) of the expert's `rows`
+// (k inputs), handed to store_rows. Thread lid accumulates slots 4 sq .. 4 sq + 3 by rows
+// 4 rq .. 4 rq + 3 (sq = lid / (TR / 4), rq = lid % (TR / 4)).
+fn run_tile(lid: u32, e_local: u32, row0: u32, rows: u32, k: u32, e: u32, j0: u32, live: u32) {
+    load_slots(lid, e, j0, live);
     let n_blocks = k / 32u;
-    // Loading: thread (lq, lk) decodes inputs 4 lk .. 4 lk + 3 of rows 4 lq .. 4 lq + 3, and
-    // reads inputs 2 ik, 2 ik + 1 of slots 4 iq .. 4 iq + 3.
-    let lq = lid % (TR / 4u);
-    let lk = lid / (TR / 4u);
-    let iq = lid % (TS / 4u);
-    let ik = lid / (TS / 4u);
-    var slot_base: array<u32, 4>;
-    for (var a = 0u; a < 4u; a++) {
-        let j = 4u * iq + a;
-        slot_base[a] = 0xffffffffu;
-        if j < live {
-            slot_base[a] = input_base(lists[e * p.list_stride + j0 + j]) / 2u;
-        }
-    }
     let rq = lid % (TR / 4u);
     let sq = lid / (TR / 4u);
     var acc: array<vec4<f32>, MS>;
     for (var b = 0u; b < n_blocks; b++) {
-        var v: array<vec4<f32>, 4>;
-        for (var r = 0u; r < 4u; r++) {
-            let row = row0 + 4u * lq + r;
-            var q = vec4<f32>(0.0);
-            if row < rows {
-                let blk = (e_local * rows + row) * n_blocks + b;
-                let word = blocks[blk][lk / 2u] >> (16u * (lk % 2u));
-                let sc = mx_scale(byte_of(scales[blk / 4u], blk));
-                q = vec4<f32>(fp4_two(word & 0xffu), fp4_two((word >> 8u) & 0xffu)) * sc;
-            }
-            v[r] = q;
-        }
-        var xs: array<vec2<f32>, 4>;
-        for (var a = 0u; a < 4u; a++) {
-            if slot_base[a] != 0xffffffffu {
-                xs[a] = input(slot_base[a] + b * 16u + ik);
-            } else {
-                xs[a] = vec2<f32>(0.0);
-            }
-        }
         workgroupBarrier();
-        for (var c = 0u; c < 4u; c++) {
-            w_tile[(4u * lk + c) * (TR / 4u) + lq] = vec4<f32>(v[0][c], v[1][c], v[2][c], v[3][c]);
+        // Item u decodes inputs 4 lk .. 4 lk + 3 of rows 4 lq .. 4 lq + 3 (lq = u % (TR / 4)).
+        for (var u = lid; u < 8u * (TR / 4u); u += WG) {
+            let lq = u % (TR / 4u);
+            let lk = u / (TR / 4u);
+            var v: array<vec4<f32>, 4>;
+            for (var r = 0u; r < 4u; r++) {
+                let row = row0 + 4u * lq + r;
+                if row < rows {
+                    let blk = (e_local * rows + row) * n_blocks + b;
+                    let word = blocks[blk][lk / 2u] >> (16u * (lk % 2u));
+                    let sc = mx_scale(byte_of(scales[blk / 4u], blk));
+                    v[r] = vec4<f32>(fp4_two(word & 0xffu), fp4_two((word >> 8u) & 0xffu)) * sc;
+                }
+            }
+            for (var c = 0u; c < 4u; c++) {
+                w_tile[(4u * lk + c) * (TR / 4u) + lq] = vec4<f32>(v[0][c], v[1][c], v[2][c], v[3][c]);
+            }
         }
-        for (var c = 0u; c < 2u; c++) {
-            x_tile[(2u * ik + c) * (TS / 4u) + iq] = vec4<f32>(xs[0][c], xs[1][c], xs[2][c], xs[3][c]);
+        // Item u reads inputs 2 ik, 2 ik + 1 of slots 4 iq .. 4 iq + 3 (iq = u % (TS / 4)).
+        for (var u = lid; u < 16u * (TS / 4u); u += WG) {
+            let iq = u % (TS / 4u);
+            let ik = u / (TS / 4u);
+            var xs: array<vec2<f32>, 4>;
+            for (var a = 0u; a < 4u; a++) {
+                let slot = tile_slot[4u * iq + a];
+                if slot != NONE {
+                    xs[a] = input(input_base(slot) / 2u + b * 16u + ik);
+                }
+            }
+            for (var c = 0u; c < 2u; c++) {
+                x_tile[(2u * ik + c) * (TS / 4u) + iq] = vec4<f32>(xs[0][c], xs[1][c], xs[2][c], xs[3][c]);
+            }
         }
         workgroupBarrier();
         for (var kk = 0u; kk < 32u; kk++) {
@@ -186,8 +341,17 @@ fn project(lid: u32, e_local: u32, row0: u32, rows: u32, k: u32, e: u32, j0: u32
             acc[3] += xv.w * wv;
         }
     }
-    return acc;
+    for (var a = 0u; a < MS; a++) {
+        let slot = tile_slot[4u * sq + a];
+        if slot != NONE {
+            for (var pr = 0u; pr < 2u; pr++) {
+                let v = vec2<f32>(acc[a][2u * pr], acc[a][2u * pr + 1u]);
+                store_rows(e, slot, row0 + 4u * rq + 2u * pr, v);
+            }
+        }
+    }
 }
+#endif
 
 // Slots routed to expert e (none when the pass has no tokens).
 fn expert_slots(e: u32) -> u32 {
@@ -206,37 +370,24 @@ fn input_base(slot: u32) -> u32 {
     return (slot / p.top_k) * p.hidden;
 }
 
+// Rows `row` (even) and row + 1 of a slot are one gate/up pair.
+fn store_rows(e: u32, slot: u32, row: u32, v: vec2<f32>) {
+    let i = row / 2u;
+    if i < p.inter {
+        let rb = e * 2u * p.inter + row;
+        let gate = min(v.x + bias[rb], p.limit);
+        let up = clamp(v.y + bias[rb + 1u], -p.limit, p.limit);
+        let glu = gate / (1.0 + exp(-p.alpha * gate));
+        act[slot * p.inter + i] = glu * (up + 1.0);
+    }
+}
+
 @compute @workgroup_size(WG)
 fn gate_up(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>) {
     let e = p.e_start + wg.y;
     let n = expert_slots(e);
-    let rows = 2u * p.inter;
-    let row0 = wg.x * TR;
-    let rq = lid % (TR / 4u);
-    let sq = lid / (TR / 4u);
     for (var j0 = 0u; j0 < n; j0 += TS) {
-        let live = min(TS, n - j0);
-        let acc = project(lid, wg.y, row0, rows, p.hidden, e, j0, live);
-        // Rows 4 rq .. 4 rq + 3 are two gate/up pairs.
-        for (var a = 0u; a < 4u; a++) {
-            let j = 4u * sq + a;
-            if j >= live {
-                break;
-            }
-            let slot = lists[e * p.list_stride + j0 + j];
-            for (var pr = 0u; pr < 2u; pr++) {
-                let i = row0 / 2u + 2u * rq + pr;
-                if i < p.inter {
-                    let rb = e * rows + 2u * i;
-                    var gate = acc[a][2u * pr] + bias[rb];
-                    var up = acc[a][2u * pr + 1u] + bias[rb + 1u];
-                    gate = min(gate, p.limit);
-                    up = clamp(up, -p.limit, p.limit);
-                    let glu = gate / (1.0 + exp(-p.alpha * gate));
-                    act[slot * p.inter + i] = glu * (up + 1.0);
-                }
-            }
-        }
+        run_tile(lid, wg.y, wg.x * TR, 2u * p.inter, p.hidden, e, j0, min(TS, n - j0));
     }
 }
 #endif
@@ -251,29 +402,22 @@ fn input_base(slot: u32) -> u32 {
     return slot * p.inter;
 }
 
+// Rows `row` (even) and row + 1 of a slot, weighted, with the bias.
+fn store_rows(e: u32, slot: u32, row: u32, v: vec2<f32>) {
+    for (var c = 0u; c < 2u; c++) {
+        let n = row + c;
+        if n < p.hidden {
+            y[slot * p.hidden + n] = wts[slot] * (v[c] + bias[e * p.hidden + n]);
+        }
+    }
+}
+
 @compute @workgroup_size(WG)
 fn down(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>) {
     let e = p.e_start + wg.y;
     let n = expert_slots(e);
-    let row0 = wg.x * TR;
-    let rq = lid % (TR / 4u);
-    let sq = lid / (TR / 4u);
     for (var j0 = 0u; j0 < n; j0 += TS) {
-        let live = min(TS, n - j0);
-        let acc = project(lid, wg.y, row0, p.hidden, p.inter, e, j0, live);
-        for (var a = 0u; a < 4u; a++) {
-            let j = 4u * sq + a;
-            if j >= live {
-                break;
-            }
-            let s = lists[e * p.list_stride + j0 + j];
-            for (var r = 0u; r < 4u; r++) {
-                let row = row0 + 4u * rq + r;
-                if row < p.hidden {
-                    y[s * p.hidden + row] = wts[s] * (acc[a][r] + bias[e * p.hidden + row]);
-                }
-            }
-        }
+        run_tile(lid, wg.y, wg.x * TR, p.hidden, p.inter, e, j0, min(TS, n - j0));
     }
 }
 #endif

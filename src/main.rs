@@ -87,6 +87,11 @@ struct ModelArgs {
     /// Keep the KV cache in f32 (default: f16 where the adapter supports it, half the memory).
     #[arg(long)]
     kv_f32: bool,
+    /// `exact`: f32 throughout, KV cache included; `fast`: f16 KV cache and, where the adapter
+    /// has cooperative matrices, tensor cores (f16 inputs, f32 sums) for prompts. Default: fast,
+    /// except for `logits`.
+    #[arg(long, value_enum)]
+    precision: Option<Precision>,
     /// GPU memory for the KV cache, e.g. 8GiB, 512M or bytes (default: a whole context for
     /// every sequence). Sequences take blocks of it as they grow; when it runs out the newest
     /// waits, and blocks of ended requests stay cached for prompts that start the same way.
@@ -94,6 +99,12 @@ struct ModelArgs {
     kv_cache_memory: Option<u64>,
     #[command(flatten)]
     device: DeviceArgs,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Precision {
+    Exact,
+    Fast,
 }
 
 /// A size in bytes: a number with an optional unit, K/M/G/T or KiB/MiB/GiB/TiB (powers of
@@ -434,11 +445,13 @@ fn load(m: &ModelArgs, ckpt: Checkpoint, max_seqs: u32) -> Result<Engine> {
             gpu.info.name
         );
     }
+    let fast = m.precision != Some(Precision::Exact);
     let opts = ModelOptions {
         max_tokens: m.chunk,
         max_seqs,
         max_context: context(m, &ckpt),
-        kv_f16: !m.kv_f32,
+        kv_f16: fast && !m.kv_f32,
+        coop: fast,
         kv_cache_bytes: m.kv_cache_memory,
     };
     let pb = bar(0, "loading");
@@ -981,9 +994,11 @@ fn parse(a: &ParseArgs) -> Result<()> {
 }
 
 fn logits(a: &LogitsArgs) -> Result<()> {
-    let ckpt = open(&a.model)?;
+    let mut m = a.model.clone();
+    m.precision.get_or_insert(Precision::Exact);
+    let ckpt = open(&m)?;
     let n = a.token_ids.len();
-    let ctx = context(&a.model, &ckpt);
+    let ctx = context(&m, &ckpt);
     if n == 0 || n > ctx as usize {
         bail!("{n} tokens do not fit a context of {ctx} (raise --max-context)");
     }
@@ -991,7 +1006,7 @@ fn logits(a: &LogitsArgs) -> Result<()> {
     if let Some(bad) = a.token_ids.iter().find(|&&t| t >= vocab) {
         bail!("token id {bad} is outside the vocabulary of {vocab}");
     }
-    let engine = load(&a.model, ckpt, 1)?;
+    let engine = load(&m, ckpt, 1)?;
     let model = &engine.model;
     let vocab = vocab as usize;
     let mut all = Vec::with_capacity(n * vocab);

@@ -61,7 +61,7 @@ fn checkpoint() -> tempfile::TempDir {
 }
 
 fn engine(dir: &Path, opts: GpuOptions, max_tokens: u32, kv_f16: bool) -> Option<Engine> {
-    engine_with(dir, opts, max_tokens, kv_f16, None)
+    engine_with(dir, opts, max_tokens, kv_f16, None, false)
 }
 
 fn engine_with(
@@ -70,6 +70,7 @@ fn engine_with(
     max_tokens: u32,
     kv_f16: bool,
     kv_cache_bytes: Option<u64>,
+    coop: bool,
 ) -> Option<Engine> {
     let gpu = match pollster::block_on(Gpu::new(&opts)) {
         Ok(g) => g,
@@ -84,6 +85,7 @@ fn engine_with(
         max_seqs: 2,
         max_context: 256,
         kv_f16,
+        coop,
         kv_cache_bytes,
     };
     Some(Engine::load_dir(Arc::new(gpu), dir, opts, &mut |_, _| {}).unwrap())
@@ -293,6 +295,47 @@ fn f16_kv_cache_stays_close() {
     assert!(worst < 2e-2, "max |diff| {worst}");
 }
 
+/// The `fast` precision (f16 KV cache, expert products on the tensor cores with f16 inputs and
+/// f32 sums) on adapters with cooperative matrices: relative L2 of the logits within 5e-3 of
+/// transformers' float32, and the same top token wherever the reference's top two are more than
+/// 0.05 apart. Skipped elsewhere (lavapipe has no cooperative matrices).
+#[test]
+fn fast_precision_stays_close() {
+    let f = fixture();
+    let dir = checkpoint();
+    let Some(e) = engine_with(dir.path(), GpuOptions::default(), 256, true, None, true) else {
+        return;
+    };
+    if !e.model.gpu.caps.coop {
+        eprintln!("skipping: the adapter has no cooperative matrices");
+        return;
+    }
+    let got = all_logits(&e, &f.ids, 256);
+    let vocab = e.model.cfg.vocab as usize;
+    let (mut num, mut den) = (0.0f64, 0.0f64);
+    for (g, r) in got.iter().zip(&f.logits) {
+        num += ((g - r) as f64).powi(2);
+        den += (*r as f64).powi(2);
+    }
+    let rel = (num / den).sqrt();
+    let argmax = |v: &[f32]| (0..v.len()).max_by(|a, b| v[*a].total_cmp(&v[*b])).unwrap();
+    let mut checked = 0;
+    for p in 0..f.ids.len() {
+        let (g, r) = (
+            &got[p * vocab..(p + 1) * vocab],
+            &f.logits[p * vocab..(p + 1) * vocab],
+        );
+        let mut top: Vec<f32> = r.to_vec();
+        top.sort_by(|a, b| b.total_cmp(a));
+        if top[0] - top[1] > 0.05 {
+            assert_eq!(argmax(g), argmax(r), "top token at position {p}");
+            checked += 1;
+        }
+    }
+    eprintln!("fast: relative L2 {rel:.2e}; top token equal at {checked} clear positions");
+    assert!(rel <= 5e-3, "relative L2 error {rel}");
+}
+
 /// Several requests batched into the same forward passes (their prompts split into chunks and
 /// interleaved with each other's decode tokens) produce what each produces alone.
 #[test]
@@ -417,7 +460,15 @@ fn a_full_kv_cache_preempts_and_changes_nothing() {
         .map(|p| run(&mut probe, std::slice::from_ref(p), 60).0[0].clone())
         .collect();
     drop(probe);
-    let mut e = engine_with(dir.path(), GpuOptions::default(), 40, false, Some(budget)).unwrap();
+    let mut e = engine_with(
+        dir.path(),
+        GpuOptions::default(),
+        40,
+        false,
+        Some(budget),
+        false,
+    )
+    .unwrap();
     assert_eq!(e.model.cache().sizes.blocks[0] as u64, entries);
     let (together, _) = run(&mut e, &prompts, 60);
     assert!(e.stats.preemptions > 0, "{:?}", e.stats);

@@ -31,6 +31,9 @@ pub struct Caps {
     /// Most storage buffers one kernel may bind (8 is all WebGPU promises; fused kernels that
     /// need more have an unfused fallback).
     pub storage_buffers: u32,
+    /// 16x16x16 cooperative matrices (f16 inputs, f32 accumulators) on subgroups of exactly 32
+    /// invocations: the tensor-core kernels of the `fast` precision.
+    pub coop: bool,
 }
 
 /// How to pick and set up the device.
@@ -117,6 +120,24 @@ pub async fn adapters(backends: Option<wgpu::Backends>) -> Vec<wgpu::Adapter> {
     instance.enumerate_adapters(wgpu::Backends::all()).await
 }
 
+/// Whether the adapter runs moe.wgsl's COOP kernels: 16x16x16 f16 x f16 + f32 matrices, f16
+/// shaders and subgroups of exactly 32 (the kernels count subgroups by invocation index).
+fn coop_fits(adapter: &wgpu::Adapter) -> bool {
+    let f = adapter.features();
+    let need = wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX
+        | wgpu::Features::SHADER_F16
+        | wgpu::Features::SUBGROUP;
+    let info = adapter.get_info();
+    f.contains(need)
+        && info.subgroup_min_size == 32
+        && info.subgroup_max_size == 32
+        && adapter.cooperative_matrix_properties().iter().any(|p| {
+            (p.m_size, p.n_size, p.k_size) == (16, 16, 16)
+                && p.ab_type == wgpu::CooperativeScalarType::F16
+                && p.cr_type == wgpu::CooperativeScalarType::F32
+        })
+}
+
 impl Gpu {
     /// Opens the adapter the options select (the default high-performance one otherwise).
     pub async fn new(opts: &GpuOptions) -> Result<Gpu> {
@@ -148,8 +169,12 @@ impl Gpu {
         };
         let available = adapter.features();
         let mut wanted = wgpu::Features::TIMESTAMP_QUERY;
+        let coop = !opts.portable && coop_fits(&adapter);
         if !opts.portable {
             wanted |= wgpu::Features::SHADER_F16 | wgpu::Features::SUBGROUP;
+        }
+        if coop {
+            wanted |= wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX;
         }
         let features = available & wanted;
         // Ask for everything the adapter allows: weights want the largest bindings and buffers.
@@ -159,11 +184,19 @@ impl Gpu {
                 label: Some("gpt-oss"),
                 required_features: features,
                 required_limits: limits,
+                // SAFETY: the one experimental feature asked for is cooperative matrices, used
+                // only by kernels that a test checks against the f32 path on such adapters.
+                experimental_features: if coop {
+                    unsafe { wgpu::ExperimentalFeatures::enabled() }
+                } else {
+                    wgpu::ExperimentalFeatures::disabled()
+                },
                 ..Default::default()
             })
             .await
             .map_err(|e| Error::Device(format!("cannot open {}: {e}", adapter.get_info().name)))?;
         let mut gpu = Gpu::from_device(device, queue, adapter.get_info());
+        gpu.caps.coop = coop;
         if opts.portable {
             // What WebGPU promises everywhere: the browser path's binding budget.
             gpu.caps.storage_buffers = gpu.caps.storage_buffers.min(8);
@@ -190,6 +223,8 @@ impl Gpu {
             max_invocations: l.max_compute_invocations_per_workgroup,
             max_workgroups_per_dim: l.max_compute_workgroups_per_dimension,
             storage_buffers: l.max_storage_buffers_per_shader_stage,
+            // Only known for adapters we open (the adapter's matrix shapes are needed).
+            coop: false,
         };
         Gpu {
             device,

@@ -78,10 +78,18 @@ pub fn all_variants() -> Vec<ShaderKey> {
         }
         out.push(k("moe_vec.wgsl", "gate_up").define_if("GATE_UP", true));
         out.push(k("moe_vec.wgsl", "down").define_if("DOWN", true));
-        out.push(k("moe.wgsl", "gate_up").define_if("GATE_UP", true));
-        out.push(k("moe.wgsl", "down").define_if("DOWN", true));
+
         out.push(ShaderKey::new("moe.wgsl", "route").define_if("ROUTE", true));
         out.push(ShaderKey::new("moe.wgsl", "combine").define_if("COMBINE", true));
+    }
+    for coop in [false, true] {
+        let moe = |entry, define| {
+            ShaderKey::new("moe.wgsl", entry)
+                .define_if(define, true)
+                .define_if("COOP", coop)
+        };
+        out.push(moe("gate_up", "GATE_UP"));
+        out.push(moe("down", "DOWN"));
     }
     out.push(ShaderKey::new("embed.wgsl", "main"));
     out.push(ShaderKey::new("sample.wgsl", "scan").define_if("SCAN", true));

@@ -48,6 +48,8 @@ pub struct MoeShape {
     pub vec_max_tokens: u32,
     /// Slices of the router's partial logits that the per-slot gate_up adds up.
     pub router_slices: u32,
+    /// The grouped products on cooperative matrices (`Caps::coop` must hold).
+    pub coop: bool,
 }
 
 /// The buffers one MoE layer works on.
@@ -104,7 +106,7 @@ fn per_chunk<'a>(
     rows: u32,
     buffers: impl Fn(&'a ExpertChunk) -> Vec<&'a wgpu::Buffer>,
 ) -> Result<Vec<Dispatch>> {
-    let tile_rows = wgsl_const("moe.wgsl", "TR")?;
+    let tile_rows = wgsl_const("moe.wgsl", if s.coop { "COOP_TR" } else { "SIMT_TR" })?;
     let mut out = Vec::new();
     for c in chunks {
         let p = params(s, c.start, c.count);
@@ -149,7 +151,9 @@ pub fn build(
         )?
         .only_for(Count::Tokens, grouped.clone()),
     );
-    let key = ShaderKey::new("moe.wgsl", "gate_up").define_if("GATE_UP", true);
+    let key = ShaderKey::new("moe.wgsl", "gate_up")
+        .define_if("GATE_UP", true)
+        .define_if("COOP", s.coop);
     out.extend(per_chunk(
         gpu,
         step,
@@ -169,7 +173,9 @@ pub fn build(
             ]
         },
     )?);
-    let key = ShaderKey::new("moe.wgsl", "down").define_if("DOWN", true);
+    let key = ShaderKey::new("moe.wgsl", "down")
+        .define_if("DOWN", true)
+        .define_if("COOP", s.coop);
     out.extend(per_chunk(gpu, step, s, &key, w.down, s.hidden, |c| {
         vec![
             b.act,
@@ -334,6 +340,7 @@ mod tests {
                     max_slots: (t * k) as u32,
                     vec_max_tokens: 0,
                     router_slices: 1,
+                    coop: false,
                 };
                 let (gu_b, gu_s) = random_mxfp4(&mut rng, e * 2 * it, hd);
                 let (dn_b, dn_s) = random_mxfp4(&mut rng, e * hd, it);
@@ -397,8 +404,9 @@ mod tests {
                     down: &dn,
                     down_bias: &dbb,
                 };
-                // Both paths on the same inputs: grouped by expert, and per slot.
-                let run = |vec_max_tokens: u32| {
+                // Every path on the same inputs: grouped by expert (on the tensor cores too
+                // where the adapter has them), and per slot.
+                let run = |vec_max_tokens: u32, coop: bool| {
                     let xb = gpu.upload("x", f32_bytes(&x0)).unwrap();
                     // The grouped path reads the picks; the per-slot path writes them.
                     let (ib, wb) = if vec_max_tokens == 0 {
@@ -425,6 +433,7 @@ mod tests {
                     let shape = MoeShape {
                         vec_max_tokens,
                         router_slices: slices as u32,
+                        coop,
                         ..s
                     };
                     let d = build(gpu, &step, &shape, &bufs, &ws).unwrap();
@@ -443,7 +452,13 @@ mod tests {
                     );
                     gpu.read_f32(&xb, t * hd).unwrap()
                 };
-                let paths = [(0, run(0)), (t as u32, run(t as u32))];
+                let mut paths = vec![
+                    (0, false, run(0, false)),
+                    (t as u32, false, run(t as u32, false)),
+                ];
+                if gpu.caps.coop {
+                    paths.push((0, true, run(0, true)));
+                }
 
                 let mut want = x0.clone();
                 for ti in 0..t {
@@ -479,11 +494,13 @@ mod tests {
                         }
                     }
                 }
-                for (vec_max, got) in &paths {
+                for (vec_max, coop, got) in &paths {
+                    // f32 throughout, or f16 inputs to the tensor cores (unit roundoff 2^-11).
+                    let tol = if *coop { 1e-5 } else { 1e-11 };
                     let e2 = nmse(got, &want);
                     assert!(
-                        e2 < 1e-11,
-                        "t={t} h={hd} i={it} vec_max={vec_max}: nmse {e2}"
+                        e2 < tol,
+                        "t={t} h={hd} i={it} vec_max={vec_max} coop={coop}: nmse {e2}"
                     );
                 }
             }

@@ -38,6 +38,9 @@ pub struct ModelOptions {
     /// Store the KV cache in f16 where the adapter has SHADER_F16 (half the memory and attention
     /// bandwidth; keys and values rounded to f16). False keeps it in f32.
     pub kv_f16: bool,
+    /// Run the many-token passes' expert products on the tensor cores (f16 inputs, f32
+    /// accumulation) where the adapter has cooperative matrices: the `fast` precision.
+    pub coop: bool,
     /// GPU bytes for the KV cache; None gives every sequence slot a whole context. Less makes
     /// sequences share the pool as they grow (see `kv_cache::PoolSizes`).
     pub kv_cache_bytes: Option<u64>,
@@ -50,6 +53,7 @@ impl Default for ModelOptions {
             max_seqs: 4,
             max_context: 8192,
             kv_f16: true,
+            coop: true,
             kv_cache_bytes: None,
         }
     }
@@ -169,6 +173,7 @@ struct Graph<'a> {
     acts: &'a Activations,
     max_tokens: u32,
     kv_f16: bool,
+    coop: bool,
 }
 
 impl Graph<'_> {
@@ -393,6 +398,7 @@ impl Graph<'_> {
             max_slots: self.max_tokens * c.top_k,
             vec_max_tokens: VEC_MAX_TOKENS,
             router_slices: router::slices(c.hidden)?,
+            coop: self.coop,
         };
         let buffers = MoeBuffers {
             router_part: &a.router_part,
@@ -474,6 +480,7 @@ impl Model {
             acts: &acts,
             max_tokens: opts.max_tokens,
             kv_f16,
+            coop: opts.coop && g.caps.coop,
         };
         let dispatches = graph.build(&weights, &cache, &rope_table)?;
         let ids_staging = g.device.create_buffer(&wgpu::BufferDescriptor {
