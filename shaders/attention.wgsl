@@ -1,12 +1,18 @@
-// Causal attention with sinks, sliding window and GQA, one workgroup per (query head, token).
+// Causal attention with sinks, sliding window and GQA for passes of many tokens (prefill).
 // Query head h reads KV head h / (NH / NKV). The sink is a learned logit per head that joins the
 // softmax denominator only: p_j = exp(s_j - m) / (sum exp(s_j - m) + exp(sink - m)). Starting the
 // online softmax at m = sink, l = 1 includes it exactly once.
 // Bindings: tokens [T], qkv [T, (NH + 2 NKV) * D] (q already rotated), k_cache, v_cache (the
 // paged pools, read through kv_table: common/kv_table.wgsl), sinks [NH] f32, out [T, NH * D] f32,
 // kv_table [seqs, entries] u32.
-// Grid: (NH, T). Keys are visited in chunks of WG: one score per thread, then the chunk's
-// contribution to each output dim. Keys are read 4 dims per load (D is a multiple of 4).
+// main: one workgroup per (query head, token), any head dim up to MAX_D. Grid: (NH, T). Keys are
+//   visited in chunks of WG: one score per thread, then the chunk's contribution to each output
+//   dim. Keys are read 4 dims per load (D is a multiple of 4).
+// tiled (head dims up to TD, GQA groups dividing ROWS): one workgroup per (KV head, ROWS / G
+//   consecutive tokens), whose ROWS query rows (the G heads of the KV head for each token) share
+//   every key and value it loads: keys stream through workgroup memory BK at a time, each row
+//   keeps an online softmax (flash attention). A row's TPR threads each score BK / TPR keys
+//   and accumulate every TPR-th 4 output dims. Grid: (NKV, ceil(T / (ROWS / G))).
 // Variants: KV_F16 (cache stored in f16, math in f32).
 #include "common/kv_table.wgsl"
 #include "common/step.wgsl"
@@ -98,6 +104,136 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: ve
         let i = lid + k * WG;
         if i < d {
             out[t * p.n_heads * d + h * d + i] = acc[k] / l;
+        }
+    }
+}
+
+// The tiled kernel's shape: query rows per workgroup, threads per row, keys per tile, and the
+// largest head dim (the Rust side reads these lines).
+const ROWS: u32 = 32u;
+const TPR: u32 = 4u;
+const BK: u32 = 16u;
+const TD: u32 = 64u;
+
+var<workgroup> k_tile: array<vec4<f32>, BK * TD / 4u>;
+var<workgroup> v_tile: array<vec4<f32>, BK * TD / 4u>;
+var<workgroup> s_tile: array<f32, ROWS * BK>;
+
+// The visible keys of a token: [first, pos].
+fn first_key(pos: u32) -> u32 {
+    if p.window > 0u && pos + 1u > p.window {
+        return pos + 1u - p.window;
+    }
+    return 0u;
+}
+
+@compute @workgroup_size(ROWS * TPR)
+fn tiled(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>) {
+    let group = p.n_heads / p.n_kv;
+    let per_wg = ROWS / group;
+    let kvh = wg.x;
+    let t0 = wg.y * per_wg;
+    let t_end = min(t0 + per_wg, step.tokens);
+    let d4 = p.head_dim / 4u;
+    // This thread's row: token tq, query head h; c picks its keys and output dims.
+    let r = lid / TPR;
+    let c = lid % TPR;
+    let tq = t0 + r / group;
+    let h = kvh * group + r % group;
+    let live = tq < t_end;
+    var tok: TokenInfo;
+    var q: array<vec4<f32>, TD / 4u>;
+    var m = 0.0;
+    if live {
+        tok = tokens[tq];
+        let q0 = (tq * (p.n_heads + 2u * p.n_kv) + h) * p.head_dim;
+        for (var i = 0u; i < d4; i++) {
+            let b = q0 + 4u * i;
+            q[i] = vec4<f32>(qkv[b], qkv[b + 1u], qkv[b + 2u], qkv[b + 3u]) * p.scale;
+        }
+        m = sinks[h];
+    }
+    let lo = first_key(tok.pos);
+    var l = 1.0;
+    var acc: array<vec4<f32>, TD / 16u>;
+    // The tile's tokens, run by run of one sequence: a run's rows share its keys.
+    var ta = t0;
+    while ta < t_end {
+        let seq = tokens[ta].seq;
+        var tb = ta;
+        var k_lo = 0xffffffffu;
+        var k_hi = 0u;
+        while tb < t_end && tokens[tb].seq == seq {
+            k_lo = min(k_lo, first_key(tokens[tb].pos));
+            k_hi = max(k_hi, tokens[tb].pos);
+            tb++;
+        }
+        let mine = live && tq >= ta && tq < tb;
+        for (var kb = k_lo; kb <= k_hi; kb += BK) {
+            workgroupBarrier();
+            for (var u = lid; u < BK * d4; u += ROWS * TPR) {
+                let j = u / d4;
+                let i = u % d4;
+                var kv4 = vec4<f32>(0.0);
+                var vv4 = vec4<f32>(0.0);
+                if kb + j <= k_hi {
+                    let at = kv_at(seq, kb + j, kvh);
+                    kv4 = vec4<f32>(k_cache[at / 4u + i]);
+                    let v0 = at + 4u * i;
+                    vv4 = vec4<f32>(f32(v_cache[v0]), f32(v_cache[v0 + 1u]), f32(v_cache[v0 + 2u]), f32(v_cache[v0 + 3u]));
+                }
+                k_tile[j * (TD / 4u) + i] = kv4;
+                v_tile[j * (TD / 4u) + i] = vv4;
+            }
+            workgroupBarrier();
+            for (var jj = 0u; jj < BK / TPR; jj++) {
+                let j = c + jj * TPR;
+                let key = kb + j;
+                var sc = NEG;
+                if mine && key >= lo && key <= tok.pos {
+                    var dq = 0.0;
+                    for (var i = 0u; i < d4; i++) {
+                        dq += dot(q[i], k_tile[j * (TD / 4u) + i]);
+                    }
+                    sc = dq;
+                }
+                s_tile[r * BK + j] = sc;
+            }
+            workgroupBarrier();
+            var m_new = m;
+            for (var j = 0u; j < BK; j++) {
+                m_new = max(m_new, s_tile[r * BK + j]);
+            }
+            let corr = exp(m - m_new);
+            l *= corr;
+            for (var a = 0u; a < TD / 16u; a++) {
+                acc[a] *= corr;
+            }
+            for (var j = 0u; j < BK; j++) {
+                let pj = exp(s_tile[r * BK + j] - m_new);
+                l += pj;
+                for (var a = 0u; a < TD / 16u; a++) {
+                    let i = c + a * TPR;
+                    if i < d4 {
+                        acc[a] += pj * v_tile[j * (TD / 4u) + i];
+                    }
+                }
+            }
+            m = m_new;
+        }
+        ta = tb;
+    }
+    if live {
+        let o = (tq * p.n_heads + h) * p.head_dim;
+        for (var a = 0u; a < TD / 16u; a++) {
+            let i = c + a * TPR;
+            if i < d4 {
+                let v = acc[a] / l;
+                out[o + 4u * i] = v.x;
+                out[o + 4u * i + 1u] = v.y;
+                out[o + 4u * i + 2u] = v.z;
+                out[o + 4u * i + 3u] = v.w;
+            }
         }
     }
 }

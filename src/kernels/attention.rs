@@ -135,21 +135,23 @@ pub(crate) fn build(
                 .only_for(Count::Splits, 2..=u32::MAX),
         );
     }
-    let key = ShaderKey::new("attention.wgsl", "main").define_if("KV_F16", kv_f16);
+    // Larger passes: query tiles that share each key load where the shape allows, else one
+    // workgroup per head and token.
+    let bufs = [
+        a.tokens, a.qkv, a.k_cache, a.v_cache, a.sinks, a.out, a.table,
+    ];
+    let rows = wgsl_const("attention.wgsl", "ROWS")?;
+    let group = p.n_heads / p.n_kv;
+    let (entry, x, per_wg) =
+        if p.head_dim <= wgsl_const("attention.wgsl", "TD")? && rows % group == 0 {
+            ("tiled", p.n_kv, rows / group)
+        } else {
+            ("main", p.n_heads, 1)
+        };
+    let key = ShaderKey::new("attention.wgsl", entry).define_if("KV_F16", kv_f16);
     out.push(
-        Dispatch::new(
-            gpu,
-            &key,
-            step,
-            params,
-            &[
-                a.tokens, a.qkv, a.k_cache, a.v_cache, a.sinks, a.out, a.table,
-            ],
-            p.n_heads,
-            Count::Tokens,
-            1,
-        )?
-        .only_for(Count::Tokens, split_max + 1..=u32::MAX),
+        Dispatch::new(gpu, &key, step, params, &bufs, x, Count::Tokens, per_wg)?
+            .only_for(Count::Tokens, split_max + 1..=u32::MAX),
     );
     Ok(out)
 }

@@ -97,6 +97,7 @@ pub fn all_variants() -> Vec<ShaderKey> {
         for f in ["rope.wgsl", "attention.wgsl"] {
             out.push(ShaderKey::new(f, "main").define_if("KV_F16", f16));
         }
+        out.push(ShaderKey::new("attention.wgsl", "tiled").define_if("KV_F16", f16));
         for sg in [false, true] {
             out.push(
                 ShaderKey::new("attention_split.wgsl", "split")
