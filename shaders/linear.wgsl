@@ -1,3 +1,7 @@
+#ifdef COOP
+enable f16;
+enable wgpu_cooperative_matrix;
+#endif
 // Dense layer with bf16 weights: y[t, row_start + r] (+)= sum_k x[t, k] * W[r, k] + bias[row_start + r].
 // Bindings: x [count, k] f32, W rows [rows, k] bf16 (this buffer's part of the matrix), bias [n_out]
 // f32, y [count, n_out] f32. Grid: (ceil(rows / R), ceil(count / TT)); each workgroup computes R
@@ -6,6 +10,9 @@
 // weights and 8 inputs per load, which quarters the load instructions of the memory-bound decode;
 // ONE_TOKEN (TT = 1) serves passes of a single row, where the token tile would only add reduction
 // work. Both give each token the same sums in the same order.
+// coop (entry, with COOP and VEC8; k a multiple of 32): the tensor-core path of the `fast`
+// precision (common/coop_tile.wgsl): TS tokens by TR rows per workgroup, weights and inputs
+// rounded to f16, f32 sums. Grid: (ceil(rows / TR), ceil(count / TS)).
 #include "common/step.wgsl"
 #include "common/bf16.wgsl"
 
@@ -89,3 +96,86 @@ fn main(lanes: Lanes, @builtin(workgroup_id) wg: vec3<u32>) {
         }
     }
 }
+
+#ifdef COOP
+// Tokens and rows per tile (the Rust side reads these lines).
+const TS: u32 = 64u;
+const TR: u32 = 128u;
+#include "common/coop_tile.wgsl"
+
+// The tile's first token and row, and the pass's tokens.
+var<private> tile_t0: u32;
+var<private> tile_row0: u32;
+var<private> tile_count: u32;
+
+// A thread's loads for 32 inputs: item u < TR * 4 of the W tile is 8 weights (u % 4) of row
+// u / 4; item u < TS * 4 of the X tile is 8 inputs (u % 4) of token u / 4.
+const WI: u32 = (TR * 4u + TILE_WG - 1u) / TILE_WG;
+const XI: u32 = (TS * 4u + TILE_WG - 1u) / TILE_WG;
+struct Fetch {
+    w: array<vec4<u32>, WI>,
+    x: array<vec4<f32>, 2u * XI>,
+}
+
+fn fetch(lid: u32, b: u32) -> Fetch {
+    var f: Fetch;
+    for (var i = 0u; i < WI; i++) {
+        let u = lid + i * TILE_WG;
+        let row = tile_row0 + u / 4u;
+        if u < TR * 4u && row < p.rows {
+            f.w[i] = w[row * (p.k / 8u) + b * 4u + u % 4u];
+        }
+    }
+    for (var i = 0u; i < XI; i++) {
+        let u = lid + i * TILE_WG;
+        let t = tile_t0 + u / 4u;
+        if u < TS * 4u && t < tile_count {
+            let at = t * (p.k / 4u) + b * 8u + (u % 4u) * 2u;
+            f.x[2u * i] = x[at];
+            f.x[2u * i + 1u] = x[at + 1u];
+        }
+    }
+    return f;
+}
+
+fn stash(lid: u32, f: Fetch) {
+    for (var i = 0u; i < WI; i++) {
+        let u = lid + i * TILE_WG;
+        if u < TR * 4u {
+            let at = (u / 4u) * KP + (u % 4u) * 8u;
+            for (var c = 0u; c < 4u; c++) {
+                w_h[at + 2u * c] = to_h(bf16_lo(f.w[i][c]));
+                w_h[at + 2u * c + 1u] = to_h(bf16_hi(f.w[i][c]));
+            }
+        }
+    }
+    for (var i = 0u; i < XI; i++) {
+        let u = lid + i * TILE_WG;
+        if u < TS * 4u {
+            let at = (u / 4u) * KP + (u % 4u) * 8u;
+            for (var c = 0u; c < 4u; c++) {
+                x_h[at + c] = to_h(f.x[2u * i][c]);
+                x_h[at + 4u + c] = to_h(f.x[2u * i + 1u][c]);
+            }
+        }
+    }
+}
+
+// Token j of the tile, rows `row` and row + 1 of this buffer.
+fn store_rows(j: u32, row: u32, v: vec2<f32>) {
+    let t = tile_t0 + j;
+    for (var c = 0u; c < 2u; c++) {
+        if t < tile_count && row + c < p.rows {
+            store_out(t, p.row_start + row + c, v[c]);
+        }
+    }
+}
+
+@compute @workgroup_size(TILE_WG)
+fn coop(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>) {
+    tile_count = step_count(p.count_which);
+    tile_t0 = wg.y * TS;
+    tile_row0 = wg.x * TR;
+    coop_products(lid, tile_row0, p.k / 32u);
+}
+#endif

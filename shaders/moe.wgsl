@@ -41,7 +41,7 @@ const SIMT_TR: u32 = 64u;
 #ifdef COOP
 const TR: u32 = COOP_TR;
 const TS: u32 = 64u;
-const WG: u32 = 32u * (TS / 16u) * (TR / 64u);
+const WG: u32 = TILE_WG;
 #else
 const TR: u32 = SIMT_TR;
 const TS: u32 = 32u;
@@ -147,38 +147,20 @@ fn load_slots(lid: u32, e: u32, j0: u32, live: u32) {
 }
 
 #ifdef COOP
-// [slot][k] and [row][k] of the block, as f16 (values clamped to its range), rows KP apart:
-// the padding spreads a fragment's 16 rows over the memory banks.
-const KP: u32 = 40u;
-var<workgroup> x_h: array<f16, TS * KP>;
-var<workgroup> w_h: array<f16, TR * KP>;
-// Per subgroup, one 16 x 16 accumulator tile [slot][row] on its way out.
-var<workgroup> stage: array<f32, (WG / 32u) * 256u>;
+#include "common/coop_tile.wgsl"
 
-fn to_h(v: f32) -> f16 {
-    return f16(clamp(v, -65504.0, 65504.0));
+// The tile's expert and rows, for fetch() and store_rows().
+struct Job {
+    e: u32,
+    e_local: u32,
+    row0: u32,
+    rows: u32,
+    n_blocks: u32,
 }
+var<private> job: Job;
 
-// Subgroup sg's output tile n (its slots 16 ss .., rows r0 + 16 n ..) handed to store_rows.
-fn drain(c: coop_mat16x16<f32, C>, n: u32, sg: u32, lane: u32, e: u32, r0: u32) {
-    workgroupBarrier();
-    coopStoreT(c, &stage[sg * 256u], 16u);
-    workgroupBarrier();
-    let ss = sg % (TS / 16u);
-    for (var q = lane; q < 128u; q += 32u) {
-        let m = q / 8u;
-        let pr = q % 8u;
-        let slot = tile_slot[16u * ss + m];
-        if slot != NONE {
-            let at = sg * 256u + m * 16u + 2u * pr;
-            store_rows(e, slot, r0 + 16u * n + 2u * pr, vec2<f32>(stage[at], stage[at + 1u]));
-        }
-    }
-}
-
-// Global loads of one block for a thread, fetched a block ahead so that they are in flight while
-// the tensor cores work: item u < TR * 4 of the W tile is word u % 4 (8 codes) of row u / 4's
-// block; item u < TS * 4 of the X tile is inputs 8 (u % 4) .. + 7 of slot u / 4.
+// A thread's loads for one block: item u < TR * 4 of the W tile is word u % 4 (8 codes) of row
+// u / 4's block; item u < TS * 4 of the X tile is inputs 8 (u % 4) .. + 7 of slot u / 4.
 const WI: u32 = (TR * 4u + WG - 1u) / WG;
 const XI: u32 = (TS * 4u + WG - 1u) / WG;
 struct Fetch {
@@ -187,13 +169,13 @@ struct Fetch {
     xs: array<vec2<f32>, 4u * XI>,
 }
 
-fn fetch(lid: u32, e_local: u32, row0: u32, rows: u32, n_blocks: u32, b: u32) -> Fetch {
+fn fetch(lid: u32, b: u32) -> Fetch {
     var f: Fetch;
     for (var i = 0u; i < WI; i++) {
         let u = lid + i * WG;
-        let row = row0 + u / 4u;
-        if u < TR * 4u && row < rows {
-            let blk = (e_local * rows + row) * n_blocks + b;
+        let row = job.row0 + u / 4u;
+        if u < TR * 4u && row < job.rows {
+            let blk = (job.e_local * job.rows + row) * job.n_blocks + b;
             f.words[i] = blocks[blk][u % 4u];
             f.scales[i] = mx_scale(byte_of(scales[blk / 4u], blk));
         }
@@ -238,43 +220,21 @@ fn stash(lid: u32, f: Fetch) {
     }
 }
 
+// Tile slot j's rows `row` and row + 1.
+fn store_rows(j: u32, row: u32, v: vec2<f32>) {
+    let slot = tile_slot[j];
+    if slot != NONE {
+        store_slot_rows(job.e, slot, row, v);
+    }
+}
+
 // The tile's products: slots tile_slot[..] by rows [row0, row0 + TR) of the expert's `rows`
-// (k inputs), one MXFP4 block at a time, handed to store_rows.
+// (k inputs), handed to store_slot_rows.
 fn run_tile(lid: u32, e_local: u32, row0: u32, rows: u32, k: u32, e: u32, j0: u32, live: u32) {
     load_slots(lid, e, j0, live);
     workgroupBarrier();
-    let n_blocks = k / 32u;
-    // Subgroup sg multiplies slots 16 ss .. by rows 64 sr .. of the tile.
-    let sg = lid / 32u;
-    let lane = lid % 32u;
-    let ss = sg % (TS / 16u);
-    let sr = sg / (TS / 16u);
-    var c0 = coop_mat16x16<f32, C>();
-    var c1 = coop_mat16x16<f32, C>();
-    var c2 = coop_mat16x16<f32, C>();
-    var c3 = coop_mat16x16<f32, C>();
-    var f = fetch(lid, e_local, row0, rows, n_blocks, 0u);
-    for (var b = 0u; b < n_blocks; b++) {
-        workgroupBarrier();
-        stash(lid, f);
-        if b + 1u < n_blocks {
-            f = fetch(lid, e_local, row0, rows, n_blocks, b + 1u);
-        }
-        workgroupBarrier();
-        for (var kk = 0u; kk < 32u; kk += 16u) {
-            let a = coopLoadT<coop_mat16x16<f16, A>>(&x_h[16u * ss * KP + kk], KP);
-            let w0 = 64u * sr * KP + kk;
-            c0 = coopMultiplyAdd(a, coopLoad<coop_mat16x16<f16, B>>(&w_h[w0], KP), c0);
-            c1 = coopMultiplyAdd(a, coopLoad<coop_mat16x16<f16, B>>(&w_h[w0 + 16u * KP], KP), c1);
-            c2 = coopMultiplyAdd(a, coopLoad<coop_mat16x16<f16, B>>(&w_h[w0 + 32u * KP], KP), c2);
-            c3 = coopMultiplyAdd(a, coopLoad<coop_mat16x16<f16, B>>(&w_h[w0 + 48u * KP], KP), c3);
-        }
-    }
-    let r0 = row0 + 64u * sr;
-    drain(c0, 0u, sg, lane, e, r0);
-    drain(c1, 1u, sg, lane, e, r0);
-    drain(c2, 2u, sg, lane, e, r0);
-    drain(c3, 3u, sg, lane, e, r0);
+    job = Job(e, e_local, row0, rows, k / 32u);
+    coop_products(lid, row0, k / 32u);
 }
 #else
 // [k][TR / 4]: rows 4q .. 4q + 3 of the tile at input k of the block.
@@ -288,7 +248,7 @@ fn fp4_two(q: u32) -> vec2<f32> {
 }
 
 // The tile's products: slots tile_slot[..] by rows [row0, row0 + TR) of the expert's `rows`
-// (k inputs), handed to store_rows. Thread lid accumulates slots 4 sq .. 4 sq + 3 by rows
+// (k inputs), handed to store_slot_rows. Thread lid accumulates slots 4 sq .. 4 sq + 3 by rows
 // 4 rq .. 4 rq + 3 (sq = lid / (TR / 4), rq = lid % (TR / 4)).
 fn run_tile(lid: u32, e_local: u32, row0: u32, rows: u32, k: u32, e: u32, j0: u32, live: u32) {
     load_slots(lid, e, j0, live);
@@ -346,7 +306,7 @@ fn run_tile(lid: u32, e_local: u32, row0: u32, rows: u32, k: u32, e: u32, j0: u3
         if slot != NONE {
             for (var pr = 0u; pr < 2u; pr++) {
                 let v = vec2<f32>(acc[a][2u * pr], acc[a][2u * pr + 1u]);
-                store_rows(e, slot, row0 + 4u * rq + 2u * pr, v);
+                store_slot_rows(e, slot, row0 + 4u * rq + 2u * pr, v);
             }
         }
     }
@@ -371,7 +331,7 @@ fn input_base(slot: u32) -> u32 {
 }
 
 // Rows `row` (even) and row + 1 of a slot are one gate/up pair.
-fn store_rows(e: u32, slot: u32, row: u32, v: vec2<f32>) {
+fn store_slot_rows(e: u32, slot: u32, row: u32, v: vec2<f32>) {
     let i = row / 2u;
     if i < p.inter {
         let rb = e * 2u * p.inter + row;
@@ -403,7 +363,7 @@ fn input_base(slot: u32) -> u32 {
 }
 
 // Rows `row` (even) and row + 1 of a slot, weighted, with the bias.
-fn store_rows(e: u32, slot: u32, row: u32, v: vec2<f32>) {
+fn store_slot_rows(e: u32, slot: u32, row: u32, v: vec2<f32>) {
     for (var c = 0u; c < 2u; c++) {
         let n = row + c;
         if n < p.hidden {

@@ -31,6 +31,7 @@ const SOURCES: &[(&str, &str)] = embed_wgsl![
     "common/linear_params.wgsl",
     "common/moe_params.wgsl",
     "common/attention_params.wgsl",
+    "common/coop_tile.wgsl",
     "embed.wgsl",
     "rmsnorm.wgsl",
     "linear.wgsl",

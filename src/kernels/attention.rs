@@ -175,8 +175,6 @@ mod tests {
             .flat_map(|g| [(g, false), (g, true)])
             .filter(|(g, f)| !f || g.caps.f16)
         {
-            // With an f16 cache the reference rounds K and V to f16 too, so the tolerance stays tight.
-            let kv_round = |v: f32| kv_round(v, kv_f16);
             let kv_bytes = if kv_f16 { 2 } else { 4 };
             // The split path serves the decode steps: one span ending in the output itself
             // (short contexts, or at most one split), or many spans of one or several 64-key
@@ -329,6 +327,21 @@ mod tests {
                         &ds,
                     );
                     let got = gpu.read_f32(&ob, t * nh_ * d_).unwrap();
+                    let pool_len = (pool / kv_bytes as u64) as usize;
+                    let (kg, vg) = (
+                        read_kv(gpu, &kc, pool_len, kv_f16),
+                        read_kv(gpu, &vc, pool_len, kv_f16),
+                    );
+                    // What the cache holds for token `tok`, all KV heads.
+                    let cached = |cache: &[f32], tok: &TokenInfo| -> Vec<f32> {
+                        let slot = tok.kv_slot[0] as usize;
+                        (0..nkv_)
+                            .flat_map(|h| {
+                                let at = (((slot / block) * nkv_ + h) * block + slot % block) * d_;
+                                cache[at..at + d_].to_vec()
+                            })
+                            .collect()
+                    };
 
                     // Reference: rotate, store, then attend.
                     let mut qs = Vec::new();
@@ -343,12 +356,13 @@ mod tests {
                         for h in 0..nkv_ {
                             rotate_halves(&mut k[h * d_..(h + 1) * d_], cs);
                         }
-                        ref_k[tok.seq as usize][tok.pos as usize] =
-                            k.into_iter().map(kv_round).collect();
-                        ref_v[tok.seq as usize][tok.pos as usize] = row[(nh_ + nkv_) * d_..]
-                            .iter()
-                            .map(|v| kv_round(*v))
-                            .collect();
+                        // The cache must hold k and v (rounded when f16); attention is then
+                        // checked against what it holds.
+                        let (kc_, vc_) = (cached(&kg, tok), cached(&vg, tok));
+                        assert_kv_close(&kc_, &k, kv_f16);
+                        assert_kv_close(&vc_, &row[(nh_ + nkv_) * d_..], kv_f16);
+                        ref_k[tok.seq as usize][tok.pos as usize] = kc_;
+                        ref_v[tok.seq as usize][tok.pos as usize] = vc_;
                         qs.push(q);
                     }
                     let mut want = vec![0.0f32; t * nh_ * d_];

@@ -53,6 +53,11 @@ pub fn all_variants() -> Vec<ShaderKey> {
         out.push(k("rmsnorm.wgsl", "main"));
         out.push(k("linear.wgsl", "main"));
         out.push(k("linear.wgsl", "main").define_if("VEC8", true));
+        out.push(
+            k("linear.wgsl", "coop")
+                .define_if("VEC8", true)
+                .define_if("COOP", true),
+        );
         out.push(k("linear.wgsl", "main").define_if("ONE_TOKEN", true));
         out.push(
             k("linear.wgsl", "main")

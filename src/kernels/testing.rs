@@ -133,11 +133,34 @@ pub fn random_rope_table(rng: &mut Rng, n: usize) -> Vec<[f32; 2]> {
         .collect()
 }
 
-/// Values as the KV cache stores them: rounded to f16 when it is f16.
-pub fn kv_round(v: f32, f16: bool) -> f32 {
+/// A KV-cache pool read back as f32 (`len` elements, stored in f16 or f32).
+pub fn read_kv(gpu: &Gpu, buf: &wgpu::Buffer, len: usize, f16: bool) -> Vec<f32> {
     if f16 {
-        half::f16::from_f32(v).to_f32()
+        let raw = gpu.read(buf, len as u64 * 2).unwrap();
+        let h: Vec<half::f16> = bytemuck::pod_collect_to_vec(&raw);
+        h.iter().map(|v| v.to_f32()).collect()
     } else {
-        v
+        gpu.read_f32(buf, len).unwrap()
+    }
+}
+
+/// Checks cached keys or values against the exact values they were computed from: each is
+/// the kernel's f32 result, whose sums round differently from the reference's (allowed: 1e-5 of
+/// the values' rms, far above f32 rounding and far below any wrong value), rounded to f16 when
+/// the cache is f16 (half an f16 step: unit roundoff 2^-11, subnormal steps 2^-24).
+pub fn assert_kv_close(got: &[f32], want: &[f32], f16: bool) {
+    assert_eq!(got.len(), want.len());
+    let rms = (want.iter().map(|w| (w * w) as f64).sum::<f64>() / want.len().max(1) as f64).sqrt();
+    let sums = 1e-5 * rms as f32;
+    let (rel, abs) = if f16 {
+        (2f32.powi(-11), 2f32.powi(-25))
+    } else {
+        (0.0, 0.0)
+    };
+    for (g, w) in got.iter().zip(want) {
+        assert!(
+            (g - w).abs() <= w.abs() * rel + abs + sums,
+            "cached {g} for {w} (f16 {f16}, rms {rms})"
+        );
     }
 }

@@ -38,8 +38,9 @@ pub struct ModelOptions {
     /// Store the KV cache in f16 where the adapter has SHADER_F16 (half the memory and attention
     /// bandwidth; keys and values rounded to f16). False keeps it in f32.
     pub kv_f16: bool,
-    /// Run the many-token passes' expert products on the tensor cores (f16 inputs, f32
-    /// accumulation) where the adapter has cooperative matrices: the `fast` precision.
+    /// Run the many-token passes' matrix products (experts and dense layers) on the tensor cores
+    /// (f16 inputs, f32 accumulation) where the adapter has cooperative matrices: the `fast`
+    /// precision.
     pub coop: bool,
     /// GPU bytes for the KV cache; None gives every sequence slot a whole context. Less makes
     /// sequences share the pool as they grow (see `kv_cache::PoolSizes`).
@@ -217,6 +218,7 @@ impl Graph<'_> {
                 accumulate: false,
                 norm: None,
                 rope: None,
+                coop: self.coop,
             },
         )?);
         ds.extend(sample::build(
@@ -279,6 +281,7 @@ impl Graph<'_> {
                 eps: c.eps,
             }),
             rope,
+            coop: self.coop,
         };
         if fused > 0 {
             ds.extend(linear::build_vec(
@@ -360,6 +363,7 @@ impl Graph<'_> {
                 accumulate: true,
                 norm: None,
                 rope: None,
+                coop: self.coop,
             },
         )?);
         Ok(ds)
