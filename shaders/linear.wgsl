@@ -101,6 +101,8 @@ fn main(lanes: Lanes, @builtin(workgroup_id) wg: vec3<u32>) {
 // Tokens and rows per tile (the Rust side reads these lines).
 const TS: u32 = 64u;
 const TR: u32 = 128u;
+// Inputs in two f16 parts (common/coop_tile.wgsl).
+const SPLIT_INPUTS: bool = true;
 #include "common/coop_tile.wgsl"
 
 // The tile's first token and row, and the pass's tokens.
@@ -154,8 +156,8 @@ fn stash(lid: u32, f: Fetch) {
         if u < TS * 4u {
             let at = (u / 4u) * KP + (u % 4u) * 8u;
             for (var c = 0u; c < 4u; c++) {
-                x_h[at + c] = to_h(f.x[2u * i][c]);
-                x_h[at + 4u + c] = to_h(f.x[2u * i + 1u][c]);
+                put_x(at + c, f.x[2u * i][c]);
+                put_x(at + 4u + c, f.x[2u * i + 1u][c]);
             }
         }
     }

@@ -3,7 +3,7 @@ machines): N concurrent clients stream /v1/completions with a fixed prompt lengt
 length, and the script reports aggregate output tok/s, time to first token and inter-token
 latency percentiles. Usage: python3 tools/serve_load.py URL --clients 8 --prompt-tokens 128
 --output-tokens 128 [--requests-per-client 2]"""
-import argparse, http.client, json, statistics, threading, time, urllib.parse
+import argparse, http.client, json, random, statistics, threading, time, urllib.parse
 
 ap = argparse.ArgumentParser()
 ap.add_argument("url")
@@ -13,11 +13,13 @@ ap.add_argument("--output-tokens", type=int, default=128)
 ap.add_argument("--requests-per-client", type=int, default=2)
 a = ap.parse_args()
 u = urllib.parse.urlparse(a.url)
+RUN = random.randrange(1 << 30)
 
 def one(results, k):
     c = http.client.HTTPConnection(u.hostname, u.port, timeout=600)
-    # Token ids: each client its own prompt, so nothing is shared between requests.
-    prompt = [1000 + (k * 7919 + i * 31) % 150000 for i in range(a.prompt_tokens)]
+    # Token ids: each request its own prompt (a fresh offset per run too), so that nothing is
+    # served from the prefix cache.
+    prompt = [1000 + (RUN + k * 7919 + i * 31) % 150000 for i in range(a.prompt_tokens)]
     body = json.dumps({"prompt": prompt, "max_tokens": a.output_tokens, "temperature": 0,
                        "stream": True, "stream_options": {"include_usage": True}})
     t0 = time.perf_counter()

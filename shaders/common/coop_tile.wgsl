@@ -2,23 +2,41 @@
 // workgroup multiplies the TS inputs of its tile (expert slots or tokens) by TR rows of a weight
 // matrix, 32 inputs of each at a time. Each step the includer's fetch() brings the next 32
 // columns of both operands into registers while the tensor cores multiply the current ones, and
-// stash() writes them to x_h and w_h as f16 (values clamped to its range). Subgroups of 32 each
+// stash() writes them to workgroup memory as f16: weights as they are (bf16 and scaled e2m1
+// values are exact in f16 within its range), inputs through put_x: with SPLIT_INPUTS as two f16
+// parts (high and the rest) multiplied one after the other, so that inputs keep about 22 bits
+// instead of f16's 11 (on the parity checkpoint the dense layers' f16 inputs move the logits by
+// 1.7e-2 relative L2, split ones by 6e-4; the experts' f16 inputs add little: PERF.md v0.12).
+// Subgroups of 32 each
 // own 16 inputs by 64 rows (four 16 x 16 f32 accumulators); results leave through the includer's
 // store_rows(j, row, v): input j of the tile, rows row and row + 1. The includer enables f16 and
-// wgpu_cooperative_matrix and defines TS and TR (multiples of 16 and 64), Fetch, fetch(lid, b),
-// stash(lid, f) and store_rows, and runs TILE_WG invocations per workgroup.
+// wgpu_cooperative_matrix and defines TS and TR (multiples of 16 and 64), SPLIT_INPUTS, Fetch,
+// fetch(lid, b), stash(lid, f) and store_rows, and runs TILE_WG invocations per workgroup.
 const TILE_WG: u32 = 32u * (TS / 16u) * (TR / 64u);
 
-// [input][k] and [row][k] of the block, rows KP apart: the padding spreads a fragment's 16 rows
-// over the memory banks.
+// [input][k] (high and low parts) and [row][k] of the block, rows KP apart: the padding spreads
+// a fragment's 16 rows over the memory banks.
 const KP: u32 = 40u;
-var<workgroup> x_h: array<f16, TS * KP>;
+var<workgroup> x_hi: array<f16, TS * KP>;
+var<workgroup> x_lo: array<f16, select(1u, TS * KP, SPLIT_INPUTS)>;
 var<workgroup> w_h: array<f16, TR * KP>;
 // Per subgroup, one 16 x 16 accumulator tile [input][row] on its way out.
 var<workgroup> stage: array<f32, (TILE_WG / 32u) * 256u>;
 
 fn to_h(v: f32) -> f16 {
     return f16(clamp(v, -65504.0, 65504.0));
+}
+
+// Input element i of the tile as a high part (v's top 11 significant bits, exact in f16 within
+// its range) and the rest (exact in f32, rounded to f16 at 2^-11 of itself: 2^-22 of v).
+fn put_x(i: u32, v: f32) {
+    if SPLIT_INPUTS {
+        let hi = bitcast<f32>(bitcast<u32>(v) & 0xffffe000u);
+        x_hi[i] = to_h(hi);
+        x_lo[i] = to_h(v - hi);
+    } else {
+        x_hi[i] = to_h(v);
+    }
 }
 
 // Subgroup sg's output tile n (its inputs 16 ss .., rows r0 + 16 n ..) handed to store_rows.
@@ -55,12 +73,23 @@ fn coop_products(lid: u32, row0: u32, n_blocks: u32) {
         }
         workgroupBarrier();
         for (var kk = 0u; kk < 32u; kk += 16u) {
-            let a = coopLoadT<coop_mat16x16<f16, A>>(&x_h[16u * ss * KP + kk], KP);
+            let a_hi = coopLoadT<coop_mat16x16<f16, A>>(&x_hi[16u * ss * KP + kk], KP);
             let w0 = 64u * sr * KP + kk;
-            c0 = coopMultiplyAdd(a, coopLoad<coop_mat16x16<f16, B>>(&w_h[w0], KP), c0);
-            c1 = coopMultiplyAdd(a, coopLoad<coop_mat16x16<f16, B>>(&w_h[w0 + 16u * KP], KP), c1);
-            c2 = coopMultiplyAdd(a, coopLoad<coop_mat16x16<f16, B>>(&w_h[w0 + 32u * KP], KP), c2);
-            c3 = coopMultiplyAdd(a, coopLoad<coop_mat16x16<f16, B>>(&w_h[w0 + 48u * KP], KP), c3);
+            let b0 = coopLoad<coop_mat16x16<f16, B>>(&w_h[w0], KP);
+            let b1 = coopLoad<coop_mat16x16<f16, B>>(&w_h[w0 + 16u * KP], KP);
+            let b2 = coopLoad<coop_mat16x16<f16, B>>(&w_h[w0 + 32u * KP], KP);
+            let b3 = coopLoad<coop_mat16x16<f16, B>>(&w_h[w0 + 48u * KP], KP);
+            c0 = coopMultiplyAdd(a_hi, b0, c0);
+            c1 = coopMultiplyAdd(a_hi, b1, c1);
+            c2 = coopMultiplyAdd(a_hi, b2, c2);
+            c3 = coopMultiplyAdd(a_hi, b3, c3);
+            if SPLIT_INPUTS {
+                let a_lo = coopLoadT<coop_mat16x16<f16, A>>(&x_lo[16u * ss * KP + kk], KP);
+                c0 = coopMultiplyAdd(a_lo, b0, c0);
+                c1 = coopMultiplyAdd(a_lo, b1, c1);
+                c2 = coopMultiplyAdd(a_lo, b2, c2);
+                c3 = coopMultiplyAdd(a_lo, b3, c3);
+            }
         }
     }
     let r0 = row0 + 64u * sr;

@@ -318,7 +318,7 @@ mod tests {
     #[test]
     fn linear_matches_reference() {
         let mut rng = seeded("linear_matches_reference");
-        // The tensor-core path too where the adapter has it (f16 inputs: unit roundoff 2^-11).
+        // The tensor-core path too where the adapter has it (inputs in two f16 parts: ~22 bits).
         let paths = gpus()
             .iter()
             .flat_map(|g| [(g, false), (g, true)])
@@ -369,7 +369,7 @@ mod tests {
                 let got = gpu.read_f32(&yb, t * n).unwrap();
                 let want = reference(&x, &w, &b, &y0, t, k, n, acc);
                 let e = nmse(&got, &want);
-                let tol = if coop { 1e-5 } else { 1e-10 };
+                let tol = if coop { 1e-9 } else { 1e-10 };
                 assert!(
                     e < tol,
                     "{} coop={coop} t={t} k={k} n={n}: nmse {e}",

@@ -495,7 +495,8 @@ mod tests {
                     }
                 }
                 for (vec_max, coop, got) in &paths {
-                    // f32 throughout, or f16 inputs to the tensor cores (unit roundoff 2^-11).
+                    // f32 throughout, or the tensor cores: f16 weights (exact here) and inputs
+                    // (unit roundoff 2^-11), f32 sums.
                     let tol = if *coop { 1e-5 } else { 1e-11 };
                     let e2 = nmse(got, &want);
                     assert!(
