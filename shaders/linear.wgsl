@@ -10,9 +10,10 @@ enable wgpu_cooperative_matrix;
 // weights and 8 inputs per load, which quarters the load instructions of the memory-bound decode;
 // ONE_TOKEN (TT = 1) serves passes of a single row, where the token tile would only add reduction
 // work. Both give each token the same sums in the same order.
-// coop (entry, with COOP and VEC8; k a multiple of 32): the tensor-core path of the `fast`
-// precision (common/coop_tile.wgsl): TS tokens by TR rows per workgroup, weights and inputs
-// rounded to f16, f32 sums. Grid: (ceil(rows / TR), ceil(count / TS)).
+// coop (entry, with COOP, VEC8 and SPLIT_INPUTS; k a multiple of 32): the tensor-core path of the
+// `fast` precision (common/coop_tile.wgsl): TS tokens by TR rows per workgroup, inputs in two f16
+// parts (f16 inputs alone move the logits 30 times more), f32 sums. Grid: (ceil(rows / TR),
+// ceil(count / TS)).
 #include "common/step.wgsl"
 #include "common/bf16.wgsl"
 
@@ -101,8 +102,6 @@ fn main(lanes: Lanes, @builtin(workgroup_id) wg: vec3<u32>) {
 // Tokens and rows per tile (the Rust side reads these lines).
 const TS: u32 = 64u;
 const TR: u32 = 128u;
-// Inputs in two f16 parts (common/coop_tile.wgsl).
-const SPLIT_INPUTS: bool = true;
 #include "common/coop_tile.wgsl"
 
 // The tile's first token and row, and the pass's tokens.

@@ -27,7 +27,8 @@ enable wgpu_cooperative_matrix;
 // Variants: ROUTE, GATE_UP, DOWN or COMBINE (different bindings); COOP (GATE_UP and DOWN on
 // adapters with 16x16x16 f16 cooperative matrices and subgroups of 32: the tiles go to workgroup
 // memory as f16 and each subgroup multiplies 16 slots by the 64 rows on the tensor cores, f32
-// accumulation; the `fast` precision). Passes of a few tokens take moe_vec.wgsl instead.
+// accumulation; inputs rounded to f16, which moves the logits little, unlike the dense layers'
+// inputs: common/coop_tile.wgsl; the `fast` precision). Passes of a few tokens take moe_vec.wgsl instead.
 #include "common/step.wgsl"
 #include "common/mxfp4.wgsl"
 
@@ -147,9 +148,6 @@ fn load_slots(lid: u32, e: u32, j0: u32, live: u32) {
 }
 
 #ifdef COOP
-// Inputs rounded to f16 (common/coop_tile.wgsl): splitting them costs a third of the speed
-// here and the logits barely move.
-const SPLIT_INPUTS: bool = false;
 #include "common/coop_tile.wgsl"
 
 // The tile's expert and rows, for fetch() and store_rows().

@@ -3,14 +3,15 @@
 // matrix, 32 inputs of each at a time. Each step the includer's fetch() brings the next 32
 // columns of both operands into registers while the tensor cores multiply the current ones, and
 // stash() writes them to workgroup memory as f16: weights as they are (bf16 and scaled e2m1
-// values are exact in f16 within its range), inputs through put_x: with SPLIT_INPUTS as two f16
+// values are exact in f16 within its range), inputs through put_x: with SPLIT_INPUTS (a define,
+// not a branch: no control flow around the matrix operations) as two f16
 // parts (high and the rest) multiplied one after the other, so that inputs keep about 22 bits
 // instead of f16's 11 (on the parity checkpoint the dense layers' f16 inputs move the logits by
 // 1.7e-2 relative L2, split ones by 6e-4; the experts' f16 inputs add little: PERF.md v0.12).
 // Subgroups of 32 each
 // own 16 inputs by 64 rows (four 16 x 16 f32 accumulators); results leave through the includer's
 // store_rows(j, row, v): input j of the tile, rows row and row + 1. The includer enables f16 and
-// wgpu_cooperative_matrix and defines TS and TR (multiples of 16 and 64), SPLIT_INPUTS, Fetch,
+// wgpu_cooperative_matrix and defines TS and TR (multiples of 16 and 64), Fetch,
 // fetch(lid, b), stash(lid, f) and store_rows, and runs TILE_WG invocations per workgroup.
 const TILE_WG: u32 = 32u * (TS / 16u) * (TR / 64u);
 
@@ -18,7 +19,9 @@ const TILE_WG: u32 = 32u * (TS / 16u) * (TR / 64u);
 // a fragment's 16 rows over the memory banks.
 const KP: u32 = 40u;
 var<workgroup> x_hi: array<f16, TS * KP>;
-var<workgroup> x_lo: array<f16, select(1u, TS * KP, SPLIT_INPUTS)>;
+#ifdef SPLIT_INPUTS
+var<workgroup> x_lo: array<f16, TS * KP>;
+#endif
 var<workgroup> w_h: array<f16, TR * KP>;
 // Per subgroup, one 16 x 16 accumulator tile [input][row] on its way out.
 var<workgroup> stage: array<f32, (TILE_WG / 32u) * 256u>;
@@ -30,13 +33,13 @@ fn to_h(v: f32) -> f16 {
 // Input element i of the tile as a high part (v's top 11 significant bits, exact in f16 within
 // its range) and the rest (exact in f32, rounded to f16 at 2^-11 of itself: 2^-22 of v).
 fn put_x(i: u32, v: f32) {
-    if SPLIT_INPUTS {
-        let hi = bitcast<f32>(bitcast<u32>(v) & 0xffffe000u);
-        x_hi[i] = to_h(hi);
-        x_lo[i] = to_h(v - hi);
-    } else {
-        x_hi[i] = to_h(v);
-    }
+#ifdef SPLIT_INPUTS
+    let hi = bitcast<f32>(bitcast<u32>(v) & 0xffffe000u);
+    x_hi[i] = to_h(hi);
+    x_lo[i] = to_h(v - hi);
+#else
+    x_hi[i] = to_h(v);
+#endif
 }
 
 // Subgroup sg's output tile n (its inputs 16 ss .., rows r0 + 16 n ..) handed to store_rows.
@@ -83,13 +86,13 @@ fn coop_products(lid: u32, row0: u32, n_blocks: u32) {
             c1 = coopMultiplyAdd(a_hi, b1, c1);
             c2 = coopMultiplyAdd(a_hi, b2, c2);
             c3 = coopMultiplyAdd(a_hi, b3, c3);
-            if SPLIT_INPUTS {
-                let a_lo = coopLoadT<coop_mat16x16<f16, A>>(&x_lo[16u * ss * KP + kk], KP);
-                c0 = coopMultiplyAdd(a_lo, b0, c0);
-                c1 = coopMultiplyAdd(a_lo, b1, c1);
-                c2 = coopMultiplyAdd(a_lo, b2, c2);
-                c3 = coopMultiplyAdd(a_lo, b3, c3);
-            }
+#ifdef SPLIT_INPUTS
+            let a_lo = coopLoadT<coop_mat16x16<f16, A>>(&x_lo[16u * ss * KP + kk], KP);
+            c0 = coopMultiplyAdd(a_lo, b0, c0);
+            c1 = coopMultiplyAdd(a_lo, b1, c1);
+            c2 = coopMultiplyAdd(a_lo, b2, c2);
+            c3 = coopMultiplyAdd(a_lo, b3, c3);
+#endif
         }
     }
     let r0 = row0 + 64u * sr;

@@ -159,7 +159,8 @@ pub fn build_tiled(
     let coop = l.coop && l.k % 32 == 0;
     let coop_key = super::key(gpu, "linear.wgsl", "coop")
         .define_if("VEC8", true)
-        .define_if("COOP", true);
+        .define_if("COOP", true)
+        .define_if("SPLIT_INPUTS", true);
     let (coop_rows, coop_tokens) = (
         wgsl_const("linear.wgsl", "TR")?,
         wgsl_const("linear.wgsl", "TS")?,

@@ -56,7 +56,8 @@ pub fn all_variants() -> Vec<ShaderKey> {
         out.push(
             k("linear.wgsl", "coop")
                 .define_if("VEC8", true)
-                .define_if("COOP", true),
+                .define_if("COOP", true)
+                .define_if("SPLIT_INPUTS", true),
         );
         out.push(k("linear.wgsl", "main").define_if("ONE_TOKEN", true));
         out.push(
