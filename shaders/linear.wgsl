@@ -109,10 +109,8 @@ var<private> tile_t0: u32;
 var<private> tile_row0: u32;
 var<private> tile_count: u32;
 
-// A thread's loads for 32 inputs: item u < TR * 4 of the W tile is 8 weights (u % 4) of row
-// u / 4; item u < TS * 4 of the X tile is 8 inputs (u % 4) of token u / 4.
-const WI: u32 = (TR * 4u + TILE_WG - 1u) / TILE_WG;
-const XI: u32 = (TS * 4u + TILE_WG - 1u) / TILE_WG;
+// A thread's loads for 32 inputs (common/coop_tile.wgsl's items): a W item is one 16-byte
+// load of 8 bf16 weights, an X item two of 4 inputs.
 struct Fetch {
     w: array<vec4<u32>, WI>,
     x: array<vec4<f32>, 2u * XI>,
@@ -139,27 +137,22 @@ fn fetch(lid: u32, b: u32) -> Fetch {
     return f;
 }
 
-fn stash(lid: u32, f: Fetch) {
-    for (var i = 0u; i < WI; i++) {
-        let u = lid + i * TILE_WG;
-        if u < TR * 4u {
-            let at = (u / 4u) * KP + (u % 4u) * 8u;
-            for (var c = 0u; c < 4u; c++) {
-                w_h[at + 2u * c] = to_h(bf16_lo(f.w[i][c]));
-                w_h[at + 2u * c + 1u] = to_h(bf16_hi(f.w[i][c]));
-            }
-        }
+fn weights8(f: Fetch, i: u32) -> array<f32, 8> {
+    var v: array<f32, 8>;
+    for (var c = 0u; c < 4u; c++) {
+        v[2u * c] = bf16_lo(f.w[i][c]);
+        v[2u * c + 1u] = bf16_hi(f.w[i][c]);
     }
-    for (var i = 0u; i < XI; i++) {
-        let u = lid + i * TILE_WG;
-        if u < TS * 4u {
-            let at = (u / 4u) * KP + (u % 4u) * 8u;
-            for (var c = 0u; c < 4u; c++) {
-                put_x(at + c, f.x[2u * i][c]);
-                put_x(at + 4u + c, f.x[2u * i + 1u][c]);
-            }
-        }
+    return v;
+}
+
+fn inputs8(f: Fetch, i: u32) -> array<f32, 8> {
+    var v: array<f32, 8>;
+    for (var c = 0u; c < 4u; c++) {
+        v[c] = f.x[2u * i][c];
+        v[c + 4u] = f.x[2u * i + 1u][c];
     }
+    return v;
 }
 
 // Token j of the tile, rows `row` and row + 1 of this buffer.

@@ -160,10 +160,8 @@ struct Job {
 }
 var<private> job: Job;
 
-// A thread's loads for one block: item u < TR * 4 of the W tile is word u % 4 (8 codes) of row
-// u / 4's block; item u < TS * 4 of the X tile is inputs 8 (u % 4) .. + 7 of slot u / 4.
-const WI: u32 = (TR * 4u + WG - 1u) / WG;
-const XI: u32 = (TS * 4u + WG - 1u) / WG;
+// A thread's loads for one block (common/coop_tile.wgsl's items): a W item is word u % 4 (8
+// codes) of row u / 4's block and its scale; an X item 4 pairs of the slot's inputs.
 struct Fetch {
     words: array<u32, WI>,
     scales: array<f32, WI>,
@@ -196,29 +194,24 @@ fn fetch(lid: u32, b: u32) -> Fetch {
     return f;
 }
 
-// Writes a fetched block into the tiles as f16.
-fn stash(lid: u32, f: Fetch) {
-    for (var i = 0u; i < WI; i++) {
-        let u = lid + i * WG;
-        if u < TR * 4u {
-            let at = (u / 4u) * KP + (u % 4u) * 8u;
-            for (var j = 0u; j < 4u; j++) {
-                let v = fp4_pair((f.words[i] >> (4u * j)) & 0x000f000fu) * f.scales[i];
-                w_h[at + j] = to_h(v.x);
-                w_h[at + j + 4u] = to_h(v.y);
-            }
-        }
+// Item i's 8 weights: codes j and j + 4 sit 16 bits apart in the word.
+fn weights8(f: Fetch, i: u32) -> array<f32, 8> {
+    var v: array<f32, 8>;
+    for (var j = 0u; j < 4u; j++) {
+        let pair = fp4_pair((f.words[i] >> (4u * j)) & 0x000f000fu) * f.scales[i];
+        v[j] = pair.x;
+        v[j + 4u] = pair.y;
     }
-    for (var i = 0u; i < XI; i++) {
-        let u = lid + i * WG;
-        if u < TS * 4u {
-            let at = (u / 4u) * KP + (u % 4u) * 8u;
-            for (var c = 0u; c < 4u; c++) {
-                put_x(at + 2u * c, f.xs[4u * i + c].x);
-                put_x(at + 2u * c + 1u, f.xs[4u * i + c].y);
-            }
-        }
+    return v;
+}
+
+fn inputs8(f: Fetch, i: u32) -> array<f32, 8> {
+    var v: array<f32, 8>;
+    for (var c = 0u; c < 4u; c++) {
+        v[2u * c] = f.xs[4u * i + c].x;
+        v[2u * c + 1u] = f.xs[4u * i + c].y;
     }
+    return v;
 }
 
 // Tile slot j's rows `row` and row + 1.

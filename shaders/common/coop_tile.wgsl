@@ -2,7 +2,8 @@
 // workgroup multiplies the TS inputs of its tile (expert slots or tokens) by TR rows of a weight
 // matrix, 32 inputs of each at a time. Each step the includer's fetch() brings the next 32
 // columns of both operands into registers while the tensor cores multiply the current ones, and
-// stash() writes them to workgroup memory as f16: weights as they are (bf16 and scaled e2m1
+// stash() writes them to workgroup memory as f16 (the includer's weights8 and inputs8 turn what
+// was fetched for an item into 8 values): weights as they are (bf16 and scaled e2m1
 // values are exact in f16 within its range), inputs through put_x: with SPLIT_INPUTS (a define,
 // not a branch: no control flow around the matrix operations) as two f16
 // parts (high and the rest) multiplied one after the other, so that inputs keep about 22 bits
@@ -11,9 +12,13 @@
 // Subgroups of 32 each
 // own 16 inputs by 64 rows (four 16 x 16 f32 accumulators); results leave through the includer's
 // store_rows(j, row, v): input j of the tile, rows row and row + 1. The includer enables f16 and
-// wgpu_cooperative_matrix and defines TS and TR (multiples of 16 and 64), Fetch,
-// fetch(lid, b), stash(lid, f) and store_rows, and runs TILE_WG invocations per workgroup.
+// wgpu_cooperative_matrix and defines TS and TR (multiples of 16 and 64), Fetch, fetch(lid, b),
+// weights8(f, i), inputs8(f, i) and store_rows, and runs TILE_WG invocations per workgroup.
 const TILE_WG: u32 = 32u * (TS / 16u) * (TR / 64u);
+// A thread's items per step: item u of the W tile is 8 weights (u % 4) of tile row u / 4, item
+// u of the X tile 8 inputs (u % 4) of tile input u / 4; thread lid has items lid + i TILE_WG.
+const WI: u32 = (TR * 4u + TILE_WG - 1u) / TILE_WG;
+const XI: u32 = (TS * 4u + TILE_WG - 1u) / TILE_WG;
 
 // [input][k] (high and low parts) and [row][k] of the block, rows KP apart: the padding spreads
 // a fragment's 16 rows over the memory banks.
@@ -40,6 +45,30 @@ fn put_x(i: u32, v: f32) {
 #else
     x_hi[i] = to_h(v);
 #endif
+}
+
+// Writes a fetched block into the tiles.
+fn stash(lid: u32, f: Fetch) {
+    for (var i = 0u; i < WI; i++) {
+        let u = lid + i * TILE_WG;
+        if u < TR * 4u {
+            let at = (u / 4u) * KP + (u % 4u) * 8u;
+            let v = weights8(f, i);
+            for (var c = 0u; c < 8u; c++) {
+                w_h[at + c] = to_h(v[c]);
+            }
+        }
+    }
+    for (var i = 0u; i < XI; i++) {
+        let u = lid + i * TILE_WG;
+        if u < TS * 4u {
+            let at = (u / 4u) * KP + (u % 4u) * 8u;
+            let v = inputs8(f, i);
+            for (var c = 0u; c < 8u; c++) {
+                put_x(at + c, v[c]);
+            }
+        }
+    }
 }
 
 // Subgroup sg's output tile n (its inputs 16 ss .., rows r0 + 16 n ..) handed to store_rows.
