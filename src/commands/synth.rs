@@ -1,0 +1,93 @@
+//! `synth`: a random-weight checkpoint in the released layout.
+
+use std::path::PathBuf;
+
+use anyhow::{Result, bail};
+use clap::Args;
+use gpt_oss_wgpu::synth::{self, SynthSpec};
+
+use super::*;
+
+#[derive(Args)]
+pub(crate) struct SynthArgs {
+    /// Shape to start from: tiny, 20b or 120b.
+    #[arg(long, default_value = "tiny")]
+    pub(crate) preset: String,
+    /// Output directory.
+    #[arg(long)]
+    pub(crate) out: PathBuf,
+    #[arg(long, default_value_t = 0)]
+    pub(crate) seed: u64,
+    #[arg(long)]
+    pub(crate) layers: Option<u32>,
+    #[arg(long)]
+    pub(crate) hidden: Option<u32>,
+    #[arg(long)]
+    pub(crate) intermediate: Option<u32>,
+    #[arg(long)]
+    pub(crate) heads: Option<u32>,
+    #[arg(long)]
+    pub(crate) kv_heads: Option<u32>,
+    #[arg(long)]
+    pub(crate) head_dim: Option<u32>,
+    #[arg(long)]
+    pub(crate) experts: Option<u32>,
+    #[arg(long)]
+    pub(crate) top_k: Option<u32>,
+    #[arg(long)]
+    pub(crate) vocab: Option<u32>,
+    #[arg(long)]
+    pub(crate) sliding_window: Option<u32>,
+    /// Start a new shard after this many MiB.
+    #[arg(long)]
+    pub(crate) shard_mib: Option<u64>,
+    /// Write into --out even if it already holds files (they may be overwritten).
+    #[arg(long)]
+    pub(crate) force: bool,
+}
+
+pub(crate) fn synth_cmd(a: &SynthArgs) -> Result<()> {
+    let mut s = SynthSpec::preset(&a.preset)?;
+    let set = |v: &mut u32, o: Option<u32>| {
+        if let Some(x) = o {
+            *v = x;
+        }
+    };
+    set(&mut s.layers, a.layers);
+    set(&mut s.hidden, a.hidden);
+    set(&mut s.inter, a.intermediate);
+    set(&mut s.heads, a.heads);
+    set(&mut s.kv_heads, a.kv_heads);
+    set(&mut s.head_dim, a.head_dim);
+    set(&mut s.experts, a.experts);
+    set(&mut s.top_k, a.top_k);
+    set(&mut s.vocab, a.vocab);
+    set(&mut s.sliding_window, a.sliding_window);
+    if let Some(m) = a.shard_mib {
+        s.shard_bytes = m.max(1) << 20;
+    }
+    let occupied = std::fs::read_dir(&a.out).is_ok_and(|mut d| d.next().is_some());
+    if occupied && !a.force {
+        bail!(
+            "{} already exists and is not empty; choose another --out or add --force to write \
+             over it",
+            a.out.display()
+        );
+    }
+    let pb = bar(0, "writing");
+    synth::write(&a.out, &s, a.seed, &mut |done, total| {
+        pb.set_length(total);
+        pb.set_position(done);
+    })?;
+    pb.finish_and_clear();
+    eprintln!(
+        "wrote {} ({} layers, hidden {}, {} experts, top-{}, vocab {})",
+        a.out.display(),
+        s.layers,
+        s.hidden,
+        s.experts,
+        s.top_k,
+        s.vocab
+    );
+    Ok(())
+}
