@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 
 use commands::DeviceArgs;
 use commands::bench::{BenchArgs, bench};
+use commands::bench_serve::{BenchServeArgs, bench_serve};
 use commands::chat::{ChatArgs, chat};
 use commands::devices::devices;
 use commands::generate::{GenerateArgs, generate};
@@ -51,6 +52,9 @@ enum Command {
     /// /v1/models, /tokenize, /detokenize, /health (many clients share the GPU: requests join
     /// the running batch between forward passes).
     Serve(ServeArgs),
+    /// Load-test an OpenAI-compatible server (this one or any): concurrent streaming requests
+    /// of random prompts; requests/s, tokens/s, time to first token, inter-token latency.
+    BenchServe(BenchServeArgs),
 }
 
 /// Mesa's Vulkan drivers probe Wayland, and libwayland prints "error: XDG_RUNTIME_DIR is invalid
@@ -78,6 +82,7 @@ fn main() -> ExitCode {
         Command::Render(a) => render(a),
         Command::Parse(a) => parse(a),
         Command::Serve(a) => serve(a),
+        Command::BenchServe(a) => bench_serve(a),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,

@@ -58,7 +58,16 @@ fn assert_clean_error(out: &Output, needle: &str) {
 #[test]
 fn help_for_every_command() {
     for c in [
-        "devices", "synth", "generate", "logits", "bench", "chat", "render", "parse", "serve",
+        "devices",
+        "synth",
+        "generate",
+        "logits",
+        "bench",
+        "chat",
+        "render",
+        "parse",
+        "serve",
+        "bench-serve",
     ] {
         let out = run(&[c, "--help"]);
         assert!(out.status.success());

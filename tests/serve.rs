@@ -237,6 +237,32 @@ fn serves_the_openai_api() {
         "{next}"
     );
 
+    // bench-serve drives it: every request streams its tokens (end-of-sequence ignored).
+    let report = tempfile::NamedTempFile::new().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_gpt-oss-wgpu"))
+        .args(["bench-serve", "--url", &format!("http://{s}/v1")])
+        .args(["--max-concurrency", "2", "--num-prompts", "4"])
+        .args([
+            "--random-input-len",
+            "16",
+            "--random-output-len",
+            "8",
+            "--json",
+        ])
+        .arg(report.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: Value = serde_json::from_slice(&std::fs::read(report.path()).unwrap()).unwrap();
+    assert_eq!(r["successful_requests"], 4, "{r}");
+    assert_eq!(r["total_output_tokens"], 32, "{r}");
+    assert!(r["median_ttft_ms"].as_f64().unwrap() > 0.0, "{r}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Output token throughput"));
+
     // Chat: the answer's shape and usage; the stream carries the same text.
     let chat = json!({"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 10,
                       "temperature": 0, "reasoning_effort": "low"});

@@ -2,6 +2,7 @@
 //! and model arguments, opening and loading checkpoints, progress bars.
 
 pub(crate) mod bench;
+pub(crate) mod bench_serve;
 pub(crate) mod chat;
 pub(crate) mod devices;
 pub(crate) mod generate;
@@ -128,13 +129,24 @@ pub(crate) fn gpu_options(d: &DeviceArgs) -> Result<GpuOptions> {
 }
 
 pub(crate) fn bar(len: u64, msg: &str) -> ProgressBar {
+    styled_bar(
+        len,
+        msg,
+        "{msg} [{bar:30}] {bytes}/{total_bytes} ({bytes_per_sec}, {eta})",
+    )
+}
+
+/// A progress bar over a count of things.
+pub(crate) fn count_bar(len: u64, msg: &str) -> ProgressBar {
+    styled_bar(len, msg, "{msg} [{bar:30}] {pos}/{len} ({elapsed}, {eta})")
+}
+
+fn styled_bar(len: u64, msg: &str, template: &str) -> ProgressBar {
     let pb = ProgressBar::new(len);
     pb.set_style(
-        ProgressStyle::with_template(
-            "{msg} [{bar:30}] {bytes}/{total_bytes} ({bytes_per_sec}, {eta})",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar())
-        .progress_chars("=> "),
+        ProgressStyle::with_template(template)
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
     );
     pb.set_message(msg.to_string());
     pb

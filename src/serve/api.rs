@@ -61,6 +61,9 @@ pub(super) struct Common {
     pub stream: bool,
     pub stream_options: Option<StreamOptions>,
     pub logprobs: Option<Value>,
+    /// vLLM's extension: keep generating past end-of-sequence (benchmarks).
+    #[serde(default)]
+    pub ignore_eos: bool,
 }
 
 #[derive(Deserialize)]
@@ -210,7 +213,7 @@ impl Common {
                 seed: self.seed.unwrap_or_else(|| now() ^ 0x5eed),
             },
             stop: stop_ids,
-            ignore_eos: false,
+            ignore_eos: self.ignore_eos,
         })
     }
 
