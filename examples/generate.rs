@@ -48,11 +48,11 @@ fn main() -> anyhow::Result<()> {
     let mut text = StreamDecoder::default();
     while engine.has_work() {
         for event in pollster::block_on(engine.step())? {
-            if let Event::Token { token, .. } = event {
-                if let Some(piece) = text.push(&tokenizer, token)? {
-                    print!("{piece}");
-                    std::io::stdout().flush()?;
-                }
+            if let Event::Token { token, .. } = event
+                && let Some(piece) = text.push(&tokenizer, token)?
+            {
+                print!("{piece}");
+                std::io::stdout().flush()?;
             }
         }
     }

@@ -119,10 +119,10 @@ fn object(schema: &Value, indent: &str) -> String {
         }
         let variants = prop.get("oneOf").and_then(Value::as_array);
         let desc = prop.get("description").and_then(Value::as_str);
-        if variants.is_none() {
-            if let Some(d) = desc {
-                out.push_str(&format!("{indent}// {d}\n"));
-            }
+        if variants.is_none()
+            && let Some(d) = desc
+        {
+            out.push_str(&format!("{indent}// {d}\n"));
         }
         if let Some(examples) = prop
             .get("examples")
@@ -155,10 +155,10 @@ fn object(schema: &Value, indent: &str) -> String {
                 ));
                 let mut notes = Vec::new();
                 let vdesc = v.get("description").and_then(Value::as_str);
-                if !(i == 0 && desc_above.is_some()) {
-                    if let Some(d) = vdesc.filter(|d| Some(*d) != desc) {
-                        notes.push(d.to_string());
-                    }
+                if !(i == 0 && desc_above.is_some())
+                    && let Some(d) = vdesc.filter(|d| Some(*d) != desc)
+                {
+                    notes.push(d.to_string());
                 }
                 if let Some(d) = v.get("default") {
                     notes.push(default_text(v, d));

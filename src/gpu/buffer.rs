@@ -61,7 +61,7 @@ impl Gpu {
 
     /// Writes bytes at an offset, padding the tail to 4 bytes as wgpu requires.
     pub fn write(&self, buf: &wgpu::Buffer, offset: u64, data: &[u8]) {
-        if data.len() % 4 == 0 {
+        if data.len().is_multiple_of(4) {
             self.queue.write_buffer(buf, offset, data);
         } else {
             let mut v = data.to_vec();

@@ -98,7 +98,11 @@ pub(crate) fn build(
     p: Params,
     kv_f16: bool,
 ) -> Result<Vec<Dispatch>> {
-    if p.head_dim > MAX_HEAD_DIM || p.head_dim % 4 != 0 || p.n_kv == 0 || p.n_heads % p.n_kv != 0 {
+    if p.head_dim > MAX_HEAD_DIM
+        || !p.head_dim.is_multiple_of(4)
+        || p.n_kv == 0
+        || !p.n_heads.is_multiple_of(p.n_kv)
+    {
         return Err(Error::Unsupported(format!(
             "attention with {} heads, {} kv heads, head dim {}",
             p.n_heads, p.n_kv, p.head_dim

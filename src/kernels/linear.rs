@@ -103,14 +103,18 @@ pub struct RopeOutput<'a> {
 pub fn fuses_rope(gpu: &Gpu, head_dim: u32) -> Result<bool> {
     let rows =
         wgsl_const("linear_vec.wgsl", "ROWS")?.max(wgsl_const("linear_vec.wgsl", "MULTI_ROWS")?);
-    Ok(head_dim % rows == 0 && gpu.caps.storage_buffers >= 9)
+    Ok(head_dim.is_multiple_of(rows) && gpu.caps.storage_buffers >= 9)
 }
 
 /// The largest pass that runs the vector kernel for input width k: it reads 8 weights per load,
 /// so k must be a multiple of 8 (else 0: every pass is tiled). A fused norm's separate rmsnorm
 /// dispatch must run for the larger passes.
 pub fn vec_max_tokens(k: u32) -> u32 {
-    if k % 8 == 0 { VEC_MAX_TOKENS } else { 0 }
+    if k.is_multiple_of(8) {
+        VEC_MAX_TOKENS
+    } else {
+        0
+    }
 }
 
 /// One dispatch per weight buffer and kernel.
@@ -127,7 +131,7 @@ pub fn build(gpu: &Gpu, step: &wgpu::Buffer, l: &Linear) -> Result<Vec<Dispatch>
 
 /// The weight buffers must cover the n_out rows; the tiled kernel reads inputs in pairs.
 fn check(l: &Linear) -> Result<()> {
-    if l.k % 2 != 0 {
+    if !l.k.is_multiple_of(2) {
         return Err(Error::Unsupported(format!(
             "linear input width {} must be even",
             l.k
@@ -154,9 +158,9 @@ pub fn build_tiled(
 ) -> Result<Vec<Dispatch>> {
     check(l)?;
     let mut out = Vec::new();
-    let key = super::key(gpu, "linear.wgsl", "main").define_if("VEC8", l.k % 8 == 0);
+    let key = super::key(gpu, "linear.wgsl", "main").define_if("VEC8", l.k.is_multiple_of(8));
     let one = key.clone().define_if("ONE_TOKEN", true);
-    let coop = l.coop && l.k % 32 == 0;
+    let coop = l.coop && l.k.is_multiple_of(32);
     let coop_key = super::key(gpu, "linear.wgsl", "coop")
         .define_if("VEC8", true)
         .define_if("COOP", true)
@@ -201,7 +205,7 @@ pub fn build_vec(
     counts: std::ops::RangeInclusive<u32>,
 ) -> Result<Vec<Dispatch>> {
     check(l)?;
-    if l.k % 8 != 0 {
+    if !l.k.is_multiple_of(8) {
         return Err(Error::Unsupported(format!(
             "the vector kernel needs an input width that is a multiple of 8, not {}",
             l.k

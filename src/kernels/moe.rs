@@ -127,7 +127,7 @@ pub fn build(
     b: &MoeBuffers,
     w: &MoeWeights,
 ) -> Result<Vec<Dispatch>> {
-    if s.hidden % 32 != 0 || s.inter % 32 != 0 {
+    if !s.hidden.is_multiple_of(32) || !s.inter.is_multiple_of(32) {
         return Err(Error::Unsupported(format!(
             "MXFP4 experts need hidden ({}) and intermediate ({}) sizes that are multiples of 32",
             s.hidden, s.inter

@@ -47,7 +47,7 @@ pub fn slices(hidden: u32) -> Result<u32> {
 /// Two dispatches: the partial logits for decode passes, the whole router for larger ones.
 pub fn build(gpu: &Gpu, step: &wgpu::Buffer, r: &Router) -> Result<Vec<Dispatch>> {
     let max_e = crate::gpu::shader::wgsl_const("router.wgsl", "MAX_E")?;
-    if r.top_k > r.n_experts || r.n_experts > max_e || r.hidden % 8 != 0 {
+    if r.top_k > r.n_experts || r.n_experts > max_e || !r.hidden.is_multiple_of(8) {
         return Err(Error::Unsupported(format!(
             "router top-{} of {} experts over {} inputs (at most {max_e} experts, inputs a multiple of 8)",
             r.top_k, r.n_experts, r.hidden

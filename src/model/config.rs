@@ -131,12 +131,12 @@ impl HfConfig {
 
     /// Checks every value and resolves defaults the way transformers does.
     pub fn validate(&self) -> Result<ModelConfig> {
-        if let Some(t) = &self.model_type {
-            if t != "gpt_oss" {
-                return Err(Error::Unsupported(format!(
-                    "model_type `{t}` (only gpt_oss)"
-                )));
-            }
+        if let Some(t) = &self.model_type
+            && t != "gpt_oss"
+        {
+            return Err(Error::Unsupported(format!(
+                "model_type `{t}` (only gpt_oss)"
+            )));
         }
         let hidden = need(self.hidden_size, "hidden_size")?;
         let inter = need(self.intermediate_size, "intermediate_size")?;
@@ -250,14 +250,13 @@ impl HfConfig {
                 Some(other) => return Err(Error::Unsupported(format!("rope type `{other}`"))),
             },
         };
-        if let Some(q) = &self.quantization_config {
-            if let Some(m) = &q.quant_method {
-                if m != "mxfp4" {
-                    return Err(Error::Unsupported(format!(
-                        "quantization `{m}` (only mxfp4)"
-                    )));
-                }
-            }
+        if let Some(q) = &self.quantization_config
+            && let Some(m) = &q.quant_method
+            && m != "mxfp4"
+        {
+            return Err(Error::Unsupported(format!(
+                "quantization `{m}` (only mxfp4)"
+            )));
         }
         let eps = self.rms_norm_eps.unwrap_or(1e-5);
         if eps <= 0.0 {

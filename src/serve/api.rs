@@ -132,13 +132,13 @@ impl Common {
         prompt: Vec<u32>,
         stop_ids: Vec<u32>,
     ) -> Result<Request, ApiError> {
-        if let Some(m) = &self.model {
-            if *m != r.model_name {
-                return Err(ApiError::new(
-                    StatusCode::NOT_FOUND,
-                    format!("The model `{m}` does not exist."),
-                ));
-            }
+        if let Some(m) = &self.model
+            && *m != r.model_name
+        {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("The model `{m}` does not exist."),
+            ));
         }
         if self.n.is_some_and(|n| !(1..=MAX_N).contains(&n)) {
             return Err(ApiError::param(
