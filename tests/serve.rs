@@ -209,6 +209,41 @@ fn serves_the_openai_api() {
     let b = post(s, "/v1/completions", &seeded).1;
     assert_eq!(a["choices"][0]["text"], b["choices"][0]["text"]);
 
+    // n completions: each choice is the seeded draw that choice's seed gives alone; streamed,
+    // each choice's pieces carry its index and join to its text.
+    let two = json!({"prompt": "Once", "max_tokens": 6, "temperature": 1.0, "seed": 5, "n": 2,
+                     "echo": true});
+    let (status, whole_two) = post(s, "/v1/completions", &two);
+    assert_eq!(status, 200, "{whole_two}");
+    assert_eq!(whole_two["choices"].as_array().unwrap().len(), 2);
+    assert_eq!(whole_two["usage"]["completion_tokens"], 12);
+    for (i, seed) in [5, 6].iter().enumerate() {
+        let c = &whole_two["choices"][i];
+        assert_eq!(c["index"], i);
+        assert!(c["text"].as_str().unwrap().starts_with("Once"), "{c}");
+        let one = json!({"prompt": "Once", "max_tokens": 6, "temperature": 1.0, "seed": seed,
+                         "echo": true});
+        assert_eq!(
+            post(s, "/v1/completions", &one).1["choices"][0]["text"],
+            c["text"]
+        );
+    }
+    let mut streamed_two = two.clone();
+    streamed_two["stream"] = json!(true);
+    let chunks = events(s, "/v1/completions", &streamed_two);
+    for i in 0..2 {
+        let text: String = chunks
+            .iter()
+            .filter(|c| c["choices"][0]["index"] == i)
+            .filter_map(|c| c["choices"][0]["text"].as_str())
+            .collect();
+        assert_eq!(
+            text,
+            whole_two["choices"][i]["text"].as_str().unwrap(),
+            "choice {i}"
+        );
+    }
+
     // A prompt that starts like an earlier one reuses its KV blocks: reported as cached
     // tokens, with the same answer.
     let long = "Some words to make a prompt longer than a few KV-cache blocks. ".repeat(12);
@@ -400,7 +435,8 @@ fn serves_the_openai_api() {
         ("POST", "/v1/chat/completions", json!({"messages": user, "max_completion_tokens": -3}).to_string(), 400),
         ("POST", "/v1/chat/completions", json!({"messages": user, "n": 0}).to_string(), 400),
         ("POST", "/v1/chat/completions", json!({"messages": user, "n": 17}).to_string(), 400),
-        ("POST", "/v1/completions", json!({"prompt": "x", "n": 2}).to_string(), 400),
+        ("POST", "/v1/completions", json!({"prompt": "x", "n": 0}).to_string(), 400),
+        ("POST", "/v1/completions", json!({"prompt": "x", "n": 17}).to_string(), 400),
         ("POST", "/v1/chat/completions", json!({"messages": user, "stop": ""}).to_string(), 400),
         ("POST", "/v1/chat/completions", json!({"messages": user, "reasoning_effort": "max"}).to_string(), 400),
         ("POST", "/v1/chat/completions", json!({"messages": user, "model": "other"}).to_string(), 404),

@@ -593,30 +593,44 @@ pub async fn chat(
                 })
             })
             .collect();
-        let mut total = Finish::default();
-        for t in tasks {
-            match t.await {
-                Ok(Ok(Some(f))) => total.add(&f),
-                Ok(Ok(None)) => return,
-                Ok(Err(m)) => {
-                    let _ = tx.send(Ok(Sse::default().data(error_event(m))));
-                    return;
-                }
-                Err(e) => {
-                    let _ = tx.send(Ok(Sse::default().data(error_event(e.to_string()))));
-                    return;
-                }
-            }
-        }
-        if include_usage {
-            let u = json!({
+        let usage_chunk = |total: &Finish| {
+            json!({
                 "id": new_id("chatcmpl-"), "object": "chat.completion.chunk",
-                "created": created, "choices": [], "usage": usage(prompt_tokens, &total),
-            });
-            let _ = tx.send(Ok(Sse::default().data(u.to_string())));
-        }
-        let _ = tx.send(Ok(Sse::default().data("[DONE]")));
+                "created": created, "choices": [], "usage": usage(prompt_tokens, total),
+            })
+        };
+        end_stream(&tx, tasks, include_usage.then_some(usage_chunk)).await;
     }))
+}
+
+/// A choice's stream task: its finish, None when the client left, or the failed pass's message.
+type ChoiceTask = tokio::task::JoinHandle<Result<Option<Finish>, String>>;
+
+/// Waits for every choice's stream, then sends the usage chunk (when asked) and `[DONE]`; a
+/// failed pass ends the stream with an error event instead, a client that left with nothing.
+async fn end_stream(
+    tx: &mpsc::UnboundedSender<Result<Sse, Infallible>>,
+    tasks: Vec<ChoiceTask>,
+    usage_chunk: Option<impl FnOnce(&Finish) -> Value>,
+) {
+    let mut total = Finish::default();
+    for t in tasks {
+        let error = match t.await {
+            Ok(Ok(Some(f))) => {
+                total.add(&f);
+                continue;
+            }
+            Ok(Ok(None)) => return,
+            Ok(Err(m)) => m,
+            Err(e) => e.to_string(),
+        };
+        let _ = tx.send(Ok(Sse::default().data(error_event(error))));
+        return;
+    }
+    if let Some(chunk) = usage_chunk {
+        let _ = tx.send(Ok(Sse::default().data(chunk(&total).to_string())));
+    }
+    let _ = tx.send(Ok(Sse::default().data("[DONE]")));
 }
 
 /// The event a stream ends with when the forward pass failed.
@@ -657,64 +671,85 @@ pub async fn completions(
     if prompt.is_empty() {
         return Err(ApiError::param("prompt", "the prompt is empty"));
     }
-    if b.common.n.is_some_and(|n| n > 1) {
-        return Err(ApiError::param(
-            "n",
-            "n > 1 is supported on /v1/chat/completions only",
-        ));
-    }
     let req = b.common.request(r, prompt, Vec::new())?;
     let prompt_tokens = req.prompt.len() as u32;
-    let out = TextStream::new(b.common.stop_text()?);
-    let rx = submit(r, req).await?;
+    // One request per choice (`n`), each with its own seed, all in the same batch.
+    let mut runs = Vec::new();
+    for req in b.common.choices(req) {
+        runs.push((
+            submit(r, req).await?,
+            TextStream::new(b.common.stop_text()?),
+        ));
+    }
     let (id, created, model) = (new_id("cmpl-"), now(), r.model_name.clone());
     let echo = if b.echo { prompt_text } else { String::new() };
     if !b.common.stream {
-        let mut text = echo;
-        let finish = drive(rx, out, &r.tokenizer, |t| {
-            text.push_str(&t);
-            true
-        })
-        .await
-        .map_err(failed)?
-        .unwrap_or_else(Finish::none);
+        let tasks: Vec<_> = runs
+            .into_iter()
+            .map(|(rx, out)| {
+                let (tok, mut text) = (r.tokenizer.clone(), echo.clone());
+                tokio::spawn(async move {
+                    let finish = drive(rx, out, &tok, |t| {
+                        text.push_str(&t);
+                        true
+                    })
+                    .await
+                    .map_err(failed)?
+                    .unwrap_or_else(Finish::none);
+                    Ok::<_, ApiError>((text, finish))
+                })
+            })
+            .collect();
+        let (mut choices, mut total) = (Vec::new(), Finish::default());
+        for (index, t) in tasks.into_iter().enumerate() {
+            let (text, finish) = t.await.map_err(|e| failed(e.to_string()))??;
+            total.add(&finish);
+            choices.push(
+                json!({"index": index, "text": text, "finish_reason": finish.reason,
+                                "logprobs": null}),
+            );
+        }
         return Ok(Json(json!({
             "id": id, "object": "text_completion", "created": created, "model": model,
-            "choices": [{"index": 0, "text": text, "finish_reason": finish.reason, "logprobs": null}],
-            "usage": usage(prompt_tokens, &finish),
+            "choices": choices, "usage": usage(prompt_tokens, &total),
         }))
         .into_response());
     }
+    // Streaming: per choice its pieces (the echo first) and its finish chunk, tagged with its
+    // index; the usage chunk when asked, then [DONE].
     let include_usage = b.common.include_usage();
     let tok = r.tokenizer.clone();
     Ok(sse(move |tx| async move {
-        let chunk = |text: String, finish: Option<&str>| {
+        let chunk = move |index: usize, text: String, finish: Option<&str>| {
             let c = json!({
                 "id": id, "object": "text_completion", "created": created, "model": model,
-                "choices": [{"index": 0, "text": text, "finish_reason": finish, "logprobs": null}],
+                "choices": [{"index": index, "text": text, "finish_reason": finish, "logprobs": null}],
             });
             Ok(Sse::default().data(c.to_string()))
         };
-        let send = |e| tx.send(e).is_ok();
-        if !echo.is_empty() && !send(chunk(echo, None)) {
-            return;
-        }
-        match drive(rx, out, &tok, |t| send(chunk(t, None))).await {
-            Ok(Some(finish)) => {
-                send(chunk(String::new(), Some(finish.reason)));
-                if include_usage {
-                    let u = json!({"id": new_id("cmpl-"), "object": "text_completion",
-                        "created": created, "choices": [],
-                        "usage": usage(prompt_tokens, &finish)});
-                    send(Ok(Sse::default().data(u.to_string())));
-                }
-                send(Ok(Sse::default().data("[DONE]")));
-            }
-            Ok(None) => {}
-            Err(m) => {
-                send(Ok(Sse::default().data(error_event(m))));
-            }
-        }
+        let tasks: Vec<_> = runs
+            .into_iter()
+            .enumerate()
+            .map(|(index, (rx, out))| {
+                let (tx, tok, chunk, echo) = (tx.clone(), tok.clone(), chunk.clone(), echo.clone());
+                tokio::spawn(async move {
+                    let send = |e| tx.send(e).is_ok();
+                    if !echo.is_empty() && !send(chunk(index, echo, None)) {
+                        return Ok(None);
+                    }
+                    let finish = drive(rx, out, &tok, |t| send(chunk(index, t, None))).await;
+                    if let Ok(Some(f)) = &finish {
+                        send(chunk(index, String::new(), Some(f.reason)));
+                    }
+                    finish
+                })
+            })
+            .collect();
+        let usage_chunk = |total: &Finish| {
+            json!({"id": new_id("cmpl-"), "object": "text_completion",
+                   "created": created, "choices": [], "usage": usage(prompt_tokens, total)})
+        };
+        end_stream(&tx, tasks, include_usage.then_some(usage_chunk)).await;
     }))
 }
 
