@@ -6,7 +6,6 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use gpt_oss_wgpu::Sampling;
 use gpt_oss_wgpu::chat::openai::today;
 use gpt_oss_wgpu::chat::{ChatRequest, ChatSession, ReasoningEffort, TurnEvent};
 
@@ -38,16 +37,8 @@ pub(crate) struct ChatOptions {
     /// Most tokens per answer, reasoning included.
     #[arg(long, default_value_t = 2048)]
     pub(crate) max_tokens: u32,
-    #[arg(long, default_value_t = 1.0)]
-    pub(crate) temperature: f32,
-    #[arg(long, default_value_t = 1.0)]
-    pub(crate) top_p: f32,
-    /// Keep only the k most likely tokens (0 keeps all).
-    #[arg(long, default_value_t = 0)]
-    pub(crate) top_k: u32,
-    /// Sampling seed (random when omitted).
-    #[arg(long)]
-    pub(crate) seed: Option<u64>,
+    #[command(flatten)]
+    pub(crate) sampling: SamplingArgs,
     /// End an answer when it contains this text; may be repeated. The stop text is not shown.
     #[arg(long)]
     pub(crate) stop: Vec<String>,
@@ -109,16 +100,6 @@ impl TurnPrinter {
             _ => Ok(()),
         };
         let _ = out.flush();
-    }
-}
-
-/// Sampling settings for one chat answer.
-pub(crate) fn chat_sampling(o: &ChatOptions, seed: u64) -> Sampling {
-    Sampling {
-        temperature: o.temperature,
-        top_p: o.top_p,
-        top_k: o.top_k,
-        seed,
     }
 }
 
@@ -208,7 +189,7 @@ pub(crate) fn chat(a: &ChatArgs) -> Result<()> {
     }
     let mut engine = load(&a.model, ckpt, 1)?;
     let interactive = std::io::stdin().is_terminal();
-    let mut seed = a.chat.seed.unwrap_or_else(random_seed);
+    let mut seed = a.chat.sampling.seed.unwrap_or_else(random_seed);
     if interactive {
         eprintln!(
             "chat with {} — /help for commands, Ctrl-D to leave",
@@ -272,7 +253,7 @@ pub(crate) fn chat(a: &ChatArgs) -> Result<()> {
             }
             continue;
         }
-        let sampling = chat_sampling(&a.chat, seed);
+        let sampling = a.chat.sampling.with_seed(seed);
         seed = seed.wrapping_add(1);
         let mut printer = TurnPrinter::new(!a.hide_reasoning, true);
         stop.store(false, Ordering::SeqCst);

@@ -26,16 +26,8 @@ pub(crate) struct GenerateArgs {
     /// Most tokens to generate (default: 2048 in chat mode, reasoning included; 128 with --raw).
     #[arg(long)]
     pub(crate) max_tokens: Option<u32>,
-    #[arg(long, default_value_t = 1.0)]
-    pub(crate) temperature: f32,
-    #[arg(long, default_value_t = 1.0)]
-    pub(crate) top_p: f32,
-    /// Keep only the k most likely tokens (0 keeps all).
-    #[arg(long, default_value_t = 0)]
-    pub(crate) top_k: u32,
-    /// Sampling seed (random when omitted).
-    #[arg(long)]
-    pub(crate) seed: Option<u64>,
+    #[command(flatten)]
+    pub(crate) sampling: SamplingArgs,
     /// Always take the most likely token.
     #[arg(long)]
     pub(crate) greedy: bool,
@@ -60,19 +52,14 @@ pub(crate) struct GenerateArgs {
 impl GenerateArgs {
     /// The sampling settings and the seed they use (random unless given).
     fn sampling(&self) -> (Sampling, u64) {
-        let seed = self.seed.unwrap_or_else(random_seed);
+        let seed = self.sampling.seed.unwrap_or_else(random_seed);
         let s = if self.greedy {
             Sampling {
                 seed,
                 ..Sampling::greedy()
             }
         } else {
-            Sampling {
-                temperature: self.temperature,
-                top_p: self.top_p,
-                top_k: self.top_k,
-                seed,
-            }
+            self.sampling.with_seed(seed)
         };
         (s, seed)
     }

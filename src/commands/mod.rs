@@ -19,7 +19,7 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use gpt_oss_wgpu::chat::ReasoningEffort;
 use gpt_oss_wgpu::model::weights::Checkpoint;
-use gpt_oss_wgpu::{Engine, Gpu, GpuOptions, ModelOptions, Tokenizer};
+use gpt_oss_wgpu::{Engine, Gpu, GpuOptions, ModelOptions, Sampling, Tokenizer};
 use indicatif::{ProgressBar, ProgressStyle};
 
 #[derive(Args, Clone)]
@@ -61,6 +61,33 @@ pub(crate) struct ModelArgs {
     pub(crate) kv_cache_memory: Option<u64>,
     #[command(flatten)]
     pub(crate) device: DeviceArgs,
+}
+
+/// How to pick tokens (`generate` and `chat`).
+#[derive(Args, Clone)]
+pub(crate) struct SamplingArgs {
+    #[arg(long, default_value_t = 1.0)]
+    pub(crate) temperature: f32,
+    #[arg(long, default_value_t = 1.0)]
+    pub(crate) top_p: f32,
+    /// Keep only the k most likely tokens (0 keeps all).
+    #[arg(long, default_value_t = 0)]
+    pub(crate) top_k: u32,
+    /// Sampling seed (random when omitted).
+    #[arg(long)]
+    pub(crate) seed: Option<u64>,
+}
+
+impl SamplingArgs {
+    /// These settings with this seed.
+    pub(crate) fn with_seed(&self, seed: u64) -> Sampling {
+        Sampling {
+            temperature: self.temperature,
+            top_p: self.top_p,
+            top_k: self.top_k,
+            seed,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]

@@ -451,11 +451,19 @@ impl KvCache {
         for &(seq, pos) in &first {
             host.pools[Kind::Window as usize].slide(seq, pos);
         }
+        // Only rows that took a block go up (entries given back need no upload: attention never
+        // reads them), so a decode step uploads a row once every KV_BLOCK tokens.
+        let mut changed: Vec<u32> = Vec::new();
         let mut placed = Ok(());
         'tokens: for t in tokens.iter_mut() {
             for (kind, pool) in host.pools.iter_mut().enumerate() {
                 match pool.place(t.seq, t.pos) {
-                    Ok((slot, _)) => t.kv_slot[kind] = slot,
+                    Ok((slot, new)) => {
+                        t.kv_slot[kind] = slot;
+                        if new && !changed.contains(&t.seq) {
+                            changed.push(t.seq);
+                        }
+                    }
                     Err(e) => {
                         placed = Err(e);
                         break 'tokens;
@@ -464,7 +472,7 @@ impl KvCache {
             }
         }
         // Blocks taken before a failure stay taken: their rows go up either way.
-        for &(seq, _) in &first {
+        for seq in changed {
             host.upload(gpu, &self.tables, self.sizes.entries, seq);
         }
         placed
