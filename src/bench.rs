@@ -38,9 +38,11 @@ pub struct Report {
     pub kv_cache_gib: f64,
     pub activations_gib: f64,
     /// GPU microseconds per kernel family for one decode step, one batched decode step (the
-    /// largest batch of --batches that takes the decode kernels) and one prefill pass.
+    /// largest batch of --batches that takes the decode kernels), one wide decode step (the
+    /// largest batch beyond them, which takes the tiled kernels) and one prefill pass.
     pub decode_kernels_us: Vec<(String, f64)>,
     pub batch_decode_kernels_us: Vec<(String, f64)>,
+    pub wide_decode_kernels_us: Vec<(String, f64)>,
     pub prefill_kernels_us: Vec<(String, f64)>,
     /// Every dispatch of one decode step, in order (label, microseconds).
     pub decode_dispatches_us: Vec<(String, f64)>,
@@ -159,6 +161,7 @@ pub fn run(
         activations_gib: gib(model.activation_bytes()),
         decode_kernels_us: Vec::new(),
         batch_decode_kernels_us: Vec::new(),
+        wide_decode_kernels_us: Vec::new(),
         prefill_kernels_us: Vec::new(),
         decode_dispatches_us: Vec::new(),
         decode_kernel_bytes: Vec::new(),
@@ -233,12 +236,22 @@ pub fn run(
     report.decode_kernels_us = per_family(&decode);
     report.decode_kernel_bytes = decode_bytes(model, ctx);
     report.decode_dispatches_us = decode.into_iter().map(|(l, ns)| (l, ns / 1e3)).collect();
-    let batch = batches
+    let vec_max = crate::kernels::VEC_MAX_TOKENS.min(model.opts.max_seqs);
+    let narrow = batches
         .iter()
         .copied()
-        .filter(|&b| b > 1 && b <= crate::kernels::VEC_MAX_TOKENS.min(model.opts.max_seqs))
+        .filter(|&b| b > 1 && b <= vec_max)
         .max();
-    if let Some(b) = batch {
+    let wide = batches
+        .iter()
+        .copied()
+        .filter(|&b| b > vec_max && b <= model.opts.max_seqs)
+        .max();
+    for (b, out) in [
+        (narrow, &mut report.batch_decode_kernels_us),
+        (wide, &mut report.wide_decode_kernels_us),
+    ] {
+        let Some(b) = b else { continue };
         let toks: Vec<TokenInfo> = (0..b).map(|s| TokenInfo::new(1, ctx, s)).collect();
         let outputs: Vec<u32> = (0..b).collect();
         let profile = pollster::block_on(model.profile(&Batch {
@@ -246,7 +259,7 @@ pub fn run(
             outputs: &outputs,
             sampling: &greedy(b as usize),
         }))?;
-        report.batch_decode_kernels_us = per_family(&profile.unwrap_or_default());
+        *out = per_family(&profile.unwrap_or_default());
     }
     let n = prompt_lens
         .iter()

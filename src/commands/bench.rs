@@ -61,6 +61,7 @@ pub(crate) fn bench(a: &BenchArgs) -> Result<()> {
     for (name, k) in [
         ("decode step", &report.decode_kernels_us),
         ("batched decode step", &report.batch_decode_kernels_us),
+        ("wide decode step", &report.wide_decode_kernels_us),
         ("prefill pass", &report.prefill_kernels_us),
     ] {
         if k.is_empty() {

@@ -209,17 +209,16 @@ pub(crate) fn bench_serve(a: &BenchServeArgs) -> Result<()> {
     let run = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64);
-    let bodies: Vec<Value> = (0..a.num_prompts)
-        .map(|i| {
-            let base = run.wrapping_add(i as u64 * 7919);
-            let prompt: Vec<u64> = (0..a.random_input_len as u64)
-                .map(|j| 1000 + base.wrapping_add(j * 31) % 150_000)
-                .collect();
-            json!({"model": model, "prompt": prompt, "max_tokens": a.random_output_len,
+    let body = |i: usize| {
+        let base = run.wrapping_add(i as u64 * 7919);
+        let prompt: Vec<u64> = (0..a.random_input_len as u64)
+            .map(|j| 1000 + base.wrapping_add(j * 31) % 150_000)
+            .collect();
+        json!({"model": model, "prompt": prompt, "max_tokens": a.random_output_len,
                    "temperature": 0, "ignore_eos": true, "stream": true,
                    "stream_options": {"include_usage": true}})
-        })
-        .collect();
+    };
+    let bodies: Vec<Value> = (0..a.num_prompts).map(body).collect();
     eprintln!(
         "{} requests of {} prompt + {} output tokens to {model} at {addr}, {} at a time{}",
         a.num_prompts,
@@ -229,6 +228,10 @@ pub(crate) fn bench_serve(a: &BenchServeArgs) -> Result<()> {
         a.request_rate
             .map_or(String::new(), |r| format!(", {r} per second"))
     );
+    // One request first, as vllm bench serve does: it checks the server answers and keeps
+    // one-time costs (pipeline creation, first allocations) out of the figures.
+    eprintln!("initial test run...");
+    run_one(&addr, key, &body(a.num_prompts)).context("the initial test request failed")?;
     let pb = count_bar(a.num_prompts as u64, "requests");
     let next = AtomicUsize::new(0);
     let results: Mutex<Vec<Result<Outcome>>> = Mutex::new(Vec::new());
