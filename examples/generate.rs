@@ -43,6 +43,7 @@ fn main() -> anyhow::Result<()> {
         },
         stop: vec![],
         ignore_eos: false,
+        logprobs: None,
     };
     engine.submit(request)?;
     let mut text = StreamDecoder::default();

@@ -372,6 +372,66 @@ fn batched_requests_match_single_requests() {
     }
 }
 
+/// Log-probabilities reported with sampled tokens are log_softmax of transformers' logits at the
+/// prompt's last position (for the drawn token and the top alternatives), whatever the batch
+/// around them and whatever the sampling.
+#[test]
+fn logprobs_match_transformers() {
+    let f = fixture();
+    let dir = checkpoint();
+    let Some(mut e) = engine(dir.path(), GpuOptions::default(), 64, false) else {
+        return;
+    };
+    let vocab = e.model.cfg.vocab as usize;
+    // (prompt length, alternatives, temperature); the first asks for none, so the scored row
+    // of the second is not the pass's first output.
+    let asks = [(120, None, 0.0), (40, Some(5), 0.0), (170, Some(3), 1.0)];
+    let mut ids = Vec::new();
+    for &(len, top, temperature) in &asks {
+        let req = Request {
+            prompt: f.ids[..len].to_vec(),
+            max_tokens: 1,
+            sampling: Sampling {
+                temperature,
+                seed: 3,
+                ..Sampling::default()
+            },
+            stop: vec![],
+            ignore_eos: true,
+            logprobs: top,
+        };
+        ids.push(e.submit(req).unwrap());
+    }
+    let mut checked = 0;
+    while e.has_work() {
+        for ev in pollster::block_on(e.step()).unwrap() {
+            let Event::Token { id, token, logprobs } = ev else {
+                continue;
+            };
+            let (len, top, _) = asks[ids.iter().position(|i| *i == id).unwrap()];
+            assert_eq!(logprobs.is_some(), top.is_some(), "request {id}");
+            let Some(lp) = logprobs else { continue };
+            let p = len - 1;
+            if f.router_margin[p] < NEAR_TIE {
+                continue;
+            }
+            let row = &f.logits[p * vocab..(p + 1) * vocab];
+            let lse = row.iter().map(|&l| (l as f64).exp()).sum::<f64>().ln();
+            let reference = |t: u32| (row[t as usize] as f64 - lse) as f32;
+            assert!((lp.logprob - reference(token)).abs() < TOL, "drawn token");
+            let mut sorted: Vec<f32> = row.to_vec();
+            sorted.sort_by(|a, b| b.total_cmp(a));
+            assert_eq!(lp.top.len(), top.unwrap() as usize);
+            for (k, &(t, l)) in lp.top.iter().enumerate() {
+                assert!((l - reference(t)).abs() < TOL, "alternative {k}");
+                assert!((l - (sorted[k] as f64 - lse) as f32).abs() < TOL, "rank {k}");
+            }
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, 2);
+}
+
 /// Runs greedy requests to their end together; returns each one's tokens and cached prompt
 /// tokens.
 fn run(e: &mut Engine, prompts: &[Vec<u32>], max_tokens: u32) -> (Vec<Vec<u32>>, Vec<u32>) {
@@ -384,6 +444,7 @@ fn run(e: &mut Engine, prompts: &[Vec<u32>], max_tokens: u32) -> (Vec<Vec<u32>>,
                 sampling: Sampling::greedy(),
                 stop: vec![],
                 ignore_eos: true,
+                logprobs: None,
             };
             e.submit(req).unwrap()
         })
@@ -393,7 +454,7 @@ fn run(e: &mut Engine, prompts: &[Vec<u32>], max_tokens: u32) -> (Vec<Vec<u32>>,
     while e.has_work() {
         for ev in pollster::block_on(e.step()).unwrap() {
             match ev {
-                Event::Token { id, token } => {
+                Event::Token { id, token, .. } => {
                     out[ids.iter().position(|i| *i == id).unwrap()].push(token)
                 }
                 Event::Finished {

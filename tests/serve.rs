@@ -174,6 +174,51 @@ fn serves_the_openai_api() {
     assert_eq!(joined, text);
     assert_eq!(chunks.last().unwrap()["usage"]["completion_tokens"], 12);
 
+    // Log-probabilities: one entry per token; greedy draws the most likely token, so its
+    // log-probability is the best alternative's; streamed pieces carry the same entries.
+    let mut lp_req = req.clone();
+    lp_req["logprobs"] = json!(3);
+    let (status, v) = post(s, "/v1/completions", &lp_req);
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["choices"][0]["text"], json!(text));
+    let lp = &v["choices"][0]["logprobs"];
+    let token_lps: Vec<f64> = lp["token_logprobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect();
+    assert_eq!(token_lps.len(), 12);
+    assert_eq!(lp["tokens"].as_array().unwrap().len(), 12);
+    for (i, top) in lp["top_logprobs"].as_array().unwrap().iter().enumerate() {
+        let best = top
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|x| x.as_f64().unwrap())
+            .fold(f64::NEG_INFINITY, f64::max);
+        assert!(token_lps[i] <= 0.0 && (token_lps[i] - best).abs() < 1e-6, "token {i}");
+        assert!((1..=3).contains(&top.as_object().unwrap().len()));
+    }
+    let offsets: Vec<u64> = lp["text_offset"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap())
+        .collect();
+    assert_eq!(offsets[0], 0);
+    assert!(offsets.windows(2).all(|w| w[0] <= w[1]));
+    let mut lp_stream = lp_req.clone();
+    lp_stream["stream"] = json!(true);
+    let streamed_lps: Vec<f64> = events(s, "/v1/completions", &lp_stream)
+        .iter()
+        .filter_map(|c| c["choices"][0]["logprobs"]["token_logprobs"].as_array().cloned())
+        .flatten()
+        .map(|x| x.as_f64().unwrap())
+        .collect();
+    assert_eq!(streamed_lps, token_lps);
+    assert_eq!(whole["choices"][0]["logprobs"], Value::Null);
+
     // Several requests at once each get exactly what they get alone.
     let handles: Vec<_> = (0..4)
         .map(|_| {
@@ -446,7 +491,12 @@ fn serves_the_openai_api() {
         ("POST", "/v1/chat/completions", json!({"messages": [{"role": "user", "content": "hello ".repeat(400)}]}).to_string(), 400),
         ("POST", "/v1/completions", json!({"prompt": ""}).to_string(), 400),
         ("POST", "/v1/completions", json!({"prompt": ["a", "b"]}).to_string(), 400),
-        ("POST", "/v1/completions", json!({"prompt": "x", "logprobs": 3}).to_string(), 400),
+        ("POST", "/v1/completions", json!({"prompt": "x", "logprobs": 21}).to_string(), 400),
+        ("POST", "/v1/completions", json!({"prompt": "x", "logprobs": -1}).to_string(), 400),
+        ("POST", "/v1/completions", json!({"prompt": "x", "logprobs": 2, "echo": true}).to_string(), 400),
+        ("POST", "/v1/chat/completions", json!({"messages": user, "top_logprobs": 3}).to_string(), 400),
+        ("POST", "/v1/chat/completions", json!({"messages": user, "logprobs": true, "top_logprobs": 50}).to_string(), 400),
+        ("POST", "/v1/chat/completions", json!({"messages": user, "logprobs": "yes"}).to_string(), 400),
         ("POST", "/v1/completions", json!({"max_tokens": 3}).to_string(), 400),
         ("POST", "/tokenize", json!({}).to_string(), 400),
         ("POST", "/v1/responses", json!({"input": "x", "previous_response_id": "resp_1"}).to_string(), 400),

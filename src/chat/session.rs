@@ -253,6 +253,7 @@ impl ChatSession {
             sampling,
             stop: h.stop_ids().to_vec(),
             ignore_eos: false,
+            logprobs: None,
         })
     }
 

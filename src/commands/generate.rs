@@ -82,6 +82,7 @@ pub(crate) fn generate(a: &GenerateArgs) -> Result<()> {
         sampling,
         stop: vec![],
         ignore_eos: false,
+        logprobs: None,
     };
     check_request(&ckpt.config, context(&a.model, &ckpt), &req)?;
     let mut stop = StopText::new(a.stop.clone())?;

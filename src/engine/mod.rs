@@ -2,6 +2,7 @@
 //! running sequences (prompt chunks and decode tokens together), runs it, samples on the GPU and
 //! reports what each request produced.
 
+mod logprobs;
 mod scheduler;
 
 use std::collections::VecDeque;
@@ -14,6 +15,7 @@ use crate::model::weights::WeightSource;
 use crate::model::{Batch, Model, ModelConfig, ModelOptions, TokenInfo};
 use crate::tokenizer::Tokenizer;
 
+pub use logprobs::{MAX_TOP as MAX_TOP_LOGPROBS, TokenLogprobs};
 use scheduler::plan;
 
 /// How to pick each next token.
@@ -58,6 +60,9 @@ pub struct Request {
     pub stop: Vec<u32>,
     /// Keep going past end-of-sequence ids (benchmarks).
     pub ignore_eos: bool,
+    /// Report each sampled token's log-probability with this many alternatives (at most
+    /// `MAX_TOP_LOGPROBS`).
+    pub logprobs: Option<u32>,
 }
 
 pub type RequestId = u64;
@@ -87,6 +92,8 @@ pub enum Event {
     Token {
         id: RequestId,
         token: u32,
+        /// When the request asked for them.
+        logprobs: Option<TokenLogprobs>,
     },
     Finished {
         id: RequestId,
@@ -151,6 +158,8 @@ struct StepScratch {
     sampling: Vec<SampleParams>,
     /// Running-sequence index of each output row.
     sampled: Vec<usize>,
+    /// Output rows whose logits come back for log-probabilities.
+    keep: Vec<u32>,
 }
 
 impl Engine {
@@ -346,16 +355,18 @@ impl Engine {
             self.preempt_newest();
         }
         let sc = &mut self.scratch;
-        let (tokens, outputs, sampling, sampled_seqs) = (
+        let (tokens, outputs, sampling, sampled_seqs, keep) = (
             &mut sc.tokens,
             &mut sc.outputs,
             &mut sc.sampling,
             &mut sc.sampled,
+            &mut sc.keep,
         );
         tokens.clear();
         outputs.clear();
         sampling.clear();
         sampled_seqs.clear();
+        keep.clear();
         for w in &sc.work {
             let s = &self.running[w.seq];
             for p in w.start..w.start + w.len {
@@ -372,17 +383,24 @@ impl Engine {
                     counter: s.generated,
                     _pad: [0; 3],
                 });
+                if s.req.logprobs.is_some() {
+                    keep.push(sampled_seqs.len() as u32);
+                }
                 sampled_seqs.push(w.seq);
             }
         }
-        let ids = self
+        let (ids, logits) = self
             .model
-            .sample(&Batch {
-                tokens,
-                outputs,
-                sampling,
-            })
+            .sample_keeping(
+                &Batch {
+                    tokens,
+                    outputs,
+                    sampling,
+                },
+                keep,
+            )
             .await?;
+        let mut kept_rows = logits.chunks_exact(self.model.cfg.vocab as usize);
         for w in &sc.work {
             let s = &mut self.running[w.seq];
             s.cached = w.start + w.len;
@@ -395,9 +413,14 @@ impl Engine {
             let s = &mut self.running[si];
             s.tokens.push(tok);
             s.generated += 1;
+            let logprobs = s.req.logprobs.and_then(|top| {
+                let row = kept_rows.next()?;
+                Some(TokenLogprobs::of(row, tok, top.min(MAX_TOP_LOGPROBS) as usize))
+            });
             events.push(Event::Token {
                 id: s.id,
                 token: tok,
+                logprobs,
             });
             let stop = (!s.req.ignore_eos && self.eos.contains(&tok)) || s.req.stop.contains(&tok);
             if stop {
@@ -439,6 +462,11 @@ pub fn check_request(cfg: &ModelConfig, max_context: u32, req: &Request) -> Resu
         return Err(Error::Request(format!(
             "token id {bad} is outside the vocabulary of {}",
             cfg.vocab
+        )));
+    }
+    if req.logprobs.is_some_and(|n| n > MAX_TOP_LOGPROBS) {
+        return Err(Error::Request(format!(
+            "at most {MAX_TOP_LOGPROBS} alternatives per token can be reported"
         )));
     }
     let s = &req.sampling;

@@ -66,6 +66,7 @@ mod tests {
             sampling: Sampling::greedy(),
             stop: vec![],
             ignore_eos: false,
+            logprobs: None,
         };
         Sequence {
             id: 0,

@@ -606,6 +606,15 @@ impl Model {
     /// Runs a forward pass and returns the sampled token id of each output row. Only those ids
     /// come back from the GPU.
     pub async fn sample(&self, b: &Batch<'_>) -> Result<Vec<u32>> {
+        Ok(self.sample_keeping(b, &[]).await?.0)
+    }
+
+    /// `sample`, and besides the ids the logits of the output rows `keep` (indices into
+    /// `b.outputs`), concatenated [keep.len(), V]: what log-probabilities are computed from.
+    pub async fn sample_keeping(&self, b: &Batch<'_>, keep: &[u32]) -> Result<(Vec<u32>, Vec<f32>)> {
+        if let Some(k) = keep.iter().find(|k| **k as usize >= b.outputs.len()) {
+            return Err(Error::Request(format!("output {k} is not sampled in this pass")));
+        }
         let counts = self.write_inputs(b)?;
         let g = &self.gpu;
         let mut enc = g.device.create_command_encoder(&Default::default());
@@ -614,12 +623,33 @@ impl Model {
         if n > 0 {
             enc.copy_buffer_to_buffer(&self.acts.ids, 0, &self.ids_staging, 0, n);
         }
+        // Kept rows go to a read-back buffer of their own: rare (logprobs) and 800 KB a row.
+        let row = self.cfg.vocab as u64 * 4;
+        let kept = (!keep.is_empty()).then(|| {
+            let staging = g.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("logits read-back"),
+                size: keep.len() as u64 * row,
+                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            });
+            for (i, &k) in keep.iter().enumerate() {
+                enc.copy_buffer_to_buffer(&self.acts.logits, k as u64 * row, &staging, i as u64 * row, row);
+            }
+            staging
+        });
         g.queue.submit([enc.finish()]);
         if n == 0 {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), Vec::new()));
         }
         let bytes = crate::gpu::buffer::map_read(g, &self.ids_staging, n).await?;
-        Ok(bytemuck::pod_collect_to_vec(&bytes))
+        let logits = match kept {
+            Some(staging) => {
+                let bytes = crate::gpu::buffer::map_read(g, &staging, staging.size()).await?;
+                bytemuck::pod_collect_to_vec(&bytes)
+            }
+            None => Vec::new(),
+        };
+        Ok((bytemuck::pod_collect_to_vec(&bytes), logits))
     }
 
     /// Runs a forward pass and returns the logits [outputs, V] (a debugging and parity path).

@@ -19,12 +19,13 @@ use tokio_stream::wrappers::UnboundedReceiverStream;
 
 use super::driver::{Refused, Update};
 use super::error::ApiError;
+use super::logprobs::{self, Scored};
 use super::stream::{ChatDelta, ChatStream, Sink, TextStream};
 use super::{AppState, Ready};
 use crate::chat::harmony::{Harmony, Specials};
 use crate::chat::openai::today;
 use crate::chat::{ChatRequest, StopText};
-use crate::engine::{Event, FinishReason, Request, Sampling};
+use crate::engine::{Event, FinishReason, MAX_TOP_LOGPROBS, Request, Sampling};
 
 pub(super) type ApiResult = Result<Response, ApiError>;
 
@@ -60,7 +61,9 @@ pub(super) struct Common {
     #[serde(default)]
     pub stream: bool,
     pub stream_options: Option<StreamOptions>,
+    /// Chat: true or false (with `top_logprobs`); completions: how many alternatives.
     pub logprobs: Option<Value>,
+    pub top_logprobs: Option<Value>,
     /// vLLM's extension: keep generating past end-of-sequence (benchmarks).
     #[serde(default)]
     pub ignore_eos: bool,
@@ -146,16 +149,7 @@ impl Common {
                 format!("n must be between 1 and {MAX_N}"),
             ));
         }
-        if self
-            .logprobs
-            .as_ref()
-            .is_some_and(|l| !matches!(l, Value::Bool(false) | Value::Null))
-        {
-            return Err(ApiError::param(
-                "logprobs",
-                "logprobs are not supported yet",
-            ));
-        }
+        let logprobs = self.logprobs_asked()?;
         let temperature = self.temperature.unwrap_or(1.0);
         if !(temperature.is_finite() && temperature >= 0.0) {
             return Err(ApiError::param(
@@ -214,7 +208,39 @@ impl Common {
             },
             stop: stop_ids,
             ignore_eos: self.ignore_eos,
+            logprobs,
         })
+    }
+
+    /// How many alternatives each token's log-probability comes with, when asked: chat's
+    /// `logprobs: true` with `top_logprobs: N`, or completions' `logprobs: N`.
+    fn logprobs_asked(&self) -> Result<Option<u32>, ApiError> {
+        let count = |name: &'static str, v: &Value| match v.as_u64() {
+            Some(n) if n <= MAX_TOP_LOGPROBS as u64 => Ok(n as u32),
+            _ => Err(ApiError::param(
+                name,
+                format!("{name} must be an integer from 0 to {MAX_TOP_LOGPROBS}"),
+            )),
+        };
+        let top = match &self.top_logprobs {
+            None | Some(Value::Null) => None,
+            Some(v) => Some(count("top_logprobs", v)?),
+        };
+        match &self.logprobs {
+            None | Some(Value::Null) | Some(Value::Bool(false)) => match top {
+                Some(n) if n > 0 => Err(ApiError::param(
+                    "top_logprobs",
+                    "top_logprobs needs logprobs set to true",
+                )),
+                _ => Ok(None),
+            },
+            Some(Value::Bool(true)) => Ok(Some(top.unwrap_or(0))),
+            Some(v) if top.is_none() => count("logprobs", v).map(Some),
+            Some(_) => Err(ApiError::param(
+                "logprobs",
+                "logprobs must be true or false when top_logprobs is given",
+            )),
+        }
     }
 
     fn stop_text(&self) -> Result<StopText, ApiError> {
@@ -374,20 +400,30 @@ impl Finish {
 }
 
 /// Feeds a request's tokens through its sink until it ends, handing each piece of the answer to
-/// `emit` (which returns false when nobody listens any more: then None). Leaving drops the
-/// updates, which cancels a generation that a stop string ended early.
+/// `emit` (which returns false when nobody listens any more: then None) with the scored tokens
+/// not yet reported, for it to take. Leaving drops the updates, which cancels a generation that
+/// a stop string ended early.
 pub(super) async fn drive<S: Sink>(
     mut rx: mpsc::UnboundedReceiver<Update>,
     mut out: S,
     tok: &crate::tokenizer::Tokenizer,
-    mut emit: impl FnMut(S::Piece) -> bool,
+    mut emit: impl FnMut(S::Piece, &mut Vec<Scored>) -> bool,
 ) -> Result<Option<Finish>, String> {
     let mut finish = Finish::none();
+    let mut scored = Vec::new();
     while let Some(u) = rx.recv().await {
         match u {
-            Update::Event(Event::Token { token, .. }) => {
+            Update::Event(Event::Token {
+                token, logprobs, ..
+            }) => {
                 finish.generated += 1;
-                if !out.push(tok, token).into_iter().all(&mut emit) {
+                let pieces = out.push(tok, token);
+                if let Some(lp) = logprobs
+                    && out.scored()
+                {
+                    scored.push((token, lp));
+                }
+                if !pieces.into_iter().all(|p| emit(p, &mut scored)) {
                     return Ok(None);
                 }
                 if out.stopped() {
@@ -411,7 +447,7 @@ pub(super) async fn drive<S: Sink>(
         }
     }
     drop(rx);
-    if !out.finish().into_iter().all(&mut emit) {
+    if !out.finish().into_iter().all(|p| emit(p, &mut scored)) {
         return Ok(None);
     }
     if out.stopped() {
@@ -426,7 +462,7 @@ pub(super) async fn drive<S: Sink>(
 pub(super) async fn drive_chat(
     run: ChatRun,
     tok: &crate::tokenizer::Tokenizer,
-    emit: impl FnMut(ChatDelta) -> bool,
+    emit: impl FnMut(ChatDelta, &mut Vec<Scored>) -> bool,
 ) -> Result<Option<Finish>, String> {
     drive(run.rx, run.out, tok, emit).await
 }
@@ -437,7 +473,7 @@ pub(super) async fn whole_answer(
     tok: &crate::tokenizer::Tokenizer,
 ) -> Result<(Answer, Finish), ApiError> {
     let mut answer = Answer::default();
-    let finish = drive_chat(run, tok, |d| answer.add(d))
+    let finish = drive_chat(run, tok, |d, scored| answer.add(d, scored))
         .await
         .map_err(failed)?
         .unwrap_or_else(Finish::none);
@@ -451,13 +487,19 @@ pub(super) struct Answer {
     pub content: String,
     /// (id, name, arguments)
     pub calls: Vec<(String, String, String)>,
+    /// The content's tokens, when log-probabilities were asked for.
+    pub scored: Vec<Scored>,
 }
 
 impl Answer {
-    pub fn add(&mut self, d: ChatDelta) -> bool {
+    /// Adds a piece; content takes the scored tokens it came from.
+    pub fn add(&mut self, d: ChatDelta, scored: &mut Vec<Scored>) -> bool {
         match d {
             ChatDelta::Reasoning(t) => self.reasoning.push_str(&t),
-            ChatDelta::Content(t) => self.content.push_str(&t),
+            ChatDelta::Content(t) => {
+                self.content.push_str(&t);
+                self.scored.append(scored);
+            }
             ChatDelta::ToolStart { id, name, .. } => self.calls.push((id, name, String::new())),
             ChatDelta::ToolArgs { index, args } => self.calls[index].2.push_str(&args),
         }
@@ -531,6 +573,7 @@ pub async fn chat(
     let runs = start_chat(r, &chat, &b.common).await?;
     let prompt_tokens = runs[0].prompt_tokens;
     let (id, created, model) = (new_id("chatcmpl-"), now(), r.model_name.clone());
+    let with_logprobs = b.common.logprobs_asked()?.is_some();
     if !b.common.stream {
         let mut choices = Vec::new();
         let mut total = Finish::default();
@@ -545,8 +588,9 @@ pub async fn chat(
         for (index, t) in tasks.into_iter().enumerate() {
             let (answer, finish) = t.await.map_err(|e| failed(e.to_string()))??;
             total.add(&finish);
+            let lp = with_logprobs.then(|| logprobs::chat(&r.tokenizer, &answer.scored));
             choices.push(json!({"index": index, "message": chat_message(answer),
-                                "finish_reason": finish.reason, "logprobs": null}));
+                                "finish_reason": finish.reason, "logprobs": lp}));
         }
         return Ok(Json(json!({
             "id": id,
@@ -563,10 +607,10 @@ pub async fn chat(
     let include_usage = b.common.include_usage();
     let tok = r.tokenizer.clone();
     Ok(sse(move |tx| async move {
-        let chunk = move |index: usize, delta: Value, finish: Option<&str>| {
+        let chunk = move |index: usize, delta: Value, finish: Option<&str>, lp: Option<Value>| {
             let c = json!({
                 "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
-                "choices": [{"index": index, "delta": delta, "finish_reason": finish, "logprobs": null}],
+                "choices": [{"index": index, "delta": delta, "finish_reason": finish, "logprobs": lp}],
             });
             Ok(Sse::default().data(c.to_string()))
         };
@@ -581,13 +625,19 @@ pub async fn chat(
                         index,
                         json!({"role": "assistant", "content": ""}),
                         None,
+                        None,
                     )) {
                         return Ok(None);
                     }
-                    let finish =
-                        drive_chat(run, &tok, |d| send(chunk(index, chat_delta(d), None))).await;
+                    let finish = drive_chat(run, &tok, |d, scored| {
+                        // A content delta carries the log-probabilities of its tokens.
+                        let lp = (with_logprobs && matches!(d, ChatDelta::Content(_)))
+                            .then(|| logprobs::chat(&tok, &std::mem::take(scored)));
+                        send(chunk(index, chat_delta(d), None, lp))
+                    })
+                    .await;
                     if let Ok(Some(f)) = &finish {
-                        send(chunk(index, json!({}), Some(f.reason)));
+                        send(chunk(index, json!({}), Some(f.reason), None));
                     }
                     finish
                 })
@@ -672,6 +722,13 @@ pub async fn completions(
         return Err(ApiError::param("prompt", "the prompt is empty"));
     }
     let req = b.common.request(r, prompt, Vec::new())?;
+    let with_logprobs = req.logprobs.is_some();
+    if with_logprobs && b.echo {
+        return Err(ApiError::param(
+            "echo",
+            "log-probabilities of an echoed prompt are not supported; drop echo or logprobs",
+        ));
+    }
     let prompt_tokens = req.prompt.len() as u32;
     // One request per choice (`n`), each with its own seed, all in the same batch.
     let mut runs = Vec::new();
@@ -689,24 +746,28 @@ pub async fn completions(
             .map(|(rx, out)| {
                 let (tok, mut text) = (r.tokenizer.clone(), echo.clone());
                 tokio::spawn(async move {
-                    let finish = drive(rx, out, &tok, |t| {
+                    let mut all = Vec::new();
+                    let finish = drive(rx, out, &tok, |t, scored| {
                         text.push_str(&t);
+                        all.append(scored);
                         true
                     })
                     .await
                     .map_err(failed)?
                     .unwrap_or_else(Finish::none);
-                    Ok::<_, ApiError>((text, finish))
+                    let lp = with_logprobs
+                        .then(|| logprobs::text_completion(&tok, &all, &mut 0));
+                    Ok::<_, ApiError>((text, finish, lp))
                 })
             })
             .collect();
         let (mut choices, mut total) = (Vec::new(), Finish::default());
         for (index, t) in tasks.into_iter().enumerate() {
-            let (text, finish) = t.await.map_err(|e| failed(e.to_string()))??;
+            let (text, finish, lp) = t.await.map_err(|e| failed(e.to_string()))??;
             total.add(&finish);
             choices.push(
                 json!({"index": index, "text": text, "finish_reason": finish.reason,
-                                "logprobs": null}),
+                                "logprobs": lp}),
             );
         }
         return Ok(Json(json!({
@@ -720,10 +781,10 @@ pub async fn completions(
     let include_usage = b.common.include_usage();
     let tok = r.tokenizer.clone();
     Ok(sse(move |tx| async move {
-        let chunk = move |index: usize, text: String, finish: Option<&str>| {
+        let chunk = move |index: usize, text: String, finish: Option<&str>, lp: Option<Value>| {
             let c = json!({
                 "id": id, "object": "text_completion", "created": created, "model": model,
-                "choices": [{"index": index, "text": text, "finish_reason": finish, "logprobs": null}],
+                "choices": [{"index": index, "text": text, "finish_reason": finish, "logprobs": lp}],
             });
             Ok(Sse::default().data(c.to_string()))
         };
@@ -734,12 +795,19 @@ pub async fn completions(
                 let (tx, tok, chunk, echo) = (tx.clone(), tok.clone(), chunk.clone(), echo.clone());
                 tokio::spawn(async move {
                     let send = |e| tx.send(e).is_ok();
-                    if !echo.is_empty() && !send(chunk(index, echo, None)) {
+                    if !echo.is_empty() && !send(chunk(index, echo, None, None)) {
                         return Ok(None);
                     }
-                    let finish = drive(rx, out, &tok, |t| send(chunk(index, t, None))).await;
+                    let mut offset = 0;
+                    let finish = drive(rx, out, &tok, |t, scored| {
+                        let lp = with_logprobs.then(|| {
+                            logprobs::text_completion(&tok, &std::mem::take(scored), &mut offset)
+                        });
+                        send(chunk(index, t, None, lp))
+                    })
+                    .await;
                     if let Ok(Some(f)) = &finish {
-                        send(chunk(index, String::new(), Some(f.reason)));
+                        send(chunk(index, String::new(), Some(f.reason), None));
                     }
                     finish
                 })

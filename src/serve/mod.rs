@@ -11,6 +11,7 @@
 mod api;
 pub mod driver;
 mod error;
+mod logprobs;
 pub mod metrics;
 mod responses;
 pub mod stream;

@@ -260,7 +260,7 @@ pub async fn responses(
         let mut open: Option<(usize, &'static str)> = None;
         let mut items = 0usize;
         let mut events: Vec<(String, Value)> = Vec::new();
-        let ended = drive_chat(run, &tok, |d| {
+        let ended = drive_chat(run, &tok, |d, scored| {
             let kind = match &d {
                 ChatDelta::Reasoning(_) => "reasoning",
                 ChatDelta::Content(_) => "message",
@@ -294,7 +294,7 @@ pub async fn responses(
                 }
                 ChatDelta::ToolStart { .. } => {}
             }
-            answer.add(d);
+            answer.add(d, scored);
             events.drain(..).all(|(k, v)| send(&k, v))
         })
         .await;

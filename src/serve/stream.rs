@@ -22,6 +22,11 @@ pub trait Sink {
     fn tool_calls(&self) -> usize {
         0
     }
+    /// Whether the token pushed last is part of the text that log-probabilities describe
+    /// (chat: the content; completions: all of it).
+    fn scored(&self) -> bool {
+        true
+    }
 }
 
 /// One piece of a chat answer.
@@ -57,6 +62,7 @@ pub struct ChatStream {
     target: Target,
     calls: usize,
     call_id: Box<dyn FnMut() -> String + Send>,
+    scored: bool,
 }
 
 impl ChatStream {
@@ -71,6 +77,7 @@ impl ChatStream {
             target: Target::Nowhere,
             calls: 0,
             call_id,
+            scored: false,
         }
     }
 
@@ -111,7 +118,7 @@ impl ChatStream {
                     Target::Tool(index) => out.push(ChatDelta::ToolArgs { index, args: d }),
                     Target::Nowhere => {}
                 },
-                ParseEvent::End(_) => {}
+                ParseEvent::End(_) => self.target = Target::Nowhere,
             }
         }
         out
@@ -122,7 +129,11 @@ impl Sink for ChatStream {
     type Piece = ChatDelta;
 
     fn push(&mut self, tok: &Tokenizer, id: u32) -> Vec<ChatDelta> {
+        let before = self.target;
         let events = self.parser.push(tok, id);
+        // Inside a content message's text: neither its header nor the token that ends it.
+        self.scored = before == Target::Content
+            && events.iter().all(|e| matches!(e, ParseEvent::Delta(_)));
         self.apply(events)
     }
 
@@ -143,6 +154,10 @@ impl Sink for ChatStream {
 
     fn tool_calls(&self) -> usize {
         self.calls
+    }
+
+    fn scored(&self) -> bool {
+        self.scored
     }
 }
 
