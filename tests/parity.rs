@@ -405,7 +405,12 @@ fn logprobs_match_transformers() {
     let mut checked = 0;
     while e.has_work() {
         for ev in pollster::block_on(e.step()).unwrap() {
-            let Event::Token { id, token, logprobs } = ev else {
+            let Event::Token {
+                id,
+                token,
+                logprobs,
+            } = ev
+            else {
                 continue;
             };
             let (len, top, _) = asks[ids.iter().position(|i| *i == id).unwrap()];
@@ -424,7 +429,10 @@ fn logprobs_match_transformers() {
             assert_eq!(lp.top.len(), top.unwrap() as usize);
             for (k, &(t, l)) in lp.top.iter().enumerate() {
                 assert!((l - reference(t)).abs() < TOL, "alternative {k}");
-                assert!((l - (sorted[k] as f64 - lse) as f32).abs() < TOL, "rank {k}");
+                assert!(
+                    (l - (sorted[k] as f64 - lse) as f32).abs() < TOL,
+                    "rank {k}"
+                );
             }
             checked += 1;
         }

@@ -197,7 +197,10 @@ fn serves_the_openai_api() {
             .values()
             .map(|x| x.as_f64().unwrap())
             .fold(f64::NEG_INFINITY, f64::max);
-        assert!(token_lps[i] <= 0.0 && (token_lps[i] - best).abs() < 1e-6, "token {i}");
+        assert!(
+            token_lps[i] <= 0.0 && (token_lps[i] - best).abs() < 1e-6,
+            "token {i}"
+        );
         assert!((1..=3).contains(&top.as_object().unwrap().len()));
     }
     let offsets: Vec<u64> = lp["text_offset"]
@@ -212,7 +215,11 @@ fn serves_the_openai_api() {
     lp_stream["stream"] = json!(true);
     let streamed_lps: Vec<f64> = events(s, "/v1/completions", &lp_stream)
         .iter()
-        .filter_map(|c| c["choices"][0]["logprobs"]["token_logprobs"].as_array().cloned())
+        .filter_map(|c| {
+            c["choices"][0]["logprobs"]["token_logprobs"]
+                .as_array()
+                .cloned()
+        })
         .flatten()
         .map(|x| x.as_f64().unwrap())
         .collect();
@@ -666,4 +673,201 @@ fn sigterm_stops_the_server_cleanly() {
     );
     let status = server.child.wait().unwrap();
     assert!(status.success(), "serve exited with {status}");
+}
+
+/// A checkpoint whose greedy answer is `script` (see `synth::write_scripted`), served.
+fn scripted(script: &str, marker: &str) -> (tempfile::TempDir, Server) {
+    let dir = tempfile::tempdir().unwrap();
+    gpt_oss_wgpu::synth::write_scripted(dir.path(), script, Some(marker)).unwrap();
+    let server = start(dir.path().to_str().unwrap(), &[]);
+    (dir, server)
+}
+
+/// The streamed chat chunks folded: (reasoning, content, [(id, name, arguments)], finish).
+fn fold_chat(chunks: &[Value]) -> (String, String, Vec<(String, String, String)>, String) {
+    let (mut reasoning, mut content, mut calls, mut finish) =
+        (String::new(), String::new(), Vec::new(), String::new());
+    for c in chunks {
+        let choice = &c["choices"][0];
+        let d = &choice["delta"];
+        reasoning += d["reasoning_content"].as_str().unwrap_or("");
+        content += d["content"].as_str().unwrap_or("");
+        for t in d["tool_calls"].as_array().into_iter().flatten() {
+            let i = t["index"].as_u64().unwrap() as usize;
+            if i == calls.len() {
+                // A call opens with its id and name before any argument.
+                let name = t["function"]["name"].as_str().unwrap().to_string();
+                calls.push((t["id"].as_str().unwrap().to_string(), name, String::new()));
+            }
+            calls[i].2 += t["function"]["arguments"].as_str().unwrap_or("");
+        }
+        if let Some(f) = choice["finish_reason"].as_str() {
+            finish = f.to_string();
+        }
+    }
+    (reasoning, content, calls, finish)
+}
+
+/// Reasoning, then a tool call, from a model made to answer exactly so: whole, streamed,
+/// through the responses API, and with the call forced by `tool_choice`.
+#[test]
+fn tool_calls_and_reasoning_go_end_to_end() {
+    if !have_gpu() {
+        return;
+    }
+    let args = r#"{"city":"Paris"}"#;
+    let (_dir, server) = scripted(
+        &format!(
+            "assistant<|channel|>analysis<|message|>Need the forecast<|end|><|start|>assistant\
+             <|channel|>commentary to=functions.get_weather <|constrain|>json<|message|>{args}<|call|>"
+        ),
+        "Need",
+    );
+    let s = server.addr.as_str();
+    let tools = json!([{"type": "function", "function": {"name": "get_weather",
+        "description": "Weather for a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]);
+    let req = json!({"messages": [{"role": "user", "content": "Weather in Paris?"}],
+                     "tools": tools, "temperature": 0, "max_tokens": 60});
+    let (status, whole) = post(s, "/v1/chat/completions", &req);
+    assert_eq!(status, 200, "{whole}");
+    let choice = &whole["choices"][0];
+    assert_eq!(choice["finish_reason"], "tool_calls", "{whole}");
+    let msg = &choice["message"];
+    assert_eq!(msg["reasoning_content"], "Need the forecast");
+    assert_eq!(msg["content"], Value::Null);
+    let call = &msg["tool_calls"][0];
+    assert_eq!(call["type"], "function");
+    assert_eq!(call["function"]["name"], "get_weather");
+    assert_eq!(call["function"]["arguments"], args);
+    assert!(call["id"].as_str().unwrap().starts_with("call_"));
+
+    let mut streamed = req.clone();
+    streamed["stream"] = json!(true);
+    let (reasoning, content, calls, finish) =
+        fold_chat(&events(s, "/v1/chat/completions", &streamed));
+    assert_eq!(reasoning, "Need the forecast");
+    assert_eq!(content, "");
+    assert_eq!(calls.len(), 1);
+    assert_eq!(
+        (calls[0].1.as_str(), calls[0].2.as_str()),
+        ("get_weather", args)
+    );
+    assert_eq!(finish, "tool_calls");
+
+    // The responses API: a reasoning item, then the function call; streamed as typed events.
+    let rreq = json!({"input": "Weather in Paris?", "temperature": 0,
+        "tools": [{"type": "function", "name": "get_weather", "parameters": tools[0]["function"]["parameters"]}]});
+    let (status, resp) = post(s, "/v1/responses", &rreq);
+    assert_eq!(status, 200, "{resp}");
+    let output = resp["output"].as_array().unwrap();
+    assert_eq!(output[0]["type"], "reasoning", "{resp}");
+    assert_eq!(output[0]["content"][0]["text"], "Need the forecast");
+    assert_eq!(output[1]["type"], "function_call");
+    assert_eq!(output[1]["name"], "get_weather");
+    assert_eq!(output[1]["arguments"], args);
+    let mut rs = rreq.clone();
+    rs["stream"] = json!(true);
+    let (status, text) = http(s, "POST", "/v1/responses", Some(&rs.to_string()), None);
+    assert_eq!(status, 200, "{text}");
+    let evs: Vec<Value> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    let arg_deltas: String = evs
+        .iter()
+        .filter(|e| e["type"] == "response.function_call_arguments.delta")
+        .map(|e| e["delta"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(arg_deltas, args);
+    assert_eq!(evs.last().unwrap()["type"], "response.completed");
+
+    // tool_choice: a named function makes the first message a call to it (its arguments are
+    // whatever the model writes there: here its reasoning text), required a call to some tool.
+    let mut named = req.clone();
+    named["tool_choice"] = json!({"type": "function", "function": {"name": "get_weather"}});
+    let (status, v) = post(s, "/v1/chat/completions", &named);
+    assert_eq!(status, 200, "{v}");
+    let calls = v["choices"][0]["message"]["tool_calls"].as_array().unwrap();
+    assert_eq!(calls[0]["function"]["name"], "get_weather", "{v}");
+    assert_eq!(
+        calls[0]["function"]["arguments"], "Need the forecast",
+        "{v}"
+    );
+    assert_eq!(v["choices"][0]["message"]["reasoning_content"], Value::Null);
+    let mut required = req.clone();
+    required["tool_choice"] = json!("required");
+    let (status, v) = post(s, "/v1/chat/completions", &required);
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["choices"][0]["finish_reason"], "tool_calls", "{v}");
+    assert_eq!(
+        v["choices"][0]["message"]["tool_calls"][0]["function"]["name"], "get_weather",
+        "{v}"
+    );
+    let mut none = req.clone();
+    none["tool_choice"] = json!("required");
+    none.as_object_mut().unwrap().remove("tools");
+    assert_eq!(post(s, "/v1/chat/completions", &none).0, 400);
+}
+
+/// Reasoning, then a final answer: content with log-probabilities, whole and streamed.
+#[test]
+fn reasoning_and_content_with_logprobs() {
+    if !have_gpu() {
+        return;
+    }
+    let (_dir, server) = scripted(
+        "assistant<|channel|>analysis<|message|>Think about it<|end|><|start|>assistant\
+         <|channel|>final<|message|>The answer is forty two<|return|>",
+        "Think",
+    );
+    let s = server.addr.as_str();
+    let req = json!({"messages": [{"role": "user", "content": "Question?"}], "temperature": 0,
+                     "max_tokens": 40, "logprobs": true, "top_logprobs": 2});
+    let (status, whole) = post(s, "/v1/chat/completions", &req);
+    assert_eq!(status, 200, "{whole}");
+    let choice = &whole["choices"][0];
+    assert_eq!(choice["finish_reason"], "stop");
+    assert_eq!(choice["message"]["reasoning_content"], "Think about it");
+    assert_eq!(choice["message"]["content"], "The answer is forty two");
+    // One entry per content token, whose bytes make the content; the model is certain of each.
+    let entries = choice["logprobs"]["content"].as_array().unwrap();
+    let bytes: Vec<u8> = entries
+        .iter()
+        .flat_map(|e| {
+            e["bytes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|b| b.as_u64().unwrap() as u8)
+        })
+        .collect();
+    assert_eq!(String::from_utf8(bytes).unwrap(), "The answer is forty two");
+    for e in entries {
+        let top = e["top_logprobs"].as_array().unwrap();
+        assert_eq!(top.len(), 2);
+        assert_eq!(top[0]["token"], e["token"]);
+        assert!(e["logprob"].as_f64().unwrap() <= 0.0);
+        assert!(top[1]["logprob"].as_f64().unwrap() < e["logprob"].as_f64().unwrap());
+    }
+    let mut streamed = req.clone();
+    streamed["stream"] = json!(true);
+    let chunks = events(s, "/v1/chat/completions", &streamed);
+    let (reasoning, content, calls, finish) = fold_chat(&chunks);
+    assert_eq!(
+        (
+            reasoning.as_str(),
+            content.as_str(),
+            calls.len(),
+            finish.as_str()
+        ),
+        ("Think about it", "The answer is forty two", 0, "stop")
+    );
+    let streamed_entries: Vec<Value> = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["logprobs"]["content"].as_array().cloned())
+        .flatten()
+        .collect();
+    assert_eq!(&streamed_entries, entries);
 }

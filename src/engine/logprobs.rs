@@ -35,7 +35,9 @@ impl TokenLogprobs {
             }
         }
         TokenLogprobs {
-            logprob: logits.get(token as usize).map_or(f32::NEG_INFINITY, |&l| lp(l)),
+            logprob: logits
+                .get(token as usize)
+                .map_or(f32::NEG_INFINITY, |&l| lp(l)),
             top: best.into_iter().map(|(i, l)| (i, lp(l))).collect(),
         }
     }

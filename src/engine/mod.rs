@@ -415,7 +415,11 @@ impl Engine {
             s.generated += 1;
             let logprobs = s.req.logprobs.and_then(|top| {
                 let row = kept_rows.next()?;
-                Some(TokenLogprobs::of(row, tok, top.min(MAX_TOP_LOGPROBS) as usize))
+                Some(TokenLogprobs::of(
+                    row,
+                    tok,
+                    top.min(MAX_TOP_LOGPROBS) as usize,
+                ))
             });
             events.push(Event::Token {
                 id: s.id,

@@ -611,9 +611,15 @@ impl Model {
 
     /// `sample`, and besides the ids the logits of the output rows `keep` (indices into
     /// `b.outputs`), concatenated [keep.len(), V]: what log-probabilities are computed from.
-    pub async fn sample_keeping(&self, b: &Batch<'_>, keep: &[u32]) -> Result<(Vec<u32>, Vec<f32>)> {
+    pub async fn sample_keeping(
+        &self,
+        b: &Batch<'_>,
+        keep: &[u32],
+    ) -> Result<(Vec<u32>, Vec<f32>)> {
         if let Some(k) = keep.iter().find(|k| **k as usize >= b.outputs.len()) {
-            return Err(Error::Request(format!("output {k} is not sampled in this pass")));
+            return Err(Error::Request(format!(
+                "output {k} is not sampled in this pass"
+            )));
         }
         let counts = self.write_inputs(b)?;
         let g = &self.gpu;
@@ -633,7 +639,13 @@ impl Model {
                 mapped_at_creation: false,
             });
             for (i, &k) in keep.iter().enumerate() {
-                enc.copy_buffer_to_buffer(&self.acts.logits, k as u64 * row, &staging, i as u64 * row, row);
+                enc.copy_buffer_to_buffer(
+                    &self.acts.logits,
+                    k as u64 * row,
+                    &staging,
+                    i as u64 * row,
+                    row,
+                );
             }
             staging
         });

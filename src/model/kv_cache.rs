@@ -158,6 +158,10 @@ impl BlockPool {
     /// Where position `pos` of `slot` goes (block * block size + offset), taking a block for
     /// its entry if it has none; true in the second value when the table changed.
     pub fn place(&mut self, slot: u32, pos: u32) -> Result<(u32, bool)> {
+        // A pool without blocks serves a kind of layer the model has none of.
+        if self.blocks() == 0 {
+            return Ok((0, false));
+        }
         let e = (pos / self.block) as usize;
         let row = &self.held[slot as usize];
         if e >= row.len() {
@@ -205,6 +209,9 @@ impl BlockPool {
 
     /// Table entries of `slot` that positions [start, start + len) would have to take.
     pub fn missing(&self, slot: u32, start: u32, len: u32) -> usize {
+        if self.blocks() == 0 {
+            return 0;
+        }
         let (a, b) = (start / self.block, (start + len - 1) / self.block);
         let row = &self.held[slot as usize];
         (a..=b).filter(|e| row[*e as usize].is_none()).count()
@@ -632,6 +639,10 @@ mod tests {
         let mut small = BlockPool::new(1, 4, 16, 0, vec![0]);
         small.place(0, 0).unwrap();
         assert!(small.place(0, 16).is_err());
+        // A kind the model has no layers of has no blocks and never runs out.
+        let mut none = BlockPool::new(1, 4, 16, 0, vec![]);
+        assert_eq!(none.place(0, 40).unwrap(), (0, false));
+        assert_eq!(none.missing(0, 0, 64), 0);
     }
 
     #[test]

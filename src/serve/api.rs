@@ -296,17 +296,32 @@ fn usage(prompt: u32, f: &Finish) -> Value {
     })
 }
 
-/// Applies `tool_choice` (auto, none, or a named function that must exist) to the tools.
+/// Applies `tool_choice` to the tools: auto leaves the choice to the model, none drops the
+/// tools; required and a named function return the header the answer is made to start with
+/// (a message to `functions` or `functions.NAME`), so that a call is certain. A forced call
+/// skips the reasoning that would come before it.
 pub(super) fn apply_tool_choice(
     chat: &mut ChatRequest,
     choice: Option<&Value>,
-) -> Result<(), ApiError> {
+) -> Result<Option<String>, ApiError> {
+    let has_tools = chat.tools.as_ref().is_some_and(|t| !t.is_empty());
     match choice {
-        None => Ok(()),
-        Some(Value::String(s)) if s == "auto" => Ok(()),
+        None => Ok(None),
+        Some(Value::String(s)) if s == "auto" => Ok(None),
         Some(Value::String(s)) if s == "none" => {
             chat.tools = None;
-            Ok(())
+            Ok(None)
+        }
+        Some(Value::String(s)) if s == "required" => {
+            if !has_tools {
+                return Err(ApiError::param(
+                    "tool_choice",
+                    "tool_choice `required` needs at least one tool",
+                ));
+            }
+            // Up to `functions`: the dot starts the name's first token (`.get`, ...) as the
+            // model saw it in training.
+            Ok(Some("<|channel|>commentary to=functions".into()))
         }
         Some(Value::Object(o)) => {
             let name = o
@@ -322,14 +337,13 @@ pub(super) fn apply_tool_choice(
                     format!("tool_choice names `{name}`, which is not among the tools"),
                 ));
             }
-            Err(ApiError::param(
-                "tool_choice",
-                "forcing a named function is not supported yet; use auto",
-            ))
+            Ok(Some(format!(
+                "<|channel|>commentary to=functions.{name} <|constrain|>json<|message|>"
+            )))
         }
         Some(_) => Err(ApiError::param(
             "tool_choice",
-            "tool_choice must be auto, none or a named function (required is not supported yet)",
+            "tool_choice must be auto, none, required or a named function",
         )),
     }
 }
@@ -340,13 +354,17 @@ pub(super) struct ChatRun {
     pub rx: mpsc::UnboundedReceiver<Update>,
     pub out: ChatStream,
     pub prompt_tokens: u32,
+    /// The forced start of the answer (see `apply_tool_choice`), read as if generated.
+    pub forced: Vec<u32>,
 }
 
-/// Renders `chat` as the Harmony prompt and queues one request per choice (`n`).
+/// Renders `chat` as the Harmony prompt, followed by the `forced` start of the answer, and
+/// queues one request per choice (`n`).
 pub(super) async fn start_chat(
     r: &Ready,
     chat: &ChatRequest,
     common: &Common,
+    forced: Option<String>,
 ) -> Result<Vec<ChatRun>, ApiError> {
     if chat.messages.is_empty() {
         return Err(ApiError::param("messages", "messages must not be empty"));
@@ -356,9 +374,14 @@ pub(super) async fn start_chat(
     let msgs = chat
         .to_harmony(&today())
         .map_err(|e| ApiError::bad(e.to_string()))?;
-    let prompt = h
+    let mut prompt = h
         .render_for_completion(&msgs)
         .map_err(|e| ApiError::bad(e.to_string()))?;
+    let forced = match forced {
+        Some(text) => tok.encode(&text).map_err(|e| failed(e.to_string()))?,
+        None => Vec::new(),
+    };
+    prompt.extend(&forced);
     let req = common.request(r, prompt, h.stop_ids().to_vec())?;
     let prompt_tokens = req.prompt.len() as u32;
     let specials = Specials::of(tok).map_err(|e| ApiError::bad(e.to_string()))?;
@@ -369,6 +392,7 @@ pub(super) async fn start_chat(
             rx: submit(r, req).await?,
             out,
             prompt_tokens,
+            forced: forced.clone(),
         });
     }
     Ok(runs)
@@ -462,9 +486,19 @@ pub(super) async fn drive<S: Sink>(
 pub(super) async fn drive_chat(
     run: ChatRun,
     tok: &crate::tokenizer::Tokenizer,
-    emit: impl FnMut(ChatDelta, &mut Vec<Scored>) -> bool,
+    mut emit: impl FnMut(ChatDelta, &mut Vec<Scored>) -> bool,
 ) -> Result<Option<Finish>, String> {
-    drive(run.rx, run.out, tok, emit).await
+    let mut out = run.out;
+    for &id in &run.forced {
+        if !out
+            .push(tok, id)
+            .into_iter()
+            .all(|d| emit(d, &mut Vec::new()))
+        {
+            return Ok(None);
+        }
+    }
+    drive(run.rx, out, tok, emit).await
 }
 
 /// A chat request run to its end and folded into one answer.
@@ -569,8 +603,8 @@ pub async fn chat(
     let r = st.ready()?;
     let b: ChatBody = parse(body)?;
     let mut chat = b.chat;
-    apply_tool_choice(&mut chat, b.tool_choice.as_ref())?;
-    let runs = start_chat(r, &chat, &b.common).await?;
+    let forced = apply_tool_choice(&mut chat, b.tool_choice.as_ref())?;
+    let runs = start_chat(r, &chat, &b.common, forced).await?;
     let prompt_tokens = runs[0].prompt_tokens;
     let (id, created, model) = (new_id("chatcmpl-"), now(), r.model_name.clone());
     let with_logprobs = b.common.logprobs_asked()?.is_some();
@@ -755,8 +789,7 @@ pub async fn completions(
                     .await
                     .map_err(failed)?
                     .unwrap_or_else(Finish::none);
-                    let lp = with_logprobs
-                        .then(|| logprobs::text_completion(&tok, &all, &mut 0));
+                    let lp = with_logprobs.then(|| logprobs::text_completion(&tok, &all, &mut 0));
                     Ok::<_, ApiError>((text, finish, lp))
                 })
             })

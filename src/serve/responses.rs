@@ -209,7 +209,7 @@ pub async fn responses(
         ));
     }
     let mut chat = to_chat(&b)?;
-    apply_tool_choice(&mut chat, b.tool_choice.as_ref())?;
+    let forced = apply_tool_choice(&mut chat, b.tool_choice.as_ref())?;
     let common = Common {
         model: b.model.clone(),
         max_tokens: b.max_output_tokens,
@@ -218,7 +218,7 @@ pub async fn responses(
         stream: b.stream,
         ..Default::default()
     };
-    let Some(run) = start_chat(r, &chat, &common).await?.pop() else {
+    let Some(run) = start_chat(r, &chat, &common, forced).await?.pop() else {
         return Err(ApiError::bad("nothing to answer"));
     };
     let prompt = run.prompt_tokens;

@@ -132,8 +132,8 @@ impl Sink for ChatStream {
         let before = self.target;
         let events = self.parser.push(tok, id);
         // Inside a content message's text: neither its header nor the token that ends it.
-        self.scored = before == Target::Content
-            && events.iter().all(|e| matches!(e, ParseEvent::Delta(_)));
+        self.scored =
+            before == Target::Content && events.iter().all(|e| matches!(e, ParseEvent::Delta(_)));
         self.apply(events)
     }
 

@@ -3,7 +3,12 @@
 //! u8 MXFP4 blocks and scales, tokenizer.json), so tests and benchmarks have models to load.
 //!
 //! Every tensor draws from its own generator seeded by (seed, tensor name, part), so a seed gives
-//! the same bytes whatever the sharding or the number of threads.
+//! the same bytes whatever the sharding or the number of threads. `script` writes checkpoints
+//! whose weights are chosen instead, so that greedy decoding follows a given token sequence.
+
+mod script;
+
+pub use script::write_scripted;
 
 use std::io::Write;
 use std::path::Path;
@@ -72,6 +77,11 @@ impl SynthSpec {
                 "unknown preset `{other}` (choose tiny, 20b or 120b)"
             ))),
         }
+    }
+
+    /// The model configuration config.json describes.
+    fn config(&self) -> Result<ModelConfig> {
+        crate::model::HfConfig::from_json(&self.config_json().to_string())?.validate()
     }
 
     pub(crate) fn config_json(&self) -> serde_json::Value {
@@ -274,7 +284,17 @@ pub fn write(
     seed: u64,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<()> {
-    let cfg = crate::model::HfConfig::from_json(&spec.config_json().to_string())?.validate()?;
+    write_with(dir, spec, &|t: &Entry| generate(t, seed), progress)
+}
+
+/// Writes a checkpoint of `spec` whose tensors' bytes come from `bytes`.
+fn write_with(
+    dir: &Path,
+    spec: &SynthSpec,
+    bytes: &dyn Fn(&Entry) -> Vec<u8>,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<()> {
+    let cfg = spec.config()?;
     // Built first so that a vocabulary it cannot serve fails before gigabytes are written.
     let tokenizer = crate::tokenizer::gpt_oss_tokenizer_json(spec.vocab)?;
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
@@ -316,7 +336,7 @@ pub fn write(
         put(&(h.len() as u64).to_le_bytes())?;
         put(&h)?;
         for t in shard {
-            put(&generate(t, seed))?;
+            put(&bytes(t))?;
             done += t.bytes();
             progress(done, total);
         }
