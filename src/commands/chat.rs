@@ -193,7 +193,7 @@ pub(crate) fn chat(a: &ChatArgs) -> Result<()> {
     if interactive {
         eprintln!(
             "chat with {} — /help for commands, Ctrl-D to leave",
-            a.model.model.display()
+            a.model.model
         );
     }
     let mut input = std::io::stdin().lock();

@@ -18,6 +18,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use gpt_oss_wgpu::chat::ReasoningEffort;
+use gpt_oss_wgpu::model::hub;
 use gpt_oss_wgpu::model::weights::Checkpoint;
 use gpt_oss_wgpu::{Engine, Gpu, GpuOptions, ModelOptions, Sampling, Tokenizer};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -37,9 +38,11 @@ pub(crate) struct DeviceArgs {
 
 #[derive(Args, Clone)]
 pub(crate) struct ModelArgs {
-    /// Checkpoint directory (config.json, *.safetensors, tokenizer.json).
+    /// Checkpoint folder (config.json, *.safetensors, tokenizer.json), or a Hugging Face model
+    /// id such as openai/gpt-oss-20b (optionally @revision), fetched into the Hugging Face
+    /// cache (HF_HUB_CACHE or HF_HOME; HF_TOKEN, HF_ENDPOINT and HF_HUB_OFFLINE apply).
     #[arg(long)]
-    pub(crate) model: PathBuf,
+    pub(crate) model: String,
     /// Most positions per sequence (prompt plus output).
     #[arg(long, alias = "max-model-len", default_value_t = 4096)]
     pub(crate) max_context: u32,
@@ -182,15 +185,37 @@ fn styled_bar(len: u64, msg: &str, template: &str) -> ProgressBar {
 /// Opens a checkpoint without loading its weights: config.json, shard headers and the tokenizer,
 /// enough to check a request before minutes of uploading.
 pub(crate) fn open(m: &ModelArgs) -> Result<Checkpoint> {
-    let ckpt = gpt_oss_wgpu::model::weights::load_dir(&m.model)?;
+    let ckpt = gpt_oss_wgpu::model::weights::load_dir(&model_dir(&m.model)?)?;
     if ckpt.builtin_tokenizer {
         eprintln!(
             "note: {} has no tokenizer.json; using the built-in gpt-oss tokenizer (o200k_base \
              with the Harmony tokens)",
-            m.model.display()
+            m.model
         );
     }
     Ok(ckpt)
+}
+
+/// The checkpoint folder of `--model`: as given, or a Hub id's snapshot, downloaded with a
+/// progress bar per file where the cache lacks it.
+fn model_dir(model: &str) -> Result<PathBuf> {
+    let mut current: Option<(String, ProgressBar)> = None;
+    let dir = hub::resolve(model, &mut |file, done, total| {
+        if current.as_ref().is_none_or(|(f, _)| f != file) {
+            if let Some((_, pb)) = current.take() {
+                pb.finish_and_clear();
+            }
+            current = Some((file.to_string(), bar(total, file)));
+        }
+        if let Some((_, pb)) = &current {
+            pb.set_length(total);
+            pb.set_position(done);
+        }
+    });
+    if let Some((_, pb)) = current {
+        pb.finish_and_clear();
+    }
+    Ok(dir?)
 }
 
 /// Positions per sequence: --max-context, capped by the model's own limit.
@@ -204,7 +229,7 @@ pub(crate) fn tokenizer_of<'a>(m: &ModelArgs, ckpt: &'a Checkpoint) -> Result<&'
         format!(
             "{} has no tokenizer.json and its vocabulary is too small for the built-in one; \
              pass --token-ids",
-            m.model.display()
+            m.model
         )
     })
 }
@@ -238,7 +263,7 @@ pub(crate) fn load(m: &ModelArgs, ckpt: Checkpoint, max_seqs: u32) -> Result<Eng
     pb.finish_and_clear();
     eprintln!(
         "loaded {} in {:.1}s: {:.2} GiB weights, {:.2} GiB KV cache ({})",
-        m.model.display(),
+        m.model,
         t0.elapsed().as_secs_f64(),
         engine.model.weight_bytes() as f64 / (1u64 << 30) as f64,
         engine.model.cache_bytes() as f64 / (1u64 << 30) as f64,

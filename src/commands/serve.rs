@@ -43,7 +43,7 @@ pub(crate) fn serve(a: &ServeArgs) -> Result<()> {
         model_name: a
             .served_model_name
             .clone()
-            .unwrap_or_else(|| a.model.model.display().to_string()),
+            .unwrap_or_else(|| a.model.model.clone()),
         api_key: a.api_key.clone().filter(|k| !k.is_empty()),
         max_queue: a.max_queue,
         max_body: 32 << 20,

@@ -1,6 +1,8 @@
 //! The gpt-oss model: config, checkpoint loading, the forward graph and its KV cache.
 pub mod config;
 pub mod gpt_oss;
+#[cfg(feature = "native")]
+pub mod hub;
 pub mod inputs;
 pub mod kv_cache;
 pub mod tensors;
