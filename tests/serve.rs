@@ -226,6 +226,31 @@ fn serves_the_openai_api() {
     assert_eq!(streamed_lps, token_lps);
     assert_eq!(whole["choices"][0]["logprobs"], Value::Null);
 
+    // A list of prompts: n answers each, prompt i's j-th at index i * n + j, each what that
+    // prompt gets alone; usage counts every prompt once.
+    let hello =
+        json!({"model": "tiny", "prompt": "Hello world", "max_tokens": 12, "temperature": 0});
+    let (_, alone) = post(s, "/v1/completions", &hello);
+    let listed = json!({"prompt": ["The quick brown fox", "Hello world"], "n": 2,
+                        "max_tokens": 12, "temperature": 0});
+    let (status, v) = post(s, "/v1/completions", &listed);
+    assert_eq!(status, 200, "{v}");
+    let texts: Vec<(u64, Value)> = v["choices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (c["index"].as_u64().unwrap(), c["text"].clone()))
+        .collect();
+    let a = alone["choices"][0]["text"].clone();
+    assert_eq!(
+        texts,
+        vec![(0, json!(text)), (1, json!(text)), (2, a.clone()), (3, a)]
+    );
+    assert_eq!(
+        v["usage"]["prompt_tokens"],
+        prompt_tokens + alone["usage"]["prompt_tokens"].as_u64().unwrap()
+    );
+
     // Several requests at once each get exactly what they get alone.
     let handles: Vec<_> = (0..4)
         .map(|_| {
@@ -497,7 +522,8 @@ fn serves_the_openai_api() {
         ("POST", "/v1/chat/completions", json!({"messages": [{"role": "tool", "content": "42"}]}).to_string(), 400),
         ("POST", "/v1/chat/completions", json!({"messages": [{"role": "user", "content": "hello ".repeat(400)}]}).to_string(), 400),
         ("POST", "/v1/completions", json!({"prompt": ""}).to_string(), 400),
-        ("POST", "/v1/completions", json!({"prompt": ["a", "b"]}).to_string(), 400),
+        ("POST", "/v1/completions", json!({"prompt": []}).to_string(), 400),
+        ("POST", "/v1/completions", json!({"prompt": ["a", ""]}).to_string(), 400),
         ("POST", "/v1/completions", json!({"prompt": "x", "logprobs": 21}).to_string(), 400),
         ("POST", "/v1/completions", json!({"prompt": "x", "logprobs": -1}).to_string(), 400),
         ("POST", "/v1/completions", json!({"prompt": "x", "logprobs": 2, "echo": true}).to_string(), 400),

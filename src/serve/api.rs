@@ -78,14 +78,18 @@ struct ChatBody {
     tool_choice: Option<Value>,
 }
 
-/// `prompt`: a text, a list of one text, or token ids.
+/// `prompt`: a text, token ids, or a list of either (one answer each).
 #[derive(Deserialize)]
 #[serde(untagged)]
 enum PromptSpec {
     Text(String),
     Texts(Vec<String>),
     Ids(Vec<u32>),
+    IdLists(Vec<Vec<u32>>),
 }
+
+/// Most prompts one completions request may list.
+const MAX_PROMPTS: usize = 64;
 
 #[derive(Deserialize)]
 struct CompletionBody {
@@ -736,49 +740,62 @@ pub async fn completions(
     let r = st.ready()?;
     let b: CompletionBody = parse(body)?;
     let tok = r.tokenizer.as_ref();
-    let (prompt, prompt_text) = match b.prompt {
-        PromptSpec::Text(t) => (encode(r, &t)?, t),
-        PromptSpec::Texts(v) if v.len() == 1 => (encode(r, &v[0])?, v[0].clone()),
-        PromptSpec::Texts(_) => {
-            return Err(ApiError::param(
-                "prompt",
-                "only one prompt per request is supported",
-            ));
-        }
-        PromptSpec::Ids(ids) => {
-            let text = tok
-                .decode(&ids)
-                .map_err(|e| ApiError::param("prompt", e.to_string()))?;
-            (ids, text)
-        }
+    let decode = |ids: Vec<u32>| {
+        let text = tok
+            .decode(&ids)
+            .map_err(|e| ApiError::param("prompt", e.to_string()))?;
+        Ok::<_, ApiError>((ids, text))
     };
-    if prompt.is_empty() {
-        return Err(ApiError::param("prompt", "the prompt is empty"));
+    let prompts: Vec<(Vec<u32>, String)> = match b.prompt {
+        PromptSpec::Text(t) => vec![(encode(r, &t)?, t)],
+        PromptSpec::Texts(v) => v
+            .into_iter()
+            .map(|t| Ok((encode(r, &t)?, t)))
+            .collect::<Result<_, ApiError>>()?,
+        PromptSpec::Ids(ids) => vec![decode(ids)?],
+        PromptSpec::IdLists(v) => v.into_iter().map(decode).collect::<Result<_, _>>()?,
+    };
+    if prompts.is_empty() || prompts.len() > MAX_PROMPTS {
+        return Err(ApiError::param(
+            "prompt",
+            format!("give from 1 to {MAX_PROMPTS} prompts"),
+        ));
     }
-    let req = b.common.request(r, prompt, Vec::new())?;
-    let with_logprobs = req.logprobs.is_some();
+    // Every prompt checked before any is queued; then one request per prompt and choice (`n`),
+    // each choice with its own seed, all in the same batch. Choice i * n + j is prompt i's
+    // j-th answer.
+    let mut reqs = Vec::new();
+    let mut prompt_tokens = 0;
+    for (ids, text) in prompts {
+        if ids.is_empty() {
+            return Err(ApiError::param("prompt", "the prompt is empty"));
+        }
+        let req = b.common.request(r, ids, Vec::new())?;
+        prompt_tokens += req.prompt.len() as u32;
+        let echo = if b.echo { text } else { String::new() };
+        reqs.extend(b.common.choices(req).into_iter().map(|q| (q, echo.clone())));
+    }
+    let with_logprobs = reqs[0].0.logprobs.is_some();
     if with_logprobs && b.echo {
         return Err(ApiError::param(
             "echo",
             "log-probabilities of an echoed prompt are not supported; drop echo or logprobs",
         ));
     }
-    let prompt_tokens = req.prompt.len() as u32;
-    // One request per choice (`n`), each with its own seed, all in the same batch.
     let mut runs = Vec::new();
-    for req in b.common.choices(req) {
+    for (req, echo) in reqs {
         runs.push((
             submit(r, req).await?,
             TextStream::new(b.common.stop_text()?),
+            echo,
         ));
     }
     let (id, created, model) = (new_id("cmpl-"), now(), r.model_name.clone());
-    let echo = if b.echo { prompt_text } else { String::new() };
     if !b.common.stream {
         let tasks: Vec<_> = runs
             .into_iter()
-            .map(|(rx, out)| {
-                let (tok, mut text) = (r.tokenizer.clone(), echo.clone());
+            .map(|(rx, out, mut text)| {
+                let tok = r.tokenizer.clone();
                 tokio::spawn(async move {
                     let mut all = Vec::new();
                     let finish = drive(rx, out, &tok, |t, scored| {
@@ -824,8 +841,8 @@ pub async fn completions(
         let tasks: Vec<_> = runs
             .into_iter()
             .enumerate()
-            .map(|(index, (rx, out))| {
-                let (tx, tok, chunk, echo) = (tx.clone(), tok.clone(), chunk.clone(), echo.clone());
+            .map(|(index, (rx, out, echo))| {
+                let (tx, tok, chunk) = (tx.clone(), tok.clone(), chunk.clone());
                 tokio::spawn(async move {
                     let send = |e| tx.send(e).is_ok();
                     if !echo.is_empty() && !send(chunk(index, echo, None, None)) {
