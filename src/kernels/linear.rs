@@ -390,7 +390,12 @@ mod tests {
         for gpu in gpus() {
             // (tokens, k, n, rows per buffer): the vector path with the norm fused, and above
             // VEC_MAX_TOKENS the tiled path on the separately normed input.
-            for &(t, k, n, split) in &[(1, 64, 24, 24), (3, 256, 37, 16), (12, 64, 9, 9)] {
+            for &(t, k, n, split) in &[
+                (1, 64, 24, 24),
+                (3, 256, 37, 16),
+                (12, 64, 9, 9),
+                (40, 64, 9, 9),
+            ] {
                 let x = random(&mut rng, t * k, 2.0);
                 let g = random(&mut rng, k, 1.0);
                 let (w, wb) = random_bf16(&mut rng, n * k, 0.5);
@@ -450,9 +455,11 @@ mod tests {
                 (4usize, 2usize, 16usize, 64usize, 3usize, 1usize),
                 (8, 2, 64, 96, 12, 5),
                 (2, 1, 32, 32, 1, 8),
+                // Several workgroup rows of tokens.
+                (2, 1, 32, 32, 1, 20),
             ] {
                 let n = (nh + 2 * nkv) * d;
-                let (seqs, max_pos) = (2usize, 20usize);
+                let (seqs, max_pos) = (2usize, 32usize);
                 // A paged cache of two blocks per sequence, taken in the order of `free`.
                 let block = crate::model::kv_cache::block_size().unwrap() as usize;
                 let free = vec![2, 0, 3, 1];
