@@ -150,7 +150,10 @@ pub fn run(
 ) -> Result<Report> {
     let mut rng = Rng::new(1);
     let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
-    // Warm-up: compile pipelines and touch every buffer once.
+    // Warm-up: compile pipelines and touch every buffer once, on both kernel paths (the
+    // vector kernels' passes and the tiled ones above them).
+    let tiled = (crate::kernels::VEC_MAX_TOKENS + 16).min(model.opts.max_tokens);
+    prefill(model, &mut rng, 0, tiled.min(model.opts.max_context - 1))?;
     prefill(model, &mut rng, 0, 16.min(model.opts.max_context - 1))?;
     let mut report = Report {
         adapter: format!("{} ({:?})", model.gpu.info.name, model.gpu.info.backend),
