@@ -346,7 +346,8 @@ fn bad_checkpoints_get_one_line_errors() {
     };
 
     let missing = dir.path().join("nothing-here");
-    assert_clean_error(&generate(&missing), "not a directory");
+    assert_clean_error(&generate(&missing), "no such checkpoint folder");
+    assert_clean_error(&generate(&good.join("config.json")), "not a directory");
 
     let truncated = copy("truncated");
     let shard = truncated.join("model-00001-of-00001.safetensors");

@@ -127,7 +127,11 @@ pub fn resolve(model: &str, progress: HubProgress<'_>) -> Result<PathBuf> {
              owner/name@revision)"
         )));
     };
-    fetch(&id, &HubSettings::from_env()?, progress)
+    // `models/gpt-oss-20b` may be a mistyped folder as well as an id: say both.
+    fetch(&id, &HubSettings::from_env()?, progress).map_err(|e| match e {
+        Error::Config(m) => Error::Config(format!("{m} (no folder {model} exists here either)")),
+        other => other,
+    })
 }
 
 /// Fetches what loading `id` needs into the cache (or, offline, finds it there) and returns
@@ -193,32 +197,7 @@ fn snapshot_dir(config: &Path) -> Result<PathBuf> {
 
 /// The shard files the index names (or the single file when there is no index).
 fn shards(dir: &Path) -> Result<Vec<String>> {
-    let index = dir.join(INDEX);
-    if !index.exists() {
-        return Ok(vec!["model.safetensors".into()]);
-    }
-    let text = std::fs::read_to_string(&index).map_err(|e| Error::io(&index, e))?;
-    let v: serde_json::Value = serde_json::from_str(&text)
-        .map_err(|e| Error::Config(format!("{}: {e}", index.display())))?;
-    let map = v["weight_map"]
-        .as_object()
-        .ok_or_else(|| Error::Config(format!("{}: no weight_map", index.display())))?;
-    let mut files: Vec<String> = map
-        .values()
-        .filter_map(|f| f.as_str().map(str::to_string))
-        .collect();
-    files.sort();
-    files.dedup();
-    if let Some(bad) = files
-        .iter()
-        .find(|f| f.contains("..") || f.starts_with('/'))
-    {
-        return Err(Error::Config(format!(
-            "{}: bad file name {bad}",
-            index.display()
-        )));
-    }
-    Ok(files)
+    Ok(super::weights::shard_names(dir)?.unwrap_or_else(|| vec!["model.safetensors".into()]))
 }
 
 /// A file of `id` already in the cache: under the snapshot of the revision's commit (a commit

@@ -86,7 +86,7 @@ impl<B: AsRef<[u8]>> WeightSource for Shards<B> {
 }
 
 #[cfg(feature = "native")]
-pub use native::{Checkpoint, load_dir};
+pub use native::{Checkpoint, load_dir, shard_names};
 
 #[cfg(feature = "native")]
 mod native {
@@ -113,6 +113,29 @@ mod native {
         std::fs::read_to_string(path).map_err(|e| Error::io(path, e))
     }
 
+    /// The shard files model.safetensors.index.json names (each once, in order; names that would
+    /// leave the folder are dropped), or None when `dir` has no index.
+    pub fn shard_names(dir: &Path) -> Result<Option<Vec<String>>> {
+        let index_path = dir.join("model.safetensors.index.json");
+        if !index_path.exists() {
+            return Ok(None);
+        }
+        let v: serde_json::Value = serde_json::from_str(&read(&index_path)?)
+            .map_err(|e| Error::Weights(format!("{}: {e}", index_path.display())))?;
+        let map = v
+            .get("weight_map")
+            .and_then(|m| m.as_object())
+            .ok_or_else(|| Error::Weights(format!("{}: no `weight_map`", index_path.display())))?;
+        let mut files: Vec<String> = map
+            .values()
+            .filter_map(|f| f.as_str().map(String::from))
+            .filter(|n| !n.contains('/') && !n.contains(".."))
+            .collect();
+        files.sort();
+        files.dedup();
+        Ok(Some(files))
+    }
+
     /// Opens `dir`: validates config.json, finds the shards (through model.safetensors.index.json
     /// or a single model.safetensors), maps them and checks their headers, and reads the
     /// tokenizer and generation_config.json. No tensor data is read.
@@ -128,32 +151,16 @@ mod native {
         let config = HfConfig::from_json(&read(&config_path)?)
             .and_then(|c| c.validate())
             .map_err(|e| Error::Config(format!("{}: {e}", config_path.display())))?;
-        let index_path = dir.join("model.safetensors.index.json");
-        let mut names: Vec<String> = if index_path.exists() {
-            let v: serde_json::Value = serde_json::from_str(&read(&index_path)?)
-                .map_err(|e| Error::Weights(format!("{}: {e}", index_path.display())))?;
-            let map = v
-                .get("weight_map")
-                .and_then(|m| m.as_object())
-                .ok_or_else(|| {
-                    Error::Weights(format!("{}: no `weight_map`", index_path.display()))
-                })?;
-            let mut files: Vec<String> = map
-                .values()
-                .filter_map(|f| f.as_str().map(String::from))
-                .collect();
-            files.sort();
-            files.dedup();
-            files
-        } else if dir.join("model.safetensors").exists() {
-            vec!["model.safetensors".into()]
-        } else {
-            return Err(Error::Weights(format!(
-                "{}: neither model.safetensors.index.json nor model.safetensors found",
-                dir.display()
-            )));
+        let names = match shard_names(dir)? {
+            Some(names) => names,
+            None if dir.join("model.safetensors").exists() => vec!["model.safetensors".into()],
+            None => {
+                return Err(Error::Weights(format!(
+                    "{}: neither model.safetensors.index.json nor model.safetensors found",
+                    dir.display()
+                )));
+            }
         };
-        names.retain(|n| !n.contains('/') && !n.contains(".."));
         let mut files = Vec::new();
         for n in names {
             let path = dir.join(&n);
