@@ -123,6 +123,15 @@ fn post(s: &str, path: &str, body: &Value) -> (u16, Value) {
     (status, serde_json::from_str(&text).unwrap_or(Value::Null))
 }
 
+/// A JSON array of numbers (none when it is not an array).
+fn numbers(v: &Value) -> Vec<f64> {
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .map(|x| x.as_f64().unwrap())
+        .collect()
+}
+
 /// The `data:` payloads of an event stream, up to `[DONE]` (which must come last).
 fn events(s: &str, path: &str, body: &Value) -> Vec<Value> {
     let (status, text) = http(s, "POST", path, Some(&body.to_string()), None);
@@ -182,12 +191,7 @@ fn serves_the_openai_api() {
     assert_eq!(status, 200, "{v}");
     assert_eq!(v["choices"][0]["text"], json!(text));
     let lp = &v["choices"][0]["logprobs"];
-    let token_lps: Vec<f64> = lp["token_logprobs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_f64().unwrap())
-        .collect();
+    let token_lps = numbers(&lp["token_logprobs"]);
     assert_eq!(token_lps.len(), 12);
     assert_eq!(lp["tokens"].as_array().unwrap().len(), 12);
     for (i, top) in lp["top_logprobs"].as_array().unwrap().iter().enumerate() {
@@ -203,25 +207,14 @@ fn serves_the_openai_api() {
         );
         assert!((1..=3).contains(&top.as_object().unwrap().len()));
     }
-    let offsets: Vec<u64> = lp["text_offset"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap())
-        .collect();
-    assert_eq!(offsets[0], 0);
+    let offsets = numbers(&lp["text_offset"]);
+    assert_eq!(offsets[0], 0.0);
     assert!(offsets.windows(2).all(|w| w[0] <= w[1]));
     let mut lp_stream = lp_req.clone();
     lp_stream["stream"] = json!(true);
     let streamed_lps: Vec<f64> = events(s, "/v1/completions", &lp_stream)
         .iter()
-        .filter_map(|c| {
-            c["choices"][0]["logprobs"]["token_logprobs"]
-                .as_array()
-                .cloned()
-        })
-        .flatten()
-        .map(|x| x.as_f64().unwrap())
+        .flat_map(|c| numbers(&c["choices"][0]["logprobs"]["token_logprobs"]))
         .collect();
     assert_eq!(streamed_lps, token_lps);
     assert_eq!(whole["choices"][0]["logprobs"], Value::Null);

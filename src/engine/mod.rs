@@ -282,15 +282,12 @@ impl Engine {
     /// running sequence.
     fn admit(&mut self) -> Result<()> {
         while let (Some(s), Some(&slot)) = (self.waiting.front(), self.free_slots.last()) {
-            let cache = self.model.cache();
             let hit = self.model.reuse_prefix(slot, &s.tokens)?;
             let rest = s.tokens.len() as u32 + 1 - hit;
-            let need = cache.blocks_for(slot, hit, rest);
-            let spare = self.running.len();
-            let fits = need
-                .iter()
-                .zip(cache.available())
-                .all(|(n, a)| n + spare <= a);
+            let fits = self
+                .model
+                .cache()
+                .admits(slot, hit, rest, self.running.len());
             if !fits && !self.running.is_empty() {
                 self.model.release(slot);
                 break;
@@ -413,14 +410,11 @@ impl Engine {
             let s = &mut self.running[si];
             s.tokens.push(tok);
             s.generated += 1;
-            let logprobs = s.req.logprobs.and_then(|top| {
-                let row = kept_rows.next()?;
-                Some(TokenLogprobs::of(
-                    row,
-                    tok,
-                    top.min(MAX_TOP_LOGPROBS) as usize,
-                ))
-            });
+            // (`check_request` bounded `top` by MAX_TOP_LOGPROBS.)
+            let logprobs = s
+                .req
+                .logprobs
+                .and_then(|top| Some(TokenLogprobs::of(kept_rows.next()?, tok, top as usize)));
             events.push(Event::Token {
                 id: s.id,
                 token: tok,

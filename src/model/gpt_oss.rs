@@ -159,6 +159,9 @@ pub struct Model {
     step: wgpu::Buffer,
     acts: Activations,
     ids_staging: wgpu::Buffer,
+    /// Read-back of kept logits rows (log-probabilities), made on first use and grown as needed:
+    /// 800 KB a row, so not sized for every output up front.
+    logits_staging: std::sync::Mutex<Option<wgpu::Buffer>>,
     dispatches: Vec<Dispatch>,
     // Kept alive for the dispatches' bind groups.
     weights: Weights,
@@ -499,6 +502,7 @@ impl Model {
             kv_f16,
             acts,
             ids_staging,
+            logits_staging: Default::default(),
             step,
             dispatches,
             weights,
@@ -629,15 +633,26 @@ impl Model {
         if n > 0 {
             enc.copy_buffer_to_buffer(&self.acts.ids, 0, &self.ids_staging, 0, n);
         }
-        // Kept rows go to a read-back buffer of their own: rare (logprobs) and 800 KB a row.
         let row = self.cfg.vocab as u64 * 4;
+        let kept_bytes = keep.len() as u64 * row;
         let kept = (!keep.is_empty()).then(|| {
-            let staging = g.device.create_buffer(&wgpu::BufferDescriptor {
-                label: Some("logits read-back"),
-                size: keep.len() as u64 * row,
-                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-                mapped_at_creation: false,
-            });
+            let mut slot = self
+                .logits_staging
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            let staging = match slot.as_ref() {
+                Some(b) if b.size() >= kept_bytes => b.clone(),
+                _ => {
+                    let b = g.device.create_buffer(&wgpu::BufferDescriptor {
+                        label: Some("logits read-back"),
+                        size: kept_bytes,
+                        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                        mapped_at_creation: false,
+                    });
+                    *slot = Some(b.clone());
+                    b
+                }
+            };
             for (i, &k) in keep.iter().enumerate() {
                 enc.copy_buffer_to_buffer(
                     &self.acts.logits,
@@ -656,7 +671,7 @@ impl Model {
         let bytes = crate::gpu::buffer::map_read(g, &self.ids_staging, n).await?;
         let logits = match kept {
             Some(staging) => {
-                let bytes = crate::gpu::buffer::map_read(g, &staging, staging.size()).await?;
+                let bytes = crate::gpu::buffer::map_read(g, &staging, kept_bytes).await?;
                 bytemuck::pod_collect_to_vec(&bytes)
             }
             None => Vec::new(),

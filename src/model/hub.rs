@@ -12,8 +12,8 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use hf_hub::api::Progress;
-use hf_hub::api::sync::{Api, ApiBuilder, ApiError, ApiRepo};
-use hf_hub::{Cache, Repo, RepoType};
+use hf_hub::api::sync::{ApiBuilder, ApiError, ApiRepo};
+use hf_hub::{Repo, RepoType};
 
 use crate::error::{Error, Result};
 
@@ -166,7 +166,7 @@ pub fn fetch(id: &HubId, s: &HubSettings, progress: HubProgress<'_>) -> Result<P
         .with_retries(5)
         .build()
         .map_err(|e| hub_error(id, "connecting", e))?;
-    let repo = (s, &api, api.repo(repo));
+    let repo = (s, api.repo(repo));
     let config = get(id, &repo, "config.json", progress)?
         .ok_or_else(|| Error::Config(format!("{}: the repository has no config.json", id.repo)))?;
     for f in OPTIONAL {
@@ -200,27 +200,22 @@ fn shards(dir: &Path) -> Result<Vec<String>> {
     Ok(super::weights::shard_names(dir)?.unwrap_or_else(|| vec!["model.safetensors".into()]))
 }
 
-/// A file of `id` already in the cache: under the snapshot of the revision's commit (a commit
-/// revision is its own; a branch or tag's is in refs/).
+/// A file of `id` already in the cache: `snapshots/COMMIT/FILE` of the repository's folder,
+/// the commit being the revision itself or, for a branch or tag, what `refs/REVISION` names.
 fn cached(s: &HubSettings, id: &HubId, file: &str) -> Option<PathBuf> {
-    let repo = Cache::new(s.cache.clone()).repo(Repo::with_revision(
-        id.repo.clone(),
-        RepoType::Model,
-        id.revision.clone(),
-    ));
+    let folder = s
+        .cache
+        .join(format!("models--{}", id.repo.replace('/', "--")));
     let is_commit = id.revision.len() == 40 && id.revision.bytes().all(|b| b.is_ascii_hexdigit());
     let commit = if is_commit {
         id.revision.clone()
     } else {
-        let refs = s
-            .cache
-            .join(format!("models--{}", id.repo.replace('/', "--")));
-        std::fs::read_to_string(refs.join("refs").join(&id.revision))
+        std::fs::read_to_string(folder.join("refs").join(&id.revision))
             .ok()?
             .trim()
             .to_string()
     };
-    let path = repo.pointer_path(&commit).join(file);
+    let path = folder.join("snapshots").join(commit).join(file);
     path.exists().then_some(path)
 }
 
@@ -228,35 +223,35 @@ fn cached(s: &HubSettings, id: &HubId, file: &str) -> Option<PathBuf> {
 /// file.
 fn get(
     id: &HubId,
-    (s, api, repo): &(&HubSettings, &Api, ApiRepo),
+    (s, repo): &(&HubSettings, ApiRepo),
     file: &str,
     progress: HubProgress<'_>,
 ) -> Result<Option<PathBuf>> {
     if let Some(path) = cached(s, id, file) {
         return Ok(Some(path));
     }
-    // The file's etag and size, as the download will see them.
-    let meta = match api.metadata(&repo.url(file)) {
-        Ok(m) => m,
+    // The size the Hub states comes with the download's first progress call; the etag is the
+    // name of the blob the snapshot's entry points to.
+    let mut size = None;
+    let reporter = Reporter {
+        file,
+        size: &mut size,
+        done: 0,
+        progress,
+    };
+    let path = match repo.download_with_progress(file, reporter) {
+        Ok(p) => p,
         Err(e) if is_missing(&e) => return Ok(None),
         Err(e) => return Err(hub_error(id, file, e)),
     };
-    let path = repo
-        .download_with_progress(
-            file,
-            Reporter {
-                file: file.to_string(),
-                total: meta.size() as u64,
-                done: 0,
-                progress,
-            },
-        )
-        .map_err(|e| hub_error(id, file, e))?;
-    if let Err(e) = verify(&path, meta.size() as u64, meta.etag()) {
+    let blob = std::fs::canonicalize(&path).map_err(|e| Error::io(&path, e))?;
+    let etag = blob
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default();
+    if let Err(e) = verify(&blob, size, etag) {
         // Not left in the cache for a later run to trust.
-        if let Ok(blob) = std::fs::canonicalize(&path) {
-            let _ = std::fs::remove_file(blob);
-        }
+        let _ = std::fs::remove_file(&blob);
         let _ = std::fs::remove_file(&path);
         return Err(e);
     }
@@ -278,8 +273,9 @@ fn hub_error(id: &HubId, what: &str, e: ApiError) -> Error {
     Error::Config(format!("{}@{}: {what}: {e}{hint}", id.repo, id.revision))
 }
 
-/// Checks a downloaded file's size, and its SHA-256 where the etag is one (LFS files).
-fn verify(path: &Path, size: u64, etag: &str) -> Result<()> {
+/// Checks a downloaded file's size (when the Hub stated one), and its SHA-256 where the etag
+/// is one (LFS files).
+fn verify(path: &Path, size: Option<u64>, etag: &str) -> Result<()> {
     let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
     let bad = |what: String| {
         Err(Error::Weights(format!(
@@ -287,7 +283,9 @@ fn verify(path: &Path, size: u64, etag: &str) -> Result<()> {
             path.display()
         )))
     };
-    if meta.len() != size {
+    if let Some(size) = size
+        && meta.len() != size
+    {
         return bad(format!("{} bytes where the Hub states {size}", meta.len()));
     }
     let is_sha = etag.len() == 64 && etag.bytes().all(|b| b.is_ascii_hexdigit());
@@ -313,25 +311,33 @@ fn verify(path: &Path, size: u64, etag: &str) -> Result<()> {
 }
 
 /// hf-hub's progress calls, forwarded as (file, done, total).
-struct Reporter<'a> {
-    file: String,
-    total: u64,
+struct Reporter<'a, 'p> {
+    file: &'a str,
+    /// Set by the first progress call: the file's size as the Hub states it.
+    size: &'a mut Option<u64>,
     done: u64,
-    progress: HubProgress<'a>,
+    progress: HubProgress<'p>,
 }
 
-impl Progress for Reporter<'_> {
+impl Reporter<'_, '_> {
+    fn report(&mut self, done: u64) {
+        let total = self.size.unwrap_or(0);
+        (self.progress)(self.file, done, total);
+    }
+}
+
+impl Progress for Reporter<'_, '_> {
     fn init(&mut self, size: usize, _filename: &str) {
-        self.total = size as u64;
+        *self.size = Some(size as u64);
         self.done = 0;
-        (self.progress)(&self.file, 0, self.total);
+        self.report(0);
     }
     fn update(&mut self, size: usize) {
         self.done += size as u64;
-        (self.progress)(&self.file, self.done, self.total);
+        self.report(self.done);
     }
     fn finish(&mut self) {
-        (self.progress)(&self.file, self.total, self.total);
+        self.report(self.size.unwrap_or(0));
     }
 }
 

@@ -496,17 +496,16 @@ impl KvCache {
         })
     }
 
-    /// Blocks a sequence slot with `cached` positions would take for `len` more, per kind.
-    pub fn blocks_for(&self, slot: u32, cached: u32, len: u32) -> [usize; 2] {
-        self.host().map_or([usize::MAX; 2], |h| {
-            [0, 1].map(|k| h.pools[k].missing(slot, cached, len))
+    /// Whether a sequence slot with `cached` positions can take `len` more and still leave
+    /// `spare` blocks of each kind (one per running sequence, so they can grow). A kind the
+    /// model has no layers of (a pool without blocks) never stands in the way.
+    pub fn admits(&self, slot: u32, cached: u32, len: u32, spare: usize) -> bool {
+        self.host().is_ok_and(|h| {
+            h.pools
+                .iter()
+                .filter(|p| p.blocks() > 0)
+                .all(|p| p.missing(slot, cached, len) + spare <= p.available())
         })
-    }
-
-    /// Blocks of each kind that new positions could take.
-    pub fn available(&self) -> [usize; 2] {
-        self.host()
-            .map_or([0; 2], |h| [0, 1].map(|k| h.pools[k].available()))
     }
 
     /// Gives an empty slot the cached blocks that hold the longest block-aligned prefix of

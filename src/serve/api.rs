@@ -389,9 +389,10 @@ pub(super) async fn start_chat(
     let req = common.request(r, prompt, h.stop_ids().to_vec())?;
     let prompt_tokens = req.prompt.len() as u32;
     let specials = Specials::of(tok).map_err(|e| ApiError::bad(e.to_string()))?;
+    let stop = common.stop_text()?;
     let mut runs = Vec::new();
     for req in common.choices(req) {
-        let out = ChatStream::new(specials, common.stop_text()?, Box::new(|| new_id("call_")));
+        let out = ChatStream::new(specials, stop.clone(), Box::new(|| new_id("call_")));
         runs.push(ChatRun {
             rx: submit(r, req).await?,
             out,
@@ -782,13 +783,10 @@ pub async fn completions(
             "log-probabilities of an echoed prompt are not supported; drop echo or logprobs",
         ));
     }
+    let stop = b.common.stop_text()?;
     let mut runs = Vec::new();
     for (req, echo) in reqs {
-        runs.push((
-            submit(r, req).await?,
-            TextStream::new(b.common.stop_text()?),
-            echo,
-        ));
+        runs.push((submit(r, req).await?, TextStream::new(stop.clone()), echo));
     }
     let (id, created, model) = (new_id("cmpl-"), now(), r.model_name.clone());
     if !b.common.stream {

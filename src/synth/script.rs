@@ -66,7 +66,8 @@ pub fn write_scripted(dir: &Path, script: &str, marker: Option<&str>) -> Result<
 struct Table {
     /// Token -> its one-hot dimension (2..HIDDEN).
     dims: HashMap<u32, usize>,
-    /// (token, successor, after the marker): both flags when the successor is the same.
+    /// (token, successor, before the marker, after it): both flags when the successor is the
+    /// same either side.
     pairs: Vec<(u32, u32, bool, bool)>,
     marker: Option<u32>,
     vocab: usize,
