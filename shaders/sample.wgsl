@@ -197,9 +197,11 @@ fn pick(lanes: Lanes, @builtin(workgroup_id) wg: vec3<u32>) {
         }
     }
     reduce_best(lid);
-    let mx = best_v[0];
+    // Uniform loads: the early return below must be provably the same for every thread (WebGPU
+    // rejects barriers after a branch on plain workgroup reads).
+    let mx = workgroupUniformLoad(&best_v[0]);
     let argmax = best_i[0];
-    let mn = low_v[0];
+    let mn = workgroupUniformLoad(&low_v[0]);
     if s.temperature <= 0.0 || s.top_k == 1u || mx == mn {
         if lid == 0u {
             ids[row] = argmax;

@@ -19,6 +19,8 @@ pub mod serve;
 #[cfg(feature = "native")]
 pub mod synth;
 pub mod tokenizer;
+#[cfg(all(target_arch = "wasm32", feature = "web"))]
+pub mod web;
 
 pub use engine::{Engine, Event, FinishReason, Request, RequestId, Sampling};
 pub use error::{Error, Result};

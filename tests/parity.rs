@@ -102,13 +102,12 @@ fn all_logits(e: &Engine, ids: &[u32], chunk: usize) -> Vec<f32> {
         let outputs: Vec<u32> = (0..toks.len() as u32).collect();
         let sampling = vec![Default::default(); toks.len()];
         out.extend(
-            e.model
-                .logits(&Batch {
-                    tokens: &toks,
-                    outputs: &outputs,
-                    sampling: &sampling,
-                })
-                .unwrap(),
+            pollster::block_on(e.model.logits(&Batch {
+                tokens: &toks,
+                outputs: &outputs,
+                sampling: &sampling,
+            }))
+            .unwrap(),
         );
     }
     out
@@ -177,13 +176,12 @@ fn logits_match_transformers() {
         for p in 150..f.ids.len() {
             let t = [TokenInfo::new(f.ids[p], p as u32, 1)];
             stepped.extend(
-                e.model
-                    .logits(&Batch {
-                        tokens: &t,
-                        outputs: &[0],
-                        sampling: &[Default::default()],
-                    })
-                    .unwrap(),
+                pollster::block_on(e.model.logits(&Batch {
+                    tokens: &t,
+                    outputs: &[0],
+                    sampling: &[Default::default()],
+                }))
+                .unwrap(),
             );
         }
         let d = stepped

@@ -9,7 +9,7 @@ use gpt_oss_wgpu::Tokenizer;
 use gpt_oss_wgpu::chat::harmony::{Harmony, Specials};
 use gpt_oss_wgpu::chat::{ChatRequest, Role, StreamParser};
 use gpt_oss_wgpu::model::HfConfig;
-use gpt_oss_wgpu::model::weights::{Shards, WeightSource};
+use gpt_oss_wgpu::model::weights::Shards;
 use proptest::prelude::*;
 use serde_json::{Value, json};
 

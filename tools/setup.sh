@@ -33,3 +33,23 @@ if ! "$VENV/bin/python" -c "import openai" 2>/dev/null; then
   fi
   "$VENV/bin/pip" install -q openai
 fi
+
+# The browser build and its tests: Debian's Chromium and ChromeDriver (headless, WebGPU on
+# SwiftShader), wasm-bindgen-cli at Cargo.lock's version, and web/'s npm packages (binaryen's
+# wasm-opt, playwright-core); Xvfb for the windowed example's test.
+need_apt=()
+[ -x /usr/lib/chromium/chromium ] || need_apt+=(chromium)
+command -v chromedriver >/dev/null || need_apt+=(chromium-driver)
+command -v Xvfb >/dev/null || need_apt+=(xvfb)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "installing ${need_apt[*]}..."
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+WBG=$(grep -A1 '^name = "wasm-bindgen"$' "$ROOT/Cargo.lock" | sed -n 's/^version = "\(.*\)"/\1/p')
+if [ "$(wasm-bindgen --version 2>/dev/null | awk '{print $2}')" != "$WBG" ]; then
+  echo "installing wasm-bindgen-cli $WBG (a few minutes)..."
+  cargo install -q wasm-bindgen-cli --version "$WBG"
+fi
+[ -d "$ROOT/web/node_modules/playwright-core" ] || (cd "$ROOT/web" && npm ci --no-audit --no-fund -q)

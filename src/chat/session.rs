@@ -56,8 +56,9 @@ pub struct ChatSession {
 }
 
 /// One turn's output as it streams: Harmony parsing, stop strings on the answer, and the plain
-/// text fallback for output that is not Harmony.
-struct TurnOutput {
+/// text fallback for output that is not Harmony. [`ChatSession::turn`] drives one; so does the
+/// browser build, one step at a time.
+pub struct TurnOutput {
     parser: StreamParser,
     stop: StopText,
     /// Ids not shown as plain text: all of them until the output proves not to be Harmony.
@@ -70,7 +71,29 @@ struct TurnOutput {
 }
 
 impl TurnOutput {
-    fn push(
+    /// Output of an assistant turn (the prompt ends at `<|start|>assistant`).
+    pub fn new(h: &Harmony, stop: StopText) -> TurnOutput {
+        TurnOutput {
+            parser: StreamParser::new(h.ids, Some(Role::Assistant)),
+            stop,
+            pending: Vec::new(),
+            plain: None,
+            shown: String::new(),
+        }
+    }
+
+    /// Whether a stop string has ended the answer.
+    pub fn stopped(&self) -> bool {
+        self.stop.stopped()
+    }
+
+    /// The messages parsed so far.
+    pub fn messages(&self) -> &[ParsedMessage] {
+        &self.parser.messages
+    }
+
+    /// One generated id; what it shows goes to `on_event`.
+    pub fn push(
         &mut self,
         tok: &Tokenizer,
         id: u32,
@@ -136,7 +159,8 @@ impl TurnOutput {
         Ok(())
     }
 
-    fn finish(&mut self, tok: &Tokenizer, on_event: &mut dyn FnMut(TurnEvent)) -> Result<()> {
+    /// The end of the output: closes an open message and flushes held-back text.
+    pub fn finish(&mut self, tok: &Tokenizer, on_event: &mut dyn FnMut(TurnEvent)) -> Result<()> {
         self.parser.finish();
         if self.plain.is_none() && self.parser.messages.is_empty() && !self.pending.is_empty() {
             self.start_plain(tok, on_event)?;
@@ -276,18 +300,12 @@ impl ChatSession {
         let h = Harmony::new(tok)?;
         let id = engine.submit(self.request(tok, user, sampling, max_tokens)?)?;
         let t0 = std::time::Instant::now();
-        let mut out = TurnOutput {
-            parser: StreamParser::new(h.ids, Some(Role::Assistant)),
-            stop: self.stop.clone(),
-            pending: Vec::new(),
-            plain: None,
-            shown: String::new(),
-        };
+        let mut out = TurnOutput::new(&h, self.stop.clone());
         let mut reason = FinishReason::Length;
         let mut generated = 0;
         'outer: while engine.has_work() {
-            if cancelled() || out.stop.stopped() {
-                let stopped = out.stop.stopped();
+            if cancelled() || out.stopped() {
+                let stopped = out.stopped();
                 if let Some(Event::Finished {
                     reason: r,
                     generated: g,

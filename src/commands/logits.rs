@@ -44,11 +44,11 @@ pub(crate) fn logits(a: &LogitsArgs) -> Result<()> {
             .collect();
         let outputs: Vec<u32> = (0..toks.len() as u32).collect();
         let sampling = vec![Default::default(); toks.len()];
-        all.extend(model.logits(&Batch {
+        all.extend(pollster::block_on(model.logits(&Batch {
             tokens: &toks,
             outputs: &outputs,
             sampling: &sampling,
-        })?);
+        }))?);
     }
     write_logits(&a.out, &all, n, vocab)?;
     eprintln!("wrote logits [{n}, {vocab}] to {}", a.out.display());

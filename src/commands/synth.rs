@@ -44,9 +44,32 @@ pub(crate) struct SynthArgs {
     /// Write into --out even if it already holds files (they may be overwritten).
     #[arg(long)]
     pub(crate) force: bool,
+    /// Instead of random weights, a one-layer model whose greedy continuation of a prompt ending
+    /// in the script's first token is the rest of it (Harmony special tokens allowed), e.g.
+    /// `assistant<|channel|>final<|message|>Hi<|return|>`: for end-to-end tests of chat output.
+    /// The shape options do not apply.
+    #[arg(long)]
+    pub(crate) script: Option<String>,
+    /// With --script: a one-token word after whose appearance a token may have a second
+    /// successor (Harmony repeats `<|channel|>` in every message).
+    #[arg(long, requires = "script")]
+    pub(crate) marker: Option<String>,
 }
 
 pub(crate) fn synth_cmd(a: &SynthArgs) -> Result<()> {
+    let occupied = std::fs::read_dir(&a.out).is_ok_and(|mut d| d.next().is_some());
+    if occupied && !a.force {
+        bail!(
+            "{} already exists and is not empty; choose another --out or add --force to write \
+             over it",
+            a.out.display()
+        );
+    }
+    if let Some(script) = &a.script {
+        synth::write_scripted(&a.out, script, a.marker.as_deref())?;
+        eprintln!("wrote {} (scripted one-layer model)", a.out.display());
+        return Ok(());
+    }
     let mut s = SynthSpec::preset(&a.preset)?;
     let set = |v: &mut u32, o: Option<u32>| {
         if let Some(x) = o {
@@ -65,14 +88,6 @@ pub(crate) fn synth_cmd(a: &SynthArgs) -> Result<()> {
     set(&mut s.sliding_window, a.sliding_window);
     if let Some(m) = a.shard_mib {
         s.shard_bytes = m.max(1) << 20;
-    }
-    let occupied = std::fs::read_dir(&a.out).is_ok_and(|mut d| d.next().is_some());
-    if occupied && !a.force {
-        bail!(
-            "{} already exists and is not empty; choose another --out or add --force to write \
-             over it",
-            a.out.display()
-        );
     }
     let pb = bar(0, "writing");
     synth::write(&a.out, &s, a.seed, &mut |done, total| {

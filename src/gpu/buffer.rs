@@ -82,8 +82,8 @@ impl Gpu {
             })
     }
 
-    /// Copies `bytes` bytes from the start of `buf` back to the host (waits for the GPU).
-    pub fn read(&self, buf: &wgpu::Buffer, bytes: u64) -> Result<Vec<u8>> {
+    /// Copies `bytes` bytes from the start of `buf` back to the host once the GPU is done.
+    pub async fn read(&self, buf: &wgpu::Buffer, bytes: u64) -> Result<Vec<u8>> {
         let size = padded(bytes);
         let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("read-back"),
@@ -94,19 +94,23 @@ impl Gpu {
         let mut enc = self.device.create_command_encoder(&Default::default());
         enc.copy_buffer_to_buffer(buf, 0, &staging, 0, size);
         self.queue.submit([enc.finish()]);
-        let mut out = pollster::block_on(map_read(self, &staging, size))?;
+        let mut out = map_read(self, &staging, size).await?;
         out.truncate(bytes as usize);
         Ok(out)
     }
 
     /// Reads a buffer of f32 values.
-    pub fn read_f32(&self, buf: &wgpu::Buffer, n: usize) -> Result<Vec<f32>> {
-        Ok(bytemuck::pod_collect_to_vec(&self.read(buf, n as u64 * 4)?))
+    pub async fn read_f32(&self, buf: &wgpu::Buffer, n: usize) -> Result<Vec<f32>> {
+        Ok(bytemuck::pod_collect_to_vec(
+            &self.read(buf, n as u64 * 4).await?,
+        ))
     }
 
     /// Reads a buffer of u32 values.
-    pub fn read_u32(&self, buf: &wgpu::Buffer, n: usize) -> Result<Vec<u32>> {
-        Ok(bytemuck::pod_collect_to_vec(&self.read(buf, n as u64 * 4)?))
+    pub async fn read_u32(&self, buf: &wgpu::Buffer, n: usize) -> Result<Vec<u32>> {
+        Ok(bytemuck::pod_collect_to_vec(
+            &self.read(buf, n as u64 * 4).await?,
+        ))
     }
 
     /// Plans how a matrix of `rows` rows of `row_bytes` bytes is cut so that no buffer exceeds the

@@ -73,7 +73,13 @@ pub struct Gpu {
     pub info: wgpu::AdapterInfo,
     pub caps: Caps,
     pipelines: Mutex<HashMap<String, Arc<wgpu::ComputePipeline>>>,
+    /// Error scopes still to be read (browser only: see [`Gpu::checked`]).
+    #[cfg(target_arch = "wasm32")]
+    pending_checks: Mutex<Vec<(String, PendingCheck)>>,
 }
+
+#[cfg(target_arch = "wasm32")]
+type PendingCheck = std::pin::Pin<Box<dyn std::future::Future<Output = Option<wgpu::Error>>>>;
 
 /// Adapter description for listings such as `gpt-oss-wgpu devices`.
 pub fn describe_adapter(adapter: &wgpu::Adapter) -> String {
@@ -232,6 +238,8 @@ impl Gpu {
             info,
             caps,
             pipelines: Mutex::new(HashMap::new()),
+            #[cfg(target_arch = "wasm32")]
+            pending_checks: Mutex::new(Vec::new()),
         }
     }
 
@@ -246,7 +254,6 @@ impl Gpu {
             return Ok(p.clone());
         }
         let source = key.source()?;
-        let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
         let desc = wgpu::ShaderModuleDescriptor {
             label: Some(&label),
             source: wgpu::ShaderSource::Wgsl(source.as_str().into()),
@@ -258,48 +265,74 @@ impl Gpu {
         // SAFETY: every loop in our kernels ends: their bounds are shapes and counts checked on
         // the host (kernels/*.rs). Buffer bounds checks stay on. Without the injected loop
         // counter the driver's compiler can unroll and pipeline the inner loops.
-        let module = unsafe { self.device.create_shader_module_trusted(desc, checks) };
         let pipeline = self
-            .device
-            .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-                label: Some(&label),
-                layout: None,
-                module: &module,
-                entry_point: Some(key.entry),
-                compilation_options: wgpu::PipelineCompilationOptions {
-                    constants: &[],
-                    zero_initialize_workgroup_memory: false,
-                },
-                cache: None,
-            });
-        if let Some(err) = pollster::block_on(scope.pop()) {
-            return Err(Error::Shader {
-                key: label,
+            .checked(&label, || {
+                let module = unsafe { self.device.create_shader_module_trusted(desc, checks) };
+                self.device
+                    .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                        label: Some(&label),
+                        layout: None,
+                        module: &module,
+                        entry_point: Some(key.entry),
+                        compilation_options: wgpu::PipelineCompilationOptions {
+                            constants: &[],
+                            zero_initialize_workgroup_memory: false,
+                        },
+                        cache: None,
+                    })
+            })
+            .map_err(|err| Error::Shader {
+                key: label.clone(),
                 msg: format!("{err}\n--- preprocessed source ---\n{source}"),
-            });
-        }
+            })?;
         let pipeline = Arc::new(pipeline);
         cache.insert(label, pipeline.clone());
         Ok(pipeline)
     }
 
-    /// Runs `f` inside a validation error scope and returns the error it raised, if any. On the
-    /// web the scope resolves only from the event loop, so errors there go to the device's
-    /// uncaptured-error handler instead.
-    pub fn checked<T>(&self, f: impl FnOnce() -> T) -> std::result::Result<T, String> {
+    /// Runs `f` inside a validation error scope. Natively the scope is read at once and its error
+    /// returned; in the browser it resolves only from the event loop, so it is kept and
+    /// [`Gpu::settle`] awaits it (nothing here blocks).
+    pub fn checked<T>(&self, what: &str, f: impl FnOnce() -> T) -> std::result::Result<T, String> {
+        let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let out = f();
         #[cfg(not(target_arch = "wasm32"))]
-        {
-            let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
-            let out = f();
-            match pollster::block_on(scope.pop()) {
-                Some(err) => Err(err.to_string()),
-                None => Ok(out),
-            }
+        if let Some(err) = pollster::block_on(scope.pop()) {
+            return Err(err.to_string());
         }
         #[cfg(target_arch = "wasm32")]
-        {
-            Ok(f())
+        if let Ok(mut pending) = self.pending_checks.lock() {
+            pending.push((what.to_string(), Box::pin(scope.pop())));
         }
+        #[cfg(not(target_arch = "wasm32"))]
+        let _ = what;
+        Ok(out)
+    }
+
+    /// Waits for the error scopes [`Gpu::checked`] left open (only in the browser) and returns
+    /// every error they caught, naming what raised each.
+    pub async fn settle(&self) -> Result<()> {
+        #[cfg(target_arch = "wasm32")]
+        {
+            let pending = match self.pending_checks.lock() {
+                Ok(mut p) => std::mem::take(&mut *p),
+                Err(_) => return Err(Error::Device("error-scope list poisoned".into())),
+            };
+            let mut errors = Vec::new();
+            for (what, check) in pending {
+                if let Some(err) = check.await {
+                    errors.push(format!("`{what}`: {err}"));
+                }
+            }
+            if !errors.is_empty() {
+                return Err(Error::Device(format!(
+                    "{} pipeline(s) failed:\n{}",
+                    errors.len(),
+                    errors.join("\n")
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// Blocks until the GPU has finished all submitted work (native) or yields (web).

@@ -110,7 +110,7 @@ impl Dispatch {
             });
         }
         let bind_group = gpu
-            .checked(|| {
+            .checked(&label, || {
                 gpu.device.create_bind_group(&wgpu::BindGroupDescriptor {
                     label: Some(&label),
                     layout: &pipeline.get_bind_group_layout(0),

@@ -171,10 +171,11 @@ mod tests {
     use crate::model::inputs::TokenInfo;
     use crate::model::kv_cache::BlockPool;
 
-    #[test]
-    fn attention_matches_reference() {
+    gpu_test!(attention_matches_reference);
+    async fn attention_matches_reference() {
         let mut rng = seeded("attention");
         for (gpu, kv_f16) in gpus()
+            .await
             .iter()
             .flat_map(|g| [(g, false), (g, true)])
             .filter(|(g, f)| !f || g.caps.f16)
@@ -330,11 +331,11 @@ mod tests {
                         },
                         &ds,
                     );
-                    let got = gpu.read_f32(&ob, t * nh_ * d_).unwrap();
+                    let got = gpu.read_f32(&ob, t * nh_ * d_).await.unwrap();
                     let pool_len = (pool / kv_bytes as u64) as usize;
                     let (kg, vg) = (
-                        read_kv(gpu, &kc, pool_len, kv_f16),
-                        read_kv(gpu, &vc, pool_len, kv_f16),
+                        read_kv(gpu, &kc, pool_len, kv_f16).await,
+                        read_kv(gpu, &vc, pool_len, kv_f16).await,
                     );
                     // What the cache holds for token `tok`, all KV heads.
                     let cached = |cache: &[f32], tok: &TokenInfo| -> Vec<f32> {
@@ -406,7 +407,8 @@ mod tests {
                     let e = nmse(&got, &want);
                     assert!(
                         e < 1e-11,
-                        "nh={nh} d={d} window={window} kv_f16={kv_f16}: nmse {e}"
+                        "nh={nh} d={d} window={window} kv_f16={kv_f16}, a pass of {t} tokens \
+                         in {splits} spans: nmse {e}"
                     );
                 }
             }

@@ -53,10 +53,10 @@ mod tests {
     use crate::kernels::testing::*;
     use crate::model::inputs::TokenInfo;
 
-    #[test]
-    fn embed_gathers_rows_across_split_table() {
+    gpu_test!(embed_gathers_rows_across_split_table);
+    async fn embed_gathers_rows_across_split_table() {
         let mut rng = seeded("embed");
-        for gpu in gpus() {
+        for gpu in gpus().await {
             let (v, h, split) = (23usize, 96usize, 10usize);
             let (table, bytes) = random_bf16(&mut rng, v * h, 1.0);
             let table_split = split_rows(gpu, &bytes, v, h, split);
@@ -81,7 +81,7 @@ mod tests {
                 },
                 &d,
             );
-            let got = gpu.read_f32(&xb, ids.len() * h).unwrap();
+            let got = gpu.read_f32(&xb, ids.len() * h).await.unwrap();
             let want: Vec<f32> = ids
                 .iter()
                 .flat_map(|&i| table[i as usize * h..(i as usize + 1) * h].to_vec())

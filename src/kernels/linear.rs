@@ -320,11 +320,12 @@ mod tests {
         y
     }
 
-    #[test]
-    fn linear_matches_reference() {
+    gpu_test!(linear_matches_reference);
+    async fn linear_matches_reference() {
         let mut rng = seeded("linear_matches_reference");
         // The tensor-core path too where the adapter has it (inputs in two f16 parts: ~22 bits).
         let paths = gpus()
+            .await
             .iter()
             .flat_map(|g| [(g, false), (g, true)])
             .filter(|(g, coop)| !coop || g.caps.coop);
@@ -371,7 +372,7 @@ mod tests {
                     ..Default::default()
                 };
                 submit(gpu, &step, &counts, &d);
-                let got = gpu.read_f32(&yb, t * n).unwrap();
+                let got = gpu.read_f32(&yb, t * n).await.unwrap();
                 let want = reference(&x, &w, &b, &y0, t, k, n, acc);
                 let e = nmse(&got, &want);
                 let tol = if coop { 1e-9 } else { 1e-10 };
@@ -384,10 +385,10 @@ mod tests {
         }
     }
 
-    #[test]
-    fn fused_norm_matches_rmsnorm_then_linear() {
+    gpu_test!(fused_norm_matches_rmsnorm_then_linear);
+    async fn fused_norm_matches_rmsnorm_then_linear() {
         let mut rng = seeded("linear_norm");
-        for gpu in gpus() {
+        for gpu in gpus().await {
             // (tokens, k, n, rows per buffer): the vector path with the norm fused, and above
             // VEC_MAX_TOKENS the tiled path on the separately normed input.
             for &(t, k, n, split) in &[
@@ -434,7 +435,7 @@ mod tests {
                     ..Default::default()
                 };
                 submit(gpu, &step, &counts, &d);
-                let got = gpu.read_f32(&yb, t * n).unwrap();
+                let got = gpu.read_f32(&yb, t * n).await.unwrap();
                 let want = reference(&h, &w, &vec![0.0; n], &[], t, k, n, false);
                 let e = nmse(&got, &want);
                 assert!(e < 1e-10, "t={t} k={k} n={n}: nmse {e}");
@@ -442,10 +443,11 @@ mod tests {
         }
     }
 
-    #[test]
-    fn fused_rope_rotates_q_and_writes_the_cache() {
+    gpu_test!(fused_rope_rotates_q_and_writes_the_cache);
+    async fn fused_rope_rotates_q_and_writes_the_cache() {
         let mut rng = seeded("linear_rope");
         for (gpu, kv_f16) in gpus()
+            .await
             .iter()
             .flat_map(|g| [(g, false), (g, true)])
             .filter(|(g, f)| !f || g.caps.f16)
@@ -530,10 +532,10 @@ mod tests {
                     ..Default::default()
                 };
                 submit(gpu, &step, &counts, &ds);
-                let y = gpu.read_f32(&yb, t * n).unwrap();
+                let y = gpu.read_f32(&yb, t * n).await.unwrap();
                 let (kg, vg) = (
-                    read_kv(gpu, &kc, pool, kv_f16),
-                    read_kv(gpu, &vc, pool, kv_f16),
+                    read_kv(gpu, &kc, pool, kv_f16).await,
+                    read_kv(gpu, &vc, pool, kv_f16).await,
                 );
 
                 let h: Vec<f32> = x.chunks(k).flat_map(|r| rmsnorm_ref(r, &g, 1e-5)).collect();

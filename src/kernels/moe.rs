@@ -314,10 +314,10 @@ mod tests {
         (blocks, scales)
     }
 
-    #[test]
-    fn moe_matches_reference() {
+    gpu_test!(moe_matches_reference);
+    async fn moe_matches_reference() {
         let mut rng = seeded("moe");
-        for gpu in gpus() {
+        for gpu in gpus().await {
             // (tokens, hidden, inter, experts, top_k, experts per buffer)
             for &(t, hd, it, e, k, per) in &[
                 (23, 64, 64, 3, 2, 2),
@@ -406,7 +406,7 @@ mod tests {
                 };
                 // Every path on the same inputs: grouped by expert (on the tensor cores too
                 // where the adapter has them), and per slot.
-                let run = |vec_max_tokens: u32, coop: bool| {
+                let run = async |vec_max_tokens: u32, coop: bool| {
                     let xb = gpu.upload("x", f32_bytes(&x0)).unwrap();
                     // The grouped path reads the picks; the per-slot path writes them.
                     let (ib, wb) = if vec_max_tokens == 0 {
@@ -443,21 +443,21 @@ mod tests {
                         ..Default::default()
                     };
                     submit(gpu, &step, &c, &d);
-                    let picks = gpu.read_u32(&ib, t * k).unwrap();
+                    let picks = gpu.read_u32(&ib, t * k).await.unwrap();
                     assert_eq!(picks, idx, "t={t} vec_max={vec_max_tokens}: experts");
-                    let weights = gpu.read_f32(&wb, t * k).unwrap();
+                    let weights = gpu.read_f32(&wb, t * k).await.unwrap();
                     assert!(
                         max_abs(&weights, &wts) < 1e-6,
                         "weights {weights:?} {wts:?}"
                     );
-                    gpu.read_f32(&xb, t * hd).unwrap()
+                    gpu.read_f32(&xb, t * hd).await.unwrap()
                 };
                 let mut paths = vec![
-                    (0, false, run(0, false)),
-                    (t as u32, false, run(t as u32, false)),
+                    (0, false, run(0, false).await),
+                    (t as u32, false, run(t as u32, false).await),
                 ];
                 if gpu.caps.coop {
-                    paths.push((0, true, run(0, true)));
+                    paths.push((0, true, run(0, true).await));
                 }
 
                 let mut want = x0.clone();

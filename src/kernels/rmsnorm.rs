@@ -51,10 +51,10 @@ mod tests {
     use crate::gpu::dispatch::{StepCounts, step_buffer, submit};
     use crate::kernels::testing::*;
 
-    #[test]
-    fn rmsnorm_matches_reference() {
+    gpu_test!(rmsnorm_matches_reference);
+    async fn rmsnorm_matches_reference() {
         let mut rng = seeded("rmsnorm");
-        for gpu in gpus() {
+        for gpu in gpus().await {
             for &(t, n, gather) in &[(1usize, 64usize, false), (5, 100, false), (6, 2880, true)] {
                 let x = random(&mut rng, t * n, 2.0);
                 let w = random(&mut rng, n, 1.0);
@@ -89,7 +89,7 @@ mod tests {
                     ..Default::default()
                 };
                 submit(gpu, &step, &c, &[d]);
-                let got = gpu.read_f32(&ob, t * n).unwrap();
+                let got = gpu.read_f32(&ob, t * n).await.unwrap();
                 let mut want = vec![0.0; t * n];
                 for r in 0..t {
                     let src = if gather { rows[r] as usize } else { r };

@@ -118,10 +118,10 @@ mod tests {
     use crate::gpu::dispatch::{StepCounts, step_buffer, submit};
     use crate::kernels::testing::*;
 
-    #[test]
-    fn router_norms_projects_picks_top_k_and_softmaxes() {
+    gpu_test!(router_norms_projects_picks_top_k_and_softmaxes);
+    async fn router_norms_projects_picks_top_k_and_softmaxes() {
         let mut rng = seeded("router");
-        for gpu in gpus() {
+        for gpu in gpus().await {
             // Passes of up to 8 tokens write partial logits (hidden 600 makes three slices, the
             // last one short), larger ones pick.
             for &(t, hd, e, k) in &[
@@ -173,10 +173,10 @@ mod tests {
                     ..Default::default()
                 };
                 submit(gpu, &step, &counts, &d);
-                let gh = gpu.read_f32(&hb, t * hd).unwrap();
-                let gi = gpu.read_u32(&ib, t * k).unwrap();
-                let gw = gpu.read_f32(&wtb, t * k).unwrap();
-                let gp = gpu.read_f32(&pb, t * n_slices * e).unwrap();
+                let gh = gpu.read_f32(&hb, t * hd).await.unwrap();
+                let gi = gpu.read_u32(&ib, t * k).await.unwrap();
+                let gw = gpu.read_f32(&wtb, t * k).await.unwrap();
+                let gp = gpu.read_f32(&pb, t * n_slices * e).await.unwrap();
                 for ti in 0..t {
                     let h = rmsnorm_ref(&x[ti * hd..(ti + 1) * hd], &g, 1e-5);
                     assert!(

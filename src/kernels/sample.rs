@@ -87,7 +87,7 @@ mod tests {
     use crate::gpu::dispatch::{StepCounts, step_buffer, submit};
     use crate::kernels::testing::*;
 
-    fn run(gpu: &Gpu, logits: &[f32], vocab: usize, ps: &[SampleParams]) -> Vec<u32> {
+    async fn run(gpu: &Gpu, logits: &[f32], vocab: usize, ps: &[SampleParams]) -> Vec<u32> {
         let rows = ps.len();
         let all: Vec<f32> = (0..rows).flat_map(|_| logits.iter().copied()).collect();
         let lb = gpu.upload("l", f32_bytes(&all)).unwrap();
@@ -107,13 +107,13 @@ mod tests {
             },
             &d,
         );
-        gpu.read_u32(&ib, rows).unwrap()
+        gpu.read_u32(&ib, rows).await.unwrap()
     }
 
-    #[test]
-    fn greedy_is_argmax() {
+    gpu_test!(greedy_is_argmax);
+    async fn greedy_is_argmax() {
         let mut rng = seeded("greedy");
-        for gpu in gpus() {
+        for gpu in gpus().await {
             for vocab in [1usize, 7, 1000, 5003, 20000] {
                 let l = random(&mut rng, vocab, 5.0);
                 let want = l
@@ -128,16 +128,17 @@ mod tests {
                         top_p: 1.0,
                         ..Default::default()
                     }],
-                );
+                )
+                .await;
                 assert_eq!(got[0] as usize, want);
             }
         }
     }
 
-    #[test]
-    fn draws_follow_the_filtered_distribution() {
+    gpu_test!(draws_follow_the_filtered_distribution);
+    async fn draws_follow_the_filtered_distribution() {
         let mut rng = seeded("sampling");
-        for gpu in gpus() {
+        for gpu in gpus().await {
             let vocab = 3000;
             let mut l = random(&mut rng, vocab, 1.0);
             // A few clear favourites so top-k/top-p sets are well separated.
@@ -159,7 +160,7 @@ mod tests {
                         _pad: [0; 3],
                     })
                     .collect();
-                let got = run(gpu, &l, vocab, &ps);
+                let got = run(gpu, &l, vocab, &ps).await;
                 // The reference distribution, computed in f64 with a sort.
                 let mut order: Vec<usize> = (0..vocab).collect();
                 order.sort_by(|&a, &b| l[b].total_cmp(&l[a]));
@@ -205,7 +206,7 @@ mod tests {
                     );
                 }
                 // Same seed and counter give the same token.
-                assert_eq!(run(gpu, &l, vocab, &ps[..3]), got[..3]);
+                assert_eq!(run(gpu, &l, vocab, &ps[..3]).await, got[..3]);
             }
         }
     }

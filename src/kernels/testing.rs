@@ -1,35 +1,78 @@
 //! Helpers for kernel tests: the devices to test on (default and portable), fresh seeds, error
 //! measures and bf16 packing.
 
-use std::sync::OnceLock;
-
 use crate::gpu::{Gpu, GpuOptions, Rows, Split};
 use crate::rng::Rng;
 
-/// The devices every kernel test runs on: the adapter's fast path (subgroups where it has them)
-/// and the portable path. Empty when there is no adapter, unless GPT_OSS_REQUIRE_GPU is set.
-pub fn gpus() -> &'static [Gpu] {
-    static GPUS: OnceLock<Vec<Gpu>> = OnceLock::new();
-    GPUS.get_or_init(|| {
-        let mut out = Vec::new();
-        for portable in [false, true] {
-            let opts = GpuOptions {
-                portable,
-                ..Default::default()
-            };
-            match pollster::block_on(Gpu::new(&opts)) {
-                Ok(g) => out.push(g),
-                Err(e) => {
-                    assert!(
-                        std::env::var("GPT_OSS_REQUIRE_GPU").is_err(),
-                        "GPT_OSS_REQUIRE_GPU is set but no device: {e}"
-                    );
-                    eprintln!("skipping GPU test: {e}");
-                }
+/// Declares the async fn of the same name as a kernel test: natively a `#[test]` that blocks on
+/// it, in the browser (`cargo test --target wasm32-unknown-unknown`) a wasm-bindgen test that
+/// awaits it, since nothing may block there.
+macro_rules! gpu_test {
+    ($name:ident) => {
+        mod $name {
+            #[cfg(not(target_arch = "wasm32"))]
+            #[test]
+            fn run() {
+                pollster::block_on(super::$name())
+            }
+
+            #[cfg(target_arch = "wasm32")]
+            #[wasm_bindgen_test::wasm_bindgen_test]
+            async fn run() {
+                super::$name().await
             }
         }
-        out
-    })
+    };
+}
+pub(crate) use gpu_test;
+
+#[cfg(target_arch = "wasm32")]
+wasm_bindgen_test::wasm_bindgen_test_configure!(run_in_browser);
+
+/// The devices every kernel test runs on: the adapter's fast path (subgroups where it has them)
+/// and the portable path. Empty when there is no adapter, unless GPT_OSS_REQUIRE_GPU is set.
+pub async fn gpus() -> &'static [Gpu] {
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        static GPUS: std::sync::OnceLock<Vec<Gpu>> = std::sync::OnceLock::new();
+        if let Some(g) = GPUS.get() {
+            return g;
+        }
+        let found = open_all().await;
+        GPUS.get_or_init(|| found)
+    }
+    #[cfg(target_arch = "wasm32")]
+    {
+        // One thread in the browser; the devices live as long as the test page.
+        thread_local!(static GPUS: std::cell::Cell<Option<&'static [Gpu]>> = const { std::cell::Cell::new(None) });
+        if let Some(g) = GPUS.with(|g| g.get()) {
+            return g;
+        }
+        let found: &'static [Gpu] = Box::leak(open_all().await.into_boxed_slice());
+        GPUS.with(|g| g.set(Some(found)));
+        found
+    }
+}
+
+async fn open_all() -> Vec<Gpu> {
+    let mut out = Vec::new();
+    for portable in [false, true] {
+        let opts = GpuOptions {
+            portable,
+            ..Default::default()
+        };
+        match Gpu::new(&opts).await {
+            Ok(g) => out.push(g),
+            Err(e) => {
+                assert!(
+                    std::env::var("GPT_OSS_REQUIRE_GPU").is_err(),
+                    "GPT_OSS_REQUIRE_GPU is set but no device: {e}"
+                );
+                eprintln!("skipping GPU test: {e}");
+            }
+        }
+    }
+    out
 }
 
 /// A fresh seed per run (or GPT_OSS_SEED to replay), printed so a failure can be reproduced.
@@ -37,14 +80,19 @@ pub fn seeded(test: &str) -> Rng {
     let seed = std::env::var("GPT_OSS_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos() as u64)
-                .unwrap_or(1)
-        });
+        .unwrap_or_else(now_nanos);
     eprintln!("{test}: GPT_OSS_SEED={seed}");
     Rng::new(seed)
+}
+
+fn now_nanos() -> u64 {
+    #[cfg(not(target_arch = "wasm32"))]
+    return std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(1);
+    #[cfg(target_arch = "wasm32")]
+    return (js_sys::Date::now() * 1e6) as u64;
 }
 
 /// Normalized mean squared error of `got` against `want`.
@@ -134,13 +182,13 @@ pub fn random_rope_table(rng: &mut Rng, n: usize) -> Vec<[f32; 2]> {
 }
 
 /// A KV-cache pool read back as f32 (`len` elements, stored in f16 or f32).
-pub fn read_kv(gpu: &Gpu, buf: &wgpu::Buffer, len: usize, f16: bool) -> Vec<f32> {
+pub async fn read_kv(gpu: &Gpu, buf: &wgpu::Buffer, len: usize, f16: bool) -> Vec<f32> {
     if f16 {
-        let raw = gpu.read(buf, len as u64 * 2).unwrap();
+        let raw = gpu.read(buf, len as u64 * 2).await.unwrap();
         let h: Vec<half::f16> = bytemuck::pod_collect_to_vec(&raw);
         h.iter().map(|v| v.to_f32()).collect()
     } else {
-        gpu.read_f32(buf, len).unwrap()
+        gpu.read_f32(buf, len).await.unwrap()
     }
 }
 

@@ -429,6 +429,32 @@ impl Graph<'_> {
     }
 }
 
+/// Logits rows per pass (as many as the binding limit allows, up to max_tokens), or why the
+/// options cannot work.
+fn max_outputs(g: &Gpu, c: &ModelConfig, opts: &ModelOptions) -> Result<u32> {
+    if opts.max_tokens == 0 || opts.max_seqs == 0 || opts.max_context == 0 {
+        return Err(Error::Request(
+            "max_tokens, max_seqs and max_context must be positive".into(),
+        ));
+    }
+    if opts.max_context > c.max_positions {
+        return Err(Error::Request(format!(
+            "context {} exceeds the model's max_position_embeddings {}",
+            opts.max_context, c.max_positions
+        )));
+    }
+    let row_bytes = c.vocab as u64 * 4;
+    let max_outputs = (g.caps.max_binding / row_bytes).min(opts.max_tokens as u64) as u32;
+    if max_outputs < opts.max_seqs {
+        return Err(Error::Limit {
+            what: format!("logits for {} sequences", opts.max_seqs),
+            needed: opts.max_seqs as u64 * row_bytes,
+            max: g.caps.max_binding,
+        });
+    }
+    Ok(max_outputs)
+}
+
 impl Model {
     /// Validates every tensor against the config, uploads the weights, allocates the cache and
     /// activations, and builds the forward pass. `progress(done, total)` reports uploaded bytes.
@@ -439,31 +465,24 @@ impl Model {
         opts: ModelOptions,
         progress: &mut dyn FnMut(u64, u64),
     ) -> Result<Model> {
+        // Settings that cannot work are refused before gigabytes are uploaded.
+        max_outputs(&gpu, &cfg, &opts)?;
+        tensors::check(src.index(), &cfg)?;
+        let weights = upload::upload(&gpu, src, &cfg, progress)?;
+        Model::new(gpu, weights, cfg, opts)
+    }
+
+    /// Allocates the cache and activations for uploaded weights (see [`upload::plan`]) and builds
+    /// the forward pass. In the browser, await [`Gpu::settle`] afterwards for shader errors.
+    pub fn new(
+        gpu: Arc<Gpu>,
+        weights: Weights,
+        cfg: ModelConfig,
+        opts: ModelOptions,
+    ) -> Result<Model> {
         let c = &cfg;
-        if opts.max_tokens == 0 || opts.max_seqs == 0 || opts.max_context == 0 {
-            return Err(Error::Request(
-                "max_tokens, max_seqs and max_context must be positive".into(),
-            ));
-        }
-        if opts.max_context > c.max_positions {
-            return Err(Error::Request(format!(
-                "context {} exceeds the model's max_position_embeddings {}",
-                opts.max_context, c.max_positions
-            )));
-        }
         let g = &*gpu;
-        // Logits rows per pass: as many as the binding limit allows, up to max_tokens.
-        let row_bytes = c.vocab as u64 * 4;
-        let max_outputs = (g.caps.max_binding / row_bytes).min(opts.max_tokens as u64) as u32;
-        if max_outputs < opts.max_seqs {
-            return Err(Error::Limit {
-                what: format!("logits for {} sequences", opts.max_seqs),
-                needed: opts.max_seqs as u64 * row_bytes,
-                max: g.caps.max_binding,
-            });
-        }
-        let total = tensors::check(src, c)?;
-        let weights = upload::upload(g, src, c, total, progress)?;
+        let max_outputs = max_outputs(g, c, &opts)?;
         let acts = Activations::allocate(g, c, opts.max_tokens, max_outputs)?;
         let rope_table = g.upload(
             "rope_table",
@@ -680,11 +699,12 @@ impl Model {
     }
 
     /// Runs a forward pass and returns the logits [outputs, V] (a debugging and parity path).
-    pub fn logits(&self, b: &Batch<'_>) -> Result<Vec<f32>> {
+    pub async fn logits(&self, b: &Batch<'_>) -> Result<Vec<f32>> {
         let counts = self.write_inputs(b)?;
         dispatch::submit(&self.gpu, &self.step, &counts, &self.dispatches);
         self.gpu
             .read_f32(&self.acts.logits, b.outputs.len() * self.cfg.vocab as usize)
+            .await
     }
 
     /// GPU time of each dispatch that runs in one forward pass, in order, from timestamp queries

@@ -1,13 +1,19 @@
-//! Weights onto the GPU: every tensor of the checkpoint uploaded once, in the layout the kernels
+//! Weights onto the GPU, in two steps: `plan` creates every buffer in the layout the kernels
 //! read (q, k and v as one matrix, MXFP4 experts packed and split by whole experts, small vectors
-//! widened to f32), split over buffers at the adapter's binding limit. The tensors were checked
-//! against the table (`model::tensors`) before anything is uploaded.
+//! widened to f32, matrices split over buffers at the adapter's binding limit) and returns a
+//! `WeightWriter` that places any byte range of any checkpoint tensor where it belongs. Natively
+//! `upload` feeds it from memory-mapped shards; the browser feeds it pieces fetched with HTTP
+//! range requests, so no shard is ever whole in memory. Tensors were checked against the table
+//! (`model::tensors`) before anything is planned.
+
+use std::collections::HashMap;
+use std::ops::Range;
 
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Rows, Split};
 use crate::kernels::moe::ExpertChunk;
 use crate::model::config::ModelConfig;
-use crate::model::weights::{DType, WeightSource};
+use crate::model::weights::{DType, ShardIndex, WeightSource};
 
 /// One layer's weights, named as in the checkpoint.
 pub struct LayerWeights {
@@ -45,66 +51,54 @@ impl Weights {
     }
 }
 
-/// Uploads every weight; `total` is the checkpoint's size for `progress(done, total)`.
-pub fn upload(
-    gpu: &Gpu,
-    src: &dyn WeightSource,
-    c: &ModelConfig,
-    total: u64,
-    progress: &mut dyn FnMut(u64, u64),
-) -> Result<Weights> {
-    let mut up = Uploader {
+/// Creates every weight buffer for `c` (the index was checked against the table) and the writer
+/// that fills them.
+pub fn plan(gpu: &Gpu, index: &ShardIndex, c: &ModelConfig) -> Result<(Weights, WeightWriter)> {
+    let mut p = Planner {
         gpu,
-        pending: 0,
-        done: 0,
-        total,
+        index,
+        writer: WeightWriter::default(),
         weight_bytes: 0,
-        progress,
     };
     let (h, i) = (c.hidden as u64, c.inter as u64);
     let attn_width = c.heads as u64 * c.head_dim as u64;
-    let embed_tokens = up.split(
+    let embed_tokens = p.split(
         "embed_tokens",
-        &[src.tensor("model.embed_tokens.weight")?.data],
+        &["model.embed_tokens.weight".into()],
         h * 2,
         1,
     )?;
     let mut layers = Vec::new();
     for l in 0..c.layers as usize {
         let name = |s: &str| format!("model.layers.{l}.{s}");
-        let tensor = |s: &str| -> Result<&[u8]> { Ok(src.tensor(&name(s))?.data) };
-        let vector = |up: &mut Uploader, label: &str, parts: &[&str]| -> Result<wgpu::Buffer> {
-            let parts = parts
-                .iter()
-                .map(|p| float(src, &name(p)))
-                .collect::<Result<Vec<_>>>()?;
-            up.vector(&name(label), &parts)
-        };
-        let bias = |up: &mut Uploader, label: &str, parts: &[&str]| {
+        let names = |parts: &[&str]| parts.iter().map(|s| name(s)).collect::<Vec<_>>();
+        let bias = |p: &mut Planner, label: &str, parts: &[&str]| {
             c.attention_bias
-                .then(|| vector(up, label, parts))
+                .then(|| p.vector(&name(label), &names(parts)))
                 .transpose()
         };
         layers.push(LayerWeights {
-            input_layernorm: vector(&mut up, "input_layernorm", &["input_layernorm.weight"])?,
-            post_attention_layernorm: vector(
-                &mut up,
-                "post_attention_layernorm",
-                &["post_attention_layernorm.weight"],
+            input_layernorm: p.vector(
+                &name("input_layernorm"),
+                &names(&["input_layernorm.weight"]),
             )?,
-            qkv: up.split(
+            post_attention_layernorm: p.vector(
+                &name("post_attention_layernorm"),
+                &names(&["post_attention_layernorm.weight"]),
+            )?,
+            qkv: p.split(
                 &name("self_attn.qkv"),
-                &[
-                    tensor("self_attn.q_proj.weight")?,
-                    tensor("self_attn.k_proj.weight")?,
-                    tensor("self_attn.v_proj.weight")?,
-                ],
+                &names(&[
+                    "self_attn.q_proj.weight",
+                    "self_attn.k_proj.weight",
+                    "self_attn.v_proj.weight",
+                ]),
                 h * 2,
                 // Cut at heads: the fused RoPE epilogue pairs rows within a head.
                 c.head_dim as u64,
             )?,
             qkv_bias: bias(
-                &mut up,
+                &mut p,
                 "self_attn.qkv.bias",
                 &[
                     "self_attn.q_proj.bias",
@@ -112,199 +106,322 @@ pub fn upload(
                     "self_attn.v_proj.bias",
                 ],
             )?,
-            o_proj: up.split(
+            o_proj: p.split(
                 &name("self_attn.o_proj"),
-                &[tensor("self_attn.o_proj.weight")?],
+                &names(&["self_attn.o_proj.weight"]),
                 attn_width * 2,
                 1,
             )?,
-            o_proj_bias: bias(&mut up, "self_attn.o_proj.bias", &["self_attn.o_proj.bias"])?,
-            sinks: vector(&mut up, "self_attn.sinks", &["self_attn.sinks"])?,
-            router: up.split(
+            o_proj_bias: bias(&mut p, "self_attn.o_proj.bias", &["self_attn.o_proj.bias"])?,
+            sinks: p.vector(&name("self_attn.sinks"), &names(&["self_attn.sinks"]))?,
+            router: p.split(
                 &name("mlp.router"),
-                &[tensor("mlp.router.weight")?],
+                &names(&["mlp.router.weight"]),
                 h * 2,
                 1,
             )?,
-            router_bias: vector(&mut up, "mlp.router.bias", &["mlp.router.bias"])?,
-            gate_up: up.experts(
+            router_bias: p.vector(&name("mlp.router.bias"), &names(&["mlp.router.bias"]))?,
+            gate_up: p.experts(
                 &name("mlp.experts.gate_up"),
-                tensor("mlp.experts.gate_up_proj_blocks")?,
-                tensor("mlp.experts.gate_up_proj_scales")?,
+                &name("mlp.experts.gate_up_proj"),
                 c.experts,
                 2 * i,
                 h,
             )?,
-            gate_up_bias: vector(
-                &mut up,
-                "mlp.experts.gate_up_bias",
-                &["mlp.experts.gate_up_proj_bias"],
+            gate_up_bias: p.vector(
+                &name("mlp.experts.gate_up_bias"),
+                &names(&["mlp.experts.gate_up_proj_bias"]),
             )?,
-            down: up.experts(
+            down: p.experts(
                 &name("mlp.experts.down"),
-                tensor("mlp.experts.down_proj_blocks")?,
-                tensor("mlp.experts.down_proj_scales")?,
+                &name("mlp.experts.down_proj"),
                 c.experts,
                 h,
                 i,
             )?,
-            down_bias: vector(
-                &mut up,
-                "mlp.experts.down_bias",
-                &["mlp.experts.down_proj_bias"],
+            down_bias: p.vector(
+                &name("mlp.experts.down_bias"),
+                &names(&["mlp.experts.down_proj_bias"]),
             )?,
         });
     }
-    let norm = up.vector("model.norm", &[float(src, "model.norm.weight")?])?;
+    let norm = p.vector("model.norm", &["model.norm.weight".into()])?;
     let lm_head = if c.tie_embeddings {
         None
     } else {
-        Some(up.split("lm_head", &[src.tensor("lm_head.weight")?.data], h * 2, 1)?)
+        Some(p.split("lm_head", &["lm_head.weight".into()], h * 2, 1)?)
     };
-    gpu.queue.submit([]);
-    gpu.wait()?;
-    Ok(Weights {
+    let weights = Weights {
         embed_tokens,
         layers,
         norm,
         lm_head,
-        bytes: up.weight_bytes,
-    })
+        bytes: p.weight_bytes,
+    };
+    Ok((weights, p.writer))
 }
 
-/// Copies host bytes into GPU buffers, letting wgpu's staging memory drain every so often so a
-/// 13 GB checkpoint never sits in host memory twice.
-struct Uploader<'a> {
-    gpu: &'a Gpu,
-    pending: u64,
-    done: u64,
-    total: u64,
-    weight_bytes: u64,
-    progress: &'a mut dyn FnMut(u64, u64),
+/// Uploads every weight from host memory (memory-mapped shards), `progress(done, total)` in
+/// checkpoint bytes.
+pub fn upload(
+    gpu: &Gpu,
+    src: &dyn WeightSource,
+    c: &ModelConfig,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<Weights> {
+    let index = src.index();
+    let (weights, mut writer) = plan(gpu, index, c)?;
+    let total = writer.total();
+    for name in writer.tensors() {
+        let data = src.data(index.info(&name)?);
+        for (k, piece) in data.chunks(PIECE_BYTES).enumerate() {
+            writer.write(gpu, &name, (k * PIECE_BYTES) as u64, piece)?;
+            progress(writer.received(), total);
+        }
+    }
+    writer.finish(gpu)?;
+    Ok(weights)
 }
 
+/// Host bytes handed to the writer at a time natively (a multiple of 4, as writes need).
+const PIECE_BYTES: usize = 64 << 20;
+
+/// Bytes queued for the GPU after which the writer waits for them to drain, so a 13 GB
+/// checkpoint never sits in host memory twice.
 const FLUSH_BYTES: u64 = 256 << 20;
 
-impl Uploader<'_> {
-    fn write(&mut self, buf: &wgpu::Buffer, offset: u64, data: &[u8]) -> Result<()> {
-        self.gpu.write(buf, offset, data);
-        self.pending += data.len() as u64;
+/// Where a byte range of one checkpoint tensor goes.
+struct Placement {
+    buffer: wgpu::Buffer,
+    /// Offset in the buffer of the range's first element (as stored: f32 when widened).
+    dst: u64,
+    /// Bytes of the tensor.
+    src: Range<u64>,
+    /// bf16 values widened to f32 on the way.
+    widen_bf16: bool,
+}
+
+/// Places tensor bytes into the planned buffers, in any order and any pieces whose offsets and
+/// lengths are multiples of 4 (the last piece of a tensor excepted).
+#[derive(Default)]
+pub struct WeightWriter {
+    /// Placements per tensor, and the tensors in the table's order with their sizes.
+    places: HashMap<String, Vec<Placement>>,
+    order: Vec<(String, u64)>,
+    got: HashMap<String, u64>,
+    received: u64,
+    pending: u64,
+}
+
+impl WeightWriter {
+    /// The tensors to write, in the checkpoint table's order.
+    pub fn tensors(&self) -> Vec<String> {
+        self.order.iter().map(|(n, _)| n.clone()).collect()
+    }
+
+    /// Checkpoint bytes in all.
+    pub fn total(&self) -> u64 {
+        self.order.iter().map(|(_, b)| b).sum()
+    }
+
+    /// Checkpoint bytes written so far.
+    pub fn received(&self) -> u64 {
+        self.received
+    }
+
+    /// Writes `bytes`, the tensor's bytes from `offset` on.
+    pub fn write(&mut self, gpu: &Gpu, tensor: &str, offset: u64, bytes: &[u8]) -> Result<()> {
+        let places = self.places.get(tensor).ok_or_else(|| {
+            Error::Weights(format!("tensor `{tensor}` is not one the model loads"))
+        })?;
+        let end = offset + bytes.len() as u64;
+        let size = places.iter().map(|p| p.src.end).max().unwrap_or(0);
+        if !offset.is_multiple_of(4) || end > size {
+            return Err(Error::Weights(format!(
+                "tensor `{tensor}`: bytes {offset}..{end} are not a 4-aligned range of its {size}"
+            )));
+        }
+        for p in places {
+            let (s, e) = (offset.max(p.src.start), end.min(p.src.end));
+            if s >= e {
+                continue;
+            }
+            let part = &bytes[(s - offset) as usize..(e - offset) as usize];
+            if p.widen_bf16 {
+                let wide: Vec<f32> = part
+                    .chunks_exact(2)
+                    .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+                    .collect();
+                gpu.write(
+                    &p.buffer,
+                    p.dst + (s - p.src.start) * 2,
+                    bytemuck::cast_slice(&wide),
+                );
+            } else {
+                gpu.write(&p.buffer, p.dst + (s - p.src.start), part);
+            }
+        }
+        *self.got.entry(tensor.to_string()).or_default() += bytes.len() as u64;
+        self.received += bytes.len() as u64;
+        self.pending += bytes.len() as u64;
         if self.pending >= FLUSH_BYTES {
-            self.gpu.queue.submit([]);
-            self.gpu.wait()?;
             self.pending = 0;
+            gpu.queue.submit([]);
+            gpu.wait()?;
         }
         Ok(())
     }
 
-    fn tick(&mut self, bytes: u64) {
-        self.done += bytes;
-        (self.progress)(self.done, self.total);
+    /// Checks that every tensor arrived whole and lets the last writes reach the GPU.
+    pub fn finish(&self, gpu: &Gpu) -> Result<()> {
+        for (name, size) in &self.order {
+            let got = self.got.get(name).copied().unwrap_or(0);
+            if got != *size {
+                return Err(Error::Weights(format!(
+                    "tensor `{name}`: {got} of its {size} bytes were written"
+                )));
+            }
+        }
+        gpu.queue.submit([]);
+        gpu.wait()
     }
+}
 
+/// Creates the buffers and records where each tensor's bytes go.
+struct Planner<'a> {
+    gpu: &'a Gpu,
+    index: &'a ShardIndex,
+    writer: WeightWriter,
+    weight_bytes: u64,
+}
+
+impl Planner<'_> {
     fn buffer(&mut self, label: &str, bytes: u64) -> Result<wgpu::Buffer> {
         self.weight_bytes += bytes;
         self.gpu.storage(label, bytes)
     }
 
+    fn place(&mut self, tensor: &str, p: Placement) -> Result<()> {
+        if !p.dst.is_multiple_of(4) || !p.src.start.is_multiple_of(4) {
+            return Err(Error::Weights(format!(
+                "tensor `{tensor}` would be placed at an unaligned offset (its shape is unusual)"
+            )));
+        }
+        if !self.writer.places.contains_key(tensor) {
+            self.writer
+                .order
+                .push((tensor.to_string(), self.index.info(tensor)?.bytes()));
+        }
+        self.writer
+            .places
+            .entry(tensor.to_string())
+            .or_default()
+            .push(p);
+        Ok(())
+    }
+
     /// A row-major matrix given as consecutive row blocks (`parts`, e.g. q, k and v), split over
     /// buffers at multiples of `unit` rows.
-    fn split(&mut self, label: &str, parts: &[&[u8]], row_bytes: u64, unit: u64) -> Result<Split> {
-        let total: u64 = parts.iter().map(|p| p.len() as u64).sum();
-        let rows = total / row_bytes;
+    fn split(&mut self, label: &str, parts: &[String], row_bytes: u64, unit: u64) -> Result<Split> {
+        let sizes = parts
+            .iter()
+            .map(|p| Ok(self.index.info(p)?.bytes()))
+            .collect::<Result<Vec<u64>>>()?;
+        let rows = sizes.iter().sum::<u64>() / row_bytes;
         let mut chunks = Vec::new();
         for (start, count) in self.gpu.plan_split(label, rows, row_bytes, unit)? {
-            let buf = self.buffer(label, count as u64 * row_bytes)?;
-            // Copy the byte range [lo, hi) of the concatenated parts.
+            let buffer = self.buffer(label, count as u64 * row_bytes)?;
+            // The byte range [lo, hi) of the concatenated parts lands in this buffer.
             let (lo, hi) = (start as u64 * row_bytes, (start + count) as u64 * row_bytes);
             let mut at = 0u64;
-            for p in parts {
-                let (a, b) = (at, at + p.len() as u64);
+            for (p, size) in parts.iter().zip(&sizes) {
+                let (a, b) = (at, at + size);
                 let (s, e) = (lo.max(a), hi.min(b));
                 if s < e {
-                    self.write(&buf, s - lo, &p[(s - a) as usize..(e - a) as usize])?;
+                    let place = Placement {
+                        buffer: buffer.clone(),
+                        dst: s - lo,
+                        src: s - a..e - a,
+                        widen_bf16: false,
+                    };
+                    self.place(p, place)?;
                 }
                 at = b;
             }
             chunks.push(Rows {
-                buffer: buf,
+                buffer,
                 start,
                 count,
             });
         }
-        self.tick(total);
         Ok(Split { chunks })
     }
 
-    /// Small bf16/f32 vectors widened to f32 on the host (norm weights, biases, sinks).
-    fn vector(&mut self, label: &str, parts: &[(DType, &[u8])]) -> Result<wgpu::Buffer> {
-        let mut v: Vec<f32> = Vec::new();
-        for (dt, bytes) in parts {
-            match dt {
-                DType::BF16 => v.extend(
-                    bytes
-                        .chunks_exact(2)
-                        .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()),
-                ),
-                DType::F32 => v.extend(
-                    bytes
-                        .chunks_exact(4)
-                        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
-                ),
-                _ => return Err(Error::Weights(format!("`{label}` must be bf16 or f32"))),
+    /// Small bf16/f32 vectors stored as f32 (norm weights, biases, sinks), `parts` one after
+    /// another.
+    fn vector(&mut self, label: &str, parts: &[String]) -> Result<wgpu::Buffer> {
+        let infos = parts
+            .iter()
+            .map(|p| self.index.info(p).cloned())
+            .collect::<Result<Vec<_>>>()?;
+        let elems = |t: &crate::model::weights::TensorInfo| -> Result<u64> {
+            match t.dtype {
+                DType::BF16 => Ok(t.bytes() / 2),
+                DType::F32 => Ok(t.bytes() / 4),
+                _ => Err(Error::Weights(format!("`{label}` must be bf16 or f32"))),
             }
+        };
+        let total = infos.iter().map(elems).sum::<Result<u64>>()?;
+        let buffer = self.buffer(label, total * 4)?;
+        let mut at = 0;
+        for (p, t) in parts.iter().zip(&infos) {
+            let place = Placement {
+                buffer: buffer.clone(),
+                dst: at * 4,
+                src: 0..t.bytes(),
+                widen_bf16: t.dtype == DType::BF16,
+            };
+            self.place(p, place)?;
+            at += elems(t)?;
         }
-        let buf = self.buffer(label, v.len() as u64 * 4)?;
-        self.write(&buf, 0, bytemuck::cast_slice(&v))?;
-        self.tick(parts.iter().map(|p| p.1.len() as u64).sum());
-        Ok(buf)
+        Ok(buffer)
     }
 
-    /// MXFP4 expert weights split by whole experts.
+    /// MXFP4 expert weights (`{prefix}_blocks`, `{prefix}_scales`) split by whole experts.
     fn experts(
         &mut self,
         label: &str,
-        blocks: &[u8],
-        scales: &[u8],
+        prefix: &str,
         experts: u32,
         rows: u64,
         cols: u64,
     ) -> Result<Vec<ExpertChunk>> {
         let row_bytes = cols / 2;
+        let (blocks, scales) = (format!("{prefix}_blocks"), format!("{prefix}_scales"));
         let mut out = Vec::new();
         for (start, count) in self
             .gpu
             .plan_split(label, experts as u64 * rows, row_bytes, rows)?
         {
             let (e0, ec) = (start as u64 / rows, count as u64 / rows);
-            let (bb, sb) = (rows * cols / 2, rows * cols / 32);
-            let b = self.buffer(&format!("{label}.blocks"), ec * bb)?;
-            self.write(
-                &b,
-                0,
-                &blocks[(e0 * bb) as usize..((e0 + ec) * bb) as usize],
-            )?;
-            let s = self.buffer(&format!("{label}.scales"), ec * sb)?;
-            self.write(
-                &s,
-                0,
-                &scales[(e0 * sb) as usize..((e0 + ec) * sb) as usize],
-            )?;
+            let part = |this: &mut Self, what: &str, tensor: &str, per_expert: u64| {
+                let buffer = this.buffer(&format!("{label}.{what}"), ec * per_expert)?;
+                let place = Placement {
+                    buffer: buffer.clone(),
+                    dst: 0,
+                    src: e0 * per_expert..(e0 + ec) * per_expert,
+                    widen_bf16: false,
+                };
+                this.place(tensor, place)?;
+                Ok::<_, Error>(buffer)
+            };
             out.push(ExpertChunk {
                 start: e0 as u32,
                 count: ec as u32,
-                blocks: b,
-                scales: s,
+                blocks: part(self, "blocks", &blocks, rows * cols / 2)?,
+                scales: part(self, "scales", &scales, rows * cols / 32)?,
             });
         }
-        self.tick((blocks.len() + scales.len()) as u64);
         Ok(out)
     }
-}
-
-/// A small bf16 or f32 tensor (norm gains, biases, sinks), already checked against the tensor
-/// table.
-fn float<'a>(src: &'a dyn WeightSource, name: &str) -> Result<(DType, &'a [u8])> {
-    let t = src.tensor(name)?;
-    Ok((t.dtype, t.data))
 }

@@ -1,6 +1,11 @@
-//! Where tensor bytes come from: the `WeightSource` trait, and on native targets a checkpoint
-//! directory (config.json, safetensors shards, tokenizer.json) read through memory maps, so the
-//! bytes go from the page cache to the GPU without a second host copy.
+//! Where tensor bytes come from: the shards' safetensors headers (`ShardIndex`: every tensor's
+//! type, shape and byte range, no data), the `WeightSource` trait that adds the bytes, and on
+//! native targets a checkpoint directory (config.json, safetensors shards, tokenizer.json) read
+//! through memory maps, so the bytes go from the page cache to the GPU without a second host copy.
+//! The browser reads the same headers and streams the ranges itself (`web`).
+
+use std::collections::HashMap;
+use std::ops::Range;
 
 use crate::error::{Error, Result};
 
@@ -13,75 +18,204 @@ pub enum DType {
     Other,
 }
 
-/// One tensor's description and bytes.
-pub struct TensorRef<'a> {
+impl DType {
+    fn parse(s: &str) -> DType {
+        match s {
+            "BF16" => DType::BF16,
+            "U8" => DType::U8,
+            "F32" => DType::F32,
+            _ => DType::Other,
+        }
+    }
+
+    /// Bytes per element (None for types the model never holds).
+    fn size(self) -> Option<u64> {
+        match self {
+            DType::BF16 => Some(2),
+            DType::U8 => Some(1),
+            DType::F32 => Some(4),
+            DType::Other => None,
+        }
+    }
+}
+
+/// One tensor as its shard's header describes it.
+#[derive(Clone, Debug)]
+pub struct TensorInfo {
     pub dtype: DType,
     pub shape: Vec<usize>,
-    pub data: &'a [u8],
-    /// The file it came from, for error messages.
-    pub file: &'a str,
+    /// Index of its file in [`ShardIndex::files`].
+    pub file: usize,
+    /// Its bytes within that file (header included in the offsets).
+    pub range: Range<u64>,
 }
 
-/// A set of named tensors.
-pub trait WeightSource {
-    /// The tensor, or an error naming what is missing.
-    fn tensor(&self, name: &str) -> Result<TensorRef<'_>>;
-}
-
-fn dtype_of(d: safetensors::Dtype) -> DType {
-    match d {
-        safetensors::Dtype::BF16 => DType::BF16,
-        safetensors::Dtype::U8 => DType::U8,
-        safetensors::Dtype::F32 => DType::F32,
-        _ => DType::Other,
+impl TensorInfo {
+    pub fn bytes(&self) -> u64 {
+        self.range.end - self.range.start
     }
+}
+
+/// The safetensors headers of a checkpoint's shards: where every tensor lies.
+#[derive(Default, Debug)]
+pub struct ShardIndex {
+    pub files: Vec<String>,
+    tensors: HashMap<String, TensorInfo>,
+}
+
+/// Largest header accepted (safetensors' own limit).
+const MAX_HEADER: u64 = 100 << 20;
+
+impl ShardIndex {
+    /// The length of the header JSON, from a file's first 8 bytes.
+    pub fn header_len(file: &str, first: &[u8]) -> Result<u64> {
+        let n: [u8; 8] = first
+            .get(..8)
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(|| Error::Weights(format!("{file}: shorter than a safetensors header")))?;
+        let n = u64::from_le_bytes(n);
+        if n > MAX_HEADER {
+            return Err(Error::Weights(format!(
+                "{file}: not a valid safetensors file: header of {n} bytes"
+            )));
+        }
+        Ok(n)
+    }
+
+    /// Adds one shard: `head` holds at least its first 8 + header-length bytes, `file_len` is the
+    /// whole file's size. A corrupt header, or tensors that run past the end of the file (a
+    /// truncated download), are errors naming the file.
+    pub fn add(&mut self, file: &str, head: &[u8], file_len: u64) -> Result<()> {
+        let bad = |m: String| Error::Weights(format!("{file}: not a valid safetensors file: {m}"));
+        let n = Self::header_len(file, head)?;
+        let data_start = 8 + n;
+        let json = head
+            .get(8..data_start as usize)
+            .ok_or_else(|| bad(format!("header of {n} bytes, only {} read", head.len())))?;
+        if data_start > file_len {
+            return Err(bad(format!("header of {n} bytes in a file of {file_len}")));
+        }
+        let v: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_slice(json).map_err(|e| bad(e.to_string()))?;
+        let index = self.files.len();
+        let mut found = Vec::new();
+        for (name, t) in v {
+            if name == "__metadata__" {
+                continue;
+            }
+            let desc: Header =
+                serde_json::from_value(t).map_err(|e| bad(format!("`{name}`: {e}")))?;
+            let [a, b] = desc.data_offsets;
+            let dtype = DType::parse(&desc.dtype);
+            let elems = desc
+                .shape
+                .iter()
+                .try_fold(1u64, |acc, &d| acc.checked_mul(d as u64));
+            let expected = dtype.size().zip(elems).and_then(|(s, e)| s.checked_mul(e));
+            if b < a || expected.is_some_and(|e| e != b - a) {
+                return Err(bad(format!(
+                    "`{name}` has data_offsets [{a}, {b}] for shape {:?} {}",
+                    desc.shape, desc.dtype
+                )));
+            }
+            let range = data_start + a..data_start + b;
+            if range.end > file_len {
+                return Err(Error::Weights(format!(
+                    "{file}: truncated: tensor `{name}` ends at byte {} but the file has {file_len} \
+                     (an interrupted download?)",
+                    range.end
+                )));
+            }
+            found.push((
+                name,
+                TensorInfo {
+                    dtype,
+                    shape: desc.shape,
+                    file: index,
+                    range,
+                },
+            ));
+        }
+        self.files.push(file.to_string());
+        self.tensors.extend(found);
+        Ok(())
+    }
+
+    /// The tensor's description, or an error naming what is missing and where it was looked for.
+    pub fn info(&self, name: &str) -> Result<&TensorInfo> {
+        self.tensors.get(name).ok_or_else(|| {
+            Error::Weights(format!(
+                "tensor `{name}` is missing (looked in {})",
+                self.files.join(", ")
+            ))
+        })
+    }
+
+    /// The file a tensor came from, for messages.
+    pub fn file_of(&self, t: &TensorInfo) -> &str {
+        &self.files[t.file]
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct Header {
+    dtype: String,
+    shape: Vec<usize>,
+    data_offsets: [u64; 2],
+}
+
+/// A checkpoint's tensors with their bytes at hand.
+pub trait WeightSource {
+    fn index(&self) -> &ShardIndex;
+    /// The bytes of a tensor the index lists.
+    fn data(&self, t: &TensorInfo) -> &[u8];
 }
 
 /// Safetensors files held in memory (or memory-mapped), indexed by tensor name.
 pub struct Shards<B: AsRef<[u8]>> {
-    files: Vec<(String, B)>,
-    index: std::collections::HashMap<String, (usize, DType, Vec<usize>, std::ops::Range<usize>)>,
+    data: Vec<B>,
+    index: ShardIndex,
+}
+
+/// One tensor's description and bytes.
+pub struct TensorRef<'a> {
+    pub dtype: DType,
+    pub shape: &'a [usize],
+    pub data: &'a [u8],
 }
 
 impl<B: AsRef<[u8]>> Shards<B> {
     /// Parses each file's header; a corrupt header or data that runs past the end of the file is
     /// an error naming the file.
     pub fn new(files: Vec<(String, B)>) -> Result<Self> {
-        let mut index = std::collections::HashMap::new();
-        for (i, (name, bytes)) in files.iter().enumerate() {
-            let st = safetensors::SafeTensors::deserialize(bytes.as_ref()).map_err(|e| {
-                Error::Weights(format!("{name}: not a valid safetensors file: {e}"))
-            })?;
-            let base = bytes.as_ref().as_ptr() as usize;
-            for (tname, view) in st.tensors() {
-                let start = view.data().as_ptr() as usize - base;
-                let range = start..start + view.data().len();
-                index.insert(
-                    tname,
-                    (i, dtype_of(view.dtype()), view.shape().to_vec(), range),
-                );
-            }
+        let mut index = ShardIndex::default();
+        let mut data = Vec::new();
+        for (name, bytes) in files {
+            let b = bytes.as_ref();
+            index.add(&name, b, b.len() as u64)?;
+            data.push(bytes);
         }
-        Ok(Shards { files, index })
+        Ok(Shards { data, index })
+    }
+
+    /// A tensor and its bytes.
+    pub fn tensor(&self, name: &str) -> Result<TensorRef<'_>> {
+        let t = self.index.info(name)?;
+        Ok(TensorRef {
+            dtype: t.dtype,
+            shape: &t.shape,
+            data: self.data(t),
+        })
     }
 }
 
 impl<B: AsRef<[u8]>> WeightSource for Shards<B> {
-    fn tensor(&self, name: &str) -> Result<TensorRef<'_>> {
-        let (i, dtype, shape, range) = self.index.get(name).ok_or_else(|| {
-            let files: Vec<&str> = self.files.iter().map(|(n, _)| n.as_str()).collect();
-            Error::Weights(format!(
-                "tensor `{name}` is missing (looked in {})",
-                files.join(", ")
-            ))
-        })?;
-        let (file, bytes) = &self.files[*i];
-        Ok(TensorRef {
-            dtype: *dtype,
-            shape: shape.clone(),
-            data: &bytes.as_ref()[range.clone()],
-            file,
-        })
+    fn index(&self) -> &ShardIndex {
+        &self.index
+    }
+
+    fn data(&self, t: &TensorInfo) -> &[u8] {
+        &self.data[t.file].as_ref()[t.range.start as usize..t.range.end as usize]
     }
 }
 
