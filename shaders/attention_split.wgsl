@@ -155,7 +155,13 @@ fn split(lanes: Lanes, @builtin(workgroup_id) wg: vec3<u32>) {
         if lid < n {
             let kb = kv_at(tok.seq, base + lid, kvh) / 4u;
             key_at[lid] = kb;
+            // Zeroed by hand: SwiftShader (Chrome's software WebGPU) keeps the previous chunk's
+            // sums in a loop-local array that WGSL says starts at zero (the kernel tests in
+            // headless Chromium caught it).
             var dot_qk: array<f32, MAX_G>;
+            for (var g = 0u; g < MAX_G; g++) {
+                dot_qk[g] = 0.0;
+            }
             for (var i = 0u; i < d4; i++) {
                 let k4 = vec4<f32>(k_cache[kb + i]);
                 for (var g = 0u; g < MAX_G; g++) {

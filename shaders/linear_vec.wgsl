@@ -116,8 +116,12 @@ fn main(l: Lanes, @builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups)
     let grp = l.lid / GL;
     for (var rb = wg.x; rb < blocks; rb += nwg.x) {
         let r0 = first_row(rb, grp);
-        // acc[r * MAX_T + t]: row r0 + r for token t0 + t.
+        // acc[r * MAX_T + t]: row r0 + r for token t0 + t. Zeroed by hand each block: SwiftShader
+        // keeps a loop-local array's old values (see attention_split.wgsl).
         var acc: array<f32, NSUM>;
+        for (var q = 0u; q < NSUM; q++) {
+            acc[q] = 0.0;
+        }
         for (var i0 = lane; i0 < units; i0 += UNROLL * GL) {
             // Straight-line code over UNROLL units (indices clamped, dead ones zeroed rather
             // than branched around) lets the compiler issue all their loads at once.

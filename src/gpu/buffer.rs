@@ -144,14 +144,17 @@ impl Gpu {
 }
 
 /// Maps a MAP_READ buffer and copies its contents out. Natively the GPU is polled until the map
-/// completes; in the browser the future resolves when the event loop delivers the map.
+/// completes, unless the host application polls the device itself (`Gpu::set_host_polls`); in
+/// the browser the future resolves when the event loop delivers the map.
 pub async fn map_read(gpu: &Gpu, staging: &wgpu::Buffer, size: u64) -> Result<Vec<u8>> {
     let slice = staging.slice(..size);
     let done = MapDone::default();
     let signal = done.clone();
     slice.map_async(wgpu::MapMode::Read, move |r| signal.finish(r));
     // Natively this runs the callback; on the web it does nothing and the await yields instead.
-    gpu.wait()?;
+    if !gpu.host_polls() {
+        gpu.wait()?;
+    }
     done.await
         .map_err(|e| Error::Device(format!("read-back failed: {e}")))?;
     let out = slice

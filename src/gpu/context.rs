@@ -73,6 +73,8 @@ pub struct Gpu {
     pub info: wgpu::AdapterInfo,
     pub caps: Caps,
     pipelines: Mutex<HashMap<String, Arc<wgpu::ComputePipeline>>>,
+    /// The host application polls the device (see [`Gpu::set_host_polls`]).
+    host_polls: std::sync::atomic::AtomicBool,
     /// Error scopes still to be read (browser only: see [`Gpu::checked`]).
     #[cfg(target_arch = "wasm32")]
     pending_checks: Mutex<Vec<(String, PendingCheck)>>,
@@ -238,6 +240,7 @@ impl Gpu {
             info,
             caps,
             pipelines: Mutex::new(HashMap::new()),
+            host_polls: Default::default(),
             #[cfg(target_arch = "wasm32")]
             pending_checks: Mutex::new(Vec::new()),
         }
@@ -333,6 +336,18 @@ impl Gpu {
             }
         }
         Ok(())
+    }
+
+    /// With `true`, read-backs (the end of every `Engine::step`) no longer wait for the GPU: their
+    /// futures complete once the host application's own `device.poll` delivers the result. A
+    /// render loop can then poll a step's future once per frame and never stall on the model.
+    pub fn set_host_polls(&self, on: bool) {
+        self.host_polls
+            .store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn host_polls(&self) -> bool {
+        self.host_polls.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Blocks until the GPU has finished all submitted work (native) or yields (web).

@@ -76,6 +76,7 @@ async function send(text) {
   current = model.chat(messages, {
     reasoningEffort: $('effort').value,
     maxTokens: Number($('max-tokens').value) || 2048,
+    temperature: Math.max(0, Number($('temperature').value) || 0),
   });
   try {
     for await (const ev of current) {
