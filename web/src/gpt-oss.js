@@ -18,7 +18,7 @@ const PIECE = 8 << 20;
 const RETRIES = 3;
 
 /// Errors with a `code` a page can branch on: no-webgpu, no-range, missing-file, truncated, http,
-/// invalid (the files are not a usable checkpoint, or the adapter's limits are too small).
+/// limits (the adapter cannot hold the model), invalid (the files are not a usable checkpoint).
 export class GptOssError extends Error {
   constructor(code, message) {
     super(message);
@@ -37,7 +37,8 @@ function loadWasm() {
 function fromRust(e) {
   if (e instanceof GptOssError) return e;
   const msg = e?.message ?? String(e);
-  const code = /truncated/.test(msg) ? 'truncated' : 'invalid';
+  const code = /truncated/.test(msg) ? 'truncated'
+    : /the adapter allows at most/.test(msg) ? 'limits' : 'invalid';
   return new GptOssError(code, msg);
 }
 
@@ -529,7 +530,9 @@ class Stream {
     this.model = model;
     this.map = map;
     this.queue = [];
-    this.waiter = null;
+    // Whoever awaits this stream: next() and return() may both wait at once (a Stop button
+    // calls return() while a for-await loop sits in next()).
+    this.waiters = [];
     this.done = false;
     this.error = null;
     this.cancelled = false;
@@ -550,9 +553,13 @@ class Stream {
   }
 
   wake() {
-    const w = this.waiter;
-    this.waiter = null;
-    w?.();
+    const ws = this.waiters;
+    this.waiters = [];
+    for (const w of ws) w();
+  }
+
+  wait() {
+    return new Promise(r => this.waiters.push(r));
   }
 
   get tokensPerSecond() {
@@ -582,14 +589,14 @@ class Stream {
         }
         return { value: undefined, done: true };
       }
-      await new Promise(r => { this.waiter = r; });
+      await this.wait();
     }
   }
 
   async return() {
     this.cancel();
     await this.started;
-    while (!this.done) await new Promise(r => { this.waiter = r; });
+    while (!this.done) await this.wait();
     return { value: undefined, done: true };
   }
 }

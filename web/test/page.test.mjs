@@ -161,6 +161,30 @@ test('the demo page loads a model, streams reasoning and answer apart, and stops
   await page.close();
 });
 
+test('the demo page loads a folder picked from disk', { timeout: SLOW }, async () => {
+  const page = await newPage();
+  await page.setInputFiles('#model-folder', path.join(models, 'small'));
+  await page.waitForSelector('body[data-state="ready"], body[data-state="error"]');
+  assert.equal(await page.getAttribute('body', 'data-state'), 'ready', await page.textContent('#load-error'));
+  assert.match(await page.textContent('#adapter'), /MB of weights, 3 layers/);
+  await page.close();
+});
+
+test('without WebGPU the page says so and loadModel refuses clearly', { timeout: SLOW }, async () => {
+  const page = await browser.newPage();
+  await page.addInitScript(() => Object.defineProperty(Navigator.prototype, 'gpu', { get: () => undefined }));
+  await page.goto(server.url + '/');
+  await page.waitForSelector('#no-webgpu', { state: 'visible' });
+  assert.equal(await page.getAttribute('body', 'data-state'), 'no-webgpu');
+  assert.ok(await page.isDisabled('#load-button'));
+  const err = await page.evaluate(async () => {
+    const { loadModel } = await import('/gpt-oss.js');
+    return loadModel('/models/small/').then(() => null, e => e.code);
+  });
+  assert.equal(err, 'no-webgpu');
+  await page.close();
+});
+
 test('model output is rendered as markdown without injecting HTML', async () => {
   const { renderMarkdown } = await import('../src/markdown.js');
   const html = renderMarkdown('**hi** <img src=x onerror=alert(1)>\n[a](javascript:alert(1))\n```\n<script>\n```');
