@@ -56,7 +56,8 @@ pub(crate) struct SynthArgs {
     pub(crate) marker: Option<String>,
 }
 
-pub(crate) fn synth_cmd(a: &SynthArgs) -> Result<()> {
+/// Refuses to write into a folder that holds files, unless --force.
+fn refuse_occupied(a: &SynthArgs) -> Result<()> {
     let occupied = std::fs::read_dir(&a.out).is_ok_and(|mut d| d.next().is_some());
     if occupied && !a.force {
         bail!(
@@ -65,7 +66,12 @@ pub(crate) fn synth_cmd(a: &SynthArgs) -> Result<()> {
             a.out.display()
         );
     }
+    Ok(())
+}
+
+pub(crate) fn synth_cmd(a: &SynthArgs) -> Result<()> {
     if let Some(script) = &a.script {
+        refuse_occupied(a)?;
         synth::write_scripted(&a.out, script, a.marker.as_deref())?;
         eprintln!("wrote {} (scripted one-layer model)", a.out.display());
         return Ok(());
@@ -89,6 +95,7 @@ pub(crate) fn synth_cmd(a: &SynthArgs) -> Result<()> {
     if let Some(m) = a.shard_mib {
         s.shard_bytes = m.max(1) << 20;
     }
+    refuse_occupied(a)?;
     let pb = bar(0, "writing");
     synth::write(&a.out, &s, a.seed, &mut |done, total| {
         pb.set_length(total);
