@@ -106,8 +106,11 @@ impl Loader {
             max_context,
             ..defaults
         };
+        // The engine takes an Arc<Gpu>; in the browser there is one thread, so it need not be Send.
+        #[allow(clippy::arc_with_non_send_sync)]
+        let gpu = Arc::new(gpu);
         Ok(Loader {
-            gpu: Arc::new(gpu),
+            gpu,
             cfg,
             opts,
             index: ShardIndex::default(),
@@ -398,6 +401,9 @@ impl Model {
     /// Runs one forward pass; resolves to a JSON list of events, each with the request's `id`:
     /// `token` (`tokenId`, `text`), `reasoning` / `content` (`text`), `tool_call` (`name`,
     /// `arguments`, `recipient`) and `done` (`reason`, `generated`).
+    // The borrow spans the step's await on purpose: a second call while it runs gets a clear
+    // "already running" error instead of touching the engine (gpt-oss.js never makes one).
+    #[allow(clippy::await_holding_refcell_ref)]
     pub fn step(&self) -> js_sys::Promise {
         let inner = self.inner.clone();
         wasm_bindgen_futures::future_to_promise(async move {
