@@ -18,9 +18,10 @@ use serde_json::{Value, json};
 use wasm_bindgen::prelude::*;
 
 use crate::chat::harmony::Harmony;
+use crate::chat::harmony::ReasoningEffort;
 use crate::chat::openai::ChatRequest;
 use crate::chat::parser::ParsedMessage;
-use crate::chat::session::{TurnEvent, TurnOutput};
+use crate::chat::session::{ChatSession, TurnEvent, TurnOutput};
 use crate::chat::stop::StopText;
 use crate::engine::{Engine, Event, Request, RequestId, Sampling};
 use crate::error::{Error, Result};
@@ -264,19 +265,14 @@ struct SamplingOptions {
 
 impl SamplingOptions {
     fn sampling(&self) -> Sampling {
-        let base = if self.greedy == Some(true) {
-            Sampling::greedy()
-        } else {
-            Sampling::default()
-        };
+        let d = Sampling::default();
         Sampling {
-            temperature: if self.greedy == Some(true) {
-                0.0
-            } else {
-                self.temperature.unwrap_or(base.temperature)
+            temperature: match self.greedy {
+                Some(true) => 0.0,
+                _ => self.temperature.unwrap_or(d.temperature),
             },
-            top_p: self.top_p.unwrap_or(base.top_p),
-            top_k: self.top_k.unwrap_or(base.top_k),
+            top_p: self.top_p.unwrap_or(d.top_p),
+            top_k: self.top_k.unwrap_or(d.top_k),
             seed: self
                 .seed
                 .unwrap_or_else(|| (js_sys::Math::random() * 2f64.powi(53)) as u64),
@@ -294,7 +290,7 @@ struct GenerateOptions {
     #[serde(default)]
     reasoning_effort: Option<String>,
     /// Today's date for the system message (the page knows the visitor's clock).
-    date: Option<String>,
+    date: String,
     #[serde(flatten)]
     sampling: SamplingOptions,
 }
@@ -326,31 +322,31 @@ impl Model {
         let mut inner = self.borrow()?;
         let tok = inner.engine.tokenizer.clone();
         let need_tok = || JsError::new("the model has no tokenizer.json: pass tokenIds");
-        let (prompt, stop, chat) = match (o.token_ids, o.prompt, o.raw) {
-            (Some(ids), None, true) => (ids, Vec::new(), false),
-            (None, Some(text), true) => (
-                tok.ok_or_else(need_tok)?.encode(&text).map_err(js)?,
-                Vec::new(),
-                false,
-            ),
+        let sampling = o.sampling.sampling();
+        let raw = |prompt| Request {
+            prompt,
+            max_tokens: o.sampling.max_tokens.unwrap_or(128),
+            sampling,
+            stop: Vec::new(),
+            ignore_eos: false,
+            logprobs: None,
+        };
+        let req = match (o.token_ids, o.prompt, o.raw) {
+            (Some(ids), None, true) => raw(ids),
+            (None, Some(text), true) => raw(tok.ok_or_else(need_tok)?.encode(&text).map_err(js)?),
+            // A user message in the Harmony format, as native `generate` renders it.
             (None, Some(text), false) => {
+                let mut session = ChatSession::new(o.date);
+                if let Some(e) = &o.reasoning_effort {
+                    session.effort = ReasoningEffort::parse(e).ok_or_else(|| {
+                        JsError::new(&format!("reasoningEffort `{e}` is not low, medium or high"))
+                    })?;
+                }
+                let max_tokens = o.sampling.max_tokens.unwrap_or(2048);
                 let tok = tok.ok_or_else(need_tok)?;
-                let h = Harmony::new(&tok).map_err(js)?;
-                let date = o.date.unwrap_or_else(|| "2025-08-05".into());
-                let req = ChatRequest {
-                    messages: vec![
-                        serde_json::from_value(json!({"role": "user", "content": text}))
-                            .map_err(|e| bad_json("prompt", e))?,
-                    ],
-                    tools: None,
-                    reasoning_effort: o.reasoning_effort.clone(),
-                };
-                let msgs = req.to_harmony(&date).map_err(js)?;
-                (
-                    h.render_for_completion(&msgs).map_err(js)?,
-                    h.stop_ids().to_vec(),
-                    true,
-                )
+                session
+                    .request(&tok, &text, sampling, max_tokens)
+                    .map_err(js)?
             }
             (Some(_), None, false) => {
                 return Err(JsError::new(
@@ -358,17 +354,6 @@ impl Model {
                 ));
             }
             _ => return Err(JsError::new("give either prompt or tokenIds")),
-        };
-        let req = Request {
-            prompt,
-            max_tokens: o
-                .sampling
-                .max_tokens
-                .unwrap_or(if chat { 2048 } else { 128 }),
-            sampling: o.sampling.sampling(),
-            stop,
-            ignore_eos: false,
-            logprobs: None,
         };
         inner.submit(req, Output::Text(StreamDecoder::default()))
     }

@@ -296,6 +296,8 @@ impl Gpu {
     /// Runs `f` inside a validation error scope. Natively the scope is read at once and its error
     /// returned; in the browser it resolves only from the event loop, so it is kept and
     /// [`Gpu::settle`] awaits it (nothing here blocks).
+    // `what` names the scope's error only where it is read later (the browser).
+    #[cfg_attr(not(target_arch = "wasm32"), allow(unused_variables))]
     pub fn checked<T>(&self, what: &str, f: impl FnOnce() -> T) -> std::result::Result<T, String> {
         let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
         let out = f();
@@ -307,8 +309,6 @@ impl Gpu {
         if let Ok(mut pending) = self.pending_checks.lock() {
             pending.push((what.to_string(), Box::pin(scope.pop())));
         }
-        #[cfg(not(target_arch = "wasm32"))]
-        let _ = what;
         Ok(out)
     }
 

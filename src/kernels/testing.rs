@@ -34,12 +34,10 @@ wasm_bindgen_test::wasm_bindgen_test_configure!(run_in_browser);
 pub async fn gpus() -> &'static [Gpu] {
     #[cfg(not(target_arch = "wasm32"))]
     {
+        // Opened once for all tests (blocking is fine natively; it also keeps parallel tests
+        // from each opening their own).
         static GPUS: std::sync::OnceLock<Vec<Gpu>> = std::sync::OnceLock::new();
-        if let Some(g) = GPUS.get() {
-            return g;
-        }
-        let found = open_all().await;
-        GPUS.get_or_init(|| found)
+        GPUS.get_or_init(|| pollster::block_on(open_all()))
     }
     #[cfg(target_arch = "wasm32")]
     {

@@ -7,6 +7,7 @@
 //! (`model::tensors`) before anything is planned.
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::ops::Range;
 
 use crate::error::{Error, Result};
@@ -205,23 +206,29 @@ struct Placement {
 /// lengths are multiples of 4 (the last piece of a tensor excepted).
 #[derive(Default)]
 pub struct WeightWriter {
-    /// Placements per tensor, and the tensors in the table's order with their sizes.
-    places: HashMap<String, Vec<Placement>>,
-    order: Vec<(String, u64)>,
-    got: HashMap<String, u64>,
+    /// Each tensor's placements and progress, and the tensors in the table's order.
+    slots: HashMap<String, Slot>,
+    order: Vec<String>,
     received: u64,
     pending: u64,
+}
+
+/// One checkpoint tensor: its size, where its bytes go, how many have arrived.
+struct Slot {
+    size: u64,
+    places: Vec<Placement>,
+    got: u64,
 }
 
 impl WeightWriter {
     /// The tensors to write, in the checkpoint table's order.
     pub fn tensors(&self) -> Vec<String> {
-        self.order.iter().map(|(n, _)| n.clone()).collect()
+        self.order.clone()
     }
 
     /// Checkpoint bytes in all.
     pub fn total(&self) -> u64 {
-        self.order.iter().map(|(_, b)| b).sum()
+        self.slots.values().map(|t| t.size).sum()
     }
 
     /// Checkpoint bytes written so far.
@@ -231,17 +238,17 @@ impl WeightWriter {
 
     /// Writes `bytes`, the tensor's bytes from `offset` on.
     pub fn write(&mut self, gpu: &Gpu, tensor: &str, offset: u64, bytes: &[u8]) -> Result<()> {
-        let places = self.places.get(tensor).ok_or_else(|| {
+        let slot = self.slots.get_mut(tensor).ok_or_else(|| {
             Error::Weights(format!("tensor `{tensor}` is not one the model loads"))
         })?;
         let end = offset + bytes.len() as u64;
-        let size = places.iter().map(|p| p.src.end).max().unwrap_or(0);
-        if !offset.is_multiple_of(4) || end > size {
+        if !offset.is_multiple_of(4) || end > slot.size {
             return Err(Error::Weights(format!(
-                "tensor `{tensor}`: bytes {offset}..{end} are not a 4-aligned range of its {size}"
+                "tensor `{tensor}`: bytes {offset}..{end} are not a 4-aligned range of its {}",
+                slot.size
             )));
         }
-        for p in places {
+        for p in &slot.places {
             let (s, e) = (offset.max(p.src.start), end.min(p.src.end));
             if s >= e {
                 continue;
@@ -261,7 +268,7 @@ impl WeightWriter {
                 gpu.write(&p.buffer, p.dst + (s - p.src.start), part);
             }
         }
-        *self.got.entry(tensor.to_string()).or_default() += bytes.len() as u64;
+        slot.got += bytes.len() as u64;
         self.received += bytes.len() as u64;
         self.pending += bytes.len() as u64;
         if self.pending >= FLUSH_BYTES {
@@ -274,11 +281,12 @@ impl WeightWriter {
 
     /// Checks that every tensor arrived whole and lets the last writes reach the GPU.
     pub fn finish(&self, gpu: &Gpu) -> Result<()> {
-        for (name, size) in &self.order {
-            let got = self.got.get(name).copied().unwrap_or(0);
-            if got != *size {
+        for name in &self.order {
+            let t = &self.slots[name];
+            if t.got != t.size {
                 return Err(Error::Weights(format!(
-                    "tensor `{name}`: {got} of its {size} bytes were written"
+                    "tensor `{name}`: {} of its {} bytes were written",
+                    t.got, t.size
                 )));
             }
         }
@@ -307,16 +315,19 @@ impl Planner<'_> {
                 "tensor `{tensor}` would be placed at an unaligned offset (its shape is unusual)"
             )));
         }
-        if !self.writer.places.contains_key(tensor) {
-            self.writer
-                .order
-                .push((tensor.to_string(), self.index.info(tensor)?.bytes()));
-        }
-        self.writer
-            .places
-            .entry(tensor.to_string())
-            .or_default()
-            .push(p);
+        let w = &mut self.writer;
+        let slot = match w.slots.entry(tensor.to_string()) {
+            Entry::Occupied(o) => o.into_mut(),
+            Entry::Vacant(v) => {
+                w.order.push(tensor.to_string());
+                v.insert(Slot {
+                    size: self.index.info(tensor)?.bytes(),
+                    places: Vec::new(),
+                    got: 0,
+                })
+            }
+        };
+        slot.places.push(p);
         Ok(())
     }
 

@@ -73,7 +73,7 @@ class HttpFiles {
 
   /// A small file's text, or null when it does not exist and `optional` is set.
   async text(name, optional = false) {
-    const cached = await this.cache?.whole(name);
+    const cached = await this.cache?.complete(name);
     if (cached) return cached.text();
     let r;
     try {
@@ -228,10 +228,6 @@ class OpfsCache {
     const marker = await this.file(name + '.complete');
     const f = marker && await this.file(name);
     return f && f.size === Number(await marker.text()) ? f : null;
-  }
-
-  async whole(name) {
-    return this.complete(name);
   }
 
   async putWhole(name, bytes) {
