@@ -1,6 +1,7 @@
-//! MoE expert projections with MXFP4 weights and the clamped SwiGLU: `shaders/moe_vec.wgsl` (one
-//! workgroup row per slot) for passes of up to `vec_max_tokens` tokens, `shaders/moe.wgsl`
-//! (slots grouped by expert) above.
+//! MoE expert projections with MXFP4 weights and the clamped SwiGLU: `shaders/moe_vec.wgsl`
+//! (matrix-vector: one workgroup row per slot for one token, per expert for a few) for passes of
+//! up to `vec_max_tokens` tokens, `shaders/moe.wgsl` (tiled products of slots grouped by expert)
+//! above.
 
 use crate::error::{Error, Result};
 use crate::gpu::shader::wgsl_const;
@@ -188,7 +189,8 @@ pub fn build(
             b.y,
         ]
     })?);
-    // Each token's slot outputs added to x in slot order (the per-slot down does it itself).
+    // Each token's slot outputs added to x in slot order (the one-token down of the
+    // matrix-vector path does it itself).
     let key = ShaderKey::new("moe.wgsl", "combine").define_if("COMBINE", true);
     out.push(
         Dispatch::new(
@@ -201,13 +203,15 @@ pub fn build(
             Count::Tokens,
             1,
         )?
-        .only_for(Count::Tokens, grouped),
+        .only_for(Count::Tokens, (s.vec_max_tokens + 1).min(2)..=u32::MAX),
     );
     Ok(out)
 }
 
-/// The per-slot path: gate_up (with SwiGLU) per slot and down per token, one dispatch of each per
-/// expert buffer.
+/// The matrix-vector path. One token: gate_up (routing and SwiGLU included) per slot and down
+/// per token, one dispatch of each per expert buffer. Several: routing on its own, then gate_up
+/// and down per expert, so that each routed expert's weights are read once for all its tokens
+/// (`build`'s COMBINE adds the slots' outputs).
 fn vec_dispatches(
     gpu: &Gpu,
     step: &wgpu::Buffer,
@@ -225,19 +229,38 @@ fn vec_dispatches(
     let max_e = wgsl_const("moe_vec.wgsl", "MAX_E")?;
     if s.top_k > max_k || s.experts > max_e {
         return Err(Error::Unsupported(format!(
-            "top-{} of {} experts (the per-slot kernels take at most {max_k} of {max_e})",
+            "top-{} of {} experts (the matrix-vector kernels take at most {max_k} of {max_e})",
             s.top_k, s.experts
         )));
     }
+    let one = 1..=1;
+    let several = 2..=s.vec_max_tokens;
+    let route = super::row_group_key(gpu, "moe_vec.wgsl", "route_slots").define_if("ROUTE", true);
+    let all = params(s, 0, s.experts);
+    out.push(
+        Dispatch::new(
+            gpu,
+            &route,
+            step,
+            bytemuck::bytes_of(&all),
+            &[b.router_part, b.idx, b.wts],
+            1,
+            Count::Tokens,
+            1,
+        )?
+        .only_for(Count::Tokens, several.clone()),
+    );
     // Each projection binds its inputs, then one buffer's blocks and scales, then its outputs.
-    // gate_up's workgroups take ROWS rows of one slot; down's take the R = ROWS / groups rows of
-    // every slot of a token and add them to the residual stream.
+    // One token: gate_up's workgroups take ROWS rows of one slot; down's the R = ROWS / groups
+    // rows of every slot of the token, added to the residual stream. Several: ROWS rows of one
+    // expert for all its slots.
     struct Projection<'a> {
         entry: &'static str,
         define: &'static str,
+        grouped: bool,
         chunks: &'a [ExpertChunk],
         grid_x: u32,
-        count: Count,
+        count: Option<Count>,
         before: Vec<&'a wgpu::Buffer>,
         after: Vec<&'a wgpu::Buffer>,
     }
@@ -245,27 +268,53 @@ fn vec_dispatches(
         Projection {
             entry: "gate_up",
             define: "GATE_UP",
+            grouped: false,
             chunks: w.gate_up,
             grid_x: (2 * s.inter).div_ceil(rows_per_wg),
-            count: Count::Slots,
+            count: Some(Count::Slots),
             before: vec![b.h, b.router_part, b.idx, b.wts],
             after: vec![w.gate_up_bias, b.act],
         },
         Projection {
             entry: "down",
             define: "DOWN",
+            grouped: false,
             chunks: w.down,
             grid_x: s.hidden.div_ceil(rows_per_wg / groups),
-            count: Count::Tokens,
+            count: Some(Count::Tokens),
             before: vec![b.act, b.idx, b.wts],
             after: vec![w.down_bias, b.x],
         },
+        Projection {
+            entry: "gate_up",
+            define: "GATE_UP",
+            grouped: true,
+            chunks: w.gate_up,
+            grid_x: (2 * s.inter).div_ceil(rows_per_wg),
+            count: None,
+            before: vec![b.h, b.idx],
+            after: vec![w.gate_up_bias, b.act],
+        },
+        Projection {
+            entry: "down",
+            define: "DOWN",
+            grouped: true,
+            chunks: w.down,
+            grid_x: s.hidden.div_ceil(rows_per_wg),
+            count: None,
+            before: vec![b.act, b.idx, b.wts],
+            after: vec![w.down_bias, b.y],
+        },
     ];
     for pr in projections {
-        let key = super::row_group_key(gpu, "moe_vec.wgsl", pr.entry).define_if(pr.define, true);
+        let key = super::row_group_key(gpu, "moe_vec.wgsl", pr.entry)
+            .define_if(pr.define, true)
+            .define_if("GROUPED", pr.grouped);
         for c in pr.chunks {
             let p = params(s, c.start, c.count);
             let bufs = [&pr.before[..], &[&c.blocks, &c.scales], &pr.after[..]].concat();
+            // Grouped: a workgroup row per expert of the buffer.
+            let count = pr.count.unwrap_or(Count::Fixed(c.count));
             let d = Dispatch::new(
                 gpu,
                 &key,
@@ -273,10 +322,15 @@ fn vec_dispatches(
                 bytemuck::bytes_of(&p),
                 &bufs,
                 pr.grid_x,
-                pr.count,
+                count,
                 1,
             )?;
-            out.push(d.only_for(Count::Tokens, 1..=s.vec_max_tokens));
+            let tokens = if pr.grouped {
+                several.clone()
+            } else {
+                one.clone()
+            };
+            out.push(d.only_for(Count::Tokens, tokens));
         }
     }
     Ok(out)
@@ -324,7 +378,9 @@ mod tests {
                 (1usize, 64usize, 32usize, 4usize, 2usize, 4usize),
                 (7, 96, 64, 6, 3, 4),
                 (3, 32, 96, 5, 1, 2),
-                // More experts per token than a workgroup has row groups.
+                // More experts per token than a workgroup has row groups, alone (the one-token
+                // path) and with another token (experts shared by two tokens' slots).
+                (1, 64, 32, 8, 6, 3),
                 (2, 64, 32, 8, 6, 3),
                 // Experts with several tiles of slots, rows not a multiple of the tile's.
                 (70, 96, 32, 2, 2, 1),
