@@ -121,16 +121,20 @@ fn project(l: Lanes, e_local: u32, row0: u32, rows: u32, k: u32, inb: array<u32,
     }
     let units = k / 16u;
     for (var i = l.lid % GL; i < units; i += GL) {
-        var w: array<vec2<u32>, R>;
+        // The unit's codes of each row, decoded once for all the slots.
+        var lo: array<mat4x2<f32>, R>;
+        var hi: array<mat4x2<f32>, R>;
         var sc: array<f32, R>;
         for (var r = 0u; r < R; r++) {
-            w[r] = vec2<u32>(0u);
+            var w = vec2<u32>(0u);
             sc[r] = 0.0;
             if row0 + r < rows {
                 let row = e_local * rows + row0 + r;
-                w[r] = blocks[row * units + i];
+                w = blocks[row * units + i];
                 sc[r] = unit_scale(row, k, 2u * i);
             }
+            lo[r] = fp4_decode8(w.x);
+            hi[r] = fp4_decode8(w.y);
         }
         for (var q = 0u; q < MAX_S; q++) {
             if q < n_s {
@@ -139,7 +143,7 @@ fn project(l: Lanes, e_local: u32, row0: u32, rows: u32, k: u32, inb: array<u32,
                 let a2 = input(inb[q] + 4u * i + 2u);
                 let a3 = input(inb[q] + 4u * i + 3u);
                 for (var r = 0u; r < R; r++) {
-                    acc[q * R + r] += (fp4_dot8(w[r].x, a0, a1) + fp4_dot8(w[r].y, a2, a3)) * sc[r];
+                    acc[q * R + r] += (fp4_dot8(lo[r], a0, a1) + fp4_dot8(hi[r], a2, a3)) * sc[r];
                 }
             }
         }

@@ -87,6 +87,8 @@ fn engine_with(
         kv_f16,
         coop,
         kv_cache_bytes,
+        // all_logits reads every position of a pass.
+        max_outputs: Some(max_tokens),
     };
     Some(Engine::load_dir(Arc::new(gpu), dir, opts, &mut |_, _| {}).unwrap())
 }

@@ -43,7 +43,7 @@ pub(crate) fn bench(a: &BenchArgs) -> Result<()> {
         .max(longest_ctx + a.decode_steps + 3);
     let max_batch = a.batches.iter().copied().max().unwrap_or(1);
     let ckpt = open(&m)?;
-    let engine = load(&m, ckpt, max_batch)?;
+    let engine = load(&m, ckpt, max_batch, None)?;
     // Results go to stdout as they are measured; progress and notes stay on stderr.
     let report = gpt_oss_wgpu::bench::run(
         &engine.model,

@@ -187,7 +187,7 @@ pub(crate) fn chat(a: &ChatArgs) -> Result<()> {
         let n = load_conversation(&mut session, &path.display().to_string())?;
         eprintln!("continuing {} ({n} messages)", path.display());
     }
-    let mut engine = load(&a.model, ckpt, 1)?;
+    let mut engine = load(&a.model, ckpt, 1, None)?;
     let interactive = std::io::stdin().is_terminal();
     let mut seed = a.chat.sampling.seed.unwrap_or_else(random_seed);
     if interactive {

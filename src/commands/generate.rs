@@ -86,7 +86,7 @@ pub(crate) fn generate(a: &GenerateArgs) -> Result<()> {
     };
     check_request(&ckpt.config, context(&a.model, &ckpt), &req)?;
     let mut stop = StopText::new(a.stop.clone())?;
-    let mut engine = load(&a.model, ckpt, 1)?;
+    let mut engine = load(&a.model, ckpt, 1, None)?;
     let t0 = Instant::now();
     let id = engine.submit(req)?;
     let mut out = Vec::new();
@@ -166,7 +166,7 @@ pub(crate) fn generate_chat(a: &GenerateArgs, text: &str) -> Result<()> {
     let max_tokens = a.max_tokens.unwrap_or(2048);
     let req = session.request(tokenizer_of(&a.model, &ckpt)?, text, sampling, max_tokens)?;
     check_request(&ckpt.config, context(&a.model, &ckpt), &req)?;
-    let mut engine = load(&a.model, ckpt, 1)?;
+    let mut engine = load(&a.model, ckpt, 1, None)?;
     let mut stdout = std::io::stdout().lock();
     let mut printer = TurnPrinter::new(a.show_reasoning && !a.json, !a.json);
     let r = session.turn(

@@ -234,8 +234,14 @@ pub(crate) fn tokenizer_of<'a>(m: &ModelArgs, ckpt: &'a Checkpoint) -> Result<&'
     })
 }
 
-/// Opens the GPU and uploads an opened checkpoint.
-pub(crate) fn load(m: &ModelArgs, ckpt: Checkpoint, max_seqs: u32) -> Result<Engine> {
+/// Opens the GPU and uploads an opened checkpoint for `max_seqs` sequences and, per pass, at most
+/// `max_outputs` logits rows (None: one per sequence).
+pub(crate) fn load(
+    m: &ModelArgs,
+    ckpt: Checkpoint,
+    max_seqs: u32,
+    max_outputs: Option<u32>,
+) -> Result<Engine> {
     let gpu = pollster::block_on(Gpu::new(&gpu_options(&m.device)?))?;
     eprintln!("using {} ({:?})", gpu.info.name, gpu.info.backend);
     if gpu.info.device_type == wgpu::DeviceType::Cpu {
@@ -253,6 +259,7 @@ pub(crate) fn load(m: &ModelArgs, ckpt: Checkpoint, max_seqs: u32) -> Result<Eng
         kv_f16: fast && !m.kv_f32,
         coop: fast,
         kv_cache_bytes: m.kv_cache_memory,
+        max_outputs,
     };
     let pb = bar(0, "loading");
     let t0 = Instant::now();

@@ -56,7 +56,7 @@ pub(crate) fn serve(a: &ServeArgs) -> Result<()> {
     );
     gpt_oss_wgpu::serve::run(
         cfg,
-        move || load(&m, ckpt, seqs).map_err(|e| gpt_oss_wgpu::Error::Load(format!("{e:#}"))),
+        move || load(&m, ckpt, seqs, None).map_err(|e| gpt_oss_wgpu::Error::Load(format!("{e:#}"))),
         move |addr| {
             println!("serving {name} at http://{addr}/v1 (Ctrl-C to stop)");
             let _ = std::io::stdout().flush();

@@ -45,6 +45,10 @@ pub struct ModelOptions {
     /// GPU bytes for the KV cache; None gives every sequence slot a whole context. Less makes
     /// sequences share the pool as they grow (see `kv_cache::PoolSizes`).
     pub kv_cache_bytes: Option<u64>,
+    /// Most logits rows per pass (each a vocabulary of f32: 0.8 MB for gpt-oss). None gives one
+    /// per sequence, which is what sampling needs; every position's logits (the `logits`
+    /// command) want max_tokens.
+    pub max_outputs: Option<u32>,
 }
 
 impl Default for ModelOptions {
@@ -56,6 +60,7 @@ impl Default for ModelOptions {
             kv_f16: true,
             coop: true,
             kv_cache_bytes: None,
+            max_outputs: None,
         }
     }
 }
@@ -444,15 +449,17 @@ fn max_outputs(g: &Gpu, c: &ModelConfig, opts: &ModelOptions) -> Result<u32> {
         )));
     }
     let row_bytes = c.vocab as u64 * 4;
-    let max_outputs = (g.caps.max_binding / row_bytes).min(opts.max_tokens as u64) as u32;
-    if max_outputs < opts.max_seqs {
+    let fit = g.caps.max_binding / row_bytes;
+    let needed = opts.max_seqs.min(opts.max_tokens);
+    if fit < needed as u64 {
         return Err(Error::Limit {
             what: format!("logits for {} sequences", opts.max_seqs),
-            needed: opts.max_seqs as u64 * row_bytes,
+            needed: needed as u64 * row_bytes,
             max: g.caps.max_binding,
         });
     }
-    Ok(max_outputs)
+    let wanted = opts.max_outputs.unwrap_or(opts.max_seqs).max(needed);
+    Ok((wanted.min(opts.max_tokens) as u64).min(fit) as u32)
 }
 
 impl Model {
