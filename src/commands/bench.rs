@@ -35,7 +35,8 @@ pub(crate) struct BenchArgs {
 pub(crate) fn bench(a: &BenchArgs) -> Result<()> {
     let mut m = a.model.clone();
     let longest = a.prompt_lens.iter().copied().max().unwrap_or(512);
-    m.chunk = m.chunk.max(longest);
+    // One pass per prompt unless --chunk asks for chunked prefill (its memory, its speed).
+    m.chunk.get_or_insert(longest);
     let longest_ctx = a.contexts.iter().copied().max().unwrap_or(0);
     m.max_context = m
         .max_context

@@ -46,9 +46,10 @@ pub(crate) struct ModelArgs {
     /// Most positions per sequence (prompt plus output).
     #[arg(long, alias = "max-model-len", default_value_t = 4096)]
     pub(crate) max_context: u32,
-    /// Most tokens per forward pass; longer prompts are prefilled in chunks.
-    #[arg(long, default_value_t = 512)]
-    pub(crate) chunk: u32,
+    /// Most tokens per forward pass; longer prompts are prefilled in chunks. Activation memory
+    /// grows with it. [default: 512; bench: the longest --prompt-lens, one pass per prompt]
+    #[arg(long)]
+    pub(crate) chunk: Option<u32>,
     /// Keep the KV cache in f32 (default: f16 where the adapter supports it, half the memory).
     #[arg(long)]
     pub(crate) kv_f32: bool,
@@ -234,6 +235,9 @@ pub(crate) fn tokenizer_of<'a>(m: &ModelArgs, ckpt: &'a Checkpoint) -> Result<&'
     })
 }
 
+/// Tokens per forward pass unless --chunk says otherwise.
+pub(crate) const DEFAULT_CHUNK: u32 = 512;
+
 /// Opens the GPU and uploads an opened checkpoint for `max_seqs` sequences and, per pass, at most
 /// `max_outputs` logits rows (None: one per sequence).
 pub(crate) fn load(
@@ -253,7 +257,7 @@ pub(crate) fn load(
     }
     let fast = m.precision != Some(Precision::Exact);
     let opts = ModelOptions {
-        max_tokens: m.chunk,
+        max_tokens: m.chunk.unwrap_or(DEFAULT_CHUNK),
         max_seqs,
         max_context: context(m, &ckpt),
         kv_f16: fast && !m.kv_f32,
