@@ -102,6 +102,8 @@ fn main(lanes: Lanes, @builtin(workgroup_id) wg: vec3<u32>) {
 // Tokens and rows per tile (the Rust side reads these lines).
 const TS: u32 = 64u;
 const TR: u32 = 128u;
+// Two blocks a step: 65 -> 45 ms of a 2048-token pass on the H200 (PERF.md v0.15).
+const KB: u32 = 2u;
 #include "common/coop_tile.wgsl"
 
 // The tile's first token and row, and the pass's tokens.
@@ -109,27 +111,30 @@ var<private> tile_t0: u32;
 var<private> tile_row0: u32;
 var<private> tile_count: u32;
 
-// A thread's loads for 32 inputs (common/coop_tile.wgsl's items): a W item is one 16-byte
-// load of 8 bf16 weights, an X item two of 4 inputs.
+// A thread's loads for one step (common/coop_tile.wgsl's items): a W item is one 16-byte load
+// of 8 bf16 weights, an X item two of 4 inputs; zeros past the k inputs.
 struct Fetch {
     w: array<vec4<u32>, WI>,
     x: array<vec4<f32>, 2u * XI>,
 }
 
-fn fetch(lid: u32, b: u32) -> Fetch {
+fn fetch(lid: u32, step: u32) -> Fetch {
     var f: Fetch;
+    let units = p.k / 8u;
     for (var i = 0u; i < WI; i++) {
         let u = lid + i * TILE_WG;
-        let row = tile_row0 + u / 4u;
-        if u < TR * 4u && row < p.rows {
-            f.w[i] = w[row * (p.k / 8u) + b * 4u + u % 4u];
+        let row = tile_row0 + item_row(u);
+        let unit = step * 4u * KB + item_part(u);
+        if u < TR * 4u * KB && row < p.rows && unit < units {
+            f.w[i] = w[row * units + unit];
         }
     }
     for (var i = 0u; i < XI; i++) {
         let u = lid + i * TILE_WG;
-        let t = tile_t0 + u / 4u;
-        if u < TS * 4u && t < tile_count {
-            let at = t * (p.k / 4u) + b * 8u + (u % 4u) * 2u;
+        let t = tile_t0 + item_row(u);
+        let unit = step * 4u * KB + item_part(u);
+        if u < TS * 4u * KB && t < tile_count && unit < units {
+            let at = t * (p.k / 4u) + unit * 2u;
             f.x[2u * i] = x[at];
             f.x[2u * i + 1u] = x[at + 1u];
         }

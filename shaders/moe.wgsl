@@ -148,6 +148,9 @@ fn load_slots(lid: u32, e: u32, j0: u32, live: u32) {
 }
 
 #ifdef COOP
+// One block a step: two made gate_up slower (197 -> 287 ms of a 2048-token pass on the H200)
+// and down faster on long passes but slower on a batch-64 decode step (PERF.md v0.15).
+const KB: u32 = 1u;
 #include "common/coop_tile.wgsl"
 
 // The tile's expert and rows, for fetch() and store_rows().
@@ -160,31 +163,34 @@ struct Job {
 }
 var<private> job: Job;
 
-// A thread's loads for one block (common/coop_tile.wgsl's items): a W item is word u % 4 (8
-// codes) of row u / 4's block and its scale; an X item 4 pairs of the slot's inputs.
+// A thread's loads for one step (common/coop_tile.wgsl's items): a W item is word w % 4 (8
+// codes) of block w / 4 of the step (w = item_part(u)) of row item_row(u) and its scale; an X item
+// 4 pairs of the slot's inputs; zeros past the row's blocks.
 struct Fetch {
     words: array<u32, WI>,
     scales: array<f32, WI>,
     xs: array<vec2<f32>, 4u * XI>,
 }
 
-fn fetch(lid: u32, b: u32) -> Fetch {
+fn fetch(lid: u32, step: u32) -> Fetch {
     var f: Fetch;
     for (var i = 0u; i < WI; i++) {
         let u = lid + i * WG;
-        let row = job.row0 + u / 4u;
-        if u < TR * 4u && row < job.rows {
+        let row = job.row0 + item_row(u);
+        let b = step * KB + item_part(u) / 4u;
+        if u < TR * 4u * KB && row < job.rows && b < job.n_blocks {
             let blk = (job.e_local * job.rows + row) * job.n_blocks + b;
-            f.words[i] = blocks[blk][u % 4u];
+            f.words[i] = blocks[blk][item_part(u) % 4u];
             f.scales[i] = mx_scale(byte_of(scales[blk / 4u], blk));
         }
     }
     for (var i = 0u; i < XI; i++) {
         let u = lid + i * WG;
-        if u < TS * 4u {
-            let slot = tile_slot[u / 4u];
+        let b = step * KB + item_part(u) / 4u;
+        if u < TS * 4u * KB && b < job.n_blocks {
+            let slot = tile_slot[item_row(u)];
             if slot != NONE {
-                let at = input_base(slot) / 2u + b * 16u + (u % 4u) * 4u;
+                let at = input_base(slot) / 2u + b * 16u + (item_part(u) % 4u) * 4u;
                 for (var c = 0u; c < 4u; c++) {
                     f.xs[4u * i + c] = input(at + c);
                 }

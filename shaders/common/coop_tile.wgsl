@@ -1,7 +1,8 @@
 // Tensor-core tile products, shared by the COOP variants of moe.wgsl and linear.wgsl: a
 // workgroup multiplies the TS inputs of its tile (expert slots or tokens) by TR rows of a weight
-// matrix, 32 inputs of each at a time. Each step the includer's fetch() brings the next 32
-// columns of both operands into registers while the tensor cores multiply the current ones, and
+// matrix, KS = 32 KB inputs of each at a time (KB MXFP4 blocks). Each step the includer's
+// fetch(lid, step) brings the next KS columns of both operands into registers while the tensor
+// cores multiply the current ones, and
 // stash() writes them to workgroup memory as f16 (the includer's weights8 and inputs8 turn what
 // was fetched for an item into 8 values): weights as they are (bf16 and scaled e2m1
 // values are exact in f16 within its range), inputs through put_x: with SPLIT_INPUTS (a define,
@@ -12,17 +13,30 @@
 // Subgroups of 32 each
 // own 16 inputs by 64 rows (four 16 x 16 f32 accumulators); results leave through the includer's
 // store_rows(j, row, v): input j of the tile, rows row and row + 1. The includer enables f16 and
-// wgpu_cooperative_matrix and defines TS and TR (multiples of 16 and 64), Fetch, fetch(lid, b),
+// wgpu_cooperative_matrix and defines TS and TR (multiples of 16 and 64), KB (blocks of 32 inputs
+// per step: more halve the steps and their barriers and put more bytes in flight per step, but
+// take more registers and workgroup memory; PERF.md v0.15), Fetch, fetch(lid, step),
 // weights8(f, i), inputs8(f, i) and store_rows, and runs TILE_WG invocations per workgroup.
 const TILE_WG: u32 = 32u * (TS / 16u) * (TR / 64u);
-// A thread's items per step: item u of the W tile is 8 weights (u % 4) of tile row u / 4, item
-// u of the X tile 8 inputs (u % 4) of tile input u / 4; thread lid has items lid + i TILE_WG.
-const WI: u32 = (TR * 4u + TILE_WG - 1u) / TILE_WG;
-const XI: u32 = (TS * 4u + TILE_WG - 1u) / TILE_WG;
+const KS: u32 = 32u * KB;
+// A thread's items per step: item u of the W tile is the 8 weights item_part(u) (of 4 KB) of
+// tile row item_row(u), item u of the X tile the same 8 inputs of tile input item_row(u); thread
+// lid has items lid + i TILE_WG.
+const WI: u32 = (TR * 4u * KB + TILE_WG - 1u) / TILE_WG;
+const XI: u32 = (TS * 4u * KB + TILE_WG - 1u) / TILE_WG;
 
-// [input][k] (high and low parts) and [row][k] of the block, rows KP apart: the padding spreads
+fn item_row(u: u32) -> u32 {
+    return u / (4u * KB);
+}
+
+// Which 8 of the step's KS columns; 8-column unit step * 4 KB + item_part(u) of the matrix.
+fn item_part(u: u32) -> u32 {
+    return u % (4u * KB);
+}
+
+// [input][k] (high and low parts) and [row][k] of the step, rows KP apart: the padding spreads
 // a fragment's 16 rows over the memory banks.
-const KP: u32 = 40u;
+const KP: u32 = KS + 8u;
 var<workgroup> x_hi: array<f16, TS * KP>;
 #ifdef SPLIT_INPUTS
 var<workgroup> x_lo: array<f16, TS * KP>;
@@ -51,8 +65,8 @@ fn put_x(i: u32, v: f32) {
 fn stash(lid: u32, f: Fetch) {
     for (var i = 0u; i < WI; i++) {
         let u = lid + i * TILE_WG;
-        if u < TR * 4u {
-            let at = (u / 4u) * KP + (u % 4u) * 8u;
+        if u < TR * 4u * KB {
+            let at = item_row(u) * KP + item_part(u) * 8u;
             let v = weights8(f, i);
             for (var c = 0u; c < 8u; c++) {
                 w_h[at + c] = to_h(v[c]);
@@ -61,8 +75,8 @@ fn stash(lid: u32, f: Fetch) {
     }
     for (var i = 0u; i < XI; i++) {
         let u = lid + i * TILE_WG;
-        if u < TS * 4u {
-            let at = (u / 4u) * KP + (u % 4u) * 8u;
+        if u < TS * 4u * KB {
+            let at = item_row(u) * KP + item_part(u) * 8u;
             let v = inputs8(f, i);
             for (var c = 0u; c < 8u; c++) {
                 put_x(at + c, v[c]);
@@ -85,8 +99,10 @@ fn drain(c: coop_mat16x16<f32, C>, n: u32, sg: u32, lane: u32, r0: u32) {
     }
 }
 
-// The tile's products over n_blocks steps of 32 inputs, rows [row0, row0 + TR).
+// The tile's products over n_blocks blocks of 32 inputs (fetch() gives zeros past them), rows
+// [row0, row0 + TR).
 fn coop_products(lid: u32, row0: u32, n_blocks: u32) {
+    let steps = (n_blocks + KB - 1u) / KB;
     // Subgroup sg multiplies inputs 16 ss .. by rows 64 sr .. of the tile.
     let sg = lid / 32u;
     let lane = lid % 32u;
@@ -97,14 +113,14 @@ fn coop_products(lid: u32, row0: u32, n_blocks: u32) {
     var c2 = coop_mat16x16<f32, C>();
     var c3 = coop_mat16x16<f32, C>();
     var f = fetch(lid, 0u);
-    for (var b = 0u; b < n_blocks; b++) {
+    for (var b = 0u; b < steps; b++) {
         workgroupBarrier();
         stash(lid, f);
-        if b + 1u < n_blocks {
+        if b + 1u < steps {
             f = fetch(lid, b + 1u);
         }
         workgroupBarrier();
-        for (var kk = 0u; kk < 32u; kk += 16u) {
+        for (var kk = 0u; kk < KS; kk += 16u) {
             let a_hi = coopLoadT<coop_mat16x16<f16, A>>(&x_hi[16u * ss * KP + kk], KP);
             let w0 = 64u * sr * KP + kk;
             let b0 = coopLoad<coop_mat16x16<f16, B>>(&w_h[w0], KP);

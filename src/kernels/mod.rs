@@ -83,8 +83,16 @@ pub fn all_variants() -> Vec<ShaderKey> {
                 );
             }
         }
-        out.push(k("moe_vec.wgsl", "gate_up").define_if("GATE_UP", true));
-        out.push(k("moe_vec.wgsl", "down").define_if("DOWN", true));
+        for grouped in [false, true] {
+            let k = |e, d| {
+                k("moe_vec.wgsl", e)
+                    .define_if(d, true)
+                    .define_if("GROUPED", grouped)
+            };
+            out.push(k("gate_up", "GATE_UP"));
+            out.push(k("down", "DOWN"));
+        }
+        out.push(k("moe_vec.wgsl", "route_slots").define_if("ROUTE", true));
 
         out.push(ShaderKey::new("moe.wgsl", "route").define_if("ROUTE", true));
         out.push(ShaderKey::new("moe.wgsl", "combine").define_if("COMBINE", true));
