@@ -35,11 +35,14 @@
 //
 // A row group of GL lanes takes R rows: lane i of a group reads 8-byte unit i, i + GL, ... (16
 // codes; a warp reads 256 contiguous bytes) of each of its rows and the matching 16 inputs (64
-// contiguous bytes per lane), an input load serving R rows. (8-byte units beat 4-byte ones by 3%
-// on the H200; a byte-to-pair table in workgroup memory instead of the bit-twiddled decode lost
-// 25%: PERF.md v0.11.) Short rows of work in many workgroups: on the H200, 2 rows per 32-lane
-// group beat 4 and 8, 64-lane groups, one 16-byte block per lane (its 128-byte input strides do
-// not coalesce) and 16 rows per 128-lane workgroup (PERF.md v0.9 and v0.10).
+// contiguous bytes per lane), an input load serving R rows and a decoded unit MAX_S slots.
+// (8-byte units beat 4-byte ones by 3% on the H200; a byte-to-pair table in workgroup memory
+// instead of the bit-twiddled decode lost 25%: PERF.md v0.11; lanes reading contiguous vec4s of
+// the inputs, with 4-code weight pieces to match, took twice as long: v0.15.) Short rows of work
+// in many workgroups: on the H200, 2 rows per 32-lane group beat 4 and 8, 64-lane groups, one
+// 16-byte block per lane (its 128-byte input strides do not coalesce) and 16 rows per 128-lane
+// workgroup (PERF.md v0.9 and v0.10); 4 slots at once did as well as 1 or 2 and better than 8
+// (v0.15).
 // A dispatch holds the experts [e_start, e_start + e_count) of one weight buffer; slots routed to
 // other experts do nothing in it. Variants: ROUTE, GATE_UP or DOWN (with or without GROUPED),
 // SUBGROUPS.

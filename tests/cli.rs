@@ -172,28 +172,36 @@ fn generate_and_logits() {
     let n = 12;
     let list: Vec<String> = ids[..n].iter().map(|i| i.to_string()).collect();
     let path = dir.path().join("logits.safetensors");
-    let out = run(&[
-        "logits",
-        "--model",
-        m,
-        "--token-ids",
-        &list.join(","),
-        "--out",
-        path.to_str().unwrap(),
-        "--kv-f32",
-    ]);
-    assert!(out.status.success());
-    let bytes = std::fs::read(&path).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let t = st.tensor("logits").unwrap();
-    assert_eq!(t.shape(), &[n, 1024]);
-    let got: Vec<f32> = bytemuck::pod_collect_to_vec(t.data());
-    let d = got
-        .iter()
-        .zip(&want[..n * 1024])
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0f32, f32::max);
-    assert!(d < 1e-4, "logits differ from transformers by {d}");
+    // In one pass, and in passes of 5 tokens (each pass's logits rows sized by --chunk).
+    for chunk in [None, Some("5")] {
+        let mut args = vec![
+            "logits",
+            "--model",
+            m,
+            "--token-ids",
+            &list.join(","),
+            "--out",
+            path.to_str().unwrap(),
+            "--kv-f32",
+        ];
+        args.extend(chunk.iter().flat_map(|c| ["--chunk", c]));
+        let out = run(&args);
+        assert!(out.status.success());
+        let bytes = std::fs::read(&path).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let t = st.tensor("logits").unwrap();
+        assert_eq!(t.shape(), &[n, 1024]);
+        let got: Vec<f32> = bytemuck::pod_collect_to_vec(t.data());
+        let d = got
+            .iter()
+            .zip(&want[..n * 1024])
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        assert!(
+            d < 1e-4,
+            "chunk {chunk:?}: logits differ from transformers by {d}"
+        );
+    }
 
     // Requests that cannot be served are refused from config.json alone, before any weights
     // are loaded (no "loaded" line).
