@@ -171,6 +171,7 @@ fn generate_and_logits() {
     let want: Vec<f32> = bytemuck::pod_collect_to_vec(st.tensor("logits").unwrap().data());
     let n = 12;
     let list: Vec<String> = ids[..n].iter().map(|i| i.to_string()).collect();
+    let joined = list.join(",");
     let path = dir.path().join("logits.safetensors");
     // In one pass, and in passes of 5 tokens (each pass's logits rows sized by --chunk).
     for chunk in [None, Some("5")] {
@@ -179,7 +180,7 @@ fn generate_and_logits() {
             "--model",
             m,
             "--token-ids",
-            &list.join(","),
+            &joined,
             "--out",
             path.to_str().unwrap(),
             "--kv-f32",
