@@ -427,7 +427,7 @@ impl Engine {
                 done.push((si, FinishReason::Length));
             }
         }
-        done.sort_by(|a, b| b.0.cmp(&a.0));
+        done.sort_by_key(|d| std::cmp::Reverse(d.0));
         for (si, reason) in done {
             let s = self.running.swap_remove(si);
             self.model.release(s.slot);
@@ -468,7 +468,9 @@ pub fn check_request(cfg: &ModelConfig, max_context: u32, req: &Request) -> Resu
         )));
     }
     let s = &req.sampling;
-    if !(s.temperature >= 0.0 && s.temperature.is_finite()) || !(s.top_p > 0.0 && s.top_p <= 1.0) {
+    let valid =
+        s.temperature >= 0.0 && s.temperature.is_finite() && s.top_p > 0.0 && s.top_p <= 1.0;
+    if !valid {
         return Err(Error::Request(format!(
             "temperature must be >= 0 and top_p in (0, 1]; got {} and {}",
             s.temperature, s.top_p
