@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use crate::error::Result;
 use crate::kernels::sample::SampleParams;
-use crate::model::{Batch, Model, TokenInfo};
+use crate::model::{Batch, Model, ModelConfig, TokenInfo};
 use crate::rng::Rng;
 
 #[derive(Debug, Serialize)]
@@ -49,6 +49,9 @@ pub struct Report {
     /// Bytes the main decode kernel families must read in that step (weights, and the KV cache
     /// for attention), for achieved bandwidth.
     pub decode_kernel_bytes: Vec<(String, u64)>,
+    /// Multiply-add work (2 FLOP each) of the prefill pass's matrix kernels, by family prefix
+    /// ("linear." for the dense layers), for achieved TFLOP/s.
+    pub prefill_kernel_flops: Vec<(String, f64)>,
 }
 
 /// What one batch-1 decode step at context `ctx` must read, per kernel family.
@@ -71,6 +74,36 @@ fn decode_bytes(model: &Model, ctx: u32) -> Vec<(String, u64)> {
         ("moe_vec.gate_up".into(), layers * k * mx(2 * i, h)),
         ("moe_vec.down".into(), layers * k * mx(h, i)),
         ("attention_split.split".into(), keys * nkv * d * 2 * kv_elem),
+    ]
+}
+
+/// FLOPs of a prefill pass of `n` tokens at positions 0.. of one sequence, per family of the
+/// tiled kernels that such passes take (more than VEC_MAX_TOKENS tokens): the dense layers (q/k/v
+/// and o), the experts' two projections (K slots a token) and attention (QK^T and PV over the
+/// keys each query sees).
+pub fn prefill_flops(c: &ModelConfig, n: u32) -> Vec<(String, f64)> {
+    let (h, layers, k, i) = (
+        c.hidden as f64,
+        c.layers as f64,
+        c.top_k as f64,
+        c.inter as f64,
+    );
+    let (nh, nkv, d) = (c.heads as f64, c.kv_heads as f64, c.head_dim as f64);
+    let t = n as f64;
+    let dense = 2.0 * t * layers * ((nh + 2.0 * nkv) * d * h + nh * d * h);
+    let keys: f64 = c
+        .sliding
+        .iter()
+        .map(|&sl| {
+            let window = if sl { c.sliding_window } else { u32::MAX };
+            (0..n).map(|p| (p + 1).min(window) as f64).sum::<f64>()
+        })
+        .sum();
+    vec![
+        ("linear.".into(), dense),
+        ("moe.gate_up".into(), 2.0 * t * k * layers * 2.0 * i * h),
+        ("moe.down".into(), 2.0 * t * k * layers * h * i),
+        ("attention.".into(), 4.0 * nh * d * keys),
     ]
 }
 
@@ -168,6 +201,7 @@ pub fn run(
         prefill_kernels_us: Vec::new(),
         decode_dispatches_us: Vec::new(),
         decode_kernel_bytes: Vec::new(),
+        prefill_kernel_flops: Vec::new(),
     };
     for &len in prompt_lens {
         let (t, _) = prefill(model, &mut rng, 0, len)?;
@@ -271,6 +305,7 @@ pub fn run(
         .unwrap_or(128)
         .min(model.opts.max_tokens);
     let toks: Vec<TokenInfo> = (0..n).map(|p| TokenInfo::new(1, p, 0)).collect();
+    report.prefill_kernel_flops = prefill_flops(&model.cfg, n);
     report.prefill_kernels_us = per_family(
         &pollster::block_on(model.profile(&Batch {
             tokens: &toks,
@@ -280,4 +315,35 @@ pub fn run(
         .unwrap_or_default(),
     );
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::synth::SynthSpec;
+
+    fn flops(preset: &str, n: u32) -> Vec<(String, f64)> {
+        prefill_flops(&SynthSpec::preset(preset).unwrap().config().unwrap(), n)
+    }
+
+    #[test]
+    fn prefill_flops_count_each_projection_and_the_keys_each_query_sees() {
+        // tiny: 3 layers, hidden 128, inter 96, 4 heads and 2 KV heads of 32, top-3; 3 tokens
+        // see 1 + 2 + 3 keys in every layer (the window is 128).
+        let f = flops("tiny", 3);
+        assert_eq!(
+            f[0].1,
+            2.0 * 3.0 * 3.0 * ((4.0 + 4.0) * 32.0 * 128.0 + 128.0 * 128.0)
+        );
+        assert_eq!(f[1].1, 2.0 * 3.0 * 3.0 * 3.0 * 192.0 * 128.0);
+        assert_eq!(f[2].1, 2.0 * 3.0 * 3.0 * 3.0 * 128.0 * 96.0);
+        assert_eq!(f[3].1, 4.0 * 4.0 * 32.0 * 18.0);
+        // 20b, 200 tokens: a sliding layer's queries see 1..=128 keys then 128 each (8256 +
+        // 72 * 128), a full layer's 1..=200 (20100); 12 layers of each.
+        let f = flops("20b", 200);
+        assert_eq!(
+            f[3].1,
+            4.0 * 64.0 * 64.0 * 12.0 * (8256.0 + 9216.0 + 20100.0)
+        );
+    }
 }

@@ -249,7 +249,7 @@ fn generate_and_logits() {
         "--model",
         m,
         "--prompt-lens",
-        "8",
+        "8,40",
         "--decode-steps",
         "2",
         "--max-context",
@@ -259,6 +259,13 @@ fn generate_and_logits() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         stdout.contains("prefill") && stdout.contains("decode"),
+        "{stdout}"
+    );
+    // The prefill pass's matrix kernels (40 tokens take the tiled ones) with their work and rate.
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.contains("moe.gate_up") && l.contains("TFLOP/s")),
         "{stdout}"
     );
     assert!(!String::from_utf8_lossy(&out.stderr).contains("tok/s"));

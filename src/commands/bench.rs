@@ -84,6 +84,14 @@ pub(crate) fn bench(a: &BenchArgs) -> Result<()> {
                     line += &format!("  {:>4.0}% of peak", 100.0 * gbs / peak);
                 }
             }
+            // Achieved TFLOP/s of the prefill pass's matrix kernels.
+            let flops = report
+                .prefill_kernel_flops
+                .iter()
+                .find(|(f, _)| fam.starts_with(f.as_str()));
+            if let (Some((_, f)), "prefill pass") = (flops, name) {
+                line += &format!("  {:>10.3} GFLOP  {:>6.2} TFLOP/s", f / 1e9, f / (us * 1e6));
+            }
             println!("{line}");
         }
     }

@@ -80,7 +80,7 @@ impl SynthSpec {
     }
 
     /// The model configuration config.json describes.
-    fn config(&self) -> Result<ModelConfig> {
+    pub(crate) fn config(&self) -> Result<ModelConfig> {
         crate::model::HfConfig::from_json(&self.config_json().to_string())?.validate()
     }
 
