@@ -29,9 +29,10 @@ fn row_group_key(gpu: &Gpu, file: &'static str, entry: &'static str) -> ShaderKe
 }
 
 /// Passes with at most this many tokens run the matrix-vector kernels (`linear_vec`, whose
-/// workgroups serve up to its MAX_T tokens each, and `moe_vec`, one workgroup row per slot or
-/// token); larger ones the tiled kernels that reuse each weight load across more tokens. On the
-/// H200 the tiled kernels only win from about 48 tokens on (PERF.md v0.13).
+/// workgroups serve up to its MAX_T tokens each, and `moe_vec`, one workgroup row per slot for
+/// one token, per routed expert for more); larger ones the tiled kernels that reuse each weight
+/// load across more tokens. On the H200 the tiled kernels only win from about 48 tokens on
+/// (PERF.md v0.13).
 pub const VEC_MAX_TOKENS: u32 = 32;
 
 /// Which step count a kernel's rows follow, as `step_count()` in `common/step.wgsl` numbers them.

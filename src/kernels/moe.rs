@@ -45,9 +45,9 @@ pub struct MoeShape {
     pub alpha: f32,
     /// Most token-expert slots in a forward pass (the row stride of the slot lists).
     pub max_slots: u32,
-    /// Passes of up to this many tokens run the per-slot kernels (normally VEC_MAX_TOKENS).
+    /// Passes of up to this many tokens run the matrix-vector kernels (normally VEC_MAX_TOKENS).
     pub vec_max_tokens: u32,
-    /// Slices of the router's partial logits that the per-slot gate_up adds up.
+    /// Slices of the router's partial logits that the matrix-vector path adds up.
     pub router_slices: u32,
     /// The grouped products on cooperative matrices (`Caps::coop` must hold).
     pub coop: bool,
@@ -55,9 +55,11 @@ pub struct MoeShape {
 
 /// The buffers one MoE layer works on.
 pub struct MoeBuffers<'a> {
-    /// [VEC_MAX_TOKENS, slices, E] the router's partial logits (the per-slot path routes itself).
+    /// [VEC_MAX_TOKENS, slices, E] the router's partial logits (the matrix-vector path routes
+    /// itself).
     pub router_part: &'a wgpu::Buffer,
-    /// idx: [T*K] chosen experts, wts: [T*K] their weights (written by the per-slot gate_up).
+    /// idx: [T*K] chosen experts, wts: [T*K] their weights (written by the matrix-vector path's
+    /// routing, read by the tiled path).
     pub idx: &'a wgpu::Buffer,
     pub wts: &'a wgpu::Buffer,
     /// lists: [E, max_slots] slots per expert, counts: [E].
@@ -118,9 +120,10 @@ fn per_chunk<'a>(
     Ok(out)
 }
 
-/// The whole MoE block: x += sum_k w_k * (down_k(SwiGLU(gate_up_k(h) + b)) + b): gate_up per slot
-/// and down per token (the residual add included) for passes of up to `vec_max_tokens` tokens,
-/// else route, then gate_up and down per expert chunk, then combine.
+/// The whole MoE block: x += sum_k w_k * (down_k(SwiGLU(gate_up_k(h) + b)) + b). Passes of up to
+/// `vec_max_tokens` tokens take the matrix-vector kernels (`vec_dispatches`), larger ones the
+/// tiled ones: route, then gate_up and down per expert chunk; both end in combine except the
+/// one-token pass, whose down adds to the residual itself.
 pub fn build(
     gpu: &Gpu,
     step: &wgpu::Buffer,
@@ -404,8 +407,8 @@ mod tests {
                 let dn_bias = random(&mut rng, e * hd, 0.5);
                 let h = random(&mut rng, t * hd, 1.0);
                 let x0 = random(&mut rng, t * hd, 1.0);
-                // Router logits per token, given to the per-slot path as partial sums over
-                // `slices` slices (as router.wgsl writes them) and to the grouped path as the
+                // Router logits per token, given to the matrix-vector path as partial sums over
+                // `slices` slices (as router.wgsl writes them) and to the tiled path as the
                 // picks and softmax weights they imply (the router's own job there).
                 let slices = 3usize;
                 let mut part = vec![0.0f32; t * slices * e];
@@ -460,11 +463,12 @@ mod tests {
                     down: &dn,
                     down_bias: &dbb,
                 };
-                // Every path on the same inputs: grouped by expert (on the tensor cores too
-                // where the adapter has them), and per slot.
+                // Every path on the same inputs: tiled (on the tensor cores too where the
+                // adapter has them), and matrix-vector (per slot for one token, per expert for
+                // more).
                 let run = async |vec_max_tokens: u32, coop: bool| {
                     let xb = gpu.upload("x", f32_bytes(&x0)).unwrap();
-                    // The grouped path reads the picks; the per-slot path writes them.
+                    // The tiled path reads the picks; the matrix-vector path writes them.
                     let (ib, wb) = if vec_max_tokens == 0 {
                         let i = gpu.upload("idx", bytemuck::cast_slice(&idx)).unwrap();
                         (i, gpu.upload("wts", f32_bytes(&wts)).unwrap())
