@@ -58,8 +58,8 @@ pub struct MoeBuffers<'a> {
     /// [VEC_MAX_TOKENS, slices, E] the router's partial logits (the matrix-vector path routes
     /// itself).
     pub router_part: &'a wgpu::Buffer,
-    /// idx: [T*K] chosen experts, wts: [T*K] their weights (written by the matrix-vector path's
-    /// routing, read by the tiled path).
+    /// idx: [T*K] chosen experts, wts: [T*K] their weights (written by router.wgsl for the tiled
+    /// path, by the matrix-vector path's own routing for the other).
     pub idx: &'a wgpu::Buffer,
     pub wts: &'a wgpu::Buffer,
     /// lists: [E, max_slots] slots per expert, counts: [E].
