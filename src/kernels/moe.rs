@@ -49,7 +49,7 @@ pub struct MoeShape {
     pub vec_max_tokens: u32,
     /// Slices of the router's partial logits that the matrix-vector path adds up.
     pub router_slices: u32,
-    /// The grouped products on cooperative matrices (`Caps::coop` must hold).
+    /// The tiled products on cooperative matrices (`Caps::coop` must hold).
     pub coop: bool,
 }
 
@@ -138,7 +138,7 @@ pub fn build(
         )));
     }
     let mut out = vec_dispatches(gpu, step, s, b, w)?;
-    let grouped = (s.vec_max_tokens + 1)..=u32::MAX;
+    let tiled = (s.vec_max_tokens + 1)..=u32::MAX;
     // Route and combine span every expert.
     let all = params(s, 0, s.experts);
     let key = ShaderKey::new("moe.wgsl", "route").define_if("ROUTE", true);
@@ -153,7 +153,7 @@ pub fn build(
             Count::One,
             1,
         )?
-        .only_for(Count::Tokens, grouped.clone()),
+        .only_for(Count::Tokens, tiled),
     );
     let key = ShaderKey::new("moe.wgsl", "gate_up")
         .define_if("GATE_UP", true)
