@@ -78,6 +78,11 @@
 fn input(i: u32) -> vec4<f32> {
     return h[i];
 }
+
+// A slot reads the normed hidden state of its token (vec4 index).
+fn input_base(s: u32) -> u32 {
+    return (s / p.top_k) * (p.hidden / 4u);
+}
 #endif
 
 #ifdef DOWN
@@ -92,6 +97,11 @@ fn input(i: u32) -> vec4<f32> {
 
 fn input(i: u32) -> vec4<f32> {
     return act[i];
+}
+
+// A slot reads its own activation (vec4 index).
+fn input_base(s: u32) -> u32 {
+    return s * (p.inter / 4u);
 }
 #endif
 
@@ -169,7 +179,7 @@ fn here(e: u32) -> bool {
 
 #ifdef GATE_UP
 // act[s, i] for the R / 2 (gate, up) row pairs from row r0 of expert e, from slot q of acc.
-fn store_act(s: u32, e: u32, r0: u32, acc: array<f32, NSUM>, q: u32) {
+fn store_slot(s: u32, e: u32, r0: u32, acc: array<f32, NSUM>, q: u32) {
     for (var c = 0u; c < R / 2u; c++) {
         let i = r0 / 2u + c;
         if i < p.inter {
@@ -206,12 +216,10 @@ fn gather(l: Lanes, e: u32, c0: u32) -> u32 {
     return workgroupUniformLoad(&n_list);
 }
 
-#endif
-
-#ifdef GATE_UP
-#ifdef GROUPED
-@compute @workgroup_size(WG)
-fn gate_up(l: Lanes, @builtin(workgroup_id) wg: vec3<u32>) {
+// The body of both GROUPED projections: the slots of the workgroup row's expert, MAX_S at a
+// time, rows r0 .. r0 + R of the expert's `rows` (k inputs) for row group (wg.x * NG + group),
+// each slot's sums handed to the variant's store_slot.
+fn run_grouped(l: Lanes, wg: vec3<u32>, rows: u32, k: u32) {
     let e = p.e_start + wg.y;
     let r0 = (wg.x * NG + l.lid / GL) * R;
     for (var c0 = 0u; c0 < step.slots; c0 += WG) {
@@ -219,18 +227,26 @@ fn gate_up(l: Lanes, @builtin(workgroup_id) wg: vec3<u32>) {
         for (var q0 = 0u; q0 < n; q0 += MAX_S) {
             var inb: array<u32, MAX_S>;
             for (var q = 0u; q < MAX_S; q++) {
-                inb[q] = (list[min(q0 + q, n - 1u)] / p.top_k) * (p.hidden / 4u);
+                inb[q] = input_base(list[min(q0 + q, n - 1u)]);
             }
             let n_s = min(n - q0, MAX_S);
-            let acc = project(l, wg.y, r0, 2u * p.inter, p.hidden, inb, n_s);
+            let acc = project(l, wg.y, r0, rows, k, inb, n_s);
             if l.lid % GL == 0u {
                 for (var q = 0u; q < n_s; q++) {
-                    store_act(list[q0 + q], e, r0, acc, q);
+                    store_slot(list[q0 + q], e, r0, acc, q);
                 }
             }
         }
         workgroupBarrier();
     }
+}
+#endif
+
+#ifdef GATE_UP
+#ifdef GROUPED
+@compute @workgroup_size(WG)
+fn gate_up(l: Lanes, @builtin(workgroup_id) wg: vec3<u32>) {
+    run_grouped(l, wg, 2u * p.inter, p.hidden);
 }
 #else
 @compute @workgroup_size(WG)
@@ -249,10 +265,10 @@ fn gate_up(l: Lanes, @builtin(workgroup_id) wg: vec3<u32>) {
         return;
     }
     let r0 = (wg.x * NG + l.lid / GL) * R;
-    let inb = array<u32, MAX_S>((s / p.top_k) * (p.hidden / 4u));
+    let inb = array<u32, MAX_S>(input_base(s));
     let acc = project(l, e - p.e_start, r0, 2u * p.inter, p.hidden, inb, 1u);
     if l.lid % GL == 0u {
-        store_act(s, e, r0, acc, 0u);
+        store_slot(s, e, r0, acc, 0u);
     }
 }
 #endif
@@ -262,31 +278,16 @@ fn gate_up(l: Lanes, @builtin(workgroup_id) wg: vec3<u32>) {
 #ifdef GROUPED
 @compute @workgroup_size(WG)
 fn down(l: Lanes, @builtin(workgroup_id) wg: vec3<u32>) {
-    let e = p.e_start + wg.y;
-    let r0 = (wg.x * NG + l.lid / GL) * R;
-    for (var c0 = 0u; c0 < step.slots; c0 += WG) {
-        let n = gather(l, e, c0);
-        for (var q0 = 0u; q0 < n; q0 += MAX_S) {
-            var inb: array<u32, MAX_S>;
-            for (var q = 0u; q < MAX_S; q++) {
-                inb[q] = list[min(q0 + q, n - 1u)] * (p.inter / 4u);
-            }
-            let n_s = min(n - q0, MAX_S);
-            let acc = project(l, wg.y, r0, p.hidden, p.inter, inb, n_s);
-            if l.lid % GL == 0u {
-                for (var q = 0u; q < n_s; q++) {
-                    let s = list[q0 + q];
-                    for (var r = 0u; r < R; r++) {
-                        let row = r0 + r;
-                        if row < p.hidden {
-                            out[s * p.hidden + row] =
-                                wts[s] * (acc[q * R + r] + bias[e * p.hidden + row]);
-                        }
-                    }
-                }
-            }
+    run_grouped(l, wg, p.hidden, p.inter);
+}
+
+// y[s, rows r0 ..] of expert e, weighted, with the bias, from slot q of acc.
+fn store_slot(s: u32, e: u32, r0: u32, acc: array<f32, NSUM>, q: u32) {
+    for (var r = 0u; r < R; r++) {
+        let row = r0 + r;
+        if row < p.hidden {
+            out[s * p.hidden + row] = wts[s] * (acc[q * R + r] + bias[e * p.hidden + row]);
         }
-        workgroupBarrier();
     }
 }
 #else
@@ -316,7 +317,7 @@ fn down(l: Lanes, @builtin(workgroup_id) wg: vec3<u32>) {
         let live = j < p.top_k && here(e);
         // A group with nothing to do projects zero rows: no loads, but it joins the sums.
         let e_local = select(0u, e - p.e_start, live);
-        let inb = array<u32, MAX_S>(s * (p.inter / 4u));
+        let inb = array<u32, MAX_S>(input_base(s));
         let acc = project(l, e_local, r0, select(0u, p.hidden, live), p.inter, inb, 1u);
         if live {
             for (var r = 0u; r < R; r++) {

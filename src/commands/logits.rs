@@ -32,7 +32,7 @@ pub(crate) fn logits(a: &LogitsArgs) -> Result<()> {
     if let Some(bad) = a.token_ids.iter().find(|&&t| t >= vocab) {
         bail!("token id {bad} is outside the vocabulary of {vocab}");
     }
-    let engine = load(&m, ckpt, 1, m.chunk.or(Some(DEFAULT_CHUNK)))?;
+    let engine = load(&m, ckpt, 1, Some(m.tokens_per_pass()))?;
     let model = &engine.model;
     let vocab = vocab as usize;
     let mut all = Vec::with_capacity(n * vocab);

@@ -235,8 +235,12 @@ pub(crate) fn tokenizer_of<'a>(m: &ModelArgs, ckpt: &'a Checkpoint) -> Result<&'
     })
 }
 
-/// Tokens per forward pass unless --chunk says otherwise.
-pub(crate) const DEFAULT_CHUNK: u32 = 512;
+impl ModelArgs {
+    /// Tokens per forward pass: --chunk, else 512.
+    pub(crate) fn tokens_per_pass(&self) -> u32 {
+        self.chunk.unwrap_or(512)
+    }
+}
 
 /// Opens the GPU and uploads an opened checkpoint for `max_seqs` sequences and, per pass, at most
 /// `max_outputs` logits rows (None: one per sequence).
@@ -257,7 +261,7 @@ pub(crate) fn load(
     }
     let fast = m.precision != Some(Precision::Exact);
     let opts = ModelOptions {
-        max_tokens: m.chunk.unwrap_or(DEFAULT_CHUNK),
+        max_tokens: m.tokens_per_pass(),
         max_seqs,
         max_context: context(m, &ckpt),
         kv_f16: fast && !m.kv_f32,

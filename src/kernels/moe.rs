@@ -260,9 +260,9 @@ fn vec_dispatches(
     struct Projection<'a> {
         entry: &'static str,
         define: &'static str,
-        grouped: bool,
         chunks: &'a [ExpertChunk],
         grid_x: u32,
+        /// Grid rows; None: GROUPED, a workgroup row per expert of the buffer.
         count: Option<Count>,
         before: Vec<&'a wgpu::Buffer>,
         after: Vec<&'a wgpu::Buffer>,
@@ -271,7 +271,6 @@ fn vec_dispatches(
         Projection {
             entry: "gate_up",
             define: "GATE_UP",
-            grouped: false,
             chunks: w.gate_up,
             grid_x: (2 * s.inter).div_ceil(rows_per_wg),
             count: Some(Count::Slots),
@@ -281,7 +280,6 @@ fn vec_dispatches(
         Projection {
             entry: "down",
             define: "DOWN",
-            grouped: false,
             chunks: w.down,
             grid_x: s.hidden.div_ceil(rows_per_wg / groups),
             count: Some(Count::Tokens),
@@ -291,7 +289,6 @@ fn vec_dispatches(
         Projection {
             entry: "gate_up",
             define: "GATE_UP",
-            grouped: true,
             chunks: w.gate_up,
             grid_x: (2 * s.inter).div_ceil(rows_per_wg),
             count: None,
@@ -301,7 +298,6 @@ fn vec_dispatches(
         Projection {
             entry: "down",
             define: "DOWN",
-            grouped: true,
             chunks: w.down,
             grid_x: s.hidden.div_ceil(rows_per_wg),
             count: None,
@@ -310,13 +306,13 @@ fn vec_dispatches(
         },
     ];
     for pr in projections {
+        let grouped = pr.count.is_none();
         let key = super::row_group_key(gpu, "moe_vec.wgsl", pr.entry)
             .define_if(pr.define, true)
-            .define_if("GROUPED", pr.grouped);
+            .define_if("GROUPED", grouped);
         for c in pr.chunks {
             let p = params(s, c.start, c.count);
             let bufs = [&pr.before[..], &[&c.blocks, &c.scales], &pr.after[..]].concat();
-            // Grouped: a workgroup row per expert of the buffer.
             let count = pr.count.unwrap_or(Count::Fixed(c.count));
             let d = Dispatch::new(
                 gpu,
@@ -328,7 +324,7 @@ fn vec_dispatches(
                 count,
                 1,
             )?;
-            let tokens = if pr.grouped {
+            let tokens = if grouped {
                 several.clone()
             } else {
                 one.clone()
