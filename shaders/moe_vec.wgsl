@@ -195,7 +195,9 @@ fn store_slot(s: u32, e: u32, r0: u32, acc: array<f32, NSUM>, q: u32) {
 
 #ifdef GROUPED
 // The slots of [c0, c0 + WG) whose expert is e, in `list` (in no particular order: each slot's
-// sums are its own). Returns how many, uniformly. Called from uniform control flow.
+// sums are its own). Returns how many, uniformly. Called from uniform control flow. (Each
+// workgroup scans idx itself rather than reading moe.wgsl ROUTE's per-expert lists: a few
+// hundred cached words against a dependent dispatch a layer.)
 var<workgroup> list: array<u32, WG>;
 var<workgroup> n_found: atomic<u32>;
 var<workgroup> n_list: u32;
