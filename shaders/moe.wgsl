@@ -3,8 +3,8 @@ enable f16;
 enable wgpu_cooperative_matrix;
 #endif
 // MoE experts with MXFP4 weights for passes of many tokens (prefill), grouped by expert: a
-// workgroup owns TR rows of one expert and runs the token-expert slots routed to it TS at a time as
-// a tiled matrix product. Each step of the K loop decodes one MXFP4 block of each of its rows into
+// workgroup owns TR rows of one expert and TS of the token-expert slots routed to it, a tiled matrix
+// product. Each step of the K loop decodes one MXFP4 block of each of its rows into
 // workgroup memory (a weight is decoded once per TS slots, not once per slot) beside the TS slots'
 // 32 inputs, then each thread accumulates an MS x MR block of outputs from the two tiles (two
 // 16-byte loads of workgroup memory per 16 multiply-adds). A slot's sums run over k in order in
@@ -18,10 +18,13 @@ enable wgpu_cooperative_matrix;
 //   gate = min(g_even, limit); up = clamp(g_odd, -limit, limit);   (the clamp is upper-only on gate)
 //   act[s, i] = gate * sigmoid(alpha * gate) * (up + 1).
 //   Bindings: h [T, H], lists, counts, blocks [e_count, 2I, H/32] of 16 bytes, scales [e_count, 2I, H/32]
-//   u8, bias [E, 2I] f32, act [T*K, I]. Grid: (ceil(2I / TR), e_count).
+//   u8, bias [E, 2I] f32, act [T*K, I]. Grid: (ceil(2I / TR), ceil(T / TS), e_count): a workgroup
+//   per tile of TR rows by TS of the expert's slots (an expert has at most T; the workgroups of
+//   tiles past its slots return at once), so an expert with many slots spreads over the GPU
+//   instead of keeping a few workgroups busy after the rest are done.
 // DOWN: y[s, n] = wts[s] * (W_down[e] act[s] + bias[e])[n].
 //   Bindings: act, lists, counts, wts [T*K], blocks [e_count, H, I/32, 16], scales, bias [E, H],
-//   y [T*K, H]. Grid: (ceil(H / TR), e_count).
+//   y [T*K, H]. Grid: (ceil(H / TR), ceil(T / TS), e_count).
 // COMBINE: x[t, n] += sum_j y[t*K + j, n] (the residual add), j in order.
 //   Bindings: y, x [T, H]. Grid: (ceil(H / 64), T).
 // Variants: ROUTE, GATE_UP, DOWN or COMBINE (different bindings); COOP (GATE_UP and DOWN on
@@ -34,18 +37,20 @@ enable wgpu_cooperative_matrix;
 
 #include "common/moe_params.wgsl"
 
-// Rows per tile of each variant (the Rust side reads these two lines), slots per tile, and the
-// work of a thread (SIMT: 4 slots by 4 rows) or of a subgroup of 32 (COOP: 16 slots by 64 rows,
-// four accumulator tiles). SIMT's tiles fit the 16 KiB of workgroup memory WebGPU promises.
+// Rows and slots per tile of each variant (the Rust side reads these four lines), and the work of
+// a thread (SIMT: 4 slots by 4 rows) or of a subgroup of 32 (COOP: 16 slots by 64 rows, four
+// accumulator tiles). SIMT's tiles fit the 16 KiB of workgroup memory WebGPU promises.
 const COOP_TR: u32 = 128u;
+const COOP_TS: u32 = 64u;
 const SIMT_TR: u32 = 64u;
+const SIMT_TS: u32 = 32u;
 #ifdef COOP
 const TR: u32 = COOP_TR;
-const TS: u32 = 64u;
+const TS: u32 = COOP_TS;
 const WG: u32 = TILE_WG;
 #else
 const TR: u32 = SIMT_TR;
-const TS: u32 = 32u;
+const TS: u32 = SIMT_TS;
 const MS: u32 = 4u;
 const MR: u32 = 4u;
 const WG: u32 = (TS / MS) * (TR / MR);
@@ -344,10 +349,11 @@ fn store_slot_rows(e: u32, slot: u32, row: u32, v: vec2<f32>) {
 
 @compute @workgroup_size(WG)
 fn gate_up(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>) {
-    let e = p.e_start + wg.y;
+    let e = p.e_start + wg.z;
+    let j0 = wg.y * TS;
     let n = expert_slots(e);
-    for (var j0 = 0u; j0 < n; j0 += TS) {
-        run_tile(lid, wg.y, wg.x * TR, 2u * p.inter, p.hidden, e, j0, min(TS, n - j0));
+    if j0 < n {
+        run_tile(lid, wg.z, wg.x * TR, 2u * p.inter, p.hidden, e, j0, min(TS, n - j0));
     }
 }
 #endif
@@ -374,10 +380,11 @@ fn store_slot_rows(e: u32, slot: u32, row: u32, v: vec2<f32>) {
 
 @compute @workgroup_size(WG)
 fn down(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>) {
-    let e = p.e_start + wg.y;
+    let e = p.e_start + wg.z;
+    let j0 = wg.y * TS;
     let n = expert_slots(e);
-    for (var j0 = 0u; j0 < n; j0 += TS) {
-        run_tile(lid, wg.y, wg.x * TR, p.hidden, p.inter, e, j0, min(TS, n - j0));
+    if j0 < n {
+        run_tile(lid, wg.z, wg.x * TR, p.hidden, p.inter, e, j0, min(TS, n - j0));
     }
 }
 #endif

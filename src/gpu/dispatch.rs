@@ -64,6 +64,8 @@ pub struct Dispatch {
     /// Grid y is ceil(count / per_wg).
     pub count: Count,
     pub per_wg: u32,
+    /// Workgroups along z (a fixed count, e.g. one per expert; 1 unless `with_depth`).
+    pub z: u32,
     /// Runs only while each of these counts is in its range (a kernel variant tuned for some
     /// sizes).
     pub active: Vec<(Count, std::ops::RangeInclusive<u32>)>,
@@ -128,6 +130,7 @@ impl Dispatch {
             x,
             count,
             per_wg: per_wg.max(1),
+            z: 1,
             active: Vec::new(),
             _params: params_buf,
         })
@@ -137,7 +140,13 @@ impl Dispatch {
     pub fn grid(&self, c: &StepCounts) -> Option<[u32; 3]> {
         let y = c.get(self.count).div_ceil(self.per_wg);
         let active = self.active.iter().all(|(n, r)| r.contains(&c.get(*n)));
-        (y > 0 && self.x > 0 && active).then_some([self.x, y, 1])
+        (y > 0 && self.x > 0 && self.z > 0 && active).then_some([self.x, y, self.z])
+    }
+
+    /// Sets the grid's z dimension.
+    pub fn with_depth(mut self, z: u32) -> Dispatch {
+        self.z = z;
+        self
     }
 
     /// Restricts the dispatch to steps whose `count` is in `range` (and any earlier condition).

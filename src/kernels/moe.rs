@@ -98,8 +98,9 @@ fn params(s: &MoeShape, start: u32, count: u32) -> Params {
     }
 }
 
-/// One dispatch per expert chunk for the passes above `vec_max_tokens`: `rows` output rows in
-/// workgroups of TR rows, one workgroup row per expert of the chunk.
+/// One dispatch per expert chunk for the passes above `vec_max_tokens`: a workgroup per tile of
+/// TR of the `rows` output rows by TS of an expert's slots (at most one per token), for each expert
+/// of the chunk.
 fn per_chunk<'a>(
     gpu: &Gpu,
     step: &wgpu::Buffer,
@@ -109,13 +110,27 @@ fn per_chunk<'a>(
     rows: u32,
     buffers: impl Fn(&'a ExpertChunk) -> Vec<&'a wgpu::Buffer>,
 ) -> Result<Vec<Dispatch>> {
-    let tile_rows = wgsl_const("moe.wgsl", if s.coop { "COOP_TR" } else { "SIMT_TR" })?;
+    let variant = if s.coop { "COOP" } else { "SIMT" };
+    let tile_rows = wgsl_const("moe.wgsl", &format!("{variant}_TR"))?;
+    let tile_slots = wgsl_const("moe.wgsl", &format!("{variant}_TS"))?;
     let mut out = Vec::new();
     for c in chunks {
         let p = params(s, c.start, c.count);
-        let (bufs, x, y) = (buffers(c), rows.div_ceil(tile_rows), Count::Fixed(c.count));
-        let d = Dispatch::new(gpu, key, step, bytemuck::bytes_of(&p), &bufs, x, y, 1)?;
-        out.push(d.only_for(Count::Tokens, s.vec_max_tokens + 1..=u32::MAX));
+        let (bufs, x) = (buffers(c), rows.div_ceil(tile_rows));
+        let d = Dispatch::new(
+            gpu,
+            key,
+            step,
+            bytemuck::bytes_of(&p),
+            &bufs,
+            x,
+            Count::Tokens,
+            tile_slots,
+        )?;
+        out.push(
+            d.with_depth(c.count)
+                .only_for(Count::Tokens, s.vec_max_tokens + 1..=u32::MAX),
+        );
     }
     Ok(out)
 }
