@@ -10,7 +10,7 @@ enable wgpu_cooperative_matrix;
 // weights and 8 inputs per load, which quarters the load instructions of the memory-bound decode;
 // ONE_TOKEN (TT = 1) serves passes of a single row, where the token tile would only add reduction
 // work. Both give each token the same sums in the same order.
-// coop (entry, with COOP, VEC8 and SPLIT_INPUTS; k a multiple of 32): the tensor-core path of the
+// coop (entry, with COOP and SPLIT_INPUTS; k a multiple of 32): the tensor-core path of the
 // `fast` precision (common/coop_tile.wgsl): TS tokens by TR rows per workgroup, inputs in two f16
 // parts (f16 inputs alone move the logits 30 times more), f32 sums. Grid: (ceil(rows / TR),
 // ceil(count / TS)).
@@ -18,6 +18,10 @@ enable wgpu_cooperative_matrix;
 #include "common/bf16.wgsl"
 
 #include "common/linear_params.wgsl"
+#ifdef COOP
+@group(0) @binding(2) var<storage, read> x: array<vec2<f32>>;
+@group(0) @binding(3) var<storage, read> w: array<u32>;
+#else
 #ifdef VEC8
 @group(0) @binding(2) var<storage, read> x: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read> w: array<vec4<u32>>;
@@ -25,10 +29,12 @@ enable wgpu_cooperative_matrix;
 @group(0) @binding(2) var<storage, read> x: array<f32>;
 @group(0) @binding(3) var<storage, read> w: array<u32>;
 #endif
+#endif
 @group(0) @binding(4) var<storage, read> bias: array<f32>;
 @group(0) @binding(5) var<storage, read_write> y: array<f32>;
 #include "common/linear_out.wgsl"
 
+#ifndef COOP
 const WG: u32 = 64u;
 const R: u32 = 4u;
 #include "common/token_tile.wgsl"
@@ -97,6 +103,7 @@ fn main(lanes: Lanes, @builtin(workgroup_id) wg: vec3<u32>) {
         }
     }
 }
+#endif
 
 #ifdef COOP
 // Tokens and rows per tile (the Rust side reads these lines).
@@ -111,51 +118,54 @@ var<private> tile_t0: u32;
 var<private> tile_row0: u32;
 var<private> tile_count: u32;
 
-// A thread's loads for one step (common/coop_tile.wgsl's items): a W item is one 16-byte load
-// of 8 bf16 weights, an X item two of 4 inputs; zeros past the k inputs.
+// A thread's loads for one step (common/coop_tile.wgsl's items): a W item's 8 weights are the
+// low and high bf16 of four words (two columns each), an X item's 8 inputs four pairs; zeros
+// past the k inputs.
 struct Fetch {
-    w: array<vec4<u32>, WI>,
-    x: array<vec4<f32>, 2u * XI>,
+    w: array<u32, 4u * WI>,
+    x: array<vec2<f32>, 4u * XI>,
 }
 
 fn fetch(lid: u32, step: u32) -> Fetch {
     var f: Fetch;
-    let units = p.k / 8u;
+    let half_k = p.k / 2u;
     for (var i = 0u; i < WI; i++) {
         let u = lid + i * TILE_WG;
         let row = tile_row0 + item_row(u);
-        let unit = step * 4u * KB + item_part(u);
-        if u < TR * 4u * KB && row < p.rows && unit < units {
-            f.w[i] = w[row * units + unit];
+        let col = step * 32u * KB + item_col(u, 0u);
+        if u < TR * 4u * KB && row < p.rows && col < p.k {
+            for (var q = 0u; q < 4u; q++) {
+                f.w[4u * i + q] = w[row * half_k + col / 2u + 4u * q];
+            }
         }
     }
     for (var i = 0u; i < XI; i++) {
         let u = lid + i * TILE_WG;
         let t = tile_t0 + item_row(u);
-        let unit = step * 4u * KB + item_part(u);
-        if u < TS * 4u * KB && t < tile_count && unit < units {
-            let at = t * (p.k / 4u) + unit * 2u;
-            f.x[2u * i] = x[at];
-            f.x[2u * i + 1u] = x[at + 1u];
+        let col = step * 32u * KB + item_col(u, 0u);
+        if u < TS * 4u * KB && t < tile_count && col < p.k {
+            for (var q = 0u; q < 4u; q++) {
+                f.x[4u * i + q] = x[t * half_k + col / 2u + 4u * q];
+            }
         }
     }
     return f;
 }
 
-fn weights8(f: Fetch, i: u32) -> array<f32, 8> {
+fn weights8(f: Fetch, i: u32, u: u32) -> array<f32, 8> {
     var v: array<f32, 8>;
-    for (var c = 0u; c < 4u; c++) {
-        v[2u * c] = bf16_lo(f.w[i][c]);
-        v[2u * c + 1u] = bf16_hi(f.w[i][c]);
+    for (var q = 0u; q < 4u; q++) {
+        v[2u * q] = bf16_lo(f.w[4u * i + q]);
+        v[2u * q + 1u] = bf16_hi(f.w[4u * i + q]);
     }
     return v;
 }
 
-fn inputs8(f: Fetch, i: u32) -> array<f32, 8> {
+fn inputs8(f: Fetch, i: u32, u: u32) -> array<f32, 8> {
     var v: array<f32, 8>;
-    for (var c = 0u; c < 4u; c++) {
-        v[c] = f.x[2u * i][c];
-        v[c + 4u] = f.x[2u * i + 1u][c];
+    for (var q = 0u; q < 4u; q++) {
+        v[2u * q] = f.x[4u * i + q].x;
+        v[2u * q + 1u] = f.x[4u * i + q].y;
     }
     return v;
 }

@@ -152,6 +152,11 @@ fn load_slots(lid: u32, e: u32, j0: u32, live: u32) {
     }
 }
 
+// Two e2m1 codes (the low nibbles of the two bytes of q) as values times 2^-14 (fp4_pair).
+fn fp4_two(q: u32) -> vec2<f32> {
+    return fp4_pair((q & 0xfu) | ((q & 0xf0u) << 12u));
+}
+
 #ifdef COOP
 // One block a step: two made gate_up slower (197 -> 287 ms of a 2048-token pass on the H200)
 // and down faster on long passes but slower on a batch-64 decode step (PERF.md v0.15).
@@ -168,11 +173,12 @@ struct Job {
 }
 var<private> job: Job;
 
-// A thread's loads for one step (common/coop_tile.wgsl's items): a W item is word w % 4 (8
-// codes) of block w / 4 of the step (w = item_part(u)) of row item_row(u) and its scale; an X item
-// 4 pairs of the slot's inputs; zeros past the row's blocks.
+// A thread's loads for one step (common/coop_tile.wgsl's items): a W item's 8 weights are byte
+// item_part(u) % 4 of each word of an MXFP4 block (the lanes of a block share its 16-byte load),
+// with the block's scale; an X item's 8 inputs four pairs of the slot's; zeros past the row's
+// blocks.
 struct Fetch {
-    words: array<u32, WI>,
+    blocks: array<vec4<u32>, WI>,
     scales: array<f32, WI>,
     xs: array<vec2<f32>, 4u * XI>,
 }
@@ -185,7 +191,7 @@ fn fetch(lid: u32, step: u32) -> Fetch {
         let b = step * KB + item_part(u) / 4u;
         if u < TR * 4u * KB && row < job.rows && b < job.n_blocks {
             let blk = (job.e_local * job.rows + row) * job.n_blocks + b;
-            f.words[i] = blocks[blk][item_part(u) % 4u];
+            f.blocks[i] = blocks[blk];
             f.scales[i] = mx_scale(byte_of(scales[blk / 4u], blk));
         }
     }
@@ -195,9 +201,9 @@ fn fetch(lid: u32, step: u32) -> Fetch {
         if u < TS * 4u * KB && b < job.n_blocks {
             let slot = tile_slot[item_row(u)];
             if slot != NONE {
-                let at = input_base(slot) / 2u + b * 16u + (item_part(u) % 4u) * 4u;
-                for (var c = 0u; c < 4u; c++) {
-                    f.xs[4u * i + c] = input(at + c);
+                let at = input_base(slot) / 2u + b * 16u + item_part(u) % 4u;
+                for (var q = 0u; q < 4u; q++) {
+                    f.xs[4u * i + q] = input(at + 4u * q);
                 }
             }
         }
@@ -205,22 +211,23 @@ fn fetch(lid: u32, step: u32) -> Fetch {
     return f;
 }
 
-// Item i's 8 weights: codes j and j + 4 sit 16 bits apart in the word.
-fn weights8(f: Fetch, i: u32) -> array<f32, 8> {
+// Item i's 8 weights: byte item_part(u) % 4 of each word, low nibble first.
+fn weights8(f: Fetch, i: u32, u: u32) -> array<f32, 8> {
     var v: array<f32, 8>;
-    for (var j = 0u; j < 4u; j++) {
-        let pair = fp4_pair((f.words[i] >> (4u * j)) & 0x000f000fu) * f.scales[i];
-        v[j] = pair.x;
-        v[j + 4u] = pair.y;
+    let shift = 8u * (item_part(u) % 4u);
+    for (var q = 0u; q < 4u; q++) {
+        let pair = fp4_two(f.blocks[i][q] >> shift) * f.scales[i];
+        v[2u * q] = pair.x;
+        v[2u * q + 1u] = pair.y;
     }
     return v;
 }
 
-fn inputs8(f: Fetch, i: u32) -> array<f32, 8> {
+fn inputs8(f: Fetch, i: u32, u: u32) -> array<f32, 8> {
     var v: array<f32, 8>;
-    for (var c = 0u; c < 4u; c++) {
-        v[2u * c] = f.xs[4u * i + c].x;
-        v[2u * c + 1u] = f.xs[4u * i + c].y;
+    for (var q = 0u; q < 4u; q++) {
+        v[2u * q] = f.xs[4u * i + q].x;
+        v[2u * q + 1u] = f.xs[4u * i + q].y;
     }
     return v;
 }
@@ -247,10 +254,6 @@ var<workgroup> w_tile: array<vec4<f32>, 32u * TR / 4u>;
 // [k][TS / 4]: slots 4q .. 4q + 3 of the tile at input k of the block.
 var<workgroup> x_tile: array<vec4<f32>, 32u * TS / 4u>;
 
-// Two e2m1 codes (the low nibbles of the two bytes of q) as values times 2^-14 (fp4_pair).
-fn fp4_two(q: u32) -> vec2<f32> {
-    return fp4_pair((q & 0xfu) | ((q & 0xf0u) << 12u));
-}
 
 // The tile's products: slots tile_slot[..] by rows [row0, row0 + TR) of the expert's `rows`
 // (k inputs), handed to store_slot_rows. Thread lid accumulates slots 4 sq .. 4 sq + 3 by rows

@@ -2,26 +2,30 @@
 // workgroup multiplies the TS inputs of its tile (expert slots or tokens) by TR rows of a weight
 // matrix, KS = 32 KB inputs of each at a time (KB MXFP4 blocks). Each step the includer's
 // fetch(lid, step) brings the next KS columns of both operands into registers while the tensor
-// cores multiply the current ones, and
-// stash() writes them to workgroup memory as f16 (the includer's weights8 and inputs8 turn what
-// was fetched for an item into 8 values): weights as they are (bf16 and scaled e2m1
-// values are exact in f16 within its range), inputs through put_x: with SPLIT_INPUTS (a define,
-// not a branch: no control flow around the matrix operations) as two f16
-// parts (high and the rest) multiplied one after the other, so that inputs keep about 22 bits
-// instead of f16's 11 (on the parity checkpoint the dense layers' f16 inputs move the logits by
-// 1.7e-2 relative L2, split ones by 6e-4; the experts' f16 inputs add little: PERF.md v0.12).
-// Subgroups of 32 each
-// own 16 inputs by 64 rows (four 16 x 16 f32 accumulators); results leave through the includer's
-// store_rows(j, row, v): input j of the tile, rows row and row + 1. The includer enables f16 and
+// cores multiply the current ones, and stash() writes them to workgroup memory as f16 (the
+// includer's weights8 and inputs8 turn what was fetched for item u into its 8 values, value j
+// for column item_col(u, j)): weights as they are (bf16 and scaled e2m1 values are exact in f16
+// within its range), inputs through put_x: with SPLIT_INPUTS (a define, not a branch: no control
+// flow around the matrix operations) as two f16 parts (high and the rest) multiplied one after
+// the other, so that inputs keep about 22 bits instead of f16's 11 (on the parity checkpoint the
+// dense layers' f16 inputs move the logits by 1.7e-2 relative L2, split ones by 6e-4; the
+// experts' f16 inputs add little: PERF.md v0.12). Subgroups of 32 each own 16 inputs by 64 rows
+// (four 16 x 16 f32 accumulators); results leave through the includer's store_rows(j, row, v):
+// input j of the tile, rows row and row + 1. The includer enables f16 and
 // wgpu_cooperative_matrix and defines TS and TR (multiples of 16 and 64), KB (blocks of 32 inputs
 // per step: more halve the steps and their barriers and put more bytes in flight per step, but
 // take more registers and workgroup memory; PERF.md v0.15), Fetch, fetch(lid, step),
-// weights8(f, i), inputs8(f, i) and store_rows, and runs TILE_WG invocations per workgroup.
+// weights8(f, i, u), inputs8(f, i, u) and store_rows, and runs TILE_WG invocations per workgroup.
 const TILE_WG: u32 = 32u * (TS / 16u) * (TR / 64u);
 const KS: u32 = 32u * KB;
-// A thread's items per step: item u of the W tile is the 8 weights item_part(u) (of 4 KB) of
-// tile row item_row(u), item u of the X tile the same 8 inputs of tile input item_row(u); thread
-// lid has items lid + i TILE_WG.
+// A thread's items per step: item u of the W tile is 8 weights of tile row item_row(u), item u of
+// the X tile the same 8 inputs of tile input item_row(u); thread lid has items lid + i TILE_WG.
+// Value j (j = 2 q + e, q < 4, e < 2) of an item is column item_col(u, j) of the step: the item's
+// block kb = item_part(u) / 4 and lane b = item_part(u) % 4 take columns 8 q + 2 b + e of the
+// block, so each of stash()'s eight stores writes two-byte values whose 32 lanes (8 rows of 4
+// lanes) fall in 32 different memory banks. With each item's 8 columns adjacent instead, the 4
+// lanes of a row hit one bank (4-way conflicts), and those stores bounded the expert tiles: a
+// fourth of the work of a step (PERF.md v0.16).
 const WI: u32 = (TR * 4u * KB + TILE_WG - 1u) / TILE_WG;
 const XI: u32 = (TS * 4u * KB + TILE_WG - 1u) / TILE_WG;
 
@@ -29,31 +33,39 @@ fn item_row(u: u32) -> u32 {
     return u / (4u * KB);
 }
 
-// Which 8 of the step's KS columns; 8-column unit step * 4 KB + item_part(u) of the matrix.
+// Which of the step's KB blocks (item_part(u) / 4) and which lane of the block's four.
 fn item_part(u: u32) -> u32 {
     return u % (4u * KB);
 }
 
+fn item_col(u: u32, j: u32) -> u32 {
+    let part = item_part(u);
+    return 32u * (part / 4u) + 8u * (j / 2u) + 2u * (part % 4u) + j % 2u;
+}
+
 // [input][k] (high and low parts) and [row][k] of the step, rows KP apart: the padding spreads
-// a fragment's 16 rows over the memory banks.
+// a fragment's 16 rows over the memory banks. Stored as pairs of columns, so that a store moves
+// two values (a four-byte store instead of two two-byte ones: fewer instructions for the same
+// bytes); the matrix loads read them as f16 with strides and offsets counted in pairs.
 const KP: u32 = KS + 8u;
-var<workgroup> x_hi: array<f16, TS * KP>;
+const KP2: u32 = KP / 2u;
+var<workgroup> x_hi: array<vec2<f16>, TS * KP2>;
 #ifdef SPLIT_INPUTS
-var<workgroup> x_lo: array<f16, TS * KP>;
+var<workgroup> x_lo: array<vec2<f16>, TS * KP2>;
 #endif
-var<workgroup> w_h: array<f16, TR * KP>;
+var<workgroup> w_h: array<vec2<f16>, TR * KP2>;
 // Per subgroup, one 16 x 16 accumulator tile [input][row] on its way out.
 var<workgroup> stage: array<f32, (TILE_WG / 32u) * 256u>;
 
-fn to_h(v: f32) -> f16 {
-    return f16(clamp(v, -65504.0, 65504.0));
+fn to_h(v: vec2<f32>) -> vec2<f16> {
+    return vec2<f16>(clamp(v, vec2<f32>(-65504.0), vec2<f32>(65504.0)));
 }
 
-// Input element i of the tile as a high part (v's top 11 significant bits, exact in f16 within
-// its range) and the rest (exact in f32, rounded to f16 at 2^-11 of itself: 2^-22 of v).
-fn put_x(i: u32, v: f32) {
+// Input pair i of the tile as a high part (each value's top 11 significant bits, exact in f16
+// within its range) and the rest (exact in f32, rounded to f16 at 2^-11 of itself: 2^-22 of v).
+fn put_x(i: u32, v: vec2<f32>) {
 #ifdef SPLIT_INPUTS
-    let hi = bitcast<f32>(bitcast<u32>(v) & 0xffffe000u);
+    let hi = bitcast<vec2<f32>>(bitcast<vec2<u32>>(v) & vec2<u32>(0xffffe000u));
     x_hi[i] = to_h(hi);
     x_lo[i] = to_h(v - hi);
 #else
@@ -66,20 +78,20 @@ fn stash(lid: u32, f: Fetch) {
     for (var i = 0u; i < WI; i++) {
         let u = lid + i * TILE_WG;
         if u < TR * 4u * KB {
-            let at = item_row(u) * KP + item_part(u) * 8u;
-            let v = weights8(f, i);
-            for (var c = 0u; c < 8u; c++) {
-                w_h[at + c] = to_h(v[c]);
+            let v = weights8(f, i, u);
+            for (var q = 0u; q < 4u; q++) {
+                let at = (item_row(u) * KP + item_col(u, 2u * q)) / 2u;
+                w_h[at] = to_h(vec2<f32>(v[2u * q], v[2u * q + 1u]));
             }
         }
     }
     for (var i = 0u; i < XI; i++) {
         let u = lid + i * TILE_WG;
         if u < TS * 4u * KB {
-            let at = item_row(u) * KP + item_part(u) * 8u;
-            let v = inputs8(f, i);
-            for (var c = 0u; c < 8u; c++) {
-                put_x(at + c, v[c]);
+            let v = inputs8(f, i, u);
+            for (var q = 0u; q < 4u; q++) {
+                let at = (item_row(u) * KP + item_col(u, 2u * q)) / 2u;
+                put_x(at, vec2<f32>(v[2u * q], v[2u * q + 1u]));
             }
         }
     }
@@ -120,19 +132,19 @@ fn coop_products(lid: u32, row0: u32, n_blocks: u32) {
             f = fetch(lid, b + 1u);
         }
         workgroupBarrier();
-        for (var kk = 0u; kk < KS; kk += 16u) {
-            let a_hi = coopLoadT<coop_mat16x16<f16, A>>(&x_hi[16u * ss * KP + kk], KP);
-            let w0 = 64u * sr * KP + kk;
-            let b0 = coopLoad<coop_mat16x16<f16, B>>(&w_h[w0], KP);
-            let b1 = coopLoad<coop_mat16x16<f16, B>>(&w_h[w0 + 16u * KP], KP);
-            let b2 = coopLoad<coop_mat16x16<f16, B>>(&w_h[w0 + 32u * KP], KP);
-            let b3 = coopLoad<coop_mat16x16<f16, B>>(&w_h[w0 + 48u * KP], KP);
+        for (var kk = 0u; kk < KS / 2u; kk += 8u) {
+            let a_hi = coopLoadT<coop_mat16x16<f16, A>>(&x_hi[16u * ss * KP2 + kk], KP2);
+            let w0 = 64u * sr * KP2 + kk;
+            let b0 = coopLoad<coop_mat16x16<f16, B>>(&w_h[w0], KP2);
+            let b1 = coopLoad<coop_mat16x16<f16, B>>(&w_h[w0 + 16u * KP2], KP2);
+            let b2 = coopLoad<coop_mat16x16<f16, B>>(&w_h[w0 + 32u * KP2], KP2);
+            let b3 = coopLoad<coop_mat16x16<f16, B>>(&w_h[w0 + 48u * KP2], KP2);
             c0 = coopMultiplyAdd(a_hi, b0, c0);
             c1 = coopMultiplyAdd(a_hi, b1, c1);
             c2 = coopMultiplyAdd(a_hi, b2, c2);
             c3 = coopMultiplyAdd(a_hi, b3, c3);
 #ifdef SPLIT_INPUTS
-            let a_lo = coopLoadT<coop_mat16x16<f16, A>>(&x_lo[16u * ss * KP + kk], KP);
+            let a_lo = coopLoadT<coop_mat16x16<f16, A>>(&x_lo[16u * ss * KP2 + kk], KP2);
             c0 = coopMultiplyAdd(a_lo, b0, c0);
             c1 = coopMultiplyAdd(a_lo, b1, c1);
             c2 = coopMultiplyAdd(a_lo, b2, c2);

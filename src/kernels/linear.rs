@@ -4,7 +4,7 @@
 
 use crate::error::{Error, Result};
 use crate::gpu::shader::wgsl_const;
-use crate::gpu::{Count, Dispatch, Gpu, Split};
+use crate::gpu::{Count, Dispatch, Gpu, ShaderKey, Split};
 
 use super::VEC_MAX_TOKENS;
 
@@ -161,8 +161,7 @@ pub fn build_tiled(
     let key = super::key(gpu, "linear.wgsl", "main").define_if("VEC8", l.k.is_multiple_of(8));
     let one = key.clone().define_if("ONE_TOKEN", true);
     let coop = l.coop && l.k.is_multiple_of(32);
-    let coop_key = super::key(gpu, "linear.wgsl", "coop")
-        .define_if("VEC8", true)
+    let coop_key = ShaderKey::new("linear.wgsl", "coop")
         .define_if("COOP", true)
         .define_if("SPLIT_INPUTS", true);
     let (coop_rows, coop_tokens) = (

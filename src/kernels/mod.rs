@@ -55,12 +55,6 @@ pub fn all_variants() -> Vec<ShaderKey> {
         out.push(k("rmsnorm.wgsl", "main"));
         out.push(k("linear.wgsl", "main"));
         out.push(k("linear.wgsl", "main").define_if("VEC8", true));
-        out.push(
-            k("linear.wgsl", "coop")
-                .define_if("VEC8", true)
-                .define_if("COOP", true)
-                .define_if("SPLIT_INPUTS", true),
-        );
         out.push(k("linear.wgsl", "main").define_if("ONE_TOKEN", true));
         out.push(
             k("linear.wgsl", "main")
@@ -98,6 +92,11 @@ pub fn all_variants() -> Vec<ShaderKey> {
         out.push(ShaderKey::new("moe.wgsl", "route").define_if("ROUTE", true));
         out.push(ShaderKey::new("moe.wgsl", "combine").define_if("COMBINE", true));
     }
+    out.push(
+        ShaderKey::new("linear.wgsl", "coop")
+            .define_if("COOP", true)
+            .define_if("SPLIT_INPUTS", true),
+    );
     for coop in [false, true] {
         let moe = |entry, define| {
             ShaderKey::new("moe.wgsl", entry)
