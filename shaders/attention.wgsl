@@ -1,3 +1,6 @@
+#ifdef COOP
+enable wgpu_cooperative_matrix;
+#endif
 // Causal attention with sinks, sliding window and GQA for passes of many tokens (prefill).
 // Query head h reads KV head h / (NH / NKV). The sink is a learned logit per head that joins the
 // softmax denominator only: p_j = exp(s_j - m) / (sum exp(s_j - m) + exp(sink - m)). Starting the
@@ -13,23 +16,45 @@
 //   every key and value it loads: keys stream through workgroup memory BK at a time, each row
 //   keeps an online softmax (flash attention). A row's TPR threads each score BK / TPR keys
 //   and accumulate every TPR-th 4 output dims. Grid: (NKV, ceil(T / (ROWS / G))).
-// Variants: KV_F16 (cache stored in f16, math in f32).
+// coop (COOP, with KV_F16; head dim TD, GQA groups dividing QR): the tensor-core twin of tiled for
+//   the `fast` precision: QR query rows (QR / G tokens, the G heads of one KV head each) per
+//   workgroup, BK keys a step; S = Q K^T and O += P V on 16x16x16 f16 matrices with f32 sums, the
+//   online softmax in f32 between them (q scaled, then rounded to f16; p rounded to f16 for the
+//   product). Grid: (NKV, ceil(T / (QR / G))).
+// Variants: KV_F16 (cache stored in f16, math in f32); COOP (the coop entry only).
 #include "common/kv_table.wgsl"
 #include "common/step.wgsl"
 
 #include "common/attention_params.wgsl"
 @group(0) @binding(2) var<storage, read> tokens: array<TokenInfo>;
+@group(0) @binding(6) var<storage, read> sinks: array<f32>;
+@group(0) @binding(8) var<storage, read> kv_table: array<u32>;
+#ifdef COOP
+@group(0) @binding(3) var<storage, read> qkv: array<vec4<f32>>;
+@group(0) @binding(4) var<storage, read> k_cache: array<vec4<kv>>;
+@group(0) @binding(5) var<storage, read> v_cache: array<vec4<kv>>;
+@group(0) @binding(7) var<storage, read_write> out: array<vec4<f32>>;
+#else
 @group(0) @binding(3) var<storage, read> qkv: array<f32>;
 @group(0) @binding(4) var<storage, read> k_cache: array<vec4<kv>>;
 @group(0) @binding(5) var<storage, read> v_cache: array<kv>;
-@group(0) @binding(6) var<storage, read> sinks: array<f32>;
 @group(0) @binding(7) var<storage, read_write> out: array<f32>;
-@group(0) @binding(8) var<storage, read> kv_table: array<u32>;
+#endif
 
+const NEG: f32 = -3.0e38;
+
+// The visible keys of a token: [first, pos].
+fn first_key(pos: u32) -> u32 {
+    if p.window > 0u && pos + 1u > p.window {
+        return pos + 1u - p.window;
+    }
+    return 0u;
+}
+
+#ifndef COOP
 const WG: u32 = 64u;
 const MAX_D: u32 = 256u;
 const DPT: u32 = MAX_D / WG;
-const NEG: f32 = -3.0e38;
 
 var<workgroup> qs: array<vec4<f32>, MAX_D / 4u>;
 var<workgroup> score: array<f32, WG>;
@@ -118,14 +143,6 @@ const TD: u32 = 64u;
 var<workgroup> k_tile: array<vec4<f32>, BK * TD / 4u>;
 var<workgroup> v_tile: array<vec4<f32>, BK * TD / 4u>;
 var<workgroup> s_tile: array<f32, ROWS * BK>;
-
-// The visible keys of a token: [first, pos].
-fn first_key(pos: u32) -> u32 {
-    if p.window > 0u && pos + 1u > p.window {
-        return pos + 1u - p.window;
-    }
-    return 0u;
-}
 
 @compute @workgroup_size(ROWS * TPR)
 fn tiled(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>) {
@@ -237,3 +254,181 @@ fn tiled(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: v
         }
     }
 }
+#endif
+
+#ifdef COOP
+// The coop kernel's shape: query rows per workgroup (four subgroups of 16 rows), keys a step, and
+// the head dim it takes (the Rust side reads QR and CD).
+const QR: u32 = 64u;
+const CK: u32 = 32u;
+const CD: u32 = 64u;
+const CWG: u32 = 128u;
+// Tile rows in vec4<f16> units, padded by 8 values so that a fragment's 16 rows spread over the
+// memory banks.
+const DP4: u32 = (CD + 8u) / 4u;
+const PP4: u32 = (CK + 8u) / 4u;
+var<workgroup> q_s: array<vec4<f16>, QR * DP4>;
+var<workgroup> k_s: array<vec4<f16>, CK * DP4>;
+var<workgroup> v_s: array<vec4<f16>, CK * DP4>;
+var<workgroup> p_s: array<vec4<f16>, QR * PP4>;
+// A step's scores [row][key] (CK wide), then its P V [row][dim] (CD wide).
+var<workgroup> stage: array<f32, QR * CD>;
+
+fn to_h4(v: vec4<f32>) -> vec4<f16> {
+    return vec4<f16>(clamp(v, vec4<f32>(-65504.0), vec4<f32>(65504.0)));
+}
+
+// A thread's share of one step's keys and values: 4 dims of keys u / (CD / 4) for items
+// u = lid + n CWG (zeros past k_hi).
+const KV_ITEMS: u32 = CK * CD / 4u / CWG;
+struct KvFetch {
+    k: array<vec4<kv>, KV_ITEMS>,
+    v: array<vec4<kv>, KV_ITEMS>,
+}
+
+fn kv_fetch(lid: u32, seq: u32, kvh: u32, kb: u32, k_hi: u32) -> KvFetch {
+    var f: KvFetch;
+    for (var n = 0u; n < KV_ITEMS; n++) {
+        let u = lid + n * CWG;
+        let j = u / (CD / 4u);
+        if kb + j <= k_hi {
+            let at = kv_at(seq, kb + j, kvh) / 4u + u % (CD / 4u);
+            f.k[n] = k_cache[at];
+            f.v[n] = v_cache[at];
+        }
+    }
+    return f;
+}
+
+fn kv_stash(lid: u32, f: KvFetch) {
+    for (var n = 0u; n < KV_ITEMS; n++) {
+        let u = lid + n * CWG;
+        let at = (u / (CD / 4u)) * DP4 + u % (CD / 4u);
+        k_s[at] = f.k[n];
+        v_s[at] = f.v[n];
+    }
+}
+
+@compute @workgroup_size(CWG)
+fn coop(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>) {
+    let group = p.n_heads / p.n_kv;
+    let per_wg = QR / group;
+    let kvh = wg.x;
+    let t0 = wg.y * per_wg;
+    let t_end = min(t0 + per_wg, step.tokens);
+    // Subgroup sg multiplies rows 16 sg ..; thread lid keeps row r's softmax state (with its
+    // partner lid ^ 1) and output dims 32 hh .. 32 hh + 31, and scores keys 16 hh .. of a step.
+    let sg = lid / 32u;
+    let r = lid / 2u;
+    let hh = lid % 2u;
+    let tq = t0 + r / group;
+    let h = kvh * group + r % group;
+    let live = tq < t_end;
+    for (var u = lid; u < QR * CD / 4u; u += CWG) {
+        let row = u / (CD / 4u);
+        let t = t0 + row / group;
+        var qv = vec4<f32>(0.0);
+        if t < t_end {
+            let hq = kvh * group + row % group;
+            qv = qkv[(t * (p.n_heads + 2u * p.n_kv) + hq) * (CD / 4u) + u % (CD / 4u)] * p.scale;
+        }
+        q_s[row * DP4 + u % (CD / 4u)] = to_h4(qv);
+    }
+    var tok: TokenInfo;
+    var m = 0.0;
+    if live {
+        tok = tokens[tq];
+        m = sinks[h];
+    }
+    let lo = first_key(tok.pos);
+    var l = 1.0;
+    var o: array<vec4<f32>, CD / 8u>;
+    workgroupBarrier();
+    let q0 = 16u * sg * DP4;
+    let qa0 = coopLoadT<coop_mat16x16<f16, A>>(&q_s[q0], DP4);
+    let qa1 = coopLoadT<coop_mat16x16<f16, A>>(&q_s[q0 + 4u], DP4);
+    let qa2 = coopLoadT<coop_mat16x16<f16, A>>(&q_s[q0 + 8u], DP4);
+    let qa3 = coopLoadT<coop_mat16x16<f16, A>>(&q_s[q0 + 12u], DP4);
+    // The tile's tokens, run by run of one sequence: a run's rows share its keys.
+    var ta = t0;
+    while ta < t_end {
+        let seq = tokens[ta].seq;
+        var tb = ta;
+        var k_lo = 0xffffffffu;
+        var k_hi = 0u;
+        while tb < t_end && tokens[tb].seq == seq {
+            k_lo = min(k_lo, first_key(tokens[tb].pos));
+            k_hi = max(k_hi, tokens[tb].pos);
+            tb++;
+        }
+        let mine = live && tq >= ta && tq < tb;
+        var f = kv_fetch(lid, seq, kvh, k_lo, k_hi);
+        for (var kb = k_lo; kb <= k_hi; kb += CK) {
+            workgroupBarrier();
+            kv_stash(lid, f);
+            if kb + CK <= k_hi {
+                f = kv_fetch(lid, seq, kvh, kb + CK, k_hi);
+            }
+            workgroupBarrier();
+            // S = Q K^T: this subgroup's 16 rows by the step's keys, 16 at a time.
+            for (var n = 0u; n < CK / 16u; n++) {
+                let k0 = 16u * n * DP4;
+                var s = coop_mat16x16<f32, C>();
+                s = coopMultiplyAdd(qa0, coopLoad<coop_mat16x16<f16, B>>(&k_s[k0], DP4), s);
+                s = coopMultiplyAdd(qa1, coopLoad<coop_mat16x16<f16, B>>(&k_s[k0 + 4u], DP4), s);
+                s = coopMultiplyAdd(qa2, coopLoad<coop_mat16x16<f16, B>>(&k_s[k0 + 8u], DP4), s);
+                s = coopMultiplyAdd(qa3, coopLoad<coop_mat16x16<f16, B>>(&k_s[k0 + 12u], DP4), s);
+                coopStoreT(s, &stage[16u * sg * CK + 16u * n], CK);
+            }
+            workgroupBarrier();
+            // The online softmax of row r over keys 16 hh .. 16 hh + 15 of the step, its state
+            // shared with the partner thread.
+            var sc: array<vec4<f32>, 4>;
+            var mx = NEG;
+            for (var a = 0u; a < 4u; a++) {
+                let at = r * CK + 16u * hh + 4u * a;
+                for (var c = 0u; c < 4u; c++) {
+                    let key = kb + 16u * hh + 4u * a + c;
+                    let ok = mine && key >= lo && key <= tok.pos;
+                    sc[a][c] = select(NEG, stage[at + c], ok);
+                }
+                mx = max(mx, max(max(sc[a].x, sc[a].y), max(sc[a].z, sc[a].w)));
+            }
+            mx = max(mx, subgroupShuffleXor(mx, 1u));
+            let m_new = max(m, mx);
+            let corr = exp(m - m_new);
+            var ps = 0.0;
+            for (var a = 0u; a < 4u; a++) {
+                let pv = exp(sc[a] - m_new);
+                ps += pv.x + pv.y + pv.z + pv.w;
+                p_s[r * PP4 + 4u * hh + a] = vec4<f16>(pv);
+            }
+            ps += subgroupShuffleXor(ps, 1u);
+            l = l * corr + ps;
+            m = m_new;
+            workgroupBarrier();
+            // This step's P V: 16 rows by the 64 dims, 16 at a time.
+            let pa0 = coopLoadT<coop_mat16x16<f16, A>>(&p_s[16u * sg * PP4], PP4);
+            let pa1 = coopLoadT<coop_mat16x16<f16, A>>(&p_s[16u * sg * PP4 + 4u], PP4);
+            for (var n = 0u; n < CD / 16u; n++) {
+                var pv = coop_mat16x16<f32, C>();
+                pv = coopMultiplyAdd(pa0, coopLoadT<coop_mat16x16<f16, B>>(&v_s[4u * n], DP4), pv);
+                pv = coopMultiplyAdd(pa1, coopLoadT<coop_mat16x16<f16, B>>(&v_s[16u * DP4 + 4u * n], DP4), pv);
+                coopStoreT(pv, &stage[16u * sg * CD + 16u * n], CD);
+            }
+            workgroupBarrier();
+            for (var a = 0u; a < CD / 8u; a++) {
+                let at = r * CD + 32u * hh + 4u * a;
+                o[a] = o[a] * corr + vec4<f32>(stage[at], stage[at + 1u], stage[at + 2u], stage[at + 3u]);
+            }
+        }
+        ta = tb;
+    }
+    if live {
+        let o0 = ((tq * p.n_heads + h) * CD + 32u * hh) / 4u;
+        for (var a = 0u; a < CD / 8u; a++) {
+            out[o0 + a] = o[a] / l;
+        }
+    }
+}
+#endif

@@ -122,6 +122,11 @@ pub fn all_variants() -> Vec<ShaderKey> {
             );
         }
     }
+    out.push(
+        ShaderKey::new("attention.wgsl", "coop")
+            .define_if("KV_F16", true)
+            .define_if("COOP", true),
+    );
     out.push(ShaderKey::new("attention_split.wgsl", "merge").define_if("MERGE", true));
     out
 }

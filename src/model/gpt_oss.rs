@@ -356,6 +356,7 @@ impl Graph<'_> {
                 _pad: [0; 2],
             },
             self.kv_f16,
+            self.coop,
         )?);
         ds.extend(linear::build(
             g,
