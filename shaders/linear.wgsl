@@ -152,20 +152,18 @@ fn fetch(lid: u32, step: u32) -> Fetch {
     return f;
 }
 
-fn weights8(f: Fetch, i: u32, u: u32) -> array<f32, 8> {
-    var v: array<f32, 8>;
+fn weights8(f: Fetch, i: u32, u: u32) -> array<vec2<f16>, 4> {
+    var v: array<vec2<f16>, 4>;
     for (var q = 0u; q < 4u; q++) {
-        v[2u * q] = bf16_lo(f.w[4u * i + q]);
-        v[2u * q + 1u] = bf16_hi(f.w[4u * i + q]);
+        v[q] = to_h(vec2<f32>(bf16_lo(f.w[4u * i + q]), bf16_hi(f.w[4u * i + q])));
     }
     return v;
 }
 
-fn inputs8(f: Fetch, i: u32, u: u32) -> array<f32, 8> {
-    var v: array<f32, 8>;
+fn inputs8(f: Fetch, i: u32, u: u32) -> array<vec2<f32>, 4> {
+    var v: array<vec2<f32>, 4>;
     for (var q = 0u; q < 4u; q++) {
-        v[2u * q] = f.x[4u * i + q].x;
-        v[2u * q + 1u] = f.x[4u * i + q].y;
+        v[q] = f.x[4u * i + q];
     }
     return v;
 }

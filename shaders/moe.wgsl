@@ -175,11 +175,11 @@ var<private> job: Job;
 
 // A thread's loads for one step (common/coop_tile.wgsl's items): a W item's 8 weights are byte
 // item_part(u) % 4 of each word of an MXFP4 block (the lanes of a block share its 16-byte load),
-// with the block's scale; an X item's 8 inputs four pairs of the slot's; zeros past the row's
-// blocks.
+// with the block's scale byte; an X item's 8 inputs four pairs of the slot's; zeros past the
+// row's blocks.
 struct Fetch {
     blocks: array<vec4<u32>, WI>,
-    scales: array<f32, WI>,
+    scales: array<u32, WI>,
     xs: array<vec2<f32>, 4u * XI>,
 }
 
@@ -192,7 +192,7 @@ fn fetch(lid: u32, step: u32) -> Fetch {
         if u < TR * 4u * KB && row < job.rows && b < job.n_blocks {
             let blk = (job.e_local * job.rows + row) * job.n_blocks + b;
             f.blocks[i] = blocks[blk];
-            f.scales[i] = mx_scale(byte_of(scales[blk / 4u], blk));
+            f.scales[i] = byte_of(scales[blk / 4u], blk);
         }
     }
     for (var i = 0u; i < XI; i++) {
@@ -211,23 +211,34 @@ fn fetch(lid: u32, step: u32) -> Fetch {
     return f;
 }
 
-// Item i's 8 weights: byte item_part(u) % 4 of each word, low nibble first.
-fn weights8(f: Fetch, i: u32, u: u32) -> array<f32, 8> {
-    var v: array<f32, 8>;
+// 2^n as f16, n in [-14, 15].
+fn pow2_h(n: i32) -> f16 {
+    return f16(bitcast<f32>(u32(n + 127) << 23u));
+}
+
+// Item i's 8 weights: byte item_part(u) % 4 of each word, low nibble first, decoded and scaled in
+// f16: a code times 2^-14 (fp4_pair's f16 values, which come back to f16 unchanged) times
+// 2^(s - 127 + 14) in two exact power-of-two steps that each fit f16's exponent range; the clamp
+// keeps values beyond f16's range finite, as rounding from f32 does.
+fn weights8(f: Fetch, i: u32, u: u32) -> array<vec2<f16>, 4> {
+    var v: array<vec2<f16>, 4>;
     let shift = 8u * (item_part(u) % 4u);
+    let n = i32(f.scales[i]) - 113;
+    let na = clamp(n, -14, 15);
+    let sa = pow2_h(na);
+    let sb = pow2_h(clamp(n - na, -14, 15));
     for (var q = 0u; q < 4u; q++) {
-        let pair = fp4_two(f.blocks[i][q] >> shift) * f.scales[i];
-        v[2u * q] = pair.x;
-        v[2u * q + 1u] = pair.y;
+        let c = f.blocks[i][q] >> shift;
+        let pair = vec2<f16>(fp4_pair((c & 0xfu) | ((c & 0xf0u) << 12u)));
+        v[q] = clamp(pair * sa * sb, vec2<f16>(-65504.0h), vec2<f16>(65504.0h));
     }
     return v;
 }
 
-fn inputs8(f: Fetch, i: u32, u: u32) -> array<f32, 8> {
-    var v: array<f32, 8>;
+fn inputs8(f: Fetch, i: u32, u: u32) -> array<vec2<f32>, 4> {
+    var v: array<vec2<f32>, 4>;
     for (var q = 0u; q < 4u; q++) {
-        v[2u * q] = f.xs[4u * i + q].x;
-        v[2u * q + 1u] = f.xs[4u * i + q].y;
+        v[q] = f.xs[4u * i + q];
     }
     return v;
 }

@@ -3,9 +3,9 @@
 // matrix, KS = 32 KB inputs of each at a time (KB MXFP4 blocks). Each step the includer's
 // fetch(lid, step) brings the next KS columns of both operands into registers while the tensor
 // cores multiply the current ones, and stash() writes them to workgroup memory as f16 (the
-// includer's weights8 and inputs8 turn what was fetched for item u into its 8 values, value j
-// for column item_col(u, j)): weights as they are (bf16 and scaled e2m1 values are exact in f16
-// within its range), inputs through put_x: with SPLIT_INPUTS (a define, not a branch: no control
+// includer's weights8 and inputs8 turn what was fetched for item u into its 8 values as 4
+// pairs, value j for column item_col(u, j)): weights as f16 (bf16 and scaled e2m1 values are
+// exact in f16 within its range; to_h clamps beyond it), inputs in f32 through put_x: with SPLIT_INPUTS (a define, not a branch: no control
 // flow around the matrix operations) as two f16 parts (high and the rest) multiplied one after
 // the other, so that inputs keep about 22 bits instead of f16's 11 (on the parity checkpoint the
 // dense layers' f16 inputs move the logits by 1.7e-2 relative L2, split ones by 6e-4; the
@@ -80,8 +80,7 @@ fn stash(lid: u32, f: Fetch) {
         if u < TR * 4u * KB {
             let v = weights8(f, i, u);
             for (var q = 0u; q < 4u; q++) {
-                let at = (item_row(u) * KP + item_col(u, 2u * q)) / 2u;
-                w_h[at] = to_h(vec2<f32>(v[2u * q], v[2u * q + 1u]));
+                w_h[(item_row(u) * KP + item_col(u, 2u * q)) / 2u] = v[q];
             }
         }
     }
@@ -90,8 +89,7 @@ fn stash(lid: u32, f: Fetch) {
         if u < TS * 4u * KB {
             let v = inputs8(f, i, u);
             for (var q = 0u; q < 4u; q++) {
-                let at = (item_row(u) * KP + item_col(u, 2u * q)) / 2u;
-                put_x(at, vec2<f32>(v[2u * q], v[2u * q + 1u]));
+                put_x((item_row(u) * KP + item_col(u, 2u * q)) / 2u, v[q]);
             }
         }
     }
