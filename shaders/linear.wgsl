@@ -10,7 +10,7 @@ enable wgpu_cooperative_matrix;
 // weights and 8 inputs per load, which quarters the load instructions of the memory-bound decode;
 // ONE_TOKEN (TT = 1) serves passes of a single row, where the token tile would only add reduction
 // work. Both give each token the same sums in the same order.
-// coop (entry, with COOP and SPLIT_INPUTS; k a multiple of 32): the tensor-core path of the
+// coop (entry, with COOP, VEC8 and SPLIT_INPUTS; k a multiple of 32): the tensor-core path of the
 // `fast` precision (common/coop_tile.wgsl): TS tokens by TR rows per workgroup, inputs in two f16
 // parts (f16 inputs alone move the logits 30 times more), f32 sums. Grid: (ceil(rows / TR),
 // ceil(count / TS)).
@@ -18,17 +18,12 @@ enable wgpu_cooperative_matrix;
 #include "common/bf16.wgsl"
 
 #include "common/linear_params.wgsl"
-#ifdef COOP
-@group(0) @binding(2) var<storage, read> x: array<vec2<f32>>;
-@group(0) @binding(3) var<storage, read> w: array<u32>;
-#else
 #ifdef VEC8
 @group(0) @binding(2) var<storage, read> x: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read> w: array<vec4<u32>>;
 #else
 @group(0) @binding(2) var<storage, read> x: array<f32>;
 @group(0) @binding(3) var<storage, read> w: array<u32>;
-#endif
 #endif
 @group(0) @binding(4) var<storage, read> bias: array<f32>;
 @group(0) @binding(5) var<storage, read_write> y: array<f32>;
@@ -118,35 +113,38 @@ var<private> tile_t0: u32;
 var<private> tile_row0: u32;
 var<private> tile_count: u32;
 
-// A thread's loads for one step (common/coop_tile.wgsl's items): a W item's 8 weights are the
-// low and high bf16 of four words (two columns each), an X item's 8 inputs four pairs; zeros
-// past the k inputs.
+// Each item's 8 columns adjacent: one 16-byte load of weights, two of inputs (col_spread's four
+// and eight loads made the layer 8% slower on the H200, PERF.md v0.16).
+fn item_col(u: u32, j: u32) -> u32 {
+    return col_chunk(u, j);
+}
+
+// A thread's loads for one step (common/coop_tile.wgsl's items): a W item's 8 bf16 weights, an
+// X item's 8 inputs; zeros past the k inputs.
 struct Fetch {
-    w: array<u32, 4u * WI>,
-    x: array<vec2<f32>, 4u * XI>,
+    w: array<vec4<u32>, WI>,
+    x: array<vec4<f32>, 2u * XI>,
 }
 
 fn fetch(lid: u32, step: u32) -> Fetch {
     var f: Fetch;
-    let half_k = p.k / 2u;
+    let units = p.k / 8u;
     for (var i = 0u; i < WI; i++) {
         let u = lid + i * TILE_WG;
         let row = tile_row0 + item_row(u);
-        let col = step * 32u * KB + item_col(u, 0u);
-        if u < TR * 4u * KB && row < p.rows && col < p.k {
-            for (var q = 0u; q < 4u; q++) {
-                f.w[4u * i + q] = w[row * half_k + col / 2u + 4u * q];
-            }
+        let unit = step * 4u * KB + item_part(u);
+        if u < TR * 4u * KB && row < p.rows && unit < units {
+            f.w[i] = w[row * units + unit];
         }
     }
     for (var i = 0u; i < XI; i++) {
         let u = lid + i * TILE_WG;
         let t = tile_t0 + item_row(u);
-        let col = step * 32u * KB + item_col(u, 0u);
-        if u < TS * 4u * KB && t < tile_count && col < p.k {
-            for (var q = 0u; q < 4u; q++) {
-                f.x[4u * i + q] = x[t * half_k + col / 2u + 4u * q];
-            }
+        let unit = step * 4u * KB + item_part(u);
+        if u < TS * 4u * KB && t < tile_count && unit < units {
+            let at = t * (p.k / 4u) + unit * 2u;
+            f.x[2u * i] = x[at];
+            f.x[2u * i + 1u] = x[at + 1u];
         }
     }
     return f;
@@ -155,17 +153,15 @@ fn fetch(lid: u32, step: u32) -> Fetch {
 fn weights8(f: Fetch, i: u32, u: u32) -> array<vec2<f16>, 4> {
     var v: array<vec2<f16>, 4>;
     for (var q = 0u; q < 4u; q++) {
-        v[q] = to_h(vec2<f32>(bf16_lo(f.w[4u * i + q]), bf16_hi(f.w[4u * i + q])));
+        v[q] = to_h(vec2<f32>(bf16_lo(f.w[i][q]), bf16_hi(f.w[i][q])));
     }
     return v;
 }
 
 fn inputs8(f: Fetch, i: u32, u: u32) -> array<vec2<f32>, 4> {
-    var v: array<vec2<f32>, 4>;
-    for (var q = 0u; q < 4u; q++) {
-        v[q] = f.x[4u * i + q];
-    }
-    return v;
+    let a = f.x[2u * i];
+    let b = f.x[2u * i + 1u];
+    return array<vec2<f32>, 4>(a.xy, a.zw, b.xy, b.zw);
 }
 
 // Token j of the tile, rows `row` and row + 1 of this buffer.

@@ -173,6 +173,10 @@ struct Job {
 }
 var<private> job: Job;
 
+fn item_col(u: u32, j: u32) -> u32 {
+    return col_spread(u, j);
+}
+
 // A thread's loads for one step (common/coop_tile.wgsl's items): a W item's 8 weights are byte
 // item_part(u) % 4 of each word of an MXFP4 block (the lanes of a block share its 16-byte load),
 // with the block's scale byte; an X item's 8 inputs four pairs of the slot's; zeros past the

@@ -15,17 +15,18 @@
 // wgpu_cooperative_matrix and defines TS and TR (multiples of 16 and 64), KB (blocks of 32 inputs
 // per step: more halve the steps and their barriers and put more bytes in flight per step, but
 // take more registers and workgroup memory; PERF.md v0.15), Fetch, fetch(lid, step),
-// weights8(f, i, u), inputs8(f, i, u) and store_rows, and runs TILE_WG invocations per workgroup.
+// weights8(f, i, u), inputs8(f, i, u), item_col(u, j) and store_rows, and runs TILE_WG
+// invocations per workgroup.
 const TILE_WG: u32 = 32u * (TS / 16u) * (TR / 64u);
 const KS: u32 = 32u * KB;
 // A thread's items per step: item u of the W tile is 8 weights of tile row item_row(u), item u of
 // the X tile the same 8 inputs of tile input item_row(u); thread lid has items lid + i TILE_WG.
-// Value j (j = 2 q + e, q < 4, e < 2) of an item is column item_col(u, j) of the step: the item's
-// block kb = item_part(u) / 4 and lane b = item_part(u) % 4 take columns 8 q + 2 b + e of the
-// block, so each of stash()'s eight stores writes two-byte values whose 32 lanes (8 rows of 4
-// lanes) fall in 32 different memory banks. With each item's 8 columns adjacent instead, the 4
-// lanes of a row hit one bank (4-way conflicts), and those stores bounded the expert tiles: a
-// fourth of the work of a step (PERF.md v0.16).
+// Value j of an item is column item_col(u, j) of the step, values 2q and 2q + 1 adjacent. The
+// includer picks item_col from the two layouts below: col_chunk gives each item 8 adjacent
+// columns (one 16-byte load of bf16 weights; but the 4 lanes of a row store into one memory
+// bank, 4-way conflicts), col_spread gives lane b of a block's four columns 8q + 2b + {0, 1}, so
+// each of stash()'s four stores puts its 32 lanes (8 rows of 4) in 32 different banks (MXFP4
+// blocks, whose 16 bytes each lane loads anyway).
 const WI: u32 = (TR * 4u * KB + TILE_WG - 1u) / TILE_WG;
 const XI: u32 = (TS * 4u * KB + TILE_WG - 1u) / TILE_WG;
 
@@ -33,12 +34,17 @@ fn item_row(u: u32) -> u32 {
     return u / (4u * KB);
 }
 
-// Which of the step's KB blocks (item_part(u) / 4) and which lane of the block's four.
+// Which 8 of the step's columns: in col_chunk the chunk of 8, in col_spread block part / 4 and
+// lane part % 4 of it.
 fn item_part(u: u32) -> u32 {
     return u % (4u * KB);
 }
 
-fn item_col(u: u32, j: u32) -> u32 {
+fn col_chunk(u: u32, j: u32) -> u32 {
+    return 8u * item_part(u) + j;
+}
+
+fn col_spread(u: u32, j: u32) -> u32 {
     let part = item_part(u);
     return 32u * (part / 4u) + 8u * (j / 2u) + 2u * (part % 4u) + j % 2u;
 }

@@ -11,7 +11,7 @@ use super::*;
 pub(crate) struct BenchArgs {
     #[command(flatten)]
     pub(crate) model: ModelArgs,
-    /// Prompt lengths to prefill.
+    /// Prompt lengths to prefill (each timed as the median of three passes after one untimed).
     #[arg(long, value_delimiter = ',', default_value = "512,2048")]
     pub(crate) prompt_lens: Vec<u32>,
     /// Decode batch sizes (sequences decoding together).

@@ -1,4 +1,4 @@
-//! Dense layers with bf16 weights: q/k/v, o_proj, lm_head. Passes of up to VEC_MAX_TOKENS tokens
+//! Dense layers with bf16 weights: q/k/v, o_proj, lm_head. Passes of up to `vec_max_tokens` tokens
 //! run `shaders/linear_vec.wgsl` (one workgroup row per token, the preceding RMSNorm fused), larger
 //! ones the token tiles of `shaders/linear.wgsl`.
 
@@ -106,20 +106,28 @@ pub fn fuses_rope(gpu: &Gpu, head_dim: u32) -> Result<bool> {
     Ok(head_dim.is_multiple_of(rows) && gpu.caps.storage_buffers >= 9)
 }
 
-/// The largest pass that runs the vector kernel for input width k: it reads 8 weights per load,
-/// so k must be a multiple of 8 (else 0: every pass is tiled). A fused norm's separate rmsnorm
+/// The largest pass that the tensor-core tiles leave to the vector kernel: on the H200 the tiles
+/// win from about 20 tokens (batch 24 decode 731 -> 839 tok/s, batch 32 774 -> 945; PERF.md
+/// v0.16), the portable tiles only from about 48 (v0.13).
+pub const COOP_VEC_MAX_TOKENS: u32 = 16;
+
+/// The largest pass that runs the vector kernel for input width k (with `coop`, where k lets
+/// the tiles run on the tensor cores, they take the others): it reads 8 weights per load, so k
+/// must be a multiple of 8 (else 0: every pass is tiled). A fused norm's separate rmsnorm
 /// dispatch must run for the larger passes.
-pub fn vec_max_tokens(k: u32) -> u32 {
-    if k.is_multiple_of(8) {
-        VEC_MAX_TOKENS
-    } else {
+pub fn vec_max_tokens(k: u32, coop: bool) -> u32 {
+    if !k.is_multiple_of(8) {
         0
+    } else if coop && k.is_multiple_of(32) {
+        COOP_VEC_MAX_TOKENS
+    } else {
+        VEC_MAX_TOKENS
     }
 }
 
 /// One dispatch per weight buffer and kernel.
 pub fn build(gpu: &Gpu, step: &wgpu::Buffer, l: &Linear) -> Result<Vec<Dispatch>> {
-    let vec_max = vec_max_tokens(l.k);
+    let vec_max = vec_max_tokens(l.k, l.coop);
     let mut out = if vec_max > 0 {
         build_vec(gpu, step, l, 1..=vec_max)?
     } else {

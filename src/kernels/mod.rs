@@ -94,6 +94,7 @@ pub fn all_variants() -> Vec<ShaderKey> {
     }
     out.push(
         ShaderKey::new("linear.wgsl", "coop")
+            .define_if("VEC8", true)
             .define_if("COOP", true)
             .define_if("SPLIT_INPUTS", true),
     );

@@ -265,12 +265,12 @@ impl Graph<'_> {
         };
         let mut ds = vec![rmsnorm::build(g, step, &norm)?.only_for(
             Count::Tokens,
-            linear::vec_max_tokens(c.hidden) + 1..=u32::MAX,
+            linear::vec_max_tokens(c.hidden, self.coop) + 1..=u32::MAX,
         )];
         // Decode-sized passes rotate and store k, v in the projection's epilogue (where the head
         // dim and the device allow); larger ones run rope.wgsl after the tiled projection.
         let fused = if linear::fuses_rope(g, c.head_dim)? {
-            linear::vec_max_tokens(c.hidden)
+            linear::vec_max_tokens(c.hidden, self.coop)
         } else {
             0
         };
