@@ -125,6 +125,14 @@ pub fn vec_max_tokens(k: u32, coop: bool) -> u32 {
     }
 }
 
+/// The tensor-core tiles' shader (one variant; the validation sweep takes it from here).
+pub(crate) fn coop_key() -> ShaderKey {
+    ShaderKey::new("linear.wgsl", "coop")
+        .define_if("VEC8", true)
+        .define_if("COOP", true)
+        .define_if("SPLIT_INPUTS", true)
+}
+
 /// One dispatch per weight buffer and kernel.
 pub fn build(gpu: &Gpu, step: &wgpu::Buffer, l: &Linear) -> Result<Vec<Dispatch>> {
     let vec_max = vec_max_tokens(l.k, l.coop);
@@ -169,9 +177,7 @@ pub fn build_tiled(
     let key = super::key(gpu, "linear.wgsl", "main").define_if("VEC8", l.k.is_multiple_of(8));
     let one = key.clone().define_if("ONE_TOKEN", true);
     let coop = l.coop && l.k.is_multiple_of(32);
-    let coop_key = ShaderKey::new("linear.wgsl", "coop")
-        .define_if("COOP", true)
-        .define_if("SPLIT_INPUTS", true);
+    let coop_key = coop_key();
     let (coop_rows, coop_tokens) = (
         wgsl_const("linear.wgsl", "TR")?,
         wgsl_const("linear.wgsl", "TS")?,

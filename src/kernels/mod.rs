@@ -92,12 +92,7 @@ pub fn all_variants() -> Vec<ShaderKey> {
         out.push(ShaderKey::new("moe.wgsl", "route").define_if("ROUTE", true));
         out.push(ShaderKey::new("moe.wgsl", "combine").define_if("COMBINE", true));
     }
-    out.push(
-        ShaderKey::new("linear.wgsl", "coop")
-            .define_if("VEC8", true)
-            .define_if("COOP", true)
-            .define_if("SPLIT_INPUTS", true),
-    );
+    out.push(linear::coop_key());
     for coop in [false, true] {
         let moe = |entry, define| {
             ShaderKey::new("moe.wgsl", entry)
