@@ -51,6 +51,25 @@ fn first_key(pos: u32) -> u32 {
     return 0u;
 }
 
+// The tiled kernels take a tile's tokens run by run of one sequence (a run's rows share its keys):
+// the run from token ta (up to t_end), its sequence and the keys its tokens see together.
+struct Run {
+    seq: u32,
+    end: u32,
+    k_lo: u32,
+    k_hi: u32,
+}
+
+fn token_run(ta: u32, t_end: u32) -> Run {
+    var r = Run(tokens[ta].seq, ta, 0xffffffffu, 0u);
+    while r.end < t_end && tokens[r.end].seq == r.seq {
+        r.k_lo = min(r.k_lo, first_key(tokens[r.end].pos));
+        r.k_hi = max(r.k_hi, tokens[r.end].pos);
+        r.end++;
+    }
+    return r;
+}
+
 #ifndef COOP
 const WG: u32 = 64u;
 const MAX_D: u32 = 256u;
@@ -173,20 +192,13 @@ fn tiled(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: v
     let lo = first_key(tok.pos);
     var l = 1.0;
     var acc: array<vec4<f32>, TD / 16u>;
-    // The tile's tokens, run by run of one sequence: a run's rows share its keys.
     var ta = t0;
     while ta < t_end {
-        let seq = tokens[ta].seq;
-        var tb = ta;
-        var k_lo = 0xffffffffu;
-        var k_hi = 0u;
-        while tb < t_end && tokens[tb].seq == seq {
-            k_lo = min(k_lo, first_key(tokens[tb].pos));
-            k_hi = max(k_hi, tokens[tb].pos);
-            tb++;
-        }
-        let mine = live && tq >= ta && tq < tb;
-        for (var kb = k_lo; kb <= k_hi; kb += BK) {
+        let run = token_run(ta, t_end);
+        let seq = run.seq;
+        let k_hi = run.k_hi;
+        let mine = live && tq >= ta && tq < run.end;
+        for (var kb = run.k_lo; kb <= k_hi; kb += BK) {
             workgroupBarrier();
             for (var u = lid; u < BK * d4; u += ROWS * TPR) {
                 let j = u / d4;
@@ -238,7 +250,7 @@ fn tiled(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: v
             }
             m = m_new;
         }
-        ta = tb;
+        ta = run.end;
     }
     if live {
         let o = (tq * p.n_heads + h) * p.head_dim;
@@ -349,21 +361,14 @@ fn coop(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: ve
     let qa1 = coopLoadT<coop_mat16x16<f16, A>>(&q_s[q0 + 4u], DP4);
     let qa2 = coopLoadT<coop_mat16x16<f16, A>>(&q_s[q0 + 8u], DP4);
     let qa3 = coopLoadT<coop_mat16x16<f16, A>>(&q_s[q0 + 12u], DP4);
-    // The tile's tokens, run by run of one sequence: a run's rows share its keys.
     var ta = t0;
     while ta < t_end {
-        let seq = tokens[ta].seq;
-        var tb = ta;
-        var k_lo = 0xffffffffu;
-        var k_hi = 0u;
-        while tb < t_end && tokens[tb].seq == seq {
-            k_lo = min(k_lo, first_key(tokens[tb].pos));
-            k_hi = max(k_hi, tokens[tb].pos);
-            tb++;
-        }
-        let mine = live && tq >= ta && tq < tb;
-        var f = kv_fetch(lid, seq, kvh, k_lo, k_hi);
-        for (var kb = k_lo; kb <= k_hi; kb += CK) {
+        let run = token_run(ta, t_end);
+        let seq = run.seq;
+        let k_hi = run.k_hi;
+        let mine = live && tq >= ta && tq < run.end;
+        var f = kv_fetch(lid, seq, kvh, run.k_lo, k_hi);
+        for (var kb = run.k_lo; kb <= k_hi; kb += CK) {
             workgroupBarrier();
             kv_stash(lid, f);
             if kb + CK <= k_hi {
@@ -422,7 +427,7 @@ fn coop(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: ve
                 o[a] = o[a] * corr + vec4<f32>(stage[at], stage[at + 1u], stage[at + 2u], stage[at + 3u]);
             }
         }
-        ta = tb;
+        ta = run.end;
     }
     if live {
         let o0 = ((tq * p.n_heads + h) * CD + 32u * hh) / 4u;

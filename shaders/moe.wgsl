@@ -223,7 +223,9 @@ fn pow2_h(n: i32) -> f16 {
 // Item i's 8 weights: byte item_part(u) % 4 of each word, low nibble first, decoded and scaled in
 // f16: a code times 2^-14 (fp4_pair's f16 values, which come back to f16 unchanged) times
 // 2^(s - 127 + 14) in two exact power-of-two steps that each fit f16's exponent range; the clamp
-// keeps values beyond f16's range finite, as rounding from f32 does.
+// keeps values beyond f16's range finite, as rounding from f32 does. Exact for every scale byte
+// up to 143; above it (every nonzero weight 2^16 or more, no real checkpoint's) the two steps stop
+// at 2^30 and such weights come out below the f32 path's clamped 65504.
 fn weights8(f: Fetch, i: u32, u: u32) -> array<vec2<f16>, 4> {
     var v: array<vec2<f16>, 4>;
     let shift = 8u * (item_part(u) % 4u);
@@ -232,8 +234,7 @@ fn weights8(f: Fetch, i: u32, u: u32) -> array<vec2<f16>, 4> {
     let sa = pow2_h(na);
     let sb = pow2_h(clamp(n - na, -14, 15));
     for (var q = 0u; q < 4u; q++) {
-        let c = f.blocks[i][q] >> shift;
-        let pair = vec2<f16>(fp4_pair((c & 0xfu) | ((c & 0xf0u) << 12u)));
+        let pair = vec2<f16>(fp4_two(f.blocks[i][q] >> shift));
         v[q] = clamp(pair * sa * sb, vec2<f16>(-65504.0h), vec2<f16>(65504.0h));
     }
     return v;

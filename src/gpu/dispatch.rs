@@ -54,18 +54,38 @@ pub enum Count {
     Splits,
 }
 
+/// A dispatch's workgroup grid: x fixed (rows, heads, ...), y = ceil(count / per_wg) for the
+/// step's count, z fixed (e.g. one per expert; 1 unless `depth`).
+#[derive(Clone, Copy, Debug)]
+pub struct Grid {
+    pub x: u32,
+    pub count: Count,
+    pub per_wg: u32,
+    pub z: u32,
+}
+
+impl Grid {
+    pub fn new(x: u32, count: Count, per_wg: u32) -> Grid {
+        Grid {
+            x,
+            count,
+            per_wg: per_wg.max(1),
+            z: 1,
+        }
+    }
+
+    /// Sets the grid's z dimension.
+    pub fn depth(self, z: u32) -> Grid {
+        Grid { z, ..self }
+    }
+}
+
 /// One compute dispatch ready to record.
 pub struct Dispatch {
     pub label: String,
     pipeline: Arc<wgpu::ComputePipeline>,
     bind_group: wgpu::BindGroup,
-    /// Workgroups along x (rows, heads, ...).
-    pub x: u32,
-    /// Grid y is ceil(count / per_wg).
-    pub count: Count,
-    pub per_wg: u32,
-    /// Workgroups along z (a fixed count, e.g. one per expert; 1 unless `with_depth`).
-    pub z: u32,
+    pub grid: Grid,
     /// Runs only while each of these counts is in its range (a kernel variant tuned for some
     /// sizes).
     pub active: Vec<(Count, std::ops::RangeInclusive<u32>)>,
@@ -81,14 +101,13 @@ impl Dispatch {
         step: &wgpu::Buffer,
         params: &[u8],
         buffers: &[&wgpu::Buffer],
-        x: u32,
-        count: Count,
-        per_wg: u32,
+        grid: Grid,
     ) -> Result<Dispatch> {
-        if x > gpu.caps.max_workgroups_per_dim {
+        let widest = grid.x.max(grid.z);
+        if widest > gpu.caps.max_workgroups_per_dim {
             return Err(Error::Limit {
                 what: format!("dispatch `{}` workgroups", key.label()),
-                needed: x as u64,
+                needed: widest as u64,
                 max: gpu.caps.max_workgroups_per_dim as u64,
             });
         }
@@ -127,10 +146,7 @@ impl Dispatch {
             label,
             pipeline,
             bind_group,
-            x,
-            count,
-            per_wg: per_wg.max(1),
-            z: 1,
+            grid,
             active: Vec::new(),
             _params: params_buf,
         })
@@ -138,15 +154,10 @@ impl Dispatch {
 
     /// The workgroup grid for a step, or `None` when there is nothing to do.
     pub fn grid(&self, c: &StepCounts) -> Option<[u32; 3]> {
-        let y = c.get(self.count).div_ceil(self.per_wg);
+        let g = &self.grid;
+        let y = c.get(g.count).div_ceil(g.per_wg);
         let active = self.active.iter().all(|(n, r)| r.contains(&c.get(*n)));
-        (y > 0 && self.x > 0 && self.z > 0 && active).then_some([self.x, y, self.z])
-    }
-
-    /// Sets the grid's z dimension.
-    pub fn with_depth(mut self, z: u32) -> Dispatch {
-        self.z = z;
-        self
+        (y > 0 && g.x > 0 && g.z > 0 && active).then_some([g.x, y, g.z])
     }
 
     /// Restricts the dispatch to steps whose `count` is in `range` (and any earlier condition).

@@ -6,5 +6,5 @@ pub mod shader;
 
 pub use buffer::{Rows, Split};
 pub use context::{Caps, Gpu, GpuOptions};
-pub use dispatch::{Count, Dispatch, StepCounts};
+pub use dispatch::{Count, Dispatch, Grid, StepCounts};
 pub use shader::ShaderKey;

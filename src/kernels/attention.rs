@@ -4,7 +4,7 @@
 
 use crate::error::{Error, Result};
 use crate::gpu::shader::wgsl_const;
-use crate::gpu::{Count, Dispatch, Gpu, ShaderKey};
+use crate::gpu::{Count, Dispatch, Gpu, Grid, ShaderKey};
 
 use super::VEC_MAX_TOKENS;
 
@@ -127,18 +127,23 @@ pub(crate) fn build(
                 step,
                 params,
                 &bufs,
-                p.n_kv,
-                Count::TokenSplits,
-                1,
+                Grid::new(p.n_kv, Count::TokenSplits, 1),
             )?
             .only_for(Count::Tokens, 1..=split_max),
         );
         let key = ShaderKey::new("attention_split.wgsl", "merge").define_if("MERGE", true);
         let bufs = [a.partials, a.sinks, a.out];
         out.push(
-            Dispatch::new(gpu, &key, step, params, &bufs, p.n_heads, Count::Tokens, 1)?
-                .only_for(Count::Tokens, 1..=split_max)
-                .only_for(Count::Splits, 2..=u32::MAX),
+            Dispatch::new(
+                gpu,
+                &key,
+                step,
+                params,
+                &bufs,
+                Grid::new(p.n_heads, Count::Tokens, 1),
+            )?
+            .only_for(Count::Tokens, 1..=split_max)
+            .only_for(Count::Splits, 2..=u32::MAX),
         );
     }
     // Larger passes: query tiles that share each key load where the shape allows (on the
@@ -164,8 +169,15 @@ pub(crate) fn build(
         .define_if("KV_F16", kv_f16)
         .define_if("COOP", entry == "coop");
     out.push(
-        Dispatch::new(gpu, &key, step, params, &bufs, x, Count::Tokens, per_wg)?
-            .only_for(Count::Tokens, split_max + 1..=u32::MAX),
+        Dispatch::new(
+            gpu,
+            &key,
+            step,
+            params,
+            &bufs,
+            Grid::new(x, Count::Tokens, per_wg),
+        )?
+        .only_for(Count::Tokens, split_max + 1..=u32::MAX),
     );
     Ok(out)
 }

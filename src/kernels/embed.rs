@@ -1,7 +1,7 @@
 //! Token embedding lookup (`shaders/embed.wgsl`).
 
 use crate::error::Result;
-use crate::gpu::{Count, Dispatch, Gpu, ShaderKey, Split};
+use crate::gpu::{Count, Dispatch, Gpu, Grid, ShaderKey, Split};
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -38,9 +38,7 @@ pub fn build(
                 step,
                 bytemuck::bytes_of(&p),
                 &[tokens, &c.buffer, x],
-                1,
-                Count::Tokens,
-                1,
+                Grid::new(1, Count::Tokens, 1),
             )
         })
         .collect()

@@ -4,7 +4,7 @@
 
 use crate::error::{Error, Result};
 use crate::gpu::shader::wgsl_const;
-use crate::gpu::{Count, Dispatch, Gpu, ShaderKey, Split};
+use crate::gpu::{Count, Dispatch, Gpu, Grid, ShaderKey, Split};
 
 use super::VEC_MAX_TOKENS;
 
@@ -190,20 +190,27 @@ pub fn build_tiled(
         if coop {
             let x = c.count.div_ceil(coop_rows);
             out.push(
-                Dispatch::new(gpu, &coop_key, step, params, &bufs, x, l.count, coop_tokens)?
-                    .only_for(l.count, vec_max + 1..=u32::MAX),
+                Dispatch::new(
+                    gpu,
+                    &coop_key,
+                    step,
+                    params,
+                    &bufs,
+                    Grid::new(x, l.count, coop_tokens),
+                )?
+                .only_for(l.count, vec_max + 1..=u32::MAX),
             );
             continue;
         }
         let x = c.count.div_ceil(R);
         if vec_max == 0 {
             out.push(
-                Dispatch::new(gpu, &one, step, params, &bufs, x, l.count, 1)?
+                Dispatch::new(gpu, &one, step, params, &bufs, Grid::new(x, l.count, 1))?
                     .only_for(l.count, 1..=1),
             );
         }
         out.push(
-            Dispatch::new(gpu, &key, step, params, &bufs, x, l.count, TT)?
+            Dispatch::new(gpu, &key, step, params, &bufs, Grid::new(x, l.count, TT))?
                 .only_for(l.count, (vec_max + 1).max(2)..=u32::MAX),
         );
     }
@@ -276,9 +283,7 @@ pub fn build_vec(
                     step,
                     params,
                     &bufs,
-                    grid(rows_per_wg),
-                    l.count,
-                    1,
+                    Grid::new(grid(rows_per_wg), l.count, 1),
                 )?
                 .only_for(l.count, one),
             );
@@ -291,9 +296,7 @@ pub fn build_vec(
                     step,
                     params,
                     &bufs,
-                    grid(multi_rows),
-                    l.count,
-                    max_t,
+                    Grid::new(grid(multi_rows), l.count, max_t),
                 )?
                 .only_for(l.count, many),
             );
@@ -309,16 +312,9 @@ mod tests {
     use crate::kernels::testing::*;
     use crate::model::inputs::TokenInfo;
 
-    fn reference(
-        x: &[f32],
-        w: &[f32],
-        b: &[f32],
-        y0: &[f32],
-        t: usize,
-        k: usize,
-        n: usize,
-        acc: bool,
-    ) -> Vec<f32> {
+    /// y = x W^T + b (+ y0 with `acc`) for x [t, k], W [n, k], b [n].
+    fn reference(x: &[f32], w: &[f32], b: &[f32], y0: &[f32], k: usize, acc: bool) -> Vec<f32> {
+        let (t, n) = (x.len() / k, b.len());
         let mut y = vec![0.0; t * n];
         for ti in 0..t {
             for r in 0..n {
@@ -386,7 +382,7 @@ mod tests {
                 };
                 submit(gpu, &step, &counts, &d);
                 let got = gpu.read_f32(&yb, t * n).await.unwrap();
-                let want = reference(&x, &w, &b, &y0, t, k, n, acc);
+                let want = reference(&x, &w, &b, &y0, k, acc);
                 let e = nmse(&got, &want);
                 let tol = if coop { 1e-9 } else { 1e-10 };
                 assert!(
@@ -449,7 +445,7 @@ mod tests {
                 };
                 submit(gpu, &step, &counts, &d);
                 let got = gpu.read_f32(&yb, t * n).await.unwrap();
-                let want = reference(&h, &w, &vec![0.0; n], &[], t, k, n, false);
+                let want = reference(&h, &w, &vec![0.0; n], &[], k, false);
                 let e = nmse(&got, &want);
                 assert!(e < 1e-10, "t={t} k={k} n={n}: nmse {e}");
             }
@@ -552,7 +548,7 @@ mod tests {
                 );
 
                 let h: Vec<f32> = x.chunks(k).flat_map(|r| rmsnorm_ref(r, &g, 1e-5)).collect();
-                let proj = reference(&h, &w, &b, &[], t, k, n, false);
+                let proj = reference(&h, &w, &b, &[], k, false);
                 let (mut got, mut want) = (Vec::new(), Vec::new());
                 let (mut got_kv, mut want_kv) = (Vec::new(), Vec::new());
                 for (ti, tok) in toks.iter().enumerate() {

@@ -5,7 +5,7 @@
 
 use crate::error::{Error, Result};
 use crate::gpu::shader::wgsl_const;
-use crate::gpu::{Count, Dispatch, Gpu, ShaderKey};
+use crate::gpu::{Count, Dispatch, Gpu, Grid, ShaderKey};
 
 /// `Params` of shaders/common/moe_params.wgsl (moe.wgsl and moe_vec.wgsl).
 #[repr(C)]
@@ -117,20 +117,9 @@ fn per_chunk<'a>(
     for c in chunks {
         let p = params(s, c.start, c.count);
         let (bufs, x) = (buffers(c), rows.div_ceil(tile_rows));
-        let d = Dispatch::new(
-            gpu,
-            key,
-            step,
-            bytemuck::bytes_of(&p),
-            &bufs,
-            x,
-            Count::Tokens,
-            tile_slots,
-        )?;
-        out.push(
-            d.with_depth(c.count)
-                .only_for(Count::Tokens, s.vec_max_tokens + 1..=u32::MAX),
-        );
+        let grid = Grid::new(x, Count::Tokens, tile_slots).depth(c.count);
+        let d = Dispatch::new(gpu, key, step, bytemuck::bytes_of(&p), &bufs, grid)?;
+        out.push(d.only_for(Count::Tokens, s.vec_max_tokens + 1..=u32::MAX));
     }
     Ok(out)
 }
@@ -164,9 +153,7 @@ pub fn build(
             step,
             bytemuck::bytes_of(&all),
             &[b.idx, b.lists, b.counts],
-            s.experts,
-            Count::One,
-            1,
+            Grid::new(s.experts, Count::One, 1),
         )?
         .only_for(Count::Tokens, tiled),
     );
@@ -217,9 +204,7 @@ pub fn build(
             step,
             bytemuck::bytes_of(&all),
             &[b.y, b.x],
-            s.hidden.div_ceil(64),
-            Count::Tokens,
-            1,
+            Grid::new(s.hidden.div_ceil(64), Count::Tokens, 1),
         )?
         .only_for(Count::Tokens, (s.vec_max_tokens + 1).min(2)..=u32::MAX),
     );
@@ -262,9 +247,7 @@ fn vec_dispatches(
             step,
             bytemuck::bytes_of(&all),
             &[b.router_part, b.idx, b.wts],
-            1,
-            Count::Tokens,
-            1,
+            Grid::new(1, Count::Tokens, 1),
         )?
         .only_for(Count::Tokens, several.clone()),
     );
@@ -335,9 +318,7 @@ fn vec_dispatches(
                 step,
                 bytemuck::bytes_of(&p),
                 &bufs,
-                pr.grid_x,
-                count,
-                1,
+                Grid::new(pr.grid_x, count, 1),
             )?;
             let tokens = if grouped {
                 several.clone()

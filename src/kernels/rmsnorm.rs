@@ -1,7 +1,7 @@
 //! RMSNorm (`shaders/rmsnorm.wgsl`), optionally gathering the rows whose logits are wanted.
 
 use crate::error::Result;
-use crate::gpu::{Count, Dispatch, Gpu};
+use crate::gpu::{Count, Dispatch, Gpu, Grid};
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -39,9 +39,7 @@ pub fn build(gpu: &Gpu, step: &wgpu::Buffer, a: &RmsNorm) -> Result<Dispatch> {
         step,
         bytemuck::bytes_of(&p),
         &[a.x, a.w, rows, a.out],
-        1,
-        a.count,
-        1,
+        Grid::new(1, a.count, 1),
     )
 }
 

@@ -1,7 +1,7 @@
 //! RoPE on q and k plus the KV-cache write (`shaders/rope.wgsl`).
 
 use crate::error::Result;
-use crate::gpu::{Count, Dispatch, Gpu, ShaderKey};
+use crate::gpu::{Count, Dispatch, Gpu, Grid, ShaderKey};
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -38,8 +38,6 @@ pub(crate) fn build(
         step,
         bytemuck::bytes_of(&p),
         &[a.tokens, a.table, a.qkv, a.k_cache, a.v_cache],
-        1,
-        Count::Tokens,
-        1,
+        Grid::new(1, Count::Tokens, 1),
     )
 }

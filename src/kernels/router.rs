@@ -4,7 +4,7 @@
 //! workgroups as partial sums, which `moe_vec`'s gate_up adds up and ranks itself.
 
 use crate::error::{Error, Result};
-use crate::gpu::{Count, Dispatch, Gpu, Split};
+use crate::gpu::{Count, Dispatch, Gpu, Grid, Split};
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -76,9 +76,7 @@ pub fn build(gpu: &Gpu, step: &wgpu::Buffer, r: &Router) -> Result<Vec<Dispatch>
             step,
             p,
             &[&common[..], &[r.part]].concat(),
-            slices(r.hidden)?,
-            Count::Tokens,
-            1,
+            Grid::new(slices(r.hidden)?, Count::Tokens, 1),
         )?
         .only_for(Count::Tokens, vec),
         Dispatch::new(
@@ -87,9 +85,7 @@ pub fn build(gpu: &Gpu, step: &wgpu::Buffer, r: &Router) -> Result<Vec<Dispatch>
             step,
             p,
             &[&common[..], &[r.idx, r.wts]].concat(),
-            1,
-            Count::Tokens,
-            1,
+            Grid::new(1, Count::Tokens, 1),
         )?
         .only_for(Count::Tokens, tiled),
     ])

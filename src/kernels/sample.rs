@@ -2,7 +2,7 @@
 
 use crate::error::Result;
 use crate::gpu::shader::wgsl_const;
-use crate::gpu::{Count, Dispatch, Gpu, ShaderKey};
+use crate::gpu::{Count, Dispatch, Gpu, Grid, ShaderKey};
 
 /// One logits row's sampling settings (`Sampling` in the shader).
 #[repr(C)]
@@ -64,9 +64,7 @@ pub fn build(
             step,
             p,
             &[logits, params, parts],
-            chunks(vocab)?,
-            Count::Outputs,
-            1,
+            Grid::new(chunks(vocab)?, Count::Outputs, 1),
         )?,
         Dispatch::new(
             gpu,
@@ -74,9 +72,7 @@ pub fn build(
             step,
             p,
             &[logits, params, parts, ids],
-            1,
-            Count::Outputs,
-            1,
+            Grid::new(1, Count::Outputs, 1),
         )?,
     ])
 }
