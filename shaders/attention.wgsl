@@ -51,6 +51,12 @@ fn first_key(pos: u32) -> u32 {
     return 0u;
 }
 
+// The end of a tile of `rows` query rows (the G heads of a KV head for each of rows / G tokens)
+// that starts at token t0.
+fn tile_end(t0: u32, rows: u32) -> u32 {
+    return min(t0 + rows / (p.n_heads / p.n_kv), step.tokens);
+}
+
 // The tiled kernels take a tile's tokens run by run of one sequence (a run's rows share its keys):
 // the run from token ta (up to t_end), its sequence and the keys its tokens see together.
 struct Run {
@@ -166,10 +172,9 @@ var<workgroup> s_tile: array<f32, ROWS * BK>;
 @compute @workgroup_size(ROWS * TPR)
 fn tiled(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>) {
     let group = p.n_heads / p.n_kv;
-    let per_wg = ROWS / group;
     let kvh = wg.x;
-    let t0 = wg.y * per_wg;
-    let t_end = min(t0 + per_wg, step.tokens);
+    let t0 = wg.y * (ROWS / group);
+    let t_end = tile_end(t0, ROWS);
     let d4 = p.head_dim / 4u;
     // This thread's row: token tq, query head h; c picks its keys and output dims.
     let r = lid / TPR;
@@ -195,18 +200,16 @@ fn tiled(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: v
     var ta = t0;
     while ta < t_end {
         let run = token_run(ta, t_end);
-        let seq = run.seq;
-        let k_hi = run.k_hi;
         let mine = live && tq >= ta && tq < run.end;
-        for (var kb = run.k_lo; kb <= k_hi; kb += BK) {
+        for (var kb = run.k_lo; kb <= run.k_hi; kb += BK) {
             workgroupBarrier();
             for (var u = lid; u < BK * d4; u += ROWS * TPR) {
                 let j = u / d4;
                 let i = u % d4;
                 var kv4 = vec4<f32>(0.0);
                 var vv4 = vec4<f32>(0.0);
-                if kb + j <= k_hi {
-                    let at = kv_at(seq, kb + j, kvh);
+                if kb + j <= run.k_hi {
+                    let at = kv_at(run.seq, kb + j, kvh);
                     kv4 = vec4<f32>(k_cache[at / 4u + i]);
                     let v0 = at + 4u * i;
                     vv4 = vec4<f32>(f32(v_cache[v0]), f32(v_cache[v0 + 1u]), f32(v_cache[v0 + 2u]), f32(v_cache[v0 + 3u]));
@@ -324,10 +327,9 @@ fn kv_stash(lid: u32, f: KvFetch) {
 @compute @workgroup_size(CWG)
 fn coop(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>) {
     let group = p.n_heads / p.n_kv;
-    let per_wg = QR / group;
     let kvh = wg.x;
-    let t0 = wg.y * per_wg;
-    let t_end = min(t0 + per_wg, step.tokens);
+    let t0 = wg.y * (QR / group);
+    let t_end = tile_end(t0, QR);
     // Subgroup sg multiplies rows 16 sg ..; thread lid keeps row r's softmax state (with its
     // partner lid ^ 1) and output dims 32 hh .. 32 hh + 31, and scores keys 16 hh .. of a step.
     let sg = lid / 32u;
@@ -364,15 +366,13 @@ fn coop(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: ve
     var ta = t0;
     while ta < t_end {
         let run = token_run(ta, t_end);
-        let seq = run.seq;
-        let k_hi = run.k_hi;
         let mine = live && tq >= ta && tq < run.end;
-        var f = kv_fetch(lid, seq, kvh, run.k_lo, k_hi);
-        for (var kb = run.k_lo; kb <= k_hi; kb += CK) {
+        var f = kv_fetch(lid, run.seq, kvh, run.k_lo, run.k_hi);
+        for (var kb = run.k_lo; kb <= run.k_hi; kb += CK) {
             workgroupBarrier();
             kv_stash(lid, f);
-            if kb + CK <= k_hi {
-                f = kv_fetch(lid, seq, kvh, kb + CK, k_hi);
+            if kb + CK <= run.k_hi {
+                f = kv_fetch(lid, run.seq, kvh, kb + CK, run.k_hi);
             }
             workgroupBarrier();
             // S = Q K^T: this subgroup's 16 rows by the step's keys, 16 at a time.

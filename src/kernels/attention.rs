@@ -120,30 +120,18 @@ pub(crate) fn build(
         let bufs = [
             a.tokens, a.qkv, a.k_cache, a.v_cache, a.partials, a.sinks, a.out, a.table,
         ];
+        let grid = Grid::new(p.n_kv, Count::TokenSplits, 1);
         out.push(
-            Dispatch::new(
-                gpu,
-                &key,
-                step,
-                params,
-                &bufs,
-                Grid::new(p.n_kv, Count::TokenSplits, 1),
-            )?
-            .only_for(Count::Tokens, 1..=split_max),
+            Dispatch::new(gpu, &key, step, params, &bufs, grid)?
+                .only_for(Count::Tokens, 1..=split_max),
         );
         let key = ShaderKey::new("attention_split.wgsl", "merge").define_if("MERGE", true);
         let bufs = [a.partials, a.sinks, a.out];
+        let grid = Grid::new(p.n_heads, Count::Tokens, 1);
         out.push(
-            Dispatch::new(
-                gpu,
-                &key,
-                step,
-                params,
-                &bufs,
-                Grid::new(p.n_heads, Count::Tokens, 1),
-            )?
-            .only_for(Count::Tokens, 1..=split_max)
-            .only_for(Count::Splits, 2..=u32::MAX),
+            Dispatch::new(gpu, &key, step, params, &bufs, grid)?
+                .only_for(Count::Tokens, 1..=split_max)
+                .only_for(Count::Splits, 2..=u32::MAX),
         );
     }
     // Larger passes: query tiles that share each key load where the shape allows (on the

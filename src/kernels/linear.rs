@@ -267,38 +267,23 @@ pub fn build_vec(
             bufs.extend([r.tokens, r.table, r.k_cache, r.v_cache]);
         }
         // Workgroups stride over row blocks beyond the grid limit (lm_head has 10^5).
-        let grid = |per_wg: u32| {
-            c.count
-                .div_ceil(per_wg)
-                .min(gpu.caps.max_workgroups_per_dim)
+        let grid = |rows: u32, tokens: u32| {
+            let x = c.count.div_ceil(rows).min(gpu.caps.max_workgroups_per_dim);
+            Grid::new(x, l.count, tokens)
         };
         let params = bytemuck::bytes_of(&p);
         // One token alone takes the plain variant, more the MULTI one.
         let (one, many) = (*counts.start()..=1, 2.max(*counts.start())..=*counts.end());
         if !one.is_empty() {
             out.push(
-                Dispatch::new(
-                    gpu,
-                    &key,
-                    step,
-                    params,
-                    &bufs,
-                    Grid::new(grid(rows_per_wg), l.count, 1),
-                )?
-                .only_for(l.count, one),
+                Dispatch::new(gpu, &key, step, params, &bufs, grid(rows_per_wg, 1))?
+                    .only_for(l.count, one),
             );
         }
         if !many.is_empty() {
             out.push(
-                Dispatch::new(
-                    gpu,
-                    &multi,
-                    step,
-                    params,
-                    &bufs,
-                    Grid::new(grid(multi_rows), l.count, max_t),
-                )?
-                .only_for(l.count, many),
+                Dispatch::new(gpu, &multi, step, params, &bufs, grid(multi_rows, max_t))?
+                    .only_for(l.count, many),
             );
         }
     }
