@@ -270,7 +270,6 @@ var<workgroup> w_tile: array<vec4<f32>, 32u * TR / 4u>;
 // [k][TS / 4]: slots 4q .. 4q + 3 of the tile at input k of the block.
 var<workgroup> x_tile: array<vec4<f32>, 32u * TS / 4u>;
 
-
 // The tile's products: slots tile_slot[..] by rows [row0, row0 + TR) of the expert's `rows`
 // (k inputs), handed to store_slot_rows. Thread lid accumulates slots 4 sq .. 4 sq + 3 by rows
 // 4 rq .. 4 rq + 3 (sq = lid / (TR / 4), rq = lid % (TR / 4)).
@@ -341,6 +340,17 @@ fn run_tile(lid: u32, e_local: u32, row0: u32, rows: u32, k: u32, e: u32, j0: u3
 fn expert_slots(e: u32) -> u32 {
     return select(counts[e], 0u, step.slots == 0u);
 }
+
+// Workgroup wg's tile of a projection with `rows` outputs and k inputs: rows wg.x TR .. by slots
+// wg.y TS .. of expert e_start + wg.z; nothing past the expert's slots.
+fn run_grid_tile(lid: u32, wg: vec3<u32>, rows: u32, k: u32) {
+    let e = p.e_start + wg.z;
+    let j0 = wg.y * TS;
+    let n = expert_slots(e);
+    if j0 < n {
+        run_tile(lid, wg.z, wg.x * TR, rows, k, e, j0, min(TS, n - j0));
+    }
+}
 #endif
 #endif
 
@@ -368,12 +378,7 @@ fn store_slot_rows(e: u32, slot: u32, row: u32, v: vec2<f32>) {
 
 @compute @workgroup_size(WG)
 fn gate_up(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>) {
-    let e = p.e_start + wg.z;
-    let j0 = wg.y * TS;
-    let n = expert_slots(e);
-    if j0 < n {
-        run_tile(lid, wg.z, wg.x * TR, 2u * p.inter, p.hidden, e, j0, min(TS, n - j0));
-    }
+    run_grid_tile(lid, wg, 2u * p.inter, p.hidden);
 }
 #endif
 
@@ -399,11 +404,6 @@ fn store_slot_rows(e: u32, slot: u32, row: u32, v: vec2<f32>) {
 
 @compute @workgroup_size(WG)
 fn down(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>) {
-    let e = p.e_start + wg.z;
-    let j0 = wg.y * TS;
-    let n = expert_slots(e);
-    if j0 < n {
-        run_tile(lid, wg.z, wg.x * TR, p.hidden, p.inter, e, j0, min(TS, n - j0));
-    }
+    run_grid_tile(lid, wg, p.hidden, p.inter);
 }
 #endif

@@ -5,18 +5,18 @@
 // cores multiply the current ones, and stash() writes them to workgroup memory as f16 (the
 // includer's weights8 and inputs8 turn what was fetched for item u into its 8 values as 4
 // pairs, value j for column item_col(u, j)): weights as f16 (bf16 and scaled e2m1 values are
-// exact in f16 within its range; to_h clamps beyond it), inputs in f32 through put_x: with SPLIT_INPUTS (a define, not a branch: no control
-// flow around the matrix operations) as two f16 parts (high and the rest) multiplied one after
-// the other, so that inputs keep about 22 bits instead of f16's 11 (on the parity checkpoint the
-// dense layers' f16 inputs move the logits by 1.7e-2 relative L2, split ones by 6e-4; the
-// experts' f16 inputs add little: PERF.md v0.12). Subgroups of 32 each own 16 inputs by 64 rows
-// (four 16 x 16 f32 accumulators); results leave through the includer's store_rows(j, row, v):
-// input j of the tile, rows row and row + 1. The includer enables f16 and
-// wgpu_cooperative_matrix and defines TS and TR (multiples of 16 and 64), KB (blocks of 32 inputs
-// per step: more halve the steps and their barriers and put more bytes in flight per step, but
-// take more registers and workgroup memory; PERF.md v0.15), Fetch, fetch(lid, step),
-// weights8(f, i, u), inputs8(f, i, u), item_col(u, j) and store_rows, and runs TILE_WG
-// invocations per workgroup.
+// exact in f16 within its range; to_h clamps beyond it), inputs in f32 through put_x: with
+// SPLIT_INPUTS (a define, not a branch: no control flow around the matrix operations) as two
+// f16 parts (high and the rest) multiplied one after the other, so that inputs keep about 22
+// bits instead of f16's 11 (on the parity checkpoint the dense layers' f16 inputs move the
+// logits by 1.7e-2 relative L2, split ones by 6e-4; the experts' f16 inputs add little: PERF.md
+// v0.12). Subgroups of 32 each own 16 inputs by 64 rows (four 16 x 16 f32 accumulators);
+// results leave through the includer's store_rows(j, row, v): input j of the tile, rows row and
+// row + 1. The includer enables f16 and wgpu_cooperative_matrix and defines TS and TR (multiples
+// of 16 and 64), KB (blocks of 32 inputs per step: more halve the steps and their barriers and
+// put more bytes in flight per step, but take more registers and workgroup memory; PERF.md
+// v0.15), Fetch, fetch(lid, step), weights8(f, i, u), inputs8(f, i, u), item_col(u, j) and
+// store_rows, and runs TILE_WG invocations per workgroup.
 const TILE_WG: u32 = 32u * (TS / 16u) * (TR / 64u);
 const KS: u32 = 32u * KB;
 // A thread's items per step: item u of the W tile is 8 weights of tile row item_row(u), item u of

@@ -153,7 +153,7 @@ impl Dispatch {
     }
 
     /// The workgroup grid for a step, or `None` when there is nothing to do.
-    pub fn grid(&self, c: &StepCounts) -> Option<[u32; 3]> {
+    pub fn workgroups(&self, c: &StepCounts) -> Option<[u32; 3]> {
         let g = &self.grid;
         let y = c.get(g.count).div_ceil(g.per_wg);
         let active = self.active.iter().all(|(n, r)| r.contains(&c.get(*n)));
@@ -168,7 +168,7 @@ impl Dispatch {
 
     /// Records the dispatch into a compute pass.
     pub fn record(&self, pass: &mut wgpu::ComputePass<'_>, c: &StepCounts) {
-        if let Some([x, y, z]) = self.grid(c) {
+        if let Some([x, y, z]) = self.workgroups(c) {
             pass.set_pipeline(&self.pipeline);
             pass.set_bind_group(0, &self.bind_group, &[]);
             pass.dispatch_workgroups(x, y, z);

@@ -153,21 +153,20 @@ pub(crate) fn build(
     } else {
         ("main", p.n_heads, 1)
     };
-    let key = ShaderKey::new("attention.wgsl", entry)
-        .define_if("KV_F16", kv_f16)
-        .define_if("COOP", entry == "coop");
+    let grid = Grid::new(x, Count::Tokens, per_wg);
     out.push(
-        Dispatch::new(
-            gpu,
-            &key,
-            step,
-            params,
-            &bufs,
-            Grid::new(x, Count::Tokens, per_wg),
-        )?
-        .only_for(Count::Tokens, split_max + 1..=u32::MAX),
+        Dispatch::new(gpu, &prefill_key(entry, kv_f16), step, params, &bufs, grid)?
+            .only_for(Count::Tokens, split_max + 1..=u32::MAX),
     );
     Ok(out)
+}
+
+/// The shader of a prefill entry of attention.wgsl (main, tiled or coop; the validation sweep
+/// takes them from here).
+pub(crate) fn prefill_key(entry: &'static str, kv_f16: bool) -> ShaderKey {
+    ShaderKey::new("attention.wgsl", entry)
+        .define_if("KV_F16", kv_f16)
+        .define_if("COOP", entry == "coop")
 }
 
 #[cfg(test)]

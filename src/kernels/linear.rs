@@ -188,17 +188,10 @@ pub fn build_tiled(
         let bufs = [l.x, &c.buffer, l.bias.unwrap_or(l.x), l.y];
         let params = bytemuck::bytes_of(&p);
         if coop {
-            let x = c.count.div_ceil(coop_rows);
+            let grid = Grid::new(c.count.div_ceil(coop_rows), l.count, coop_tokens);
             out.push(
-                Dispatch::new(
-                    gpu,
-                    &coop_key,
-                    step,
-                    params,
-                    &bufs,
-                    Grid::new(x, l.count, coop_tokens),
-                )?
-                .only_for(l.count, vec_max + 1..=u32::MAX),
+                Dispatch::new(gpu, &coop_key, step, params, &bufs, grid)?
+                    .only_for(l.count, vec_max + 1..=u32::MAX),
             );
             continue;
         }

@@ -94,21 +94,15 @@ pub fn all_variants() -> Vec<ShaderKey> {
     }
     out.push(linear::coop_key());
     for coop in [false, true] {
-        let moe = |entry, define| {
-            ShaderKey::new("moe.wgsl", entry)
-                .define_if(define, true)
-                .define_if("COOP", coop)
-        };
-        out.push(moe("gate_up", "GATE_UP"));
-        out.push(moe("down", "DOWN"));
+        out.push(moe::tiled_key("gate_up", "GATE_UP", coop));
+        out.push(moe::tiled_key("down", "DOWN", coop));
     }
     out.push(ShaderKey::new("embed.wgsl", "main"));
     out.push(ShaderKey::new("sample.wgsl", "scan").define_if("SCAN", true));
     for f16 in [false, true] {
-        for f in ["rope.wgsl", "attention.wgsl"] {
-            out.push(ShaderKey::new(f, "main").define_if("KV_F16", f16));
-        }
-        out.push(ShaderKey::new("attention.wgsl", "tiled").define_if("KV_F16", f16));
+        out.push(ShaderKey::new("rope.wgsl", "main").define_if("KV_F16", f16));
+        out.push(attention::prefill_key("main", f16));
+        out.push(attention::prefill_key("tiled", f16));
         for sg in [false, true] {
             out.push(
                 ShaderKey::new("attention_split.wgsl", "split")
@@ -118,11 +112,7 @@ pub fn all_variants() -> Vec<ShaderKey> {
             );
         }
     }
-    out.push(
-        ShaderKey::new("attention.wgsl", "coop")
-            .define_if("KV_F16", true)
-            .define_if("COOP", true),
-    );
+    out.push(attention::prefill_key("coop", true));
     out.push(ShaderKey::new("attention_split.wgsl", "merge").define_if("MERGE", true));
     out
 }

@@ -98,6 +98,14 @@ fn params(s: &MoeShape, start: u32, count: u32) -> Params {
     }
 }
 
+/// The shader of a tiled projection of moe.wgsl (`define` GATE_UP or DOWN; on the tensor cores
+/// with `coop`; the validation sweep takes them from here).
+pub(crate) fn tiled_key(entry: &'static str, define: &'static str, coop: bool) -> ShaderKey {
+    ShaderKey::new("moe.wgsl", entry)
+        .define_if(define, true)
+        .define_if("COOP", coop)
+}
+
 /// One dispatch per expert chunk for the passes above `vec_max_tokens`: a workgroup per tile of
 /// TR of the `rows` output rows by TS of an expert's slots (at most one per token), for each expert
 /// of the chunk.
@@ -157,9 +165,7 @@ pub fn build(
         )?
         .only_for(Count::Tokens, tiled),
     );
-    let key = ShaderKey::new("moe.wgsl", "gate_up")
-        .define_if("GATE_UP", true)
-        .define_if("COOP", s.coop);
+    let key = tiled_key("gate_up", "GATE_UP", s.coop);
     out.extend(per_chunk(
         gpu,
         step,
@@ -179,9 +185,7 @@ pub fn build(
             ]
         },
     )?);
-    let key = ShaderKey::new("moe.wgsl", "down")
-        .define_if("DOWN", true)
-        .define_if("COOP", s.coop);
+    let key = tiled_key("down", "DOWN", s.coop);
     out.extend(per_chunk(gpu, step, s, &key, w.down, s.hidden, |c| {
         vec![
             b.act,

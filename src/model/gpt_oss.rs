@@ -763,7 +763,7 @@ impl Model {
         let period = g.queue.get_timestamp_period() as f64;
         let mut per: Vec<(String, f64)> = Vec::new();
         for (i, d) in self.dispatches.iter().enumerate() {
-            if d.grid(&counts).is_none() {
+            if d.workgroups(&counts).is_none() {
                 continue;
             }
             let ns = ticks[2 * i + 1].saturating_sub(ticks[2 * i]) as f64 * period;
