@@ -22,8 +22,10 @@ echo "compiling the crate for wasm32..."
 cargo rustc --manifest-path ../Cargo.toml --lib --release --target wasm32-unknown-unknown \
   --no-default-features --features web --crate-type cdylib
 rm -rf dist && mkdir -p dist
+# Cargo's output folder (a relative CARGO_TARGET_DIR counts from here for both tools).
+target=${CARGO_TARGET_DIR:-../target}
 wasm-bindgen --target web --no-typescript --out-dir dist --out-name gpt_oss_wgpu \
-  ../target/wasm32-unknown-unknown/release/gpt_oss_wgpu.wasm
+  "$target/wasm32-unknown-unknown/release/gpt_oss_wgpu.wasm"
 if [ "$OPT" = 1 ]; then
   echo "optimizing with wasm-opt..."
   node_modules/.bin/wasm-opt -O3 --enable-bulk-memory --enable-nontrapping-float-to-int \

@@ -1,8 +1,8 @@
 // Page tests of the browser build (web/dist, built by web/build.sh) in headless Chromium on its
 // software WebGPU (SwiftShader): the JS API against the native CLI, caching, clear errors, and
 // the demo page driven like a visitor. Run: `node --test web/test/page.test.mjs` (after `cargo build` and
-// web/build.sh). GPT_OSS_BIN names the native binary (default target/debug/gpt-oss-wgpu),
-// CHROMIUM the browser (default /usr/lib/chromium/chromium).
+// web/build.sh). GPT_OSS_BIN names the native binary (default debug/gpt-oss-wgpu in
+// CARGO_TARGET_DIR or target/), CHROMIUM the browser (default /usr/lib/chromium/chromium).
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
@@ -15,7 +15,8 @@ import { serve } from './server.mjs';
 
 const WEB = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const ROOT = path.resolve(WEB, '..');
-const BIN = process.env.GPT_OSS_BIN ?? path.join(ROOT, 'target/debug/gpt-oss-wgpu');
+const TARGET = path.resolve(ROOT, process.env.CARGO_TARGET_DIR ?? 'target');
+const BIN = process.env.GPT_OSS_BIN ?? path.join(TARGET, 'debug/gpt-oss-wgpu');
 const CHROMIUM = process.env.CHROMIUM ?? '/usr/lib/chromium/chromium';
 const OUTPUT = path.join(WEB, 'test-output');
 // SwiftShader runs a full-vocabulary step in seconds: generous limits, but events, not sleeps.
