@@ -18,9 +18,10 @@ enable wgpu_cooperative_matrix;
 //   and accumulate every TPR-th 4 output dims. Grid: (NKV, ceil(T / (ROWS / G))).
 // coop (COOP, with KV_F16; head dim TD, GQA groups dividing QR): the tensor-core twin of tiled for
 //   the `fast` precision: QR query rows (QR / G tokens, the G heads of one KV head each) per
-//   workgroup, BK keys a step; S = Q K^T and O += P V on 16x16x16 f16 matrices with f32 sums, the
-//   online softmax in f32 between them (q scaled, then rounded to f16; p rounded to f16 for the
-//   product). Grid: (NKV, ceil(T / (QR / G))).
+//   workgroup, CK keys a step; S = Q K^T and O += P V on 16x16x16 f16 matrices with f32 sums, the
+//   output kept in its matrices and rescaled only when a row's max has grown by LAG; the online
+//   softmax in f32 between them (q scaled, then rounded to f16; p rounded to f16 for the product).
+//   Grid: (NKV, ceil(T / (QR / G))), the last tiles (the most keys) first.
 // Variants: KV_F16 (cache stored in f16, math in f32); COOP (the coop entry only).
 #include "common/kv_table.wgsl"
 #include "common/step.wgsl"
@@ -282,12 +283,23 @@ const CWG: u32 = 128u;
 // memory banks.
 const DP4: u32 = (CD + 8u) / 4u;
 const PP4: u32 = (CK + 8u) / 4u;
+// Stage rows in vec4<f32> units: 18 = 2 (mod 8), so the 4 rows x 2 threads of a quarter warp
+// reading interleaved vec4s hit distinct banks.
+const SP4: u32 = CD / 4u + 2u;
+// How far a row's scores may rise above the max its output is scaled to before it is rescaled:
+// the products' p = exp(s - m) stay below exp(LAG) ~ 245, exact enough in f16 (FlashAttention-4's
+// lazy rescaling: most steps then leave the output in its matrices).
+const LAG: f32 = 5.5;
 var<workgroup> q_s: array<vec4<f16>, QR * DP4>;
 var<workgroup> k_s: array<vec4<f16>, CK * DP4>;
 var<workgroup> v_s: array<vec4<f16>, CK * DP4>;
 var<workgroup> p_s: array<vec4<f16>, QR * PP4>;
-// A step's scores [row][key] (CK wide), then its P V [row][dim] (CD wide).
-var<workgroup> stage: array<f32, QR * CD>;
+// Each subgroup's own 16 rows: a step's scores (CK wide), or its output (CD wide) when rescaled
+// and at the end. Only that subgroup touches them, so a subgroup barrier orders them.
+var<workgroup> stage: array<vec4<f32>, QR * SP4>;
+// Set in a step when some row's scores outgrew its max (then every subgroup rescales: the branch
+// must be uniform for the matrix loads and stores in it).
+var<workgroup> rescale: u32;
 
 fn to_h4(v: vec4<f32>) -> vec4<f16> {
     return vec4<f16>(clamp(v, vec4<f32>(-65504.0), vec4<f32>(65504.0)));
@@ -324,14 +336,21 @@ fn kv_stash(lid: u32, f: KvFetch) {
     }
 }
 
+// acc + P V for output dims 16 n .. 16 n + 15 (pa0, pa1: the step's keys 0-15 and 16-31).
+fn pv_add(pa0: coop_mat16x16<f16, A>, pa1: coop_mat16x16<f16, A>, n: u32, acc: coop_mat16x16<f32, C>) -> coop_mat16x16<f32, C> {
+    let o = coopMultiplyAdd(pa0, coopLoadT<coop_mat16x16<f16, B>>(&v_s[4u * n], DP4), acc);
+    return coopMultiplyAdd(pa1, coopLoadT<coop_mat16x16<f16, B>>(&v_s[16u * DP4 + 4u * n], DP4), o);
+}
+
 @compute @workgroup_size(CWG)
-fn coop(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>) {
+fn coop(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let group = p.n_heads / p.n_kv;
     let kvh = wg.x;
-    let t0 = wg.y * (QR / group);
+    // The last tiles see the most keys: they start first, so the short ones fill the tail.
+    let t0 = (nwg.y - 1u - wg.y) * (QR / group);
     let t_end = tile_end(t0, QR);
-    // Subgroup sg multiplies rows 16 sg ..; thread lid keeps row r's softmax state (with its
-    // partner lid ^ 1) and output dims 32 hh .. 32 hh + 31, and scores keys 16 hh .. of a step.
+    // Subgroup sg multiplies rows 16 sg ..; thread lid keeps row r's softmax state with its
+    // partner lid ^ 1, and takes vec4 2 a + hh of the row's scores and outputs.
     let sg = lid / 32u;
     let r = lid / 2u;
     let hh = lid % 2u;
@@ -356,7 +375,11 @@ fn coop(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: ve
     }
     let lo = first_key(tok.pos);
     var l = 1.0;
-    var o: array<vec4<f32>, CD / 8u>;
+    var o0 = coop_mat16x16<f32, C>();
+    var o1 = coop_mat16x16<f32, C>();
+    var o2 = coop_mat16x16<f32, C>();
+    var o3 = coop_mat16x16<f32, C>();
+    let s0 = 16u * sg * SP4;
     workgroupBarrier();
     let q0 = 16u * sg * DP4;
     let qa0 = coopLoadT<coop_mat16x16<f16, A>>(&q_s[q0], DP4);
@@ -371,6 +394,9 @@ fn coop(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: ve
         for (var kb = run.k_lo; kb <= run.k_hi; kb += CK) {
             workgroupBarrier();
             kv_stash(lid, f);
+            if lid == 0u {
+                rescale = 0u;
+            }
             if kb + CK <= run.k_hi {
                 f = kv_fetch(lid, run.seq, kvh, kb + CK, run.k_hi);
             }
@@ -383,56 +409,74 @@ fn coop(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: ve
                 s = coopMultiplyAdd(qa1, coopLoad<coop_mat16x16<f16, B>>(&k_s[k0 + 4u], DP4), s);
                 s = coopMultiplyAdd(qa2, coopLoad<coop_mat16x16<f16, B>>(&k_s[k0 + 8u], DP4), s);
                 s = coopMultiplyAdd(qa3, coopLoad<coop_mat16x16<f16, B>>(&k_s[k0 + 12u], DP4), s);
-                coopStoreT(s, &stage[16u * sg * CK + 16u * n], CK);
+                coopStoreT(s, &stage[s0 + 4u * n], SP4);
             }
-            workgroupBarrier();
-            // The online softmax of row r over keys 16 hh .. 16 hh + 15 of the step, its state
-            // shared with the partner thread.
-            var sc: array<vec4<f32>, 4>;
+            subgroupBarrier();
+            // Row r's scores for keys 8 a + 4 hh .. (masked), and their max over the row.
+            var sc: array<vec4<f32>, CK / 8u>;
             var mx = NEG;
-            for (var a = 0u; a < 4u; a++) {
-                let at = r * CK + 16u * hh + 4u * a;
+            for (var a = 0u; a < CK / 8u; a++) {
+                let v = stage[r * SP4 + 2u * a + hh];
                 for (var c = 0u; c < 4u; c++) {
-                    let key = kb + 16u * hh + 4u * a + c;
+                    let key = kb + 8u * a + 4u * hh + c;
                     let ok = mine && key >= lo && key <= tok.pos;
-                    sc[a][c] = select(NEG, stage[at + c], ok);
+                    sc[a][c] = select(NEG, v[c], ok);
                 }
                 mx = max(mx, max(max(sc[a].x, sc[a].y), max(sc[a].z, sc[a].w)));
             }
             mx = max(mx, subgroupShuffleXor(mx, 1u));
-            let m_new = max(m, mx);
-            let corr = exp(m - m_new);
-            var ps = 0.0;
-            for (var a = 0u; a < 4u; a++) {
-                let pv = exp(sc[a] - m_new);
-                ps += pv.x + pv.y + pv.z + pv.w;
-                p_s[r * PP4 + 4u * hh + a] = vec4<f16>(pv);
+            // Rescale the outputs only when a row has outgrown its max.
+            if mx > m + LAG {
+                rescale = 1u;
             }
-            ps += subgroupShuffleXor(ps, 1u);
-            l = l * corr + ps;
-            m = m_new;
-            workgroupBarrier();
-            // This step's P V: 16 rows by the 64 dims, 16 at a time.
+            if workgroupUniformLoad(&rescale) != 0u {
+                let m_new = max(m, mx);
+                let corr = exp(m - m_new);
+                l *= corr;
+                m = m_new;
+                subgroupBarrier();
+                coopStoreT(o0, &stage[s0], SP4);
+                coopStoreT(o1, &stage[s0 + 4u], SP4);
+                coopStoreT(o2, &stage[s0 + 8u], SP4);
+                coopStoreT(o3, &stage[s0 + 12u], SP4);
+                subgroupBarrier();
+                for (var a = 0u; a < CD / 8u; a++) {
+                    stage[r * SP4 + 2u * a + hh] *= corr;
+                }
+                subgroupBarrier();
+                o0 = coopLoadT<coop_mat16x16<f32, C>>(&stage[s0], SP4);
+                o1 = coopLoadT<coop_mat16x16<f32, C>>(&stage[s0 + 4u], SP4);
+                o2 = coopLoadT<coop_mat16x16<f32, C>>(&stage[s0 + 8u], SP4);
+                o3 = coopLoadT<coop_mat16x16<f32, C>>(&stage[s0 + 12u], SP4);
+            }
+            var ps = 0.0;
+            for (var a = 0u; a < CK / 8u; a++) {
+                let pv = exp(sc[a] - m);
+                ps += pv.x + pv.y + pv.z + pv.w;
+                p_s[r * PP4 + 2u * a + hh] = vec4<f16>(pv);
+            }
+            l += ps + subgroupShuffleXor(ps, 1u);
+            subgroupBarrier();
+            // This step's P V, added to the output's four 16-dim matrices.
             let pa0 = coopLoadT<coop_mat16x16<f16, A>>(&p_s[16u * sg * PP4], PP4);
             let pa1 = coopLoadT<coop_mat16x16<f16, A>>(&p_s[16u * sg * PP4 + 4u], PP4);
-            for (var n = 0u; n < CD / 16u; n++) {
-                var pv = coop_mat16x16<f32, C>();
-                pv = coopMultiplyAdd(pa0, coopLoadT<coop_mat16x16<f16, B>>(&v_s[4u * n], DP4), pv);
-                pv = coopMultiplyAdd(pa1, coopLoadT<coop_mat16x16<f16, B>>(&v_s[16u * DP4 + 4u * n], DP4), pv);
-                coopStoreT(pv, &stage[16u * sg * CD + 16u * n], CD);
-            }
-            workgroupBarrier();
-            for (var a = 0u; a < CD / 8u; a++) {
-                let at = r * CD + 32u * hh + 4u * a;
-                o[a] = o[a] * corr + vec4<f32>(stage[at], stage[at + 1u], stage[at + 2u], stage[at + 3u]);
-            }
+            o0 = pv_add(pa0, pa1, 0u, o0);
+            o1 = pv_add(pa0, pa1, 1u, o1);
+            o2 = pv_add(pa0, pa1, 2u, o2);
+            o3 = pv_add(pa0, pa1, 3u, o3);
         }
         ta = run.end;
     }
+    subgroupBarrier();
+    coopStoreT(o0, &stage[s0], SP4);
+    coopStoreT(o1, &stage[s0 + 4u], SP4);
+    coopStoreT(o2, &stage[s0 + 8u], SP4);
+    coopStoreT(o3, &stage[s0 + 12u], SP4);
+    subgroupBarrier();
     if live {
-        let o0 = ((tq * p.n_heads + h) * CD + 32u * hh) / 4u;
+        let o_row = (tq * p.n_heads + h) * (CD / 4u);
         for (var a = 0u; a < CD / 8u; a++) {
-            out[o0 + a] = o[a] / l;
+            out[o_row + 2u * a + hh] = stage[r * SP4 + 2u * a + hh] / l;
         }
     }
 }

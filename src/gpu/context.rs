@@ -128,13 +128,15 @@ pub async fn adapters(backends: Option<wgpu::Backends>) -> Vec<wgpu::Adapter> {
     instance.enumerate_adapters(wgpu::Backends::all()).await
 }
 
-/// Whether the adapter runs moe.wgsl's COOP kernels: 16x16x16 f16 x f16 + f32 matrices, f16
-/// shaders and subgroups of exactly 32 (the kernels count subgroups by invocation index).
+/// Whether the adapter runs the COOP kernels: 16x16x16 f16 x f16 + f32 matrices, f16 shaders and
+/// subgroups of exactly 32 (the kernels count subgroups by invocation index) with barriers
+/// (attention.wgsl's subgroups share their own rows of workgroup memory).
 fn coop_fits(adapter: &wgpu::Adapter) -> bool {
     let f = adapter.features();
     let need = wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX
         | wgpu::Features::SHADER_F16
-        | wgpu::Features::SUBGROUP;
+        | wgpu::Features::SUBGROUP
+        | wgpu::Features::SUBGROUP_BARRIER;
     let info = adapter.get_info();
     f.contains(need)
         && info.subgroup_min_size == 32
@@ -182,7 +184,8 @@ impl Gpu {
             wanted |= wgpu::Features::SHADER_F16 | wgpu::Features::SUBGROUP;
         }
         if coop {
-            wanted |= wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX;
+            wanted |=
+                wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX | wgpu::Features::SUBGROUP_BARRIER;
         }
         let features = available & wanted;
         // Ask for everything the adapter allows: weights want the largest bindings and buffers.
