@@ -95,7 +95,11 @@ fn route(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: v
 #endif
 
 #ifdef GATE_UP
+#ifdef COOP
+@group(0) @binding(2) var<storage, read> h: array<vec4<f32>>;
+#else
 @group(0) @binding(2) var<storage, read> h: array<vec2<f32>>;
+#endif
 @group(0) @binding(3) var<storage, read> lists: array<u32>;
 @group(0) @binding(4) var<storage, read> counts: array<u32>;
 @group(0) @binding(5) var<storage, read> blocks: array<vec4<u32>>;
@@ -105,7 +109,11 @@ fn route(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: v
 #endif
 
 #ifdef DOWN
+#ifdef COOP
+@group(0) @binding(2) var<storage, read> act: array<vec4<f32>>;
+#else
 @group(0) @binding(2) var<storage, read> act: array<vec2<f32>>;
+#endif
 @group(0) @binding(3) var<storage, read> lists: array<u32>;
 @group(0) @binding(4) var<storage, read> counts: array<u32>;
 @group(0) @binding(5) var<storage, read> wts: array<f32>;
@@ -177,14 +185,17 @@ fn item_col(u: u32, j: u32) -> u32 {
     return col_spread(u, j);
 }
 
-// A thread's loads for one step (common/coop_tile.wgsl's items): a W item's 8 weights are byte
-// item_part(u) % 4 of each word of an MXFP4 block (the lanes of a block share its 16-byte load),
-// with the block's scale byte; an X item's 8 inputs four pairs of the slot's; zeros past the
-// row's blocks.
+// A thread's loads for one step (common/coop_tile.wgsl's items): a W item's 8 weights are word
+// b = item_part(u) % 4 of an MXFP4 block (elements 8b .. 8b + 7), with the block's scale byte;
+// an X item's 8 inputs the same elements of the slot's (two vec4 loads); zeros past the row's
+// blocks. Within the block the tile's columns take them in the order the codes unpack in: column
+// pair q of lane b (common/coop_tile.wgsl's col_spread) holds elements 8b + q and 8b + q + 4,
+// for weights and inputs alike (the product sums over k in any order), so that one mask and two
+// shifts of the word decode a pair (fp4_pair), as in the matrix-vector kernels.
 struct Fetch {
-    blocks: array<vec4<u32>, WI>,
+    words: array<u32, WI>,
     scales: array<u32, WI>,
-    xs: array<vec2<f32>, 4u * XI>,
+    xs: array<vec4<f32>, 2u * XI>,
 }
 
 fn fetch(lid: u32, step: u32) -> Fetch {
@@ -195,7 +206,7 @@ fn fetch(lid: u32, step: u32) -> Fetch {
         let b = step * KB + item_part(u) / 4u;
         if u < TR * 4u * KB && row < job.rows && b < job.n_blocks {
             let blk = (job.e_local * job.rows + row) * job.n_blocks + b;
-            f.blocks[i] = blocks[blk];
+            f.words[i] = blocks[blk][item_part(u) % 4u];
             f.scales[i] = byte_of(scales[blk / 4u], blk);
         }
     }
@@ -205,10 +216,9 @@ fn fetch(lid: u32, step: u32) -> Fetch {
         if u < TS * 4u * KB && b < job.n_blocks {
             let slot = tile_slot[item_row(u)];
             if slot != NONE {
-                let at = input_base(slot) / 2u + b * 16u + item_part(u) % 4u;
-                for (var q = 0u; q < 4u; q++) {
-                    f.xs[4u * i + q] = input(at + 4u * q);
-                }
+                let at = (input_base(slot) + b * 32u) / 4u + 2u * (item_part(u) % 4u);
+                f.xs[2u * i] = input4(at);
+                f.xs[2u * i + 1u] = input4(at + 1u);
             }
         }
     }
@@ -220,32 +230,29 @@ fn pow2_h(n: i32) -> f16 {
     return f16(bitcast<f32>(u32(n + 127) << 23u));
 }
 
-// Item i's 8 weights: byte item_part(u) % 4 of each word, low nibble first, decoded and scaled in
-// f16: a code times 2^-14 (fp4_pair's f16 values, which come back to f16 unchanged) times
+// Item i's 8 weights (pair q: elements q and q + 4 of its word), decoded and scaled in f16: a
+// code times 2^-14 (fp4_pair's f16 values, which come back to f16 unchanged) times
 // 2^(s - 127 + 14) in two exact power-of-two steps that each fit f16's exponent range; the clamp
 // keeps values beyond f16's range finite, as rounding from f32 does. Exact for every scale byte
 // up to 143; above it (every nonzero weight 2^16 or more, no real checkpoint's) the two steps stop
 // at 2^30 and such weights come out below the f32 path's clamped 65504.
 fn weights8(f: Fetch, i: u32, u: u32) -> array<vec2<f16>, 4> {
     var v: array<vec2<f16>, 4>;
-    let shift = 8u * (item_part(u) % 4u);
     let n = i32(f.scales[i]) - 113;
     let na = clamp(n, -14, 15);
     let sa = pow2_h(na);
     let sb = pow2_h(clamp(n - na, -14, 15));
     for (var q = 0u; q < 4u; q++) {
-        let pair = vec2<f16>(fp4_two(f.blocks[i][q] >> shift));
+        let pair = vec2<f16>(fp4_pair(f.words[i] >> (4u * q)));
         v[q] = clamp(pair * sa * sb, vec2<f16>(-65504.0h), vec2<f16>(65504.0h));
     }
     return v;
 }
 
 fn inputs8(f: Fetch, i: u32, u: u32) -> array<vec2<f32>, 4> {
-    var v: array<vec2<f32>, 4>;
-    for (var q = 0u; q < 4u; q++) {
-        v[q] = f.xs[4u * i + q];
-    }
-    return v;
+    let lo = f.xs[2u * i];
+    let hi = f.xs[2u * i + 1u];
+    return array<vec2<f32>, 4>(vec2(lo.x, hi.x), vec2(lo.y, hi.y), vec2(lo.z, hi.z), vec2(lo.w, hi.w));
 }
 
 // Tile slot j's rows `row` and row + 1.
@@ -355,9 +362,15 @@ fn run_grid_tile(lid: u32, wg: vec3<u32>, rows: u32, k: u32) {
 #endif
 
 #ifdef GATE_UP
+#ifdef COOP
+fn input4(i: u32) -> vec4<f32> {
+    return h[i];
+}
+#else
 fn input(i: u32) -> vec2<f32> {
     return h[i];
 }
+#endif
 
 // A slot reads the normed hidden state of its token.
 fn input_base(slot: u32) -> u32 {
@@ -383,9 +396,15 @@ fn gate_up(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg:
 #endif
 
 #ifdef DOWN
+#ifdef COOP
+fn input4(i: u32) -> vec4<f32> {
+    return act[i];
+}
+#else
 fn input(i: u32) -> vec2<f32> {
     return act[i];
 }
+#endif
 
 // A slot reads its own activation.
 fn input_base(slot: u32) -> u32 {

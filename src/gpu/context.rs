@@ -264,9 +264,15 @@ impl Gpu {
             label: Some(&label),
             source: wgpu::ShaderSource::Wgsl(source.as_str().into()),
         };
+        // GPT_OSS_BOUNDS_CHECKS=0 drops the index clamps too, to measure what they cost.
+        let base = if std::env::var_os("GPT_OSS_BOUNDS_CHECKS").is_some_and(|v| v == "0") {
+            wgpu::ShaderRuntimeChecks::unchecked()
+        } else {
+            wgpu::ShaderRuntimeChecks::checked()
+        };
         let checks = wgpu::ShaderRuntimeChecks {
             force_loop_bounding: loop_bounding(),
-            ..wgpu::ShaderRuntimeChecks::checked()
+            ..base
         };
         // SAFETY: every loop in our kernels ends: their bounds are shapes and counts checked on
         // the host (kernels/*.rs). Buffer bounds checks stay on. Without the injected loop
