@@ -26,7 +26,7 @@ const KS: u32 = 32u * KB;
 // columns (one 16-byte load of bf16 weights; but the 4 lanes of a row store into one memory
 // bank, 4-way conflicts), col_spread gives lane b of a block's four columns 8q + 2b + {0, 1}, so
 // each of stash()'s four stores puts its 32 lanes (8 rows of 4) in 32 different banks (MXFP4
-// blocks, whose 16 bytes each lane loads anyway).
+// blocks: which elements a column holds is the includer's, the same for both operands).
 const WI: u32 = (TR * 4u * KB + TILE_WG - 1u) / TILE_WG;
 const XI: u32 = (TS * 4u * KB + TILE_WG - 1u) / TILE_WG;
 
