@@ -342,6 +342,17 @@ fn pv_add(pa0: coop_mat16x16<f16, A>, pa1: coop_mat16x16<f16, A>, n: u32, acc: c
     return coopMultiplyAdd(pa1, coopLoadT<coop_mat16x16<f16, B>>(&v_s[16u * DP4 + 4u * n], DP4), o);
 }
 
+// The output's four matrices into this subgroup's stage rows from s0 (once its threads are done
+// reading them), readable by all its threads on return.
+fn stage_output(s0: u32, o0: coop_mat16x16<f32, C>, o1: coop_mat16x16<f32, C>, o2: coop_mat16x16<f32, C>, o3: coop_mat16x16<f32, C>) {
+    subgroupBarrier();
+    coopStoreT(o0, &stage[s0], SP4);
+    coopStoreT(o1, &stage[s0 + 4u], SP4);
+    coopStoreT(o2, &stage[s0 + 8u], SP4);
+    coopStoreT(o3, &stage[s0 + 12u], SP4);
+    subgroupBarrier();
+}
+
 @compute @workgroup_size(CWG)
 fn coop(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let group = p.n_heads / p.n_kv;
@@ -434,12 +445,7 @@ fn coop(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: ve
                 let corr = exp(m - m_new);
                 l *= corr;
                 m = m_new;
-                subgroupBarrier();
-                coopStoreT(o0, &stage[s0], SP4);
-                coopStoreT(o1, &stage[s0 + 4u], SP4);
-                coopStoreT(o2, &stage[s0 + 8u], SP4);
-                coopStoreT(o3, &stage[s0 + 12u], SP4);
-                subgroupBarrier();
+                stage_output(s0, o0, o1, o2, o3);
                 for (var a = 0u; a < CD / 8u; a++) {
                     stage[r * SP4 + 2u * a + hh] *= corr;
                 }
@@ -467,12 +473,7 @@ fn coop(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: ve
         }
         ta = run.end;
     }
-    subgroupBarrier();
-    coopStoreT(o0, &stage[s0], SP4);
-    coopStoreT(o1, &stage[s0 + 4u], SP4);
-    coopStoreT(o2, &stage[s0 + 8u], SP4);
-    coopStoreT(o3, &stage[s0 + 12u], SP4);
-    subgroupBarrier();
+    stage_output(s0, o0, o1, o2, o3);
     if live {
         let o_row = (tq * p.n_heads + h) * (CD / 4u);
         for (var a = 0u; a < CD / 8u; a++) {
