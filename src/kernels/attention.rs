@@ -202,15 +202,20 @@ mod tests {
                 min_span,
                 max_splits,
             };
-            for &(nh, nkv, d, window, rule, first) in &[
-                (4u32, 2u32, 64u32, 0u32, rule(0, 16, 128), 13usize),
-                (16, 2, 64, 0, rule(0, 16, 1), 70),
-                (4, 2, 64, 0, shader, 70),
-                (4, 2, 64, 0, rule(0, 70, 128), 70),
-                (6, 3, 32, 5, rule(0, 16, 3), 13),
-                (8, 1, 32, 40, rule(0, 16, 128), 70),
-                (8, 2, 64, 40, shader, 70),
-                (2, 1, 100, 70, shader, 13),
+            // `sharp`: scores that grow along the keys, past the tensor-core kernel's LAG between
+            // its steps (so that it rescales its output mid-run), and exact in f16: q and k in
+            // {-1, 0, 1}, k times an integer growing with the position, no rotation, scale 1/8,
+            // sinks -8 (the remaining error is p's rounding, as in the other cases).
+            for &(nh, nkv, d, window, rule, first, sharp) in &[
+                (4u32, 2u32, 64u32, 0u32, rule(0, 16, 128), 13usize, false),
+                (16, 2, 64, 0, rule(0, 16, 1), 70, false),
+                (4, 2, 64, 0, shader, 70, false),
+                (4, 2, 64, 0, rule(0, 70, 128), 70, false),
+                (6, 3, 32, 5, rule(0, 16, 3), 13, false),
+                (8, 1, 32, 40, rule(0, 16, 128), 70, false),
+                (8, 2, 64, 40, shader, 70, false),
+                (2, 1, 100, 70, shader, 13, false),
+                (8, 1, 64, 0, shader, 70, true),
             ] {
                 // Step 1: `first` tokens of seq 0 and 4 of seq 1; step 2: one token each; with a
                 // window, more passes, so that blocks leave the window and are taken again.
@@ -249,8 +254,16 @@ mod tests {
                     BlockPool::new(seqs as u32, entries as u32, block as u32, window, free);
                 let (nh_, nkv_, d_) = (nh as usize, nkv as usize, d as usize);
                 let stride = (nh_ + 2 * nkv_) * d_;
-                let table = random_rope_table(&mut rng, max_pos * d_ / 2);
-                let sinks = random(&mut rng, nh_, 1.0);
+                let table = if sharp {
+                    vec![[1.0, 0.0]; max_pos * d_ / 2]
+                } else {
+                    random_rope_table(&mut rng, max_pos * d_ / 2)
+                };
+                let sinks = if sharp {
+                    vec![-8.0; nh_]
+                } else {
+                    random(&mut rng, nh_, 1.0)
+                };
                 let tb = gpu.upload("table", bytemuck::cast_slice(&table)).unwrap();
                 let sb = gpu.upload("sinks", f32_bytes(&sinks)).unwrap();
                 let pool = (seqs * per_seq * block * nkv_ * d_ * kv_bytes) as u64;
@@ -274,7 +287,17 @@ mod tests {
                     let rows: Vec<u32> = (0..seqs as u32).flat_map(|s| tables.row(s)).collect();
                     let kv_table = gpu.upload("kv_table", bytemuck::cast_slice(&rows)).unwrap();
                     let t = toks.len();
-                    let qkv = random(&mut rng, t * stride, 1.0);
+                    let mut qkv = random(&mut rng, t * stride, 1.0);
+                    if sharp {
+                        for (ti, tok) in toks.iter().enumerate() {
+                            let grow = (1 + tok.pos / 4) as f32;
+                            let qk = &mut qkv[ti * stride..ti * stride + (nh_ + nkv_) * d_];
+                            for (i, x) in qk.iter_mut().enumerate() {
+                                let k = if i >= nh_ * d_ { grow } else { 1.0 };
+                                *x = (*x * 1.5).round() * k;
+                            }
+                        }
+                    }
                     let tokb = gpu.upload("tok", bytemuck::cast_slice(&toks)).unwrap();
                     let qb = gpu.upload("qkv", f32_bytes(&qkv)).unwrap();
                     let ob = gpu.storage("out", (t * nh_ * d_ * 4) as u64).unwrap();
