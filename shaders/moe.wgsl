@@ -94,12 +94,16 @@ fn route(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: v
 }
 #endif
 
-#ifdef GATE_UP
+// How the tiles read their inputs (h or act): 4 values at a time on the tensor cores (a lane
+// takes 8 of a block), pairs otherwise.
 #ifdef COOP
-@group(0) @binding(2) var<storage, read> h: array<vec4<f32>>;
+alias xunit = vec4<f32>;
 #else
-@group(0) @binding(2) var<storage, read> h: array<vec2<f32>>;
+alias xunit = vec2<f32>;
 #endif
+
+#ifdef GATE_UP
+@group(0) @binding(2) var<storage, read> h: array<xunit>;
 @group(0) @binding(3) var<storage, read> lists: array<u32>;
 @group(0) @binding(4) var<storage, read> counts: array<u32>;
 @group(0) @binding(5) var<storage, read> blocks: array<vec4<u32>>;
@@ -109,11 +113,7 @@ fn route(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: v
 #endif
 
 #ifdef DOWN
-#ifdef COOP
-@group(0) @binding(2) var<storage, read> act: array<vec4<f32>>;
-#else
-@group(0) @binding(2) var<storage, read> act: array<vec2<f32>>;
-#endif
+@group(0) @binding(2) var<storage, read> act: array<xunit>;
 @group(0) @binding(3) var<storage, read> lists: array<u32>;
 @group(0) @binding(4) var<storage, read> counts: array<u32>;
 @group(0) @binding(5) var<storage, read> wts: array<f32>;
@@ -158,11 +158,6 @@ fn load_slots(lid: u32, e: u32, j0: u32, live: u32) {
             tile_slot[j] = lists[e * p.list_stride + j0 + j];
         }
     }
-}
-
-// Two e2m1 codes (the low nibbles of the two bytes of q) as values times 2^-14 (fp4_pair).
-fn fp4_two(q: u32) -> vec2<f32> {
-    return fp4_pair((q & 0xfu) | ((q & 0xf0u) << 12u));
 }
 
 #ifdef COOP
@@ -217,8 +212,8 @@ fn fetch(lid: u32, step: u32) -> Fetch {
             let slot = tile_slot[item_row(u)];
             if slot != NONE {
                 let at = (input_base(slot) + b * 32u) / 4u + 2u * (item_part(u) % 4u);
-                f.xs[2u * i] = input4(at);
-                f.xs[2u * i + 1u] = input4(at + 1u);
+                f.xs[2u * i] = input(at);
+                f.xs[2u * i + 1u] = input(at + 1u);
             }
         }
     }
@@ -272,6 +267,11 @@ fn run_tile(lid: u32, e_local: u32, row0: u32, rows: u32, k: u32, e: u32, j0: u3
     coop_products(lid, row0, k / 32u);
 }
 #else
+// Two e2m1 codes (the low nibbles of the two bytes of q) as values times 2^-14 (fp4_pair).
+fn fp4_two(q: u32) -> vec2<f32> {
+    return fp4_pair((q & 0xfu) | ((q & 0xf0u) << 12u));
+}
+
 // [k][TR / 4]: rows 4q .. 4q + 3 of the tile at input k of the block.
 var<workgroup> w_tile: array<vec4<f32>, 32u * TR / 4u>;
 // [k][TS / 4]: slots 4q .. 4q + 3 of the tile at input k of the block.
@@ -362,15 +362,9 @@ fn run_grid_tile(lid: u32, wg: vec3<u32>, rows: u32, k: u32) {
 #endif
 
 #ifdef GATE_UP
-#ifdef COOP
-fn input4(i: u32) -> vec4<f32> {
+fn input(i: u32) -> xunit {
     return h[i];
 }
-#else
-fn input(i: u32) -> vec2<f32> {
-    return h[i];
-}
-#endif
 
 // A slot reads the normed hidden state of its token.
 fn input_base(slot: u32) -> u32 {
@@ -396,15 +390,9 @@ fn gate_up(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg:
 #endif
 
 #ifdef DOWN
-#ifdef COOP
-fn input4(i: u32) -> vec4<f32> {
+fn input(i: u32) -> xunit {
     return act[i];
 }
-#else
-fn input(i: u32) -> vec2<f32> {
-    return act[i];
-}
-#endif
 
 // A slot reads its own activation.
 fn input_base(slot: u32) -> u32 {

@@ -264,19 +264,19 @@ impl Gpu {
             label: Some(&label),
             source: wgpu::ShaderSource::Wgsl(source.as_str().into()),
         };
-        // GPT_OSS_BOUNDS_CHECKS=0 drops the index clamps too, to measure what they cost.
-        let base = if std::env::var_os("GPT_OSS_BOUNDS_CHECKS").is_some_and(|v| v == "0") {
-            wgpu::ShaderRuntimeChecks::unchecked()
-        } else {
+        let base = if bounds_checks() {
             wgpu::ShaderRuntimeChecks::checked()
+        } else {
+            wgpu::ShaderRuntimeChecks::unchecked()
         };
         let checks = wgpu::ShaderRuntimeChecks {
             force_loop_bounding: loop_bounding(),
             ..base
         };
         // SAFETY: every loop in our kernels ends: their bounds are shapes and counts checked on
-        // the host (kernels/*.rs). Buffer bounds checks stay on. Without the injected loop
-        // counter the driver's compiler can unroll and pipeline the inner loops.
+        // the host (kernels/*.rs). Buffer bounds checks stay on unless a measurement turns them
+        // off. Without the injected loop counter the driver's compiler can unroll and pipeline
+        // the inner loops.
         let pipeline = self
             .checked(&label, || {
                 let module = unsafe { self.device.create_shader_module_trusted(desc, checks) };
@@ -373,4 +373,11 @@ impl Gpu {
 fn loop_bounding() -> bool {
     cfg!(target_arch = "wasm32")
         || std::env::var_os("GPT_OSS_LOOP_BOUNDING").is_some_and(|v| v == "1")
+}
+
+/// Whether naga clamps every index (on unless `GPT_OSS_BOUNDS_CHECKS=0`, which measures what the
+/// clamps cost: PERF.md v0.17).
+fn bounds_checks() -> bool {
+    cfg!(target_arch = "wasm32")
+        || std::env::var_os("GPT_OSS_BOUNDS_CHECKS").is_none_or(|v| v != "0")
 }
