@@ -166,9 +166,14 @@ const TPR: u32 = 4u;
 const BK: u32 = 16u;
 const TD: u32 = 64u;
 
-var<workgroup> k_tile: array<vec4<f32>, BK * TD / 4u>;
+// Key rows padded by one vec4 and score rows by one float: the four threads of a row read keys
+// c, c + 4, ... and 8 rows of a warp read their scores at once, which without the padding fall
+// in the same memory banks.
+const KP4: u32 = TD / 4u + 1u;
+const SBK: u32 = BK + 1u;
+var<workgroup> k_tile: array<vec4<f32>, BK * KP4>;
 var<workgroup> v_tile: array<vec4<f32>, BK * TD / 4u>;
-var<workgroup> s_tile: array<f32, ROWS * BK>;
+var<workgroup> s_tile: array<f32, ROWS * SBK>;
 
 @compute @workgroup_size(ROWS * TPR)
 fn tiled(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>) {
@@ -189,9 +194,11 @@ fn tiled(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: v
     if live {
         tok = tokens[tq];
         let q0 = (tq * (p.n_heads + 2u * p.n_kv) + h) * p.head_dim;
-        for (var i = 0u; i < d4; i++) {
-            let b = q0 + 4u * i;
-            q[i] = vec4<f32>(qkv[b], qkv[b + 1u], qkv[b + 2u], qkv[b + 3u]) * p.scale;
+        for (var i = 0u; i < TD / 4u; i++) {
+            if i < d4 {
+                let b = q0 + 4u * i;
+                q[i] = vec4<f32>(qkv[b], qkv[b + 1u], qkv[b + 2u], qkv[b + 3u]) * p.scale;
+            }
         }
         m = sinks[h];
     }
@@ -215,7 +222,7 @@ fn tiled(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: v
                     let v0 = at + 4u * i;
                     vv4 = vec4<f32>(f32(v_cache[v0]), f32(v_cache[v0 + 1u]), f32(v_cache[v0 + 2u]), f32(v_cache[v0 + 3u]));
                 }
-                k_tile[j * (TD / 4u) + i] = kv4;
+                k_tile[j * KP4 + i] = kv4;
                 v_tile[j * (TD / 4u) + i] = vv4;
             }
             workgroupBarrier();
@@ -225,17 +232,20 @@ fn tiled(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: v
                 var sc = NEG;
                 if mine && key >= lo && key <= tok.pos {
                     var dq = 0.0;
-                    for (var i = 0u; i < d4; i++) {
-                        dq += dot(q[i], k_tile[j * (TD / 4u) + i]);
+                    // A constant trip count keeps q in registers (indexed by d4, it went to memory).
+                    for (var i = 0u; i < TD / 4u; i++) {
+                        if i < d4 {
+                            dq += dot(q[i], k_tile[j * KP4 + i]);
+                        }
                     }
                     sc = dq;
                 }
-                s_tile[r * BK + j] = sc;
+                s_tile[r * SBK + j] = sc;
             }
             workgroupBarrier();
             var m_new = m;
             for (var j = 0u; j < BK; j++) {
-                m_new = max(m_new, s_tile[r * BK + j]);
+                m_new = max(m_new, s_tile[r * SBK + j]);
             }
             let corr = exp(m - m_new);
             l *= corr;
@@ -243,7 +253,7 @@ fn tiled(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: v
                 acc[a] *= corr;
             }
             for (var j = 0u; j < BK; j++) {
-                let pj = exp(s_tile[r * BK + j] - m_new);
+                let pj = exp(s_tile[r * SBK + j] - m_new);
                 l += pj;
                 for (var a = 0u; a < TD / 16u; a++) {
                     let i = c + a * TPR;

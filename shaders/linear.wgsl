@@ -2,18 +2,21 @@
 enable f16;
 enable wgpu_cooperative_matrix;
 #endif
-// Dense layer with bf16 weights: y[t, row_start + r] (+)= sum_k x[t, k] * W[r, k] + bias[row_start + r].
-// Bindings: x [count, k] f32, W rows [rows, k] bf16 (this buffer's part of the matrix), bias [n_out]
-// f32, y [count, n_out] f32. Grid: (ceil(rows / R), ceil(count / TT)); each workgroup computes R
-// rows for TT tokens so a weight word is read once per TT tokens. ACCUMULATE adds into y (the
-// residual stream) instead of overwriting. Variants: SUBGROUPS; VEC8 (k a multiple of 8) reads 8
-// weights and 8 inputs per load, which quarters the load instructions of the memory-bound decode;
-// ONE_TOKEN (TT = 1) serves passes of a single row, where the token tile would only add reduction
-// work. Both give each token the same sums in the same order.
-// coop (entry, with COOP, VEC8 and SPLIT_INPUTS; k a multiple of 32): the tensor-core path of the
-// `fast` precision (common/coop_tile.wgsl): TS tokens by TR rows per workgroup, inputs in two f16
-// parts (f16 inputs alone move the logits 30 times more), f32 sums. Grid: (ceil(rows / TR),
-// ceil(count / TS)).
+// Dense layer with bf16 weights: y[t, row_start + r] (+)= sum_k x[t, k] * W[r, k] + bias[row_start + r],
+// for passes above the matrix-vector kernel's (linear_vec.wgsl). Bindings: x [count, k] f32, W rows
+// [rows, k] bf16 (this buffer's part of the matrix), bias [n_out] f32, y [count, n_out] f32.
+// ACCUMULATE (a parameter) adds into y (the residual stream) instead of overwriting. Three entries:
+// tiled (with SIMT and VEC8; k a multiple of 8): TS tokens by TR rows per workgroup through
+//   workgroup memory in f32 (common/simt_tile.wgsl), 8 weights and 8 inputs per load. Grid:
+//   (ceil(rows / TR), ceil(count / TS)).
+// coop (with COOP, VEC8 and SPLIT_INPUTS; k a multiple of 32): the tensor-core path of the `fast`
+//   precision (common/coop_tile.wgsl): inputs in two f16 parts (f16 inputs alone move the logits
+//   30 times more), f32 sums. Grid: (ceil(rows / TR), ceil(count / TS)).
+// main (any even k): R rows for TT tokens per workgroup, each lane a strided part of k, reduced
+//   across the workgroup (SUBGROUPS: in registers first); ONE_TOKEN (TT = 1) serves passes of a
+//   single row, where the token tile would only add reduction work. Grid: (ceil(rows / R),
+//   ceil(count / TT)).
+// Each entry gives a token the same sums in the same order whatever else is in the pass.
 #include "common/step.wgsl"
 #include "common/bf16.wgsl"
 
@@ -30,6 +33,7 @@ enable wgpu_cooperative_matrix;
 #include "common/linear_out.wgsl"
 
 #ifndef COOP
+#ifndef SIMT
 const WG: u32 = 64u;
 const R: u32 = 4u;
 #include "common/token_tile.wgsl"
@@ -44,31 +48,6 @@ fn main(lanes: Lanes, @builtin(workgroup_id) wg: vec3<u32>) {
     let r0 = wg.x * R;
     let t0 = wg.y * TT;
     var acc: array<f32, NV>;
-#ifdef VEC8
-    // Unit i covers inputs 8i .. 8i + 7: one vec4 of bf16 pairs, two vec4 of inputs.
-    let units = p.k / 8u;
-    for (var i = lid; i < units; i += WG) {
-        var xa: array<vec4<f32>, TT>;
-        var xb: array<vec4<f32>, TT>;
-        for (var tt = 0u; tt < TT; tt++) {
-            let t = t0 + tt;
-            if t < count {
-                xa[tt] = x[(t * p.k) / 4u + 2u * i];
-                xb[tt] = x[(t * p.k) / 4u + 2u * i + 1u];
-            }
-        }
-        for (var r = 0u; r < R; r++) {
-            if r0 + r < p.rows {
-                let q = w[(r0 + r) * units + i];
-                let wa = vec4<f32>(bf16_lo(q.x), bf16_hi(q.x), bf16_lo(q.y), bf16_hi(q.y));
-                let wb = vec4<f32>(bf16_lo(q.z), bf16_hi(q.z), bf16_lo(q.w), bf16_hi(q.w));
-                for (var tt = 0u; tt < TT; tt++) {
-                    acc[r * TT + tt] += dot(wa, xa[tt]) + dot(wb, xb[tt]);
-                }
-            }
-        }
-    }
-#else
     let half_k = p.k / 2u;
     for (var i = lid; i < half_k; i += WG) {
         var xv: array<vec2<f32>, TT>;
@@ -88,7 +67,6 @@ fn main(lanes: Lanes, @builtin(workgroup_id) wg: vec3<u32>) {
             }
         }
     }
-#endif
     reduce_sum(&acc);
     if lid < NV {
         let row = r0 + lid / TT;
@@ -99,11 +77,94 @@ fn main(lanes: Lanes, @builtin(workgroup_id) wg: vec3<u32>) {
     }
 }
 #endif
+#endif
+
+#ifdef SIMT
+// Tokens and rows per tile (the Rust side reads these lines).
+const SIMT_TS: u32 = 64u;
+const SIMT_TR: u32 = 128u;
+const TS: u32 = SIMT_TS;
+const TR: u32 = SIMT_TR;
+#include "common/simt_tile.wgsl"
+
+// The tile's first token and row, and the pass's tokens.
+var<private> tile_t0: u32;
+var<private> tile_count: u32;
+var<private> tile_row0: u32;
+
+// A thread's loads for one step of KS = 16 columns (common/simt_tile.wgsl): W item u is 8 bf16
+// weights (one 16-byte load) of tile row u % TR, X item u the same 8 inputs of tile token u % TS
+// (two vec4 loads); zeros past the data.
+struct Fetch {
+    w: array<vec4<u32>, 2u * TR / TILE_WG>,
+    x: array<vec4<f32>, 4u * TS / TILE_WG>,
+}
+
+fn fetch(lid: u32, step: u32) -> Fetch {
+    var f: Fetch;
+    let units = p.k / 8u;
+    for (var i = 0u; i < 2u * TR / TILE_WG; i++) {
+        let u = lid + i * TILE_WG;
+        let row = tile_row0 + u % TR;
+        let unit = 2u * step + u / TR;
+        if row < p.rows && unit < units {
+            f.w[i] = w[row * units + unit];
+        }
+    }
+    for (var i = 0u; i < 2u * TS / TILE_WG; i++) {
+        let u = lid + i * TILE_WG;
+        let t = tile_t0 + u % TS;
+        let unit = 2u * step + u / TS;
+        if t < tile_count && unit < units {
+            let at = t * (p.k / 4u) + 2u * unit;
+            f.x[2u * i] = x[at];
+            f.x[2u * i + 1u] = x[at + 1u];
+        }
+    }
+    return f;
+}
+
+fn stash(lid: u32, f: Fetch) {
+    for (var i = 0u; i < 2u * TR / TILE_WG; i++) {
+        let u = lid + i * TILE_WG;
+        let v = bf16_wide8(f.w[i]);
+        for (var j = 0u; j < 8u; j++) {
+            put_w(8u * (u / TR) + j, u % TR, v[j / 4u][j % 4u]);
+        }
+    }
+    for (var i = 0u; i < 2u * TS / TILE_WG; i++) {
+        let u = lid + i * TILE_WG;
+        for (var j = 0u; j < 8u; j++) {
+            put_x(8u * (u / TS) + j, u % TS, f.x[2u * i + j / 4u][j % 4u]);
+        }
+    }
+}
+
+// Token j of the tile, rows `row` .. row + 3 of this buffer.
+fn store_quad(j: u32, row: u32, v: vec4<f32>) {
+    let t = tile_t0 + j;
+    for (var c = 0u; c < 4u; c++) {
+        if t < tile_count && row + c < p.rows {
+            store_out(t, p.row_start + row + c, v[c]);
+        }
+    }
+}
+
+@compute @workgroup_size(TILE_WG)
+fn tiled(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>) {
+    tile_count = step_count(p.count_which);
+    tile_t0 = wg.y * TS;
+    tile_row0 = wg.x * TR;
+    simt_products(lid, tile_row0, (p.k / 8u + 1u) / 2u);
+}
+#endif
 
 #ifdef COOP
 // Tokens and rows per tile (the Rust side reads these lines).
-const TS: u32 = 64u;
-const TR: u32 = 128u;
+const COOP_TS: u32 = 64u;
+const COOP_TR: u32 = 128u;
+const TS: u32 = COOP_TS;
+const TR: u32 = COOP_TR;
 // Two blocks a step: 65 -> 45 ms of a 2048-token pass on the H200 (PERF.md v0.15).
 const KB: u32 = 2u;
 #include "common/coop_tile.wgsl"

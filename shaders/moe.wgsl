@@ -4,11 +4,10 @@ enable wgpu_cooperative_matrix;
 #endif
 // MoE experts with MXFP4 weights for passes of many tokens (prefill), grouped by expert: a
 // workgroup owns TR rows of one expert and TS of the token-expert slots routed to it, a tiled matrix
-// product. Each step of the K loop decodes one MXFP4 block of each of its rows into
-// workgroup memory (a weight is decoded once per TS slots, not once per slot) beside the TS slots'
-// 32 inputs, then each thread accumulates an MS x MR block of outputs from the two tiles (two
-// 16-byte loads of workgroup memory per 16 multiply-adds). A slot's sums run over k in order in
-// one thread, so a sequence's results do not depend on what else is in the pass.
+// product (common/coop_tile.wgsl on the tensor cores, common/simt_tile.wgsl otherwise). Each
+// step of the K loop decodes the MXFP4 codes of its rows into workgroup memory (a weight is
+// decoded once per TS slots, not once per slot) beside the TS slots' inputs. A slot's sums run
+// over k in order, so a sequence's results do not depend on what else is in the pass.
 //
 // ROUTE: lists[e, 0..counts[e]] = the slots s = t * K + j with idx[s] == e, in slot order.
 //   Bindings: idx [T*K], lists [E, T_max*K], counts [E]. Grid: (E, 1).
@@ -37,23 +36,18 @@ enable wgpu_cooperative_matrix;
 
 #include "common/moe_params.wgsl"
 
-// Rows and slots per tile of each variant (the Rust side reads these four lines), and the work of
-// a thread (SIMT: 4 slots by 4 rows) or of a subgroup of 32 (COOP: 16 slots by 64 rows, four
-// accumulator tiles). SIMT's tiles fit the 16 KiB of workgroup memory WebGPU promises.
+// Rows and slots per tile of each variant (the Rust side reads these four lines). SIMT's tiles
+// fit the 16 KiB of workgroup memory WebGPU promises.
 const COOP_TR: u32 = 128u;
 const COOP_TS: u32 = 64u;
-const SIMT_TR: u32 = 64u;
-const SIMT_TS: u32 = 32u;
+const SIMT_TR: u32 = 128u;
+const SIMT_TS: u32 = 64u;
 #ifdef COOP
 const TR: u32 = COOP_TR;
 const TS: u32 = COOP_TS;
-const WG: u32 = TILE_WG;
 #else
 const TR: u32 = SIMT_TR;
 const TS: u32 = SIMT_TS;
-const MS: u32 = 4u;
-const MR: u32 = 4u;
-const WG: u32 = (TS / MS) * (TR / MR);
 #endif
 
 #ifdef ROUTE
@@ -61,6 +55,8 @@ const WG: u32 = (TS / MS) * (TR / MR);
 @group(0) @binding(3) var<storage, read_write> lists: array<u32>;
 @group(0) @binding(4) var<storage, read_write> counts: array<u32>;
 
+// Slots a route workgroup scans at a time.
+const WG: u32 = 128u;
 var<workgroup> scan: array<u32, WG>;
 
 @compute @workgroup_size(WG)
@@ -94,16 +90,8 @@ fn route(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: v
 }
 #endif
 
-// How the tiles read their inputs (h or act): 4 values at a time on the tensor cores (a lane
-// takes 8 of a block), pairs otherwise.
-#ifdef COOP
-alias xunit = vec4<f32>;
-#else
-alias xunit = vec2<f32>;
-#endif
-
 #ifdef GATE_UP
-@group(0) @binding(2) var<storage, read> h: array<xunit>;
+@group(0) @binding(2) var<storage, read> h: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read> lists: array<u32>;
 @group(0) @binding(4) var<storage, read> counts: array<u32>;
 @group(0) @binding(5) var<storage, read> blocks: array<vec4<u32>>;
@@ -113,7 +101,7 @@ alias xunit = vec2<f32>;
 #endif
 
 #ifdef DOWN
-@group(0) @binding(2) var<storage, read> act: array<xunit>;
+@group(0) @binding(2) var<storage, read> act: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read> lists: array<u32>;
 @group(0) @binding(4) var<storage, read> counts: array<u32>;
 @group(0) @binding(5) var<storage, read> wts: array<f32>;
@@ -145,6 +133,7 @@ fn combine(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg:
 // GATE_UP and DOWN share the tiled projection.
 #ifndef ROUTE
 #ifndef COMBINE
+const WG: u32 = TILE_WG;
 // Each slot of the tile: its id, or NONE past the live slots.
 var<workgroup> tile_slot: array<u32, TS>;
 const NONE: u32 = 0xffffffffu;
@@ -267,79 +256,90 @@ fn run_tile(lid: u32, e_local: u32, row0: u32, rows: u32, k: u32, e: u32, j0: u3
     coop_products(lid, row0, k / 32u);
 }
 #else
-// Two e2m1 codes (the low nibbles of the two bytes of q) as values times 2^-14 (fp4_pair).
-fn fp4_two(q: u32) -> vec2<f32> {
-    return fp4_pair((q & 0xfu) | ((q & 0xf0u) << 12u));
+#include "common/simt_tile.wgsl"
+
+// The tile's expert and rows, for fetch() and store_quad().
+struct Job {
+    e: u32,
+    e_local: u32,
+    row0: u32,
+    rows: u32,
+    n_blocks: u32,
+}
+var<private> job: Job;
+
+// A thread's loads for one step of KS = 16 columns, half an MXFP4 block (common/simt_tile.wgsl):
+// W item u is word 2 (step % 2) + u / TR of tile row u % TR's block (8 codes) with the block's
+// scale byte, X item u the same 8 inputs of tile slot u % TS (two vec4 loads); zeros past the
+// data.
+struct Fetch {
+    words: array<u32, 2u * TR / TILE_WG>,
+    scales: array<u32, 2u * TR / TILE_WG>,
+    xs: array<vec4<f32>, 4u * TS / TILE_WG>,
 }
 
-// [k][TR / 4]: rows 4q .. 4q + 3 of the tile at input k of the block.
-var<workgroup> w_tile: array<vec4<f32>, 32u * TR / 4u>;
-// [k][TS / 4]: slots 4q .. 4q + 3 of the tile at input k of the block.
-var<workgroup> x_tile: array<vec4<f32>, 32u * TS / 4u>;
+fn fetch(lid: u32, step: u32) -> Fetch {
+    var f: Fetch;
+    let b = step / 2u;
+    for (var i = 0u; i < 2u * TR / TILE_WG; i++) {
+        let u = lid + i * TILE_WG;
+        let row = job.row0 + u % TR;
+        if row < job.rows && b < job.n_blocks {
+            let blk = (job.e_local * job.rows + row) * job.n_blocks + b;
+            f.words[i] = blocks[blk][2u * (step % 2u) + u / TR];
+            f.scales[i] = byte_of(scales[blk / 4u], blk);
+        }
+    }
+    for (var i = 0u; i < 2u * TS / TILE_WG; i++) {
+        let u = lid + i * TILE_WG;
+        let slot = tile_slot[u % TS];
+        if slot != NONE && b < job.n_blocks {
+            let at = (input_base(slot) + 16u * step + 8u * (u / TS)) / 4u;
+            f.xs[2u * i] = input(at);
+            f.xs[2u * i + 1u] = input(at + 1u);
+        }
+    }
+    return f;
+}
+
+// Codes q and q + 4 of a word are column pair q (fp4_decode8), times the block's scale.
+fn stash(lid: u32, f: Fetch) {
+    for (var i = 0u; i < 2u * TR / TILE_WG; i++) {
+        let u = lid + i * TILE_WG;
+        let codes = fp4_decode8(f.words[i]);
+        let sc = mx_scale(f.scales[i]);
+        for (var q = 0u; q < 4u; q++) {
+            put_w(8u * (u / TR) + q, u % TR, codes[q].x * sc);
+            put_w(8u * (u / TR) + q + 4u, u % TR, codes[q].y * sc);
+        }
+    }
+    for (var i = 0u; i < 2u * TS / TILE_WG; i++) {
+        let u = lid + i * TILE_WG;
+        let lo = f.xs[2u * i];
+        let hi = f.xs[2u * i + 1u];
+        for (var q = 0u; q < 4u; q++) {
+            put_x(8u * (u / TS) + q, u % TS, lo[q]);
+            put_x(8u * (u / TS) + q + 4u, u % TS, hi[q]);
+        }
+    }
+}
+
+// Tile slot j's rows `row` .. row + 3.
+fn store_quad(j: u32, row: u32, v: vec4<f32>) {
+    let slot = tile_slot[j];
+    if slot != NONE {
+        store_slot_rows(job.e, slot, row, v.xy);
+        store_slot_rows(job.e, slot, row + 2u, v.zw);
+    }
+}
 
 // The tile's products: slots tile_slot[..] by rows [row0, row0 + TR) of the expert's `rows`
-// (k inputs), handed to store_slot_rows. Thread lid accumulates slots 4 sq .. 4 sq + 3 by rows
-// 4 rq .. 4 rq + 3 (sq = lid / (TR / 4), rq = lid % (TR / 4)).
+// (k inputs), handed to store_slot_rows.
 fn run_tile(lid: u32, e_local: u32, row0: u32, rows: u32, k: u32, e: u32, j0: u32, live: u32) {
     load_slots(lid, e, j0, live);
-    let n_blocks = k / 32u;
-    let rq = lid % (TR / 4u);
-    let sq = lid / (TR / 4u);
-    var acc: array<vec4<f32>, MS>;
-    for (var b = 0u; b < n_blocks; b++) {
-        workgroupBarrier();
-        // Item u decodes inputs 4 lk .. 4 lk + 3 of rows 4 lq .. 4 lq + 3 (lq = u % (TR / 4)).
-        for (var u = lid; u < 8u * (TR / 4u); u += WG) {
-            let lq = u % (TR / 4u);
-            let lk = u / (TR / 4u);
-            var v: array<vec4<f32>, 4>;
-            for (var r = 0u; r < 4u; r++) {
-                let row = row0 + 4u * lq + r;
-                if row < rows {
-                    let blk = (e_local * rows + row) * n_blocks + b;
-                    let word = blocks[blk][lk / 2u] >> (16u * (lk % 2u));
-                    let sc = mx_scale(byte_of(scales[blk / 4u], blk));
-                    v[r] = vec4<f32>(fp4_two(word & 0xffu), fp4_two((word >> 8u) & 0xffu)) * sc;
-                }
-            }
-            for (var c = 0u; c < 4u; c++) {
-                w_tile[(4u * lk + c) * (TR / 4u) + lq] = vec4<f32>(v[0][c], v[1][c], v[2][c], v[3][c]);
-            }
-        }
-        // Item u reads inputs 2 ik, 2 ik + 1 of slots 4 iq .. 4 iq + 3 (iq = u % (TS / 4)).
-        for (var u = lid; u < 16u * (TS / 4u); u += WG) {
-            let iq = u % (TS / 4u);
-            let ik = u / (TS / 4u);
-            var xs: array<vec2<f32>, 4>;
-            for (var a = 0u; a < 4u; a++) {
-                let slot = tile_slot[4u * iq + a];
-                if slot != NONE {
-                    xs[a] = input(input_base(slot) / 2u + b * 16u + ik);
-                }
-            }
-            for (var c = 0u; c < 2u; c++) {
-                x_tile[(2u * ik + c) * (TS / 4u) + iq] = vec4<f32>(xs[0][c], xs[1][c], xs[2][c], xs[3][c]);
-            }
-        }
-        workgroupBarrier();
-        for (var kk = 0u; kk < 32u; kk++) {
-            let xv = x_tile[kk * (TS / 4u) + sq];
-            let wv = w_tile[kk * (TR / 4u) + rq];
-            acc[0] += xv.x * wv;
-            acc[1] += xv.y * wv;
-            acc[2] += xv.z * wv;
-            acc[3] += xv.w * wv;
-        }
-    }
-    for (var a = 0u; a < MS; a++) {
-        let slot = tile_slot[4u * sq + a];
-        if slot != NONE {
-            for (var pr = 0u; pr < 2u; pr++) {
-                let v = vec2<f32>(acc[a][2u * pr], acc[a][2u * pr + 1u]);
-                store_slot_rows(e, slot, row0 + 4u * rq + 2u * pr, v);
-            }
-        }
-    }
+    workgroupBarrier();
+    job = Job(e, e_local, row0, rows, k / 32u);
+    simt_products(lid, row0, k / 16u);
 }
 #endif
 
@@ -362,7 +362,7 @@ fn run_grid_tile(lid: u32, wg: vec3<u32>, rows: u32, k: u32) {
 #endif
 
 #ifdef GATE_UP
-fn input(i: u32) -> xunit {
+fn input(i: u32) -> vec4<f32> {
     return h[i];
 }
 
@@ -390,7 +390,7 @@ fn gate_up(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg:
 #endif
 
 #ifdef DOWN
-fn input(i: u32) -> xunit {
+fn input(i: u32) -> vec4<f32> {
     return act[i];
 }
 

@@ -32,6 +32,7 @@ const SOURCES: &[(&str, &str)] = embed_wgsl![
     "common/moe_params.wgsl",
     "common/attention_params.wgsl",
     "common/coop_tile.wgsl",
+    "common/simt_tile.wgsl",
     "embed.wgsl",
     "rmsnorm.wgsl",
     "linear.wgsl",

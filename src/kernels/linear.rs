@@ -125,6 +125,13 @@ pub fn vec_max_tokens(k: u32, coop: bool) -> u32 {
     }
 }
 
+/// The portable tiles' shader (one variant; the validation sweep takes it from here).
+pub(crate) fn simt_key() -> ShaderKey {
+    ShaderKey::new("linear.wgsl", "tiled")
+        .define_if("VEC8", true)
+        .define_if("SIMT", true)
+}
+
 /// The tensor-core tiles' shader (one variant; the validation sweep takes it from here).
 pub(crate) fn coop_key() -> ShaderKey {
     ShaderKey::new("linear.wgsl", "coop")
@@ -174,23 +181,30 @@ pub fn build_tiled(
 ) -> Result<Vec<Dispatch>> {
     check(l)?;
     let mut out = Vec::new();
-    let key = super::key(gpu, "linear.wgsl", "main").define_if("VEC8", l.k.is_multiple_of(8));
+    let key = super::key(gpu, "linear.wgsl", "main");
     let one = key.clone().define_if("ONE_TOKEN", true);
-    let coop = l.coop && l.k.is_multiple_of(32);
-    let coop_key = coop_key();
-    let (coop_rows, coop_tokens) = (
-        wgsl_const("linear.wgsl", "TR")?,
-        wgsl_const("linear.wgsl", "TS")?,
+    let (coop, simt) = (
+        l.coop && l.k.is_multiple_of(32),
+        !l.coop && l.k.is_multiple_of(8),
+    );
+    let (tile_key, tile) = if coop {
+        (coop_key(), "COOP_")
+    } else {
+        (simt_key(), "SIMT_")
+    };
+    let (tile_rows, tile_tokens) = (
+        wgsl_const("linear.wgsl", &format!("{tile}TR"))?,
+        wgsl_const("linear.wgsl", &format!("{tile}TS"))?,
     );
     for c in &l.w.chunks {
         let p = Params::new(l, c);
         // Without a bias the binding still needs a buffer; x is read-only too.
         let bufs = [l.x, &c.buffer, l.bias.unwrap_or(l.x), l.y];
         let params = bytemuck::bytes_of(&p);
-        if coop {
-            let grid = Grid::new(c.count.div_ceil(coop_rows), l.count, coop_tokens);
+        if coop || simt {
+            let grid = Grid::new(c.count.div_ceil(tile_rows), l.count, tile_tokens);
             out.push(
-                Dispatch::new(gpu, &coop_key, step, params, &bufs, grid)?
+                Dispatch::new(gpu, &tile_key, step, params, &bufs, grid)?
                     .only_for(l.count, vec_max + 1..=u32::MAX),
             );
             continue;
@@ -325,6 +339,7 @@ mod tests {
                 (5, 256, 37, 37, false),
                 (9, 130, 20, 7, true),
                 (70, 96, 150, 140, true),
+                (40, 104, 300, 170, false),
                 (300, 64, 40, 40, false),
             ] {
                 let x = random(&mut rng, t * k, 1.0);

@@ -54,13 +54,7 @@ pub fn all_variants() -> Vec<ShaderKey> {
         let k = |f, e| ShaderKey::new(f, e).define_if("SUBGROUPS", sg);
         out.push(k("rmsnorm.wgsl", "main"));
         out.push(k("linear.wgsl", "main"));
-        out.push(k("linear.wgsl", "main").define_if("VEC8", true));
         out.push(k("linear.wgsl", "main").define_if("ONE_TOKEN", true));
-        out.push(
-            k("linear.wgsl", "main")
-                .define_if("VEC8", true)
-                .define_if("ONE_TOKEN", true),
-        );
         out.push(k("sample.wgsl", "pick"));
         out.push(k("router.wgsl", "main"));
         out.push(k("router.wgsl", "partial").define_if("PARTIAL", true));
@@ -93,6 +87,7 @@ pub fn all_variants() -> Vec<ShaderKey> {
         out.push(ShaderKey::new("moe.wgsl", "combine").define_if("COMBINE", true));
     }
     out.push(linear::coop_key());
+    out.push(linear::simt_key());
     for coop in [false, true] {
         out.push(moe::tiled_key("gate_up", "GATE_UP", coop));
         out.push(moe::tiled_key("down", "DOWN", coop));

@@ -45,13 +45,26 @@ pub struct MoeShape {
     pub alpha: f32,
     /// Most token-expert slots in a forward pass (the row stride of the slot lists).
     pub max_slots: u32,
-    /// Passes of up to this many tokens run the matrix-vector kernels (normally VEC_MAX_TOKENS).
+    /// Passes of up to this many tokens run the matrix-vector kernels (normally `vec_max_tokens`).
     pub vec_max_tokens: u32,
     /// Slices of the router's partial logits that the matrix-vector path adds up.
     pub router_slices: u32,
     /// The tiled products on cooperative matrices (`Caps::coop` must hold).
     pub coop: bool,
 }
+
+/// The largest pass that the expert tiles leave to the matrix-vector kernels: on the tensor
+/// cores the tiles win from somewhere between 16 and 32 tokens (H200, batch 32: 946 -> 1033
+/// tok/s, batch 16: 700 -> 550; PERF.md v0.18), the portable tiles only beyond VEC_MAX_TOKENS.
+pub fn vec_max_tokens(coop: bool) -> u32 {
+    if coop {
+        COOP_VEC_MAX_TOKENS
+    } else {
+        super::VEC_MAX_TOKENS
+    }
+}
+
+const COOP_VEC_MAX_TOKENS: u32 = 24;
 
 /// The buffers one MoE layer works on.
 pub struct MoeBuffers<'a> {

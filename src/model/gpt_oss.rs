@@ -382,6 +382,7 @@ impl Graph<'_> {
     /// chosen experts and their weights.
     fn moe_block(&self, lw: &LayerWeights) -> Result<Vec<Dispatch>> {
         let (g, step, c, a) = (self.g, self.step, self.c, self.acts);
+        let vec_max_tokens = moe::vec_max_tokens(self.coop);
         let mut ds = router::build(
             g,
             step,
@@ -398,7 +399,7 @@ impl Graph<'_> {
                 hidden: c.hidden,
                 n_experts: c.experts,
                 top_k: c.top_k,
-                vec_max_tokens: VEC_MAX_TOKENS,
+                vec_max_tokens,
             },
         )?;
         let shape = MoeShape {
@@ -409,7 +410,7 @@ impl Graph<'_> {
             limit: c.swiglu_limit,
             alpha: c.swiglu_alpha,
             max_slots: self.max_tokens * c.top_k,
-            vec_max_tokens: VEC_MAX_TOKENS,
+            vec_max_tokens,
             router_slices: router::slices(c.hidden)?,
             coop: self.coop,
         };
