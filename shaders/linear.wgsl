@@ -6,22 +6,23 @@ enable wgpu_cooperative_matrix;
 // for passes above the matrix-vector kernel's (linear_vec.wgsl). Bindings: x [count, k] f32, W rows
 // [rows, k] bf16 (this buffer's part of the matrix), bias [n_out] f32, y [count, n_out] f32.
 // ACCUMULATE (a parameter) adds into y (the residual stream) instead of overwriting. Three entries:
-// tiled (with SIMT and VEC8; k a multiple of 8): TS tokens by TR rows per workgroup through
+// tiled (with SIMT and TILES; k a multiple of 8): TS tokens by TR rows per workgroup through
 //   workgroup memory in f32 (common/simt_tile.wgsl), 8 weights and 8 inputs per load. Grid:
 //   (ceil(rows / TR), ceil(count / TS)).
-// coop (with COOP, VEC8 and SPLIT_INPUTS; k a multiple of 32): the tensor-core path of the `fast`
+// coop (with COOP, TILES and SPLIT_INPUTS; k a multiple of 32): the tensor-core path of the `fast`
 //   precision (common/coop_tile.wgsl): inputs in two f16 parts (f16 inputs alone move the logits
 //   30 times more), f32 sums. Grid: (ceil(rows / TR), ceil(count / TS)).
 // main (any even k): R rows for TT tokens per workgroup, each lane a strided part of k, reduced
 //   across the workgroup (SUBGROUPS: in registers first); ONE_TOKEN (TT = 1) serves passes of a
 //   single row, where the token tile would only add reduction work. Grid: (ceil(rows / R),
 //   ceil(count / TT)).
-// Each entry gives a token the same sums in the same order whatever else is in the pass.
+// Each entry gives a token the same sums in the same order whatever else is in the pass. TILES
+// gives the two tile entries their bindings (8 values per load) and shared tile helpers.
 #include "common/step.wgsl"
 #include "common/bf16.wgsl"
 
 #include "common/linear_params.wgsl"
-#ifdef VEC8
+#ifdef TILES
 @group(0) @binding(2) var<storage, read> x: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read> w: array<vec4<u32>>;
 #else
@@ -31,6 +32,40 @@ enable wgpu_cooperative_matrix;
 @group(0) @binding(4) var<storage, read> bias: array<f32>;
 @group(0) @binding(5) var<storage, read_write> y: array<f32>;
 #include "common/linear_out.wgsl"
+
+#ifdef TILES
+// Tokens and rows per tile of each tile entry (the Rust side reads these four lines).
+const SIMT_TS: u32 = 64u;
+const SIMT_TR: u32 = 128u;
+const COOP_TS: u32 = 64u;
+const COOP_TR: u32 = 128u;
+#ifdef COOP
+const TS: u32 = COOP_TS;
+const TR: u32 = COOP_TR;
+#else
+const TS: u32 = SIMT_TS;
+const TR: u32 = SIMT_TR;
+#endif
+
+// The tile entries' first token and row, and the pass's tokens.
+var<private> tile_t0: u32;
+var<private> tile_count: u32;
+var<private> tile_row0: u32;
+
+fn tile_begin(wg: vec3<u32>) {
+    tile_count = step_count(p.count_which);
+    tile_t0 = wg.y * TS;
+    tile_row0 = wg.x * TR;
+}
+
+// Token j of the tile, row `row` of this buffer.
+fn store_tile(j: u32, row: u32, v: f32) {
+    let t = tile_t0 + j;
+    if t < tile_count && row < p.rows {
+        store_out(t, p.row_start + row, v);
+    }
+}
+#endif
 
 #ifndef COOP
 #ifndef SIMT
@@ -80,17 +115,7 @@ fn main(lanes: Lanes, @builtin(workgroup_id) wg: vec3<u32>) {
 #endif
 
 #ifdef SIMT
-// Tokens and rows per tile (the Rust side reads these lines).
-const SIMT_TS: u32 = 64u;
-const SIMT_TR: u32 = 128u;
-const TS: u32 = SIMT_TS;
-const TR: u32 = SIMT_TR;
 #include "common/simt_tile.wgsl"
-
-// The tile's first token and row, and the pass's tokens.
-var<private> tile_t0: u32;
-var<private> tile_count: u32;
-var<private> tile_row0: u32;
 
 // A thread's loads for one step of KS = 16 columns (common/simt_tile.wgsl): W item u is 8 bf16
 // weights (one 16-byte load) of tile row u % TR, X item u the same 8 inputs of tile token u % TS
@@ -140,39 +165,24 @@ fn stash(lid: u32, f: Fetch) {
     }
 }
 
-// Token j of the tile, rows `row` .. row + 3 of this buffer.
 fn store_quad(j: u32, row: u32, v: vec4<f32>) {
-    let t = tile_t0 + j;
-    for (var c = 0u; c < 4u; c++) {
-        if t < tile_count && row + c < p.rows {
-            store_out(t, p.row_start + row + c, v[c]);
-        }
-    }
+    store_tile(j, row, v.x);
+    store_tile(j, row + 1u, v.y);
+    store_tile(j, row + 2u, v.z);
+    store_tile(j, row + 3u, v.w);
 }
 
 @compute @workgroup_size(TILE_WG)
 fn tiled(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>) {
-    tile_count = step_count(p.count_which);
-    tile_t0 = wg.y * TS;
-    tile_row0 = wg.x * TR;
+    tile_begin(wg);
     simt_products(lid, tile_row0, (p.k / 8u + 1u) / 2u);
 }
 #endif
 
 #ifdef COOP
-// Tokens and rows per tile (the Rust side reads these lines).
-const COOP_TS: u32 = 64u;
-const COOP_TR: u32 = 128u;
-const TS: u32 = COOP_TS;
-const TR: u32 = COOP_TR;
 // Two blocks a step: 65 -> 45 ms of a 2048-token pass on the H200 (PERF.md v0.15).
 const KB: u32 = 2u;
 #include "common/coop_tile.wgsl"
-
-// The tile's first token and row, and the pass's tokens.
-var<private> tile_t0: u32;
-var<private> tile_row0: u32;
-var<private> tile_count: u32;
 
 // Each item's 8 columns adjacent: one 16-byte load of weights, two of inputs (col_spread's four
 // and eight loads made the layer 8% slower on the H200, PERF.md v0.16).
@@ -225,21 +235,14 @@ fn inputs8(f: Fetch, i: u32, u: u32) -> array<vec2<f32>, 4> {
     return array<vec2<f32>, 4>(a.xy, a.zw, b.xy, b.zw);
 }
 
-// Token j of the tile, rows `row` and row + 1 of this buffer.
 fn store_rows(j: u32, row: u32, v: vec2<f32>) {
-    let t = tile_t0 + j;
-    for (var c = 0u; c < 2u; c++) {
-        if t < tile_count && row + c < p.rows {
-            store_out(t, p.row_start + row + c, v[c]);
-        }
-    }
+    store_tile(j, row, v.x);
+    store_tile(j, row + 1u, v.y);
 }
 
 @compute @workgroup_size(TILE_WG)
 fn coop(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>) {
-    tile_count = step_count(p.count_which);
-    tile_t0 = wg.y * TS;
-    tile_row0 = wg.x * TR;
+    tile_begin(wg);
     coop_products(lid, tile_row0, p.k / 32u);
 }
 #endif

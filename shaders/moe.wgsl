@@ -149,13 +149,7 @@ fn load_slots(lid: u32, e: u32, j0: u32, live: u32) {
     }
 }
 
-#ifdef COOP
-// One block a step: two made gate_up slower (197 -> 287 ms of a 2048-token pass on the H200)
-// and down faster on long passes but slower on a batch-64 decode step (PERF.md v0.15).
-const KB: u32 = 1u;
-#include "common/coop_tile.wgsl"
-
-// The tile's expert and rows, for fetch() and store_rows().
+// The tile's expert and rows, for fetch() and the stores.
 struct Job {
     e: u32,
     e_local: u32,
@@ -164,6 +158,12 @@ struct Job {
     n_blocks: u32,
 }
 var<private> job: Job;
+
+#ifdef COOP
+// One block a step: two made gate_up slower (197 -> 287 ms of a 2048-token pass on the H200)
+// and down faster on long passes but slower on a batch-64 decode step (PERF.md v0.15).
+const KB: u32 = 1u;
+#include "common/coop_tile.wgsl"
 
 fn item_col(u: u32, j: u32) -> u32 {
     return col_spread(u, j);
@@ -247,26 +247,11 @@ fn store_rows(j: u32, row: u32, v: vec2<f32>) {
     }
 }
 
-// The tile's products: slots tile_slot[..] by rows [row0, row0 + TR) of the expert's `rows`
-// (k inputs), handed to store_slot_rows.
-fn run_tile(lid: u32, e_local: u32, row0: u32, rows: u32, k: u32, e: u32, j0: u32, live: u32) {
-    load_slots(lid, e, j0, live);
-    workgroupBarrier();
-    job = Job(e, e_local, row0, rows, k / 32u);
+fn tile_products(lid: u32, row0: u32, k: u32) {
     coop_products(lid, row0, k / 32u);
 }
 #else
 #include "common/simt_tile.wgsl"
-
-// The tile's expert and rows, for fetch() and store_quad().
-struct Job {
-    e: u32,
-    e_local: u32,
-    row0: u32,
-    rows: u32,
-    n_blocks: u32,
-}
-var<private> job: Job;
 
 // A thread's loads for one step of KS = 16 columns, half an MXFP4 block (common/simt_tile.wgsl):
 // W item u is word 2 (step % 2) + u / TR of tile row u % TR's block (8 codes) with the block's
@@ -333,15 +318,19 @@ fn store_quad(j: u32, row: u32, v: vec4<f32>) {
     }
 }
 
+fn tile_products(lid: u32, row0: u32, k: u32) {
+    simt_products(lid, row0, k / 16u);
+}
+#endif
+
 // The tile's products: slots tile_slot[..] by rows [row0, row0 + TR) of the expert's `rows`
 // (k inputs), handed to store_slot_rows.
 fn run_tile(lid: u32, e_local: u32, row0: u32, rows: u32, k: u32, e: u32, j0: u32, live: u32) {
     load_slots(lid, e, j0, live);
     workgroupBarrier();
     job = Job(e, e_local, row0, rows, k / 32u);
-    simt_products(lid, row0, k / 16u);
+    tile_products(lid, row0, k);
 }
-#endif
 
 // Slots routed to expert e (none when the pass has no tokens).
 fn expert_slots(e: u32) -> u32 {

@@ -17,6 +17,7 @@
 // put more bytes in flight per step, but take more registers and workgroup memory; PERF.md
 // v0.15), Fetch, fetch(lid, step), weights8(f, i, u), inputs8(f, i, u), item_col(u, j) and
 // store_rows, and runs TILE_WG invocations per workgroup.
+#include "common/tile_step.wgsl"
 const TILE_WG: u32 = 32u * (TS / 16u) * (TR / 64u);
 const KS: u32 = 32u * KB;
 // A thread's items per step: item u of the W tile is 8 weights of tile row item_row(u), item u of
@@ -130,12 +131,7 @@ fn coop_products(lid: u32, row0: u32, n_blocks: u32) {
     var c3 = coop_mat16x16<f32, C>();
     var f = fetch(lid, 0u);
     for (var b = 0u; b < steps; b++) {
-        workgroupBarrier();
-        stash(lid, f);
-        if b + 1u < steps {
-            f = fetch(lid, b + 1u);
-        }
-        workgroupBarrier();
+        tile_step(lid, &f, b, steps);
         for (var kk = 0u; kk < KS / 2u; kk += 8u) {
             let a_hi = coopLoadT<coop_mat16x16<f16, A>>(&x_hi[16u * ss * KP2 + kk], KP2);
             let w0 = 64u * sr * KP2 + kk;

@@ -13,6 +13,7 @@
 // j. The includer defines TR and TS (multiples of 8, with KS (TR + TS) floats within WebGPU's
 // 16 KiB of workgroup memory), Fetch, fetch, stash and store_quad, and runs TILE_WG invocations
 // per workgroup.
+#include "common/tile_step.wgsl"
 const KS: u32 = 16u;
 const TILE_WG: u32 = (TS / 8u) * (TR / 8u);
 
@@ -41,12 +42,7 @@ fn simt_products(lid: u32, row0: u32, steps: u32) {
     var a11 = mat4x4<f32>();
     var f = fetch(lid, 0u);
     for (var s = 0u; s < steps; s++) {
-        workgroupBarrier();
-        stash(lid, f);
-        if s + 1u < steps {
-            f = fetch(lid, s + 1u);
-        }
-        workgroupBarrier();
+        tile_step(lid, &f, s, steps);
         for (var kk = 0u; kk < KS; kk++) {
             let w0 = w_tile[kk * (TR / 4u) + rq];
             let w1 = w_tile[kk * (TR / 4u) + rq + TR / 8u];

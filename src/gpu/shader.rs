@@ -33,6 +33,7 @@ const SOURCES: &[(&str, &str)] = embed_wgsl![
     "common/attention_params.wgsl",
     "common/coop_tile.wgsl",
     "common/simt_tile.wgsl",
+    "common/tile_step.wgsl",
     "embed.wgsl",
     "rmsnorm.wgsl",
     "linear.wgsl",
@@ -127,7 +128,7 @@ impl ShaderKey {
         self
     }
 
-    /// A readable unique label such as `linear.main.SUBGROUPS.VEC8`.
+    /// A readable unique label such as `linear.coop.COOP.SPLIT_INPUTS.TILES`.
     pub fn label(&self) -> String {
         let mut s = format!("{}.{}", self.file.trim_end_matches(".wgsl"), self.entry);
         for d in &self.defines {

@@ -128,14 +128,14 @@ pub fn vec_max_tokens(k: u32, coop: bool) -> u32 {
 /// The portable tiles' shader (one variant; the validation sweep takes it from here).
 pub(crate) fn simt_key() -> ShaderKey {
     ShaderKey::new("linear.wgsl", "tiled")
-        .define_if("VEC8", true)
+        .define_if("TILES", true)
         .define_if("SIMT", true)
 }
 
 /// The tensor-core tiles' shader (one variant; the validation sweep takes it from here).
 pub(crate) fn coop_key() -> ShaderKey {
     ShaderKey::new("linear.wgsl", "coop")
-        .define_if("VEC8", true)
+        .define_if("TILES", true)
         .define_if("COOP", true)
         .define_if("SPLIT_INPUTS", true)
 }
