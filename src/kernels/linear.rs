@@ -108,7 +108,7 @@ pub fn fuses_rope(gpu: &Gpu, head_dim: u32) -> Result<bool> {
 
 /// The largest pass that the tensor-core tiles leave to the vector kernel: on the H200 the tiles
 /// win from about 20 tokens (batch 24 decode 731 -> 839 tok/s, batch 32 774 -> 945; PERF.md
-/// v0.16), the portable tiles only from about 48 (v0.13).
+/// v0.16); the portable kernels of v0.13 only from about 48 (not re-measured with v0.18's tiles).
 pub const COOP_VEC_MAX_TOKENS: u32 = 16;
 
 /// The largest pass that runs the vector kernel for input width k (with `coop`, where k lets
