@@ -14,8 +14,11 @@
 // and the output goes straight to `out`, with no merge dispatch (Rust runs MERGE only for more).
 // SPLIT's extra bindings: sinks [NH] f32, out [T, NH * D] f32.
 // MERGE: Bindings part, sinks [NH] f32, out [T, NH * D] f32. Grid: (NH, T); lane i is dim i.
-// Limits: D <= WG, G <= MAX_G, D a multiple of 4. Variants: SPLIT or MERGE, KV_F16, SUBGROUPS
-// (SPLIT's reductions in registers).
+// ONE_HEAD (SPLIT): a workgroup takes one query head (grid (NH, T * splits)), for steps of at
+// most ONE_HEAD_MAX_SPLITS spans: each key is then read by G workgroups, but each carries one
+// head's scores, reductions and sums instead of G's.
+// Limits: D <= WG, G <= MAX_G, D a multiple of 4. Variants: SPLIT (with ONE_HEAD or not) or
+// MERGE, KV_F16, SUBGROUPS (SPLIT's reductions in registers).
 #ifdef SPLIT
 #include "common/kv_table.wgsl"
 #endif
@@ -30,6 +33,15 @@ const MAX_SPLITS: u32 = 64u;
 const ONE_SPAN: u32 = 128u;
 const MIN_SPAN: u32 = 64u;
 const MAX_G: u32 = 8u;
+// A workgroup takes one query head, not its KV head's group, when a token's keys are cut into
+// at most this many spans (the Rust side reads this line): at short contexts the grouped
+// workgroups are few and each carries G heads through every phase serially (PERF.md v0.18).
+const ONE_HEAD_MAX_SPLITS: u32 = 4u;
+#ifdef ONE_HEAD
+const HG: u32 = 1u;
+#else
+const HG: u32 = MAX_G;
+#endif
 const WG: u32 = 64u;
 const NEG: f32 = -3.0e38;
 
@@ -43,14 +55,14 @@ const NEG: f32 = -3.0e38;
 @group(0) @binding(8) var<storage, read_write> out: array<f32>;
 @group(0) @binding(9) var<storage, read> kv_table: array<u32>;
 
-var<workgroup> qs: array<vec4<f32>, MAX_G * WG / 4u>;
-var<workgroup> prob: array<f32, MAX_G * WG>;
-var<workgroup> red: array<f32, MAX_G * WG>;
+var<workgroup> qs: array<vec4<f32>, HG * WG / 4u>;
+var<workgroup> prob: array<f32, HG * WG>;
+var<workgroup> red: array<f32, HG * WG>;
 var<workgroup> tok_shared: TokenInfo;
 // Where each key of the chunk starts in the cache (vec4 index), looked up once by its scoring lane.
 var<workgroup> key_at: array<u32, WG>;
 // The value phases' sums, [phase, head, quad].
-var<workgroup> vsum: array<vec4<f32>, MAX_G * WG>;
+var<workgroup> vsum: array<vec4<f32>, HG * WG>;
 
 // Per head g < G: the max (or sum) over lanes of v[g], returned to every lane; called from
 // uniform control flow. With SUBGROUPS in registers, then across the few subgroups; otherwise a
@@ -58,9 +70,9 @@ var<workgroup> vsum: array<vec4<f32>, MAX_G * WG>;
 #include "common/lanes.wgsl"
 
 #ifdef SUBGROUPS
-fn reduce_heads(v: array<f32, MAX_G>, l: Lanes, use_max: bool) -> array<f32, MAX_G> {
+fn reduce_heads(v: array<f32, HG>, l: Lanes, use_max: bool) -> array<f32, HG> {
     let sg = l.lid / l.size;
-    for (var g = 0u; g < MAX_G; g++) {
+    for (var g = 0u; g < HG; g++) {
         var r: f32;
         if use_max {
             r = subgroupMax(v[g]);
@@ -68,15 +80,15 @@ fn reduce_heads(v: array<f32, MAX_G>, l: Lanes, use_max: bool) -> array<f32, MAX
             r = subgroupAdd(v[g]);
         }
         if l.lane == 0u {
-            red[sg * MAX_G + g] = r;
+            red[sg * HG + g] = r;
         }
     }
     workgroupBarrier();
-    var out: array<f32, MAX_G>;
-    for (var g = 0u; g < MAX_G; g++) {
+    var out: array<f32, HG>;
+    for (var g = 0u; g < HG; g++) {
         out[g] = red[g];
         for (var q = 1u; q < (WG + l.size - 1u) / l.size; q++) {
-            let b = red[q * MAX_G + g];
+            let b = red[q * HG + g];
             out[g] = select(out[g] + b, max(out[g], b), use_max);
         }
     }
@@ -84,24 +96,24 @@ fn reduce_heads(v: array<f32, MAX_G>, l: Lanes, use_max: bool) -> array<f32, MAX
     return out;
 }
 #else
-fn reduce_heads(v: array<f32, MAX_G>, l: Lanes, use_max: bool) -> array<f32, MAX_G> {
+fn reduce_heads(v: array<f32, HG>, l: Lanes, use_max: bool) -> array<f32, HG> {
     let lid = l.lid;
-    for (var g = 0u; g < MAX_G; g++) {
-        red[lid * MAX_G + g] = v[g];
+    for (var g = 0u; g < HG; g++) {
+        red[lid * HG + g] = v[g];
     }
     for (var stride = WG / 2u; stride > 0u; stride >>= 1u) {
         workgroupBarrier();
         if lid < stride {
-            for (var g = 0u; g < MAX_G; g++) {
-                let a = red[lid * MAX_G + g];
-                let b = red[(lid + stride) * MAX_G + g];
-                red[lid * MAX_G + g] = select(a + b, max(a, b), use_max);
+            for (var g = 0u; g < HG; g++) {
+                let a = red[lid * HG + g];
+                let b = red[(lid + stride) * HG + g];
+                red[lid * HG + g] = select(a + b, max(a, b), use_max);
             }
         }
     }
     workgroupBarrier();
-    var out: array<f32, MAX_G>;
-    for (var g = 0u; g < MAX_G; g++) {
+    var out: array<f32, HG>;
+    for (var g = 0u; g < HG; g++) {
         out[g] = red[g];
     }
     workgroupBarrier();
@@ -112,7 +124,15 @@ fn reduce_heads(v: array<f32, MAX_G>, l: Lanes, use_max: bool) -> array<f32, MAX
 @compute @workgroup_size(WG)
 fn split(lanes: Lanes, @builtin(workgroup_id) wg: vec3<u32>) {
     let lid = lanes.lid;
+#ifdef ONE_HEAD
+    let h0 = wg.x;
+    let gn = 1u;
+    let kvh = h0 / (p.n_heads / p.n_kv);
+#else
     let kvh = wg.x;
+    let gn = p.n_heads / p.n_kv;
+    let h0 = kvh * gn;
+#endif
     let t = wg.y / step.splits;
     let c = wg.y % step.splits;
     if t >= step.tokens {
@@ -123,10 +143,9 @@ fn split(lanes: Lanes, @builtin(workgroup_id) wg: vec3<u32>) {
     let tok = workgroupUniformLoad(&tok_shared);
     let d = p.head_dim;
     let d4 = d / 4u;
-    let gn = p.n_heads / p.n_kv;
     let stride = (p.n_heads + 2u * p.n_kv) * d;
     for (var i = lid; i < gn * d4; i += WG) {
-        let q0 = t * stride + kvh * gn * d + 4u * i;
+        let q0 = t * stride + h0 * d + 4u * i;
         qs[i] = vec4<f32>(qkv[q0], qkv[q0 + 1u], qkv[q0 + 2u], qkv[q0 + 3u]);
     }
     var start = 0u;
@@ -135,10 +154,10 @@ fn split(lanes: Lanes, @builtin(workgroup_id) wg: vec3<u32>) {
     }
     let lo = max(start, c * step.span);
     let hi = min(tok.pos + 1u, (c + 1u) * step.span);
-    var m: array<f32, MAX_G>;
-    var l: array<f32, MAX_G>;
-    var acc: array<vec4<f32>, MAX_G>;
-    for (var g = 0u; g < MAX_G; g++) {
+    var m: array<f32, HG>;
+    var l: array<f32, HG>;
+    var acc: array<vec4<f32>, HG>;
+    for (var g = 0u; g < HG; g++) {
         m[g] = NEG;
     }
     // The value lanes: quad q of the head dims, key phase f of `phases`.
@@ -148,8 +167,8 @@ fn split(lanes: Lanes, @builtin(workgroup_id) wg: vec3<u32>) {
     workgroupBarrier();
     for (var base = lo; base < hi; base += WG) {
         let n = min(WG, hi - base);
-        var s: array<f32, MAX_G>;
-        for (var g = 0u; g < MAX_G; g++) {
+        var s: array<f32, HG>;
+        for (var g = 0u; g < HG; g++) {
             s[g] = NEG;
         }
         if lid < n {
@@ -158,26 +177,26 @@ fn split(lanes: Lanes, @builtin(workgroup_id) wg: vec3<u32>) {
             // Zeroed by hand: SwiftShader (Chrome's software WebGPU) keeps the previous chunk's
             // sums in a loop-local array that WGSL says starts at zero (the kernel tests in
             // headless Chromium caught it).
-            var dot_qk: array<f32, MAX_G>;
-            for (var g = 0u; g < MAX_G; g++) {
+            var dot_qk: array<f32, HG>;
+            for (var g = 0u; g < HG; g++) {
                 dot_qk[g] = 0.0;
             }
             for (var i = 0u; i < d4; i++) {
                 let k4 = vec4<f32>(k_cache[kb + i]);
-                for (var g = 0u; g < MAX_G; g++) {
+                for (var g = 0u; g < HG; g++) {
                     dot_qk[g] += dot(qs[min(g, gn - 1u) * d4 + i], k4);
                 }
             }
-            for (var g = 0u; g < MAX_G; g++) {
+            for (var g = 0u; g < HG; g++) {
                 if g < gn {
                     s[g] = dot_qk[g] * p.scale;
                 }
             }
         }
         let m_chunk = reduce_heads(s, lanes, true);
-        var e: array<f32, MAX_G>;
-        var corr: array<f32, MAX_G>;
-        for (var g = 0u; g < MAX_G; g++) {
+        var e: array<f32, HG>;
+        var corr: array<f32, HG>;
+        for (var g = 0u; g < HG; g++) {
             let m_new = max(m[g], m_chunk[g]);
             corr[g] = exp(m[g] - m_new);
             e[g] = select(0.0, exp(s[g] - m_new), lid < n);
@@ -185,14 +204,14 @@ fn split(lanes: Lanes, @builtin(workgroup_id) wg: vec3<u32>) {
             m[g] = m_new;
         }
         let sums = reduce_heads(e, lanes, false);
-        for (var g = 0u; g < MAX_G; g++) {
+        for (var g = 0u; g < HG; g++) {
             l[g] = l[g] * corr[g] + sums[g];
             acc[g] *= corr[g];
         }
         if f < phases {
             for (var j = f; j < n; j += phases) {
                 let v4 = vec4<f32>(v_cache[key_at[j] + q]);
-                for (var g = 0u; g < MAX_G; g++) {
+                for (var g = 0u; g < HG; g++) {
                     acc[g] += prob[g * WG + j] * v4;
                 }
             }
@@ -200,8 +219,8 @@ fn split(lanes: Lanes, @builtin(workgroup_id) wg: vec3<u32>) {
         workgroupBarrier();
     }
     if f < phases {
-        for (var g = 0u; g < MAX_G; g++) {
-            vsum[(f * MAX_G + g) * d4 + q] = acc[g];
+        for (var g = 0u; g < HG; g++) {
+            vsum[(f * HG + g) * d4 + q] = acc[g];
         }
     }
     workgroupBarrier();
@@ -211,9 +230,9 @@ fn split(lanes: Lanes, @builtin(workgroup_id) wg: vec3<u32>) {
     for (var g = 0u; g < gn; g++) {
         var o = vec4<f32>(0.0);
         for (var ph = 0u; ph < phases; ph++) {
-            o += vsum[(ph * MAX_G + g) * d4 + q];
+            o += vsum[(ph * HG + g) * d4 + q];
         }
-        let h = kvh * gn + g;
+        let h = h0 + g;
         if step.splits == 1u {
             let mx = max(m[g], sinks[h]);
             let cm = exp(m[g] - mx);

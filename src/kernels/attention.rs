@@ -1,6 +1,6 @@
 //! Attention with sinks, sliding window and GQA over the KV cache: for passes of a few tokens
-//! (decode) split over the keys with one workgroup per KV head and span (`attention_split.wgsl`,
-//! then a merge), for larger passes one workgroup per query head and token (`attention.wgsl`).
+//! (decode) split over the keys with one workgroup per query head (few spans) or KV head and span
+//! (`attention_split.wgsl`, then a merge), for larger passes tiles of queries (`attention.wgsl`).
 
 use crate::error::{Error, Result};
 use crate::gpu::shader::wgsl_const;
@@ -114,17 +114,26 @@ pub(crate) fn build(
     let mut out = Vec::new();
     let split_max = if split_fits(&p)? { VEC_MAX_TOKENS } else { 0 };
     if split_max > 0 {
-        let key = super::key(gpu, "attention_split.wgsl", "split")
-            .define_if("SPLIT", true)
-            .define_if("KV_F16", kv_f16);
         let bufs = [
             a.tokens, a.qkv, a.k_cache, a.v_cache, a.partials, a.sinks, a.out, a.table,
         ];
-        let grid = Grid::new(p.n_kv, Count::TokenSplits, 1);
-        out.push(
-            Dispatch::new(gpu, &key, step, params, &bufs, grid)?
-                .only_for(Count::Tokens, 1..=split_max),
-        );
+        // A workgroup per query head for steps of few spans, per KV head beyond.
+        let one_head_max = wgsl_const("attention_split.wgsl", "ONE_HEAD_MAX_SPLITS")?;
+        for (one_head, x, splits) in [
+            (true, p.n_heads, 1..=one_head_max),
+            (false, p.n_kv, one_head_max + 1..=u32::MAX),
+        ] {
+            let key = super::key(gpu, "attention_split.wgsl", "split")
+                .define_if("SPLIT", true)
+                .define_if("ONE_HEAD", one_head)
+                .define_if("KV_F16", kv_f16);
+            let grid = Grid::new(x, Count::TokenSplits, 1);
+            out.push(
+                Dispatch::new(gpu, &key, step, params, &bufs, grid)?
+                    .only_for(Count::Tokens, 1..=split_max)
+                    .only_for(Count::Splits, splits),
+            );
+        }
         let key = ShaderKey::new("attention_split.wgsl", "merge").define_if("MERGE", true);
         let bufs = [a.partials, a.sinks, a.out];
         let grid = Grid::new(p.n_heads, Count::Tokens, 1);
