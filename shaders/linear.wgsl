@@ -117,18 +117,18 @@ fn main(lanes: Lanes, @builtin(workgroup_id) wg: vec3<u32>) {
 #ifdef SIMT
 #include "common/simt_tile.wgsl"
 
-// A thread's loads for one step of KS = 16 columns (common/simt_tile.wgsl): W item u is 8 bf16
-// weights (one 16-byte load) of tile row u % TR, X item u the same 8 inputs of tile token u % TS
-// (two vec4 loads); zeros past the data.
+// A thread's loads for one step of KS = 16 columns (common/simt_tile.wgsl's items): a W item is 8
+// bf16 weights (one 16-byte load), an X item the same 8 inputs of its token (two vec4 loads);
+// zeros past the data.
 struct Fetch {
-    w: array<vec4<u32>, 2u * TR / TILE_WG>,
-    x: array<vec4<f32>, 4u * TS / TILE_WG>,
+    w: array<vec4<u32>, WI>,
+    x: array<vec4<f32>, 2u * XI>,
 }
 
 fn fetch(lid: u32, step: u32) -> Fetch {
     var f: Fetch;
     let units = p.k / 8u;
-    for (var i = 0u; i < 2u * TR / TILE_WG; i++) {
+    for (var i = 0u; i < WI; i++) {
         let u = lid + i * TILE_WG;
         let row = tile_row0 + u % TR;
         let unit = 2u * step + u / TR;
@@ -136,7 +136,7 @@ fn fetch(lid: u32, step: u32) -> Fetch {
             f.w[i] = w[row * units + unit];
         }
     }
-    for (var i = 0u; i < 2u * TS / TILE_WG; i++) {
+    for (var i = 0u; i < XI; i++) {
         let u = lid + i * TILE_WG;
         let t = tile_t0 + u % TS;
         let unit = 2u * step + u / TS;
@@ -149,20 +149,12 @@ fn fetch(lid: u32, step: u32) -> Fetch {
     return f;
 }
 
-fn stash(lid: u32, f: Fetch) {
-    for (var i = 0u; i < 2u * TR / TILE_WG; i++) {
-        let u = lid + i * TILE_WG;
-        let v = bf16_wide8(f.w[i]);
-        for (var j = 0u; j < 8u; j++) {
-            put_w(8u * (u / TR) + j, u % TR, v[j / 4u][j % 4u]);
-        }
-    }
-    for (var i = 0u; i < 2u * TS / TILE_WG; i++) {
-        let u = lid + i * TILE_WG;
-        for (var j = 0u; j < 8u; j++) {
-            put_x(8u * (u / TS) + j, u % TS, f.x[2u * i + j / 4u][j % 4u]);
-        }
-    }
+fn weights8(f: Fetch, i: u32) -> array<vec4<f32>, 2> {
+    return bf16_wide8(f.w[i]);
+}
+
+fn inputs8(f: Fetch, i: u32) -> array<vec4<f32>, 2> {
+    return array<vec4<f32>, 2>(f.x[2u * i], f.x[2u * i + 1u]);
 }
 
 fn store_quad(j: u32, row: u32, v: vec4<f32>) {

@@ -253,20 +253,19 @@ fn tile_products(lid: u32, row0: u32, k: u32) {
 #else
 #include "common/simt_tile.wgsl"
 
-// A thread's loads for one step of KS = 16 columns, half an MXFP4 block (common/simt_tile.wgsl):
-// W item u is word 2 (step % 2) + u / TR of tile row u % TR's block (8 codes) with the block's
-// scale byte, X item u the same 8 inputs of tile slot u % TS (two vec4 loads); zeros past the
-// data.
+// A thread's loads for one step of KS = 16 columns, half an MXFP4 block (common/simt_tile.wgsl's
+// items): a W item is word 2 (step % 2) + u / TR of its row's block (8 codes) with the block's
+// scale byte, an X item the same 8 inputs of its slot (two vec4 loads); zeros past the data.
 struct Fetch {
-    words: array<u32, 2u * TR / TILE_WG>,
-    scales: array<u32, 2u * TR / TILE_WG>,
-    xs: array<vec4<f32>, 4u * TS / TILE_WG>,
+    words: array<u32, WI>,
+    scales: array<u32, WI>,
+    xs: array<vec4<f32>, 2u * XI>,
 }
 
 fn fetch(lid: u32, step: u32) -> Fetch {
     var f: Fetch;
     let b = step / 2u;
-    for (var i = 0u; i < 2u * TR / TILE_WG; i++) {
+    for (var i = 0u; i < WI; i++) {
         let u = lid + i * TILE_WG;
         let row = job.row0 + u % TR;
         if row < job.rows && b < job.n_blocks {
@@ -275,7 +274,7 @@ fn fetch(lid: u32, step: u32) -> Fetch {
             f.scales[i] = byte_of(scales[blk / 4u], blk);
         }
     }
-    for (var i = 0u; i < 2u * TS / TILE_WG; i++) {
+    for (var i = 0u; i < XI; i++) {
         let u = lid + i * TILE_WG;
         let slot = tile_slot[u % TS];
         if slot != NONE && b < job.n_blocks {
@@ -287,26 +286,18 @@ fn fetch(lid: u32, step: u32) -> Fetch {
     return f;
 }
 
-// Codes q and q + 4 of a word are column pair q (fp4_decode8), times the block's scale.
-fn stash(lid: u32, f: Fetch) {
-    for (var i = 0u; i < 2u * TR / TILE_WG; i++) {
-        let u = lid + i * TILE_WG;
-        let codes = fp4_decode8(f.words[i]);
-        let sc = mx_scale(f.scales[i]);
-        for (var q = 0u; q < 4u; q++) {
-            put_w(8u * (u / TR) + q, u % TR, codes[q].x * sc);
-            put_w(8u * (u / TR) + q + 4u, u % TR, codes[q].y * sc);
-        }
-    }
-    for (var i = 0u; i < 2u * TS / TILE_WG; i++) {
-        let u = lid + i * TILE_WG;
-        let lo = f.xs[2u * i];
-        let hi = f.xs[2u * i + 1u];
-        for (var q = 0u; q < 4u; q++) {
-            put_x(8u * (u / TS) + q, u % TS, lo[q]);
-            put_x(8u * (u / TS) + q + 4u, u % TS, hi[q]);
-        }
-    }
+// Codes q and q + 4 of a word are pair q of fp4_decode8, times the block's scale.
+fn weights8(f: Fetch, i: u32) -> array<vec4<f32>, 2> {
+    let c = fp4_decode8(f.words[i]);
+    let sc = mx_scale(f.scales[i]);
+    return array<vec4<f32>, 2>(
+        vec4<f32>(c[0].x, c[1].x, c[2].x, c[3].x) * sc,
+        vec4<f32>(c[0].y, c[1].y, c[2].y, c[3].y) * sc,
+    );
+}
+
+fn inputs8(f: Fetch, i: u32) -> array<vec4<f32>, 2> {
+    return array<vec4<f32>, 2>(f.xs[2u * i], f.xs[2u * i + 1u]);
 }
 
 // Tile slot j's rows `row` .. row + 3.

@@ -6,16 +6,22 @@
 // four 16-byte loads of workgroup memory for 64 multiply-adds (a 4 x 4 thread tile needs half
 // as many multiply-adds per load), and a warp's row loads are consecutive vec4s.
 // Each step the includer's fetch(lid, step) brings the next KS columns of both operands into
-// registers while the current ones are multiplied, and stash(lid, f) writes them with put_w and
-// put_x (a column's 32 lanes store consecutive words: no bank conflicts). A sum runs over k in
-// order in one thread, so an input's results do not depend on what else shares the pass.
-// Results leave through the includer's store_quad(j, row, v): rows row .. row + 3 of tile input
-// j. The includer defines TR and TS (multiples of 8, with KS (TR + TS) floats within WebGPU's
-// 16 KiB of workgroup memory), Fetch, fetch, stash and store_quad, and runs TILE_WG invocations
-// per workgroup.
+// registers while the current ones are multiplied, and stash() writes them to workgroup memory
+// (a column's 32 lanes store consecutive words: no bank conflicts). A thread's items per step:
+// item u of the W tile is 8 weights of tile row u % TR, columns 8 (u / TR) .. + 7, item u of the
+// X tile the same 8 columns of tile input u % TS; thread lid has items lid + i TILE_WG (i < WI,
+// XI), which the includer's weights8(f, i) and inputs8(f, i) turn into their 8 values (columns
+// 0..3, then 4..7). A sum runs over k in order in one thread, so an input's results do not
+// depend on what else shares the pass. Results leave through the includer's store_quad(j, row,
+// v): rows row .. row + 3 of tile input j. The includer defines TR and TS (multiples of 8, with
+// KS (TR + TS) floats within WebGPU's 16 KiB of workgroup memory), Fetch, fetch, weights8,
+// inputs8 and store_quad, and runs TILE_WG invocations per workgroup.
 #include "common/tile_step.wgsl"
 const KS: u32 = 16u;
 const TILE_WG: u32 = (TS / 8u) * (TR / 8u);
+
+const WI: u32 = (KS / 8u) * TR / TILE_WG;
+const XI: u32 = (KS / 8u) * TS / TILE_WG;
 
 // [k][row / 4] and [k][input / 4] of the step.
 var<workgroup> w_tile: array<vec4<f32>, KS * TR / 4u>;
@@ -27,6 +33,26 @@ fn put_w(k: u32, row: u32, v: f32) {
 
 fn put_x(k: u32, j: u32, v: f32) {
     x_tile[k * (TS / 4u) + j / 4u][j % 4u] = v;
+}
+
+// Writes a fetched step into the tiles.
+fn stash(lid: u32, f: Fetch) {
+    for (var i = 0u; i < WI; i++) {
+        let u = lid + i * TILE_WG;
+        let v = weights8(f, i);
+        for (var q = 0u; q < 4u; q++) {
+            put_w(8u * (u / TR) + q, u % TR, v[0][q]);
+            put_w(8u * (u / TR) + q + 4u, u % TR, v[1][q]);
+        }
+    }
+    for (var i = 0u; i < XI; i++) {
+        let u = lid + i * TILE_WG;
+        let v = inputs8(f, i);
+        for (var q = 0u; q < 4u; q++) {
+            put_x(8u * (u / TS) + q, u % TS, v[0][q]);
+            put_x(8u * (u / TS) + q + 4u, u % TS, v[1][q]);
+        }
+    }
 }
 
 // The tile's sums over `steps` steps of KS columns (fetch() gives zeros past the data), rows

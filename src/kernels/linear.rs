@@ -183,10 +183,9 @@ pub fn build_tiled(
     let mut out = Vec::new();
     let key = super::key(gpu, "linear.wgsl", "main");
     let one = key.clone().define_if("ONE_TOKEN", true);
-    let (coop, simt) = (
-        l.coop && l.k.is_multiple_of(32),
-        !l.coop && l.k.is_multiple_of(8),
-    );
+    // The tensor-core tiles where allowed, else the portable ones, else `main`.
+    let coop = l.coop && l.k.is_multiple_of(32);
+    let simt = !coop && l.k.is_multiple_of(8);
     let (tile_key, tile) = if coop {
         (coop_key(), "COOP_")
     } else {
