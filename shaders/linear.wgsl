@@ -58,6 +58,13 @@ fn tile_begin(wg: vec3<u32>) {
     tile_row0 = wg.x * TR;
 }
 
+// A thread's loads for one step of the tile file's WI weight and XI input items: 8 bf16 weights
+// (one 16-byte load) or the same 8 inputs of a token (two vec4 loads).
+struct Fetch {
+    w: array<vec4<u32>, WI>,
+    x: array<vec4<f32>, 2u * XI>,
+}
+
 // Token j of the tile, row `row` of this buffer.
 fn store_tile(j: u32, row: u32, v: f32) {
     let t = tile_t0 + j;
@@ -120,11 +127,6 @@ fn main(lanes: Lanes, @builtin(workgroup_id) wg: vec3<u32>) {
 // A thread's loads for one step of KS = 16 columns (common/simt_tile.wgsl's items): a W item is 8
 // bf16 weights (one 16-byte load), an X item the same 8 inputs of its token (two vec4 loads);
 // zeros past the data.
-struct Fetch {
-    w: array<vec4<u32>, WI>,
-    x: array<vec4<f32>, 2u * XI>,
-}
-
 fn fetch(lid: u32, step: u32) -> Fetch {
     var f: Fetch;
     let units = p.k / 8u;
@@ -184,11 +186,6 @@ fn item_col(u: u32, j: u32) -> u32 {
 
 // A thread's loads for one step (common/coop_tile.wgsl's items): a W item's 8 bf16 weights, an
 // X item's 8 inputs; zeros past the k inputs.
-struct Fetch {
-    w: array<vec4<u32>, WI>,
-    x: array<vec4<f32>, 2u * XI>,
-}
-
 fn fetch(lid: u32, step: u32) -> Fetch {
     var f: Fetch;
     let units = p.k / 8u;

@@ -159,6 +159,14 @@ struct Job {
 }
 var<private> job: Job;
 
+// A thread's loads for one step of the tile file's WI weight and XI input items: 8 codes (one
+// word) and the scale byte of its block for a weight item, 8 inputs for an input item.
+struct Fetch {
+    words: array<u32, WI>,
+    scales: array<u32, WI>,
+    xs: array<vec4<f32>, 2u * XI>,
+}
+
 #ifdef COOP
 // One block a step: two made gate_up slower (197 -> 287 ms of a 2048-token pass on the H200)
 // and down faster on long passes but slower on a batch-64 decode step (PERF.md v0.15).
@@ -176,12 +184,6 @@ fn item_col(u: u32, j: u32) -> u32 {
 // pair q of lane b (common/coop_tile.wgsl's col_spread) holds elements 8b + q and 8b + q + 4,
 // for weights and inputs alike (the product sums over k in any order), so that one mask and two
 // shifts of the word decode a pair (fp4_pair), as in the matrix-vector kernels.
-struct Fetch {
-    words: array<u32, WI>,
-    scales: array<u32, WI>,
-    xs: array<vec4<f32>, 2u * XI>,
-}
-
 fn fetch(lid: u32, step: u32) -> Fetch {
     var f: Fetch;
     for (var i = 0u; i < WI; i++) {
@@ -256,12 +258,6 @@ fn tile_products(lid: u32, row0: u32, k: u32) {
 // A thread's loads for one step of KS = 16 columns, half an MXFP4 block (common/simt_tile.wgsl's
 // items): a W item is word 2 (step % 2) + u / TR of its row's block (8 codes) with the block's
 // scale byte, an X item the same 8 inputs of its slot (two vec4 loads); zeros past the data.
-struct Fetch {
-    words: array<u32, WI>,
-    scales: array<u32, WI>,
-    xs: array<vec4<f32>, 2u * XI>,
-}
-
 fn fetch(lid: u32, step: u32) -> Fetch {
     var f: Fetch;
     let b = step / 2u;
