@@ -16,12 +16,23 @@ enable wgpu_cooperative_matrix;
 //   across the workgroup (SUBGROUPS: in registers first); ONE_TOKEN (TT = 1) serves passes of a
 //   single row, where the token tile would only add reduction work. Grid: (ceil(rows / R),
 //   ceil(count / TT)).
+// A pass of one token tile (decode batches) would give a layer of few rows a few dozen
+// workgroups (q/k/v: 40 tiles of 128 rows on a GPU of 132 cores), each running the whole of k.
+// With SPLIT_K the tile entries cut k into p.splits ranges of p.split_units 8-input units
+// (grid z), each writing its sums to part [count, splits, n_out] (binding 4, in place of bias
+// and y); sum_splits (SPLIT_SUM) then adds a token's ranges in order and stores as the others
+// do. Bindings: part, bias, y. Grid: (ceil(n_out / 64), count).
 // Each entry gives a token the same sums in the same order whatever else is in the pass. TILES
 // gives the two tile entries their bindings (8 values per load) and shared tile helpers.
 #include "common/step.wgsl"
 #include "common/bf16.wgsl"
 
 #include "common/linear_params.wgsl"
+#ifdef SPLIT_SUM
+@group(0) @binding(2) var<storage, read> part: array<f32>;
+@group(0) @binding(3) var<storage, read> bias: array<f32>;
+@group(0) @binding(4) var<storage, read_write> y: array<f32>;
+#else
 #ifdef TILES
 @group(0) @binding(2) var<storage, read> x: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read> w: array<vec4<u32>>;
@@ -29,16 +40,48 @@ enable wgpu_cooperative_matrix;
 @group(0) @binding(2) var<storage, read> x: array<f32>;
 @group(0) @binding(3) var<storage, read> w: array<u32>;
 #endif
+#ifdef SPLIT_K
+@group(0) @binding(4) var<storage, read_write> part: array<f32>;
+#else
 @group(0) @binding(4) var<storage, read> bias: array<f32>;
 @group(0) @binding(5) var<storage, read_write> y: array<f32>;
+#endif
+#endif
+#ifndef SPLIT_K
 #include "common/linear_out.wgsl"
+#endif
 
-#ifdef TILES
-// Tokens and rows per tile of each tile entry (the Rust side reads these four lines).
+#ifdef SPLIT_SUM
+@compute @workgroup_size(64)
+fn sum_splits(@builtin(global_invocation_id) id: vec3<u32>) {
+    let col = id.x;
+    let t = id.y;
+    if col >= p.n_out || t >= step_count(p.count_which) {
+        return;
+    }
+    var sum = 0.0;
+    for (var z = 0u; z < p.splits; z++) {
+        sum += part[(t * p.splits + z) * p.n_out + col];
+    }
+    store_out(t, col, sum);
+}
+#endif
+
+// Tokens and rows per tile of each tile entry, and blocks of 32 inputs per step of the
+// tensor-core tiles (the Rust side reads these lines; the portable tiles' step is KS = 16).
 const SIMT_TS: u32 = 64u;
 const SIMT_TR: u32 = 128u;
 const COOP_TS: u32 = 64u;
 const COOP_TR: u32 = 128u;
+// Two blocks a step: 65 -> 45 ms of a 2048-token pass on the H200 (PERF.md v0.15).
+const COOP_KB: u32 = 2u;
+// SPLIT_K: about this many workgroups a pass, each range at least this many steps.
+const SPLIT_WORKGROUPS: u32 = 256u;
+const SPLIT_MIN_STEPS: u32 = 4u;
+// The largest pass the tensor-core tiles leave to linear_vec.wgsl (src/kernels/linear.rs).
+const COOP_VEC_MAX_TOKENS: u32 = 16u;
+
+#ifdef TILES
 #ifdef COOP
 const TS: u32 = COOP_TS;
 const TR: u32 = COOP_TR;
@@ -47,15 +90,22 @@ const TS: u32 = SIMT_TS;
 const TR: u32 = SIMT_TR;
 #endif
 
-// The tile entries' first token and row, and the pass's tokens.
+// The tile entries' first token and row, the pass's tokens, and the tile's range of k in
+// 8-input units: [tile_unit0, tile_unit_end).
 var<private> tile_t0: u32;
 var<private> tile_count: u32;
 var<private> tile_row0: u32;
+var<private> tile_unit0: u32;
+var<private> tile_unit_end: u32;
+var<private> tile_split: u32;
 
 fn tile_begin(wg: vec3<u32>) {
     tile_count = step_count(p.count_which);
     tile_t0 = wg.y * TS;
     tile_row0 = wg.x * TR;
+    tile_split = wg.z;
+    tile_unit0 = wg.z * p.split_units;
+    tile_unit_end = min(p.k / 8u, tile_unit0 + p.split_units);
 }
 
 // A thread's loads for one step of the tile file's WI weight and XI input items: 8 bf16 weights
@@ -65,17 +115,21 @@ struct Fetch {
     x: array<vec4<f32>, 2u * XI>,
 }
 
-// Token j of the tile, row `row` of this buffer.
+// Token j of the tile, row `row` of this buffer (SPLIT_K: the tile's range's sum, in part).
 fn store_tile(j: u32, row: u32, v: f32) {
     let t = tile_t0 + j;
     if t < tile_count && row < p.rows {
+#ifdef SPLIT_K
+        part[(t * p.splits + tile_split) * p.n_out + p.row_start + row] = v;
+#else
         store_out(t, p.row_start + row, v);
+#endif
     }
 }
 #endif
 
-#ifndef COOP
-#ifndef SIMT
+#ifndef TILES
+#ifndef SPLIT_SUM
 const WG: u32 = 64u;
 const R: u32 = 4u;
 #include "common/token_tile.wgsl"
@@ -133,16 +187,16 @@ fn fetch(lid: u32, step: u32) -> Fetch {
     for (var i = 0u; i < WI; i++) {
         let u = lid + i * TILE_WG;
         let row = tile_row0 + u % TR;
-        let unit = 2u * step + u / TR;
-        if row < p.rows && unit < units {
+        let unit = tile_unit0 + 2u * step + u / TR;
+        if row < p.rows && unit < tile_unit_end {
             f.w[i] = w[row * units + unit];
         }
     }
     for (var i = 0u; i < XI; i++) {
         let u = lid + i * TILE_WG;
         let t = tile_t0 + u % TS;
-        let unit = 2u * step + u / TS;
-        if t < tile_count && unit < units {
+        let unit = tile_unit0 + 2u * step + u / TS;
+        if t < tile_count && unit < tile_unit_end {
             let at = t * (p.k / 4u) + 2u * unit;
             f.x[2u * i] = x[at];
             f.x[2u * i + 1u] = x[at + 1u];
@@ -169,13 +223,12 @@ fn store_quad(j: u32, row: u32, v: vec4<f32>) {
 @compute @workgroup_size(TILE_WG)
 fn tiled(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>) {
     tile_begin(wg);
-    simt_products(lid, tile_row0, (p.k / 8u + 1u) / 2u);
+    simt_products(lid, tile_row0, (tile_unit_end - tile_unit0 + 1u) / 2u);
 }
 #endif
 
 #ifdef COOP
-// Two blocks a step: 65 -> 45 ms of a 2048-token pass on the H200 (PERF.md v0.15).
-const KB: u32 = 2u;
+const KB: u32 = COOP_KB;
 #include "common/coop_tile.wgsl"
 
 // Each item's 8 columns adjacent: one 16-byte load of weights, two of inputs (col_spread's four
@@ -192,16 +245,16 @@ fn fetch(lid: u32, step: u32) -> Fetch {
     for (var i = 0u; i < WI; i++) {
         let u = lid + i * TILE_WG;
         let row = tile_row0 + item_row(u);
-        let unit = step * 4u * KB + item_part(u);
-        if u < TR * 4u * KB && row < p.rows && unit < units {
+        let unit = tile_unit0 + step * 4u * KB + item_part(u);
+        if u < TR * 4u * KB && row < p.rows && unit < tile_unit_end {
             f.w[i] = w[row * units + unit];
         }
     }
     for (var i = 0u; i < XI; i++) {
         let u = lid + i * TILE_WG;
         let t = tile_t0 + item_row(u);
-        let unit = step * 4u * KB + item_part(u);
-        if u < TS * 4u * KB && t < tile_count && unit < units {
+        let unit = tile_unit0 + step * 4u * KB + item_part(u);
+        if u < TS * 4u * KB && t < tile_count && unit < tile_unit_end {
             let at = t * (p.k / 4u) + unit * 2u;
             f.x[2u * i] = x[at];
             f.x[2u * i + 1u] = x[at + 1u];
@@ -232,6 +285,6 @@ fn store_rows(j: u32, row: u32, v: vec2<f32>) {
 @compute @workgroup_size(TILE_WG)
 fn coop(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>) {
     tile_begin(wg);
-    coop_products(lid, tile_row0, p.k / 32u);
+    coop_products(lid, tile_row0, (tile_unit_end - tile_unit0) / 4u);
 }
 #endif

@@ -2,7 +2,8 @@
 // src/kernels/linear.rs): this buffer holds rows [row_start, row_start + rows) of a matrix of
 // n_out rows and k inputs; eps is the fused RMSNorm's (linear_vec's NORM variant); the heads, head
 // dim and which of a token's KV slots this layer writes are the q/k/v projection's (linear_vec's
-// ROPE variant).
+// ROPE variant); the tile entries' k ranges (linear.wgsl SPLIT_K: split_units = k / 8 and
+// splits = 1 when k is not cut).
 struct Params {
     k: u32,
     rows: u32,
@@ -16,6 +17,8 @@ struct Params {
     n_kv: u32,
     head_dim: u32,
     kv_kind: u32,
+    splits: u32,
+    split_units: u32,
 }
 
 @group(0) @binding(1) var<uniform> p: Params;

@@ -33,10 +33,12 @@ struct Params {
     n_kv: u32,
     head_dim: u32,
     kv_kind: u32,
+    splits: u32,
+    split_units: u32,
 }
 
 impl Params {
-    /// The parameters of `l` for its weight buffer `c`.
+    /// The parameters of `l` for its weight buffer `c` (k not cut).
     fn new(l: &Linear, c: &crate::gpu::Rows) -> Params {
         Params {
             k: l.k,
@@ -51,6 +53,8 @@ impl Params {
             n_kv: l.rope.as_ref().map_or(0, |r| r.n_kv),
             head_dim: l.rope.as_ref().map_or(0, |r| r.head_dim),
             kv_kind: l.rope.as_ref().map_or(0, |r| r.kv_kind),
+            splits: 1,
+            split_units: l.k / 8,
         }
     }
 }
@@ -81,6 +85,8 @@ pub struct Linear<'a> {
     /// Passes above the vector kernel's on the tensor cores where k is a multiple of 32
     /// (`Caps::coop` must hold): f16 inputs, f32 sums.
     pub coop: bool,
+    /// Scratch for the tiles' k ranges (`split_sums_bytes`); without it k is never cut.
+    pub split_sums: Option<&'a wgpu::Buffer>,
 }
 
 /// Where the fused q/k/v epilogue finds positions and rotations and puts k and v.
@@ -106,23 +112,85 @@ pub fn fuses_rope(gpu: &Gpu, head_dim: u32) -> Result<bool> {
     Ok(head_dim.is_multiple_of(rows) && gpu.caps.storage_buffers >= 9)
 }
 
-/// The largest pass that the tensor-core tiles leave to the vector kernel: on the H200 the tiles
-/// win from about 20 tokens (batch 24 decode 731 -> 839 tok/s, batch 32 774 -> 945; PERF.md
-/// v0.16); the portable kernels of v0.13 only from about 48 (not re-measured with v0.18's tiles).
-pub const COOP_VEC_MAX_TOKENS: u32 = 16;
-
 /// The largest pass that runs the vector kernel for input width k (with `coop`, where k lets
-/// the tiles run on the tensor cores, they take the others): it reads 8 weights per load, so k
-/// must be a multiple of 8 (else 0: every pass is tiled). A fused norm's separate rmsnorm
-/// dispatch must run for the larger passes.
-pub fn vec_max_tokens(k: u32, coop: bool) -> u32 {
-    if !k.is_multiple_of(8) {
+/// the tiles run on the tensor cores, they take the others from linear.wgsl's
+/// COOP_VEC_MAX_TOKENS: on the H200 the tiles won from about 20 tokens, batch 24 decode 731 ->
+/// 839 tok/s, PERF.md v0.16): it reads 8 weights per load, so k must be a multiple of 8 (else
+/// 0: every pass is tiled). A fused norm's separate rmsnorm dispatch must run for the larger
+/// passes.
+pub fn vec_max_tokens(k: u32, coop: bool) -> Result<u32> {
+    Ok(if !k.is_multiple_of(8) {
         0
     } else if coop && k.is_multiple_of(32) {
-        COOP_VEC_MAX_TOKENS
+        wgsl_const("linear.wgsl", "COOP_VEC_MAX_TOKENS")?
     } else {
         VEC_MAX_TOKENS
+    })
+}
+
+/// How the tiles cut k for a pass of one token tile: `splits` ranges of `units` 8-input units.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct KSplit {
+    splits: u32,
+    units: u32,
+}
+
+/// The tile shape of one tile entry: rows and tokens per tile, 8-input units per step.
+struct TileShape {
+    rows: u32,
+    tokens: u32,
+    step_units: u32,
+}
+
+fn tile_shape(coop: bool) -> Result<TileShape> {
+    Ok(if coop {
+        TileShape {
+            rows: wgsl_const("linear.wgsl", "COOP_TR")?,
+            tokens: wgsl_const("linear.wgsl", "COOP_TS")?,
+            step_units: 4 * wgsl_const("linear.wgsl", "COOP_KB")?,
+        }
+    } else {
+        TileShape {
+            rows: wgsl_const("linear.wgsl", "SIMT_TR")?,
+            tokens: wgsl_const("linear.wgsl", "SIMT_TS")?,
+            step_units: wgsl_const("common/simt_tile.wgsl", "KS")? / 8,
+        }
+    })
+}
+
+/// The k ranges for n_out rows of k inputs: enough to give a pass of one token tile about
+/// SPLIT_WORKGROUPS workgroups, each range at least SPLIT_MIN_STEPS steps, none empty.
+fn k_split(shape: &TileShape, k: u32, n_out: u32) -> Result<KSplit> {
+    let steps = (k / 8).div_ceil(shape.step_units);
+    let want = wgsl_const("linear.wgsl", "SPLIT_WORKGROUPS")?.div_ceil(n_out.div_ceil(shape.rows));
+    let most = steps / wgsl_const("linear.wgsl", "SPLIT_MIN_STEPS")?;
+    let per = steps.div_ceil(want.min(most).max(1));
+    Ok(KSplit {
+        splits: steps.div_ceil(per),
+        units: per * shape.step_units,
+    })
+}
+
+/// Whether `l`'s passes take the tensor-core tiles, and whether the portable ones (else `main`).
+fn tile_kind(l_k: u32, coop: bool) -> (bool, bool) {
+    let coop = coop && l_k.is_multiple_of(32);
+    (coop, !coop && l_k.is_multiple_of(8))
+}
+
+/// The scratch a layer of n_out rows and k inputs needs for its k ranges (`Linear::split_sums`)
+/// in passes of up to max_tokens: 0 when k is not cut.
+pub fn split_sums_bytes(k: u32, n_out: u32, coop: bool, max_tokens: u32) -> Result<u64> {
+    let (coop, simt) = tile_kind(k, coop);
+    if !coop && !simt {
+        return Ok(0);
     }
+    let shape = tile_shape(coop)?;
+    let s = k_split(&shape, k, n_out)?;
+    Ok(if s.splits > 1 {
+        s.splits as u64 * shape.tokens.min(max_tokens) as u64 * n_out as u64 * 4
+    } else {
+        0
+    })
 }
 
 /// The portable tiles' shader (one variant; the validation sweep takes it from here).
@@ -140,9 +208,14 @@ pub(crate) fn coop_key() -> ShaderKey {
         .define_if("SPLIT_INPUTS", true)
 }
 
+/// Adds the k ranges' sums (one variant; the validation sweep takes it from here).
+pub(crate) fn sum_splits_key() -> ShaderKey {
+    ShaderKey::new("linear.wgsl", "sum_splits").define_if("SPLIT_SUM", true)
+}
+
 /// One dispatch per weight buffer and kernel.
 pub fn build(gpu: &Gpu, step: &wgpu::Buffer, l: &Linear) -> Result<Vec<Dispatch>> {
-    let vec_max = vec_max_tokens(l.k, l.coop);
+    let vec_max = vec_max_tokens(l.k, l.coop)?;
     let mut out = if vec_max > 0 {
         build_vec(gpu, step, l, 1..=vec_max)?
     } else {
@@ -180,34 +253,75 @@ pub fn build_tiled(
     vec_max: u32,
 ) -> Result<Vec<Dispatch>> {
     check(l)?;
+    let (coop, simt) = tile_kind(l.k, l.coop);
+    if !coop && !simt {
+        return build_main(gpu, step, l, vec_max);
+    }
+    let tile_key = if coop { coop_key() } else { simt_key() };
+    let shape = tile_shape(coop)?;
     let mut out = Vec::new();
-    let key = super::key(gpu, "linear.wgsl", "main");
-    let one = key.clone().define_if("ONE_TOKEN", true);
-    // The tensor-core tiles where allowed, else the portable ones, else `main`.
-    let coop = l.coop && l.k.is_multiple_of(32);
-    let simt = !coop && l.k.is_multiple_of(8);
-    let (tile_key, tile) = if coop {
-        (coop_key(), "COOP_")
-    } else {
-        (simt_key(), "SIMT_")
-    };
-    let (tile_rows, tile_tokens) = (
-        wgsl_const("linear.wgsl", &format!("{tile}TR"))?,
-        wgsl_const("linear.wgsl", &format!("{tile}TS"))?,
-    );
+    // Passes of one token tile cut k where that fills the GPU (and the scratch is there).
+    let split = k_split(&shape, l.k, l.n_out)?;
+    let mut whole = vec_max + 1..=u32::MAX;
+    if let (Some(part), true) = (l.split_sums, split.splits > 1) {
+        let counts = vec_max + 1..=shape.tokens;
+        if !counts.is_empty() {
+            for c in &l.w.chunks {
+                let p = Params {
+                    splits: split.splits,
+                    split_units: split.units,
+                    ..Params::new(l, c)
+                };
+                let grid = Grid::new(c.count.div_ceil(shape.rows), l.count, shape.tokens)
+                    .depth(split.splits);
+                let key = tile_key.clone().define_if("SPLIT_K", true);
+                out.push(
+                    Dispatch::new(gpu, &key, step, bytemuck::bytes_of(&p), &[l.x, &c.buffer, part], grid)?
+                        .only_for(l.count, counts.clone()),
+                );
+            }
+            // One sum over all the buffers' rows.
+            let p = Params {
+                splits: split.splits,
+                split_units: split.units,
+                ..Params::new(l, &l.w.chunks[0])
+            };
+            let key = sum_splits_key();
+            let grid = Grid::new(l.n_out.div_ceil(64), l.count, 1);
+            out.push(
+                Dispatch::new(gpu, &key, step, bytemuck::bytes_of(&p), &[part, l.bias.unwrap_or(part), l.y], grid)?
+                    .only_for(l.count, counts),
+            );
+            whole = shape.tokens + 1..=u32::MAX;
+        }
+    }
     for c in &l.w.chunks {
         let p = Params::new(l, c);
         // Without a bias the binding still needs a buffer; x is read-only too.
         let bufs = [l.x, &c.buffer, l.bias.unwrap_or(l.x), l.y];
+        let grid = Grid::new(c.count.div_ceil(shape.rows), l.count, shape.tokens);
+        out.push(
+            Dispatch::new(gpu, &tile_key, step, bytemuck::bytes_of(&p), &bufs, grid)?
+                .only_for(l.count, whole.clone()),
+        );
+    }
+    Ok(out)
+}
+
+/// `main`, for input widths the tiles cannot take.
+fn build_main(
+    gpu: &Gpu,
+    step: &wgpu::Buffer,
+    l: &Linear,
+    vec_max: u32,
+) -> Result<Vec<Dispatch>> {
+    let key = super::key(gpu, "linear.wgsl", "main");
+    let one = key.clone().define_if("ONE_TOKEN", true);
+    let mut out = Vec::new();
+    for c in &l.w.chunks {
+        let p = Params::new(l, c);
+        let bufs = [l.x, &c.buffer, l.bias.unwrap_or(l.x), l.y];
         let params = bytemuck::bytes_of(&p);
-        if coop || simt {
-            let grid = Grid::new(c.count.div_ceil(tile_rows), l.count, tile_tokens);
-            out.push(
-                Dispatch::new(gpu, &tile_key, step, params, &bufs, grid)?
-                    .only_for(l.count, vec_max + 1..=u32::MAX),
-            );
-            continue;
-        }
         let x = c.count.div_ceil(R);
         if vec_max == 0 {
             out.push(
@@ -340,6 +454,12 @@ mod tests {
                 (70, 96, 150, 140, true),
                 (40, 104, 300, 170, false),
                 (300, 64, 40, 40, false),
+                // k cut into ranges (SPLIT_K): 4 on the tensor cores, 16 on the portable tiles;
+                // 3 ranges, the last of 5 blocks (a partial step); 13 portable ranges of 10
+                // units, the last of 5 (k not a multiple of 32: portable on every adapter).
+                (33, 1024, 200, 120, true),
+                (20, 800, 72, 72, false),
+                (40, 1000, 130, 130, true),
             ] {
                 let x = random(&mut rng, t * k, 1.0);
                 let (w, wb) = random_bf16(&mut rng, n * k, 0.5);
@@ -349,6 +469,8 @@ mod tests {
                 let xb = gpu.upload("x", f32_bytes(&x)).unwrap();
                 let bb = gpu.upload("b", f32_bytes(&b)).unwrap();
                 let yb = gpu.upload("y", f32_bytes(&y0)).unwrap();
+                let part_bytes = split_sums_bytes(k as u32, n as u32, coop, t as u32).unwrap();
+                let part = gpu.storage("part", part_bytes.max(4)).unwrap();
                 let step = step_buffer(gpu);
                 let d = build(
                     gpu,
@@ -365,6 +487,7 @@ mod tests {
                         norm: None,
                         rope: None,
                         coop,
+                        split_sums: Some(&part),
                     },
                 )
                 .unwrap();
@@ -428,6 +551,7 @@ mod tests {
                         }),
                         rope: None,
                         coop: false,
+                        split_sums: None,
                     },
                 )
                 .unwrap();
@@ -524,6 +648,7 @@ mod tests {
                             kv_f16,
                         }),
                         coop: false,
+                        split_sums: None,
                     },
                     1..=VEC_MAX_TOKENS,
                 )

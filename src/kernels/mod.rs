@@ -86,8 +86,11 @@ pub fn all_variants() -> Vec<ShaderKey> {
         out.push(ShaderKey::new("moe.wgsl", "route").define_if("ROUTE", true));
         out.push(ShaderKey::new("moe.wgsl", "combine").define_if("COMBINE", true));
     }
-    out.push(linear::coop_key());
-    out.push(linear::simt_key());
+    for split in [false, true] {
+        out.push(linear::coop_key().define_if("SPLIT_K", split));
+        out.push(linear::simt_key().define_if("SPLIT_K", split));
+    }
+    out.push(linear::sum_splits_key());
     for coop in [false, true] {
         out.push(moe::tiled_key("gate_up", "GATE_UP", coop));
         out.push(moe::tiled_key("down", "DOWN", coop));

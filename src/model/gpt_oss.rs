@@ -97,6 +97,8 @@ struct Activations {
     expert_out: wgpu::Buffer,
     expert_lists: wgpu::Buffer,
     expert_counts: wgpu::Buffer,
+    /// The dense layers' k ranges' sums in decode batches (`linear::split_sums_bytes`).
+    split_sums: wgpu::Buffer,
     /// [O, H] final norm, [O, V] logits, [O] sampling settings, sampling's per-chunk scratch,
     /// [O] sampled ids.
     final_h: wgpu::Buffer,
@@ -109,11 +111,27 @@ struct Activations {
 }
 
 impl Activations {
-    fn allocate(g: &Gpu, c: &ModelConfig, max_tokens: u32, max_outputs: u32) -> Result<Self> {
+    fn allocate(
+        g: &Gpu,
+        c: &ModelConfig,
+        max_tokens: u32,
+        max_outputs: u32,
+        coop: bool,
+    ) -> Result<Self> {
         let (t, o) = (max_tokens as u64, max_outputs as u64);
         let (h, v, k) = (c.hidden as u64, c.vocab as u64, c.top_k as u64);
         let (e, i) = (c.experts as u64, c.inter as u64);
         let qkv_n = (c.heads + 2 * c.kv_heads) as u64 * c.head_dim as u64;
+        // The dense layers: q/k/v, o_proj, lm_head (k, n_out, passes).
+        let dense = [
+            (c.hidden, qkv_n as u32, max_tokens),
+            (c.heads * c.head_dim, c.hidden, max_tokens),
+            (c.hidden, c.vocab, max_outputs),
+        ];
+        let mut split_sums = 0;
+        for (k, n, passes) in dense {
+            split_sums = split_sums.max(linear::split_sums_bytes(k, n, coop, passes)?);
+        }
         let mut bytes = 0;
         let mut buf = |name: &str, n: u64| {
             bytes += n.div_ceil(4) * 4;
@@ -140,6 +158,7 @@ impl Activations {
             expert_out: buf("expert_out", t * k * h * 4)?,
             expert_lists: buf("expert_lists", e * t * k * 4)?,
             expert_counts: buf("expert_counts", e * 4)?,
+            split_sums: buf("split_sums", split_sums.max(4))?,
             final_h: buf("final_h", o * h * 4)?,
             logits: buf("logits", o * v * 4)?,
             sampling: buf("sampling", o * 32)?,
@@ -227,6 +246,7 @@ impl Graph<'_> {
                 norm: None,
                 rope: None,
                 coop: self.coop,
+                split_sums: Some(&a.split_sums),
             },
         )?);
         ds.extend(sample::build(
@@ -265,12 +285,12 @@ impl Graph<'_> {
         };
         let mut ds = vec![rmsnorm::build(g, step, &norm)?.only_for(
             Count::Tokens,
-            linear::vec_max_tokens(c.hidden, self.coop) + 1..=u32::MAX,
+            linear::vec_max_tokens(c.hidden, self.coop)? + 1..=u32::MAX,
         )];
         // Decode-sized passes rotate and store k, v in the projection's epilogue (where the head
         // dim and the device allow); larger ones run rope.wgsl after the tiled projection.
         let fused = if linear::fuses_rope(g, c.head_dim)? {
-            linear::vec_max_tokens(c.hidden, self.coop)
+            linear::vec_max_tokens(c.hidden, self.coop)?
         } else {
             0
         };
@@ -290,6 +310,7 @@ impl Graph<'_> {
             }),
             rope,
             coop: self.coop,
+            split_sums: Some(&a.split_sums),
         };
         if fused > 0 {
             ds.extend(linear::build_vec(
@@ -373,6 +394,7 @@ impl Graph<'_> {
                 norm: None,
                 rope: None,
                 coop: self.coop,
+                split_sums: Some(&a.split_sums),
             },
         )?);
         Ok(ds)
@@ -492,7 +514,8 @@ impl Model {
         let c = &cfg;
         let g = &*gpu;
         let max_outputs = max_outputs(g, c, &opts)?;
-        let acts = Activations::allocate(g, c, opts.max_tokens, max_outputs)?;
+        let coop = opts.coop && g.caps.coop;
+        let acts = Activations::allocate(g, c, opts.max_tokens, max_outputs, coop)?;
         let rope_table = g.upload(
             "rope_table",
             bytemuck::cast_slice(&c.rope.table(opts.max_context)),
@@ -515,7 +538,7 @@ impl Model {
             acts: &acts,
             max_tokens: opts.max_tokens,
             kv_f16,
-            coop: opts.coop && g.caps.coop,
+            coop,
         };
         let dispatches = graph.build(&weights, &cache, &rope_table)?;
         let ids_staging = g.device.create_buffer(&wgpu::BufferDescriptor {
