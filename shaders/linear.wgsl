@@ -78,8 +78,9 @@ const COOP_KB: u32 = 2u;
 // SPLIT_K: about this many workgroups a pass, each range at least this many steps.
 const SPLIT_WORKGROUPS: u32 = 256u;
 const SPLIT_MIN_STEPS: u32 = 4u;
-// The largest pass the tensor-core tiles leave to linear_vec.wgsl (src/kernels/linear.rs).
-const COOP_VEC_MAX_TOKENS: u32 = 16u;
+// The largest pass the tensor-core tiles leave to linear_vec.wgsl (src/kernels/linear.rs): with
+// k cut, they win from 8 tokens on the H200 (PERF.md v0.19).
+const COOP_VEC_MAX_TOKENS: u32 = 4u;
 
 #ifdef TILES
 #ifdef COOP
@@ -275,6 +276,11 @@ fn inputs8(f: Fetch, i: u32, u: u32) -> array<vec2<f32>, 4> {
     let a = f.x[2u * i];
     let b = f.x[2u * i + 1u];
     return array<vec2<f32>, 4>(a.xy, a.zw, b.xy, b.zw);
+}
+
+// The pass's tokens in this tile.
+fn x_live() -> u32 {
+    return tile_count - tile_t0;
 }
 
 fn store_rows(j: u32, row: u32, v: vec2<f32>) {

@@ -156,6 +156,7 @@ struct Job {
     row0: u32,
     rows: u32,
     n_blocks: u32,
+    live: u32,
 }
 var<private> job: Job;
 
@@ -217,20 +218,30 @@ fn pow2_h(n: i32) -> f16 {
 }
 
 // Item i's 8 weights (pair q: elements q and q + 4 of its word), decoded and scaled in f16: a
-// code times 2^-14 (fp4_pair's f16 values, which come back to f16 unchanged) times
-// 2^(s - 127 + 14) in two exact power-of-two steps that each fit f16's exponent range; the clamp
-// keeps values beyond f16's range finite, as rounding from f32 does. Exact for every scale byte
-// up to 143; above it (every nonzero weight 2^16 or more, no real checkpoint's) the two steps stop
-// at 2^30 and such weights come out below the f32 path's clamped 65504.
+// code times 2^-14 (fp4_pair's f16 values, which come back to f16 unchanged) times 2^n,
+// n = s - 127 + 14. For n in [-14, 15]
+// (scale bytes 99 to 128, where real checkpoints' are) that is one multiply, correctly rounded
+// and at most 12. Otherwise two exact power-of-two steps that each fit f16's exponent range and
+// a clamp that keeps values beyond f16's range finite, as rounding from f32 does: exact for
+// every scale byte up to 143; above it (every nonzero weight 2^16 or more, no real
+// checkpoint's) the two steps stop at 2^30 and such weights come out below the f32 path's
+// clamped 65504.
 fn weights8(f: Fetch, i: u32, u: u32) -> array<vec2<f16>, 4> {
     var v: array<vec2<f16>, 4>;
+    let w = f.words[i];
     let n = i32(f.scales[i]) - 113;
     let na = clamp(n, -14, 15);
     let sa = pow2_h(na);
-    let sb = pow2_h(clamp(n - na, -14, 15));
-    for (var q = 0u; q < 4u; q++) {
-        let pair = vec2<f16>(fp4_pair(f.words[i] >> (4u * q)));
-        v[q] = clamp(pair * sa * sb, vec2<f16>(-65504.0h), vec2<f16>(65504.0h));
+    if n == na {
+        for (var q = 0u; q < 4u; q++) {
+            v[q] = vec2<f16>(fp4_pair(w >> (4u * q))) * sa;
+        }
+    } else {
+        let sb = pow2_h(clamp(n - na, -14, 15));
+        for (var q = 0u; q < 4u; q++) {
+            let pair = vec2<f16>(fp4_pair(w >> (4u * q)));
+            v[q] = clamp(pair * sa * sb, vec2<f16>(-65504.0h), vec2<f16>(65504.0h));
+        }
     }
     return v;
 }
@@ -239,6 +250,11 @@ fn inputs8(f: Fetch, i: u32, u: u32) -> array<vec2<f32>, 4> {
     let lo = f.xs[2u * i];
     let hi = f.xs[2u * i + 1u];
     return array<vec2<f32>, 4>(vec2(lo.x, hi.x), vec2(lo.y, hi.y), vec2(lo.z, hi.z), vec2(lo.w, hi.w));
+}
+
+// The tile's slots are its first `live` rows.
+fn x_live() -> u32 {
+    return job.live;
 }
 
 // Tile slot j's rows `row` and row + 1.
@@ -315,7 +331,7 @@ fn tile_products(lid: u32, row0: u32, k: u32) {
 fn run_tile(lid: u32, e_local: u32, row0: u32, rows: u32, k: u32, e: u32, j0: u32, live: u32) {
     load_slots(lid, e, j0, live);
     workgroupBarrier();
-    job = Job(e, e_local, row0, rows, k / 32u);
+    job = Job(e, e_local, row0, rows, k / 32u, live);
     tile_products(lid, row0, k);
 }
 

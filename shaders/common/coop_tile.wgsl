@@ -15,7 +15,8 @@
 // row + 1. The includer enables f16 and wgpu_cooperative_matrix and defines TS and TR (multiples
 // of 16 and 64), KB (blocks of 32 inputs per step: more halve the steps and their barriers and
 // put more bytes in flight per step, but take more registers and workgroup memory; PERF.md
-// v0.15), Fetch, fetch(lid, step), weights8(f, i, u), inputs8(f, i, u), item_col(u, j) and
+// v0.15), Fetch, fetch(lid, step), weights8(f, i, u), inputs8(f, i, u), item_col(u, j),
+// x_live() (the tile's inputs that are stored: a decode batch's expert has ~8 of 64) and
 // store_rows, and runs TILE_WG invocations per workgroup.
 #include "common/tile_step.wgsl"
 const TILE_WG: u32 = 32u * (TS / 16u) * (TR / 64u);
@@ -91,9 +92,11 @@ fn stash(lid: u32, f: Fetch) {
             }
         }
     }
+    // Rows past the live inputs are left as they are: their sums are never stored.
+    let live = x_live();
     for (var i = 0u; i < XI; i++) {
         let u = lid + i * TILE_WG;
-        if u < TS * 4u * KB {
+        if u < TS * 4u * KB && item_row(u) < live {
             let v = inputs8(f, i, u);
             for (var q = 0u; q < 4u; q++) {
                 put_x((item_row(u) * KP + item_col(u, 2u * q)) / 2u, v[q]);

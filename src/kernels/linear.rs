@@ -113,9 +113,8 @@ pub fn fuses_rope(gpu: &Gpu, head_dim: u32) -> Result<bool> {
 }
 
 /// The largest pass that runs the vector kernel for input width k (with `coop`, where k lets
-/// the tiles run on the tensor cores, they take the others from linear.wgsl's
-/// COOP_VEC_MAX_TOKENS: on the H200 the tiles won from about 20 tokens, batch 24 decode 731 ->
-/// 839 tok/s, PERF.md v0.16): it reads 8 weights per load, so k must be a multiple of 8 (else
+/// the tiles run on the tensor cores, they take the passes above linear.wgsl's
+/// COOP_VEC_MAX_TOKENS): it reads 8 weights per load, so k must be a multiple of 8 (else
 /// 0: every pass is tiled). A fused norm's separate rmsnorm dispatch must run for the larger
 /// passes.
 pub fn vec_max_tokens(k: u32, coop: bool) -> Result<u32> {
@@ -276,8 +275,15 @@ pub fn build_tiled(
                     .depth(split.splits);
                 let key = tile_key.clone().define_if("SPLIT_K", true);
                 out.push(
-                    Dispatch::new(gpu, &key, step, bytemuck::bytes_of(&p), &[l.x, &c.buffer, part], grid)?
-                        .only_for(l.count, counts.clone()),
+                    Dispatch::new(
+                        gpu,
+                        &key,
+                        step,
+                        bytemuck::bytes_of(&p),
+                        &[l.x, &c.buffer, part],
+                        grid,
+                    )?
+                    .only_for(l.count, counts.clone()),
                 );
             }
             // One sum over all the buffers' rows.
@@ -289,8 +295,15 @@ pub fn build_tiled(
             let key = sum_splits_key();
             let grid = Grid::new(l.n_out.div_ceil(64), l.count, 1);
             out.push(
-                Dispatch::new(gpu, &key, step, bytemuck::bytes_of(&p), &[part, l.bias.unwrap_or(part), l.y], grid)?
-                    .only_for(l.count, counts),
+                Dispatch::new(
+                    gpu,
+                    &key,
+                    step,
+                    bytemuck::bytes_of(&p),
+                    &[part, l.bias.unwrap_or(part), l.y],
+                    grid,
+                )?
+                .only_for(l.count, counts),
             );
             whole = shape.tokens + 1..=u32::MAX;
         }
@@ -309,12 +322,7 @@ pub fn build_tiled(
 }
 
 /// `main`, for input widths the tiles cannot take.
-fn build_main(
-    gpu: &Gpu,
-    step: &wgpu::Buffer,
-    l: &Linear,
-    vec_max: u32,
-) -> Result<Vec<Dispatch>> {
+fn build_main(gpu: &Gpu, step: &wgpu::Buffer, l: &Linear, vec_max: u32) -> Result<Vec<Dispatch>> {
     let key = super::key(gpu, "linear.wgsl", "main");
     let one = key.clone().define_if("ONE_TOKEN", true);
     let mut out = Vec::new();
