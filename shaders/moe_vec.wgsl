@@ -26,23 +26,30 @@
 // ROUTE: idx and wts of every slot of token t, as the one-token GATE_UP picks them.
 //   Bindings: part, idx, wts. Grid: (1, T).
 // GATE_UP + GROUPED: act[s] as above for every slot s with idx[s] = e, e the workgroup row's
-//   expert; the workgroup gathers them WG slots at a time and runs MAX_S at once, each weight
-//   load serving them all. Bindings: h, idx, blocks, scales, bias, act. Grid: (ceil(2I / ROWS),
+//   expert. Bindings: h, idx, blocks, scales, bias, act. Grid: (ceil(2I / GROUPED_ROWS),
 //   e_count).
 // DOWN + GROUPED: y[s, n] = wts[s] * (W_down[e] act[s] + bias[e])[n] for the same slots; COMBINE
 //   then adds each token's slots to x in slot order, as the one-token DOWN does. Bindings: act,
-//   idx, wts, blocks, scales, bias, y [T*K, H]. Grid: (ceil(H / ROWS), e_count).
+//   idx, wts, blocks, scales, bias, y [T*K, H]. Grid: (ceil(H / GROUPED_ROWS), e_count).
+// A GROUPED workgroup takes GROUPED_ROWS rows of its expert for the slots routed to it, gathered
+// WG at a time and run MAX_S at once. Thread t owns row t % GROUPED_ROWS and every KSPLIT-th
+// 32-code block of it from t / GROUPED_ROWS: one 16-byte load, decoded once in registers and
+// multiplied by the same 32 inputs of each slot, which the workgroup has put in workgroup
+// memory, KC inputs of each slot at a time (a warp's lanes all read the same input: a broadcast,
+// so an input load serves 32 rows and a decoded block MAX_S slots, where the first design's
+// lanes each read their own inputs from memory: batch 32 on the H200 1219 -> 1625 tok/s, PERF.md
+// v0.19). The KSPLIT partial sums of a row meet in workgroup memory at the end; a slot's sums run
+// in the same order whatever else is in the pass.
 //
-// A row group of GL lanes takes R rows: lane i of a group reads 8-byte unit i, i + GL, ... (16
-// codes; a warp reads 256 contiguous bytes) of each of its rows and the matching 16 inputs (64
-// contiguous bytes per lane), an input load serving R rows and a decoded unit MAX_S slots.
-// (8-byte units beat 4-byte ones by 3% on the H200; a byte-to-pair table in workgroup memory
-// instead of the bit-twiddled decode lost 25%: PERF.md v0.11; lanes reading contiguous vec4s of
-// the inputs, with 4-code weight pieces to match, took twice as long: v0.15.) Short rows of work
-// in many workgroups: on the H200, 2 rows per 32-lane group beat 4 and 8, 64-lane groups, one
-// 16-byte block per lane (its 128-byte input strides do not coalesce) and 16 rows per 128-lane
-// workgroup (PERF.md v0.9 and v0.10); 4 slots at once did as well as 1 or 2 and better than 8
-// (v0.15).
+// One token: a row group of GL lanes takes R rows: lane i of a group reads 8-byte unit i, i +
+// GL, ... (16 codes; a warp reads 256 contiguous bytes) of each of its rows and the matching 16
+// inputs (64 contiguous bytes per lane), an input load serving R rows. (8-byte units beat 4-byte
+// ones by 3% on the H200; a byte-to-pair table in workgroup memory instead of the bit-twiddled
+// decode lost 25%: PERF.md v0.11; lanes reading contiguous vec4s of the inputs, with 4-code
+// weight pieces to match, took twice as long: v0.15; the GROUPED kernel for one token: 264 ->
+// 205 tok/s, v0.19.) Short rows of work in many workgroups: on the H200, 2 rows per 32-lane
+// group beat 4 and 8, 64-lane groups, one 16-byte block per lane (its 128-byte input strides do
+// not coalesce) and 16 rows per 128-lane workgroup (PERF.md v0.9 and v0.10).
 // A dispatch holds the experts [e_start, e_start + e_count) of one weight buffer; slots routed to
 // other experts do nothing in it. Variants: ROUTE, GATE_UP or DOWN (with or without GROUPED),
 // SUBGROUPS.
@@ -61,7 +68,7 @@
 @group(0) @binding(2) var<storage, read> h: array<vec4<f32>>;
 #ifdef GROUPED
 @group(0) @binding(3) var<storage, read> idx: array<u32>;
-@group(0) @binding(4) var<storage, read> blocks: array<vec2<u32>>;
+@group(0) @binding(4) var<storage, read> blocks: array<vec4<u32>>;
 @group(0) @binding(5) var<storage, read> scales: array<u32>;
 @group(0) @binding(6) var<storage, read> bias: array<f32>;
 @group(0) @binding(7) var<storage, read_write> act: array<f32>;
@@ -89,7 +96,11 @@ fn input_base(s: u32) -> u32 {
 @group(0) @binding(2) var<storage, read> act: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read> idx: array<u32>;
 @group(0) @binding(4) var<storage, read> wts: array<f32>;
+#ifdef GROUPED
+@group(0) @binding(5) var<storage, read> blocks: array<vec4<u32>>;
+#else
 @group(0) @binding(5) var<storage, read> blocks: array<vec2<u32>>;
+#endif
 @group(0) @binding(6) var<storage, read> scales: array<u32>;
 @group(0) @binding(7) var<storage, read> bias: array<f32>;
 // x [T, H] (one token: the residual stream) or y [T*K, H] (GROUPED: per slot, for COMBINE).
@@ -109,22 +120,38 @@ fn input_base(s: u32) -> u32 {
 // gate row beside its up row), and the most experts per token.
 const ROWS: u32 = 8u;
 const MAX_K: u32 = 16u;
-const WG: u32 = 128u;
+const VEC_WG: u32 = 128u;
 const GL: u32 = 32u;
-const R: u32 = ROWS / (WG / GL);
-// Slots a projection serves at once.
+// GROUPED: rows and invocations per workgroup (the Rust side reads these lines), slots at once,
+// inputs of each slot in workgroup memory at once (8 KiB). On the H200 each of these beat its
+// neighbours (128 rows, 128 invocations, 4 or 16 slots, 512 or 1024 inputs; loading a chunk's
+// weights before its inputs' barrier: PERF.md v0.19); 4 slots did better at batch 8 alone.
+const GROUPED_ROWS: u32 = 64u;
+const GROUPED_WG: u32 = 256u;
+// Passes from this many tokens take the GROUPED kernels, up to COOP_VEC_MAX_TOKENS on adapters
+// with tensor-core tiles, which win above (src/kernels/moe.rs; H200: batch 48 1809 tok/s grouped,
+// batch 64 2228 tiled against 1980 grouped).
+const GROUPED_MIN_TOKENS: u32 = 2u;
+const COOP_VEC_MAX_TOKENS: u32 = 48u;
 #ifdef GROUPED
-const MAX_S: u32 = 4u;
+const WG: u32 = GROUPED_WG;
+const KSPLIT: u32 = WG / GROUPED_ROWS;
+const MAX_S: u32 = 8u;
+const KC: u32 = 256u;
+#include "common/lanes.wgsl"
 #else
+const WG: u32 = VEC_WG;
+const R: u32 = ROWS / (WG / GL);
 const MAX_S: u32 = 1u;
-#endif
 const NSUM: u32 = MAX_S * R;
 #include "common/row_group.wgsl"
+#endif
 
 // acc[q * R + r] = row row0 + r of local expert e_local (`rows` rows of k codes, 16 per unit)
 // . the input vector of slot q < n_s, which starts at vec4 index inb[q], summed over the lanes
 // of this lane's row group. Rows past `rows` are not read and sum to zero.
 #ifndef ROUTE
+#ifndef GROUPED
 fn project(l: Lanes, e_local: u32, row0: u32, rows: u32, k: u32, inb: array<u32, MAX_S>,
            n_s: u32) -> array<f32, NSUM> {
     // Zeroed by hand: SwiftShader keeps a function-local array's old values (attention_split.wgsl).
@@ -171,6 +198,7 @@ fn unit_scale(row: u32, k: u32, i: u32) -> f32 {
     return mx_scale(byte_of(scales[blk / 4u], blk));
 }
 #endif
+#endif
 
 // Whether expert e is in this dispatch's buffer.
 fn here(e: u32) -> bool {
@@ -178,6 +206,7 @@ fn here(e: u32) -> bool {
 }
 
 #ifdef GATE_UP
+#ifndef GROUPED
 // act[s, i] for the R / 2 (gate, up) row pairs from row r0 of expert e, from slot q of acc.
 fn store_slot(s: u32, e: u32, r0: u32, acc: array<f32, NSUM>, q: u32) {
     for (var c = 0u; c < R / 2u; c++) {
@@ -191,6 +220,7 @@ fn store_slot(s: u32, e: u32, r0: u32, acc: array<f32, NSUM>, q: u32) {
         }
     }
 }
+#endif
 #endif
 
 #ifdef GROUPED
@@ -218,26 +248,85 @@ fn gather(l: Lanes, e: u32, c0: u32) -> u32 {
     return workgroupUniformLoad(&n_list);
 }
 
-// The body of both GROUPED projections: the slots of the workgroup row's expert, MAX_S at a
-// time, rows r0 .. r0 + R of the expert's `rows` (k inputs) for row group (wg.x * NG + group),
-// each slot's sums handed to the variant's store_slot.
+// The slots' chunk of inputs; once the last chunk is multiplied, the threads' partial sums (as
+// floats: WG * MAX_S of them fit, KC being at least WG), so that the two fit WebGPU's 16 KiB.
+var<workgroup> xs: array<vec4<f32>, MAX_S * KC / 4u>;
+
+fn put_sum(i: u32, v: f32) {
+    xs[i / 4u][i % 4u] = v;
+}
+
+// Block b (32 codes, from block index row_blk of the buffer) of this thread's row against the
+// same 32 inputs of the n_s slots, whose chunk of inputs starting at x0 is in xs; added into acc.
+fn block_products(acc: ptr<function, array<f32, MAX_S>>, row_blk: u32, b: u32, x0: u32,
+                  n_s: u32) {
+    let blk = row_blk + b;
+    let w = blocks[blk];
+    let sc = mx_scale(byte_of(scales[blk / 4u], blk));
+    let c = array<mat4x2<f32>, 4>(fp4_decode8(w.x), fp4_decode8(w.y), fp4_decode8(w.z),
+                                  fp4_decode8(w.w));
+    let at = (32u * b - x0) / 4u;
+    for (var q = 0u; q < MAX_S; q++) {
+        if q < n_s {
+            let base = q * (KC / 4u) + at;
+            var sum = 0.0;
+            for (var j = 0u; j < 4u; j++) {
+                sum += fp4_dot8(c[j], xs[base + 2u * j], xs[base + 2u * j + 1u]);
+            }
+            (*acc)[q] += sum * sc;
+        }
+    }
+}
+
+// Row r (of the workgroup's rows) for its slot q: the KSPLIT partial sums, in order.
+fn row_sum(q: u32, r: u32) -> f32 {
+    var total = 0.0;
+    for (var ks = 0u; ks < KSPLIT; ks++) {
+        let i = (q * KSPLIT + ks) * GROUPED_ROWS + r;
+        total += xs[i / 4u][i % 4u];
+    }
+    return total;
+}
+
+// The body of both GROUPED projections: rows wg.x GROUPED_ROWS .. of the workgroup row's expert
+// (`rows` rows of k inputs) for its slots, each slot's sums handed to the variant's
+// store_grouped. Called from uniform control flow.
 fn run_grouped(l: Lanes, wg: vec3<u32>, rows: u32, k: u32) {
     let e = p.e_start + wg.y;
-    let r0 = (wg.x * NG + l.lid / GL) * R;
+    let r = l.lid % GROUPED_ROWS;
+    let ks = l.lid / GROUPED_ROWS;
+    let row0 = wg.x * GROUPED_ROWS;
+    let live = row0 + r < rows;
+    let n_blocks = k / 32u;
+    let row_blk = (wg.y * rows + min(row0 + r, rows - 1u)) * n_blocks;
     for (var c0 = 0u; c0 < step.slots; c0 += WG) {
         let n = gather(l, e, c0);
         for (var q0 = 0u; q0 < n; q0 += MAX_S) {
-            var inb: array<u32, MAX_S>;
-            for (var q = 0u; q < MAX_S; q++) {
-                inb[q] = input_base(list[min(q0 + q, n - 1u)]);
-            }
             let n_s = min(n - q0, MAX_S);
-            let acc = project(l, wg.y, r0, rows, k, inb, n_s);
-            if l.lid % GL == 0u {
-                for (var q = 0u; q < n_s; q++) {
-                    store_slot(list[q0 + q], e, r0, acc, q);
+            var acc: array<f32, MAX_S>;
+            for (var q = 0u; q < MAX_S; q++) {
+                acc[q] = 0.0;
+            }
+            for (var x0 = 0u; x0 < k; x0 += KC) {
+                let kc4 = min(KC, k - x0) / 4u;
+                workgroupBarrier();
+                for (var i = l.lid; i < n_s * kc4; i += WG) {
+                    let q = i / kc4;
+                    xs[q * (KC / 4u) + i % kc4] = input(input_base(list[q0 + q]) + x0 / 4u + i % kc4);
+                }
+                workgroupBarrier();
+                if live {
+                    for (var b = x0 / 32u + ks; b < (x0 + 4u * kc4) / 32u; b += KSPLIT) {
+                        block_products(&acc, row_blk, b, x0, n_s);
+                    }
                 }
             }
+            workgroupBarrier();
+            for (var q = 0u; q < MAX_S; q++) {
+                put_sum((q * KSPLIT + ks) * GROUPED_ROWS + r, acc[q]);
+            }
+            workgroupBarrier();
+            store_grouped(l.lid, e, row0, q0, n_s);
         }
         workgroupBarrier();
     }
@@ -246,6 +335,22 @@ fn run_grouped(l: Lanes, wg: vec3<u32>, rows: u32, k: u32) {
 
 #ifdef GATE_UP
 #ifdef GROUPED
+// act[s, i] for the (gate, up) row pairs from row0 (even) for the n_s slots from list[q0].
+fn store_grouped(lid: u32, e: u32, row0: u32, q0: u32, n_s: u32) {
+    for (var j = lid; j < n_s * (GROUPED_ROWS / 2u); j += WG) {
+        let q = j / (GROUPED_ROWS / 2u);
+        let c = j % (GROUPED_ROWS / 2u);
+        let i = row0 / 2u + c;
+        if i < p.inter {
+            let rb = e * 2u * p.inter + 2u * i;
+            let gate = min(row_sum(q, 2u * c) + bias[rb], p.limit);
+            let up = clamp(row_sum(q, 2u * c + 1u) + bias[rb + 1u], -p.limit, p.limit);
+            let glu = gate / (1.0 + exp(-p.alpha * gate));
+            act[list[q0 + q] * p.inter + i] = glu * (up + 1.0);
+        }
+    }
+}
+
 @compute @workgroup_size(WG)
 fn gate_up(l: Lanes, @builtin(workgroup_id) wg: vec3<u32>) {
     run_grouped(l, wg, 2u * p.inter, p.hidden);
@@ -283,12 +388,14 @@ fn down(l: Lanes, @builtin(workgroup_id) wg: vec3<u32>) {
     run_grouped(l, wg, p.hidden, p.inter);
 }
 
-// y[s, rows r0 ..] of expert e, weighted, with the bias, from slot q of acc.
-fn store_slot(s: u32, e: u32, r0: u32, acc: array<f32, NSUM>, q: u32) {
-    for (var r = 0u; r < R; r++) {
-        let row = r0 + r;
+// y[s, row0 + r] for the n_s slots from list[q0], weighted, with the bias.
+fn store_grouped(lid: u32, e: u32, row0: u32, q0: u32, n_s: u32) {
+    for (var i = lid; i < n_s * GROUPED_ROWS; i += WG) {
+        let q = i / GROUPED_ROWS;
+        let row = row0 + i % GROUPED_ROWS;
         if row < p.hidden {
-            out[s * p.hidden + row] = wts[s] * (acc[q * R + r] + bias[e * p.hidden + row]);
+            let s = list[q0 + q];
+            out[s * p.hidden + row] = wts[s] * (row_sum(q, i % GROUPED_ROWS) + bias[e * p.hidden + row]);
         }
     }
 }

@@ -53,18 +53,15 @@ pub struct MoeShape {
     pub coop: bool,
 }
 
-/// The largest pass that the expert tiles leave to the matrix-vector kernels: on the tensor
-/// cores the tiles win from somewhere between 16 and 32 tokens (H200, batch 32: 946 -> 1033
-/// tok/s, batch 16: 700 -> 550; PERF.md v0.18), the portable tiles only beyond VEC_MAX_TOKENS.
-pub fn vec_max_tokens(coop: bool) -> u32 {
+/// The largest pass that the expert tiles leave to the matrix-vector kernels (moe_vec.wgsl's
+/// COOP_VEC_MAX_TOKENS on the tensor cores; the portable tiles only beyond VEC_MAX_TOKENS).
+pub fn vec_max_tokens(coop: bool) -> Result<u32> {
     if coop {
-        COOP_VEC_MAX_TOKENS
+        wgsl_const("moe_vec.wgsl", "COOP_VEC_MAX_TOKENS")
     } else {
-        super::VEC_MAX_TOKENS
+        Ok(super::VEC_MAX_TOKENS)
     }
 }
-
-const COOP_VEC_MAX_TOKENS: u32 = 24;
 
 /// The buffers one MoE layer works on.
 pub struct MoeBuffers<'a> {
@@ -213,6 +210,11 @@ pub fn build(
     })?);
     // Each token's slot outputs added to x in slot order (the one-token down of the
     // matrix-vector path does it itself).
+    let combined = if s.vec_max_tokens == 0 {
+        1
+    } else {
+        grouped_min_tokens()?.min(s.vec_max_tokens + 1)
+    };
     let key = ShaderKey::new("moe.wgsl", "combine").define_if("COMBINE", true);
     out.push(
         Dispatch::new(
@@ -223,9 +225,15 @@ pub fn build(
             &[b.y, b.x],
             Grid::new(s.hidden.div_ceil(64), Count::Tokens, 1),
         )?
-        .only_for(Count::Tokens, (s.vec_max_tokens + 1).min(2)..=u32::MAX),
+        .only_for(Count::Tokens, combined..=u32::MAX),
     );
     Ok(out)
+}
+
+/// The smallest pass that the matrix-vector path runs grouped by expert (fewer: one token, its
+/// slots one by one).
+fn grouped_min_tokens() -> Result<u32> {
+    Ok(wgsl_const("moe_vec.wgsl", "GROUPED_MIN_TOKENS")?.max(1))
 }
 
 /// The matrix-vector path. One token: gate_up (routing and SwiGLU included) per slot and down
@@ -244,7 +252,8 @@ fn vec_dispatches(
         return Ok(out);
     }
     let rows_per_wg = wgsl_const("moe_vec.wgsl", "ROWS")?;
-    let groups = wgsl_const("moe_vec.wgsl", "WG")? / wgsl_const("moe_vec.wgsl", "GL")?;
+    let groups = wgsl_const("moe_vec.wgsl", "VEC_WG")? / wgsl_const("moe_vec.wgsl", "GL")?;
+    let grouped_rows = wgsl_const("moe_vec.wgsl", "GROUPED_ROWS")?;
     let max_k = wgsl_const("moe_vec.wgsl", "MAX_K")?;
     let max_e = wgsl_const("moe_vec.wgsl", "MAX_E")?;
     if s.top_k > max_k || s.experts > max_e {
@@ -253,8 +262,10 @@ fn vec_dispatches(
             s.top_k, s.experts
         )));
     }
-    let one = 1..=1;
-    let several = 2..=s.vec_max_tokens;
+    // The grouped kernel from GROUPED_MIN_TOKENS tokens (routing first, in its own dispatch).
+    let grouped_min = grouped_min_tokens()?;
+    let one = 1..=grouped_min - 1;
+    let several = grouped_min..=s.vec_max_tokens;
     let route = super::row_group_key(gpu, "moe_vec.wgsl", "route_slots").define_if("ROUTE", true);
     let all = params(s, 0, s.experts);
     out.push(
@@ -305,7 +316,7 @@ fn vec_dispatches(
             entry: "gate_up",
             define: "GATE_UP",
             chunks: w.gate_up,
-            grid_x: (2 * s.inter).div_ceil(rows_per_wg),
+            grid_x: (2 * s.inter).div_ceil(grouped_rows),
             count: None,
             before: vec![b.h, b.idx],
             after: vec![w.gate_up_bias, b.act],
@@ -314,7 +325,7 @@ fn vec_dispatches(
             entry: "down",
             define: "DOWN",
             chunks: w.down,
-            grid_x: s.hidden.div_ceil(rows_per_wg),
+            grid_x: s.hidden.div_ceil(grouped_rows),
             count: None,
             before: vec![b.act, b.idx, b.wts],
             after: vec![w.down_bias, b.y],
@@ -394,6 +405,9 @@ mod tests {
                 // path) and with another token (experts shared by two tokens' slots).
                 (1, 64, 32, 8, 6, 3),
                 (2, 64, 32, 8, 6, 3),
+                // Input widths over several chunks of the grouped kernel (the last one short);
+                // experts with more slots than it runs at once.
+                (20, 320, 608, 3, 2, 2),
                 // Experts with several tiles of slots, rows not a multiple of the tile's.
                 (70, 96, 32, 2, 2, 1),
                 (300, 64, 64, 4, 2, 2),

@@ -87,7 +87,7 @@ struct Activations {
     qkv: wgpu::Buffer,
     attn: wgpu::Buffer,
     attn_partials: wgpu::Buffer,
-    /// [VEC_MAX_TOKENS, slices, E] a decode pass's partial router logits; [T, K] chosen experts
+    /// [vec_max_tokens, slices, E] a decode pass's partial router logits; [T, K] chosen experts
     /// and their weights.
     router_part: wgpu::Buffer,
     expert_idx: wgpu::Buffer,
@@ -150,7 +150,10 @@ impl Activations {
             )?,
             router_part: buf(
                 "router_part",
-                VEC_MAX_TOKENS as u64 * router::slices(c.hidden)? as u64 * e * 4,
+                moe::vec_max_tokens(coop)?.max(VEC_MAX_TOKENS) as u64
+                    * router::slices(c.hidden)? as u64
+                    * e
+                    * 4,
             )?,
             expert_idx: buf("expert_idx", t * k * 4)?,
             expert_wts: buf("expert_wts", t * k * 4)?,
@@ -404,7 +407,7 @@ impl Graph<'_> {
     /// chosen experts and their weights.
     fn moe_block(&self, lw: &LayerWeights) -> Result<Vec<Dispatch>> {
         let (g, step, c, a) = (self.g, self.step, self.c, self.acts);
-        let vec_max_tokens = moe::vec_max_tokens(self.coop);
+        let vec_max_tokens = moe::vec_max_tokens(self.coop)?;
         let mut ds = router::build(
             g,
             step,
