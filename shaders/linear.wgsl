@@ -78,9 +78,11 @@ const COOP_KB: u32 = 2u;
 // SPLIT_K: about this many workgroups a pass, each range at least this many steps.
 const SPLIT_WORKGROUPS: u32 = 256u;
 const SPLIT_MIN_STEPS: u32 = 4u;
-// The largest pass the tensor-core tiles leave to linear_vec.wgsl (src/kernels/linear.rs): with
-// k cut, they win from 8 tokens on the H200 (PERF.md v0.19).
+// The largest pass the tensor-core and the portable tiles leave to linear_vec.wgsl
+// (src/kernels/linear.rs): with k cut, the tensor-core tiles win from 8 tokens on the H200, the
+// portable ones (64 token columns whatever the pass) from about 16 (PERF.md v0.19).
 const COOP_VEC_MAX_TOKENS: u32 = 4u;
+const SIMT_VEC_MAX_TOKENS: u32 = 16u;
 
 #ifdef TILES
 #ifdef COOP

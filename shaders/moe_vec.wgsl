@@ -51,8 +51,8 @@
 // group beat 4 and 8, 64-lane groups, one 16-byte block per lane (its 128-byte input strides do
 // not coalesce) and 16 rows per 128-lane workgroup (PERF.md v0.9 and v0.10).
 // A dispatch holds the experts [e_start, e_start + e_count) of one weight buffer; slots routed to
-// other experts do nothing in it. Variants: ROUTE, GATE_UP or DOWN (with or without GROUPED),
-// SUBGROUPS.
+// other experts do nothing in it. Variants: ROUTE, GATE_UP or DOWN (with or without GROUPED, and
+// with GROUPED FEW), SUBGROUPS.
 #include "common/step.wgsl"
 #include "common/mxfp4.wgsl"
 
@@ -124,8 +124,8 @@ const VEC_WG: u32 = 128u;
 const GL: u32 = 32u;
 // GROUPED: rows and invocations per workgroup (the Rust side reads these lines), slots at once,
 // inputs of each slot in workgroup memory at once (8 KiB). On the H200 each of these beat its
-// neighbours (128 rows, 128 invocations, 4 or 16 slots, 512 or 1024 inputs; loading a chunk's
-// weights before its inputs' barrier: PERF.md v0.19); 4 slots did better at batch 8 alone.
+// neighbours at batch 32 (128 rows, 128 invocations, 4 or 16 slots, 512 or 1024 inputs; loading
+// a chunk's weights before its inputs' barrier: PERF.md v0.19).
 const GROUPED_ROWS: u32 = 64u;
 const GROUPED_WG: u32 = 256u;
 // Passes from this many tokens take the GROUPED kernels, up to COOP_VEC_MAX_TOKENS on adapters
@@ -133,10 +133,18 @@ const GROUPED_WG: u32 = 256u;
 // batch 64 2228 tiled against 1980 grouped).
 const GROUPED_MIN_TOKENS: u32 = 2u;
 const COOP_VEC_MAX_TOKENS: u32 = 48u;
+// FEW (passes of up to FEW_MAX_TOKENS tokens, whose experts have few slots each): 4 slots at
+// once, which takes fewer registers (H200, batch 8: 675 -> 727 tok/s; batch 32 with 4: 1625 ->
+// 1492).
+const FEW_MAX_TOKENS: u32 = 16u;
 #ifdef GROUPED
 const WG: u32 = GROUPED_WG;
 const KSPLIT: u32 = WG / GROUPED_ROWS;
+#ifdef FEW
+const MAX_S: u32 = 4u;
+#else
 const MAX_S: u32 = 8u;
+#endif
 const KC: u32 = 256u;
 #include "common/lanes.wgsl"
 #else

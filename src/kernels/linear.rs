@@ -6,8 +6,6 @@ use crate::error::{Error, Result};
 use crate::gpu::shader::wgsl_const;
 use crate::gpu::{Count, Dispatch, Gpu, Grid, ShaderKey, Split};
 
-use super::VEC_MAX_TOKENS;
-
 /// The RMSNorm a projection's input goes through first: in = RMSNorm(x) * w.
 pub struct NormInput<'a> {
     /// The un-normed input [count, k] (the residual stream).
@@ -76,7 +74,7 @@ pub struct Linear<'a> {
     /// Add into y (the residual stream) instead of overwriting it.
     pub accumulate: bool,
     /// When set, `x` holds RMSNorm(norm.x) * norm.w for the tiled path (written by a separate
-    /// rmsnorm dispatch that the caller runs only for passes above VEC_MAX_TOKENS), and the
+    /// rmsnorm dispatch that the caller runs only for passes above `vec_max_tokens`), and the
     /// vector path reads norm.x and normalizes it itself.
     pub norm: Option<NormInput<'a>>,
     /// The q/k/v projection at decode: rotate q and k and write k, v into the cache in the
@@ -112,18 +110,16 @@ pub fn fuses_rope(gpu: &Gpu, head_dim: u32) -> Result<bool> {
     Ok(head_dim.is_multiple_of(rows) && gpu.caps.storage_buffers >= 9)
 }
 
-/// The largest pass that runs the vector kernel for input width k (with `coop`, where k lets
-/// the tiles run on the tensor cores, they take the passes above linear.wgsl's
-/// COOP_VEC_MAX_TOKENS): it reads 8 weights per load, so k must be a multiple of 8 (else
-/// 0: every pass is tiled). A fused norm's separate rmsnorm dispatch must run for the larger
-/// passes.
+/// The largest pass that runs the vector kernel for input width k: linear.wgsl's
+/// COOP_VEC_MAX_TOKENS where the tensor-core tiles take the larger ones, SIMT_VEC_MAX_TOKENS
+/// where the portable tiles do. It reads 8 weights per load, so k must be a multiple of 8
+/// (else 0: every pass is tiled). A fused norm's separate rmsnorm dispatch must run for the
+/// larger passes.
 pub fn vec_max_tokens(k: u32, coop: bool) -> Result<u32> {
-    Ok(if !k.is_multiple_of(8) {
-        0
-    } else if coop && k.is_multiple_of(32) {
-        wgsl_const("linear.wgsl", "COOP_VEC_MAX_TOKENS")?
-    } else {
-        VEC_MAX_TOKENS
+    Ok(match tile_kind(k, coop) {
+        _ if !k.is_multiple_of(8) => 0,
+        (true, _) => wgsl_const("linear.wgsl", "COOP_VEC_MAX_TOKENS")?,
+        _ => wgsl_const("linear.wgsl", "SIMT_VEC_MAX_TOKENS")?,
     })
 }
 
@@ -522,7 +518,7 @@ mod tests {
         let mut rng = seeded("linear_norm");
         for gpu in gpus().await {
             // (tokens, k, n, rows per buffer): the vector path with the norm fused, and above
-            // VEC_MAX_TOKENS the tiled path on the separately normed input.
+            // the vector kernel's passes the tiled path on the separately normed input.
             for &(t, k, n, split) in &[
                 (1, 64, 24, 24),
                 (3, 256, 37, 16),
@@ -658,7 +654,7 @@ mod tests {
                         coop: false,
                         split_sums: None,
                     },
-                    1..=VEC_MAX_TOKENS,
+                    1..=crate::kernels::VEC_MAX_TOKENS,
                 )
                 .unwrap();
                 let counts = StepCounts {

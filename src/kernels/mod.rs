@@ -72,11 +72,12 @@ pub fn all_variants() -> Vec<ShaderKey> {
                 );
             }
         }
-        for grouped in [false, true] {
+        for (grouped, few) in [(false, false), (true, false), (true, true)] {
             let k = |e, d| {
                 k("moe_vec.wgsl", e)
                     .define_if(d, true)
                     .define_if("GROUPED", grouped)
+                    .define_if("FEW", few)
             };
             out.push(k("gate_up", "GATE_UP"));
             out.push(k("down", "DOWN"));

@@ -331,29 +331,38 @@ fn vec_dispatches(
             after: vec![w.down_bias, b.y],
         },
     ];
+    // The grouped passes of up to FEW_MAX_TOKENS tokens take the FEW variant.
+    let few_max = wgsl_const("moe_vec.wgsl", "FEW_MAX_TOKENS")?;
+    let (few, many) = (
+        grouped_min..=few_max.min(s.vec_max_tokens),
+        (few_max + 1).max(grouped_min)..=s.vec_max_tokens,
+    );
     for pr in projections {
         let grouped = pr.count.is_none();
-        let key = super::row_group_key(gpu, "moe_vec.wgsl", pr.entry)
-            .define_if(pr.define, true)
-            .define_if("GROUPED", grouped);
-        for c in pr.chunks {
-            let p = params(s, c.start, c.count);
-            let bufs = [&pr.before[..], &[&c.blocks, &c.scales], &pr.after[..]].concat();
-            let count = pr.count.unwrap_or(Count::Fixed(c.count));
-            let d = Dispatch::new(
-                gpu,
-                &key,
-                step,
-                bytemuck::bytes_of(&p),
-                &bufs,
-                Grid::new(pr.grid_x, count, 1),
-            )?;
-            let tokens = if grouped {
-                several.clone()
-            } else {
-                one.clone()
-            };
-            out.push(d.only_for(Count::Tokens, tokens));
+        let variants = if grouped {
+            vec![(true, few.clone()), (false, many.clone())]
+        } else {
+            vec![(false, one.clone())]
+        };
+        for (is_few, tokens) in variants.into_iter().filter(|(_, t)| !t.is_empty()) {
+            let key = super::row_group_key(gpu, "moe_vec.wgsl", pr.entry)
+                .define_if(pr.define, true)
+                .define_if("GROUPED", grouped)
+                .define_if("FEW", is_few);
+            for c in pr.chunks {
+                let p = params(s, c.start, c.count);
+                let bufs = [&pr.before[..], &[&c.blocks, &c.scales], &pr.after[..]].concat();
+                let count = pr.count.unwrap_or(Count::Fixed(c.count));
+                let d = Dispatch::new(
+                    gpu,
+                    &key,
+                    step,
+                    bytemuck::bytes_of(&p),
+                    &bufs,
+                    Grid::new(pr.grid_x, count, 1),
+                )?;
+                out.push(d.only_for(Count::Tokens, tokens.clone()));
+            }
         }
     }
     Ok(out)
