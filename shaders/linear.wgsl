@@ -21,7 +21,7 @@ enable wgpu_cooperative_matrix;
 // With SPLIT_K the tile entries cut k into p.splits ranges of p.split_units 8-input units
 // (grid z), each writing its sums to part [count, splits, n_out] (binding 4, in place of bias
 // and y); sum_splits (SPLIT_SUM) then adds a token's ranges in order and stores as the others
-// do. Bindings: part, bias, y. Grid: (ceil(n_out / 64), count).
+// do. Bindings: part, bias, y. Grid: (ceil(n_out / SUM_WG), count).
 // Each entry gives a token the same sums in the same order whatever else is in the pass. TILES
 // gives the two tile entries their bindings (8 values per load) and shared tile helpers.
 #include "common/step.wgsl"
@@ -51,8 +51,11 @@ enable wgpu_cooperative_matrix;
 #include "common/linear_out.wgsl"
 #endif
 
+// Columns per sum_splits workgroup (the Rust side reads this line).
+const SUM_WG: u32 = 64u;
+
 #ifdef SPLIT_SUM
-@compute @workgroup_size(64)
+@compute @workgroup_size(SUM_WG)
 fn sum_splits(@builtin(global_invocation_id) id: vec3<u32>) {
     let col = id.x;
     let t = id.y;

@@ -55,6 +55,15 @@ impl Params {
             split_units: l.k / 8,
         }
     }
+
+    /// The same with k cut into `s`'s ranges.
+    fn cut(self, s: KSplit) -> Params {
+        Params {
+            splits: s.splits,
+            split_units: s.units,
+            ..self
+        }
+    }
 }
 
 /// Rows and tokens per workgroup (R, TT in the shader).
@@ -257,52 +266,17 @@ pub fn build_tiled(
     let mut out = Vec::new();
     // Passes of one token tile cut k where that fills the GPU (and the scratch is there).
     let split = k_split(&shape, l.k, l.n_out)?;
+    let counts = vec_max + 1..=shape.tokens;
     let mut whole = vec_max + 1..=u32::MAX;
-    if let (Some(part), true) = (l.split_sums, split.splits > 1) {
-        let counts = vec_max + 1..=shape.tokens;
-        if !counts.is_empty() {
-            for c in &l.w.chunks {
-                let p = Params {
-                    splits: split.splits,
-                    split_units: split.units,
-                    ..Params::new(l, c)
-                };
-                let grid = Grid::new(c.count.div_ceil(shape.rows), l.count, shape.tokens)
-                    .depth(split.splits);
-                let key = tile_key.clone().define_if("SPLIT_K", true);
-                out.push(
-                    Dispatch::new(
-                        gpu,
-                        &key,
-                        step,
-                        bytemuck::bytes_of(&p),
-                        &[l.x, &c.buffer, part],
-                        grid,
-                    )?
-                    .only_for(l.count, counts.clone()),
-                );
-            }
-            // One sum over all the buffers' rows.
-            let p = Params {
-                splits: split.splits,
-                split_units: split.units,
-                ..Params::new(l, &l.w.chunks[0])
-            };
-            let key = sum_splits_key();
-            let grid = Grid::new(l.n_out.div_ceil(64), l.count, 1);
-            out.push(
-                Dispatch::new(
-                    gpu,
-                    &key,
-                    step,
-                    bytemuck::bytes_of(&p),
-                    &[part, l.bias.unwrap_or(part), l.y],
-                    grid,
-                )?
-                .only_for(l.count, counts),
-            );
-            whole = shape.tokens + 1..=u32::MAX;
-        }
+    if let Some(part) = l.split_sums
+        && split.splits > 1
+        && !counts.is_empty()
+    {
+        out = build_split(gpu, step, l, &tile_key, &shape, split, part)?
+            .into_iter()
+            .map(|d| d.only_for(l.count, counts.clone()))
+            .collect();
+        whole = shape.tokens + 1..=u32::MAX;
     }
     for c in &l.w.chunks {
         let p = Params::new(l, c);
@@ -314,6 +288,52 @@ pub fn build_tiled(
                 .only_for(l.count, whole.clone()),
         );
     }
+    Ok(out)
+}
+
+/// The tiles with k cut as `split` says, one dispatch per weight buffer writing the ranges' sums
+/// into `part`, then one that adds them up into y.
+fn build_split(
+    gpu: &Gpu,
+    step: &wgpu::Buffer,
+    l: &Linear,
+    tile_key: &ShaderKey,
+    shape: &TileShape,
+    split: KSplit,
+    part: &wgpu::Buffer,
+) -> Result<Vec<Dispatch>> {
+    let key = tile_key.clone().define_if("SPLIT_K", true);
+    let mut out = Vec::new();
+    for c in &l.w.chunks {
+        let p = Params::new(l, c).cut(split);
+        let grid =
+            Grid::new(c.count.div_ceil(shape.rows), l.count, shape.tokens).depth(split.splits);
+        let bufs = [l.x, &c.buffer, part];
+        out.push(Dispatch::new(
+            gpu,
+            &key,
+            step,
+            bytemuck::bytes_of(&p),
+            &bufs,
+            grid,
+        )?);
+    }
+    // One sum over all the buffers' rows (a missing bias binds part, unread).
+    let p = Params::new(l, &l.w.chunks[0]).cut(split);
+    let bufs = [part, l.bias.unwrap_or(part), l.y];
+    let grid = Grid::new(
+        l.n_out.div_ceil(wgsl_const("linear.wgsl", "SUM_WG")?),
+        l.count,
+        1,
+    );
+    out.push(Dispatch::new(
+        gpu,
+        &sum_splits_key(),
+        step,
+        bytemuck::bytes_of(&p),
+        &bufs,
+        grid,
+    )?);
     Ok(out)
 }
 
