@@ -219,9 +219,8 @@ fn pow2_h(n: i32) -> f16 {
 
 // Item i's 8 weights (pair q: elements q and q + 4 of its word), decoded and scaled in f16: a
 // code times 2^-14 (fp4_pair's f16 values, which come back to f16 unchanged) times 2^n,
-// n = s - 127 + 14. For n in [-14, 15]
-// (scale bytes 99 to 128, where real checkpoints' are) that is one multiply, correctly rounded
-// and at most 12. Otherwise two exact power-of-two steps that each fit f16's exponent range and
+// n = s - 127 + 14. For n in [-14, 15] (scale bytes 99 to 128, where real checkpoints' are)
+// that is one multiply, correctly rounded and at most 12. Otherwise two exact power-of-two steps that each fit f16's exponent range and
 // a clamp that keeps values beyond f16's range finite, as rounding from f32 does: exact for
 // every scale byte up to 143; above it (every nonzero weight 2^16 or more, no real
 // checkpoint's) the two steps stop at 2^30 and such weights come out below the f32 path's

@@ -26,8 +26,8 @@
 // ROUTE: idx and wts of every slot of token t, as the one-token GATE_UP picks them.
 //   Bindings: part, idx, wts. Grid: (1, T).
 // GATE_UP + GROUPED: act[s] as above for every slot s with idx[s] = e, e the workgroup row's
-//   expert. Bindings: h, idx, blocks, scales, bias, act. Grid: (ceil(2I / GROUPED_ROWS),
-//   e_count).
+//   expert. Bindings: h, idx, blocks (in 16-byte units: one block), scales, bias, act. Grid:
+//   (ceil(2I / GROUPED_ROWS), e_count).
 // DOWN + GROUPED: y[s, n] = wts[s] * (W_down[e] act[s] + bias[e])[n] for the same slots; COMBINE
 //   then adds each token's slots to x in slot order, as the one-token DOWN does. Bindings: act,
 //   idx, wts, blocks, scales, bias, y [T*K, H]. Grid: (ceil(H / GROUPED_ROWS), e_count).
@@ -46,7 +46,7 @@
 // inputs (64 contiguous bytes per lane), an input load serving R rows. (8-byte units beat 4-byte
 // ones by 3% on the H200; a byte-to-pair table in workgroup memory instead of the bit-twiddled
 // decode lost 25%: PERF.md v0.11; lanes reading contiguous vec4s of the inputs, with 4-code
-// weight pieces to match, took twice as long: v0.15; the GROUPED kernel for one token: 264 ->
+// weight pieces to match, took twice as long: v0.15; the GROUPED kernel for one token: 262 ->
 // 205 tok/s, v0.19.) Short rows of work in many workgroups: on the H200, 2 rows per 32-lane
 // group beat 4 and 8, 64-lane groups, one 16-byte block per lane (its 128-byte input strides do
 // not coalesce) and 16 rows per 128-lane workgroup (PERF.md v0.9 and v0.10).
