@@ -175,10 +175,11 @@ fn k_split(shape: &TileShape, k: u32, n_out: u32) -> Result<KSplit> {
     })
 }
 
-/// Whether `l`'s passes take the tensor-core tiles, and whether the portable ones (else `main`).
-fn tile_kind(l_k: u32, coop: bool) -> (bool, bool) {
-    let coop = coop && l_k.is_multiple_of(32);
-    (coop, !coop && l_k.is_multiple_of(8))
+/// Whether a layer of input width k takes the tensor-core tiles, and whether the portable ones
+/// (else `main`).
+fn tile_kind(k: u32, coop: bool) -> (bool, bool) {
+    let coop = coop && k.is_multiple_of(32);
+    (coop, !coop && k.is_multiple_of(8))
 }
 
 /// The scratch a layer of n_out rows and k inputs needs for its k ranges (`Linear::split_sums`)
