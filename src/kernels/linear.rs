@@ -459,6 +459,26 @@ mod tests {
         y
     }
 
+    /// Every k range has work, together they cover k in whole steps, and a layer of few rows
+    /// gets enough workgroups (the q/k/v projection of gpt-oss: 40 row tiles).
+    #[test]
+    fn k_ranges_cover_k_and_none_is_empty() {
+        for coop in [false, true] {
+            let shape = tile_shape(coop).unwrap();
+            for k in (8..=6000).step_by(56) {
+                for n_out in [9, 150, 2880, 5120, 201088] {
+                    let s = k_split(&shape, k, n_out).unwrap();
+                    let units = k / 8;
+                    assert!(s.splits >= 1 && s.units.is_multiple_of(shape.step_units));
+                    assert!((s.splits - 1) * s.units < units, "k {k}: an empty range");
+                    assert!(s.splits * s.units >= units, "k {k}: ranges short of k");
+                }
+            }
+        }
+        let qkv = k_split(&tile_shape(true).unwrap(), 2880, 5120).unwrap();
+        assert!(qkv.splits * 40 >= 256, "{qkv:?}");
+    }
+
     gpu_test!(linear_matches_reference);
     async fn linear_matches_reference() {
         let mut rng = seeded("linear_matches_reference");
