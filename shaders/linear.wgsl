@@ -113,13 +113,16 @@ fn tile_units(wg: vec3<u32>) -> vec2<u32> {
     return vec2<u32>(unit0, min(p.k / 8u, unit0 + p.split_units));
 }
 
-fn tile_begin(wg: vec3<u32>) {
+// Sets the tile's state; returns its range of k (tile_units).
+fn tile_begin(wg: vec3<u32>) -> vec2<u32> {
+    let units = tile_units(wg);
     tile_count = step_count(p.count_which);
     tile_t0 = wg.y * TS;
     tile_row0 = wg.x * TR;
     tile_split = wg.z;
-    tile_unit0 = tile_units(wg).x;
-    tile_unit_end = tile_units(wg).y;
+    tile_unit0 = units.x;
+    tile_unit_end = units.y;
+    return units;
 }
 
 // A thread's loads for one step of the tile file's WI weight and XI input items: 8 bf16 weights
@@ -236,9 +239,8 @@ fn store_quad(j: u32, row: u32, v: vec4<f32>) {
 
 @compute @workgroup_size(TILE_WG)
 fn tiled(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>) {
-    tile_begin(wg);
-    let units = tile_units(wg);
-    simt_products(lid, wg.x * TR, (units.y - units.x + 1u) / 2u);
+    let units = tile_begin(wg);
+    simt_products(lid, tile_row0, (units.y - units.x + 1u) / 2u);
 }
 #endif
 
@@ -304,8 +306,7 @@ fn store_rows(j: u32, row: u32, v: vec2<f32>) {
 
 @compute @workgroup_size(TILE_WG)
 fn coop(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>) {
-    tile_begin(wg);
-    let units = tile_units(wg);
-    coop_products(lid, wg.x * TR, (units.y - units.x) / 4u);
+    let units = tile_begin(wg);
+    coop_products(lid, tile_row0, (units.y - units.x) / 4u);
 }
 #endif
