@@ -128,10 +128,9 @@ const GL: u32 = 32u;
 // a chunk's weights before its inputs' barrier: PERF.md v0.19).
 const GROUPED_ROWS: u32 = 64u;
 const GROUPED_WG: u32 = 256u;
-// Passes from this many tokens take the GROUPED kernels, up to COOP_VEC_MAX_TOKENS on adapters
+// Passes of 2 tokens and more take the GROUPED kernels, up to COOP_VEC_MAX_TOKENS on adapters
 // with tensor-core tiles, which win above (src/kernels/moe.rs; H200: batch 48 1809 tok/s grouped,
 // batch 64 2228 tiled against 1980 grouped).
-const GROUPED_MIN_TOKENS: u32 = 2u;
 const COOP_VEC_MAX_TOKENS: u32 = 48u;
 // FEW (passes of up to FEW_MAX_TOKENS tokens, whose experts have few slots each): 4 slots at
 // once, which takes fewer registers (H200, batch 8: 675 -> 727 tok/s; batch 32 with 4: 1625 ->

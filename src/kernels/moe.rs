@@ -65,7 +65,7 @@ pub fn vec_max_tokens(coop: bool) -> Result<u32> {
 
 /// The buffers one MoE layer works on.
 pub struct MoeBuffers<'a> {
-    /// [VEC_MAX_TOKENS, slices, E] the router's partial logits (the matrix-vector path routes
+    /// [vec_max_tokens, slices, E] the router's partial logits (the matrix-vector path routes
     /// itself).
     pub router_part: &'a wgpu::Buffer,
     /// idx: [T*K] chosen experts, wts: [T*K] their weights (written by router.wgsl for the tiled
@@ -210,11 +210,6 @@ pub fn build(
     })?);
     // Each token's slot outputs added to x in slot order (the one-token down of the
     // matrix-vector path does it itself).
-    let combined = if s.vec_max_tokens == 0 {
-        1
-    } else {
-        grouped_min_tokens()?.min(s.vec_max_tokens + 1)
-    };
     let key = ShaderKey::new("moe.wgsl", "combine").define_if("COMBINE", true);
     out.push(
         Dispatch::new(
@@ -225,15 +220,9 @@ pub fn build(
             &[b.y, b.x],
             Grid::new(s.hidden.div_ceil(64), Count::Tokens, 1),
         )?
-        .only_for(Count::Tokens, combined..=u32::MAX),
+        .only_for(Count::Tokens, (s.vec_max_tokens + 1).min(2)..=u32::MAX),
     );
     Ok(out)
-}
-
-/// The smallest pass that the matrix-vector path runs grouped by expert (fewer: one token, its
-/// slots one by one).
-fn grouped_min_tokens() -> Result<u32> {
-    Ok(wgsl_const("moe_vec.wgsl", "GROUPED_MIN_TOKENS")?.max(1))
 }
 
 /// The matrix-vector path. One token: gate_up (routing and SwiGLU included) per slot and down
@@ -262,10 +251,8 @@ fn vec_dispatches(
             s.top_k, s.experts
         )));
     }
-    // The grouped kernel from GROUPED_MIN_TOKENS tokens (routing first, in its own dispatch).
-    let grouped_min = grouped_min_tokens()?;
-    let one = 1..=grouped_min - 1;
-    let several = grouped_min..=s.vec_max_tokens;
+    let one = 1..=1;
+    let several = 2..=s.vec_max_tokens;
     let route = super::row_group_key(gpu, "moe_vec.wgsl", "route_slots").define_if("ROUTE", true);
     let all = params(s, 0, s.experts);
     out.push(
@@ -334,8 +321,8 @@ fn vec_dispatches(
     // The grouped passes of up to FEW_MAX_TOKENS tokens take the FEW variant.
     let few_max = wgsl_const("moe_vec.wgsl", "FEW_MAX_TOKENS")?;
     let (few, many) = (
-        grouped_min..=few_max.min(s.vec_max_tokens),
-        (few_max + 1).max(grouped_min)..=s.vec_max_tokens,
+        2..=few_max.min(s.vec_max_tokens),
+        (few_max + 1).max(2)..=s.vec_max_tokens,
     );
     for pr in projections {
         let grouped = pr.count.is_none();

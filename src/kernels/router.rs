@@ -26,7 +26,7 @@ pub struct Router<'a> {
     pub w: &'a Split,
     pub bias: &'a wgpu::Buffer,
     /// Outputs: h [T, H] = RMSNorm(x) * norm (the experts' input), idx and wts [T, K] (large
-    /// passes), part [VEC_MAX_TOKENS, slices, E] the decode passes' partial logits.
+    /// passes), part [vec_max_tokens, slices, E] the decode passes' partial logits.
     pub h: &'a wgpu::Buffer,
     pub part: &'a wgpu::Buffer,
     pub idx: &'a wgpu::Buffer,

@@ -10,7 +10,6 @@ use std::sync::Arc;
 use crate::error::{Error, Result};
 use crate::gpu::dispatch::{self, StepCounts};
 use crate::gpu::{Count, Dispatch, Gpu};
-use crate::kernels::VEC_MAX_TOKENS;
 use crate::kernels::attention::{self, Attention};
 use crate::kernels::embed;
 use crate::kernels::linear::{self, Linear, NormInput, RopeOutput};
@@ -150,10 +149,7 @@ impl Activations {
             )?,
             router_part: buf(
                 "router_part",
-                moe::vec_max_tokens(coop)?.max(VEC_MAX_TOKENS) as u64
-                    * router::slices(c.hidden)? as u64
-                    * e
-                    * 4,
+                moe::vec_max_tokens(coop)? as u64 * router::slices(c.hidden)? as u64 * e * 4,
             )?,
             expert_idx: buf("expert_idx", t * k * 4)?,
             expert_wts: buf("expert_wts", t * k * 4)?,
