@@ -183,8 +183,8 @@ fn item_col(u: u32, j: u32) -> u32 {
 // an X item's 8 inputs the same elements of the slot's (two vec4 loads); zeros past the row's
 // blocks. Within the block the tile's columns take them in the order the codes unpack in: column
 // pair q of lane b (common/coop_tile.wgsl's col_spread) holds elements 8b + q and 8b + q + 4,
-// for weights and inputs alike (the product sums over k in any order), so that one mask and two
-// shifts of the word decode a pair (fp4_pair), as in the matrix-vector kernels.
+// for weights and inputs alike (the product sums over k in any order), so that two masks and two
+// multiplies of the word decode a pair (fp4_halves), as in the matrix-vector kernels.
 fn fetch(lid: u32, step: u32) -> Fetch {
     var f: Fetch;
     for (var i = 0u; i < WI; i++) {
@@ -218,7 +218,7 @@ fn pow2_h(n: i32) -> f16 {
 }
 
 // Item i's 8 weights (pair q: elements q and q + 4 of its word), decoded and scaled in f16: a
-// code times 2^-14 (fp4_pair's f16 values, which come back to f16 unchanged) times 2^n,
+// code times 2^-14 (fp4_halves' f16 values, which come back to f16 unchanged) times 2^n,
 // n = s - 127 + 14. For n in [-14, 15] (scale bytes 99 to 128, where real checkpoints' are)
 // that is one multiply, correctly rounded and at most 12. Otherwise two exact power-of-two steps that each fit f16's exponent range and
 // a clamp that keeps values beyond f16's range finite, as rounding from f32 does: exact for
@@ -227,18 +227,18 @@ fn pow2_h(n: i32) -> f16 {
 // clamped 65504.
 fn weights8(f: Fetch, i: u32, u: u32) -> array<vec2<f16>, 4> {
     var v: array<vec2<f16>, 4>;
-    let w = f.words[i];
+    let h = fp4_halves(f.words[i]);
     let n = i32(f.scales[i]) - 113;
     let na = clamp(n, -14, 15);
     let sa = pow2_h(na);
     if n == na {
         for (var q = 0u; q < 4u; q++) {
-            v[q] = vec2<f16>(fp4_pair(w >> (4u * q))) * sa;
+            v[q] = vec2<f16>(unpack2x16float(h[q])) * sa;
         }
     } else {
         let sb = pow2_h(clamp(n - na, -14, 15));
         for (var q = 0u; q < 4u; q++) {
-            let pair = vec2<f16>(fp4_pair(w >> (4u * q)));
+            let pair = vec2<f16>(unpack2x16float(h[q]));
             v[q] = clamp(pair * sa * sb, vec2<f16>(-65504.0h), vec2<f16>(65504.0h));
         }
     }
