@@ -14,9 +14,9 @@
 // and the output goes straight to `out`, with no merge dispatch (Rust runs MERGE only for more).
 // SPLIT's extra bindings: sinks [NH] f32, out [T, NH * D] f32.
 // MERGE: Bindings part, sinks [NH] f32, out [T, NH * D] f32. Grid: (NH, T); lane i is dim i.
-// ONE_HEAD (SPLIT): a workgroup takes one query head (grid (NH, T * splits)), for steps of at
-// most ONE_HEAD_MAX_SPLITS spans: each key is then read by G workgroups, but each carries one
-// head's scores, reductions and sums instead of G's.
+// ONE_HEAD (SPLIT): a workgroup takes one query head (grid (NH, T * splits)), for passes of at
+// most ONE_HEAD_MAX_SPANS spans in all (tokens times splits): each key is then read by G
+// workgroups, but each carries one head's scores, reductions and sums instead of G's.
 // Limits: D <= WG, G <= MAX_G, D a multiple of 4. Variants: SPLIT (with ONE_HEAD or not) or
 // MERGE, KV_F16, SUBGROUPS (SPLIT's reductions in registers).
 #ifdef SPLIT
@@ -33,10 +33,14 @@ const MAX_SPLITS: u32 = 64u;
 const ONE_SPAN: u32 = 128u;
 const MIN_SPAN: u32 = 64u;
 const MAX_G: u32 = 8u;
-// A workgroup takes one query head, not its KV head's group, when a token's keys are cut into
-// at most this many spans (the Rust side reads this line): at short contexts the grouped
-// workgroups are few and each carries G heads through every phase serially (PERF.md v0.18).
-const ONE_HEAD_MAX_SPLITS: u32 = 4u;
+// Passes of up to this many tokens take the split path (the Rust side reads this line); larger
+// ones attention.wgsl's query tiles (H200, batch 64: 2.96 -> 1.80 ms of attention a step).
+const MAX_TOKENS: u32 = 64u;
+// A workgroup takes one query head, not its KV head's group, when a pass's tokens times spans
+// are at most this many (the Rust side reads this line): then the grouped workgroups are few and
+// each carries G heads through every phase serially (batch 1, PERF.md v0.18); with more, reading
+// each key once per group wins (batch 32: 1.03 -> 0.91 ms a step, v0.20).
+const ONE_HEAD_MAX_SPANS: u32 = 4u;
 #ifdef ONE_HEAD
 const HG: u32 = 1u;
 #else

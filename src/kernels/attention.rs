@@ -6,8 +6,6 @@ use crate::error::{Error, Result};
 use crate::gpu::shader::wgsl_const;
 use crate::gpu::{Count, Dispatch, Gpu, Grid, ShaderKey};
 
-use super::VEC_MAX_TOKENS;
-
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 pub(crate) struct Params {
@@ -35,7 +33,7 @@ pub struct Attention<'a> {
     pub table: &'a wgpu::Buffer,
     pub sinks: &'a wgpu::Buffer,
     pub out: &'a wgpu::Buffer,
-    /// Scratch for the split path: [VEC_MAX_TOKENS, NH, max_splits(), D + 2] f32
+    /// Scratch for the split path: [split_max_tokens(), NH, max_splits(), D + 2] f32
     /// (`partials_bytes`).
     pub partials: &'a wgpu::Buffer,
 }
@@ -45,9 +43,19 @@ pub fn max_splits() -> Result<u32> {
     wgsl_const("attention_split.wgsl", "MAX_SPLITS")
 }
 
-/// Bytes of the split path's scratch for `n_heads` heads of `head_dim`.
-pub fn partials_bytes(n_heads: u32, head_dim: u32) -> Result<u64> {
-    Ok(VEC_MAX_TOKENS as u64 * n_heads as u64 * max_splits()? as u64 * (head_dim as u64 + 2) * 4)
+/// Most tokens of a pass that takes the split path (MAX_TOKENS in the shader).
+pub fn split_max_tokens() -> Result<u32> {
+    wgsl_const("attention_split.wgsl", "MAX_TOKENS")
+}
+
+/// Bytes of the split path's scratch for passes of up to `max_tokens` tokens (the split path
+/// takes at most split_max_tokens() of them) and `n_heads` heads of `head_dim`.
+pub fn partials_bytes(max_tokens: u32, n_heads: u32, head_dim: u32) -> Result<u64> {
+    Ok(max_tokens.min(split_max_tokens()?) as u64
+        * n_heads as u64
+        * max_splits()? as u64
+        * (head_dim as u64 + 2)
+        * 4)
 }
 
 /// How split attention cuts a token's keys into spans: a short context takes one span (no
@@ -112,14 +120,18 @@ pub(crate) fn build(
     }
     let params = bytemuck::bytes_of(&p);
     let mut out = Vec::new();
-    let split_max = if split_fits(&p)? { VEC_MAX_TOKENS } else { 0 };
+    let split_max = if split_fits(&p)? {
+        split_max_tokens()?
+    } else {
+        0
+    };
     if split_max > 0 {
         let bufs = [
             a.tokens, a.qkv, a.k_cache, a.v_cache, a.partials, a.sinks, a.out, a.table,
         ];
-        // A workgroup per query head for steps of few spans, per KV head beyond.
-        let one_head_max = wgsl_const("attention_split.wgsl", "ONE_HEAD_MAX_SPLITS")?;
-        for (one_head, x, splits) in [
+        // A workgroup per query head for passes of few spans in all, per KV head beyond.
+        let one_head_max = wgsl_const("attention_split.wgsl", "ONE_HEAD_MAX_SPANS")?;
+        for (one_head, x, spans) in [
             (true, p.n_heads, 1..=one_head_max),
             (false, p.n_kv, one_head_max + 1..=u32::MAX),
         ] {
@@ -131,7 +143,7 @@ pub(crate) fn build(
             out.push(
                 Dispatch::new(gpu, &key, step, params, &bufs, grid)?
                     .only_for(Count::Tokens, 1..=split_max)
-                    .only_for(Count::Splits, splits),
+                    .only_for(Count::TokenSplits, spans),
             );
         }
         let key = ShaderKey::new("attention_split.wgsl", "merge").define_if("MERGE", true);
@@ -311,7 +323,10 @@ mod tests {
                     let qb = gpu.upload("qkv", f32_bytes(&qkv)).unwrap();
                     let ob = gpu.storage("out", (t * nh_ * d_ * 4) as u64).unwrap();
                     let pb = gpu
-                        .storage("partials", partials_bytes(nh, d).unwrap())
+                        .storage(
+                            "partials",
+                            partials_bytes(split_max_tokens().unwrap(), nh, d).unwrap(),
+                        )
                         .unwrap();
                     let step = step_buffer(gpu);
                     let r = rope::build(

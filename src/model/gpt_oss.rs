@@ -145,7 +145,7 @@ impl Activations {
             attn: buf("attn", t * (c.heads * c.head_dim) as u64 * 4)?,
             attn_partials: buf(
                 "attn_partials",
-                attention::partials_bytes(c.heads, c.head_dim)?,
+                attention::partials_bytes(max_tokens, c.heads, c.head_dim)?,
             )?,
             router_part: buf(
                 "router_part",
