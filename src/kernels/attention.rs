@@ -237,6 +237,10 @@ mod tests {
                 (8, 2, 64, 40, shader, 70, false),
                 (2, 1, 100, 70, shader, 13, false),
                 (8, 1, 64, 0, shader, 70, true),
+                // Passes of 33 to 64 tokens take the split path too (44 here): one span each,
+                // or several merged after.
+                (8, 2, 64, 0, shader, 40, false),
+                (8, 2, 64, 0, rule(0, 16, 128), 40, false),
             ] {
                 // Step 1: `first` tokens of seq 0 and 4 of seq 1; step 2: one token each; with a
                 // window, more passes, so that blocks leave the window and are taken again.
