@@ -139,23 +139,44 @@ fn prefill(model: &Model, rng: &mut Rng, seq: u32, len: u32) -> Result<(f64, u32
     Ok((t0.elapsed().as_secs_f64(), last))
 }
 
-/// Decodes `steps` tokens for `batch` sequences whose prompts of `ctx` tokens are cached.
+/// Decodes `steps` tokens for `batch` sequences whose prompts of `ctx` tokens are cached, as the
+/// engine does: each step queued before the previous one's ids come back, its tokens fed from
+/// them on the GPU, except a step whose position starts a KV block (the engine takes no new
+/// block for a token that may be wasted).
 fn decode(model: &Model, first: &[u32], ctx: u32, steps: u32) -> Result<f64> {
-    let batch = first.len();
-    let mut next = first.to_vec();
-    let sampling = greedy(batch);
-    let outputs: Vec<u32> = (0..batch as u32).collect();
-    let t0 = Instant::now();
-    for s in 0..steps {
-        let toks: Vec<TokenInfo> = (0..batch)
-            .map(|b| TokenInfo::new(next[b], ctx + s, b as u32))
+    let block = crate::model::kv_cache::block_size()?;
+    let batch = first.len() as u32;
+    let sampling = greedy(batch as usize);
+    let outputs: Vec<u32> = (0..batch).collect();
+    let step = |s: u32| {
+        let tokens: Vec<TokenInfo> = (0..batch)
+            .map(|b| match s {
+                0 => TokenInfo::new(first[b as usize], ctx, b),
+                _ => TokenInfo::fed(b, ctx + s, b),
+            })
             .collect();
-        next = pollster::block_on(model.sample(&Batch {
-            tokens: &toks,
-            outputs: &outputs,
-            sampling: &sampling,
-        }))?;
+        model.submit(
+            &Batch {
+                tokens: &tokens,
+                outputs: &outputs,
+                sampling: &sampling,
+            },
+            &[],
+        )
+    };
+    let t0 = Instant::now();
+    let mut queued = step(0)?;
+    for s in 1..steps {
+        if (ctx + s).is_multiple_of(block) {
+            pollster::block_on(model.collect(queued))?;
+            queued = step(s)?;
+            continue;
+        }
+        let next = step(s)?;
+        pollster::block_on(model.collect(queued))?;
+        queued = next;
     }
+    pollster::block_on(model.collect(queued))?;
     Ok(t0.elapsed().as_secs_f64())
 }
 

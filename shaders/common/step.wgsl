@@ -19,7 +19,8 @@ struct TokenInfo {
     id: u32,
     pos: u32,
     seq: u32,
-    _pad: u32,
+    // 0, or r + 1: the token is the previous pass's sampled id of output row r (embed.wgsl).
+    fed: u32,
     kv_slot: vec2<u32>,
     _pad2: vec2<u32>,
 }

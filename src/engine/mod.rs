@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::kernels::sample::SampleParams;
 use crate::model::weights::WeightSource;
-use crate::model::{Batch, Model, ModelConfig, ModelOptions, TokenInfo};
+use crate::model::{Batch, Model, ModelConfig, ModelOptions, Pass, TokenInfo};
 use crate::tokenizer::Tokenizer;
 
 pub use logprobs::{MAX_TOP as MAX_TOP_LOGPROBS, TokenLogprobs};
@@ -145,6 +145,8 @@ pub struct Engine {
     starts: u64,
     pub stats: EngineStats,
     scratch: StepScratch,
+    /// A pass on the GPU whose ids have not come back yet.
+    queued: Option<Queued>,
 }
 
 /// Per-step buffers kept between steps.
@@ -156,8 +158,6 @@ struct StepScratch {
     tokens: Vec<TokenInfo>,
     outputs: Vec<u32>,
     sampling: Vec<SampleParams>,
-    /// Running-sequence index of each output row.
-    sampled: Vec<usize>,
     /// Output rows whose logits come back for log-probabilities.
     keep: Vec<u32>,
 }
@@ -176,6 +176,7 @@ impl Engine {
             starts: 0,
             stats: EngineStats::default(),
             scratch: StepScratch::default(),
+            queued: None,
         }
     }
 
@@ -259,9 +260,9 @@ impl Engine {
         self.running.len()
     }
 
-    /// Whether any request is still waiting or running.
+    /// Whether any request is still waiting or running (or a pass is still on the GPU).
     pub fn has_work(&self) -> bool {
-        !self.waiting.is_empty() || !self.running.is_empty()
+        !self.waiting.is_empty() || !self.running.is_empty() || self.queued.is_some()
     }
 
     /// Stops a request; its slot is freed and a `Finished { Cancelled }` event is returned.
@@ -325,12 +326,40 @@ impl Engine {
         self.waiting.push_front(s);
     }
 
-    /// Runs one forward pass and returns the tokens it produced.
+    /// Runs one forward pass and returns the tokens it produced. While every running request
+    /// decodes and none is waiting, the next pass goes to the GPU before this one's ids come
+    /// back (its tokens read them there, `TokenInfo::fed`), so the host's work between passes
+    /// overlaps the GPU's; a token that pass computes for a request that has stopped meanwhile
+    /// is dropped.
     pub async fn step(&mut self) -> Result<Vec<Event>> {
-        self.admit()?;
-        if self.running.is_empty() {
-            return Ok(Vec::new());
+        let cur = match self.queued.take() {
+            Some(cur) => cur,
+            None => {
+                self.admit()?;
+                if self.running.is_empty() {
+                    return Ok(Vec::new());
+                }
+                self.submit_planned()?
+            }
+        };
+        let mut next = self.submit_next(&cur)?;
+        let events = self.finish(cur).await?;
+        // A queued pass none of whose requests still runs is only waited for.
+        if let Some(n) = next.take_if(|n| !n.sampled.iter().any(|&id| self.index(id).is_some())) {
+            self.model.collect(n.pass).await?;
         }
+        self.queued = next;
+        Ok(events)
+    }
+
+    /// The running request `id`'s index.
+    fn index(&self, id: RequestId) -> Option<usize> {
+        self.running.iter().position(|s| s.id == id)
+    }
+
+    /// Plans a pass over the running requests (prompt chunks and decode tokens together) and
+    /// queues it.
+    fn submit_planned(&mut self) -> Result<Queued> {
         // The step's inputs reuse the engine's buffers: no allocation per step once warm.
         // Sequences wait, newest first, until the pass's new positions fit the KV cache.
         loop {
@@ -352,69 +381,139 @@ impl Engine {
             self.preempt_newest();
         }
         let sc = &mut self.scratch;
-        let (tokens, outputs, sampling, sampled_seqs, keep) = (
+        let (tokens, outputs, sampling, keep) = (
             &mut sc.tokens,
             &mut sc.outputs,
             &mut sc.sampling,
-            &mut sc.sampled,
             &mut sc.keep,
         );
         tokens.clear();
         outputs.clear();
         sampling.clear();
-        sampled_seqs.clear();
         keep.clear();
+        let mut sampled = Vec::new();
+        let mut work = Vec::new();
         for w in &sc.work {
             let s = &self.running[w.seq];
+            work.push((s.id, w.start + w.len));
             for p in w.start..w.start + w.len {
                 tokens.push(TokenInfo::new(s.tokens[p], p as u32, s.slot));
             }
             if w.start + w.len == s.tokens.len() {
                 outputs.push(tokens.len() as u32 - 1);
-                let sp = &s.req.sampling;
-                sampling.push(SampleParams {
-                    temperature: sp.temperature,
-                    top_p: sp.top_p,
-                    top_k: sp.top_k,
-                    seed: (sp.seed ^ (sp.seed >> 32)) as u32,
-                    counter: s.generated,
-                    _pad: [0; 3],
-                });
+                sampling.push(sample_params(s, s.generated));
                 if s.req.logprobs.is_some() {
-                    keep.push(sampled_seqs.len() as u32);
+                    keep.push(sampled.len() as u32);
                 }
-                sampled_seqs.push(w.seq);
+                sampled.push(s.id);
             }
         }
-        let (ids, logits) = self
-            .model
-            .sample_keeping(
-                &Batch {
-                    tokens,
-                    outputs,
-                    sampling,
-                },
-                keep,
-            )
-            .await?;
+        let pass = self.model.submit(
+            &Batch {
+                tokens,
+                outputs,
+                sampling,
+            },
+            keep,
+        )?;
+        Ok(Queued {
+            pass,
+            sampled,
+            kept: keep.clone(),
+            work,
+        })
+    }
+
+    /// Queues the pass after `cur` when it can go before `cur`'s ids come back: every running
+    /// request decodes in `cur`, none wants log-probabilities, none is waiting to start, and
+    /// the next positions take no new KV block (so that a token computed for a request that
+    /// then stops never takes a block, which could evict a cached prefix: one pass per KV block
+    /// of positions runs unqueued). Requests that end by length in `cur` are left out.
+    fn submit_next(&mut self, cur: &Queued) -> Result<Option<Queued>> {
+        if !self.waiting.is_empty()
+            || !cur.kept.is_empty()
+            || self.running.iter().any(|s| s.req.logprobs.is_some())
+        {
+            return Ok(None);
+        }
+        let ctx = self.model.opts.max_context as usize;
+        let sc = &mut self.scratch;
+        let (tokens, outputs, sampling) = (&mut sc.tokens, &mut sc.outputs, &mut sc.sampling);
+        tokens.clear();
+        outputs.clear();
+        sampling.clear();
+        sc.placed.clear();
+        let mut sampled = Vec::new();
+        let mut work = Vec::new();
+        for s in &self.running {
+            // Its token from `cur` goes at position `pos`.
+            let Some(row) = cur.sampled.iter().position(|&id| id == s.id) else {
+                return Ok(None);
+            };
+            let pos = s.tokens.len();
+            if s.generated + 1 >= s.req.max_tokens || pos + 1 >= ctx {
+                continue;
+            }
+            outputs.push(tokens.len() as u32);
+            tokens.push(TokenInfo::fed(row as u32, pos as u32, s.slot));
+            sampling.push(sample_params(s, s.generated + 1));
+            sc.placed.push((s.slot, pos as u32, 1));
+            sampled.push(s.id);
+            work.push((s.id, pos + 1));
+        }
+        if tokens.is_empty() || self.model.cache().takes_blocks(&sc.placed) {
+            return Ok(None);
+        }
+        // `cur`'s full blocks go into the prefix cache before the next placement slides the
+        // window past them (their ids are all known; no request can start before `cur` ends).
+        for &(id, cached) in &cur.work {
+            if let Some(s) = self.running.iter().find(|s| s.id == id) {
+                self.model.cache().commit(s.slot, &s.tokens, cached);
+            }
+        }
+        let pass = self.model.submit(
+            &Batch {
+                tokens,
+                outputs,
+                sampling,
+            },
+            &[],
+        )?;
+        Ok(Some(Queued {
+            pass,
+            sampled,
+            kept: Vec::new(),
+            work,
+        }))
+    }
+
+    /// Waits for a queued pass and reports what it produced for the requests still running.
+    async fn finish(&mut self, cur: Queued) -> Result<Vec<Event>> {
+        let (ids, logits) = self.model.collect(cur.pass).await?;
         let mut kept_rows = logits.chunks_exact(self.model.cfg.vocab as usize);
-        for w in &sc.work {
-            let s = &mut self.running[w.seq];
-            s.cached = w.start + w.len;
-            self.model.cache().commit(s.slot, &s.tokens, s.cached);
+        for &(id, cached) in &cur.work {
+            if let Some(i) = self.index(id) {
+                let s = &mut self.running[i];
+                s.cached = cached;
+                self.model.cache().commit(s.slot, &s.tokens, s.cached);
+            }
         }
         let mut events = Vec::new();
         let mut done = Vec::new();
         let ctx = self.model.opts.max_context as usize;
-        for (&si, &tok) in sampled_seqs.iter().zip(&ids) {
-            let s = &mut self.running[si];
+        for (row, (&id, &tok)) in cur.sampled.iter().zip(&ids).enumerate() {
+            let kept = cur.kept.contains(&(row as u32)).then(|| kept_rows.next());
+            let Some(i) = self.index(id) else {
+                continue;
+            };
+            let s = &mut self.running[i];
             s.tokens.push(tok);
             s.generated += 1;
             // (`check_request` bounded `top` by MAX_TOP_LOGPROBS.)
             let logprobs = s
                 .req
                 .logprobs
-                .and_then(|top| Some(TokenLogprobs::of(kept_rows.next()?, tok, top as usize)));
+                .and_then(|top| Some(TokenLogprobs::of(kept.flatten()?, tok, top as usize)));
             events.push(Event::Token {
                 id: s.id,
                 token: tok,
@@ -422,20 +521,44 @@ impl Engine {
             });
             let stop = (!s.req.ignore_eos && self.eos.contains(&tok)) || s.req.stop.contains(&tok);
             if stop {
-                done.push((si, FinishReason::Stop));
+                done.push((id, FinishReason::Stop));
             } else if s.generated >= s.req.max_tokens || s.tokens.len() >= ctx {
-                done.push((si, FinishReason::Length));
+                done.push((id, FinishReason::Length));
             }
         }
-        done.sort_by_key(|d| std::cmp::Reverse(d.0));
-        for (si, reason) in done {
-            let s = self.running.swap_remove(si);
+        for (id, reason) in done {
+            let Some(i) = self.index(id) else { continue };
+            let s = self.running.swap_remove(i);
             self.model.release(s.slot);
             self.free_slots.push(s.slot);
             events.push(finished(&s, reason));
         }
         Ok(events)
     }
+}
+
+/// What sampling takes for request `s`'s token number `counter` (its random stream's position).
+fn sample_params(s: &Sequence, counter: u32) -> SampleParams {
+    let sp = &s.req.sampling;
+    SampleParams {
+        temperature: sp.temperature,
+        top_p: sp.top_p,
+        top_k: sp.top_k,
+        seed: (sp.seed ^ (sp.seed >> 32)) as u32,
+        counter,
+        _pad: [0; 3],
+    }
+}
+
+/// A pass on the GPU and whose its output rows are.
+struct Queued {
+    pass: Pass,
+    /// The request of each output row.
+    sampled: Vec<RequestId>,
+    /// Output rows whose logits come back.
+    kept: Vec<u32>,
+    /// Each request's cached length once the pass is done.
+    work: Vec<(RequestId, usize)>,
 }
 
 /// Checks a request against what config.json and the context size allow, so that callers can

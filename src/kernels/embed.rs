@@ -12,13 +12,15 @@ struct Params {
     _pad: u32,
 }
 
-/// x: [T, H] f32 = table[tokens[t].id] for table: [V, H] bf16 split by rows.
+/// x: [T, H] f32 = table[id] for table: [V, H] bf16 split by rows, id = tokens[t].id or, for a
+/// token fed from the previous pass, that pass's `sampled` id of its output row.
 pub fn build(
     gpu: &Gpu,
     step: &wgpu::Buffer,
     tokens: &wgpu::Buffer,
     table: &Split,
     x: &wgpu::Buffer,
+    sampled: &wgpu::Buffer,
     hidden: u32,
 ) -> Result<Vec<Dispatch>> {
     let key = ShaderKey::new("embed.wgsl", "main");
@@ -37,7 +39,7 @@ pub fn build(
                 &key,
                 step,
                 bytemuck::bytes_of(&p),
-                &[tokens, &c.buffer, x],
+                &[tokens, &c.buffer, x, sampled],
                 Grid::new(1, Count::Tokens, 1),
             )
         })
@@ -59,17 +61,27 @@ mod tests {
             let (table, bytes) = random_bf16(&mut rng, v * h, 1.0);
             let table_split = split_rows(gpu, &bytes, v, h, split);
             let ids: Vec<u32> = (0..9).map(|_| rng.below(v as u64) as u32).collect();
+            // Tokens 2 and 5 come from the previous pass's sampled ids (rows 3 and 0 of them).
+            let sampled: Vec<u32> = (0..4).map(|_| rng.below(v as u64) as u32).collect();
+            let mut ids = ids;
+            ids[2] = sampled[3];
+            ids[5] = sampled[0];
             let toks: Vec<TokenInfo> = ids
                 .iter()
-                .map(|&id| TokenInfo {
-                    id,
-                    ..Default::default()
+                .enumerate()
+                .map(|(t, &id)| match t {
+                    2 => TokenInfo::fed(3, 0, 0),
+                    5 => TokenInfo::fed(0, 0, 0),
+                    _ => TokenInfo::new(id, 0, 0),
                 })
                 .collect();
             let tb = gpu.upload("tok", bytemuck::cast_slice(&toks)).unwrap();
+            let sb = gpu
+                .upload("sampled", bytemuck::cast_slice(&sampled))
+                .unwrap();
             let xb = gpu.storage("x", (ids.len() * h * 4) as u64).unwrap();
             let step = step_buffer(gpu);
-            let d = build(gpu, &step, &tb, &table_split, &xb, h as u32).unwrap();
+            let d = build(gpu, &step, &tb, &table_split, &xb, &sb, h as u32).unwrap();
             submit(
                 gpu,
                 &step,

@@ -6,6 +6,7 @@
 //! rows the caller asks for, then samples them on the GPU.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::error::{Error, Result};
 use crate::gpu::dispatch::{self, StepCounts};
@@ -168,6 +169,14 @@ impl Activations {
     }
 }
 
+/// A forward pass queued by `Model::submit`, to be collected.
+#[must_use = "a queued pass's ids come back through Model::collect"]
+pub struct Pass {
+    ids_bytes: u64,
+    staging: usize,
+    kept: Option<(wgpu::Buffer, u64)>,
+}
+
 /// A loaded model, ready to run forward passes.
 pub struct Model {
     pub gpu: Arc<Gpu>,
@@ -181,7 +190,9 @@ pub struct Model {
     pub kv_f16: bool,
     step: wgpu::Buffer,
     acts: Activations,
-    ids_staging: wgpu::Buffer,
+    /// Read-back of sampled ids, used in turn by queued passes.
+    ids_staging: [wgpu::Buffer; 2],
+    next_staging: AtomicUsize,
     /// Read-back of kept logits rows (log-probabilities), made on first use and grown as needed:
     /// 800 KB a row, so not sized for every output up front.
     logits_staging: std::sync::Mutex<Option<wgpu::Buffer>>,
@@ -211,7 +222,7 @@ impl Graph<'_> {
         rope_table: &wgpu::Buffer,
     ) -> Result<Vec<Dispatch>> {
         let (g, step, c, a) = (self.g, self.step, self.c, self.acts);
-        let mut ds = embed::build(g, step, &a.tokens, &w.embed_tokens, &a.x, c.hidden)?;
+        let mut ds = embed::build(g, step, &a.tokens, &w.embed_tokens, &a.x, &a.ids, c.hidden)?;
         for (l, lw) in w.layers.iter().enumerate() {
             ds.extend(self.attention_block(l, lw, cache, rope_table)?);
             ds.extend(self.moe_block(lw)?);
@@ -540,11 +551,13 @@ impl Model {
             coop,
         };
         let dispatches = graph.build(&weights, &cache, &rope_table)?;
-        let ids_staging = g.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("ids read-back"),
-            size: (max_outputs as u64 * 4).max(4),
-            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
+        let ids_staging = [(); 2].map(|_| {
+            g.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("ids read-back"),
+                size: (max_outputs as u64 * 4).max(4),
+                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            })
         });
         Ok(Model {
             max_outputs,
@@ -552,6 +565,7 @@ impl Model {
             kv_f16,
             acts,
             ids_staging,
+            next_staging: AtomicUsize::new(0),
             logits_staging: Default::default(),
             step,
             dispatches,
@@ -613,7 +627,14 @@ impl Model {
             )));
         }
         for t in b.tokens {
-            if t.id >= self.cfg.vocab {
+            if t.fed > self.max_outputs {
+                return Err(Error::Request(format!(
+                    "a token fed from output row {} of the previous pass (at most {})",
+                    t.fed - 1,
+                    self.max_outputs
+                )));
+            }
+            if t.fed == 0 && t.id >= self.cfg.vocab {
                 return Err(Error::Request(format!(
                     "token id {} is outside the vocabulary of {}",
                     t.id, self.cfg.vocab
@@ -670,6 +691,16 @@ impl Model {
         b: &Batch<'_>,
         keep: &[u32],
     ) -> Result<(Vec<u32>, Vec<f32>)> {
+        let pass = self.submit(b, keep)?;
+        self.collect(pass).await
+    }
+
+    /// Queues a forward pass and returns at once; `collect` waits for its sampled ids (and the
+    /// logits of `keep`). A decode step can be queued before the previous one is collected, its
+    /// tokens fed from that pass's ids on the GPU (`TokenInfo::fed`), so the host's work
+    /// between steps overlaps the GPU's. At most two passes may be uncollected at a time, and
+    /// only one of them with `keep`.
+    pub fn submit(&self, b: &Batch<'_>, keep: &[u32]) -> Result<Pass> {
         if let Some(k) = keep.iter().find(|k| **k as usize >= b.outputs.len()) {
             return Err(Error::Request(format!(
                 "output {k} is not sampled in this pass"
@@ -680,8 +711,11 @@ impl Model {
         let mut enc = g.device.create_command_encoder(&Default::default());
         dispatch::record_all(g, &mut enc, &self.step, &counts, &self.dispatches);
         let n = b.outputs.len() as u64 * 4;
+        // The read-back buffers alternate, so that a pass's ids can be copied out while the
+        // previous pass's are being read.
+        let staging = self.next_staging.fetch_add(1, Ordering::Relaxed) % self.ids_staging.len();
         if n > 0 {
-            enc.copy_buffer_to_buffer(&self.acts.ids, 0, &self.ids_staging, 0, n);
+            enc.copy_buffer_to_buffer(&self.acts.ids, 0, &self.ids_staging[staging], 0, n);
         }
         let row = self.cfg.vocab as u64 * 4;
         let kept_bytes = keep.len() as u64 * row;
@@ -715,13 +749,25 @@ impl Model {
             staging
         });
         g.queue.submit([enc.finish()]);
-        if n == 0 {
+        Ok(Pass {
+            ids_bytes: n,
+            staging,
+            kept: kept.map(|b| (b, kept_bytes)),
+        })
+    }
+
+    /// Waits for a queued pass and returns its sampled ids and kept logits.
+    pub async fn collect(&self, pass: Pass) -> Result<(Vec<u32>, Vec<f32>)> {
+        let g = &self.gpu;
+        if pass.ids_bytes == 0 {
             return Ok((Vec::new(), Vec::new()));
         }
-        let bytes = crate::gpu::buffer::map_read(g, &self.ids_staging, n).await?;
-        let logits = match kept {
-            Some(staging) => {
-                let bytes = crate::gpu::buffer::map_read(g, &staging, kept_bytes).await?;
+        let bytes =
+            crate::gpu::buffer::map_read(g, &self.ids_staging[pass.staging], pass.ids_bytes)
+                .await?;
+        let logits = match pass.kept {
+            Some((staging, n)) => {
+                let bytes = crate::gpu::buffer::map_read(g, &staging, n).await?;
                 bytemuck::pod_collect_to_vec(&bytes)
             }
             None => Vec::new(),

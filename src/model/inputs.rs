@@ -9,7 +9,10 @@ pub struct TokenInfo {
     pub pos: u32,
     /// KV-cache slot of its sequence.
     pub seq: u32,
-    pub _pad: u32,
+    /// 0: `id` is the token. r + 1: the token is the id that the previous forward pass sampled
+    /// for its output row r, read from the GPU's copy (`TokenInfo::fed`), so that the pass can
+    /// be queued before that id comes back to the host.
+    pub fed: u32,
     /// Where its K/V go in the paged cache, per kind of layer (full, window): block * KV_BLOCK
     /// + offset. Filled in by the model (`KvCache::place`).
     pub kv_slot: [u32; 2],
@@ -22,6 +25,16 @@ impl TokenInfo {
             id,
             pos,
             seq,
+            ..Default::default()
+        }
+    }
+
+    /// The token that the previous pass sampled for its output row `row`.
+    pub fn fed(row: u32, pos: u32, seq: u32) -> TokenInfo {
+        TokenInfo {
+            pos,
+            seq,
+            fed: row + 1,
             ..Default::default()
         }
     }

@@ -496,6 +496,15 @@ impl KvCache {
         })
     }
 
+    /// Whether this work (slot, first position, tokens) takes any new block.
+    pub fn takes_blocks(&self, work: &[(u32, u32, u32)]) -> bool {
+        self.host().map_or(true, |host| {
+            host.pools
+                .iter()
+                .any(|pool| work.iter().any(|&(s, a, n)| pool.missing(s, a, n) > 0))
+        })
+    }
+
     /// Whether a sequence slot with `cached` positions can take `len` more and still leave
     /// `spare` blocks of each kind (one per running sequence, so they can grow). A kind the
     /// model has no layers of (a pool without blocks) never stands in the way.

@@ -10,5 +10,5 @@ pub mod upload;
 pub mod weights;
 
 pub use config::{HfConfig, ModelConfig};
-pub use gpt_oss::{Batch, Model, ModelOptions};
+pub use gpt_oss::{Batch, Model, ModelOptions, Pass};
 pub use inputs::TokenInfo;
