@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use gpt_oss_wgpu::model::{Batch, ModelOptions, TokenInfo};
 use gpt_oss_wgpu::synth::{self, SynthSpec};
-use gpt_oss_wgpu::{Engine, Event, Gpu, GpuOptions, Request, Sampling};
+use gpt_oss_wgpu::{Engine, Event, FinishReason, Gpu, GpuOptions, Request, Sampling};
 
 const TOL: f32 = 1e-4;
 const NEAR_TIE: f32 = 1e-4;
@@ -370,6 +370,64 @@ fn batched_requests_match_single_requests() {
             "request {i}"
         );
     }
+}
+
+/// The engine queues a decode pass before the previous one's ids are back: a request that a
+/// stop id ends meanwhile reports nothing past it, the request beside it goes on as it does alone,
+/// and the engine is left idle and ready (its slots and blocks given back).
+#[test]
+fn a_stop_id_while_the_next_pass_is_queued_ends_the_request_there() {
+    let f = fixture();
+    let dir = checkpoint();
+    let Some(mut e) = engine(dir.path(), GpuOptions::default(), 40, false) else {
+        return;
+    };
+    let (a, b) = (f.ids[..30].to_vec(), f.ids[60..75].to_vec());
+    let alone = run(&mut e, std::slice::from_ref(&a), 16).0[0].clone();
+    let other = run(&mut e, std::slice::from_ref(&b), 16).0[0].clone();
+    // Stop at the first id that first appears a few tokens in (mid-run, with passes queued).
+    let k = (3..alone.len())
+        .find(|&k| !alone[..k].contains(&alone[k]))
+        .expect("a new id after the third token");
+    let stopped = Request {
+        prompt: a.clone(),
+        max_tokens: 16,
+        sampling: Sampling::greedy(),
+        stop: vec![alone[k]],
+        ignore_eos: true,
+        logprobs: None,
+    };
+    let plain = Request {
+        prompt: b.clone(),
+        stop: vec![],
+        ..stopped.clone()
+    };
+    let ids = [e.submit(stopped).unwrap(), e.submit(plain).unwrap()];
+    let mut out = [Vec::new(), Vec::new()];
+    let mut ends = [None, None];
+    while e.has_work() {
+        for ev in pollster::block_on(e.step()).unwrap() {
+            match ev {
+                Event::Token { id, token, .. } => {
+                    let i = ids.iter().position(|x| *x == id).unwrap();
+                    assert!(ends[i].is_none(), "a token after request {i} finished");
+                    out[i].push(token);
+                }
+                Event::Finished {
+                    id,
+                    reason,
+                    generated,
+                    ..
+                } => ends[ids.iter().position(|x| *x == id).unwrap()] = Some((reason, generated)),
+            }
+        }
+    }
+    assert_eq!(out[0], alone[..=k]);
+    assert_eq!(ends[0], Some((FinishReason::Stop, k as u32 + 1)));
+    assert_eq!(out[1], other);
+    assert_eq!(ends[1], Some((FinishReason::Length, 16)));
+    assert_eq!((e.running(), e.waiting()), (0, 0));
+    assert_eq!(run(&mut e, std::slice::from_ref(&a), 16).0[0], alone);
 }
 
 /// Log-probabilities reported with sampled tokens are log_softmax of transformers' logits at the
