@@ -143,6 +143,51 @@ impl Gpu {
     }
 }
 
+/// MAP_READ buffers for results on their way back to the host, lent one per queued pass and
+/// given back once read, so that passes queued together never share one. Keeps the two largest.
+pub struct ReadBack {
+    label: &'static str,
+    free: Mutex<Vec<wgpu::Buffer>>,
+}
+
+impl ReadBack {
+    pub fn new(label: &'static str) -> ReadBack {
+        ReadBack {
+            label,
+            free: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// A buffer of at least `size` bytes, kept or made.
+    pub fn take(&self, gpu: &Gpu, size: u64) -> wgpu::Buffer {
+        let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
+        match free.iter().position(|b| b.size() >= size) {
+            Some(i) => free.swap_remove(i),
+            None => gpu.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(self.label),
+                size: size.max(4),
+                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            }),
+        }
+    }
+
+    /// Gives a buffer back once read.
+    pub fn give(&self, b: wgpu::Buffer) {
+        let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
+        free.push(b);
+        free.sort_by_key(|b| std::cmp::Reverse(b.size()));
+        free.truncate(2);
+    }
+
+    /// Reads `size` bytes of a buffer it lent and takes the buffer back.
+    pub async fn read(&self, gpu: &Gpu, b: wgpu::Buffer, size: u64) -> Result<Vec<u8>> {
+        let bytes = map_read(gpu, &b, size).await?;
+        self.give(b);
+        Ok(bytes)
+    }
+}
+
 /// Maps a MAP_READ buffer and copies its contents out. Natively the GPU is polled until the map
 /// completes, unless the host application polls the device itself (`Gpu::set_host_polls`); in
 /// the browser the future resolves when the event loop delivers the map.

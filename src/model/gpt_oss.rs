@@ -6,9 +6,9 @@
 //! rows the caller asks for, then samples them on the GPU.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::error::{Error, Result};
+use crate::gpu::buffer::ReadBack;
 use crate::gpu::dispatch::{self, StepCounts};
 use crate::gpu::{Count, Dispatch, Gpu};
 use crate::kernels::attention::{self, Attention};
@@ -169,11 +169,11 @@ impl Activations {
     }
 }
 
-/// A forward pass queued by `Model::submit`, to be collected.
+/// A forward pass queued by `Model::submit`, to be collected: the read-back buffers (and byte
+/// counts) of its sampled ids and kept logits.
 #[must_use = "a queued pass's ids come back through Model::collect"]
 pub struct Pass {
-    ids_bytes: u64,
-    staging: usize,
+    ids: Option<(wgpu::Buffer, u64)>,
     kept: Option<(wgpu::Buffer, u64)>,
 }
 
@@ -190,12 +190,10 @@ pub struct Model {
     pub kv_f16: bool,
     step: wgpu::Buffer,
     acts: Activations,
-    /// Read-back of sampled ids, used in turn by queued passes.
-    ids_staging: [wgpu::Buffer; 2],
-    next_staging: AtomicUsize,
-    /// Read-back of kept logits rows (log-probabilities), made on first use and grown as needed:
-    /// 800 KB a row, so not sized for every output up front.
-    logits_staging: std::sync::Mutex<Option<wgpu::Buffer>>,
+    /// Read-back of sampled ids, and of kept logits rows (log-probabilities: 800 KB a row, so
+    /// made as needed rather than for every output up front), one buffer per queued pass.
+    ids_back: ReadBack,
+    logits_back: ReadBack,
     dispatches: Vec<Dispatch>,
     // Kept alive for the dispatches' bind groups.
     weights: Weights,
@@ -551,22 +549,13 @@ impl Model {
             coop,
         };
         let dispatches = graph.build(&weights, &cache, &rope_table)?;
-        let ids_staging = [(); 2].map(|_| {
-            g.device.create_buffer(&wgpu::BufferDescriptor {
-                label: Some("ids read-back"),
-                size: (max_outputs as u64 * 4).max(4),
-                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-                mapped_at_creation: false,
-            })
-        });
         Ok(Model {
             max_outputs,
             split_rule: attention::SplitRule::from_shader()?,
             kv_f16,
             acts,
-            ids_staging,
-            next_staging: AtomicUsize::new(0),
-            logits_staging: Default::default(),
+            ids_back: ReadBack::new("ids read-back"),
+            logits_back: ReadBack::new("logits read-back"),
             step,
             dispatches,
             weights,
@@ -698,8 +687,7 @@ impl Model {
     /// Queues a forward pass and returns at once; `collect` waits for its sampled ids (and the
     /// logits of `keep`). A decode step can be queued before the previous one is collected, its
     /// tokens fed from that pass's ids on the GPU (`TokenInfo::fed`), so the host's work
-    /// between steps overlaps the GPU's. At most two passes may be uncollected at a time, and
-    /// only one of them with `keep`.
+    /// between steps overlaps the GPU's. Each pass reads back through buffers of its own.
     pub fn submit(&self, b: &Batch<'_>, keep: &[u32]) -> Result<Pass> {
         if let Some(k) = keep.iter().find(|k| **k as usize >= b.outputs.len()) {
             return Err(Error::Request(format!(
@@ -710,69 +698,45 @@ impl Model {
         let g = &self.gpu;
         let mut enc = g.device.create_command_encoder(&Default::default());
         dispatch::record_all(g, &mut enc, &self.step, &counts, &self.dispatches);
-        let n = b.outputs.len() as u64 * 4;
-        // The read-back buffers alternate, so that a pass's ids can be copied out while the
-        // previous pass's are being read.
-        let staging = self.next_staging.fetch_add(1, Ordering::Relaxed) % self.ids_staging.len();
-        if n > 0 {
-            enc.copy_buffer_to_buffer(&self.acts.ids, 0, &self.ids_staging[staging], 0, n);
-        }
+        let ids_bytes = b.outputs.len() as u64 * 4;
+        let ids = (ids_bytes > 0).then(|| {
+            // Sized for the most outputs, so that the same two serve every pass.
+            let back = self.ids_back.take(g, self.max_outputs as u64 * 4);
+            enc.copy_buffer_to_buffer(&self.acts.ids, 0, &back, 0, ids_bytes);
+            (back, ids_bytes)
+        });
         let row = self.cfg.vocab as u64 * 4;
-        let kept_bytes = keep.len() as u64 * row;
         let kept = (!keep.is_empty()).then(|| {
-            let mut slot = self
-                .logits_staging
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            let staging = match slot.as_ref() {
-                Some(b) if b.size() >= kept_bytes => b.clone(),
-                _ => {
-                    let b = g.device.create_buffer(&wgpu::BufferDescriptor {
-                        label: Some("logits read-back"),
-                        size: kept_bytes,
-                        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-                        mapped_at_creation: false,
-                    });
-                    *slot = Some(b.clone());
-                    b
-                }
-            };
+            let back = self.logits_back.take(g, keep.len() as u64 * row);
             for (i, &k) in keep.iter().enumerate() {
                 enc.copy_buffer_to_buffer(
                     &self.acts.logits,
                     k as u64 * row,
-                    &staging,
+                    &back,
                     i as u64 * row,
                     row,
                 );
             }
-            staging
+            (back, keep.len() as u64 * row)
         });
         g.queue.submit([enc.finish()]);
-        Ok(Pass {
-            ids_bytes: n,
-            staging,
-            kept: kept.map(|b| (b, kept_bytes)),
-        })
+        Ok(Pass { ids, kept })
     }
 
     /// Waits for a queued pass and returns its sampled ids and kept logits.
     pub async fn collect(&self, pass: Pass) -> Result<(Vec<u32>, Vec<f32>)> {
         let g = &self.gpu;
-        if pass.ids_bytes == 0 {
+        let Some((back, n)) = pass.ids else {
             return Ok((Vec::new(), Vec::new()));
-        }
-        let bytes =
-            crate::gpu::buffer::map_read(g, &self.ids_staging[pass.staging], pass.ids_bytes)
-                .await?;
+        };
+        let ids = self.ids_back.read(g, back, n).await?;
         let logits = match pass.kept {
-            Some((staging, n)) => {
-                let bytes = crate::gpu::buffer::map_read(g, &staging, n).await?;
-                bytemuck::pod_collect_to_vec(&bytes)
+            Some((back, n)) => {
+                bytemuck::pod_collect_to_vec(&self.logits_back.read(g, back, n).await?)
             }
             None => Vec::new(),
         };
-        Ok((bytemuck::pod_collect_to_vec(&bytes), logits))
+        Ok((bytemuck::pod_collect_to_vec(&ids), logits))
     }
 
     /// Runs a forward pass and returns the logits [outputs, V] (a debugging and parity path).
