@@ -332,7 +332,7 @@ impl Engine {
     /// overlaps the GPU's; a token that pass computes for a request that has stopped meanwhile
     /// is dropped.
     pub async fn step(&mut self) -> Result<Vec<Event>> {
-        let cur = match self.queued.take() {
+        let mut cur = match self.queued.take() {
             Some(cur) => cur,
             None => {
                 self.admit()?;
@@ -342,7 +342,7 @@ impl Engine {
                 self.submit_planned()?
             }
         };
-        let mut next = self.submit_next(&cur)?;
+        let mut next = self.submit_next(&mut cur)?;
         let events = self.finish(cur).await?;
         // A queued pass none of whose requests still runs is only waited for.
         if let Some(n) = next.take_if(|n| !n.sampled.iter().any(|&id| self.index(id).is_some())) {
@@ -429,7 +429,7 @@ impl Engine {
     /// the next positions take no new KV block (so that a token computed for a request that
     /// then stops never takes a block, which could evict a cached prefix: one pass per KV block
     /// of positions runs unqueued). Requests that end by length in `cur` are left out.
-    fn submit_next(&mut self, cur: &Queued) -> Result<Option<Queued>> {
+    fn submit_next(&mut self, cur: &mut Queued) -> Result<Option<Queued>> {
         if !self.waiting.is_empty()
             || !cur.kept.is_empty()
             || self.running.iter().any(|s| s.req.logprobs.is_some())
@@ -466,11 +466,11 @@ impl Engine {
         }
         // `cur`'s full blocks go into the prefix cache before the next placement slides the
         // window past them (their ids are all known; no request can start before `cur` ends).
-        for &(id, cached) in &cur.work {
-            if let Some(s) = self.running.iter().find(|s| s.id == id) {
-                self.model.cache().commit(s.slot, &s.tokens, cached);
-            }
-        }
+        commit(
+            &mut self.running,
+            &self.model,
+            &std::mem::take(&mut cur.work),
+        );
         let pass = self.model.submit(
             &Batch {
                 tokens,
@@ -491,13 +491,8 @@ impl Engine {
     async fn finish(&mut self, cur: Queued) -> Result<Vec<Event>> {
         let (ids, logits) = self.model.collect(cur.pass).await?;
         let mut kept_rows = logits.chunks_exact(self.model.cfg.vocab as usize);
-        for &(id, cached) in &cur.work {
-            if let Some(i) = self.index(id) {
-                let s = &mut self.running[i];
-                s.cached = cached;
-                self.model.cache().commit(s.slot, &s.tokens, s.cached);
-            }
-        }
+        // (Nothing left when it was recorded as the next pass was queued.)
+        commit(&mut self.running, &self.model, &cur.work);
         let mut events = Vec::new();
         let mut done = Vec::new();
         let ctx = self.model.opts.max_context as usize;
@@ -537,6 +532,17 @@ impl Engine {
     }
 }
 
+/// Records what a pass puts in the KV cache (each request's cached length; full blocks go to the
+/// prefix cache) for the requests still running.
+fn commit(running: &mut [Sequence], model: &Model, work: &[(RequestId, usize)]) {
+    for &(id, cached) in work {
+        if let Some(s) = running.iter_mut().find(|s| s.id == id) {
+            s.cached = cached;
+            model.cache().commit(s.slot, &s.tokens, cached);
+        }
+    }
+}
+
 /// What sampling takes for request `s`'s token number `counter` (its random stream's position).
 fn sample_params(s: &Sequence, counter: u32) -> SampleParams {
     let sp = &s.req.sampling;
@@ -550,14 +556,14 @@ fn sample_params(s: &Sequence, counter: u32) -> SampleParams {
     }
 }
 
-/// A pass on the GPU and whose its output rows are.
+/// A pass on the GPU and whose output rows are.
 struct Queued {
     pass: Pass,
     /// The request of each output row.
     sampled: Vec<RequestId>,
     /// Output rows whose logits come back.
     kept: Vec<u32>,
-    /// Each request's cached length once the pass is done.
+    /// Each request's cached length once the pass is done (until committed).
     work: Vec<(RequestId, usize)>,
 }
 
