@@ -94,7 +94,7 @@ impl Gpu {
         let mut enc = self.device.create_command_encoder(&Default::default());
         enc.copy_buffer_to_buffer(buf, 0, &staging, 0, size);
         self.queue.submit([enc.finish()]);
-        let mut out = map_read(self, &staging, size).await?;
+        let mut out = map_read(self, &staging, size, None).await?;
         out.truncate(bytes as usize);
         Ok(out)
     }
@@ -180,25 +180,38 @@ impl ReadBack {
         free.truncate(2);
     }
 
-    /// Reads `size` bytes of a buffer it lent and takes the buffer back.
-    pub async fn read(&self, gpu: &Gpu, b: wgpu::Buffer, size: u64) -> Result<Vec<u8>> {
-        let bytes = map_read(gpu, &b, size).await?;
+    /// Reads `size` bytes of a buffer it lent, filled by submission `after`, and takes the
+    /// buffer back.
+    pub async fn read(
+        &self,
+        gpu: &Gpu,
+        b: wgpu::Buffer,
+        size: u64,
+        after: wgpu::SubmissionIndex,
+    ) -> Result<Vec<u8>> {
+        let bytes = map_read(gpu, &b, size, Some(after)).await?;
         self.give(b);
         Ok(bytes)
     }
 }
 
-/// Maps a MAP_READ buffer and copies its contents out. Natively the GPU is polled until the map
-/// completes, unless the host application polls the device itself (`Gpu::set_host_polls`); in
-/// the browser the future resolves when the event loop delivers the map.
-pub async fn map_read(gpu: &Gpu, staging: &wgpu::Buffer, size: u64) -> Result<Vec<u8>> {
+/// Maps a MAP_READ buffer and copies its contents out. Natively the GPU is polled until
+/// submission `after` (the one that fills the buffer; None: all submitted work) is done, unless
+/// the host application polls the device itself (`Gpu::set_host_polls`); in the browser the
+/// future resolves when the event loop delivers the map.
+pub async fn map_read(
+    gpu: &Gpu,
+    staging: &wgpu::Buffer,
+    size: u64,
+    after: Option<wgpu::SubmissionIndex>,
+) -> Result<Vec<u8>> {
     let slice = staging.slice(..size);
     let done = MapDone::default();
     let signal = done.clone();
     slice.map_async(wgpu::MapMode::Read, move |r| signal.finish(r));
     // Natively this runs the callback; on the web it does nothing and the await yields instead.
     if !gpu.host_polls() {
-        gpu.wait()?;
+        gpu.wait_for(after)?;
     }
     done.await
         .map_err(|e| Error::Device(format!("read-back failed: {e}")))?;

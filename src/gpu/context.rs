@@ -361,8 +361,17 @@ impl Gpu {
 
     /// Blocks until the GPU has finished all submitted work (native) or yields (web).
     pub fn wait(&self) -> Result<()> {
+        self.wait_for(None)
+    }
+
+    /// Blocks until the GPU has finished submission `index` (None: all submitted work), not
+    /// what was queued after it.
+    pub fn wait_for(&self, index: Option<wgpu::SubmissionIndex>) -> Result<()> {
         self.device
-            .poll(wgpu::PollType::wait_indefinitely())
+            .poll(wgpu::PollType::Wait {
+                submission_index: index,
+                timeout: None,
+            })
             .map(|_| ())
             .map_err(|e| Error::Device(format!("wait failed: {e}")))
     }

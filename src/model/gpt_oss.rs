@@ -175,6 +175,8 @@ impl Activations {
 pub struct Pass {
     ids: Option<(wgpu::Buffer, u64)>,
     kept: Option<(wgpu::Buffer, u64)>,
+    /// Its submission: collecting waits for it, not for a pass queued after it.
+    submitted: wgpu::SubmissionIndex,
 }
 
 /// A loaded model, ready to run forward passes.
@@ -719,8 +721,12 @@ impl Model {
             }
             (back, keep.len() as u64 * row)
         });
-        g.queue.submit([enc.finish()]);
-        Ok(Pass { ids, kept })
+        let submitted = g.queue.submit([enc.finish()]);
+        Ok(Pass {
+            ids,
+            kept,
+            submitted,
+        })
     }
 
     /// Waits for a queued pass and returns its sampled ids and kept logits.
@@ -729,11 +735,14 @@ impl Model {
         let Some((back, n)) = pass.ids else {
             return Ok((Vec::new(), Vec::new()));
         };
-        let ids = self.ids_back.read(g, back, n).await?;
+        let ids = self
+            .ids_back
+            .read(g, back, n, pass.submitted.clone())
+            .await?;
         let logits = match pass.kept {
-            Some((back, n)) => {
-                bytemuck::pod_collect_to_vec(&self.logits_back.read(g, back, n).await?)
-            }
+            Some((back, n)) => bytemuck::pod_collect_to_vec(
+                &self.logits_back.read(g, back, n, pass.submitted).await?,
+            ),
             None => Vec::new(),
         };
         Ok((bytemuck::pod_collect_to_vec(&ids), logits))
@@ -791,7 +800,7 @@ impl Model {
         enc.resolve_query_set(&set, 0..2 * n, &resolve, 0);
         enc.copy_buffer_to_buffer(&resolve, 0, &staging, 0, 16 * n as u64);
         g.queue.submit([enc.finish()]);
-        let bytes = crate::gpu::buffer::map_read(g, &staging, 16 * n as u64).await?;
+        let bytes = crate::gpu::buffer::map_read(g, &staging, 16 * n as u64, None).await?;
         let ticks: Vec<u64> = bytemuck::pod_collect_to_vec(&bytes);
         let period = g.queue.get_timestamp_period() as f64;
         let mut per: Vec<(String, f64)> = Vec::new();
