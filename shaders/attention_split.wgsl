@@ -12,13 +12,16 @@
 //   workgroup memory at the end.
 // A pass whose keys fit one span (step.splits == 1) ends in SPLIT itself: the sink joins there
 // and the output goes straight to `out`, with no merge dispatch (Rust runs MERGE only for more).
+// So does every pass of a window layer whose window is at most ONE_SPAN keys (WHOLE_WINDOW: one
+// span from the window's start, however long the context: gpt-oss's 128-key windows never need
+// a merge).
 // SPLIT's extra bindings: sinks [NH] f32, out [T, NH * D] f32.
 // MERGE: Bindings part, sinks [NH] f32, out [T, NH * D] f32. Grid: (NH, T); lane i is dim i.
 // ONE_HEAD (SPLIT): a workgroup takes one query head (grid (NH, T * splits)), for passes of at
 // most ONE_HEAD_MAX_SPANS spans in all (tokens times splits): each key is then read by G
 // workgroups, but each carries one head's scores, reductions and sums instead of G's.
-// Limits: D <= WG, G <= MAX_G, D a multiple of 4. Variants: SPLIT (with ONE_HEAD or not) or
-// MERGE, KV_F16, SUBGROUPS (SPLIT's reductions in registers).
+// Limits: D <= WG, G <= MAX_G, D a multiple of 4. Variants: SPLIT (with ONE_HEAD or not, and
+// WHOLE_WINDOW or not) or MERGE, KV_F16, SUBGROUPS (SPLIT's reductions in registers).
 #ifdef SPLIT
 #include "common/kv_table.wgsl"
 #endif
@@ -137,8 +140,15 @@ fn split(lanes: Lanes, @builtin(workgroup_id) wg: vec3<u32>) {
     let gn = p.n_heads / p.n_kv;
     let h0 = kvh * gn;
 #endif
-    let t = wg.y / step.splits;
-    let c = wg.y % step.splits;
+#ifdef WHOLE_WINDOW
+    // A window layer whose window fits one span: each token's keys in one span, whatever the
+    // pass's split (which the full layers' keys decide).
+    let splits = 1u;
+#else
+    let splits = step.splits;
+#endif
+    let t = wg.y / splits;
+    let c = wg.y % splits;
     if t >= step.tokens {
         return;
     }
@@ -156,8 +166,12 @@ fn split(lanes: Lanes, @builtin(workgroup_id) wg: vec3<u32>) {
     if p.window > 0u && tok.pos + 1u > p.window {
         start = tok.pos + 1u - p.window;
     }
-    let lo = max(start, c * step.span);
-    let hi = min(tok.pos + 1u, (c + 1u) * step.span);
+    var lo = start;
+    var hi = tok.pos + 1u;
+#ifndef WHOLE_WINDOW
+    lo = max(lo, c * step.span);
+    hi = min(hi, (c + 1u) * step.span);
+#endif
     var m: array<f32, HG>;
     var l: array<f32, HG>;
     var acc: array<vec4<f32>, HG>;
@@ -237,7 +251,7 @@ fn split(lanes: Lanes, @builtin(workgroup_id) wg: vec3<u32>) {
             o += vsum[(ph * HG + g) * d4 + q];
         }
         let h = h0 + g;
-        if step.splits == 1u {
+        if splits == 1u {
             let mx = max(m[g], sinks[h]);
             let cm = exp(m[g] - mx);
             let ob = (t * p.n_heads + h) * d + 4u * q;

@@ -129,31 +129,42 @@ pub(crate) fn build(
         let bufs = [
             a.tokens, a.qkv, a.k_cache, a.v_cache, a.partials, a.sinks, a.out, a.table,
         ];
+        // A window that fits one span takes one span a token, never merged.
+        let whole_window =
+            p.window > 0 && p.window <= wgsl_const("attention_split.wgsl", "ONE_SPAN")?;
+        let spans = if whole_window {
+            Count::Tokens
+        } else {
+            Count::TokenSplits
+        };
         // A workgroup per query head for passes of few spans in all, per KV head beyond.
         let one_head_max = wgsl_const("attention_split.wgsl", "ONE_HEAD_MAX_SPANS")?;
-        for (one_head, x, spans) in [
+        for (one_head, x, range) in [
             (true, p.n_heads, 1..=one_head_max),
             (false, p.n_kv, one_head_max + 1..=u32::MAX),
         ] {
             let key = super::key(gpu, "attention_split.wgsl", "split")
                 .define_if("SPLIT", true)
                 .define_if("ONE_HEAD", one_head)
+                .define_if("WHOLE_WINDOW", whole_window)
                 .define_if("KV_F16", kv_f16);
-            let grid = Grid::new(x, Count::TokenSplits, 1);
+            let grid = Grid::new(x, spans, 1);
             out.push(
                 Dispatch::new(gpu, &key, step, params, &bufs, grid)?
                     .only_for(Count::Tokens, 1..=split_max)
-                    .only_for(Count::TokenSplits, spans),
+                    .only_for(spans, range),
             );
         }
-        let key = ShaderKey::new("attention_split.wgsl", "merge").define_if("MERGE", true);
-        let bufs = [a.partials, a.sinks, a.out];
-        let grid = Grid::new(p.n_heads, Count::Tokens, 1);
-        out.push(
-            Dispatch::new(gpu, &key, step, params, &bufs, grid)?
-                .only_for(Count::Tokens, 1..=split_max)
-                .only_for(Count::Splits, 2..=u32::MAX),
-        );
+        if !whole_window {
+            let key = ShaderKey::new("attention_split.wgsl", "merge").define_if("MERGE", true);
+            let bufs = [a.partials, a.sinks, a.out];
+            let grid = Grid::new(p.n_heads, Count::Tokens, 1);
+            out.push(
+                Dispatch::new(gpu, &key, step, params, &bufs, grid)?
+                    .only_for(Count::Tokens, 1..=split_max)
+                    .only_for(Count::Splits, 2..=u32::MAX),
+            );
+        }
     }
     // Larger passes: query tiles that share each key load where the shape allows (on the
     // tensor cores where they may be used), else one workgroup per head and token.
@@ -236,6 +247,9 @@ mod tests {
                 (8, 1, 32, 40, rule(0, 16, 128), 70, false),
                 (8, 2, 64, 40, shader, 70, false),
                 (2, 1, 100, 70, shader, 13, false),
+                // A window longer than one span (windows up to ONE_SPAN keys take one span
+                // whatever the pass's split).
+                (8, 2, 64, 150, rule(0, 16, 128), 70, false),
                 (8, 1, 64, 0, shader, 70, true),
                 // Passes of 33 to 64 tokens take the split path too (44 here): one span each,
                 // or several merged after.
