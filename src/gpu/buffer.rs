@@ -93,8 +93,8 @@ impl Gpu {
         });
         let mut enc = self.device.create_command_encoder(&Default::default());
         enc.copy_buffer_to_buffer(buf, 0, &staging, 0, size);
-        self.queue.submit([enc.finish()]);
-        let mut out = map_read(self, &staging, size, None).await?;
+        let copied = self.queue.submit([enc.finish()]);
+        let mut out = map_read(self, &staging, size, copied).await?;
         out.truncate(bytes as usize);
         Ok(out)
     }
@@ -189,21 +189,21 @@ impl ReadBack {
         size: u64,
         after: wgpu::SubmissionIndex,
     ) -> Result<Vec<u8>> {
-        let bytes = map_read(gpu, &b, size, Some(after)).await?;
+        let bytes = map_read(gpu, &b, size, after).await?;
         self.give(b);
         Ok(bytes)
     }
 }
 
 /// Maps a MAP_READ buffer and copies its contents out. Natively the GPU is polled until
-/// submission `after` (the one that fills the buffer; None: all submitted work) is done, unless
+/// submission `after` (the one that fills the buffer, not work queued after it) is done, unless
 /// the host application polls the device itself (`Gpu::set_host_polls`); in the browser the
 /// future resolves when the event loop delivers the map.
 pub async fn map_read(
     gpu: &Gpu,
     staging: &wgpu::Buffer,
     size: u64,
-    after: Option<wgpu::SubmissionIndex>,
+    after: wgpu::SubmissionIndex,
 ) -> Result<Vec<u8>> {
     let slice = staging.slice(..size);
     let done = MapDone::default();

@@ -361,15 +361,18 @@ impl Gpu {
 
     /// Blocks until the GPU has finished all submitted work (native) or yields (web).
     pub fn wait(&self) -> Result<()> {
-        self.wait_for(None)
+        self.poll(None)
     }
 
-    /// Blocks until the GPU has finished submission `index` (None: all submitted work), not
-    /// what was queued after it.
-    pub fn wait_for(&self, index: Option<wgpu::SubmissionIndex>) -> Result<()> {
+    /// Blocks until the GPU has finished submission `index`, not what was queued after it.
+    pub fn wait_for(&self, index: wgpu::SubmissionIndex) -> Result<()> {
+        self.poll(Some(index))
+    }
+
+    fn poll(&self, submission_index: Option<wgpu::SubmissionIndex>) -> Result<()> {
         self.device
             .poll(wgpu::PollType::Wait {
-                submission_index: index,
+                submission_index,
                 timeout: None,
             })
             .map(|_| ())

@@ -130,8 +130,7 @@ pub(crate) fn build(
             a.tokens, a.qkv, a.k_cache, a.v_cache, a.partials, a.sinks, a.out, a.table,
         ];
         // A window that fits one span takes one span a token, never merged.
-        let whole_window =
-            p.window > 0 && p.window <= wgsl_const("attention_split.wgsl", "ONE_SPAN")?;
+        let whole_window = p.window > 0 && p.window <= SplitRule::from_shader()?.one_span;
         let spans = if whole_window {
             Count::Tokens
         } else {

@@ -708,8 +708,9 @@ impl Model {
             (back, ids_bytes)
         });
         let row = self.cfg.vocab as u64 * 4;
+        let kept_bytes = keep.len() as u64 * row;
         let kept = (!keep.is_empty()).then(|| {
-            let back = self.logits_back.take(g, keep.len() as u64 * row);
+            let back = self.logits_back.take(g, kept_bytes);
             for (i, &k) in keep.iter().enumerate() {
                 enc.copy_buffer_to_buffer(
                     &self.acts.logits,
@@ -719,7 +720,7 @@ impl Model {
                     row,
                 );
             }
-            (back, keep.len() as u64 * row)
+            (back, kept_bytes)
         });
         let submitted = g.queue.submit([enc.finish()]);
         Ok(Pass {
@@ -799,8 +800,8 @@ impl Model {
         }
         enc.resolve_query_set(&set, 0..2 * n, &resolve, 0);
         enc.copy_buffer_to_buffer(&resolve, 0, &staging, 0, 16 * n as u64);
-        g.queue.submit([enc.finish()]);
-        let bytes = crate::gpu::buffer::map_read(g, &staging, 16 * n as u64, None).await?;
+        let profiled = g.queue.submit([enc.finish()]);
+        let bytes = crate::gpu::buffer::map_read(g, &staging, 16 * n as u64, profiled).await?;
         let ticks: Vec<u64> = bytemuck::pod_collect_to_vec(&bytes);
         let period = g.queue.get_timestamp_period() as f64;
         let mut per: Vec<(String, f64)> = Vec::new();
