@@ -508,38 +508,18 @@ const MAX_E: u32 = 256u;
 var<workgroup> logit: array<f32, MAX_E>;
 var<workgroup> chosen: array<u32, MAX_K>;
 var<workgroup> chosen_logit: array<f32, MAX_K>;
-// The router's partial sums pass through workgroup memory STAGE at a time: every lane loads
-// STAGE / WG of them at once, so the workgroup waits for one round trip to memory rather than
-// one per slice (a lane summing its expert's slices from memory waited for each in turn).
-const STAGE: u32 = 1024u;
-var<workgroup> staged: array<f32, STAGE>;
 
 // Ranks token t's experts into `chosen` (by rank; read after a barrier). Called from uniform
-// control flow. Each logit sums its slices in order.
+// control flow.
 fn route(l: Lanes, t: u32) {
-    let n = p.slices * p.n_experts;
-    let base = t * n;
     for (var e = l.lid; e < p.n_experts; e += WG) {
-        logit[e] = 0.0;
-    }
-    for (var c0 = 0u; c0 < n; c0 += STAGE) {
-        for (var u = 0u; u < STAGE / WG; u++) {
-            let i = c0 + u * WG + l.lid;
-            staged[u * WG + l.lid] = part[base + min(i, n - 1u)];
+        var sum = 0.0;
+        for (var c = 0u; c < p.slices; c++) {
+            sum += part[(t * p.slices + c) * p.n_experts + e];
         }
-        workgroupBarrier();
-        for (var e = l.lid; e < p.n_experts; e += WG) {
-            var sum = logit[e];
-            for (var c = 0u; c < p.slices; c++) {
-                let i = c * p.n_experts + e;
-                if i >= c0 && i < c0 + STAGE {
-                    sum += staged[i - c0];
-                }
-            }
-            logit[e] = sum;
-        }
-        workgroupBarrier();
+        logit[e] = sum;
     }
+    workgroupBarrier();
     // Lane e ranks expert e by how many experts beat it: the K best get ranks 0..K-1 at once.
     for (var e = l.lid; e < p.n_experts; e += WG) {
         let v = logit[e];

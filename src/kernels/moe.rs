@@ -407,7 +407,7 @@ mod tests {
                 // Experts with several tiles of slots, rows not a multiple of the tile's.
                 (70, 96, 32, 2, 2, 1),
                 (300, 64, 64, 4, 2, 2),
-                // More partial logits than gate_up stages at once (5 slices of 256 experts).
+                // The most experts a token ranks from, over five slices of partial logits.
                 (1, 64, 32, 256, 4, 256),
                 (3, 64, 32, 256, 4, 128),
             ] {
