@@ -24,12 +24,19 @@ fn fp4_halves(w: u32) -> vec4<u32> {
     );
 }
 
-// Dot product of 8 decoded codes with inputs a (elements 0..3) and b (elements 4..7).
-fn fp4_dot8(c: mat4x2<f32>, a: vec4<f32>, b: vec4<f32>) -> f32 {
-    return dot(c[0], vec2<f32>(a.x, b.x))
-        + dot(c[1], vec2<f32>(a.y, b.y))
-        + dot(c[2], vec2<f32>(a.z, b.z))
-        + dot(c[3], vec2<f32>(a.w, b.w));
+// acc plus the dot product of 8 decoded codes with inputs a (elements 0..3) and b (elements
+// 4..7), as one chain of multiply-adds: the sum a dot() form would take costs half again as many
+// instructions (a multiply per pair and an add per dot), which shaders may not reassociate
+// (H200: the grouped expert kernels 14.3 -> 13.4 ms of a batch-32 step, PERF.md v0.22).
+fn fp4_dot8_acc(c: mat4x2<f32>, a: vec4<f32>, b: vec4<f32>, acc: f32) -> f32 {
+    var s = fma(c[0].x, a.x, acc);
+    s = fma(c[0].y, b.x, s);
+    s = fma(c[1].x, a.y, s);
+    s = fma(c[1].y, b.y, s);
+    s = fma(c[2].x, a.z, s);
+    s = fma(c[2].y, b.z, s);
+    s = fma(c[3].x, a.w, s);
+    return fma(c[3].y, b.w, s);
 }
 
 // The block scale for fp4_decode8's units: 2^(s - 127) * 2^14, the float whose exponent field is
