@@ -88,6 +88,12 @@ impl SplitRule {
         };
         (splits, keys.div_ceil(splits).max(1))
     }
+
+    /// Whether a sliding window of `window` keys always fits one span, so that its layer takes
+    /// one span a token from the window's start and never merges.
+    pub fn window_fits_one_span(&self, window: u32) -> bool {
+        window > 0 && self.split(window).0 == 1
+    }
 }
 
 /// Whether the split path serves this shape (a lane per head dim in one workgroup, few query
@@ -129,8 +135,7 @@ pub(crate) fn build(
         let bufs = [
             a.tokens, a.qkv, a.k_cache, a.v_cache, a.partials, a.sinks, a.out, a.table,
         ];
-        // A window that fits one span takes one span a token, never merged.
-        let whole_window = p.window > 0 && p.window <= SplitRule::from_shader()?.one_span;
+        let whole_window = SplitRule::from_shader()?.window_fits_one_span(p.window);
         let spans = if whole_window {
             Count::Tokens
         } else {
