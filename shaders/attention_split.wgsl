@@ -44,12 +44,18 @@ const MAX_TOKENS: u32 = 64u;
 // each carries G heads through every phase serially (batch 1, PERF.md v0.18); with more, reading
 // each key once per group wins (batch 32: 1.03 -> 0.91 ms a step, v0.20).
 const ONE_HEAD_MAX_SPANS: u32 = 4u;
+// Lanes per workgroup, a chunk of keys at a time (the Rust side reads these lines: D <= both). One
+// head's workgroup takes 128 keys a chunk (a window layer's keys in one round; H200 batch 1 2.87
+// -> 2.79 ms a step), a group's 64 (128 there: batch 32 attention 775 -> 1263 us a step).
+const HEAD_WG: u32 = 128u;
+const GROUP_WG: u32 = 64u;
 #ifdef ONE_HEAD
 const HG: u32 = 1u;
+const WG: u32 = HEAD_WG;
 #else
 const HG: u32 = MAX_G;
+const WG: u32 = GROUP_WG;
 #endif
-const WG: u32 = 64u;
 const NEG: f32 = -3.0e38;
 
 #ifdef SPLIT
@@ -199,7 +205,23 @@ fn split(lanes: Lanes, @builtin(workgroup_id) wg: vec3<u32>) {
             for (var g = 0u; g < HG; g++) {
                 dot_qk[g] = 0.0;
             }
-            for (var i = 0u; i < d4; i++) {
+            // Four loads of the key at once (then the rest): a loop of one load an iteration
+            // waits out each load in turn.
+            var i = 0u;
+            for (; i + 4u <= d4; i += 4u) {
+                let k0 = vec4<f32>(k_cache[kb + i]);
+                let k1 = vec4<f32>(k_cache[kb + i + 1u]);
+                let k2 = vec4<f32>(k_cache[kb + i + 2u]);
+                let k3 = vec4<f32>(k_cache[kb + i + 3u]);
+                for (var g = 0u; g < HG; g++) {
+                    let qb = min(g, gn - 1u) * d4 + i;
+                    dot_qk[g] += dot(qs[qb], k0);
+                    dot_qk[g] += dot(qs[qb + 1u], k1);
+                    dot_qk[g] += dot(qs[qb + 2u], k2);
+                    dot_qk[g] += dot(qs[qb + 3u], k3);
+                }
+            }
+            for (; i < d4; i++) {
                 let k4 = vec4<f32>(k_cache[kb + i]);
                 for (var g = 0u; g < HG; g++) {
                     dot_qk[g] += dot(qs[min(g, gn - 1u) * d4 + i], k4);
@@ -227,10 +249,20 @@ fn split(lanes: Lanes, @builtin(workgroup_id) wg: vec3<u32>) {
             acc[g] *= corr[g];
         }
         if f < phases {
-            for (var j = f; j < n; j += phases) {
-                let v4 = vec4<f32>(v_cache[key_at[j] + q]);
-                for (var g = 0u; g < HG; g++) {
-                    acc[g] += prob[g * WG + j] * v4;
+            // Keys j, j + phases, ... four at a time, their loads in flight together (keys past
+            // n load the last key's value and weigh it 0), added in key order.
+            for (var j = f; j < n; j += 4u * phases) {
+                var v4: array<vec4<f32>, 4>;
+                var jk: array<u32, 4>;
+                for (var u = 0u; u < 4u; u++) {
+                    jk[u] = min(j + u * phases, n - 1u);
+                    v4[u] = vec4<f32>(v_cache[key_at[jk[u]] + q]);
+                }
+                for (var u = 0u; u < 4u; u++) {
+                    let live = j + u * phases < n;
+                    for (var g = 0u; g < HG; g++) {
+                        acc[g] += select(0.0, prob[g * WG + jk[u]], live) * v4[u];
+                    }
                 }
             }
         }

@@ -76,6 +76,10 @@ const SIMT_TS: u32 = 64u;
 const SIMT_TR: u32 = 128u;
 const COOP_TS: u32 = 64u;
 const COOP_TR: u32 = 128u;
+// NARROW (with COOP): the tensor-core tiles for passes of up to NARROW_TS tokens (decode
+// batches), 16 tokens a tile and a subgroup per 16 rows rather than 64 (common/coop_tile.wgsl),
+// so that the subgroups that would only multiply the zeros of absent tokens decode weights too.
+const NARROW_TS: u32 = 16u;
 // Two blocks a step: 65 -> 45 ms of a 2048-token pass on the H200 (PERF.md v0.15).
 const COOP_KB: u32 = 2u;
 // SPLIT_K: about this many workgroups a pass, each range at least this many steps.
@@ -89,7 +93,13 @@ const SIMT_VEC_MAX_TOKENS: u32 = 16u;
 
 #ifdef TILES
 #ifdef COOP
+#ifdef NARROW
+const TS: u32 = NARROW_TS;
+const SUB_ROWS: u32 = 16u;
+#else
 const TS: u32 = COOP_TS;
+const SUB_ROWS: u32 = 64u;
+#endif
 const TR: u32 = COOP_TR;
 #else
 const TS: u32 = SIMT_TS;

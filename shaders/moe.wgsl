@@ -45,6 +45,7 @@ const SIMT_TS: u32 = 64u;
 #ifdef COOP
 const TR: u32 = COOP_TR;
 const TS: u32 = COOP_TS;
+const SUB_ROWS: u32 = 64u;
 #else
 const TR: u32 = SIMT_TR;
 const TS: u32 = SIMT_TS;

@@ -10,16 +10,17 @@
 // f16 parts (high and the rest) multiplied one after the other, so that inputs keep about 22
 // bits instead of f16's 11 (on the parity checkpoint the dense layers' f16 inputs move the
 // logits by 1.7e-2 relative L2, split ones by 6e-4; the experts' f16 inputs add little: PERF.md
-// v0.12). Subgroups of 32 each own 16 inputs by 64 rows (four 16 x 16 f32 accumulators);
-// results leave through the includer's store_rows(j, row, v): input j of the tile, rows row and
-// row + 1. The includer enables f16 and wgpu_cooperative_matrix and defines TS and TR (multiples
-// of 16 and 64), KB (blocks of 32 inputs per step: more halve the steps and their barriers and
+// v0.12). Subgroups of 32 each own 16 inputs by SUB_ROWS rows: 64 (four 16 x 16 f32
+// accumulators) or 16 (one), so that tiles of few inputs (a decode batch's expert slots) still
+// get enough subgroups to share the decoding of their weights; results leave through the includer's store_rows(j, row, v): input j of the tile, rows row and
+// row + 1. The includer enables f16 and wgpu_cooperative_matrix and defines TS, TR and SUB_ROWS
+// (TS a multiple of 16, TR of SUB_ROWS), KB (blocks of 32 inputs per step: more halve the steps and their barriers and
 // put more bytes in flight per step, but take more registers and workgroup memory; PERF.md
 // v0.15), Fetch, fetch(lid, step), weights8(f, i, u), inputs8(f, i, u), item_col(u, j),
 // x_live() (the tile's inputs that are stored: a decode batch's expert has ~8 of 64) and
 // store_rows, and runs TILE_WG invocations per workgroup.
 #include "common/tile_step.wgsl"
-const TILE_WG: u32 = 32u * (TS / 16u) * (TR / 64u);
+const TILE_WG: u32 = 32u * (TS / 16u) * (TR / SUB_ROWS);
 const KS: u32 = 32u * KB;
 // A thread's items per step: item u of the W tile is 8 weights of tile row item_row(u), item u of
 // the X tile the same 8 inputs of tile input item_row(u); thread lid has items lid + i TILE_WG.
@@ -123,11 +124,13 @@ fn drain(c: coop_mat16x16<f32, C>, n: u32, sg: u32, lane: u32, r0: u32) {
 // [row0, row0 + TR).
 fn coop_products(lid: u32, row0: u32, n_blocks: u32) {
     let steps = (n_blocks + KB - 1u) / KB;
-    // Subgroup sg multiplies inputs 16 ss .. by rows 64 sr .. of the tile.
+    // Subgroup sg multiplies inputs 16 ss .. by rows SUB_ROWS sr .. of the tile.
     let sg = lid / 32u;
     let lane = lid % 32u;
     let ss = sg % (TS / 16u);
     let sr = sg / (TS / 16u);
+    // c1 .. c3 only with 64 rows (a constant condition: no code otherwise).
+    let four = SUB_ROWS == 64u;
     var c0 = coop_mat16x16<f32, C>();
     var c1 = coop_mat16x16<f32, C>();
     var c2 = coop_mat16x16<f32, C>();
@@ -137,27 +140,33 @@ fn coop_products(lid: u32, row0: u32, n_blocks: u32) {
         tile_step(lid, &f, b, steps);
         for (var kk = 0u; kk < KS / 2u; kk += 8u) {
             let a_hi = coopLoadT<coop_mat16x16<f16, A>>(&x_hi[16u * ss * KP2 + kk], KP2);
-            let w0 = 64u * sr * KP2 + kk;
+            let w0 = SUB_ROWS * sr * KP2 + kk;
             let b0 = coopLoad<coop_mat16x16<f16, B>>(&w_h[w0], KP2);
-            let b1 = coopLoad<coop_mat16x16<f16, B>>(&w_h[w0 + 16u * KP2], KP2);
-            let b2 = coopLoad<coop_mat16x16<f16, B>>(&w_h[w0 + 32u * KP2], KP2);
-            let b3 = coopLoad<coop_mat16x16<f16, B>>(&w_h[w0 + 48u * KP2], KP2);
             c0 = coopMultiplyAdd(a_hi, b0, c0);
-            c1 = coopMultiplyAdd(a_hi, b1, c1);
-            c2 = coopMultiplyAdd(a_hi, b2, c2);
-            c3 = coopMultiplyAdd(a_hi, b3, c3);
 #ifdef SPLIT_INPUTS
             let a_lo = coopLoadT<coop_mat16x16<f16, A>>(&x_lo[16u * ss * KP2 + kk], KP2);
             c0 = coopMultiplyAdd(a_lo, b0, c0);
-            c1 = coopMultiplyAdd(a_lo, b1, c1);
-            c2 = coopMultiplyAdd(a_lo, b2, c2);
-            c3 = coopMultiplyAdd(a_lo, b3, c3);
 #endif
+            if four {
+                let b1 = coopLoad<coop_mat16x16<f16, B>>(&w_h[w0 + 16u * KP2], KP2);
+                let b2 = coopLoad<coop_mat16x16<f16, B>>(&w_h[w0 + 32u * KP2], KP2);
+                let b3 = coopLoad<coop_mat16x16<f16, B>>(&w_h[w0 + 48u * KP2], KP2);
+                c1 = coopMultiplyAdd(a_hi, b1, c1);
+                c2 = coopMultiplyAdd(a_hi, b2, c2);
+                c3 = coopMultiplyAdd(a_hi, b3, c3);
+#ifdef SPLIT_INPUTS
+                c1 = coopMultiplyAdd(a_lo, b1, c1);
+                c2 = coopMultiplyAdd(a_lo, b2, c2);
+                c3 = coopMultiplyAdd(a_lo, b3, c3);
+#endif
+            }
         }
     }
-    let r0 = row0 + 64u * sr;
+    let r0 = row0 + SUB_ROWS * sr;
     drain(c0, 0u, sg, lane, r0);
-    drain(c1, 1u, sg, lane, r0);
-    drain(c2, 2u, sg, lane, r0);
-    drain(c3, 3u, sg, lane, r0);
+    if four {
+        drain(c1, 1u, sg, lane, r0);
+        drain(c2, 2u, sg, lane, r0);
+        drain(c3, 3u, sg, lane, r0);
+    }
 }

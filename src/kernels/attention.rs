@@ -100,8 +100,9 @@ impl SplitRule {
 /// heads per KV head).
 fn split_fits(p: &Params) -> Result<bool> {
     let group = p.n_heads / p.n_kv;
-    Ok(p.head_dim <= wgsl_const("attention_split.wgsl", "WG")?
-        && group <= wgsl_const("attention_split.wgsl", "MAX_G")?)
+    let lanes = wgsl_const("attention_split.wgsl", "GROUP_WG")?
+        .min(wgsl_const("attention_split.wgsl", "HEAD_WG")?);
+    Ok(p.head_dim <= lanes && group <= wgsl_const("attention_split.wgsl", "MAX_G")?)
 }
 
 /// `kv_f16` reads a cache stored in f16; `coop` lets passes above the split path's run on the

@@ -146,11 +146,13 @@ struct TileShape {
     step_units: u32,
 }
 
-fn tile_shape(coop: bool) -> Result<TileShape> {
+/// The tile shape of the portable tiles, or of the tensor-core ones (`narrow`: for passes of up
+/// to NARROW_TS tokens).
+fn tile_shape(coop: bool, narrow: bool) -> Result<TileShape> {
     Ok(if coop {
         TileShape {
             rows: wgsl_const("linear.wgsl", "COOP_TR")?,
-            tokens: wgsl_const("linear.wgsl", "COOP_TS")?,
+            tokens: wgsl_const("linear.wgsl", if narrow { "NARROW_TS" } else { "COOP_TS" })?,
             step_units: 4 * wgsl_const("linear.wgsl", "COOP_KB")?,
         }
     } else {
@@ -159,6 +161,21 @@ fn tile_shape(coop: bool) -> Result<TileShape> {
             tokens: wgsl_const("linear.wgsl", "SIMT_TS")?,
             step_units: wgsl_const("common/simt_tile.wgsl", "KS")? / 8,
         }
+    })
+}
+
+/// The tile entries of a layer, each with its shape and the largest pass it takes: on the
+/// tensor cores narrow tiles up to NARROW_TS tokens, then the wide ones; else the portable ones.
+fn tile_entries(coop: bool) -> Result<Vec<(ShaderKey, TileShape, u32)>> {
+    Ok(if coop {
+        let narrow = tile_shape(true, true)?;
+        let narrow_max = narrow.tokens;
+        vec![
+            (coop_key(true), narrow, narrow_max),
+            (coop_key(false), tile_shape(true, false)?, u32::MAX),
+        ]
+    } else {
+        vec![(simt_key(), tile_shape(false, false)?, u32::MAX)]
     })
 }
 
@@ -189,13 +206,15 @@ pub fn split_sums_bytes(k: u32, n_out: u32, coop: bool, max_tokens: u32) -> Resu
     if !coop && !simt {
         return Ok(0);
     }
-    let shape = tile_shape(coop)?;
-    let s = k_split(&shape, k, n_out)?;
-    Ok(if s.splits > 1 {
-        s.splits as u64 * shape.tokens.min(max_tokens) as u64 * n_out as u64 * 4
-    } else {
-        0
-    })
+    let mut bytes = 0;
+    for (_, shape, _) in tile_entries(coop)? {
+        let s = k_split(&shape, k, n_out)?;
+        if s.splits > 1 {
+            let b = s.splits as u64 * shape.tokens.min(max_tokens) as u64 * n_out as u64 * 4;
+            bytes = bytes.max(b);
+        }
+    }
+    Ok(bytes)
 }
 
 /// The portable tiles' shader (one variant; the validation sweep takes it from here).
@@ -205,11 +224,12 @@ pub(crate) fn simt_key() -> ShaderKey {
         .define_if("SIMT", true)
 }
 
-/// The tensor-core tiles' shader (one variant; the validation sweep takes it from here).
-pub(crate) fn coop_key() -> ShaderKey {
+/// The tensor-core tiles' shader, wide or narrow (the validation sweep takes them from here).
+pub(crate) fn coop_key(narrow: bool) -> ShaderKey {
     ShaderKey::new("linear.wgsl", "coop")
         .define_if("TILES", true)
         .define_if("COOP", true)
+        .define_if("NARROW", narrow)
         .define_if("SPLIT_INPUTS", true)
 }
 
@@ -262,32 +282,39 @@ pub fn build_tiled(
     if !coop && !simt {
         return build_main(gpu, step, l, vec_max);
     }
-    let tile_key = if coop { coop_key() } else { simt_key() };
-    let shape = tile_shape(coop)?;
     let mut out = Vec::new();
-    // Passes of one token tile cut k where that fills the GPU (and the scratch is there).
-    let split = k_split(&shape, l.k, l.n_out)?;
-    let counts = vec_max + 1..=shape.tokens;
-    let mut whole = vec_max + 1..=u32::MAX;
-    if let Some(part) = l.split_sums
-        && split.splits > 1
-        && !counts.is_empty()
-    {
-        out = build_split(gpu, step, l, &tile_key, &shape, split, part)?
-            .into_iter()
-            .map(|d| d.only_for(l.count, counts.clone()))
-            .collect();
-        whole = shape.tokens + 1..=u32::MAX;
-    }
-    for c in &l.w.chunks {
-        let p = Params::new(l, c);
-        // Without a bias the binding still needs a buffer; x is read-only too.
-        let bufs = [l.x, &c.buffer, l.bias.unwrap_or(l.x), l.y];
-        let grid = Grid::new(c.count.div_ceil(shape.rows), l.count, shape.tokens);
-        out.push(
-            Dispatch::new(gpu, &tile_key, step, bytemuck::bytes_of(&p), &bufs, grid)?
-                .only_for(l.count, whole.clone()),
-        );
+    // Each entry takes the passes from the end of the last one's to its own largest.
+    let mut first = vec_max + 1;
+    for (tile_key, shape, last) in tile_entries(coop)? {
+        let mut whole = first..=last;
+        if whole.is_empty() {
+            continue;
+        }
+        first = last.saturating_add(1);
+        // Passes of one token tile cut k where that fills the GPU (and the scratch is there).
+        let split = k_split(&shape, l.k, l.n_out)?;
+        let counts = *whole.start()..=shape.tokens.min(last);
+        if let Some(part) = l.split_sums
+            && split.splits > 1
+            && !counts.is_empty()
+        {
+            let ds = build_split(gpu, step, l, &tile_key, &shape, split, part)?;
+            out.extend(ds.into_iter().map(|d| d.only_for(l.count, counts.clone())));
+            whole = shape.tokens + 1..=last;
+        }
+        if whole.is_empty() {
+            continue;
+        }
+        for c in &l.w.chunks {
+            let p = Params::new(l, c);
+            // Without a bias the binding still needs a buffer; x is read-only too.
+            let bufs = [l.x, &c.buffer, l.bias.unwrap_or(l.x), l.y];
+            let grid = Grid::new(c.count.div_ceil(shape.rows), l.count, shape.tokens);
+            out.push(
+                Dispatch::new(gpu, &tile_key, step, bytemuck::bytes_of(&p), &bufs, grid)?
+                    .only_for(l.count, whole.clone()),
+            );
+        }
     }
     Ok(out)
 }
@@ -463,8 +490,8 @@ mod tests {
     /// gets enough workgroups (the q/k/v projection of gpt-oss: 40 row tiles).
     #[test]
     fn k_ranges_cover_k_and_none_is_empty() {
-        for coop in [false, true] {
-            let shape = tile_shape(coop).unwrap();
+        for (coop, narrow) in [(false, false), (true, false), (true, true)] {
+            let shape = tile_shape(coop, narrow).unwrap();
             for k in (8..=6000).step_by(56) {
                 for n_out in [9, 150, 2880, 5120, 201088] {
                     let s = k_split(&shape, k, n_out).unwrap();
@@ -475,7 +502,7 @@ mod tests {
                 }
             }
         }
-        let qkv = k_split(&tile_shape(true).unwrap(), 2880, 5120).unwrap();
+        let qkv = k_split(&tile_shape(true, false).unwrap(), 2880, 5120).unwrap();
         assert!(qkv.splits * 40 >= 256, "{qkv:?}");
     }
 
@@ -495,6 +522,9 @@ mod tests {
                 (1, 98, 13, 5, true),
                 (7, 98, 13, 5, true),
                 (5, 256, 37, 37, false),
+                // The narrow tensor-core tiles: one whole tile of tokens, and k cut into 3.
+                (16, 512, 150, 150, false),
+                (12, 1024, 200, 120, true),
                 (9, 130, 20, 7, true),
                 (70, 96, 150, 140, true),
                 (40, 104, 300, 170, false),

@@ -88,7 +88,8 @@ pub fn all_variants() -> Vec<ShaderKey> {
         out.push(ShaderKey::new("moe.wgsl", "combine").define_if("COMBINE", true));
     }
     for split in [false, true] {
-        out.push(linear::coop_key().define_if("SPLIT_K", split));
+        out.push(linear::coop_key(false).define_if("SPLIT_K", split));
+        out.push(linear::coop_key(true).define_if("SPLIT_K", split));
         out.push(linear::simt_key().define_if("SPLIT_K", split));
     }
     out.push(linear::sum_splits_key());
