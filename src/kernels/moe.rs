@@ -47,6 +47,9 @@ pub struct MoeShape {
     pub max_slots: u32,
     /// Passes of up to this many tokens run the matrix-vector kernels (normally `vec_max_tokens`).
     pub vec_max_tokens: u32,
+    /// Passes of up to this many tokens route from the router's partial logits (normally
+    /// `router::partial_max_tokens`; at least `vec_max_tokens`, whose kernels need them).
+    pub partial_max_tokens: u32,
     /// Slices of the router's partial logits that the matrix-vector path adds up.
     pub router_slices: u32,
     /// The tiled products on cooperative matrices (`Caps::coop` must hold).
@@ -65,7 +68,7 @@ pub fn vec_max_tokens(coop: bool) -> Result<u32> {
 
 /// The buffers one MoE layer works on.
 pub struct MoeBuffers<'a> {
-    /// [vec_max_tokens, slices, E] the router's partial logits (the matrix-vector path routes
+    /// [partial_max_tokens, slices, E] the router's partial logits (the matrix-vector path routes
     /// itself).
     pub router_part: &'a wgpu::Buffer,
     /// idx: [T*K] chosen experts, wts: [T*K] their weights (written by router.wgsl for the tiled
@@ -159,10 +162,26 @@ pub fn build(
             s.hidden, s.inter
         )));
     }
-    let mut out = vec_dispatches(gpu, step, s, b, w)?;
-    let tiled = (s.vec_max_tokens + 1)..=u32::MAX;
     // Route and combine span every expert.
     let all = params(s, 0, s.experts);
+    // The picks from the router's partial logits, for the passes that route from them but whose
+    // kernels do not route themselves (all but the one-token matrix-vector pass).
+    let first = if s.vec_max_tokens >= 1 { 2 } else { 1 };
+    let partial_max = s.partial_max_tokens.max(s.vec_max_tokens);
+    let key = super::row_group_key(gpu, "moe_vec.wgsl", "route_slots").define_if("ROUTE", true);
+    let mut out = vec![
+        Dispatch::new(
+            gpu,
+            &key,
+            step,
+            bytemuck::bytes_of(&all),
+            &[b.router_part, b.idx, b.wts],
+            Grid::new(1, Count::Tokens, 1),
+        )?
+        .only_for(Count::Tokens, first..=partial_max),
+    ];
+    out.extend(vec_dispatches(gpu, step, s, b, w)?);
+    let tiled = (s.vec_max_tokens + 1)..=u32::MAX;
     let key = ShaderKey::new("moe.wgsl", "route").define_if("ROUTE", true);
     out.push(
         Dispatch::new(
@@ -252,20 +271,6 @@ fn vec_dispatches(
         )));
     }
     let one = 1..=1;
-    let several = 2..=s.vec_max_tokens;
-    let route = super::row_group_key(gpu, "moe_vec.wgsl", "route_slots").define_if("ROUTE", true);
-    let all = params(s, 0, s.experts);
-    out.push(
-        Dispatch::new(
-            gpu,
-            &route,
-            step,
-            bytemuck::bytes_of(&all),
-            &[b.router_part, b.idx, b.wts],
-            Grid::new(1, Count::Tokens, 1),
-        )?
-        .only_for(Count::Tokens, several.clone()),
-    );
     // Each projection binds its inputs, then one buffer's blocks and scales, then its outputs.
     // One token: gate_up's workgroups take ROWS rows of one slot; down's the R = ROWS / groups
     // rows of every slot of the token, added to the residual stream. Several: ROWS rows of one
@@ -420,6 +425,7 @@ mod tests {
                     experts: e as u32,
                     max_slots: (t * k) as u32,
                     vec_max_tokens: 0,
+                    partial_max_tokens: 0,
                     router_slices: 1,
                     coop: false,
                 };
@@ -486,12 +492,12 @@ mod tests {
                     down_bias: &dbb,
                 };
                 // Every path on the same inputs: tiled (on the tensor cores too where the
-                // adapter has them), and matrix-vector (per slot for one token, per expert for
-                // more).
-                let run = async |vec_max_tokens: u32, coop: bool| {
+                // adapter has them; routed by the router or from the partial logits), and
+                // matrix-vector (per slot for one token, per expert for more).
+                let run = async |vec_max_tokens: u32, partial_max_tokens: u32, coop: bool| {
                     let xb = gpu.upload("x", f32_bytes(&x0)).unwrap();
-                    // The tiled path reads the picks; the matrix-vector path writes them.
-                    let (ib, wb) = if vec_max_tokens == 0 {
+                    // The router's picks, or written from the partial logits.
+                    let (ib, wb) = if partial_max_tokens == 0 {
                         let i = gpu.upload("idx", bytemuck::cast_slice(&idx)).unwrap();
                         (i, gpu.upload("wts", f32_bytes(&wts)).unwrap())
                     } else {
@@ -514,6 +520,7 @@ mod tests {
                     };
                     let shape = MoeShape {
                         vec_max_tokens,
+                        partial_max_tokens,
                         router_slices: slices as u32,
                         coop,
                         ..s
@@ -526,7 +533,8 @@ mod tests {
                     };
                     submit(gpu, &step, &c, &d);
                     let picks = gpu.read_u32(&ib, t * k).await.unwrap();
-                    assert_eq!(picks, idx, "t={t} vec_max={vec_max_tokens}: experts");
+                    let path = format!("vec_max={vec_max_tokens} partial_max={partial_max_tokens}");
+                    assert_eq!(picks, idx, "t={t} {path}: experts");
                     let weights = gpu.read_f32(&wb, t * k).await.unwrap();
                     assert!(
                         max_abs(&weights, &wts) < 1e-6,
@@ -534,12 +542,18 @@ mod tests {
                     );
                     gpu.read_f32(&xb, t * hd).await.unwrap()
                 };
+                let t32 = t as u32;
                 let mut paths = vec![
-                    (0, false, run(0, false).await),
-                    (t as u32, false, run(t as u32, false).await),
+                    ("tiles", false, run(0, 0, false).await),
+                    (
+                        "tiles routed from partials",
+                        false,
+                        run(0, t32, false).await,
+                    ),
+                    ("matrix-vector", false, run(t32, t32, false).await),
                 ];
                 if gpu.caps.coop {
-                    paths.push((0, true, run(0, true).await));
+                    paths.push(("tensor-core tiles", true, run(0, 0, true).await));
                 }
 
                 let mut want = x0.clone();
@@ -576,15 +590,12 @@ mod tests {
                         }
                     }
                 }
-                for (vec_max, coop, got) in &paths {
+                for (path, coop, got) in &paths {
                     // f32 throughout, or the tensor cores: f16 weights (exact here) and inputs
                     // (unit roundoff 2^-11), f32 sums.
                     let tol = if *coop { 1e-5 } else { 1e-11 };
                     let e2 = nmse(got, &want);
-                    assert!(
-                        e2 < tol,
-                        "t={t} h={hd} i={it} vec_max={vec_max} coop={coop}: nmse {e2}"
-                    );
+                    assert!(e2 < tol, "t={t} h={hd} i={it} {path}: nmse {e2}");
                 }
             }
         }

@@ -26,7 +26,7 @@ pub struct Router<'a> {
     pub w: &'a Split,
     pub bias: &'a wgpu::Buffer,
     /// Outputs: h [T, H] = RMSNorm(x) * norm (the experts' input), idx and wts [T, K] (large
-    /// passes), part [vec_max_tokens, slices, E] the decode passes' partial logits.
+    /// passes), part [partial_max_tokens, slices, E] the decode passes' partial logits.
     pub h: &'a wgpu::Buffer,
     pub part: &'a wgpu::Buffer,
     pub idx: &'a wgpu::Buffer,
@@ -34,8 +34,14 @@ pub struct Router<'a> {
     pub hidden: u32,
     pub n_experts: u32,
     pub top_k: u32,
-    /// Passes of up to this many tokens write partial logits.
-    pub vec_max_tokens: u32,
+    /// Passes of up to this many tokens write partial logits (`partial_max_tokens`).
+    pub partial_max_tokens: u32,
+}
+
+/// The largest pass that writes partial logits: PARTIAL_MAX_TOKENS, or the largest that the
+/// matrix-vector expert kernels take (`vec_max_tokens`: they route from them).
+pub fn partial_max_tokens(vec_max_tokens: u32) -> Result<u32> {
+    Ok(crate::gpu::shader::wgsl_const("router.wgsl", "PARTIAL_MAX_TOKENS")?.max(vec_max_tokens))
 }
 
 /// Slices of the input a decode pass's router logits are split into, for `hidden` inputs.
@@ -68,7 +74,10 @@ pub fn build(gpu: &Gpu, step: &wgpu::Buffer, r: &Router) -> Result<Vec<Dispatch>
     let main = super::row_group_key(gpu, "router.wgsl", "main");
     let partial = super::row_group_key(gpu, "router.wgsl", "partial").define_if("PARTIAL", true);
     let common = [r.x, r.norm, &w.buffer, r.bias, r.h];
-    let (vec, tiled) = (1..=r.vec_max_tokens, r.vec_max_tokens + 1..=u32::MAX);
+    let (vec, tiled) = (
+        1..=r.partial_max_tokens,
+        r.partial_max_tokens + 1..=u32::MAX,
+    );
     Ok(vec![
         Dispatch::new(
             gpu,
@@ -161,7 +170,7 @@ mod tests {
                     hidden: hd as u32,
                     n_experts: e as u32,
                     top_k: k as u32,
-                    vec_max_tokens: vec_max,
+                    partial_max_tokens: vec_max,
                 };
                 let d = build(gpu, &step, &r).unwrap();
                 let counts = StepCounts {

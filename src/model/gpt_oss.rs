@@ -87,7 +87,7 @@ struct Activations {
     qkv: wgpu::Buffer,
     attn: wgpu::Buffer,
     attn_partials: wgpu::Buffer,
-    /// [vec_max_tokens, slices, E] a decode pass's partial router logits; [T, K] chosen experts
+    /// [partial_max_tokens, slices, E] a decode pass's partial router logits; [T, K] chosen experts
     /// and their weights.
     router_part: wgpu::Buffer,
     expert_idx: wgpu::Buffer,
@@ -150,7 +150,10 @@ impl Activations {
             )?,
             router_part: buf(
                 "router_part",
-                moe::vec_max_tokens(coop)? as u64 * router::slices(c.hidden)? as u64 * e * 4,
+                router::partial_max_tokens(moe::vec_max_tokens(coop)?)? as u64
+                    * router::slices(c.hidden)? as u64
+                    * e
+                    * 4,
             )?,
             expert_idx: buf("expert_idx", t * k * 4)?,
             expert_wts: buf("expert_wts", t * k * 4)?,
@@ -415,6 +418,7 @@ impl Graph<'_> {
     fn moe_block(&self, lw: &LayerWeights) -> Result<Vec<Dispatch>> {
         let (g, step, c, a) = (self.g, self.step, self.c, self.acts);
         let vec_max_tokens = moe::vec_max_tokens(self.coop)?;
+        let partial_max_tokens = router::partial_max_tokens(vec_max_tokens)?;
         let mut ds = router::build(
             g,
             step,
@@ -431,7 +435,7 @@ impl Graph<'_> {
                 hidden: c.hidden,
                 n_experts: c.experts,
                 top_k: c.top_k,
-                vec_max_tokens,
+                partial_max_tokens,
             },
         )?;
         let shape = MoeShape {
@@ -443,6 +447,7 @@ impl Graph<'_> {
             alpha: c.swiglu_alpha,
             max_slots: self.max_tokens * c.top_k,
             vec_max_tokens,
+            partial_max_tokens,
             router_slices: router::slices(c.hidden)?,
             coop: self.coop,
         };
