@@ -11,11 +11,12 @@
 // bits instead of f16's 11 (on the parity checkpoint the dense layers' f16 inputs move the
 // logits by 1.7e-2 relative L2, split ones by 6e-4; the experts' f16 inputs add little: PERF.md
 // v0.12). Subgroups of 32 each own 16 inputs by SUB_ROWS rows: 64 (four 16 x 16 f32
-// accumulators) or 16 (one), so that tiles of few inputs (a decode batch's expert slots) still
-// get enough subgroups to share the decoding of their weights; results leave through the includer's store_rows(j, row, v): input j of the tile, rows row and
-// row + 1. The includer enables f16 and wgpu_cooperative_matrix and defines TS, TR and SUB_ROWS
-// (TS a multiple of 16, TR of SUB_ROWS), KB (blocks of 32 inputs per step: more halve the steps and their barriers and
-// put more bytes in flight per step, but take more registers and workgroup memory; PERF.md
+// accumulators) or 16 (one), so that tiles of few inputs (a decode batch's tokens) still get
+// enough subgroups to share the decoding of their weights; results leave through the
+// includer's store_rows(j, row, v): input j of the tile, rows row and row + 1. The includer
+// enables f16 and wgpu_cooperative_matrix and defines TS, TR and SUB_ROWS (TS a multiple of 16,
+// TR of SUB_ROWS), KB (blocks of 32 inputs per step: more halve the steps and their barriers
+// and put more bytes in flight per step, but take more registers and workgroup memory; PERF.md
 // v0.15), Fetch, fetch(lid, step), weights8(f, i, u), inputs8(f, i, u), item_col(u, j),
 // x_live() (the tile's inputs that are stored: a decode batch's expert has ~8 of 64) and
 // store_rows, and runs TILE_WG invocations per workgroup.
