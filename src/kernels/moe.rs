@@ -162,38 +162,34 @@ pub fn build(
             s.hidden, s.inter
         )));
     }
-    // Route and combine span every expert.
+    // Routing and combining span every expert: one dispatch each, for the passes of `tokens`.
     let all = params(s, 0, s.experts);
+    let whole = |key: ShaderKey, bufs: &[&wgpu::Buffer], grid, tokens| -> Result<Dispatch> {
+        let d = Dispatch::new(gpu, &key, step, bytemuck::bytes_of(&all), bufs, grid)?;
+        Ok(d.only_for(Count::Tokens, tokens))
+    };
     // The picks from the router's partial logits, for the passes that route from them but whose
     // kernels do not route themselves (all but the one-token matrix-vector pass).
     let first = if s.vec_max_tokens >= 1 { 2 } else { 1 };
     let partial_max = s.partial_max_tokens.max(s.vec_max_tokens);
     let key = super::row_group_key(gpu, "moe_vec.wgsl", "route_slots").define_if("ROUTE", true);
-    let mut out = vec![
-        Dispatch::new(
-            gpu,
-            &key,
-            step,
-            bytemuck::bytes_of(&all),
-            &[b.router_part, b.idx, b.wts],
-            Grid::new(1, Count::Tokens, 1),
-        )?
-        .only_for(Count::Tokens, first..=partial_max),
-    ];
+    let picks = [b.router_part, b.idx, b.wts];
+    let mut out = vec![whole(
+        key,
+        &picks,
+        Grid::new(1, Count::Tokens, 1),
+        first..=partial_max,
+    )?];
     out.extend(vec_dispatches(gpu, step, s, b, w)?);
     let tiled = (s.vec_max_tokens + 1)..=u32::MAX;
     let key = ShaderKey::new("moe.wgsl", "route").define_if("ROUTE", true);
-    out.push(
-        Dispatch::new(
-            gpu,
-            &key,
-            step,
-            bytemuck::bytes_of(&all),
-            &[b.idx, b.lists, b.counts],
-            Grid::new(s.experts, Count::One, 1),
-        )?
-        .only_for(Count::Tokens, tiled),
-    );
+    let lists = [b.idx, b.lists, b.counts];
+    out.push(whole(
+        key,
+        &lists,
+        Grid::new(s.experts, Count::One, 1),
+        tiled,
+    )?);
     let key = tiled_key("gate_up", "GATE_UP", s.coop);
     out.extend(per_chunk(
         gpu,
@@ -230,17 +226,9 @@ pub fn build(
     // Each token's slot outputs added to x in slot order (the one-token down of the
     // matrix-vector path does it itself).
     let key = ShaderKey::new("moe.wgsl", "combine").define_if("COMBINE", true);
-    out.push(
-        Dispatch::new(
-            gpu,
-            &key,
-            step,
-            bytemuck::bytes_of(&all),
-            &[b.y, b.x],
-            Grid::new(s.hidden.div_ceil(64), Count::Tokens, 1),
-        )?
-        .only_for(Count::Tokens, (s.vec_max_tokens + 1).min(2)..=u32::MAX),
-    );
+    let grid = Grid::new(s.hidden.div_ceil(64), Count::Tokens, 1);
+    let tokens = (s.vec_max_tokens + 1).min(2)..=u32::MAX;
+    out.push(whole(key, &[b.y, b.x], grid, tokens)?);
     Ok(out)
 }
 
