@@ -43,6 +43,8 @@ pub struct Report {
     pub decode_kernels_us: Vec<(String, f64)>,
     pub batch_decode_kernels_us: Vec<(String, f64)>,
     pub wide_decode_kernels_us: Vec<(String, f64)>,
+    /// The same for one decode step of every batch size of --batches above 1.
+    pub batch_kernels_us: Vec<(u32, Vec<(String, f64)>)>,
     pub prefill_kernels_us: Vec<(String, f64)>,
     /// Every dispatch of one decode step, in order (label, microseconds).
     pub decode_dispatches_us: Vec<(String, f64)>,
@@ -219,6 +221,7 @@ pub fn run(
         decode_kernels_us: Vec::new(),
         batch_decode_kernels_us: Vec::new(),
         wide_decode_kernels_us: Vec::new(),
+        batch_kernels_us: Vec::new(),
         prefill_kernels_us: Vec::new(),
         decode_dispatches_us: Vec::new(),
         decode_kernel_bytes: Vec::new(),
@@ -313,11 +316,14 @@ pub fn run(
         .copied()
         .filter(|&b| b > vec_max && b <= model.opts.max_seqs)
         .max();
-    for (b, out) in [
-        (narrow, &mut report.batch_decode_kernels_us),
-        (wide, &mut report.wide_decode_kernels_us),
-    ] {
-        let Some(b) = b else { continue };
+    let mut sizes: Vec<u32> = batches
+        .iter()
+        .copied()
+        .filter(|&b| b > 1 && b <= model.opts.max_seqs)
+        .collect();
+    sizes.sort_unstable();
+    sizes.dedup();
+    for b in sizes {
         let toks: Vec<TokenInfo> = (0..b).map(|s| TokenInfo::new(1, ctx, s)).collect();
         let outputs: Vec<u32> = (0..b).collect();
         let profile = pollster::block_on(model.profile(&Batch {
@@ -325,7 +331,14 @@ pub fn run(
             outputs: &outputs,
             sampling: &greedy(b as usize),
         }))?;
-        *out = per_family(&profile.unwrap_or_default());
+        let families = per_family(&profile.unwrap_or_default());
+        if Some(b) == narrow {
+            report.batch_decode_kernels_us = families.clone();
+        }
+        if Some(b) == wide {
+            report.wide_decode_kernels_us = families.clone();
+        }
+        report.batch_kernels_us.push((b, families));
     }
     let n = prompt_lens
         .iter()
