@@ -286,35 +286,48 @@ pub fn build_tiled(
     // Each entry takes the passes from the end of the last one's to its own largest.
     let mut first = vec_max + 1;
     for (tile_key, shape, last) in tile_entries(coop)? {
-        let mut whole = first..=last;
-        if whole.is_empty() {
-            continue;
+        if first <= last {
+            out.extend(build_entry(gpu, step, l, &tile_key, &shape, first..=last)?);
+            first = last.saturating_add(1);
         }
-        first = last.saturating_add(1);
-        // Passes of one token tile cut k where that fills the GPU (and the scratch is there).
-        let split = k_split(&shape, l.k, l.n_out)?;
-        let counts = *whole.start()..=shape.tokens.min(last);
-        if let Some(part) = l.split_sums
-            && split.splits > 1
-            && !counts.is_empty()
-        {
-            let ds = build_split(gpu, step, l, &tile_key, &shape, split, part)?;
-            out.extend(ds.into_iter().map(|d| d.only_for(l.count, counts.clone())));
-            whole = shape.tokens + 1..=last;
-        }
-        if whole.is_empty() {
-            continue;
-        }
-        for c in &l.w.chunks {
-            let p = Params::new(l, c);
-            // Without a bias the binding still needs a buffer; x is read-only too.
-            let bufs = [l.x, &c.buffer, l.bias.unwrap_or(l.x), l.y];
-            let grid = Grid::new(c.count.div_ceil(shape.rows), l.count, shape.tokens);
-            out.push(
-                Dispatch::new(gpu, &tile_key, step, bytemuck::bytes_of(&p), &bufs, grid)?
-                    .only_for(l.count, whole.clone()),
-            );
-        }
+    }
+    Ok(out)
+}
+
+/// One tile entry's dispatches for the passes of `passes`: those of one token tile with k cut
+/// where that fills the GPU (and the scratch is there), the rest whole.
+fn build_entry(
+    gpu: &Gpu,
+    step: &wgpu::Buffer,
+    l: &Linear,
+    tile_key: &ShaderKey,
+    shape: &TileShape,
+    passes: std::ops::RangeInclusive<u32>,
+) -> Result<Vec<Dispatch>> {
+    let mut out = Vec::new();
+    let mut whole = passes.clone();
+    let split = k_split(shape, l.k, l.n_out)?;
+    let counts = *passes.start()..=shape.tokens.min(*passes.end());
+    if let Some(part) = l.split_sums
+        && split.splits > 1
+        && !counts.is_empty()
+    {
+        let ds = build_split(gpu, step, l, tile_key, shape, split, part)?;
+        out.extend(ds.into_iter().map(|d| d.only_for(l.count, counts.clone())));
+        whole = shape.tokens + 1..=*passes.end();
+    }
+    if whole.is_empty() {
+        return Ok(out);
+    }
+    for c in &l.w.chunks {
+        let p = Params::new(l, c);
+        // Without a bias the binding still needs a buffer; x is read-only too.
+        let bufs = [l.x, &c.buffer, l.bias.unwrap_or(l.x), l.y];
+        let grid = Grid::new(c.count.div_ceil(shape.rows), l.count, shape.tokens);
+        out.push(
+            Dispatch::new(gpu, tile_key, step, bytemuck::bytes_of(&p), &bufs, grid)?
+                .only_for(l.count, whole.clone()),
+        );
     }
     Ok(out)
 }

@@ -171,14 +171,13 @@ pub fn build(
     // The picks from the router's partial logits, for the passes that route from them but whose
     // kernels do not route themselves (all but the one-token matrix-vector pass).
     let first = if s.vec_max_tokens >= 1 { 2 } else { 1 };
-    let partial_max = s.partial_max_tokens.max(s.vec_max_tokens);
     let key = super::row_group_key(gpu, "moe_vec.wgsl", "route_slots").define_if("ROUTE", true);
     let picks = [b.router_part, b.idx, b.wts];
     let mut out = vec![whole(
         key,
         &picks,
         Grid::new(1, Count::Tokens, 1),
-        first..=partial_max,
+        first..=s.partial_max_tokens,
     )?];
     out.extend(vec_dispatches(gpu, step, s, b, w)?);
     let tiled = (s.vec_max_tokens + 1)..=u32::MAX;

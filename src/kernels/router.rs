@@ -74,7 +74,7 @@ pub fn build(gpu: &Gpu, step: &wgpu::Buffer, r: &Router) -> Result<Vec<Dispatch>
     let main = super::row_group_key(gpu, "router.wgsl", "main");
     let partial = super::row_group_key(gpu, "router.wgsl", "partial").define_if("PARTIAL", true);
     let common = [r.x, r.norm, &w.buffer, r.bias, r.h];
-    let (vec, tiled) = (
+    let (decode, larger) = (
         1..=r.partial_max_tokens,
         r.partial_max_tokens + 1..=u32::MAX,
     );
@@ -87,7 +87,7 @@ pub fn build(gpu: &Gpu, step: &wgpu::Buffer, r: &Router) -> Result<Vec<Dispatch>
             &[&common[..], &[r.part]].concat(),
             Grid::new(slices(r.hidden)?, Count::Tokens, 1),
         )?
-        .only_for(Count::Tokens, vec),
+        .only_for(Count::Tokens, decode),
         Dispatch::new(
             gpu,
             &main,
@@ -96,7 +96,7 @@ pub fn build(gpu: &Gpu, step: &wgpu::Buffer, r: &Router) -> Result<Vec<Dispatch>
             &[&common[..], &[r.idx, r.wts]].concat(),
             Grid::new(1, Count::Tokens, 1),
         )?
-        .only_for(Count::Tokens, tiled),
+        .only_for(Count::Tokens, larger),
     ])
 }
 
