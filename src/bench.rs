@@ -305,17 +305,6 @@ pub fn run(
     report.decode_kernels_us = per_family(&decode);
     report.decode_kernel_bytes = decode_bytes(model, ctx);
     report.decode_dispatches_us = decode.into_iter().map(|(l, ns)| (l, ns / 1e3)).collect();
-    let vec_max = crate::kernels::VEC_MAX_TOKENS.min(model.opts.max_seqs);
-    let narrow = batches
-        .iter()
-        .copied()
-        .filter(|&b| b > 1 && b <= vec_max)
-        .max();
-    let wide = batches
-        .iter()
-        .copied()
-        .filter(|&b| b > vec_max && b <= model.opts.max_seqs)
-        .max();
     let mut sizes: Vec<u32> = batches
         .iter()
         .copied()
@@ -323,6 +312,10 @@ pub fn run(
         .collect();
     sizes.sort_unstable();
     sizes.dedup();
+    // The largest size that takes the decode kernels, and the largest beyond them.
+    let vec_max = crate::kernels::VEC_MAX_TOKENS;
+    let narrow = sizes.iter().copied().rfind(|&b| b <= vec_max);
+    let wide = sizes.last().copied().filter(|&b| b > vec_max);
     for b in sizes {
         let toks: Vec<TokenInfo> = (0..b).map(|s| TokenInfo::new(1, ctx, s)).collect();
         let outputs: Vec<u32> = (0..b).collect();

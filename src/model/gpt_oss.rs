@@ -90,6 +90,9 @@ struct Activations {
     /// [partial_max_tokens, slices, E] a decode pass's partial router logits; [T, K] chosen experts
     /// and their weights.
     router_part: wgpu::Buffer,
+    /// The passes of up to this many tokens route from router_part (`router::partial_max_tokens`):
+    /// its rows, and the graph's range for them.
+    partial_max_tokens: u32,
     expert_idx: wgpu::Buffer,
     expert_wts: wgpu::Buffer,
     /// [T K, I] SwiGLU outputs, [T K, H] per-slot outputs; [E, T K] slots per expert, [E] counts.
@@ -132,6 +135,7 @@ impl Activations {
         for (k, n, passes) in dense {
             split_sums = split_sums.max(linear::split_sums_bytes(k, n, coop, passes)?);
         }
+        let partial_max_tokens = router::partial_max_tokens(moe::vec_max_tokens(coop)?)?;
         let mut bytes = 0;
         let mut buf = |name: &str, n: u64| {
             bytes += n.div_ceil(4) * 4;
@@ -150,10 +154,7 @@ impl Activations {
             )?,
             router_part: buf(
                 "router_part",
-                router::partial_max_tokens(moe::vec_max_tokens(coop)?)? as u64
-                    * router::slices(c.hidden)? as u64
-                    * e
-                    * 4,
+                partial_max_tokens as u64 * router::slices(c.hidden)? as u64 * e * 4,
             )?,
             expert_idx: buf("expert_idx", t * k * 4)?,
             expert_wts: buf("expert_wts", t * k * 4)?,
@@ -167,6 +168,7 @@ impl Activations {
             sampling: buf("sampling", o * 32)?,
             sample_parts: buf("sample_parts", sample::parts_bytes(o as u32, c.vocab)?)?,
             ids: buf("ids", o * 4)?,
+            partial_max_tokens,
             bytes,
         })
     }
@@ -418,7 +420,7 @@ impl Graph<'_> {
     fn moe_block(&self, lw: &LayerWeights) -> Result<Vec<Dispatch>> {
         let (g, step, c, a) = (self.g, self.step, self.c, self.acts);
         let vec_max_tokens = moe::vec_max_tokens(self.coop)?;
-        let partial_max_tokens = router::partial_max_tokens(vec_max_tokens)?;
+        let partial_max_tokens = a.partial_max_tokens;
         let mut ds = router::build(
             g,
             step,
