@@ -305,10 +305,12 @@ pub fn run(
     report.decode_kernels_us = per_family(&decode);
     report.decode_kernel_bytes = decode_bytes(model, ctx);
     report.decode_dispatches_us = decode.into_iter().map(|(l, ns)| (l, ns / 1e3)).collect();
+    // The sizes the timed runs above ran (a batch beyond what one pass takes runs as the largest
+    // that fits).
     let mut sizes: Vec<u32> = batches
         .iter()
-        .copied()
-        .filter(|&b| b > 1 && b <= model.opts.max_seqs)
+        .map(|&b| b.min(model.opts.max_seqs).min(model.max_outputs))
+        .filter(|&b| b > 1)
         .collect();
     sizes.sort_unstable();
     sizes.dedup();
