@@ -2,8 +2,10 @@
 // token fed from the previous pass (fed = r + 1) sampled[r], the id that pass sampled for its
 // output row r, still on the GPU: a decode step can be queued before the host has seen it.
 // Bindings: tokens [T], table rows [row_start, row_start + rows) of [V, H] bf16, x [T, H] f32,
-// sampled [O] u32. Grid: (1, T). The table may be split over buffers; each part is one dispatch
-// that fills only the tokens whose id falls in its rows.
+// sampled [O] u32. Grid: (ceil(H / (2 WG)), T): a lane per bf16 pair, so that a row's loads go
+// out together (one 64-lane workgroup walking the row took 17.7 us of a batch-1 step on the
+// H200, a chain of 23 loads a lane; PERF.md v0.25). The table may be split over buffers; each
+// part is one dispatch that fills only the tokens whose id falls in its rows.
 #include "common/step.wgsl"
 #include "common/bf16.wgsl"
 
@@ -20,7 +22,8 @@ struct Params {
 @group(0) @binding(4) var<storage, read_write> x: array<f32>;
 @group(0) @binding(5) var<storage, read> sampled: array<u32>;
 
-const WG: u32 = 64u;
+// Lanes per workgroup (the Rust side reads this line to size the grid).
+const WG: u32 = 256u;
 
 @compute @workgroup_size(WG)
 fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>) {
@@ -37,9 +40,9 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: ve
         return;
     }
     let half = p.hidden / 2u;
-    let src = (id - p.row_start) * half;
-    for (var i = lid; i < half; i += WG) {
-        let w = table[src + i];
+    let i = wg.x * WG + lid;
+    if i < half {
+        let w = table[(id - p.row_start) * half + i];
         x[t * p.hidden + 2u * i] = bf16_lo(w);
         x[t * p.hidden + 2u * i + 1u] = bf16_hi(w);
     }

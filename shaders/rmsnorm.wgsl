@@ -19,6 +19,7 @@ struct Params {
 
 // 256 threads: one workgroup per row, so a decode step's norm is one workgroup's latency.
 const WG: u32 = 256u;
+const UNROLL: u32 = 4u;
 const NV: u32 = 1u;
 #include "common/reduce.wgsl"
 
@@ -34,14 +35,35 @@ fn main(lanes: Lanes, @builtin(workgroup_id) wg: vec3<u32>) {
     if p.gather != 0u {
         src = rows[r];
     }
+    // UNROLL values a lane at a time, their loads in flight together (a loop of one load a trip
+    // waits out each in turn: 12 for a 2880-wide row), summed in the same order.
+    let xb = src * p.n;
     var acc: array<f32, NV>;
-    for (var i = lid; i < p.n; i += WG) {
-        let v = x[src * p.n + i];
-        acc[0] += v * v;
+    for (var i0 = lid; i0 < p.n; i0 += UNROLL * WG) {
+        var v: array<f32, UNROLL>;
+        for (var u = 0u; u < UNROLL; u++) {
+            let i = i0 + u * WG;
+            v[u] = select(0.0, x[xb + min(i, p.n - 1u)], i < p.n);
+        }
+        for (var u = 0u; u < UNROLL; u++) {
+            acc[0] += v[u] * v[u];
+        }
     }
     reduce_sum(&acc);
     let scale = inverseSqrt(red[0] / f32(p.n) + p.eps);
-    for (var i = lid; i < p.n; i += WG) {
-        out[r * p.n + i] = w[i] * (x[src * p.n + i] * scale);
+    for (var i0 = lid; i0 < p.n; i0 += UNROLL * WG) {
+        var v: array<f32, UNROLL>;
+        var g: array<f32, UNROLL>;
+        for (var u = 0u; u < UNROLL; u++) {
+            let i = min(i0 + u * WG, p.n - 1u);
+            v[u] = x[xb + i];
+            g[u] = w[i];
+        }
+        for (var u = 0u; u < UNROLL; u++) {
+            let i = i0 + u * WG;
+            if i < p.n {
+                out[r * p.n + i] = g[u] * (v[u] * scale);
+            }
+        }
     }
 }

@@ -1,6 +1,7 @@
 //! Token embedding lookup (`shaders/embed.wgsl`).
 
 use crate::error::Result;
+use crate::gpu::shader::wgsl_const;
 use crate::gpu::{Count, Dispatch, Gpu, Grid, ShaderKey, Split};
 
 #[repr(C)]
@@ -24,6 +25,8 @@ pub fn build(
     hidden: u32,
 ) -> Result<Vec<Dispatch>> {
     let key = ShaderKey::new("embed.wgsl", "main");
+    // A lane per pair of a row's values.
+    let x_groups = (hidden / 2).div_ceil(wgsl_const("embed.wgsl", "WG")?);
     table
         .chunks
         .iter()
@@ -40,7 +43,7 @@ pub fn build(
                 step,
                 bytemuck::bytes_of(&p),
                 &[tokens, &c.buffer, x, sampled],
-                Grid::new(1, Count::Tokens, 1),
+                Grid::new(x_groups, Count::Tokens, 1),
             )
         })
         .collect()
@@ -57,7 +60,8 @@ mod tests {
     async fn embed_gathers_rows_across_split_table() {
         let mut rng = seeded("embed");
         for gpu in gpus().await {
-            let (v, h, split) = (23usize, 96usize, 10usize);
+            // Rows of 600 values: two workgroups a row.
+            let (v, h, split) = (23usize, 600usize, 10usize);
             let (table, bytes) = random_bf16(&mut rng, v * h, 1.0);
             let table_split = split_rows(gpu, &bytes, v, h, split);
             let ids: Vec<u32> = (0..9).map(|_| rng.below(v as u64) as u32).collect();
