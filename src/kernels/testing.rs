@@ -1,5 +1,9 @@
 //! Helpers for kernel tests: the devices to test on (default and portable), fresh seeds, error
 //! measures and bf16 packing.
+//!
+//! On lavapipe (CI's device) an invocation's loops stop after about 65535 trips in all (llvmpipe's
+//! loop limiter), so a test shape must keep every invocation's loop trips well under that (a
+//! workgroup striding over rows, a lane walking k), or it tests the limiter (PERF.md v0.25).
 
 use crate::gpu::{Gpu, GpuOptions, Rows, Split};
 use crate::rng::Rng;
