@@ -62,44 +62,18 @@ fn norm_scale(l: Lanes, xb: u32) -> f32 {
     return inverseSqrt(red[0] / f32(p.hidden) + p.eps);
 }
 
-// A lane's loads for the 8-weight unit u: rows r0 .. r0 + R of the router (the last expert's in
-// place of rows past E, never added) and the unit's gains.
-struct Unit {
-    w: array<vec4<u32>, R>,
-    ga: vec4<f32>,
-    gb: vec4<f32>,
-}
-
-fn load_unit(r0: u32, u: u32) -> Unit {
-    let units = p.hidden / 8u;
-    var f: Unit;
-    for (var r = 0u; r < R; r++) {
-        f.w[r] = w[min(r0 + r, p.n_experts - 1u) * units + u];
-    }
-    f.ga = g[2u * u];
-    f.gb = g[2u * u + 1u];
-    return f;
-}
-
 // Router rows r0 .. r0 + R (those below E) dotted with the normed input over the 8-weight units
 // [u_begin, u_end) of the token at vec4 index xb: lane i of a group reads units u_begin + i,
-// + GL, ...; the sums are over the group. With `prefetched`, `first` holds the lane's first unit,
-// loaded before the norm's reduction (its address does not depend on the norm; H200, batch 1:
-// router partials 246 -> 236 us a step, PERF.md v0.25). Called from uniform control flow.
-fn logit_rows(l: Lanes, xb: u32, scale: f32, u_begin: u32, u_end: u32, r0: u32, first: Unit,
-              prefetched: bool) -> array<f32, R> {
+// + GL, ...; the sums are over the group. Called from uniform control flow.
+fn logit_rows(l: Lanes, xb: u32, scale: f32, u_begin: u32, u_end: u32, r0: u32) -> array<f32, R> {
+    let units = p.hidden / 8u;
     var acc: array<f32, R>;
-    let u_first = u_begin + l.lid % GL;
-    for (var u = u_first; u < u_end; u += GL) {
-        var f = first;
-        if !prefetched || u != u_first {
-            f = load_unit(r0, u);
-        }
-        let a = x[xb + 2u * u] * scale * f.ga;
-        let b = x[xb + 2u * u + 1u] * scale * f.gb;
+    for (var u = u_begin + l.lid % GL; u < u_end; u += GL) {
+        let a = x[xb + 2u * u] * scale * g[2u * u];
+        let b = x[xb + 2u * u + 1u] * scale * g[2u * u + 1u];
         for (var r = 0u; r < R; r++) {
             if r0 + r < p.n_experts {
-                acc[r] += bf16_dot8(f.w[r], a, b);
+                acc[r] += bf16_dot8(w[(r0 + r) * units + u], a, b);
             }
         }
     }
@@ -115,15 +89,10 @@ fn partial(l: Lanes, @builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgrou
         return;
     }
     let xb = t * (p.hidden / 4u);
+    let scale = norm_scale(l, xb);
     let units = p.hidden / 8u;
     let u0 = wg.x * SLICE_UNITS;
     let u_end = min(u0 + SLICE_UNITS, units);
-    // The first unit of the first experts' pass, loaded while the norm is reduced.
-    var first: Unit;
-    if u0 + l.lid % GL < u_end {
-        first = load_unit((l.lid / GL) * R, u0 + l.lid % GL);
-    }
-    let scale = norm_scale(l, xb);
     for (var i = 2u * u0 + l.lid; i < 2u * u_end; i += WG) {
         h[xb + i] = x[xb + i] * scale * g[i];
     }
@@ -131,7 +100,7 @@ fn partial(l: Lanes, @builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgrou
     let lane = l.lid % GL;
     for (var eb = 0u; eb < e_n; eb += NG * R) {
         let r0 = eb + (l.lid / GL) * R;
-        let acc = logit_rows(l, xb, scale, u0, u_end, r0, first, eb == 0u);
+        let acc = logit_rows(l, xb, scale, u0, u_end, r0);
         if lane == 0u {
             for (var r = 0u; r < R; r++) {
                 let e = r0 + r;
@@ -165,7 +134,7 @@ fn main(l: Lanes, @builtin(workgroup_id) wg: vec3<u32>) {
     let lane = l.lid % GL;
     for (var eb = 0u; eb < e_n; eb += NG * R) {
         let r0 = eb + (l.lid / GL) * R;
-        let acc = logit_rows(l, xb, scale, 0u, p.hidden / 8u, r0, Unit(), false);
+        let acc = logit_rows(l, xb, scale, 0u, p.hidden / 8u, r0);
         if lane == 0u {
             for (var r = 0u; r < R; r++) {
                 if r0 + r < e_n {
