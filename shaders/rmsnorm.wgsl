@@ -23,6 +23,18 @@ const UNROLL: u32 = 4u;
 const NV: u32 = 1u;
 #include "common/reduce.wgsl"
 
+// Values i0, i0 + WG, ... (UNROLL of them, 0 past the row) of the row at xb, their loads in flight
+// together: a loop of one load a trip waits out each in turn (12 for a 2880-wide row). Sums over
+// them run in the order a one-value loop would take.
+fn lane_values(xb: u32, i0: u32) -> array<f32, UNROLL> {
+    var v: array<f32, UNROLL>;
+    for (var u = 0u; u < UNROLL; u++) {
+        let i = i0 + u * WG;
+        v[u] = select(0.0, x[xb + min(i, p.n - 1u)], i < p.n);
+    }
+    return v;
+}
+
 @compute @workgroup_size(WG)
 fn main(lanes: Lanes, @builtin(workgroup_id) wg: vec3<u32>) {
     reduce_setup(lanes);
@@ -35,16 +47,10 @@ fn main(lanes: Lanes, @builtin(workgroup_id) wg: vec3<u32>) {
     if p.gather != 0u {
         src = rows[r];
     }
-    // UNROLL values a lane at a time, their loads in flight together (a loop of one load a trip
-    // waits out each in turn: 12 for a 2880-wide row), summed in the same order.
     let xb = src * p.n;
     var acc: array<f32, NV>;
     for (var i0 = lid; i0 < p.n; i0 += UNROLL * WG) {
-        var v: array<f32, UNROLL>;
-        for (var u = 0u; u < UNROLL; u++) {
-            let i = i0 + u * WG;
-            v[u] = select(0.0, x[xb + min(i, p.n - 1u)], i < p.n);
-        }
+        let v = lane_values(xb, i0);
         for (var u = 0u; u < UNROLL; u++) {
             acc[0] += v[u] * v[u];
         }
@@ -52,17 +58,13 @@ fn main(lanes: Lanes, @builtin(workgroup_id) wg: vec3<u32>) {
     reduce_sum(&acc);
     let scale = inverseSqrt(red[0] / f32(p.n) + p.eps);
     for (var i0 = lid; i0 < p.n; i0 += UNROLL * WG) {
-        var v: array<f32, UNROLL>;
-        var g: array<f32, UNROLL>;
+        let v = lane_values(xb, i0);
         for (var u = 0u; u < UNROLL; u++) {
-            let i = min(i0 + u * WG, p.n - 1u);
-            v[u] = x[xb + i];
-            g[u] = w[i];
-        }
-        for (var u = 0u; u < UNROLL; u++) {
+            // The gain loaded unconditionally (clamped), so its loads need not wait on the test.
             let i = i0 + u * WG;
+            let gain = w[min(i, p.n - 1u)];
             if i < p.n {
-                out[r * p.n + i] = g[u] * (v[u] * scale);
+                out[r * p.n + i] = gain * (v[u] * scale);
             }
         }
     }
