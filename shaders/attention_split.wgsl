@@ -17,11 +17,16 @@
 // a merge).
 // SPLIT's extra bindings: sinks [NH] f32, out [T, NH * D] f32.
 // MERGE: Bindings part, sinks [NH] f32, out [T, NH * D] f32. Grid: (NH, T); lane i is dim i.
-// ONE_HEAD (SPLIT): a workgroup takes one query head (grid (NH, T * splits)), for passes of at
-// most ONE_HEAD_MAX_SPANS spans in all (tokens times splits): each key is then read by G
-// workgroups, but each carries one head's scores, reductions and sums instead of G's.
-// Limits: D <= WG, G <= MAX_G, D a multiple of 4. Variants: SPLIT (with ONE_HEAD or not, and
-// WHOLE_WINDOW or not) or MERGE, KV_F16, SUBGROUPS (SPLIT's reductions in registers).
+//   Each span's max and sum are staged in workgroup memory once, then a lane has MERGE_LOADS
+//   spans' outputs in flight at a time, added in span order (at 8k keys, 64 spans: 169 -> 147
+//   us a step on the H200, PERF.md v0.26).
+// FEW_HEADS (SPLIT): a workgroup takes one query head, or two with TWO_HEADS (grid (NH / HG,
+// T * splits)), for passes of few spans in all (tokens times splits, ONE_HEAD_MAX_SPANS and
+// TWO_HEADS_MAX_SPANS): each key is then read by G / HG workgroups, but each carries HG heads'
+// scores, reductions and sums instead of G's.
+// Limits: D <= WG, G <= MAX_G, D a multiple of 4, HG dividing G. Variants: SPLIT (with
+// FEW_HEADS, and TWO_HEADS, or not; WHOLE_WINDOW or not) or MERGE, KV_F16, SUBGROUPS (SPLIT's
+// reductions in registers).
 #ifdef SPLIT
 #include "common/kv_table.wgsl"
 #endif
@@ -40,17 +45,24 @@ const MAX_G: u32 = 8u;
 // ones attention.wgsl's query tiles (H200, batch 64: 2.96 -> 1.80 ms of attention a step).
 const MAX_TOKENS: u32 = 64u;
 // A workgroup takes one query head, not its KV head's group, when a pass's tokens times spans
-// are at most this many (the Rust side reads this line): then the grouped workgroups are few and
-// each carries G heads through every phase serially (batch 1, PERF.md v0.18); with more, reading
-// each key once per group wins (batch 32: 1.03 -> 0.91 ms a step, v0.20).
+// are at most ONE_HEAD_MAX_SPANS, and two heads up to TWO_HEADS_MAX_SPANS (the Rust side reads
+// these lines): with few spans the grouped workgroups are few and each carries G heads through
+// every phase serially (batch 1, PERF.md v0.18); two heads a workgroup halve the times each key
+// is read (batch 8: 617 -> 355 us a step, v0.26); with many, reading each key once per group
+// wins (batch 32: 1.03 -> 0.91 ms a step against one head, v0.20).
 const ONE_HEAD_MAX_SPANS: u32 = 4u;
+const TWO_HEADS_MAX_SPANS: u32 = 64u;
 // Lanes per workgroup, a chunk of keys at a time (the Rust side reads these lines: D <= both). One
 // head's workgroup takes 128 keys a chunk (a window layer's keys in one round; H200 batch 1 2.87
 // -> 2.79 ms a step), a group's 64 (128 there: batch 32 attention 775 -> 1263 us a step).
 const HEAD_WG: u32 = 128u;
 const GROUP_WG: u32 = 64u;
-#ifdef ONE_HEAD
+#ifdef FEW_HEADS
+#ifdef TWO_HEADS
+const HG: u32 = 2u;
+#else
 const HG: u32 = 1u;
+#endif
 const WG: u32 = HEAD_WG;
 #else
 const HG: u32 = MAX_G;
@@ -137,9 +149,9 @@ fn reduce_heads(v: array<f32, HG>, l: Lanes, use_max: bool) -> array<f32, HG> {
 @compute @workgroup_size(WG)
 fn split(lanes: Lanes, @builtin(workgroup_id) wg: vec3<u32>) {
     let lid = lanes.lid;
-#ifdef ONE_HEAD
-    let h0 = wg.x;
-    let gn = 1u;
+#ifdef FEW_HEADS
+    let h0 = wg.x * HG;
+    let gn = HG;
     let kvh = h0 / (p.n_heads / p.n_kv);
 #else
     let kvh = wg.x;
@@ -312,26 +324,52 @@ fn split(lanes: Lanes, @builtin(workgroup_id) wg: vec3<u32>) {
 @group(0) @binding(3) var<storage, read> sinks: array<f32>;
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;
 
+// A span's max and sum, staged once for all the lanes.
+var<workgroup> span_m: array<f32, MAX_SPLITS>;
+var<workgroup> span_l: array<f32, MAX_SPLITS>;
+// Spans whose outputs a lane loads at once.
+const MERGE_LOADS: u32 = 8u;
+
 @compute @workgroup_size(WG)
 fn merge(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>) {
     let h = wg.x;
     let t = wg.y;
     let d = p.head_dim;
-    if t >= step.tokens || lid >= d {
+    if t >= step.tokens {
         return;
     }
+    let splits = step.splits;
     let base = (t * p.n_heads + h) * MAX_SPLITS * (d + 2u);
+    for (var c = lid; c < splits; c += WG) {
+        span_m[c] = part[base + c * (d + 2u) + d];
+        span_l[c] = part[base + c * (d + 2u) + d + 1u];
+    }
+    workgroupBarrier();
+    if lid >= d {
+        return;
+    }
     var mx = sinks[h];
-    for (var c = 0u; c < step.splits; c++) {
-        mx = max(mx, part[base + c * (d + 2u) + d]);
+    for (var c = 0u; c < splits; c++) {
+        mx = max(mx, span_m[c]);
     }
     var den = exp(sinks[h] - mx);
     var o = 0.0;
-    for (var c = 0u; c < step.splits; c++) {
-        let pc = base + c * (d + 2u);
-        let w = exp(part[pc + d] - mx);
-        den += w * part[pc + d + 1u];
-        o += w * part[pc + lid];
+    // MERGE_LOADS spans' outputs in flight, then added in span order.
+    for (var c0 = 0u; c0 < splits; c0 += MERGE_LOADS) {
+        var po: array<f32, MERGE_LOADS>;
+        for (var u = 0u; u < MERGE_LOADS; u++) {
+            if c0 + u < splits {
+                po[u] = part[base + (c0 + u) * (d + 2u) + lid];
+            }
+        }
+        for (var u = 0u; u < MERGE_LOADS; u++) {
+            let c = c0 + u;
+            if c < splits {
+                let w = exp(span_m[c] - mx);
+                den += w * span_l[c];
+                o += w * po[u];
+            }
+        }
     }
     out[t * p.n_heads * d + h * d + lid] = o / den;
 }

@@ -45,6 +45,8 @@ pub struct Report {
     pub wide_decode_kernels_us: Vec<(String, f64)>,
     /// The same for one decode step of every batch size of --batches above 1.
     pub batch_kernels_us: Vec<(u32, Vec<(String, f64)>)>,
+    /// The same for one batch-1 decode step at each context of --contexts.
+    pub context_kernels_us: Vec<(u32, Vec<(String, f64)>)>,
     pub prefill_kernels_us: Vec<(String, f64)>,
     /// Every dispatch of one decode step, in order (label, microseconds).
     pub decode_dispatches_us: Vec<(String, f64)>,
@@ -222,6 +224,7 @@ pub fn run(
         batch_decode_kernels_us: Vec::new(),
         wide_decode_kernels_us: Vec::new(),
         batch_kernels_us: Vec::new(),
+        context_kernels_us: Vec::new(),
         prefill_kernels_us: Vec::new(),
         decode_dispatches_us: Vec::new(),
         decode_kernel_bytes: Vec::new(),
@@ -294,6 +297,15 @@ pub fn run(
             r.tok_s, r.ms_per_step
         ));
         report.decode.push(r);
+        let at = [TokenInfo::new(1, c, 0)];
+        let profile = pollster::block_on(model.profile(&Batch {
+            tokens: &at,
+            outputs: &[0],
+            sampling: &greedy(1),
+        }))?;
+        report
+            .context_kernels_us
+            .push((c, per_family(&profile.unwrap_or_default())));
     }
     let one = [TokenInfo::new(1, ctx, 0)];
     let decode = pollster::block_on(model.profile(&Batch {

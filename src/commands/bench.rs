@@ -95,6 +95,19 @@ pub(crate) fn bench(a: &BenchArgs) -> Result<()> {
             println!("{line}");
         }
     }
+    // At long contexts only attention's share grows: its kernels and the step's total.
+    for (c, k) in &report.context_kernels_us {
+        let total: f64 = k.iter().map(|x| x.1).sum();
+        let attn: Vec<String> = k
+            .iter()
+            .filter(|(f, _)| f.starts_with("attention"))
+            .map(|(f, us)| format!("{f} {us:.1} us"))
+            .collect();
+        println!(
+            "GPU time per decode step at context {c}: {total:.0} us ({})",
+            attn.join(", ")
+        );
+    }
     if let Some(p) = &a.json {
         std::fs::write(p, serde_json::to_string_pretty(&report)?)
             .with_context(|| p.display().to_string())?;

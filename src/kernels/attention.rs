@@ -142,15 +142,28 @@ pub(crate) fn build(
         } else {
             Count::TokenSplits
         };
-        // A workgroup per query head for passes of few spans in all, per KV head beyond.
-        let one_head_max = wgsl_const("attention_split.wgsl", "ONE_HEAD_MAX_SPANS")?;
-        for (one_head, x, range) in [
-            (true, p.n_heads, 1..=one_head_max),
-            (false, p.n_kv, one_head_max + 1..=u32::MAX),
+        // A workgroup per query head for passes of few spans in all, per two heads for more
+        // (where a group's heads pair up), per KV head beyond.
+        let c = |name| wgsl_const("attention_split.wgsl", name);
+        let pairs = (p.n_heads / p.n_kv).is_multiple_of(2);
+        let two_max = c("TWO_HEADS_MAX_SPANS")?;
+        let one_max = if pairs {
+            c("ONE_HEAD_MAX_SPANS")?.min(two_max)
+        } else {
+            two_max
+        };
+        for (heads, x, range) in [
+            (1, p.n_heads, 1..=one_max),
+            (2, p.n_heads / 2, one_max + 1..=two_max),
+            (0, p.n_kv, two_max + 1..=u32::MAX),
         ] {
+            if range.is_empty() {
+                continue;
+            }
             let key = super::key(gpu, "attention_split.wgsl", "split")
                 .define_if("SPLIT", true)
-                .define_if("ONE_HEAD", one_head)
+                .define_if("FEW_HEADS", heads > 0)
+                .define_if("TWO_HEADS", heads == 2)
                 .define_if("WHOLE_WINDOW", whole_window)
                 .define_if("KV_F16", kv_f16);
             let grid = Grid::new(x, spans, 1);

@@ -103,14 +103,17 @@ pub fn all_variants() -> Vec<ShaderKey> {
         out.push(ShaderKey::new("rope.wgsl", "main").define_if("KV_F16", f16));
         out.push(attention::prefill_key("main", f16));
         out.push(attention::prefill_key("tiled", f16));
-        for (sg, one_head) in [(false, false), (false, true), (true, false), (true, true)] {
-            out.push(
-                ShaderKey::new("attention_split.wgsl", "split")
-                    .define_if("SPLIT", true)
-                    .define_if("ONE_HEAD", one_head)
-                    .define_if("KV_F16", f16)
-                    .define_if("SUBGROUPS", sg),
-            );
+        for sg in [false, true] {
+            for heads in [0, 1, 2] {
+                out.push(
+                    ShaderKey::new("attention_split.wgsl", "split")
+                        .define_if("SPLIT", true)
+                        .define_if("FEW_HEADS", heads > 0)
+                        .define_if("TWO_HEADS", heads == 2)
+                        .define_if("KV_F16", f16)
+                        .define_if("SUBGROUPS", sg),
+                );
+            }
         }
     }
     out.push(attention::prefill_key("coop", true));
