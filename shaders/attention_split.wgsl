@@ -47,9 +47,10 @@ const MAX_TOKENS: u32 = 64u;
 // A workgroup takes one query head, not its KV head's group, when a pass's tokens times spans
 // are at most ONE_HEAD_MAX_SPANS, and two heads up to TWO_HEADS_MAX_SPANS (the Rust side reads
 // these lines): with few spans the grouped workgroups are few and each carries G heads through
-// every phase serially (batch 1, PERF.md v0.18); two heads a workgroup halve the times each key
-// is read (batch 8: 617 -> 355 us a step, v0.26); with many, reading each key once per group
-// wins (batch 32: 1.03 -> 0.91 ms a step against one head, v0.20).
+// every phase serially (batch 1, PERF.md v0.18); two heads a workgroup read each key half as
+// often as one head does and carry a quarter of a group's serial work (batch 8: 625 -> 365 us a
+// step against the group, v0.26); with many spans, reading each key once per group wins (batch
+// 32: 1.03 -> 0.91 ms a step against one head, v0.20).
 const ONE_HEAD_MAX_SPANS: u32 = 4u;
 const TWO_HEADS_MAX_SPANS: u32 = 64u;
 // Lanes per workgroup, a chunk of keys at a time (the Rust side reads these lines: D <= both). One
