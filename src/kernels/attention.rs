@@ -153,19 +153,15 @@ pub(crate) fn build(
             two_max
         };
         for (heads, x, range) in [
-            (1, p.n_heads, 1..=one_max),
-            (2, p.n_heads / 2, one_max + 1..=two_max),
-            (0, p.n_kv, two_max + 1..=u32::MAX),
+            (SplitHeads::One, p.n_heads, 1..=one_max),
+            (SplitHeads::Two, p.n_heads / 2, one_max + 1..=two_max),
+            (SplitHeads::Group, p.n_kv, two_max + 1..=u32::MAX),
         ] {
             if range.is_empty() {
                 continue;
             }
-            let key = super::key(gpu, "attention_split.wgsl", "split")
-                .define_if("SPLIT", true)
-                .define_if("FEW_HEADS", heads > 0)
-                .define_if("TWO_HEADS", heads == 2)
-                .define_if("WHOLE_WINDOW", whole_window)
-                .define_if("KV_F16", kv_f16);
+            let key = split_key(heads, kv_f16, gpu.caps.subgroups)
+                .define_if("WHOLE_WINDOW", whole_window);
             let grid = Grid::new(x, spans, 1);
             out.push(
                 Dispatch::new(gpu, &key, step, params, &bufs, grid)?
@@ -213,6 +209,25 @@ pub(crate) fn build(
 
 /// The shader of a prefill entry of attention.wgsl (main, tiled or coop; the validation sweep
 /// takes them from here).
+/// How many query heads a split-attention workgroup takes.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum SplitHeads {
+    One,
+    Two,
+    /// All G heads of its KV head.
+    Group,
+}
+
+/// The split kernel's key for `heads` a workgroup (WHOLE_WINDOW is the caller's to add).
+pub(crate) fn split_key(heads: SplitHeads, kv_f16: bool, subgroups: bool) -> ShaderKey {
+    ShaderKey::new("attention_split.wgsl", "split")
+        .define_if("SPLIT", true)
+        .define_if("FEW_HEADS", !matches!(heads, SplitHeads::Group))
+        .define_if("TWO_HEADS", matches!(heads, SplitHeads::Two))
+        .define_if("KV_F16", kv_f16)
+        .define_if("SUBGROUPS", subgroups)
+}
+
 pub(crate) fn prefill_key(entry: &'static str, kv_f16: bool) -> ShaderKey {
     ShaderKey::new("attention.wgsl", entry)
         .define_if("KV_F16", kv_f16)

@@ -104,15 +104,12 @@ pub fn all_variants() -> Vec<ShaderKey> {
         out.push(attention::prefill_key("main", f16));
         out.push(attention::prefill_key("tiled", f16));
         for sg in [false, true] {
-            for heads in [0, 1, 2] {
-                out.push(
-                    ShaderKey::new("attention_split.wgsl", "split")
-                        .define_if("SPLIT", true)
-                        .define_if("FEW_HEADS", heads > 0)
-                        .define_if("TWO_HEADS", heads == 2)
-                        .define_if("KV_F16", f16)
-                        .define_if("SUBGROUPS", sg),
-                );
+            for heads in [
+                attention::SplitHeads::One,
+                attention::SplitHeads::Two,
+                attention::SplitHeads::Group,
+            ] {
+                out.push(attention::split_key(heads, f16, sg));
             }
         }
     }
