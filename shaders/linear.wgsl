@@ -2,6 +2,9 @@
 enable f16;
 enable wgpu_cooperative_matrix;
 #endif
+#ifdef ROPE
+#include "common/kv.wgsl"
+#endif
 // Dense layer with bf16 weights: y[t, row_start + r] (+)= sum_k x[t, k] * W[r, k] + bias[row_start + r],
 // for passes above the matrix-vector kernel's (linear_vec.wgsl). Bindings: x [count, k] f32, W rows
 // [rows, k] bf16 (this buffer's part of the matrix), bias [n_out] f32, y [count, n_out] f32.
@@ -21,7 +24,11 @@ enable wgpu_cooperative_matrix;
 // With SPLIT_K the tile entries cut k into p.splits ranges of p.split_units 8-input units
 // (grid z), each writing its sums to part [count, splits, n_out] (binding 4, in place of bias
 // and y); sum_splits (SPLIT_SUM) then adds a token's ranges in order and stores as the others
-// do. Bindings: part, bias, y. Grid: (ceil(n_out / SUM_WG), count).
+// do. Bindings: part, bias, y. Grid: (ceil(n_out / SUM_WG), count). With ROPE (the q/k/v
+// projection) a thread takes a rotation pair (i, i + D/2) of a head instead of a column, and
+// rotates and stores it as rope.wgsl would (q into y, k and v into the cache: no rope dispatch
+// for decode batches). Extra bindings: tokens, table, k_cache, v_cache. Grid: (ceil(n_out / 2 /
+// SUM_WG), count).
 // Each entry gives a token the same sums in the same order whatever else is in the pass. TILES
 // gives the two tile entries their bindings (8 values per load) and shared tile helpers.
 #include "common/step.wgsl"
@@ -32,6 +39,13 @@ enable wgpu_cooperative_matrix;
 @group(0) @binding(2) var<storage, read> part: array<f32>;
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
 @group(0) @binding(4) var<storage, read_write> y: array<f32>;
+#ifdef ROPE
+@group(0) @binding(5) var<storage, read> tokens: array<TokenInfo>;
+@group(0) @binding(6) var<storage, read> table: array<vec2<f32>>;
+@group(0) @binding(7) var<storage, read_write> k_cache: array<kv>;
+@group(0) @binding(8) var<storage, read_write> v_cache: array<kv>;
+#include "common/rope.wgsl"
+#endif
 #else
 #ifdef TILES
 @group(0) @binding(2) var<storage, read> x: array<vec4<f32>>;
@@ -55,18 +69,44 @@ enable wgpu_cooperative_matrix;
 const SUM_WG: u32 = 64u;
 
 #ifdef SPLIT_SUM
-@compute @workgroup_size(SUM_WG)
-fn sum_splits(@builtin(global_invocation_id) id: vec3<u32>) {
-    let col = id.x;
-    let t = id.y;
-    if col >= p.n_out || t >= step_count(p.count_which) {
-        return;
-    }
+// Token t's sum of column col over the k ranges, in range order.
+fn split_sum(t: u32, col: u32) -> f32 {
     var sum = 0.0;
     for (var z = 0u; z < p.splits; z++) {
         sum += part[(t * p.splits + z) * p.n_out + col];
     }
-    store_out(t, col, sum);
+    return sum;
+}
+
+@compute @workgroup_size(SUM_WG)
+fn sum_splits(@builtin(global_invocation_id) id: vec3<u32>) {
+    let t = id.y;
+    if t >= step_count(p.count_which) {
+        return;
+    }
+#ifdef ROPE
+    let half = p.head_dim / 2u;
+    let head = id.x / half;
+    let i = id.x % half;
+    let col = head * p.head_dim + i;
+    if col >= p.n_out {
+        return;
+    }
+    var x = vec2<f32>(split_sum(t, col), split_sum(t, col + half));
+    if p.has_bias != 0u {
+        x += vec2<f32>(bias[col], bias[col + half]);
+    }
+    let o = rope_pair(tokens[t], head, i, x);
+    if head < p.n_heads {
+        y[t * p.n_out + col] = o.x;
+        y[t * p.n_out + col + half] = o.y;
+    }
+#else
+    let col = id.x;
+    if col < p.n_out {
+        store_out(t, col, split_sum(t, col));
+    }
+#endif
 }
 #endif
 

@@ -12,7 +12,7 @@
 // per-layer matrix spreads over thousands of short workgroups: at batch 1 a workgroup's serial
 // latency, not the bandwidth, is what costs (PERF.md v0.9 to v0.11).
 // ROPE (the q/k/v projection, with NORM): the four rows of a workgroup are two rotation pairs
-// (i, i + D/2) of one head, so the epilogue applies RoPE (as rope.wgsl does) and stores q into y
+// (i, i + D/2) of one head, so the epilogue applies RoPE (common/rope.wgsl) and stores q into y
 // and k, v straight into the KV cache at each token's slot: no separate rope dispatch at decode.
 // Extra bindings: tokens [count], table [max_pos, D/2] (cos, sin), k_cache, v_cache
 // (common/kv.wgsl). The buffer's rows start at a head boundary.
@@ -38,6 +38,7 @@
 @group(0) @binding(8) var<storage, read> table: array<vec2<f32>>;
 @group(0) @binding(9) var<storage, read_write> k_cache: array<kv>;
 @group(0) @binding(10) var<storage, read_write> v_cache: array<kv>;
+#include "common/rope.wgsl"
 #endif
 
 // Rows per workgroup, one token and MULTI (the Rust side reads these lines to size the grid):
@@ -193,29 +194,11 @@ fn rope_store(t0: u32, n_tok: u32, r0: u32, acc: array<f32, NSUM>, lane: u32, gr
         let col = p.row_start + row;
         let t = t0 + tq;
         let d = p.head_dim;
-        let head = col / d;
-        let i = col % d;
-        let x1 = pair_v[grp * NSUM + lane];
-        let x2 = pair_v[(grp + 1u) * NSUM + lane];
-        let tok = tokens[t];
-        var o1 = x1;
-        var o2 = x2;
-        if head < p.n_heads + p.n_kv {
-            let cs = table[tok.pos * (d / 2u) + i];
-            o1 = x1 * cs.x - x2 * cs.y;
-            o2 = x2 * cs.x + x1 * cs.y;
-        }
-        if head < p.n_heads {
-            y[t * p.n_out + col] = o1;
-            y[t * p.n_out + col + d / 2u] = o2;
-        } else if head < p.n_heads + p.n_kv {
-            let c = kv_at_slot(tok.kv_slot[p.kv_kind], head - p.n_heads) + i;
-            k_cache[c] = kv(o1);
-            k_cache[c + d / 2u] = kv(o2);
-        } else {
-            let c = kv_at_slot(tok.kv_slot[p.kv_kind], head - p.n_heads - p.n_kv) + i;
-            v_cache[c] = kv(o1);
-            v_cache[c + d / 2u] = kv(o2);
+        let x = vec2<f32>(pair_v[grp * NSUM + lane], pair_v[(grp + 1u) * NSUM + lane]);
+        let o = rope_pair(tokens[t], col / d, col % d, x);
+        if col / d < p.n_heads {
+            y[t * p.n_out + col] = o.x;
+            y[t * p.n_out + col + d / 2u] = o.y;
         }
     }
     workgroupBarrier();

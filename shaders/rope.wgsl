@@ -21,6 +21,7 @@ struct Params {
 @group(0) @binding(4) var<storage, read_write> qkv: array<f32>;
 @group(0) @binding(5) var<storage, read_write> k_cache: array<kv>;
 @group(0) @binding(6) var<storage, read_write> v_cache: array<kv>;
+#include "common/rope.wgsl"
 
 // One workgroup per token: 256 threads cover the heads of a decode step in a few passes.
 const WG: u32 = 256u;
@@ -34,29 +35,15 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: ve
     let tok = tokens[t];
     let d = p.head_dim;
     let half = d / 2u;
-    let stride = (p.n_heads + 2u * p.n_kv) * d;
-    let base = t * stride;
-    let slot = tok.kv_slot[p.kv_kind];
-    for (var idx = lid; idx < (p.n_heads + p.n_kv) * half; idx += WG) {
+    let base = t * (p.n_heads + 2u * p.n_kv) * d;
+    for (var idx = lid; idx < (p.n_heads + 2u * p.n_kv) * half; idx += WG) {
         let head = idx / half;
         let i = idx % half;
-        let cs = table[tok.pos * half + i];
-        let off = base + head * d;
-        let x1 = qkv[off + i];
-        let x2 = qkv[off + i + half];
-        let o1 = x1 * cs.x - x2 * cs.y;
-        let o2 = x2 * cs.x + x1 * cs.y;
+        let off = base + head * d + i;
+        let o = rope_pair(tok, head, i, vec2<f32>(qkv[off], qkv[off + half]));
         if head < p.n_heads {
-            qkv[off + i] = o1;
-            qkv[off + i + half] = o2;
-        } else {
-            let c = kv_at_slot(slot, head - p.n_heads);
-            k_cache[c + i] = kv(o1);
-            k_cache[c + i + half] = kv(o2);
+            qkv[off] = o.x;
+            qkv[off + half] = o.y;
         }
-    }
-    let v_off = base + (p.n_heads + p.n_kv) * d;
-    for (var i = lid; i < p.n_kv * d; i += WG) {
-        v_cache[kv_at_slot(slot, i / d) + i % d] = kv(qkv[v_off + i]);
     }
 }

@@ -24,6 +24,7 @@ const SOURCES: &[(&str, &str)] = embed_wgsl![
     "common/mxfp4.wgsl",
     "common/kv.wgsl",
     "common/kv_table.wgsl",
+    "common/rope.wgsl",
     "common/token_tile.wgsl",
     "common/lanes.wgsl",
     "common/row_group.wgsl",

@@ -5,6 +5,7 @@
 use crate::error::{Error, Result};
 use crate::gpu::shader::wgsl_const;
 use crate::gpu::{Count, Dispatch, Gpu, Grid, ShaderKey, Split};
+use crate::kernels::rope::{self, Rope};
 
 /// The RMSNorm a projection's input goes through first: in = RMSNorm(x) * w.
 pub struct NormInput<'a> {
@@ -86,8 +87,9 @@ pub struct Linear<'a> {
     /// rmsnorm dispatch that the caller runs only for passes above `vec_max_tokens`), and the
     /// vector path reads norm.x and normalizes it itself.
     pub norm: Option<NormInput<'a>>,
-    /// The q/k/v projection at decode: rotate q and k and write k, v into the cache in the
-    /// epilogue (the vector path only; the tiled path leaves that to rope.wgsl).
+    /// The q/k/v projection (y holds q, k, v of each token's heads): rotate q and k and write k,
+    /// v into the cache, in the vector kernel's epilogue and the k ranges' sums where they can,
+    /// else by a rope.wgsl dispatch after the projection (prefill's whole tiles).
     pub rope: Option<RopeOutput<'a>>,
     /// Passes above the vector kernel's on the tensor cores where k is a multiple of 32
     /// (`Caps::coop` must hold): f16 inputs, f32 sums.
@@ -111,12 +113,47 @@ pub struct RopeOutput<'a> {
     pub kv_f16: bool,
 }
 
-/// Whether the q/k/v projection can rotate and store k, v itself (`RopeOutput`) for this head dim
-/// on this device: its rows pair up within a workgroup, and it binds nine storage buffers.
-pub fn fuses_rope(gpu: &Gpu, head_dim: u32) -> Result<bool> {
+/// Whether the vector kernel can rotate and store k, v itself (`RopeOutput`) for `l`: its rows
+/// pair up within a workgroup (head dim a multiple of its rows, weight buffers cut at heads),
+/// it normalizes its input, and the device binds its nine storage buffers.
+fn vec_fuses_rope(gpu: &Gpu, l: &Linear, r: &RopeOutput) -> Result<bool> {
     let rows =
         wgsl_const("linear_vec.wgsl", "ROWS")?.max(wgsl_const("linear_vec.wgsl", "MULTI_ROWS")?);
-    Ok(head_dim.is_multiple_of(rows) && gpu.caps.storage_buffers >= 9)
+    let d = r.head_dim;
+    let aligned =
+        l.w.chunks
+            .iter()
+            .all(|c| c.start % d == 0 && c.count % d == 0);
+    Ok(d.is_multiple_of(rows) && aligned && l.norm.is_some() && gpu.caps.storage_buffers >= 9)
+}
+
+/// The rotation and cache write by rope.wgsl after the projection, for the passes of `counts`.
+fn rope_after(
+    gpu: &Gpu,
+    step: &wgpu::Buffer,
+    l: &Linear,
+    r: &RopeOutput,
+    counts: std::ops::RangeInclusive<u32>,
+) -> Result<Dispatch> {
+    let a = Rope {
+        tokens: r.tokens,
+        table: r.table,
+        qkv: l.y,
+        k_cache: r.k_cache,
+        v_cache: r.v_cache,
+    };
+    Ok(rope::build(gpu, step, &a, r.params(), r.kv_f16)?.only_for(l.count, counts))
+}
+
+impl RopeOutput<'_> {
+    fn params(&self) -> rope::Params {
+        rope::Params {
+            n_heads: self.n_heads,
+            n_kv: self.n_kv,
+            head_dim: self.head_dim,
+            kv_kind: self.kv_kind,
+        }
+    }
 }
 
 /// The largest pass that runs the vector kernel for input width k: linear.wgsl's
@@ -233,12 +270,17 @@ pub(crate) fn coop_key(narrow: bool) -> ShaderKey {
         .define_if("SPLIT_INPUTS", true)
 }
 
-/// Adds the k ranges' sums (one variant; the validation sweep takes it from here).
-pub(crate) fn sum_splits_key() -> ShaderKey {
-    ShaderKey::new("linear.wgsl", "sum_splits").define_if("SPLIT_SUM", true)
+/// Adds the k ranges' sums; with `rope` (Some(kv_f16)) rotates q, k and stores k, v too (the
+/// validation sweep takes the variants from here).
+pub(crate) fn sum_splits_key(rope: Option<bool>) -> ShaderKey {
+    ShaderKey::new("linear.wgsl", "sum_splits")
+        .define_if("SPLIT_SUM", true)
+        .define_if("ROPE", rope.is_some())
+        .define_if("KV_F16", rope == Some(true))
 }
 
-/// One dispatch per weight buffer and kernel.
+/// One dispatch per weight buffer and kernel (and with `rope`, the rotation's where a kernel
+/// does not do it itself).
 pub fn build(gpu: &Gpu, step: &wgpu::Buffer, l: &Linear) -> Result<Vec<Dispatch>> {
     let vec_max = vec_max_tokens(l.k, l.coop)?;
     let mut out = if vec_max > 0 {
@@ -250,12 +292,21 @@ pub fn build(gpu: &Gpu, step: &wgpu::Buffer, l: &Linear) -> Result<Vec<Dispatch>
     Ok(out)
 }
 
-/// The weight buffers must cover the n_out rows; the tiled kernel reads inputs in pairs.
+/// The weight buffers must cover the n_out rows; the tiled kernel reads inputs in pairs; a
+/// rotated projection's rows are its heads'.
 fn check(l: &Linear) -> Result<()> {
     if !l.k.is_multiple_of(2) {
         return Err(Error::Unsupported(format!(
             "linear input width {} must be even",
             l.k
+        )));
+    }
+    if let Some(r) = &l.rope
+        && (!r.head_dim.is_multiple_of(2) || (r.n_heads + 2 * r.n_kv) * r.head_dim != l.n_out)
+    {
+        return Err(Error::Unsupported(format!(
+            "RoPE over {} outputs of {} + 2 x {} heads of {} dims (an even head dim)",
+            l.n_out, r.n_heads, r.n_kv, r.head_dim
         )));
     }
     let covered: u32 = l.w.chunks.iter().map(|c| c.count).sum();
@@ -329,6 +380,9 @@ fn build_entry(
                 .only_for(l.count, whole.clone()),
         );
     }
+    if let Some(r) = &l.rope {
+        out.push(rope_after(gpu, step, l, r, whole)?);
+    }
     Ok(out)
 }
 
@@ -359,22 +413,32 @@ fn build_split(
             grid,
         )?);
     }
-    // One sum over all the buffers' rows (a missing bias binds part, unread).
+    // One sum over all the buffers' rows (a missing bias binds part, unread); a thread a column,
+    // or with RoPE a rotation pair (seven storage buffers: WebGPU promises eight).
     let p = Params::new(l, &l.w.chunks[0]).cut(split);
-    let bufs = [part, l.bias.unwrap_or(part), l.y];
+    let mut bufs = vec![part, l.bias.unwrap_or(part), l.y];
+    let mut threads = l.n_out;
+    let rope = l.rope.as_ref().filter(|_| gpu.caps.storage_buffers >= 7);
+    if let Some(r) = rope {
+        bufs.extend([r.tokens, r.table, r.k_cache, r.v_cache]);
+        threads = l.n_out / 2;
+    }
     let grid = Grid::new(
-        l.n_out.div_ceil(wgsl_const("linear.wgsl", "SUM_WG")?),
+        threads.div_ceil(wgsl_const("linear.wgsl", "SUM_WG")?),
         l.count,
         1,
     );
     out.push(Dispatch::new(
         gpu,
-        &sum_splits_key(),
+        &sum_splits_key(rope.map(|r| r.kv_f16)),
         step,
         bytemuck::bytes_of(&p),
         &bufs,
         grid,
     )?);
+    if let Some(r) = l.rope.as_ref().filter(|_| rope.is_none()) {
+        out.push(rope_after(gpu, step, l, r, 1..=u32::MAX)?);
+    }
     Ok(out)
 }
 
@@ -399,6 +463,9 @@ fn build_main(gpu: &Gpu, step: &wgpu::Buffer, l: &Linear, vec_max: u32) -> Resul
                 .only_for(l.count, (vec_max + 1).max(2)..=u32::MAX),
         );
     }
+    if let Some(r) = &l.rope {
+        out.push(rope_after(gpu, step, l, r, vec_max + 1..=u32::MAX)?);
+    }
     Ok(out)
 }
 
@@ -416,29 +483,21 @@ pub fn build_vec(
             l.k
         )));
     }
+    // The rotation in the epilogue where it can be, else after (`rope` then only for that).
+    let fused = match &l.rope {
+        Some(r) => vec_fuses_rope(gpu, l, r)?,
+        None => false,
+    };
+    let rope = l.rope.as_ref().filter(|_| fused);
     let key = super::row_group_key(gpu, "linear_vec.wgsl", "main")
         .define_if("NORM", l.norm.is_some())
-        .define_if("ROPE", l.rope.is_some())
-        .define_if("KV_F16", l.rope.as_ref().is_some_and(|r| r.kv_f16));
+        .define_if("ROPE", fused)
+        .define_if("KV_F16", rope.is_some_and(|r| r.kv_f16));
     let rows_per_wg = wgsl_const("linear_vec.wgsl", "ROWS")?;
     let multi_rows = wgsl_const("linear_vec.wgsl", "MULTI_ROWS")?;
     // Each MULTI workgroup serves this many tokens.
     let max_t = wgsl_const("linear_vec.wgsl", "MAX_T")?;
     let multi = key.clone().define_if("MULTI", true);
-    if let Some(r) = &l.rope {
-        // The epilogue pairs rows i and i + D/2 of a head within one workgroup.
-        let aligned =
-            l.w.chunks
-                .iter()
-                .all(|c| c.start % r.head_dim == 0 && c.count % r.head_dim == 0);
-        if l.norm.is_none() || r.head_dim % rows_per_wg.max(multi_rows) != 0 || !aligned {
-            return Err(Error::Unsupported(format!(
-                "fused RoPE needs the norm, head dim a multiple of {} and weight buffers cut at heads (head dim {})",
-                rows_per_wg.max(multi_rows),
-                r.head_dim
-            )));
-        }
-    }
     let mut out = Vec::new();
     for c in &l.w.chunks {
         let p = Params::new(l, c);
@@ -448,7 +507,7 @@ pub fn build_vec(
             Some(n) => vec![n.x, &c.buffer, bias, l.y, n.w],
             None => vec![l.x, &c.buffer, bias, l.y],
         };
-        if let Some(r) = &l.rope {
+        if let Some(r) = rope {
             bufs.extend([r.tokens, r.table, r.k_cache, r.v_cache]);
         }
         // Workgroups stride over row blocks beyond the grid limit (lm_head has 10^5).
@@ -471,6 +530,9 @@ pub fn build_vec(
                     .only_for(l.count, many),
             );
         }
+    }
+    if let Some(r) = l.rope.as_ref().filter(|_| !fused) {
+        out.push(rope_after(gpu, step, l, r, counts)?);
     }
     Ok(out)
 }
@@ -656,30 +718,53 @@ mod tests {
         }
     }
 
-    gpu_test!(fused_rope_rotates_q_and_writes_the_cache);
-    async fn fused_rope_rotates_q_and_writes_the_cache() {
+    // The q/k/v projection with `rope`, on every path that rotates: the vector kernel's
+    // epilogue (`vec_only`: for all its passes), the k ranges' sums of the tiles (decode
+    // batches), rope.wgsl after whole tiles.
+    gpu_test!(projection_rotates_q_and_writes_the_cache);
+    async fn projection_rotates_q_and_writes_the_cache() {
         let mut rng = seeded("linear_rope");
-        for (gpu, kv_f16) in gpus()
-            .await
-            .iter()
-            .flat_map(|g| [(g, false), (g, true)])
-            .filter(|(g, f)| !f || g.caps.f16)
+        let paths = gpus().await.iter().flat_map(|g| {
+            [(false, false), (true, false), (false, true), (true, true)]
+                .map(|(f16, coop)| (g, f16, coop))
+        });
+        for (gpu, kv_f16, coop) in
+            paths.filter(|(g, f, c)| (!f || g.caps.f16) && (!c || g.caps.coop))
         {
-            // (heads, kv heads, head dim, k, heads per weight buffer, tokens)
-            for &(nh, nkv, d, k, heads_split, t) in &[
-                (4usize, 2usize, 16usize, 64usize, 3usize, 1usize),
-                (8, 2, 64, 96, 12, 5),
-                (2, 1, 32, 32, 1, 8),
+            // (heads, kv heads, head dim, k, heads per weight buffer, tokens, vector kernel only)
+            for &(nh, nkv, d, k, heads_split, t, vec_only) in &[
+                (4usize, 2usize, 16usize, 64usize, 3usize, 1usize, true),
+                (8, 2, 64, 96, 12, 5, true),
+                (2, 1, 32, 32, 1, 8, true),
                 // Several workgroup rows of tokens.
-                (2, 1, 32, 32, 1, 20),
+                (2, 1, 32, 32, 1, 20, true),
+                // Tiles: k cut into ranges (narrow and wide tensor-core tiles, the portable
+                // ones) and whole (a pass above one token tile; short k).
+                (4, 2, 16, 1024, 2, 6, false),
+                (4, 2, 16, 1024, 3, 40, false),
+                (4, 2, 16, 1024, 2, 70, false),
+                (8, 2, 64, 96, 12, 5, false),
             ] {
+                if vec_only && coop {
+                    continue;
+                }
                 let n = (nh + 2 * nkv) * d;
-                let (seqs, max_pos) = (2usize, 32usize);
-                // A paged cache of two blocks per sequence, taken in the order of `free`.
+                // Two sequences from positions below 12, in a paged cache whose blocks are
+                // taken in a shuffled order.
                 let block = crate::model::kv_cache::block_size().unwrap() as usize;
-                let free = vec![2, 0, 3, 1];
-                let mut tables =
-                    crate::model::kv_cache::BlockPool::new(2, 2, block as u32, 0, free);
+                let seqs = 2usize;
+                let per_seq = (12 + t.div_ceil(seqs)).div_ceil(block);
+                let max_pos = per_seq * block;
+                let mut free: Vec<u32> = (0..(seqs * per_seq) as u32).collect();
+                free.rotate_left(1);
+                free.reverse();
+                let mut tables = crate::model::kv_cache::BlockPool::new(
+                    seqs as u32,
+                    per_seq as u32,
+                    block as u32,
+                    0,
+                    free,
+                );
                 let x = random(&mut rng, t * k, 2.0);
                 let g = random(&mut rng, k, 1.0);
                 let (w, wb) = random_bf16(&mut rng, n * k, 0.5);
@@ -697,49 +782,54 @@ mod tests {
                     .collect();
                 let w_split = split_rows(gpu, &wb, n, k, heads_split * d);
                 let xb = gpu.upload("x", f32_bytes(&x)).unwrap();
+                // The tiles' input: RMSNorm(x) * g, written by the caller's rmsnorm dispatch.
+                let h: Vec<f32> = x.chunks(k).flat_map(|r| rmsnorm_ref(r, &g, 1e-5)).collect();
+                let hb = gpu.upload("h", f32_bytes(&h)).unwrap();
+                let part_bytes = split_sums_bytes(k as u32, n as u32, coop, t as u32).unwrap();
+                let part = gpu.storage("part", part_bytes.max(4)).unwrap();
                 let gb = gpu.upload("g", f32_bytes(&g)).unwrap();
                 let bb = gpu.upload("b", f32_bytes(&b)).unwrap();
                 let tb = gpu.upload("table", bytemuck::cast_slice(&table)).unwrap();
                 let tokb = gpu.upload("tokens", bytemuck::cast_slice(&toks)).unwrap();
                 let yb = gpu.storage("y", (t * n * 4) as u64).unwrap();
-                let pool = seqs * 2 * block * nkv * d;
+                let pool = seqs * per_seq * block * nkv * d;
                 let kv_bytes = (pool * if kv_f16 { 2 } else { 4 }) as u64;
                 let kc = gpu.storage("k", kv_bytes).unwrap();
                 let vc = gpu.storage("v", kv_bytes).unwrap();
                 let step = step_buffer(gpu);
-                let ds = build_vec(
-                    gpu,
-                    &step,
-                    &Linear {
+                let l = Linear {
+                    x: &hb,
+                    w: &w_split,
+                    bias: Some(&bb),
+                    y: &yb,
+                    k: k as u32,
+                    n_out: n as u32,
+                    count: Count::Tokens,
+                    accumulate: false,
+                    norm: Some(NormInput {
                         x: &xb,
-                        w: &w_split,
-                        bias: Some(&bb),
-                        y: &yb,
-                        k: k as u32,
-                        n_out: n as u32,
-                        count: Count::Tokens,
-                        accumulate: false,
-                        norm: Some(NormInput {
-                            x: &xb,
-                            w: &gb,
-                            eps: 1e-5,
-                        }),
-                        rope: Some(RopeOutput {
-                            tokens: &tokb,
-                            table: &tb,
-                            k_cache: &kc,
-                            v_cache: &vc,
-                            n_heads: nh as u32,
-                            n_kv: nkv as u32,
-                            head_dim: d as u32,
-                            kv_kind: 1,
-                            kv_f16,
-                        }),
-                        coop: false,
-                        split_sums: None,
-                    },
-                    1..=crate::kernels::VEC_MAX_TOKENS,
-                )
+                        w: &gb,
+                        eps: 1e-5,
+                    }),
+                    rope: Some(RopeOutput {
+                        tokens: &tokb,
+                        table: &tb,
+                        k_cache: &kc,
+                        v_cache: &vc,
+                        n_heads: nh as u32,
+                        n_kv: nkv as u32,
+                        head_dim: d as u32,
+                        kv_kind: 1,
+                        kv_f16,
+                    }),
+                    coop,
+                    split_sums: Some(&part),
+                };
+                let ds = if vec_only {
+                    build_vec(gpu, &step, &l, 1..=crate::kernels::VEC_MAX_TOKENS)
+                } else {
+                    build(gpu, &step, &l)
+                }
                 .unwrap();
                 let counts = StepCounts {
                     tokens: t as u32,
@@ -752,7 +842,6 @@ mod tests {
                     read_kv(gpu, &vc, pool, kv_f16).await,
                 );
 
-                let h: Vec<f32> = x.chunks(k).flat_map(|r| rmsnorm_ref(r, &g, 1e-5)).collect();
                 let proj = reference(&h, &w, &b, &[], k, false);
                 let (mut got, mut want) = (Vec::new(), Vec::new());
                 let (mut got_kv, mut want_kv) = (Vec::new(), Vec::new());
@@ -776,14 +865,14 @@ mod tests {
                     want_kv.extend_from_slice(&row[nh * d..]);
                 }
                 let e = nmse(&got, &want);
-                assert!(e < 1e-10, "nh={nh} d={d} t={t}: q nmse {e}");
+                assert!(e < 1e-10, "nh={nh} d={d} t={t} coop {coop}: q nmse {e}");
                 // The sums' f32 rounding differs from the reference's by an ulp or so, which
                 // can tip an f16 rounding: k and v are checked value by value.
                 if kv_f16 {
                     assert_kv_close(&got_kv, &want_kv, true);
                 } else {
                     let e = nmse(&got_kv, &want_kv);
-                    assert!(e < 1e-10, "nh={nh} d={d} t={t}: cache nmse {e}");
+                    assert!(e < 1e-10, "nh={nh} d={d} t={t} coop {coop}: cache nmse {e}");
                 }
             }
         }

@@ -92,7 +92,9 @@ pub fn all_variants() -> Vec<ShaderKey> {
         out.push(linear::coop_key(true).define_if("SPLIT_K", split));
         out.push(linear::simt_key().define_if("SPLIT_K", split));
     }
-    out.push(linear::sum_splits_key());
+    for rope in [None, Some(false), Some(true)] {
+        out.push(linear::sum_splits_key(rope));
+    }
     for coop in [false, true] {
         out.push(moe::tiled_key("gate_up", "GATE_UP", coop));
         out.push(moe::tiled_key("down", "DOWN", coop));

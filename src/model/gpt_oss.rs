@@ -16,7 +16,6 @@ use crate::kernels::embed;
 use crate::kernels::linear::{self, Linear, NormInput, RopeOutput};
 use crate::kernels::moe::{self, MoeBuffers, MoeShape, MoeWeights};
 use crate::kernels::rmsnorm::{self, RmsNorm};
-use crate::kernels::rope::{self, Rope};
 use crate::kernels::router::{self, Router};
 use crate::kernels::sample::{self, SampleParams};
 use crate::model::config::ModelConfig;
@@ -302,36 +301,26 @@ impl Graph<'_> {
             Count::Tokens,
             linear::vec_max_tokens(c.hidden, self.coop)? + 1..=u32::MAX,
         )];
-        // Decode-sized passes rotate and store k, v in the projection's epilogue (where the head
-        // dim and the device allow); larger ones run rope.wgsl after the tiled projection.
-        let fused = if linear::fuses_rope(g, c.head_dim)? {
-            linear::vec_max_tokens(c.hidden, self.coop)?
-        } else {
-            0
-        };
-        let qkv = |rope| Linear {
-            x: &a.h,
-            w: &lw.qkv,
-            bias: lw.qkv_bias.as_ref(),
-            y: &a.qkv,
-            k: c.hidden,
-            n_out: qkv_n,
-            count: Count::Tokens,
-            accumulate: false,
-            norm: Some(NormInput {
-                x: &a.x,
-                w: &lw.input_layernorm,
-                eps: c.eps,
-            }),
-            rope,
-            coop: self.coop,
-            split_sums: Some(&a.split_sums),
-        };
-        if fused > 0 {
-            ds.extend(linear::build_vec(
-                g,
-                step,
-                &qkv(Some(RopeOutput {
+        // The projection rotates q, k and stores k, v: in its epilogue at decode (the vector
+        // kernel's, or the k ranges' sums of decode batches), by rope.wgsl after prefill's tiles.
+        ds.extend(linear::build(
+            g,
+            step,
+            &Linear {
+                x: &a.h,
+                w: &lw.qkv,
+                bias: lw.qkv_bias.as_ref(),
+                y: &a.qkv,
+                k: c.hidden,
+                n_out: qkv_n,
+                count: Count::Tokens,
+                accumulate: false,
+                norm: Some(NormInput {
+                    x: &a.x,
+                    w: &lw.input_layernorm,
+                    eps: c.eps,
+                }),
+                rope: Some(RopeOutput {
                     tokens: &a.tokens,
                     table: rope_table,
                     k_cache: &cache.k,
@@ -341,34 +330,11 @@ impl Graph<'_> {
                     head_dim: c.head_dim,
                     kv_kind: kind,
                     kv_f16: self.kv_f16,
-                })),
-                1..=fused,
-            )?);
-            ds.extend(linear::build_tiled(g, step, &qkv(None), fused)?);
-        } else {
-            ds.extend(linear::build(g, step, &qkv(None))?);
-        }
-        ds.push(
-            rope::build(
-                g,
-                step,
-                &Rope {
-                    tokens: &a.tokens,
-                    table: rope_table,
-                    qkv: &a.qkv,
-                    k_cache: &cache.k,
-                    v_cache: &cache.v,
-                },
-                rope::Params {
-                    n_heads: c.heads,
-                    n_kv: c.kv_heads,
-                    head_dim: c.head_dim,
-                    kv_kind: kind,
-                },
-                self.kv_f16,
-            )?
-            .only_for(Count::Tokens, fused + 1..=u32::MAX),
-        );
+                }),
+                coop: self.coop,
+                split_sums: Some(&a.split_sums),
+            },
+        )?);
         ds.extend(attention::build(
             g,
             step,
