@@ -16,8 +16,8 @@
 // and k, v straight into the KV cache at each token's slot: no separate rope dispatch at decode.
 // Extra bindings: tokens [count], table [max_pos, D/2] (cos, sin), k_cache, v_cache
 // (common/kv.wgsl). The buffer's rows start at a head boundary.
-// Variants: SUBGROUPS, NORM, ROPE (with KV_F16), MULTI. ACCUMULATE (a parameter) adds into y,
-// the residual stream.
+// Variants: SUBGROUPS, NORM, ROPE (with KV_F16), MULTI; the `short` entry (plain or MULTI) for
+// short rows. ACCUMULATE (a parameter) adds into y, the residual stream.
 #ifdef ROPE
 #include "common/kv.wgsl"
 #endif
@@ -166,6 +166,42 @@ fn main(l: Lanes, @builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups)
             }
         }
 #endif
+    }
+}
+
+// Rows of at most SHORT_UNITS 8-weight units (a small model's lm_head: 128 inputs, 201088 rows;
+// no real gpt-oss layer is that short) take `short` instead (the Rust side reads this line): a
+// lane per row, its units summed in order, no reduction. Row groups would leave most of their 32
+// lanes idle on such rows, their unrolled loads mostly clamped dead ones, and reduce after every
+// 128 products: a tiny model's decode step on lavapipe was 1.77 s, 97% of it that one dispatch.
+const SHORT_UNITS: u32 = 32u;
+
+@compute @workgroup_size(WG)
+fn short(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>,
+         @builtin(num_workgroups) nwg: vec3<u32>) {
+    let t0 = wg.y * MAX_T;
+    let count = step_count(p.count_which);
+    if t0 >= count {
+        return;
+    }
+    let n_tok = min(count - t0, MAX_T);
+    let units = p.k / 8u;
+    let xs = 2u * units;
+    for (var row = wg.x * WG + lid; row < p.rows; row += nwg.x * WG) {
+        var acc: array<f32, MAX_T>;
+        for (var t = 0u; t < MAX_T; t++) {
+            acc[t] = 0.0;
+        }
+        for (var i = 0u; i < units; i++) {
+            let wr = bf16_wide8(w[row * units + i]);
+            for (var t = 0u; t < n_tok; t++) {
+                let xb = (t0 + t) * xs + 2u * i;
+                acc[t] += dot(wr[0], x[xb]) + dot(wr[1], x[xb + 1u]);
+            }
+        }
+        for (var t = 0u; t < n_tok; t++) {
+            store_out(t0 + t, p.row_start + row, acc[t]);
+        }
     }
 }
 

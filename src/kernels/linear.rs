@@ -489,12 +489,22 @@ pub fn build_vec(
         None => false,
     };
     let rope = l.rope.as_ref().filter(|_| fused);
-    let key = super::row_group_key(gpu, "linear_vec.wgsl", "main")
+    // Short rows (a small model's lm_head) take a lane a row, where no norm or rotation needs
+    // the row groups' epilogue.
+    let short = l.norm.is_none()
+        && rope.is_none()
+        && l.k / 8 <= wgsl_const("linear_vec.wgsl", "SHORT_UNITS")?;
+    let (entry, rows_per_wg, multi_rows) = if short {
+        let lanes = wgsl_const("linear_vec.wgsl", "WG")?;
+        ("short", lanes, lanes)
+    } else {
+        let rows = wgsl_const("linear_vec.wgsl", "ROWS")?;
+        ("main", rows, wgsl_const("linear_vec.wgsl", "MULTI_ROWS")?)
+    };
+    let key = super::row_group_key(gpu, "linear_vec.wgsl", entry)
         .define_if("NORM", l.norm.is_some())
         .define_if("ROPE", fused)
         .define_if("KV_F16", rope.is_some_and(|r| r.kv_f16));
-    let rows_per_wg = wgsl_const("linear_vec.wgsl", "ROWS")?;
-    let multi_rows = wgsl_const("linear_vec.wgsl", "MULTI_ROWS")?;
     // Each MULTI workgroup serves this many tokens.
     let max_t = wgsl_const("linear_vec.wgsl", "MAX_T")?;
     let multi = key.clone().define_if("MULTI", true);
@@ -593,7 +603,10 @@ mod tests {
         for (gpu, coop) in paths {
             // (tokens, k, n, rows per buffer, accumulate)
             for &(t, k, n, split, acc) in &[
+                // Rows of up to 32 units on the vector kernel take a lane a row (`short`).
                 (1, 64, 8, 8, false),
+                (3, 128, 300, 130, true),
+                (1, 512, 40, 24, true),
                 (1, 98, 13, 5, true),
                 (7, 98, 13, 5, true),
                 (5, 256, 37, 37, false),

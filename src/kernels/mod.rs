@@ -63,6 +63,7 @@ pub fn all_variants() -> Vec<ShaderKey> {
             for norm in [false, true] {
                 out.push(k("linear_vec.wgsl", "main").define_if("NORM", norm));
             }
+            out.push(k("linear_vec.wgsl", "short"));
             for f16 in [false, true] {
                 out.push(
                     k("linear_vec.wgsl", "main")
