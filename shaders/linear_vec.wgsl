@@ -83,14 +83,21 @@ fn first_row(rb: u32, grp: u32) -> u32 {
 #endif
 }
 
+// Workgroup row y's tokens: the first, and how many of its MAX_T the pass has (0: none).
+fn token_block(y: u32) -> vec2<u32> {
+    let t0 = y * MAX_T;
+    let count = step_count(p.count_which);
+    return vec2<u32>(t0, select(0u, min(count - t0, MAX_T), t0 < count));
+}
+
 @compute @workgroup_size(WG)
 fn main(l: Lanes, @builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let t0 = wg.y * MAX_T;
-    let count = step_count(p.count_which);
-    if t0 >= count {
+    let tb = token_block(wg.y);
+    if tb.y == 0u {
         return;
     }
-    let n_tok = min(count - t0, MAX_T);
+    let t0 = tb.x;
+    let n_tok = tb.y;
     let units = p.k / 8u;
     // Token t's inputs start at vec4 index (t0 + t) * xs.
     let xs = 2u * units;
@@ -179,12 +186,12 @@ const SHORT_UNITS: u32 = 32u;
 @compute @workgroup_size(WG)
 fn short(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>,
          @builtin(num_workgroups) nwg: vec3<u32>) {
-    let t0 = wg.y * MAX_T;
-    let count = step_count(p.count_which);
-    if t0 >= count {
+    let tb = token_block(wg.y);
+    if tb.y == 0u {
         return;
     }
-    let n_tok = min(count - t0, MAX_T);
+    let t0 = tb.x;
+    let n_tok = tb.y;
     let units = p.k / 8u;
     let xs = 2u * units;
     for (var row = wg.x * WG + lid; row < p.rows; row += nwg.x * WG) {
