@@ -14,6 +14,7 @@ use commands::chat::{ChatArgs, chat};
 use commands::devices::devices;
 use commands::generate::{GenerateArgs, generate};
 use commands::harmony::{ParseArgs, RenderArgs, parse, render};
+use commands::kernel_stats::{KernelStatsArgs, kernel_stats};
 use commands::logits::{LogitsArgs, logits};
 use commands::serve::{ServeArgs, serve};
 use commands::synth::{SynthArgs, synth_cmd};
@@ -55,6 +56,9 @@ enum Command {
     /// Load-test an OpenAI-compatible server (this one or any): concurrent streaming requests
     /// of random prompts; requests/s, tokens/s, time to first token, inter-token latency.
     BenchServe(BenchServeArgs),
+    /// Compile every kernel variant for a Vulkan device and print what its driver reports about
+    /// each (registers a thread, code size, spills): the occupancy facts behind kernel timings.
+    KernelStats(KernelStatsArgs),
 }
 
 /// Mesa's Vulkan drivers probe Wayland, and libwayland prints "error: XDG_RUNTIME_DIR is invalid
@@ -83,6 +87,7 @@ fn main() -> ExitCode {
         Command::Parse(a) => parse(a),
         Command::Serve(a) => serve(a),
         Command::BenchServe(a) => bench_serve(a),
+        Command::KernelStats(a) => kernel_stats(a),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,

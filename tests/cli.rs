@@ -68,11 +68,32 @@ fn help_for_every_command() {
         "parse",
         "serve",
         "bench-serve",
+        "kernel-stats",
     ] {
         let out = run(&[c, "--help"]);
         assert!(out.status.success());
         assert!(String::from_utf8_lossy(&out.stdout).contains("Usage"));
     }
+}
+
+/// kernel-stats prints a driver's statistics of each kernel it compiles, or says in one line why it
+/// cannot (lavapipe offers no pipeline statistics; a machine may have no Vulkan at all).
+#[test]
+fn kernel_stats_reports_or_says_why_not() {
+    let out = run(&["kernel-stats", "--filter", "embed.main"]);
+    if out.status.success() {
+        let text = String::from_utf8_lossy(&out.stdout);
+        let line = text.lines().find(|l| l.starts_with("embed.main:"));
+        assert!(line.is_some_and(|l| !l.contains("not compiled")), "{text}");
+    } else {
+        let err = String::from_utf8_lossy(&out.stderr);
+        let last = err.lines().last().unwrap_or("");
+        assert!(last.starts_with("error: "), "last line: {last}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+    let out = run(&["kernel-stats", "--device", "99"]);
+    assert!(!out.status.success());
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("panicked"));
 }
 
 #[test]

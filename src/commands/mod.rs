@@ -7,6 +7,7 @@ pub(crate) mod chat;
 pub(crate) mod devices;
 pub(crate) mod generate;
 pub(crate) mod harmony;
+pub(crate) mod kernel_stats;
 pub(crate) mod logits;
 pub(crate) mod serve;
 pub(crate) mod synth;
