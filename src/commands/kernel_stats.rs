@@ -20,9 +20,10 @@ pub(crate) struct KernelStatsArgs {
     /// Only the variants whose label contains this text (e.g. `moe_vec.gate_up`).
     #[arg(long)]
     filter: Option<String>,
-    /// The Vulkan device, by its index in the list printed first.
-    #[arg(long, default_value_t = 0)]
-    device: usize,
+    /// The Vulkan device, by its index in the list printed first (default: the first whose driver
+    /// reports pipeline statistics).
+    #[arg(long)]
+    device: Option<usize>,
 }
 
 pub(crate) fn kernel_stats(a: &KernelStatsArgs) -> Result<()> {
@@ -41,20 +42,35 @@ pub(crate) fn kernel_stats(a: &KernelStatsArgs) -> Result<()> {
 fn with_instance(instance: &ash::Instance, a: &KernelStatsArgs) -> Result<()> {
     // SAFETY: queries on a live instance.
     let devices = unsafe { instance.enumerate_physical_devices() }?;
+    let stats = ash::khr::pipeline_executable_properties::NAME;
+    let mut offers = Vec::new();
     for (i, &pd) in devices.iter().enumerate() {
         let props = unsafe { instance.get_physical_device_properties(pd) };
         let name = props.device_name_as_c_str().unwrap_or(c"?");
-        println!("[{i}] {}", name.to_string_lossy());
+        let exts = unsafe { instance.enumerate_device_extension_properties(pd) }?;
+        offers.push(
+            exts.iter()
+                .any(|e| e.extension_name_as_c_str() == Ok(stats)),
+        );
+        let note = if offers[i] {
+            ""
+        } else {
+            " (no pipeline statistics)"
+        };
+        println!("[{i}] {}{note}", name.to_string_lossy());
     }
-    let Some(&pd) = devices.get(a.device) else {
-        bail!("no Vulkan device {} ({} found)", a.device, devices.len());
+    let stats_name = stats.to_string_lossy();
+    let i = match a.device {
+        Some(i) if i >= devices.len() => bail!("no Vulkan device {i} ({} found)", devices.len()),
+        Some(i) if !offers[i] => bail!("device {i}'s driver does not offer {stats_name}"),
+        Some(i) => i,
+        None => offers.iter().position(|&o| o).with_context(|| {
+            format!("no Vulkan device's driver offers {stats_name} (Mesa's lavapipe does not)")
+        })?,
     };
+    let pd = devices[i];
     let exts = unsafe { instance.enumerate_device_extension_properties(pd) }?;
     let has = |n: &CStr| exts.iter().any(|e| e.extension_name_as_c_str() == Ok(n));
-    let stats = ash::khr::pipeline_executable_properties::NAME;
-    if !has(stats) {
-        bail!("the driver does not offer {}", stats.to_string_lossy());
-    }
     let mut names = vec![stats.as_ptr()];
     let coop = has(ash::khr::cooperative_matrix::NAME);
     if coop {
