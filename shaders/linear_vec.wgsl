@@ -200,10 +200,10 @@ fn short(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: v
             acc[t] = 0.0;
         }
         for (var i = 0u; i < units; i++) {
-            let wr = bf16_wide8(w[row * units + i]);
+            let wq = w[row * units + i];
             for (var t = 0u; t < n_tok; t++) {
                 let xb = (t0 + t) * xs + 2u * i;
-                acc[t] += dot(wr[0], x[xb]) + dot(wr[1], x[xb + 1u]);
+                acc[t] += bf16_dot8(wq, x[xb], x[xb + 1u]);
             }
         }
         for (var t = 0u; t < n_tok; t++) {

@@ -43,6 +43,8 @@ fn with_instance(instance: &ash::Instance, a: &KernelStatsArgs) -> Result<()> {
     // SAFETY: queries on a live instance.
     let devices = unsafe { instance.enumerate_physical_devices() }?;
     let stats = ash::khr::pipeline_executable_properties::NAME;
+    // Each device's extensions, read once.
+    let mut extensions = Vec::new();
     let mut offers = Vec::new();
     for (i, &pd) in devices.iter().enumerate() {
         let props = unsafe { instance.get_physical_device_properties(pd) };
@@ -52,6 +54,7 @@ fn with_instance(instance: &ash::Instance, a: &KernelStatsArgs) -> Result<()> {
             exts.iter()
                 .any(|e| e.extension_name_as_c_str() == Ok(stats)),
         );
+        extensions.push(exts);
         let note = if offers[i] {
             ""
         } else {
@@ -69,8 +72,11 @@ fn with_instance(instance: &ash::Instance, a: &KernelStatsArgs) -> Result<()> {
         })?,
     };
     let pd = devices[i];
-    let exts = unsafe { instance.enumerate_device_extension_properties(pd) }?;
-    let has = |n: &CStr| exts.iter().any(|e| e.extension_name_as_c_str() == Ok(n));
+    let has = |n: &CStr| {
+        extensions[i]
+            .iter()
+            .any(|e| e.extension_name_as_c_str() == Ok(n))
+    };
     let mut names = vec![stats.as_ptr()];
     let coop = has(ash::khr::cooperative_matrix::NAME);
     if coop {

@@ -484,11 +484,10 @@ pub fn build_vec(
         )));
     }
     // The rotation in the epilogue where it can be, else after (`rope` then only for that).
-    let fused = match &l.rope {
-        Some(r) => vec_fuses_rope(gpu, l, r)?,
-        None => false,
+    let rope = match &l.rope {
+        Some(r) if vec_fuses_rope(gpu, l, r)? => Some(r),
+        _ => None,
     };
-    let rope = l.rope.as_ref().filter(|_| fused);
     // Short rows (a small model's lm_head) take a lane a row, where no norm or rotation needs
     // the row groups' epilogue.
     let short = l.norm.is_none()
@@ -503,7 +502,7 @@ pub fn build_vec(
     };
     let key = super::row_group_key(gpu, "linear_vec.wgsl", entry)
         .define_if("NORM", l.norm.is_some())
-        .define_if("ROPE", fused)
+        .define_if("ROPE", rope.is_some())
         .define_if("KV_F16", rope.is_some_and(|r| r.kv_f16));
     // Each MULTI workgroup serves this many tokens.
     let max_t = wgsl_const("linear_vec.wgsl", "MAX_T")?;
@@ -541,7 +540,7 @@ pub fn build_vec(
             );
         }
     }
-    if let Some(r) = l.rope.as_ref().filter(|_| !fused) {
+    if let Some(r) = l.rope.as_ref().filter(|_| rope.is_none()) {
         out.push(rope_after(gpu, step, l, r, counts)?);
     }
     Ok(out)
