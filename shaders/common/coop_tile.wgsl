@@ -136,10 +136,19 @@ fn coop_products(lid: u32, row0: u32, n_blocks: u32) {
     var c1 = coop_mat16x16<f32, C>();
     var c2 = coop_mat16x16<f32, C>();
     var c3 = coop_mat16x16<f32, C>();
+    // With SPARSE_TILES (the includer's passes whose tiles are mostly dead inputs: a decode
+    // batch's expert holds ~8 of 64), subgroups whose 16 inputs are all dead skip their products,
+    // whose sums are never stored. Full tiles would only pay the check (prefill -1.3%, PERF.md
+    // v0.27), hence a define.
+#ifdef SPARSE_TILES
+    let k_end = select(0u, KS / 2u, 16u * ss < x_live());
+#else
+    let k_end = KS / 2u;
+#endif
     var f = fetch(lid, 0u);
     for (var b = 0u; b < steps; b++) {
         tile_step(lid, &f, b, steps);
-        for (var kk = 0u; kk < KS / 2u; kk += 8u) {
+        for (var kk = 0u; kk < k_end; kk += 8u) {
             let a_hi = coopLoadT<coop_mat16x16<f16, A>>(&x_hi[16u * ss * KP2 + kk], KP2);
             let w0 = SUB_ROWS * sr * KP2 + kk;
             let b0 = coopLoad<coop_mat16x16<f16, B>>(&w_h[w0], KP2);

@@ -96,9 +96,9 @@ pub fn all_variants() -> Vec<ShaderKey> {
     for rope in [None, Some(false), Some(true)] {
         out.push(linear::sum_splits_key(rope));
     }
-    for coop in [false, true] {
-        out.push(moe::tiled_key("gate_up", "GATE_UP", coop));
-        out.push(moe::tiled_key("down", "DOWN", coop));
+    for (coop, sparse) in [(false, false), (true, false), (true, true)] {
+        out.push(moe::tiled_key("gate_up", "GATE_UP", coop, sparse));
+        out.push(moe::tiled_key("down", "DOWN", coop, sparse));
     }
     out.push(ShaderKey::new("embed.wgsl", "main"));
     out.push(ShaderKey::new("sample.wgsl", "scan").define_if("SCAN", true));
