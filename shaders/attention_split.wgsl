@@ -147,6 +147,57 @@ fn reduce_heads(v: array<f32, HG>, l: Lanes, use_max: bool) -> array<f32, HG> {
 }
 #endif
 
+// Spans per token of this pass: a window layer whose window fits one span (WHOLE_WINDOW) has
+// each token's keys in one, whatever the pass's split (which the full layers' keys decide).
+fn span_count() -> u32 {
+#ifdef WHOLE_WINDOW
+    return 1u;
+#else
+    return step.splits;
+#endif
+}
+
+// The key positions [x, y) of span c of token `tok`.
+fn span_keys(tok: TokenInfo, c: u32) -> vec2<u32> {
+    var lo = 0u;
+    if p.window > 0u && tok.pos + 1u > p.window {
+        lo = tok.pos + 1u - p.window;
+    }
+    var hi = tok.pos + 1u;
+#ifndef WHOLE_WINDOW
+    lo = max(lo, c * step.span);
+    hi = min(hi, (c + 1u) * step.span);
+#endif
+    return vec2<u32>(lo, hi);
+}
+
+// Dims 4q .. 4q + 3 of head h's output o over span c of token t, whose scores have max m and
+// sum of exponentials l: the attention output itself when the token has one span (the sink
+// joins the denominator here), else the span's partial for MERGE (with m and l once, at q = 0).
+fn finish(t: u32, h: u32, c: u32, splits: u32, m: f32, l: f32, o: vec4<f32>, q: u32) {
+    let d = p.head_dim;
+    if splits == 1u {
+        let mx = max(m, sinks[h]);
+        let cm = exp(m - mx);
+        let ob = (t * p.n_heads + h) * d + 4u * q;
+        let r = o * cm / (l * cm + exp(sinks[h] - mx));
+        out[ob] = r.x;
+        out[ob + 1u] = r.y;
+        out[ob + 2u] = r.z;
+        out[ob + 3u] = r.w;
+    } else {
+        let pb = ((t * p.n_heads + h) * MAX_SPLITS + c) * (d + 2u);
+        part[pb + 4u * q] = o.x;
+        part[pb + 4u * q + 1u] = o.y;
+        part[pb + 4u * q + 2u] = o.z;
+        part[pb + 4u * q + 3u] = o.w;
+        if q == 0u {
+            part[pb + d] = m;
+            part[pb + d + 1u] = l;
+        }
+    }
+}
+
 @compute @workgroup_size(WG)
 fn split(lanes: Lanes, @builtin(workgroup_id) wg: vec3<u32>) {
     let lid = lanes.lid;
@@ -159,13 +210,7 @@ fn split(lanes: Lanes, @builtin(workgroup_id) wg: vec3<u32>) {
     let gn = p.n_heads / p.n_kv;
     let h0 = kvh * gn;
 #endif
-#ifdef WHOLE_WINDOW
-    // A window layer whose window fits one span: each token's keys in one span, whatever the
-    // pass's split (which the full layers' keys decide).
-    let splits = 1u;
-#else
-    let splits = step.splits;
-#endif
+    let splits = span_count();
     let t = wg.y / splits;
     let c = wg.y % splits;
     if t >= step.tokens {
@@ -181,16 +226,9 @@ fn split(lanes: Lanes, @builtin(workgroup_id) wg: vec3<u32>) {
         let q0 = t * stride + h0 * d + 4u * i;
         qs[i] = vec4<f32>(qkv[q0], qkv[q0 + 1u], qkv[q0 + 2u], qkv[q0 + 3u]);
     }
-    var start = 0u;
-    if p.window > 0u && tok.pos + 1u > p.window {
-        start = tok.pos + 1u - p.window;
-    }
-    var lo = start;
-    var hi = tok.pos + 1u;
-#ifndef WHOLE_WINDOW
-    lo = max(lo, c * step.span);
-    hi = min(hi, (c + 1u) * step.span);
-#endif
+    let keys = span_keys(tok, c);
+    let lo = keys.x;
+    let hi = keys.y;
     var m: array<f32, HG>;
     var l: array<f32, HG>;
     var acc: array<vec4<f32>, HG>;
@@ -295,29 +333,131 @@ fn split(lanes: Lanes, @builtin(workgroup_id) wg: vec3<u32>) {
         for (var ph = 0u; ph < phases; ph++) {
             o += vsum[(ph * HG + g) * d4 + q];
         }
-        let h = h0 + g;
-        if splits == 1u {
-            let mx = max(m[g], sinks[h]);
-            let cm = exp(m[g] - mx);
-            let ob = (t * p.n_heads + h) * d + 4u * q;
-            let r = o * cm / (l[g] * cm + exp(sinks[h] - mx));
-            out[ob] = r.x;
-            out[ob + 1u] = r.y;
-            out[ob + 2u] = r.z;
-            out[ob + 3u] = r.w;
-        } else {
-            let pb = ((t * p.n_heads + h) * MAX_SPLITS + c) * (d + 2u);
-            part[pb + 4u * q] = o.x;
-            part[pb + 4u * q + 1u] = o.y;
-            part[pb + 4u * q + 2u] = o.z;
-            part[pb + 4u * q + 3u] = o.w;
-            if q == 0u {
-                part[pb + d] = m[g];
-                part[pb + d + 1u] = l[g];
-            }
-        }
+        finish(t, h0 + g, c, splits, m[g], l[g], o, q);
     }
 }
+
+#ifdef KEY_GROUPS
+// KEY_GROUPS (one or two heads a workgroup, on adapters whose subgroups all hold a key's lanes):
+// L = D / 8 adjacent lanes of a subgroup take one key, 8 dims a lane, so a workgroup's round of
+// loads reads WG / L adjacent positions, contiguous in the cache (a block's 16 keys of a head
+// are 2 KB at D = 64 in f16): coalesced, where `split` gives each lane a key of its own (32 lines
+// a warp instruction). A key's score is summed across its lanes by shuffles. Each lane group
+// keeps its own running max, sum and value sums over its keys, KEY_ROUNDS keys at once with all
+// their loads in flight and no barrier in the loop; the groups meet in workgroup memory at the
+// end.
+const KEY_ROUNDS: u32 = 4u;
+var<workgroup> group_m: array<f32, WG * HG>;
+var<workgroup> group_l: array<f32, WG * HG>;
+// [group, head, quad] value sums (a group has 2 quads a lane of its L lanes: 8 WG HG floats).
+var<workgroup> group_acc: array<vec4<f32>, 2u * WG * HG>;
+
+@compute @workgroup_size(WG)
+fn keys(lanes: Lanes, @builtin(workgroup_id) wg: vec3<u32>) {
+    let lid = lanes.lid;
+    let h0 = wg.x * HG;
+    let kvh = h0 / (p.n_heads / p.n_kv);
+    let splits = span_count();
+    let t = wg.y / splits;
+    let c = wg.y % splits;
+    if t >= step.tokens {
+        return;
+    }
+    tok_shared = tokens[t];
+    let tok = workgroupUniformLoad(&tok_shared);
+    let d = p.head_dim;
+    let d4 = d / 4u;
+    // Lane `part` of its key's L lanes; its group is the workgroup's `slot`-th.
+    let kl = d / 8u;
+    let part = lanes.lane % kl;
+    let slot = (lid / lanes.size) * (lanes.size / kl) + lanes.lane / kl;
+    let groups = WG / kl;
+    let stride = (p.n_heads + 2u * p.n_kv) * d;
+    var qv: array<vec4<f32>, 2u * HG>;
+    for (var g = 0u; g < HG; g++) {
+        for (var u = 0u; u < 2u; u++) {
+            let q0 = t * stride + (h0 + g) * d + 8u * part + 4u * u;
+            qv[2u * g + u] = vec4<f32>(qkv[q0], qkv[q0 + 1u], qkv[q0 + 2u], qkv[q0 + 3u]);
+        }
+    }
+    let keys = span_keys(tok, c);
+    var m: array<f32, HG>;
+    var l: array<f32, HG>;
+    var acc: array<vec4<f32>, 2u * HG>;
+    for (var g = 0u; g < HG; g++) {
+        m[g] = NEG;
+        l[g] = 0.0;
+        acc[2u * g] = vec4<f32>(0.0);
+        acc[2u * g + 1u] = vec4<f32>(0.0);
+    }
+    for (var base = keys.x; base < keys.y; base += KEY_ROUNDS * groups) {
+        // Every round's key and value loaded first (dead positions load the last live key and
+        // weigh 0).
+        var kq: array<vec4<kv>, 2u * KEY_ROUNDS>;
+        var vq: array<vec4<kv>, 2u * KEY_ROUNDS>;
+        for (var r = 0u; r < KEY_ROUNDS; r++) {
+            let pos = min(base + r * groups + slot, keys.y - 1u);
+            let at = kv_at(tok.seq, pos, kvh) / 4u + 2u * part;
+            kq[2u * r] = k_cache[at];
+            kq[2u * r + 1u] = k_cache[at + 1u];
+            vq[2u * r] = v_cache[at];
+            vq[2u * r + 1u] = v_cache[at + 1u];
+        }
+        for (var g = 0u; g < HG; g++) {
+            var s: array<f32, KEY_ROUNDS>;
+            var m_new = m[g];
+            for (var r = 0u; r < KEY_ROUNDS; r++) {
+                var dot_qk = dot(qv[2u * g], vec4<f32>(kq[2u * r]))
+                    + dot(qv[2u * g + 1u], vec4<f32>(kq[2u * r + 1u]));
+                for (var o = 1u; o < kl; o <<= 1u) {
+                    dot_qk += subgroupShuffleXor(dot_qk, o);
+                }
+                let live = base + r * groups + slot < keys.y;
+                s[r] = select(NEG, dot_qk * p.scale, live);
+                m_new = max(m_new, s[r]);
+            }
+            let corr = exp(m[g] - m_new);
+            l[g] *= corr;
+            acc[2u * g] *= corr;
+            acc[2u * g + 1u] *= corr;
+            for (var r = 0u; r < KEY_ROUNDS; r++) {
+                let e = select(0.0, exp(s[r] - m_new), base + r * groups + slot < keys.y);
+                l[g] += e;
+                acc[2u * g] += e * vec4<f32>(vq[2u * r]);
+                acc[2u * g + 1u] += e * vec4<f32>(vq[2u * r + 1u]);
+            }
+            m[g] = m_new;
+        }
+    }
+    for (var g = 0u; g < HG; g++) {
+        if part == 0u {
+            group_m[slot * HG + g] = m[g];
+            group_l[slot * HG + g] = l[g];
+        }
+        let at = (slot * HG + g) * d4 + 2u * part;
+        group_acc[at] = acc[2u * g];
+        group_acc[at + 1u] = acc[2u * g + 1u];
+    }
+    workgroupBarrier();
+    // Lane i takes quad i % d4 of head i / d4, over every group.
+    for (var i = lid; i < HG * d4; i += WG) {
+        let g = i / d4;
+        let q = i % d4;
+        var mx = NEG;
+        for (var r = 0u; r < groups; r++) {
+            mx = max(mx, group_m[r * HG + g]);
+        }
+        var den = 0.0;
+        var o = vec4<f32>(0.0);
+        for (var r = 0u; r < groups; r++) {
+            let w = exp(group_m[r * HG + g] - mx);
+            den += w * group_l[r * HG + g];
+            o += w * group_acc[(r * HG + g) * d4 + q];
+        }
+        finish(t, h0 + g, c, splits, mx, den, o, q);
+    }
+}
+#endif
 #endif
 
 #ifdef MERGE

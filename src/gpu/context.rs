@@ -13,7 +13,8 @@ pub struct Caps {
     pub f16: bool,
     /// Subgroup operations (`subgroupAdd`, ...) work in compute shaders.
     pub subgroups: bool,
-    /// The widest subgroup the adapter may use (0 when unknown).
+    /// The narrowest and widest subgroups the adapter may use (0 when unknown).
+    pub subgroup_min: u32,
     pub subgroup_max: u32,
     /// Timestamp queries at pass boundaries work.
     pub timestamps: bool,
@@ -226,6 +227,7 @@ impl Gpu {
         let caps = Caps {
             f16: f.contains(wgpu::Features::SHADER_F16),
             subgroups: f.contains(wgpu::Features::SUBGROUP),
+            subgroup_min: info.subgroup_min_size,
             subgroup_max: info.subgroup_max_size,
             timestamps: f.contains(wgpu::Features::TIMESTAMP_QUERY),
             max_binding: l.max_storage_buffer_binding_size,

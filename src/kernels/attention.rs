@@ -152,6 +152,7 @@ pub(crate) fn build(
         } else {
             two_max
         };
+        let key_groups = key_groups_fit(gpu, p.head_dim);
         for (heads, x, range) in [
             (SplitHeads::One, p.n_heads, 1..=one_max),
             (SplitHeads::Two, p.n_heads / 2, one_max + 1..=two_max),
@@ -160,7 +161,7 @@ pub(crate) fn build(
             if range.is_empty() {
                 continue;
             }
-            let key = split_key(heads, kv_f16, gpu.caps.subgroups)
+            let key = split_key(heads, kv_f16, gpu.caps.subgroups, key_groups)
                 .define_if("WHOLE_WINDOW", whole_window);
             let grid = Grid::new(x, spans, 1);
             out.push(
@@ -218,10 +219,30 @@ pub(crate) enum SplitHeads {
     Group,
 }
 
-/// The split kernel's key for `heads` a workgroup (WHOLE_WINDOW is the caller's to add).
-pub(crate) fn split_key(heads: SplitHeads, kv_f16: bool, subgroups: bool) -> ShaderKey {
-    ShaderKey::new("attention_split.wgsl", "split")
+/// Whether the one- and two-head tiers can give each key a group of head_dim / 8 lanes of one
+/// subgroup (`keys` entry, KEY_GROUPS): on adapters with subgroups that are never narrower than
+/// such a group.
+fn key_groups_fit(gpu: &Gpu, head_dim: u32) -> bool {
+    let lanes = head_dim / 8;
+    gpu.caps.subgroups
+        && head_dim.is_multiple_of(8)
+        && lanes.is_power_of_two()
+        && lanes <= gpu.caps.subgroup_min
+}
+
+/// The split kernel's key for `heads` a workgroup (WHOLE_WINDOW is the caller's to add); one or
+/// two heads take the `keys` entry with `key_groups` (which needs `subgroups`).
+pub(crate) fn split_key(
+    heads: SplitHeads,
+    kv_f16: bool,
+    subgroups: bool,
+    key_groups: bool,
+) -> ShaderKey {
+    let key_groups = key_groups && subgroups && !matches!(heads, SplitHeads::Group);
+    let entry = if key_groups { "keys" } else { "split" };
+    ShaderKey::new("attention_split.wgsl", entry)
         .define_if("SPLIT", true)
+        .define_if("KEY_GROUPS", key_groups)
         .define_if("FEW_HEADS", !matches!(heads, SplitHeads::Group))
         .define_if("TWO_HEADS", matches!(heads, SplitHeads::Two))
         .define_if("KV_F16", kv_f16)
@@ -280,6 +301,10 @@ mod tests {
                 (8, 1, 32, 40, rule(0, 16, 128), 70, false),
                 (8, 2, 64, 40, shader, 70, false),
                 (2, 1, 100, 70, shader, 13, false),
+                // Head dim 48: 6 lanes a key do not tile a subgroup, so the one- and two-head
+                // tiers keep a lane a key (`split`) where subgroups would otherwise give `keys`.
+                (4, 2, 48, 0, shader, 13, false),
+                (4, 2, 48, 0, rule(0, 16, 128), 70, false),
                 // A window longer than one span (windows up to ONE_SPAN keys take one span
                 // whatever the pass's split).
                 (8, 2, 64, 150, rule(0, 16, 128), 70, false),

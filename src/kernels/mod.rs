@@ -112,7 +112,10 @@ pub fn all_variants() -> Vec<ShaderKey> {
                 attention::SplitHeads::Two,
                 attention::SplitHeads::Group,
             ] {
-                out.push(attention::split_key(heads, f16, sg));
+                out.push(attention::split_key(heads, f16, sg, false));
+                if sg && !matches!(heads, attention::SplitHeads::Group) {
+                    out.push(attention::split_key(heads, f16, sg, true));
+                }
             }
         }
     }

@@ -233,18 +233,26 @@ pub fn build(
             ]
         },
     )?);
-    out.extend(per_chunk(gpu, step, s, ("down", "DOWN"), w.down, s.hidden, |c| {
-        vec![
-            b.act,
-            b.lists,
-            b.counts,
-            b.wts,
-            &c.blocks,
-            &c.scales,
-            w.down_bias,
-            b.y,
-        ]
-    })?);
+    out.extend(per_chunk(
+        gpu,
+        step,
+        s,
+        ("down", "DOWN"),
+        w.down,
+        s.hidden,
+        |c| {
+            vec![
+                b.act,
+                b.lists,
+                b.counts,
+                b.wts,
+                &c.blocks,
+                &c.scales,
+                w.down_bias,
+                b.y,
+            ]
+        },
+    )?);
     // Each token's slot outputs added to x in slot order (the one-token down of the
     // matrix-vector path does it itself).
     let key = ShaderKey::new("moe.wgsl", "combine").define_if("COMBINE", true);
