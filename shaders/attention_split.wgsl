@@ -24,9 +24,11 @@
 // T * splits)), for passes of few spans in all (tokens times splits, ONE_HEAD_MAX_SPANS and
 // TWO_HEADS_MAX_SPANS): each key is then read by G / HG workgroups, but each carries HG heads'
 // scores, reductions and sums instead of G's.
+// KEY_GROUPS (FEW_HEADS, entry `keys`): a group of D / 8 lanes a key instead of a lane a key,
+// where subgroups allow (below).
 // Limits: D <= WG, G <= MAX_G, D a multiple of 4, HG dividing G. Variants: SPLIT (with
-// FEW_HEADS, and TWO_HEADS, or not; WHOLE_WINDOW or not) or MERGE, KV_F16, SUBGROUPS (SPLIT's
-// reductions in registers).
+// FEW_HEADS, and TWO_HEADS, or not, and KEY_GROUPS; WHOLE_WINDOW or not) or MERGE, KV_F16,
+// SUBGROUPS (SPLIT's reductions in registers).
 #ifdef SPLIT
 #include "common/kv_table.wgsl"
 #endif
@@ -345,12 +347,70 @@ fn split(lanes: Lanes, @builtin(workgroup_id) wg: vec3<u32>) {
 // a warp instruction). A key's score is summed across its lanes by shuffles. Each lane group
 // keeps its own running max, sum and value sums over its keys, KEY_ROUNDS keys at once with all
 // their loads in flight and no barrier in the loop; the groups meet in workgroup memory at the
-// end.
-const KEY_ROUNDS: u32 = 4u;
+// end. Each head's state is its own variable, not an array indexed by head (which a compiler
+// may keep in memory). H200, split kernel at 8k keys: 702 us a step with `split`, 552 with 2
+// keys at once, 589 with 1, 766 with 4 (which spills); PERF.md v0.28.
+const KEY_ROUNDS: u32 = 2u;
 var<workgroup> group_m: array<f32, WG * HG>;
 var<workgroup> group_l: array<f32, WG * HG>;
 // [group, head, quad] value sums (a group has 2 quads a lane of its L lanes: 8 WG HG floats).
 var<workgroup> group_acc: array<vec4<f32>, 2u * WG * HG>;
+
+// One head's run over a lane group's keys: the max and sum of exponentials of its scores so far
+// and the lane's 8 dims of the weighted value sums; q its 8 dims of the query.
+struct HeadRun {
+    m: f32,
+    l: f32,
+    a0: vec4<f32>,
+    a1: vec4<f32>,
+    q0: vec4<f32>,
+    q1: vec4<f32>,
+}
+
+// A trip's keys and values, 8 dims of each of KEY_ROUNDS keys.
+struct KeyTrip {
+    k: array<vec4<kv>, 2u * KEY_ROUNDS>,
+    v: array<vec4<kv>, 2u * KEY_ROUNDS>,
+}
+
+// h's run through the trip's keys, of which the first `live` are real; kl lanes a key.
+fn run_head(h: HeadRun, trip: ptr<function, KeyTrip>, live: u32, kl: u32) -> HeadRun {
+    var r = h;
+    var s: array<f32, KEY_ROUNDS>;
+    var m_new = h.m;
+    for (var k = 0u; k < KEY_ROUNDS; k++) {
+        var dot_qk = dot(h.q0, vec4<f32>((*trip).k[2u * k]))
+            + dot(h.q1, vec4<f32>((*trip).k[2u * k + 1u]));
+        for (var o = 1u; o < kl; o <<= 1u) {
+            dot_qk += subgroupShuffleXor(dot_qk, o);
+        }
+        s[k] = select(NEG, dot_qk * p.scale, k < live);
+        m_new = max(m_new, s[k]);
+    }
+    let corr = exp(h.m - m_new);
+    r.l *= corr;
+    r.a0 *= corr;
+    r.a1 *= corr;
+    for (var k = 0u; k < KEY_ROUNDS; k++) {
+        let e = select(0.0, exp(s[k] - m_new), k < live);
+        r.l += e;
+        r.a0 += e * vec4<f32>((*trip).v[2u * k]);
+        r.a1 += e * vec4<f32>((*trip).v[2u * k + 1u]);
+    }
+    r.m = m_new;
+    return r;
+}
+
+// Head g's run of lane group `slot` into workgroup memory (part: the lane's place in its group).
+fn keep_run(h: HeadRun, slot: u32, g: u32, part: u32, d4: u32) {
+    if part == 0u {
+        group_m[slot * HG + g] = h.m;
+        group_l[slot * HG + g] = h.l;
+    }
+    let at = (slot * HG + g) * d4 + 2u * part;
+    group_acc[at] = h.a0;
+    group_acc[at + 1u] = h.a1;
+}
 
 @compute @workgroup_size(WG)
 fn keys(lanes: Lanes, @builtin(workgroup_id) wg: vec3<u32>) {
@@ -373,70 +433,40 @@ fn keys(lanes: Lanes, @builtin(workgroup_id) wg: vec3<u32>) {
     let slot = (lid / lanes.size) * (lanes.size / kl) + lanes.lane / kl;
     let groups = WG / kl;
     let stride = (p.n_heads + 2u * p.n_kv) * d;
-    var qv: array<vec4<f32>, 2u * HG>;
-    for (var g = 0u; g < HG; g++) {
-        for (var u = 0u; u < 2u; u++) {
-            let q0 = t * stride + (h0 + g) * d + 8u * part + 4u * u;
-            qv[2u * g + u] = vec4<f32>(qkv[q0], qkv[q0 + 1u], qkv[q0 + 2u], qkv[q0 + 3u]);
-        }
+    let qb = t * stride + h0 * d + 8u * part;
+    var h_0 = HeadRun(NEG, 0.0, vec4<f32>(0.0), vec4<f32>(0.0),
+                      vec4<f32>(qkv[qb], qkv[qb + 1u], qkv[qb + 2u], qkv[qb + 3u]),
+                      vec4<f32>(qkv[qb + 4u], qkv[qb + 5u], qkv[qb + 6u], qkv[qb + 7u]));
+    var h_1 = h_0;
+    if HG == 2u {
+        let q1 = qb + d;
+        h_1.q0 = vec4<f32>(qkv[q1], qkv[q1 + 1u], qkv[q1 + 2u], qkv[q1 + 3u]);
+        h_1.q1 = vec4<f32>(qkv[q1 + 4u], qkv[q1 + 5u], qkv[q1 + 6u], qkv[q1 + 7u]);
     }
     let keys = span_keys(tok, c);
-    var m: array<f32, HG>;
-    var l: array<f32, HG>;
-    var acc: array<vec4<f32>, 2u * HG>;
-    for (var g = 0u; g < HG; g++) {
-        m[g] = NEG;
-        l[g] = 0.0;
-        acc[2u * g] = vec4<f32>(0.0);
-        acc[2u * g + 1u] = vec4<f32>(0.0);
-    }
     for (var base = keys.x; base < keys.y; base += KEY_ROUNDS * groups) {
-        // Every round's key and value loaded first (dead positions load the last live key and
-        // weigh 0).
-        var kq: array<vec4<kv>, 2u * KEY_ROUNDS>;
-        var vq: array<vec4<kv>, 2u * KEY_ROUNDS>;
-        for (var r = 0u; r < KEY_ROUNDS; r++) {
-            let pos = min(base + r * groups + slot, keys.y - 1u);
+        // Every key and value of the trip loaded first (dead positions load the last live key
+        // and weigh 0).
+        var trip: KeyTrip;
+        for (var k = 0u; k < KEY_ROUNDS; k++) {
+            let pos = min(base + k * groups + slot, keys.y - 1u);
             let at = kv_at(tok.seq, pos, kvh) / 4u + 2u * part;
-            kq[2u * r] = k_cache[at];
-            kq[2u * r + 1u] = k_cache[at + 1u];
-            vq[2u * r] = v_cache[at];
-            vq[2u * r + 1u] = v_cache[at + 1u];
+            trip.k[2u * k] = k_cache[at];
+            trip.k[2u * k + 1u] = k_cache[at + 1u];
+            trip.v[2u * k] = v_cache[at];
+            trip.v[2u * k + 1u] = v_cache[at + 1u];
         }
-        for (var g = 0u; g < HG; g++) {
-            var s: array<f32, KEY_ROUNDS>;
-            var m_new = m[g];
-            for (var r = 0u; r < KEY_ROUNDS; r++) {
-                var dot_qk = dot(qv[2u * g], vec4<f32>(kq[2u * r]))
-                    + dot(qv[2u * g + 1u], vec4<f32>(kq[2u * r + 1u]));
-                for (var o = 1u; o < kl; o <<= 1u) {
-                    dot_qk += subgroupShuffleXor(dot_qk, o);
-                }
-                let live = base + r * groups + slot < keys.y;
-                s[r] = select(NEG, dot_qk * p.scale, live);
-                m_new = max(m_new, s[r]);
-            }
-            let corr = exp(m[g] - m_new);
-            l[g] *= corr;
-            acc[2u * g] *= corr;
-            acc[2u * g + 1u] *= corr;
-            for (var r = 0u; r < KEY_ROUNDS; r++) {
-                let e = select(0.0, exp(s[r] - m_new), base + r * groups + slot < keys.y);
-                l[g] += e;
-                acc[2u * g] += e * vec4<f32>(vq[2u * r]);
-                acc[2u * g + 1u] += e * vec4<f32>(vq[2u * r + 1u]);
-            }
-            m[g] = m_new;
+        // Keys base + k groups + slot for k < live are real.
+        let first = base + slot;
+        let live = select(0u, (keys.y - first + groups - 1u) / groups, first < keys.y);
+        h_0 = run_head(h_0, &trip, live, kl);
+        if HG == 2u {
+            h_1 = run_head(h_1, &trip, live, kl);
         }
     }
-    for (var g = 0u; g < HG; g++) {
-        if part == 0u {
-            group_m[slot * HG + g] = m[g];
-            group_l[slot * HG + g] = l[g];
-        }
-        let at = (slot * HG + g) * d4 + 2u * part;
-        group_acc[at] = acc[2u * g];
-        group_acc[at + 1u] = acc[2u * g + 1u];
+    keep_run(h_0, slot, 0u, part, d4);
+    if HG == 2u {
+        keep_run(h_1, slot, 1u, part, d4);
     }
     workgroupBarrier();
     // Lane i takes quad i % d4 of head i / d4, over every group.
