@@ -159,6 +159,26 @@ fn span_count() -> u32 {
 #endif
 }
 
+// A split workgroup's job: token t's span c of the pass's `splits` spans a token.
+struct SpanJob {
+    t: u32,
+    c: u32,
+    splits: u32,
+}
+
+// The job of workgroup row y.
+fn span_job(y: u32) -> SpanJob {
+    let splits = span_count();
+    return SpanJob(y / splits, y % splits, splits);
+}
+
+// Token t's position and cache slot: its position decides the loop bounds, so a uniform copy
+// keeps the barriers legal.
+fn token_uniform(t: u32) -> TokenInfo {
+    tok_shared = tokens[t];
+    return workgroupUniformLoad(&tok_shared);
+}
+
 // The key positions [x, y) of span c of token `tok`.
 fn span_keys(tok: TokenInfo, c: u32) -> vec2<u32> {
     var lo = 0u;
@@ -173,12 +193,13 @@ fn span_keys(tok: TokenInfo, c: u32) -> vec2<u32> {
     return vec2<u32>(lo, hi);
 }
 
-// Dims 4q .. 4q + 3 of head h's output o over span c of token t, whose scores have max m and
-// sum of exponentials l: the attention output itself when the token has one span (the sink
-// joins the denominator here), else the span's partial for MERGE (with m and l once, at q = 0).
-fn finish(t: u32, h: u32, c: u32, splits: u32, m: f32, l: f32, o: vec4<f32>, q: u32) {
+// Dims 4q .. 4q + 3 of head h's output o over the job's span, whose scores have max m and sum
+// of exponentials l: the attention output itself when the token has one span (the sink joins
+// the denominator here), else the span's partial for MERGE (with m and l once, at q = 0).
+fn finish(job: SpanJob, h: u32, m: f32, l: f32, o: vec4<f32>, q: u32) {
     let d = p.head_dim;
-    if splits == 1u {
+    let t = job.t;
+    if job.splits == 1u {
         let mx = max(m, sinks[h]);
         let cm = exp(m - mx);
         let ob = (t * p.n_heads + h) * d + 4u * q;
@@ -188,7 +209,7 @@ fn finish(t: u32, h: u32, c: u32, splits: u32, m: f32, l: f32, o: vec4<f32>, q: 
         out[ob + 2u] = r.z;
         out[ob + 3u] = r.w;
     } else {
-        let pb = ((t * p.n_heads + h) * MAX_SPLITS + c) * (d + 2u);
+        let pb = ((t * p.n_heads + h) * MAX_SPLITS + job.c) * (d + 2u);
         part[pb + 4u * q] = o.x;
         part[pb + 4u * q + 1u] = o.y;
         part[pb + 4u * q + 2u] = o.z;
@@ -212,23 +233,19 @@ fn split(lanes: Lanes, @builtin(workgroup_id) wg: vec3<u32>) {
     let gn = p.n_heads / p.n_kv;
     let h0 = kvh * gn;
 #endif
-    let splits = span_count();
-    let t = wg.y / splits;
-    let c = wg.y % splits;
-    if t >= step.tokens {
+    let job = span_job(wg.y);
+    if job.t >= step.tokens {
         return;
     }
-    // The token's position decides the loop bounds: a uniform copy keeps the barriers legal.
-    tok_shared = tokens[t];
-    let tok = workgroupUniformLoad(&tok_shared);
+    let tok = token_uniform(job.t);
     let d = p.head_dim;
     let d4 = d / 4u;
     let stride = (p.n_heads + 2u * p.n_kv) * d;
     for (var i = lid; i < gn * d4; i += WG) {
-        let q0 = t * stride + h0 * d + 4u * i;
+        let q0 = job.t * stride + h0 * d + 4u * i;
         qs[i] = vec4<f32>(qkv[q0], qkv[q0 + 1u], qkv[q0 + 2u], qkv[q0 + 3u]);
     }
-    let keys = span_keys(tok, c);
+    let keys = span_keys(tok, job.c);
     let lo = keys.x;
     let hi = keys.y;
     var m: array<f32, HG>;
@@ -335,7 +352,7 @@ fn split(lanes: Lanes, @builtin(workgroup_id) wg: vec3<u32>) {
         for (var ph = 0u; ph < phases; ph++) {
             o += vsum[(ph * HG + g) * d4 + q];
         }
-        finish(t, h0 + g, c, splits, m[g], l[g], o, q);
+        finish(job, h0 + g, m[g], l[g], o, q);
     }
 }
 
@@ -417,14 +434,11 @@ fn keys(lanes: Lanes, @builtin(workgroup_id) wg: vec3<u32>) {
     let lid = lanes.lid;
     let h0 = wg.x * HG;
     let kvh = h0 / (p.n_heads / p.n_kv);
-    let splits = span_count();
-    let t = wg.y / splits;
-    let c = wg.y % splits;
-    if t >= step.tokens {
+    let job = span_job(wg.y);
+    if job.t >= step.tokens {
         return;
     }
-    tok_shared = tokens[t];
-    let tok = workgroupUniformLoad(&tok_shared);
+    let tok = token_uniform(job.t);
     let d = p.head_dim;
     let d4 = d / 4u;
     // Lane `part` of its key's L lanes; its group is the workgroup's `slot`-th.
@@ -433,7 +447,7 @@ fn keys(lanes: Lanes, @builtin(workgroup_id) wg: vec3<u32>) {
     let slot = (lid / lanes.size) * (lanes.size / kl) + lanes.lane / kl;
     let groups = WG / kl;
     let stride = (p.n_heads + 2u * p.n_kv) * d;
-    let qb = t * stride + h0 * d + 8u * part;
+    let qb = job.t * stride + h0 * d + 8u * part;
     var h_0 = HeadRun(NEG, 0.0, vec4<f32>(0.0), vec4<f32>(0.0),
                       vec4<f32>(qkv[qb], qkv[qb + 1u], qkv[qb + 2u], qkv[qb + 3u]),
                       vec4<f32>(qkv[qb + 4u], qkv[qb + 5u], qkv[qb + 6u], qkv[qb + 7u]));
@@ -443,7 +457,7 @@ fn keys(lanes: Lanes, @builtin(workgroup_id) wg: vec3<u32>) {
         h_1.q0 = vec4<f32>(qkv[q1], qkv[q1 + 1u], qkv[q1 + 2u], qkv[q1 + 3u]);
         h_1.q1 = vec4<f32>(qkv[q1 + 4u], qkv[q1 + 5u], qkv[q1 + 6u], qkv[q1 + 7u]);
     }
-    let keys = span_keys(tok, c);
+    let keys = span_keys(tok, job.c);
     for (var base = keys.x; base < keys.y; base += KEY_ROUNDS * groups) {
         // Every key and value of the trip loaded first (dead positions load the last live key
         // and weigh 0).
@@ -484,7 +498,7 @@ fn keys(lanes: Lanes, @builtin(workgroup_id) wg: vec3<u32>) {
             den += w * group_l[r * HG + g];
             o += w * group_acc[(r * HG + g) * d4 + q];
         }
-        finish(t, h0 + g, c, splits, mx, den, o, q);
+        finish(job, h0 + g, mx, den, o, q);
     }
 }
 #endif
