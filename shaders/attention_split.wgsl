@@ -16,10 +16,11 @@
 // span from the window's start, however long the context: gpt-oss's 128-key windows never need
 // a merge).
 // SPLIT's extra bindings: sinks [NH] f32, out [T, NH * D] f32.
-// MERGE: Bindings part, sinks [NH] f32, out [T, NH * D] f32. Grid: (NH, T); lane i is dim i.
-//   Each span's max and sum are staged in workgroup memory once, then a lane has MERGE_LOADS
-//   spans' outputs in flight at a time, added in span order (at 8k keys, 64 spans: 169 -> 147
-//   us a step on the H200, PERF.md v0.26).
+// MERGE: Bindings part, sinks [NH] f32, out [T, NH * D] f32. Grid: (NH, T); lane i is dim
+//   i % D of part i / D. Each span's max and sum are staged in workgroup memory once, then a
+//   lane has MERGE_LOADS of its part's spans' outputs in flight at a time, added in span order
+//   (at 8k keys, 64 spans: 169 -> 147 us a step on the H200, PERF.md v0.26), and the parts'
+//   sums in part order.
 // FEW_HEADS (SPLIT): a workgroup takes one query head, or two with TWO_HEADS (grid (NH / HG,
 // T * splits)), for passes of few spans in all (tokens times splits, ONE_HEAD_MAX_SPANS and
 // TWO_HEADS_MAX_SPANS): each key is then read by G / HG workgroups, but each carries HG heads'
@@ -514,10 +515,17 @@ fn keys(lanes: Lanes, @builtin(workgroup_id) wg: vec3<u32>) {
 // A span's max and sum, staged once for all the lanes.
 var<workgroup> span_m: array<f32, MAX_SPLITS>;
 var<workgroup> span_l: array<f32, MAX_SPLITS>;
+// Lanes a merge workgroup: MERGE_WG / D parts of D lanes (a lane a dim), part r taking the r-th
+// run of spans, so that a lane walks a quarter of the spans at D = 64 (at 8k keys, 2 rounds of
+// loads instead of 8: H200 merge 150 -> 127 us a step; at 512 keys 106 -> 113). The parts' sums
+// meet in workgroup memory, added in part order.
+const MERGE_WG: u32 = 256u;
 // Spans whose outputs a lane loads at once.
 const MERGE_LOADS: u32 = 8u;
+var<workgroup> part_o: array<f32, MERGE_WG>;
+var<workgroup> part_den: array<f32, MERGE_WG>;
 
-@compute @workgroup_size(WG)
+@compute @workgroup_size(MERGE_WG)
 fn merge(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>) {
     let h = wg.x;
     let t = wg.y;
@@ -527,37 +535,52 @@ fn merge(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: v
     }
     let splits = step.splits;
     let base = (t * p.n_heads + h) * MAX_SPLITS * (d + 2u);
-    for (var c = lid; c < splits; c += WG) {
+    for (var c = lid; c < splits; c += MERGE_WG) {
         span_m[c] = part[base + c * (d + 2u) + d];
         span_l[c] = part[base + c * (d + 2u) + d + 1u];
     }
     workgroupBarrier();
-    if lid >= d {
-        return;
-    }
     var mx = sinks[h];
     for (var c = 0u; c < splits; c++) {
         mx = max(mx, span_m[c]);
     }
-    var den = exp(sinks[h] - mx);
-    var o = 0.0;
-    // MERGE_LOADS spans' outputs in flight, then added in span order.
-    for (var c0 = 0u; c0 < splits; c0 += MERGE_LOADS) {
-        var po: array<f32, MERGE_LOADS>;
-        for (var u = 0u; u < MERGE_LOADS; u++) {
-            if c0 + u < splits {
-                po[u] = part[base + (c0 + u) * (d + 2u) + lid];
+    let parts = MERGE_WG / d;
+    let r = lid / d;
+    let dim = lid % d;
+    if r < parts {
+        let per = (splits + parts - 1u) / parts;
+        let c_end = min(splits, (r + 1u) * per);
+        var den = 0.0;
+        var o = 0.0;
+        // MERGE_LOADS spans' outputs in flight, then added in span order.
+        for (var c0 = r * per; c0 < c_end; c0 += MERGE_LOADS) {
+            var po: array<f32, MERGE_LOADS>;
+            for (var u = 0u; u < MERGE_LOADS; u++) {
+                if c0 + u < c_end {
+                    po[u] = part[base + (c0 + u) * (d + 2u) + dim];
+                }
+            }
+            for (var u = 0u; u < MERGE_LOADS; u++) {
+                let c = c0 + u;
+                if c < c_end {
+                    let w = exp(span_m[c] - mx);
+                    den += w * span_l[c];
+                    o += w * po[u];
+                }
             }
         }
-        for (var u = 0u; u < MERGE_LOADS; u++) {
-            let c = c0 + u;
-            if c < splits {
-                let w = exp(span_m[c] - mx);
-                den += w * span_l[c];
-                o += w * po[u];
-            }
-        }
+        part_o[lid] = o;
+        part_den[lid] = den;
     }
-    out[t * p.n_heads * d + h * d + lid] = o / den;
+    workgroupBarrier();
+    if lid < d {
+        var den = exp(sinks[h] - mx);
+        var o = 0.0;
+        for (var q = 0u; q < parts; q++) {
+            den += part_den[q * d + lid];
+            o += part_o[q * d + lid];
+        }
+        out[t * p.n_heads * d + h * d + lid] = o / den;
+    }
 }
 #endif
