@@ -182,6 +182,11 @@ fn token_uniform(t: u32) -> TokenInfo {
     return workgroupUniformLoad(&tok_shared);
 }
 
+// Four query values from qkv at index i.
+fn qkv4(i: u32) -> vec4<f32> {
+    return vec4<f32>(qkv[i], qkv[i + 1u], qkv[i + 2u], qkv[i + 3u]);
+}
+
 // The key positions [x, y) of span c of token `tok`.
 fn span_keys(tok: TokenInfo, c: u32) -> vec2<u32> {
     var lo = 0u;
@@ -246,7 +251,7 @@ fn split(lanes: Lanes, @builtin(workgroup_id) wg: vec3<u32>) {
     let stride = (p.n_heads + 2u * p.n_kv) * d;
     for (var i = lid; i < gn * d4; i += WG) {
         let q0 = job.t * stride + h0 * d + 4u * i;
-        qs[i] = vec4<f32>(qkv[q0], qkv[q0 + 1u], qkv[q0 + 2u], qkv[q0 + 3u]);
+        qs[i] = qkv4(q0);
     }
     let keys = span_keys(tok, job.c);
     let lo = keys.x;
@@ -387,6 +392,11 @@ struct HeadRun {
     q1: vec4<f32>,
 }
 
+// A run that has seen no key yet, for the 8 query dims at qkv index q.
+fn head_run(q: u32) -> HeadRun {
+    return HeadRun(NEG, 0.0, vec4<f32>(0.0), vec4<f32>(0.0), qkv4(q), qkv4(q + 4u));
+}
+
 // A trip's keys and values, 8 dims of each of KEY_ROUNDS keys.
 struct KeyTrip {
     k: array<vec4<kv>, 2u * KEY_ROUNDS>,
@@ -451,14 +461,10 @@ fn keys(lanes: Lanes, @builtin(workgroup_id) wg: vec3<u32>) {
     let groups = WG / kl;
     let stride = (p.n_heads + 2u * p.n_kv) * d;
     let qb = job.t * stride + h0 * d + 8u * part;
-    var h_0 = HeadRun(NEG, 0.0, vec4<f32>(0.0), vec4<f32>(0.0),
-                      vec4<f32>(qkv[qb], qkv[qb + 1u], qkv[qb + 2u], qkv[qb + 3u]),
-                      vec4<f32>(qkv[qb + 4u], qkv[qb + 5u], qkv[qb + 6u], qkv[qb + 7u]));
+    var h_0 = head_run(qb);
     var h_1 = h_0;
     if HG == 2u {
-        let q1 = qb + d;
-        h_1.q0 = vec4<f32>(qkv[q1], qkv[q1 + 1u], qkv[q1 + 2u], qkv[q1 + 3u]);
-        h_1.q1 = vec4<f32>(qkv[q1 + 4u], qkv[q1 + 5u], qkv[q1 + 6u], qkv[q1 + 7u]);
+        h_1 = head_run(qb + d);
     }
     let keys = span_keys(tok, job.c);
     for (var base = keys.x; base < keys.y; base += KEY_ROUNDS * groups) {

@@ -112,9 +112,12 @@ pub fn all_variants() -> Vec<ShaderKey> {
                 attention::SplitHeads::Two,
                 attention::SplitHeads::Group,
             ] {
-                out.push(attention::split_key(heads, f16, sg, false));
-                if sg && !matches!(heads, attention::SplitHeads::Group) {
-                    out.push(attention::split_key(heads, f16, sg, true));
+                // split_key falls back to `split` where key groups do not apply.
+                for key_groups in [false, true] {
+                    let key = attention::split_key(heads, f16, sg, key_groups);
+                    if !out.contains(&key) {
+                        out.push(key);
+                    }
                 }
             }
         }

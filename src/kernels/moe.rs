@@ -143,14 +143,14 @@ fn per_chunk<'a>(
     let variant = if s.coop { "COOP" } else { "SIMT" };
     let tile_rows = wgsl_const("moe.wgsl", &format!("{variant}_TR"))?;
     let tile_slots = wgsl_const("moe.wgsl", &format!("{variant}_TS"))?;
-    let first = s.vec_max_tokens + 1;
+    // Tiles hold a tile of slots on average from experts * TS / top_k tokens on.
     let sparse_max = if s.coop {
-        (s.experts * tile_slots / s.top_k.max(1)).max(first)
+        (s.experts * tile_slots / s.top_k.max(1)).max(s.vec_max_tokens)
     } else {
-        first - 1
+        s.vec_max_tokens
     };
     let variants = [
-        (true, first..=sparse_max),
+        (true, s.vec_max_tokens + 1..=sparse_max),
         (false, sparse_max + 1..=u32::MAX),
     ];
     let mut out = Vec::new();
