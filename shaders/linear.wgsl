@@ -126,9 +126,10 @@ const COOP_KB: u32 = 2u;
 const SPLIT_WORKGROUPS: u32 = 256u;
 const SPLIT_MIN_STEPS: u32 = 4u;
 // The largest pass the tensor-core and the portable tiles leave to linear_vec.wgsl
-// (src/kernels/linear.rs): with k cut, the tensor-core tiles win from 8 tokens on the H200, the
-// portable ones (64 token columns whatever the pass) from about 16 (PERF.md v0.19).
-const COOP_VEC_MAX_TOKENS: u32 = 4u;
+// (src/kernels/linear.rs): with k cut, the tensor-core tiles win from 6 tokens on the H200 (5:
+// 724 against 712 tok/s, 6: 790 against 797, PERF.md v0.29), the portable ones (64 token columns
+// whatever the pass) from about 16 (v0.19).
+const COOP_VEC_MAX_TOKENS: u32 = 5u;
 const SIMT_VEC_MAX_TOKENS: u32 = 16u;
 
 #ifdef TILES

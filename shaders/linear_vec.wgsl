@@ -11,6 +11,10 @@
 // lane + GL, ... of each, UNROLL at a time so that their loads are in flight together), so even a
 // per-layer matrix spreads over thousands of short workgroups: at batch 1 a workgroup's serial
 // latency, not the bandwidth, is what costs (PERF.md v0.9 to v0.11).
+// MULTI lays a row group's lanes out differently: a warp's lanes are COLS neighbouring lanes of
+// each of WG_ROWS rows, reading COLS neighbouring units, so that one input load of the warp
+// touches one cache line that all its rows share (lanes of one row read 32 different units: four
+// lines a load, for every token of the pass).
 // ROPE (the q/k/v projection, with NORM): the four rows of a workgroup are two rotation pairs
 // (i, i + D/2) of one head, so the epilogue applies RoPE (common/rope.wgsl) and stores q into y
 // and k, v straight into the KV cache at each token's slot: no separate rope dispatch at decode.
@@ -45,9 +49,9 @@
 // one row per row group. (Four rows per group with 8 tokens, so that an input load serves four
 // rows, made the H200's batch-8 step 60% slower in the dense layers: PERF.md v0.11.)
 const ROWS: u32 = 4u;
-const MULTI_ROWS: u32 = 4u;
-const WG: u32 = 128u;
-const GL: u32 = 32u;
+const MULTI_ROWS: u32 = 8u;
+const ONE_WG: u32 = 128u;
+const MULTI_WG: u32 = 256u;
 // 8-weight units a lane has in flight per row, and tokens per workgroup: MULTI serves up to 8
 // (the Rust side reads this line), the plain variant one (batch-1 decode keeps its registers).
 const ONE_UNROLL: u32 = 4u;
@@ -56,18 +60,71 @@ const MULTI_UNROLL: u32 = 4u;
 const MAX_T: u32 = 8u;
 const WG_ROWS: u32 = MULTI_ROWS;
 const UNROLL: u32 = MULTI_UNROLL;
+const WG: u32 = MULTI_WG;
+const GL: u32 = WG / WG_ROWS;
 #else
 const MAX_T: u32 = 1u;
 const WG_ROWS: u32 = ROWS;
 const UNROLL: u32 = ONE_UNROLL;
+const WG: u32 = ONE_WG;
+const GL: u32 = 32u;
 #endif
 const R: u32 = WG_ROWS / (WG / GL);
 const NSUM: u32 = R * MAX_T;
+#ifdef MULTI
+// The fused norm's sums of squares, one workgroup-wide sum per token; `red` is also the row sums'
+// scratch (multi_sums).
+const NV: u32 = MAX_T;
+#include "common/reduce.wgsl"
+const NG: u32 = WG / GL;
+const COLS: u32 = 4u;
+const PARTS: u32 = GL / COLS;
+var<workgroup> multi_total: array<f32, WG_ROWS * NSUM>;
+
+// Row group grp's NSUM totals, for each of its lanes. A row's GL lanes are COLS neighbours in each
+// of PARTS parts: with SUBGROUPS the neighbours add by shuffles first (the same sum in each), so
+// only the parts' sums go through memory. The totals run over a fixed order. Called from uniform
+// control flow.
+fn multi_sums(acc: ptr<function, array<f32, NSUM>>, lid: u32, lane: u32, grp: u32) {
+    // Earlier readers of `red` (the norm's totals, the last row block's sums) are done.
+    workgroupBarrier();
+#ifdef SUBGROUPS
+    for (var q = 0u; q < NSUM; q++) {
+        var v = (*acc)[q];
+        for (var m = 1u; m < COLS; m <<= 1u) {
+            v += subgroupShuffleXor(v, m);
+        }
+        if lane % COLS == 0u {
+            red[(q * WG_ROWS + grp) * PARTS + lane / COLS] = v;
+        }
+    }
+    let n = PARTS;
+#else
+    for (var q = 0u; q < NSUM; q++) {
+        red[(q * WG_ROWS + grp) * GL + lane] = (*acc)[q];
+    }
+    let n = GL;
+#endif
+    workgroupBarrier();
+    if lid < WG_ROWS * NSUM {
+        var total = 0.0;
+        for (var i = 0u; i < n; i++) {
+            total += red[lid * n + i];
+        }
+        multi_total[lid] = total;
+    }
+    workgroupBarrier();
+    for (var q = 0u; q < NSUM; q++) {
+        (*acc)[q] = multi_total[q * WG_ROWS + grp];
+    }
+}
+#else
 #include "common/row_group.wgsl"
 #ifdef NORM
 // The fused norm's sums of squares, one workgroup-wide sum per token.
 const NV: u32 = MAX_T;
 #include "common/reduce.wgsl"
+#endif
 #endif
 
 // The first of the R rows (of this buffer) that row group `grp` computes in row block `rb`.
@@ -76,7 +133,7 @@ fn first_row(rb: u32, grp: u32) -> u32 {
     // A workgroup takes 2R consecutive dims i of the first half of a head (groups 0 and 2) and
     // the same dims i + D/2 of the second half (groups 1 and 3), so that rotation pairs meet.
     let per_head = p.head_dim / WG_ROWS;
-    let i = (rb % per_head) * 2u * R + (grp / 2u) * R;
+    let i = (rb % per_head) * (NG / 2u) * R + (grp / 2u) * R;
     return (rb / per_head) * p.head_dim + i + (grp % 2u) * (p.head_dim / 2u);
 #else
     return rb * WG_ROWS + grp * R;
@@ -101,10 +158,6 @@ fn main(l: Lanes, @builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups)
     let units = p.k / 8u;
     // Token t's inputs start at vec4 index (t0 + t) * xs.
     let xs = 2u * units;
-    var scale: array<f32, MAX_T>;
-    for (var t = 0u; t < MAX_T; t++) {
-        scale[t] = 1.0;
-    }
 #ifdef NORM
     reduce_setup(l);
     var ss: array<f32, NV>;
@@ -115,13 +168,20 @@ fn main(l: Lanes, @builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups)
         }
     }
     reduce_sum(&ss);
+    var scale: array<f32, MAX_T>;
     for (var t = 0u; t < MAX_T; t++) {
         scale[t] = inverseSqrt(red[t] / f32(p.k) + p.eps);
     }
 #endif
     let blocks = (p.rows + WG_ROWS - 1u) / WG_ROWS;
+#ifdef MULTI
+    // lid = (part * WG_ROWS + row) * COLS + col.
+    let lane = (l.lid / (COLS * WG_ROWS)) * COLS + l.lid % COLS;
+    let grp = (l.lid / COLS) % WG_ROWS;
+#else
     let lane = l.lid % GL;
     let grp = l.lid / GL;
+#endif
     for (var rb = wg.x; rb < blocks; rb += nwg.x) {
         let r0 = first_row(rb, grp);
         // acc[r * MAX_T + t]: row r0 + r for token t0 + t. Zeroed by hand each block: SwiftShader
@@ -137,28 +197,38 @@ fn main(l: Lanes, @builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups)
                 let i = i0 + u * GL;
                 let live = select(0.0, 1.0, i < units);
                 let ic = select(0u, i, i < units);
+                // What multiplies the unit's weights rather than each token's inputs: the norm's
+                // gains and the dead-unit zero (each token's norm scale multiplies its sums at
+                // the end), so a token costs two loads and eight multiply-adds a unit.
 #ifdef NORM
-                let ga = g[2u * ic];
-                let gb = g[2u * ic + 1u];
+                let ga = g[2u * ic] * live;
+                let gb = g[2u * ic + 1u] * live;
+#else
+                let ga = vec4<f32>(live);
+                let gb = ga;
 #endif
                 for (var r = 0u; r < R; r++) {
-                    let wr = bf16_wide8(w[min(r0 + r, p.rows - 1u) * units + ic]);
+                    let wq = bf16_wide8(w[min(r0 + r, p.rows - 1u) * units + ic]);
+                    let wr = array<vec4<f32>, 2>(wq[0] * ga, wq[1] * gb);
                     for (var t = 0u; t < MAX_T; t++) {
                         if t < n_tok {
                             let xb = (t0 + t) * xs + 2u * ic;
-                            var a = x[xb] * (scale[t] * live);
-                            var b = x[xb + 1u] * (scale[t] * live);
-#ifdef NORM
-                            a *= ga;
-                            b *= gb;
-#endif
-                            acc[r * MAX_T + t] += dot(wr[0], a) + dot(wr[1], b);
+                            acc[r * MAX_T + t] = dot8_acc(wr, x[xb], x[xb + 1u], acc[r * MAX_T + t]);
                         }
                     }
                 }
             }
         }
+#ifdef NORM
+        for (var q = 0u; q < NSUM; q++) {
+            acc[q] *= scale[q % MAX_T];
+        }
+#endif
+#ifdef MULTI
+        multi_sums(&acc, l.lid, lane, grp);
+#else
         group_sums(&acc, l);
+#endif
 #ifdef ROPE
         rope_store(t0, n_tok, r0, acc, lane, grp);
 #else
@@ -182,8 +252,9 @@ fn main(l: Lanes, @builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups)
 // lanes idle on such rows, their unrolled loads mostly clamped dead ones, and reduce after every
 // 128 products: a tiny model's decode step on lavapipe was 1.77 s, 97% of it that one dispatch.
 const SHORT_UNITS: u32 = 32u;
+const SHORT_WG: u32 = 128u;
 
-@compute @workgroup_size(WG)
+@compute @workgroup_size(SHORT_WG)
 fn short(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>,
          @builtin(num_workgroups) nwg: vec3<u32>) {
     let tb = token_block(wg.y);
@@ -194,7 +265,7 @@ fn short(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: v
     let n_tok = tb.y;
     let units = p.k / 8u;
     let xs = 2u * units;
-    for (var row = wg.x * WG + lid; row < p.rows; row += nwg.x * WG) {
+    for (var row = wg.x * SHORT_WG + lid; row < p.rows; row += nwg.x * SHORT_WG) {
         var acc: array<f32, MAX_T>;
         for (var t = 0u; t < MAX_T; t++) {
             acc[t] = 0.0;
@@ -213,10 +284,10 @@ fn short(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: v
 }
 
 #ifdef ROPE
-var<workgroup> pair_v: array<f32, 4u * NSUM>;
+var<workgroup> pair_v: array<f32, NG * NSUM>;
 
 // Rotates the workgroup's rotation pairs for each token and stores them: q into y, k and v into
-// the cache. Lane r * MAX_T + t of groups 0 and 2 takes row r0 + r of token t0 + t (R * MAX_T
+// the cache. Lane r * MAX_T + t of the even groups takes row r0 + r of token t0 + t (R * MAX_T
 // <= GL). Called from uniform control flow by every lane.
 fn rope_store(t0: u32, n_tok: u32, r0: u32, acc: array<f32, NSUM>, lane: u32, grp: u32) {
     if lane == 0u {

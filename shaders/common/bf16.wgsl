@@ -21,3 +21,16 @@ fn bf16_dot8(q: vec4<u32>, a: vec4<f32>, b: vec4<f32>) -> f32 {
     let w = bf16_wide8(q);
     return dot(w[0], a) + dot(w[1], b);
 }
+
+// acc plus 8 widened weights (w[0]: elements 0..3, w[1]: 4..7) against 8 inputs, as one chain of
+// multiply-adds (a dot() form costs a multiply and an add more per four, PERF.md v0.22).
+fn dot8_acc(w: array<vec4<f32>, 2>, a: vec4<f32>, b: vec4<f32>, acc: f32) -> f32 {
+    var s = fma(w[0].x, a.x, acc);
+    s = fma(w[0].y, a.y, s);
+    s = fma(w[0].z, a.z, s);
+    s = fma(w[0].w, a.w, s);
+    s = fma(w[1].x, b.x, s);
+    s = fma(w[1].y, b.y, s);
+    s = fma(w[1].z, b.z, s);
+    return fma(w[1].w, b.w, s);
+}

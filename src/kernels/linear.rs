@@ -494,7 +494,7 @@ pub fn build_vec(
         && rope.is_none()
         && l.k / 8 <= wgsl_const("linear_vec.wgsl", "SHORT_UNITS")?;
     let (entry, rows_per_wg, multi_rows) = if short {
-        let lanes = wgsl_const("linear_vec.wgsl", "WG")?;
+        let lanes = wgsl_const("linear_vec.wgsl", "SHORT_WG")?;
         ("short", lanes, lanes)
     } else {
         let rows = wgsl_const("linear_vec.wgsl", "ROWS")?;
