@@ -61,7 +61,7 @@ const MAX_T: u32 = 8u;
 const WG_ROWS: u32 = MULTI_ROWS;
 const UNROLL: u32 = MULTI_UNROLL;
 const WG: u32 = MULTI_WG;
-const GL: u32 = WG / WG_ROWS;
+const GL: u32 = 32u;
 #else
 const MAX_T: u32 = 1u;
 const WG_ROWS: u32 = ROWS;
@@ -79,7 +79,7 @@ const NV: u32 = MAX_T;
 const NG: u32 = WG / GL;
 const COLS: u32 = 4u;
 const PARTS: u32 = GL / COLS;
-var<workgroup> multi_total: array<f32, WG_ROWS * NSUM>;
+var<workgroup> multi_total: array<f32, NG * NSUM>;
 
 // Row group grp's NSUM totals, for each of its lanes. A row's GL lanes are COLS neighbours in each
 // of PARTS parts: with SUBGROUPS the neighbours add by shuffles first (the same sum in each), so
@@ -95,18 +95,18 @@ fn multi_sums(acc: ptr<function, array<f32, NSUM>>, lid: u32, lane: u32, grp: u3
             v += subgroupShuffleXor(v, m);
         }
         if lane % COLS == 0u {
-            red[(q * WG_ROWS + grp) * PARTS + lane / COLS] = v;
+            red[(q * NG + grp) * PARTS + lane / COLS] = v;
         }
     }
     let n = PARTS;
 #else
     for (var q = 0u; q < NSUM; q++) {
-        red[(q * WG_ROWS + grp) * GL + lane] = (*acc)[q];
+        red[(q * NG + grp) * GL + lane] = (*acc)[q];
     }
     let n = GL;
 #endif
     workgroupBarrier();
-    if lid < WG_ROWS * NSUM {
+    if lid < NG * NSUM {
         var total = 0.0;
         for (var i = 0u; i < n; i++) {
             total += red[lid * n + i];
@@ -115,7 +115,7 @@ fn multi_sums(acc: ptr<function, array<f32, NSUM>>, lid: u32, lane: u32, grp: u3
     }
     workgroupBarrier();
     for (var q = 0u; q < NSUM; q++) {
-        (*acc)[q] = multi_total[q * WG_ROWS + grp];
+        (*acc)[q] = multi_total[q * NG + grp];
     }
 }
 #else
@@ -175,9 +175,9 @@ fn main(l: Lanes, @builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups)
 #endif
     let blocks = (p.rows + WG_ROWS - 1u) / WG_ROWS;
 #ifdef MULTI
-    // lid = (part * WG_ROWS + row) * COLS + col.
-    let lane = (l.lid / (COLS * WG_ROWS)) * COLS + l.lid % COLS;
-    let grp = (l.lid / COLS) % WG_ROWS;
+    // lid = (part * NG + grp) * COLS + col.
+    let lane = (l.lid / (COLS * NG)) * COLS + l.lid % COLS;
+    let grp = (l.lid / COLS) % NG;
 #else
     let lane = l.lid % GL;
     let grp = l.lid / GL;
