@@ -72,9 +72,9 @@ const GL: u32 = 32u;
 const R: u32 = WG_ROWS / (WG / GL);
 const NSUM: u32 = R * MAX_T;
 #ifdef MULTI
-// The fused norm's sums of squares, one workgroup-wide sum per token; `red` is also the row sums'
-// scratch (multi_sums).
-const NV: u32 = MAX_T;
+// The fused norm's sums of squares, one workgroup-wide sum per token; `red` (NV values a lane) is
+// also the row sums' scratch (multi_sums).
+const NV: u32 = NSUM;
 #include "common/reduce.wgsl"
 const NG: u32 = WG / GL;
 const COLS: u32 = 4u;
