@@ -193,7 +193,7 @@ fn project(l: Lanes, e_local: u32, row0: u32, rows: u32, k: u32, inb: array<u32,
                 let a2 = input(inb[q] + 4u * i + 2u);
                 let a3 = input(inb[q] + 4u * i + 3u);
                 for (var r = 0u; r < R; r++) {
-                    let unit = fma8_acc(hi[r], a2, a3, fma8_acc(lo[r], a0, a1, 0.0));
+                    let unit = fp4_dot8_acc(hi[r], a2, a3, fp4_dot8_acc(lo[r], a0, a1, 0.0));
                     acc[q * R + r] = fma(unit, sc[r], acc[q * R + r]);
                 }
             }
@@ -289,7 +289,7 @@ fn block_products(acc: ptr<function, array<f32, MAX_S>>, row_blk: u32, b: u32, x
         for (var q = 0u; q < MAX_S; q++) {
             if q < n_s {
                 let base = q * (KC / 4u) + at;
-                sums[q] = fma8_acc(c, xs[base + 2u * j], xs[base + 2u * j + 1u], sums[q]);
+                sums[q] = fp4_dot8_acc(c, xs[base + 2u * j], xs[base + 2u * j + 1u], sums[q]);
             }
         }
     }
@@ -304,7 +304,7 @@ fn block_products(acc: ptr<function, array<f32, MAX_S>>, row_blk: u32, b: u32, x
             let base = q * (KC / 4u) + at;
             var sum = 0.0;
             for (var j = 0u; j < 4u; j++) {
-                sum = fma8_acc(c[j], xs[base + 2u * j], xs[base + 2u * j + 1u], sum);
+                sum = fp4_dot8_acc(c[j], xs[base + 2u * j], xs[base + 2u * j + 1u], sum);
             }
             (*acc)[q] = fma(sum, sc, (*acc)[q]);
         }

@@ -1,5 +1,3 @@
-#include "common/fma8.wgsl"
-
 // bf16 pairs packed in u32 words: the element at the even index is the low half (little endian).
 // bf16 is the top half of an f32, so widening is a shift.
 fn bf16_lo(w: u32) -> f32 {
@@ -25,9 +23,14 @@ fn bf16_dot8(q: vec4<u32>, a: vec4<f32>, b: vec4<f32>) -> f32 {
 }
 
 // acc plus 8 widened weights (w[0]: elements 0..3, w[1]: 4..7) against 8 inputs, as one chain of
-// multiply-adds.
-fn bf16_dot8_acc(w: array<vec4<f32>, 2>, a: vec4<f32>, b: vec4<f32>, acc: f32) -> f32 {
-    let c = mat4x2<f32>(vec2<f32>(w[0].x, w[1].x), vec2<f32>(w[0].y, w[1].y),
-                        vec2<f32>(w[0].z, w[1].z), vec2<f32>(w[0].w, w[1].w));
-    return fma8_acc(c, a, b, acc);
+// multiply-adds (a dot() form costs a multiply and an add more per four, PERF.md v0.22).
+fn dot8_acc(w: array<vec4<f32>, 2>, a: vec4<f32>, b: vec4<f32>, acc: f32) -> f32 {
+    var s = fma(w[0].x, a.x, acc);
+    s = fma(w[0].y, a.y, s);
+    s = fma(w[0].z, a.z, s);
+    s = fma(w[0].w, a.w, s);
+    s = fma(w[1].x, b.x, s);
+    s = fma(w[1].y, b.y, s);
+    s = fma(w[1].z, b.z, s);
+    return fma(w[1].w, b.w, s);
 }

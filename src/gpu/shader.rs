@@ -20,7 +20,6 @@ macro_rules! embed_wgsl {
 const SOURCES: &[(&str, &str)] = embed_wgsl![
     "common/reduce.wgsl",
     "common/step.wgsl",
-    "common/fma8.wgsl",
     "common/bf16.wgsl",
     "common/mxfp4.wgsl",
     "common/kv.wgsl",
