@@ -12,10 +12,10 @@
 // per-layer matrix spreads over thousands of short workgroups: at batch 1 a workgroup's serial
 // latency, not the bandwidth, is what costs (PERF.md v0.9 to v0.11).
 // MULTI lays a row group's lanes out differently: a warp's lanes are COLS neighbouring lanes of
-// each of WG_ROWS rows, reading COLS neighbouring units, so that one input load of the warp
+// each of several row groups, reading COLS neighbouring units, so that one input load of the warp
 // touches one cache line that all its rows share (lanes of one row read 32 different units: four
 // lines a load, for every token of the pass).
-// ROPE (the q/k/v projection, with NORM): the four rows of a workgroup are two rotation pairs
+// ROPE (the q/k/v projection, with NORM): the rows of a workgroup are rotation pairs
 // (i, i + D/2) of one head, so the epilogue applies RoPE (common/rope.wgsl) and stores q into y
 // and k, v straight into the KV cache at each token's slot: no separate rope dispatch at decode.
 // Extra bindings: tokens [count], table [max_pos, D/2] (cos, sin), k_cache, v_cache
@@ -130,8 +130,9 @@ const NV: u32 = MAX_T;
 // The first of the R rows (of this buffer) that row group `grp` computes in row block `rb`.
 fn first_row(rb: u32, grp: u32) -> u32 {
 #ifdef ROPE
-    // A workgroup takes 2R consecutive dims i of the first half of a head (groups 0 and 2) and
-    // the same dims i + D/2 of the second half (groups 1 and 3), so that rotation pairs meet.
+    // A workgroup takes (NG / 2) R consecutive dims i of the first half of a head (the even
+    // groups) and the same dims i + D/2 of the second half (the odd ones), so that rotation pairs
+    // meet.
     let per_head = p.head_dim / WG_ROWS;
     let i = (rb % per_head) * (NG / 2u) * R + (grp / 2u) * R;
     return (rb / per_head) * p.head_dim + i + (grp % 2u) * (p.head_dim / 2u);
