@@ -52,6 +52,8 @@ const ROWS: u32 = 4u;
 const MULTI_ROWS: u32 = 8u;
 const ONE_WG: u32 = 128u;
 const MULTI_WG: u32 = 256u;
+// Lanes a row takes in both (in MULTI spread over the workgroup's warps).
+const GL: u32 = 32u;
 // 8-weight units a lane has in flight per row, and tokens per workgroup: MULTI serves up to 8
 // (the Rust side reads this line), the plain variant one (batch-1 decode keeps its registers).
 const ONE_UNROLL: u32 = 4u;
@@ -61,13 +63,11 @@ const MAX_T: u32 = 8u;
 const WG_ROWS: u32 = MULTI_ROWS;
 const UNROLL: u32 = MULTI_UNROLL;
 const WG: u32 = MULTI_WG;
-const GL: u32 = 32u;
 #else
 const MAX_T: u32 = 1u;
 const WG_ROWS: u32 = ROWS;
 const UNROLL: u32 = ONE_UNROLL;
 const WG: u32 = ONE_WG;
-const GL: u32 = 32u;
 #endif
 const R: u32 = WG_ROWS / (WG / GL);
 const NSUM: u32 = R * MAX_T;
