@@ -116,6 +116,16 @@ const SIMT_TS: u32 = 64u;
 const SIMT_TR: u32 = 128u;
 const COOP_TS: u32 = 64u;
 const COOP_TR: u32 = 128u;
+// STAGED (decode batches above linear_vec's): tokens and rows a tile, rows a lane, 8-input
+// units of each token's inputs in workgroup memory at once, and about how many workgroups a
+// pass (k cut to reach them; the Rust side reads these lines). H200, batch 8 (PERF.md v0.30):
+// 4 rows a lane 1734 us a step against 2208 with 2 and 3221 with 1 (each input read from
+// workgroup memory serves more rows); 16 tokens a tile lost to the narrow tensor-core tiles.
+const STAGED_TS: u32 = 8u;
+const STAGED_TR: u32 = 128u;
+const STAGED_RL: u32 = 4u;
+const STAGED_KC: u32 = 64u;
+const STAGED_WORKGROUPS: u32 = 1024u;
 // NARROW (with COOP): the tensor-core tiles for passes of up to NARROW_TS tokens (decode
 // batches), 16 tokens a tile and a subgroup per 16 rows rather than 64 (common/coop_tile.wgsl),
 // so that the subgroups that would only multiply the zeros of absent tokens decode weights too.
@@ -133,6 +143,10 @@ const COOP_VEC_MAX_TOKENS: u32 = 5u;
 const SIMT_VEC_MAX_TOKENS: u32 = 16u;
 
 #ifdef TILES
+#ifdef STAGED
+const TS: u32 = STAGED_TS;
+const TR: u32 = STAGED_TR;
+#else
 #ifdef COOP
 #ifdef NARROW
 const TS: u32 = NARROW_TS;
@@ -145,6 +159,7 @@ const TR: u32 = COOP_TR;
 #else
 const TS: u32 = SIMT_TS;
 const TR: u32 = SIMT_TR;
+#endif
 #endif
 
 // The tile entries' first token and row, the pass's tokens, and the tile's range of k in
@@ -176,12 +191,14 @@ fn tile_begin(wg: vec3<u32>) -> vec2<u32> {
     return units;
 }
 
+#ifndef STAGED
 // A thread's loads for one step of the tile file's WI weight and XI input items: 8 bf16 weights
 // (one 16-byte load) or the same 8 inputs of a token (two vec4 loads).
 struct Fetch {
     w: array<vec4<u32>, WI>,
     x: array<vec4<f32>, 2u * XI>,
 }
+#endif
 
 // Token j of the tile, row `row` of this buffer (SPLIT_K: the tile's range's sum, in part).
 fn store_tile(j: u32, row: u32, v: f32) {
@@ -359,5 +376,123 @@ fn store_rows(j: u32, row: u32, v: vec2<f32>) {
 fn coop(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>) {
     let units = tile_begin(wg);
     coop_products(lid, tile_row0, (units.y - units.x) / 4u);
+}
+#endif
+
+#ifdef STAGED
+// The tile's tokens' inputs for STAGED_KC units of k: [token][unit] pairs of vec4 (8 inputs).
+var<workgroup> xs: array<vec4<f32>, TS * STAGED_KC * 2u>;
+// A row's lanes: neighbours, each taking two adjacent units (32 bytes) of every 8, so that a
+// warp's load covers whole 128-byte lines of 32 / COLS rows. A lane takes RL rows, TR / RL apart,
+// so that each input it reads from workgroup memory serves RL rows.
+const COLS: u32 = 4u;
+const STAGED_WG: u32 = STAGED_TR / STAGED_RL * COLS;
+const RL: u32 = STAGED_RL;
+// A lane's sums: [row * TS + token].
+const NS: u32 = RL * TS;
+#include "common/lanes.wgsl"
+
+// Each sum over the COLS neighbouring lanes of a row, in every one of them, added as
+// (c0 + c1) + (c2 + c3) on both paths. Called from uniform control flow.
+fn staged_sums(acc: ptr<function, array<f32, NS>>, l: Lanes) {
+#ifdef SUBGROUPS
+    for (var q = 0u; q < NS; q++) {
+        var v = (*acc)[q];
+        for (var m = 1u; m < COLS; m <<= 1u) {
+            v += subgroupShuffleXor(v, m);
+        }
+        (*acc)[q] = v;
+    }
+#else
+    // xs holds TS * STAGED_KC * 2 vec4s, at least the STAGED_WG * NS / 4 the sums take
+    // (STAGED_KC >= STAGED_TR / 2).
+    const NQ: u32 = NS / 4u;
+    workgroupBarrier();
+    for (var q = 0u; q < NQ; q++) {
+        let a = 4u * q;
+        xs[l.lid * NQ + q] = vec4<f32>((*acc)[a], (*acc)[a + 1u], (*acc)[a + 2u], (*acc)[a + 3u]);
+    }
+    workgroupBarrier();
+    let first = (l.lid / COLS) * COLS * NQ;
+    for (var q = 0u; q < NS; q++) {
+        let at = first + q / 4u;
+        let e = q % 4u;
+        (*acc)[q] = (xs[at][e] + xs[at + NQ][e]) + (xs[at + 2u * NQ][e] + xs[at + 3u * NQ][e]);
+    }
+#endif
+}
+
+// Up to TS tokens by TR rows, k cut into ranges like the tiles (grid z): the tokens' inputs of a
+// range go through workgroup memory STAGED_KC units at a time, so that an input load serves TR
+// rows (linear_vec's lanes read every token's inputs for their own rows from the caches); each
+// lane keeps its rows' sums for all the tokens in registers and reads its weights once. f32
+// products, in unit order within a lane.
+@compute @workgroup_size(STAGED_WG)
+fn staged(l: Lanes, @builtin(workgroup_id) wg: vec3<u32>) {
+    let units = tile_begin(wg);
+    let count = step_count(p.count_which);
+    let t0 = wg.y * TS;
+    if t0 >= count {
+        return;
+    }
+    let live = min(count - t0, TS);
+    let rg = l.lid / COLS;
+    let c = l.lid % COLS;
+    // A row past the buffer reads the last one; its sums are not stored.
+    var wrow: array<u32, RL>;
+    for (var r = 0u; r < RL; r++) {
+        wrow[r] = min(tile_row0 + r * (TR / RL) + rg, p.rows - 1u) * (p.k / 8u);
+    }
+    var acc: array<f32, NS>;
+    for (var q = 0u; q < NS; q++) {
+        acc[q] = 0.0;
+    }
+    for (var u0 = units.x; u0 < units.y; u0 += STAGED_KC) {
+        let n = min(STAGED_KC, units.y - u0);
+        workgroupBarrier();
+        for (var i = l.lid; i < live * STAGED_KC * 2u; i += STAGED_WG) {
+            let j = i % (2u * STAGED_KC);
+            var v = vec4<f32>(0.0);
+            if j / 2u < n {
+                v = x[(t0 + i / (2u * STAGED_KC)) * (p.k / 4u) + 2u * u0 + j];
+            }
+            xs[i] = v;
+        }
+        workgroupBarrier();
+        for (var g = 0u; g < n; g += 2u * COLS) {
+            let u = g + 2u * c;
+            // All the trip's weight loads first; units past the range weigh zero (their inputs
+            // are zero too).
+            var wq: array<vec4<u32>, 2u * RL>;
+            for (var r = 0u; r < RL; r++) {
+                for (var h = 0u; h < 2u; h++) {
+                    let w_at = wrow[r] + u0 + min(u + h, n - 1u);
+                    wq[2u * r + h] = select(vec4<u32>(0u), w[w_at], u + h < n);
+                }
+            }
+            for (var h = 0u; h < 2u; h++) {
+                var wf: array<array<vec4<f32>, 2>, RL>;
+                for (var r = 0u; r < RL; r++) {
+                    wf[r] = bf16_wide8(wq[2u * r + h]);
+                }
+                for (var t = 0u; t < TS; t++) {
+                    if t < live {
+                        let xb = (t * STAGED_KC + u + h) * 2u;
+                        let a = xs[xb];
+                        let b = xs[xb + 1u];
+                        for (var r = 0u; r < RL; r++) {
+                            acc[r * TS + t] = dot8_acc(wf[r], a, b, acc[r * TS + t]);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    staged_sums(&acc, l);
+    for (var q = 0u; q < NS; q++) {
+        if q % COLS == c {
+            store_tile(q % TS, tile_row0 + (q / TS) * (TR / RL) + rg, acc[q]);
+        }
+    }
 }
 #endif

@@ -176,51 +176,69 @@ struct KSplit {
     units: u32,
 }
 
-/// The tile shape of one tile entry: rows and tokens per tile, 8-input units per step.
+/// The tile shape of one tile entry: rows and tokens per tile, 8-input units per step, and about
+/// how many workgroups a pass of one token tile should have (k is cut to reach them).
 struct TileShape {
     rows: u32,
     tokens: u32,
     step_units: u32,
+    workgroups: u32,
 }
 
 /// The tile shape of the portable tiles, or of the tensor-core ones (`narrow`: for passes of up
 /// to NARROW_TS tokens).
 fn tile_shape(coop: bool, narrow: bool) -> Result<TileShape> {
+    let workgroups = wgsl_const("linear.wgsl", "SPLIT_WORKGROUPS")?;
     Ok(if coop {
         TileShape {
             rows: wgsl_const("linear.wgsl", "COOP_TR")?,
             tokens: wgsl_const("linear.wgsl", if narrow { "NARROW_TS" } else { "COOP_TS" })?,
             step_units: 4 * wgsl_const("linear.wgsl", "COOP_KB")?,
+            workgroups,
         }
     } else {
         TileShape {
             rows: wgsl_const("linear.wgsl", "SIMT_TR")?,
             tokens: wgsl_const("linear.wgsl", "SIMT_TS")?,
             step_units: wgsl_const("common/simt_tile.wgsl", "KS")? / 8,
+            workgroups,
         }
     })
 }
 
-/// The tile entries of a layer, each with its shape and the largest pass it takes: on the
-/// tensor cores narrow tiles up to NARROW_TS tokens, then the wide ones; else the portable ones.
-fn tile_entries(coop: bool) -> Result<Vec<(ShaderKey, TileShape, u32)>> {
-    Ok(if coop {
-        let narrow = tile_shape(true, true)?;
-        let narrow_max = narrow.tokens;
-        vec![
-            (coop_key(true), narrow, narrow_max),
-            (coop_key(false), tile_shape(true, false)?, u32::MAX),
-        ]
-    } else {
-        vec![(simt_key(), tile_shape(false, false)?, u32::MAX)]
+/// The staged tiles' shape: a lane's trip covers 2 x COLS units of a row.
+fn staged_shape() -> Result<TileShape> {
+    Ok(TileShape {
+        rows: wgsl_const("linear.wgsl", "STAGED_TR")?,
+        tokens: wgsl_const("linear.wgsl", "STAGED_TS")?,
+        step_units: 2 * wgsl_const("linear.wgsl", "COLS")?,
+        workgroups: wgsl_const("linear.wgsl", "STAGED_WORKGROUPS")?,
     })
 }
 
-/// The k ranges for n_out rows of k inputs: enough to give a pass of one token tile about
-/// SPLIT_WORKGROUPS workgroups, each range at least SPLIT_MIN_STEPS steps, none empty.
+/// The tile entries of a layer, each with its shape and the largest pass it takes: the staged
+/// tiles up to STAGED_TS tokens, then on the tensor cores narrow tiles up to NARROW_TS tokens and
+/// the wide ones; else the portable ones. `subgroups`: the staged tiles' row sums by shuffles.
+fn tile_entries(coop: bool, subgroups: bool) -> Result<Vec<(ShaderKey, TileShape, u32)>> {
+    let staged = staged_shape()?;
+    let staged_max = staged.tokens;
+    let mut out = vec![(staged_key(subgroups), staged, staged_max)];
+    if coop {
+        let narrow = tile_shape(true, true)?;
+        let narrow_max = narrow.tokens;
+        out.push((coop_key(true), narrow, narrow_max));
+        out.push((coop_key(false), tile_shape(true, false)?, u32::MAX));
+    } else {
+        out.push((simt_key(), tile_shape(false, false)?, u32::MAX));
+    }
+    Ok(out)
+}
+
+/// The k ranges for n_out rows of k inputs: enough to give a pass of one token tile about the
+/// shape's workgroups, each range at least SPLIT_MIN_STEPS steps, none empty.
 fn k_split(shape: &TileShape, k: u32, n_out: u32) -> Result<KSplit> {
     let steps = (k / 8).div_ceil(shape.step_units);
-    let want = wgsl_const("linear.wgsl", "SPLIT_WORKGROUPS")?.div_ceil(n_out.div_ceil(shape.rows));
+    let want = shape.workgroups.div_ceil(n_out.div_ceil(shape.rows));
     let most = steps / wgsl_const("linear.wgsl", "SPLIT_MIN_STEPS")?;
     let per = steps.div_ceil(want.min(most).max(1));
     Ok(KSplit {
@@ -244,7 +262,7 @@ pub fn split_sums_bytes(k: u32, n_out: u32, coop: bool, max_tokens: u32) -> Resu
         return Ok(0);
     }
     let mut bytes = 0;
-    for (_, shape, _) in tile_entries(coop)? {
+    for (_, shape, _) in tile_entries(coop, false)? {
         let s = k_split(&shape, k, n_out)?;
         if s.splits > 1 {
             let b = s.splits as u64 * shape.tokens.min(max_tokens) as u64 * n_out as u64 * 4;
@@ -259,6 +277,15 @@ pub(crate) fn simt_key() -> ShaderKey {
     ShaderKey::new("linear.wgsl", "tiled")
         .define_if("TILES", true)
         .define_if("SIMT", true)
+}
+
+/// The staged tiles' shader, with or without subgroup shuffles for the row sums (the validation
+/// sweep takes it from here).
+pub(crate) fn staged_key(subgroups: bool) -> ShaderKey {
+    ShaderKey::new("linear.wgsl", "staged")
+        .define_if("TILES", true)
+        .define_if("STAGED", true)
+        .define_if("SUBGROUPS", subgroups)
 }
 
 /// The tensor-core tiles' shader, wide or narrow (the validation sweep takes them from here).
@@ -336,7 +363,10 @@ pub fn build_tiled(
     let mut out = Vec::new();
     // Each entry takes the passes from the end of the last one's to its own largest.
     let mut first = vec_max + 1;
-    for (tile_key, shape, last) in tile_entries(coop)? {
+    // Shuffles over a row's neighbouring lanes need subgroups of at least that many.
+    let subgroups =
+        gpu.caps.subgroups && gpu.caps.subgroup_min >= wgsl_const("linear.wgsl", "COLS")?;
+    for (tile_key, shape, last) in tile_entries(coop, subgroups)? {
         if first <= last {
             out.extend(build_entry(gpu, step, l, &tile_key, &shape, first..=last)?);
             first = last.saturating_add(1);
@@ -574,8 +604,9 @@ mod tests {
     /// gets enough workgroups (the q/k/v projection of gpt-oss: 40 row tiles).
     #[test]
     fn k_ranges_cover_k_and_none_is_empty() {
-        for (coop, narrow) in [(false, false), (true, false), (true, true)] {
-            let shape = tile_shape(coop, narrow).unwrap();
+        let shapes = [(false, false), (true, false), (true, true)]
+            .map(|(coop, narrow)| tile_shape(coop, narrow).unwrap());
+        for shape in shapes.into_iter().chain([staged_shape().unwrap()]) {
             for k in (8..=6000).step_by(56) {
                 for n_out in [9, 150, 2880, 5120, 201088] {
                     let s = k_split(&shape, k, n_out).unwrap();
@@ -623,44 +654,7 @@ mod tests {
                 (20, 800, 72, 72, false),
                 (40, 1000, 130, 130, true),
             ] {
-                let x = random(&mut rng, t * k, 1.0);
-                let (w, wb) = random_bf16(&mut rng, n * k, 0.5);
-                let b = random(&mut rng, n, 0.5);
-                let y0 = random(&mut rng, t * n, 1.0);
-                let w_split = split_rows(gpu, &wb, n, k, split);
-                let xb = gpu.upload("x", f32_bytes(&x)).unwrap();
-                let bb = gpu.upload("b", f32_bytes(&b)).unwrap();
-                let yb = gpu.upload("y", f32_bytes(&y0)).unwrap();
-                let part_bytes = split_sums_bytes(k as u32, n as u32, coop, t as u32).unwrap();
-                let part = gpu.storage("part", part_bytes.max(4)).unwrap();
-                let step = step_buffer(gpu);
-                let d = build(
-                    gpu,
-                    &step,
-                    &Linear {
-                        x: &xb,
-                        w: &w_split,
-                        bias: Some(&bb),
-                        y: &yb,
-                        k: k as u32,
-                        n_out: n as u32,
-                        count: Count::Tokens,
-                        accumulate: acc,
-                        norm: None,
-                        rope: None,
-                        coop,
-                        split_sums: Some(&part),
-                    },
-                )
-                .unwrap();
-                let counts = StepCounts {
-                    tokens: t as u32,
-                    ..Default::default()
-                };
-                submit(gpu, &step, &counts, &d);
-                let got = gpu.read_f32(&yb, t * n).await.unwrap();
-                let want = reference(&x, &w, &b, &y0, k, acc);
-                let e = nmse(&got, &want);
+                let e = case_nmse(gpu, &mut rng, (t, k, n, split, acc), coop, None, true).await;
                 let tol = if coop { 1e-9 } else { 1e-10 };
                 assert!(
                     e < tol,
@@ -669,6 +663,83 @@ mod tests {
                 );
             }
         }
+    }
+
+    gpu_test!(staged_tiles_match_reference);
+    async fn staged_tiles_match_reference() {
+        let mut rng = seeded("staged_tiles_match_reference");
+        for gpu in gpus().await {
+            // Every pass on the tiles (none on linear_vec), so that the staged tiles take passes
+            // of up to STAGED_TS tokens: (tokens, k, n, rows per buffer, accumulate, k cut where
+            // it pays). k cut into 4 ranges of 32 units, the last of 29 (a partial trip); k whole
+            // (no scratch for the ranges), 150 units in three chunks of inputs; 12 units, a trip
+            // cut short; three buffers.
+            for &(t, k, n, split, acc, cut) in &[
+                (1, 1000, 70, 70, false, true),
+                (8, 1000, 70, 40, true, true),
+                (5, 1200, 130, 130, false, false),
+                (3, 96, 9, 9, true, true),
+                (8, 520, 200, 70, false, true),
+            ] {
+                let case = (t, k, n, split, acc);
+                let e = case_nmse(gpu, &mut rng, case, false, Some(0), cut).await;
+                assert!(
+                    e < 1e-10,
+                    "{} t={t} k={k} n={n}: nmse {e}",
+                    gpu.caps.subgroups
+                );
+            }
+        }
+    }
+
+    /// One dense layer of random weights on `gpu` against the reference: (tokens, k, n, rows per
+    /// buffer, accumulate), built by `build`, or with `tiled_from` by `build_tiled` (passes above
+    /// that on the tiles), with the k ranges' scratch where `cut`; the nmse of y.
+    async fn case_nmse(
+        gpu: &Gpu,
+        rng: &mut crate::rng::Rng,
+        (t, k, n, split, acc): (usize, usize, usize, usize, bool),
+        coop: bool,
+        tiled_from: Option<u32>,
+        cut: bool,
+    ) -> f64 {
+        let x = random(rng, t * k, 1.0);
+        let (w, wb) = random_bf16(rng, n * k, 0.5);
+        let b = random(rng, n, 0.5);
+        let y0 = random(rng, t * n, 1.0);
+        let w_split = split_rows(gpu, &wb, n, k, split);
+        let xb = gpu.upload("x", f32_bytes(&x)).unwrap();
+        let bb = gpu.upload("b", f32_bytes(&b)).unwrap();
+        let yb = gpu.upload("y", f32_bytes(&y0)).unwrap();
+        let part_bytes = split_sums_bytes(k as u32, n as u32, coop, t as u32).unwrap();
+        let part = gpu.storage("part", part_bytes.max(4)).unwrap();
+        let step = step_buffer(gpu);
+        let l = Linear {
+            x: &xb,
+            w: &w_split,
+            bias: Some(&bb),
+            y: &yb,
+            k: k as u32,
+            n_out: n as u32,
+            count: Count::Tokens,
+            accumulate: acc,
+            norm: None,
+            rope: None,
+            coop,
+            split_sums: cut.then_some(&part),
+        };
+        let d = match tiled_from {
+            Some(v) => build_tiled(gpu, &step, &l, v),
+            None => build(gpu, &step, &l),
+        }
+        .unwrap();
+        let counts = StepCounts {
+            tokens: t as u32,
+            ..Default::default()
+        };
+        submit(gpu, &step, &counts, &d);
+        let got = gpu.read_f32(&yb, t * n).await.unwrap();
+        nmse(&got, &reference(&x, &w, &b, &y0, k, acc))
     }
 
     gpu_test!(fused_norm_matches_rmsnorm_then_linear);

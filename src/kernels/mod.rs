@@ -92,6 +92,9 @@ pub fn all_variants() -> Vec<ShaderKey> {
         out.push(linear::coop_key(false).define_if("SPLIT_K", split));
         out.push(linear::coop_key(true).define_if("SPLIT_K", split));
         out.push(linear::simt_key().define_if("SPLIT_K", split));
+        for sg in [false, true] {
+            out.push(linear::staged_key(sg).define_if("SPLIT_K", split));
+        }
     }
     for rope in [None, Some(false), Some(true)] {
         out.push(linear::sum_splits_key(rope));
