@@ -8,13 +8,18 @@ enable wgpu_cooperative_matrix;
 // Dense layer with bf16 weights: y[t, row_start + r] (+)= sum_k x[t, k] * W[r, k] + bias[row_start + r],
 // for passes above the matrix-vector kernel's (linear_vec.wgsl). Bindings: x [count, k] f32, W rows
 // [rows, k] bf16 (this buffer's part of the matrix), bias [n_out] f32, y [count, n_out] f32.
-// ACCUMULATE (a parameter) adds into y (the residual stream) instead of overwriting. Three entries:
+// ACCUMULATE (a parameter) adds into y (the residual stream) instead of overwriting. Four entries:
 // tiled (with SIMT and TILES; k a multiple of 8): TS tokens by TR rows per workgroup through
 //   workgroup memory in f32 (common/simt_tile.wgsl), 8 weights and 8 inputs per load. Grid:
 //   (ceil(rows / TR), ceil(count / TS)).
 // coop (with COOP, TILES and SPLIT_INPUTS; k a multiple of 32): the tensor-core path of the `fast`
 //   precision (common/coop_tile.wgsl): inputs in two f16 parts (f16 inputs alone move the logits
 //   30 times more), f32 sums. Grid: (ceil(rows / TR), ceil(count / TS)).
+// staged (with STAGED and TILES; k a multiple of 8): decode passes of up to STAGED_TS tokens, f32
+//   products, the tokens' inputs through workgroup memory (below). With NORM (and SPLIT_K) it
+//   reads the un-normed input and multiplies it by the gains (binding 5), and sum_splits applies
+//   each token's RMSNorm scale: no rmsnorm dispatch before it. Grid: (ceil(rows / TR),
+//   ceil(count / TS)).
 // main (any even k): R rows for TT tokens per workgroup, each lane a strided part of k, reduced
 //   across the workgroup (SUBGROUPS: in registers first); ONE_TOKEN (TT = 1) serves passes of a
 //   single row, where the token tile would only add reduction work. Grid: (ceil(rows / R),
@@ -28,9 +33,10 @@ enable wgpu_cooperative_matrix;
 // projection) a thread takes a rotation pair (i, i + D/2) of a head instead of a column, and
 // rotates and stores it as rope.wgsl would (q into y, k and v into the cache: no rope dispatch
 // for decode batches). Extra bindings: tokens, table, k_cache, v_cache. Grid: (ceil(n_out / 2 /
-// SUM_WG), count).
+// SUM_WG), count). With NORM the sums are multiplied by the token's RMSNorm scale, reduced by
+// each workgroup from the un-normed input (an extra binding after the others).
 // Each entry gives a token the same sums in the same order whatever else is in the pass. TILES
-// gives the two tile entries their bindings (8 values per load) and shared tile helpers.
+// gives the three tile entries their bindings (8 values per load) and shared tile helpers.
 #include "common/step.wgsl"
 #include "common/bf16.wgsl"
 
@@ -46,6 +52,18 @@ enable wgpu_cooperative_matrix;
 @group(0) @binding(8) var<storage, read_write> v_cache: array<kv>;
 #include "common/rope.wgsl"
 #endif
+#ifdef NORM
+// The un-normed input [count, k] (the staged tiles multiplied their inputs by the gains): the
+// binding after the others.
+#ifdef ROPE
+@group(0) @binding(9) var<storage, read> norm_x: array<vec4<f32>>;
+#else
+@group(0) @binding(5) var<storage, read> norm_x: array<vec4<f32>>;
+#endif
+const WG: u32 = SUM_WG;
+const NV: u32 = 1u;
+#include "common/reduce.wgsl"
+#endif
 #else
 #ifdef TILES
 @group(0) @binding(2) var<storage, read> x: array<vec4<f32>>;
@@ -56,6 +74,10 @@ enable wgpu_cooperative_matrix;
 #endif
 #ifdef SPLIT_K
 @group(0) @binding(4) var<storage, read_write> part: array<f32>;
+#ifdef NORM
+// The fused norm's gains [k] (STAGED with SPLIT_K only: sum_splits applies the norm's scale).
+@group(0) @binding(5) var<storage, read> gain: array<vec4<f32>>;
+#endif
 #else
 @group(0) @binding(4) var<storage, read> bias: array<f32>;
 @group(0) @binding(5) var<storage, read_write> y: array<f32>;
@@ -78,12 +100,32 @@ fn split_sum(t: u32, col: u32) -> f32 {
     return sum;
 }
 
+#include "common/lanes.wgsl"
+
+// With NORM, RMSNorm's scale of token t (its inputs' sum of squares over the workgroup); else 1.
+// Called from uniform control flow.
+fn norm_scale(l: Lanes, t: u32) -> f32 {
+#ifdef NORM
+    reduce_setup(l);
+    var ss: array<f32, NV>;
+    for (var i = l.lid; i < p.k / 4u; i += SUM_WG) {
+        let v = norm_x[t * (p.k / 4u) + i];
+        ss[0] += dot(v, v);
+    }
+    reduce_sum(&ss);
+    return inverseSqrt(red[0] / f32(p.k) + p.eps);
+#else
+    return 1.0;
+#endif
+}
+
 @compute @workgroup_size(SUM_WG)
-fn sum_splits(@builtin(global_invocation_id) id: vec3<u32>) {
+fn sum_splits(l: Lanes, @builtin(global_invocation_id) id: vec3<u32>) {
     let t = id.y;
     if t >= step_count(p.count_which) {
         return;
     }
+    let scale = norm_scale(l, t);
 #ifdef ROPE
     let half = p.head_dim / 2u;
     let head = id.x / half;
@@ -92,7 +134,7 @@ fn sum_splits(@builtin(global_invocation_id) id: vec3<u32>) {
     if col >= p.n_out {
         return;
     }
-    var x = vec2<f32>(split_sum(t, col), split_sum(t, col + half));
+    var x = vec2<f32>(split_sum(t, col), split_sum(t, col + half)) * scale;
     if p.has_bias != 0u {
         x += vec2<f32>(bias[col], bias[col + half]);
     }
@@ -104,7 +146,7 @@ fn sum_splits(@builtin(global_invocation_id) id: vec3<u32>) {
 #else
     let col = id.x;
     if col < p.n_out {
-        store_out(t, col, split_sum(t, col));
+        store_out(t, col, split_sum(t, col) * scale);
     }
 #endif
 }
@@ -455,6 +497,9 @@ fn staged(l: Lanes, @builtin(workgroup_id) wg: vec3<u32>) {
             var v = vec4<f32>(0.0);
             if j / 2u < n {
                 v = x[(t0 + i / (2u * STAGED_KC)) * (p.k / 4u) + 2u * u0 + j];
+#ifdef NORM
+                v *= gain[2u * u0 + j];
+#endif
             }
             xs[i] = v;
         }

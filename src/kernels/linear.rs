@@ -216,22 +216,66 @@ fn staged_shape() -> Result<TileShape> {
     })
 }
 
-/// The tile entries of a layer, each with its shape and the largest pass it takes: the staged
-/// tiles up to STAGED_TS tokens, then on the tensor cores narrow tiles up to NARROW_TS tokens and
-/// the wide ones; else the portable ones. `subgroups`: the staged tiles' row sums by shuffles.
-fn tile_entries(coop: bool, subgroups: bool) -> Result<Vec<(ShaderKey, TileShape, u32)>> {
+/// One tile entry of a layer: its shader, shape and the largest pass it takes; `staged` for the
+/// staged tiles (which can take the layer's norm).
+struct TileEntry {
+    key: ShaderKey,
+    shape: TileShape,
+    last: u32,
+    staged: bool,
+}
+
+/// The tile entries of a layer: the staged tiles up to STAGED_TS tokens, then on the tensor cores
+/// narrow tiles up to NARROW_TS tokens and the wide ones; else the portable ones. `subgroups`:
+/// the staged tiles' row sums by shuffles.
+fn tile_entries(coop: bool, subgroups: bool) -> Result<Vec<TileEntry>> {
+    let tiles = |key, shape: TileShape, last| TileEntry {
+        key,
+        shape,
+        last,
+        staged: false,
+    };
     let staged = staged_shape()?;
-    let staged_max = staged.tokens;
-    let mut out = vec![(staged_key(subgroups), staged, staged_max)];
+    let mut out = vec![TileEntry {
+        last: staged.tokens,
+        key: staged_key(subgroups),
+        shape: staged,
+        staged: true,
+    }];
     if coop {
         let narrow = tile_shape(true, true)?;
         let narrow_max = narrow.tokens;
-        out.push((coop_key(true), narrow, narrow_max));
-        out.push((coop_key(false), tile_shape(true, false)?, u32::MAX));
+        out.push(tiles(coop_key(true), narrow, narrow_max));
+        out.push(tiles(coop_key(false), tile_shape(true, false)?, u32::MAX));
     } else {
-        out.push((simt_key(), tile_shape(false, false)?, u32::MAX));
+        out.push(tiles(simt_key(), tile_shape(false, false)?, u32::MAX));
     }
     Ok(out)
+}
+
+/// The largest pass whose kernels normalize l's input themselves (`Linear::norm`): linear_vec's,
+/// and above them the staged tiles' where they take the norm. The caller's rmsnorm dispatch
+/// must run for the passes above.
+pub fn norm_fused_max_tokens(gpu: &Gpu, l: &Linear) -> Result<u32> {
+    let vec_max = vec_max_tokens(l.k, l.coop)?;
+    Ok(if staged_fuses_norm(gpu, l)? {
+        vec_max.max(staged_shape()?.tokens)
+    } else {
+        vec_max
+    })
+}
+
+/// Whether the staged tiles take l's norm: only with k cut (the scratch given, more than one
+/// range: sum_splits applies each token's scale), and with sum_splits' extra binding within the
+/// adapter's storage buffers (eight with RoPE).
+fn staged_fuses_norm(gpu: &Gpu, l: &Linear) -> Result<bool> {
+    let (coop, simt) = tile_kind(l.k, l.coop);
+    let buffers = if l.rope.is_some() { 8 } else { 4 };
+    Ok(l.norm.is_some()
+        && (coop || simt)
+        && l.split_sums.is_some()
+        && gpu.caps.storage_buffers >= buffers
+        && k_split(&staged_shape()?, l.k, l.n_out)?.splits > 1)
 }
 
 /// The k ranges for n_out rows of k inputs: enough to give a pass of one token tile about the
@@ -262,7 +306,7 @@ pub fn split_sums_bytes(k: u32, n_out: u32, coop: bool, max_tokens: u32) -> Resu
         return Ok(0);
     }
     let mut bytes = 0;
-    for (_, shape, _) in tile_entries(coop, false)? {
+    for TileEntry { shape, .. } in tile_entries(coop, false)? {
         let s = k_split(&shape, k, n_out)?;
         if s.splits > 1 {
             let b = s.splits as u64 * shape.tokens.min(max_tokens) as u64 * n_out as u64 * 4;
@@ -366,23 +410,35 @@ pub fn build_tiled(
     // Shuffles over a row's neighbouring lanes need subgroups of at least that many.
     let subgroups =
         gpu.caps.subgroups && gpu.caps.subgroup_min >= wgsl_const("linear.wgsl", "COLS")?;
-    for (tile_key, shape, last) in tile_entries(coop, subgroups)? {
-        if first <= last {
-            out.extend(build_entry(gpu, step, l, &tile_key, &shape, first..=last)?);
-            first = last.saturating_add(1);
+    let fuse = staged_fuses_norm(gpu, l)?;
+    for e in tile_entries(coop, subgroups)? {
+        if first <= e.last {
+            let norm = (e.staged && fuse).then_some(l.norm.as_ref()).flatten();
+            out.extend(build_entry(
+                gpu,
+                step,
+                l,
+                &e.key,
+                &e.shape,
+                norm,
+                first..=e.last,
+            )?);
+            first = e.last.saturating_add(1);
         }
     }
     Ok(out)
 }
 
 /// One tile entry's dispatches for the passes of `passes`: those of one token tile with k cut
-/// where that fills the GPU (and the scratch is there), the rest whole.
+/// where that fills the GPU (and the scratch is there), the rest whole. With `norm` (the staged
+/// tiles where they take it: always with k cut) the norm is fused.
 fn build_entry(
     gpu: &Gpu,
     step: &wgpu::Buffer,
     l: &Linear,
     tile_key: &ShaderKey,
     shape: &TileShape,
+    norm: Option<&NormInput>,
     passes: std::ops::RangeInclusive<u32>,
 ) -> Result<Vec<Dispatch>> {
     let mut out = Vec::new();
@@ -393,7 +449,7 @@ fn build_entry(
         && split.splits > 1
         && !counts.is_empty()
     {
-        let ds = build_split(gpu, step, l, tile_key, shape, split, part)?;
+        let ds = build_split(gpu, step, l, tile_key, shape, split, part, norm)?;
         out.extend(ds.into_iter().map(|d| d.only_for(l.count, counts.clone())));
         whole = shape.tokens + 1..=*passes.end();
     }
@@ -417,7 +473,9 @@ fn build_entry(
 }
 
 /// The tiles with k cut as `split` says, one dispatch per weight buffer writing the ranges' sums
-/// into `part`, then one that adds them up into y.
+/// into `part`, then one that adds them up into y; with `norm`, from the un-normed input, the
+/// sums scaled by the norm.
+#[allow(clippy::too_many_arguments)]
 fn build_split(
     gpu: &Gpu,
     step: &wgpu::Buffer,
@@ -426,14 +484,21 @@ fn build_split(
     shape: &TileShape,
     split: KSplit,
     part: &wgpu::Buffer,
+    norm: Option<&NormInput>,
 ) -> Result<Vec<Dispatch>> {
-    let key = tile_key.clone().define_if("SPLIT_K", true);
+    let key = tile_key
+        .clone()
+        .define_if("SPLIT_K", true)
+        .define_if("NORM", norm.is_some());
     let mut out = Vec::new();
     for c in &l.w.chunks {
         let p = Params::new(l, c).cut(split);
         let grid =
             Grid::new(c.count.div_ceil(shape.rows), l.count, shape.tokens).depth(split.splits);
-        let bufs = [l.x, &c.buffer, part];
+        let bufs = match norm {
+            Some(n) => vec![n.x, &c.buffer, part, n.w],
+            None => vec![l.x, &c.buffer, part],
+        };
         out.push(Dispatch::new(
             gpu,
             &key,
@@ -453,6 +518,9 @@ fn build_split(
         bufs.extend([r.tokens, r.table, r.k_cache, r.v_cache]);
         threads = l.n_out / 2;
     }
+    if let Some(n) = norm {
+        bufs.push(n.x);
+    }
     let grid = Grid::new(
         threads.div_ceil(wgsl_const("linear.wgsl", "SUM_WG")?),
         l.count,
@@ -460,7 +528,7 @@ fn build_split(
     );
     out.push(Dispatch::new(
         gpu,
-        &sum_splits_key(rope.map(|r| r.kv_f16)),
+        &sum_splits_key(rope.map(|r| r.kv_f16)).define_if("NORM", norm.is_some()),
         step,
         bytemuck::bytes_of(&p),
         &bufs,
@@ -746,13 +814,17 @@ mod tests {
     async fn fused_norm_matches_rmsnorm_then_linear() {
         let mut rng = seeded("linear_norm");
         for gpu in gpus().await {
-            // (tokens, k, n, rows per buffer): the vector path with the norm fused, and above
-            // the vector kernel's passes the tiled path on the separately normed input.
-            for &(t, k, n, split) in &[
-                (1, 64, 24, 24),
-                (3, 256, 37, 16),
-                (12, 64, 9, 9),
-                (40, 64, 9, 9),
+            // (tokens, k, n, rows per buffer, tiles only): the vector path with the norm fused,
+            // and above the vector kernel's passes the tiled path on the separately normed
+            // input; the staged tiles with k cut, which fuse it (given a zero normed input, so
+            // that only the fused norm gives the right sums).
+            for &(t, k, n, split, tiles) in &[
+                (1, 64, 24, 24, false),
+                (3, 256, 37, 16, false),
+                (12, 64, 9, 9, false),
+                (40, 64, 9, 9, false),
+                (1, 1024, 70, 70, true),
+                (8, 1024, 150, 100, true),
             ] {
                 let x = random(&mut rng, t * k, 2.0);
                 let g = random(&mut rng, k, 1.0);
@@ -762,31 +834,36 @@ mod tests {
                 let xb = gpu.upload("x", f32_bytes(&x)).unwrap();
                 let gb = gpu.upload("g", f32_bytes(&g)).unwrap();
                 // The tiled path reads the normed input, as the model's rmsnorm dispatch writes it.
-                let hb = gpu.upload("h", f32_bytes(&h)).unwrap();
+                let h_given = if tiles { vec![0.0; h.len()] } else { h.clone() };
+                let hb = gpu.upload("h", f32_bytes(&h_given)).unwrap();
                 let yb = gpu.storage("y", (t * n * 4) as u64).unwrap();
+                let part_bytes = split_sums_bytes(k as u32, n as u32, false, t as u32).unwrap();
+                let part = gpu.storage("part", part_bytes.max(4)).unwrap();
                 let step = step_buffer(gpu);
-                let d = build(
-                    gpu,
-                    &step,
-                    &Linear {
-                        x: &hb,
-                        w: &w_split,
-                        bias: None,
-                        y: &yb,
-                        k: k as u32,
-                        n_out: n as u32,
-                        count: Count::Tokens,
-                        accumulate: false,
-                        norm: Some(NormInput {
-                            x: &xb,
-                            w: &gb,
-                            eps: 1e-5,
-                        }),
-                        rope: None,
-                        coop: false,
-                        split_sums: None,
-                    },
-                )
+                let l = Linear {
+                    x: &hb,
+                    w: &w_split,
+                    bias: None,
+                    y: &yb,
+                    k: k as u32,
+                    n_out: n as u32,
+                    count: Count::Tokens,
+                    accumulate: false,
+                    norm: Some(NormInput {
+                        x: &xb,
+                        w: &gb,
+                        eps: 1e-5,
+                    }),
+                    rope: None,
+                    coop: false,
+                    split_sums: tiles.then_some(&part),
+                };
+                let d = if tiles {
+                    assert!(staged_fuses_norm(gpu, &l).unwrap());
+                    build_tiled(gpu, &step, &l, 0)
+                } else {
+                    build(gpu, &step, &l)
+                }
                 .unwrap();
                 let counts = StepCounts {
                     tokens: t as u32,
@@ -801,9 +878,18 @@ mod tests {
         }
     }
 
+    /// Which of a layer's kernels a test builds: the vector kernel for every pass, `build`'s
+    /// choice, or the tiles for every pass.
+    #[derive(Clone, Copy, PartialEq)]
+    enum Kernels {
+        Vec,
+        All,
+        Tiles,
+    }
+
     // The q/k/v projection with `rope`, on every path that rotates: the vector kernel's
-    // epilogue (`vec_only`: for all its passes), the k ranges' sums of the tiles (decode
-    // batches), rope.wgsl after whole tiles.
+    // epilogue (`Kernels::Vec`: for all its passes), the k ranges' sums of the tiles (decode
+    // batches; the staged tiles' with the norm fused), rope.wgsl after whole tiles.
     gpu_test!(projection_rotates_q_and_writes_the_cache);
     async fn projection_rotates_q_and_writes_the_cache() {
         let mut rng = seeded("linear_rope");
@@ -814,21 +900,31 @@ mod tests {
         for (gpu, kv_f16, coop) in
             paths.filter(|(g, f, c)| (!f || g.caps.f16) && (!c || g.caps.coop))
         {
-            // (heads, kv heads, head dim, k, heads per weight buffer, tokens, vector kernel only)
-            for &(nh, nkv, d, k, heads_split, t, vec_only) in &[
-                (4usize, 2usize, 16usize, 64usize, 3usize, 1usize, true),
-                (8, 2, 64, 96, 12, 5, true),
-                (2, 1, 32, 32, 1, 8, true),
+            // (heads, kv heads, head dim, k, heads per weight buffer, tokens, which kernels)
+            for &(nh, nkv, d, k, heads_split, t, path) in &[
+                (
+                    4usize,
+                    2usize,
+                    16usize,
+                    64usize,
+                    3usize,
+                    1usize,
+                    Kernels::Vec,
+                ),
+                (8, 2, 64, 96, 12, 5, Kernels::Vec),
+                (2, 1, 32, 32, 1, 8, Kernels::Vec),
                 // Several workgroup rows of tokens.
-                (2, 1, 32, 32, 1, 20, true),
+                (2, 1, 32, 32, 1, 20, Kernels::Vec),
                 // Tiles: k cut into ranges (narrow and wide tensor-core tiles, the portable
                 // ones) and whole (a pass above one token tile; short k).
-                (4, 2, 16, 1024, 2, 6, false),
-                (4, 2, 16, 1024, 3, 40, false),
-                (4, 2, 16, 1024, 2, 70, false),
-                (8, 2, 64, 96, 12, 5, false),
+                (4, 2, 16, 1024, 2, 6, Kernels::All),
+                (4, 2, 16, 1024, 3, 40, Kernels::All),
+                (4, 2, 16, 1024, 2, 70, Kernels::All),
+                (8, 2, 64, 96, 12, 5, Kernels::All),
+                // The staged tiles with k cut (the norm fused) on every adapter.
+                (4, 2, 16, 1024, 2, 6, Kernels::Tiles),
             ] {
-                if vec_only && coop {
+                if path == Kernels::Vec && coop {
                     continue;
                 }
                 let n = (nh + 2 * nkv) * d;
@@ -908,10 +1004,10 @@ mod tests {
                     coop,
                     split_sums: Some(&part),
                 };
-                let ds = if vec_only {
-                    build_vec(gpu, &step, &l, 1..=crate::kernels::VEC_MAX_TOKENS)
-                } else {
-                    build(gpu, &step, &l)
+                let ds = match path {
+                    Kernels::Vec => build_vec(gpu, &step, &l, 1..=crate::kernels::VEC_MAX_TOKENS),
+                    Kernels::All => build(gpu, &step, &l),
+                    Kernels::Tiles => build_tiled(gpu, &step, &l, 0),
                 }
                 .unwrap();
                 let counts = StepCounts {

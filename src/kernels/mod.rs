@@ -94,10 +94,20 @@ pub fn all_variants() -> Vec<ShaderKey> {
         out.push(linear::simt_key().define_if("SPLIT_K", split));
         for sg in [false, true] {
             out.push(linear::staged_key(sg).define_if("SPLIT_K", split));
+            // The norm is fused only with k cut.
+            if split {
+                out.push(
+                    linear::staged_key(sg)
+                        .define_if("SPLIT_K", true)
+                        .define_if("NORM", true),
+                );
+            }
         }
     }
     for rope in [None, Some(false), Some(true)] {
-        out.push(linear::sum_splits_key(rope));
+        for norm in [false, true] {
+            out.push(linear::sum_splits_key(rope).define_if("NORM", norm));
+        }
     }
     for (coop, sparse) in [(false, false), (true, false), (true, true)] {
         out.push(moe::tiled_key("gate_up", "GATE_UP", coop, sparse));

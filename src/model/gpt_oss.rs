@@ -297,44 +297,41 @@ impl Graph<'_> {
             eps: c.eps,
             count: Count::Tokens,
         };
-        let mut ds = vec![rmsnorm::build(g, step, &norm)?.only_for(
-            Count::Tokens,
-            linear::vec_max_tokens(c.hidden, self.coop)? + 1..=u32::MAX,
-        )];
         // The projection rotates q, k and stores k, v: in its epilogue at decode (the vector
         // kernel's, or the k ranges' sums of decode batches), by rope.wgsl after prefill's tiles.
-        ds.extend(linear::build(
-            g,
-            step,
-            &Linear {
-                x: &a.h,
-                w: &lw.qkv,
-                bias: lw.qkv_bias.as_ref(),
-                y: &a.qkv,
-                k: c.hidden,
-                n_out: qkv_n,
-                count: Count::Tokens,
-                accumulate: false,
-                norm: Some(NormInput {
-                    x: &a.x,
-                    w: &lw.input_layernorm,
-                    eps: c.eps,
-                }),
-                rope: Some(RopeOutput {
-                    tokens: &a.tokens,
-                    table: rope_table,
-                    k_cache: &cache.k,
-                    v_cache: &cache.v,
-                    n_heads: c.heads,
-                    n_kv: c.kv_heads,
-                    head_dim: c.head_dim,
-                    kv_kind: kind,
-                    kv_f16: self.kv_f16,
-                }),
-                coop: self.coop,
-                split_sums: Some(&a.split_sums),
-            },
-        )?);
+        let qkv = Linear {
+            x: &a.h,
+            w: &lw.qkv,
+            bias: lw.qkv_bias.as_ref(),
+            y: &a.qkv,
+            k: c.hidden,
+            n_out: qkv_n,
+            count: Count::Tokens,
+            accumulate: false,
+            norm: Some(NormInput {
+                x: &a.x,
+                w: &lw.input_layernorm,
+                eps: c.eps,
+            }),
+            rope: Some(RopeOutput {
+                tokens: &a.tokens,
+                table: rope_table,
+                k_cache: &cache.k,
+                v_cache: &cache.v,
+                n_heads: c.heads,
+                n_kv: c.kv_heads,
+                head_dim: c.head_dim,
+                kv_kind: kind,
+                kv_f16: self.kv_f16,
+            }),
+            coop: self.coop,
+            split_sums: Some(&a.split_sums),
+        };
+        let mut ds = vec![rmsnorm::build(g, step, &norm)?.only_for(
+            Count::Tokens,
+            linear::norm_fused_max_tokens(g, &qkv)? + 1..=u32::MAX,
+        )];
+        ds.extend(linear::build(g, step, &qkv)?);
         ds.extend(attention::build(
             g,
             step,
