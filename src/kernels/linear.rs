@@ -1,6 +1,7 @@
 //! Dense layers with bf16 weights: q/k/v, o_proj, lm_head. Passes of up to `vec_max_tokens` tokens
-//! run `shaders/linear_vec.wgsl` (one workgroup row per token, the preceding RMSNorm fused), larger
-//! ones the token tiles of `shaders/linear.wgsl`.
+//! run `shaders/linear_vec.wgsl` (the preceding RMSNorm fused), larger ones the tiles of
+//! `shaders/linear.wgsl`: the staged tiles for decode batches (the norm fused where k is cut),
+//! then the token tiles.
 
 use crate::error::{Error, Result};
 use crate::gpu::shader::wgsl_const;
@@ -84,8 +85,8 @@ pub struct Linear<'a> {
     /// Add into y (the residual stream) instead of overwriting it.
     pub accumulate: bool,
     /// When set, `x` holds RMSNorm(norm.x) * norm.w for the tiled path (written by a separate
-    /// rmsnorm dispatch that the caller runs only for passes above `vec_max_tokens`), and the
-    /// vector path reads norm.x and normalizes it itself.
+    /// rmsnorm dispatch that the caller runs only for passes above `norm_fused_max_tokens`), and
+    /// the kernels of the smaller passes read norm.x and normalize it themselves.
     pub norm: Option<NormInput<'a>>,
     /// The q/k/v projection (y holds q, k, v of each token's heads): rotate q and k and write k,
     /// v into the cache, in the vector kernel's epilogue and the k ranges' sums where they can,
@@ -156,14 +157,18 @@ impl RopeOutput<'_> {
     }
 }
 
-/// The largest pass that runs the vector kernel for input width k: linear.wgsl's
-/// COOP_VEC_MAX_TOKENS where the tensor-core tiles take the larger ones, SIMT_VEC_MAX_TOKENS
-/// where the portable tiles do. It reads 8 weights per load, so k must be a multiple of 8
-/// (else 0: every pass is tiled). A fused norm's separate rmsnorm dispatch must run for the
-/// larger passes.
-pub fn vec_max_tokens(k: u32, coop: bool) -> Result<u32> {
-    Ok(match tile_kind(k, coop) {
-        _ if !k.is_multiple_of(8) => 0,
+/// The largest pass that runs the vector kernel for l: linear.wgsl's COOP_VEC_MAX_TOKENS where the
+/// tensor-core tiles take the larger ones, SIMT_VEC_MAX_TOKENS where the portable tiles do, and
+/// SHORT_VEC_MAX_TOKENS for rows short enough for linear_vec's lane-a-row entry (nothing to
+/// share between a tile's rows). It reads 8 weights per load, so k must be a multiple of 8 (else
+/// 0: every pass is tiled).
+fn vec_max_tokens(l: &Linear) -> Result<u32> {
+    let short = l.norm.is_none()
+        && l.rope.is_none()
+        && l.k / 8 <= wgsl_const("linear_vec.wgsl", "SHORT_UNITS")?;
+    Ok(match tile_kind(l.k, l.coop) {
+        _ if !l.k.is_multiple_of(8) => 0,
+        _ if short => wgsl_const("linear.wgsl", "SHORT_VEC_MAX_TOKENS")?,
         (true, _) => wgsl_const("linear.wgsl", "COOP_VEC_MAX_TOKENS")?,
         _ => wgsl_const("linear.wgsl", "SIMT_VEC_MAX_TOKENS")?,
     })
@@ -257,7 +262,7 @@ fn tile_entries(coop: bool, subgroups: bool) -> Result<Vec<TileEntry>> {
 /// and above them the staged tiles' where they take the norm. The caller's rmsnorm dispatch
 /// must run for the passes above.
 pub fn norm_fused_max_tokens(gpu: &Gpu, l: &Linear) -> Result<u32> {
-    let vec_max = vec_max_tokens(l.k, l.coop)?;
+    let vec_max = vec_max_tokens(l)?;
     Ok(if staged_fuses_norm(gpu, l)? {
         vec_max.max(staged_shape()?.tokens)
     } else {
@@ -353,7 +358,7 @@ pub(crate) fn sum_splits_key(rope: Option<bool>) -> ShaderKey {
 /// One dispatch per weight buffer and kernel (and with `rope`, the rotation's where a kernel
 /// does not do it itself).
 pub fn build(gpu: &Gpu, step: &wgpu::Buffer, l: &Linear) -> Result<Vec<Dispatch>> {
-    let vec_max = vec_max_tokens(l.k, l.coop)?;
+    let vec_max = vec_max_tokens(l)?;
     let mut out = if vec_max > 0 {
         build_vec(gpu, step, l, 1..=vec_max)?
     } else {
