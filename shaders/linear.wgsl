@@ -177,12 +177,15 @@ const COOP_KB: u32 = 2u;
 // SPLIT_K: about this many workgroups a pass, each range at least this many steps.
 const SPLIT_WORKGROUPS: u32 = 256u;
 const SPLIT_MIN_STEPS: u32 = 4u;
-// The largest pass the tiles leave to linear_vec.wgsl (src/kernels/linear.rs), with and without
-// tensor cores: on the H200 the staged tiles win from 3 tokens (3 / 4 / 5: 578 / 695 / 764
-// against 566 / 666 / 723 tok/s; 2: 431 against 438, PERF.md v0.30), and without subgroups from
-// 2 (408 against 373).
+// The largest pass the tiles leave to linear_vec.wgsl, with and without tensor cores, and the
+// first that the staged tiles take from it (src/kernels/linear.rs plan()): on the H200 the
+// staged tiles win from 3 tokens (3 / 4 / 5: 578 / 695 / 764 against 566 / 666 / 723 tok/s; 2:
+// 431 against 438, PERF.md v0.30), on the portable path from 2 (408 against 373); there
+// linear_vec keeps 9-16 (batch 12: 922 against the portable tiles' 800).
 const COOP_VEC_MAX_TOKENS: u32 = 2u;
-const SIMT_VEC_MAX_TOKENS: u32 = 1u;
+const SIMT_VEC_MAX_TOKENS: u32 = 16u;
+const COOP_STAGED_FROM: u32 = 3u;
+const SIMT_STAGED_FROM: u32 = 2u;
 // Rows of linear_vec's `short` entry (a small model's lm_head) stay with it up to here (lavapipe,
 // the test model's batch 8: 168 ms a step, 220 with the staged tiles).
 const SHORT_VEC_MAX_TOKENS: u32 = 16u;

@@ -1,7 +1,7 @@
-//! Dense layers with bf16 weights: q/k/v, o_proj, lm_head. Passes of up to `vec_max_tokens` tokens
-//! run `shaders/linear_vec.wgsl` (the preceding RMSNorm fused), larger ones the tiles of
-//! `shaders/linear.wgsl`: the staged tiles for decode batches (the norm fused where k is cut),
-//! then the token tiles.
+//! Dense layers with bf16 weights: q/k/v, o_proj, lm_head. Each pass size goes to one kernel
+//! (`plan`): `shaders/linear_vec.wgsl` (the preceding RMSNorm fused) for one token and a few,
+//! the staged tiles of `shaders/linear.wgsl` for decode batches (the norm fused where k is cut),
+//! its token tiles for larger passes.
 
 use crate::error::{Error, Result};
 use crate::gpu::shader::wgsl_const;
@@ -157,20 +157,60 @@ impl RopeOutput<'_> {
     }
 }
 
-/// The largest pass that runs the vector kernel for l: linear.wgsl's COOP_VEC_MAX_TOKENS where the
-/// tensor-core tiles take the larger ones, SIMT_VEC_MAX_TOKENS where the portable tiles do, and
-/// SHORT_VEC_MAX_TOKENS for rows short enough for linear_vec's lane-a-row entry (nothing to
-/// share between a tile's rows). It reads 8 weights per load, so k must be a multiple of 8 (else
-/// 0: every pass is tiled).
-fn vec_max_tokens(l: &Linear) -> Result<u32> {
-    let short = l.norm.is_none()
+/// Whether l's rows are short enough for linear_vec's lane-a-row entry: nothing for a tile's rows
+/// to share, so they stay with it (SHORT_VEC_MAX_TOKENS).
+fn short_rows(l: &Linear) -> Result<bool> {
+    Ok(l.norm.is_none()
         && l.rope.is_none()
-        && l.k / 8 <= wgsl_const("linear_vec.wgsl", "SHORT_UNITS")?;
-    Ok(match tile_kind(l.k, l.coop) {
-        _ if !l.k.is_multiple_of(8) => 0,
-        _ if short => wgsl_const("linear.wgsl", "SHORT_VEC_MAX_TOKENS")?,
-        (true, _) => wgsl_const("linear.wgsl", "COOP_VEC_MAX_TOKENS")?,
-        _ => wgsl_const("linear.wgsl", "SIMT_VEC_MAX_TOKENS")?,
+        && l.k / 8 <= wgsl_const("linear_vec.wgsl", "SHORT_UNITS")?)
+}
+
+/// Which kernels take which passes of a layer: linear_vec the passes in `vec`, the staged tiles
+/// those in `staged` (if any), the other tiles those from `tiles` on.
+struct Plan {
+    vec: Vec<std::ops::RangeInclusive<u32>>,
+    staged: Option<std::ops::RangeInclusive<u32>>,
+    tiles: u32,
+}
+
+/// linear.wgsl's plan for l: linear_vec up to COOP_VEC_MAX_TOKENS (tensor-core adapters) or
+/// SIMT_VEC_MAX_TOKENS (the others) except for the passes that the staged tiles take (from
+/// COOP_STAGED_FROM or SIMT_STAGED_FROM to STAGED_TS), the other tiles above both. linear_vec
+/// reads 8 weights per load, so k must be a multiple of 8 for it and the staged tiles (else
+/// every pass is tiled); short rows stay with linear_vec up to SHORT_VEC_MAX_TOKENS.
+fn plan(l: &Linear) -> Result<Plan> {
+    let c = |name| wgsl_const("linear.wgsl", name);
+    let (coop, _) = tile_kind(l.k, l.coop);
+    let (vec_max, staged) = if !l.k.is_multiple_of(8) {
+        (0, None)
+    } else if short_rows(l)? {
+        (c("SHORT_VEC_MAX_TOKENS")?, None)
+    } else if coop {
+        let from = c("COOP_STAGED_FROM")?;
+        (c("COOP_VEC_MAX_TOKENS")?, Some(from..=c("STAGED_TS")?))
+    } else {
+        let from = c("SIMT_STAGED_FROM")?;
+        (c("SIMT_VEC_MAX_TOKENS")?, Some(from..=c("STAGED_TS")?))
+    };
+    let vec = match &staged {
+        None => vec![1..=vec_max],
+        Some(s) => vec![1..=vec_max.min(s.start() - 1), s.end() + 1..=vec_max],
+    };
+    Ok(Plan {
+        vec: vec.into_iter().filter(|r| !r.is_empty()).collect(),
+        tiles: vec_max.max(staged.as_ref().map_or(0, |s| *s.end())) + 1,
+        staged,
+    })
+}
+
+/// Every pass on the tiles: the staged ones up to STAGED_TS tokens (tests).
+#[cfg(test)]
+fn tiles_only() -> Result<Plan> {
+    let last = wgsl_const("linear.wgsl", "STAGED_TS")?;
+    Ok(Plan {
+        vec: Vec::new(),
+        staged: Some(1..=last),
+        tiles: last + 1,
     })
 }
 
@@ -258,15 +298,15 @@ fn tile_entries(coop: bool, subgroups: bool) -> Result<Vec<TileEntry>> {
     Ok(out)
 }
 
-/// The largest pass whose kernels normalize l's input themselves (`Linear::norm`): linear_vec's,
-/// and above them the staged tiles' where they take the norm. The caller's rmsnorm dispatch
-/// must run for the passes above.
-pub fn norm_fused_max_tokens(gpu: &Gpu, l: &Linear) -> Result<u32> {
-    let vec_max = vec_max_tokens(l)?;
-    Ok(if staged_fuses_norm(gpu, l)? {
-        vec_max.max(staged_shape()?.tokens)
-    } else {
-        vec_max
+/// The passes whose kernels do not normalize l's input themselves (`Linear::norm`): those above
+/// linear_vec's, except the staged tiles' where they take the norm. The caller's rmsnorm
+/// dispatch must run for these.
+pub fn norm_passes(gpu: &Gpu, l: &Linear) -> Result<Vec<std::ops::RangeInclusive<u32>>> {
+    let p = plan(l)?;
+    let above = p.tiles..=u32::MAX;
+    Ok(match p.staged {
+        Some(s) if !staged_fuses_norm(gpu, l)? => vec![s, above],
+        _ => vec![above],
     })
 }
 
@@ -358,13 +398,16 @@ pub(crate) fn sum_splits_key(rope: Option<bool>) -> ShaderKey {
 /// One dispatch per weight buffer and kernel (and with `rope`, the rotation's where a kernel
 /// does not do it itself).
 pub fn build(gpu: &Gpu, step: &wgpu::Buffer, l: &Linear) -> Result<Vec<Dispatch>> {
-    let vec_max = vec_max_tokens(l)?;
-    let mut out = if vec_max > 0 {
-        build_vec(gpu, step, l, 1..=vec_max)?
-    } else {
-        Vec::new()
-    };
-    out.extend(build_tiled(gpu, step, l, vec_max)?);
+    build_plan(gpu, step, l, &plan(l)?)
+}
+
+/// The dispatches of `p`'s kernels for l.
+fn build_plan(gpu: &Gpu, step: &wgpu::Buffer, l: &Linear, p: &Plan) -> Result<Vec<Dispatch>> {
+    let mut out = Vec::new();
+    for r in &p.vec {
+        out.extend(build_vec(gpu, step, l, r.clone())?);
+    }
+    out.extend(build_tiled(gpu, step, l, p)?);
     Ok(out)
 }
 
@@ -397,38 +440,33 @@ fn check(l: &Linear) -> Result<()> {
     Ok(())
 }
 
-/// The tiled kernel alone, for passes above `vec_max` tokens (every pass when it is 0).
-pub fn build_tiled(
-    gpu: &Gpu,
-    step: &wgpu::Buffer,
-    l: &Linear,
-    vec_max: u32,
-) -> Result<Vec<Dispatch>> {
+/// The tiled kernels of `p`: the staged tiles for its staged passes, the others from p.tiles on.
+fn build_tiled(gpu: &Gpu, step: &wgpu::Buffer, l: &Linear, p: &Plan) -> Result<Vec<Dispatch>> {
     check(l)?;
     let (coop, simt) = tile_kind(l.k, l.coop);
     if !coop && !simt {
-        return build_main(gpu, step, l, vec_max);
+        return build_main(gpu, step, l, p.tiles - 1);
     }
     let mut out = Vec::new();
-    // Each entry takes the passes from the end of the last one's to its own largest.
-    let mut first = vec_max + 1;
+    // Each entry after the staged one takes the passes from the end of the last one's to its
+    // own largest.
+    let mut first = p.tiles;
     // Shuffles over a row's neighbouring lanes need subgroups of at least that many.
     let subgroups =
         gpu.caps.subgroups && gpu.caps.subgroup_min >= wgsl_const("linear.wgsl", "COLS")?;
     let fuse = staged_fuses_norm(gpu, l)?;
     for e in tile_entries(coop, subgroups)? {
-        if first <= e.last {
+        let passes = match (&p.staged, e.staged) {
+            (Some(s), true) => *s.start()..=e.last.min(*s.end()),
+            (None, true) => continue,
+            (_, false) => first..=e.last,
+        };
+        if !passes.is_empty() {
             let norm = (e.staged && fuse).then_some(l.norm.as_ref()).flatten();
-            out.extend(build_entry(
-                gpu,
-                step,
-                l,
-                &e.key,
-                &e.shape,
-                norm,
-                first..=e.last,
-            )?);
-            first = e.last.saturating_add(1);
+            out.extend(build_entry(gpu, step, l, &e.key, &e.shape, norm, passes)?);
+        }
+        if !e.staged {
+            first = first.max(e.last.saturating_add(1));
         }
     }
     Ok(out)
@@ -727,7 +765,7 @@ mod tests {
                 (20, 800, 72, 72, false),
                 (40, 1000, 130, 130, true),
             ] {
-                let e = case_nmse(gpu, &mut rng, (t, k, n, split, acc), coop, None, true).await;
+                let e = case_nmse(gpu, &mut rng, (t, k, n, split, acc), coop, false, true).await;
                 let tol = if coop { 1e-9 } else { 1e-10 };
                 assert!(
                     e < tol,
@@ -755,7 +793,7 @@ mod tests {
                 (8, 520, 200, 70, false, true),
             ] {
                 let case = (t, k, n, split, acc);
-                let e = case_nmse(gpu, &mut rng, case, false, Some(0), cut).await;
+                let e = case_nmse(gpu, &mut rng, case, false, true, cut).await;
                 assert!(
                     e < 1e-10,
                     "{} t={t} k={k} n={n}: nmse {e}",
@@ -766,14 +804,14 @@ mod tests {
     }
 
     /// One dense layer of random weights on `gpu` against the reference: (tokens, k, n, rows per
-    /// buffer, accumulate), built by `build`, or with `tiled_from` by `build_tiled` (passes above
-    /// that on the tiles), with the k ranges' scratch where `cut`; the nmse of y.
+    /// buffer, accumulate), built by `build`, or with `tiles` every pass on the tiles, with the k
+    /// ranges' scratch where `cut`; the nmse of y.
     async fn case_nmse(
         gpu: &Gpu,
         rng: &mut crate::rng::Rng,
         (t, k, n, split, acc): (usize, usize, usize, usize, bool),
         coop: bool,
-        tiled_from: Option<u32>,
+        tiles: bool,
         cut: bool,
     ) -> f64 {
         let x = random(rng, t * k, 1.0);
@@ -801,9 +839,10 @@ mod tests {
             coop,
             split_sums: cut.then_some(&part),
         };
-        let d = match tiled_from {
-            Some(v) => build_tiled(gpu, &step, &l, v),
-            None => build(gpu, &step, &l),
+        let d = if tiles {
+            build_plan(gpu, &step, &l, &tiles_only().unwrap())
+        } else {
+            build(gpu, &step, &l)
         }
         .unwrap();
         let counts = StepCounts {
@@ -865,7 +904,7 @@ mod tests {
                 };
                 let d = if tiles {
                     assert!(staged_fuses_norm(gpu, &l).unwrap());
-                    build_tiled(gpu, &step, &l, 0)
+                    build_plan(gpu, &step, &l, &tiles_only().unwrap())
                 } else {
                     build(gpu, &step, &l)
                 }
@@ -1012,7 +1051,7 @@ mod tests {
                 let ds = match path {
                     Kernels::Vec => build_vec(gpu, &step, &l, 1..=crate::kernels::VEC_MAX_TOKENS),
                     Kernels::All => build(gpu, &step, &l),
-                    Kernels::Tiles => build_tiled(gpu, &step, &l, 0),
+                    Kernels::Tiles => build_plan(gpu, &step, &l, &tiles_only().unwrap()),
                 }
                 .unwrap();
                 let counts = StepCounts {

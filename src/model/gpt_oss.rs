@@ -327,10 +327,10 @@ impl Graph<'_> {
             coop: self.coop,
             split_sums: Some(&a.split_sums),
         };
-        let mut ds = vec![rmsnorm::build(g, step, &norm)?.only_for(
-            Count::Tokens,
-            linear::norm_fused_max_tokens(g, &qkv)? + 1..=u32::MAX,
-        )];
+        let mut ds = Vec::new();
+        for passes in linear::norm_passes(g, &qkv)? {
+            ds.push(rmsnorm::build(g, step, &norm)?.only_for(Count::Tokens, passes));
+        }
         ds.extend(linear::build(g, step, &qkv)?);
         ds.extend(attention::build(
             g,
