@@ -824,7 +824,6 @@ mod tests {
         let yb = gpu.upload("y", f32_bytes(&y0)).unwrap();
         let part_bytes = split_sums_bytes(k as u32, n as u32, coop, t as u32).unwrap();
         let part = gpu.storage("part", part_bytes.max(4)).unwrap();
-        let step = step_buffer(gpu);
         let l = Linear {
             x: &xb,
             w: &w_split,
@@ -839,10 +838,18 @@ mod tests {
             coop,
             split_sums: cut.then_some(&part),
         };
+        let got = run_pass(gpu, &l, tiles, t).await;
+        nmse(&got, &reference(&x, &w, &b, &y0, k, acc))
+    }
+
+    /// Builds l's kernels (with `tiles` every pass on the tiles), runs a pass of t tokens and
+    /// reads y.
+    async fn run_pass(gpu: &Gpu, l: &Linear<'_>, tiles: bool, t: usize) -> Vec<f32> {
+        let step = step_buffer(gpu);
         let d = if tiles {
-            build_plan(gpu, &step, &l, &tiles_only().unwrap())
+            build_plan(gpu, &step, l, &tiles_only().unwrap())
         } else {
-            build(gpu, &step, &l)
+            build(gpu, &step, l)
         }
         .unwrap();
         let counts = StepCounts {
@@ -850,8 +857,7 @@ mod tests {
             ..Default::default()
         };
         submit(gpu, &step, &counts, &d);
-        let got = gpu.read_f32(&yb, t * n).await.unwrap();
-        nmse(&got, &reference(&x, &w, &b, &y0, k, acc))
+        gpu.read_f32(l.y, t * l.n_out as usize).await.unwrap()
     }
 
     gpu_test!(fused_norm_matches_rmsnorm_then_linear);
@@ -883,7 +889,6 @@ mod tests {
                 let yb = gpu.storage("y", (t * n * 4) as u64).unwrap();
                 let part_bytes = split_sums_bytes(k as u32, n as u32, false, t as u32).unwrap();
                 let part = gpu.storage("part", part_bytes.max(4)).unwrap();
-                let step = step_buffer(gpu);
                 let l = Linear {
                     x: &hb,
                     w: &w_split,
@@ -902,19 +907,8 @@ mod tests {
                     coop: false,
                     split_sums: tiles.then_some(&part),
                 };
-                let d = if tiles {
-                    assert!(staged_fuses_norm(gpu, &l).unwrap());
-                    build_plan(gpu, &step, &l, &tiles_only().unwrap())
-                } else {
-                    build(gpu, &step, &l)
-                }
-                .unwrap();
-                let counts = StepCounts {
-                    tokens: t as u32,
-                    ..Default::default()
-                };
-                submit(gpu, &step, &counts, &d);
-                let got = gpu.read_f32(&yb, t * n).await.unwrap();
+                assert!(!tiles || staged_fuses_norm(gpu, &l).unwrap());
+                let got = run_pass(gpu, &l, tiles, t).await;
                 let want = reference(&h, &w, &vec![0.0; n], &[], k, false);
                 let e = nmse(&got, &want);
                 assert!(e < 1e-10, "t={t} k={k} n={n}: nmse {e}");
