@@ -119,9 +119,12 @@ fn norm_scale(l: Lanes, t: u32) -> f32 {
 #endif
 }
 
+// The token is the workgroup's (grid y), so that the early return is uniform for the norm's
+// barriers.
 @compute @workgroup_size(SUM_WG)
-fn sum_splits(l: Lanes, @builtin(global_invocation_id) id: vec3<u32>) {
-    let t = id.y;
+fn sum_splits(l: Lanes, @builtin(global_invocation_id) id: vec3<u32>,
+              @builtin(workgroup_id) wg: vec3<u32>) {
+    let t = wg.y;
     if t >= step_count(p.count_which) {
         return;
     }
