@@ -732,6 +732,50 @@ mod tests {
         assert!(qkv.splits * 40 >= 256, "{qkv:?}");
     }
 
+    // The plan gives every pass size exactly one kernel, for each kind of layer on both kinds of
+    // adapter: linear_vec's ranges, the staged tiles' and the other tiles' do not overlap and
+    // leave no gap.
+    gpu_test!(plan_gives_each_pass_one_kernel);
+    async fn plan_gives_each_pass_one_kernel() {
+        let gpu = &gpus().await[0];
+        let buf = gpu.storage("any", 4).unwrap();
+        let w = split_rows(gpu, &[0; 8 * 2], 8, 1, 8);
+        let norm = || NormInput {
+            x: &buf,
+            w: &buf,
+            eps: 1e-5,
+        };
+        // (k, with a norm): a q/k/v-like layer, o_proj-like, short rows, k not a multiple of 8.
+        for (k, with_norm) in [(2880, true), (4096, false), (128, false), (98, true)] {
+            for coop in [false, true] {
+                let l = Linear {
+                    x: &buf,
+                    w: &w,
+                    bias: None,
+                    y: &buf,
+                    k,
+                    n_out: 8,
+                    count: Count::Tokens,
+                    accumulate: false,
+                    norm: with_norm.then(norm),
+                    rope: None,
+                    coop,
+                    split_sums: None,
+                };
+                let p = plan(&l).unwrap();
+                for n in 1..=80u32 {
+                    let takers = p.vec.iter().filter(|r| r.contains(&n)).count()
+                        + p.staged.iter().filter(|r| r.contains(&n)).count()
+                        + (n >= p.tiles) as usize;
+                    assert_eq!(
+                        takers, 1,
+                        "k {k} coop {coop}: pass {n} has {takers} kernels"
+                    );
+                }
+            }
+        }
+    }
+
     gpu_test!(linear_matches_reference);
     async fn linear_matches_reference() {
         let mut rng = seeded("linear_matches_reference");
