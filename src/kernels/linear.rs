@@ -732,6 +732,32 @@ mod tests {
         assert!(qkv.splits * 40 >= 256, "{qkv:?}");
     }
 
+    /// A layer of n outputs from k inputs x, weights w into y, for the tests to fill in the rest
+    /// (no bias, norm or rotation, nothing accumulated).
+    fn layer<'a>(
+        x: &'a wgpu::Buffer,
+        w: &'a Split,
+        y: &'a wgpu::Buffer,
+        k: usize,
+        n: usize,
+        coop: bool,
+    ) -> Linear<'a> {
+        Linear {
+            x,
+            w,
+            bias: None,
+            y,
+            k: k as u32,
+            n_out: n as u32,
+            count: Count::Tokens,
+            accumulate: false,
+            norm: None,
+            rope: None,
+            coop,
+            split_sums: None,
+        }
+    }
+
     // The plan gives every pass size exactly one kernel, for each kind of layer on both kinds of
     // adapter: linear_vec's ranges, the staged tiles' and the other tiles' do not overlap and
     // leave no gap.
@@ -749,18 +775,8 @@ mod tests {
         for (k, with_norm) in [(2880, true), (4096, false), (128, false), (98, true)] {
             for coop in [false, true] {
                 let l = Linear {
-                    x: &buf,
-                    w: &w,
-                    bias: None,
-                    y: &buf,
-                    k,
-                    n_out: 8,
-                    count: Count::Tokens,
-                    accumulate: false,
                     norm: with_norm.then(norm),
-                    rope: None,
-                    coop,
-                    split_sums: None,
+                    ..layer(&buf, &w, &buf, k, 8, coop)
                 };
                 let p = plan(&l).unwrap();
                 for n in 1..=80u32 {
@@ -869,18 +885,10 @@ mod tests {
         let part_bytes = split_sums_bytes(k as u32, n as u32, coop, t as u32).unwrap();
         let part = gpu.storage("part", part_bytes.max(4)).unwrap();
         let l = Linear {
-            x: &xb,
-            w: &w_split,
             bias: Some(&bb),
-            y: &yb,
-            k: k as u32,
-            n_out: n as u32,
-            count: Count::Tokens,
             accumulate: acc,
-            norm: None,
-            rope: None,
-            coop,
             split_sums: cut.then_some(&part),
+            ..layer(&xb, &w_split, &yb, k, n, coop)
         };
         let got = run_pass(gpu, &l, tiles, t).await;
         nmse(&got, &reference(&x, &w, &b, &y0, k, acc))
@@ -934,22 +942,13 @@ mod tests {
                 let part_bytes = split_sums_bytes(k as u32, n as u32, false, t as u32).unwrap();
                 let part = gpu.storage("part", part_bytes.max(4)).unwrap();
                 let l = Linear {
-                    x: &hb,
-                    w: &w_split,
-                    bias: None,
-                    y: &yb,
-                    k: k as u32,
-                    n_out: n as u32,
-                    count: Count::Tokens,
-                    accumulate: false,
                     norm: Some(NormInput {
                         x: &xb,
                         w: &gb,
                         eps: 1e-5,
                     }),
-                    rope: None,
-                    coop: false,
                     split_sums: tiles.then_some(&part),
+                    ..layer(&hb, &w_split, &yb, k, n, false)
                 };
                 assert!(!tiles || staged_fuses_norm(gpu, &l).unwrap());
                 let got = run_pass(gpu, &l, tiles, t).await;
@@ -1059,14 +1058,7 @@ mod tests {
                 let vc = gpu.storage("v", kv_bytes).unwrap();
                 let step = step_buffer(gpu);
                 let l = Linear {
-                    x: &hb,
-                    w: &w_split,
                     bias: Some(&bb),
-                    y: &yb,
-                    k: k as u32,
-                    n_out: n as u32,
-                    count: Count::Tokens,
-                    accumulate: false,
                     norm: Some(NormInput {
                         x: &xb,
                         w: &gb,
@@ -1083,8 +1075,8 @@ mod tests {
                         kv_kind: 1,
                         kv_f16,
                     }),
-                    coop,
                     split_sums: Some(&part),
+                    ..layer(&hb, &w_split, &yb, k, n, coop)
                 };
                 let ds = match path {
                     Kernels::Vec => build_vec(gpu, &step, &l, 1..=crate::kernels::VEC_MAX_TOKENS),
