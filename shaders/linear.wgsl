@@ -15,8 +15,8 @@ enable wgpu_cooperative_matrix;
 // coop (with COOP, TILES and SPLIT_INPUTS; k a multiple of 32): the tensor-core path of the `fast`
 //   precision (common/coop_tile.wgsl): inputs in two f16 parts (f16 inputs alone move the logits
 //   30 times more), f32 sums. Grid: (ceil(rows / TR), ceil(count / TS)).
-// staged (with STAGED and TILES; k a multiple of 8): decode passes of up to STAGED_TS tokens, f32
-//   products, the tokens' inputs through workgroup memory (below). With NORM (and SPLIT_K) it
+// staged (with STAGED and TILES; k a multiple of 8): decode passes of up to STAGED_TS tokens
+//   (FEW: STAGED_FEW_TS), f32 products, the tokens' inputs through workgroup memory (below). With NORM (and SPLIT_K) it
 //   reads the un-normed input and multiplies it by the gains (binding 5), and sum_splits applies
 //   each token's RMSNorm scale: no rmsnorm dispatch before it. Grid: (ceil(rows / TR),
 //   ceil(count / TS)).
@@ -167,6 +167,9 @@ const COOP_TR: u32 = 128u;
 // 4 rows a lane 1734 us a step against 2208 with 2 and 3221 with 1 (each input read from
 // workgroup memory serves more rows); 16 tokens a tile lost to the narrow tensor-core tiles.
 const STAGED_TS: u32 = 8u;
+// FEW: the passes of up to STAGED_FEW_TS tokens take tiles of that many (16 sums a lane, 80
+// registers against 124: H200 batch 3 / 4 593.9 / 726.4 tok/s against 571.8 / 698.9).
+const STAGED_FEW_TS: u32 = 4u;
 const STAGED_TR: u32 = 128u;
 const STAGED_RL: u32 = 4u;
 const STAGED_KC: u32 = 64u;
@@ -195,7 +198,11 @@ const SHORT_VEC_MAX_TOKENS: u32 = 16u;
 
 #ifdef TILES
 #ifdef STAGED
+#ifdef FEW
+const TS: u32 = STAGED_FEW_TS;
+#else
 const TS: u32 = STAGED_TS;
+#endif
 const TR: u32 = STAGED_TR;
 #else
 #ifdef COOP

@@ -251,11 +251,15 @@ fn tile_shape(coop: bool, narrow: bool) -> Result<TileShape> {
     })
 }
 
-/// The staged tiles' shape: a lane's trip covers 2 x COLS units of a row.
-fn staged_shape() -> Result<TileShape> {
+/// The staged tiles' shape (`few`: the tiles of STAGED_FEW_TS tokens): a lane's trip covers 2 x
+/// COLS units of a row.
+fn staged_shape(few: bool) -> Result<TileShape> {
     Ok(TileShape {
         rows: wgsl_const("linear.wgsl", "STAGED_TR")?,
-        tokens: wgsl_const("linear.wgsl", "STAGED_TS")?,
+        tokens: wgsl_const(
+            "linear.wgsl",
+            if few { "STAGED_FEW_TS" } else { "STAGED_TS" },
+        )?,
         step_units: 2 * wgsl_const("linear.wgsl", "COLS")?,
         workgroups: wgsl_const("linear.wgsl", "STAGED_WORKGROUPS")?,
     })
@@ -270,9 +274,9 @@ struct TileEntry {
     staged: bool,
 }
 
-/// The tile entries of a layer: the staged tiles up to STAGED_TS tokens, then on the tensor cores
-/// narrow tiles up to NARROW_TS tokens and the wide ones; else the portable ones. `subgroups`:
-/// the staged tiles' row sums by shuffles.
+/// The tile entries of a layer: the staged tiles of STAGED_FEW_TS tokens, then of STAGED_TS, then
+/// on the tensor cores narrow tiles up to NARROW_TS tokens and the wide ones; else the portable
+/// ones. `subgroups`: the staged tiles' row sums by shuffles.
 fn tile_entries(coop: bool, subgroups: bool) -> Result<Vec<TileEntry>> {
     let tiles = |key, shape: TileShape, last| TileEntry {
         key,
@@ -280,13 +284,16 @@ fn tile_entries(coop: bool, subgroups: bool) -> Result<Vec<TileEntry>> {
         last,
         staged: false,
     };
-    let staged = staged_shape()?;
-    let mut out = vec![TileEntry {
-        last: staged.tokens,
-        key: staged_key(subgroups),
-        shape: staged,
-        staged: true,
-    }];
+    let mut out = Vec::new();
+    for few in [true, false] {
+        let shape = staged_shape(few)?;
+        out.push(TileEntry {
+            last: shape.tokens,
+            key: staged_key(subgroups, few),
+            shape,
+            staged: true,
+        });
+    }
     if coop {
         let narrow = tile_shape(true, true)?;
         let narrow_max = narrow.tokens;
@@ -320,7 +327,7 @@ fn staged_fuses_norm(gpu: &Gpu, l: &Linear) -> Result<bool> {
         && (coop || simt)
         && l.split_sums.is_some()
         && gpu.caps.storage_buffers >= buffers
-        && k_split(&staged_shape()?, l.k, l.n_out)?.splits > 1)
+        && k_split(&staged_shape(false)?, l.k, l.n_out)?.splits > 1)
 }
 
 /// The k ranges for n_out rows of k inputs: enough to give a pass of one token tile about the
@@ -368,13 +375,14 @@ pub(crate) fn simt_key() -> ShaderKey {
         .define_if("SIMT", true)
 }
 
-/// The staged tiles' shader, with or without subgroup shuffles for the row sums (the validation
-/// sweep takes it from here).
-pub(crate) fn staged_key(subgroups: bool) -> ShaderKey {
+/// The staged tiles' shader, with or without subgroup shuffles for the row sums, of STAGED_TS or
+/// (`few`) STAGED_FEW_TS tokens (the validation sweep takes them from here).
+pub(crate) fn staged_key(subgroups: bool, few: bool) -> ShaderKey {
     ShaderKey::new("linear.wgsl", "staged")
         .define_if("TILES", true)
         .define_if("STAGED", true)
         .define_if("SUBGROUPS", subgroups)
+        .define_if("FEW", few)
 }
 
 /// The tensor-core tiles' shader, wide or narrow (the validation sweep takes them from here).
@@ -448,16 +456,17 @@ fn build_tiled(gpu: &Gpu, step: &wgpu::Buffer, l: &Linear, p: &Plan) -> Result<V
         return build_main(gpu, step, l, p.tiles - 1);
     }
     let mut out = Vec::new();
-    // Each entry after the staged one takes the passes from the end of the last one's to its
-    // own largest.
+    // Each entry takes the passes from the end of the last one's of its kind (staged or not) to
+    // its own largest: the staged ones within p.staged, the others from p.tiles on.
     let mut first = p.tiles;
+    let mut staged_first = p.staged.as_ref().map_or(1, |s| *s.start());
     // Shuffles over a row's neighbouring lanes need subgroups of at least that many.
     let subgroups =
         gpu.caps.subgroups && gpu.caps.subgroup_min >= wgsl_const("linear.wgsl", "COLS")?;
     let fuse = staged_fuses_norm(gpu, l)?;
     for e in tile_entries(coop, subgroups)? {
         let passes = match (&p.staged, e.staged) {
-            (Some(s), true) => *s.start()..=e.last.min(*s.end()),
+            (Some(s), true) => staged_first..=e.last.min(*s.end()),
             (None, true) => continue,
             (_, false) => first..=e.last,
         };
@@ -465,8 +474,11 @@ fn build_tiled(gpu: &Gpu, step: &wgpu::Buffer, l: &Linear, p: &Plan) -> Result<V
             let norm = (e.staged && fuse).then_some(l.norm.as_ref()).flatten();
             out.extend(build_entry(gpu, step, l, &e.key, &e.shape, norm, passes)?);
         }
-        if !e.staged {
-            first = first.max(e.last.saturating_add(1));
+        let next = e.last.saturating_add(1);
+        if e.staged {
+            staged_first = staged_first.max(next);
+        } else {
+            first = first.max(next);
         }
     }
     Ok(out)
@@ -717,7 +729,8 @@ mod tests {
     fn k_ranges_cover_k_and_none_is_empty() {
         let shapes = [(false, false), (true, false), (true, true)]
             .map(|(coop, narrow)| tile_shape(coop, narrow).unwrap());
-        for shape in shapes.into_iter().chain([staged_shape().unwrap()]) {
+        let staged = [true, false].map(|few| staged_shape(few).unwrap());
+        for shape in shapes.into_iter().chain(staged) {
             for k in (8..=6000).step_by(56) {
                 for n_out in [9, 150, 2880, 5120, 201088] {
                     let s = k_split(&shape, k, n_out).unwrap();

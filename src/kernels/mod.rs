@@ -92,12 +92,12 @@ pub fn all_variants() -> Vec<ShaderKey> {
         out.push(linear::coop_key(false).define_if("SPLIT_K", split));
         out.push(linear::coop_key(true).define_if("SPLIT_K", split));
         out.push(linear::simt_key().define_if("SPLIT_K", split));
-        for sg in [false, true] {
-            out.push(linear::staged_key(sg).define_if("SPLIT_K", split));
+        for (sg, few) in [(false, false), (false, true), (true, false), (true, true)] {
+            out.push(linear::staged_key(sg, few).define_if("SPLIT_K", split));
             // The norm is fused only with k cut.
             if split {
                 out.push(
-                    linear::staged_key(sg)
+                    linear::staged_key(sg, few)
                         .define_if("SPLIT_K", true)
                         .define_if("NORM", true),
                 );
