@@ -409,11 +409,8 @@ fn run_head(h: HeadRun, trip: ptr<function, KeyTrip>, live: u32, kl: u32) -> Hea
     var s: array<f32, KEY_ROUNDS>;
     var m_new = h.m;
     for (var k = 0u; k < KEY_ROUNDS; k++) {
-        var dot_qk = dot(h.q0, vec4<f32>((*trip).k[2u * k]))
-            + dot(h.q1, vec4<f32>((*trip).k[2u * k + 1u]));
-        for (var o = 1u; o < kl; o <<= 1u) {
-            dot_qk += subgroupShuffleXor(dot_qk, o);
-        }
+        let dot_qk = neighbour_sum(dot(h.q0, vec4<f32>((*trip).k[2u * k]))
+            + dot(h.q1, vec4<f32>((*trip).k[2u * k + 1u])), kl);
         s[k] = select(NEG, dot_qk * p.scale, k < live);
         m_new = max(m_new, s[k]);
     }

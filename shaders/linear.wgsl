@@ -16,10 +16,10 @@ enable wgpu_cooperative_matrix;
 //   precision (common/coop_tile.wgsl): inputs in two f16 parts (f16 inputs alone move the logits
 //   30 times more), f32 sums. Grid: (ceil(rows / TR), ceil(count / TS)).
 // staged (with STAGED and TILES; k a multiple of 8): decode passes of up to STAGED_TS tokens
-//   (FEW: STAGED_FEW_TS), f32 products, the tokens' inputs through workgroup memory (below). With NORM (and SPLIT_K) it
-//   reads the un-normed input and multiplies it by the gains (binding 5), and sum_splits applies
-//   each token's RMSNorm scale: no rmsnorm dispatch before it. Grid: (ceil(rows / TR),
-//   ceil(count / TS)).
+//   (FEW: STAGED_FEW_TS), f32 products, the tokens' inputs through workgroup memory (below).
+//   With NORM (and SPLIT_K) it reads the un-normed input and multiplies it by the gains (binding
+//   5), and sum_splits applies each token's RMSNorm scale: no rmsnorm dispatch before it. Grid:
+//   (ceil(rows / TR), ceil(count / TS)).
 // main (any even k): R rows for TT tokens per workgroup, each lane a strided part of k, reduced
 //   across the workgroup (SUBGROUPS: in registers first); ONE_TOKEN (TT = 1) serves passes of a
 //   single row, where the token tile would only add reduction work. Grid: (ceil(rows / R),
@@ -455,11 +455,7 @@ const NS: u32 = RL * TS;
 fn staged_sums(acc: ptr<function, array<f32, NS>>, l: Lanes) {
 #ifdef SUBGROUPS
     for (var q = 0u; q < NS; q++) {
-        var v = (*acc)[q];
-        for (var m = 1u; m < COLS; m <<= 1u) {
-            v += subgroupShuffleXor(v, m);
-        }
-        (*acc)[q] = v;
+        (*acc)[q] = neighbour_sum((*acc)[q], COLS);
     }
 #else
     // xs holds TS * STAGED_KC * 2 vec4s, at least the STAGED_WG * NS / 4 the sums take
@@ -488,6 +484,7 @@ fn staged_sums(acc: ptr<function, array<f32, NS>>, l: Lanes) {
 @compute @workgroup_size(STAGED_WG)
 fn staged(l: Lanes, @builtin(workgroup_id) wg: vec3<u32>) {
     let units = tile_begin(wg);
+    // tile_count and tile_t0 again, as values Tint sees uniform (the barriers below).
     let count = step_count(p.count_which);
     let t0 = wg.y * TS;
     if t0 >= count {

@@ -90,10 +90,7 @@ fn multi_sums(acc: ptr<function, array<f32, NSUM>>, lid: u32, lane: u32, grp: u3
     workgroupBarrier();
 #ifdef SUBGROUPS
     for (var q = 0u; q < NSUM; q++) {
-        var v = (*acc)[q];
-        for (var m = 1u; m < COLS; m <<= 1u) {
-            v += subgroupShuffleXor(v, m);
-        }
+        let v = neighbour_sum((*acc)[q], COLS);
         if lane % COLS == 0u {
             red[(q * NG + grp) * PARTS + lane / COLS] = v;
         }

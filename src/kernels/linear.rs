@@ -85,8 +85,8 @@ pub struct Linear<'a> {
     /// Add into y (the residual stream) instead of overwriting it.
     pub accumulate: bool,
     /// When set, `x` holds RMSNorm(norm.x) * norm.w for the tiled path (written by a separate
-    /// rmsnorm dispatch that the caller runs only for passes above `norm_fused_max_tokens`), and
-    /// the kernels of the smaller passes read norm.x and normalize it themselves.
+    /// rmsnorm dispatch that the caller runs only for the passes `norm_passes` gives), and the
+    /// kernels of the other passes read norm.x and normalize it themselves.
     pub norm: Option<NormInput<'a>>,
     /// The q/k/v projection (y holds q, k, v of each token's heads): rotate q and k and write k,
     /// v into the cache, in the vector kernel's epilogue and the k ranges' sums where they can,
@@ -157,12 +157,11 @@ impl RopeOutput<'_> {
     }
 }
 
-/// Whether l's rows are short enough for linear_vec's lane-a-row entry: nothing for a tile's rows
-/// to share, so they stay with it (SHORT_VEC_MAX_TOKENS).
-fn short_rows(l: &Linear) -> Result<bool> {
-    Ok(l.norm.is_none()
-        && l.rope.is_none()
-        && l.k / 8 <= wgsl_const("linear_vec.wgsl", "SHORT_UNITS")?)
+/// Whether l's rows take linear_vec's lane-a-row entry: short rows without a norm or a rotation
+/// (`rope`: one done in the kernel) needing the row groups' epilogue. The tiles have nothing to
+/// share between such rows, so they stay with linear_vec up to SHORT_VEC_MAX_TOKENS.
+fn short_rows(l: &Linear, rope: bool) -> Result<bool> {
+    Ok(l.norm.is_none() && !rope && l.k / 8 <= wgsl_const("linear_vec.wgsl", "SHORT_UNITS")?)
 }
 
 /// Which kernels take which passes of a layer: linear_vec the passes in `vec`, the staged tiles
@@ -183,7 +182,7 @@ fn plan(l: &Linear) -> Result<Plan> {
     let (coop, _) = tile_kind(l.k, l.coop);
     let (vec_max, staged) = if !l.k.is_multiple_of(8) {
         (0, None)
-    } else if short_rows(l)? {
+    } else if short_rows(l, l.rope.is_some())? {
         (c("SHORT_VEC_MAX_TOKENS")?, None)
     } else if coop {
         let from = c("COOP_STAGED_FROM")?;
@@ -641,11 +640,8 @@ pub fn build_vec(
         Some(r) if vec_fuses_rope(gpu, l, r)? => Some(r),
         _ => None,
     };
-    // Short rows (a small model's lm_head) take a lane a row, where no norm or rotation needs
-    // the row groups' epilogue.
-    let short = l.norm.is_none()
-        && rope.is_none()
-        && l.k / 8 <= wgsl_const("linear_vec.wgsl", "SHORT_UNITS")?;
+    // Short rows (a small model's lm_head) take a lane a row.
+    let short = short_rows(l, rope.is_some())?;
     let (entry, rows_per_wg, multi_rows) = if short {
         let lanes = wgsl_const("linear_vec.wgsl", "SHORT_WG")?;
         ("short", lanes, lanes)
