@@ -53,6 +53,9 @@
 // A dispatch holds the experts [e_start, e_start + e_count) of one weight buffer; slots routed to
 // other experts do nothing in it. Variants: ROUTE, GATE_UP or DOWN (with or without GROUPED, and
 // with GROUPED FEW), SUBGROUPS.
+#ifdef F16_PRODUCTS
+enable f16;
+#endif
 #include "common/step.wgsl"
 #include "common/mxfp4.wgsl"
 
@@ -129,9 +132,10 @@ const GL: u32 = 32u;
 const GROUPED_ROWS: u32 = 64u;
 const GROUPED_WG: u32 = 256u;
 // Passes of 2 tokens and more take the GROUPED kernels, up to COOP_VEC_MAX_TOKENS on adapters
-// with tensor-core tiles, which win above (src/kernels/moe.rs; H200: batch 48 1809 tok/s grouped,
-// batch 64 2228 tiled against 1980 grouped).
-const COOP_VEC_MAX_TOKENS: u32 = 48u;
+// with tensor-core tiles, which win above (src/kernels/moe.rs). Those adapters have SHADER_F16, so
+// the grouped products run in f16 pairs there (H200, batch 64: 3087 tok/s grouped in f16, 2767
+// tiled; in f32 the tiles won, 2228 against 1980: PERF.md v0.31).
+const COOP_VEC_MAX_TOKENS: u32 = 64u;
 // FEW (passes of up to FEW_MAX_TOKENS tokens, whose experts have few slots each): 4 slots at
 // once, which takes fewer registers (H200, batch 8: 675 -> 727 tok/s; batch 32 with 4: 1625 ->
 // 1492).
@@ -171,31 +175,48 @@ fn project(l: Lanes, e_local: u32, row0: u32, rows: u32, k: u32, inb: array<u32,
     }
     let units = k / 16u;
     for (var i = l.lid % GL; i < units; i += GL) {
-        // The unit's codes of each row, decoded once for all the slots.
-        var lo: array<mat4x2<f32>, R>;
-        var hi: array<mat4x2<f32>, R>;
+        var w: array<vec2<u32>, R>;
         var sc: array<f32, R>;
         for (var r = 0u; r < R; r++) {
-            var w = vec2<u32>(0u);
+            w[r] = vec2<u32>(0u);
             sc[r] = 0.0;
             if row0 + r < rows {
                 let row = e_local * rows + row0 + r;
-                w = blocks[row * units + i];
+                w[r] = blocks[row * units + i];
                 sc[r] = unit_scale(row, k, 2u * i);
             }
-            lo[r] = fp4_decode8(w.x);
-            hi[r] = fp4_decode8(w.y);
         }
+#ifndef F16_PRODUCTS
+        // The unit's codes of each row, decoded once for all the slots.
+        var lo: array<mat4x2<f32>, R>;
+        var hi: array<mat4x2<f32>, R>;
+        for (var r = 0u; r < R; r++) {
+            lo[r] = fp4_decode8(w[r].x);
+            hi[r] = fp4_decode8(w[r].y);
+        }
+#endif
         for (var q = 0u; q < MAX_S; q++) {
             if q < n_s {
                 let a0 = input(inb[q] + 4u * i);
                 let a1 = input(inb[q] + 4u * i + 1u);
                 let a2 = input(inb[q] + 4u * i + 2u);
                 let a3 = input(inb[q] + 4u * i + 3u);
+#ifdef F16_PRODUCTS
+                // A unit's 16 products in f16 pairs (8 a half), then its sum in f32. (The Rust
+                // side asks this of DOWN only: gate_up's was slower on the H200, v0.31.)
+                let x0 = f16_pairs(a0, a1);
+                let x1 = f16_pairs(a2, a3);
+                for (var r = 0u; r < R; r++) {
+                    let s = dot8_f16(fp4_pairs(w[r].y), x1,
+                                     dot8_f16(fp4_pairs(w[r].x), x0, vec2<f16>()));
+                    acc[q * R + r] = fma(f32(s.x) + f32(s.y), sc[r], acc[q * R + r]);
+                }
+#else
                 for (var r = 0u; r < R; r++) {
                     let unit = fp4_dot8_acc(hi[r], a2, a3, fp4_dot8_acc(lo[r], a0, a1, 0.0));
                     acc[q * R + r] = fma(unit, sc[r], acc[q * R + r]);
                 }
+#endif
             }
         }
     }
@@ -259,6 +280,24 @@ fn gather(l: Lanes, e: u32, c0: u32) -> u32 {
     return workgroupUniformLoad(&n_list);
 }
 
+#ifdef F16_PRODUCTS
+// The slots' chunk of inputs as f16 pairs, a word's 8 at a time; the threads' partial sums.
+var<workgroup> xs: array<Pairs8, MAX_S * KC / 8u>;
+var<workgroup> partials: array<f32, WG * MAX_S>;
+
+fn put_sum(i: u32, v: f32) {
+    partials[i] = v;
+}
+
+fn get_sum(i: u32) -> f32 {
+    return partials[i];
+}
+
+// Stores inputs [8 i, 8 i + 8) of the chunk of slot q, which start at vec4 index at.
+fn stash(q: u32, i: u32, at: u32) {
+    xs[q * (KC / 8u) + i] = f16_pairs(input(at), input(at + 1u));
+}
+#else
 // The slots' chunk of inputs; once the last chunk is multiplied, the threads' partial sums (as
 // floats: WG * MAX_S of them fit, KC being at least WG), so that the two fit WebGPU's 16 KiB.
 var<workgroup> xs: array<vec4<f32>, MAX_S * KC / 4u>;
@@ -267,6 +306,17 @@ fn put_sum(i: u32, v: f32) {
     xs[i / 4u][i % 4u] = v;
 }
 
+fn get_sum(i: u32) -> f32 {
+    return xs[i / 4u][i % 4u];
+}
+
+// Stores inputs [8 i, 8 i + 8) of the chunk of slot q, which start at vec4 index at.
+fn stash(q: u32, i: u32, at: u32) {
+    xs[q * (KC / 4u) + 2u * i] = input(at);
+    xs[q * (KC / 4u) + 2u * i + 1u] = input(at + 1u);
+}
+#endif
+
 // Block b (32 codes, from block index row_blk of the buffer) of this thread's row against the
 // same 32 inputs of the n_s slots, whose chunk of inputs starting at x0 is in xs; added into acc.
 fn block_products(acc: ptr<function, array<f32, MAX_S>>, row_blk: u32, b: u32, x0: u32,
@@ -274,6 +324,22 @@ fn block_products(acc: ptr<function, array<f32, MAX_S>>, row_blk: u32, b: u32, x
     let blk = row_blk + b;
     let w = blocks[blk];
     let sc = mx_scale(byte_of(scales[blk / 4u], blk));
+#ifdef F16_PRODUCTS
+    // The block decoded once; each slot's 32 products in f16 pairs (16 a half), then their sum in
+    // f32. (A word's codes at a time against every slot, as FEW does in f32, was slower: H200
+    // batch 32 2206 against 1855 tok/s, PERF.md v0.31.)
+    let at = (32u * b - x0) / 8u;
+    let c = array<Pairs8, 4>(fp4_pairs(w.x), fp4_pairs(w.y), fp4_pairs(w.z), fp4_pairs(w.w));
+    for (var q = 0u; q < MAX_S; q++) {
+        if q < n_s {
+            var s = vec2<f16>();
+            for (var j = 0u; j < 4u; j++) {
+                s = dot8_f16(c[j], xs[q * (KC / 8u) + at + j], s);
+            }
+            (*acc)[q] = fma(f32(s.x) + f32(s.y), sc, (*acc)[q]);
+        }
+    }
+#else
     let at = (32u * b - x0) / 4u;
 #ifdef FEW
     // A word's 8 codes at a time against every slot, so that only they are live decoded: with 4
@@ -310,6 +376,7 @@ fn block_products(acc: ptr<function, array<f32, MAX_S>>, row_blk: u32, b: u32, x
         }
     }
 #endif
+#endif
 }
 
 // Row r (of the workgroup's rows) for its slot q: the KSPLIT partial sums, in order.
@@ -317,7 +384,7 @@ fn row_sum(q: u32, r: u32) -> f32 {
     var total = 0.0;
     for (var ks = 0u; ks < KSPLIT; ks++) {
         let i = (q * KSPLIT + ks) * GROUPED_ROWS + r;
-        total += xs[i / 4u][i % 4u];
+        total += get_sum(i);
     }
     return total;
 }
@@ -342,15 +409,15 @@ fn run_grouped(l: Lanes, wg: vec3<u32>, rows: u32, k: u32) {
                 acc[q] = 0.0;
             }
             for (var x0 = 0u; x0 < k; x0 += KC) {
-                let kc4 = min(KC, k - x0) / 4u;
+                let kc8 = min(KC, k - x0) / 8u;
                 workgroupBarrier();
-                for (var i = l.lid; i < n_s * kc4; i += WG) {
-                    let q = i / kc4;
-                    xs[q * (KC / 4u) + i % kc4] = input(input_base(list[q0 + q]) + x0 / 4u + i % kc4);
+                for (var i = l.lid; i < n_s * kc8; i += WG) {
+                    let q = i / kc8;
+                    stash(q, i % kc8, input_base(list[q0 + q]) + x0 / 4u + 2u * (i % kc8));
                 }
                 workgroupBarrier();
                 if live {
-                    for (var b = x0 / 32u + ks; b < (x0 + 4u * kc4) / 32u; b += KSPLIT) {
+                    for (var b = x0 / 32u + ks; b < (x0 + 8u * kc8) / 32u; b += KSPLIT) {
                         block_products(&acc, row_blk, b, x0, n_s);
                     }
                 }

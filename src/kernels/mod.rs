@@ -80,8 +80,14 @@ pub fn all_variants() -> Vec<ShaderKey> {
                     .define_if("GROUPED", grouped)
                     .define_if("FEW", few)
             };
-            out.push(k("gate_up", "GATE_UP"));
-            out.push(k("down", "DOWN"));
+            for f16 in [false, true] {
+                let k = |e, d| k(e, d).define_if("F16_PRODUCTS", f16);
+                // One token's gate_up stays in f32.
+                if grouped || !f16 {
+                    out.push(k("gate_up", "GATE_UP"));
+                }
+                out.push(k("down", "DOWN"));
+            }
         }
         out.push(k("moe_vec.wgsl", "route_slots").define_if("ROUTE", true));
 

@@ -38,7 +38,8 @@ pub struct ModelOptions {
     /// bandwidth; keys and values rounded to f16). False keeps it in f32.
     pub kv_f16: bool,
     /// Run the many-token passes' matrix products (experts and dense layers) on the tensor cores
-    /// (f16 inputs, f32 accumulation) where the adapter has cooperative matrices: the `fast`
+    /// (f16 inputs, f32 accumulation) where the adapter has cooperative matrices, and one token's
+    /// expert products in f16 pairs (summed in f32 every 16) where it has SHADER_F16: the `fast`
     /// precision.
     pub coop: bool,
     /// GPU bytes for the KV cache; None gives every sequence slot a whole context. Less makes
@@ -216,6 +217,7 @@ struct Graph<'a> {
     max_tokens: u32,
     kv_f16: bool,
     coop: bool,
+    f16_products: bool,
 }
 
 impl Graph<'_> {
@@ -415,6 +417,7 @@ impl Graph<'_> {
             partial_max_tokens,
             router_slices: router::slices(c.hidden)?,
             coop: self.coop,
+            f16: self.f16_products,
         };
         let buffers = MoeBuffers {
             router_part: &a.router_part,
@@ -519,6 +522,7 @@ impl Model {
             max_tokens: opts.max_tokens,
             kv_f16,
             coop,
+            f16_products: opts.coop && g.caps.f16,
         };
         let dispatches = graph.build(&weights, &cache, &rope_table)?;
         Ok(Model {
