@@ -138,7 +138,9 @@ const GROUPED_WG: u32 = 256u;
 const COOP_VEC_MAX_TOKENS: u32 = 64u;
 // FEW (passes of up to FEW_MAX_TOKENS tokens, whose experts have few slots each): 4 slots at
 // once, which takes fewer registers (H200, batch 8: 675 -> 727 tok/s; batch 32 with 4: 1625 ->
-// 1492).
+// 1492). With F16_PRODUCTS the Rust side takes FEW for every grouped pass (H200, batch 24 / 32 /
+// 48: 2092 / 2437 / 2832 tok/s against 1824 / 2246 / 2767 with 8 slots at once; 64 even,
+// PERF.md v0.31).
 const FEW_MAX_TOKENS: u32 = 16u;
 #ifdef GROUPED
 const WG: u32 = GROUPED_WG;

@@ -344,8 +344,13 @@ fn vec_dispatches(
             after: vec![w.down_bias, b.y],
         },
     ];
-    // The grouped passes of up to FEW_MAX_TOKENS tokens take the FEW variant.
-    let few_max = wgsl_const("moe_vec.wgsl", "FEW_MAX_TOKENS")?;
+    // The grouped passes of up to FEW_MAX_TOKENS tokens take the FEW variant; all of them with
+    // f16 products.
+    let few_max = if s.f16 {
+        s.vec_max_tokens
+    } else {
+        wgsl_const("moe_vec.wgsl", "FEW_MAX_TOKENS")?
+    };
     let (few, many) = (
         2..=few_max.min(s.vec_max_tokens),
         (few_max + 1).max(2)..=s.vec_max_tokens,
