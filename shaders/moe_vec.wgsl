@@ -50,9 +50,15 @@
 // 205 tok/s, v0.19.) Short rows of work in many workgroups: on the H200, 2 rows per 32-lane
 // group beat 4 and 8, 64-lane groups, one 16-byte block per lane (its 128-byte input strides do
 // not coalesce) and 16 rows per 128-lane workgroup (PERF.md v0.9 and v0.10).
+// F16_PRODUCTS (the `fast` precision on adapters with SHADER_F16): the products in f16 pairs, two
+// codes against two inputs an instruction (no conversion of the decoded codes to f32), each
+// pair's half summed in f16 over a unit (16 codes, one token) or a block (32, GROUPED) and then
+// added in f32 with the block scale; GROUPED stages its inputs as f16 pairs, half the
+// workgroup-memory reads. The grouped kernels are bound by their arithmetic, not their loads
+// (PERF.md v0.31): batches 2-64 +12-25% on the H200.
 // A dispatch holds the experts [e_start, e_start + e_count) of one weight buffer; slots routed to
 // other experts do nothing in it. Variants: ROUTE, GATE_UP or DOWN (with or without GROUPED, and
-// with GROUPED FEW), SUBGROUPS.
+// with GROUPED FEW), F16_PRODUCTS, SUBGROUPS.
 #ifdef F16_PRODUCTS
 enable f16;
 #endif
@@ -329,7 +335,7 @@ fn block_products(acc: ptr<function, array<f32, MAX_S>>, row_blk: u32, b: u32, x
 #ifdef F16_PRODUCTS
     // The block decoded once; each slot's 32 products in f16 pairs (16 a half), then their sum in
     // f32. (A word's codes at a time against every slot, as FEW does in f32, was slower: H200
-    // batch 32 2206 against 1855 tok/s, PERF.md v0.31.)
+    // batch 32 with 8 slots at once 1855 against 2206 tok/s, PERF.md v0.31.)
     let at = (32u * b - x0) / 8u;
     let c = array<Pairs8, 4>(fp4_pairs(w.x), fp4_pairs(w.y), fp4_pairs(w.z), fp4_pairs(w.w));
     for (var q = 0u; q < MAX_S; q++) {
