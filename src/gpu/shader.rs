@@ -46,6 +46,7 @@ const SOURCES: &[(&str, &str)] = embed_wgsl![
     "moe.wgsl",
     "moe_vec.wgsl",
     "sample.wgsl",
+    "f16_probe.wgsl",
 ];
 
 /// Names the kernel files (without `common/`), for the shader validation sweep.

@@ -55,7 +55,7 @@ pub struct MoeShape {
     /// The tiled products on cooperative matrices (`Caps::coop` must hold).
     pub coop: bool,
     /// The matrix-vector products in f16 pairs, summed in f32 every block (the grouped kernels)
-    /// or unit (one token's down): the `fast` precision; `Caps::f16` must hold.
+    /// or unit (one token's down): the `fast` precision; `Caps::f16_subnormals` must hold.
     pub f16: bool,
 }
 
@@ -586,7 +586,7 @@ mod tests {
                 if gpu.caps.coop {
                     paths.push(("tensor-core tiles", true, run(0, 0, true, false).await));
                 }
-                if gpu.caps.f16 {
+                if gpu.caps.f16_subnormals {
                     let got = run(t32, t32, false, true).await;
                     paths.push(("matrix-vector, f16 products", true, got));
                 }

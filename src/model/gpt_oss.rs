@@ -38,9 +38,9 @@ pub struct ModelOptions {
     /// bandwidth; keys and values rounded to f16). False keeps it in f32.
     pub kv_f16: bool,
     /// Run the many-token passes' matrix products (experts and dense layers) on the tensor cores
-    /// (f16 inputs, f32 accumulation) where the adapter has cooperative matrices, and one token's
-    /// expert products in f16 pairs (summed in f32 every 16) where it has SHADER_F16: the `fast`
-    /// precision.
+    /// (f16 inputs, f32 accumulation) where the adapter has cooperative matrices, and decode's
+    /// expert products in f16 pairs (summed in f32 every 16 or 32) where `Caps::f16_products`
+    /// holds: the `fast` precision.
     pub coop: bool,
     /// GPU bytes for the KV cache; None gives every sequence slot a whole context. Less makes
     /// sequences share the pool as they grow (see `kv_cache::PoolSizes`).
@@ -522,7 +522,7 @@ impl Model {
             max_tokens: opts.max_tokens,
             kv_f16,
             coop,
-            f16_products: opts.coop && g.caps.f16,
+            f16_products: opts.coop && g.caps.f16_products,
         };
         let dispatches = graph.build(&weights, &cache, &rope_table)?;
         Ok(Model {
