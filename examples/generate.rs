@@ -25,7 +25,11 @@ fn main() -> anyhow::Result<()> {
         required_limits: adapter.limits(),
         ..Default::default()
     }))?;
-    let gpu = Arc::new(Gpu::from_device(device, queue, adapter.get_info()));
+    let mut gpu = Gpu::from_device(device, queue, adapter.get_info());
+    // Lets the `fast` precision run decode's expert products in f16 where the device keeps f16
+    // subnormals (a one-dispatch check).
+    pollster::block_on(gpu.probe_f16())?;
+    let gpu = Arc::new(gpu);
 
     let mut engine = Engine::load_dir(gpu, dir.as_ref(), ModelOptions::default(), &mut |_, _| {})?;
     let tokenizer = engine

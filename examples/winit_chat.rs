@@ -134,7 +134,9 @@ impl App {
         surface.configure(&device, &config);
         println!("adapter: {}", adapter.get_info().name);
 
-        let gpu = Arc::new(Gpu::from_device(device, queue, adapter.get_info()));
+        let mut gpu = Gpu::from_device(device, queue, adapter.get_info());
+        pollster::block_on(gpu.probe_f16())?;
+        let gpu = Arc::new(gpu);
         gpu.set_host_polls(true);
         let opts = ModelOptions {
             max_seqs: 1,
