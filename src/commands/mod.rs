@@ -286,6 +286,20 @@ pub(crate) fn load(
         engine.model.cache_bytes() as f64 / (1u64 << 30) as f64,
         if engine.model.kv_f16 { "f16" } else { "f32" }
     );
+    let model = &engine.model;
+    let fast: Vec<&str> = [
+        (model.kv_f16, "f16 KV cache"),
+        (model.tensor_cores, "prompts on the tensor cores"),
+        (model.f16_products, "decode's expert products in f16 pairs"),
+    ]
+    .into_iter()
+    .filter_map(|(on, what)| on.then_some(what))
+    .collect();
+    if fast.is_empty() {
+        eprintln!("precision: f32 throughout");
+    } else {
+        eprintln!("precision: {}, f32 elsewhere", fast.join(", "));
+    }
     let sizes = engine.model.cache().sizes;
     eprintln!(
         "KV cache: {} blocks of {} positions for full-attention layers ({:.1} contexts of {}), \

@@ -195,6 +195,10 @@ pub struct Model {
     split_rule: attention::SplitRule,
     /// Whether the KV cache is stored in f16.
     pub kv_f16: bool,
+    /// Whether many-token passes run on the tensor cores, and decode's expert products in f16
+    /// pairs (both only with `ModelOptions::coop`, where the adapter allows).
+    pub tensor_cores: bool,
+    pub f16_products: bool,
     step: wgpu::Buffer,
     acts: Activations,
     /// Read-back of sampled ids, and of kept logits rows (log-probabilities: 800 KB a row, so
@@ -525,10 +529,13 @@ impl Model {
             f16_products: opts.coop && g.caps.f16_products,
         };
         let dispatches = graph.build(&weights, &cache, &rope_table)?;
+        let f16_products = graph.f16_products;
         Ok(Model {
             max_outputs,
             split_rule: attention::SplitRule::from_shader()?,
             kv_f16,
+            tensor_cores: coop,
+            f16_products,
             acts,
             ids_back: ReadBack::new("ids read-back"),
             logits_back: ReadBack::new("logits read-back"),
