@@ -55,9 +55,9 @@ pub(crate) struct ModelArgs {
     #[arg(long)]
     pub(crate) kv_f32: bool,
     /// `exact`: f32 throughout, KV cache included; `fast`: f16 KV cache and, where the adapter
-    /// has cooperative matrices, tensor cores (f16 inputs, f32 sums) for prompts, and where it
-    /// has SHADER_F16, decode's expert products in f16 pairs (summed in f32 every 16 or 32).
-    /// Default: fast, except for `logits`.
+    /// has cooperative matrices, tensor cores (f16 inputs, f32 sums) for prompts, and on GPUs
+    /// with f16 arithmetic (subnormals kept; not CPU adapters), decode's expert products in f16
+    /// pairs (summed in f32 every 16 or 32). Default: fast, except for `logits`.
     #[arg(long, value_enum)]
     pub(crate) precision: Option<Precision>,
     /// GPU memory for the KV cache, e.g. 8GiB, 512M or bytes (default: a whole context for
