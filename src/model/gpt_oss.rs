@@ -195,9 +195,10 @@ pub struct Model {
     split_rule: attention::SplitRule,
     /// Whether the KV cache is stored in f16.
     pub kv_f16: bool,
-    /// Whether many-token passes run on the tensor cores, and decode's expert products in f16
-    /// pairs (both only with `ModelOptions::coop`, where the adapter allows).
+    /// Whether many-token passes run on the tensor cores (`ModelOptions::coop` and `Caps::coop`).
     pub tensor_cores: bool,
+    /// Whether decode's expert products run in f16 pairs (`ModelOptions::coop` and
+    /// `Caps::f16_products`).
     pub f16_products: bool,
     step: wgpu::Buffer,
     acts: Activations,
