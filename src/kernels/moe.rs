@@ -419,6 +419,18 @@ mod tests {
         (blocks, scales)
     }
 
+    // The f16 probe (Gpu::probe_f16) against what the devices the tests run on are known to do:
+    // lavapipe and NVIDIA keep f16 subnormals, so a "no" there means the probe is broken (its code
+    // word out of step with the decode, say) and the f16 products would silently go unused.
+    gpu_test!(f16_probe_finds_subnormals_kept);
+    async fn f16_probe_finds_subnormals_kept() {
+        for gpu in gpus().await {
+            if gpu.caps.f16 {
+                assert!(gpu.caps.f16_subnormals, "{}: probe says no", gpu.info.name);
+            }
+        }
+    }
+
     gpu_test!(moe_matches_reference);
     async fn moe_matches_reference() {
         let mut rng = seeded("moe");
