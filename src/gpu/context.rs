@@ -238,30 +238,65 @@ impl Gpu {
             return Ok(());
         }
         let key = ShaderKey::new("f16_probe.wgsl", "main").define_if("F16_PRODUCTS", true);
-        let pipeline = self.pipeline(&key)?;
+        // Eight inputs of 1.0, then a word of eight codes 0.5.
         let mut words = vec![1f32.to_bits(); 8];
         words.extend([0x1111_1111, 0]);
         let buf = self.upload("f16 probe", bytemuck::cast_slice(&words))?;
-        let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: Some("f16 probe"),
-            layout: &pipeline.get_bind_group_layout(0),
-            entries: &[wgpu::BindGroupEntry {
-                binding: 0,
-                resource: buf.as_entire_binding(),
-            }],
-        });
+        self.dispatch_once(&key, &[&buf], [1, 1, 1])?;
+        let got = self.read_u32(&buf, 10).await?[9];
+        self.caps.f16_subnormals = f32::from_bits(got) == 2f32.powi(-12);
+        self.caps.f16_products =
+            self.caps.f16_subnormals && self.info.device_type != wgpu::DeviceType::Cpu;
+        Ok(())
+    }
+
+    /// The bind group of `pipeline`'s group 0 with `buffers` at bindings 0, 1, ...; a binding the
+    /// shader does not use is an error naming `label`.
+    pub fn bind_group<'a>(
+        &self,
+        label: &str,
+        pipeline: &wgpu::ComputePipeline,
+        buffers: impl IntoIterator<Item = &'a wgpu::Buffer>,
+    ) -> Result<wgpu::BindGroup> {
+        let entries: Vec<wgpu::BindGroupEntry> = buffers
+            .into_iter()
+            .enumerate()
+            .map(|(i, b)| wgpu::BindGroupEntry {
+                binding: i as u32,
+                resource: b.as_entire_binding(),
+            })
+            .collect();
+        self.checked(label, || {
+            self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+                label: Some(label),
+                layout: &pipeline.get_bind_group_layout(0),
+                entries: &entries,
+            })
+        })
+        .map_err(|msg| Error::Shader {
+            key: label.to_string(),
+            msg: format!("binding failed: {msg}"),
+        })
+    }
+
+    /// Submits one dispatch of `key` outside any forward pass (a one-time job such as a probe or
+    /// a layout change), its buffers bound from binding 0 in order.
+    pub fn dispatch_once(
+        &self,
+        key: &ShaderKey,
+        buffers: &[&wgpu::Buffer],
+        grid: [u32; 3],
+    ) -> Result<()> {
+        let pipeline = self.pipeline(key)?;
+        let bind_group = self.bind_group(&key.label(), &pipeline, buffers.iter().copied())?;
         let mut enc = self.device.create_command_encoder(&Default::default());
         {
             let mut pass = enc.begin_compute_pass(&Default::default());
             pass.set_pipeline(&pipeline);
             pass.set_bind_group(0, &bind_group, &[]);
-            pass.dispatch_workgroups(1, 1, 1);
+            pass.dispatch_workgroups(grid[0], grid[1], grid[2]);
         }
         self.queue.submit([enc.finish()]);
-        let got = self.read_u32(&buf, 10).await?[9];
-        self.caps.f16_subnormals = f32::from_bits(got) == 2f32.powi(-12);
-        self.caps.f16_products =
-            self.caps.f16_subnormals && self.info.device_type != wgpu::DeviceType::Cpu;
         Ok(())
     }
 

@@ -114,34 +114,10 @@ impl Dispatch {
         let pipeline = gpu.pipeline(key)?;
         let label = key.label();
         let params_buf = gpu.uniform(&label, params);
-        let mut entries = vec![
-            wgpu::BindGroupEntry {
-                binding: 0,
-                resource: step.as_entire_binding(),
-            },
-            wgpu::BindGroupEntry {
-                binding: 1,
-                resource: params_buf.as_entire_binding(),
-            },
-        ];
-        for (i, b) in buffers.iter().enumerate() {
-            entries.push(wgpu::BindGroupEntry {
-                binding: 2 + i as u32,
-                resource: b.as_entire_binding(),
-            });
-        }
-        let bind_group = gpu
-            .checked(&label, || {
-                gpu.device.create_bind_group(&wgpu::BindGroupDescriptor {
-                    label: Some(&label),
-                    layout: &pipeline.get_bind_group_layout(0),
-                    entries: &entries,
-                })
-            })
-            .map_err(|err| Error::Shader {
-                key: label.clone(),
-                msg: format!("binding failed: {err}"),
-            })?;
+        let bound = [step, &params_buf]
+            .into_iter()
+            .chain(buffers.iter().copied());
+        let bind_group = gpu.bind_group(&label, &pipeline, bound)?;
         Ok(Dispatch {
             label,
             pipeline,
