@@ -74,22 +74,13 @@ pub fn all_variants() -> Vec<ShaderKey> {
             }
         }
         for (grouped, few) in [(false, false), (true, false), (true, true)] {
-            let k = |e, d| {
-                k("moe_vec.wgsl", e)
-                    .define_if(d, true)
-                    .define_if("GROUPED", grouped)
-                    .define_if("FEW", few)
-            };
             for f16 in [false, true] {
-                // One token's gate_up stays in f32; with f16 products every grouped pass is FEW.
-                if f16 && grouped && !few {
-                    continue;
+                for (entry, define) in [("gate_up", "GATE_UP"), ("down", "DOWN")] {
+                    let key = moe::vec_key(k("moe_vec.wgsl", entry), define, grouped, few, f16);
+                    if !out.contains(&key) {
+                        out.push(key);
+                    }
                 }
-                let k = |e, d| k(e, d).define_if("F16_PRODUCTS", f16);
-                if grouped || !f16 {
-                    out.push(k("gate_up", "GATE_UP"));
-                }
-                out.push(k("down", "DOWN"));
             }
         }
         out.push(k("moe_vec.wgsl", "route_slots").define_if("ROUTE", true));

@@ -363,11 +363,8 @@ fn vec_dispatches(
             vec![(false, one.clone())]
         };
         for (is_few, tokens) in variants.into_iter().filter(|(_, t)| !t.is_empty()) {
-            let key = super::row_group_key(gpu, "moe_vec.wgsl", pr.entry)
-                .define_if(pr.define, true)
-                .define_if("GROUPED", grouped)
-                .define_if("FEW", is_few)
-                .define_if("F16_PRODUCTS", s.f16 && (grouped || pr.define == "DOWN"));
+            let base = super::row_group_key(gpu, "moe_vec.wgsl", pr.entry);
+            let key = vec_key(base, pr.define, grouped, is_few, s.f16);
             for c in pr.chunks {
                 let p = params(s, c.start, c.count);
                 let bufs = [&pr.before[..], &[&c.blocks, &c.scales], &pr.after[..]].concat();
@@ -385,6 +382,23 @@ fn vec_dispatches(
         }
     }
     Ok(out)
+}
+
+/// A moe_vec.wgsl projection's shader (`define` GATE_UP or DOWN) from `base` (its file, entry
+/// and SUBGROUPS): grouped (FEW or not) or for one token, with f16 products where `f16` asks
+/// for them and they pay (every grouped kernel, one token's down; one token's gate_up was
+/// slower in f16 on the H200, PERF.md v0.31). The validation sweep takes them from here.
+pub(crate) fn vec_key(
+    base: ShaderKey,
+    define: &'static str,
+    grouped: bool,
+    few: bool,
+    f16: bool,
+) -> ShaderKey {
+    base.define_if(define, true)
+        .define_if("GROUPED", grouped)
+        .define_if("FEW", few)
+        .define_if("F16_PRODUCTS", f16 && (grouped || define == "DOWN"))
 }
 
 /// MXFP4 dequantization on the host (the tests' reference): one row of `cols` values from its blocks and scales.
