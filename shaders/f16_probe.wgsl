@@ -3,7 +3,7 @@
 // through subnormal partial sums. A driver that flushes them would make those codes zero, so
 // src/gpu/context.rs runs this once per device and keeps f32 products where the answer is wrong.
 // v[0..8]: eight inputs (1.0 from the host, so that nothing folds at compile time); v[8]: a word of
-// eight codes 0.5; v[9] = the dot product, in fp4_decode8's units (2^-12 when subnormals work).
+// eight codes 0.5 (in the kernels' layout, mxfp4_layout.wgsl); v[9] = the dot product, in fp4_decode8's units (2^-12 when subnormals work).
 enable f16;
 #include "common/mxfp4.wgsl"
 

@@ -1,5 +1,7 @@
-// MXFP4: blocks of 32 values, 16 bytes of e2m1 codes plus one e8m0 scale byte. Element 2j is the
-// low nibble of byte j, so nibble n of a little-endian word (low to high) is element n of its 8.
+// MXFP4: blocks of 32 values, 16 bytes of e2m1 codes plus one e8m0 scale byte. In the checkpoint
+// element 2j is the low nibble of byte j (nibble n of a little-endian word is element n of its
+// 8); on the GPU each word's bits are moved once after the upload (mxfp4_layout.wgsl) to where
+// fp4_halves takes them.
 // The 8 codes of `w`, in units of 2^-14 (the caller folds 2^14 into the block scale): column n
 // holds elements n and n + 4, the two f16 of fp4_halves(w)[n].
 fn fp4_decode8(w: u32) -> mat4x2<f32> {
@@ -10,17 +12,17 @@ fn fp4_decode8(w: u32) -> mat4x2<f32> {
 
 // Elements n and n + 4 of `w` as the two halves of f16 bit pattern n. Each code becomes the f16
 // whose exponent and mantissa bits are the code's: (1 + m/2) * 2^(e - 15), and the subnormal
-// m * 2^-15 for e = 0, which is exactly the e2m1 value times 2^-14. Elements n and n + 4 sit 16
-// bits apart, so one mask takes both codes' e e m bits and another their signs, and a multiply
-// by a power of two moves each to its place (bits 9..11 and 15 of each half): a multiply-add
-// where shifts, masks and an or took the integer units (expert kernels 1-4% faster on the H200,
-// PERF.md v0.20). Pair 3's signs are already in place.
+// m * 2^-15 for e = 0, which is exactly the e2m1 value times 2^-14: a code's e e m bits at 9..11
+// of its half, its sign at 15. The GPU layout has pair 0 in place, pair 1 seven bits lower, pair
+// 2's e e m bits at 5..7 and signs at 0, pair 3's at 12..14 and 1 (+16 for each pair's second
+// code): 11 integer operations a word where the checkpoint's order took 15. (No third pair can
+// sit a single shift away: no three translates of a pair's 8 bits are disjoint in a word.)
 fn fp4_halves(w: u32) -> vec4<u32> {
     return vec4<u32>(
-        (w & 0x00070007u) * 512u + (w & 0x00080008u) * 4096u,
-        (w & 0x00700070u) * 32u + (w & 0x00800080u) * 256u,
-        (w & 0x07000700u) * 2u + (w & 0x08000800u) * 16u,
-        ((w >> 3u) & 0x0e000e00u) | (w & 0x80008000u),
+        w & 0x8e008e00u,
+        (w << 7u) & 0x8e008e00u,
+        ((w << 4u) & 0x0e000e00u) | ((w << 15u) & 0x80008000u),
+        ((w >> 3u) & 0x0e000e00u) | ((w << 14u) & 0x80008000u),
     );
 }
 

@@ -47,6 +47,7 @@ const SOURCES: &[(&str, &str)] = embed_wgsl![
     "moe_vec.wgsl",
     "sample.wgsl",
     "f16_probe.wgsl",
+    "mxfp4_layout.wgsl",
 ];
 
 /// Names the kernel files (without `common/`), for the shader validation sweep.

@@ -115,6 +115,7 @@ pub fn all_variants() -> Vec<ShaderKey> {
     }
     out.push(ShaderKey::new("embed.wgsl", "main"));
     out.push(ShaderKey::new("f16_probe.wgsl", "main").define_if("F16_PRODUCTS", true));
+    out.push(ShaderKey::new("mxfp4_layout.wgsl", "main"));
     out.push(ShaderKey::new("sample.wgsl", "scan").define_if("SCAN", true));
     for f16 in [false, true] {
         out.push(ShaderKey::new("rope.wgsl", "main").define_if("KV_F16", f16));

@@ -88,6 +88,23 @@ pub struct MoeBuffers<'a> {
     pub x: &'a wgpu::Buffer,
 }
 
+/// Moves the MXFP4 codes of `bytes` bytes of expert blocks in `blocks` (as the checkpoint stores
+/// them) to the GPU layout the kernels decode (shaders/mxfp4_layout.wgsl), in place. Submitted,
+/// not waited for: later submissions see it done.
+pub fn relayout(gpu: &Gpu, blocks: &wgpu::Buffer, bytes: u64) -> Result<()> {
+    let words = u32::try_from(bytes / 4).map_err(|_| Error::Limit {
+        what: "expert blocks in one buffer".into(),
+        needed: bytes,
+        max: u32::MAX as u64 * 4,
+    })?;
+    let per_wg = wgsl_const("mxfp4_layout.wgsl", "WG")?;
+    let wgs = words.div_ceil(per_wg).max(1);
+    let x = wgs.min(gpu.caps.max_workgroups_per_dim);
+    let count = gpu.uniform("mxfp4 layout count", bytemuck::bytes_of(&[words, 0, 0, 0]));
+    let key = ShaderKey::new("mxfp4_layout.wgsl", "main");
+    gpu.dispatch_once(&key, &[blocks, &count], [x, wgs.div_ceil(x), 1])
+}
+
 /// The packed weights and biases of one MoE layer.
 pub struct MoeWeights<'a> {
     pub gate_up: &'a [ExpertChunk],
@@ -522,7 +539,11 @@ mod tests {
                             ExpertChunk {
                                 start: st as u32,
                                 count: c as u32,
-                                blocks: gpu.upload("b", &b[st * bb..(st + c) * bb]).unwrap(),
+                                blocks: {
+                                    let buf = gpu.upload("b", &b[st * bb..(st + c) * bb]).unwrap();
+                                    relayout(gpu, &buf, (c * bb) as u64).unwrap();
+                                    buf
+                                },
                                 scales: gpu.upload("s", &sc[st * sb..(st + c) * sb]).unwrap(),
                             }
                         })

@@ -12,7 +12,7 @@ use std::ops::Range;
 
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Rows, Split};
-use crate::kernels::moe::ExpertChunk;
+use crate::kernels::moe::{self, ExpertChunk};
 use crate::model::config::ModelConfig;
 use crate::model::weights::{DType, ShardIndex, WeightSource};
 
@@ -211,6 +211,8 @@ pub struct WeightWriter {
     order: Vec<String>,
     received: u64,
     pending: u64,
+    /// Expert-block buffers (and their bytes) to move to the kernels' MXFP4 layout once whole.
+    mxfp4: Vec<(wgpu::Buffer, u64)>,
 }
 
 /// One checkpoint tensor: its size, where its bytes go, how many have arrived.
@@ -279,7 +281,8 @@ impl WeightWriter {
         Ok(())
     }
 
-    /// Checks that every tensor arrived whole and lets the last writes reach the GPU.
+    /// Checks that every tensor arrived whole, moves the expert blocks to the kernels' layout
+    /// and lets it all reach the GPU.
     pub fn finish(&self, gpu: &Gpu) -> Result<()> {
         for name in &self.order {
             let t = &self.slots[name];
@@ -289,6 +292,9 @@ impl WeightWriter {
                     t.got, t.size
                 )));
             }
+        }
+        for (buffer, bytes) in &self.mxfp4 {
+            moe::relayout(gpu, buffer, *bytes)?;
         }
         gpu.queue.submit([]);
         gpu.wait()
@@ -426,12 +432,15 @@ impl Planner<'_> {
                 this.place(tensor, place)?;
                 Ok::<_, Error>(buffer)
             };
-            out.push(ExpertChunk {
+            let block_bytes = ec * rows * cols / 2;
+            let chunk = ExpertChunk {
                 start: e0 as u32,
                 count: ec as u32,
                 blocks: part(self, "blocks", &blocks, rows * cols / 2)?,
                 scales: part(self, "scales", &scales, rows * cols / 32)?,
-            });
+            };
+            self.writer.mxfp4.push((chunk.blocks.clone(), block_bytes));
+            out.push(chunk);
         }
         Ok(out)
     }
