@@ -1,10 +1,7 @@
 // RMSNorm: out[r, :] = w * (x[src, :] * rsqrt(mean(x[src, :]^2) + eps)), src = r, or rows[r] when
 // gathering (the final norm picks only the positions whose logits are wanted).
 // Bindings: x [*, n] f32, w [n] f32, rows [count] u32, out [count, n] f32.
-// COMBINE: first x[src, :] += sum_j y[src * top_k + j, :], j in order (the sum moe.wgsl's COMBINE
-// takes), and x keeps it: the MoE block's last step, folded into the norm that reads x next
-// instead of a dispatch of its own. Extra binding: y [*, n] f32, the slots' weighted outputs.
-// Grid: (1, count). Variants: SUBGROUPS, COMBINE.
+// Grid: (1, count). Variants: SUBGROUPS.
 #include "common/step.wgsl"
 
 struct Params {
@@ -12,16 +9,10 @@ struct Params {
     eps: f32,
     count_which: u32,
     gather: u32,
-    top_k: u32,
 }
 
 @group(0) @binding(1) var<uniform> p: Params;
-#ifdef COMBINE
-@group(0) @binding(2) var<storage, read_write> x: array<f32>;
-@group(0) @binding(6) var<storage, read> y: array<f32>;
-#else
 @group(0) @binding(2) var<storage, read> x: array<f32>;
-#endif
 @group(0) @binding(3) var<storage, read> w: array<f32>;
 @group(0) @binding(4) var<storage, read> rows: array<u32>;
 @group(0) @binding(5) var<storage, read_write> out: array<f32>;
@@ -44,26 +35,6 @@ fn lane_values(xb: u32, i0: u32) -> array<f32, UNROLL> {
     return v;
 }
 
-#ifdef COMBINE
-// lane_values of row src (at xb) plus its slots' outputs, stored back into x; the second pass's
-// lane_values then read the combined row (this lane's own stores).
-fn combined_values(xb: u32, src: u32, i0: u32) -> array<f32, UNROLL> {
-    var v = lane_values(xb, i0);
-    for (var u = 0u; u < UNROLL; u++) {
-        let i = i0 + u * WG;
-        if i < p.n {
-            var sum = 0.0;
-            for (var j = 0u; j < p.top_k; j++) {
-                sum += y[(src * p.top_k + j) * p.n + i];
-            }
-            v[u] += sum;
-            x[xb + i] = v[u];
-        }
-    }
-    return v;
-}
-#endif
-
 @compute @workgroup_size(WG)
 fn main(lanes: Lanes, @builtin(workgroup_id) wg: vec3<u32>) {
     reduce_setup(lanes);
@@ -79,11 +50,7 @@ fn main(lanes: Lanes, @builtin(workgroup_id) wg: vec3<u32>) {
     let xb = src * p.n;
     var acc: array<f32, NV>;
     for (var i0 = lid; i0 < p.n; i0 += UNROLL * WG) {
-#ifdef COMBINE
-        let v = combined_values(xb, src, i0);
-#else
         let v = lane_values(xb, i0);
-#endif
         for (var u = 0u; u < UNROLL; u++) {
             acc[0] += v[u] * v[u];
         }

@@ -52,9 +52,7 @@ pub fn all_variants() -> Vec<ShaderKey> {
     let mut out = Vec::new();
     for sg in [false, true] {
         let k = |f, e| ShaderKey::new(f, e).define_if("SUBGROUPS", sg);
-        for combine in [false, true] {
-            out.push(k("rmsnorm.wgsl", "main").define_if("COMBINE", combine));
-        }
+        out.push(k("rmsnorm.wgsl", "main"));
         out.push(k("linear.wgsl", "main"));
         out.push(k("linear.wgsl", "main").define_if("ONE_TOKEN", true));
         out.push(k("sample.wgsl", "pick"));

@@ -6,7 +6,6 @@
 use crate::error::{Error, Result};
 use crate::gpu::shader::wgsl_const;
 use crate::gpu::{Count, Dispatch, Gpu, Grid, ShaderKey};
-use std::ops::RangeInclusive;
 
 /// `Params` of shaders/common/moe_params.wgsl (moe.wgsl and moe_vec.wgsl).
 #[repr(C)]
@@ -193,18 +192,14 @@ fn per_chunk<'a>(
 
 /// The whole MoE block: x += sum_k w_k * (down_k(SwiGLU(gate_up_k(h) + b)) + b). Passes of up to
 /// `vec_max_tokens` tokens take the matrix-vector kernels (`vec_dispatches`), larger ones the
-/// tiled ones: route, then gate_up and down per expert chunk; both end in combine (adding each
-/// token's slot outputs `y` into x) except the one-token pass, whose down adds to the residual
-/// itself. The combine dispatch runs for the passes of `combine_for` (within `combine_passes`):
-/// in the others the caller folds the step into the norm that reads x next
-/// (`rmsnorm::Combine`).
+/// tiled ones: route, then gate_up and down per expert chunk; both end in combine except the
+/// one-token pass, whose down adds to the residual itself.
 pub fn build(
     gpu: &Gpu,
     step: &wgpu::Buffer,
     s: &MoeShape,
     b: &MoeBuffers,
     w: &MoeWeights,
-    combine_for: &[RangeInclusive<u32>],
 ) -> Result<Vec<Dispatch>> {
     if !s.hidden.is_multiple_of(32) || !s.inter.is_multiple_of(32) {
         return Err(Error::Unsupported(format!(
@@ -282,21 +277,9 @@ pub fn build(
     // matrix-vector path does it itself).
     let key = ShaderKey::new("moe.wgsl", "combine").define_if("COMBINE", true);
     let grid = Grid::new(s.hidden.div_ceil(64), Count::Tokens, 1);
-    let passes = combine_passes(s);
-    for tokens in combine_for {
-        if tokens.start() < passes.start() || tokens.is_empty() {
-            return Err(Error::Unsupported(format!(
-                "a combine step for passes {tokens:?} outside {passes:?}"
-            )));
-        }
-        out.push(whole(key.clone(), &[b.y, b.x], grid, tokens.clone())?);
-    }
+    let tokens = (s.vec_max_tokens + 1).min(2)..=u32::MAX;
+    out.push(whole(key, &[b.y, b.x], grid, tokens)?);
     Ok(out)
-}
-
-/// The passes whose MoE block ends in a combine step: all but the one-token matrix-vector pass.
-pub fn combine_passes(s: &MoeShape) -> RangeInclusive<u32> {
-    (s.vec_max_tokens + 1).min(2)..=u32::MAX
 }
 
 /// The matrix-vector path. One token: gate_up (routing and SwiGLU included) per slot and down
@@ -619,8 +602,7 @@ mod tests {
                             f16,
                             ..s
                         };
-                        let d = build(gpu, &step, &shape, &bufs, &ws, &[combine_passes(&shape)])
-                            .unwrap();
+                        let d = build(gpu, &step, &shape, &bufs, &ws).unwrap();
                         let c = StepCounts {
                             tokens: t as u32,
                             slots: (t * k) as u32,

@@ -5,7 +5,6 @@
 //! running sequence, or both), writes their K/V into the cache, and produces logits only for the
 //! rows the caller asks for, then samples them on the GPU.
 
-use std::ops::RangeInclusive;
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
@@ -235,30 +234,15 @@ impl Graph<'_> {
     ) -> Result<Vec<Dispatch>> {
         let (g, step, c, a) = (self.g, self.step, self.c, self.acts);
         let mut ds = embed::build(g, step, &a.tokens, &w.embed_tokens, &a.x, &a.ids, c.hidden)?;
-        // The passes whose MoE block ends in a combine step, and those of them where the next
-        // layer's norm dispatch takes that step (every layer's q/k/v projection has the same
-        // plan); the final norm takes the last layer's in all of them.
-        let combined = moe::combine_passes(&self.moe_shape()?);
-        let mut folded = Vec::new();
-        if let Some(lw) = w.layers.first() {
-            let qkv = self.qkv(lw, &cache.layers[0], rope_table);
-            for passes in linear::norm_passes(g, &qkv)? {
-                folded.extend(intersect(&passes, &combined));
-            }
-        }
         for (l, lw) in w.layers.iter().enumerate() {
-            ds.extend(self.attention_block(l, lw, cache, rope_table, l > 0)?);
-            let combine_for = if l + 1 < w.layers.len() {
-                minus(&combined, &folded)
-            } else {
-                Vec::new()
-            };
-            ds.extend(self.moe_block(lw, &combine_for)?);
+            ds.extend(self.attention_block(l, lw, cache, rope_table)?);
+            ds.extend(self.moe_block(lw)?);
         }
-        // Final norm of the rows whose logits are wanted (with the last combine step), lm_head,
-        // sampling.
-        for (passes, combine) in split(&(1..=u32::MAX), std::slice::from_ref(&combined)) {
-            let norm = RmsNorm {
+        // Final norm of the rows whose logits are wanted, lm_head, sampling.
+        ds.push(rmsnorm::build(
+            g,
+            step,
+            &RmsNorm {
                 x: &a.x,
                 w: &w.norm,
                 rows: Some(&a.out_rows),
@@ -266,10 +250,8 @@ impl Graph<'_> {
                 n: c.hidden,
                 eps: c.eps,
                 count: Count::Outputs,
-                combine: combine.then_some(self.combine()),
-            };
-            ds.push(rmsnorm::build(g, step, &norm)?.only_for(Count::Tokens, passes));
-        }
+            },
+        )?);
         ds.extend(linear::build(
             g,
             step,
@@ -300,19 +282,31 @@ impl Graph<'_> {
         Ok(ds)
     }
 
-    /// The q/k/v projection of a layer. It rotates q, k and stores k, v: in its epilogue at decode
-    /// (the vector kernel's, or the k ranges' sums of decode batches), by rope.wgsl after
-    /// prefill's tiles.
-    fn qkv<'b>(
-        &'b self,
-        lw: &'b LayerWeights,
-        cache: &'b LayerCache,
-        rope_table: &'b wgpu::Buffer,
-    ) -> Linear<'b> {
-        let (c, a) = (self.c, self.acts);
+    /// x += o_proj(attention(rope(qkv(RMSNorm(x))))). Small passes fuse the norm into the qkv
+    /// projection; large ones norm into `h` first for the tiled kernels.
+    fn attention_block(
+        &self,
+        l: usize,
+        lw: &LayerWeights,
+        kv: &KvCache,
+        rope_table: &wgpu::Buffer,
+    ) -> Result<Vec<Dispatch>> {
+        let (g, step, c, a) = (self.g, self.step, self.c, self.acts);
+        let cache: &LayerCache = &kv.layers[l];
         let kind = cache.kind as u32;
         let qkv_n = (c.heads + 2 * c.kv_heads) * c.head_dim;
-        Linear {
+        let norm = RmsNorm {
+            x: &a.x,
+            w: &lw.input_layernorm,
+            rows: None,
+            out: &a.h,
+            n: c.hidden,
+            eps: c.eps,
+            count: Count::Tokens,
+        };
+        // The projection rotates q, k and stores k, v: in its epilogue at decode (the vector
+        // kernel's, or the k ranges' sums of decode batches), by rope.wgsl after prefill's tiles.
+        let qkv = Linear {
             x: &a.h,
             w: &lw.qkv,
             bias: lw.qkv_bias.as_ref(),
@@ -339,53 +333,10 @@ impl Graph<'_> {
             }),
             coop: self.coop,
             split_sums: Some(&a.split_sums),
-        }
-    }
-
-    /// The MoE block's slot outputs, for the norm that takes its combine step.
-    fn combine(&self) -> rmsnorm::Combine<'_> {
-        rmsnorm::Combine {
-            y: &self.acts.expert_out,
-            top_k: self.c.top_k,
-        }
-    }
-
-    /// x += o_proj(attention(rope(qkv(RMSNorm(x))))). Small passes fuse the norm into the qkv
-    /// projection; large ones norm into `h` first for the tiled kernels, and that norm takes the
-    /// last MoE block's combine step where it left it (`pending`: every layer but the first).
-    fn attention_block(
-        &self,
-        l: usize,
-        lw: &LayerWeights,
-        kv: &KvCache,
-        rope_table: &wgpu::Buffer,
-        pending: bool,
-    ) -> Result<Vec<Dispatch>> {
-        let (g, step, c, a) = (self.g, self.step, self.c, self.acts);
-        let cache: &LayerCache = &kv.layers[l];
-        let kind = cache.kind as u32;
-        let qkv = self.qkv(lw, cache, rope_table);
-        let combined = moe::combine_passes(&self.moe_shape()?);
+        };
         let mut ds = Vec::new();
         for passes in linear::norm_passes(g, &qkv)? {
-            let cut = if pending {
-                std::slice::from_ref(&combined)
-            } else {
-                &[]
-            };
-            for (passes, combine) in split(&passes, cut) {
-                let norm = RmsNorm {
-                    x: &a.x,
-                    w: &lw.input_layernorm,
-                    rows: None,
-                    out: &a.h,
-                    n: c.hidden,
-                    eps: c.eps,
-                    count: Count::Tokens,
-                    combine: combine.then_some(self.combine()),
-                };
-                ds.push(rmsnorm::build(g, step, &norm)?.only_for(Count::Tokens, passes));
-            }
+            ds.push(rmsnorm::build(g, step, &norm)?.only_for(Count::Tokens, passes));
         }
         ds.extend(linear::build(g, step, &qkv)?);
         ds.extend(attention::build(
@@ -435,14 +386,11 @@ impl Graph<'_> {
     }
 
     /// x += sum_k w_k * expert_k(RMSNorm(x)); the router writes RMSNorm(x) to `h` along with the
-    /// chosen experts and their weights. The block's own combine step runs for the passes of
-    /// `combine_for`; in the others of `moe::combine_passes` the next norm takes it.
-    fn moe_block(
-        &self,
-        lw: &LayerWeights,
-        combine_for: &[RangeInclusive<u32>],
-    ) -> Result<Vec<Dispatch>> {
+    /// chosen experts and their weights.
+    fn moe_block(&self, lw: &LayerWeights) -> Result<Vec<Dispatch>> {
         let (g, step, c, a) = (self.g, self.step, self.c, self.acts);
+        let vec_max_tokens = moe::vec_max_tokens(self.coop)?;
+        let partial_max_tokens = a.partial_max_tokens;
         let mut ds = router::build(
             g,
             step,
@@ -459,10 +407,23 @@ impl Graph<'_> {
                 hidden: c.hidden,
                 n_experts: c.experts,
                 top_k: c.top_k,
-                partial_max_tokens: a.partial_max_tokens,
+                partial_max_tokens,
             },
         )?;
-        let shape = self.moe_shape()?;
+        let shape = MoeShape {
+            hidden: c.hidden,
+            inter: c.inter,
+            experts: c.experts,
+            top_k: c.top_k,
+            limit: c.swiglu_limit,
+            alpha: c.swiglu_alpha,
+            max_slots: self.max_tokens * c.top_k,
+            vec_max_tokens,
+            partial_max_tokens,
+            router_slices: router::slices(c.hidden)?,
+            coop: self.coop,
+            f16: self.f16_products,
+        };
         let buffers = MoeBuffers {
             router_part: &a.router_part,
             idx: &a.expert_idx,
@@ -480,69 +441,9 @@ impl Graph<'_> {
             down: &lw.down,
             down_bias: &lw.down_bias,
         };
-        ds.extend(moe::build(
-            g,
-            step,
-            &shape,
-            &buffers,
-            &weights,
-            combine_for,
-        )?);
+        ds.extend(moe::build(g, step, &shape, &buffers, &weights)?);
         Ok(ds)
     }
-
-    /// The shape of every layer's MoE block.
-    fn moe_shape(&self) -> Result<MoeShape> {
-        let c = self.c;
-        Ok(MoeShape {
-            hidden: c.hidden,
-            inter: c.inter,
-            experts: c.experts,
-            top_k: c.top_k,
-            limit: c.swiglu_limit,
-            alpha: c.swiglu_alpha,
-            max_slots: self.max_tokens * c.top_k,
-            vec_max_tokens: moe::vec_max_tokens(self.coop)?,
-            partial_max_tokens: self.acts.partial_max_tokens,
-            router_slices: router::slices(c.hidden)?,
-            coop: self.coop,
-            f16: self.f16_products,
-        })
-    }
-}
-
-/// The passes in both ranges, if any.
-fn intersect(a: &RangeInclusive<u32>, b: &RangeInclusive<u32>) -> Option<RangeInclusive<u32>> {
-    let r = *a.start().max(b.start())..=*a.end().min(b.end());
-    (!r.is_empty()).then_some(r)
-}
-
-/// The passes of `a` outside every range of `cut`, as ranges.
-fn minus(a: &RangeInclusive<u32>, cut: &[RangeInclusive<u32>]) -> Vec<RangeInclusive<u32>> {
-    let mut out = vec![a.clone()];
-    for c in cut.iter().filter(|c| !c.is_empty()) {
-        out = out
-            .into_iter()
-            .flat_map(|r| {
-                let below =
-                    (r.start() < c.start()).then(|| *r.start()..=*r.end().min(&(c.start() - 1)));
-                let above = (r.end() > c.end()).then(|| *r.start().max(&(c.end() + 1))..=*r.end());
-                below.into_iter().chain(above)
-            })
-            .collect();
-    }
-    out
-}
-
-/// `a` cut into the pieces inside the (disjoint) ranges of `cut`, marked true, and those outside.
-fn split(a: &RangeInclusive<u32>, cut: &[RangeInclusive<u32>]) -> Vec<(RangeInclusive<u32>, bool)> {
-    let inside = cut
-        .iter()
-        .filter_map(|c| intersect(a, c))
-        .map(|r| (r, true));
-    inside
-        .chain(minus(a, cut).into_iter().map(|r| (r, false)))
-        .collect()
 }
 
 /// Logits rows per pass (as many as the binding limit allows, up to max_tokens), or why the
@@ -894,33 +795,5 @@ impl Model {
             per.push((d.label.clone(), ns));
         }
         Ok(Some(per))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn pass_ranges_split_and_subtract() {
-        let all = 1..=u32::MAX;
-        assert_eq!(minus(&all, &[2..=u32::MAX]), vec![1..=1]);
-        assert_eq!(
-            minus(&(2..=u32::MAX), &[3..=8, 17..=u32::MAX]),
-            vec![2..=2, 9..=16]
-        );
-        assert_eq!(minus(&(2..=5), &[9..=u32::MAX]), vec![2..=5]);
-        assert_eq!(minus(&(2..=5), &[0..=9]), vec![]);
-        #[allow(clippy::reversed_empty_ranges)]
-        let empty = 5..=3;
-        assert_eq!(minus(&(2..=8), &[empty]), vec![2..=8]);
-        assert_eq!(
-            intersect(&(9..=u32::MAX), &(2..=u32::MAX)),
-            Some(9..=u32::MAX)
-        );
-        assert_eq!(intersect(&(1..=1), &(2..=u32::MAX)), None);
-        let mut pieces = split(&all, &[2..=u32::MAX]);
-        pieces.sort_by_key(|(r, _)| *r.start());
-        assert_eq!(pieces, vec![(1..=1, false), (2..=u32::MAX, true)]);
     }
 }
