@@ -88,13 +88,14 @@ pub struct MoeBuffers<'a> {
     pub x: &'a wgpu::Buffer,
 }
 
-/// Moves the MXFP4 codes of `bytes` bytes of expert blocks in `blocks` (as the checkpoint stores
-/// them) to the GPU layout the kernels decode (shaders/mxfp4_layout.wgsl), in place. Submitted,
-/// not waited for: later submissions see it done.
-pub fn relayout(gpu: &Gpu, blocks: &wgpu::Buffer, bytes: u64) -> Result<()> {
-    let words = u32::try_from(bytes / 4).map_err(|_| Error::Limit {
+/// Moves the MXFP4 codes of the expert blocks in `blocks` (as the checkpoint stores them) to the
+/// GPU layout the kernels decode (shaders/mxfp4_layout.wgsl), in place: the whole buffer, whose
+/// padding words are zero and stay zero. Submitted, not waited for: later submissions see it
+/// done.
+pub fn relayout(gpu: &Gpu, blocks: &wgpu::Buffer) -> Result<()> {
+    let words = u32::try_from(blocks.size() / 4).map_err(|_| Error::Limit {
         what: "expert blocks in one buffer".into(),
-        needed: bytes,
+        needed: blocks.size(),
         max: u32::MAX as u64 * 4,
     })?;
     let per_wg = wgsl_const("mxfp4_layout.wgsl", "WG")?;
@@ -541,7 +542,7 @@ mod tests {
                                 count: c as u32,
                                 blocks: {
                                     let buf = gpu.upload("b", &b[st * bb..(st + c) * bb]).unwrap();
-                                    relayout(gpu, &buf, (c * bb) as u64).unwrap();
+                                    relayout(gpu, &buf).unwrap();
                                     buf
                                 },
                                 scales: gpu.upload("s", &sc[st * sb..(st + c) * sb]).unwrap(),

@@ -211,8 +211,8 @@ pub struct WeightWriter {
     order: Vec<String>,
     received: u64,
     pending: u64,
-    /// Expert-block buffers (and their bytes) to move to the kernels' MXFP4 layout once whole.
-    mxfp4: Vec<(wgpu::Buffer, u64)>,
+    /// Expert-block buffers to move to the kernels' MXFP4 layout once whole.
+    mxfp4: Vec<wgpu::Buffer>,
 }
 
 /// One checkpoint tensor: its size, where its bytes go, how many have arrived.
@@ -293,8 +293,8 @@ impl WeightWriter {
                 )));
             }
         }
-        for (buffer, bytes) in &self.mxfp4 {
-            moe::relayout(gpu, buffer, *bytes)?;
+        for buffer in &self.mxfp4 {
+            moe::relayout(gpu, buffer)?;
         }
         gpu.queue.submit([]);
         gpu.wait()
@@ -432,14 +432,13 @@ impl Planner<'_> {
                 this.place(tensor, place)?;
                 Ok::<_, Error>(buffer)
             };
-            let block_bytes = ec * rows * cols / 2;
             let chunk = ExpertChunk {
                 start: e0 as u32,
                 count: ec as u32,
                 blocks: part(self, "blocks", &blocks, rows * cols / 2)?,
                 scales: part(self, "scales", &scales, rows * cols / 32)?,
             };
-            self.writer.mxfp4.push((chunk.blocks.clone(), block_bytes));
+            self.writer.mxfp4.push(chunk.blocks.clone());
             out.push(chunk);
         }
         Ok(out)
