@@ -26,6 +26,21 @@ fn fp4_halves(w: u32) -> vec4<u32> {
     );
 }
 
+// The GPU layout of a checkpoint word (nibble n, low to high, is element n: e e m bits then the
+// sign): element n's e e m bits go to EEM_AT[n] .. + 2, its sign to SIGN_AT[n], where fp4_halves
+// takes them (mxfp4_layout.wgsl moves every expert block's words so once after the upload).
+const EEM_AT = array<u32, 8>(9u, 2u, 5u, 12u, 25u, 18u, 21u, 28u);
+const SIGN_AT = array<u32, 8>(15u, 8u, 0u, 1u, 31u, 24u, 16u, 17u);
+
+fn gpu_layout(w: u32) -> u32 {
+    var out = 0u;
+    for (var e = 0u; e < 8u; e++) {
+        let c = (w >> (4u * e)) & 15u;
+        out |= ((c & 7u) << EEM_AT[e]) | ((c >> 3u) << SIGN_AT[e]);
+    }
+    return out;
+}
+
 // acc plus the dot product of 8 decoded codes with inputs a (elements 0..3) and b (elements
 // 4..7), as one chain of multiply-adds: the sum a dot() form would take costs half again as many
 // instructions (a multiply per pair and an add per dot), which shaders may not reassociate

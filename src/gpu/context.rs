@@ -238,10 +238,10 @@ impl Gpu {
             return Ok(());
         }
         let key = ShaderKey::new("f16_probe.wgsl", "main").define_if("F16_PRODUCTS", true);
-        // Eight inputs of 1.0, then a word of eight codes 0.5 in the kernels' layout (each code's
-        // m bit at its EEM_AT place of shaders/mxfp4_layout.wgsl, all else zero).
+        // Eight inputs of 1.0, then a word of eight codes 0.5 (e2m1 0b0001) as a checkpoint
+        // stores them: the probe moves it to the kernels' layout itself.
         let mut words = vec![1f32.to_bits(); 8];
-        words.extend([0x1224_1224, 0]);
+        words.extend([0x1111_1111, 0]);
         let buf = self.upload("f16 probe", bytemuck::cast_slice(&words))?;
         self.dispatch_once(&key, &[&buf], [1, 1, 1])?;
         let got = self.read_u32(&buf, 10).await?[9];
