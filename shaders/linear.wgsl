@@ -183,6 +183,10 @@ const COOP_KB: u32 = 2u;
 // SPLIT_K: about this many workgroups a pass, each range at least this many steps.
 const SPLIT_WORKGROUPS: u32 = 256u;
 const SPLIT_MIN_STEPS: u32 = 4u;
+// The tensor-core tiles with k cut store their sums straight to part (DIRECT_DRAIN) in passes of
+// up to this many tokens; above, through workgroup memory (H200, PERF.md v0.33: batch 16 / 32
+// +3.0 / +1.2% direct, 56 / 64 -0.2 / -0.3%).
+const DIRECT_DRAIN_MAX_TOKENS: u32 = 48u;
 // The largest pass the tiles leave to linear_vec.wgsl, with and without tensor cores, and the
 // first that the staged tiles take from it (src/kernels/linear.rs plan()): on the H200 the
 // staged tiles win from 3 tokens (3 / 4 / 5: 578 / 695 / 764 against 566 / 666 / 723 tok/s; 2:
@@ -429,6 +433,20 @@ fn store_rows(j: u32, row: u32, v: vec2<f32>) {
     store_tile(j, row, v.x);
     store_tile(j, row + 1u, v.y);
 }
+
+#ifdef DIRECT_DRAIN
+// The sums of tile inputs 16 s16 .. by rows row .. straight into part (SPLIT_K only). The Rust side
+// takes this variant where the buffer's rows are a multiple of 16 and part holds whole blocks of 16
+// tokens, so that a block is stored whole or not at all; a block past the pass's tokens is not.
+fn store_block(c: coop_mat16x16<f32, C>, s16: u32, row: u32) {
+    if 16u * s16 < x_live() && row < p.rows {
+        // (The stride as a named value: naga 30's SPIR-V writer panics on an expression there.)
+        let stride = p.splits * p.n_out;
+        let at = ((tile_t0 + 16u * s16) * p.splits + tile_split) * p.n_out + p.row_start + row;
+        coopStoreT(c, &part[at], stride);
+    }
+}
+#endif
 
 @compute @workgroup_size(TILE_WG)
 fn coop(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>) {

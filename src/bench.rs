@@ -48,8 +48,10 @@ pub struct Report {
     /// The same for one batch-1 decode step at each context of --contexts.
     pub context_kernels_us: Vec<(u32, Vec<(String, f64)>)>,
     pub prefill_kernels_us: Vec<(String, f64)>,
-    /// Every dispatch of one decode step, in order (label, microseconds).
+    /// Every dispatch of one decode step, in order (label, microseconds), at batch 1 and at the
+    /// wide batch.
     pub decode_dispatches_us: Vec<(String, f64)>,
+    pub wide_dispatches_us: Vec<(String, f64)>,
     /// Bytes the main decode kernel families must read in that step (weights, and the KV cache
     /// for attention), for achieved bandwidth.
     pub decode_kernel_bytes: Vec<(String, u64)>,
@@ -197,6 +199,11 @@ fn per_family(v: &[(String, f64)]) -> Vec<(String, f64)> {
     out
 }
 
+/// A profile's dispatches in microseconds.
+fn us(v: Vec<(String, f64)>) -> Vec<(String, f64)> {
+    v.into_iter().map(|(l, ns)| (l, ns / 1e3)).collect()
+}
+
 /// Runs the benchmark; `log` receives a line per measurement as it completes.
 pub fn run(
     model: &Model,
@@ -227,6 +234,7 @@ pub fn run(
         context_kernels_us: Vec::new(),
         prefill_kernels_us: Vec::new(),
         decode_dispatches_us: Vec::new(),
+        wide_dispatches_us: Vec::new(),
         decode_kernel_bytes: Vec::new(),
         prefill_kernel_flops: Vec::new(),
     };
@@ -316,7 +324,7 @@ pub fn run(
     .unwrap_or_default();
     report.decode_kernels_us = per_family(&decode);
     report.decode_kernel_bytes = decode_bytes(model, ctx);
-    report.decode_dispatches_us = decode.into_iter().map(|(l, ns)| (l, ns / 1e3)).collect();
+    report.decode_dispatches_us = us(decode);
     // The sizes the timed runs above ran (a batch beyond what one pass takes runs as the largest
     // that fits).
     let mut sizes: Vec<u32> = batches
@@ -337,13 +345,15 @@ pub fn run(
             tokens: &toks,
             outputs: &outputs,
             sampling: &greedy(b as usize),
-        }))?;
-        let families = per_family(&profile.unwrap_or_default());
+        }))?
+        .unwrap_or_default();
+        let families = per_family(&profile);
         if Some(b) == narrow {
             report.batch_decode_kernels_us = families.clone();
         }
         if Some(b) == wide {
             report.wide_decode_kernels_us = families.clone();
+            report.wide_dispatches_us = us(profile);
         }
         report.batch_kernels_us.push((b, families));
     }

@@ -19,7 +19,7 @@
 // and put more bytes in flight per step, but take more registers and workgroup memory; PERF.md
 // v0.15), Fetch, fetch(lid, step), weights8(f, i, u), inputs8(f, i, u), item_col(u, j),
 // x_live() (the tile's inputs that are stored: a decode batch's expert has ~8 of 64) and
-// store_rows, and runs TILE_WG invocations per workgroup.
+// store_rows (with DIRECT_DRAIN store_block instead), and runs TILE_WG invocations per workgroup.
 #include "common/tile_step.wgsl"
 const TILE_WG: u32 = 32u * (TS / 16u) * (TR / SUB_ROWS);
 const KS: u32 = 32u * KB;
@@ -107,8 +107,14 @@ fn stash(lid: u32, f: Fetch) {
     }
 }
 
-// Subgroup sg's output tile n (its inputs 16 ss .., rows r0 + 16 n ..) handed to store_rows.
+// Subgroup sg's output tile n (its inputs 16 ss .., rows r0 + 16 n ..) handed to store_rows, or
+// with DIRECT_DRAIN to the includer's store_block(c, ss, row) whole, which stores it straight to
+// memory without the round trip through `stage` and its two barriers (H200, the dense layers'
+// decode tiles at batch 16 / 32: 14 / 6% faster, PERF.md v0.33).
 fn drain(c: coop_mat16x16<f32, C>, n: u32, sg: u32, lane: u32, r0: u32) {
+#ifdef DIRECT_DRAIN
+    store_block(c, sg % (TS / 16u), r0 + 16u * n);
+#else
     workgroupBarrier();
     coopStoreT(c, &stage[sg * 256u], 16u);
     workgroupBarrier();
@@ -119,6 +125,7 @@ fn drain(c: coop_mat16x16<f32, C>, n: u32, sg: u32, lane: u32, r0: u32) {
         let at = sg * 256u + m * 16u + 2u * pr;
         store_rows(16u * ss + m, r0 + 16u * n + 2u * pr, vec2<f32>(stage[at], stage[at + 1u]));
     }
+#endif
 }
 
 // The tile's products over n_blocks blocks of 32 inputs (fetch() gives zeros past them), rows

@@ -360,7 +360,9 @@ pub fn split_sums_bytes(k: u32, n_out: u32, coop: bool, max_tokens: u32) -> Resu
     for TileEntry { shape, .. } in tile_entries(coop, false)? {
         let s = k_split(&shape, k, n_out)?;
         if s.splits > 1 {
-            let b = s.splits as u64 * shape.tokens.min(max_tokens) as u64 * n_out as u64 * 4;
+            // Whole blocks of 16 tokens: the tensor-core tiles' DIRECT_DRAIN stores them so.
+            let tokens = shape.tokens.min(max_tokens.next_multiple_of(16));
+            let b = s.splits as u64 * tokens as u64 * n_out as u64 * 4;
             bytes = bytes.max(b);
         }
     }
@@ -503,8 +505,9 @@ fn build_entry(
         && split.splits > 1
         && !counts.is_empty()
     {
-        let ds = build_split(gpu, step, l, tile_key, shape, split, part, norm)?;
-        out.extend(ds.into_iter().map(|d| d.only_for(l.count, counts.clone())));
+        out.extend(build_split(
+            gpu, step, l, tile_key, shape, split, part, norm, counts,
+        )?);
         whole = shape.tokens + 1..=*passes.end();
     }
     if whole.is_empty() {
@@ -526,9 +529,22 @@ fn build_entry(
     Ok(out)
 }
 
-/// The tiles with k cut as `split` says, one dispatch per weight buffer writing the ranges' sums
-/// into `part`, then one that adds them up into y; with `norm`, from the un-normed input, the
-/// sums scaled by the norm.
+/// The largest pass in which the tensor-core tiles of key store their k ranges' sums straight to
+/// part (DIRECT_DRAIN): DIRECT_DRAIN_MAX_TOKENS where every weight buffer's rows are whole blocks
+/// of 16 (part's tokens are, split_sums_bytes), else 0.
+fn direct_drain_max(key: &ShaderKey, l: &Linear) -> Result<u32> {
+    let whole_blocks = l.w.chunks.iter().all(|c| c.count.is_multiple_of(16));
+    Ok(if key.defines.contains("COOP") && whole_blocks {
+        wgsl_const("linear.wgsl", "DIRECT_DRAIN_MAX_TOKENS")?
+    } else {
+        0
+    })
+}
+
+/// The tiles with k cut as `split` says for the passes of `counts`, one dispatch per weight
+/// buffer writing the ranges' sums into `part` (a second where some of the passes store them
+/// directly), then one that adds them up into y; with `norm`, from the un-normed input, the sums
+/// scaled by the norm.
 #[allow(clippy::too_many_arguments)]
 fn build_split(
     gpu: &Gpu,
@@ -539,28 +555,36 @@ fn build_split(
     split: KSplit,
     part: &wgpu::Buffer,
     norm: Option<&NormInput>,
+    counts: std::ops::RangeInclusive<u32>,
 ) -> Result<Vec<Dispatch>> {
     let key = tile_key
         .clone()
         .define_if("SPLIT_K", true)
         .define_if("NORM", norm.is_some());
+    let most = direct_drain_max(&key, l)?;
+    let (first, last) = (*counts.start(), *counts.end());
+    let variants = [
+        (
+            key.clone().define_if("DIRECT_DRAIN", true),
+            first..=most.min(last),
+        ),
+        (key, first.max(most + 1)..=last),
+    ];
     let mut out = Vec::new();
-    for c in &l.w.chunks {
-        let p = Params::new(l, c).cut(split);
-        let grid =
-            Grid::new(c.count.div_ceil(shape.rows), l.count, shape.tokens).depth(split.splits);
-        let bufs = match norm {
-            Some(n) => vec![n.x, &c.buffer, part, n.w],
-            None => vec![l.x, &c.buffer, part],
-        };
-        out.push(Dispatch::new(
-            gpu,
-            &key,
-            step,
-            bytemuck::bytes_of(&p),
-            &bufs,
-            grid,
-        )?);
+    for (key, passes) in variants.into_iter().filter(|(_, r)| !r.is_empty()) {
+        for c in &l.w.chunks {
+            let p = Params::new(l, c).cut(split);
+            let grid =
+                Grid::new(c.count.div_ceil(shape.rows), l.count, shape.tokens).depth(split.splits);
+            let bufs = match norm {
+                Some(n) => vec![n.x, &c.buffer, part, n.w],
+                None => vec![l.x, &c.buffer, part],
+            };
+            out.push(
+                Dispatch::new(gpu, &key, step, bytemuck::bytes_of(&p), &bufs, grid)?
+                    .only_for(l.count, passes.clone()),
+            );
+        }
     }
     // One sum over all the buffers' rows (a missing bias binds part, unread); a thread a column,
     // or with RoPE a rotation pair (seven storage buffers: WebGPU promises eight).
@@ -580,16 +604,19 @@ fn build_split(
         l.count,
         1,
     );
-    out.push(Dispatch::new(
-        gpu,
-        &sum_splits_key(rope.map(|r| r.kv_f16)).define_if("NORM", norm.is_some()),
-        step,
-        bytemuck::bytes_of(&p),
-        &bufs,
-        grid,
-    )?);
+    out.push(
+        Dispatch::new(
+            gpu,
+            &sum_splits_key(rope.map(|r| r.kv_f16)).define_if("NORM", norm.is_some()),
+            step,
+            bytemuck::bytes_of(&p),
+            &bufs,
+            grid,
+        )?
+        .only_for(l.count, counts.clone()),
+    );
     if let Some(r) = l.rope.as_ref().filter(|_| rope.is_none()) {
-        out.push(rope_after(gpu, step, l, r, 1..=u32::MAX)?);
+        out.push(rope_after(gpu, step, l, r, counts)?);
     }
     Ok(out)
 }
@@ -833,6 +860,14 @@ mod tests {
                 (33, 1024, 200, 120, true),
                 (20, 800, 72, 72, false),
                 (40, 1000, 130, 130, true),
+                // Tensor-core ranges stored straight to part (DIRECT_DRAIN: every buffer's rows
+                // whole blocks of 16): a narrow tile of 12 tokens in two buffers; 37 tokens (a
+                // block in part, one absent) and a second row tile of one block; 48 tokens, the
+                // most that do; 52, past them (through workgroup memory).
+                (12, 1024, 208, 112, true),
+                (37, 1024, 160, 160, false),
+                (48, 1024, 144, 144, true),
+                (52, 1024, 160, 80, true),
             ] {
                 let e = case_nmse(gpu, &mut rng, (t, k, n, split, acc), coop, false, true).await;
                 let tol = if coop { 1e-9 } else { 1e-10 };

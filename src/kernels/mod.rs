@@ -89,8 +89,17 @@ pub fn all_variants() -> Vec<ShaderKey> {
         out.push(ShaderKey::new("moe.wgsl", "combine").define_if("COMBINE", true));
     }
     for split in [false, true] {
-        out.push(linear::coop_key(false).define_if("SPLIT_K", split));
-        out.push(linear::coop_key(true).define_if("SPLIT_K", split));
+        for narrow in [false, true] {
+            out.push(linear::coop_key(narrow).define_if("SPLIT_K", split));
+            // Only with k cut: the sums go straight into part.
+            if split {
+                out.push(
+                    linear::coop_key(narrow)
+                        .define_if("SPLIT_K", true)
+                        .define_if("DIRECT_DRAIN", true),
+                );
+            }
+        }
         out.push(linear::simt_key().define_if("SPLIT_K", split));
         for (sg, few) in [(false, false), (false, true), (true, false), (true, true)] {
             out.push(linear::staged_key(sg, few).define_if("SPLIT_K", split));
