@@ -125,12 +125,24 @@ fn input_base(s: u32) -> u32 {
 }
 #endif
 
-// Rows per workgroup (the Rust side reads this line to size the grid; gate_up needs R even, a
-// gate row beside its up row), and the most experts per token.
-const ROWS: u32 = 8u;
+// One token: rows per workgroup and lanes per row group of each projection (the Rust side reads
+// these lines to size the grid; gate_up needs R even, a gate row beside its up row), and the most
+// experts per token. Every workgroup of gate_up ranks its token's experts and every one of down
+// gathers its slots, so more rows a workgroup spread that over more rows: 16 rather than 8 took
+// the H200's batch-1 step 2.65 -> 2.58 ms (PERF.md v0.33).
+const GATE_UP_ROWS: u32 = 16u;
+const GATE_UP_GL: u32 = 32u;
+const DOWN_ROWS: u32 = 16u;
+const DOWN_GL: u32 = 32u;
 const MAX_K: u32 = 16u;
 const VEC_WG: u32 = 128u;
-const GL: u32 = 32u;
+#ifdef DOWN
+const ROWS: u32 = DOWN_ROWS;
+const GL: u32 = DOWN_GL;
+#else
+const ROWS: u32 = GATE_UP_ROWS;
+const GL: u32 = GATE_UP_GL;
+#endif
 // GROUPED: rows and invocations per workgroup (the Rust side reads these lines), slots at once,
 // inputs of each slot in workgroup memory at once (8 KiB). On the H200 each of these beat its
 // neighbours at batch 32 (128 rows, 128 invocations, 4 or 16 slots, 512 or 1024 inputs; loading

@@ -298,8 +298,10 @@ fn vec_dispatches(
     if s.vec_max_tokens == 0 {
         return Ok(out);
     }
-    let rows_per_wg = wgsl_const("moe_vec.wgsl", "ROWS")?;
-    let groups = wgsl_const("moe_vec.wgsl", "VEC_WG")? / wgsl_const("moe_vec.wgsl", "GL")?;
+    let gate_up_rows = wgsl_const("moe_vec.wgsl", "GATE_UP_ROWS")?;
+    let down_groups =
+        wgsl_const("moe_vec.wgsl", "VEC_WG")? / wgsl_const("moe_vec.wgsl", "DOWN_GL")?;
+    let down_rows = wgsl_const("moe_vec.wgsl", "DOWN_ROWS")? / down_groups;
     let grouped_rows = wgsl_const("moe_vec.wgsl", "GROUPED_ROWS")?;
     let max_k = wgsl_const("moe_vec.wgsl", "MAX_K")?;
     let max_e = wgsl_const("moe_vec.wgsl", "MAX_E")?;
@@ -311,9 +313,9 @@ fn vec_dispatches(
     }
     let one = 1..=1;
     // Each projection binds its inputs, then one buffer's blocks and scales, then its outputs.
-    // One token: gate_up's workgroups take ROWS rows of one slot; down's the R = ROWS / groups
-    // rows of every slot of the token, added to the residual stream. Several: ROWS rows of one
-    // expert for all its slots.
+    // One token: gate_up's workgroups take GATE_UP_ROWS rows of one slot; down's the R =
+    // DOWN_ROWS / groups rows of every slot of the token, added to the residual stream. Several:
+    // GROUPED_ROWS rows of one expert for all its slots.
     struct Projection<'a> {
         entry: &'static str,
         define: &'static str,
@@ -329,7 +331,7 @@ fn vec_dispatches(
             entry: "gate_up",
             define: "GATE_UP",
             chunks: w.gate_up,
-            grid_x: (2 * s.inter).div_ceil(rows_per_wg),
+            grid_x: (2 * s.inter).div_ceil(gate_up_rows),
             count: Some(Count::Slots),
             before: vec![b.h, b.router_part, b.idx, b.wts],
             after: vec![w.gate_up_bias, b.act],
@@ -338,7 +340,7 @@ fn vec_dispatches(
             entry: "down",
             define: "DOWN",
             chunks: w.down,
-            grid_x: s.hidden.div_ceil(rows_per_wg / groups),
+            grid_x: s.hidden.div_ceil(down_rows),
             count: Some(Count::Tokens),
             before: vec![b.act, b.idx, b.wts],
             after: vec![w.down_bias, b.x],
