@@ -46,9 +46,11 @@
 #endif
 
 // Rows per workgroup, one token and MULTI (the Rust side reads these lines to size the grid):
-// one row per row group. (Four rows per group with 8 tokens, so that an input load serves four
-// rows, made the H200's batch-8 step 60% slower in the dense layers: PERF.md v0.11.)
-const ROWS: u32 = 4u;
+// two rows per row group for one token (H200 batch 1: 1192 -> 1183 us a step against one, each
+// input load serving both; four: 1390), one in MULTI. (Four rows per group with 8 tokens, so that
+// an input load serves four rows, made the H200's batch-8 step 60% slower in the dense layers:
+// PERF.md v0.11.)
+const ROWS: u32 = 8u;
 const MULTI_ROWS: u32 = 8u;
 const ONE_WG: u32 = 128u;
 const MULTI_WG: u32 = 256u;
