@@ -48,9 +48,9 @@ pub struct Report {
     /// The same for one batch-1 decode step at each context of --contexts.
     pub context_kernels_us: Vec<(u32, Vec<(String, f64)>)>,
     pub prefill_kernels_us: Vec<(String, f64)>,
-    /// Every dispatch of one decode step, in order (label, microseconds), at batch 1 and at the
-    /// wide batch.
+    /// Every dispatch of one batch-1 decode step, in order (label, microseconds).
     pub decode_dispatches_us: Vec<(String, f64)>,
+    /// The same for one wide decode step (empty when --batches has none).
     pub wide_dispatches_us: Vec<(String, f64)>,
     /// Bytes the main decode kernel families must read in that step (weights, and the KV cache
     /// for attention), for achieved bandwidth.
