@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# On the NVIDIA test machine: time shader variants against each other with one binary, the way
+# PERF.md's tables are measured. Each variant is a folder of WGSL files that replace the embedded
+# ones (GPT_OSS_SHADER_DIR; an empty folder, or "none", runs the embedded shaders); the variants
+# run in turn, ROUNDS times, so that drift shows up as spread rather than as a difference.
+#
+#   VARIANTS="none .bin/ov/A .bin/ov/B" KERNELS="linear.coop moe_vec.gate_up" \
+#     BENCH_ARGS="--prompt-lens 2048 --decode-steps 16 --batches 1,16,64" tools/h100_ab.sh
+#
+# Prints each run's tok/s lines and, for every kernel family in KERNELS, its GPU time a step (us)
+# at batch 1 ("b1"), at each batch of the profile and in the prefill pass. A variant whose outputs
+# are wrong on purpose (an ablation) changes the routing, so compare only the kernels it touches.
+set -uo pipefail
+source tools/h100_env.sh
+[ -e $M/config.json ] || $BIN synth --preset 20b --seed 1 --force --out $M >/dev/null 2>&1
+ROUNDS=${ROUNDS:-2}
+ARGS=${BENCH_ARGS:---prompt-lens 2048 --decode-steps 16 --batches 1,16,64}
+for r in $(seq 1 "$ROUNDS"); do
+  for v in ${VARIANTS:-none}; do
+    name=$(basename "$v")
+    dir=$v; [ "$v" = none ] && dir=$(mktemp -d)
+    json="$OUT/ab.$name.$r.json"
+    echo "== $name (round $r)"
+    GPT_OSS_SHADER_DIR=$dir timeout ${RUN_TIMEOUT:-120} $BIN bench --model $M $ARGS --json "$json" 2>&1 |
+      grep -E "tok/s|rror|panick"
+    [ -e "$json" ] && KERNELS="${KERNELS:-}" python3 - "$json" <<'PY'
+import json, os, sys
+r = json.load(open(sys.argv[1]))
+want = os.environ["KERNELS"].split()
+def pick(families):
+    d = dict(families)
+    return " ".join(f"{k} {d[k]:.0f}" for k in want if k in d)
+if want:
+    print("b1", pick(r["decode_kernels_us"]))
+    for b, f in r["batch_kernels_us"]:
+        print(f"b{b}", pick(f))
+    print("prefill", pick(r["prefill_kernels_us"]))
+PY
+  done
+done
