@@ -14,6 +14,10 @@ set -uo pipefail
 source tools/h100_env.sh
 [ -e $M/config.json ] || $BIN synth --preset 20b --seed 1 --force --out $M >/dev/null 2>&1
 ROUNDS=${ROUNDS:-2}
+# A folder that is not there would silently run the embedded shaders.
+for v in ${VARIANTS:-none}; do
+  [ "$v" = none ] || [ -d "$v" ] || { echo "no variant folder $v" >&2; exit 2; }
+done
 ARGS=${BENCH_ARGS:---prompt-lens 2048 --decode-steps 16 --batches 1,16,64}
 for r in $(seq 1 "$ROUNDS"); do
   for v in ${VARIANTS:-none}; do
