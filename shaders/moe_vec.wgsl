@@ -126,8 +126,9 @@ fn input_base(s: u32) -> u32 {
 #endif
 
 // One token: rows per workgroup and lanes per row group of each projection (the Rust side reads
-// these lines to size the grid; gate_up needs R even, a gate row beside its up row), and the most
-// experts per token. Every workgroup of gate_up ranks its token's experts and every one of down
+// these lines to size the grid; gate_up needs R even, a gate row beside its up row; down's row
+// groups each take one of the token's slots, so its workgroup covers R = DOWN_ROWS / groups rows
+// of all of them), and the most experts per token. Every workgroup of gate_up ranks its token's experts and every one of down
 // gathers its slots, so more rows a workgroup spread that over more rows: 16 rather than 8 took
 // the H200's batch-1 step 2.65 -> 2.58 ms (PERF.md v0.33).
 const GATE_UP_ROWS: u32 = 16u;

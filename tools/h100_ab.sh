@@ -19,11 +19,13 @@ for v in ${VARIANTS:-none}; do
   [ "$v" = none ] || [ -d "$v" ] || { echo "no variant folder $v" >&2; exit 2; }
 done
 ARGS=${BENCH_ARGS:---prompt-lens 2048 --decode-steps 16 --batches 1,16,64}
+embedded=$(mktemp -d)
 for r in $(seq 1 "$ROUNDS"); do
   for v in ${VARIANTS:-none}; do
     name=$(basename "$v")
-    dir=$v; [ "$v" = none ] && dir=$(mktemp -d)
-    json="$OUT/ab.$name.$r.json"
+    dir=$v; [ "$v" = none ] && dir=$embedded
+    # A run that fails must not show an earlier run's figures.
+    json="$OUT/ab.$name.$r.json"; rm -f "$json"
     echo "== $name (round $r)"
     GPT_OSS_SHADER_DIR=$dir timeout ${RUN_TIMEOUT:-120} $BIN bench --model $M $ARGS --json "$json" 2>&1 |
       grep -E "tok/s|rror|panick"
@@ -34,11 +36,10 @@ want = os.environ["KERNELS"].split()
 def pick(families):
     d = dict(families)
     return " ".join(f"{k} {d[k]:.0f}" for k in want if k in d)
-if want:
-    print("b1", pick(r["decode_kernels_us"]))
-    for b, f in r["batch_kernels_us"]:
-        print(f"b{b}", pick(f))
-    print("prefill", pick(r["prefill_kernels_us"]))
+rows = [("b1", r["decode_kernels_us"])] + [(f"b{b}", f) for b, f in r["batch_kernels_us"]]
+for label, families in rows + [("prefill", r["prefill_kernels_us"])]:
+    if pick(families):
+        print(label, pick(families))
 PY
   done
 done
