@@ -128,10 +128,11 @@ fn input_base(s: u32) -> u32 {
 // One token: rows per workgroup and lanes per row group of each projection (the Rust side reads
 // these lines to size the grid; gate_up needs R even, a gate row beside its up row; down's row
 // groups each take one of the token's slots, so its workgroup covers R = DOWN_ROWS / groups rows
-// of all of them), and the most experts per token. Every workgroup of gate_up ranks its token's experts and every one of down
-// gathers its slots, so more rows a workgroup spread that over more rows: 16 rather than 8 took
-// the H200's batch-1 step 2.65 -> 2.58 ms (PERF.md v0.33).
-const GATE_UP_ROWS: u32 = 16u;
+// of all of them), and the most experts per token. Every workgroup of gate_up ranks its token's
+// experts and every one of down gathers its slots, so more rows a workgroup spread that over more
+// rows: 16 rather than 8 took the H200's batch-1 step 2.65 -> 2.58 ms; gate_up at 32, 2% less
+// (down at 32 lost 20%: PERF.md v0.33, v0.34).
+const GATE_UP_ROWS: u32 = 32u;
 const GATE_UP_GL: u32 = 32u;
 const DOWN_ROWS: u32 = 16u;
 const DOWN_GL: u32 = 32u;
@@ -144,12 +145,20 @@ const GL: u32 = DOWN_GL;
 const ROWS: u32 = GATE_UP_ROWS;
 const GL: u32 = GATE_UP_GL;
 #endif
-// GROUPED: rows and invocations per workgroup (the Rust side reads these lines), slots at once,
-// inputs of each slot in workgroup memory at once (8 KiB). On the H200 each of these beat its
-// neighbours at batch 32 (128 rows, 128 invocations, 4 or 16 slots, 512 or 1024 inputs; loading
-// a chunk's weights before its inputs' barrier: PERF.md v0.19).
-const GROUPED_ROWS: u32 = 64u;
+// GROUPED: rows of each projection and invocations per workgroup (the Rust side reads these
+// lines), slots at once, inputs of each slot in workgroup memory at once (8 KiB). On the H200 each
+// of these beat its neighbours at batch 32 (128 rows, 128 invocations, 4 or 16 slots, 512 or 1024
+// inputs; loading a chunk's weights before its inputs' barrier: PERF.md v0.19); down at 32 rows
+// (8 threads a row, twice the workgroups of its 2880 rows) took 7-9% off its time at batches
+// 8-64, gate_up at 32 added 1-4% (PERF.md v0.34).
+const GATE_UP_GROUPED_ROWS: u32 = 64u;
+const DOWN_GROUPED_ROWS: u32 = 32u;
 const GROUPED_WG: u32 = 256u;
+#ifdef DOWN
+const GROUPED_ROWS: u32 = DOWN_GROUPED_ROWS;
+#else
+const GROUPED_ROWS: u32 = GATE_UP_GROUPED_ROWS;
+#endif
 // Passes of 2 tokens and more take the GROUPED kernels, up to COOP_VEC_MAX_TOKENS on adapters
 // with tensor-core tiles, which win above (src/kernels/moe.rs). Those adapters have SHADER_F16, so
 // the grouped products run in f16 pairs there (H200, batch 64: 3087 tok/s grouped in f16, 2767

@@ -302,7 +302,8 @@ fn vec_dispatches(
     let down_groups =
         wgsl_const("moe_vec.wgsl", "VEC_WG")? / wgsl_const("moe_vec.wgsl", "DOWN_GL")?;
     let down_rows = wgsl_const("moe_vec.wgsl", "DOWN_ROWS")? / down_groups;
-    let grouped_rows = wgsl_const("moe_vec.wgsl", "GROUPED_ROWS")?;
+    let gate_up_grouped_rows = wgsl_const("moe_vec.wgsl", "GATE_UP_GROUPED_ROWS")?;
+    let down_grouped_rows = wgsl_const("moe_vec.wgsl", "DOWN_GROUPED_ROWS")?;
     let max_k = wgsl_const("moe_vec.wgsl", "MAX_K")?;
     let max_e = wgsl_const("moe_vec.wgsl", "MAX_E")?;
     if s.top_k > max_k || s.experts > max_e {
@@ -349,7 +350,7 @@ fn vec_dispatches(
             entry: "gate_up",
             define: "GATE_UP",
             chunks: w.gate_up,
-            grid_x: (2 * s.inter).div_ceil(grouped_rows),
+            grid_x: (2 * s.inter).div_ceil(gate_up_grouped_rows),
             count: None,
             before: vec![b.h, b.idx],
             after: vec![w.gate_up_bias, b.act],
@@ -358,7 +359,7 @@ fn vec_dispatches(
             entry: "down",
             define: "DOWN",
             chunks: w.down,
-            grid_x: s.hidden.div_ceil(grouped_rows),
+            grid_x: s.hidden.div_ceil(down_grouped_rows),
             count: None,
             before: vec![b.act, b.idx, b.wts],
             after: vec![w.down_bias, b.y],
