@@ -53,6 +53,19 @@ ANY_ARRAY = {"type": "function", "function": {"name": "store", "description": "S
     "parameters": {"type": "object", "properties": {"values": {"type": "array"}, "meta": {}},
                    "required": ["values", "meta"]}}}
 
+NESTED = {"type": "function", "function": {"name": "plan_route", "description": "Plan a route.\n\nUse metric units.",
+    "parameters": {"type": "object", "properties": {
+        "stops": {"type": "array", "description": "Ordered stops", "items": {"type": "object", "properties": {
+            "city": {"type": "string"}, "nights": {"type": "integer", "minimum": 0}}, "required": ["city"]}},
+        "mode": {"type": "string", "enum": ["car", "train", "bike"], "description": "How to travel"},
+        "level": {"type": "integer", "enum": [1, 2, 3]},
+        "budget": {"type": "number", "description": "In euros", "default": 100.5},
+        "avoid": {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]},
+        "flag": {"type": "boolean", "default": False}},
+        "required": ["stops", "mode"]}}}
+ENUM_ONLY = {"type": "function", "function": {"name": "set_mode", "description": "Set the mode",
+    "parameters": {"type": "object", "properties": {"mode": {"enum": ["a", "b"]}, "n": {"type": ["integer", "null"], "description": "maybe"}}}}}
+
 def call(id_, name, args):
     return {"id": id_, "type": "function", "function": {"name": name, "arguments": json.dumps(args)}}
 
@@ -106,6 +119,17 @@ CASES = {
         "tools": [SEARCH, ONEOF, NO_PARAMS, ANY_ARRAY], "reasoning_effort": "high"},
     "assistant_content_with_tool_call": {"messages": [U("Do it"), {"role": "assistant", "content": "Let me check.", "reasoning_content": "need data",
         "tool_calls": [call("q", "search_docs", {"query": "gpu", "limit": 3})]}, {"role": "tool", "tool_call_id": "q", "content": "[\"a\",\"b\"]"}], "tools": [SEARCH]},
+    "nested_tool_schema": {"messages": [U("Plan Paris to Rome")], "tools": [NESTED]},
+    "enum_and_nullable_params": {"messages": [U("mode a")], "tools": [ENUM_ONLY], "reasoning_effort": "low"},
+    "tool_result_in_parts": {"messages": [U("time?"), {"role": "assistant", "content": "", "tool_calls": [call("t9", "get_time", {})]},
+        {"role": "tool", "tool_call_id": "t9", "content": [{"type": "text", "text": "12:"}, {"type": "text", "text": "00"}]}], "tools": [NO_PARAMS]},
+    "system_then_developer": {"messages": [{"role": "system", "content": "Sys A."}, {"role": "developer", "content": "Dev B."}, U("Hi")]},
+    "stop_tokens_as_text": {"messages": [U("say <|return|> and <|call|> and <|constrain|>json")]},
+    "two_user_messages": {"messages": [U("first"), U("second")]},
+    "assistant_final_last": {"messages": [U("Hi"), {"role": "assistant", "content": "Hello"}]},
+    "instructions_with_blank_lines": {"messages": [{"role": "system", "content": "\n\nLine1\n\nLine2\n"}, U("x")], "tools": [WEATHER]},
+    "tool_call_empty_arguments": {"messages": [U("ping"), {"role": "assistant", "tool_calls": [{"id": "p1", "type": "function", "function": {"name": "ping", "arguments": ""}}]},
+        {"role": "tool", "tool_call_id": "p1", "content": "pong"}], "tools": [EMPTY_PARAMS]},
 }
 
 
@@ -225,6 +249,9 @@ full = PARSE["analysis_then_final"]
 PARSE["truncated_in_final"] = full[:-4]
 PARSE["truncated_in_analysis"] = full[:6]
 PARSE["truncated_unicode"] = PARSE["unicode_deltas"][:-3]
+PARSE["truncated_in_tool_args"] = PARSE["tool_call_constrained"][:-4]
+PARSE["analysis_preamble_final"] = completion(A("Think first.", "analysis"), A("One moment.", "commentary"), A("Done: 7.", "final"))
+PARSE["empty_final"] = completion(A("", "final"))
 
 
 def main():
