@@ -531,6 +531,7 @@ fn serves_the_openai_api() {
         ("POST", "/v1/responses", json!({"input": [{"type": "image", "url": "x"}]}).to_string(), 400),
         ("POST", "/v1/responses", json!({"input": "x", "max_output_tokens": 0}).to_string(), 400),
         ("POST", "/detokenize", json!({"tokens": ["a"]}).to_string(), 400),
+        ("POST", "/detokenize", json!({"tokens": [1, 999_999_999]}).to_string(), 400),
         ("GET", "/v1/chat/completions", String::new(), 405),
         ("GET", "/v1/nothing", String::new(), 404),
     ];
@@ -545,6 +546,23 @@ fn serves_the_openai_api() {
             "{body}: {text}"
         );
         assert_eq!(v["error"]["code"], *want, "{text}");
+    }
+    // A prompt too long for the context names the field it came in.
+    for (path, body, field) in [
+        (
+            "/v1/chat/completions",
+            json!({"messages": [{"role": "user", "content": "hello ".repeat(400)}]}),
+            "messages",
+        ),
+        (
+            "/v1/completions",
+            json!({"prompt": "hello ".repeat(400)}),
+            "prompt",
+        ),
+    ] {
+        let (status, v) = post(s, path, &body);
+        assert_eq!(status, 400, "{path}: {v}");
+        assert_eq!(v["error"]["param"], field, "{path}: {v}");
     }
     assert_eq!(http(s, "GET", "/health", None, None).0, 200);
 }

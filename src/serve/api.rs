@@ -132,10 +132,12 @@ pub(super) fn new_id(prefix: &str) -> String {
 }
 
 impl Common {
-    /// The engine request for `prompt`, checked against the model.
+    /// The engine request for `prompt` (from the request's field `source`: `messages` or
+    /// `prompt`), checked against the model.
     fn request(
         &self,
         r: &Ready,
+        source: &'static str,
         prompt: Vec<u32>,
         stop_ids: Vec<u32>,
     ) -> Result<Request, ApiError> {
@@ -173,7 +175,7 @@ impl Common {
         let ctx = r.max_model_len as usize;
         if prompt.len() >= ctx {
             return Err(ApiError::param(
-                "messages",
+                source,
                 format!(
                     "This model's maximum context length is {ctx} tokens; the prompt has {} tokens.",
                     prompt.len()
@@ -386,7 +388,7 @@ pub(super) async fn start_chat(
         None => Vec::new(),
     };
     prompt.extend(&forced);
-    let req = common.request(r, prompt, h.stop_ids().to_vec())?;
+    let req = common.request(r, "messages", prompt, h.stop_ids().to_vec())?;
     let prompt_tokens = req.prompt.len() as u32;
     let specials = Specials::of(tok).map_err(|e| ApiError::bad(e.to_string()))?;
     let stop = common.stop_text()?;
@@ -771,7 +773,7 @@ pub async fn completions(
         if ids.is_empty() {
             return Err(ApiError::param("prompt", "the prompt is empty"));
         }
-        let req = b.common.request(r, ids, Vec::new())?;
+        let req = b.common.request(r, "prompt", ids, Vec::new())?;
         prompt_tokens += req.prompt.len() as u32;
         let echo = if b.echo { text } else { String::new() };
         reqs.extend(b.common.choices(req).into_iter().map(|q| (q, echo.clone())));
@@ -920,6 +922,13 @@ pub async fn detokenize(
 ) -> ApiResult {
     let r = st.ready()?;
     let b: DetokenizeBody = parse(body)?;
+    // The tokenizer would skip an unknown id without a word.
+    if let Some(bad) = b.tokens.iter().find(|&&t| !r.tokenizer.contains(t)) {
+        return Err(ApiError::param(
+            "tokens",
+            format!("token id {bad} is outside the vocabulary"),
+        ));
+    }
     let text = r
         .tokenizer
         .decode(&b.tokens)
