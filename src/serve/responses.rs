@@ -130,19 +130,30 @@ fn input_item(n: usize, item: &Value) -> Result<Value, ApiError> {
     }
 }
 
-/// The output items of a whole answer.
-fn output_items(a: &Answer, ids: &ItemIds) -> Vec<Value> {
+/// The output items of a whole answer; with `cut` (max_output_tokens ended it) its last message
+/// or call is `incomplete`, as OpenAI marks it.
+fn output_items(a: &Answer, ids: &ItemIds, cut: bool) -> Vec<Value> {
     let mut out = Vec::new();
     if !a.reasoning.is_empty() {
         out.push(reasoning_item(&ids.reasoning, &a.reasoning));
     }
-    if !a.content.is_empty() || a.calls.is_empty() {
-        out.push(message_item(&ids.message, &a.content, "completed"));
+    let calls = a.calls.len();
+    if !a.content.is_empty() || calls == 0 {
+        out.push(message_item(
+            &ids.message,
+            &a.content,
+            status(cut && calls == 0),
+        ));
     }
-    for (id, name, args) in &a.calls {
-        out.push(call_item(id, name, args, "completed"));
+    for (i, (id, name, args)) in a.calls.iter().enumerate() {
+        out.push(call_item(id, name, args, status(cut && i + 1 == calls)));
     }
     out
+}
+
+/// An output item's status: `incomplete` for the one max_output_tokens cut off.
+fn status(cut: bool) -> &'static str {
+    if cut { "incomplete" } else { "completed" }
 }
 
 fn reasoning_item(id: &str, text: &str) -> Value {
@@ -229,7 +240,7 @@ pub async fn responses(
     };
     if !b.stream {
         let (answer, finish) = whole_answer(run, &r.tokenizer).await?;
-        let output = output_items(&answer, &ids);
+        let output = output_items(&answer, &ids, finish.reason == "length");
         return Ok(Json(response(
             &id,
             created,
@@ -269,7 +280,7 @@ pub async fn responses(
             let starts = matches!(d, ChatDelta::ToolStart { .. }) || open.map(|o| o.1) != Some(kind);
             if starts {
                 if let Some((index, k)) = open {
-                    events.push(close_item(index, k, &answer, &ids));
+                    events.push(close_item(index, k, &answer, &ids, false));
                 }
                 let item = match &d {
                     ChatDelta::Reasoning(_) => json!({"type": "reasoning", "id": ids.reasoning, "summary": [], "content": []}),
@@ -300,11 +311,12 @@ pub async fn responses(
         .await;
         match ended {
             Ok(Some(finish)) => {
+                let cut = finish.reason == "length";
                 if let Some((index, k)) = open {
-                    let (kind, data) = close_item(index, k, &answer, &ids);
+                    let (kind, data) = close_item(index, k, &answer, &ids, cut);
                     send(&kind, data);
                 }
-                let output = output_items(&answer, &ids);
+                let output = output_items(&answer, &ids, cut);
                 let done = response(&id, created, &model, output, Some((&finish, prompt)));
                 let kind = if finish.reason == "length" {
                     "response.incomplete"
@@ -321,13 +333,14 @@ pub async fn responses(
     }))
 }
 
-/// The `done` event of the item at `index` (reasoning, message or function call).
-fn close_item(index: usize, kind: &str, a: &Answer, ids: &ItemIds) -> (String, Value) {
+/// The `done` event of the item at `index` (reasoning, message or function call); `cut`: the
+/// answer ended in it at max_output_tokens.
+fn close_item(index: usize, kind: &str, a: &Answer, ids: &ItemIds, cut: bool) -> (String, Value) {
     let item = match kind {
         "reasoning" => reasoning_item(&ids.reasoning, &a.reasoning),
-        "message" => message_item(&ids.message, &a.content, "completed"),
+        "message" => message_item(&ids.message, &a.content, status(cut)),
         _ => a.calls.last().map_or(json!({}), |(id, name, args)| {
-            call_item(id, name, args, "completed")
+            call_item(id, name, args, status(cut))
         }),
     };
     (
