@@ -162,6 +162,14 @@ fn serves_the_openai_api() {
     let models: Value = serde_json::from_str(&models).unwrap();
     assert_eq!(models["data"][0]["id"], "tiny");
     assert_eq!(models["data"][0]["max_model_len"], 256);
+    // Retrieving one model: the same object; another name is not found.
+    let (status, one) = http(s, "GET", "/v1/models/tiny", None, None);
+    assert_eq!(status, 200, "{one}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&one).unwrap(),
+        models["data"][0]
+    );
+    assert_eq!(http(s, "GET", "/v1/models/openai/other", None, None).0, 404);
 
     // Completions at temperature 0: the stream's pieces make the whole answer, usage counts.
     let req = json!({"model": "tiny", "prompt": "The quick brown fox", "max_tokens": 12, "temperature": 0});

@@ -7,8 +7,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::sse::{Event as Sse, KeepAlive};
 use axum::response::{IntoResponse, Response};
@@ -938,14 +938,26 @@ pub async fn detokenize(
 
 pub async fn models(State(st): State<Arc<AppState>>) -> ApiResult {
     let r = st.ready()?;
-    Ok(Json(json!({
-        "object": "list",
-        "data": [{
-            "id": r.model_name, "object": "model", "created": r.created,
-            "owned_by": "gpt-oss-wgpu", "root": r.model_name, "max_model_len": r.max_model_len,
-        }],
-    }))
-    .into_response())
+    Ok(Json(json!({"object": "list", "data": [model_object(r)]})).into_response())
+}
+
+/// GET /v1/models/{id} (OpenAI's retrieve; an id may hold slashes, e.g. openai/gpt-oss-20b).
+pub async fn model(State(st): State<Arc<AppState>>, Path(id): Path<String>) -> ApiResult {
+    let r = st.ready()?;
+    if id != r.model_name {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("The model `{id}` does not exist."),
+        ));
+    }
+    Ok(Json(model_object(r)).into_response())
+}
+
+fn model_object(r: &Ready) -> Value {
+    json!({
+        "id": r.model_name, "object": "model", "created": r.created,
+        "owned_by": "gpt-oss-wgpu", "root": r.model_name, "max_model_len": r.max_model_len,
+    })
 }
 
 /// Prometheus text: the batch, the KV cache and prefix cache, token and request counters,

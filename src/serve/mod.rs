@@ -77,6 +77,7 @@ fn router(state: Arc<AppState>, max_body: usize) -> Router {
         .route("/version", get(api::version))
         .route("/metrics", get(api::metrics))
         .route("/v1/models", get(api::models))
+        .route("/v1/models/{*id}", get(api::model))
         .route("/v1/chat/completions", post(api::chat))
         .route("/v1/completions", post(api::completions))
         .route("/v1/responses", post(responses::responses))
