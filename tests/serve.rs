@@ -591,6 +591,33 @@ fn api_key_guards_everything_but_health() {
     assert!(text.contains("authentication_error"));
     assert_eq!(http(s, "GET", "/v1/models", None, Some("wrong")).0, 401);
     assert_eq!(http(s, "GET", "/v1/models", None, Some("sesame")).0, 200);
+    // A browser's CORS preflight comes without the key: answered, any origin allowed; the
+    // answers themselves allow any origin too (the key still guards them).
+    let head = |req: String| {
+        let mut c = TcpStream::connect(s).unwrap();
+        write!(c, "{req}").unwrap();
+        let mut raw = Vec::new();
+        c.read_to_end(&mut raw).unwrap();
+        let text = String::from_utf8_lossy(&raw).to_ascii_lowercase();
+        text.split_once("\r\n\r\n").unwrap().0.to_string()
+    };
+    let pre = head(format!(
+        "OPTIONS /v1/chat/completions HTTP/1.1\r\nHost: {s}\r\nOrigin: http://example.com\r\n\
+         Access-Control-Request-Method: POST\r\nAccess-Control-Request-Headers: authorization, \
+         content-type\r\nConnection: close\r\n\r\n"
+    ));
+    assert!(pre.starts_with("http/1.1 204"), "{pre}");
+    assert!(pre.contains("access-control-allow-origin: *"), "{pre}");
+    assert!(
+        pre.contains("access-control-allow-headers: authorization, content-type"),
+        "{pre}"
+    );
+    let get = head(format!(
+        "GET /v1/models HTTP/1.1\r\nHost: {s}\r\nOrigin: http://example.com\r\n\
+         Authorization: Bearer sesame\r\nConnection: close\r\n\r\n"
+    ));
+    assert!(get.starts_with("http/1.1 200"), "{get}");
+    assert!(get.contains("access-control-allow-origin: *"), "{get}");
 }
 
 /// The value of one `gpt_oss:NAME` line of /metrics.

@@ -6,7 +6,8 @@
 //! `/v1/completions`, `/v1/responses` (JSON or server-sent events), `/tokenize`, `/detokenize`;
 //! `GET /metrics`
 //! (Prometheus text). With an API key,
-//! every route but `/health` wants `Authorization: Bearer KEY`.
+//! every route but `/health` wants `Authorization: Bearer KEY`. Any origin may call it from a
+//! browser (CORS, as vLLM allows by default; the API key still applies).
 
 mod api;
 pub mod driver;
@@ -87,7 +88,42 @@ fn router(state: Arc<AppState>, max_body: usize) -> Router {
         .method_not_allowed_fallback(api::method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))
         .layer(middleware::from_fn_with_state(state.clone(), auth))
+        .layer(middleware::from_fn(cors))
         .with_state(state)
+}
+
+/// Cross-origin calls from web pages: a preflight (OPTIONS) is answered here, before the API
+/// key is asked for (browsers send it without one), and every answer allows any origin.
+async fn cors(req: Request, next: Next) -> Response {
+    use axum::http::{HeaderValue, Method, header};
+    let mut res = if req.method() == Method::OPTIONS {
+        let asked = req
+            .headers()
+            .get(header::ACCESS_CONTROL_REQUEST_HEADERS)
+            .cloned();
+        let mut res = StatusCode::NO_CONTENT.into_response();
+        let h = res.headers_mut();
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_METHODS,
+            HeaderValue::from_static("GET, POST, OPTIONS"),
+        );
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_HEADERS,
+            asked.unwrap_or(HeaderValue::from_static("authorization, content-type")),
+        );
+        h.insert(
+            header::ACCESS_CONTROL_MAX_AGE,
+            HeaderValue::from_static("86400"),
+        );
+        res
+    } else {
+        next.run(req).await
+    };
+    res.headers_mut().insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        HeaderValue::from_static("*"),
+    );
+    res
 }
 
 /// With an API key set, every route but /health wants `Authorization: Bearer KEY`.
