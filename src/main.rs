@@ -50,8 +50,8 @@ enum Command {
     /// Measure prefill and decode speed, time to first token, GPU memory and per-kernel time.
     Bench(BenchArgs),
     /// Serve an OpenAI-compatible API over HTTP: /v1/chat/completions, /v1/completions,
-    /// /v1/models, /tokenize, /detokenize, /health (many clients share the GPU: requests join
-    /// the running batch between forward passes).
+    /// /v1/responses, /v1/models, /tokenize, /detokenize, /health, /metrics (many clients share
+    /// the GPU: requests join the running batch between forward passes).
     Serve(ServeArgs),
     /// Load-test an OpenAI-compatible server (this one or any): concurrent streaming requests
     /// of random prompts; requests/s, tokens/s, time to first token, inter-token latency.
