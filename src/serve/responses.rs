@@ -318,7 +318,7 @@ pub async fn responses(
                 }
                 let output = output_items(&answer, &ids, cut);
                 let done = response(&id, created, &model, output, Some((&finish, prompt)));
-                let kind = if finish.reason == "length" {
+                let kind = if cut {
                     "response.incomplete"
                 } else {
                     "response.completed"
