@@ -83,6 +83,18 @@ impl Tokenizer {
         self.inner.id_to_token(id).is_some()
     }
 
+    /// An error naming the first of `ids` outside the vocabulary (`decode` would skip it
+    /// silently), if any.
+    pub fn check_known(&self, ids: &[u32]) -> Result<()> {
+        match ids.iter().find(|&&t| !self.contains(t)) {
+            Some(bad) => Err(Error::Request(format!(
+                "token id {bad} is outside the vocabulary of {}",
+                self.vocab_size()
+            ))),
+            None => Ok(()),
+        }
+    }
+
     pub fn vocab_size(&self) -> usize {
         self.inner.get_vocab_size(true)
     }

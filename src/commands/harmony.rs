@@ -47,12 +47,7 @@ pub(crate) fn render(a: &RenderArgs) -> Result<()> {
 
 pub(crate) fn parse(a: &ParseArgs) -> Result<()> {
     let tok = builtin_tokenizer(&a.tokenizer)?;
-    if let Some(bad) = a.token_ids.iter().find(|&&t| !tok.contains(t)) {
-        bail!(
-            "token id {bad} is outside the vocabulary of {}",
-            tok.vocab_size()
-        );
-    }
+    tok.check_known(&a.token_ids)?;
     let ids = gpt_oss_wgpu::chat::harmony::Specials::of(&tok)?;
     let p = StreamParser::parse_all(&tok, ids, Some(Role::Assistant), &a.token_ids);
     let mut n = 0;

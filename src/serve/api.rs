@@ -922,13 +922,9 @@ pub async fn detokenize(
 ) -> ApiResult {
     let r = st.ready()?;
     let b: DetokenizeBody = parse(body)?;
-    // The tokenizer would skip an unknown id without a word.
-    if let Some(bad) = b.tokens.iter().find(|&&t| !r.tokenizer.contains(t)) {
-        return Err(ApiError::param(
-            "tokens",
-            format!("token id {bad} is outside the vocabulary"),
-        ));
-    }
+    r.tokenizer
+        .check_known(&b.tokens)
+        .map_err(|e| ApiError::param("tokens", e.to_string()))?;
     let text = r
         .tokenizer
         .decode(&b.tokens)
