@@ -138,13 +138,6 @@ const DOWN_ROWS: u32 = 16u;
 const DOWN_GL: u32 = 32u;
 const MAX_K: u32 = 16u;
 const VEC_WG: u32 = 128u;
-#ifdef DOWN
-const ROWS: u32 = DOWN_ROWS;
-const GL: u32 = DOWN_GL;
-#else
-const ROWS: u32 = GATE_UP_ROWS;
-const GL: u32 = GATE_UP_GL;
-#endif
 // GROUPED: rows of each projection and invocations per workgroup (the Rust side reads these
 // lines), slots at once, inputs of each slot in workgroup memory at once (8 KiB). On the H200 each
 // of these beat its neighbours at batch 32 (128 rows, 128 invocations, 4 or 16 slots, 512 or 1024
@@ -154,9 +147,14 @@ const GL: u32 = GATE_UP_GL;
 const GATE_UP_GROUPED_ROWS: u32 = 64u;
 const DOWN_GROUPED_ROWS: u32 = 32u;
 const GROUPED_WG: u32 = 256u;
+// This projection's shapes, of the two above.
 #ifdef DOWN
+const ROWS: u32 = DOWN_ROWS;
+const GL: u32 = DOWN_GL;
 const GROUPED_ROWS: u32 = DOWN_GROUPED_ROWS;
 #else
+const ROWS: u32 = GATE_UP_ROWS;
+const GL: u32 = GATE_UP_GL;
 const GROUPED_ROWS: u32 = GATE_UP_GROUPED_ROWS;
 #endif
 // Passes of 2 tokens and more take the GROUPED kernels, up to COOP_VEC_MAX_TOKENS on adapters
