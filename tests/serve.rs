@@ -76,22 +76,27 @@ fn start(model: &str, extra: &[&str]) -> Server {
     Server { child, addr }
 }
 
-/// One HTTP/1.1 exchange: (status, body), chunked bodies joined.
-fn http(s: &str, method: &str, path: &str, body: Option<&str>, key: Option<&str>) -> (u16, String) {
+/// One raw HTTP/1.1 exchange: the request as written, the whole response back.
+fn exchange(s: &str, request: &str) -> String {
     let mut c = TcpStream::connect(s).unwrap();
-    let body = body.unwrap_or("");
-    let auth = key.map_or(String::new(), |k| format!("Authorization: Bearer {k}\r\n"));
-    write!(
-        c,
-        "{method} {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\n{auth}\
-         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        s,
-        body.len()
-    )
-    .unwrap();
+    c.write_all(request.as_bytes()).unwrap();
     let mut raw = Vec::new();
     c.read_to_end(&mut raw).unwrap();
-    let text = String::from_utf8_lossy(&raw).into_owned();
+    String::from_utf8_lossy(&raw).into_owned()
+}
+
+/// One HTTP/1.1 exchange: (status, body), chunked bodies joined.
+fn http(s: &str, method: &str, path: &str, body: Option<&str>, key: Option<&str>) -> (u16, String) {
+    let body = body.unwrap_or("");
+    let auth = key.map_or(String::new(), |k| format!("Authorization: Bearer {k}\r\n"));
+    let text = exchange(
+        s,
+        &format!(
+            "{method} {path} HTTP/1.1\r\nHost: {s}\r\nContent-Type: application/json\r\n{auth}\
+             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        ),
+    );
     let (head, rest) = text.split_once("\r\n\r\n").unwrap();
     let status = head.split(' ').nth(1).unwrap().parse().unwrap();
     let body = if head
@@ -594,11 +599,7 @@ fn api_key_guards_everything_but_health() {
     // A browser's CORS preflight comes without the key: answered, any origin allowed; the
     // answers themselves allow any origin too (the key still guards them).
     let head = |req: String| {
-        let mut c = TcpStream::connect(s).unwrap();
-        write!(c, "{req}").unwrap();
-        let mut raw = Vec::new();
-        c.read_to_end(&mut raw).unwrap();
-        let text = String::from_utf8_lossy(&raw).to_ascii_lowercase();
+        let text = exchange(s, &req).to_ascii_lowercase();
         text.split_once("\r\n\r\n").unwrap().0.to_string()
     };
     let pre = head(format!(
