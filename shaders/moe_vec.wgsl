@@ -13,6 +13,10 @@
 //   Bindings: h [T, H] (normed), part [T, slices, E], idx [T*K] u32, wts [T*K] f32, blocks
 //   [e_count, 2I, H/32, 16] u8 in 8-byte units, scales [e_count, 2I, H/32] u8, bias [E, 2I] f32,
 //   act [T*K, I]. Grid: (ceil(2I / ROWS), T*K).
+//   FOLDED (one-token passes only; the router folded into the attention block, router_fold.wgsl):
+//   h is the residual x' and part z_x [E]; every workgroup takes the norm's scale s of x' itself,
+//   ranks s (z_x + z_a) + b_r and norms its inputs as it reads them (h = s x' g). Extra
+//   bindings: z_a [E], g [H] the post-attention norm's gain, b_r [E] the router's bias.
 // DOWN: x[t, n] += sum_j wts[s] * (W_down[e] act[s] + bias[e])[n] over the token's slots
 //   s = t * K + j whose expert e is in this dispatch: the down projection, the weighting and the
 //   residual add in one (moe.wgsl's COMBINE does that step for larger passes). Row group j of a
@@ -58,7 +62,7 @@
 // (PERF.md v0.31): batches 2-64 +12-25% on the H200.
 // A dispatch holds the experts [e_start, e_start + e_count) of one weight buffer; slots routed to
 // other experts do nothing in it. Variants: ROUTE, GATE_UP or DOWN (with or without GROUPED, and
-// with GROUPED FEW), F16_PRODUCTS, SUBGROUPS.
+// with GROUPED FEW; one token's GATE_UP also FOLDED), F16_PRODUCTS, SUBGROUPS.
 #ifdef F16_PRODUCTS
 enable f16;
 #endif
@@ -82,6 +86,7 @@ enable f16;
 @group(0) @binding(6) var<storage, read> bias: array<f32>;
 @group(0) @binding(7) var<storage, read_write> act: array<f32>;
 #else
+// FOLDED: z_x here, the residual's term of the router logits.
 @group(0) @binding(3) var<storage, read> part: array<f32>;
 @group(0) @binding(4) var<storage, read_write> idx: array<u32>;
 @group(0) @binding(5) var<storage, read_write> wts: array<f32>;
@@ -89,10 +94,22 @@ enable f16;
 @group(0) @binding(7) var<storage, read> scales: array<u32>;
 @group(0) @binding(8) var<storage, read> bias: array<f32>;
 @group(0) @binding(9) var<storage, read_write> act: array<f32>;
+#ifdef FOLDED
+@group(0) @binding(10) var<storage, read> z_a: array<f32>;
+@group(0) @binding(11) var<storage, read> norm_g: array<vec4<f32>>;
+@group(0) @binding(12) var<storage, read> router_bias: array<f32>;
+// The norm's scale of the token's residual (route sets it).
+var<private> norm_scale: f32;
+#endif
 #endif
 
 fn input(i: u32) -> vec4<f32> {
+#ifdef FOLDED
+    // h is the residual here (one token: i < H / 4), normed as it is read.
+    return h[i] * norm_scale * norm_g[i];
+#else
     return h[i];
+#endif
 }
 
 // A slot reads the normed hidden state of its token (vec4 index).
@@ -605,9 +622,28 @@ var<workgroup> logit: array<f32, MAX_E>;
 var<workgroup> chosen: array<u32, MAX_K>;
 var<workgroup> chosen_logit: array<f32, MAX_K>;
 
+#ifdef FOLDED
+const NV: u32 = 1u;
+#include "common/reduce.wgsl"
+#endif
+
 // Ranks token t's experts into `chosen` (by rank; read after a barrier). Called from uniform
 // control flow.
 fn route(l: Lanes, t: u32) {
+#ifdef FOLDED
+    // One token: the norm's scale s of the residual, then s (z_x + z_a) + b_r (router_fold.wgsl).
+    reduce_setup(l);
+    var ss: array<f32, NV>;
+    for (var i = l.lid; i < p.hidden / 4u; i += WG) {
+        let v = h[i];
+        ss[0] += dot(v, v);
+    }
+    reduce_sum(&ss);
+    norm_scale = inverseSqrt(red[0] / f32(p.hidden) + p.eps);
+    for (var e = l.lid; e < p.n_experts; e += WG) {
+        logit[e] = fma(norm_scale, part[e] + z_a[e], router_bias[e]);
+    }
+#else
     for (var e = l.lid; e < p.n_experts; e += WG) {
         var sum = 0.0;
         for (var c = 0u; c < p.slices; c++) {
@@ -615,6 +651,7 @@ fn route(l: Lanes, t: u32) {
         }
         logit[e] = sum;
     }
+#endif
     workgroupBarrier();
     // Lane e ranks expert e by how many experts beat it: the K best get ranks 0..K-1 at once.
     for (var e = l.lid; e < p.n_experts; e += WG) {

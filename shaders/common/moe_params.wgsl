@@ -14,7 +14,8 @@ struct Params {
     // moe_vec's routing: experts, and the router's partial sums per token (router.wgsl PARTIAL).
     n_experts: u32,
     slices: u32,
-    _pad0: u32,
+    // moe_vec's FOLDED gate_up: the post-attention norm's epsilon (router_fold.wgsl).
+    eps: f32,
     _pad1: u32,
 }
 

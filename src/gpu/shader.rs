@@ -43,6 +43,7 @@ const SOURCES: &[(&str, &str)] = embed_wgsl![
     "attention.wgsl",
     "attention_split.wgsl",
     "router.wgsl",
+    "router_fold.wgsl",
     "moe.wgsl",
     "moe_vec.wgsl",
     "sample.wgsl",

@@ -12,6 +12,7 @@ pub mod moe;
 pub mod rmsnorm;
 pub mod rope;
 pub mod router;
+pub mod router_fold;
 pub mod sample;
 
 use crate::gpu::{Count, Gpu, ShaderKey};
@@ -84,6 +85,11 @@ pub fn all_variants() -> Vec<ShaderKey> {
             }
         }
         out.push(k("moe_vec.wgsl", "route_slots").define_if("ROUTE", true));
+        out.push(
+            moe::vec_key(k("moe_vec.wgsl", "gate_up"), "GATE_UP", false, false, false)
+                .define_if("FOLDED", true),
+        );
+        out.push(k("router_fold.wgsl", "project"));
 
         out.push(ShaderKey::new("moe.wgsl", "route").define_if("ROUTE", true));
         out.push(ShaderKey::new("moe.wgsl", "combine").define_if("COMBINE", true));
@@ -123,6 +129,7 @@ pub fn all_variants() -> Vec<ShaderKey> {
         out.push(moe::tiled_key("down", "DOWN", coop, sparse));
     }
     out.push(ShaderKey::new("embed.wgsl", "main"));
+    out.push(ShaderKey::new("router_fold.wgsl", "prepare").define_if("PREPARE", true));
     out.push(ShaderKey::new("f16_probe.wgsl", "main").define_if("F16_PRODUCTS", true));
     out.push(ShaderKey::new("mxfp4_layout.wgsl", "main"));
     out.push(ShaderKey::new("sample.wgsl", "scan").define_if("SCAN", true));

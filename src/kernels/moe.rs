@@ -21,7 +21,8 @@ struct Params {
     list_stride: u32,
     n_experts: u32,
     slices: u32,
-    _pad: [u32; 2],
+    eps: f32,
+    _pad: u32,
 }
 
 /// The packed weights of experts [start, start + count) of one projection.
@@ -57,6 +58,9 @@ pub struct MoeShape {
     /// The matrix-vector products in f16 pairs, summed in f32 every block (the grouped kernels)
     /// or unit (one token's down): the `fast` precision; `Caps::f16_subnormals` must hold.
     pub f16: bool,
+    /// The post-attention norm's epsilon (one token's gate_up norms its input with the router
+    /// folded, `MoeBuffers::fold`).
+    pub eps: f32,
 }
 
 /// The largest pass that the expert tiles leave to the matrix-vector kernels (moe_vec.wgsl's
@@ -86,6 +90,18 @@ pub struct MoeBuffers<'a> {
     pub act: &'a wgpu::Buffer,
     pub y: &'a wgpu::Buffer,
     pub x: &'a wgpu::Buffer,
+    /// The router folded into the attention block (`router_fold`): one token's gate_up routes
+    /// from these and norms x itself, and `h` is not written for it.
+    pub fold: Option<FoldBuffers<'a>>,
+}
+
+/// What one token's FOLDED gate_up reads besides x: the two terms of the router logits [E], the
+/// post-attention norm's gain [H] and the router's bias [E].
+pub struct FoldBuffers<'a> {
+    pub z_x: &'a wgpu::Buffer,
+    pub z_a: &'a wgpu::Buffer,
+    pub norm: &'a wgpu::Buffer,
+    pub router_bias: &'a wgpu::Buffer,
 }
 
 /// Moves the MXFP4 codes of the expert blocks in `blocks` (as the checkpoint stores them) to the
@@ -128,7 +144,8 @@ fn params(s: &MoeShape, start: u32, count: u32) -> Params {
         list_stride: s.max_slots,
         n_experts: s.experts,
         slices: s.router_slices,
-        _pad: [0; 2],
+        eps: s.eps,
+        _pad: 0,
     }
 }
 
@@ -327,6 +344,16 @@ fn vec_dispatches(
         before: Vec<&'a wgpu::Buffer>,
         after: Vec<&'a wgpu::Buffer>,
     }
+    let (one_gate_up_before, one_gate_up_after) = match &b.fold {
+        Some(f) => (
+            vec![b.x, f.z_x, b.idx, b.wts],
+            vec![w.gate_up_bias, b.act, f.z_a, f.norm, f.router_bias],
+        ),
+        None => (
+            vec![b.h, b.router_part, b.idx, b.wts],
+            vec![w.gate_up_bias, b.act],
+        ),
+    };
     let projections = [
         Projection {
             entry: "gate_up",
@@ -334,8 +361,8 @@ fn vec_dispatches(
             chunks: w.gate_up,
             grid_x: (2 * s.inter).div_ceil(gate_up_rows),
             count: Some(Count::Slots),
-            before: vec![b.h, b.router_part, b.idx, b.wts],
-            after: vec![w.gate_up_bias, b.act],
+            before: one_gate_up_before,
+            after: one_gate_up_after,
         },
         Projection {
             entry: "down",
@@ -385,7 +412,8 @@ fn vec_dispatches(
         };
         for (is_few, tokens) in variants.into_iter().filter(|(_, t)| !t.is_empty()) {
             let base = super::row_group_key(gpu, "moe_vec.wgsl", pr.entry);
-            let key = vec_key(base, pr.define, grouped, is_few, s.f16);
+            let folded = b.fold.is_some() && !grouped && pr.define == "GATE_UP";
+            let key = vec_key(base, pr.define, grouped, is_few, s.f16).define_if("FOLDED", folded);
             for c in pr.chunks {
                 let p = params(s, c.start, c.count);
                 let bufs = [&pr.before[..], &[&c.blocks, &c.scales], &pr.after[..]].concat();
@@ -503,6 +531,7 @@ mod tests {
                     router_slices: 1,
                     coop: false,
                     f16: false,
+                    eps: 1e-5,
                 };
                 let (gu_b, gu_s) = random_mxfp4(&mut rng, e * 2 * it, hd);
                 let (dn_b, dn_s) = random_mxfp4(&mut rng, e * hd, it);
@@ -573,109 +602,118 @@ mod tests {
                 // Every path on the same inputs: tiled (on the tensor cores too where the
                 // adapter has them; routed by the router or from the partial logits), and
                 // matrix-vector (per slot for one token, per expert for more).
-                let run =
-                    async |vec_max_tokens: u32, partial_max_tokens: u32, coop: bool, f16: bool| {
-                        let xb = gpu.upload("x", f32_bytes(&x0)).unwrap();
-                        // The router's picks, or written from the partial logits.
-                        let (ib, wb) = if partial_max_tokens == 0 {
-                            let i = gpu.upload("idx", bytemuck::cast_slice(&idx)).unwrap();
-                            (i, gpu.upload("wts", f32_bytes(&wts)).unwrap())
-                        } else {
-                            let bytes = (t * k * 4) as u64;
-                            (
-                                gpu.storage("idx", bytes).unwrap(),
-                                gpu.storage("wts", bytes).unwrap(),
-                            )
-                        };
-                        let bufs = MoeBuffers {
-                            router_part: &pb,
-                            idx: &ib,
-                            wts: &wb,
-                            lists: &lb,
-                            counts: &cb,
-                            h: &hb,
-                            act: &ab,
-                            y: &yb,
-                            x: &xb,
-                        };
-                        let shape = MoeShape {
-                            vec_max_tokens,
-                            partial_max_tokens,
-                            router_slices: slices as u32,
-                            coop,
-                            f16,
-                            ..s
-                        };
-                        let d = build(gpu, &step, &shape, &bufs, &ws).unwrap();
-                        let c = StepCounts {
-                            tokens: t as u32,
-                            slots: (t * k) as u32,
-                            ..Default::default()
-                        };
-                        submit(gpu, &step, &c, &d);
-                        let picks = gpu.read_u32(&ib, t * k).await.unwrap();
-                        let path =
-                            format!("vec_max={vec_max_tokens} partial_max={partial_max_tokens}");
-                        assert_eq!(picks, idx, "t={t} {path}: experts");
-                        let weights = gpu.read_f32(&wb, t * k).await.unwrap();
-                        assert!(
-                            max_abs(&weights, &wts) < 1e-6,
-                            "weights {weights:?} {wts:?}"
-                        );
-                        gpu.read_f32(&xb, t * hd).await.unwrap()
+                // Each run gives the picks and weights it stored and the residual it left.
+                let run = async |vec_max_tokens: u32,
+                                 partial_max_tokens: u32,
+                                 coop: bool,
+                                 f16: bool,
+                                 fold: Option<FoldBuffers<'_>>| {
+                    let xb = gpu.upload("x", f32_bytes(&x0)).unwrap();
+                    // The router's picks, or written from the partial logits.
+                    let (ib, wb) = if partial_max_tokens == 0 {
+                        let i = gpu.upload("idx", bytemuck::cast_slice(&idx)).unwrap();
+                        (i, gpu.upload("wts", f32_bytes(&wts)).unwrap())
+                    } else {
+                        let bytes = (t * k * 4) as u64;
+                        (
+                            gpu.storage("idx", bytes).unwrap(),
+                            gpu.storage("wts", bytes).unwrap(),
+                        )
                     };
-                let t32 = t as u32;
-                let mut paths = vec![
-                    ("tiles", false, run(0, 0, false, false).await),
+                    let bufs = MoeBuffers {
+                        router_part: &pb,
+                        idx: &ib,
+                        wts: &wb,
+                        lists: &lb,
+                        counts: &cb,
+                        h: &hb,
+                        act: &ab,
+                        y: &yb,
+                        x: &xb,
+                        fold,
+                    };
+                    let shape = MoeShape {
+                        vec_max_tokens,
+                        partial_max_tokens,
+                        router_slices: slices as u32,
+                        coop,
+                        f16,
+                        ..s
+                    };
+                    let d = build(gpu, &step, &shape, &bufs, &ws).unwrap();
+                    let c = StepCounts {
+                        tokens: t as u32,
+                        slots: (t * k) as u32,
+                        ..Default::default()
+                    };
+                    submit(gpu, &step, &c, &d);
                     (
-                        "tiles routed from partials",
-                        false,
-                        run(0, t32, false, false).await,
-                    ),
-                    ("matrix-vector", false, run(t32, t32, false, false).await),
-                ];
-                if gpu.caps.coop {
-                    paths.push(("tensor-core tiles", true, run(0, 0, true, false).await));
-                }
-                if gpu.caps.f16_subnormals {
-                    let got = run(t32, t32, false, true).await;
-                    paths.push(("matrix-vector, f16 products", true, got));
-                }
-
-                let mut want = x0.clone();
-                for ti in 0..t {
-                    for j in 0..k {
-                        let ex = idx[ti * k + j] as usize;
-                        let mut act = vec![0.0f64; it];
-                        for i in 0..it {
-                            let mut g = [0.0f64; 2];
-                            for (q, gq) in g.iter_mut().enumerate() {
-                                let row = ex * 2 * it + 2 * i + q;
-                                let w = dequant_row(
-                                    &gu_b[row * hd / 2..(row + 1) * hd / 2],
-                                    &gu_s[row * hd / 32..(row + 1) * hd / 32],
-                                );
-                                *gq = (0..hd)
-                                    .map(|c| w[c] as f64 * h[ti * hd + c] as f64)
-                                    .sum::<f64>()
-                                    + gu_bias[ex * 2 * it + 2 * i + q] as f64;
+                        gpu.read_u32(&ib, t * k).await.unwrap(),
+                        gpu.read_f32(&wb, t * k).await.unwrap(),
+                        gpu.read_f32(&xb, t * hd).await.unwrap(),
+                    )
+                };
+                let check_picks = |path: &str, got: &(Vec<u32>, Vec<f32>, Vec<f32>)| {
+                    assert_eq!(got.0, idx, "t={t} {path}: experts");
+                    let (w, want) = (&got.1, &wts);
+                    assert!(max_abs(w, want) < 1e-6, "{path}: weights {w:?} {want:?}");
+                    got.2.clone()
+                };
+                // The residual after the experts, computed in f64 from their input h and the
+                // picks and weights.
+                let expected = |h: &[f32], idx: &[u32], wts: &[f32]| -> Vec<f32> {
+                    let mut want = x0.clone();
+                    for ti in 0..t {
+                        for j in 0..k {
+                            let ex = idx[ti * k + j] as usize;
+                            let mut act = vec![0.0f64; it];
+                            for i in 0..it {
+                                let mut g = [0.0f64; 2];
+                                for (q, gq) in g.iter_mut().enumerate() {
+                                    let row = ex * 2 * it + 2 * i + q;
+                                    let w = dequant_row(
+                                        &gu_b[row * hd / 2..(row + 1) * hd / 2],
+                                        &gu_s[row * hd / 32..(row + 1) * hd / 32],
+                                    );
+                                    *gq = (0..hd)
+                                        .map(|c| w[c] as f64 * h[ti * hd + c] as f64)
+                                        .sum::<f64>()
+                                        + gu_bias[ex * 2 * it + 2 * i + q] as f64;
+                                }
+                                let gate = g[0].min(7.0);
+                                let up = g[1].clamp(-7.0, 7.0);
+                                act[i] = gate / (1.0 + (-1.702 * gate).exp()) * (up + 1.0);
                             }
-                            let gate = g[0].min(7.0);
-                            let up = g[1].clamp(-7.0, 7.0);
-                            act[i] = gate / (1.0 + (-1.702 * gate).exp()) * (up + 1.0);
-                        }
-                        for n in 0..hd {
-                            let row = ex * hd + n;
-                            let w = dequant_row(
-                                &dn_b[row * it / 2..(row + 1) * it / 2],
-                                &dn_s[row * it / 32..(row + 1) * it / 32],
-                            );
-                            let y = (0..it).map(|c| w[c] as f64 * act[c]).sum::<f64>()
-                                + dn_bias[row] as f64;
-                            want[ti * hd + n] += (wts[ti * k + j] as f64 * y) as f32;
+                            for n in 0..hd {
+                                let row = ex * hd + n;
+                                let w = dequant_row(
+                                    &dn_b[row * it / 2..(row + 1) * it / 2],
+                                    &dn_s[row * it / 32..(row + 1) * it / 32],
+                                );
+                                let y = (0..it).map(|c| w[c] as f64 * act[c]).sum::<f64>()
+                                    + dn_bias[row] as f64;
+                                want[ti * hd + n] += (wts[ti * k + j] as f64 * y) as f32;
+                            }
                         }
                     }
+                    want
+                };
+                let t32 = t as u32;
+                let mut paths = Vec::new();
+                for (path, vec_max, partial_max, coop, f16) in [
+                    ("tiles", 0, 0, false, false),
+                    ("tiles routed from partials", 0, t32, false, false),
+                    ("matrix-vector", t32, t32, false, false),
+                    ("tensor-core tiles", 0, 0, true, false),
+                    ("matrix-vector, f16 products", t32, t32, false, true),
+                ] {
+                    if (coop && !gpu.caps.coop) || (f16 && !gpu.caps.f16_subnormals) {
+                        continue;
+                    }
+                    let got = run(vec_max, partial_max, coop, f16, None).await;
+                    paths.push((path, coop || f16, check_picks(path, &got)));
                 }
+                let want = expected(&h, &idx, &wts);
                 for (path, f16_inputs, got) in &paths {
                     // f32 throughout, or f16 weights (exact here) and inputs (unit roundoff
                     // 2^-11): on the tensor cores with f32 sums; in f16 pairs with f16 sums of up
@@ -684,6 +722,41 @@ mod tests {
                     let tol = if *f16_inputs { 1e-5 } else { 1e-11 };
                     let e2 = nmse(got, &want);
                     assert!(e2 < tol, "t={t} h={hd} i={it} {path}: nmse {e2}");
+                }
+                // Folded router (one token, where the adapter has the bindings): the residual
+                // x0 normed with a gain is the experts' input, the logits s (z_x + z_a) + b_r.
+                if t == 1 && crate::kernels::router_fold::fits(gpu, e as u32).unwrap() {
+                    let g = random(&mut rng, hd, 2.0);
+                    let (z_x, z_a, b_r) = (
+                        random(&mut rng, e, 3.0),
+                        random(&mut rng, e, 3.0),
+                        random(&mut rng, e, 1.0),
+                    );
+                    let ms = x0.iter().map(|v| (*v as f64).powi(2)).sum::<f64>() / hd as f64;
+                    let scale = (1.0 / (ms + s.eps as f64).sqrt()) as f32;
+                    let logits: Vec<f32> =
+                        (0..e).map(|i| scale * (z_x[i] + z_a[i]) + b_r[i]).collect();
+                    let (f_idx, f_wts) = crate::kernels::router::reference(&logits, k);
+                    let up = |name, v: &[f32]| gpu.upload(name, f32_bytes(v)).unwrap();
+                    let (zxb, zab, gb, rbb) = (
+                        up("z_x", &z_x),
+                        up("z_a", &z_a),
+                        up("g", &g),
+                        up("b_r", &b_r),
+                    );
+                    let fold = FoldBuffers {
+                        z_x: &zxb,
+                        z_a: &zab,
+                        norm: &gb,
+                        router_bias: &rbb,
+                    };
+                    let got = run(1, 1, false, false, Some(fold)).await;
+                    assert_eq!(got.0, f_idx, "folded: experts");
+                    assert!(max_abs(&got.1, &f_wts) < 1e-6, "folded: weights");
+                    let h_fold: Vec<f32> =
+                        x0.iter().zip(&g).map(|(v, gi)| v * scale * gi).collect();
+                    let e2 = nmse(&got.2, &expected(&h_fold, &f_idx, &f_wts));
+                    assert!(e2 < 1e-11, "h={hd} i={it} folded: nmse {e2}");
                 }
             }
         }

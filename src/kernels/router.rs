@@ -36,6 +36,9 @@ pub struct Router<'a> {
     pub top_k: u32,
     /// Passes of up to this many tokens write partial logits (`partial_max_tokens`).
     pub partial_max_tokens: u32,
+    /// One-token passes have the router folded into the attention block (`router_fold`): no
+    /// dispatch here for them.
+    pub folded: bool,
 }
 
 /// The largest pass that writes partial logits: PARTIAL_MAX_TOKENS, or the largest that the
@@ -75,7 +78,7 @@ pub fn build(gpu: &Gpu, step: &wgpu::Buffer, r: &Router) -> Result<Vec<Dispatch>
     let partial = super::row_group_key(gpu, "router.wgsl", "partial").define_if("PARTIAL", true);
     let common = [r.x, r.norm, &w.buffer, r.bias, r.h];
     let (decode, larger) = (
-        1..=r.partial_max_tokens,
+        1 + r.folded as u32..=r.partial_max_tokens,
         r.partial_max_tokens + 1..=u32::MAX,
     );
     Ok(vec![
@@ -171,6 +174,7 @@ mod tests {
                     n_experts: e as u32,
                     top_k: k as u32,
                     partial_max_tokens: vec_max,
+                    folded: false,
                 };
                 let d = build(gpu, &step, &r).unwrap();
                 let counts = StepCounts {

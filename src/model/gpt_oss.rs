@@ -14,9 +14,10 @@ use crate::gpu::{Count, Dispatch, Gpu};
 use crate::kernels::attention::{self, Attention};
 use crate::kernels::embed;
 use crate::kernels::linear::{self, Linear, NormInput, RopeOutput};
-use crate::kernels::moe::{self, MoeBuffers, MoeShape, MoeWeights};
+use crate::kernels::moe::{self, FoldBuffers, MoeBuffers, MoeShape, MoeWeights};
 use crate::kernels::rmsnorm::{self, RmsNorm};
 use crate::kernels::router::{self, Router};
+use crate::kernels::router_fold::{self, FoldInputs, Term};
 use crate::kernels::sample::{self, SampleParams};
 use crate::model::config::ModelConfig;
 use crate::model::inputs::TokenInfo;
@@ -174,6 +175,37 @@ impl Activations {
     }
 }
 
+/// One layer's router folded into its attention block for one-token passes (`router_fold`): the
+/// fold's weights and the two terms of the logits, each written by one dispatch a pass.
+struct LayerFold {
+    fold: wgpu::Buffer,
+    z_x: wgpu::Buffer,
+    z_a: wgpu::Buffer,
+}
+
+impl LayerFold {
+    fn new(g: &Gpu, c: &ModelConfig, lw: &LayerWeights) -> Result<LayerFold> {
+        let fold = router_fold::prepare(g, &fold_inputs(c, lw))?;
+        let z = |name| g.storage(name, c.experts as u64 * 4);
+        Ok(LayerFold {
+            fold,
+            z_x: z("router z_x")?,
+            z_a: z("router z_a")?,
+        })
+    }
+}
+
+fn fold_inputs<'a>(c: &ModelConfig, lw: &'a LayerWeights) -> FoldInputs<'a> {
+    FoldInputs {
+        router: &lw.router,
+        norm: &lw.post_attention_layernorm,
+        o_proj: &lw.o_proj,
+        hidden: c.hidden,
+        width: c.heads * c.head_dim,
+        n_experts: c.experts,
+    }
+}
+
 /// A forward pass queued by `Model::submit`, to be collected: the read-back buffers (and byte
 /// counts) of its sampled ids and kept logits.
 #[must_use = "a queued pass's ids come back through Model::collect"]
@@ -209,6 +241,7 @@ pub struct Model {
     dispatches: Vec<Dispatch>,
     // Kept alive for the dispatches' bind groups.
     weights: Weights,
+    _folds: Vec<LayerFold>,
     _rope_table: wgpu::Buffer,
     cache: KvCache,
 }
@@ -223,6 +256,8 @@ struct Graph<'a> {
     kv_f16: bool,
     coop: bool,
     f16_products: bool,
+    /// One per layer where the router is folded (`router_fold::fits`), else none.
+    folds: &'a [LayerFold],
 }
 
 impl Graph<'_> {
@@ -236,7 +271,7 @@ impl Graph<'_> {
         let mut ds = embed::build(g, step, &a.tokens, &w.embed_tokens, &a.x, &a.ids, c.hidden)?;
         for (l, lw) in w.layers.iter().enumerate() {
             ds.extend(self.attention_block(l, lw, cache, rope_table)?);
-            ds.extend(self.moe_block(lw)?);
+            ds.extend(self.moe_block(l, lw)?);
         }
         // Final norm of the rows whose logits are wanted, lm_head, sampling.
         ds.push(rmsnorm::build(
@@ -339,6 +374,16 @@ impl Graph<'_> {
             ds.push(rmsnorm::build(g, step, &norm)?.only_for(Count::Tokens, passes));
         }
         ds.extend(linear::build(g, step, &qkv)?);
+        // The folded router's terms run beside the projections: nothing they write is in use.
+        let fold = self.folds.get(l);
+        let inputs = fold_inputs(c, lw);
+        if let Some(f) = fold {
+            let bias = lw.o_proj_bias.as_ref();
+            let term = Term::Residual { x: &a.x, bias };
+            ds.push(router_fold::project(
+                g, step, &inputs, &f.fold, term, &f.z_x,
+            )?);
+        }
         ds.extend(attention::build(
             g,
             step,
@@ -382,12 +427,18 @@ impl Graph<'_> {
                 split_sums: Some(&a.split_sums),
             },
         )?);
+        if let Some(f) = fold {
+            let term = Term::Attention { a: &a.attn };
+            ds.push(router_fold::project(
+                g, step, &inputs, &f.fold, term, &f.z_a,
+            )?);
+        }
         Ok(ds)
     }
 
     /// x += sum_k w_k * expert_k(RMSNorm(x)); the router writes RMSNorm(x) to `h` along with the
     /// chosen experts and their weights.
-    fn moe_block(&self, lw: &LayerWeights) -> Result<Vec<Dispatch>> {
+    fn moe_block(&self, l: usize, lw: &LayerWeights) -> Result<Vec<Dispatch>> {
         let (g, step, c, a) = (self.g, self.step, self.c, self.acts);
         let vec_max_tokens = moe::vec_max_tokens(self.coop)?;
         let partial_max_tokens = a.partial_max_tokens;
@@ -408,6 +459,7 @@ impl Graph<'_> {
                 n_experts: c.experts,
                 top_k: c.top_k,
                 partial_max_tokens,
+                folded: !self.folds.is_empty(),
             },
         )?;
         let shape = MoeShape {
@@ -423,6 +475,7 @@ impl Graph<'_> {
             router_slices: router::slices(c.hidden)?,
             coop: self.coop,
             f16: self.f16_products,
+            eps: c.eps,
         };
         let buffers = MoeBuffers {
             router_part: &a.router_part,
@@ -434,6 +487,12 @@ impl Graph<'_> {
             act: &a.expert_act,
             y: &a.expert_out,
             x: &a.x,
+            fold: self.folds.get(l).map(|f| FoldBuffers {
+                z_x: &f.z_x,
+                z_a: &f.z_a,
+                norm: &lw.post_attention_layernorm,
+                router_bias: &lw.router_bias,
+            }),
         };
         let weights = MoeWeights {
             gate_up: &lw.gate_up,
@@ -519,6 +578,14 @@ impl Model {
             opts.kv_cache_bytes,
         )?;
         let step = dispatch::step_buffer(g);
+        let folds = if router_fold::fits(g, c.experts)? {
+            let layers = weights.layers.iter();
+            layers
+                .map(|lw| LayerFold::new(g, c, lw))
+                .collect::<Result<_>>()?
+        } else {
+            Vec::new()
+        };
         let graph = Graph {
             g,
             step: &step,
@@ -528,6 +595,7 @@ impl Model {
             kv_f16,
             coop,
             f16_products: opts.coop && g.caps.f16_products,
+            folds: &folds,
         };
         let dispatches = graph.build(&weights, &cache, &rope_table)?;
         let f16_products = graph.f16_products;
@@ -543,6 +611,7 @@ impl Model {
             step,
             dispatches,
             weights,
+            _folds: folds,
             _rope_table: rope_table,
             cache,
             gpu,
