@@ -13,10 +13,10 @@
 //   Bindings: h [T, H] (normed), part [T, slices, E], idx [T*K] u32, wts [T*K] f32, blocks
 //   [e_count, 2I, H/32, 16] u8 in 8-byte units, scales [e_count, 2I, H/32] u8, bias [E, 2I] f32,
 //   act [T*K, I]. Grid: (ceil(2I / ROWS), T*K).
-//   FOLDED (one-token passes only; the router folded into the attention block, router_fold.wgsl):
-//   h is the residual x' and part z_x [E]; every workgroup takes the norm's scale s of x' itself,
-//   ranks s (z_x + z_a) + b_r and norms its inputs as it reads them (h = s x' g). Extra
-//   bindings: z_a [E], g [H] the post-attention norm's gain, b_r [E] the router's bias.
+//   FOLDED (the router folded into the attention block, router_fold.wgsl): h is the residual x'
+//   and part z_x [T, E]; every workgroup takes the norm's scale s of x' itself, ranks s (z_x +
+//   z_a) + b_r and norms its inputs as it reads them (h = s x' g). Extra bindings: z_a [T, E],
+//   g [H] the post-attention norm's gain, b_r [E] the router's bias.
 // DOWN: x[t, n] += sum_j wts[s] * (W_down[e] act[s] + bias[e])[n] over the token's slots
 //   s = t * K + j whose expert e is in this dispatch: the down projection, the weighting and the
 //   residual add in one (moe.wgsl's COMBINE does that step for larger passes). Row group j of a
@@ -28,7 +28,8 @@
 // Several tokens (GROUPED): a workgroup row per expert, so that an expert chosen by several tokens
 // has its weights read once for all of them (PERF.md v0.15).
 // ROUTE: idx and wts of every slot of token t, as the one-token GATE_UP picks them.
-//   Bindings: part, idx, wts. Grid: (1, T).
+//   Bindings: part, idx, wts. Grid: (1, T). FOLDED: also h = s x' g, the experts' input, which
+//   the router writes where it is not folded. Extra bindings: x', z_a, g, b_r, h.
 // GATE_UP + GROUPED: act[s] as above for every slot s with idx[s] = e, e the workgroup row's
 //   expert. Bindings: h, idx, blocks (in 16-byte units: one block), scales, bias, act. Grid:
 //   (ceil(2I / GROUPED_ROWS), e_count).
@@ -72,9 +73,21 @@ enable f16;
 #include "common/moe_params.wgsl"
 
 #ifdef ROUTE
+// FOLDED: z_x [T, E] here.
 @group(0) @binding(2) var<storage, read> part: array<f32>;
 @group(0) @binding(3) var<storage, read_write> idx: array<u32>;
 @group(0) @binding(4) var<storage, read_write> wts: array<f32>;
+#ifdef FOLDED
+@group(0) @binding(5) var<storage, read> x: array<vec4<f32>>;
+@group(0) @binding(6) var<storage, read> z_a: array<f32>;
+@group(0) @binding(7) var<storage, read> norm_g: array<vec4<f32>>;
+@group(0) @binding(8) var<storage, read> router_bias: array<f32>;
+@group(0) @binding(9) var<storage, read_write> h: array<vec4<f32>>;
+
+fn residual(i: u32) -> vec4<f32> {
+    return x[i];
+}
+#endif
 #endif
 
 #ifdef GATE_UP
@@ -98,8 +111,10 @@ enable f16;
 @group(0) @binding(10) var<storage, read> z_a: array<f32>;
 @group(0) @binding(11) var<storage, read> norm_g: array<vec4<f32>>;
 @group(0) @binding(12) var<storage, read> router_bias: array<f32>;
-// The norm's scale of the token's residual (route sets it).
-var<private> norm_scale: f32;
+
+fn residual(i: u32) -> vec4<f32> {
+    return h[i];
+}
 #endif
 #endif
 
@@ -610,6 +625,13 @@ fn route_slots(l: Lanes, @builtin(workgroup_id) wg: vec3<u32>) {
     if l.lid < p.top_k {
         store_pick(t * p.top_k + l.lid, l.lid);
     }
+#ifdef FOLDED
+    // The experts' input, which the router writes where it is not folded.
+    let xb = t * (p.hidden / 4u);
+    for (var i = l.lid; i < p.hidden / 4u; i += WG) {
+        h[xb + i] = x[xb + i] * norm_scale * norm_g[i];
+    }
+#endif
 }
 #endif
 
@@ -625,23 +647,27 @@ var<workgroup> chosen_logit: array<f32, MAX_K>;
 #ifdef FOLDED
 const NV: u32 = 1u;
 #include "common/reduce.wgsl"
+// The norm's scale of the token's residual (route sets it).
+var<private> norm_scale: f32;
 #endif
 
 // Ranks token t's experts into `chosen` (by rank; read after a barrier). Called from uniform
 // control flow.
 fn route(l: Lanes, t: u32) {
 #ifdef FOLDED
-    // One token: the norm's scale s of the residual, then s (z_x + z_a) + b_r (router_fold.wgsl).
+    // The norm's scale s of the token's residual, then s (z_x + z_a) + b_r (router_fold.wgsl).
     reduce_setup(l);
+    let xb = t * (p.hidden / 4u);
     var ss: array<f32, NV>;
     for (var i = l.lid; i < p.hidden / 4u; i += WG) {
-        let v = h[i];
+        let v = residual(xb + i);
         ss[0] += dot(v, v);
     }
     reduce_sum(&ss);
     norm_scale = inverseSqrt(red[0] / f32(p.hidden) + p.eps);
     for (var e = l.lid; e < p.n_experts; e += WG) {
-        logit[e] = fma(norm_scale, part[e] + z_a[e], router_bias[e]);
+        let z = t * p.n_experts + e;
+        logit[e] = fma(norm_scale, part[z] + z_a[z], router_bias[e]);
     }
 #else
     for (var e = l.lid; e < p.n_experts; e += WG) {

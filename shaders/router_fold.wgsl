@@ -1,21 +1,22 @@
-// The MoE router folded into the attention block for one-token passes (batch-1 decode), so that no
-// dispatch of its own sits between o_proj and the experts (a dependent dispatch costs ~4.5 us on
-// the H200 whatever it does: PERF.md v0.27). o_proj leaves the residual x' = x + O a + b_o; the
+// The MoE router folded into the attention block for decode passes, so that no dispatch of its
+// own sits between o_proj and the experts (a dependent dispatch costs ~4.5 us on the H200 whatever
+// it does: PERF.md v0.27). o_proj leaves the residual x' = x + O a + b_o; the
 // router's logits are W_r (RMSNorm(x') g) + b_r = s (z_x + z_a) + b_r with s = rsqrt(mean(x'^2) +
 // eps), z_x = (W_r g) (x + b_o) and z_a = M a, M = (W_r g) O. Both are linear in what the block
 // already has: z_x is computed beside the q/k/v projection (from x, which nothing writes until
 // o_proj) and z_a beside o_proj (from the attention output a), each into a buffer of its own so
-// that wgpu records no barrier between it and the kernel it runs beside. moe_vec's FOLDED gate_up
-// takes s from x' itself and ranks the logits.
+// that wgpu records no barrier between it and the kernel it runs beside. moe_vec's FOLDED kernels
+// take s from x' themselves and rank the logits (one token's gate_up; route_slots for more, which
+// also writes the experts' input).
 // fold [E, N] M then [E, H] W_r g, f32: N = heads * head_dim inputs of O, H hidden.
 // PREPARE (once at load, for each buffer of O's rows [row_start, row_start + rows)): M[e, j] +=
 //   sum_i (W_r g)[e, i] O[i, j] over the buffer's rows, and (W_r g)[e, i] for them. Bindings: wr
 //   [E, H] bf16, g [H] f32, o [rows, N] bf16, fold (zeroed at first), from binding 0 (it runs
 //   outside the forward pass: no step counts). Grid: (ceil(N / (2 WG)), E): a lane per pair of
 //   columns, its rows summed in order (the buffers in order, one dispatch each).
-// Otherwise (every one-token pass): z[e] = sum_k fold[offset + e k_len + k] (v[k] + add[k]) for
-//   either half of fold (add: b_o, or nothing). Bindings: v [k_len], fold, add, z [E].
-//   Grid: (E, 1), a workgroup per expert.
+// Otherwise (every decode pass): z[t, e] = sum_k fold[offset + e k_len + k] (v[t, k] + add[k])
+//   for either half of fold (add: b_o, or nothing). Bindings: v [T, k_len], fold, add, z [T, E].
+//   Grid: (E, T), a workgroup per expert and token.
 // N even, H and N multiples of 4. Variants: PREPARE, SUBGROUPS.
 struct Params {
     hidden: u32,
@@ -82,21 +83,25 @@ const NV: u32 = 1u;
 
 @compute @workgroup_size(WG)
 fn project(l: Lanes, @builtin(workgroup_id) wg: vec3<u32>) {
+    let t = wg.y;
+    if t >= step.tokens {
+        return;
+    }
     reduce_setup(l);
     let e = wg.x;
     let n4 = p.k_len / 4u;
     let row = (p.offset + e * p.k_len) / 4u;
     var acc: array<f32, NV>;
     for (var i = l.lid; i < n4; i += WG) {
-        var x = v[i];
+        var x = v[t * n4 + i];
         if p.has_add != 0u {
             x += add[i];
         }
         acc[0] += dot(fold[row + i], x);
     }
     reduce_sum(&acc);
-    if l.lid == 0u && step.tokens > 0u {
-        z[e] = red[0];
+    if l.lid == 0u {
+        z[t * p.n_experts + e] = red[0];
     }
 }
 #endif

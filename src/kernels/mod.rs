@@ -84,7 +84,13 @@ pub fn all_variants() -> Vec<ShaderKey> {
                 }
             }
         }
-        out.push(k("moe_vec.wgsl", "route_slots").define_if("ROUTE", true));
+        for folded in [false, true] {
+            out.push(
+                k("moe_vec.wgsl", "route_slots")
+                    .define_if("ROUTE", true)
+                    .define_if("FOLDED", folded),
+            );
+        }
         out.push(
             moe::vec_key(k("moe_vec.wgsl", "gate_up"), "GATE_UP", false, false, false)
                 .define_if("FOLDED", true),

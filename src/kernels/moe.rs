@@ -90,12 +90,13 @@ pub struct MoeBuffers<'a> {
     pub act: &'a wgpu::Buffer,
     pub y: &'a wgpu::Buffer,
     pub x: &'a wgpu::Buffer,
-    /// The router folded into the attention block (`router_fold`): one token's gate_up routes
-    /// from these and norms x itself, and `h` is not written for it.
+    /// The router folded into the attention block (`router_fold`) for the passes that route
+    /// from partial logits: one token's gate_up routes from these and norms x itself (`h` is not
+    /// written), route_slots for more also writes `h`.
     pub fold: Option<FoldBuffers<'a>>,
 }
 
-/// What one token's FOLDED gate_up reads besides x: the two terms of the router logits [E], the
+/// What the FOLDED kernels read besides x: the two terms of the router logits [T, E], the
 /// post-attention norm's gain [H] and the router's bias [E].
 pub struct FoldBuffers<'a> {
     pub z_x: &'a wgpu::Buffer,
@@ -235,9 +236,12 @@ pub fn build(
     // kernels do not route themselves (all but the one-token matrix-vector pass).
     let first = if s.vec_max_tokens >= 1 { 2 } else { 1 };
     let key = super::row_group_key(gpu, "moe_vec.wgsl", "route_slots").define_if("ROUTE", true);
-    let picks = [b.router_part, b.idx, b.wts];
+    let picks = match &b.fold {
+        Some(f) => vec![f.z_x, b.idx, b.wts, b.x, f.z_a, f.norm, f.router_bias, b.h],
+        None => vec![b.router_part, b.idx, b.wts],
+    };
     let mut out = vec![whole(
-        key,
+        key.define_if("FOLDED", b.fold.is_some()),
         &picks,
         Grid::new(1, Count::Tokens, 1),
         first..=s.partial_max_tokens,
@@ -723,20 +727,28 @@ mod tests {
                     let e2 = nmse(got, &want);
                     assert!(e2 < tol, "t={t} h={hd} i={it} {path}: nmse {e2}");
                 }
-                // Folded router (one token, where the adapter has the bindings): the residual
-                // x0 normed with a gain is the experts' input, the logits s (z_x + z_a) + b_r.
-                if t == 1 && crate::kernels::router_fold::fits(gpu, e as u32).unwrap() {
+                // The router folded into the attention block (where the adapter has the
+                // bindings): each token's residual in x0, normed with a gain, is the experts'
+                // input, its logits s (z_x + z_a) + b_r; one token's gate_up or route_slots (for
+                // the matrix-vector path and the tiles) take the norm and rank them.
+                if crate::kernels::router_fold::fits(gpu, e as u32).unwrap() {
                     let g = random(&mut rng, hd, 2.0);
-                    let (z_x, z_a, b_r) = (
-                        random(&mut rng, e, 3.0),
-                        random(&mut rng, e, 3.0),
-                        random(&mut rng, e, 1.0),
-                    );
-                    let ms = x0.iter().map(|v| (*v as f64).powi(2)).sum::<f64>() / hd as f64;
-                    let scale = (1.0 / (ms + s.eps as f64).sqrt()) as f32;
-                    let logits: Vec<f32> =
-                        (0..e).map(|i| scale * (z_x[i] + z_a[i]) + b_r[i]).collect();
-                    let (f_idx, f_wts) = crate::kernels::router::reference(&logits, k);
+                    let z_x = random(&mut rng, t * e, 3.0);
+                    let z_a = random(&mut rng, t * e, 3.0);
+                    let b_r = random(&mut rng, e, 1.0);
+                    let (mut f_idx, mut f_wts, mut h_fold) = (Vec::new(), Vec::new(), Vec::new());
+                    for ti in 0..t {
+                        let row = &x0[ti * hd..(ti + 1) * hd];
+                        let ms = row.iter().map(|v| (*v as f64).powi(2)).sum::<f64>() / hd as f64;
+                        let scale = (1.0 / (ms + s.eps as f64).sqrt()) as f32;
+                        let logits: Vec<f32> = (0..e)
+                            .map(|i| scale * (z_x[ti * e + i] + z_a[ti * e + i]) + b_r[i])
+                            .collect();
+                        let (i, w) = crate::kernels::router::reference(&logits, k);
+                        f_idx.extend(i);
+                        f_wts.extend(w);
+                        h_fold.extend(row.iter().zip(&g).map(|(v, gi)| v * scale * gi));
+                    }
                     let up = |name, v: &[f32]| gpu.upload(name, f32_bytes(v)).unwrap();
                     let (zxb, zab, gb, rbb) = (
                         up("z_x", &z_x),
@@ -744,19 +756,21 @@ mod tests {
                         up("g", &g),
                         up("b_r", &b_r),
                     );
-                    let fold = FoldBuffers {
-                        z_x: &zxb,
-                        z_a: &zab,
-                        norm: &gb,
-                        router_bias: &rbb,
-                    };
-                    let got = run(1, 1, false, false, Some(fold)).await;
-                    assert_eq!(got.0, f_idx, "folded: experts");
-                    assert!(max_abs(&got.1, &f_wts) < 1e-6, "folded: weights");
-                    let h_fold: Vec<f32> =
-                        x0.iter().zip(&g).map(|(v, gi)| v * scale * gi).collect();
-                    let e2 = nmse(&got.2, &expected(&h_fold, &f_idx, &f_wts));
-                    assert!(e2 < 1e-11, "h={hd} i={it} folded: nmse {e2}");
+                    let want = expected(&h_fold, &f_idx, &f_wts);
+                    for (path, vec_max) in [("matrix-vector", t32), ("tiles", 0)] {
+                        let fold = FoldBuffers {
+                            z_x: &zxb,
+                            z_a: &zab,
+                            norm: &gb,
+                            router_bias: &rbb,
+                        };
+                        let got = run(vec_max, t32, false, false, Some(fold)).await;
+                        assert_eq!(got.0, f_idx, "t={t} folded {path}: experts");
+                        let w = max_abs(&got.1, &f_wts);
+                        assert!(w < 1e-6, "t={t} folded {path}: weights off by {w}");
+                        let e2 = nmse(&got.2, &want);
+                        assert!(e2 < 1e-11, "t={t} h={hd} i={it} folded {path}: nmse {e2}");
+                    }
                 }
             }
         }

@@ -36,8 +36,8 @@ pub struct Router<'a> {
     pub top_k: u32,
     /// Passes of up to this many tokens write partial logits (`partial_max_tokens`).
     pub partial_max_tokens: u32,
-    /// One-token passes have the router folded into the attention block (`router_fold`): no
-    /// dispatch here for them.
+    /// The decode passes (up to `partial_max_tokens`) have the router folded into the attention
+    /// block (`router_fold`): no dispatch here for them.
     pub folded: bool,
 }
 
@@ -53,7 +53,8 @@ pub fn slices(hidden: u32) -> Result<u32> {
     Ok((hidden / 8).div_ceil(units).max(1))
 }
 
-/// Two dispatches: the partial logits for decode passes, the whole router for larger ones.
+/// Two dispatches: the partial logits for decode passes (unless folded), the whole router for
+/// larger ones.
 pub fn build(gpu: &Gpu, step: &wgpu::Buffer, r: &Router) -> Result<Vec<Dispatch>> {
     let max_e = crate::gpu::shader::wgsl_const("router.wgsl", "MAX_E")?;
     if r.top_k > r.n_experts || r.n_experts > max_e || !r.hidden.is_multiple_of(8) {
@@ -77,20 +78,21 @@ pub fn build(gpu: &Gpu, step: &wgpu::Buffer, r: &Router) -> Result<Vec<Dispatch>
     let main = super::row_group_key(gpu, "router.wgsl", "main");
     let partial = super::row_group_key(gpu, "router.wgsl", "partial").define_if("PARTIAL", true);
     let common = [r.x, r.norm, &w.buffer, r.bias, r.h];
-    let (decode, larger) = (
-        1 + r.folded as u32..=r.partial_max_tokens,
-        r.partial_max_tokens + 1..=u32::MAX,
-    );
-    Ok(vec![
-        Dispatch::new(
-            gpu,
-            &partial,
-            step,
-            p,
-            &[&common[..], &[r.part]].concat(),
-            Grid::new(slices(r.hidden)?, Count::Tokens, 1),
-        )?
-        .only_for(Count::Tokens, decode),
+    let mut out = Vec::new();
+    if !r.folded {
+        out.push(
+            Dispatch::new(
+                gpu,
+                &partial,
+                step,
+                p,
+                &[&common[..], &[r.part]].concat(),
+                Grid::new(slices(r.hidden)?, Count::Tokens, 1),
+            )?
+            .only_for(Count::Tokens, 1..=r.partial_max_tokens),
+        );
+    }
+    out.push(
         Dispatch::new(
             gpu,
             &main,
@@ -99,8 +101,9 @@ pub fn build(gpu: &Gpu, step: &wgpu::Buffer, r: &Router) -> Result<Vec<Dispatch>
             &[&common[..], &[r.idx, r.wts]].concat(),
             Grid::new(1, Count::Tokens, 1),
         )?
-        .only_for(Count::Tokens, larger),
-    ])
+        .only_for(Count::Tokens, r.partial_max_tokens + 1..=u32::MAX),
+    );
+    Ok(out)
 }
 
 /// The reference: top-k by value (lower index first on ties), softmax over the k values.

@@ -1,6 +1,7 @@
-//! The MoE router folded into the attention block for one-token passes (`shaders/router_fold.wgsl`):
-//! the router's logits as two projections that run beside q/k/v and o_proj, and moe_vec's FOLDED
-//! gate_up takes the norm and ranks them, so batch-1 decode has no router dispatch.
+//! The MoE router folded into the attention block for decode passes (`shaders/router_fold.wgsl`):
+//! the router's logits as two projections that run beside q/k/v and o_proj; moe_vec's FOLDED
+//! kernels (one token's gate_up, route_slots for more) take the norm and rank them, so decode has
+//! no router dispatch.
 
 use crate::error::{Error, Result};
 use crate::gpu::shader::wgsl_const;
@@ -88,15 +89,15 @@ pub enum Term<'a> {
     Attention { a: &'a wgpu::Buffer },
 }
 
-/// The dispatch that writes one term into `z` [E] for one-token passes, from the layer's `fold`
-/// buffer (`prepare`).
+/// The dispatch that writes one term into `z` [T, E] for the passes of up to `max_tokens`
+/// tokens, from the layer's `fold` buffer (`prepare`).
 pub fn project(
     gpu: &Gpu,
     step: &wgpu::Buffer,
     f: &FoldInputs,
     fold: &wgpu::Buffer,
-    term: Term,
-    z: &wgpu::Buffer,
+    (term, z): (Term, &wgpu::Buffer),
+    max_tokens: u32,
 ) -> Result<Dispatch> {
     let (offset, k_len, v, add) = match term {
         Term::Attention { a } => (0, f.width, a, None),
@@ -118,9 +119,9 @@ pub fn project(
         step,
         bytemuck::bytes_of(&p),
         &[v, fold, add.unwrap_or(v), z],
-        Grid::new(f.n_experts, Count::One, 1),
+        Grid::new(f.n_experts, Count::Tokens, 1),
     )?;
-    Ok(d.only_for(Count::Tokens, 1..=1))
+    Ok(d.only_for(Count::Tokens, 1..=max_tokens))
 }
 
 #[cfg(test)]
@@ -129,20 +130,21 @@ mod tests {
     use crate::gpu::dispatch::{StepCounts, step_buffer, submit};
     use crate::kernels::testing::*;
 
-    // The two terms add up to the router's logits before the norm's scale: W_r (g x') for the
-    // residual x' = x + O a + b_o that o_proj leaves, computed directly in f64.
+    // The two terms add up to the router's logits before the norm's scale: W_r (g x') for each
+    // token's residual x' = x + O a + b_o that o_proj leaves, computed directly in f64.
     gpu_test!(fold_gives_router_logits);
     async fn fold_gives_router_logits() {
         let mut rng = seeded("router_fold");
         for gpu in gpus().await {
-            // (hidden, width, experts, o_proj rows per buffer)
-            for &(h, n, e, per) in &[(64usize, 96usize, 5usize, 64usize), (96, 64, 32, 40)] {
+            // (tokens, hidden, width, experts, o_proj rows per buffer)
+            for &(t, h, n, e, per) in &[(1, 64, 96, 5, 64), (3usize, 96usize, 64usize, 32usize, 40)]
+            {
                 let (wr, wr_bytes) = random_bf16(&mut rng, e * h, 1.0);
                 let (o, o_bytes) = random_bf16(&mut rng, h * n, 1.0);
                 let g = random(&mut rng, h, 2.0);
                 let bo = random(&mut rng, h, 1.0);
-                let x = random(&mut rng, h, 3.0);
-                let a = random(&mut rng, n, 1.0);
+                let x = random(&mut rng, t * h, 3.0);
+                let a = random(&mut rng, t * n, 1.0);
                 let router = split_rows(gpu, &wr_bytes, e, h, e);
                 let o_proj = split_rows(gpu, &o_bytes, h, n, per);
                 let norm = gpu.upload("g", f32_bytes(&g)).unwrap();
@@ -155,45 +157,46 @@ mod tests {
                     n_experts: e as u32,
                 };
                 let fold = prepare(gpu, &f).unwrap();
-                let (xb, ab) = (
-                    gpu.upload("x", f32_bytes(&x)).unwrap(),
-                    gpu.upload("a", f32_bytes(&a)).unwrap(),
-                );
-                let bb = gpu.upload("b_o", f32_bytes(&bo)).unwrap();
-                let zx = gpu.storage("z_x", (e * 4) as u64).unwrap();
-                let za = gpu.storage("z_a", (e * 4) as u64).unwrap();
+                let up = |name, v: &[f32]| gpu.upload(name, f32_bytes(v)).unwrap();
+                let (xb, ab, bb) = (up("x", &x), up("a", &a), up("b_o", &bo));
+                let zx = gpu.storage("z_x", (t * e * 4) as u64).unwrap();
+                let za = gpu.storage("z_a", (t * e * 4) as u64).unwrap();
                 let step = step_buffer(gpu);
                 let resid = Term::Residual {
                     x: &xb,
                     bias: Some(&bb),
                 };
+                let attn = Term::Attention { a: &ab };
                 let ds = [
-                    project(gpu, &step, &f, &fold, resid, &zx).unwrap(),
-                    project(gpu, &step, &f, &fold, Term::Attention { a: &ab }, &za).unwrap(),
+                    project(gpu, &step, &f, &fold, (resid, &zx), t as u32).unwrap(),
+                    project(gpu, &step, &f, &fold, (attn, &za), t as u32).unwrap(),
                 ];
                 let counts = StepCounts {
-                    tokens: 1,
+                    tokens: t as u32,
                     ..Default::default()
                 };
                 submit(gpu, &step, &counts, &ds);
-                let got_x = gpu.read_f32(&zx, e).await.unwrap();
-                let got_a = gpu.read_f32(&za, e).await.unwrap();
+                let got_x = gpu.read_f32(&zx, t * e).await.unwrap();
+                let got_a = gpu.read_f32(&za, t * e).await.unwrap();
                 let got: Vec<f32> = got_x.iter().zip(&got_a).map(|(p, q)| p + q).collect();
-                let resid: Vec<f64> = (0..h)
-                    .map(|i| {
-                        let oa: f64 = (0..n).map(|j| o[i * n + j] as f64 * a[j] as f64).sum();
-                        x[i] as f64 + oa + bo[i] as f64
-                    })
-                    .collect();
-                let want: Vec<f32> = (0..e)
-                    .map(|r| {
+                let mut want = Vec::new();
+                for ti in 0..t {
+                    let resid: Vec<f64> = (0..h)
+                        .map(|i| {
+                            let oa: f64 = (0..n)
+                                .map(|j| o[i * n + j] as f64 * a[ti * n + j] as f64)
+                                .sum();
+                            x[ti * h + i] as f64 + oa + bo[i] as f64
+                        })
+                        .collect();
+                    want.extend((0..e).map(|r| {
                         (0..h)
                             .map(|i| wr[r * h + i] as f64 * g[i] as f64 * resid[i])
                             .sum::<f64>() as f32
-                    })
-                    .collect();
+                    }));
+                }
                 let e2 = nmse(&got, &want);
-                assert!(e2 < 1e-11, "h={h} n={n} e={e}: nmse {e2}");
+                assert!(e2 < 1e-11, "t={t} h={h} n={n} e={e}: nmse {e2}");
             }
         }
     }

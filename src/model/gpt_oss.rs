@@ -175,7 +175,7 @@ impl Activations {
     }
 }
 
-/// One layer's router folded into its attention block for one-token passes (`router_fold`): the
+/// One layer's router folded into its attention block for decode passes (`router_fold`): the
 /// fold's weights and the two terms of the logits, each written by one dispatch a pass.
 struct LayerFold {
     fold: wgpu::Buffer,
@@ -184,9 +184,10 @@ struct LayerFold {
 }
 
 impl LayerFold {
-    fn new(g: &Gpu, c: &ModelConfig, lw: &LayerWeights) -> Result<LayerFold> {
+    /// For passes of up to `max_tokens` tokens.
+    fn new(g: &Gpu, c: &ModelConfig, lw: &LayerWeights, max_tokens: u32) -> Result<LayerFold> {
         let fold = router_fold::prepare(g, &fold_inputs(c, lw))?;
-        let z = |name| g.storage(name, c.experts as u64 * 4);
+        let z = |name| g.storage(name, max_tokens as u64 * c.experts as u64 * 4);
         Ok(LayerFold {
             fold,
             z_x: z("router z_x")?,
@@ -380,8 +381,14 @@ impl Graph<'_> {
         if let Some(f) = fold {
             let bias = lw.o_proj_bias.as_ref();
             let term = Term::Residual { x: &a.x, bias };
+            let max = a.partial_max_tokens;
             ds.push(router_fold::project(
-                g, step, &inputs, &f.fold, term, &f.z_x,
+                g,
+                step,
+                &inputs,
+                &f.fold,
+                (term, &f.z_x),
+                max,
             )?);
         }
         ds.extend(attention::build(
@@ -429,8 +436,14 @@ impl Graph<'_> {
         )?);
         if let Some(f) = fold {
             let term = Term::Attention { a: &a.attn };
+            let max = a.partial_max_tokens;
             ds.push(router_fold::project(
-                g, step, &inputs, &f.fold, term, &f.z_a,
+                g,
+                step,
+                &inputs,
+                &f.fold,
+                (term, &f.z_a),
+                max,
             )?);
         }
         Ok(ds)
@@ -580,8 +593,9 @@ impl Model {
         let step = dispatch::step_buffer(g);
         let folds = if router_fold::fits(g, c.experts)? {
             let layers = weights.layers.iter();
+            let max = acts.partial_max_tokens;
             layers
-                .map(|lw| LayerFold::new(g, c, lw))
+                .map(|lw| LayerFold::new(g, c, lw, max))
                 .collect::<Result<_>>()?
         } else {
             Vec::new()
