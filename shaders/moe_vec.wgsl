@@ -655,8 +655,18 @@ var<private> norm_scale: f32;
 // control flow.
 fn route(l: Lanes, t: u32) {
 #ifdef FOLDED
-    // The norm's scale s of the token's residual, then s (z_x + z_a) + b_r (router_fold.wgsl).
+    // The norm's scale s of the token's residual, then s (z_x + z_a) + b_r (router_fold.wgsl);
+    // the terms are loaded first, so that their loads are in flight with the residual's.
     reduce_setup(l);
+    var zs: array<f32, MAX_E / WG>;
+    var bs: array<f32, MAX_E / WG>;
+    for (var j = 0u; j < MAX_E / WG; j++) {
+        let e = l.lid + j * WG;
+        if e < p.n_experts {
+            zs[j] = part[t * p.n_experts + e] + z_a[t * p.n_experts + e];
+            bs[j] = router_bias[e];
+        }
+    }
     let xb = t * (p.hidden / 4u);
     var ss: array<f32, NV>;
     for (var i = l.lid; i < p.hidden / 4u; i += WG) {
@@ -665,9 +675,11 @@ fn route(l: Lanes, t: u32) {
     }
     reduce_sum(&ss);
     norm_scale = inverseSqrt(red[0] / f32(p.hidden) + p.eps);
-    for (var e = l.lid; e < p.n_experts; e += WG) {
-        let z = t * p.n_experts + e;
-        logit[e] = fma(norm_scale, part[z] + z_a[z], router_bias[e]);
+    for (var j = 0u; j < MAX_E / WG; j++) {
+        let e = l.lid + j * WG;
+        if e < p.n_experts {
+            logit[e] = fma(norm_scale, zs[j], bs[j]);
+        }
     }
 #else
     for (var e = l.lid; e < p.n_experts; e += WG) {
