@@ -96,7 +96,8 @@ pub fn project(
     step: &wgpu::Buffer,
     f: &FoldInputs,
     fold: &wgpu::Buffer,
-    (term, z): (Term, &wgpu::Buffer),
+    term: Term,
+    z: &wgpu::Buffer,
     max_tokens: u32,
 ) -> Result<Dispatch> {
     let (offset, k_len, v, add) = match term {
@@ -168,8 +169,8 @@ mod tests {
                 };
                 let attn = Term::Attention { a: &ab };
                 let ds = [
-                    project(gpu, &step, &f, &fold, (resid, &zx), t as u32).unwrap(),
-                    project(gpu, &step, &f, &fold, (attn, &za), t as u32).unwrap(),
+                    project(gpu, &step, &f, &fold, resid, &zx, t as u32).unwrap(),
+                    project(gpu, &step, &f, &fold, attn, &za, t as u32).unwrap(),
                 ];
                 let counts = StepCounts {
                     tokens: t as u32,

@@ -242,7 +242,7 @@ pub struct Model {
     dispatches: Vec<Dispatch>,
     // Kept alive for the dispatches' bind groups.
     weights: Weights,
-    _folds: Vec<LayerFold>,
+    folds: Vec<LayerFold>,
     _rope_table: wgpu::Buffer,
     cache: KvCache,
 }
@@ -376,21 +376,8 @@ impl Graph<'_> {
         }
         ds.extend(linear::build(g, step, &qkv)?);
         // The folded router's terms run beside the projections: nothing they write is in use.
-        let fold = self.folds.get(l);
-        let inputs = fold_inputs(c, lw);
-        if let Some(f) = fold {
-            let bias = lw.o_proj_bias.as_ref();
-            let term = Term::Residual { x: &a.x, bias };
-            let max = a.partial_max_tokens;
-            ds.push(router_fold::project(
-                g,
-                step,
-                &inputs,
-                &f.fold,
-                (term, &f.z_x),
-                max,
-            )?);
-        }
+        let bias = lw.o_proj_bias.as_ref();
+        ds.extend(self.fold_term(l, lw, Term::Residual { x: &a.x, bias })?);
         ds.extend(attention::build(
             g,
             step,
@@ -434,19 +421,21 @@ impl Graph<'_> {
                 split_sums: Some(&a.split_sums),
             },
         )?);
-        if let Some(f) = fold {
-            let term = Term::Attention { a: &a.attn };
-            let max = a.partial_max_tokens;
-            ds.push(router_fold::project(
-                g,
-                step,
-                &inputs,
-                &f.fold,
-                (term, &f.z_a),
-                max,
-            )?);
-        }
+        ds.extend(self.fold_term(l, lw, Term::Attention { a: &a.attn })?);
         Ok(ds)
+    }
+
+    /// The dispatch of one term of layer l's router logits, where the router is folded.
+    fn fold_term(&self, l: usize, lw: &LayerWeights, term: Term) -> Result<Option<Dispatch>> {
+        let Some(f) = self.folds.get(l) else {
+            return Ok(None);
+        };
+        let z = match term {
+            Term::Residual { .. } => &f.z_x,
+            Term::Attention { .. } => &f.z_a,
+        };
+        let (inputs, max) = (fold_inputs(self.c, lw), self.acts.partial_max_tokens);
+        router_fold::project(self.g, self.step, &inputs, &f.fold, term, z, max).map(Some)
     }
 
     /// x += sum_k w_k * expert_k(RMSNorm(x)); the router writes RMSNorm(x) to `h` along with the
@@ -625,7 +614,7 @@ impl Model {
             step,
             dispatches,
             weights,
-            _folds: folds,
+            folds,
             _rope_table: rope_table,
             cache,
             gpu,
@@ -634,9 +623,10 @@ impl Model {
         })
     }
 
-    /// GPU bytes of the weights.
+    /// GPU bytes of the weights (with the folded router's matrices, made from them at load).
     pub fn weight_bytes(&self) -> u64 {
-        self.weights.bytes
+        let folds: u64 = self.folds.iter().map(|f| f.fold.size()).sum();
+        self.weights.bytes + folds
     }
 
     /// The paged KV cache: its pools, block tables and prefix cache.
