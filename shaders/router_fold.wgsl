@@ -18,6 +18,12 @@
 //   for either half of fold (add: b_o, or nothing). Bindings: v [T, k_len], fold, add, z [T, E].
 //   Grid: (E, T), a workgroup per expert and token.
 // N even, H and N multiples of 4. Variants: PREPARE, SUBGROUPS.
+
+// Passes of up to this many tokens fold the router (the Rust side reads this line); larger ones
+// run its own dispatch. On the H200 (tok/s against the router's dispatch): batch 1 +4.8%, 2 +2.8%,
+// 8 +1.3%, 16 and 32 even, 64 -0.6% (its terms, a workgroup per expert and token, read 64 MB of
+// L2 each: PERF.md v0.35).
+const MAX_TOKENS: u32 = 16u;
 struct Params {
     hidden: u32,
     width: u32,

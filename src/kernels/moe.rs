@@ -90,15 +90,17 @@ pub struct MoeBuffers<'a> {
     pub act: &'a wgpu::Buffer,
     pub y: &'a wgpu::Buffer,
     pub x: &'a wgpu::Buffer,
-    /// The router folded into the attention block (`router_fold`) for the passes that route
-    /// from partial logits: one token's gate_up routes from these and norms x itself (`h` is not
-    /// written), route_slots for more also writes `h`.
+    /// The router folded into the attention block (`router_fold`) for the passes of up to its
+    /// `max_tokens`: one token's gate_up routes from these and norms x itself (`h` is not
+    /// written), route_slots for more also writes `h`; larger passes route as without.
     pub fold: Option<FoldBuffers<'a>>,
 }
 
-/// What the FOLDED kernels read besides x: the two terms of the router logits [T, E], the
-/// post-attention norm's gain [H] and the router's bias [E].
+/// What the FOLDED kernels read besides x, for passes of up to `max_tokens` tokens (at least
+/// one): the two terms of the router logits [T, E], the post-attention norm's gain [H] and the
+/// router's bias [E].
 pub struct FoldBuffers<'a> {
+    pub max_tokens: u32,
     pub z_x: &'a wgpu::Buffer,
     pub z_a: &'a wgpu::Buffer,
     pub norm: &'a wgpu::Buffer,
@@ -236,16 +238,23 @@ pub fn build(
     // kernels do not route themselves (all but the one-token matrix-vector pass).
     let first = if s.vec_max_tokens >= 1 { 2 } else { 1 };
     let key = super::row_group_key(gpu, "moe_vec.wgsl", "route_slots").define_if("ROUTE", true);
-    let picks = match &b.fold {
-        Some(f) => vec![f.z_x, b.idx, b.wts, b.x, f.z_a, f.norm, f.router_bias, b.h],
-        None => vec![b.router_part, b.idx, b.wts],
-    };
-    let mut out = vec![whole(
-        key.define_if("FOLDED", b.fold.is_some()),
+    let mut out = Vec::new();
+    let mut plain_first = first;
+    if let Some(f) = &b.fold {
+        let bufs = [f.z_x, b.idx, b.wts, b.x, f.z_a, f.norm, f.router_bias, b.h];
+        let key = key.clone().define_if("FOLDED", true);
+        let grid = Grid::new(1, Count::Tokens, 1);
+        out.push(whole(key, &bufs, grid, first..=f.max_tokens)?);
+        plain_first = first.max(f.max_tokens + 1);
+    }
+    let picks = [b.router_part, b.idx, b.wts];
+    let grid = Grid::new(1, Count::Tokens, 1);
+    out.push(whole(
+        key,
         &picks,
-        Grid::new(1, Count::Tokens, 1),
-        first..=s.partial_max_tokens,
-    )?];
+        grid,
+        plain_first..=s.partial_max_tokens,
+    )?);
     out.extend(vec_dispatches(gpu, step, s, b, w)?);
     let tiled = (s.vec_max_tokens + 1)..=u32::MAX;
     let key = ShaderKey::new("moe.wgsl", "route").define_if("ROUTE", true);
@@ -756,9 +765,27 @@ mod tests {
                         up("g", &g),
                         up("b_r", &b_r),
                     );
+                    // Passes above the fold's tokens route as without it (first: the folded
+                    // runs below overwrite h).
+                    if t > 1 {
+                        let fold = FoldBuffers {
+                            max_tokens: 1,
+                            z_x: &zxb,
+                            z_a: &zab,
+                            norm: &gb,
+                            router_bias: &rbb,
+                        };
+                        let got = run(t32, t32, false, false, Some(fold)).await;
+                        let e2 = nmse(
+                            &check_picks("above the fold", &got),
+                            &expected(&h, &idx, &wts),
+                        );
+                        assert!(e2 < 1e-11, "t={t} above the fold: nmse {e2}");
+                    }
                     let want = expected(&h_fold, &f_idx, &f_wts);
                     for (path, vec_max) in [("matrix-vector", t32), ("tiles", 0)] {
                         let fold = FoldBuffers {
+                            max_tokens: t32,
                             z_x: &zxb,
                             z_a: &zab,
                             norm: &gb,

@@ -36,9 +36,9 @@ pub struct Router<'a> {
     pub top_k: u32,
     /// Passes of up to this many tokens write partial logits (`partial_max_tokens`).
     pub partial_max_tokens: u32,
-    /// The decode passes (up to `partial_max_tokens`) have the router folded into the attention
-    /// block (`router_fold`): no dispatch here for them.
-    pub folded: bool,
+    /// Passes of up to this many tokens have the router folded into the attention block
+    /// (`router_fold`; 0: none): no dispatch here for them.
+    pub folded_max_tokens: u32,
 }
 
 /// The largest pass that writes partial logits: PARTIAL_MAX_TOKENS, or the largest that the
@@ -53,8 +53,8 @@ pub fn slices(hidden: u32) -> Result<u32> {
     Ok((hidden / 8).div_ceil(units).max(1))
 }
 
-/// Two dispatches: the partial logits for decode passes (unless folded), the whole router for
-/// larger ones.
+/// Two dispatches: the partial logits for decode passes (those not folded), the whole router
+/// for larger ones.
 pub fn build(gpu: &Gpu, step: &wgpu::Buffer, r: &Router) -> Result<Vec<Dispatch>> {
     let max_e = crate::gpu::shader::wgsl_const("router.wgsl", "MAX_E")?;
     if r.top_k > r.n_experts || r.n_experts > max_e || !r.hidden.is_multiple_of(8) {
@@ -79,7 +79,7 @@ pub fn build(gpu: &Gpu, step: &wgpu::Buffer, r: &Router) -> Result<Vec<Dispatch>
     let partial = super::row_group_key(gpu, "router.wgsl", "partial").define_if("PARTIAL", true);
     let common = [r.x, r.norm, &w.buffer, r.bias, r.h];
     let mut out = Vec::new();
-    if !r.folded {
+    if r.folded_max_tokens < r.partial_max_tokens {
         out.push(
             Dispatch::new(
                 gpu,
@@ -89,7 +89,10 @@ pub fn build(gpu: &Gpu, step: &wgpu::Buffer, r: &Router) -> Result<Vec<Dispatch>
                 &[&common[..], &[r.part]].concat(),
                 Grid::new(slices(r.hidden)?, Count::Tokens, 1),
             )?
-            .only_for(Count::Tokens, 1..=r.partial_max_tokens),
+            .only_for(
+                Count::Tokens,
+                r.folded_max_tokens + 1..=r.partial_max_tokens,
+            ),
         );
     }
     out.push(
@@ -177,7 +180,7 @@ mod tests {
                     n_experts: e as u32,
                     top_k: k as u32,
                     partial_max_tokens: vec_max,
-                    folded: false,
+                    folded_max_tokens: 0,
                 };
                 let d = build(gpu, &step, &r).unwrap();
                 let counts = StepCounts {

@@ -23,6 +23,12 @@ struct Params {
 /// Storage buffers the FOLDED gate_up binds (the most of the fold's kernels).
 const GATE_UP_BUFFERS: u32 = 11;
 
+/// The most tokens a pass folds the router for (MAX_TOKENS, at most `partial_max_tokens`: the
+/// passes beyond route from the router's own partial logits or its whole dispatch).
+pub fn max_tokens(partial_max_tokens: u32) -> Result<u32> {
+    Ok(wgsl_const("router_fold.wgsl", "MAX_TOKENS")?.min(partial_max_tokens))
+}
+
 /// Whether the fold can run on this adapter: the FOLDED gate_up's bindings fit (not on the
 /// portable path's eight), and the one-token expert kernels rank at most MAX_E experts.
 pub fn fits(gpu: &Gpu, n_experts: u32) -> Result<bool> {

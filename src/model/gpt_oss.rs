@@ -425,6 +425,14 @@ impl Graph<'_> {
         Ok(ds)
     }
 
+    /// The most tokens a pass folds the router for (0: not folded).
+    fn fold_max_tokens(&self) -> Result<u32> {
+        if self.folds.is_empty() {
+            return Ok(0);
+        }
+        router_fold::max_tokens(self.acts.partial_max_tokens)
+    }
+
     /// The dispatch of one term of layer l's router logits, where the router is folded.
     fn fold_term(&self, l: usize, lw: &LayerWeights, term: Term) -> Result<Option<Dispatch>> {
         let Some(f) = self.folds.get(l) else {
@@ -434,7 +442,7 @@ impl Graph<'_> {
             Term::Residual { .. } => &f.z_x,
             Term::Attention { .. } => &f.z_a,
         };
-        let (inputs, max) = (fold_inputs(self.c, lw), self.acts.partial_max_tokens);
+        let (inputs, max) = (fold_inputs(self.c, lw), self.fold_max_tokens()?);
         router_fold::project(self.g, self.step, &inputs, &f.fold, term, z, max).map(Some)
     }
 
@@ -461,7 +469,7 @@ impl Graph<'_> {
                 n_experts: c.experts,
                 top_k: c.top_k,
                 partial_max_tokens,
-                folded: !self.folds.is_empty(),
+                folded_max_tokens: self.fold_max_tokens()?,
             },
         )?;
         let shape = MoeShape {
@@ -479,6 +487,7 @@ impl Graph<'_> {
             f16: self.f16_products,
             eps: c.eps,
         };
+        let fold_max = self.fold_max_tokens()?;
         let buffers = MoeBuffers {
             router_part: &a.router_part,
             idx: &a.expert_idx,
@@ -490,6 +499,7 @@ impl Graph<'_> {
             y: &a.expert_out,
             x: &a.x,
             fold: self.folds.get(l).map(|f| FoldBuffers {
+                max_tokens: fold_max,
                 z_x: &f.z_x,
                 z_a: &f.z_a,
                 norm: &lw.post_attention_layernorm,
@@ -582,7 +592,7 @@ impl Model {
         let step = dispatch::step_buffer(g);
         let folds = if router_fold::fits(g, c.experts)? {
             let layers = weights.layers.iter();
-            let max = acts.partial_max_tokens;
+            let max = router_fold::max_tokens(acts.partial_max_tokens)?;
             layers
                 .map(|lw| LayerFold::new(g, c, lw, max))
                 .collect::<Result<_>>()?
