@@ -24,6 +24,7 @@
 // 8 +1.3%, 16 and 32 even, 64 -0.6% (its terms, a workgroup per expert and token, read 64 MB of
 // L2 each: PERF.md v0.35).
 const MAX_TOKENS: u32 = 16u;
+
 struct Params {
     hidden: u32,
     width: u32,
