@@ -208,8 +208,6 @@ pub(crate) fn build(
     Ok(out)
 }
 
-/// The shader of a prefill entry of attention.wgsl (main, tiled or coop; the validation sweep
-/// takes them from here).
 /// How many query heads a split-attention workgroup takes.
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum SplitHeads {
@@ -249,6 +247,8 @@ pub(crate) fn split_key(
         .define_if("SUBGROUPS", subgroups)
 }
 
+/// The shader of a prefill entry of attention.wgsl (main, tiled or coop; the validation sweep
+/// takes them from here).
 pub(crate) fn prefill_key(entry: &'static str, kv_f16: bool) -> ShaderKey {
     ShaderKey::new("attention.wgsl", entry)
         .define_if("KV_F16", kv_f16)
