@@ -257,8 +257,10 @@ struct Graph<'a> {
     kv_f16: bool,
     coop: bool,
     f16_products: bool,
-    /// One per layer where the router is folded (`router_fold::fits`), else none.
+    /// One per layer where the router is folded (`router_fold::fits`), else none, for passes of
+    /// up to `fold_max_tokens` (0 when none).
     folds: &'a [LayerFold],
+    fold_max_tokens: u32,
 }
 
 impl Graph<'_> {
@@ -425,14 +427,6 @@ impl Graph<'_> {
         Ok(ds)
     }
 
-    /// The most tokens a pass folds the router for (0: not folded).
-    fn fold_max_tokens(&self) -> Result<u32> {
-        if self.folds.is_empty() {
-            return Ok(0);
-        }
-        router_fold::max_tokens(self.acts.partial_max_tokens)
-    }
-
     /// The dispatch of one term of layer l's router logits, where the router is folded.
     fn fold_term(&self, l: usize, lw: &LayerWeights, term: Term) -> Result<Option<Dispatch>> {
         let Some(f) = self.folds.get(l) else {
@@ -442,7 +436,7 @@ impl Graph<'_> {
             Term::Residual { .. } => &f.z_x,
             Term::Attention { .. } => &f.z_a,
         };
-        let (inputs, max) = (fold_inputs(self.c, lw), self.fold_max_tokens()?);
+        let (inputs, max) = (fold_inputs(self.c, lw), self.fold_max_tokens);
         router_fold::project(self.g, self.step, &inputs, &f.fold, term, z, max).map(Some)
     }
 
@@ -469,7 +463,7 @@ impl Graph<'_> {
                 n_experts: c.experts,
                 top_k: c.top_k,
                 partial_max_tokens,
-                folded_max_tokens: self.fold_max_tokens()?,
+                folded_max_tokens: self.fold_max_tokens,
             },
         )?;
         let shape = MoeShape {
@@ -487,7 +481,6 @@ impl Graph<'_> {
             f16: self.f16_products,
             eps: c.eps,
         };
-        let fold_max = self.fold_max_tokens()?;
         let buffers = MoeBuffers {
             router_part: &a.router_part,
             idx: &a.expert_idx,
@@ -499,7 +492,7 @@ impl Graph<'_> {
             y: &a.expert_out,
             x: &a.x,
             fold: self.folds.get(l).map(|f| FoldBuffers {
-                max_tokens: fold_max,
+                max_tokens: self.fold_max_tokens,
                 z_x: &f.z_x,
                 z_a: &f.z_a,
                 norm: &lw.post_attention_layernorm,
@@ -590,11 +583,15 @@ impl Model {
             opts.kv_cache_bytes,
         )?;
         let step = dispatch::step_buffer(g);
-        let folds = if router_fold::fits(g, c.experts)? {
+        let fold_max_tokens = if router_fold::fits(g, c.experts)? {
+            router_fold::max_tokens(acts.partial_max_tokens)?
+        } else {
+            0
+        };
+        let folds = if fold_max_tokens > 0 {
             let layers = weights.layers.iter();
-            let max = router_fold::max_tokens(acts.partial_max_tokens)?;
             layers
-                .map(|lw| LayerFold::new(g, c, lw, max))
+                .map(|lw| LayerFold::new(g, c, lw, fold_max_tokens))
                 .collect::<Result<_>>()?
         } else {
             Vec::new()
@@ -609,6 +606,7 @@ impl Model {
             coop,
             f16_products: opts.coop && g.caps.f16_products,
             folds: &folds,
+            fold_max_tokens,
         };
         let dispatches = graph.build(&weights, &cache, &rope_table)?;
         let f16_products = graph.f16_products;
