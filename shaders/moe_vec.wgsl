@@ -120,8 +120,8 @@ fn residual(i: u32) -> vec4<f32> {
 
 fn input(i: u32) -> vec4<f32> {
 #ifdef FOLDED
-    // h is the residual here (one token: i < H / 4), normed as it is read.
-    return h[i] * norm_scale * norm_g[i];
+    // h is the residual here (one token), normed as it is read.
+    return normed(0u, i);
 #else
     return h[i];
 #endif
@@ -629,7 +629,7 @@ fn route_slots(l: Lanes, @builtin(workgroup_id) wg: vec3<u32>) {
     // The experts' input, which the router writes where it is not folded.
     let xb = t * (p.hidden / 4u);
     for (var i = l.lid; i < p.hidden / 4u; i += WG) {
-        h[xb + i] = x[xb + i] * norm_scale * norm_g[i];
+        h[xb + i] = normed(xb, i);
     }
 #endif
 }
@@ -649,6 +649,11 @@ const NV: u32 = 1u;
 #include "common/reduce.wgsl"
 // The norm's scale of the token's residual (route sets it).
 var<private> norm_scale: f32;
+
+// Element i (vec4) of the normed residual of the token whose residual starts at vec4 xb.
+fn normed(xb: u32, i: u32) -> vec4<f32> {
+    return residual(xb + i) * norm_scale * norm_g[i];
+}
 #endif
 
 // Ranks token t's experts into `chosen` (by rank; read after a barrier). Called from uniform
