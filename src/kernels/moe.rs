@@ -238,17 +238,16 @@ pub fn build(
     // kernels do not route themselves (all but the one-token matrix-vector pass).
     let first = if s.vec_max_tokens >= 1 { 2 } else { 1 };
     let key = super::row_group_key(gpu, "moe_vec.wgsl", "route_slots").define_if("ROUTE", true);
+    let grid = Grid::new(1, Count::Tokens, 1);
     let mut out = Vec::new();
     let mut plain_first = first;
     if let Some(f) = &b.fold {
         let bufs = [f.z_x, b.idx, b.wts, b.x, f.z_a, f.norm, f.router_bias, b.h];
-        let key = key.clone().define_if("FOLDED", true);
-        let grid = Grid::new(1, Count::Tokens, 1);
-        out.push(whole(key, &bufs, grid, first..=f.max_tokens)?);
+        let folded = key.clone().define_if("FOLDED", true);
+        out.push(whole(folded, &bufs, grid, first..=f.max_tokens)?);
         plain_first = first.max(f.max_tokens + 1);
     }
     let picks = [b.router_part, b.idx, b.wts];
-    let grid = Grid::new(1, Count::Tokens, 1);
     out.push(whole(
         key,
         &picks,
@@ -767,15 +766,15 @@ mod tests {
                     );
                     // Passes above the fold's tokens route as without it (first: the folded
                     // runs below overwrite h).
+                    let fold = |max_tokens| FoldBuffers {
+                        max_tokens,
+                        z_x: &zxb,
+                        z_a: &zab,
+                        norm: &gb,
+                        router_bias: &rbb,
+                    };
                     if t > 1 {
-                        let fold = FoldBuffers {
-                            max_tokens: 1,
-                            z_x: &zxb,
-                            z_a: &zab,
-                            norm: &gb,
-                            router_bias: &rbb,
-                        };
-                        let got = run(t32, t32, false, false, Some(fold)).await;
+                        let got = run(t32, t32, false, false, Some(fold(1))).await;
                         let e2 = nmse(
                             &check_picks("above the fold", &got),
                             &expected(&h, &idx, &wts),
@@ -784,14 +783,7 @@ mod tests {
                     }
                     let want = expected(&h_fold, &f_idx, &f_wts);
                     for (path, vec_max) in [("matrix-vector", t32), ("tiles", 0)] {
-                        let fold = FoldBuffers {
-                            max_tokens: t32,
-                            z_x: &zxb,
-                            z_a: &zab,
-                            norm: &gb,
-                            router_bias: &rbb,
-                        };
-                        let got = run(vec_max, t32, false, false, Some(fold)).await;
+                        let got = run(vec_max, t32, false, false, Some(fold(t32))).await;
                         assert_eq!(got.0, f_idx, "t={t} folded {path}: experts");
                         let w = max_abs(&got.1, &f_wts);
                         assert!(w < 1e-6, "t={t} folded {path}: weights off by {w}");
