@@ -27,9 +27,12 @@
 // scores, reductions and sums instead of G's.
 // KEY_GROUPS (FEW_HEADS, entry `keys`): a group of D / 8 lanes a key instead of a lane a key,
 // where subgroups allow (below).
+// STAGED (KEY_GROUPS, entry `staged`, grid (NKV, T * splits)): all G heads of a KV head a
+// workgroup again, for tokens cut into STAGED_MIN_SPLITS spans or more, the keys staged in
+// workgroup memory and scored by key groups (below).
 // Limits: D <= WG, G <= MAX_G, D a multiple of 4, HG dividing G. Variants: SPLIT (with
-// FEW_HEADS, and TWO_HEADS, or not, and KEY_GROUPS; WHOLE_WINDOW or not) or MERGE, KV_F16,
-// SUBGROUPS (SPLIT's reductions in registers).
+// FEW_HEADS, and TWO_HEADS, or not, and KEY_GROUPS; or STAGED; WHOLE_WINDOW or not) or MERGE,
+// KV_F16, SUBGROUPS (SPLIT's reductions in registers).
 #ifdef SPLIT
 #include "common/kv_table.wgsl"
 #endif
@@ -58,11 +61,20 @@ const MAX_TOKENS: u32 = 64u;
 // 32: 1.03 -> 0.91 ms a step against one head, v0.20).
 const ONE_HEAD_MAX_SPANS: u32 = 4u;
 const TWO_HEADS_MAX_SPANS: u32 = 64u;
+// Tokens whose keys are cut into at least this many spans (long contexts) take STAGED, where the
+// adapter allows, whatever the pass's size (the Rust side reads this line).
+const STAGED_MIN_SPLITS: u32 = 8u;
 // Lanes per workgroup, a chunk of keys at a time (the Rust side reads these lines: D <= both). One
 // head's workgroup takes 128 keys a chunk (a window layer's keys in one round; H200 batch 1 2.87
 // -> 2.79 ms a step), a group's 64 (128 there: batch 32 attention 775 -> 1263 us a step).
 const HEAD_WG: u32 = 128u;
 const GROUP_WG: u32 = 64u;
+// STAGED's lanes (two heads a lane, G / 2 sets of lanes a workgroup; below).
+const STAGE_WG: u32 = 256u;
+#ifdef STAGED
+const HG: u32 = 2u;
+const WG: u32 = STAGE_WG;
+#else
 #ifdef FEW_HEADS
 #ifdef TWO_HEADS
 const HG: u32 = 2u;
@@ -74,22 +86,33 @@ const WG: u32 = HEAD_WG;
 const HG: u32 = MAX_G;
 const WG: u32 = GROUP_WG;
 #endif
+#endif
 const NEG: f32 = -3.0e38;
 
 #ifdef SPLIT
 @group(0) @binding(2) var<storage, read> tokens: array<TokenInfo>;
 @group(0) @binding(3) var<storage, read> qkv: array<f32>;
+#ifdef STAGED
+// STAGED moves the caches as 16-byte words (8 dims in f16, 4 in f32) into workgroup memory.
+@group(0) @binding(4) var<storage, read> k_cache: array<vec4<u32>>;
+@group(0) @binding(5) var<storage, read> v_cache: array<vec4<u32>>;
+#else
 @group(0) @binding(4) var<storage, read> k_cache: array<vec4<kv>>;
 @group(0) @binding(5) var<storage, read> v_cache: array<vec4<kv>>;
+#endif
 @group(0) @binding(6) var<storage, read_write> part: array<f32>;
 @group(0) @binding(7) var<storage, read> sinks: array<f32>;
 @group(0) @binding(8) var<storage, read_write> out: array<f32>;
 @group(0) @binding(9) var<storage, read> kv_table: array<u32>;
 
+var<workgroup> tok_shared: TokenInfo;
+#include "common/lanes.wgsl"
+
+// `split`'s workgroup memory and reductions (KEY_GROUPS' entries have their own, below).
+#ifndef KEY_GROUPS
 var<workgroup> qs: array<vec4<f32>, HG * WG / 4u>;
 var<workgroup> prob: array<f32, HG * WG>;
 var<workgroup> red: array<f32, HG * WG>;
-var<workgroup> tok_shared: TokenInfo;
 // Where each key of the chunk starts in the cache (vec4 index), looked up once by its scoring lane.
 var<workgroup> key_at: array<u32, WG>;
 // The value phases' sums, [phase, head, quad].
@@ -98,8 +121,6 @@ var<workgroup> vsum: array<vec4<f32>, HG * WG>;
 // Per head g < G: the max (or sum) over lanes of v[g], returned to every lane; called from
 // uniform control flow. With SUBGROUPS in registers, then across the few subgroups; otherwise a
 // tree in workgroup memory.
-#include "common/lanes.wgsl"
-
 #ifdef SUBGROUPS
 fn reduce_heads(v: array<f32, HG>, l: Lanes, use_max: bool) -> array<f32, HG> {
     let sg = l.lid / l.size;
@@ -150,6 +171,7 @@ fn reduce_heads(v: array<f32, HG>, l: Lanes, use_max: bool) -> array<f32, HG> {
     workgroupBarrier();
     return out;
 }
+#endif
 #endif
 
 // Spans per token of this pass: a window layer whose window fits one span (WHOLE_WINDOW) has
@@ -229,6 +251,7 @@ fn finish(job: SpanJob, h: u32, m: f32, l: f32, o: vec4<f32>, q: u32) {
     }
 }
 
+#ifndef KEY_GROUPS
 @compute @workgroup_size(WG)
 fn split(lanes: Lanes, @builtin(workgroup_id) wg: vec3<u32>) {
     let lid = lanes.lid;
@@ -363,6 +386,7 @@ fn split(lanes: Lanes, @builtin(workgroup_id) wg: vec3<u32>) {
         finish(job, h0 + g, m[g], l[g], o, q);
     }
 }
+#endif
 
 #ifdef KEY_GROUPS
 // KEY_GROUPS (one or two heads a workgroup, on adapters whose subgroups all hold a key's lanes):
@@ -378,8 +402,34 @@ fn split(lanes: Lanes, @builtin(workgroup_id) wg: vec3<u32>) {
 const KEY_ROUNDS: u32 = 2u;
 var<workgroup> group_m: array<f32, WG * HG>;
 var<workgroup> group_l: array<f32, WG * HG>;
-// [group, head, quad] value sums (a group has 2 quads a lane of its L lanes: 8 WG HG floats).
+// [group, head, quad] value sums (a group has 2 quads a lane of its L lanes: 8 WG HG floats),
+// which STAGED keeps in its stage once the keys are done (acc_at, set_acc).
+#ifdef STAGED
+// Keys' words, then as many of values' words: 64 keys at D = 64 in f16, 32 in f32 (16 KiB; the
+// Rust side reads this line for the workgroup memory it needs).
+const STAGE_WORDS: u32 = 512u;
+const STAGE_LOADS: u32 = STAGE_WORDS / WG;
+var<workgroup> stage: array<vec4<u32>, 2u * STAGE_WORDS>;
+const_assert 2u * WG * HG <= 2u * STAGE_WORDS;
+
+fn acc_at(i: u32) -> vec4<f32> {
+    return bitcast<vec4<f32>>(stage[i]);
+}
+
+fn set_acc(i: u32, a: vec4<f32>) {
+    stage[i] = bitcast<vec4<u32>>(a);
+}
+#else
 var<workgroup> group_acc: array<vec4<f32>, 2u * WG * HG>;
+
+fn acc_at(i: u32) -> vec4<f32> {
+    return group_acc[i];
+}
+
+fn set_acc(i: u32, a: vec4<f32>) {
+    group_acc[i] = a;
+}
+#endif
 
 // One head's run over a lane group's keys: the max and sum of exponentials of its scores so far
 // and the lane's 8 dims of the weighted value sums; q its 8 dims of the query.
@@ -397,10 +447,16 @@ fn head_run(q: u32) -> HeadRun {
     return HeadRun(NEG, 0.0, vec4<f32>(0.0), vec4<f32>(0.0), qkv4(q), qkv4(q + 4u));
 }
 
-// A trip's keys and values, 8 dims of each of KEY_ROUNDS keys.
+// A trip's keys and values, 8 dims of each of KEY_ROUNDS keys (STAGED converts them as it reads
+// its words).
+#ifdef STAGED
+alias trip_t = f32;
+#else
+alias trip_t = kv;
+#endif
 struct KeyTrip {
-    k: array<vec4<kv>, 2u * KEY_ROUNDS>,
-    v: array<vec4<kv>, 2u * KEY_ROUNDS>,
+    k: array<vec4<trip_t>, 2u * KEY_ROUNDS>,
+    v: array<vec4<trip_t>, 2u * KEY_ROUNDS>,
 }
 
 // h's run through the trip's keys, of which the first `live` are real; kl lanes a key.
@@ -435,10 +491,171 @@ fn keep_run(h: HeadRun, slot: u32, g: u32, part: u32, d4: u32) {
         group_l[slot * HG + g] = h.l;
     }
     let at = (slot * HG + g) * d4 + 2u * part;
-    group_acc[at] = h.a0;
-    group_acc[at + 1u] = h.a1;
+    set_acc(at, h.a0);
+    set_acc(at + 1u, h.a1);
 }
 
+// The job's output for `heads` heads from h0 on, once every group has kept its runs: head i of
+// them is head i % HG of the groups [set_groups (i / HG), set_groups (i / HG + 1)), whose runs
+// meet here (max over groups, rescaled sums); lane j takes quad j % d4 of head j / d4.
+fn finish_runs(job: SpanJob, lid: u32, h0: u32, heads: u32, set_groups: u32, d4: u32) {
+    for (var i = lid; i < heads * d4; i += WG) {
+        let g = (i / d4) % HG;
+        let first = (i / d4 / HG) * set_groups;
+        let q = i % d4;
+        var mx = NEG;
+        for (var r = first; r < first + set_groups; r++) {
+            mx = max(mx, group_m[r * HG + g]);
+        }
+        var den = 0.0;
+        var o = vec4<f32>(0.0);
+        for (var r = first; r < first + set_groups; r++) {
+            let w = exp(group_m[r * HG + g] - mx);
+            den += w * group_l[r * HG + g];
+            o += w * acc_at((r * HG + g) * d4 + q);
+        }
+        finish(job, h0 + i / d4, mx, den, o, q);
+    }
+}
+
+// A lane's place among the key groups: lane `part` of its key's L = D / 8 lanes, in the
+// workgroup's `slot`-th group.
+struct KeyLane {
+    kl: u32,
+    part: u32,
+    slot: u32,
+}
+
+fn key_lane(lanes: Lanes) -> KeyLane {
+    let kl = p.head_dim / 8u;
+    let slot = (lanes.lid / lanes.size) * (lanes.size / kl) + lanes.lane / kl;
+    return KeyLane(kl, lanes.lane % kl, slot);
+}
+
+#ifdef STAGED
+// STAGED (entry `staged`): a workgroup takes all G query heads of its KV head over one span
+// (grid (NKV, T * splits)), so each key and value is read from memory once, where the two-head
+// tier's G / 2 workgroups each read it (through L2: 4x the traffic at G = 8, which at 32k keys
+// ran a full layer's 67 MB at 0.9 TB/s, PERF.md v0.34). All lanes stage a chunk of keys and
+// values in workgroup memory as 16-byte words (coalesced loads), the next chunk's loads in
+// flight while the current one is scored; for the scoring the lanes split into G / 2 sets of key
+// groups, each set carrying two heads through the chunk as `keys` does (8 dims a lane, a key's
+// lanes summing by shuffles). The sets' groups meet at the end as in `keys`.
+#ifdef KV_F16
+// Dims a word.
+const WORD_DIMS: u32 = 8u;
+#else
+const WORD_DIMS: u32 = 4u;
+#endif
+
+// A lane's share of a chunk: words lid + i WG of its keys and of its values.
+struct ChunkLoads {
+    k: array<vec4<u32>, STAGE_LOADS>,
+    v: array<vec4<u32>, STAGE_LOADS>,
+}
+
+// The lane's share of the chunk of keys from `base`, `words` a key (keys past `end` load the
+// last one, which the scoring skips).
+fn fetch_chunk(lid: u32, seq: u32, kvh: u32, base: u32, end: u32, words: u32) -> ChunkLoads {
+    var c: ChunkLoads;
+    for (var i = 0u; i < STAGE_LOADS; i++) {
+        let e = lid + i * WG;
+        let at = kv_at(seq, min(base + e / words, end - 1u), kvh) / WORD_DIMS + e % words;
+        c.k[i] = k_cache[at];
+        c.v[i] = v_cache[at];
+    }
+    return c;
+}
+
+// Dims 8 part .. 8 part + 7 of the staged key (or value, from STAGE_WORDS on) at word `at`.
+fn staged_dims(at: u32, part: u32) -> array<vec4<f32>, 2> {
+#ifdef KV_F16
+    let w = stage[at + part];
+    return array<vec4<f32>, 2>(
+        vec4<f32>(unpack2x16float(w.x), unpack2x16float(w.y)),
+        vec4<f32>(unpack2x16float(w.z), unpack2x16float(w.w)),
+    );
+#else
+    return array<vec4<f32>, 2>(
+        bitcast<vec4<f32>>(stage[at + 2u * part]),
+        bitcast<vec4<f32>>(stage[at + 2u * part + 1u]),
+    );
+#endif
+}
+
+@compute @workgroup_size(WG)
+fn staged(lanes: Lanes, @builtin(workgroup_id) wg: vec3<u32>) {
+    let lid = lanes.lid;
+    let kvh = wg.x;
+    let gn = p.n_heads / p.n_kv;
+    let job = span_job(wg.y);
+    if job.t >= step.tokens {
+        return;
+    }
+    let tok = token_uniform(job.t);
+    let d = p.head_dim;
+    let d4 = d / 4u;
+    let kl = key_lane(lanes);
+    // The lane's set of key groups (its two heads: pair), and its group's place r in the set;
+    // groups past the last whole set (G / 2 not dividing the groups) score the last set's keys
+    // again and keep nothing.
+    let sets = gn / HG;
+    let set_groups = (WG / kl.kl) / sets;
+    let pair = min(kl.slot / set_groups, sets - 1u);
+    let r = kl.slot - pair * set_groups;
+    let stride = (p.n_heads + 2u * p.n_kv) * d;
+    let qb = job.t * stride + (kvh * gn + pair * HG) * d + 8u * kl.part;
+    var h_0 = head_run(qb);
+    var h_1 = head_run(qb + d);
+    let keys = span_keys(tok, job.c);
+    let words = d / WORD_DIMS;
+    let chunk = STAGE_WORDS / words;
+    var next: ChunkLoads;
+    if keys.x < keys.y {
+        next = fetch_chunk(lid, tok.seq, kvh, keys.x, keys.y, words);
+    }
+    let trip_keys = KEY_ROUNDS * set_groups;
+    for (var base = keys.x; base < keys.y; base += chunk) {
+        // The chunk into workgroup memory once the last one's readers are done, then the next
+        // chunk's loads issued before this one is scored.
+        workgroupBarrier();
+        for (var i = 0u; i < STAGE_LOADS; i++) {
+            stage[lid + i * WG] = next.k[i];
+            stage[STAGE_WORDS + lid + i * WG] = next.v[i];
+        }
+        workgroupBarrier();
+        if base + chunk < keys.y {
+            next = fetch_chunk(lid, tok.seq, kvh, base + chunk, keys.y, words);
+        }
+        let n = min(chunk, keys.y - base);
+        // Keys j0 + k set_groups + r of the chunk, KEY_ROUNDS at a time.
+        for (var j0 = 0u; j0 < n; j0 += trip_keys) {
+            var trip: KeyTrip;
+            for (var k = 0u; k < KEY_ROUNDS; k++) {
+                let at = min(j0 + k * set_groups + r, n - 1u) * words;
+                let kd = staged_dims(at, kl.part);
+                let vd = staged_dims(STAGE_WORDS + at, kl.part);
+                trip.k[2u * k] = kd[0];
+                trip.k[2u * k + 1u] = kd[1];
+                trip.v[2u * k] = vd[0];
+                trip.v[2u * k + 1u] = vd[1];
+            }
+            let first = j0 + r;
+            let live = select(0u, (n - first + set_groups - 1u) / set_groups, first < n);
+            h_0 = run_head(h_0, &trip, live, kl.kl);
+            h_1 = run_head(h_1, &trip, live, kl.kl);
+        }
+    }
+    // The stage now takes the groups' value sums.
+    workgroupBarrier();
+    if r < set_groups {
+        keep_run(h_0, kl.slot, 0u, kl.part, d4);
+        keep_run(h_1, kl.slot, 1u, kl.part, d4);
+    }
+    workgroupBarrier();
+    finish_runs(job, lid, kvh * gn, gn, set_groups, d4);
+}
+#else
 @compute @workgroup_size(WG)
 fn keys(lanes: Lanes, @builtin(workgroup_id) wg: vec3<u32>) {
     let lid = lanes.lid;
@@ -451,13 +668,10 @@ fn keys(lanes: Lanes, @builtin(workgroup_id) wg: vec3<u32>) {
     let tok = token_uniform(job.t);
     let d = p.head_dim;
     let d4 = d / 4u;
-    // Lane `part` of its key's L lanes; its group is the workgroup's `slot`-th.
-    let kl = d / 8u;
-    let part = lanes.lane % kl;
-    let slot = (lid / lanes.size) * (lanes.size / kl) + lanes.lane / kl;
-    let groups = WG / kl;
+    let kl = key_lane(lanes);
+    let groups = WG / kl.kl;
     let stride = (p.n_heads + 2u * p.n_kv) * d;
-    let qb = job.t * stride + h0 * d + 8u * part;
+    let qb = job.t * stride + h0 * d + 8u * kl.part;
     var h_0 = head_run(qb);
     var h_1 = h_0;
     if HG == 2u {
@@ -469,44 +683,29 @@ fn keys(lanes: Lanes, @builtin(workgroup_id) wg: vec3<u32>) {
         // and weigh 0).
         var trip: KeyTrip;
         for (var k = 0u; k < KEY_ROUNDS; k++) {
-            let pos = min(base + k * groups + slot, keys.y - 1u);
-            let at = kv_at(tok.seq, pos, kvh) / 4u + 2u * part;
+            let pos = min(base + k * groups + kl.slot, keys.y - 1u);
+            let at = kv_at(tok.seq, pos, kvh) / 4u + 2u * kl.part;
             trip.k[2u * k] = k_cache[at];
             trip.k[2u * k + 1u] = k_cache[at + 1u];
             trip.v[2u * k] = v_cache[at];
             trip.v[2u * k + 1u] = v_cache[at + 1u];
         }
         // Keys base + k groups + slot for k < live are real.
-        let first = base + slot;
+        let first = base + kl.slot;
         let live = select(0u, (keys.y - first + groups - 1u) / groups, first < keys.y);
-        h_0 = run_head(h_0, &trip, live, kl);
+        h_0 = run_head(h_0, &trip, live, kl.kl);
         if HG == 2u {
-            h_1 = run_head(h_1, &trip, live, kl);
+            h_1 = run_head(h_1, &trip, live, kl.kl);
         }
     }
-    keep_run(h_0, slot, 0u, part, d4);
+    keep_run(h_0, kl.slot, 0u, kl.part, d4);
     if HG == 2u {
-        keep_run(h_1, slot, 1u, part, d4);
+        keep_run(h_1, kl.slot, 1u, kl.part, d4);
     }
     workgroupBarrier();
-    // Lane i takes quad i % d4 of head i / d4, over every group.
-    for (var i = lid; i < HG * d4; i += WG) {
-        let g = i / d4;
-        let q = i % d4;
-        var mx = NEG;
-        for (var r = 0u; r < groups; r++) {
-            mx = max(mx, group_m[r * HG + g]);
-        }
-        var den = 0.0;
-        var o = vec4<f32>(0.0);
-        for (var r = 0u; r < groups; r++) {
-            let w = exp(group_m[r * HG + g] - mx);
-            den += w * group_l[r * HG + g];
-            o += w * group_acc[(r * HG + g) * d4 + q];
-        }
-        finish(job, h0 + g, mx, den, o, q);
-    }
+    finish_runs(job, lid, h0, HG, groups, d4);
 }
+#endif
 #endif
 #endif
 

@@ -27,6 +27,8 @@ pub struct Caps {
     pub max_buffer: u64,
     /// Most invocations in one workgroup.
     pub max_invocations: u32,
+    /// Most bytes of workgroup memory one workgroup may use (16 KiB is all WebGPU promises).
+    pub workgroup_bytes: u32,
     /// Most workgroups in one dispatch dimension.
     pub max_workgroups_per_dim: u32,
     /// Most storage buffers one kernel may bind (8 is all WebGPU promises; fused kernels that
@@ -98,7 +100,7 @@ pub fn describe_adapter(adapter: &wgpu::Adapter) -> String {
     let l = adapter.limits();
     format!(
         "{} ({:?}, {:?}, driver {} {})\n  shader-f16: {}  subgroups: {} (size {}..{})  timestamps: {}  \
-         cooperative-matrix: {}\n  max binding {} MiB, max buffer {} MiB, {} invocations/workgroup",
+         cooperative-matrix: {}\n  max binding {} MiB, max buffer {} MiB, {} invocations and {} KiB of memory a workgroup",
         info.name,
         info.backend,
         info.device_type,
@@ -113,6 +115,7 @@ pub fn describe_adapter(adapter: &wgpu::Adapter) -> String {
         l.max_storage_buffer_binding_size >> 20,
         l.max_buffer_size >> 20,
         l.max_compute_invocations_per_workgroup,
+        l.max_compute_workgroup_storage_size >> 10,
     )
 }
 
@@ -316,6 +319,7 @@ impl Gpu {
             split_bytes: l.max_storage_buffer_binding_size,
             max_buffer: l.max_buffer_size,
             max_invocations: l.max_compute_invocations_per_workgroup,
+            workgroup_bytes: l.max_compute_workgroup_storage_size,
             max_workgroups_per_dim: l.max_compute_workgroups_per_dimension,
             storage_buffers: l.max_storage_buffers_per_shader_stage,
             // Only known for adapters we open (the adapter's matrix shapes are needed).

@@ -153,21 +153,38 @@ pub(crate) fn build(
             two_max
         };
         let key_groups = key_groups_fit(gpu, p.head_dim);
+        // Tokens cut into many spans (long contexts) take the staged tier where it fits, every
+        // pass size alike; the tiers above serve the rest.
+        let staged_min = c("STAGED_MIN_SPLITS")?.max(1);
+        let staged = !whole_window && staged_fits(gpu, &p)?;
+        let unstaged = if staged {
+            1..=staged_min - 1
+        } else {
+            1..=u32::MAX
+        };
         for (heads, x, range) in [
             (SplitHeads::One, p.n_heads, 1..=one_max),
             (SplitHeads::Two, p.n_heads / 2, one_max + 1..=two_max),
             (SplitHeads::Group, p.n_kv, two_max + 1..=u32::MAX),
+            (SplitHeads::Staged, p.n_kv, 1..=u32::MAX),
         ] {
-            if range.is_empty() {
+            let is_staged = matches!(heads, SplitHeads::Staged);
+            if range.is_empty() || is_staged && !staged {
                 continue;
             }
             let key = split_key(heads, kv_f16, gpu.caps.subgroups, key_groups)
                 .define_if("WHOLE_WINDOW", whole_window);
             let grid = Grid::new(x, spans, 1);
+            let splits = if is_staged {
+                staged_min..=u32::MAX
+            } else {
+                unstaged.clone()
+            };
             out.push(
                 Dispatch::new(gpu, &key, step, params, &bufs, grid)?
                     .only_for(Count::Tokens, 1..=split_max)
-                    .only_for(spans, range),
+                    .only_for(spans, range)
+                    .only_for(Count::Splits, splits),
             );
         }
         if !whole_window {
@@ -215,6 +232,23 @@ pub(crate) enum SplitHeads {
     Two,
     /// All G heads of its KV head.
     Group,
+    /// All G heads of its KV head, two a lane, the keys staged in workgroup memory (`staged`).
+    Staged,
+}
+
+/// Whether the staged tier serves this shape on this adapter: key groups (subgroups), G even
+/// with a key group for each pair of heads, and the workgroup memory it takes.
+fn staged_fits(gpu: &Gpu, p: &Params) -> Result<bool> {
+    let c = |name| wgsl_const("attention_split.wgsl", name);
+    let group = p.n_heads / p.n_kv;
+    let (lanes, words) = (c("STAGE_WG")?, c("STAGE_WORDS")?);
+    // The stage (keys' and values' 16-byte words, later the groups' value sums), each lane
+    // group's max and sum for two heads (group_m, group_l), the token's TokenInfo.
+    let bytes = 2 * words * 16 + 2 * lanes * 2 * 4 + 64;
+    Ok(key_groups_fit(gpu, p.head_dim)
+        && group.is_multiple_of(2)
+        && lanes / (p.head_dim / 8) >= group / 2
+        && bytes <= gpu.caps.workgroup_bytes)
 }
 
 /// Whether the one- and two-head tiers can give each key a group of head_dim / 8 lanes of one
@@ -229,19 +263,27 @@ fn key_groups_fit(gpu: &Gpu, head_dim: u32) -> bool {
 }
 
 /// The split kernel's key for `heads` a workgroup (WHOLE_WINDOW is the caller's to add); one or
-/// two heads take the `keys` entry with `key_groups` (which needs `subgroups`).
+/// two heads take the `keys` entry with `key_groups` (which needs `subgroups`), the staged tier
+/// (which needs both) `staged`.
 pub(crate) fn split_key(
     heads: SplitHeads,
     kv_f16: bool,
     subgroups: bool,
     key_groups: bool,
 ) -> ShaderKey {
-    let key_groups = key_groups && subgroups && !matches!(heads, SplitHeads::Group);
-    let entry = if key_groups { "keys" } else { "split" };
+    let staged = matches!(heads, SplitHeads::Staged);
+    let few = matches!(heads, SplitHeads::One | SplitHeads::Two);
+    let key_groups = staged || key_groups && subgroups && few;
+    let entry = match (staged, key_groups) {
+        (true, _) => "staged",
+        (false, true) => "keys",
+        (false, false) => "split",
+    };
     ShaderKey::new("attention_split.wgsl", entry)
         .define_if("SPLIT", true)
         .define_if("KEY_GROUPS", key_groups)
-        .define_if("FEW_HEADS", !matches!(heads, SplitHeads::Group))
+        .define_if("STAGED", staged)
+        .define_if("FEW_HEADS", few)
         .define_if("TWO_HEADS", matches!(heads, SplitHeads::Two))
         .define_if("KV_F16", kv_f16)
         .define_if("SUBGROUPS", subgroups)
@@ -283,6 +325,7 @@ mod tests {
             // (heads, kv heads, head dim, window, split rule (one span up to, min span, most
             // splits), tokens of seq 0's first pass)
             let shader = SplitRule::from_shader().unwrap();
+            let mut staged_ran = false;
             let rule = |one_span, min_span, max_splits| SplitRule {
                 one_span,
                 min_span,
@@ -313,6 +356,13 @@ mod tests {
                 // or several merged after.
                 (8, 2, 64, 0, shader, 40, false),
                 (8, 2, 64, 0, rule(0, 16, 128), 40, false),
+                // Many spans a token take the staged tier where it fits: spans shorter than a
+                // chunk; two chunks a span with G = 8 (75 keys: 64 + 11); G = 6, whose three
+                // pairs leave two key groups idle; a window longer than one span.
+                (8, 2, 64, 0, rule(0, 4, 64), 70, false),
+                (16, 2, 64, 0, rule(0, 16, 8), 600, false),
+                (6, 1, 64, 0, rule(0, 4, 64), 70, false),
+                (8, 2, 64, 300, rule(0, 16, 64), 600, false),
             ] {
                 // Step 1: `first` tokens of seq 0 and 4 of seq 1; step 2: one token each; with a
                 // window, more passes, so that blocks leave the window and are taken again.
@@ -453,19 +503,18 @@ mod tests {
                     .unwrap();
                     let keys = toks.iter().map(|k| k.pos + 1).max().unwrap();
                     let (splits, span) = rule.split(keys);
+                    let counts = StepCounts {
+                        tokens: t as u32,
+                        splits,
+                        span,
+                        ..Default::default()
+                    };
+                    staged_ran |= a
+                        .iter()
+                        .any(|d| d.label.contains(".staged.") && d.workgroups(&counts).is_some());
                     let mut ds = vec![r];
                     ds.extend(a);
-                    submit(
-                        gpu,
-                        &step,
-                        &StepCounts {
-                            tokens: t as u32,
-                            splits,
-                            span,
-                            ..Default::default()
-                        },
-                        &ds,
-                    );
+                    submit(gpu, &step, &counts, &ds);
                     let got = gpu.read_f32(&ob, t * nh_ * d_).await.unwrap();
                     let pool_len = (pool / kv_bytes as u64) as usize;
                     let (kg, vg) = (
@@ -550,6 +599,17 @@ mod tests {
                     );
                 }
             }
+            // The staged tier ran wherever it fits gpt-oss's shape.
+            let gpt_oss = Params {
+                n_heads: 64,
+                n_kv: 8,
+                head_dim: 64,
+                entries: 0,
+                window: 0,
+                scale: 1.0,
+                _pad: [0; 2],
+            };
+            assert!(staged_ran || !staged_fits(gpu, &gpt_oss).unwrap());
         }
     }
 }

@@ -157,6 +157,14 @@ pub fn all_variants() -> Vec<ShaderKey> {
                     }
                 }
             }
+            if sg {
+                out.push(attention::split_key(
+                    attention::SplitHeads::Staged,
+                    f16,
+                    true,
+                    true,
+                ));
+            }
         }
     }
     out.push(attention::prefill_key("coop", true));
