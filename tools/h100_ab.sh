@@ -8,7 +8,8 @@
 #     BENCH_ARGS="--prompt-lens 2048 --decode-steps 16 --batches 1,16,64" tools/h100_ab.sh
 #
 # Prints each run's tok/s lines and, for every kernel family in KERNELS, its GPU time a step (us)
-# at batch 1 ("b1"), at each batch of the profile and in the prefill pass. A variant whose outputs
+# at batch 1 ("b1"), at each batch of the profile, at each of --contexts ("b1 at 8192") and in
+# the prefill pass. A variant whose outputs
 # are wrong on purpose (an ablation) changes the routing, so compare only the kernels it touches.
 set -uo pipefail
 source tools/h100_env.sh
@@ -37,6 +38,7 @@ def pick(families):
     d = dict(families)
     return " ".join(f"{k} {d[k]:.0f}" for k in want if k in d)
 rows = [("b1", r["decode_kernels_us"])] + [(f"b{b}", f) for b, f in r["batch_kernels_us"]]
+rows += [(f"b1 at {c}", f) for c, f in r["context_kernels_us"]]
 for label, families in rows + [("prefill", r["prefill_kernels_us"])]:
     if pick(families):
         print(label, pick(families))
