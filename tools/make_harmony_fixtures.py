@@ -7,11 +7,12 @@ reasoning -> analysis; tool_calls -> commentary calls; tool -> functions.NAME to
 analysis before the last final answer dropped), rendered for completion by openai-harmony.
 parse: assistant completions (token ids) and what openai-harmony parses from them, whole and
 token by token, including truncated outputs and tool calls.
+Both also get RANDOM_CASES seeded random cases (random_*).
 
 Usage: TIKTOKEN_ENCODINGS_BASE=<folder with o200k_base.tiktoken> python3 tools/make_harmony_fixtures.py
 (`tiktoken-rs` ships o200k_base.tiktoken in its assets/ folder.)
 """
-import json, os
+import json, os, random
 
 from openai_harmony import (Author, Conversation, DeveloperContent, HarmonyEncodingName, Message,
                             ReasoningEffort, Role, StreamableParser, SystemContent, TextContent,
@@ -252,6 +253,133 @@ PARSE["truncated_unicode"] = PARSE["unicode_deltas"][:-3]
 PARSE["truncated_in_tool_args"] = PARSE["tool_call_constrained"][:-4]
 PARSE["analysis_preamble_final"] = completion(A("Think first.", "analysis"), A("One moment.", "commentary"), A("Done: 7.", "final"))
 PARSE["empty_final"] = completion(A("", "final"))
+
+
+# Seeded random cases beside the written ones: tool schemas mixing what JSON Schema allows (nested
+# objects and arrays, enums, unions, nullable, defaults, descriptions with odd text), chats with
+# calls and results, and completions of analysis, preambles, calls and answers, some cut short.
+RANDOM_CASES = 40
+rng = random.Random(20261204)
+ODD = ["alpha", "the city", "Paris, France", "a\nb", "", "  padded  ", "quote \" inside", "tab\there",
+       "ünïcödé", "emoji 🙂", "line1\n\nline3", "// comment", "*/ end", "Number of items"]
+TEXTS = ["Hello!", "What's 2+2?", "", " ", "multi\nline\n", "🙂 ünï", "<|end|> literal", "a" * 50,
+         "code:\n    x = 1\n", "東京の天気は？", "say <|call|> now"]
+
+
+def random_schema(depth=0):
+    r = rng.random()
+    if depth > 2 or r < 0.5:
+        t = rng.choice(["string", "number", "integer", "boolean", "null"])
+        s = {"type": t}
+        if t == "string" and rng.random() < 0.3:
+            s["enum"] = rng.sample(["a", "b", "c d", "e\"f", "1"], rng.randint(1, 3))
+        if t == "integer" and rng.random() < 0.2:
+            s["enum"] = rng.sample([1, 2, 3, -4, 0], rng.randint(1, 3))
+        for key, chance, value in [("description", 0.4, None), ("nullable", 0.1, True),
+                                   ("title", 0.1, "Title"), ("examples", 0.1, ["ex"])]:
+            if rng.random() < chance:
+                s[key] = rng.choice(ODD) if value is None else value
+        if rng.random() < 0.2:
+            s["default"] = {"string": "dflt", "number": 1.5, "integer": 3, "boolean": True, "null": None}[t]
+        return s
+    if r < 0.65:
+        s = {"type": "array"}
+        if rng.random() < 0.8:
+            s["items"] = random_schema(depth + 1)
+        return s
+    if r < 0.8:
+        return random_object(depth + 1)
+    if r < 0.9:
+        s = {rng.choice(["oneOf", "anyOf"]): [random_schema(depth + 1) for _ in range(rng.randint(1, 3))]}
+        if rng.random() < 0.4:
+            s["description"] = rng.choice(ODD)
+        return s
+    if r < 0.95:
+        return {"type": rng.sample(["string", "integer", "null", "number", "boolean"], 2)}
+    return {"enum": rng.sample(["a", "b", 1, None, True], rng.randint(1, 3))}
+
+
+def random_object(depth):
+    s = {"type": "object"}
+    if rng.random() < 0.85:
+        props = {}
+        for i in range(rng.randint(0, 4)):
+            name = rng.choice(["location", "unit", "q", "n", "meta", "when", "x_y", "camelCase"])
+            props[name + (str(i) if rng.random() < 0.3 else "")] = random_schema(depth)
+        s["properties"] = props
+        if props and rng.random() < 0.6:
+            s["required"] = rng.sample(list(props), rng.randint(1, len(props)))
+    if rng.random() < 0.2:
+        s["description"] = rng.choice(ODD)
+    return s
+
+
+def random_request():
+    tools = []
+    for i in range(rng.randint(0, 3) if rng.random() < 0.7 else 0):
+        f = {"name": rng.choice(["get_weather", "search", "do_thing"]) + str(i), "description": rng.choice(ODD)}
+        if rng.random() < 0.8:
+            f["parameters"] = random_object(0)
+        tools.append({"type": "function", "function": f})
+    msgs = []
+    if rng.random() < 0.4:
+        msgs.append({"role": rng.choice(["system", "developer"]), "content": rng.choice(TEXTS)})
+    for turn in range(rng.randint(1, 4)):
+        msgs.append(U(rng.choice(TEXTS)))
+        r = rng.random()
+        if tools and r < 0.3:
+            calls = [call(f"c{turn}{j}", rng.choice(tools)["function"]["name"], {"a": j}) for j in range(rng.randint(1, 2))]
+            m = {"role": "assistant", "tool_calls": calls}
+            if rng.random() < 0.4:
+                m["content"] = rng.choice(["Checking.", ""])
+            if rng.random() < 0.4:
+                m["reasoning_content"] = "think"
+            msgs.append(m)
+            msgs += [{"role": "tool", "tool_call_id": c["id"], "content": rng.choice(["ok", "{\"t\": 1}", ""])} for c in calls]
+            if rng.random() < 0.5:
+                msgs.append({"role": "assistant", "content": "Done."})
+        elif r < 0.7:
+            m = {"role": "assistant", "content": rng.choice(TEXTS[:6])}
+            if rng.random() < 0.3:
+                m["reasoning_content"] = "hmm"
+            msgs.append(m)
+    req = {"messages": msgs}
+    if tools:
+        req["tools"] = tools
+    if rng.random() < 0.5:
+        req["reasoning_effort"] = rng.choice(["low", "medium", "high"])
+    return req
+
+
+def random_completion():
+    msgs = []
+    for _ in range(rng.randint(1, 4)):
+        kind = rng.choice(["analysis", "preamble", "call", "final"])
+        text = rng.choice(TEXTS + ["{\"location\": \"Oslo\"}", "考えています… 🙂👍"])
+        if kind == "call":
+            ctype = rng.choice([None, "json", "<|constrain|>json"])
+            kw = {"to": "functions." + rng.choice(["get_weather", "search_docs", "f"])}
+            if ctype:
+                kw["ctype"] = ctype
+            msgs.append(A(text, rng.choice(["commentary", "commentary", "analysis"]), **kw))
+        else:
+            msgs.append(A(text, {"preamble": "commentary"}.get(kind, kind)))
+    end = "call" if msgs[-1].recipient else "return"
+    toks = completion(*msgs, end=end)
+    if rng.random() < 0.3:
+        cut = toks[:rng.randint(1, len(toks) - 1)]
+        # openai-harmony rejects a cut inside a message's header; those keep the whole completion.
+        try:
+            enc.parse_messages_from_completion_tokens(cut, Role.ASSISTANT)
+            toks = cut
+        except Exception:
+            pass
+    return toks
+
+
+for i in range(RANDOM_CASES):
+    CASES[f"random_{i}"] = random_request()
+    PARSE[f"random_{i}"] = random_completion()
 
 
 def main():
