@@ -16,26 +16,38 @@ pub(crate) struct SynthArgs {
     /// Output directory.
     #[arg(long)]
     pub(crate) out: PathBuf,
+    /// Seed of the random weights (the same seed and shape give the same checkpoint).
     #[arg(long, default_value_t = 0)]
     pub(crate) seed: u64,
+    /// Decoder layers (sliding-window and full attention in turn, as released).
     #[arg(long)]
     pub(crate) layers: Option<u32>,
+    /// Hidden size (a multiple of 32: the MXFP4 blocks run along it).
     #[arg(long)]
     pub(crate) hidden: Option<u32>,
+    /// Each expert's intermediate size (a multiple of 32).
     #[arg(long)]
     pub(crate) intermediate: Option<u32>,
+    /// Query heads.
     #[arg(long)]
     pub(crate) heads: Option<u32>,
+    /// Key/value heads (dividing --heads).
     #[arg(long)]
     pub(crate) kv_heads: Option<u32>,
+    /// Dims of each head.
     #[arg(long)]
     pub(crate) head_dim: Option<u32>,
+    /// Experts of each MoE layer.
     #[arg(long)]
     pub(crate) experts: Option<u32>,
+    /// Experts each token is routed to.
     #[arg(long)]
     pub(crate) top_k: Option<u32>,
+    /// Vocabulary size: gpt-oss's 201088, or fewer for small test models (the tokenizer then
+    /// leaves out the ids above it, special tokens included).
     #[arg(long)]
     pub(crate) vocab: Option<u32>,
+    /// Keys a sliding-window layer attends to.
     #[arg(long)]
     pub(crate) sliding_window: Option<u32>,
     /// Start a new shard after this many MiB.
