@@ -7,6 +7,7 @@ Positions whose reference router has a near-tie (k-th vs (k+1)-th logit gap < --
 layer) are reported separately: rounding may legitimately pick another expert there.
 
 Usage: python3 tools/parity_check.py --model DIR [--bin PATH] [--tokens 160] [--greedy 32] [--device cpu]
+       [--our-args="--precision fast" --kv-f16]
 """
 import argparse, json, os, subprocess, tempfile, time
 
@@ -28,7 +29,11 @@ def main():
     ap.add_argument("--seed", type=int, default=3)
     ap.add_argument("--our-args", default="--kv-f32",
                     help="arguments for our commands (default keeps the KV cache in f32, as the reference)")
+    ap.add_argument("--kv-f16", action="store_true",
+                    help="the reference rounds keys and values to f16, as our f16 KV cache does")
     args = ap.parse_args()
+    if args.kv_f16:
+        reference.round_kv_to_f16()
 
     cfg = json.load(open(os.path.join(args.model, "config.json")))
     vocab = min(cfg["vocab_size"], 199998)

@@ -4,6 +4,19 @@ import torch
 from transformers import GptOssForCausalLM, Mxfp4Config
 
 
+def round_kv_to_f16():
+    """From now on attention sees its keys (after RoPE) and values rounded to f16, as a KV cache
+    kept in f16 holds them: the reference for our f16 cache, where f32's differs by that rounding
+    (which, near a router tie, may pick another expert)."""
+    import transformers.models.gpt_oss.modeling_gpt_oss as gpt_oss
+    inner = gpt_oss.eager_attention_forward
+
+    def rounded(module, query, key, value, *args, **kwargs):
+        return inner(module, query, key.half().float(), value.half().float(), *args, **kwargs)
+
+    gpt_oss.eager_attention_forward = rounded
+
+
 def load(model_dir, device="cpu"):
     model = GptOssForCausalLM.from_pretrained(
         model_dir, quantization_config=Mxfp4Config(dequantize=True), dtype=torch.float32
@@ -24,6 +37,10 @@ def logits_and_router_margin(model, ids):
 
     def hook(mod, inp, out):
         logits = out[0] if isinstance(out, tuple) else out
+        if k >= logits.shape[-1]:
+            # Every expert is chosen: no choice for rounding to flip.
+            margins.append(torch.full((logits.shape[0],), float("inf"), device=logits.device))
+            return
         top = torch.topk(logits.float(), k + 1, dim=-1).values
         margins.append((top[:, k - 1] - top[:, k]).reshape(-1))
 
