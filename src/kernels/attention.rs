@@ -363,6 +363,9 @@ mod tests {
                 (16, 2, 64, 0, rule(0, 16, 8), 600, false),
                 (6, 1, 64, 0, rule(0, 4, 64), 70, false),
                 (8, 2, 64, 300, rule(0, 16, 64), 600, false),
+                // Head dim 128: 16 lanes a key, where subgroups are that wide (not lavapipe's 8).
+                (4, 2, 128, 0, shader, 70, false),
+                (4, 2, 128, 0, rule(0, 16, 128), 70, false),
             ] {
                 // Step 1: `first` tokens of seq 0 and 4 of seq 1; step 2: one token each; with a
                 // window, more passes, so that blocks leave the window and are taken again.
