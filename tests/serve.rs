@@ -195,6 +195,11 @@ fn serves_the_openai_api() {
         .collect();
     assert_eq!(joined, text);
     assert_eq!(chunks.last().unwrap()["usage"]["completion_tokens"], 12);
+    // Every chunk, the usage chunk too, carries the stream's id and model.
+    for c in &chunks {
+        assert_eq!(c["id"], chunks[0]["id"], "{c}");
+        assert_eq!(c["model"], chunks[0]["model"], "{c}");
+    }
 
     // Log-probabilities: one entry per token; greedy draws the most likely token, so its
     // log-probability is the best alternative's; streamed pieces carry the same entries.
@@ -409,6 +414,18 @@ fn serves_the_openai_api() {
         chunks.last().unwrap()["choices"][0]["finish_reason"],
         whole["choices"][0]["finish_reason"]
     );
+    // With usage asked: one more chunk, with no choices, under the stream's id and model.
+    sc["stream_options"] = json!({"include_usage": true});
+    let chunks = events(s, "/v1/chat/completions", &sc);
+    let last = chunks.last().unwrap();
+    for n in ["prompt_tokens", "completion_tokens", "total_tokens"] {
+        assert_eq!(last["usage"][n], whole["usage"][n], "{last}");
+    }
+    assert_eq!(last["choices"], json!([]));
+    for c in &chunks {
+        assert_eq!(c["id"], chunks[0]["id"], "{c}");
+        assert_eq!(c["model"], whole["model"], "{c}");
+    }
 
     // n choices: at temperature 0 each is the single answer; streamed, each choice's pieces
     // carry its index.

@@ -647,6 +647,8 @@ pub async fn chat(
     // usage chunk when asked, then [DONE].
     let include_usage = b.common.include_usage();
     let tok = r.tokenizer.clone();
+    // The usage chunk carries the stream's id and model, as every chunk does.
+    let (usage_id, usage_model) = (id.clone(), model.clone());
     Ok(sse(move |tx| async move {
         let chunk = move |index: usize, delta: Value, finish: Option<&str>, lp: Option<Value>| {
             let c = json!({
@@ -686,8 +688,8 @@ pub async fn chat(
             .collect();
         let usage_chunk = |total: &Finish| {
             json!({
-                "id": new_id("chatcmpl-"), "object": "chat.completion.chunk",
-                "created": created, "choices": [], "usage": usage(prompt_tokens, total),
+                "id": usage_id, "object": "chat.completion.chunk", "created": created,
+                "model": usage_model, "choices": [], "usage": usage(prompt_tokens, total),
             })
         };
         end_stream(&tx, tasks, include_usage.then_some(usage_chunk)).await;
@@ -830,6 +832,7 @@ pub async fn completions(
     // index; the usage chunk when asked, then [DONE].
     let include_usage = b.common.include_usage();
     let tok = r.tokenizer.clone();
+    let (usage_id, usage_model) = (id.clone(), model.clone());
     Ok(sse(move |tx| async move {
         let chunk = move |index: usize, text: String, finish: Option<&str>, lp: Option<Value>| {
             let c = json!({
@@ -864,8 +867,8 @@ pub async fn completions(
             })
             .collect();
         let usage_chunk = |total: &Finish| {
-            json!({"id": new_id("cmpl-"), "object": "text_completion",
-                   "created": created, "choices": [], "usage": usage(prompt_tokens, total)})
+            json!({"id": usage_id, "object": "text_completion", "created": created,
+                   "model": usage_model, "choices": [], "usage": usage(prompt_tokens, total)})
         };
         end_stream(&tx, tasks, include_usage.then_some(usage_chunk)).await;
     }))
