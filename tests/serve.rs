@@ -138,6 +138,65 @@ fn numbers(v: &Value) -> Vec<f64> {
 }
 
 /// The `data:` payloads of an event stream, up to `[DONE]` (which must come last).
+/// The typed events of a streamed response, checked for what a client builds on: numbered in
+/// order, created then in_progress first, every item of the final response opened and closed
+/// (closed as the response lists it), each text's and arguments' deltas adding up to their
+/// `done`. Returns the events.
+fn response_events(text: &str) -> Vec<Value> {
+    let evs: Vec<Value> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    for (i, e) in evs.iter().enumerate() {
+        assert_eq!(e["sequence_number"], i, "{text}");
+    }
+    assert_eq!(evs[0]["type"], "response.created", "{text}");
+    assert_eq!(evs[1]["type"], "response.in_progress", "{text}");
+    let of = |kind: &str| -> Vec<&Value> { evs.iter().filter(|e| e["type"] == kind).collect() };
+    let output = evs.last().unwrap()["response"]["output"]
+        .as_array()
+        .unwrap()
+        .clone();
+    let done: Vec<Value> = of("response.output_item.done")
+        .iter()
+        .map(|e| e["item"].clone())
+        .collect();
+    assert_eq!(done, output, "{text}");
+    let added = of("response.output_item.added");
+    assert_eq!(added.len(), output.len(), "{text}");
+    for (a, item) in added.iter().zip(&output) {
+        assert_eq!(a["item"]["id"], item["id"], "{text}");
+    }
+    for (delta, finished, field) in [
+        (
+            "response.output_text.delta",
+            "response.output_text.done",
+            "text",
+        ),
+        (
+            "response.reasoning_text.delta",
+            "response.reasoning_text.done",
+            "text",
+        ),
+        (
+            "response.function_call_arguments.delta",
+            "response.function_call_arguments.done",
+            "arguments",
+        ),
+    ] {
+        for f in of(finished) {
+            let joined: String = of(delta)
+                .iter()
+                .filter(|d| d["item_id"] == f["item_id"])
+                .map(|d| d["delta"].as_str().unwrap())
+                .collect();
+            assert_eq!(f[field].as_str().unwrap(), joined, "{text}");
+        }
+    }
+    evs
+}
+
 fn events(s: &str, path: &str, body: &Value) -> Vec<Value> {
     let (status, text) = http(s, "POST", path, Some(&body.to_string()), None);
     assert_eq!(status, 200, "{text}");
@@ -478,14 +537,8 @@ fn serves_the_openai_api() {
         .lines()
         .filter_map(|l| l.strip_prefix("event: "))
         .collect();
-    assert_eq!(kinds.first(), Some(&"response.created"), "{text}");
     assert_eq!(kinds.last(), Some(&"response.incomplete"), "{text}");
-    let final_event: Value = text
-        .lines()
-        .filter_map(|l| l.strip_prefix("data: "))
-        .next_back()
-        .map(|d| serde_json::from_str(d).unwrap())
-        .unwrap();
+    let final_event = response_events(&text).pop().unwrap();
     // The same items as the answer answer (ids are fresh per response).
     let strip = |items: &Value| -> Value {
         let mut v = items.clone();
@@ -863,11 +916,7 @@ fn tool_calls_and_reasoning_go_end_to_end() {
     rs["stream"] = json!(true);
     let (status, text) = http(s, "POST", "/v1/responses", Some(&rs.to_string()), None);
     assert_eq!(status, 200, "{text}");
-    let evs: Vec<Value> = text
-        .lines()
-        .filter_map(|l| l.strip_prefix("data: "))
-        .map(|d| serde_json::from_str(d).unwrap())
-        .collect();
+    let evs = response_events(&text);
     let arg_deltas: String = evs
         .iter()
         .filter(|e| e["type"] == "response.function_call_arguments.delta")

@@ -260,16 +260,15 @@ pub async fn responses(
             tx.send(Ok(Sse::default().event(kind).data(data.to_string())))
                 .is_ok()
         };
-        if !send(
-            "response.created",
-            json!({"response": response(&id, created, &model, vec![], None)}),
-        ) {
+        let started = json!({"response": response(&id, created, &model, vec![], None)});
+        if !send("response.created", started.clone()) || !send("response.in_progress", started) {
             return;
         }
         // The item being written: its output index and what kind it is.
         let mut answer = Answer::default();
         let mut open: Option<(usize, &'static str)> = None;
         let mut items = 0usize;
+        let mut message_streamed = false;
         let mut events: Vec<(String, Value)> = Vec::new();
         let ended = drive_chat(run, &tok, |d, scored| {
             let kind = match &d {
@@ -280,17 +279,16 @@ pub async fn responses(
             let starts = matches!(d, ChatDelta::ToolStart { .. }) || open.map(|o| o.1) != Some(kind);
             if starts {
                 if let Some((index, k)) = open {
-                    events.push(close_item(index, k, &answer, &ids, false));
+                    events.extend(close_item(index, k, &answer, &ids, false));
                 }
-                let item = match &d {
-                    ChatDelta::Reasoning(_) => json!({"type": "reasoning", "id": ids.reasoning, "summary": [], "content": []}),
-                    ChatDelta::Content(_) => json!({"type": "message", "id": ids.message, "role": "assistant", "status": "in_progress", "content": []}),
-                    ChatDelta::ToolStart { id, name, .. } => call_item(id, name, "", "in_progress"),
-                    ChatDelta::ToolArgs { .. } => json!({}),
-                };
-                events.push(("response.output_item.added".into(), json!({"output_index": items, "item": item})));
-                if kind == "message" {
-                    events.push(("response.content_part.added".into(), json!({"item_id": ids.message, "output_index": items, "content_index": 0, "part": {"type": "output_text", "text": "", "annotations": []}})));
+                match &d {
+                    ChatDelta::Reasoning(_) => events.push(("response.output_item.added".into(), json!({"output_index": items, "item": {"type": "reasoning", "id": ids.reasoning, "summary": [], "content": []}}))),
+                    ChatDelta::Content(_) => {
+                        message_streamed = true;
+                        events.extend(open_message(items, &ids));
+                    }
+                    ChatDelta::ToolStart { id, name, .. } => events.push(("response.output_item.added".into(), json!({"output_index": items, "item": call_item(id, name, "", "in_progress")}))),
+                    ChatDelta::ToolArgs { .. } => {}
                 }
                 open = Some((items, kind));
                 items += 1;
@@ -312,9 +310,18 @@ pub async fn responses(
         match ended {
             Ok(Some(finish)) => {
                 let cut = finish.reason == "length";
+                let mut last = Vec::new();
                 if let Some((index, k)) = open {
-                    let (kind, data) = close_item(index, k, &answer, &ids, cut);
-                    send(&kind, data);
+                    last.extend(close_item(index, k, &answer, &ids, cut));
+                }
+                // An answer with neither text nor calls still has its (empty) message, as the
+                // response lists it.
+                if !message_streamed && answer.calls.is_empty() {
+                    last.extend(open_message(items, &ids));
+                    last.extend(close_item(items, "message", &answer, &ids, cut));
+                }
+                if !last.into_iter().all(|(k, v)| send(&k, v)) {
+                    return;
                 }
                 let output = output_items(&answer, &ids, cut);
                 let done = response(&id, created, &model, output, Some((&finish, prompt)));
@@ -333,18 +340,66 @@ pub async fn responses(
     }))
 }
 
-/// The `done` event of the item at `index` (reasoning, message or function call); `cut`: the
-/// answer ended in it at max_output_tokens.
-fn close_item(index: usize, kind: &str, a: &Answer, ids: &ItemIds, cut: bool) -> (String, Value) {
+/// The events that open the message item at output `index`: the item, then its text part.
+fn open_message(index: usize, ids: &ItemIds) -> [(String, Value); 2] {
+    let item = json!({"type": "message", "id": ids.message, "role": "assistant",
+                      "status": "in_progress", "content": []});
+    [
+        (
+            "response.output_item.added".into(),
+            json!({"output_index": index, "item": item}),
+        ),
+        (
+            "response.content_part.added".into(),
+            json!({"item_id": ids.message, "output_index": index, "content_index": 0,
+                   "part": {"type": "output_text", "text": "", "annotations": []}}),
+        ),
+    ]
+}
+
+/// The events that close the item at `index` (reasoning, message or function call): its text's
+/// or arguments' `done` (and the message's part's), then the item's; `cut`: the answer ended in
+/// it at max_output_tokens.
+fn close_item(
+    index: usize,
+    kind: &str,
+    a: &Answer,
+    ids: &ItemIds,
+    cut: bool,
+) -> Vec<(String, Value)> {
+    let at = |id: &str| json!({"item_id": id, "output_index": index});
+    let mut events = Vec::new();
     let item = match kind {
-        "reasoning" => reasoning_item(&ids.reasoning, &a.reasoning),
-        "message" => message_item(&ids.message, &a.content, status(cut)),
-        _ => a.calls.last().map_or(json!({}), |(id, name, args)| {
-            call_item(id, name, args, status(cut))
-        }),
+        "reasoning" => {
+            let mut e = at(&ids.reasoning);
+            e["content_index"] = json!(0);
+            e["text"] = json!(a.reasoning);
+            events.push(("response.reasoning_text.done".to_string(), e));
+            reasoning_item(&ids.reasoning, &a.reasoning)
+        }
+        "message" => {
+            let mut e = at(&ids.message);
+            e["content_index"] = json!(0);
+            let mut part = e.clone();
+            e["text"] = json!(a.content);
+            part["part"] = json!({"type": "output_text", "text": a.content, "annotations": []});
+            events.push(("response.output_text.done".to_string(), e));
+            events.push(("response.content_part.done".to_string(), part));
+            message_item(&ids.message, &a.content, status(cut))
+        }
+        _ => match a.calls.last() {
+            Some((id, name, args)) => {
+                let mut e = at(&format!("fc_{id}"));
+                e["arguments"] = json!(args);
+                events.push(("response.function_call_arguments.done".to_string(), e));
+                call_item(id, name, args, status(cut))
+            }
+            None => json!({}),
+        },
     };
-    (
+    events.push((
         "response.output_item.done".into(),
         json!({"output_index": index, "item": item}),
-    )
+    ));
+    events
 }
