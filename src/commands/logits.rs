@@ -12,6 +12,8 @@ use super::*;
 pub(crate) struct LogitsArgs {
     #[command(flatten)]
     pub(crate) model: ModelArgs,
+    /// The token ids whose logits to write, comma-separated (e.g. 200006,17360,200008), in
+    /// passes of at most --chunk tokens.
     #[arg(long, value_delimiter = ',', required = true)]
     pub(crate) token_ids: Vec<u32>,
     /// Output safetensors file (tensor `logits`, f32, [n, vocab]).
