@@ -45,9 +45,7 @@ fn main() -> anyhow::Result<()> {
             top_k: 0,
             seed: 1,
         },
-        stop: vec![],
-        ignore_eos: false,
-        logprobs: None,
+        ..Default::default()
     };
     engine.submit(request)?;
     let mut text = StreamDecoder::default();

@@ -159,8 +159,7 @@ impl App {
                 seed: 7,
                 ..Sampling::default()
             },
-            stop: vec![],
-            logprobs: None,
+            ..Default::default()
         })?;
         Ok(Scene {
             window,

@@ -15,6 +15,10 @@
 //   by bisection on the logit value, so no sort is needed (this path reads the whole row ~50
 //   times).
 //   Bindings: logits, params, part, ids [outputs] u32. Grid: (1, outputs).
+// BIAS (before SCAN, only in passes where some row has any): OpenAI's logit_bias, added to the
+//   logits in place: row r's entries are bias[bias_start, bias_start + bias_count) of its
+//   settings, each (token, value bits), distinct tokens. Bindings: logits, params, bias
+//   [entries] vec2<u32>. Grid: (1, outputs).
 #include "common/step.wgsl"
 
 struct Params {
@@ -32,12 +36,33 @@ struct Sampling {
     top_k: u32,
     seed: u32,
     counter: u32,
+    // The row's logit_bias entries (BIAS).
+    bias_start: u32,
+    bias_count: u32,
     _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
 }
 
 @group(0) @binding(1) var<uniform> p: Params;
+#ifdef BIAS
+@group(0) @binding(2) var<storage, read_write> logits: array<f32>;
+@group(0) @binding(3) var<storage, read> sp: array<Sampling>;
+@group(0) @binding(4) var<storage, read> bias_entries: array<vec2<u32>>;
+
+const BIAS_WG: u32 = 64u;
+
+@compute @workgroup_size(BIAS_WG)
+fn bias(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>) {
+    let row = wg.y;
+    if row >= step.outputs {
+        return;
+    }
+    let s = sp[row];
+    for (var i = lid; i < s.bias_count; i += BIAS_WG) {
+        let e = bias_entries[s.bias_start + i];
+        logits[row * p.vocab + e.x] += bitcast<f32>(e.y);
+    }
+}
+#else
 @group(0) @binding(2) var<storage, read> logits: array<f32>;
 @group(0) @binding(3) var<storage, read> sp: array<Sampling>;
 #ifdef SCAN
@@ -318,4 +343,5 @@ fn pick(lanes: Lanes, @builtin(workgroup_id) wg: vec3<u32>) {
         ids[row] = chosen;
     }
 }
+#endif
 #endif

@@ -144,6 +144,7 @@ fn prefill(model: &Model, rng: &mut Rng, seq: u32, len: u32) -> Result<(f64, u32
             tokens: chunk,
             outputs: &out,
             sampling: &greedy(1),
+            bias: &[],
         }))?[0];
     }
     Ok((t0.elapsed().as_secs_f64(), last))
@@ -170,6 +171,7 @@ fn decode(model: &Model, first: &[u32], ctx: u32, steps: u32) -> Result<f64> {
                 tokens: &tokens,
                 outputs: &outputs,
                 sampling: &sampling,
+                bias: &[],
             },
             &[],
         )
@@ -314,6 +316,7 @@ pub fn run(
             tokens: &at,
             outputs: &[0],
             sampling: &greedy(1),
+            bias: &[],
         }))?;
         report
             .context_kernels_us
@@ -324,6 +327,7 @@ pub fn run(
         tokens: &one,
         outputs: &[0],
         sampling: &greedy(1),
+        bias: &[],
     }))?
     .unwrap_or_default();
     report.decode_kernels_us = per_family(&decode);
@@ -349,6 +353,7 @@ pub fn run(
             tokens: &toks,
             outputs: &outputs,
             sampling: &greedy(b as usize),
+            bias: &[],
         }))?
         .unwrap_or_default();
         let families = per_family(&profile);
@@ -374,6 +379,7 @@ pub fn run(
             tokens: &toks,
             outputs: &[n - 1],
             sampling: &greedy(1),
+            bias: &[],
         }))?
         .unwrap_or_default(),
     );

@@ -330,6 +330,7 @@ impl Model {
             stop: Vec::new(),
             ignore_eos: false,
             logprobs: None,
+            logit_bias: Vec::new(),
         };
         let req = match (o.token_ids, o.prompt, o.raw) {
             (Some(ids), None, true) => raw(ids),
@@ -378,6 +379,7 @@ impl Model {
             stop: h.stop_ids().to_vec(),
             ignore_eos: false,
             logprobs: None,
+            logit_bias: Vec::new(),
         };
         let stop = StopText::new(o.stop).map_err(js)?;
         inner.submit(req, Output::Chat(Box::new(TurnOutput::new(&h, stop))))

@@ -130,6 +130,7 @@ fn all_logits(e: &Engine, ids: &[u32], chunk: usize) -> Vec<f32> {
                 tokens: &toks,
                 outputs: &outputs,
                 sampling: &sampling,
+                bias: &[],
             }))
             .unwrap(),
         );
@@ -204,6 +205,7 @@ fn logits_match_transformers() {
                     tokens: &t,
                     outputs: &[0],
                     sampling: &[Default::default()],
+                    bias: &[],
                 }))
                 .unwrap(),
             );
@@ -445,6 +447,7 @@ fn a_stop_id_while_the_next_pass_is_queued_ends_the_request_there() {
         stop: vec![alone[k]],
         ignore_eos: true,
         logprobs: None,
+        logit_bias: Vec::new(),
     };
     let plain = Request {
         prompt: b.clone(),
@@ -506,6 +509,7 @@ fn logprobs_match_transformers() {
             stop: vec![],
             ignore_eos: true,
             logprobs: top,
+            logit_bias: Vec::new(),
         };
         ids.push(e.submit(req).unwrap());
     }
@@ -560,6 +564,7 @@ fn run(e: &mut Engine, prompts: &[Vec<u32>], max_tokens: u32) -> (Vec<Vec<u32>>,
                 stop: vec![],
                 ignore_eos: true,
                 logprobs: None,
+                logit_bias: Vec::new(),
             };
             e.submit(req).unwrap()
         })

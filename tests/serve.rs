@@ -570,9 +570,32 @@ fn serves_the_openai_api() {
     );
     assert!(high["prompt"].as_str().unwrap().contains("Reasoning: high"));
 
+    // logit_bias: +100 on a token makes it every greedy draw, and every sampled one.
+    let hello = plain["tokens"][0].clone();
+    let four = post(
+        s,
+        "/detokenize",
+        &json!({"tokens": [hello, hello, hello, hello]}),
+    )
+    .1;
+    for temperature in [0.0, 1.0] {
+        let biased = json!({"prompt": "The quick brown fox", "max_tokens": 4,
+                            "temperature": temperature, "logit_bias": {hello.to_string(): 100}});
+        let (status, v) = post(s, "/v1/completions", &biased);
+        assert_eq!(status, 200, "{v}");
+        assert_eq!(v["choices"][0]["text"], four["prompt"], "{v}");
+    }
+
     // Bad requests: each gets its status and an OpenAI error body; the server stays up.
     let user = json!([{"role": "user", "content": "x"}]);
+    let many: serde_json::Map<String, Value> =
+        (0..301).map(|t| (t.to_string(), json!(1))).collect();
     let cases: Vec<(&str, &str, String, u16)> = vec![
+        ("POST", "/v1/chat/completions", json!({"messages": user, "logit_bias": {"abc": 1}}).to_string(), 400),
+        ("POST", "/v1/chat/completions", json!({"messages": user, "logit_bias": {"5": 101}}).to_string(), 400),
+        ("POST", "/v1/chat/completions", json!({"messages": user, "logit_bias": {"5": "x"}}).to_string(), 400),
+        ("POST", "/v1/chat/completions", json!({"messages": user, "logit_bias": {"999999999": 1}}).to_string(), 400),
+        ("POST", "/v1/chat/completions", json!({"messages": user, "logit_bias": many}).to_string(), 400),
         ("POST", "/v1/chat/completions", "not json".into(), 400),
         ("POST", "/v1/chat/completions", "[1, 2]".into(), 400),
         ("POST", "/v1/chat/completions", "{}".into(), 400),

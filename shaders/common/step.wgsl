@@ -7,7 +7,8 @@ struct Step {
     // Split attention: spans per token's keys, and positions per span.
     splits: u32,
     span: u32,
-    _pad0: u32,
+    // logit_bias entries of the pass (the Rust side's dispatch condition for sampling's BIAS).
+    biased: u32,
     _pad1: u32,
     _pad2: u32,
 }

@@ -278,6 +278,7 @@ impl ChatSession {
             stop: h.stop_ids().to_vec(),
             ignore_eos: false,
             logprobs: None,
+            logit_bias: Vec::new(),
         })
     }
 

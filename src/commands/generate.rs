@@ -83,6 +83,7 @@ pub(crate) fn generate(a: &GenerateArgs) -> Result<()> {
         stop: vec![],
         ignore_eos: false,
         logprobs: None,
+        logit_bias: Vec::new(),
     };
     check_request(&ckpt.config, context(&a.model, &ckpt), &req)?;
     let mut stop = StopText::new(a.stop.clone())?;

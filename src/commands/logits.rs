@@ -50,6 +50,7 @@ pub(crate) fn logits(a: &LogitsArgs) -> Result<()> {
             tokens: &toks,
             outputs: &outputs,
             sampling: &sampling,
+            bias: &[],
         }))?);
     }
     write_logits(&a.out, &all, n, vocab)?;

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
-use crate::kernels::sample::SampleParams;
+use crate::kernels::sample::{LogitBias, MAX_LOGIT_BIAS, SampleParams};
 use crate::model::weights::WeightSource;
 use crate::model::{Batch, Model, ModelConfig, ModelOptions, Pass, TokenInfo};
 use crate::tokenizer::Tokenizer;
@@ -50,8 +50,9 @@ impl Sampling {
     }
 }
 
-/// A completion request over token ids.
-#[derive(Clone, Debug)]
+/// A completion request over token ids (`..Default::default()` fills what a caller leaves out;
+/// max_tokens must be set).
+#[derive(Clone, Debug, Default)]
 pub struct Request {
     pub prompt: Vec<u32>,
     pub max_tokens: u32,
@@ -63,6 +64,9 @@ pub struct Request {
     /// Report each sampled token's log-probability with this many alternatives (at most
     /// `MAX_TOP_LOGPROBS`).
     pub logprobs: Option<u32>,
+    /// Added to these tokens' logits before each draw (OpenAI's logit_bias: distinct tokens, at
+    /// most `MAX_LOGIT_BIAS`).
+    pub logit_bias: Vec<(u32, f32)>,
 }
 
 pub type RequestId = u64;
@@ -158,6 +162,7 @@ struct StepScratch {
     tokens: Vec<TokenInfo>,
     outputs: Vec<u32>,
     sampling: Vec<SampleParams>,
+    bias: Vec<LogitBias>,
     /// Output rows whose logits come back for log-probabilities.
     keep: Vec<u32>,
 }
@@ -381,15 +386,17 @@ impl Engine {
             self.preempt_newest();
         }
         let sc = &mut self.scratch;
-        let (tokens, outputs, sampling, keep) = (
+        let (tokens, outputs, sampling, bias, keep) = (
             &mut sc.tokens,
             &mut sc.outputs,
             &mut sc.sampling,
+            &mut sc.bias,
             &mut sc.keep,
         );
         tokens.clear();
         outputs.clear();
         sampling.clear();
+        bias.clear();
         keep.clear();
         let mut sampled = Vec::new();
         let mut work = Vec::new();
@@ -401,7 +408,7 @@ impl Engine {
             }
             if w.start + w.len == s.tokens.len() {
                 outputs.push(tokens.len() as u32 - 1);
-                sampling.push(sample_params(s, s.generated));
+                sampling.push(sample_params(s, s.generated, bias));
                 if s.req.logprobs.is_some() {
                     keep.push(sampled.len() as u32);
                 }
@@ -413,6 +420,7 @@ impl Engine {
                 tokens,
                 outputs,
                 sampling,
+                bias,
             },
             keep,
         )?;
@@ -438,10 +446,16 @@ impl Engine {
         }
         let ctx = self.model.opts.max_context as usize;
         let sc = &mut self.scratch;
-        let (tokens, outputs, sampling) = (&mut sc.tokens, &mut sc.outputs, &mut sc.sampling);
+        let (tokens, outputs, sampling, bias) = (
+            &mut sc.tokens,
+            &mut sc.outputs,
+            &mut sc.sampling,
+            &mut sc.bias,
+        );
         tokens.clear();
         outputs.clear();
         sampling.clear();
+        bias.clear();
         sc.placed.clear();
         let mut sampled = Vec::new();
         let mut work = Vec::new();
@@ -456,7 +470,7 @@ impl Engine {
             }
             outputs.push(tokens.len() as u32);
             tokens.push(TokenInfo::fed(row as u32, pos as u32, s.slot));
-            sampling.push(sample_params(s, s.generated + 1));
+            sampling.push(sample_params(s, s.generated + 1, bias));
             sc.placed.push((s.slot, pos as u32, 1));
             sampled.push(s.id);
             work.push((s.id, pos + 1));
@@ -476,6 +490,7 @@ impl Engine {
                 tokens,
                 outputs,
                 sampling,
+                bias,
             },
             &[],
         )?;
@@ -543,16 +558,26 @@ fn commit(running: &mut [Sequence], model: &Model, work: &[(RequestId, usize)]) 
     }
 }
 
-/// What sampling takes for request `s`'s token number `counter` (its random stream's position).
-fn sample_params(s: &Sequence, counter: u32) -> SampleParams {
+/// What sampling takes for request `s`'s token number `counter` (its random stream's position);
+/// its logit_bias entries go onto the pass's `bias`.
+fn sample_params(s: &Sequence, counter: u32, bias: &mut Vec<LogitBias>) -> SampleParams {
     let sp = &s.req.sampling;
+    let bias_start = bias.len() as u32;
+    bias.extend(
+        s.req
+            .logit_bias
+            .iter()
+            .map(|&(token, value)| LogitBias { token, value }),
+    );
     SampleParams {
         temperature: sp.temperature,
         top_p: sp.top_p,
         top_k: sp.top_k,
         seed: (sp.seed ^ (sp.seed >> 32)) as u32,
         counter,
-        _pad: [0; 3],
+        bias_start,
+        bias_count: s.req.logit_bias.len() as u32,
+        _pad: 0,
     }
 }
 
@@ -595,6 +620,30 @@ pub fn check_request(cfg: &ModelConfig, max_context: u32, req: &Request) -> Resu
         return Err(Error::Request(format!(
             "at most {MAX_TOP_LOGPROBS} alternatives per token can be reported"
         )));
+    }
+    if req.logit_bias.len() > MAX_LOGIT_BIAS {
+        return Err(Error::Request(format!(
+            "logit_bias has {} entries (at most {MAX_LOGIT_BIAS})",
+            req.logit_bias.len()
+        )));
+    }
+    for (i, &(token, value)) in req.logit_bias.iter().enumerate() {
+        if token >= cfg.vocab {
+            return Err(Error::Request(format!(
+                "logit_bias names token {token}, outside the vocabulary of {}",
+                cfg.vocab
+            )));
+        }
+        if !(-100.0..=100.0).contains(&value) {
+            return Err(Error::Request(format!(
+                "logit_bias for token {token} is {value}; values must be in [-100, 100]"
+            )));
+        }
+        if req.logit_bias[..i].iter().any(|&(t, _)| t == token) {
+            return Err(Error::Request(format!(
+                "logit_bias names token {token} twice"
+            )));
+        }
     }
     let s = &req.sampling;
     let valid =

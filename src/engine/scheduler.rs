@@ -67,6 +67,7 @@ mod tests {
             stop: vec![],
             ignore_eos: false,
             logprobs: None,
+            logit_bias: Vec::new(),
         };
         Sequence {
             id: 0,

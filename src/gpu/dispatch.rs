@@ -21,7 +21,9 @@ pub struct StepCounts {
     /// Split attention: the spans each token's keys are cut into, and their length in positions.
     pub splits: u32,
     pub span: u32,
-    pub _pad: [u32; 3],
+    /// logit_bias entries of the pass's rows, all told (sampling's BIAS runs when there are any).
+    pub biased: u32,
+    pub _pad: [u32; 2],
 }
 
 impl StepCounts {
@@ -35,6 +37,7 @@ impl StepCounts {
             Count::Slots => self.slots,
             Count::TokenSplits => self.tokens * self.splits,
             Count::Splits => self.splits,
+            Count::Biased => self.biased,
         }
     }
 }
@@ -52,6 +55,8 @@ pub enum Count {
     TokenSplits,
     /// Attention splits (a condition only, never a grid count).
     Splits,
+    /// logit_bias entries (a condition only).
+    Biased,
 }
 
 /// A dispatch's workgroup grid: x fixed (rows, heads, ...), y = ceil(count / per_wg) for the

@@ -39,7 +39,12 @@ pub const VEC_MAX_TOKENS: u32 = 32;
 /// Which step count a kernel's rows follow, as `step_count()` in `common/step.wgsl` numbers them.
 fn count_index(c: Count) -> u32 {
     match c {
-        Count::Tokens | Count::One | Count::Fixed(_) | Count::TokenSplits | Count::Splits => 0,
+        Count::Tokens
+        | Count::One
+        | Count::Fixed(_)
+        | Count::TokenSplits
+        | Count::Splits
+        | Count::Biased => 0,
         Count::Outputs => 1,
         Count::Slots => 2,
     }
@@ -139,6 +144,7 @@ pub fn all_variants() -> Vec<ShaderKey> {
     out.push(ShaderKey::new("f16_probe.wgsl", "main").define_if("F16_PRODUCTS", true));
     out.push(ShaderKey::new("mxfp4_layout.wgsl", "main"));
     out.push(ShaderKey::new("sample.wgsl", "scan").define_if("SCAN", true));
+    out.push(ShaderKey::new("sample.wgsl", "bias").define_if("BIAS", true));
     for f16 in [false, true] {
         out.push(ShaderKey::new("rope.wgsl", "main").define_if("KV_F16", f16));
         out.push(attention::prefill_key("main", f16));

@@ -17,8 +17,22 @@ pub struct SampleParams {
     pub seed: u32,
     /// Advances every sampled token so each draw is fresh but replayable.
     pub counter: u32,
-    pub _pad: [u32; 3],
+    /// The row's logit_bias: entries [bias_start, bias_start + bias_count) of the pass's list.
+    pub bias_start: u32,
+    pub bias_count: u32,
+    pub _pad: u32,
 }
+
+/// One logit_bias entry: `value` is added to the logit of `token` before sampling.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct LogitBias {
+    pub token: u32,
+    pub value: f32,
+}
+
+/// Most logit_bias entries one row may have (OpenAI's limit).
+pub const MAX_LOGIT_BIAS: usize = 300;
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -38,17 +52,20 @@ pub fn parts_bytes(outputs: u32, vocab: u32) -> Result<u64> {
     Ok(outputs as u64 * chunks(vocab)? as u64 * wgsl_const("sample.wgsl", "PART")? as u64 * 4)
 }
 
-/// ids: [outputs] u32 drawn from logits: [outputs, V] with params: [outputs]; parts is scratch of
+/// What sampling reads and writes: ids [outputs] u32 drawn from logits [outputs, V] with params
+/// [outputs], after each row's logit_bias entries (in `bias`, [LogitBias]) are added to its
+/// logits (only in passes that have any: `StepCounts::biased`); parts is scratch of
 /// `parts_bytes`.
-pub fn build(
-    gpu: &Gpu,
-    step: &wgpu::Buffer,
-    logits: &wgpu::Buffer,
-    params: &wgpu::Buffer,
-    parts: &wgpu::Buffer,
-    ids: &wgpu::Buffer,
-    vocab: u32,
-) -> Result<Vec<Dispatch>> {
+pub struct Sample<'a> {
+    pub logits: &'a wgpu::Buffer,
+    pub params: &'a wgpu::Buffer,
+    pub bias: &'a wgpu::Buffer,
+    pub parts: &'a wgpu::Buffer,
+    pub ids: &'a wgpu::Buffer,
+}
+
+pub fn build(gpu: &Gpu, step: &wgpu::Buffer, b: &Sample, vocab: u32) -> Result<Vec<Dispatch>> {
+    let (logits, params, bias, parts, ids) = (b.logits, b.params, b.bias, b.parts, b.ids);
     let p = Params {
         vocab,
         chunks: chunks(vocab)?,
@@ -58,6 +75,15 @@ pub fn build(
     let scan = ShaderKey::new("sample.wgsl", "scan").define_if("SCAN", true);
     let pick = super::key(gpu, "sample.wgsl", "pick");
     Ok(vec![
+        Dispatch::new(
+            gpu,
+            &ShaderKey::new("sample.wgsl", "bias").define_if("BIAS", true),
+            step,
+            p,
+            &[logits, params, bias],
+            Grid::new(1, Count::Outputs, 1),
+        )?
+        .only_for(Count::Biased, 1..=u32::MAX),
         Dispatch::new(
             gpu,
             &scan,
@@ -84,26 +110,109 @@ mod tests {
     use crate::kernels::testing::*;
 
     async fn run(gpu: &Gpu, logits: &[f32], vocab: usize, ps: &[SampleParams]) -> Vec<u32> {
+        run_biased(gpu, logits, vocab, ps, &[]).await
+    }
+
+    /// Every row of `ps` samples from `logits`, with its entries of `bias` added.
+    async fn run_biased(
+        gpu: &Gpu,
+        logits: &[f32],
+        vocab: usize,
+        ps: &[SampleParams],
+        bias: &[LogitBias],
+    ) -> Vec<u32> {
         let rows = ps.len();
         let all: Vec<f32> = (0..rows).flat_map(|_| logits.iter().copied()).collect();
         let lb = gpu.upload("l", f32_bytes(&all)).unwrap();
         let pb = gpu.upload("p", bytemuck::cast_slice(ps)).unwrap();
+        let entries = if bias.is_empty() {
+            &[LogitBias::default()][..]
+        } else {
+            bias
+        };
+        let bb = gpu.upload("bias", bytemuck::cast_slice(entries)).unwrap();
         let ib = gpu.storage("ids", rows as u64 * 4).unwrap();
         let parts = gpu
             .storage("parts", parts_bytes(rows as u32, vocab as u32).unwrap())
             .unwrap();
         let step = step_buffer(gpu);
-        let d = build(gpu, &step, &lb, &pb, &parts, &ib, vocab as u32).unwrap();
+        let bufs = Sample {
+            logits: &lb,
+            params: &pb,
+            bias: &bb,
+            parts: &parts,
+            ids: &ib,
+        };
+        let d = build(gpu, &step, &bufs, vocab as u32).unwrap();
         submit(
             gpu,
             &step,
             &StepCounts {
                 outputs: rows as u32,
+                biased: bias.len() as u32,
                 ..Default::default()
             },
             &d,
         );
         gpu.read_u32(&ib, rows).await.unwrap()
+    }
+
+    gpu_test!(logit_bias_moves_the_draw);
+    async fn logit_bias_moves_the_draw() {
+        let mut rng = seeded("bias");
+        for gpu in gpus().await {
+            let vocab = 5003;
+            let l = random(&mut rng, vocab, 5.0);
+            let argmax = |l: &[f32]| {
+                l.iter()
+                    .enumerate()
+                    .fold(0, |b, (i, v)| if *v > l[b] { i } else { b })
+            };
+            let best = argmax(&l);
+            let pick = (best + 1 + rng.below(vocab as u64 - 1) as usize) % vocab;
+            // Row 0: greedy with no bias; row 1: +100 on `pick`; row 2: -100 on the best
+            // (the second best wins) and a small push elsewhere; row 3 as row 1 at temperature 1
+            // with top-p (the bias decides before the filters).
+            let mut demoted = l.clone();
+            demoted[best] -= 100.0;
+            demoted[7] += 0.5;
+            let second = argmax(&demoted);
+            let bias = [
+                LogitBias {
+                    token: pick as u32,
+                    value: 100.0,
+                },
+                LogitBias {
+                    token: best as u32,
+                    value: -100.0,
+                },
+                LogitBias {
+                    token: 7,
+                    value: 0.5,
+                },
+                LogitBias {
+                    token: pick as u32,
+                    value: 100.0,
+                },
+            ];
+            let row = |start, count, temperature| SampleParams {
+                temperature,
+                top_p: if temperature > 0.0 { 0.9 } else { 1.0 },
+                seed: 5,
+                bias_start: start,
+                bias_count: count,
+                ..Default::default()
+            };
+            let ps = [
+                row(0, 0, 0.0),
+                row(0, 1, 0.0),
+                row(1, 2, 0.0),
+                row(3, 1, 1.0),
+            ];
+            let got = run_biased(gpu, &l, vocab, &ps, &bias).await;
+            let want = [best, pick, second, pick].map(|i| i as u32);
+            assert_eq!(got, want);
+        }
     }
 
     gpu_test!(greedy_is_argmax);
@@ -153,7 +262,7 @@ mod tests {
                         top_k,
                         seed,
                         counter: c,
-                        _pad: [0; 3],
+                        ..Default::default()
                     })
                     .collect();
                 let got = run(gpu, &l, vocab, &ps).await;

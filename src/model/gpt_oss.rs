@@ -18,7 +18,7 @@ use crate::kernels::moe::{self, FoldBuffers, MoeBuffers, MoeShape, MoeWeights};
 use crate::kernels::rmsnorm::{self, RmsNorm};
 use crate::kernels::router::{self, Router};
 use crate::kernels::router_fold::{self, FoldInputs, Term};
-use crate::kernels::sample::{self, SampleParams};
+use crate::kernels::sample::{self, LogitBias, MAX_LOGIT_BIAS, SampleParams};
 use crate::model::config::ModelConfig;
 use crate::model::inputs::TokenInfo;
 use crate::model::kv_cache::{KvCache, LayerCache};
@@ -73,6 +73,8 @@ pub struct Batch<'a> {
     pub outputs: &'a [u32],
     /// One per output.
     pub sampling: &'a [SampleParams],
+    /// The outputs' logit_bias entries, each output's at the range its sampling settings give.
+    pub bias: &'a [LogitBias],
 }
 
 /// The buffers one forward pass works in, sized at load for `max_tokens` tokens and
@@ -103,11 +105,12 @@ struct Activations {
     expert_counts: wgpu::Buffer,
     /// The dense layers' k ranges' sums in decode batches (`linear::split_sums_bytes`).
     split_sums: wgpu::Buffer,
-    /// [O, H] final norm, [O, V] logits, [O] sampling settings, sampling's per-chunk scratch,
-    /// [O] sampled ids.
+    /// [O, H] final norm, [O, V] logits, [O] sampling settings, [O * MAX_LOGIT_BIAS]
+    /// logit_bias entries, sampling's per-chunk scratch, [O] sampled ids.
     final_h: wgpu::Buffer,
     logits: wgpu::Buffer,
     sampling: wgpu::Buffer,
+    logit_bias: wgpu::Buffer,
     sample_parts: wgpu::Buffer,
     ids: wgpu::Buffer,
     /// Their total size.
@@ -167,6 +170,10 @@ impl Activations {
             final_h: buf("final_h", o * h * 4)?,
             logits: buf("logits", o * v * 4)?,
             sampling: buf("sampling", o * 32)?,
+            logit_bias: buf(
+                "logit_bias",
+                o * (MAX_LOGIT_BIAS * std::mem::size_of::<LogitBias>()) as u64,
+            )?,
             sample_parts: buf("sample_parts", sample::parts_bytes(o as u32, c.vocab)?)?,
             ids: buf("ids", o * 4)?,
             partial_max_tokens,
@@ -311,10 +318,13 @@ impl Graph<'_> {
         ds.extend(sample::build(
             g,
             step,
-            &a.logits,
-            &a.sampling,
-            &a.sample_parts,
-            &a.ids,
+            &sample::Sample {
+                logits: &a.logits,
+                params: &a.sampling,
+                bias: &a.logit_bias,
+                parts: &a.sample_parts,
+                ids: &a.ids,
+            },
             c.vocab,
         )?);
         Ok(ds)
@@ -712,6 +722,29 @@ impl Model {
                 "output row {o} is not a token of the pass"
             )));
         }
+        for s in b.sampling {
+            let (start, count) = (s.bias_start as usize, s.bias_count as usize);
+            if count > MAX_LOGIT_BIAS || start + count > b.bias.len() {
+                return Err(Error::Request(format!(
+                    "logit_bias entries {start}..{} of {} (at most {MAX_LOGIT_BIAS} a row)",
+                    start + count,
+                    b.bias.len()
+                )));
+            }
+        }
+        if b.bias.len() > self.max_outputs as usize * MAX_LOGIT_BIAS {
+            return Err(Error::Request(format!(
+                "{} logit_bias entries (at most {MAX_LOGIT_BIAS} for each of {} outputs)",
+                b.bias.len(),
+                self.max_outputs
+            )));
+        }
+        if let Some(e) = b.bias.iter().find(|e| e.token >= self.cfg.vocab) {
+            return Err(Error::Request(format!(
+                "logit_bias names token {}, outside the vocabulary of {}",
+                e.token, self.cfg.vocab
+            )));
+        }
         let g = &self.gpu;
         let mut tokens = b.tokens.to_vec();
         self.cache.place(g, &mut tokens)?;
@@ -719,6 +752,9 @@ impl Model {
         if !b.outputs.is_empty() {
             g.write(&self.acts.out_rows, 0, bytemuck::cast_slice(b.outputs));
             g.write(&self.acts.sampling, 0, bytemuck::cast_slice(b.sampling));
+        }
+        if !b.bias.is_empty() {
+            g.write(&self.acts.logit_bias, 0, bytemuck::cast_slice(b.bias));
         }
         let keys = b.tokens.iter().map(|t| t.pos + 1).max().unwrap_or(1);
         let (splits, span) = self.split_rule.split(keys);
@@ -728,7 +764,8 @@ impl Model {
             slots: n as u32 * self.cfg.top_k,
             splits,
             span,
-            _pad: [0; 3],
+            biased: b.bias.len() as u32,
+            _pad: [0; 2],
         })
     }
 

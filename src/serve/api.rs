@@ -26,6 +26,7 @@ use crate::chat::harmony::{Harmony, Specials};
 use crate::chat::openai::today;
 use crate::chat::{ChatRequest, StopText};
 use crate::engine::{Event, FinishReason, MAX_TOP_LOGPROBS, Request, Sampling};
+use crate::kernels::sample::MAX_LOGIT_BIAS;
 
 pub(super) type ApiResult = Result<Response, ApiError>;
 
@@ -67,6 +68,8 @@ pub(super) struct Common {
     /// vLLM's extension: keep generating past end-of-sequence (benchmarks).
     #[serde(default)]
     pub ignore_eos: bool,
+    /// Token id (as a string) -> a bias from -100 to 100 added to its logit.
+    pub logit_bias: Option<serde_json::Map<String, Value>>,
 }
 
 #[derive(Deserialize)]
@@ -215,7 +218,40 @@ impl Common {
             stop: stop_ids,
             ignore_eos: self.ignore_eos,
             logprobs,
+            logit_bias: self.logit_bias()?,
         })
+    }
+
+    /// logit_bias as (token, bias) pairs: keys token ids (the engine checks them against the
+    /// vocabulary), values numbers from -100 to 100, at most MAX_LOGIT_BIAS of them (OpenAI's
+    /// rules).
+    fn logit_bias(&self) -> Result<Vec<(u32, f32)>, ApiError> {
+        let Some(map) = &self.logit_bias else {
+            return Ok(Vec::new());
+        };
+        if map.len() > MAX_LOGIT_BIAS {
+            return Err(ApiError::param(
+                "logit_bias",
+                format!("logit_bias may name at most {MAX_LOGIT_BIAS} tokens"),
+            ));
+        }
+        map.iter()
+            .map(|(k, v)| {
+                let token = k.parse::<u32>().ok();
+                let bias = v.as_f64().filter(|b| (-100.0..=100.0).contains(b));
+                match (token, bias) {
+                    (Some(t), Some(b)) => Ok((t, b as f32)),
+                    (None, _) => Err(ApiError::param(
+                        "logit_bias",
+                        format!("logit_bias key `{k}` is not a token id"),
+                    )),
+                    (_, None) => Err(ApiError::param(
+                        "logit_bias",
+                        format!("logit_bias for token {k} must be a number from -100 to 100"),
+                    )),
+                }
+            })
+            .collect()
     }
 
     /// How many alternatives each token's log-probability comes with, when asked: chat's
