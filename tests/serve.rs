@@ -591,6 +591,8 @@ fn serves_the_openai_api() {
     let many: serde_json::Map<String, Value> =
         (0..301).map(|t| (t.to_string(), json!(1))).collect();
     let cases: Vec<(&str, &str, String, u16)> = vec![
+        ("POST", "/v1/chat/completions", json!({"messages": user, "presence_penalty": 2.5}).to_string(), 400),
+        ("POST", "/v1/completions", json!({"prompt": "x", "frequency_penalty": -3}).to_string(), 400),
         ("POST", "/v1/chat/completions", json!({"messages": user, "logit_bias": {"abc": 1}}).to_string(), 400),
         ("POST", "/v1/chat/completions", json!({"messages": user, "logit_bias": {"5": 101}}).to_string(), 400),
         ("POST", "/v1/chat/completions", json!({"messages": user, "logit_bias": {"5": "x"}}).to_string(), 400),

@@ -70,6 +70,9 @@ pub(super) struct Common {
     pub ignore_eos: bool,
     /// Token id (as a string) -> a bias from -100 to 100 added to its logit.
     pub logit_bias: Option<serde_json::Map<String, Value>>,
+    /// Accepted within OpenAI's range (-2 to 2) and not applied.
+    pub presence_penalty: Option<f32>,
+    pub frequency_penalty: Option<f32>,
 }
 
 #[derive(Deserialize)]
@@ -165,6 +168,17 @@ impl Common {
                 "temperature",
                 "temperature must be a number >= 0",
             ));
+        }
+        for (name, v) in [
+            ("presence_penalty", self.presence_penalty),
+            ("frequency_penalty", self.frequency_penalty),
+        ] {
+            if v.is_some_and(|v| !(-2.0..=2.0).contains(&v)) {
+                return Err(ApiError::param(
+                    name,
+                    format!("{name} must be a number from -2 to 2"),
+                ));
+            }
         }
         let top_p = self.top_p.unwrap_or(1.0);
         if !(top_p > 0.0 && top_p <= 1.0) {
