@@ -26,7 +26,6 @@ use crate::chat::harmony::{Harmony, Specials};
 use crate::chat::openai::today;
 use crate::chat::{ChatRequest, StopText};
 use crate::engine::{Event, FinishReason, MAX_TOP_LOGPROBS, Request, Sampling};
-use crate::kernels::sample::MAX_LOGIT_BIAS;
 
 pub(super) type ApiResult = Result<Response, ApiError>;
 
@@ -236,34 +235,19 @@ impl Common {
         })
     }
 
-    /// logit_bias as (token, bias) pairs: keys token ids (the engine checks them against the
-    /// vocabulary), values numbers from -100 to 100, at most MAX_LOGIT_BIAS of them (OpenAI's
-    /// rules).
+    /// logit_bias as (token, bias) pairs, keys read as token ids and values as numbers; the
+    /// engine checks them (`check_request`: the vocabulary, -100 to 100, at most 300, distinct).
     fn logit_bias(&self) -> Result<Vec<(u32, f32)>, ApiError> {
         let Some(map) = &self.logit_bias else {
             return Ok(Vec::new());
         };
-        if map.len() > MAX_LOGIT_BIAS {
-            return Err(ApiError::param(
-                "logit_bias",
-                format!("logit_bias may name at most {MAX_LOGIT_BIAS} tokens"),
-            ));
-        }
         map.iter()
-            .map(|(k, v)| {
-                let token = k.parse::<u32>().ok();
-                let bias = v.as_f64().filter(|b| (-100.0..=100.0).contains(b));
-                match (token, bias) {
-                    (Some(t), Some(b)) => Ok((t, b as f32)),
-                    (None, _) => Err(ApiError::param(
-                        "logit_bias",
-                        format!("logit_bias key `{k}` is not a token id"),
-                    )),
-                    (_, None) => Err(ApiError::param(
-                        "logit_bias",
-                        format!("logit_bias for token {k} must be a number from -100 to 100"),
-                    )),
-                }
+            .map(|(k, v)| match (k.parse::<u32>(), v.as_f64()) {
+                (Ok(t), Some(b)) => Ok((t, b as f32)),
+                _ => Err(ApiError::param(
+                    "logit_bias",
+                    format!("logit_bias maps token ids to numbers; `{k}`: {v} is not that"),
+                )),
             })
             .collect()
     }
