@@ -681,14 +681,15 @@ pub async fn chat(
     // usage chunk when asked, then [DONE].
     let include_usage = b.common.include_usage();
     let tok = r.tokenizer.clone();
-    // The usage chunk carries the stream's id and model, as every chunk does.
-    let (usage_id, usage_model) = (id.clone(), model.clone());
+    // Every chunk, the usage chunk too, carries the stream's id, object, time and model.
+    let head =
+        json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": model});
+    let usage_head = head.clone();
     Ok(sse(move |tx| async move {
         let chunk = move |index: usize, delta: Value, finish: Option<&str>, lp: Option<Value>| {
-            let c = json!({
-                "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
-                "choices": [{"index": index, "delta": delta, "finish_reason": finish, "logprobs": lp}],
-            });
+            let mut c = head.clone();
+            c["choices"] =
+                json!([{"index": index, "delta": delta, "finish_reason": finish, "logprobs": lp}]);
             Ok(Sse::default().data(c.to_string()))
         };
         let tasks: Vec<_> = runs
@@ -720,25 +721,25 @@ pub async fn chat(
                 })
             })
             .collect();
-        let usage_chunk = |total: &Finish| {
-            json!({
-                "id": usage_id, "object": "chat.completion.chunk", "created": created,
-                "model": usage_model, "choices": [], "usage": usage(prompt_tokens, total),
-            })
-        };
-        end_stream(&tx, tasks, include_usage.then_some(usage_chunk)).await;
+        end_stream(
+            &tx,
+            tasks,
+            include_usage.then_some((usage_head, prompt_tokens)),
+        )
+        .await;
     }))
 }
 
 /// A choice's stream task: its finish, None when the client left, or the failed pass's message.
 type ChoiceTask = tokio::task::JoinHandle<Result<Option<Finish>, String>>;
 
-/// Waits for every choice's stream, then sends the usage chunk (when asked) and `[DONE]`; a
+/// Waits for every choice's stream, then sends the usage chunk when asked (`usage_chunk`: the
+/// chunks' head, which it carries with no choices, and the prompt's tokens) and `[DONE]`; a
 /// failed pass ends the stream with an error event instead, a client that left with nothing.
 async fn end_stream(
     tx: &mpsc::UnboundedSender<Result<Sse, Infallible>>,
     tasks: Vec<ChoiceTask>,
-    usage_chunk: Option<impl FnOnce(&Finish) -> Value>,
+    usage_chunk: Option<(Value, u32)>,
 ) {
     let mut total = Finish::default();
     for t in tasks {
@@ -754,8 +755,10 @@ async fn end_stream(
         let _ = tx.send(Ok(Sse::default().data(error_event(error))));
         return;
     }
-    if let Some(chunk) = usage_chunk {
-        let _ = tx.send(Ok(Sse::default().data(chunk(&total).to_string())));
+    if let Some((mut chunk, prompt_tokens)) = usage_chunk {
+        chunk["choices"] = json!([]);
+        chunk["usage"] = usage(prompt_tokens, &total);
+        let _ = tx.send(Ok(Sse::default().data(chunk.to_string())));
     }
     let _ = tx.send(Ok(Sse::default().data("[DONE]")));
 }
@@ -866,13 +869,13 @@ pub async fn completions(
     // index; the usage chunk when asked, then [DONE].
     let include_usage = b.common.include_usage();
     let tok = r.tokenizer.clone();
-    let (usage_id, usage_model) = (id.clone(), model.clone());
+    let head = json!({"id": id, "object": "text_completion", "created": created, "model": model});
+    let usage_head = head.clone();
     Ok(sse(move |tx| async move {
         let chunk = move |index: usize, text: String, finish: Option<&str>, lp: Option<Value>| {
-            let c = json!({
-                "id": id, "object": "text_completion", "created": created, "model": model,
-                "choices": [{"index": index, "text": text, "finish_reason": finish, "logprobs": lp}],
-            });
+            let mut c = head.clone();
+            c["choices"] =
+                json!([{"index": index, "text": text, "finish_reason": finish, "logprobs": lp}]);
             Ok(Sse::default().data(c.to_string()))
         };
         let tasks: Vec<_> = runs
@@ -900,11 +903,12 @@ pub async fn completions(
                 })
             })
             .collect();
-        let usage_chunk = |total: &Finish| {
-            json!({"id": usage_id, "object": "text_completion", "created": created,
-                   "model": usage_model, "choices": [], "usage": usage(prompt_tokens, total)})
-        };
-        end_stream(&tx, tasks, include_usage.then_some(usage_chunk)).await;
+        end_stream(
+            &tx,
+            tasks,
+            include_usage.then_some((usage_head, prompt_tokens)),
+        )
+        .await;
     }))
 }
 
