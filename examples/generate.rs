@@ -44,6 +44,7 @@ fn main() -> anyhow::Result<()> {
             top_p: 0.95,
             top_k: 0,
             seed: 1,
+            ..Default::default()
         },
         ..Default::default()
     };

@@ -261,6 +261,8 @@ struct SamplingOptions {
     top_k: Option<u32>,
     seed: Option<u64>,
     greedy: Option<bool>,
+    presence_penalty: Option<f32>,
+    frequency_penalty: Option<f32>,
 }
 
 impl SamplingOptions {
@@ -276,6 +278,8 @@ impl SamplingOptions {
             seed: self
                 .seed
                 .unwrap_or_else(|| (js_sys::Math::random() * 2f64.powi(53)) as u64),
+            presence_penalty: self.presence_penalty.unwrap_or(0.0),
+            frequency_penalty: self.frequency_penalty.unwrap_or(0.0),
         }
     }
 }

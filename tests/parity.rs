@@ -554,23 +554,21 @@ fn logprobs_match_transformers() {
 /// Runs greedy requests to their end together; returns each one's tokens and cached prompt
 /// tokens.
 fn run(e: &mut Engine, prompts: &[Vec<u32>], max_tokens: u32) -> (Vec<Vec<u32>>, Vec<u32>) {
-    let ids: Vec<_> = prompts
-        .iter()
-        .map(|p| {
-            let req = Request {
-                prompt: p.clone(),
-                max_tokens,
-                sampling: Sampling::greedy(),
-                stop: vec![],
-                ignore_eos: true,
-                logprobs: None,
-                logit_bias: Vec::new(),
-            };
-            e.submit(req).unwrap()
-        })
-        .collect();
-    let mut out = vec![Vec::new(); prompts.len()];
-    let mut cached = vec![0; prompts.len()];
+    let reqs = prompts.iter().map(|p| Request {
+        prompt: p.clone(),
+        max_tokens,
+        sampling: Sampling::greedy(),
+        ignore_eos: true,
+        ..Default::default()
+    });
+    run_all(e, reqs)
+}
+
+/// Runs requests to their end together; returns each one's tokens and cached prompt tokens.
+fn run_all(e: &mut Engine, reqs: impl IntoIterator<Item = Request>) -> (Vec<Vec<u32>>, Vec<u32>) {
+    let ids: Vec<_> = reqs.into_iter().map(|r| e.submit(r).unwrap()).collect();
+    let mut out = vec![Vec::new(); ids.len()];
+    let mut cached = vec![0; ids.len()];
     while e.has_work() {
         for ev in pollster::block_on(e.step()).unwrap() {
             match ev {
@@ -584,6 +582,85 @@ fn run(e: &mut Engine, prompts: &[Vec<u32>], max_tokens: u32) -> (Vec<Vec<u32>>,
         }
     }
     (out, cached)
+}
+
+/// A greedy request's continuation worked out on the host from the logits of the whole
+/// sequence at each step: its logit_bias added, and each token generated c times so far
+/// lowered by c * frequency_penalty + presence_penalty. It ends early where the top two
+/// scores are within `TOL` of each other (the engine's decode passes may order them either
+/// way).
+fn host_greedy(e: &Engine, req: &Request) -> Vec<u32> {
+    let vocab = e.model.cfg.vocab as usize;
+    let s = &req.sampling;
+    let mut seq = req.prompt.clone();
+    let mut out: Vec<u32> = Vec::new();
+    while out.len() < req.max_tokens as usize {
+        let logits = all_logits(e, &seq, 64);
+        let mut row = logits[logits.len() - vocab..].to_vec();
+        for &(t, b) in &req.logit_bias {
+            row[t as usize] += b;
+        }
+        for t in 0..vocab as u32 {
+            let c = out.iter().filter(|&&o| o == t).count() as f32;
+            if c > 0.0 {
+                row[t as usize] -= c * s.frequency_penalty + s.presence_penalty;
+            }
+        }
+        let mut order: Vec<usize> = (0..vocab).collect();
+        order.sort_by(|&a, &b| row[b].total_cmp(&row[a]));
+        if row[order[0]] - row[order[1]] < TOL {
+            break;
+        }
+        out.push(order[0] as u32);
+        seq.push(order[0] as u32);
+    }
+    out
+}
+
+/// Presence and frequency penalties (beside a logit_bias on some of the same tokens) lower the
+/// tokens each request generated so far, as OpenAI defines them, whatever shares the batch:
+/// the engine's greedy continuations equal `host_greedy`'s, and differ from the unpenalized one.
+#[test]
+fn penalties_lower_the_tokens_generated_so_far() {
+    let f = fixture();
+    let dir = checkpoint();
+    let Some(mut e) = engine(dir.path(), GpuOptions::default(), 64, false) else {
+        return;
+    };
+    let (a, b) = (f.ids[..24].to_vec(), f.ids[70..81].to_vec());
+    let n = 16;
+    let plain = run(&mut e, &[a.clone(), b.clone()], n).0;
+    let request = |prompt: &[u32], presence_penalty, frequency_penalty, bias| Request {
+        prompt: prompt.to_vec(),
+        max_tokens: n,
+        sampling: Sampling {
+            presence_penalty,
+            frequency_penalty,
+            ..Sampling::greedy()
+        },
+        ignore_eos: true,
+        logit_bias: bias,
+        ..Default::default()
+    };
+    let reqs = [
+        request(&a, 0.5, 1.5, vec![(plain[0][0], 2.0), (plain[0][1], -0.5)]),
+        request(&b, -0.3, 2.0, vec![]),
+        request(&a, 1.0, -2.0, vec![(7, 1.0)]),
+        request(&b, 0.0, 0.0, vec![]),
+    ];
+    let got = run_all(&mut e, reqs.clone()).0;
+    for (i, req) in reqs.iter().enumerate() {
+        let want = host_greedy(&e, req);
+        assert!(
+            want.len() >= 8,
+            "request {i}: a near-tie after {} tokens",
+            want.len()
+        );
+        assert_eq!(got[i][..want.len()], want, "request {i}");
+    }
+    assert_ne!(got[0], plain[0]);
+    assert_ne!(got[1], plain[1]);
+    assert_eq!(got[3], plain[1]);
 }
 
 /// Prompts longer than the sliding window reuse the full blocks an earlier request computed

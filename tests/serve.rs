@@ -585,6 +585,24 @@ fn serves_the_openai_api() {
         assert_eq!(status, 200, "{v}");
         assert_eq!(v["choices"][0]["text"], four["prompt"], "{v}");
     }
+    // frequency_penalty 2 takes 2 per draw back from that +100: the token leads ~50 draws
+    // (the model's own logits spread far less than 20), then others win.
+    let hellos = |n: usize| {
+        let tokens = vec![hello.clone(); n];
+        post(s, "/detokenize", &json!({ "tokens": tokens })).1["prompt"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let penalized = json!({"prompt": "The quick brown fox", "max_tokens": 64, "temperature": 0,
+                           "frequency_penalty": 2, "logit_bias": {hello.to_string(): 100}});
+    let (status, v) = post(s, "/v1/completions", &penalized);
+    assert_eq!(status, 200, "{v}");
+    let text = v["choices"][0]["text"].as_str().unwrap();
+    assert!(
+        text.starts_with(&hellos(40)) && !text.starts_with(&hellos(60)),
+        "{v}"
+    );
 
     // Bad requests: each gets its status and an OpenAI error body; the server stays up.
     let user = json!([{"role": "user", "content": "x"}]);

@@ -53,14 +53,10 @@ impl GenerateArgs {
     /// The sampling settings and the seed they use (random unless given).
     fn sampling(&self) -> (Sampling, u64) {
         let seed = self.sampling.seed.unwrap_or_else(random_seed);
-        let s = if self.greedy {
-            Sampling {
-                seed,
-                ..Sampling::greedy()
-            }
-        } else {
-            self.sampling.with_seed(seed)
-        };
+        let mut s = self.sampling.with_seed(seed);
+        if self.greedy {
+            s.temperature = 0.0;
+        }
         (s, seed)
     }
 }

@@ -5,7 +5,7 @@
 mod logprobs;
 mod scheduler;
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
@@ -28,6 +28,10 @@ pub struct Sampling {
     /// 0 keeps all.
     pub top_k: u32,
     pub seed: u64,
+    /// OpenAI's penalties, from -2 to 2: before each draw, a token generated c > 0 times so far
+    /// loses c * frequency_penalty + presence_penalty from its logit (0 and 0 change nothing).
+    pub presence_penalty: f32,
+    pub frequency_penalty: f32,
 }
 
 impl Default for Sampling {
@@ -37,6 +41,8 @@ impl Default for Sampling {
             top_p: 1.0,
             top_k: 0,
             seed: 0,
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
         }
     }
 }
@@ -46,6 +52,20 @@ impl Sampling {
         Sampling {
             temperature: 0.0,
             ..Default::default()
+        }
+    }
+
+    /// Whether the draws depend on the tokens generated so far.
+    pub fn penalized(&self) -> bool {
+        self.presence_penalty != 0.0 || self.frequency_penalty != 0.0
+    }
+
+    /// What a token generated `count` times so far loses from its logit.
+    fn penalty(&self, count: u32) -> f32 {
+        if count == 0 {
+            0.0
+        } else {
+            count as f32 * self.frequency_penalty + self.presence_penalty
         }
     }
 }
@@ -123,6 +143,28 @@ pub(crate) struct Sequence {
     pub prompt_cached: Option<u32>,
     /// When it (last) started running: the newest is preempted first.
     pub started: u64,
+    /// With penalties: each token's logit_bias and how many times it was generated so far.
+    pub penalized: Option<HashMap<u32, (f32, u32)>>,
+}
+
+impl Sequence {
+    pub fn new(id: RequestId, req: Request) -> Sequence {
+        let penalized = req
+            .sampling
+            .penalized()
+            .then(|| req.logit_bias.iter().map(|&(t, b)| (t, (b, 0))).collect());
+        Sequence {
+            id,
+            tokens: req.prompt.clone(),
+            req,
+            cached: 0,
+            slot: 0,
+            generated: 0,
+            prompt_cached: None,
+            started: 0,
+            penalized,
+        }
+    }
 }
 
 /// Counters of what the engine did since it started.
@@ -241,17 +283,7 @@ impl Engine {
         check_request(&self.model.cfg, self.model.opts.max_context, &req)?;
         let id = self.next_id;
         self.next_id += 1;
-        let tokens = req.prompt.clone();
-        self.waiting.push_back(Sequence {
-            id,
-            req,
-            tokens,
-            cached: 0,
-            slot: 0,
-            generated: 0,
-            prompt_cached: None,
-            started: 0,
-        });
+        self.waiting.push_back(Sequence::new(id, req));
         Ok(id)
     }
 
@@ -433,14 +465,18 @@ impl Engine {
     }
 
     /// Queues the pass after `cur` when it can go before `cur`'s ids come back: every running
-    /// request decodes in `cur`, none wants log-probabilities, none is waiting to start, and
+    /// request decodes in `cur`, none wants log-probabilities or has penalties (they need
+    /// `cur`'s token), none is waiting to start, and
     /// the next positions take no new KV block (so that a token computed for a request that
     /// then stops never takes a block, which could evict a cached prefix: one pass per KV block
     /// of positions runs unqueued). Requests that end by length in `cur` are left out.
     fn submit_next(&mut self, cur: &mut Queued) -> Result<Option<Queued>> {
         if !self.waiting.is_empty()
             || !cur.kept.is_empty()
-            || self.running.iter().any(|s| s.req.logprobs.is_some())
+            || self
+                .running
+                .iter()
+                .any(|s| s.req.logprobs.is_some() || s.penalized.is_some())
         {
             return Ok(None);
         }
@@ -519,6 +555,9 @@ impl Engine {
             let s = &mut self.running[i];
             s.tokens.push(tok);
             s.generated += 1;
+            if let Some(counts) = &mut s.penalized {
+                counts.entry(tok).or_insert((0.0, 0)).1 += 1;
+            }
             // (`check_request` bounded `top` by MAX_TOP_LOGPROBS.)
             let logprobs = s
                 .req
@@ -559,16 +598,22 @@ fn commit(running: &mut [Sequence], model: &Model, work: &[(RequestId, usize)]) 
 }
 
 /// What sampling takes for request `s`'s token number `counter` (its random stream's position);
-/// its logit_bias entries go onto the pass's `bias`.
+/// its logit_bias entries, penalties included, go onto the pass's `bias` (one entry a token).
 fn sample_params(s: &Sequence, counter: u32, bias: &mut Vec<LogitBias>) -> SampleParams {
     let sp = &s.req.sampling;
     let bias_start = bias.len() as u32;
-    bias.extend(
-        s.req
-            .logit_bias
-            .iter()
-            .map(|&(token, value)| LogitBias { token, value }),
-    );
+    match &s.penalized {
+        None => bias.extend(
+            s.req
+                .logit_bias
+                .iter()
+                .map(|&(token, value)| LogitBias { token, value }),
+        ),
+        Some(counts) => bias.extend(counts.iter().map(|(&token, &(b, count))| LogitBias {
+            token,
+            value: b - sp.penalty(count),
+        })),
+    }
     SampleParams {
         temperature: sp.temperature,
         top_p: sp.top_p,
@@ -576,7 +621,7 @@ fn sample_params(s: &Sequence, counter: u32, bias: &mut Vec<LogitBias>) -> Sampl
         seed: (sp.seed ^ (sp.seed >> 32)) as u32,
         counter,
         bias_start,
-        bias_count: s.req.logit_bias.len() as u32,
+        bias_count: bias.len() as u32 - bias_start,
         _pad: 0,
     }
 }
@@ -653,6 +698,16 @@ pub fn check_request(cfg: &ModelConfig, max_context: u32, req: &Request) -> Resu
             "temperature must be >= 0 and top_p in (0, 1]; got {} and {}",
             s.temperature, s.top_p
         )));
+    }
+    for (name, v) in [
+        ("presence_penalty", s.presence_penalty),
+        ("frequency_penalty", s.frequency_penalty),
+    ] {
+        if !(-2.0..=2.0).contains(&v) {
+            return Err(Error::Request(format!(
+                "{name} is {v}; it must be from -2 to 2"
+            )));
+        }
     }
     Ok(())
 }

@@ -64,20 +64,11 @@ mod tests {
             prompt: vec![1; prompt],
             max_tokens: 10,
             sampling: Sampling::greedy(),
-            stop: vec![],
-            ignore_eos: false,
-            logprobs: None,
-            logit_bias: Vec::new(),
+            ..Default::default()
         };
         Sequence {
-            id: 0,
-            tokens: req.prompt.clone(),
-            req,
             cached,
-            slot: 0,
-            generated: 0,
-            prompt_cached: None,
-            started: 0,
+            ..Sequence::new(0, req)
         }
     }
 

@@ -31,8 +31,15 @@ pub struct LogitBias {
     pub value: f32,
 }
 
-/// Most logit_bias entries one row may have (OpenAI's limit).
+/// Most logit_bias entries a request may have (OpenAI's limit).
 pub const MAX_LOGIT_BIAS: usize = 300;
+
+/// Most bias entries one logits row may have, in a context of `max_context` positions: its
+/// request's logit_bias and, with presence or frequency penalties, one per distinct token
+/// generated so far (fewer than the context holds, at most the vocabulary).
+pub fn row_bias_entries(max_context: u32, vocab: u32) -> u64 {
+    MAX_LOGIT_BIAS as u64 + max_context.min(vocab) as u64
+}
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]

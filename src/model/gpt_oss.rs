@@ -18,7 +18,7 @@ use crate::kernels::moe::{self, FoldBuffers, MoeBuffers, MoeShape, MoeWeights};
 use crate::kernels::rmsnorm::{self, RmsNorm};
 use crate::kernels::router::{self, Router};
 use crate::kernels::router_fold::{self, FoldInputs, Term};
-use crate::kernels::sample::{self, LogitBias, MAX_LOGIT_BIAS, SampleParams};
+use crate::kernels::sample::{self, LogitBias, SampleParams, row_bias_entries};
 use crate::model::config::ModelConfig;
 use crate::model::inputs::TokenInfo;
 use crate::model::kv_cache::{KvCache, LayerCache};
@@ -105,7 +105,7 @@ struct Activations {
     expert_counts: wgpu::Buffer,
     /// The dense layers' k ranges' sums in decode batches (`linear::split_sums_bytes`).
     split_sums: wgpu::Buffer,
-    /// [O, H] final norm, [O, V] logits, [O] sampling settings, [O * MAX_LOGIT_BIAS]
+    /// [O, H] final norm, [O, V] logits, [O] sampling settings, [O * row_bias_entries]
     /// logit_bias entries, sampling's per-chunk scratch, [O] sampled ids.
     final_h: wgpu::Buffer,
     logits: wgpu::Buffer,
@@ -123,6 +123,7 @@ impl Activations {
         c: &ModelConfig,
         max_tokens: u32,
         max_outputs: u32,
+        max_context: u32,
         coop: bool,
     ) -> Result<Self> {
         let (t, o) = (max_tokens as u64, max_outputs as u64);
@@ -172,7 +173,7 @@ impl Activations {
             sampling: buf("sampling", o * 32)?,
             logit_bias: buf(
                 "logit_bias",
-                o * (MAX_LOGIT_BIAS * std::mem::size_of::<LogitBias>()) as u64,
+                o * row_bias_entries(max_context, c.vocab) * size_of::<LogitBias>() as u64,
             )?,
             sample_parts: buf("sample_parts", sample::parts_bytes(o as u32, c.vocab)?)?,
             ids: buf("ids", o * 4)?,
@@ -577,7 +578,8 @@ impl Model {
         let g = &*gpu;
         let max_outputs = max_outputs(g, c, &opts)?;
         let coop = opts.coop && g.caps.coop;
-        let acts = Activations::allocate(g, c, opts.max_tokens, max_outputs, coop)?;
+        let acts =
+            Activations::allocate(g, c, opts.max_tokens, max_outputs, opts.max_context, coop)?;
         let rope_table = g.upload(
             "rope_table",
             bytemuck::cast_slice(&c.rope.table(opts.max_context)),
@@ -722,19 +724,20 @@ impl Model {
                 "output row {o} is not a token of the pass"
             )));
         }
+        let row_bias = row_bias_entries(self.opts.max_context, self.cfg.vocab) as usize;
         for s in b.sampling {
             let (start, count) = (s.bias_start as usize, s.bias_count as usize);
-            if count > MAX_LOGIT_BIAS || start + count > b.bias.len() {
+            if count > row_bias || start + count > b.bias.len() {
                 return Err(Error::Request(format!(
-                    "logit_bias entries {start}..{} of {} (at most {MAX_LOGIT_BIAS} a row)",
+                    "logit_bias entries {start}..{} of {} (at most {row_bias} a row)",
                     start + count,
                     b.bias.len()
                 )));
             }
         }
-        if b.bias.len() > self.max_outputs as usize * MAX_LOGIT_BIAS {
+        if b.bias.len() > self.max_outputs as usize * row_bias {
             return Err(Error::Request(format!(
-                "{} logit_bias entries (at most {MAX_LOGIT_BIAS} for each of {} outputs)",
+                "{} logit_bias entries (at most {row_bias} for each of {} outputs)",
                 b.bias.len(),
                 self.max_outputs
             )));

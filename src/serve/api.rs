@@ -69,7 +69,7 @@ pub(super) struct Common {
     pub ignore_eos: bool,
     /// Token id (as a string) -> a bias from -100 to 100 added to its logit.
     pub logit_bias: Option<serde_json::Map<String, Value>>,
-    /// Accepted within OpenAI's range (-2 to 2) and not applied.
+    /// From -2 to 2 (OpenAI's range; the engine applies them).
     pub presence_penalty: Option<f32>,
     pub frequency_penalty: Option<f32>,
 }
@@ -227,6 +227,8 @@ impl Common {
                 top_p,
                 top_k,
                 seed: self.seed.unwrap_or_else(|| now() ^ 0x5eed),
+                presence_penalty: self.presence_penalty.unwrap_or(0.0),
+                frequency_penalty: self.frequency_penalty.unwrap_or(0.0),
             },
             stop: stop_ids,
             ignore_eos: self.ignore_eos,

@@ -407,7 +407,8 @@ export class Model {
 
   /// Tokens as they are generated: an async iterator of {tokenId, text}. Options: prompt (a user
   /// message in the Harmony chat format, or with raw: true text to continue) or tokenIds (with
-  /// raw: true), maxTokens, temperature, topP, topK, seed, greedy, reasoningEffort, signal.
+  /// raw: true), maxTokens, temperature, topP, topK, seed, greedy, presencePenalty,
+  /// frequencyPenalty, reasoningEffort, signal.
   generate(options = {}) {
     const { signal, ...rest } = options;
     return this.start(() => this.inner.submit_generate(JSON.stringify({ ...rest, date: today() })),
@@ -417,7 +418,7 @@ export class Model {
   /// A chat turn as parsed events: {type: 'reasoning' | 'content', text} while streaming, then
   /// {type: 'tool_call', name, arguments} for each function call. `messages` are OpenAI chat
   /// messages; options: reasoningEffort, tools (OpenAI function tools), stop, maxTokens,
-  /// temperature, topP, topK, seed, greedy, signal.
+  /// temperature, topP, topK, seed, greedy, presencePenalty, frequencyPenalty, signal.
   chat(messages, options = {}) {
     const { signal, reasoningEffort, tools, ...rest } = options;
     const body = { ...rest, messages, tools, reasoning_effort: reasoningEffort, date: today() };
