@@ -723,10 +723,20 @@ fn a_full_kv_cache_preempts_and_changes_nothing() {
     let per_block = 2 * sizes.block_bytes;
     let entries = sizes.entries as u64;
     let budget = sizes.blocks[1] as u64 * n_window * per_block + entries * n_full * per_block;
-    let prompts = vec![f.ids[..90].to_vec(), f.ids[100..190].to_vec()];
-    let alone: Vec<Vec<u32>> = prompts
+    // The second, which is preempted, with penalties: its generated tokens' counts survive.
+    let reqs = [(&f.ids[..90], 0.0), (&f.ids[100..190], 1.5)].map(|(p, penalty)| Request {
+        prompt: p.to_vec(),
+        max_tokens: 60,
+        sampling: Sampling {
+            frequency_penalty: penalty,
+            ..Sampling::greedy()
+        },
+        ignore_eos: true,
+        ..Default::default()
+    });
+    let alone: Vec<Vec<u32>> = reqs
         .iter()
-        .map(|p| run(&mut probe, std::slice::from_ref(p), 60).0[0].clone())
+        .map(|r| run_all(&mut probe, [r.clone()]).0[0].clone())
         .collect();
     drop(probe);
     let mut e = engine_with(
@@ -739,7 +749,7 @@ fn a_full_kv_cache_preempts_and_changes_nothing() {
     )
     .unwrap();
     assert_eq!(e.model.cache().sizes.blocks[0] as u64, entries);
-    let (together, _) = run(&mut e, &prompts, 60);
+    let (together, _) = run_all(&mut e, reqs);
     assert!(e.stats.preemptions > 0, "{:?}", e.stats);
     assert_eq!(together, alone);
     assert_eq!(e.model.cache().usage()[0].used, 0, "every block given back");
