@@ -5,6 +5,8 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
+pub(super) type ApiResult = Result<Response, ApiError>;
+
 #[derive(Debug)]
 pub struct ApiError {
     pub status: StatusCode,

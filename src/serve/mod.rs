@@ -9,13 +9,17 @@
 //! every route but `/health` wants `Authorization: Bearer KEY`. Any origin may call it from a
 //! browser (CORS, as vLLM allows by default; the API key still applies).
 
-mod api;
+mod answer;
+mod chat;
+mod completions;
 pub mod driver;
 mod error;
 mod logprobs;
 pub mod metrics;
+mod request;
 mod responses;
 pub mod stream;
+mod utility;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
@@ -74,18 +78,18 @@ impl AppState {
 
 fn router(state: Arc<AppState>, max_body: usize) -> Router {
     Router::new()
-        .route("/health", get(api::health))
-        .route("/version", get(api::version))
-        .route("/metrics", get(api::metrics))
-        .route("/v1/models", get(api::models))
-        .route("/v1/models/{*id}", get(api::model))
-        .route("/v1/chat/completions", post(api::chat))
-        .route("/v1/completions", post(api::completions))
+        .route("/health", get(utility::health))
+        .route("/version", get(utility::version))
+        .route("/metrics", get(utility::metrics))
+        .route("/v1/models", get(utility::models))
+        .route("/v1/models/{*id}", get(utility::model))
+        .route("/v1/chat/completions", post(chat::chat))
+        .route("/v1/completions", post(completions::completions))
         .route("/v1/responses", post(responses::responses))
-        .route("/tokenize", post(api::tokenize))
-        .route("/detokenize", post(api::detokenize))
-        .fallback(api::not_found)
-        .method_not_allowed_fallback(api::method_not_allowed)
+        .route("/tokenize", post(utility::tokenize))
+        .route("/detokenize", post(utility::detokenize))
+        .fallback(utility::not_found)
+        .method_not_allowed_fallback(utility::method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))
         .layer(middleware::from_fn_with_state(state.clone(), auth))
         .layer(middleware::from_fn(cors))

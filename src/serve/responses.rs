@@ -15,11 +15,9 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::AppState;
-use super::api::{
-    Answer, ApiResult, Common, Finish, apply_tool_choice, drive_chat, error_event, new_id, now,
-    parse, sse, start_chat, whole_answer,
-};
-use super::error::ApiError;
+use super::answer::{Answer, Finish, drive_chat, error_event, sse, start_chat, whole_answer};
+use super::error::{ApiError, ApiResult};
+use super::request::{Common, apply_tool_choice, new_id, now, parse};
 use super::stream::ChatDelta;
 use crate::chat::ChatRequest;
 

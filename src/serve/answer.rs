@@ -1,0 +1,307 @@
+//! Running a generating request: queuing it (one per choice), feeding its tokens through the
+//! stream that turns them into answer pieces, and ending a server-sent-event stream (usage
+//! chunk, `[DONE]`, or the error event of a failed pass).
+
+use std::convert::Infallible;
+
+use axum::http::StatusCode;
+use axum::response::sse::{Event as Sse, KeepAlive};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::UnboundedReceiverStream;
+
+use super::Ready;
+use super::driver::{Refused, Update};
+use super::error::ApiError;
+use super::logprobs::Scored;
+use super::request::{Common, new_id};
+use super::stream::{ChatDelta, ChatStream, Sink};
+use crate::chat::ChatRequest;
+use crate::chat::harmony::{Harmony, Specials};
+use crate::chat::openai::today;
+use crate::engine::{Event, FinishReason, Request};
+
+pub(super) async fn submit(
+    r: &Ready,
+    req: Request,
+) -> Result<mpsc::UnboundedReceiver<Update>, ApiError> {
+    match r.driver.submit(req).await {
+        Ok((_, rx)) => Ok(rx),
+        Err(Refused::Invalid(m)) => Err(ApiError::bad(m)),
+        Err(Refused::Busy) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the server is busy: too many requests are waiting",
+        )),
+        Err(Refused::Stopped) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the engine has stopped",
+        )),
+    }
+}
+
+pub(super) fn usage(prompt: u32, f: &Finish) -> Value {
+    json!({
+        "prompt_tokens": prompt,
+        "completion_tokens": f.generated,
+        "total_tokens": prompt + f.generated,
+        "prompt_tokens_details": {"cached_tokens": f.cached},
+    })
+}
+
+/// A chat request queued: its updates, the stream that turns tokens into answer pieces, and the
+/// prompt's length.
+pub(super) struct ChatRun {
+    pub rx: mpsc::UnboundedReceiver<Update>,
+    pub out: ChatStream,
+    pub prompt_tokens: u32,
+    /// The forced start of the answer (see `apply_tool_choice`), read as if generated.
+    pub forced: Vec<u32>,
+}
+
+/// Renders `chat` as the Harmony prompt, followed by the `forced` start of the answer, and
+/// queues one request per choice (`n`).
+pub(super) async fn start_chat(
+    r: &Ready,
+    chat: &ChatRequest,
+    common: &Common,
+    forced: Option<String>,
+) -> Result<Vec<ChatRun>, ApiError> {
+    if chat.messages.is_empty() {
+        return Err(ApiError::param("messages", "messages must not be empty"));
+    }
+    let tok = r.tokenizer.as_ref();
+    let h = Harmony::new(tok).map_err(|e| ApiError::bad(e.to_string()))?;
+    let msgs = chat
+        .to_harmony(&today())
+        .map_err(|e| ApiError::bad(e.to_string()))?;
+    let mut prompt = h
+        .render_for_completion(&msgs)
+        .map_err(|e| ApiError::bad(e.to_string()))?;
+    let forced = match forced {
+        Some(text) => tok.encode(&text).map_err(|e| failed(e.to_string()))?,
+        None => Vec::new(),
+    };
+    prompt.extend(&forced);
+    let req = common.request(r, "messages", prompt, h.stop_ids().to_vec())?;
+    let prompt_tokens = req.prompt.len() as u32;
+    let specials = Specials::of(tok).map_err(|e| ApiError::bad(e.to_string()))?;
+    let stop = common.stop_text()?;
+    let mut runs = Vec::new();
+    for req in common.choices(req) {
+        let out = ChatStream::new(specials, stop.clone(), Box::new(|| new_id("call_")));
+        runs.push(ChatRun {
+            rx: submit(r, req).await?,
+            out,
+            prompt_tokens,
+            forced: forced.clone(),
+        });
+    }
+    Ok(runs)
+}
+
+/// How an answer ended: OpenAI's finish reason, the tokens generated, and the prompt tokens
+/// found in the prefix cache.
+#[derive(Default)]
+pub(super) struct Finish {
+    pub reason: &'static str,
+    pub generated: u32,
+    pub cached: u32,
+}
+
+impl Finish {
+    /// The answer that ended before it began.
+    pub(super) fn none() -> Finish {
+        Finish {
+            reason: "length",
+            ..Default::default()
+        }
+    }
+
+    /// Several choices' answers counted together.
+    pub(super) fn add(&mut self, other: &Finish) {
+        self.generated += other.generated;
+        self.cached = self.cached.max(other.cached);
+    }
+}
+
+/// Feeds a request's tokens through its sink until it ends, handing each piece of the answer to
+/// `emit` (which returns false when nobody listens any more: then None) with the scored tokens
+/// not yet reported, for it to take. Leaving drops the updates, which cancels a generation that
+/// a stop string ended early.
+pub(super) async fn drive<S: Sink>(
+    mut rx: mpsc::UnboundedReceiver<Update>,
+    mut out: S,
+    tok: &crate::tokenizer::Tokenizer,
+    mut emit: impl FnMut(S::Piece, &mut Vec<Scored>) -> bool,
+) -> Result<Option<Finish>, String> {
+    let mut finish = Finish::none();
+    let mut scored = Vec::new();
+    while let Some(u) = rx.recv().await {
+        match u {
+            Update::Event(Event::Token {
+                token, logprobs, ..
+            }) => {
+                finish.generated += 1;
+                let pieces = out.push(tok, token);
+                if let Some(lp) = logprobs
+                    && out.scored()
+                {
+                    scored.push((token, lp));
+                }
+                if !pieces.into_iter().all(|p| emit(p, &mut scored)) {
+                    return Ok(None);
+                }
+                if out.stopped() {
+                    break;
+                }
+            }
+            Update::Event(Event::Finished {
+                reason,
+                generated,
+                cached_tokens,
+                ..
+            }) => {
+                finish = Finish {
+                    reason: reason_name(reason),
+                    generated,
+                    cached: cached_tokens,
+                };
+                break;
+            }
+            Update::Failed(m) => return Err(m),
+        }
+    }
+    drop(rx);
+    if !out.finish().into_iter().all(|p| emit(p, &mut scored)) {
+        return Ok(None);
+    }
+    if out.stopped() {
+        finish.reason = "stop";
+    } else if out.tool_calls() > 0 {
+        finish.reason = "tool_calls";
+    }
+    Ok(Some(finish))
+}
+
+/// A chat request's tokens through its Harmony stream.
+pub(super) async fn drive_chat(
+    run: ChatRun,
+    tok: &crate::tokenizer::Tokenizer,
+    mut emit: impl FnMut(ChatDelta, &mut Vec<Scored>) -> bool,
+) -> Result<Option<Finish>, String> {
+    let mut out = run.out;
+    for &id in &run.forced {
+        if !out
+            .push(tok, id)
+            .into_iter()
+            .all(|d| emit(d, &mut Vec::new()))
+        {
+            return Ok(None);
+        }
+    }
+    drive(run.rx, out, tok, emit).await
+}
+
+/// A chat request run to its end and folded into one answer.
+pub(super) async fn whole_answer(
+    run: ChatRun,
+    tok: &crate::tokenizer::Tokenizer,
+) -> Result<(Answer, Finish), ApiError> {
+    let mut answer = Answer::default();
+    let finish = drive_chat(run, tok, |d, scored| answer.add(d, scored))
+        .await
+        .map_err(failed)?
+        .unwrap_or_else(Finish::none);
+    Ok((answer, finish))
+}
+
+/// A whole answer folded from its pieces.
+#[derive(Default)]
+pub(super) struct Answer {
+    pub reasoning: String,
+    pub content: String,
+    /// (id, name, arguments)
+    pub calls: Vec<(String, String, String)>,
+    /// The content's tokens, when log-probabilities were asked for.
+    pub scored: Vec<Scored>,
+}
+
+impl Answer {
+    /// Adds a piece; content takes the scored tokens it came from.
+    pub fn add(&mut self, d: ChatDelta, scored: &mut Vec<Scored>) -> bool {
+        match d {
+            ChatDelta::Reasoning(t) => self.reasoning.push_str(&t),
+            ChatDelta::Content(t) => {
+                self.content.push_str(&t);
+                self.scored.append(scored);
+            }
+            ChatDelta::ToolStart { id, name, .. } => self.calls.push((id, name, String::new())),
+            ChatDelta::ToolArgs { index, args } => self.calls[index].2.push_str(&args),
+        }
+        true
+    }
+}
+
+/// Streams server-sent events produced by `task` (which sends them into the given channel).
+pub(super) fn sse<F>(
+    task: impl FnOnce(mpsc::UnboundedSender<Result<Sse, Infallible>>) -> F,
+) -> Response
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (tx, events) = mpsc::unbounded_channel::<Result<Sse, Infallible>>();
+    tokio::spawn(task(tx));
+    axum::response::Sse::new(UnboundedReceiverStream::new(events))
+        .keep_alive(KeepAlive::default())
+        .into_response()
+}
+
+pub(super) fn failed(m: String) -> ApiError {
+    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, m)
+}
+
+/// A choice's stream task: its finish, None when the client left, or the failed pass's message.
+type ChoiceTask = tokio::task::JoinHandle<Result<Option<Finish>, String>>;
+
+/// Waits for every choice's stream, then sends the usage chunk when asked (`usage_chunk`: the
+/// chunks' head, which it carries with no choices, and the prompt's tokens) and `[DONE]`; a
+/// failed pass ends the stream with an error event instead, a client that left with nothing.
+pub(super) async fn end_stream(
+    tx: &mpsc::UnboundedSender<Result<Sse, Infallible>>,
+    tasks: Vec<ChoiceTask>,
+    usage_chunk: Option<(Value, u32)>,
+) {
+    let mut total = Finish::default();
+    for t in tasks {
+        let error = match t.await {
+            Ok(Ok(Some(f))) => {
+                total.add(&f);
+                continue;
+            }
+            Ok(Ok(None)) => return,
+            Ok(Err(m)) => m,
+            Err(e) => e.to_string(),
+        };
+        let _ = tx.send(Ok(Sse::default().data(error_event(error))));
+        return;
+    }
+    if let Some((mut chunk, prompt_tokens)) = usage_chunk {
+        chunk["choices"] = json!([]);
+        chunk["usage"] = usage(prompt_tokens, &total);
+        let _ = tx.send(Ok(Sse::default().data(chunk.to_string())));
+    }
+    let _ = tx.send(Ok(Sse::default().data("[DONE]")));
+}
+
+/// The event a stream ends with when the forward pass failed.
+pub(super) fn error_event(m: String) -> String {
+    json!({"error": {"message": m, "type": "server_error", "param": null, "code": 500}}).to_string()
+}
+
+fn reason_name(r: FinishReason) -> &'static str {
+    match r {
+        FinishReason::Stop => "stop",
+        FinishReason::Length | FinishReason::Cancelled => "length",
+    }
+}

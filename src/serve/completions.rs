@@ -1,0 +1,179 @@
+//! `POST /v1/completions`: plain text (or token ids) continued, one or more prompts, with the
+//! prompt echoed when asked.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
+use axum::response::IntoResponse;
+use axum::response::sse::Event as Sse;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::AppState;
+use super::answer::{Finish, drive, end_stream, failed, sse, submit, usage};
+use super::error::{ApiError, ApiResult};
+use super::logprobs;
+use super::request::{Common, encode, new_id, now, parse};
+use super::stream::TextStream;
+
+/// `prompt`: a text, token ids, or a list of either (one answer each).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum PromptSpec {
+    Text(String),
+    Texts(Vec<String>),
+    Ids(Vec<u32>),
+    IdLists(Vec<Vec<u32>>),
+}
+
+/// Most prompts one completions request may list.
+const MAX_PROMPTS: usize = 64;
+
+#[derive(Deserialize)]
+struct CompletionBody {
+    #[serde(flatten)]
+    common: Common,
+    prompt: PromptSpec,
+    #[serde(default)]
+    echo: bool,
+}
+
+pub async fn completions(
+    State(st): State<Arc<AppState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    let r = st.ready()?;
+    let b: CompletionBody = parse(body)?;
+    let tok = r.tokenizer.as_ref();
+    let decode = |ids: Vec<u32>| {
+        let text = tok
+            .decode(&ids)
+            .map_err(|e| ApiError::param("prompt", e.to_string()))?;
+        Ok::<_, ApiError>((ids, text))
+    };
+    let prompts: Vec<(Vec<u32>, String)> = match b.prompt {
+        PromptSpec::Text(t) => vec![(encode(r, &t)?, t)],
+        PromptSpec::Texts(v) => v
+            .into_iter()
+            .map(|t| Ok((encode(r, &t)?, t)))
+            .collect::<Result<_, ApiError>>()?,
+        PromptSpec::Ids(ids) => vec![decode(ids)?],
+        PromptSpec::IdLists(v) => v.into_iter().map(decode).collect::<Result<_, _>>()?,
+    };
+    if prompts.is_empty() || prompts.len() > MAX_PROMPTS {
+        return Err(ApiError::param(
+            "prompt",
+            format!("give from 1 to {MAX_PROMPTS} prompts"),
+        ));
+    }
+    // Every prompt checked before any is queued; then one request per prompt and choice (`n`),
+    // each choice with its own seed, all in the same batch. Choice i * n + j is prompt i's
+    // j-th answer.
+    let mut reqs = Vec::new();
+    let mut prompt_tokens = 0;
+    for (ids, text) in prompts {
+        if ids.is_empty() {
+            return Err(ApiError::param("prompt", "the prompt is empty"));
+        }
+        let req = b.common.request(r, "prompt", ids, Vec::new())?;
+        prompt_tokens += req.prompt.len() as u32;
+        let echo = if b.echo { text } else { String::new() };
+        reqs.extend(b.common.choices(req).into_iter().map(|q| (q, echo.clone())));
+    }
+    let with_logprobs = reqs[0].0.logprobs.is_some();
+    if with_logprobs && b.echo {
+        return Err(ApiError::param(
+            "echo",
+            "log-probabilities of an echoed prompt are not supported; drop echo or logprobs",
+        ));
+    }
+    let stop = b.common.stop_text()?;
+    let mut runs = Vec::new();
+    for (req, echo) in reqs {
+        runs.push((submit(r, req).await?, TextStream::new(stop.clone()), echo));
+    }
+    let (id, created, model) = (new_id("cmpl-"), now(), r.model_name.clone());
+    if !b.common.stream {
+        let tasks: Vec<_> = runs
+            .into_iter()
+            .map(|(rx, out, mut text)| {
+                let tok = r.tokenizer.clone();
+                tokio::spawn(async move {
+                    let mut all = Vec::new();
+                    let finish = drive(rx, out, &tok, |t, scored| {
+                        text.push_str(&t);
+                        all.append(scored);
+                        true
+                    })
+                    .await
+                    .map_err(failed)?
+                    .unwrap_or_else(Finish::none);
+                    let lp = with_logprobs.then(|| logprobs::text_completion(&tok, &all, &mut 0));
+                    Ok::<_, ApiError>((text, finish, lp))
+                })
+            })
+            .collect();
+        let (mut choices, mut total) = (Vec::new(), Finish::default());
+        for (index, t) in tasks.into_iter().enumerate() {
+            let (text, finish, lp) = t.await.map_err(|e| failed(e.to_string()))??;
+            total.add(&finish);
+            choices.push(
+                json!({"index": index, "text": text, "finish_reason": finish.reason,
+                                "logprobs": lp}),
+            );
+        }
+        return Ok(Json(json!({
+            "id": id, "object": "text_completion", "created": created, "model": model,
+            "choices": choices, "usage": usage(prompt_tokens, &total),
+        }))
+        .into_response());
+    }
+    // Streaming: per choice its pieces (the echo first) and its finish chunk, tagged with its
+    // index; the usage chunk when asked, then [DONE].
+    let include_usage = b.common.include_usage();
+    let tok = r.tokenizer.clone();
+    let head = json!({"id": id, "object": "text_completion", "created": created, "model": model});
+    let usage_head = head.clone();
+    Ok(sse(move |tx| async move {
+        let chunk = move |index: usize, text: String, finish: Option<&str>, lp: Option<Value>| {
+            let mut c = head.clone();
+            c["choices"] =
+                json!([{"index": index, "text": text, "finish_reason": finish, "logprobs": lp}]);
+            Ok(Sse::default().data(c.to_string()))
+        };
+        let tasks: Vec<_> = runs
+            .into_iter()
+            .enumerate()
+            .map(|(index, (rx, out, echo))| {
+                let (tx, tok, chunk) = (tx.clone(), tok.clone(), chunk.clone());
+                tokio::spawn(async move {
+                    let send = |e| tx.send(e).is_ok();
+                    if !echo.is_empty() && !send(chunk(index, echo, None, None)) {
+                        return Ok(None);
+                    }
+                    let mut offset = 0;
+                    let finish = drive(rx, out, &tok, |t, scored| {
+                        let lp = with_logprobs.then(|| {
+                            logprobs::text_completion(&tok, &std::mem::take(scored), &mut offset)
+                        });
+                        send(chunk(index, t, None, lp))
+                    })
+                    .await;
+                    if let Ok(Some(f)) = &finish {
+                        send(chunk(index, String::new(), Some(f.reason), None));
+                    }
+                    finish
+                })
+            })
+            .collect();
+        end_stream(
+            &tx,
+            tasks,
+            include_usage.then_some((usage_head, prompt_tokens)),
+        )
+        .await;
+    }))
+}

@@ -1,0 +1,329 @@
+//! What the generating endpoints (chat, completions, responses) share in their bodies: the
+//! sampling and length fields and their checks, the engine request they make, `stop`,
+//! `tool_choice`; and the body parsing every endpoint uses.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::http::StatusCode;
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::Ready;
+use super::error::ApiError;
+use crate::chat::{ChatRequest, StopText};
+use crate::engine::{MAX_TOP_LOGPROBS, Request, Sampling};
+
+/// `stop`: one string or a list.
+#[derive(Deserialize)]
+#[serde(untagged)]
+pub(super) enum StopSpec {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Deserialize, Default)]
+pub(super) struct StreamOptions {
+    #[serde(default)]
+    include_usage: bool,
+}
+
+/// Most choices one request may ask for.
+const MAX_N: i64 = 16;
+
+/// The sampling and length fields chat, completions and responses share.
+#[derive(Deserialize, Default)]
+pub(super) struct Common {
+    pub model: Option<String>,
+    pub max_tokens: Option<i64>,
+    pub max_completion_tokens: Option<i64>,
+    pub temperature: Option<f32>,
+    pub top_p: Option<f32>,
+    pub top_k: Option<i64>,
+    pub seed: Option<u64>,
+    pub stop: Option<StopSpec>,
+    pub n: Option<i64>,
+    #[serde(default)]
+    pub stream: bool,
+    pub stream_options: Option<StreamOptions>,
+    /// Chat: true or false (with `top_logprobs`); completions: how many alternatives.
+    pub logprobs: Option<Value>,
+    pub top_logprobs: Option<Value>,
+    /// vLLM's extension: keep generating past end-of-sequence (benchmarks).
+    #[serde(default)]
+    pub ignore_eos: bool,
+    /// Token id (as a string) -> a bias from -100 to 100 added to its logit.
+    pub logit_bias: Option<serde_json::Map<String, Value>>,
+    /// From -2 to 2 (OpenAI's range; the engine applies them).
+    pub presence_penalty: Option<f32>,
+    pub frequency_penalty: Option<f32>,
+}
+
+/// The body as JSON of type T, with 400/413 for what is not.
+pub(super) fn parse<T: serde::de::DeserializeOwned>(
+    body: Result<Bytes, BytesRejection>,
+) -> Result<T, ApiError> {
+    let body = body.map_err(|e| ApiError::new(e.status(), e.body_text()))?;
+    let v: Value = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad(format!("the body is not valid JSON: {e}")))?;
+    if !v.is_object() {
+        return Err(ApiError::bad("the body must be a JSON object"));
+    }
+    serde_json::from_value(v).map_err(|e| ApiError::bad(format!("invalid request: {e}")))
+}
+
+pub(super) fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// A short random-looking id, e.g. for `chatcmpl-...` and tool calls.
+pub(super) fn new_id(prefix: &str) -> String {
+    let n = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let mut x = n ^ 0x9e37_79b9_7f4a_7c15;
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    x ^= x >> 33;
+    format!("{prefix}{x:016x}")
+}
+
+/// Plain text as the model reads it (special-token text stays text).
+pub(super) fn encode(r: &Ready, text: &str) -> Result<Vec<u32>, ApiError> {
+    r.tokenizer
+        .encode_ordinary(text)
+        .map_err(|e| ApiError::param("prompt", e.to_string()))
+}
+
+impl Common {
+    /// The engine request for `prompt` (from the request's field `source`: `messages` or
+    /// `prompt`), checked against the model.
+    pub(super) fn request(
+        &self,
+        r: &Ready,
+        source: &'static str,
+        prompt: Vec<u32>,
+        stop_ids: Vec<u32>,
+    ) -> Result<Request, ApiError> {
+        if let Some(m) = &self.model
+            && *m != r.model_name
+        {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("The model `{m}` does not exist."),
+            ));
+        }
+        if self.n.is_some_and(|n| !(1..=MAX_N).contains(&n)) {
+            return Err(ApiError::param(
+                "n",
+                format!("n must be between 1 and {MAX_N}"),
+            ));
+        }
+        let logprobs = self.logprobs_asked()?;
+        let temperature = self.temperature.unwrap_or(1.0);
+        if !(temperature.is_finite() && temperature >= 0.0) {
+            return Err(ApiError::param(
+                "temperature",
+                "temperature must be a number >= 0",
+            ));
+        }
+        for (name, v) in [
+            ("presence_penalty", self.presence_penalty),
+            ("frequency_penalty", self.frequency_penalty),
+        ] {
+            if v.is_some_and(|v| !(-2.0..=2.0).contains(&v)) {
+                return Err(ApiError::param(
+                    name,
+                    format!("{name} must be a number from -2 to 2"),
+                ));
+            }
+        }
+        let top_p = self.top_p.unwrap_or(1.0);
+        if !(top_p > 0.0 && top_p <= 1.0) {
+            return Err(ApiError::param("top_p", "top_p must be in (0, 1]"));
+        }
+        let top_k = match self.top_k.unwrap_or(0) {
+            -1 | 0 => 0,
+            k if k >= 1 && k <= u32::MAX as i64 => k as u32,
+            _ => return Err(ApiError::param("top_k", "top_k must be -1, 0 or positive")),
+        };
+        let ctx = r.max_model_len as usize;
+        if prompt.len() >= ctx {
+            return Err(ApiError::param(
+                source,
+                format!(
+                    "This model's maximum context length is {ctx} tokens; the prompt has {} tokens.",
+                    prompt.len()
+                ),
+            ));
+        }
+        let room = (ctx - prompt.len()) as i64;
+        let max_tokens = match self.max_completion_tokens.or(self.max_tokens) {
+            None => room,
+            Some(m) if m < 1 => {
+                return Err(ApiError::param(
+                    "max_tokens",
+                    "max_tokens must be at least 1",
+                ));
+            }
+            Some(m) if m > room => {
+                return Err(ApiError::param(
+                    "max_tokens",
+                    format!(
+                        "This model's maximum context length is {ctx} tokens; the prompt has {} \
+                         tokens and max_tokens asks for {m} more.",
+                        prompt.len()
+                    ),
+                ));
+            }
+            Some(m) => m,
+        };
+        Ok(Request {
+            prompt,
+            max_tokens: max_tokens as u32,
+            sampling: Sampling {
+                temperature,
+                top_p,
+                top_k,
+                seed: self.seed.unwrap_or_else(|| now() ^ 0x5eed),
+                presence_penalty: self.presence_penalty.unwrap_or(0.0),
+                frequency_penalty: self.frequency_penalty.unwrap_or(0.0),
+            },
+            stop: stop_ids,
+            ignore_eos: self.ignore_eos,
+            logprobs,
+            logit_bias: self.logit_bias()?,
+        })
+    }
+
+    /// logit_bias as (token, bias) pairs, keys read as token ids and values as numbers; the
+    /// engine checks them (`check_request`: the vocabulary, -100 to 100, at most 300, distinct).
+    fn logit_bias(&self) -> Result<Vec<(u32, f32)>, ApiError> {
+        let Some(map) = &self.logit_bias else {
+            return Ok(Vec::new());
+        };
+        map.iter()
+            .map(|(k, v)| match (k.parse::<u32>(), v.as_f64()) {
+                (Ok(t), Some(b)) => Ok((t, b as f32)),
+                _ => Err(ApiError::param(
+                    "logit_bias",
+                    format!("logit_bias maps token ids to numbers; `{k}`: {v} is not that"),
+                )),
+            })
+            .collect()
+    }
+
+    /// How many alternatives each token's log-probability comes with, when asked: chat's
+    /// `logprobs: true` with `top_logprobs: N`, or completions' `logprobs: N`.
+    pub(super) fn logprobs_asked(&self) -> Result<Option<u32>, ApiError> {
+        let count = |name: &'static str, v: &Value| match v.as_u64() {
+            Some(n) if n <= MAX_TOP_LOGPROBS as u64 => Ok(n as u32),
+            _ => Err(ApiError::param(
+                name,
+                format!("{name} must be an integer from 0 to {MAX_TOP_LOGPROBS}"),
+            )),
+        };
+        let top = match &self.top_logprobs {
+            None | Some(Value::Null) => None,
+            Some(v) => Some(count("top_logprobs", v)?),
+        };
+        match &self.logprobs {
+            None | Some(Value::Null) | Some(Value::Bool(false)) => match top {
+                Some(n) if n > 0 => Err(ApiError::param(
+                    "top_logprobs",
+                    "top_logprobs needs logprobs set to true",
+                )),
+                _ => Ok(None),
+            },
+            Some(Value::Bool(true)) => Ok(Some(top.unwrap_or(0))),
+            Some(v) if top.is_none() => count("logprobs", v).map(Some),
+            Some(_) => Err(ApiError::param(
+                "logprobs",
+                "logprobs must be true or false when top_logprobs is given",
+            )),
+        }
+    }
+
+    pub(super) fn stop_text(&self) -> Result<StopText, ApiError> {
+        let stops = match &self.stop {
+            None => Vec::new(),
+            Some(StopSpec::One(s)) => vec![s.clone()],
+            Some(StopSpec::Many(v)) => v.clone(),
+        };
+        StopText::new(stops).map_err(|e| ApiError::param("stop", e.to_string()))
+    }
+
+    /// The request for each of the `n` choices: seeds seed, seed + 1, ... so that choices differ
+    /// when sampling and a seed replays all of them.
+    pub(super) fn choices(&self, req: Request) -> Vec<Request> {
+        let n = self.n.unwrap_or(1).max(1) as u64;
+        (0..n)
+            .map(|i| {
+                let mut r = req.clone();
+                r.sampling.seed = r.sampling.seed.wrapping_add(i);
+                r
+            })
+            .collect()
+    }
+
+    pub(super) fn include_usage(&self) -> bool {
+        self.stream_options
+            .as_ref()
+            .is_some_and(|o| o.include_usage)
+    }
+}
+
+/// Applies `tool_choice` to the tools: auto leaves the choice to the model, none drops the
+/// tools; required and a named function return the header the answer is made to start with
+/// (a message to `functions` or `functions.NAME`), so that a call is certain. A forced call
+/// skips the reasoning that would come before it.
+pub(super) fn apply_tool_choice(
+    chat: &mut ChatRequest,
+    choice: Option<&Value>,
+) -> Result<Option<String>, ApiError> {
+    let has_tools = chat.tools.as_ref().is_some_and(|t| !t.is_empty());
+    match choice {
+        None => Ok(None),
+        Some(Value::String(s)) if s == "auto" => Ok(None),
+        Some(Value::String(s)) if s == "none" => {
+            chat.tools = None;
+            Ok(None)
+        }
+        Some(Value::String(s)) if s == "required" => {
+            if !has_tools {
+                return Err(ApiError::param(
+                    "tool_choice",
+                    "tool_choice `required` needs at least one tool",
+                ));
+            }
+            // Up to `functions`: the dot starts the name's first token (`.get`, ...) as the
+            // model saw it in training.
+            Ok(Some("<|channel|>commentary to=functions".into()))
+        }
+        Some(Value::Object(o)) => {
+            let name = o
+                .get("function")
+                .and_then(|f| f.get("name"))
+                .or_else(|| o.get("name"))
+                .and_then(Value::as_str)
+                .ok_or_else(|| ApiError::param("tool_choice", "tool_choice names no function"))?;
+            let known = chat.tools.iter().flatten().any(|t| t.function.name == name);
+            if !known {
+                return Err(ApiError::param(
+                    "tool_choice",
+                    format!("tool_choice names `{name}`, which is not among the tools"),
+                ));
+            }
+            Ok(Some(format!(
+                "<|channel|>commentary to=functions.{name} <|constrain|>json<|message|>"
+            )))
+        }
+        Some(_) => Err(ApiError::param(
+            "tool_choice",
+            "tool_choice must be auto, none, required or a named function",
+        )),
+    }
+}
