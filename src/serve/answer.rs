@@ -261,37 +261,90 @@ pub(super) fn failed(m: String) -> ApiError {
     ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, m)
 }
 
-/// A choice's stream task: its finish, None when the client left, or the failed pass's message.
-type ChoiceTask = tokio::task::JoinHandle<Result<Option<Finish>, String>>;
+/// Where one choice of a chat or completions stream sends its chunks: the stream's head (id,
+/// object, created, model) with that one choice.
+#[derive(Clone)]
+pub(super) struct Chunks {
+    tx: mpsc::UnboundedSender<Result<Sse, Infallible>>,
+    head: Value,
+    index: usize,
+}
 
-/// Waits for every choice's stream, then sends the usage chunk when asked (`usage_chunk`: the
-/// chunks' head, which it carries with no choices, and the prompt's tokens) and `[DONE]`; a
+impl Chunks {
+    /// Sends a chunk whose choice has `body`'s fields (its `delta`, or its `text`) beside its
+    /// index, finish reason and log-probabilities; false once the client has left.
+    pub fn send(&self, body: Value, finish: Option<&str>, lp: Option<Value>) -> bool {
+        let mut choice = json!({"index": self.index, "finish_reason": finish, "logprobs": lp});
+        if let (Some(c), Value::Object(fields)) = (choice.as_object_mut(), body) {
+            c.extend(fields);
+        }
+        let mut chunk = self.head.clone();
+        chunk["choices"] = json!([choice]);
+        self.tx
+            .send(Ok(Sse::default().data(chunk.to_string())))
+            .is_ok()
+    }
+}
+
+/// Streams every choice at once: `choice` sends a run's pieces through its `Chunks` and returns
+/// how it ended (None when the client left, or the failed pass's message); then its finish
+/// chunk (`finish_body` with the reason). Once all are done, the usage chunk when asked
+/// (`usage_of`: the prompt's tokens; it carries the head with no choices) and `[DONE]`; a
 /// failed pass ends the stream with an error event instead, a client that left with nothing.
-pub(super) async fn end_stream(
-    tx: &mpsc::UnboundedSender<Result<Sse, Infallible>>,
-    tasks: Vec<ChoiceTask>,
-    usage_chunk: Option<(Value, u32)>,
-) {
-    let mut total = Finish::default();
-    for t in tasks {
-        let error = match t.await {
-            Ok(Ok(Some(f))) => {
-                total.add(&f);
-                continue;
-            }
-            Ok(Ok(None)) => return,
-            Ok(Err(m)) => m,
-            Err(e) => e.to_string(),
-        };
-        let _ = tx.send(Ok(Sse::default().data(error_event(error))));
-        return;
-    }
-    if let Some((mut chunk, prompt_tokens)) = usage_chunk {
-        chunk["choices"] = json!([]);
-        chunk["usage"] = usage(prompt_tokens, &total);
-        let _ = tx.send(Ok(Sse::default().data(chunk.to_string())));
-    }
-    let _ = tx.send(Ok(Sse::default().data("[DONE]")));
+pub(super) fn stream_choices<R, F, Fut>(
+    runs: Vec<R>,
+    head: Value,
+    finish_body: Value,
+    usage_of: Option<u32>,
+    choice: F,
+) -> Response
+where
+    R: Send + 'static,
+    F: Fn(R, Chunks) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<Option<Finish>, String>> + Send + 'static,
+{
+    sse(move |tx| async move {
+        let tasks: Vec<_> = runs
+            .into_iter()
+            .enumerate()
+            .map(|(index, run)| {
+                let out = Chunks {
+                    tx: tx.clone(),
+                    head: head.clone(),
+                    index,
+                };
+                let (body, task) = (finish_body.clone(), choice(run, out.clone()));
+                tokio::spawn(async move {
+                    let finish = task.await;
+                    if let Ok(Some(f)) = &finish {
+                        out.send(body, Some(f.reason), None);
+                    }
+                    finish
+                })
+            })
+            .collect();
+        let mut total = Finish::default();
+        for t in tasks {
+            let error = match t.await {
+                Ok(Ok(Some(f))) => {
+                    total.add(&f);
+                    continue;
+                }
+                Ok(Ok(None)) => return,
+                Ok(Err(m)) => m,
+                Err(e) => e.to_string(),
+            };
+            let _ = tx.send(Ok(Sse::default().data(error_event(error))));
+            return;
+        }
+        if let Some(prompt_tokens) = usage_of {
+            let mut chunk = head;
+            chunk["choices"] = json!([]);
+            chunk["usage"] = usage(prompt_tokens, &total);
+            let _ = tx.send(Ok(Sse::default().data(chunk.to_string())));
+        }
+        let _ = tx.send(Ok(Sse::default().data("[DONE]")));
+    })
 }
 
 /// The event a stream ends with when the forward pass failed.

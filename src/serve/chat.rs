@@ -8,13 +8,12 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
 use axum::response::IntoResponse;
-use axum::response::sse::Event as Sse;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::AppState;
 use super::answer::{
-    Answer, Finish, drive_chat, end_stream, failed, sse, start_chat, usage, whole_answer,
+    Answer, Finish, drive_chat, failed, start_chat, stream_choices, usage, whole_answer,
 };
 use super::error::ApiResult;
 use super::logprobs;
@@ -109,54 +108,35 @@ pub async fn chat(
         .into_response());
     }
     // Streaming: per choice a role delta, then pieces as tokens come and its finish chunk; the
-    // usage chunk when asked, then [DONE].
-    let include_usage = b.common.include_usage();
+    // usage chunk when asked, then [DONE]. Every chunk, the usage chunk too, carries the
+    // stream's id, object, time and model.
     let tok = r.tokenizer.clone();
-    // Every chunk, the usage chunk too, carries the stream's id, object, time and model.
     let head =
         json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": model});
-    let usage_head = head.clone();
-    Ok(sse(move |tx| async move {
-        let chunk = move |index: usize, delta: Value, finish: Option<&str>, lp: Option<Value>| {
-            let mut c = head.clone();
-            c["choices"] =
-                json!([{"index": index, "delta": delta, "finish_reason": finish, "logprobs": lp}]);
-            Ok(Sse::default().data(c.to_string()))
-        };
-        let tasks: Vec<_> = runs
-            .into_iter()
-            .enumerate()
-            .map(|(index, run)| {
-                let (tx, tok, chunk) = (tx.clone(), tok.clone(), chunk.clone());
-                tokio::spawn(async move {
-                    let send = |e| tx.send(e).is_ok();
-                    if !send(chunk(
-                        index,
-                        json!({"role": "assistant", "content": ""}),
-                        None,
-                        None,
-                    )) {
-                        return Ok(None);
-                    }
-                    let finish = drive_chat(run, &tok, |d, scored| {
-                        // A content delta carries the log-probabilities of its tokens.
-                        let lp = (with_logprobs && matches!(d, ChatDelta::Content(_)))
-                            .then(|| logprobs::chat(&tok, &std::mem::take(scored)));
-                        send(chunk(index, chat_delta(d), None, lp))
-                    })
-                    .await;
-                    if let Ok(Some(f)) = &finish {
-                        send(chunk(index, json!({}), Some(f.reason), None));
-                    }
-                    finish
+    let usage_of = b.common.include_usage().then_some(prompt_tokens);
+    Ok(stream_choices(
+        runs,
+        head,
+        json!({"delta": {}}),
+        usage_of,
+        move |run, out| {
+            let tok = tok.clone();
+            async move {
+                if !out.send(
+                    json!({"delta": {"role": "assistant", "content": ""}}),
+                    None,
+                    None,
+                ) {
+                    return Ok(None);
+                }
+                drive_chat(run, &tok, |d, scored| {
+                    // A content delta carries the log-probabilities of its tokens.
+                    let lp = (with_logprobs && matches!(d, ChatDelta::Content(_)))
+                        .then(|| logprobs::chat(&tok, &std::mem::take(scored)));
+                    out.send(json!({ "delta": chat_delta(d) }), None, lp)
                 })
-            })
-            .collect();
-        end_stream(
-            &tx,
-            tasks,
-            include_usage.then_some((usage_head, prompt_tokens)),
-        )
-        .await;
-    }))
+                .await
+            }
+        },
+    ))
 }

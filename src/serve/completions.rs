@@ -8,12 +8,11 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
 use axum::response::IntoResponse;
-use axum::response::sse::Event as Sse;
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::json;
 
 use super::AppState;
-use super::answer::{Finish, drive, end_stream, failed, sse, submit, usage};
+use super::answer::{Finish, drive, failed, stream_choices, submit, usage};
 use super::error::{ApiError, ApiResult};
 use super::logprobs;
 use super::request::{Common, encode, new_id, now, parse};
@@ -133,47 +132,29 @@ pub async fn completions(
     }
     // Streaming: per choice its pieces (the echo first) and its finish chunk, tagged with its
     // index; the usage chunk when asked, then [DONE].
-    let include_usage = b.common.include_usage();
     let tok = r.tokenizer.clone();
     let head = json!({"id": id, "object": "text_completion", "created": created, "model": model});
-    let usage_head = head.clone();
-    Ok(sse(move |tx| async move {
-        let chunk = move |index: usize, text: String, finish: Option<&str>, lp: Option<Value>| {
-            let mut c = head.clone();
-            c["choices"] =
-                json!([{"index": index, "text": text, "finish_reason": finish, "logprobs": lp}]);
-            Ok(Sse::default().data(c.to_string()))
-        };
-        let tasks: Vec<_> = runs
-            .into_iter()
-            .enumerate()
-            .map(|(index, (rx, out, echo))| {
-                let (tx, tok, chunk) = (tx.clone(), tok.clone(), chunk.clone());
-                tokio::spawn(async move {
-                    let send = |e| tx.send(e).is_ok();
-                    if !echo.is_empty() && !send(chunk(index, echo, None, None)) {
-                        return Ok(None);
-                    }
-                    let mut offset = 0;
-                    let finish = drive(rx, out, &tok, |t, scored| {
-                        let lp = with_logprobs.then(|| {
-                            logprobs::text_completion(&tok, &std::mem::take(scored), &mut offset)
-                        });
-                        send(chunk(index, t, None, lp))
-                    })
-                    .await;
-                    if let Ok(Some(f)) = &finish {
-                        send(chunk(index, String::new(), Some(f.reason), None));
-                    }
-                    finish
+    let usage_of = b.common.include_usage().then_some(prompt_tokens);
+    Ok(stream_choices(
+        runs,
+        head,
+        json!({"text": ""}),
+        usage_of,
+        move |(rx, out, echo), chunks| {
+            let tok = tok.clone();
+            async move {
+                if !echo.is_empty() && !chunks.send(json!({ "text": echo }), None, None) {
+                    return Ok(None);
+                }
+                let mut offset = 0;
+                drive(rx, out, &tok, |t, scored| {
+                    let lp = with_logprobs.then(|| {
+                        logprobs::text_completion(&tok, &std::mem::take(scored), &mut offset)
+                    });
+                    chunks.send(json!({ "text": t }), None, lp)
                 })
-            })
-            .collect();
-        end_stream(
-            &tx,
-            tasks,
-            include_usage.then_some((usage_head, prompt_tokens)),
-        )
-        .await;
-    }))
+                .await
+            }
+        },
+    ))
 }
