@@ -331,10 +331,7 @@ impl Model {
             prompt,
             max_tokens: o.sampling.max_tokens.unwrap_or(128),
             sampling,
-            stop: Vec::new(),
-            ignore_eos: false,
-            logprobs: None,
-            logit_bias: Vec::new(),
+            ..Default::default()
         };
         let req = match (o.token_ids, o.prompt, o.raw) {
             (Some(ids), None, true) => raw(ids),
@@ -381,9 +378,7 @@ impl Model {
             max_tokens: o.sampling.max_tokens.unwrap_or(2048),
             sampling: o.sampling.sampling(),
             stop: h.stop_ids().to_vec(),
-            ignore_eos: false,
-            logprobs: None,
-            logit_bias: Vec::new(),
+            ..Default::default()
         };
         let stop = StopText::new(o.stop).map_err(js)?;
         inner.submit(req, Output::Chat(Box::new(TurnOutput::new(&h, stop))))
@@ -470,6 +465,8 @@ impl Inner {
                     }
                     _ => out.push(json!({"id": id, "type": "token", "tokenId": token, "text": ""})),
                 },
+                // (The page's requests never ask for them.)
+                Event::PromptLogprobs { .. } => {}
                 done @ Event::Finished { .. } => out.extend(self.finish(done)?),
             }
         }

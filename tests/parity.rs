@@ -446,8 +446,7 @@ fn a_stop_id_while_the_next_pass_is_queued_ends_the_request_there() {
         sampling: Sampling::greedy(),
         stop: vec![alone[k]],
         ignore_eos: true,
-        logprobs: None,
-        logit_bias: Vec::new(),
+        ..Default::default()
     };
     let plain = Request {
         prompt: b.clone(),
@@ -465,6 +464,7 @@ fn a_stop_id_while_the_next_pass_is_queued_ends_the_request_there() {
                     assert!(ends[i].is_none(), "a token after request {i} finished");
                     out[i].push(token);
                 }
+                Event::PromptLogprobs { .. } => panic!("no prompt log-probabilities were asked"),
                 Event::Finished {
                     id,
                     reason,
@@ -506,10 +506,9 @@ fn logprobs_match_transformers() {
                 seed: 3,
                 ..Sampling::default()
             },
-            stop: vec![],
             ignore_eos: true,
             logprobs: top,
-            logit_bias: Vec::new(),
+            ..Default::default()
         };
         ids.push(e.submit(req).unwrap());
     }
@@ -551,6 +550,88 @@ fn logprobs_match_transformers() {
     assert_eq!(checked, 2);
 }
 
+/// Prompt log-probabilities (completions' echo with logprobs) are log_softmax of transformers'
+/// logits at each position, read at the next prompt token, with the top alternatives: for a
+/// prompt scored over several passes (the pass holds 40 tokens), beside a request that decodes,
+/// for one that then generates and for one with max_tokens 0 (nothing generated), and a cached
+/// prefix is not used in their place.
+#[test]
+fn prompt_logprobs_match_transformers() {
+    let f = fixture();
+    let dir = checkpoint();
+    let Some(mut e) = engine(dir.path(), GpuOptions::default(), 40, false) else {
+        return;
+    };
+    let vocab = e.model.cfg.vocab as usize;
+    // The same prompt once plainly first, so that its blocks are in the prefix cache.
+    run(&mut e, &[f.ids[..150].to_vec()], 1);
+    let asks = [(150, 0, Some(4)), (30, 3, None), (97, 2, Some(2))];
+    let reqs = asks.map(|(len, max_tokens, top)| Request {
+        prompt: f.ids[..len].to_vec(),
+        max_tokens,
+        sampling: Sampling::greedy(),
+        ignore_eos: true,
+        prompt_logprobs: top,
+        ..Default::default()
+    });
+    let ids: Vec<_> = reqs.iter().map(|r| e.submit(r.clone()).unwrap()).collect();
+    let mut scores = vec![None; asks.len()];
+    let mut tokens = vec![0; asks.len()];
+    while e.has_work() {
+        for ev in pollster::block_on(e.step()).unwrap() {
+            match ev {
+                Event::PromptLogprobs { id, logprobs } => {
+                    let i = ids.iter().position(|x| *x == id).unwrap();
+                    assert!(
+                        scores[i].is_none() && tokens[i] == 0,
+                        "request {i}: reported late"
+                    );
+                    scores[i] = Some(logprobs);
+                }
+                Event::Token { id, .. } => tokens[ids.iter().position(|x| *x == id).unwrap()] += 1,
+                Event::Finished { .. } => {}
+            }
+        }
+    }
+    assert_eq!(tokens, asks.map(|a| a.1 as usize));
+    let mut checked = 0;
+    for (i, &(len, _, top)) in asks.iter().enumerate() {
+        let Some(top) = top else {
+            assert!(scores[i].is_none(), "request {i} asked for none");
+            continue;
+        };
+        let got = scores[i].as_ref().expect("prompt log-probabilities");
+        assert_eq!(got.len(), len - 1, "request {i}");
+        for (p, lp) in got.iter().enumerate() {
+            if f.router_margin[p] < NEAR_TIE {
+                continue;
+            }
+            let row = &f.logits[p * vocab..(p + 1) * vocab];
+            let lse = row.iter().map(|&l| (l as f64).exp()).sum::<f64>().ln();
+            let reference = |t: u32| (row[t as usize] as f64 - lse) as f32;
+            assert!(
+                (lp.logprob - reference(f.ids[p + 1])).abs() < TOL,
+                "request {i} at {p}"
+            );
+            let mut sorted: Vec<f32> = row.to_vec();
+            sorted.sort_by(|a, b| b.total_cmp(a));
+            assert_eq!(lp.top.len(), top as usize);
+            for (k, &(t, l)) in lp.top.iter().enumerate() {
+                assert!(
+                    (l - reference(t)).abs() < TOL,
+                    "request {i} at {p}, alternative {k}"
+                );
+                assert!(
+                    (l - (sorted[k] as f64 - lse) as f32).abs() < TOL,
+                    "rank {k}"
+                );
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked > 200, "{checked}");
+}
+
 /// Runs greedy requests to their end together; returns each one's tokens and cached prompt
 /// tokens.
 fn run(e: &mut Engine, prompts: &[Vec<u32>], max_tokens: u32) -> (Vec<Vec<u32>>, Vec<u32>) {
@@ -575,6 +656,7 @@ fn run_all(e: &mut Engine, reqs: impl IntoIterator<Item = Request>) -> (Vec<Vec<
                 Event::Token { id, token, .. } => {
                     out[ids.iter().position(|i| *i == id).unwrap()].push(token)
                 }
+                Event::PromptLogprobs { .. } => {}
                 Event::Finished {
                     id, cached_tokens, ..
                 } => cached[ids.iter().position(|i| *i == id).unwrap()] = cached_tokens,

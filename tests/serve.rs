@@ -296,6 +296,96 @@ fn serves_the_openai_api() {
     assert_eq!(streamed_lps, token_lps);
     assert_eq!(whole["choices"][0]["logprobs"], Value::Null);
 
+    // echo with logprobs (prompt scoring): the prompt's tokens first, the first with nulls (no
+    // context), each other at most its position's best alternative; then the generated tokens'
+    // entries as without echo. max_tokens 0 gives the prompt alone; streamed, the same entries.
+    let n_prompt = prompt_tokens as usize;
+    let mut echoed = lp_req.clone();
+    echoed["echo"] = json!(true);
+    let (status, v) = post(s, "/v1/completions", &echoed);
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(
+        v["choices"][0]["text"],
+        json!(format!("The quick brown fox{text}"))
+    );
+    let lp = &v["choices"][0]["logprobs"];
+    let entries = lp["token_logprobs"].as_array().unwrap().clone();
+    assert_eq!(entries.len(), n_prompt + 12);
+    assert!(
+        entries[0].is_null() && lp["top_logprobs"][0].is_null(),
+        "{lp}"
+    );
+    assert_eq!(numbers(&json!(entries[n_prompt..])), token_lps);
+    for i in 1..n_prompt {
+        let best = numbers(&json!(
+            lp["top_logprobs"][i]
+                .as_object()
+                .unwrap()
+                .values()
+                .collect::<Vec<_>>()
+        ));
+        let l = entries[i].as_f64().unwrap();
+        assert!(l <= 0.0 && l <= best.iter().fold(f64::NEG_INFINITY, |a, &b| a.max(b)) + 1e-6);
+        assert_eq!(best.len(), 3);
+    }
+    let offsets = numbers(&lp["text_offset"]);
+    assert_eq!(offsets.len(), n_prompt + 12);
+    assert!(offsets[0] == 0.0 && offsets.windows(2).all(|w| w[0] <= w[1]));
+    let mut zero = echoed.clone();
+    zero["max_tokens"] = json!(0);
+    let (status, v0) = post(s, "/v1/completions", &zero);
+    assert_eq!(status, 200, "{v0}");
+    assert_eq!(v0["choices"][0]["text"], "The quick brown fox");
+    assert_eq!(v0["choices"][0]["finish_reason"], "length");
+    assert_eq!(v0["usage"]["completion_tokens"], 0);
+    let scored = |v: &Value| numbers(&json!(v.as_array().unwrap()[1..]));
+    let prompt_only = &v0["choices"][0]["logprobs"]["token_logprobs"];
+    assert_eq!(prompt_only.as_array().unwrap().len(), n_prompt);
+    for (a, b) in scored(prompt_only)
+        .iter()
+        .zip(scored(&json!(entries[..n_prompt])))
+    {
+        assert!((a - b).abs() < 1e-5, "{a} {b}");
+    }
+    // A prompt longer than a pass's logits rows (4 here: --max-num-seqs) is scored over passes.
+    let long = "The quick brown fox jumps over the lazy dog while the cat sleeps in the sun";
+    let (status, vl) = post(
+        s,
+        "/v1/completions",
+        &json!({"prompt": long, "max_tokens": 0, "echo": true, "logprobs": 1}),
+    );
+    assert_eq!(status, 200, "{vl}");
+    let n_long = post(s, "/tokenize", &json!({ "prompt": long })).1["count"]
+        .as_u64()
+        .unwrap();
+    let lps = &vl["choices"][0]["logprobs"]["token_logprobs"];
+    assert!(
+        n_long > 8 && lps.as_array().unwrap().len() as u64 == n_long,
+        "{vl}"
+    );
+    assert_eq!(
+        numbers(&json!(lps.as_array().unwrap()[1..])).len() as u64,
+        n_long - 1
+    );
+    let mut echo_stream = echoed.clone();
+    echo_stream["stream"] = json!(true);
+    let chunks = events(s, "/v1/completions", &echo_stream);
+    let streamed: Vec<Value> = chunks
+        .iter()
+        .flat_map(|c| {
+            c["choices"][0]["logprobs"]["token_logprobs"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        })
+        .collect();
+    assert_eq!(streamed, entries);
+    let joined: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["text"].as_str())
+        .collect();
+    assert_eq!(joined, v["choices"][0]["text"].as_str().unwrap());
+
     // A list of prompts: n answers each, prompt i's j-th at index i * n + j, each what that
     // prompt gets alone; usage counts every prompt once.
     let hello =
@@ -647,7 +737,8 @@ fn serves_the_openai_api() {
         ("POST", "/v1/completions", json!({"prompt": ["a", ""]}).to_string(), 400),
         ("POST", "/v1/completions", json!({"prompt": "x", "logprobs": 21}).to_string(), 400),
         ("POST", "/v1/completions", json!({"prompt": "x", "logprobs": -1}).to_string(), 400),
-        ("POST", "/v1/completions", json!({"prompt": "x", "logprobs": 2, "echo": true}).to_string(), 400),
+        ("POST", "/v1/completions", json!({"prompt": "x", "max_tokens": 0}).to_string(), 400),
+        ("POST", "/v1/chat/completions", json!({"messages": user, "max_tokens": 0}).to_string(), 400),
         ("POST", "/v1/chat/completions", json!({"messages": user, "top_logprobs": 3}).to_string(), 400),
         ("POST", "/v1/chat/completions", json!({"messages": user, "logprobs": true, "top_logprobs": 50}).to_string(), 400),
         ("POST", "/v1/chat/completions", json!({"messages": user, "logprobs": "yes"}).to_string(), 400),

@@ -276,9 +276,7 @@ impl ChatSession {
             max_tokens,
             sampling,
             stop: h.stop_ids().to_vec(),
-            ignore_eos: false,
-            logprobs: None,
-            logit_bias: Vec::new(),
+            ..Default::default()
         })
     }
 
@@ -329,6 +327,7 @@ impl ChatSession {
             for ev in events {
                 match ev {
                     Event::Token { token, .. } => out.push(tok, token, on_event)?,
+                    Event::PromptLogprobs { .. } => {}
                     Event::Finished {
                         reason: r,
                         generated: g,

@@ -76,10 +76,7 @@ pub(crate) fn generate(a: &GenerateArgs) -> Result<()> {
         prompt: prompt.clone(),
         max_tokens: a.max_tokens.unwrap_or(128),
         sampling,
-        stop: vec![],
-        ignore_eos: false,
-        logprobs: None,
-        logit_bias: Vec::new(),
+        ..Default::default()
     };
     check_request(&ckpt.config, context(&a.model, &ckpt), &req)?;
     let mut stop = StopText::new(a.stop.clone())?;
@@ -113,6 +110,7 @@ pub(crate) fn generate(a: &GenerateArgs) -> Result<()> {
                         }
                     }
                 }
+                Event::PromptLogprobs { .. } => {}
                 Event::Finished { reason: r, .. } => reason = Some(r),
             }
         }

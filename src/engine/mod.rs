@@ -84,6 +84,12 @@ pub struct Request {
     /// Report each sampled token's log-probability with this many alternatives (at most
     /// `MAX_TOP_LOGPROBS`).
     pub logprobs: Option<u32>,
+    /// Report each prompt token's log-probability given the tokens before it (all but the
+    /// first: `Event::PromptLogprobs`, before the first token) with this many alternatives (at
+    /// most `MAX_TOP_LOGPROBS`). With it, max_tokens may be 0: the prompt is scored, nothing is
+    /// generated. The prompt is computed in full (no prefix cache), at most a pass's logits
+    /// rows at a time.
+    pub prompt_logprobs: Option<u32>,
     /// Added to these tokens' logits before each draw (OpenAI's logit_bias: distinct tokens, at
     /// most `MAX_LOGIT_BIAS`).
     pub logit_bias: Vec<(u32, f32)>,
@@ -119,6 +125,12 @@ pub enum Event {
         /// When the request asked for them.
         logprobs: Option<TokenLogprobs>,
     },
+    /// The prompt's log-probabilities, once, for a request that asked for them: entry i is
+    /// prompt token i + 1's, given tokens 0..=i.
+    PromptLogprobs {
+        id: RequestId,
+        logprobs: Vec<TokenLogprobs>,
+    },
     Finished {
         id: RequestId,
         reason: FinishReason,
@@ -145,10 +157,13 @@ pub(crate) struct Sequence {
     pub started: u64,
     /// With penalties: each token's logit_bias and how many times it was generated so far.
     pub penalized: Option<HashMap<u32, (f32, u32)>>,
+    /// With prompt_logprobs, until they are reported: those of the positions computed so far.
+    pub prompt_scores: Option<Vec<TokenLogprobs>>,
 }
 
 impl Sequence {
     pub fn new(id: RequestId, req: Request) -> Sequence {
+        let prompt_scores = req.prompt_logprobs.map(|_| Vec::new());
         let penalized = req
             .sampling
             .penalized()
@@ -163,7 +178,24 @@ impl Sequence {
             prompt_cached: None,
             started: 0,
             penalized,
+            prompt_scores,
         }
+    }
+
+    /// The tokens whose KV may come from the prefix cache: with prompt scores pending, only the
+    /// positions already scored (the others need their logits).
+    fn reusable(&self) -> &[u32] {
+        match &self.prompt_scores {
+            Some(done) => &self.tokens[..done.len()],
+            None => &self.tokens,
+        }
+    }
+
+    /// Whether position `p` of the pass gives a prompt-scoring logits row.
+    fn scores(&self, p: usize) -> bool {
+        self.prompt_scores
+            .as_ref()
+            .is_some_and(|done| p >= done.len() && p + 1 < self.req.prompt.len())
     }
 }
 
@@ -320,7 +352,7 @@ impl Engine {
     /// running sequence.
     fn admit(&mut self) -> Result<()> {
         while let (Some(s), Some(&slot)) = (self.waiting.front(), self.free_slots.last()) {
-            let hit = self.model.reuse_prefix(slot, &s.tokens)?;
+            let hit = self.model.reuse_prefix(slot, s.reusable())?;
             let rest = s.tokens.len() as u32 + 1 - hit;
             let fits = self
                 .model
@@ -382,7 +414,9 @@ impl Engine {
         let mut next = self.submit_next(&mut cur)?;
         let events = self.finish(cur).await?;
         // A queued pass none of whose requests still runs is only waited for.
-        if let Some(n) = next.take_if(|n| !n.sampled.iter().any(|&id| self.index(id).is_some())) {
+        if let Some(n) =
+            next.take_if(|n| !n.sampled.iter().any(|&(_, id)| self.index(id).is_some()))
+        {
             self.model.collect(n.pass).await?;
         }
         self.queued = next;
@@ -430,21 +464,30 @@ impl Engine {
         sampling.clear();
         bias.clear();
         keep.clear();
-        let mut sampled = Vec::new();
+        let (mut sampled, mut scored) = (Vec::new(), Vec::new());
         let mut work = Vec::new();
         for w in &sc.work {
             let s = &self.running[w.seq];
             work.push((s.id, w.start + w.len));
             for p in w.start..w.start + w.len {
                 tokens.push(TokenInfo::new(s.tokens[p], p as u32, s.slot));
+                if s.scores(p) {
+                    scored.push((outputs.len() as u32, s.id, p));
+                    keep.push(outputs.len() as u32);
+                    outputs.push(tokens.len() as u32 - 1);
+                    sampling.push(SampleParams {
+                        top_p: 1.0,
+                        ..Default::default()
+                    });
+                }
             }
             if w.start + w.len == s.tokens.len() {
+                if s.req.logprobs.is_some() {
+                    keep.push(outputs.len() as u32);
+                }
+                sampled.push((outputs.len() as u32, s.id));
                 outputs.push(tokens.len() as u32 - 1);
                 sampling.push(sample_params(s, s.generated, bias));
-                if s.req.logprobs.is_some() {
-                    keep.push(sampled.len() as u32);
-                }
-                sampled.push(s.id);
             }
         }
         let pass = self.model.submit(
@@ -459,6 +502,7 @@ impl Engine {
         Ok(Queued {
             pass,
             sampled,
+            scored,
             kept: keep.clone(),
             work,
         })
@@ -497,18 +541,18 @@ impl Engine {
         let mut work = Vec::new();
         for s in &self.running {
             // Its token from `cur` goes at position `pos`.
-            let Some(row) = cur.sampled.iter().position(|&id| id == s.id) else {
+            let Some(&(row, _)) = cur.sampled.iter().find(|&&(_, id)| id == s.id) else {
                 return Ok(None);
             };
             let pos = s.tokens.len();
             if s.generated + 1 >= s.req.max_tokens || pos + 1 >= ctx {
                 continue;
             }
+            sampled.push((outputs.len() as u32, s.id));
             outputs.push(tokens.len() as u32);
-            tokens.push(TokenInfo::fed(row as u32, pos as u32, s.slot));
+            tokens.push(TokenInfo::fed(row, pos as u32, s.slot));
             sampling.push(sample_params(s, s.generated + 1, bias));
             sc.placed.push((s.slot, pos as u32, 1));
-            sampled.push(s.id);
             work.push((s.id, pos + 1));
         }
         if tokens.is_empty() || self.model.cache().takes_blocks(&sc.placed) {
@@ -533,6 +577,7 @@ impl Engine {
         Ok(Some(Queued {
             pass,
             sampled,
+            scored: Vec::new(),
             kept: Vec::new(),
             work,
         }))
@@ -541,18 +586,41 @@ impl Engine {
     /// Waits for a queued pass and reports what it produced for the requests still running.
     async fn finish(&mut self, cur: Queued) -> Result<Vec<Event>> {
         let (ids, logits) = self.model.collect(cur.pass).await?;
-        let mut kept_rows = logits.chunks_exact(self.model.cfg.vocab as usize);
+        let vocab = self.model.cfg.vocab as usize;
+        // The logits of output row `row`, when it was kept (in `kept`'s order).
+        let kept = |row: u32| {
+            let at = cur.kept.iter().position(|&k| k == row)?;
+            logits.get(at * vocab..(at + 1) * vocab)
+        };
         // (Nothing left when it was recorded as the next pass was queued.)
         commit(&mut self.running, &self.model, &cur.work);
+        for &(row, id, p) in &cur.scored {
+            let (Some(i), Some(row)) = (self.index(id), kept(row)) else {
+                continue;
+            };
+            let s = &mut self.running[i];
+            let top = s.req.prompt_logprobs.unwrap_or(0) as usize;
+            let next = s.req.prompt[p + 1];
+            if let Some(done) = s.prompt_scores.as_mut().filter(|d| d.len() == p) {
+                done.push(TokenLogprobs::of(row, next, top));
+            }
+        }
         let mut events = Vec::new();
         let mut done = Vec::new();
         let ctx = self.model.opts.max_context as usize;
-        for (row, (&id, &tok)) in cur.sampled.iter().zip(&ids).enumerate() {
-            let kept = cur.kept.contains(&(row as u32)).then(|| kept_rows.next());
+        for &(row, id) in &cur.sampled {
             let Some(i) = self.index(id) else {
                 continue;
             };
             let s = &mut self.running[i];
+            if let Some(logprobs) = s.prompt_scores.take() {
+                events.push(Event::PromptLogprobs { id, logprobs });
+            }
+            if s.req.max_tokens == 0 {
+                done.push((id, FinishReason::Length));
+                continue;
+            }
+            let tok = ids[row as usize];
             s.tokens.push(tok);
             s.generated += 1;
             if let Some(counts) = &mut s.penalized {
@@ -562,7 +630,7 @@ impl Engine {
             let logprobs = s
                 .req
                 .logprobs
-                .and_then(|top| Some(TokenLogprobs::of(kept.flatten()?, tok, top as usize)));
+                .and_then(|top| Some(TokenLogprobs::of(kept(row)?, tok, top as usize)));
             events.push(Event::Token {
                 id: s.id,
                 token: tok,
@@ -629,8 +697,10 @@ fn sample_params(s: &Sequence, counter: u32, bias: &mut Vec<LogitBias>) -> Sampl
 /// A pass on the GPU and whose output rows are.
 struct Queued {
     pass: Pass,
-    /// The request of each output row.
-    sampled: Vec<RequestId>,
+    /// The output rows sampled for a request's next token.
+    sampled: Vec<(u32, RequestId)>,
+    /// The output rows that score a prompt position: (row, request, position).
+    scored: Vec<(u32, RequestId, usize)>,
     /// Output rows whose logits come back.
     kept: Vec<u32>,
     /// Each request's cached length once the pass is done (until committed).
@@ -645,8 +715,12 @@ pub fn check_request(cfg: &ModelConfig, max_context: u32, req: &Request) -> Resu
     if req.prompt.is_empty() {
         return Err(Error::Request("the prompt is empty".into()));
     }
-    if req.max_tokens == 0 {
-        return Err(Error::Request("max_tokens must be at least 1".into()));
+    if req.max_tokens == 0 && req.prompt_logprobs.is_none() {
+        return Err(Error::Request(
+            "max_tokens must be at least 1 (0 only when the prompt's log-probabilities are asked \
+             for)"
+                .into(),
+        ));
     }
     if req.prompt.len() >= ctx {
         return Err(Error::Request(format!(
@@ -661,7 +735,10 @@ pub fn check_request(cfg: &ModelConfig, max_context: u32, req: &Request) -> Resu
             cfg.vocab
         )));
     }
-    if req.logprobs.is_some_and(|n| n > MAX_TOP_LOGPROBS) {
+    if [req.logprobs, req.prompt_logprobs]
+        .iter()
+        .any(|n| n.is_some_and(|n| n > MAX_TOP_LOGPROBS))
+    {
         return Err(Error::Request(format!(
             "at most {MAX_TOP_LOGPROBS} alternatives per token can be reported"
         )));

@@ -2,7 +2,8 @@
 //!
 //! Decode tokens first (one per sequence whose prompt is cached, so running requests keep their
 //! pace), then prompt chunks in arrival order until the pass is full. A sequence whose chunk
-//! reaches the end of its tokens gets a logits row; the number of such rows is capped too.
+//! reaches the end of its tokens gets a logits row, and one whose prompt is being scored a row
+//! for each position; the number of rows is capped too.
 
 use super::Sequence;
 
@@ -42,12 +43,23 @@ pub(crate) fn plan(
         if budget == 0 {
             break;
         }
-        let len = n.min(budget);
-        if len == n {
-            if outputs == max_outputs {
-                continue;
+        let len = if running[seq].prompt_scores.is_some() {
+            // Every position a logits row (the prompt's scores, then the next token's).
+            let len = n.min(budget).min(max_outputs - outputs);
+            outputs += len;
+            len
+        } else {
+            let len = n.min(budget);
+            if len == n {
+                if outputs == max_outputs {
+                    continue;
+                }
+                outputs += 1;
             }
-            outputs += 1;
+            len
+        };
+        if len == 0 {
+            continue;
         }
         out.push(Work { seq, start, len });
         budget -= len;
@@ -120,5 +132,21 @@ mod tests {
         plan(&running, 64, 2, &mut w);
         assert_eq!(w.len(), 2);
         assert!(w.iter().all(|x| x.len == 1));
+    }
+
+    #[test]
+    fn a_scored_prompt_takes_a_row_a_position() {
+        let mut scored = seq(300, 0);
+        scored.prompt_scores = Some(Vec::new());
+        // Beside a decode token, the scored prompt fills the other 7 rows; the plain prompt
+        // behind it, which would need a row for its end, waits.
+        let running = vec![scored, seq(5, 4), seq(20, 0)];
+        let mut w = Vec::new();
+        plan(&running, 64, 8, &mut w);
+        let work = |seq, start, len| Work { seq, start, len };
+        assert_eq!(w, vec![work(1, 4, 1), work(0, 0, 7)]);
+        // No rows left: nothing of it this pass.
+        plan(&running, 64, 1, &mut w);
+        assert_eq!(w, vec![work(1, 4, 1)]);
     }
 }

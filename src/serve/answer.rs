@@ -20,7 +20,7 @@ use super::stream::{ChatDelta, ChatStream, Sink};
 use crate::chat::ChatRequest;
 use crate::chat::harmony::{Harmony, Specials};
 use crate::chat::openai::today;
-use crate::engine::{Event, FinishReason, Request};
+use crate::engine::{Event, FinishReason, Request, TokenLogprobs};
 
 pub(super) async fn submit(
     r: &Ready,
@@ -83,7 +83,7 @@ pub(super) async fn start_chat(
         None => Vec::new(),
     };
     prompt.extend(&forced);
-    let req = common.request(r, "messages", prompt, h.stop_ids().to_vec())?;
+    let req = common.request(r, "messages", prompt, h.stop_ids().to_vec(), false)?;
     let prompt_tokens = req.prompt.len() as u32;
     let specials = Specials::of(tok).map_err(|e| ApiError::bad(e.to_string()))?;
     let stop = common.stop_text()?;
@@ -127,13 +127,15 @@ impl Finish {
 
 /// Feeds a request's tokens through its sink until it ends, handing each piece of the answer to
 /// `emit` (which returns false when nobody listens any more: then None) with the scored tokens
-/// not yet reported, for it to take. Leaving drops the updates, which cancels a generation that
-/// a stop string ended early.
+/// not yet reported, for it to take, and the prompt's log-probabilities, when the request asked
+/// for them, to `prompt` (before any piece; false: nobody listens). Leaving drops the updates,
+/// which cancels a generation that a stop string ended early.
 pub(super) async fn drive<S: Sink>(
     mut rx: mpsc::UnboundedReceiver<Update>,
     mut out: S,
     tok: &crate::tokenizer::Tokenizer,
     mut emit: impl FnMut(S::Piece, &mut Vec<Scored>) -> bool,
+    mut prompt: impl FnMut(Vec<TokenLogprobs>) -> bool,
 ) -> Result<Option<Finish>, String> {
     let mut finish = Finish::none();
     let mut scored = Vec::new();
@@ -154,6 +156,11 @@ pub(super) async fn drive<S: Sink>(
                 }
                 if out.stopped() {
                     break;
+                }
+            }
+            Update::Event(Event::PromptLogprobs { logprobs, .. }) => {
+                if !prompt(logprobs) {
+                    return Ok(None);
                 }
             }
             Update::Event(Event::Finished {
@@ -200,7 +207,7 @@ pub(super) async fn drive_chat(
             return Ok(None);
         }
     }
-    drive(run.rx, out, tok, emit).await
+    drive(run.rx, out, tok, emit, |_| true).await
 }
 
 /// A chat request run to its end and folded into one answer.

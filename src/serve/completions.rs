@@ -2,6 +2,7 @@
 //! prompt echoed when asked.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use axum::Json;
 use axum::body::Bytes;
@@ -9,7 +10,7 @@ use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
 use axum::response::IntoResponse;
 use serde::Deserialize;
-use serde_json::json;
+use serde_json::{Value, json};
 
 use super::AppState;
 use super::answer::{Finish, drive, failed, stream_choices, submit, usage};
@@ -17,6 +18,8 @@ use super::error::{ApiError, ApiResult};
 use super::logprobs;
 use super::request::{Common, encode, new_id, now, parse};
 use super::stream::TextStream;
+use crate::engine::TokenLogprobs;
+use crate::tokenizer::Tokenizer;
 
 /// `prompt`: a text, token ids, or a list of either (one answer each).
 #[derive(Deserialize)]
@@ -77,18 +80,12 @@ pub async fn completions(
         if ids.is_empty() {
             return Err(ApiError::param("prompt", "the prompt is empty"));
         }
-        let req = b.common.request(r, "prompt", ids, Vec::new())?;
+        let req = b.common.request(r, "prompt", ids, Vec::new(), b.echo)?;
         prompt_tokens += req.prompt.len() as u32;
-        let echo = if b.echo { text } else { String::new() };
+        let echo = b.echo.then(|| (text, req.prompt.clone()));
         reqs.extend(b.common.choices(req).into_iter().map(|q| (q, echo.clone())));
     }
     let with_logprobs = reqs[0].0.logprobs.is_some();
-    if with_logprobs && b.echo {
-        return Err(ApiError::param(
-            "echo",
-            "log-probabilities of an echoed prompt are not supported; drop echo or logprobs",
-        ));
-    }
     let stop = b.common.stop_text()?;
     let mut runs = Vec::new();
     for (req, echo) in reqs {
@@ -98,19 +95,37 @@ pub async fn completions(
     if !b.common.stream {
         let tasks: Vec<_> = runs
             .into_iter()
-            .map(|(rx, out, mut text)| {
+            .map(|(rx, out, echo)| {
                 let tok = r.tokenizer.clone();
                 tokio::spawn(async move {
-                    let mut all = Vec::new();
-                    let finish = drive(rx, out, &tok, |t, scored| {
-                        text.push_str(&t);
-                        all.append(scored);
-                        true
-                    })
+                    let (mut text, ids) = echo.unwrap_or_default();
+                    let (mut all, mut scores) = (Vec::new(), Vec::new());
+                    let finish = drive(
+                        rx,
+                        out,
+                        &tok,
+                        |t, scored| {
+                            text.push_str(&t);
+                            all.append(scored);
+                            true
+                        },
+                        |s| {
+                            scores = s;
+                            true
+                        },
+                    )
                     .await
                     .map_err(failed)?
                     .unwrap_or_else(Finish::none);
-                    let lp = with_logprobs.then(|| logprobs::text_completion(&tok, &all, &mut 0));
+                    // An echoed prompt's entries come first (`ids` is empty without echo).
+                    let lp = with_logprobs.then(|| {
+                        let entries = logprobs::prompt(&ids, &scores);
+                        logprobs::text_completion(
+                            &tok,
+                            entries.chain(logprobs::generated(&all)),
+                            &mut 0,
+                        )
+                    });
                     Ok::<_, ApiError>((text, finish, lp))
                 })
             })
@@ -130,8 +145,9 @@ pub async fn completions(
         }))
         .into_response());
     }
-    // Streaming: per choice its pieces (the echo first) and its finish chunk, tagged with its
-    // index; the usage chunk when asked, then [DONE].
+    // Streaming: per choice its pieces (the echo first, with the prompt's log-probabilities when
+    // asked, so once the engine has them) and its finish chunk, tagged with its index; the
+    // usage chunk when asked, then [DONE].
     let tok = r.tokenizer.clone();
     let head = json!({"id": id, "object": "text_completion", "created": created, "model": model});
     let usage_of = b.common.include_usage().then_some(prompt_tokens);
@@ -143,18 +159,48 @@ pub async fn completions(
         move |(rx, out, echo), chunks| {
             let tok = tok.clone();
             async move {
-                if !echo.is_empty() && !chunks.send(json!({ "text": echo }), None, None) {
+                let mut echo = echo;
+                if !with_logprobs
+                    && let Some((text, _)) = echo.take()
+                    && !chunks.send(json!({ "text": text }), None, None)
+                {
                     return Ok(None);
                 }
-                let mut offset = 0;
-                drive(rx, out, &tok, |t, scored| {
-                    let lp = with_logprobs.then(|| {
-                        logprobs::text_completion(&tok, &std::mem::take(scored), &mut offset)
-                    });
-                    chunks.send(json!({ "text": t }), None, lp)
-                })
+                // Characters before the next entry (both callbacks advance it; Send, unlike a Cell).
+                let offset = AtomicUsize::new(0);
+                drive(
+                    rx,
+                    out,
+                    &tok,
+                    |t, scored| {
+                        let lp = with_logprobs.then(|| {
+                            let scored = std::mem::take(scored);
+                            logprobs_at(&tok, &offset, logprobs::generated(&scored))
+                        });
+                        chunks.send(json!({ "text": t }), None, lp)
+                    },
+                    |scores| match echo.take() {
+                        Some((text, ids)) => {
+                            let lp = logprobs_at(&tok, &offset, logprobs::prompt(&ids, &scores));
+                            chunks.send(json!({ "text": text }), None, Some(lp))
+                        }
+                        None => true,
+                    },
+                )
                 .await
             }
         },
     ))
+}
+
+/// `logprobs::text_completion` at a shared character offset, advanced past the entries.
+fn logprobs_at<'a>(
+    tok: &Tokenizer,
+    offset: &AtomicUsize,
+    entries: impl IntoIterator<Item = (u32, Option<&'a TokenLogprobs>)>,
+) -> Value {
+    let mut at = offset.load(Ordering::Relaxed);
+    let lp = logprobs::text_completion(tok, entries, &mut at);
+    offset.store(at, Ordering::Relaxed);
+    lp
 }

@@ -132,18 +132,19 @@ fn run(
         match stepped {
             Ok(events) => {
                 for ev in events {
-                    let id = match &ev {
-                        Event::Token { id, .. } | Event::Finished { id, .. } => *id,
+                    let (id, counter) = match &ev {
+                        Event::Token { id, .. } => (*id, Some(&stats.generated_tokens)),
+                        Event::PromptLogprobs { id, .. } => (*id, None),
+                        Event::Finished { id, .. } => (*id, Some(&stats.requests_finished)),
                     };
                     let done = matches!(ev, Event::Finished { .. });
-                    let counter = if done {
-                        &stats.requests_finished
-                    } else {
-                        &stats.generated_tokens
-                    };
-                    counter.fetch_add(1, Ordering::Relaxed);
+                    if let Some(c) = counter {
+                        c.fetch_add(1, Ordering::Relaxed);
+                    }
                     if let Some(h) = handlers.get_mut(&id) {
-                        h.observe(done, &stats);
+                        if counter.is_some() {
+                            h.observe(done, &stats);
+                        }
                         // A closed receiver is noticed (and cancelled) before the next pass.
                         let _ = h.updates.send(Update::Event(ev));
                     }

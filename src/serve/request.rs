@@ -100,13 +100,15 @@ pub(super) fn encode(r: &Ready, text: &str) -> Result<Vec<u32>, ApiError> {
 
 impl Common {
     /// The engine request for `prompt` (from the request's field `source`: `messages` or
-    /// `prompt`), checked against the model.
+    /// `prompt`), checked against the model. With `echo` (completions), log-probabilities cover
+    /// the prompt too, and max_tokens may be 0 (the prompt alone comes back).
     pub(super) fn request(
         &self,
         r: &Ready,
         source: &'static str,
         prompt: Vec<u32>,
         stop_ids: Vec<u32>,
+        echo: bool,
     ) -> Result<Request, ApiError> {
         if let Some(m) = &self.model
             && *m != r.model_name
@@ -163,10 +165,11 @@ impl Common {
         let room = (ctx - prompt.len()) as i64;
         let max_tokens = match self.max_completion_tokens.or(self.max_tokens) {
             None => room,
+            Some(0) if echo => 0,
             Some(m) if m < 1 => {
                 return Err(ApiError::param(
                     "max_tokens",
-                    "max_tokens must be at least 1",
+                    "max_tokens must be at least 1 (or 0 with echo)",
                 ));
             }
             Some(m) if m > room => {
@@ -196,6 +199,9 @@ impl Common {
             ignore_eos: self.ignore_eos,
             logprobs,
             logit_bias: self.logit_bias()?,
+            // With echo and max_tokens 0 the engine scores the prompt to have something to do.
+            prompt_logprobs: (echo && (logprobs.is_some() || max_tokens == 0))
+                .then(|| logprobs.unwrap_or(0)),
         })
     }
 
