@@ -16,7 +16,10 @@
 //   columns, its rows summed in order (the buffers in order, one dispatch each).
 // Otherwise (every decode pass): z[t, e] = sum_k fold[offset + e k_len + k] (v[t, k] + add[k])
 //   for either half of fold (add: b_o, or nothing). Bindings: v [T, k_len], fold, add, z [T, E].
-//   Grid: (E, T), a workgroup per expert and token.
+//   Grid: (ceil(E / PROJECT_EXPERTS), ceil(T / PROJECT_TOKENS)): a workgroup takes a block of
+//   experts and tokens, so that each fold row is read once for its block's tokens and each
+//   token's inputs once for its experts (with a workgroup per expert and token, 64 tokens read
+//   64 MB from L2 a dispatch: PERF.md v0.35).
 // N even, H and N multiples of 4. Variants: PREPARE, SUBGROUPS.
 
 // Passes of up to this many tokens fold the router (the Rust side reads this line); larger ones
@@ -38,6 +41,10 @@ struct Params {
 }
 
 const WG: u32 = 256u;
+// A projection workgroup's experts and tokens (the Rust side reads these lines); their product
+// is the sums a lane keeps, and sizes the reduction's workgroup array (16 KiB at 16).
+const PROJECT_EXPERTS: u32 = 2u;
+const PROJECT_TOKENS: u32 = 8u;
 
 #ifdef PREPARE
 #include "common/bf16.wgsl"
@@ -85,30 +92,44 @@ fn prepare(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg:
 @group(0) @binding(3) var<storage, read> fold: array<vec4<f32>>;
 @group(0) @binding(4) var<storage, read> add: array<vec4<f32>>;
 @group(0) @binding(5) var<storage, read_write> z: array<f32>;
-const NV: u32 = 1u;
+const NV: u32 = PROJECT_EXPERTS * PROJECT_TOKENS;
 #include "common/reduce.wgsl"
 
 @compute @workgroup_size(WG)
 fn project(l: Lanes, @builtin(workgroup_id) wg: vec3<u32>) {
-    let t = wg.y;
-    if t >= step.tokens {
+    let t0 = wg.y * PROJECT_TOKENS;
+    if t0 >= step.tokens {
         return;
     }
     reduce_setup(l);
-    let e = wg.x;
+    let e0 = wg.x * PROJECT_EXPERTS;
+    let tokens = min(PROJECT_TOKENS, step.tokens - t0);
     let n4 = p.k_len / 4u;
-    let row = (p.offset + e * p.k_len) / 4u;
+    // Sum j is expert e0 + j / PROJECT_TOKENS's for token t0 + j % PROJECT_TOKENS.
     var acc: array<f32, NV>;
     for (var i = l.lid; i < n4; i += WG) {
-        var x = v[t * n4 + i];
-        if p.has_add != 0u {
-            x += add[i];
+        var f: array<vec4<f32>, PROJECT_EXPERTS>;
+        for (var j = 0u; j < PROJECT_EXPERTS; j++) {
+            // An expert past the last (E not a multiple of the block) reads row 0, unstored.
+            let e = select(0u, e0 + j, e0 + j < p.n_experts);
+            f[j] = fold[(p.offset + e * p.k_len) / 4u + i];
         }
-        acc[0] += dot(fold[row + i], x);
+        var b = vec4<f32>(0.0);
+        if p.has_add != 0u {
+            b = add[i];
+        }
+        for (var t = 0u; t < tokens; t++) {
+            let x = v[(t0 + t) * n4 + i] + b;
+            for (var j = 0u; j < PROJECT_EXPERTS; j++) {
+                acc[j * PROJECT_TOKENS + t] += dot(f[j], x);
+            }
+        }
     }
     reduce_sum(&acc);
-    if l.lid == 0u {
-        z[t * p.n_experts + e] = red[0];
+    let e = e0 + l.lid / PROJECT_TOKENS;
+    let t = t0 + l.lid % PROJECT_TOKENS;
+    if l.lid < NV && e < p.n_experts && t < step.tokens {
+        z[t * p.n_experts + e] = red[l.lid];
     }
 }
 #endif

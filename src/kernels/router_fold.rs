@@ -120,13 +120,15 @@ pub fn project(
         ..Default::default()
     };
     let key = super::key(gpu, "router_fold.wgsl", "project");
+    let experts = wgsl_const("router_fold.wgsl", "PROJECT_EXPERTS")?;
+    let tokens = wgsl_const("router_fold.wgsl", "PROJECT_TOKENS")?;
     let d = Dispatch::new(
         gpu,
         &key,
         step,
         bytemuck::bytes_of(&p),
         &[v, fold, add.unwrap_or(v), z],
-        Grid::new(f.n_experts, Count::Tokens, 1),
+        Grid::new(f.n_experts.div_ceil(experts), Count::Tokens, tokens),
     )?;
     Ok(d.only_for(Count::Tokens, 1..=max_tokens))
 }
@@ -143,9 +145,15 @@ mod tests {
     async fn fold_gives_router_logits() {
         let mut rng = seeded("router_fold");
         for gpu in gpus().await {
-            // (tokens, hidden, width, experts, o_proj rows per buffer)
-            for &(t, h, n, e, per) in &[(1, 64, 96, 5, 64), (3usize, 96usize, 64usize, 32usize, 40)]
-            {
+            // (tokens, hidden, width, experts, o_proj rows per buffer): blocks of experts and of
+            // tokens whole and cut short.
+            let shapes: [(usize, usize, usize, usize, usize); 4] = [
+                (1, 64, 96, 5, 64),
+                (3, 96, 64, 32, 40),
+                (13, 64, 96, 5, 64),
+                (17, 96, 64, 32, 40),
+            ];
+            for &(t, h, n, e, per) in &shapes {
                 let (wr, wr_bytes) = random_bf16(&mut rng, e * h, 1.0);
                 let (o, o_bytes) = random_bf16(&mut rng, h * n, 1.0);
                 let g = random(&mut rng, h, 2.0);
