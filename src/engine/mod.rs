@@ -594,15 +594,21 @@ impl Engine {
         };
         // (Nothing left when it was recorded as the next pass was queued.)
         commit(&mut self.running, &self.model, &cur.work);
+        // The prompt positions this pass scored, in order, for the requests still running:
+        // (request index, position), and what each is scored from.
+        let (mut at, mut rows) = (Vec::new(), Vec::new());
         for &(row, id, p) in &cur.scored {
-            let (Some(i), Some(row)) = (self.index(id), kept(row)) else {
-                continue;
-            };
+            if let (Some(i), Some(row)) = (self.index(id), kept(row)) {
+                let s = &self.running[i];
+                let top = s.req.prompt_logprobs.unwrap_or(0) as usize;
+                at.push((i, p));
+                rows.push((row, s.req.prompt[p + 1], top));
+            }
+        }
+        for ((i, p), lp) in at.into_iter().zip(logprobs::of_rows(&rows)) {
             let s = &mut self.running[i];
-            let top = s.req.prompt_logprobs.unwrap_or(0) as usize;
-            let next = s.req.prompt[p + 1];
             if let Some(done) = s.prompt_scores.as_mut().filter(|d| d.len() == p) {
-                done.push(TokenLogprobs::of(row, next, top));
+                done.push(lp);
             }
         }
         let mut events = Vec::new();
