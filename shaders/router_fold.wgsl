@@ -17,9 +17,8 @@
 // Otherwise (every decode pass): z[t, e] = sum_k fold[offset + e k_len + k] (v[t, k] + add[k])
 //   for either half of fold (add: b_o, or nothing). Bindings: v [T, k_len], fold, add, z [T, E].
 //   Grid: (ceil(E / PROJECT_EXPERTS), ceil(T / PROJECT_TOKENS)): a workgroup takes a block of
-//   experts and tokens, so that each fold row is read once for its block's tokens and each
-//   token's inputs once for its experts (with a workgroup per expert and token, 64 tokens read
-//   64 MB from L2 a dispatch: PERF.md v0.35).
+//   experts and tokens, each fold row read once for its block's tokens and each token's inputs
+//   once for its experts.
 // N even, H and N multiples of 4. Variants: PREPARE, SUBGROUPS.
 
 // Passes of up to this many tokens fold the router (the Rust side reads this line); larger ones
@@ -42,9 +41,11 @@ struct Params {
 
 const WG: u32 = 256u;
 // A projection workgroup's experts and tokens (the Rust side reads these lines); their product
-// is the sums a lane keeps, and sizes the reduction's workgroup array (16 KiB at 16).
+// is the sums a lane keeps and sizes the reduction's workgroup array. On the H200 (PERF.md
+// v0.37) blocks of tokens lose (2 x 8: batch 8 -4%; fewer workgroups beside q/k/v), two
+// experts a workgroup gain a little over one (b8 1226 against 1222-1230, b16 1860-1868).
 const PROJECT_EXPERTS: u32 = 2u;
-const PROJECT_TOKENS: u32 = 8u;
+const PROJECT_TOKENS: u32 = 1u;
 
 #ifdef PREPARE
 #include "common/bf16.wgsl"
