@@ -15,10 +15,15 @@
 //   by bisection on the logit value, so no sort is needed (this path reads the whole row ~50
 //   times).
 //   Bindings: logits, params, part, ids [outputs] u32. Grid: (1, outputs).
-// BIAS (before SCAN, only in passes where some row has any): OpenAI's logit_bias, added to the
-//   logits in place: row r's entries are bias[bias_start, bias_start + bias_count) of its
-//   settings, each (token, value bits), distinct tokens. Bindings: logits, params, bias
-//   [entries] vec2<u32>. Grid: (1, outputs).
+// BIAS (before SCAN, only in passes where some row has any): OpenAI's logit_bias and
+//   penalties, added to the logits in place: row r's entries are bias[bias_start, bias_start +
+//   bias_count) of its settings, each (token, value bits), distinct tokens, GENERATED set on
+//   those of tokens generated before. A row whose last token is still on the GPU (pending = r'
+//   + 1: the previous pass's id for its row r', as the embedding reads it) also takes that
+//   token's penalty: frequency, plus presence unless an entry marked it generated before, so a
+//   penalized request's next pass can be queued before its token comes back.
+//   Bindings: logits, params, bias [entries] vec2<u32>, ids [O] u32 (the previous pass's).
+//   Grid: (1, outputs).
 #include "common/step.wgsl"
 
 struct Params {
@@ -36,9 +41,12 @@ struct Sampling {
     top_k: u32,
     seed: u32,
     counter: u32,
-    // The row's logit_bias entries (BIAS).
+    // The row's logit_bias entries (BIAS), and the penalties of its token still on the GPU.
     bias_start: u32,
     bias_count: u32,
+    pending: u32,
+    presence: f32,
+    frequency: f32,
     _pad0: u32,
 }
 
@@ -47,8 +55,13 @@ struct Sampling {
 @group(0) @binding(2) var<storage, read_write> logits: array<f32>;
 @group(0) @binding(3) var<storage, read> sp: array<Sampling>;
 @group(0) @binding(4) var<storage, read> bias_entries: array<vec2<u32>>;
+@group(0) @binding(5) var<storage, read> prev_ids: array<u32>;
 
 const BIAS_WG: u32 = 64u;
+// Marks an entry's token as generated before (`GENERATED` in src/kernels/sample.rs; a test
+// checks that they agree).
+const GENERATED: u32 = 2147483648u;
+var<workgroup> pending_generated: u32;
 
 @compute @workgroup_size(BIAS_WG)
 fn bias(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>) {
@@ -57,9 +70,28 @@ fn bias(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: ve
         return;
     }
     let s = sp[row];
+    var pending = GENERATED;
+    if s.pending != 0u {
+        pending = prev_ids[s.pending - 1u];
+    }
+    if lid == 0u {
+        pending_generated = 0u;
+    }
+    workgroupBarrier();
     for (var i = lid; i < s.bias_count; i += BIAS_WG) {
         let e = bias_entries[s.bias_start + i];
-        logits[row * p.vocab + e.x] += bitcast<f32>(e.y);
+        let token = e.x & ~GENERATED;
+        logits[row * p.vocab + token] += bitcast<f32>(e.y);
+        if e.x == (pending | GENERATED) {
+            pending_generated = 1u;
+        }
+    }
+    // After the entries: the pending token's entry, if any, added to the same logit.
+    workgroupBarrier();
+    storageBarrier();
+    if lid == 0u && s.pending != 0u {
+        let presence = select(s.presence, 0.0, pending_generated != 0u);
+        logits[row * p.vocab + pending] -= s.frequency + presence;
     }
 }
 #else

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
-use crate::kernels::sample::{LogitBias, MAX_LOGIT_BIAS, SampleParams};
+use crate::kernels::sample::{GENERATED, LogitBias, MAX_LOGIT_BIAS, SampleParams};
 use crate::model::weights::WeightSource;
 use crate::model::{Batch, Model, ModelConfig, ModelOptions, Pass, TokenInfo};
 use crate::tokenizer::Tokenizer;
@@ -487,7 +487,7 @@ impl Engine {
                 }
                 sampled.push((outputs.len() as u32, s.id));
                 outputs.push(tokens.len() as u32 - 1);
-                sampling.push(sample_params(s, s.generated, bias));
+                sampling.push(sample_params(s, s.generated, bias, None));
             }
         }
         let pass = self.model.submit(
@@ -509,18 +509,14 @@ impl Engine {
     }
 
     /// Queues the pass after `cur` when it can go before `cur`'s ids come back: every running
-    /// request decodes in `cur`, none wants log-probabilities or has penalties (they need
-    /// `cur`'s token), none is waiting to start, and
+    /// request decodes in `cur`, none wants log-probabilities, none is waiting to start, and
     /// the next positions take no new KV block (so that a token computed for a request that
     /// then stops never takes a block, which could evict a cached prefix: one pass per KV block
     /// of positions runs unqueued). Requests that end by length in `cur` are left out.
     fn submit_next(&mut self, cur: &mut Queued) -> Result<Option<Queued>> {
         if !self.waiting.is_empty()
             || !cur.kept.is_empty()
-            || self
-                .running
-                .iter()
-                .any(|s| s.req.logprobs.is_some() || s.penalized.is_some())
+            || self.running.iter().any(|s| s.req.logprobs.is_some())
         {
             return Ok(None);
         }
@@ -551,7 +547,8 @@ impl Engine {
             sampled.push((outputs.len() as u32, s.id));
             outputs.push(tokens.len() as u32);
             tokens.push(TokenInfo::fed(row, pos as u32, s.slot));
-            sampling.push(sample_params(s, s.generated + 1, bias));
+            // Its token from `cur` is still on the GPU: the penalties count it there.
+            sampling.push(sample_params(s, s.generated + 1, bias, Some(row)));
             sc.placed.push((s.slot, pos as u32, 1));
             work.push((s.id, pos + 1));
         }
@@ -672,8 +669,15 @@ fn commit(running: &mut [Sequence], model: &Model, work: &[(RequestId, usize)]) 
 }
 
 /// What sampling takes for request `s`'s token number `counter` (its random stream's position);
-/// its logit_bias entries, penalties included, go onto the pass's `bias` (one entry a token).
-fn sample_params(s: &Sequence, counter: u32, bias: &mut Vec<LogitBias>) -> SampleParams {
+/// its logit_bias entries, penalties of the tokens generated so far included, go onto the pass's
+/// `bias` (one entry a token, marked `GENERATED` where counted). `pending`: the previous pass's
+/// output row whose token (not yet counted here) the GPU penalizes too.
+fn sample_params(
+    s: &Sequence,
+    counter: u32,
+    bias: &mut Vec<LogitBias>,
+    pending: Option<u32>,
+) -> SampleParams {
     let sp = &s.req.sampling;
     let bias_start = bias.len() as u32;
     match &s.penalized {
@@ -684,10 +688,11 @@ fn sample_params(s: &Sequence, counter: u32, bias: &mut Vec<LogitBias>) -> Sampl
                 .map(|&(token, value)| LogitBias { token, value }),
         ),
         Some(counts) => bias.extend(counts.iter().map(|(&token, &(b, count))| LogitBias {
-            token,
+            token: if count > 0 { token | GENERATED } else { token },
             value: b - sp.penalty(count),
         })),
     }
+    let pending = pending.filter(|_| s.penalized.is_some());
     SampleParams {
         temperature: sp.temperature,
         top_p: sp.top_p,
@@ -696,6 +701,9 @@ fn sample_params(s: &Sequence, counter: u32, bias: &mut Vec<LogitBias>) -> Sampl
         counter,
         bias_start,
         bias_count: bias.len() as u32 - bias_start,
+        pending: pending.map_or(0, |row| row + 1),
+        presence: sp.presence_penalty,
+        frequency: sp.frequency_penalty,
         _pad: 0,
     }
 }

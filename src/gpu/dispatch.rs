@@ -21,7 +21,8 @@ pub struct StepCounts {
     /// Split attention: the spans each token's keys are cut into, and their length in positions.
     pub splits: u32,
     pub span: u32,
-    /// logit_bias entries of the pass's rows, all told (sampling's BIAS runs when there are any).
+    /// logit_bias entries of the pass's rows and rows with a pending penalty, all told
+    /// (sampling's BIAS runs when there are any).
     pub biased: u32,
     pub _pad: [u32; 2],
 }

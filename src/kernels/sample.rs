@@ -20,10 +20,20 @@ pub struct SampleParams {
     /// The row's logit_bias: entries [bias_start, bias_start + bias_count) of the pass's list.
     pub bias_start: u32,
     pub bias_count: u32,
+    /// r + 1 when the row's sequence has a token still on the GPU, the previous pass's id for
+    /// its row r (as `TokenInfo::fed`), which then loses frequency, plus presence unless an
+    /// entry of the row is that token marked `GENERATED` (0: none).
+    pub pending: u32,
+    pub presence: f32,
+    pub frequency: f32,
     pub _pad: u32,
 }
 
-/// One logit_bias entry: `value` is added to the logit of `token` before sampling.
+/// Set in a `LogitBias` token: that token was generated before (see `SampleParams::pending`).
+pub const GENERATED: u32 = 1 << 31;
+
+/// One logit_bias entry: `value` is added to the logit of `token` (without `GENERATED`) before
+/// sampling.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct LogitBias {
@@ -60,9 +70,9 @@ pub fn parts_bytes(outputs: u32, vocab: u32) -> Result<u64> {
 }
 
 /// What sampling reads and writes: ids [outputs] u32 drawn from logits [outputs, V] with params
-/// [outputs], after each row's logit_bias entries (in `bias`, [LogitBias]) are added to its
-/// logits (only in passes that have any: `StepCounts::biased`); parts is scratch of
-/// `parts_bytes`.
+/// [outputs], after each row's logit_bias entries (in `bias`, [LogitBias]) and pending penalty
+/// are applied to its logits (only in passes that have any: `StepCounts::biased`), reading the
+/// previous pass's ids; parts is scratch of `parts_bytes`.
 pub struct Sample<'a> {
     pub logits: &'a wgpu::Buffer,
     pub params: &'a wgpu::Buffer,
@@ -87,7 +97,7 @@ pub fn build(gpu: &Gpu, step: &wgpu::Buffer, b: &Sample, vocab: u32) -> Result<V
             &ShaderKey::new("sample.wgsl", "bias").define_if("BIAS", true),
             step,
             p,
-            &[logits, params, bias],
+            &[logits, params, bias, ids],
             Grid::new(1, Count::Outputs, 1),
         )?
         .only_for(Count::Biased, 1..=u32::MAX),
@@ -220,6 +230,74 @@ mod tests {
             let want = [best, pick, second, pick].map(|i| i as u32);
             assert_eq!(got, want);
         }
+    }
+
+    gpu_test!(pending_tokens_take_their_penalty);
+    /// BIAS alone: entries added, and each row's token from the previous pass (still in `ids`)
+    /// lowered by frequency, plus presence unless an entry marks it generated before.
+    async fn pending_tokens_take_their_penalty() {
+        let mut rng = seeded("pending");
+        for gpu in gpus().await {
+            let vocab = 50usize;
+            let l = random(&mut rng, 3 * vocab, 3.0);
+            // The previous pass drew tokens 7, 19 and 33 for its rows 2, 0 and 1.
+            let prev = [19u32, 33, 7];
+            let entry = |token: u32, value: f32| LogitBias { token, value };
+            let bias = [
+                entry(7 | GENERATED, -1.5),
+                entry(40 | GENERATED, -2.0),
+                entry(33, 3.0),
+            ];
+            let row = |start, count, pending, presence, frequency| SampleParams {
+                bias_start: start,
+                bias_count: count,
+                pending,
+                presence,
+                frequency,
+                ..Default::default()
+            };
+            // Row 0: token 7 (row 2's) generated before; row 1: 19 (row 0's), new; row 2: 33
+            // (row 1's), with a logit_bias and new.
+            let ps = [
+                row(0, 2, 3, 0.5, 1.0),
+                row(0, 0, 1, 0.5, 1.0),
+                row(2, 1, 2, 0.25, 0.75),
+            ];
+            let lb = gpu.upload("l", f32_bytes(&l)).unwrap();
+            let pb = gpu.upload("p", bytemuck::cast_slice(&ps)).unwrap();
+            let bb = gpu.upload("bias", bytemuck::cast_slice(&bias)).unwrap();
+            let ib = gpu.upload("ids", bytemuck::cast_slice(&prev)).unwrap();
+            let parts = gpu
+                .storage("parts", parts_bytes(3, vocab as u32).unwrap())
+                .unwrap();
+            let step = step_buffer(gpu);
+            let bufs = Sample {
+                logits: &lb,
+                params: &pb,
+                bias: &bb,
+                parts: &parts,
+                ids: &ib,
+            };
+            let d = build(gpu, &step, &bufs, vocab as u32).unwrap();
+            let counts = StepCounts {
+                outputs: 3,
+                biased: 6,
+                ..Default::default()
+            };
+            submit(gpu, &step, &counts, &d[..1]);
+            let got = gpu.read_f32(&lb, 3 * vocab).await.unwrap();
+            let mut want = l.clone();
+            want[7] = (want[7] - 1.5) - 1.0;
+            want[40] -= 2.0;
+            want[vocab + 19] -= 1.0 + 0.5;
+            want[2 * vocab + 33] = (want[2 * vocab + 33] + 3.0) - (0.75 + 0.25);
+            assert_eq!(got, want);
+        }
+    }
+
+    #[test]
+    fn generated_mark_agrees_with_the_shader() {
+        assert_eq!(wgsl_const("sample.wgsl", "GENERATED").unwrap(), GENERATED);
     }
 
     gpu_test!(greedy_is_argmax);

@@ -18,7 +18,7 @@ use crate::kernels::moe::{self, FoldBuffers, MoeBuffers, MoeShape, MoeWeights};
 use crate::kernels::rmsnorm::{self, RmsNorm};
 use crate::kernels::router::{self, Router};
 use crate::kernels::router_fold::{self, FoldInputs, Term};
-use crate::kernels::sample::{self, LogitBias, SampleParams, row_bias_entries};
+use crate::kernels::sample::{self, GENERATED, LogitBias, SampleParams, row_bias_entries};
 use crate::model::config::ModelConfig;
 use crate::model::inputs::TokenInfo;
 use crate::model::kv_cache::{KvCache, LayerCache};
@@ -170,7 +170,7 @@ impl Activations {
             split_sums: buf("split_sums", split_sums.max(4))?,
             final_h: buf("final_h", o * h * 4)?,
             logits: buf("logits", o * v * 4)?,
-            sampling: buf("sampling", o * 32)?,
+            sampling: buf("sampling", o * size_of::<SampleParams>() as u64)?,
             logit_bias: buf(
                 "logit_bias",
                 o * row_bias_entries(max_context, c.vocab) * size_of::<LogitBias>() as u64,
@@ -726,6 +726,13 @@ impl Model {
         }
         let row_bias = row_bias_entries(self.opts.max_context, self.cfg.vocab) as usize;
         for s in b.sampling {
+            if s.pending > self.max_outputs {
+                return Err(Error::Request(format!(
+                    "a pending token of output row {} of the previous pass (at most {})",
+                    s.pending - 1,
+                    self.max_outputs
+                )));
+            }
             let (start, count) = (s.bias_start as usize, s.bias_count as usize);
             if count > row_bias || start + count > b.bias.len() {
                 return Err(Error::Request(format!(
@@ -742,10 +749,15 @@ impl Model {
                 self.max_outputs
             )));
         }
-        if let Some(e) = b.bias.iter().find(|e| e.token >= self.cfg.vocab) {
+        if let Some(e) = b
+            .bias
+            .iter()
+            .find(|e| e.token & !GENERATED >= self.cfg.vocab)
+        {
             return Err(Error::Request(format!(
                 "logit_bias names token {}, outside the vocabulary of {}",
-                e.token, self.cfg.vocab
+                e.token & !GENERATED,
+                self.cfg.vocab
             )));
         }
         let g = &self.gpu;
@@ -767,7 +779,7 @@ impl Model {
             slots: n as u32 * self.cfg.top_k,
             splits,
             span,
-            biased: b.bias.len() as u32,
+            biased: (b.bias.len() + b.sampling.iter().filter(|s| s.pending != 0).count()) as u32,
             _pad: [0; 2],
         })
     }
