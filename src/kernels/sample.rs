@@ -130,6 +130,64 @@ mod tests {
         run_biased(gpu, logits, vocab, ps, &[]).await
     }
 
+    /// A test's sampling buffers: `logits` [rows, vocab], the rows' settings, the bias entries
+    /// (one unused entry when there are none), the previous pass's `ids`; and its dispatches.
+    struct Setup {
+        logits: wgpu::Buffer,
+        ids: wgpu::Buffer,
+        step: wgpu::Buffer,
+        dispatches: Vec<Dispatch>,
+    }
+
+    impl Setup {
+        fn new(
+            gpu: &Gpu,
+            logits: &[f32],
+            vocab: usize,
+            ps: &[SampleParams],
+            bias: &[LogitBias],
+            ids: &[u32],
+        ) -> Setup {
+            let none = [LogitBias::default()];
+            let entries = if bias.is_empty() { &none[..] } else { bias };
+            let (logits, ids) = (
+                gpu.upload("l", f32_bytes(logits)).unwrap(),
+                gpu.upload("ids", bytemuck::cast_slice(ids)).unwrap(),
+            );
+            let params = gpu.upload("p", bytemuck::cast_slice(ps)).unwrap();
+            let bias = gpu.upload("bias", bytemuck::cast_slice(entries)).unwrap();
+            let rows = ps.len() as u32;
+            let parts = gpu
+                .storage("parts", parts_bytes(rows, vocab as u32).unwrap())
+                .unwrap();
+            let step = step_buffer(gpu);
+            let bufs = Sample {
+                logits: &logits,
+                params: &params,
+                bias: &bias,
+                parts: &parts,
+                ids: &ids,
+            };
+            let dispatches = build(gpu, &step, &bufs, vocab as u32).unwrap();
+            Setup {
+                logits,
+                ids,
+                step,
+                dispatches,
+            }
+        }
+
+        /// Runs the first `n` dispatches for `rows` rows, `biased` as the pass's count.
+        fn run(&self, gpu: &Gpu, n: usize, rows: usize, biased: usize) {
+            let counts = StepCounts {
+                outputs: rows as u32,
+                biased: biased as u32,
+                ..Default::default()
+            };
+            submit(gpu, &self.step, &counts, &self.dispatches[..n]);
+        }
+    }
+
     /// Every row of `ps` samples from `logits`, with its entries of `bias` added.
     async fn run_biased(
         gpu: &Gpu,
@@ -140,38 +198,9 @@ mod tests {
     ) -> Vec<u32> {
         let rows = ps.len();
         let all: Vec<f32> = (0..rows).flat_map(|_| logits.iter().copied()).collect();
-        let lb = gpu.upload("l", f32_bytes(&all)).unwrap();
-        let pb = gpu.upload("p", bytemuck::cast_slice(ps)).unwrap();
-        let entries = if bias.is_empty() {
-            &[LogitBias::default()][..]
-        } else {
-            bias
-        };
-        let bb = gpu.upload("bias", bytemuck::cast_slice(entries)).unwrap();
-        let ib = gpu.storage("ids", rows as u64 * 4).unwrap();
-        let parts = gpu
-            .storage("parts", parts_bytes(rows as u32, vocab as u32).unwrap())
-            .unwrap();
-        let step = step_buffer(gpu);
-        let bufs = Sample {
-            logits: &lb,
-            params: &pb,
-            bias: &bb,
-            parts: &parts,
-            ids: &ib,
-        };
-        let d = build(gpu, &step, &bufs, vocab as u32).unwrap();
-        submit(
-            gpu,
-            &step,
-            &StepCounts {
-                outputs: rows as u32,
-                biased: bias.len() as u32,
-                ..Default::default()
-            },
-            &d,
-        );
-        gpu.read_u32(&ib, rows).await.unwrap()
+        let s = Setup::new(gpu, &all, vocab, ps, bias, &vec![0; rows]);
+        s.run(gpu, s.dispatches.len(), rows, bias.len());
+        gpu.read_u32(&s.ids, rows).await.unwrap()
     }
 
     gpu_test!(logit_bias_moves_the_draw);
@@ -263,29 +292,9 @@ mod tests {
                 row(0, 0, 1, 0.5, 1.0),
                 row(2, 1, 2, 0.25, 0.75),
             ];
-            let lb = gpu.upload("l", f32_bytes(&l)).unwrap();
-            let pb = gpu.upload("p", bytemuck::cast_slice(&ps)).unwrap();
-            let bb = gpu.upload("bias", bytemuck::cast_slice(&bias)).unwrap();
-            let ib = gpu.upload("ids", bytemuck::cast_slice(&prev)).unwrap();
-            let parts = gpu
-                .storage("parts", parts_bytes(3, vocab as u32).unwrap())
-                .unwrap();
-            let step = step_buffer(gpu);
-            let bufs = Sample {
-                logits: &lb,
-                params: &pb,
-                bias: &bb,
-                parts: &parts,
-                ids: &ib,
-            };
-            let d = build(gpu, &step, &bufs, vocab as u32).unwrap();
-            let counts = StepCounts {
-                outputs: 3,
-                biased: 6,
-                ..Default::default()
-            };
-            submit(gpu, &step, &counts, &d[..1]);
-            let got = gpu.read_f32(&lb, 3 * vocab).await.unwrap();
+            let setup = Setup::new(gpu, &l, vocab, &ps, &bias, &prev);
+            setup.run(gpu, 1, 3, 6);
+            let got = gpu.read_f32(&setup.logits, 3 * vocab).await.unwrap();
             let mut want = l.clone();
             want[7] = (want[7] - 1.5) - 1.0;
             want[40] -= 2.0;
