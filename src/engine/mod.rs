@@ -487,7 +487,7 @@ impl Engine {
                 }
                 sampled.push((outputs.len() as u32, s.id));
                 outputs.push(tokens.len() as u32 - 1);
-                sampling.push(sample_params(s, s.generated, bias, None));
+                sampling.push(sample_params(s, s.generated, bias));
             }
         }
         let pass = self.model.submit(
@@ -547,8 +547,7 @@ impl Engine {
             sampled.push((outputs.len() as u32, s.id));
             outputs.push(tokens.len() as u32);
             tokens.push(TokenInfo::fed(row, pos as u32, s.slot));
-            // Its token from `cur` is still on the GPU: the penalties count it there.
-            sampling.push(sample_params(s, s.generated + 1, bias, Some(row)));
+            sampling.push(sample_params(s, s.generated + 1, bias));
             sc.placed.push((s.slot, pos as u32, 1));
             work.push((s.id, pos + 1));
         }
@@ -670,14 +669,9 @@ fn commit(running: &mut [Sequence], model: &Model, work: &[(RequestId, usize)]) 
 
 /// What sampling takes for request `s`'s token number `counter` (its random stream's position);
 /// its logit_bias entries, penalties of the tokens generated so far included, go onto the pass's
-/// `bias` (one entry a token, marked `GENERATED` where counted). `pending`: the previous pass's
-/// output row whose token (not yet counted here) the GPU penalizes too.
-fn sample_params(
-    s: &Sequence,
-    counter: u32,
-    bias: &mut Vec<LogitBias>,
-    pending: Option<u32>,
-) -> SampleParams {
+/// `bias` (one entry a token, marked `GENERATED` where counted; a token fed from the previous
+/// pass, not counted yet, is penalized on the GPU: `SampleParams::pending`).
+fn sample_params(s: &Sequence, counter: u32, bias: &mut Vec<LogitBias>) -> SampleParams {
     let sp = &s.req.sampling;
     let bias_start = bias.len() as u32;
     match &s.penalized {
@@ -692,7 +686,6 @@ fn sample_params(
             value: b - sp.penalty(count),
         })),
     }
-    let pending = pending.filter(|_| s.penalized.is_some());
     SampleParams {
         temperature: sp.temperature,
         top_p: sp.top_p,
@@ -701,10 +694,10 @@ fn sample_params(
         counter,
         bias_start,
         bias_count: bias.len() as u32 - bias_start,
-        pending: pending.map_or(0, |row| row + 1),
         presence: sp.presence_penalty,
         frequency: sp.frequency_penalty,
-        _pad: 0,
+        // (`pending`: the model's.)
+        ..Default::default()
     }
 }
 

@@ -20,9 +20,10 @@ pub struct SampleParams {
     /// The row's logit_bias: entries [bias_start, bias_start + bias_count) of the pass's list.
     pub bias_start: u32,
     pub bias_count: u32,
-    /// r + 1 when the row's sequence has a token still on the GPU, the previous pass's id for
-    /// its row r (as `TokenInfo::fed`), which then loses frequency, plus presence unless an
-    /// entry of the row is that token marked `GENERATED` (0: none).
+    /// r + 1 when the row's token is the previous pass's id for its row r, still on the GPU
+    /// (its `TokenInfo::fed`; filled in by the model for rows with penalties), which then loses
+    /// frequency, plus presence unless an entry of the row is that token marked `GENERATED`
+    /// (0: none).
     pub pending: u32,
     pub presence: f32,
     pub frequency: f32,

@@ -726,13 +726,6 @@ impl Model {
         }
         let row_bias = row_bias_entries(self.opts.max_context, self.cfg.vocab) as usize;
         for s in b.sampling {
-            if s.pending > self.max_outputs {
-                return Err(Error::Request(format!(
-                    "a pending token of output row {} of the previous pass (at most {})",
-                    s.pending - 1,
-                    self.max_outputs
-                )));
-            }
             let (start, count) = (s.bias_start as usize, s.bias_count as usize);
             if count > row_bias || start + count > b.bias.len() {
                 return Err(Error::Request(format!(
@@ -760,13 +753,24 @@ impl Model {
                 self.cfg.vocab
             )));
         }
+        // A penalized row whose token the previous pass drew (still on the GPU) has BIAS
+        // penalize that token there too.
+        let mut sampling = b.sampling.to_vec();
+        for (s, &o) in sampling.iter_mut().zip(b.outputs) {
+            let penalized = s.presence != 0.0 || s.frequency != 0.0;
+            s.pending = if penalized {
+                b.tokens[o as usize].fed
+            } else {
+                0
+            };
+        }
         let g = &self.gpu;
         let mut tokens = b.tokens.to_vec();
         self.cache.place(g, &mut tokens)?;
         g.write(&self.acts.tokens, 0, bytemuck::cast_slice(&tokens));
         if !b.outputs.is_empty() {
             g.write(&self.acts.out_rows, 0, bytemuck::cast_slice(b.outputs));
-            g.write(&self.acts.sampling, 0, bytemuck::cast_slice(b.sampling));
+            g.write(&self.acts.sampling, 0, bytemuck::cast_slice(&sampling));
         }
         if !b.bias.is_empty() {
             g.write(&self.acts.logit_bias, 0, bytemuck::cast_slice(b.bias));
@@ -779,7 +783,7 @@ impl Model {
             slots: n as u32 * self.cfg.top_k,
             splits,
             span,
-            biased: (b.bias.len() + b.sampling.iter().filter(|s| s.pending != 0).count()) as u32,
+            biased: (b.bias.len() + sampling.iter().filter(|s| s.pending != 0).count()) as u32,
             _pad: [0; 2],
         })
     }
