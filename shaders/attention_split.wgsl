@@ -548,6 +548,33 @@ const WORD_DIMS: u32 = 8u;
 const WORD_DIMS: u32 = 4u;
 #endif
 
+// The cache blocks of the workgroup's span, looked up in the block table once (positions from
+// block span_b0 * KV_BLOCK on), so that a chunk's loads wait on no table load of their own; a
+// span of more than SPAN_BLOCKS blocks reads the rest's entries from the table.
+const SPAN_BLOCKS: u32 = 256u;
+var<workgroup> span_blocks: array<u32, SPAN_BLOCKS>;
+var<private> span_b0: u32;
+
+fn stage_blocks(lid: u32, seq: u32, keys: vec2<u32>) {
+    span_b0 = keys.x / KV_BLOCK;
+    let n = select(0u, (keys.y - 1u) / KV_BLOCK + 1u - span_b0, keys.x < keys.y);
+    for (var i = lid; i < min(n, SPAN_BLOCKS); i += WG) {
+        span_blocks[i] = kv_table[seq * p.entries + span_b0 + i];
+    }
+}
+
+// kv_at for a position of the span (stage_blocks and a barrier first).
+fn span_kv_at(seq: u32, pos: u32, kvh: u32) -> u32 {
+    let i = pos / KV_BLOCK - span_b0;
+    var block: u32;
+    if i < SPAN_BLOCKS {
+        block = span_blocks[i];
+    } else {
+        block = kv_table[seq * p.entries + pos / KV_BLOCK];
+    }
+    return kv_at_slot(block * KV_BLOCK + pos % KV_BLOCK, kvh);
+}
+
 // A lane's share of a chunk: words lid + i WG of its keys and of its values.
 struct ChunkLoads {
     k: array<vec4<u32>, STAGE_LOADS>,
@@ -560,7 +587,7 @@ fn fetch_chunk(lid: u32, seq: u32, kvh: u32, base: u32, end: u32, words: u32) ->
     var c: ChunkLoads;
     for (var i = 0u; i < STAGE_LOADS; i++) {
         let e = lid + i * WG;
-        let at = kv_at(seq, min(base + e / words, end - 1u), kvh) / WORD_DIMS + e % words;
+        let at = span_kv_at(seq, min(base + e / words, end - 1u), kvh) / WORD_DIMS + e % words;
         c.k[i] = k_cache[at];
         c.v[i] = v_cache[at];
     }
@@ -610,6 +637,8 @@ fn staged(lanes: Lanes, @builtin(workgroup_id) wg: vec3<u32>) {
     let keys = span_keys(tok, job.c);
     let words = d / WORD_DIMS;
     let chunk = STAGE_WORDS / words;
+    stage_blocks(lid, tok.seq, keys);
+    workgroupBarrier();
     var next: ChunkLoads;
     if keys.x < keys.y {
         next = fetch_chunk(lid, tok.seq, kvh, keys.x, keys.y, words);
