@@ -518,6 +518,33 @@ fn finish_runs(job: SpanJob, lid: u32, h0: u32, heads: u32, set_groups: u32, d4:
     }
 }
 
+// The cache blocks of the workgroup's span, looked up in the block table once (positions from
+// block span_b0 * KV_BLOCK on), so that the loads of keys and values wait on no table load of
+// their own; a span of more than SPAN_BLOCKS blocks reads the rest's entries from the table.
+const SPAN_BLOCKS: u32 = 256u;
+var<workgroup> span_blocks: array<u32, SPAN_BLOCKS>;
+var<private> span_b0: u32;
+
+fn stage_blocks(lid: u32, seq: u32, keys: vec2<u32>) {
+    span_b0 = keys.x / KV_BLOCK;
+    let n = select(0u, (keys.y - 1u) / KV_BLOCK + 1u - span_b0, keys.x < keys.y);
+    for (var i = lid; i < min(n, SPAN_BLOCKS); i += WG) {
+        span_blocks[i] = kv_table[seq * p.entries + span_b0 + i];
+    }
+}
+
+// kv_at for a position of the span (stage_blocks and a barrier first).
+fn span_kv_at(seq: u32, pos: u32, kvh: u32) -> u32 {
+    let i = pos / KV_BLOCK - span_b0;
+    var block: u32;
+    if i < SPAN_BLOCKS {
+        block = span_blocks[i];
+    } else {
+        block = kv_table[seq * p.entries + pos / KV_BLOCK];
+    }
+    return kv_at_slot(block * KV_BLOCK + pos % KV_BLOCK, kvh);
+}
+
 // A lane's place among the key groups: lane `part` of its key's L = D / 8 lanes, in the
 // workgroup's `slot`-th group.
 struct KeyLane {
@@ -547,33 +574,6 @@ const WORD_DIMS: u32 = 8u;
 #else
 const WORD_DIMS: u32 = 4u;
 #endif
-
-// The cache blocks of the workgroup's span, looked up in the block table once (positions from
-// block span_b0 * KV_BLOCK on), so that a chunk's loads wait on no table load of their own; a
-// span of more than SPAN_BLOCKS blocks reads the rest's entries from the table.
-const SPAN_BLOCKS: u32 = 256u;
-var<workgroup> span_blocks: array<u32, SPAN_BLOCKS>;
-var<private> span_b0: u32;
-
-fn stage_blocks(lid: u32, seq: u32, keys: vec2<u32>) {
-    span_b0 = keys.x / KV_BLOCK;
-    let n = select(0u, (keys.y - 1u) / KV_BLOCK + 1u - span_b0, keys.x < keys.y);
-    for (var i = lid; i < min(n, SPAN_BLOCKS); i += WG) {
-        span_blocks[i] = kv_table[seq * p.entries + span_b0 + i];
-    }
-}
-
-// kv_at for a position of the span (stage_blocks and a barrier first).
-fn span_kv_at(seq: u32, pos: u32, kvh: u32) -> u32 {
-    let i = pos / KV_BLOCK - span_b0;
-    var block: u32;
-    if i < SPAN_BLOCKS {
-        block = span_blocks[i];
-    } else {
-        block = kv_table[seq * p.entries + pos / KV_BLOCK];
-    }
-    return kv_at_slot(block * KV_BLOCK + pos % KV_BLOCK, kvh);
-}
 
 // A lane's share of a chunk: words lid + i WG of its keys and of its values.
 struct ChunkLoads {
@@ -707,13 +707,15 @@ fn keys(lanes: Lanes, @builtin(workgroup_id) wg: vec3<u32>) {
         h_1 = head_run(qb + d);
     }
     let keys = span_keys(tok, job.c);
+    stage_blocks(lid, tok.seq, keys);
+    workgroupBarrier();
     for (var base = keys.x; base < keys.y; base += KEY_ROUNDS * groups) {
         // Every key and value of the trip loaded first (dead positions load the last live key
         // and weigh 0).
         var trip: KeyTrip;
         for (var k = 0u; k < KEY_ROUNDS; k++) {
             let pos = min(base + k * groups + kl.slot, keys.y - 1u);
-            let at = kv_at(tok.seq, pos, kvh) / 4u + 2u * kl.part;
+            let at = span_kv_at(tok.seq, pos, kvh) / 4u + 2u * kl.part;
             trip.k[2u * k] = k_cache[at];
             trip.k[2u * k + 1u] = k_cache[at + 1u];
             trip.v[2u * k] = v_cache[at];
