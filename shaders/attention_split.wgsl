@@ -108,6 +108,34 @@ const NEG: f32 = -3.0e38;
 var<workgroup> tok_shared: TokenInfo;
 #include "common/lanes.wgsl"
 
+// The cache blocks of the workgroup's span, looked up in the block table once (positions from
+// block span_b0 * KV_BLOCK on), so that the loads of keys and values wait on no table load of
+// their own; a span of more than SPAN_BLOCKS blocks (2048 keys: a 131072-key context in
+// MAX_SPLITS spans) reads the rest's entries from the table.
+const SPAN_BLOCKS: u32 = 128u;
+var<workgroup> span_blocks: array<u32, SPAN_BLOCKS>;
+var<private> span_b0: u32;
+
+fn stage_blocks(lid: u32, seq: u32, keys: vec2<u32>) {
+    span_b0 = keys.x / KV_BLOCK;
+    let n = select(0u, (keys.y - 1u) / KV_BLOCK + 1u - span_b0, keys.x < keys.y);
+    for (var i = lid; i < min(n, SPAN_BLOCKS); i += WG) {
+        span_blocks[i] = kv_table[seq * p.entries + span_b0 + i];
+    }
+}
+
+// kv_at for a position of the span (stage_blocks and a barrier first).
+fn span_kv_at(seq: u32, pos: u32, kvh: u32) -> u32 {
+    let i = pos / KV_BLOCK - span_b0;
+    var block: u32;
+    if i < SPAN_BLOCKS {
+        block = span_blocks[i];
+    } else {
+        block = kv_table[seq * p.entries + pos / KV_BLOCK];
+    }
+    return kv_at_slot(block * KV_BLOCK + pos % KV_BLOCK, kvh);
+}
+
 // `split`'s workgroup memory and reductions (KEY_GROUPS' entries have their own, below).
 #ifndef KEY_GROUPS
 var<workgroup> qs: array<vec4<f32>, HG * WG / 4u>;
@@ -277,6 +305,7 @@ fn split(lanes: Lanes, @builtin(workgroup_id) wg: vec3<u32>) {
         qs[i] = qkv4(q0);
     }
     let keys = span_keys(tok, job.c);
+    stage_blocks(lid, tok.seq, keys);
     let lo = keys.x;
     let hi = keys.y;
     var m: array<f32, HG>;
@@ -297,7 +326,7 @@ fn split(lanes: Lanes, @builtin(workgroup_id) wg: vec3<u32>) {
             s[g] = NEG;
         }
         if lid < n {
-            let kb = kv_at(tok.seq, base + lid, kvh) / 4u;
+            let kb = span_kv_at(tok.seq, base + lid, kvh) / 4u;
             key_at[lid] = kb;
             // Zeroed by hand: SwiftShader (Chrome's software WebGPU) keeps the previous chunk's
             // sums in a loop-local array that WGSL says starts at zero (the kernel tests in
@@ -516,33 +545,6 @@ fn finish_runs(job: SpanJob, lid: u32, h0: u32, heads: u32, set_groups: u32, d4:
         }
         finish(job, h0 + i / d4, mx, den, o, q);
     }
-}
-
-// The cache blocks of the workgroup's span, looked up in the block table once (positions from
-// block span_b0 * KV_BLOCK on), so that the loads of keys and values wait on no table load of
-// their own; a span of more than SPAN_BLOCKS blocks reads the rest's entries from the table.
-const SPAN_BLOCKS: u32 = 256u;
-var<workgroup> span_blocks: array<u32, SPAN_BLOCKS>;
-var<private> span_b0: u32;
-
-fn stage_blocks(lid: u32, seq: u32, keys: vec2<u32>) {
-    span_b0 = keys.x / KV_BLOCK;
-    let n = select(0u, (keys.y - 1u) / KV_BLOCK + 1u - span_b0, keys.x < keys.y);
-    for (var i = lid; i < min(n, SPAN_BLOCKS); i += WG) {
-        span_blocks[i] = kv_table[seq * p.entries + span_b0 + i];
-    }
-}
-
-// kv_at for a position of the span (stage_blocks and a barrier first).
-fn span_kv_at(seq: u32, pos: u32, kvh: u32) -> u32 {
-    let i = pos / KV_BLOCK - span_b0;
-    var block: u32;
-    if i < SPAN_BLOCKS {
-        block = span_blocks[i];
-    } else {
-        block = kv_table[seq * p.entries + pos / KV_BLOCK];
-    }
-    return kv_at_slot(block * KV_BLOCK + pos % KV_BLOCK, kvh);
 }
 
 // A lane's place among the key groups: lane `part` of its key's L = D / 8 lanes, in the
