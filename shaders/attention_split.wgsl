@@ -108,34 +108,6 @@ const NEG: f32 = -3.0e38;
 var<workgroup> tok_shared: TokenInfo;
 #include "common/lanes.wgsl"
 
-// The cache blocks of the workgroup's span, looked up in the block table once (positions from
-// block span_b0 * KV_BLOCK on), so that the loads of keys and values wait on no table load of
-// their own; a span of more than SPAN_BLOCKS blocks (2048 keys: a 131072-key context in
-// MAX_SPLITS spans) reads the rest's entries from the table.
-const SPAN_BLOCKS: u32 = 128u;
-var<workgroup> span_blocks: array<u32, SPAN_BLOCKS>;
-var<private> span_b0: u32;
-
-fn stage_blocks(lid: u32, seq: u32, keys: vec2<u32>) {
-    span_b0 = keys.x / KV_BLOCK;
-    let n = select(0u, (keys.y - 1u) / KV_BLOCK + 1u - span_b0, keys.x < keys.y);
-    for (var i = lid; i < min(n, SPAN_BLOCKS); i += WG) {
-        span_blocks[i] = kv_table[seq * p.entries + span_b0 + i];
-    }
-}
-
-// kv_at for a position of the span (stage_blocks and a barrier first).
-fn span_kv_at(seq: u32, pos: u32, kvh: u32) -> u32 {
-    let i = pos / KV_BLOCK - span_b0;
-    var block: u32;
-    if i < SPAN_BLOCKS {
-        block = span_blocks[i];
-    } else {
-        block = kv_table[seq * p.entries + pos / KV_BLOCK];
-    }
-    return kv_at_slot(block * KV_BLOCK + pos % KV_BLOCK, kvh);
-}
-
 // `split`'s workgroup memory and reductions (KEY_GROUPS' entries have their own, below).
 #ifndef KEY_GROUPS
 var<workgroup> qs: array<vec4<f32>, HG * WG / 4u>;
@@ -305,7 +277,6 @@ fn split(lanes: Lanes, @builtin(workgroup_id) wg: vec3<u32>) {
         qs[i] = qkv4(q0);
     }
     let keys = span_keys(tok, job.c);
-    stage_blocks(lid, tok.seq, keys);
     let lo = keys.x;
     let hi = keys.y;
     var m: array<f32, HG>;
@@ -326,7 +297,7 @@ fn split(lanes: Lanes, @builtin(workgroup_id) wg: vec3<u32>) {
             s[g] = NEG;
         }
         if lid < n {
-            let kb = span_kv_at(tok.seq, base + lid, kvh) / 4u;
+            let kb = kv_at(tok.seq, base + lid, kvh) / 4u;
             key_at[lid] = kb;
             // Zeroed by hand: SwiftShader (Chrome's software WebGPU) keeps the previous chunk's
             // sums in a loop-local array that WGSL says starts at zero (the kernel tests in
@@ -589,7 +560,7 @@ fn fetch_chunk(lid: u32, seq: u32, kvh: u32, base: u32, end: u32, words: u32) ->
     var c: ChunkLoads;
     for (var i = 0u; i < STAGE_LOADS; i++) {
         let e = lid + i * WG;
-        let at = span_kv_at(seq, min(base + e / words, end - 1u), kvh) / WORD_DIMS + e % words;
+        let at = kv_at(seq, min(base + e / words, end - 1u), kvh) / WORD_DIMS + e % words;
         c.k[i] = k_cache[at];
         c.v[i] = v_cache[at];
     }
@@ -639,8 +610,6 @@ fn staged(lanes: Lanes, @builtin(workgroup_id) wg: vec3<u32>) {
     let keys = span_keys(tok, job.c);
     let words = d / WORD_DIMS;
     let chunk = STAGE_WORDS / words;
-    stage_blocks(lid, tok.seq, keys);
-    workgroupBarrier();
     var next: ChunkLoads;
     if keys.x < keys.y {
         next = fetch_chunk(lid, tok.seq, kvh, keys.x, keys.y, words);
@@ -709,15 +678,13 @@ fn keys(lanes: Lanes, @builtin(workgroup_id) wg: vec3<u32>) {
         h_1 = head_run(qb + d);
     }
     let keys = span_keys(tok, job.c);
-    stage_blocks(lid, tok.seq, keys);
-    workgroupBarrier();
     for (var base = keys.x; base < keys.y; base += KEY_ROUNDS * groups) {
         // Every key and value of the trip loaded first (dead positions load the last live key
         // and weigh 0).
         var trip: KeyTrip;
         for (var k = 0u; k < KEY_ROUNDS; k++) {
             let pos = min(base + k * groups + kl.slot, keys.y - 1u);
-            let at = span_kv_at(tok.seq, pos, kvh) / 4u + 2u * kl.part;
+            let at = kv_at(tok.seq, pos, kvh) / 4u + 2u * kl.part;
             trip.k[2u * k] = k_cache[at];
             trip.k[2u * k + 1u] = k_cache[at + 1u];
             trip.v[2u * k] = v_cache[at];

@@ -243,9 +243,8 @@ fn staged_fits(gpu: &Gpu, p: &Params) -> Result<bool> {
     let group = p.n_heads / p.n_kv;
     let (lanes, words) = (c("STAGE_WG")?, c("STAGE_WORDS")?);
     // The stage (keys' and values' 16-byte words, later the groups' value sums), each lane
-    // group's max and sum for two heads (group_m, group_l), the span's cache blocks, the token's
-    // TokenInfo.
-    let bytes = 2 * words * 16 + 2 * lanes * 2 * 4 + c("SPAN_BLOCKS")? * 4 + 64;
+    // group's max and sum for two heads (group_m, group_l), the token's TokenInfo.
+    let bytes = 2 * words * 16 + 2 * lanes * 2 * 4 + 64;
     Ok(key_groups_fit(gpu, p.head_dim)
         && group.is_multiple_of(2)
         && lanes / (p.head_dim / 8) >= group / 2
