@@ -34,6 +34,12 @@ pub enum Error {
     /// A request that cannot be served as given (the message says which value and why).
     #[error("{0}")]
     Request(String),
+    /// The same for a value of a named request field (an API's error body names it).
+    #[error("{message}")]
+    Field {
+        field: &'static str,
+        message: String,
+    },
     /// Tokenizer loading or encoding failed.
     #[error("tokenizer: {0}")]
     Tokenizer(String),

@@ -766,6 +766,45 @@ fn serves_the_openai_api() {
         );
         assert_eq!(v["error"]["code"], *want, "{text}");
     }
+    // A value the chat mapping refuses names its field, as OpenAI's errors do.
+    for (body, field) in [
+        (
+            json!({"messages": [{"role": "wizard", "content": "x"}]}),
+            "messages",
+        ),
+        (
+            json!({"messages": [{"role": "tool", "content": "42"}]}),
+            "messages",
+        ),
+        (
+            json!({"messages": user, "reasoning_effort": "max"}),
+            "reasoning_effort",
+        ),
+        (
+            json!({"messages": user, "tools": [{"type": "retrieval", "function": {"name": "f"}}]}),
+            "tools",
+        ),
+    ] {
+        let (status, v) = post(s, "/v1/chat/completions", &body);
+        assert_eq!(status, 400, "{body}: {v}");
+        assert_eq!(v["error"]["param"], field, "{body}: {v}");
+    }
+    // The Responses API names them as its body spells them.
+    for (body, field) in [
+        (
+            json!({"input": "x", "reasoning": {"effort": "max"}}),
+            "reasoning.effort",
+        ),
+        (
+            json!({"input": "x", "max_output_tokens": 0}),
+            "max_output_tokens",
+        ),
+        (json!({"input": "hello ".repeat(400)}), "input"),
+    ] {
+        let (status, v) = post(s, "/v1/responses", &body);
+        assert_eq!(status, 400, "{body}: {v}");
+        assert_eq!(v["error"]["param"], field, "{body}: {v}");
+    }
     // A prompt too long for the context names the field it came in.
     for (path, body, field) in [
         (

@@ -96,6 +96,14 @@ pub struct ChatRequest {
     pub reasoning_effort: Option<String>,
 }
 
+/// An error in the request's `messages`.
+fn messages_error(message: String) -> Error {
+    Error::Field {
+        field: "messages",
+        message,
+    }
+}
+
 /// The text parts of a message's content. Parts other than text are refused: gpt-oss reads text
 /// only, and dropping an image silently would answer a question the user did not ask.
 fn parts_of(i: usize, c: &Option<MessageContent>) -> Result<Vec<String>> {
@@ -106,11 +114,11 @@ fn parts_of(i: usize, c: &Option<MessageContent>) -> Result<Vec<String>> {
             .iter()
             .map(|p| match (p.kind.as_str(), &p.text) {
                 ("text" | "input_text" | "output_text", Some(t)) => Ok(t.clone()),
-                ("text" | "input_text" | "output_text", None) => Err(Error::Request(format!(
+                ("text" | "input_text" | "output_text", None) => Err(messages_error(format!(
                     "message {i}: a `{}` content part has no `text`",
                     p.kind
                 ))),
-                (kind, _) => Err(Error::Request(format!(
+                (kind, _) => Err(messages_error(format!(
                     "message {i}: content parts of type `{kind}` are not supported \
                      (gpt-oss reads text only)"
                 ))),
@@ -197,21 +205,22 @@ impl ChatRequest {
     pub fn to_harmony(&self, date: &str) -> Result<Vec<Message>> {
         check_date(date)?;
         if self.messages.is_empty() {
-            return Err(Error::Request("`messages` is empty".into()));
+            return Err(messages_error("`messages` is empty".into()));
         }
         let effort = match &self.reasoning_effort {
             None => None,
-            Some(e) => Some(ReasoningEffort::parse(e).ok_or_else(|| {
-                Error::Request(format!("reasoning_effort `{e}` is not low, medium or high"))
+            Some(e) => Some(ReasoningEffort::parse(e).ok_or_else(|| Error::Field {
+                field: "reasoning_effort",
+                message: format!("reasoning_effort `{e}` is not low, medium or high"),
             })?),
         };
         let mut tools = Vec::new();
         for t in self.tools.iter().flatten() {
             if t.kind != "function" {
-                return Err(Error::Request(format!(
-                    "tool type `{}` is not supported (only function)",
-                    t.kind
-                )));
+                return Err(Error::Field {
+                    field: "tools",
+                    message: format!("tool type `{}` is not supported (only function)", t.kind),
+                });
             }
             tools.push(ToolDescription {
                 name: t.function.name.clone(),
@@ -297,7 +306,7 @@ impl ChatRequest {
                             .map(|(_, n)| n.clone())
                     });
                     let name = by_id.or_else(|| m.name.clone()).ok_or_else(|| {
-                        Error::Request(format!("message {i}: a tool result needs a `tool_call_id` of an earlier call or a `name`"))
+                        messages_error(format!("message {i}: a tool result needs a `tool_call_id` of an earlier call or a `name`"))
                     })?;
                     let mut msg = Message::text(Role::Tool, text)
                         .channel("commentary")
@@ -309,7 +318,7 @@ impl ChatRequest {
                     let role = Role::parse(role)
                         .filter(|r| *r != Role::Tool)
                         .ok_or_else(|| {
-                            Error::Request(format!("message {i}: unknown role `{}`", m.role))
+                            messages_error(format!("message {i}: unknown role `{}`", m.role))
                         })?;
                     out.push(Message::new(role, content_of(parts_of(i, &m.content)?)));
                 }

@@ -72,9 +72,7 @@ pub(super) async fn start_chat(
     }
     let tok = r.tokenizer.as_ref();
     let h = Harmony::new(tok).map_err(|e| ApiError::bad(e.to_string()))?;
-    let msgs = chat
-        .to_harmony(&today())
-        .map_err(|e| ApiError::bad(e.to_string()))?;
+    let msgs = chat.to_harmony(&today()).map_err(ApiError::request)?;
     let mut prompt = h
         .render_for_completion(&msgs)
         .map_err(|e| ApiError::bad(e.to_string()))?;

@@ -36,6 +36,14 @@ impl ApiError {
         }
     }
 
+    /// 400 for a request the chat mapping refused, naming the field where it knows it.
+    pub fn request(e: crate::error::Error) -> ApiError {
+        match e {
+            crate::error::Error::Field { field, message } => ApiError::param(field, message),
+            e => ApiError::bad(e.to_string()),
+        }
+    }
+
     fn kind(&self) -> &'static str {
         match self.status {
             StatusCode::BAD_REQUEST | StatusCode::PAYLOAD_TOO_LARGE => "invalid_request_error",

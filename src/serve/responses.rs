@@ -227,7 +227,19 @@ pub async fn responses(
         stream: b.stream,
         ..Default::default()
     };
-    let Some(run) = start_chat(r, &chat, &common, forced).await?.pop() else {
+    let runs = start_chat(r, &chat, &common, forced)
+        .await
+        .map_err(|mut e| {
+            // The chat fields' names as this endpoint's body spells them.
+            e.param = e.param.map(|f| match f {
+                "messages" => "input",
+                "reasoning_effort" => "reasoning.effort",
+                "max_tokens" => "max_output_tokens",
+                f => f,
+            });
+            e
+        })?;
+    let Some(run) = runs.into_iter().next_back() else {
         return Err(ApiError::bad("nothing to answer"));
     };
     let prompt = run.prompt_tokens;

@@ -38,9 +38,7 @@ pub async fn tokenize(
         (Some(p), _) => encode(r, &p)?,
         (None, Some(chat)) => {
             let h = Harmony::new(&r.tokenizer).map_err(|e| ApiError::bad(e.to_string()))?;
-            let msgs = chat
-                .to_harmony(&today())
-                .map_err(|e| ApiError::bad(e.to_string()))?;
+            let msgs = chat.to_harmony(&today()).map_err(ApiError::request)?;
             h.render_for_completion(&msgs)
                 .map_err(|e| ApiError::bad(e.to_string()))?
         }
