@@ -789,6 +789,19 @@ fn serves_the_openai_api() {
         assert_eq!(status, 400, "{body}: {v}");
         assert_eq!(v["error"]["param"], field, "{body}: {v}");
     }
+    // Completions options that are refused rather than ignored.
+    for (body, field) in [
+        (json!({"prompt": "x", "suffix": "end"}), "suffix"),
+        (json!({"prompt": "x", "best_of": 3}), "best_of"),
+        (json!({"prompt": "x", "n": 2, "best_of": 1}), "best_of"),
+    ] {
+        let (status, v) = post(s, "/v1/completions", &body);
+        assert_eq!(status, 400, "{body}: {v}");
+        assert_eq!(v["error"]["param"], field, "{body}: {v}");
+    }
+    let body = json!({"prompt": "x", "max_tokens": 1, "n": 2, "best_of": 2, "suffix": ""});
+    let (status, v) = post(s, "/v1/completions", &body);
+    assert_eq!(status, 200, "{v}");
     // The Responses API names them as its body spells them.
     for (body, field) in [
         (

@@ -41,6 +41,10 @@ struct CompletionBody {
     prompt: PromptSpec,
     #[serde(default)]
     echo: bool,
+    /// Refused unless empty (text after the completion: not something gpt-oss was trained on).
+    suffix: Option<String>,
+    /// Refused unless it equals `n` (no ranking of extra samples).
+    best_of: Option<i64>,
 }
 
 pub async fn completions(
@@ -49,6 +53,15 @@ pub async fn completions(
 ) -> ApiResult {
     let r = st.ready()?;
     let b: CompletionBody = parse(body)?;
+    if b.suffix.as_deref().is_some_and(|s| !s.is_empty()) {
+        return Err(ApiError::param("suffix", "suffix is not supported"));
+    }
+    if b.best_of.is_some_and(|k| k != b.common.n.unwrap_or(1)) {
+        return Err(ApiError::param(
+            "best_of",
+            "best_of other than n is not supported (choices are not ranked)",
+        ));
+    }
     let tok = r.tokenizer.as_ref();
     let decode = |ids: Vec<u32>| {
         let text = tok
