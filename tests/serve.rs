@@ -766,75 +766,63 @@ fn serves_the_openai_api() {
         );
         assert_eq!(v["error"]["code"], *want, "{text}");
     }
-    // A value the chat mapping refuses names its field, as OpenAI's errors do.
-    for (body, field) in [
+    // A refused value names its field, as the endpoint's body spells it: values the chat
+    // mapping refuses, completions options refused rather than ignored, the Responses API's own
+    // names, a prompt too long for the context.
+    let (chat, compl, resp) = ("/v1/chat/completions", "/v1/completions", "/v1/responses");
+    for (path, body, field) in [
         (
+            chat,
             json!({"messages": [{"role": "wizard", "content": "x"}]}),
             "messages",
         ),
         (
+            chat,
             json!({"messages": [{"role": "tool", "content": "42"}]}),
             "messages",
         ),
         (
+            chat,
             json!({"messages": user, "reasoning_effort": "max"}),
             "reasoning_effort",
         ),
         (
+            chat,
             json!({"messages": user, "tools": [{"type": "retrieval", "function": {"name": "f"}}]}),
             "tools",
         ),
-    ] {
-        let (status, v) = post(s, "/v1/chat/completions", &body);
-        assert_eq!(status, 400, "{body}: {v}");
-        assert_eq!(v["error"]["param"], field, "{body}: {v}");
-    }
-    // Completions options that are refused rather than ignored.
-    for (body, field) in [
-        (json!({"prompt": "x", "suffix": "end"}), "suffix"),
-        (json!({"prompt": "x", "best_of": 3}), "best_of"),
-        (json!({"prompt": "x", "n": 2, "best_of": 1}), "best_of"),
-    ] {
-        let (status, v) = post(s, "/v1/completions", &body);
-        assert_eq!(status, 400, "{body}: {v}");
-        assert_eq!(v["error"]["param"], field, "{body}: {v}");
-    }
-    let body = json!({"prompt": "x", "max_tokens": 1, "n": 2, "best_of": 2, "suffix": ""});
-    let (status, v) = post(s, "/v1/completions", &body);
-    assert_eq!(status, 200, "{v}");
-    // The Responses API names them as its body spells them.
-    for (body, field) in [
         (
+            chat,
+            json!({"messages": [{"role": "user", "content": "hello ".repeat(400)}]}),
+            "messages",
+        ),
+        (compl, json!({"prompt": "x", "suffix": "end"}), "suffix"),
+        (compl, json!({"prompt": "x", "best_of": 3}), "best_of"),
+        (
+            compl,
+            json!({"prompt": "x", "n": 2, "best_of": 1}),
+            "best_of",
+        ),
+        (compl, json!({"prompt": "hello ".repeat(400)}), "prompt"),
+        (
+            resp,
             json!({"input": "x", "reasoning": {"effort": "max"}}),
             "reasoning.effort",
         ),
         (
+            resp,
             json!({"input": "x", "max_output_tokens": 0}),
             "max_output_tokens",
         ),
-        (json!({"input": "hello ".repeat(400)}), "input"),
-    ] {
-        let (status, v) = post(s, "/v1/responses", &body);
-        assert_eq!(status, 400, "{body}: {v}");
-        assert_eq!(v["error"]["param"], field, "{body}: {v}");
-    }
-    // A prompt too long for the context names the field it came in.
-    for (path, body, field) in [
-        (
-            "/v1/chat/completions",
-            json!({"messages": [{"role": "user", "content": "hello ".repeat(400)}]}),
-            "messages",
-        ),
-        (
-            "/v1/completions",
-            json!({"prompt": "hello ".repeat(400)}),
-            "prompt",
-        ),
+        (resp, json!({"input": "hello ".repeat(400)}), "input"),
     ] {
         let (status, v) = post(s, path, &body);
-        assert_eq!(status, 400, "{path}: {v}");
-        assert_eq!(v["error"]["param"], field, "{path}: {v}");
+        assert_eq!(status, 400, "{path} {body}: {v}");
+        assert_eq!(v["error"]["param"], field, "{path} {body}: {v}");
     }
+    let body = json!({"prompt": "x", "max_tokens": 1, "n": 2, "best_of": 2, "suffix": ""});
+    let (status, v) = post(s, compl, &body);
+    assert_eq!(status, 200, "{v}");
     assert_eq!(http(s, "GET", "/health", None, None).0, 200);
 }
 

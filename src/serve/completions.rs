@@ -41,7 +41,7 @@ struct CompletionBody {
     prompt: PromptSpec,
     #[serde(default)]
     echo: bool,
-    /// Refused unless empty (text after the completion: not something gpt-oss was trained on).
+    /// Refused unless empty (no fill-in-the-middle).
     suffix: Option<String>,
     /// Refused unless it equals `n` (no ranking of extra samples).
     best_of: Option<i64>,
