@@ -161,7 +161,7 @@ pub fn check(index: &ShardIndex, c: &ModelConfig) -> Result<u64> {
         };
         if !ok {
             return Err(Error::Weights(format!(
-                "{file}: tensor `{}` is {:?}, expected {}",
+                "{file}: tensor `{}` is {}, expected {}",
                 spec.name,
                 t.dtype,
                 match spec.elem {

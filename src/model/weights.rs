@@ -9,14 +9,20 @@ use std::ops::Range;
 
 use crate::error::{Error, Result};
 
-/// Element types the checkpoint may hold.
+/// Element types the checkpoint may hold; any other is kept by its safetensors name, for errors.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DType {
     BF16,
     U8,
     F32,
-    Other,
+    Other(&'static str),
 }
+
+/// The safetensors element types the model never holds.
+const OTHER_DTYPES: &[&str] = &[
+    "BOOL", "F4", "F6_E2M3", "F6_E3M2", "U16", "U32", "U64", "I8", "I16", "I32", "I64", "F8_E5M2",
+    "F8_E4M3", "F8_E8M0", "F16", "F64", "C64",
+];
 
 impl DType {
     fn parse(s: &str) -> DType {
@@ -24,7 +30,13 @@ impl DType {
             "BF16" => DType::BF16,
             "U8" => DType::U8,
             "F32" => DType::F32,
-            _ => DType::Other,
+            other => DType::Other(
+                OTHER_DTYPES
+                    .iter()
+                    .find(|n| **n == other)
+                    .copied()
+                    .unwrap_or("an unknown type"),
+            ),
         }
     }
 
@@ -34,8 +46,19 @@ impl DType {
             DType::BF16 => Some(2),
             DType::U8 => Some(1),
             DType::F32 => Some(4),
-            DType::Other => None,
+            DType::Other(_) => None,
         }
+    }
+}
+
+impl std::fmt::Display for DType {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str(match self {
+            DType::BF16 => "BF16",
+            DType::U8 => "U8",
+            DType::F32 => "F32",
+            DType::Other(name) => name,
+        })
     }
 }
 
@@ -339,5 +362,38 @@ mod native {
                 .map(|ids| ids.to_vec())
                 .map_err(|e| Error::Config(format!("{}: eos_token_id: {e}", path.display()))),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A shard's header as safetensors writes it: length, JSON, no data needed beyond `len`.
+    fn header(json: &str) -> Vec<u8> {
+        let mut b = (json.len() as u64).to_le_bytes().to_vec();
+        b.extend_from_slice(json.as_bytes());
+        b
+    }
+
+    #[test]
+    fn element_types_the_model_never_holds_keep_their_names() {
+        let h = header(
+            r#"{"a": {"dtype": "F64", "shape": [2], "data_offsets": [0, 16]},
+                "b": {"dtype": "Q4_K", "shape": [2], "data_offsets": [16, 18]},
+                "c": {"dtype": "BF16", "shape": [2], "data_offsets": [18, 22]}}"#,
+        );
+        let mut index = ShardIndex::default();
+        index.add("s.safetensors", &h, h.len() as u64 + 22).unwrap();
+        let name = |t: &str| index.info(t).unwrap().dtype.to_string();
+        assert_eq!(name("a"), "F64");
+        assert_eq!(name("b"), "an unknown type");
+        assert_eq!(name("c"), "BF16");
+        // A known type's sizes are checked against the shape.
+        let bad = header(r#"{"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 4]}}"#);
+        let e = ShardIndex::default()
+            .add("s.safetensors", &bad, bad.len() as u64 + 4)
+            .unwrap_err();
+        assert!(e.to_string().contains("data_offsets [0, 4]"), "{e}");
     }
 }
