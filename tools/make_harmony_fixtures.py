@@ -47,6 +47,17 @@ ONEOF = {"type": "function", "function": {"name": "schedule", "description": "Sc
         "attendees": {"type": "array", "items": {"type": "object", "properties": {
             "name": {"type": "string"}, "email": {"type": "string", "nullable": True}}, "required": ["name"]}}},
         "required": ["when"]}}}
+# Defaults inside unions: a property's enum default goes bare, a nested union's is JSON (quoted,
+# escaped); a `oneOf` that is not a list renders as a plain property without its description.
+UNION_DEFAULTS = {"type": "function", "function": {"name": "pick", "description": "Pick one",
+    "parameters": {"type": "object", "properties": {
+        "color": {"oneOf": [{"type": "string", "enum": ["red", "blue"], "default": "red"}, {"type": "integer", "default": 3}],
+                  "default": "blue"},
+        "nested": {"type": "array", "items": {"oneOf": [
+            {"type": "string", "enum": ["a\"b", "c"], "default": "a\"b", "description": "quoted"},
+            {"type": "string", "default": "plain"}]}},
+        "odd": {"oneOf": {"type": "string"}, "type": "string", "description": "hidden", "default": "x"}},
+        "required": ["color"]}}}
 NO_PARAMS = {"type": "function", "function": {"name": "get_time", "description": "Current time"}}
 EMPTY_PARAMS = {"type": "function", "function": {"name": "ping", "description": "",
     "parameters": {"type": "object", "properties": {}}}}
@@ -121,6 +132,7 @@ CASES = {
     "assistant_content_with_tool_call": {"messages": [U("Do it"), {"role": "assistant", "content": "Let me check.", "reasoning_content": "need data",
         "tool_calls": [call("q", "search_docs", {"query": "gpu", "limit": 3})]}, {"role": "tool", "tool_call_id": "q", "content": "[\"a\",\"b\"]"}], "tools": [SEARCH]},
     "nested_tool_schema": {"messages": [U("Plan Paris to Rome")], "tools": [NESTED]},
+    "union_defaults": {"messages": [U("Pick a color")], "tools": [UNION_DEFAULTS]},
     "enum_and_nullable_params": {"messages": [U("mode a")], "tools": [ENUM_ONLY], "reasoning_effort": "low"},
     "tool_result_in_parts": {"messages": [U("time?"), {"role": "assistant", "content": "", "tool_calls": [call("t9", "get_time", {})]},
         {"role": "tool", "tool_call_id": "t9", "content": [{"type": "text", "text": "12:"}, {"type": "text", "text": "00"}]}], "tools": [NO_PARAMS]},
@@ -258,7 +270,7 @@ PARSE["empty_final"] = completion(A("", "final"))
 # Seeded random cases beside the written ones: tool schemas mixing what JSON Schema allows (nested
 # objects and arrays, enums, unions, nullable, defaults, descriptions with odd text), chats with
 # calls and results, and completions of analysis, preambles, calls and answers, some cut short.
-RANDOM_CASES = 40
+RANDOM_CASES = 120
 rng = random.Random(20261204)
 ODD = ["alpha", "the city", "Paris, France", "a\nb", "", "  padded  ", "quote \" inside", "tab\there",
        "ünïcödé", "emoji 🙂", "line1\n\nline3", "// comment", "*/ end", "Number of items"]
@@ -266,7 +278,29 @@ TEXTS = ["Hello!", "What's 2+2?", "", " ", "multi\nline\n", "🙂 ünï", "<|end
          "code:\n    x = 1\n", "東京の天気は？", "say <|call|> now"]
 
 
+# Defaults and keywords that openai-harmony renders in more than one way: defaults of every JSON
+# type (strings with quotes, escapes and newlines), `oneOf` that is not a list, keywords it ignores.
+ODD_DEFAULTS = ["dflt", "q\"uote", "new\nline", "back\\slash", "tab\t", "ünï", "", "a/b",
+                0, -1.25, [1, "x"], {"k": "v"}, None, False]
+ODD_KEYWORDS = [{"const": "c"}, {"format": "date-time"}, {"$ref": "#/defs/x"}, {"items": [{"type": "string"}]},
+                {"additionalProperties": False}, {"properties": {"z": {"type": "string"}}}, {"minimum": 1, "maximum": 5},
+                {"type": "integer", "enum": [1, 2], "default": 1}, {"type": "string", "enum": [], "default": "e"},
+                {"enum": ["a\"b", "c"], "default": "a\"b", "type": "string"}, {"type": ["string"]}, {"type": []}, {"type": 5}]
+
+
 def random_schema(depth=0):
+    s = random_plain_schema(depth)
+    r = rng.random()
+    if r < 0.08:
+        s["default"] = rng.choice(ODD_DEFAULTS)
+    elif r < 0.12:
+        s["oneOf"] = rng.choice([{}, "x", [], [{"type": "string", "enum": ["p", "q\"r"], "default": rng.choice(ODD_DEFAULTS[:8])}]])
+    elif r < 0.15:
+        s.update(rng.choice(ODD_KEYWORDS))
+    return s
+
+
+def random_plain_schema(depth=0):
     r = rng.random()
     if depth > 2 or r < 0.5:
         t = rng.choice(["string", "number", "integer", "boolean", "null"])

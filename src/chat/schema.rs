@@ -18,12 +18,14 @@ fn nullable(schema: &Value) -> bool {
         .unwrap_or(false)
 }
 
-/// A default value as a comment: strings are quoted unless the schema is an enum.
-fn default_text(schema: &Value, default: &Value) -> String {
+/// A default value as a comment: a string in quotes as written, except that a property's (or a
+/// property's variant's) enum default goes bare, while a nested union's variant writes it as JSON
+/// (quoted and escaped), as openai-harmony does.
+fn default_text(schema: &Value, default: &Value, in_property: bool) -> String {
     match default.as_str() {
         Some(s) if !is_enum(schema) => format!("default: \"{s}\""),
-        Some(s) => format!("default: {s}"),
-        None => format!("default: {default}"),
+        Some(s) if in_property => format!("default: {s}"),
+        _ => format!("default: {default}"),
     }
 }
 
@@ -49,7 +51,7 @@ pub fn typescript(schema: &Value, indent: &str) -> String {
                 notes.push(d.to_string());
             }
             if let Some(d) = v.get("default") {
-                notes.push(default_text(v, d));
+                notes.push(default_text(v, d, false));
             }
             if !notes.is_empty() {
                 out.push_str(&format!(" // {}", notes.join(" ")));
@@ -117,11 +119,12 @@ fn object(schema: &Value, indent: &str) -> String {
         if let Some(t) = prop.get("title").and_then(Value::as_str) {
             out.push_str(&format!("{indent}// {t}\n{indent}//\n"));
         }
+        // A property with `oneOf` (even one that is not a list, which then renders as a plain
+        // property) keeps its description and default for the variants' layout.
+        let has_one_of = prop.get("oneOf").is_some();
         let variants = prop.get("oneOf").and_then(Value::as_array);
         let desc = prop.get("description").and_then(Value::as_str);
-        if variants.is_none()
-            && let Some(d) = desc
-        {
+        if !has_one_of && let Some(d) = desc {
             out.push_str(&format!("{indent}// {d}\n"));
         }
         if let Some(examples) = prop
@@ -145,7 +148,7 @@ fn object(schema: &Value, indent: &str) -> String {
                 out.push_str(&format!("{indent}// {d}\n"));
             }
             if let Some(d) = prop.get("default") {
-                out.push_str(&format!("{indent}// {}\n", default_text(prop, d)));
+                out.push_str(&format!("{indent}// {}\n", default_text(prop, d, true)));
             }
             out.push_str(&format!("{indent}{key}{optional}:\n"));
             for (i, v) in variants.iter().enumerate() {
@@ -161,7 +164,7 @@ fn object(schema: &Value, indent: &str) -> String {
                     notes.push(d.to_string());
                 }
                 if let Some(d) = v.get("default") {
-                    notes.push(default_text(v, d));
+                    notes.push(default_text(v, d, true));
                 }
                 if !notes.is_empty() {
                     out.push_str(&format!(" // {}", notes.join(" ")));
@@ -175,10 +178,10 @@ fn object(schema: &Value, indent: &str) -> String {
             "{indent}{key}{optional}: {},",
             variant_type(prop, &format!("{indent}    "))
         ));
-        if let Some(d) = prop.get("default") {
+        if let Some(d) = prop.get("default").filter(|_| !has_one_of) {
             out.push_str(&format!(
                 " {}",
-                default_text(prop, d).replacen("default:", "// default:", 1)
+                default_text(prop, d, true).replacen("default:", "// default:", 1)
             ));
         }
         out.push('\n');
