@@ -12,12 +12,12 @@ use axum::response::IntoResponse;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::AppState;
 use super::answer::{Finish, drive, failed, stream_choices, submit, usage};
 use super::error::{ApiError, ApiResult};
 use super::logprobs;
 use super::request::{Common, encode, new_id, now, parse};
 use super::stream::TextStream;
+use super::{AppState, Ready};
 use crate::engine::TokenLogprobs;
 use crate::tokenizer::Tokenizer;
 
@@ -62,28 +62,7 @@ pub async fn completions(
             "best_of other than n is not supported (choices are not ranked)",
         ));
     }
-    let tok = r.tokenizer.as_ref();
-    let decode = |ids: Vec<u32>| {
-        let text = tok
-            .decode(&ids)
-            .map_err(|e| ApiError::param("prompt", e.to_string()))?;
-        Ok::<_, ApiError>((ids, text))
-    };
-    let prompts: Vec<(Vec<u32>, String)> = match b.prompt {
-        PromptSpec::Text(t) => vec![(encode(r, &t)?, t)],
-        PromptSpec::Texts(v) => v
-            .into_iter()
-            .map(|t| Ok((encode(r, &t)?, t)))
-            .collect::<Result<_, ApiError>>()?,
-        PromptSpec::Ids(ids) => vec![decode(ids)?],
-        PromptSpec::IdLists(v) => v.into_iter().map(decode).collect::<Result<_, _>>()?,
-    };
-    if prompts.is_empty() || prompts.len() > MAX_PROMPTS {
-        return Err(ApiError::param(
-            "prompt",
-            format!("give from 1 to {MAX_PROMPTS} prompts"),
-        ));
-    }
+    let prompts = prompts(r, b.prompt)?;
     // Every prompt checked before any is queued; then one request per prompt and choice (`n`),
     // each choice with its own seed, all in the same batch. Choice i * n + j is prompt i's
     // j-th answer.
@@ -104,67 +83,121 @@ pub async fn completions(
     for (req, echo) in reqs {
         runs.push((submit(r, req).await?, TextStream::new(stop.clone()), echo));
     }
-    let (id, created, model) = (new_id("cmpl-"), now(), r.model_name.clone());
-    if !b.common.stream {
-        let tasks: Vec<_> = runs
-            .into_iter()
-            .map(|(rx, out, echo)| {
-                let tok = r.tokenizer.clone();
-                tokio::spawn(async move {
-                    let (mut text, ids) = echo.unwrap_or_default();
-                    let (mut all, mut scores) = (Vec::new(), Vec::new());
-                    let finish = drive(
-                        rx,
-                        out,
-                        &tok,
-                        |t, scored| {
-                            text.push_str(&t);
-                            all.append(scored);
-                            true
-                        },
-                        |s| {
-                            scores = s;
-                            true
-                        },
-                    )
-                    .await
-                    .map_err(failed)?
-                    .unwrap_or_else(Finish::none);
-                    // An echoed prompt's entries come first (`ids` is empty without echo).
-                    let lp = with_logprobs.then(|| {
-                        let entries = logprobs::prompt(&ids, &scores);
-                        logprobs::text_completion(
-                            &tok,
-                            entries.chain(logprobs::generated(&all)),
-                            &mut 0,
-                        )
-                    });
-                    Ok::<_, ApiError>((text, finish, lp))
-                })
-            })
-            .collect();
-        let (mut choices, mut total) = (Vec::new(), Finish::default());
-        for (index, t) in tasks.into_iter().enumerate() {
-            let (text, finish, lp) = t.await.map_err(|e| failed(e.to_string()))??;
-            total.add(&finish);
-            choices.push(
-                json!({"index": index, "text": text, "finish_reason": finish.reason,
-                                "logprobs": lp}),
-            );
-        }
-        return Ok(Json(json!({
-            "id": id, "object": "text_completion", "created": created, "model": model,
-            "choices": choices, "usage": usage(prompt_tokens, &total),
-        }))
-        .into_response());
+    let head = json!({"id": new_id("cmpl-"), "object": "text_completion", "created": now(),
+                      "model": r.model_name.clone()});
+    if b.common.stream {
+        let usage_of = b.common.include_usage().then_some(prompt_tokens);
+        Ok(streamed(r, runs, head, usage_of, with_logprobs))
+    } else {
+        whole(r, runs, head, prompt_tokens, with_logprobs).await
     }
-    // Streaming: per choice its pieces (the echo first, with the prompt's log-probabilities when
-    // asked, so once the engine has them) and its finish chunk, tagged with its index; the
-    // usage chunk when asked, then [DONE].
+}
+
+/// A choice's run: its engine updates, its text stream, and the prompt (text and ids) to echo.
+type Run = (
+    tokio::sync::mpsc::UnboundedReceiver<super::driver::Update>,
+    TextStream,
+    Option<(String, Vec<u32>)>,
+);
+
+/// The prompts of the request as (ids, text): texts are encoded, ids decoded (for the echo).
+fn prompts(r: &Ready, prompt: PromptSpec) -> Result<Vec<(Vec<u32>, String)>, ApiError> {
+    let tok = r.tokenizer.as_ref();
+    let decode = |ids: Vec<u32>| {
+        let text = tok
+            .decode(&ids)
+            .map_err(|e| ApiError::param("prompt", e.to_string()))?;
+        Ok::<_, ApiError>((ids, text))
+    };
+    let prompts: Vec<(Vec<u32>, String)> = match prompt {
+        PromptSpec::Text(t) => vec![(encode(r, &t)?, t)],
+        PromptSpec::Texts(v) => v
+            .into_iter()
+            .map(|t| Ok((encode(r, &t)?, t)))
+            .collect::<Result<_, ApiError>>()?,
+        PromptSpec::Ids(ids) => vec![decode(ids)?],
+        PromptSpec::IdLists(v) => v.into_iter().map(decode).collect::<Result<_, _>>()?,
+    };
+    if prompts.is_empty() || prompts.len() > MAX_PROMPTS {
+        return Err(ApiError::param(
+            "prompt",
+            format!("give from 1 to {MAX_PROMPTS} prompts"),
+        ));
+    }
+    Ok(prompts)
+}
+
+/// The whole answer once every choice has finished (`head` gives id, object, created, model).
+async fn whole(
+    r: &Ready,
+    runs: Vec<Run>,
+    head: Value,
+    prompt_tokens: u32,
+    with_logprobs: bool,
+) -> ApiResult {
+    let tasks: Vec<_> = runs
+        .into_iter()
+        .map(|(rx, out, echo)| {
+            let tok = r.tokenizer.clone();
+            tokio::spawn(async move {
+                let (mut text, ids) = echo.unwrap_or_default();
+                let (mut all, mut scores) = (Vec::new(), Vec::new());
+                let finish = drive(
+                    rx,
+                    out,
+                    &tok,
+                    |t, scored| {
+                        text.push_str(&t);
+                        all.append(scored);
+                        true
+                    },
+                    |s| {
+                        scores = s;
+                        true
+                    },
+                )
+                .await
+                .map_err(failed)?
+                .unwrap_or_else(Finish::none);
+                // An echoed prompt's entries come first (`ids` is empty without echo).
+                let lp = with_logprobs.then(|| {
+                    let entries = logprobs::prompt(&ids, &scores);
+                    logprobs::text_completion(
+                        &tok,
+                        entries.chain(logprobs::generated(&all)),
+                        &mut 0,
+                    )
+                });
+                Ok::<_, ApiError>((text, finish, lp))
+            })
+        })
+        .collect();
+    let (mut choices, mut total) = (Vec::new(), Finish::default());
+    for (index, t) in tasks.into_iter().enumerate() {
+        let (text, finish, lp) = t.await.map_err(|e| failed(e.to_string()))??;
+        total.add(&finish);
+        choices.push(
+            json!({"index": index, "text": text, "finish_reason": finish.reason, "logprobs": lp}),
+        );
+    }
+    let mut body = head;
+    body["choices"] = Value::Array(choices);
+    body["usage"] = usage(prompt_tokens, &total);
+    Ok(Json(body).into_response())
+}
+
+/// The answer as server-sent events: per choice its pieces (the echo first, with the prompt's
+/// log-probabilities when asked, so once the engine has them) and its finish chunk, tagged with
+/// its index; the usage chunk when asked, then [DONE].
+fn streamed(
+    r: &Ready,
+    runs: Vec<Run>,
+    head: Value,
+    usage_of: Option<u32>,
+    with_logprobs: bool,
+) -> axum::response::Response {
     let tok = r.tokenizer.clone();
-    let head = json!({"id": id, "object": "text_completion", "created": created, "model": model});
-    let usage_of = b.common.include_usage().then_some(prompt_tokens);
-    Ok(stream_choices(
+    stream_choices(
         runs,
         head,
         json!({"text": ""}),
@@ -203,7 +236,7 @@ pub async fn completions(
                 .await
             }
         },
-    ))
+    )
 }
 
 /// `logprobs::text_completion` at a shared character offset, advanced past the entries.
