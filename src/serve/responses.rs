@@ -14,11 +14,13 @@ use axum::response::sse::Event as Sse;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::AppState;
-use super::answer::{Answer, Finish, drive_chat, error_event, sse, start_chat, whole_answer};
+use super::answer::{
+    Answer, ChatRun, Finish, drive_chat, error_event, sse, start_chat, whole_answer,
+};
 use super::error::{ApiError, ApiResult};
 use super::request::{Common, apply_tool_choice, new_id, now, parse};
 use super::stream::ChatDelta;
+use super::{AppState, Ready};
 use crate::chat::ChatRequest;
 
 #[derive(Deserialize)]
@@ -260,8 +262,23 @@ pub async fn responses(
         ))
         .into_response());
     }
+    Ok(streamed(r, run, id, created, model, ids, prompt))
+}
+
+/// The answer as typed server-sent events: `response.created` and `.in_progress`, each output
+/// item's added / delta / done events as the deltas arrive, then `response.completed` (or
+/// `.incomplete` at max_output_tokens) with the whole response.
+fn streamed(
+    r: &Ready,
+    run: ChatRun,
+    id: String,
+    created: u64,
+    model: String,
+    ids: ItemIds,
+    prompt: u32,
+) -> axum::response::Response {
     let tok = r.tokenizer.clone();
-    Ok(sse(move |tx| async move {
+    sse(move |tx| async move {
         let mut seq = 0u64;
         let mut send = |kind: &str, mut data: Value| {
             data["type"] = json!(kind);
@@ -274,63 +291,22 @@ pub async fn responses(
         if !send("response.created", started.clone()) || !send("response.in_progress", started) {
             return;
         }
-        // The item being written: its output index and what kind it is.
         let mut answer = Answer::default();
-        let mut open: Option<(usize, &'static str)> = None;
-        let mut items = 0usize;
-        let mut message_streamed = false;
-        let mut events: Vec<(String, Value)> = Vec::new();
+        let mut items = ItemStream::default();
         let ended = drive_chat(run, &tok, |d, scored| {
-            let kind = match &d {
-                ChatDelta::Reasoning(_) => "reasoning",
-                ChatDelta::Content(_) => "message",
-                ChatDelta::ToolStart { .. } | ChatDelta::ToolArgs { .. } => "function_call",
-            };
-            let starts = matches!(d, ChatDelta::ToolStart { .. }) || open.map(|o| o.1) != Some(kind);
-            if starts {
-                if let Some((index, k)) = open {
-                    events.extend(close_item(index, k, &answer, &ids, false));
-                }
-                match &d {
-                    ChatDelta::Reasoning(_) => events.push(("response.output_item.added".into(), json!({"output_index": items, "item": {"type": "reasoning", "id": ids.reasoning, "summary": [], "content": []}}))),
-                    ChatDelta::Content(_) => {
-                        message_streamed = true;
-                        events.extend(open_message(items, &ids));
-                    }
-                    ChatDelta::ToolStart { id, name, .. } => events.push(("response.output_item.added".into(), json!({"output_index": items, "item": call_item(id, name, "", "in_progress")}))),
-                    ChatDelta::ToolArgs { .. } => {}
-                }
-                open = Some((items, kind));
-                items += 1;
-            }
-            let index = open.map_or(0, |o| o.0);
-            match &d {
-                ChatDelta::Reasoning(t) => events.push(("response.reasoning_text.delta".into(), json!({"item_id": ids.reasoning, "output_index": index, "content_index": 0, "delta": t}))),
-                ChatDelta::Content(t) => events.push(("response.output_text.delta".into(), json!({"item_id": ids.message, "output_index": index, "content_index": 0, "delta": t}))),
-                ChatDelta::ToolArgs { index: c, args } => {
-                    let item_id = format!("fc_{}", answer.calls[*c].0);
-                    events.push(("response.function_call_arguments.delta".into(), json!({"item_id": item_id, "output_index": index, "delta": args})));
-                }
-                ChatDelta::ToolStart { .. } => {}
-            }
+            let events = items.events(&d, &answer, &ids);
             answer.add(d, scored);
-            events.drain(..).all(|(k, v)| send(&k, v))
+            events.into_iter().all(|(k, v)| send(&k, v))
         })
         .await;
         match ended {
             Ok(Some(finish)) => {
                 let cut = finish.reason == "length";
-                let mut last = Vec::new();
-                if let Some((index, k)) = open {
-                    last.extend(close_item(index, k, &answer, &ids, cut));
-                }
-                // An answer with neither text nor calls still has its (empty) message, as the
-                // response lists it.
-                if !message_streamed && answer.calls.is_empty() {
-                    last.extend(open_message(items, &ids));
-                    last.extend(close_item(items, "message", &answer, &ids, cut));
-                }
-                if !last.into_iter().all(|(k, v)| send(&k, v)) {
+                if !items
+                    .finish(&answer, &ids, cut)
+                    .into_iter()
+                    .all(|(k, v)| send(&k, v))
+                {
                     return;
                 }
                 let output = output_items(&answer, &ids, cut);
@@ -347,7 +323,91 @@ pub async fn responses(
                 let _ = tx.send(Ok(Sse::default().event("error").data(error_event(m))));
             }
         }
-    }))
+    })
+}
+
+/// The output items of a streamed answer as its deltas arrive: the item being written (its
+/// output index and kind), how many have been added, and whether the message has been.
+#[derive(Default)]
+struct ItemStream {
+    open: Option<(usize, &'static str)>,
+    added: usize,
+    message_streamed: bool,
+}
+
+impl ItemStream {
+    /// The events for delta `d`, given the answer so far (before `d`): when `d` starts another
+    /// item, the open one's closing events and the new one's added events; then `d`'s delta.
+    fn events(&mut self, d: &ChatDelta, answer: &Answer, ids: &ItemIds) -> Vec<(String, Value)> {
+        let mut events = Vec::new();
+        let kind = match d {
+            ChatDelta::Reasoning(_) => "reasoning",
+            ChatDelta::Content(_) => "message",
+            ChatDelta::ToolStart { .. } | ChatDelta::ToolArgs { .. } => "function_call",
+        };
+        let starts =
+            matches!(d, ChatDelta::ToolStart { .. }) || self.open.map(|o| o.1) != Some(kind);
+        if starts {
+            if let Some((index, k)) = self.open {
+                events.extend(close_item(index, k, answer, ids, false));
+            }
+            let added = |item: Value| {
+                (
+                    "response.output_item.added".to_string(),
+                    json!({"output_index": self.added, "item": item}),
+                )
+            };
+            match d {
+                ChatDelta::Reasoning(_) => events.push(added(json!({"type": "reasoning",
+                    "id": ids.reasoning, "summary": [], "content": []}))),
+                ChatDelta::Content(_) => {
+                    self.message_streamed = true;
+                    events.extend(open_message(self.added, ids));
+                }
+                ChatDelta::ToolStart { id, name, .. } => {
+                    events.push(added(call_item(id, name, "", "in_progress")))
+                }
+                ChatDelta::ToolArgs { .. } => {}
+            }
+            self.open = Some((self.added, kind));
+            self.added += 1;
+        }
+        let index = self.open.map_or(0, |o| o.0);
+        let delta = |item_id: &str, text: &str| json!({"item_id": item_id, "output_index": index, "content_index": 0, "delta": text});
+        match d {
+            ChatDelta::Reasoning(t) => events.push((
+                "response.reasoning_text.delta".into(),
+                delta(&ids.reasoning, t),
+            )),
+            ChatDelta::Content(t) => {
+                events.push(("response.output_text.delta".into(), delta(&ids.message, t)))
+            }
+            ChatDelta::ToolArgs { index: c, args } => {
+                let item_id = format!("fc_{}", answer.calls[*c].0);
+                events.push((
+                    "response.function_call_arguments.delta".into(),
+                    json!({"item_id": item_id, "output_index": index, "delta": args}),
+                ));
+            }
+            ChatDelta::ToolStart { .. } => {}
+        }
+        events
+    }
+
+    /// The events that end the items once the whole answer is in: the open item's closing
+    /// events, and an answer with neither text nor calls still has its (empty) message, as the
+    /// response lists it. `cut`: the answer stopped at max_output_tokens.
+    fn finish(&self, answer: &Answer, ids: &ItemIds, cut: bool) -> Vec<(String, Value)> {
+        let mut events = Vec::new();
+        if let Some((index, k)) = self.open {
+            events.extend(close_item(index, k, answer, ids, cut));
+        }
+        if !self.message_streamed && answer.calls.is_empty() {
+            events.extend(open_message(self.added, ids));
+            events.extend(close_item(self.added, "message", answer, ids, cut));
+        }
+        events
+    }
 }
 
 /// The events that open the message item at output `index`: the item, then its text part.
