@@ -137,11 +137,11 @@ fn numbers(v: &Value) -> Vec<f64> {
         .collect()
 }
 
-/// The `data:` payloads of an event stream, up to `[DONE]` (which must come last).
 /// The typed events of a streamed response, checked for what a client builds on: numbered in
 /// order, created then in_progress first, every item of the final response opened and closed
-/// (closed as the response lists it), each text's and arguments' deltas adding up to their
-/// `done`. Returns the events.
+/// (closed as the response lists it) at output indices 0, 1, ... in turn, every event between an
+/// item's opening and closing at that item's index, each text's and arguments' deltas adding up
+/// to their `done`. Returns the events.
 fn response_events(text: &str) -> Vec<Value> {
     let evs: Vec<Value> = text
         .lines()
@@ -168,6 +168,35 @@ fn response_events(text: &str) -> Vec<Value> {
     for (a, item) in added.iter().zip(&output) {
         assert_eq!(a["item"]["id"], item["id"], "{text}");
     }
+    let mut open = None;
+    let mut opened = 0;
+    for e in &evs {
+        match e["type"].as_str().unwrap() {
+            "response.output_item.added" => {
+                assert_eq!(open, None, "an item opened inside another: {text}");
+                assert_eq!(e["output_index"], opened, "{text}");
+                open = Some(opened);
+                opened += 1;
+            }
+            "response.output_item.done" => {
+                assert_eq!(
+                    Some(&e["output_index"]),
+                    open.map(Value::from).as_ref(),
+                    "{text}"
+                );
+                open = None;
+            }
+            _ if e.get("output_index").is_some() => {
+                assert_eq!(
+                    Some(&e["output_index"]),
+                    open.map(Value::from).as_ref(),
+                    "{text}"
+                );
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(open, None, "{text}");
     for (delta, finished, field) in [
         (
             "response.output_text.delta",
@@ -197,6 +226,7 @@ fn response_events(text: &str) -> Vec<Value> {
     evs
 }
 
+/// The `data:` payloads of an event stream, up to `[DONE]` (which must come last).
 fn events(s: &str, path: &str, body: &Value) -> Vec<Value> {
     let (status, text) = http(s, "POST", path, Some(&body.to_string()), None);
     assert_eq!(status, 200, "{text}");
