@@ -207,6 +207,24 @@ impl ChatRequest {
         if self.messages.is_empty() {
             return Err(messages_error("`messages` is empty".into()));
         }
+        let (mut out, first) = self.header(date)?;
+        let rest = &self.messages[first..];
+        let call_names: Vec<(String, String)> = rest
+            .iter()
+            .flat_map(|m| m.tool_calls.iter().flatten())
+            .filter_map(|c| c.id.clone().map(|id| (id, c.function.name.clone())))
+            .collect();
+        for (i, m) in rest.iter().enumerate() {
+            turn_messages(i + first, m, &call_names, &mut out)?;
+        }
+        drop_answered_reasoning(&mut out);
+        Ok(out)
+    }
+
+    /// The system message (date, reasoning effort, channels) and, where there are instructions
+    /// (a leading system or developer message) or function tools, the developer message; with
+    /// how many of the request's messages they took.
+    fn header(&self, date: &str) -> Result<(Vec<Message>, usize)> {
         let effort = match &self.reasoning_effort {
             None => None,
             Some(e) => Some(ReasoningEffort::parse(e).ok_or_else(|| Error::Field {
@@ -232,21 +250,22 @@ impl ChatRequest {
             conversation_start_date: Some(date.into()),
             ..Default::default()
         };
-        if let Some(e) = effort {
-            system.reasoning_effort = Some(e);
+        if effort.is_some() {
+            system.reasoning_effort = effort;
         }
         if tools.is_empty() {
             // Without function tools there is nothing for the commentary channel.
             system.valid_channels.retain(|c| c != "commentary");
         }
-        let mut rest = &self.messages[..];
+        let mut taken = 0;
         let mut instructions = None;
-        if let Some(first) = rest
+        if let Some(first) = self
+            .messages
             .first()
             .filter(|m| m.role == "system" || m.role == "developer")
         {
             instructions = Some(text_of(0, &first.content)?);
-            rest = &rest[1..];
+            taken = 1;
         }
         let mut out = vec![Message::new(Role::System, Content::System(system))];
         if instructions.is_some() || !tools.is_empty() {
@@ -256,87 +275,94 @@ impl ChatRequest {
             };
             out.push(Message::new(Role::Developer, Content::Developer(dev)));
         }
-        let call_names: Vec<(String, String)> = rest
-            .iter()
-            .flat_map(|m| m.tool_calls.iter().flatten())
-            .filter_map(|c| c.id.clone().map(|id| (id, c.function.name.clone())))
-            .collect();
-        let first = self.messages.len() - rest.len();
-        for (i, m) in rest.iter().enumerate() {
-            let i = i + first;
-            let text = text_of(i, &m.content)?;
-            let reasoning = m
-                .reasoning
-                .as_ref()
-                .or(m.reasoning_content.as_ref())
-                .filter(|r| !r.is_empty());
-            match m.role.as_str() {
-                "assistant" => {
-                    let calls = m.tool_calls.as_deref().unwrap_or(&[]);
-                    if !calls.is_empty() {
-                        if !text.is_empty() {
-                            out.push(Message::text(Role::Assistant, text).channel("commentary"));
-                        }
-                        if let Some(r) = reasoning {
-                            out.push(Message::text(Role::Assistant, r.clone()).channel("analysis"));
-                        }
-                        for c in calls {
-                            let mut msg =
-                                Message::text(Role::Assistant, c.function.arguments.clone())
-                                    .channel("commentary")
-                                    .recipient(format!("functions.{}", c.function.name));
-                            msg.content_type = Some("json".into());
-                            out.push(msg);
-                        }
-                    } else {
-                        if let Some(r) = reasoning {
-                            out.push(Message::text(Role::Assistant, r.clone()).channel("analysis"));
-                        }
-                        if !text.is_empty() {
-                            let parts = content_of(parts_of(i, &m.content)?);
-                            out.push(Message::new(Role::Assistant, parts).channel("final"));
-                        }
-                    }
+        Ok((out, taken))
+    }
+}
+
+/// The Harmony messages of the request's message `i`, `m`: an assistant turn's preamble,
+/// reasoning and calls (or reasoning and final answer), a tool result addressed from the called
+/// function (named by its call's id in `call_names`, else by `name`), or a user, system or
+/// developer message as it is.
+fn turn_messages(
+    i: usize,
+    m: &ChatMessage,
+    call_names: &[(String, String)],
+    out: &mut Vec<Message>,
+) -> Result<()> {
+    let text = text_of(i, &m.content)?;
+    let reasoning = m
+        .reasoning
+        .as_ref()
+        .or(m.reasoning_content.as_ref())
+        .filter(|r| !r.is_empty());
+    match m.role.as_str() {
+        "assistant" => {
+            let calls = m.tool_calls.as_deref().unwrap_or(&[]);
+            if !calls.is_empty() {
+                if !text.is_empty() {
+                    out.push(Message::text(Role::Assistant, text).channel("commentary"));
                 }
-                "tool" => {
-                    let by_id = m.tool_call_id.as_ref().and_then(|id| {
-                        call_names
-                            .iter()
-                            .find(|(i, _)| i == id)
-                            .map(|(_, n)| n.clone())
-                    });
-                    let name = by_id.or_else(|| m.name.clone()).ok_or_else(|| {
-                        messages_error(format!("message {i}: a tool result needs a `tool_call_id` of an earlier call or a `name`"))
-                    })?;
-                    let mut msg = Message::text(Role::Tool, text)
+                if let Some(r) = reasoning {
+                    out.push(Message::text(Role::Assistant, r.clone()).channel("analysis"));
+                }
+                for c in calls {
+                    let mut msg = Message::text(Role::Assistant, c.function.arguments.clone())
                         .channel("commentary")
-                        .recipient("assistant");
-                    msg.name = Some(format!("functions.{name}"));
+                        .recipient(format!("functions.{}", c.function.name));
+                    msg.content_type = Some("json".into());
                     out.push(msg);
                 }
-                role => {
-                    let role = Role::parse(role)
-                        .filter(|r| *r != Role::Tool)
-                        .ok_or_else(|| {
-                            messages_error(format!("message {i}: unknown role `{}`", m.role))
-                        })?;
-                    out.push(Message::new(role, content_of(parts_of(i, &m.content)?)));
+            } else {
+                if let Some(r) = reasoning {
+                    out.push(Message::text(Role::Assistant, r.clone()).channel("analysis"));
+                }
+                if !text.is_empty() {
+                    let parts = content_of(parts_of(i, &m.content)?);
+                    out.push(Message::new(Role::Assistant, parts).channel("final"));
                 }
             }
         }
-        // Reasoning from turns that already have a final answer is not shown again.
-        if let Some(last_final) = out
-            .iter()
-            .rposition(|m| m.role == Role::Assistant && m.channel.as_deref() == Some("final"))
-        {
-            let mut i = 0;
-            out.retain(|m| {
-                let keep = !(i < last_final && m.channel.as_deref() == Some("analysis"));
-                i += 1;
-                keep
+        "tool" => {
+            let by_id = m.tool_call_id.as_ref().and_then(|id| {
+                call_names
+                    .iter()
+                    .find(|(i, _)| i == id)
+                    .map(|(_, n)| n.clone())
             });
+            let name = by_id.or_else(|| m.name.clone()).ok_or_else(|| {
+                messages_error(format!(
+                    "message {i}: a tool result needs a `tool_call_id` of an earlier call or a \
+                     `name`"
+                ))
+            })?;
+            let mut msg = Message::text(Role::Tool, text)
+                .channel("commentary")
+                .recipient("assistant");
+            msg.name = Some(format!("functions.{name}"));
+            out.push(msg);
         }
-        Ok(out)
+        role => {
+            let role = Role::parse(role)
+                .filter(|r| *r != Role::Tool)
+                .ok_or_else(|| messages_error(format!("message {i}: unknown role `{}`", m.role)))?;
+            out.push(Message::new(role, content_of(parts_of(i, &m.content)?)));
+        }
+    }
+    Ok(())
+}
+
+/// Reasoning from turns that already have a final answer is not shown again.
+fn drop_answered_reasoning(out: &mut Vec<Message>) {
+    if let Some(last_final) = out
+        .iter()
+        .rposition(|m| m.role == Role::Assistant && m.channel.as_deref() == Some("final"))
+    {
+        let mut i = 0;
+        out.retain(|m| {
+            let keep = !(i < last_final && m.channel.as_deref() == Some("analysis"));
+            i += 1;
+            keep
+        });
     }
 }
 
