@@ -19,11 +19,14 @@ fn tokenizer() -> &'static Tokenizer {
     })
 }
 
+/// A fixture file from tests/data, or from `GPT_OSS_HARMONY_FIXTURES` (a folder of fixtures made
+/// with another seed and more random cases: tools/make_harmony_fixtures.py --out).
 fn fixture(name: &str) -> Vec<Value> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/data")
-        .join(name);
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    let dir = match std::env::var_os("GPT_OSS_HARMONY_FIXTURES") {
+        Some(d) => d.into(),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data"),
+    };
+    serde_json::from_str(&std::fs::read_to_string(dir.join(name)).unwrap()).unwrap()
 }
 
 #[test]

@@ -7,12 +7,23 @@ reasoning -> analysis; tool_calls -> commentary calls; tool -> functions.NAME to
 analysis before the last final answer dropped), rendered for completion by openai-harmony.
 parse: assistant completions (token ids) and what openai-harmony parses from them, whole and
 token by token, including truncated outputs and tool calls.
-Both also get RANDOM_CASES seeded random cases (random_*).
+Both also get seeded random cases (random_*): 120 in the committed fixtures; many more with
+another seed into another folder make a differential check against openai-harmony, which
+tests/harmony.rs reads from GPT_OSS_HARMONY_FIXTURES instead of tests/data:
+
+    python3 tools/make_harmony_fixtures.py --random 3000 --seed 7 --out /tmp/h
+    GPT_OSS_HARMONY_FIXTURES=/tmp/h cargo test --release --test harmony
 
 Usage: TIKTOKEN_ENCODINGS_BASE=<folder with o200k_base.tiktoken> python3 tools/make_harmony_fixtures.py
 (`tiktoken-rs` ships o200k_base.tiktoken in its assets/ folder.)
 """
-import json, os, random
+import argparse, json, os, random
+
+ARGS = argparse.ArgumentParser()
+ARGS.add_argument("--random", type=int, default=120, help="random requests and completions")
+ARGS.add_argument("--seed", type=int, default=20261204)
+ARGS.add_argument("--out", default="tests/data")
+ARGS = ARGS.parse_args()
 
 from openai_harmony import (Author, Conversation, DeveloperContent, HarmonyEncodingName, Message,
                             ReasoningEffort, Role, StreamableParser, SystemContent, TextContent,
@@ -270,8 +281,7 @@ PARSE["empty_final"] = completion(A("", "final"))
 # Seeded random cases beside the written ones: tool schemas mixing what JSON Schema allows (nested
 # objects and arrays, enums, unions, nullable, defaults, descriptions with odd text), chats with
 # calls and results, and completions of analysis, preambles, calls and answers, some cut short.
-RANDOM_CASES = 120
-rng = random.Random(20261204)
+rng = random.Random(ARGS.seed)
 ODD = ["alpha", "the city", "Paris, France", "a\nb", "", "  padded  ", "quote \" inside", "tab\there",
        "ünïcödé", "emoji 🙂", "line1\n\nline3", "// comment", "*/ end", "Number of items"]
 TEXTS = ["Hello!", "What's 2+2?", "", " ", "multi\nline\n", "🙂 ünï", "<|end|> literal", "a" * 50,
@@ -411,7 +421,7 @@ def random_completion():
     return toks
 
 
-for i in range(RANDOM_CASES):
+for i in range(ARGS.random):
     CASES[f"random_{i}"] = random_request()
     PARSE[f"random_{i}"] = random_completion()
 
@@ -425,10 +435,10 @@ def main():
     for name, toks in PARSE.items():
         msgs, deltas = parsed(toks)
         parse.append({"name": name, "token_ids": toks, "messages": msgs, "deltas": deltas})
-    os.makedirs("tests/data", exist_ok=True)
-    with open("tests/data/harmony_render.json", "w") as f:
+    os.makedirs(ARGS.out, exist_ok=True)
+    with open(os.path.join(ARGS.out, "harmony_render.json"), "w") as f:
         json.dump(render, f, indent=1, ensure_ascii=False)
-    with open("tests/data/harmony_parse.json", "w") as f:
+    with open(os.path.join(ARGS.out, "harmony_parse.json"), "w") as f:
         json.dump(parse, f, indent=1, ensure_ascii=False)
     print(f"wrote {len(render)} render and {len(parse)} parse fixtures")
 
