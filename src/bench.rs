@@ -245,48 +245,16 @@ pub fn run(
         prefill_kernel_flops: Vec::new(),
     };
     for &len in prompt_lens {
-        // A first pass of this length untimed (on the H200 the first 2048-token pass after the
-        // warm-up took 279 ms against its 210 ms of GPU time), then the median of three.
-        prefill(model, &mut rng, 0, len)?;
-        let mut times = [0.0; 3];
-        for t in &mut times {
-            *t = prefill(model, &mut rng, 0, len)?.0;
-        }
-        times.sort_by(f64::total_cmp);
-        let t = times[1];
-        let r = PrefillResult {
-            tokens: len,
-            ttft_ms: t * 1e3,
-            tok_s: len as f64 / t,
-        };
-        log(format!(
-            "prefill {len:>5} tokens: {:>9.1} tok/s, time to first token {:.1} ms",
-            r.tok_s, r.ttft_ms
-        ));
-        report.prefill.push(r);
+        report
+            .prefill
+            .push(time_prefill(model, &mut rng, len, log)?);
     }
     let ctx = 128.min(model.opts.max_context / 2);
     for &b in batches {
         let b = b.min(model.opts.max_seqs).min(model.max_outputs);
-        let mut first = Vec::new();
-        for s in 0..b {
-            first.push(prefill(model, &mut rng, s, ctx)?.1);
-        }
-        let steps = decode_steps.min(model.opts.max_context - ctx - 1);
-        decode(model, &first, ctx, 2.min(steps))?;
-        let t = decode(model, &first, ctx, steps)?;
-        let r = DecodeResult {
-            batch: b,
-            context: ctx,
-            steps,
-            ms_per_step: t * 1e3 / steps as f64,
-            tok_s: (b * steps) as f64 / t,
-        };
-        log(format!(
-            "decode batch {b:>3}: {:>9.1} tok/s, {:.2} ms per step",
-            r.tok_s, r.ms_per_step
-        ));
-        report.decode.push(r);
+        report
+            .decode
+            .push(time_batch(model, &mut rng, b, ctx, decode_steps, log)?);
     }
     // Decode at long contexts: what each step reads grows with the keys before it, not with their
     // values, so the cache is left as it is instead of prefilling thousands of tokens first.
@@ -297,44 +265,126 @@ pub fn run(
             ));
             continue;
         }
-        decode(model, &[1], c, 2)?;
-        let t = decode(model, &[1], c, decode_steps)?;
-        let r = DecodeResult {
-            batch: 1,
-            context: c,
-            steps: decode_steps,
-            ms_per_step: t * 1e3 / decode_steps as f64,
-            tok_s: decode_steps as f64 / t,
-        };
-        log(format!(
-            "decode batch   1 at context {c:>6}: {:>9.1} tok/s, {:.2} ms per step",
-            r.tok_s, r.ms_per_step
-        ));
-        report.decode.push(r);
-        let at = [TokenInfo::new(1, c, 0)];
-        let profile = pollster::block_on(model.profile(&Batch {
-            tokens: &at,
-            outputs: &[0],
-            sampling: &greedy(1),
-            bias: &[],
-        }))?;
         report
-            .context_kernels_us
-            .push((c, per_family(&profile.unwrap_or_default())));
+            .decode
+            .push(time_context(model, c, decode_steps, log)?);
+        let profile = profile(model, &[TokenInfo::new(1, c, 0)], &[0])?;
+        report.context_kernels_us.push((c, per_family(&profile)));
     }
-    let one = [TokenInfo::new(1, ctx, 0)];
-    let decode = pollster::block_on(model.profile(&Batch {
-        tokens: &one,
-        outputs: &[0],
-        sampling: &greedy(1),
-        bias: &[],
-    }))?
-    .unwrap_or_default();
+    let decode = profile(model, &[TokenInfo::new(1, ctx, 0)], &[0])?;
     report.decode_kernels_us = per_family(&decode);
     report.decode_kernel_bytes = decode_bytes(model, ctx);
     report.decode_dispatches_us = us(decode);
-    // The sizes the timed runs above ran (a batch beyond what one pass takes runs as the largest
-    // that fits).
+    profile_batches(model, batches, ctx, &mut report)?;
+    let n = prompt_lens
+        .iter()
+        .copied()
+        .max()
+        .unwrap_or(128)
+        .min(model.opts.max_tokens);
+    let toks: Vec<TokenInfo> = (0..n).map(|p| TokenInfo::new(1, p, 0)).collect();
+    report.prefill_kernel_flops = prefill_flops(&model.cfg, n);
+    report.prefill_kernels_us = per_family(&profile(model, &toks, &[n - 1])?);
+    Ok(report)
+}
+
+/// A prompt of `len` tokens: a first pass untimed (on the H200 the first 2048-token pass after
+/// the warm-up took 279 ms against its 210 ms of GPU time), then the median of three.
+fn time_prefill(
+    model: &Model,
+    rng: &mut Rng,
+    len: u32,
+    log: &mut dyn FnMut(String),
+) -> Result<PrefillResult> {
+    prefill(model, rng, 0, len)?;
+    let mut times = [0.0; 3];
+    for t in &mut times {
+        *t = prefill(model, rng, 0, len)?.0;
+    }
+    times.sort_by(f64::total_cmp);
+    let t = times[1];
+    let r = PrefillResult {
+        tokens: len,
+        ttft_ms: t * 1e3,
+        tok_s: len as f64 / t,
+    };
+    log(format!(
+        "prefill {len:>5} tokens: {:>9.1} tok/s, time to first token {:.1} ms",
+        r.tok_s, r.ttft_ms
+    ));
+    Ok(r)
+}
+
+/// `b` sequences prefilled to `ctx` tokens, then decoded together `steps` steps (after two
+/// untimed ones).
+fn time_batch(
+    model: &Model,
+    rng: &mut Rng,
+    b: u32,
+    ctx: u32,
+    steps: u32,
+    log: &mut dyn FnMut(String),
+) -> Result<DecodeResult> {
+    let mut first = Vec::new();
+    for s in 0..b {
+        first.push(prefill(model, rng, s, ctx)?.1);
+    }
+    let steps = steps.min(model.opts.max_context - ctx - 1);
+    decode(model, &first, ctx, 2.min(steps))?;
+    let t = decode(model, &first, ctx, steps)?;
+    let r = DecodeResult {
+        batch: b,
+        context: ctx,
+        steps,
+        ms_per_step: t * 1e3 / steps as f64,
+        tok_s: (b * steps) as f64 / t,
+    };
+    log(format!(
+        "decode batch {b:>3}: {:>9.1} tok/s, {:.2} ms per step",
+        r.tok_s, r.ms_per_step
+    ));
+    Ok(r)
+}
+
+/// One sequence decoded `steps` steps from position `c` (after two untimed ones).
+fn time_context(
+    model: &Model,
+    c: u32,
+    steps: u32,
+    log: &mut dyn FnMut(String),
+) -> Result<DecodeResult> {
+    decode(model, &[1], c, 2)?;
+    let t = decode(model, &[1], c, steps)?;
+    let r = DecodeResult {
+        batch: 1,
+        context: c,
+        steps,
+        ms_per_step: t * 1e3 / steps as f64,
+        tok_s: steps as f64 / t,
+    };
+    log(format!(
+        "decode batch   1 at context {c:>6}: {:>9.1} tok/s, {:.2} ms per step",
+        r.tok_s, r.ms_per_step
+    ));
+    Ok(r)
+}
+
+/// The GPU time of every dispatch of one pass over `tokens`, sampling at `outputs` (empty where
+/// the adapter has no timestamps).
+fn profile(model: &Model, tokens: &[TokenInfo], outputs: &[u32]) -> Result<Vec<(String, f64)>> {
+    Ok(pollster::block_on(model.profile(&Batch {
+        tokens,
+        outputs,
+        sampling: &greedy(outputs.len()),
+        bias: &[],
+    }))?
+    .unwrap_or_default())
+}
+
+/// Per-kernel profiles of a decode step at each batch size the timed runs ran (a batch beyond
+/// what one pass takes runs as the largest that fits); the largest that takes the decode
+/// kernels and the largest beyond them are kept apart too.
+fn profile_batches(model: &Model, batches: &[u32], ctx: u32, report: &mut Report) -> Result<()> {
     let mut sizes: Vec<u32> = batches
         .iter()
         .map(|&b| b.min(model.opts.max_seqs).min(model.max_outputs))
@@ -342,20 +392,13 @@ pub fn run(
         .collect();
     sizes.sort_unstable();
     sizes.dedup();
-    // The largest size that takes the decode kernels, and the largest beyond them.
     let vec_max = crate::kernels::VEC_MAX_TOKENS;
     let narrow = sizes.iter().copied().rfind(|&b| b <= vec_max);
     let wide = sizes.last().copied().filter(|&b| b > vec_max);
     for b in sizes {
         let toks: Vec<TokenInfo> = (0..b).map(|s| TokenInfo::new(1, ctx, s)).collect();
         let outputs: Vec<u32> = (0..b).collect();
-        let profile = pollster::block_on(model.profile(&Batch {
-            tokens: &toks,
-            outputs: &outputs,
-            sampling: &greedy(b as usize),
-            bias: &[],
-        }))?
-        .unwrap_or_default();
+        let profile = profile(model, &toks, &outputs)?;
         let families = per_family(&profile);
         if Some(b) == narrow {
             report.batch_decode_kernels_us = families.clone();
@@ -366,24 +409,7 @@ pub fn run(
         }
         report.batch_kernels_us.push((b, families));
     }
-    let n = prompt_lens
-        .iter()
-        .copied()
-        .max()
-        .unwrap_or(128)
-        .min(model.opts.max_tokens);
-    let toks: Vec<TokenInfo> = (0..n).map(|p| TokenInfo::new(1, p, 0)).collect();
-    report.prefill_kernel_flops = prefill_flops(&model.cfg, n);
-    report.prefill_kernels_us = per_family(
-        &pollster::block_on(model.profile(&Batch {
-            tokens: &toks,
-            outputs: &[n - 1],
-            sampling: &greedy(1),
-            bias: &[],
-        }))?
-        .unwrap_or_default(),
-    );
-    Ok(report)
+    Ok(())
 }
 
 #[cfg(test)]
