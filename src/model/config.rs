@@ -123,6 +123,23 @@ fn need<T: Copy>(v: Option<T>, name: &str) -> Result<T> {
     v.ok_or_else(|| Error::Config(format!("missing `{name}`")))
 }
 
+/// `v` when it is positive and finite as the f32 the kernels use (a zero, negative or huge RoPE
+/// base, norm epsilon, clamp or YaRN beta would only make NaNs or zeros, silently).
+fn positive_number(v: f64, name: &str) -> Result<f64> {
+    if v > 0.0 && (v as f32).is_finite() {
+        Ok(v)
+    } else {
+        let v = if v.abs() >= 1e9 {
+            format!("{v:e}")
+        } else {
+            v.to_string()
+        };
+        Err(Error::Config(format!(
+            "`{name}` must be a positive number (within f32's range), not {v}"
+        )))
+    }
+}
+
 impl HfConfig {
     pub fn from_json(text: &str) -> Result<HfConfig> {
         serde_json::from_str(text)
@@ -215,10 +232,12 @@ impl HfConfig {
             ));
         }
         let rope_src = self.rope_scaling.as_ref().or(self.rope_parameters.as_ref());
-        let theta = self
-            .rope_theta
-            .or(rope_src.and_then(|r| r.rope_theta))
-            .unwrap_or(150000.0);
+        let theta = positive_number(
+            self.rope_theta
+                .or(rope_src.and_then(|r| r.rope_theta))
+                .unwrap_or(150000.0),
+            "rope_theta",
+        )?;
         let max_positions = self.max_position_embeddings.unwrap_or(131072);
         let yarn = match rope_src {
             None => None,
@@ -226,13 +245,27 @@ impl HfConfig {
                 None | Some("default") => None,
                 Some("yarn") => {
                     let factor = need(r.factor, "rope_scaling.factor")?;
+                    let factor = positive_number(factor, "rope_scaling.factor")?;
                     let original_max = need(
                         r.original_max_position_embeddings,
                         "rope_scaling.original_max_position_embeddings",
                     )?;
-                    if factor <= 0.0 || original_max == 0 {
-                        return Err(Error::Config("rope_scaling.factor and original_max_position_embeddings must be positive".into()));
+                    if original_max == 0 {
+                        return Err(Error::Config(
+                            "`rope_scaling.original_max_position_embeddings` must be positive"
+                                .into(),
+                        ));
                     }
+                    // YaRN's ramp divides by ln(rope_theta) and takes the log of each beta.
+                    if theta <= 1.0 {
+                        return Err(Error::Config(format!(
+                            "YaRN rope scaling needs rope_theta above 1, not {theta}"
+                        )));
+                    }
+                    let beta_fast =
+                        positive_number(r.beta_fast.unwrap_or(32.0), "rope_scaling.beta_fast")?;
+                    let beta_slow =
+                        positive_number(r.beta_slow.unwrap_or(1.0), "rope_scaling.beta_slow")?;
                     let attention_factor = r.attention_factor.unwrap_or(if factor <= 1.0 {
                         1.0
                     } else {
@@ -240,8 +273,8 @@ impl HfConfig {
                     });
                     Some(Yarn {
                         factor,
-                        beta_fast: r.beta_fast.unwrap_or(32.0),
-                        beta_slow: r.beta_slow.unwrap_or(1.0),
+                        beta_fast,
+                        beta_slow,
                         original_max,
                         truncate: r.truncate.unwrap_or(true),
                         attention_factor,
@@ -258,10 +291,8 @@ impl HfConfig {
                 "quantization `{m}` (only mxfp4)"
             )));
         }
-        let eps = self.rms_norm_eps.unwrap_or(1e-5);
-        if eps <= 0.0 {
-            return Err(Error::Config("rms_norm_eps must be positive".into()));
-        }
+        let eps = positive_number(self.rms_norm_eps.unwrap_or(1e-5), "rms_norm_eps")?;
+        let swiglu_limit = positive_number(self.swiglu_limit.unwrap_or(7.0), "swiglu_limit")?;
         Ok(ModelConfig {
             hidden,
             inter,
@@ -281,7 +312,7 @@ impl HfConfig {
             },
             max_positions,
             eps: eps as f32,
-            swiglu_limit: self.swiglu_limit.unwrap_or(7.0) as f32,
+            swiglu_limit: swiglu_limit as f32,
             swiglu_alpha: self.swiglu_alpha.unwrap_or(1.702) as f32,
             attention_bias: self.attention_bias.unwrap_or(true),
             tie_embeddings: self.tie_word_embeddings.unwrap_or(false),
@@ -415,6 +446,29 @@ mod tests {
         let mut c = gpt_oss_20b();
         c.vocab_size = None;
         assert!(c.validate().unwrap_err().to_string().contains("vocab_size"));
+        // Values that would only make NaNs or zeros.
+        for (field, set) in [
+            (
+                "rope_theta",
+                (|c: &mut HfConfig| c.rope_theta = Some(0.0)) as fn(&mut HfConfig),
+            ),
+            ("rope_theta", |c| c.rope_theta = Some(-1.0)),
+            ("rope_theta above 1", |c| c.rope_theta = Some(1.0)),
+            ("rms_norm_eps", |c| c.rms_norm_eps = Some(1e300)),
+            ("rms_norm_eps", |c| c.rms_norm_eps = Some(0.0)),
+            ("swiglu_limit", |c| c.swiglu_limit = Some(-1.0)),
+            ("beta_fast", |c| {
+                c.rope_scaling.as_mut().unwrap().beta_fast = Some(0.0)
+            }),
+            ("beta_slow", |c| {
+                c.rope_scaling.as_mut().unwrap().beta_slow = Some(-1.0)
+            }),
+        ] {
+            let mut c = gpt_oss_20b();
+            set(&mut c);
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains(field), "{field}: {e}");
+        }
         assert!(HfConfig::from_json("{").is_err());
     }
 }
