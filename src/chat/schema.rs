@@ -119,8 +119,9 @@ fn object(schema: &Value, indent: &str) -> String {
         if let Some(t) = prop.get("title").and_then(Value::as_str) {
             out.push_str(&format!("{indent}// {t}\n{indent}//\n"));
         }
-        // A property with `oneOf` (even one that is not a list, which then renders as a plain
-        // property) keeps its description and default for the variants' layout.
+        // A property with `oneOf` writes its description and default with its variants (below);
+        // one whose `oneOf` is not a list renders as a plain property without either, as
+        // openai-harmony does.
         let has_one_of = prop.get("oneOf").is_some();
         let variants = prop.get("oneOf").and_then(Value::as_array);
         let desc = prop.get("description").and_then(Value::as_str);
