@@ -130,137 +130,147 @@ pub(crate) fn build(
     } else {
         0
     };
+    let site = Site {
+        gpu,
+        step,
+        a,
+        p,
+        kv_f16,
+    };
     let mut out = Vec::new();
     if split_max > 0 {
-        out = split_dispatches(gpu, step, a, p, kv_f16, split_max)?;
+        out = site.split_dispatches(split_max)?;
     }
     out.push(
-        prefill_dispatch(gpu, step, a, p, kv_f16, coop)?
+        site.prefill_dispatch(coop)?
             .only_for(Count::Tokens, split_max + 1..=u32::MAX),
     );
     Ok(out)
 }
 
-/// The split path's dispatches for passes of up to `split_max` tokens: one tier by the pass's
-/// spans in all (one query head a workgroup, two, a KV head's group), the long-context tier for
-/// tokens of many spans, and the merge where tokens have more than one span.
-fn split_dispatches(
-    gpu: &Gpu,
-    step: &wgpu::Buffer,
-    a: &Attention,
+/// What every attention dispatch of a layer is made from.
+struct Site<'a> {
+    gpu: &'a Gpu,
+    step: &'a wgpu::Buffer,
+    a: &'a Attention<'a>,
     p: Params,
     kv_f16: bool,
-    split_max: u32,
-) -> Result<Vec<Dispatch>> {
-    let params = bytemuck::bytes_of(&p);
-    let mut out = Vec::new();
-    let bufs = [
-        a.tokens, a.qkv, a.k_cache, a.v_cache, a.partials, a.sinks, a.out, a.table,
-    ];
-    let whole_window = SplitRule::from_shader()?.window_fits_one_span(p.window);
-    let spans = if whole_window {
-        Count::Tokens
-    } else {
-        Count::TokenSplits
-    };
-    // A workgroup per query head for passes of few spans in all, per two heads for more
-    // (where a group's heads pair up), per KV head beyond.
-    let c = |name| wgsl_const("attention_split.wgsl", name);
-    let pairs = (p.n_heads / p.n_kv).is_multiple_of(2);
-    let two_max = c("TWO_HEADS_MAX_SPANS")?;
-    let one_max = if pairs {
-        c("ONE_HEAD_MAX_SPANS")?.min(two_max)
-    } else {
-        two_max
-    };
-    let key_groups = key_groups_fit(gpu, p.head_dim);
-    // Tokens cut into many spans (long contexts) take the staged tier where it fits, every pass
-    // size alike; the tiers above serve the rest.
-    let staged_min = c("STAGED_MIN_SPLITS")?.max(1);
-    let long = (!whole_window && staged_fits(gpu, &p)?).then_some(SplitHeads::Staged);
-    let short_splits = if long.is_some() {
-        1..=staged_min - 1
-    } else {
-        1..=u32::MAX
-    };
-    let tiers = [
-        (
-            SplitHeads::One,
-            p.n_heads,
-            1..=one_max,
-            short_splits.clone(),
-        ),
-        (
-            SplitHeads::Two,
-            p.n_heads / 2,
-            one_max + 1..=two_max,
-            short_splits.clone(),
-        ),
-        (
-            SplitHeads::Group,
-            p.n_kv,
-            two_max + 1..=u32::MAX,
-            short_splits,
-        ),
-    ];
-    let long = long.map(|heads| (heads, p.n_kv, 1..=u32::MAX, staged_min..=u32::MAX));
-    for (heads, x, range, splits) in tiers.into_iter().chain(long) {
-        if range.is_empty() {
-            continue;
-        }
-        let key = split_key(heads, kv_f16, gpu.caps.subgroups, key_groups)
-            .define_if("WHOLE_WINDOW", whole_window);
-        out.push(
-            Dispatch::new(gpu, &key, step, params, &bufs, Grid::new(x, spans, 1))?
-                .only_for(Count::Tokens, 1..=split_max)
-                .only_for(spans, range)
-                .only_for(Count::Splits, splits),
-        );
-    }
-    if !whole_window {
-        let key = ShaderKey::new("attention_split.wgsl", "merge").define_if("MERGE", true);
-        let bufs = [a.partials, a.sinks, a.out];
-        let grid = Grid::new(p.n_heads, Count::Tokens, 1);
-        out.push(
-            Dispatch::new(gpu, &key, step, params, &bufs, grid)?
-                .only_for(Count::Tokens, 1..=split_max)
-                .only_for(Count::Splits, 2..=u32::MAX),
-        );
-    }
-    Ok(out)
 }
 
-/// The dispatch for passes above the split path's: query tiles that share each key load where
-/// the shape allows (on the tensor cores where they may be used), else one workgroup per head
-/// and token.
-fn prefill_dispatch(
-    gpu: &Gpu,
-    step: &wgpu::Buffer,
-    a: &Attention,
-    p: Params,
-    kv_f16: bool,
-    coop: bool,
-) -> Result<Dispatch> {
-    let bufs = [
-        a.tokens, a.qkv, a.k_cache, a.v_cache, a.sinks, a.out, a.table,
-    ];
-    let group = p.n_heads / p.n_kv;
-    let coop_rows = wgsl_const("attention.wgsl", "QR")?;
-    let rows = wgsl_const("attention.wgsl", "ROWS")?;
-    let (entry, x, per_wg) = if coop
-        && kv_f16
-        && p.head_dim == wgsl_const("attention.wgsl", "CD")?
-        && coop_rows % group == 0
-    {
-        ("coop", p.n_kv, coop_rows / group)
-    } else if p.head_dim <= wgsl_const("attention.wgsl", "TD")? && rows % group == 0 {
-        ("tiled", p.n_kv, rows / group)
-    } else {
-        ("main", p.n_heads, 1)
-    };
-    let grid = Grid::new(x, Count::Tokens, per_wg);
-    let params = bytemuck::bytes_of(&p);
-    Dispatch::new(gpu, &prefill_key(entry, kv_f16), step, params, &bufs, grid)
+impl Site<'_> {
+    fn dispatch(&self, key: &ShaderKey, bufs: &[&wgpu::Buffer], grid: Grid) -> Result<Dispatch> {
+        let params = bytemuck::bytes_of(&self.p);
+        Dispatch::new(self.gpu, key, self.step, params, bufs, grid)
+    }
+
+    /// The split path's dispatches for passes of up to `split_max` tokens: one tier by the
+    /// pass's spans in all (one query head a workgroup, two, a KV head's group), the
+    /// long-context tier for tokens of many spans, and the merge where tokens have more than one
+    /// span.
+    fn split_dispatches(&self, split_max: u32) -> Result<Vec<Dispatch>> {
+        let (gpu, a, p) = (self.gpu, self.a, self.p);
+        let mut out = Vec::new();
+        let bufs = [
+            a.tokens, a.qkv, a.k_cache, a.v_cache, a.partials, a.sinks, a.out, a.table,
+        ];
+        let whole_window = SplitRule::from_shader()?.window_fits_one_span(p.window);
+        let spans = if whole_window {
+            Count::Tokens
+        } else {
+            Count::TokenSplits
+        };
+        // A workgroup per query head for passes of few spans in all, per two heads for more
+        // (where a group's heads pair up), per KV head beyond.
+        let c = |name| wgsl_const("attention_split.wgsl", name);
+        let pairs = (p.n_heads / p.n_kv).is_multiple_of(2);
+        let two_max = c("TWO_HEADS_MAX_SPANS")?;
+        let one_max = if pairs {
+            c("ONE_HEAD_MAX_SPANS")?.min(two_max)
+        } else {
+            two_max
+        };
+        let key_groups = key_groups_fit(gpu, p.head_dim);
+        // Tokens cut into many spans (long contexts) take the staged tier where it fits, every pass
+        // size alike; the tiers above serve the rest.
+        let staged_min = c("STAGED_MIN_SPLITS")?.max(1);
+        let long = (!whole_window && staged_fits(gpu, &p)?).then_some(SplitHeads::Staged);
+        let short_splits = if long.is_some() {
+            1..=staged_min - 1
+        } else {
+            1..=u32::MAX
+        };
+        let tiers = [
+            (
+                SplitHeads::One,
+                p.n_heads,
+                1..=one_max,
+                short_splits.clone(),
+            ),
+            (
+                SplitHeads::Two,
+                p.n_heads / 2,
+                one_max + 1..=two_max,
+                short_splits.clone(),
+            ),
+            (
+                SplitHeads::Group,
+                p.n_kv,
+                two_max + 1..=u32::MAX,
+                short_splits,
+            ),
+        ];
+        let long = long.map(|heads| (heads, p.n_kv, 1..=u32::MAX, staged_min..=u32::MAX));
+        for (heads, x, range, splits) in tiers.into_iter().chain(long) {
+            if range.is_empty() {
+                continue;
+            }
+            let key = split_key(heads, self.kv_f16, gpu.caps.subgroups, key_groups)
+                .define_if("WHOLE_WINDOW", whole_window);
+            out.push(
+                self.dispatch(&key, &bufs, Grid::new(x, spans, 1))?
+                    .only_for(Count::Tokens, 1..=split_max)
+                    .only_for(spans, range)
+                    .only_for(Count::Splits, splits),
+            );
+        }
+        if !whole_window {
+            let key = ShaderKey::new("attention_split.wgsl", "merge").define_if("MERGE", true);
+            let bufs = [a.partials, a.sinks, a.out];
+            let grid = Grid::new(p.n_heads, Count::Tokens, 1);
+            out.push(
+                self.dispatch(&key, &bufs, grid)?
+                    .only_for(Count::Tokens, 1..=split_max)
+                    .only_for(Count::Splits, 2..=u32::MAX),
+            );
+        }
+        Ok(out)
+    }
+
+    /// The dispatch for passes above the split path's: query tiles that share each key load where
+    /// the shape allows (on the tensor cores where they may be used), else one workgroup per head
+    /// and token.
+    fn prefill_dispatch(&self, coop: bool) -> Result<Dispatch> {
+        let (a, p, kv_f16) = (self.a, self.p, self.kv_f16);
+        let bufs = [
+            a.tokens, a.qkv, a.k_cache, a.v_cache, a.sinks, a.out, a.table,
+        ];
+        let group = p.n_heads / p.n_kv;
+        let coop_rows = wgsl_const("attention.wgsl", "QR")?;
+        let rows = wgsl_const("attention.wgsl", "ROWS")?;
+        let (entry, x, per_wg) = if coop
+            && kv_f16
+            && p.head_dim == wgsl_const("attention.wgsl", "CD")?
+            && coop_rows % group == 0
+        {
+            ("coop", p.n_kv, coop_rows / group)
+        } else if p.head_dim <= wgsl_const("attention.wgsl", "TD")? && rows % group == 0 {
+            ("tiled", p.n_kv, rows / group)
+        } else {
+            ("main", p.n_heads, 1)
+        };
+        let grid = Grid::new(x, Count::Tokens, per_wg);
+        self.dispatch(&prefill_key(entry, kv_f16), &bufs, grid)
+    }
 }
 
 /// How many query heads a split-attention workgroup takes.
