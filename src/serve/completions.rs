@@ -212,7 +212,8 @@ fn streamed(
                 {
                     return Ok(None);
                 }
-                // Characters before the next entry (both callbacks advance it; Send, unlike a Cell).
+                // Characters before the next entry (both callbacks advance it; Send, unlike a
+                // Cell).
                 let offset = AtomicUsize::new(0);
                 drive(
                     rx,

@@ -176,35 +176,39 @@ struct ItemIds {
     message: String,
 }
 
-/// The response object around `output`.
-fn response(
-    id: &str,
+/// What names a response: its id, creation time and model.
+struct Head {
+    id: String,
     created: u64,
-    model: &str,
-    output: Vec<Value>,
-    fin: Option<(&Finish, u32)>,
-) -> Value {
-    let (status, incomplete, usage) = match fin {
-        None => ("in_progress", Value::Null, Value::Null),
-        Some((f, prompt)) => (
-            if f.reason == "length" {
-                "incomplete"
-            } else {
-                "completed"
-            },
-            if f.reason == "length" {
-                json!({"reason": "max_output_tokens"})
-            } else {
-                Value::Null
-            },
-            json!({"input_tokens": prompt, "output_tokens": f.generated,
-                   "total_tokens": prompt + f.generated,
-                   "input_tokens_details": {"cached_tokens": f.cached},
-                   "output_tokens_details": {"reasoning_tokens": 0}}),
-        ),
-    };
-    json!({"id": id, "object": "response", "created_at": created, "model": model,
-           "status": status, "incomplete_details": incomplete, "output": output, "usage": usage})
+    model: String,
+}
+
+impl Head {
+    /// The response object around `output`; `fin`: how the answer ended and its prompt's tokens.
+    fn response(&self, output: Vec<Value>, fin: Option<(&Finish, u32)>) -> Value {
+        let (status, incomplete, usage) = match fin {
+            None => ("in_progress", Value::Null, Value::Null),
+            Some((f, prompt)) => (
+                if f.reason == "length" {
+                    "incomplete"
+                } else {
+                    "completed"
+                },
+                if f.reason == "length" {
+                    json!({"reason": "max_output_tokens"})
+                } else {
+                    Value::Null
+                },
+                json!({"input_tokens": prompt, "output_tokens": f.generated,
+                       "total_tokens": prompt + f.generated,
+                       "input_tokens_details": {"cached_tokens": f.cached},
+                       "output_tokens_details": {"reasoning_tokens": 0}}),
+            ),
+        };
+        json!({"id": self.id, "object": "response", "created_at": self.created,
+               "model": self.model, "status": status, "incomplete_details": incomplete,
+               "output": output, "usage": usage})
+    }
 }
 
 pub async fn responses(
@@ -244,40 +248,30 @@ pub async fn responses(
     let Some(run) = runs.into_iter().next_back() else {
         return Err(ApiError::bad("nothing to answer"));
     };
-    let prompt = run.prompt_tokens;
-    let (id, created, model) = (new_id("resp_"), now(), r.model_name.clone());
+    let head = Head {
+        id: new_id("resp_"),
+        created: now(),
+        model: r.model_name.clone(),
+    };
     let ids = ItemIds {
         reasoning: new_id("rs_"),
         message: new_id("msg_"),
     };
     if !b.stream {
+        let prompt = run.prompt_tokens;
         let (answer, finish) = whole_answer(run, &r.tokenizer).await?;
         let output = output_items(&answer, &ids, finish.reason == "length");
-        return Ok(Json(response(
-            &id,
-            created,
-            &model,
-            output,
-            Some((&finish, prompt)),
-        ))
-        .into_response());
+        return Ok(Json(head.response(output, Some((&finish, prompt)))).into_response());
     }
-    Ok(streamed(r, run, id, created, model, ids, prompt))
+    Ok(streamed(r, run, head, ids))
 }
 
 /// The answer as typed server-sent events: `response.created` and `.in_progress`, each output
 /// item's added / delta / done events as the deltas arrive, then `response.completed` (or
 /// `.incomplete` at max_output_tokens) with the whole response.
-fn streamed(
-    r: &Ready,
-    run: ChatRun,
-    id: String,
-    created: u64,
-    model: String,
-    ids: ItemIds,
-    prompt: u32,
-) -> axum::response::Response {
+fn streamed(r: &Ready, run: ChatRun, head: Head, ids: ItemIds) -> axum::response::Response {
     let tok = r.tokenizer.clone();
+    let prompt = run.prompt_tokens;
     sse(move |tx| async move {
         let mut seq = 0u64;
         let mut send = |kind: &str, mut data: Value| {
@@ -287,16 +281,17 @@ fn streamed(
             tx.send(Ok(Sse::default().event(kind).data(data.to_string())))
                 .is_ok()
         };
-        let started = json!({"response": response(&id, created, &model, vec![], None)});
+        let started = json!({"response": head.response(vec![], None)});
         if !send("response.created", started.clone()) || !send("response.in_progress", started) {
             return;
         }
         let mut answer = Answer::default();
         let mut items = ItemStream::default();
+        let mut events = Vec::new();
         let ended = drive_chat(run, &tok, |d, scored| {
-            let events = items.events(&d, &answer, &ids);
+            items.events(&d, &answer, &ids, &mut events);
             answer.add(d, scored);
-            events.into_iter().all(|(k, v)| send(&k, v))
+            events.drain(..).all(|(k, v)| send(&k, v))
         })
         .await;
         match ended {
@@ -310,7 +305,7 @@ fn streamed(
                     return;
                 }
                 let output = output_items(&answer, &ids, cut);
-                let done = response(&id, created, &model, output, Some((&finish, prompt)));
+                let done = head.response(output, Some((&finish, prompt)));
                 let kind = if cut {
                     "response.incomplete"
                 } else {
@@ -336,10 +331,16 @@ struct ItemStream {
 }
 
 impl ItemStream {
-    /// The events for delta `d`, given the answer so far (before `d`): when `d` starts another
-    /// item, the open one's closing events and the new one's added events; then `d`'s delta.
-    fn events(&mut self, d: &ChatDelta, answer: &Answer, ids: &ItemIds) -> Vec<(String, Value)> {
-        let mut events = Vec::new();
+    /// The events for delta `d` onto `events`, given the answer so far (before `d`): when `d`
+    /// starts another item, the open one's closing events and the new one's added events; then
+    /// `d`'s delta.
+    fn events(
+        &mut self,
+        d: &ChatDelta,
+        answer: &Answer,
+        ids: &ItemIds,
+        events: &mut Vec<(String, Value)>,
+    ) {
         let kind = match d {
             ChatDelta::Reasoning(_) => "reasoning",
             ChatDelta::Content(_) => "message",
@@ -373,7 +374,10 @@ impl ItemStream {
             self.added += 1;
         }
         let index = self.open.map_or(0, |o| o.0);
-        let delta = |item_id: &str, text: &str| json!({"item_id": item_id, "output_index": index, "content_index": 0, "delta": text});
+        let delta = |item_id: &str, text: &str| {
+            json!({"item_id": item_id, "output_index": index, "content_index": 0,
+                   "delta": text})
+        };
         match d {
             ChatDelta::Reasoning(t) => events.push((
                 "response.reasoning_text.delta".into(),
@@ -391,7 +395,6 @@ impl ItemStream {
             }
             ChatDelta::ToolStart { .. } => {}
         }
-        events
     }
 
     /// The events that end the items once the whole answer is in: the open item's closing
