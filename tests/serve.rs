@@ -171,29 +171,18 @@ fn response_events(text: &str) -> Vec<Value> {
     let mut open = None;
     let mut opened = 0;
     for e in &evs {
-        match e["type"].as_str().unwrap() {
-            "response.output_item.added" => {
-                assert_eq!(open, None, "an item opened inside another: {text}");
-                assert_eq!(e["output_index"], opened, "{text}");
-                open = Some(opened);
-                opened += 1;
-            }
-            "response.output_item.done" => {
-                assert_eq!(
-                    Some(&e["output_index"]),
-                    open.map(Value::from).as_ref(),
-                    "{text}"
-                );
-                open = None;
-            }
-            _ if e.get("output_index").is_some() => {
-                assert_eq!(
-                    Some(&e["output_index"]),
-                    open.map(Value::from).as_ref(),
-                    "{text}"
-                );
-            }
-            _ => {}
+        if e["type"] == "response.output_item.added" {
+            assert_eq!(open, None, "an item opened inside another: {text}");
+            assert_eq!(e["output_index"], opened, "{text}");
+            open = Some(opened);
+            opened += 1;
+            continue;
+        }
+        if let Some(index) = e.get("output_index") {
+            assert_eq!(Some(index), open.map(Value::from).as_ref(), "{text}");
+        }
+        if e["type"] == "response.output_item.done" {
+            open = None;
         }
     }
     assert_eq!(open, None, "{text}");

@@ -250,8 +250,8 @@ impl ChatRequest {
             conversation_start_date: Some(date.into()),
             ..Default::default()
         };
-        if effort.is_some() {
-            system.reasoning_effort = effort;
+        if let Some(e) = effort {
+            system.reasoning_effort = Some(e);
         }
         if tools.is_empty() {
             // Without function tools there is nothing for the commentary channel.
