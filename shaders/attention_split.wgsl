@@ -388,6 +388,269 @@ fn split(lanes: Lanes, @builtin(workgroup_id) wg: vec3<u32>) {
 }
 #endif
 
+#ifdef STAGED
+// STAGED (entry `staged`, grid (NKV, T * splits)): a workgroup takes all G query heads of its KV
+// head over one span, so each key and value is read from memory once. Chunks of CHUNK keys go
+// through workgroup memory (coalesced 16-byte loads, the next chunk's in flight while this one is
+// used), and each chunk runs in three phases, so that no work is repeated across lanes:
+// - scores: lane (key j, head set) takes whole dot products for HPL heads, reading its key's words
+//   (swizzled, so that a warp's lanes, each on its own key, hit distinct banks) and the queries
+//   (in workgroup memory, one address across a warp: a broadcast);
+// - weights: each head's chunk max (subgroups, then across them), its running max m and the
+//   weights p = 2^(s - m) (scores in log2 units: the queries carry scale * log2(e)), each computed
+//   once, into workgroup memory;
+// - values: lane (dim pair, key set) adds p[h] v[j] for every head, each value converted once for
+//   all G heads.
+// Where the old key groups spent 3 shuffles, a max and an exponential on each of a key's 8 lanes,
+// and converted each key once per head pair, a key here costs its products and one exponential a
+// head. The key sets' sums meet in workgroup memory at the end.
+#ifdef KV_F16
+const WORD_DIMS: u32 = 8u;
+#else
+const WORD_DIMS: u32 = 4u;
+#endif
+// The tier's head size, keys a chunk and words a key (the Rust side reads these lines).
+const STAGE_D: u32 = 64u;
+const CHUNK: u32 = 64u;
+const KEY_WORDS: u32 = STAGE_D / WORD_DIMS;
+// Keys' words then values' words of a chunk: 16 KiB in f16; in f32 (KEY_WORDS 16) half the keys
+// a chunk would fit, so f32 takes CHUNK_F32 keys.
+#ifdef KV_F16
+const CHUNK_KEYS: u32 = CHUNK;
+#else
+const CHUNK_KEYS: u32 = CHUNK / 2u;
+#endif
+const STAGE_WORDS: u32 = CHUNK_KEYS * KEY_WORDS;
+const STAGE_LOADS: u32 = STAGE_WORDS / WG;
+// Lanes a key in the scores (head sets) and heads a lane.
+const SETS: u32 = WG / CHUNK_KEYS;
+const HPL: u32 = (MAX_G + SETS - 1u) / SETS;
+// The narrowest subgroup the tier takes (the Rust side reads this line), and the widest: CHUNK_KEYS.
+const MIN_SUBGROUP: u32 = 4u;
+// Key sets of the values phase: a lane takes dims 2 dp, 2 dp + 1 of every head.
+const PAIRS: u32 = STAGE_D / 2u;
+const KEY_SETS: u32 = WG / PAIRS;
+var<workgroup> stage: array<vec4<u32>, 2u * STAGE_WORDS>;
+// The token's queries [G, D] (times scale * log2(e)), the chunk's weights [key, head], each
+// subgroup's chunk max of its HPL heads (at the end their sums), and each head's correction of
+// the values' sums at this chunk.
+var<workgroup> qs: array<vec4<f32>, MAX_G * STAGE_D / 4u>;
+var<workgroup> probs: array<vec4<f32>, CHUNK_KEYS * MAX_G / 4u>;
+var<workgroup> sub_max: array<f32, WG / MIN_SUBGROUP * HPL>;
+var<workgroup> corr: array<vec4<f32>, MAX_G / 4u>;
+var<workgroup> head_m: array<f32, MAX_G>;
+const LOG2E: f32 = 1.4426950408889634;
+
+// A lane's share of a chunk: words lid + i WG of its keys and of its values.
+struct ChunkLoads {
+    k: array<vec4<u32>, STAGE_LOADS>,
+    v: array<vec4<u32>, STAGE_LOADS>,
+}
+
+// The lane's share of the chunk of keys from `base` (keys past `end` load the last one, which
+// the scores skip).
+fn fetch_chunk(lid: u32, seq: u32, kvh: u32, base: u32, end: u32) -> ChunkLoads {
+    var c: ChunkLoads;
+    for (var i = 0u; i < STAGE_LOADS; i++) {
+        let e = lid + i * WG;
+        let at = kv_at(seq, min(base + e / KEY_WORDS, end - 1u), kvh) / WORD_DIMS + e % KEY_WORDS;
+        c.k[i] = k_cache[at];
+        c.v[i] = v_cache[at];
+    }
+    return c;
+}
+
+// Where word w of staged key j sits: the words of key j rotated by j, so that the lanes of a
+// warp reading word w of consecutive keys fall in distinct banks.
+fn key_slot(j: u32, w: u32) -> u32 {
+    return j * KEY_WORDS + (w ^ (j % KEY_WORDS));
+}
+
+// The chunk's loads into workgroup memory (keys swizzled, values in order).
+fn stage_chunk(lid: u32, c: ChunkLoads) {
+    for (var i = 0u; i < STAGE_LOADS; i++) {
+        let e = lid + i * WG;
+        stage[key_slot(e / KEY_WORDS, e % KEY_WORDS)] = c.k[i];
+        stage[STAGE_WORDS + e] = c.v[i];
+    }
+}
+
+// Staged key j's scores against the lane's heads h0 .. h0 + HPL - 1 (log2 units).
+fn key_scores(j: u32, h0: u32) -> array<f32, HPL> {
+    var s: array<f32, HPL>;
+    for (var w = 0u; w < KEY_WORDS; w++) {
+        let word = stage[key_slot(j, w)];
+#ifdef KV_F16
+        let k0 = vec4<f32>(unpack2x16float(word.x), unpack2x16float(word.y));
+        let k1 = vec4<f32>(unpack2x16float(word.z), unpack2x16float(word.w));
+        for (var g = 0u; g < HPL; g++) {
+            let q = (h0 + g) * (STAGE_D / 4u) + 2u * w;
+            s[g] += dot(qs[q], k0) + dot(qs[q + 1u], k1);
+        }
+#else
+        let k0 = bitcast<vec4<f32>>(word);
+        for (var g = 0u; g < HPL; g++) {
+            s[g] += dot(qs[(h0 + g) * (STAGE_D / 4u) + w], k0);
+        }
+#endif
+    }
+    return s;
+}
+
+// Dims 2 dp and 2 dp + 1 of staged value j.
+fn value_pair(j: u32, dp: u32) -> vec2<f32> {
+#ifdef KV_F16
+    return unpack2x16float(stage[STAGE_WORDS + j * KEY_WORDS + dp / 4u][dp % 4u]);
+#else
+    let w = stage[STAGE_WORDS + j * KEY_WORDS + dp / 2u];
+    return bitcast<vec2<f32>>(select(w.xy, w.zw, dp % 2u == 1u));
+#endif
+}
+
+// The values phase's sums of key set ks, head h, pair dp, kept in the stage at the end.
+fn acc_slot(ks: u32, h: u32, dp: u32) -> u32 {
+    return (ks * MAX_G + h) * PAIRS + dp;
+}
+
+fn keep_pair(i: u32, v: vec2<f32>) {
+    let c = 2u * (i % 2u);
+    stage[i / 2u][c] = bitcast<u32>(v.x);
+    stage[i / 2u][c + 1u] = bitcast<u32>(v.y);
+}
+
+fn kept_pair(i: u32) -> vec2<f32> {
+    let w = stage[i / 2u];
+    return bitcast<vec2<f32>>(select(w.xy, w.zw, i % 2u == 1u));
+}
+
+@compute @workgroup_size(WG)
+fn staged(lanes: Lanes, @builtin(workgroup_id) wg: vec3<u32>) {
+    let lid = lanes.lid;
+    let kvh = wg.x;
+    let gn = p.n_heads / p.n_kv;
+    let job = span_job(wg.y);
+    if job.t >= step.tokens {
+        return;
+    }
+    let tok = token_uniform(job.t);
+    let d = p.head_dim;
+    // The queries, scaled, into workgroup memory (heads past G zero).
+    let stride = (p.n_heads + 2u * p.n_kv) * d;
+    let qb = job.t * stride + kvh * gn * d;
+    for (var i = lid; i < MAX_G * STAGE_D / 4u; i += WG) {
+        let h = i / (STAGE_D / 4u);
+        var q = vec4<f32>(0.0);
+        if h < gn {
+            q = qkv4(qb + 4u * i) * (p.scale * LOG2E);
+        }
+        qs[i] = q;
+    }
+    // Scores: key j of the chunk, heads h0 ..; values: pair dp, keys ks, ks + KEY_SETS, ...
+    let j = lid % CHUNK_KEYS;
+    let h0 = (lid / CHUNK_KEYS) * HPL;
+    let dp = lid % PAIRS;
+    let ks = lid / PAIRS;
+    // Subgroups of the scores phase: those of one head set (sizes up to CHUNK_KEYS, Rust checks).
+    let sub = lid / lanes.size;
+    let subs = CHUNK_KEYS / lanes.size;
+    var m: array<f32, HPL>;
+    var l: array<f32, HPL>;
+    for (var g = 0u; g < HPL; g++) {
+        m[g] = NEG;
+    }
+    var acc: array<vec2<f32>, MAX_G>;
+    let keys = span_keys(tok, job.c);
+    var next: ChunkLoads;
+    if keys.x < keys.y {
+        next = fetch_chunk(lid, tok.seq, kvh, keys.x, keys.y);
+    }
+    for (var base = keys.x; base < keys.y; base += CHUNK_KEYS) {
+        // The last chunk's readers are done; this one into workgroup memory; the next one's loads
+        // in flight.
+        workgroupBarrier();
+        stage_chunk(lid, next);
+        workgroupBarrier();
+        if base + CHUNK_KEYS < keys.y {
+            next = fetch_chunk(lid, tok.seq, kvh, base + CHUNK_KEYS, keys.y);
+        }
+        let n = min(CHUNK_KEYS, keys.y - base);
+        var s = key_scores(j, h0);
+        for (var g = 0u; g < HPL; g++) {
+            s[g] = select(NEG, s[g], j < n);
+            let cm = subgroupMax(s[g]);
+            if lanes.lane == 0u {
+                sub_max[sub * HPL + g] = cm;
+            }
+        }
+        workgroupBarrier();
+        var pw: array<f32, HPL>;
+        for (var g = 0u; g < HPL; g++) {
+            var mx = m[g];
+            for (var i = 0u; i < subs; i++) {
+                mx = max(mx, sub_max[((lid / CHUNK_KEYS) * subs + i) * HPL + g]);
+            }
+            let c = exp2(m[g] - mx);
+            pw[g] = exp2(s[g] - mx);
+            l[g] = l[g] * c + pw[g];
+            m[g] = mx;
+            if j == 0u && h0 + g < MAX_G {
+                corr[(h0 + g) / 4u][(h0 + g) % 4u] = c;
+            }
+        }
+        for (var g = 0u; g < HPL; g++) {
+            if h0 + g < MAX_G {
+                probs[(j * MAX_G + h0 + g) / 4u][(h0 + g) % 4u] = pw[g];
+            }
+        }
+        workgroupBarrier();
+        for (var h = 0u; h < MAX_G; h++) {
+            acc[h] *= corr[h / 4u][h % 4u];
+        }
+        for (var jv = ks; jv < n; jv += KEY_SETS) {
+            let v = value_pair(jv, dp);
+            for (var h4 = 0u; h4 < MAX_G / 4u; h4++) {
+                let pv = probs[jv * (MAX_G / 4u) + h4];
+                acc[4u * h4] += pv.x * v;
+                acc[4u * h4 + 1u] += pv.y * v;
+                acc[4u * h4 + 2u] += pv.z * v;
+                acc[4u * h4 + 3u] += pv.w * v;
+            }
+        }
+    }
+    // The heads' sums of weights (each subgroup's, then in subgroup order) and the key sets'
+    // value sums meet in workgroup memory.
+    workgroupBarrier();
+    for (var g = 0u; g < HPL; g++) {
+        let ls = subgroupAdd(l[g]);
+        if lanes.lane == 0u {
+            sub_max[sub * HPL + g] = ls;
+        }
+        if j == 0u && h0 + g < MAX_G {
+            head_m[h0 + g] = m[g];
+        }
+    }
+    for (var h = 0u; h < MAX_G; h++) {
+        keep_pair(acc_slot(ks, h, dp), acc[h]);
+    }
+    workgroupBarrier();
+    // Lane (head, quad) of the G heads: the span's output, max and sum (natural units).
+    let d4 = STAGE_D / 4u;
+    if lid < gn * d4 {
+        let h = lid / d4;
+        let q = lid % d4;
+        var o = vec4<f32>(0.0);
+        for (var k = 0u; k < KEY_SETS; k++) {
+            o += vec4<f32>(kept_pair(acc_slot(k, h, 2u * q)), kept_pair(acc_slot(k, h, 2u * q + 1u)));
+        }
+        let hset = h / HPL;
+        var den = 0.0;
+        for (var i = 0u; i < subs; i++) {
+            den += sub_max[(hset * subs + i) * HPL + h % HPL];
+        }
+        finish(job, kvh * gn + h, head_m[h] / LOG2E, den, o, q);
+    }
+}
+#else
 #ifdef KEY_GROUPS
 // KEY_GROUPS (one or two heads a workgroup, on adapters whose subgroups all hold a key's lanes):
 // L = D / 8 adjacent lanes of a subgroup take one key, 8 dims a lane, so a workgroup's round of
@@ -402,24 +665,7 @@ fn split(lanes: Lanes, @builtin(workgroup_id) wg: vec3<u32>) {
 const KEY_ROUNDS: u32 = 2u;
 var<workgroup> group_m: array<f32, WG * HG>;
 var<workgroup> group_l: array<f32, WG * HG>;
-// [group, head, quad] value sums (a group has 2 quads a lane of its L lanes: 8 WG HG floats),
-// which STAGED keeps in its stage once the keys are done (acc_at, set_acc).
-#ifdef STAGED
-// Keys' words, then as many of values' words: 64 keys at D = 64 in f16, 32 in f32 (16 KiB; the
-// Rust side reads this line for the workgroup memory it needs).
-const STAGE_WORDS: u32 = 512u;
-const STAGE_LOADS: u32 = STAGE_WORDS / WG;
-var<workgroup> stage: array<vec4<u32>, 2u * STAGE_WORDS>;
-const_assert 2u * WG * HG <= 2u * STAGE_WORDS;
-
-fn acc_at(i: u32) -> vec4<f32> {
-    return bitcast<vec4<f32>>(stage[i]);
-}
-
-fn set_acc(i: u32, a: vec4<f32>) {
-    stage[i] = bitcast<vec4<u32>>(a);
-}
-#else
+// [group, head, quad] value sums (a group has 2 quads a lane of its L lanes: 8 WG HG floats).
 var<workgroup> group_acc: array<vec4<f32>, 2u * WG * HG>;
 
 fn acc_at(i: u32) -> vec4<f32> {
@@ -429,7 +675,6 @@ fn acc_at(i: u32) -> vec4<f32> {
 fn set_acc(i: u32, a: vec4<f32>) {
     group_acc[i] = a;
 }
-#endif
 
 // One head's run over a lane group's keys: the max and sum of exponentials of its scores so far
 // and the lane's 8 dims of the weighted value sums; q its 8 dims of the query.
@@ -447,16 +692,10 @@ fn head_run(q: u32) -> HeadRun {
     return HeadRun(NEG, 0.0, vec4<f32>(0.0), vec4<f32>(0.0), qkv4(q), qkv4(q + 4u));
 }
 
-// A trip's keys and values, 8 dims of each of KEY_ROUNDS keys (STAGED converts them as it reads
-// its words).
-#ifdef STAGED
-alias trip_t = f32;
-#else
-alias trip_t = kv;
-#endif
+// A trip's keys and values, 8 dims of each of KEY_ROUNDS keys.
 struct KeyTrip {
-    k: array<vec4<trip_t>, 2u * KEY_ROUNDS>,
-    v: array<vec4<trip_t>, 2u * KEY_ROUNDS>,
+    k: array<vec4<kv>, 2u * KEY_ROUNDS>,
+    v: array<vec4<kv>, 2u * KEY_ROUNDS>,
 }
 
 // h's run through the trip's keys, of which the first `live` are real; kl lanes a key.
@@ -532,130 +771,6 @@ fn key_lane(lanes: Lanes) -> KeyLane {
     return KeyLane(kl, lanes.lane % kl, slot);
 }
 
-#ifdef STAGED
-// STAGED (entry `staged`): a workgroup takes all G query heads of its KV head over one span
-// (grid (NKV, T * splits)), so each key and value is read from memory once, where the two-head
-// tier's G / 2 workgroups each read it (through L2: 4x the traffic at G = 8, which at 32k keys
-// ran a full layer's 67 MB at 0.9 TB/s, PERF.md v0.34). All lanes stage a chunk of keys and
-// values in workgroup memory as 16-byte words (coalesced loads), the next chunk's loads in
-// flight while the current one is scored; for the scoring the lanes split into G / 2 sets of key
-// groups, each set carrying two heads through the chunk as `keys` does (8 dims a lane, a key's
-// lanes summing by shuffles). The sets' groups meet at the end as in `keys`.
-#ifdef KV_F16
-// Dims a word.
-const WORD_DIMS: u32 = 8u;
-#else
-const WORD_DIMS: u32 = 4u;
-#endif
-
-// A lane's share of a chunk: words lid + i WG of its keys and of its values.
-struct ChunkLoads {
-    k: array<vec4<u32>, STAGE_LOADS>,
-    v: array<vec4<u32>, STAGE_LOADS>,
-}
-
-// The lane's share of the chunk of keys from `base`, `words` a key (keys past `end` load the
-// last one, which the scoring skips).
-fn fetch_chunk(lid: u32, seq: u32, kvh: u32, base: u32, end: u32, words: u32) -> ChunkLoads {
-    var c: ChunkLoads;
-    for (var i = 0u; i < STAGE_LOADS; i++) {
-        let e = lid + i * WG;
-        let at = kv_at(seq, min(base + e / words, end - 1u), kvh) / WORD_DIMS + e % words;
-        c.k[i] = k_cache[at];
-        c.v[i] = v_cache[at];
-    }
-    return c;
-}
-
-// Dims 8 part .. 8 part + 7 of the staged key (or value, from STAGE_WORDS on) at word `at`.
-fn staged_dims(at: u32, part: u32) -> array<vec4<f32>, 2> {
-#ifdef KV_F16
-    let w = stage[at + part];
-    return array<vec4<f32>, 2>(
-        vec4<f32>(unpack2x16float(w.x), unpack2x16float(w.y)),
-        vec4<f32>(unpack2x16float(w.z), unpack2x16float(w.w)),
-    );
-#else
-    return array<vec4<f32>, 2>(
-        bitcast<vec4<f32>>(stage[at + 2u * part]),
-        bitcast<vec4<f32>>(stage[at + 2u * part + 1u]),
-    );
-#endif
-}
-
-@compute @workgroup_size(WG)
-fn staged(lanes: Lanes, @builtin(workgroup_id) wg: vec3<u32>) {
-    let lid = lanes.lid;
-    let kvh = wg.x;
-    let gn = p.n_heads / p.n_kv;
-    let job = span_job(wg.y);
-    if job.t >= step.tokens {
-        return;
-    }
-    let tok = token_uniform(job.t);
-    let d = p.head_dim;
-    let d4 = d / 4u;
-    let kl = key_lane(lanes);
-    // The lane's set of key groups (its two heads: pair), and its group's place r in the set;
-    // groups past the last whole set (G / 2 not dividing the groups) score the last set's keys
-    // again and keep nothing.
-    let sets = gn / HG;
-    let set_groups = (WG / kl.kl) / sets;
-    let pair = min(kl.slot / set_groups, sets - 1u);
-    let r = kl.slot - pair * set_groups;
-    let stride = (p.n_heads + 2u * p.n_kv) * d;
-    let qb = job.t * stride + (kvh * gn + pair * HG) * d + 8u * kl.part;
-    var h_0 = head_run(qb);
-    var h_1 = head_run(qb + d);
-    let keys = span_keys(tok, job.c);
-    let words = d / WORD_DIMS;
-    let chunk = STAGE_WORDS / words;
-    var next: ChunkLoads;
-    if keys.x < keys.y {
-        next = fetch_chunk(lid, tok.seq, kvh, keys.x, keys.y, words);
-    }
-    let trip_keys = KEY_ROUNDS * set_groups;
-    for (var base = keys.x; base < keys.y; base += chunk) {
-        // The chunk into workgroup memory once the last one's readers are done, then the next
-        // chunk's loads issued before this one is scored.
-        workgroupBarrier();
-        for (var i = 0u; i < STAGE_LOADS; i++) {
-            stage[lid + i * WG] = next.k[i];
-            stage[STAGE_WORDS + lid + i * WG] = next.v[i];
-        }
-        workgroupBarrier();
-        if base + chunk < keys.y {
-            next = fetch_chunk(lid, tok.seq, kvh, base + chunk, keys.y, words);
-        }
-        let n = min(chunk, keys.y - base);
-        // Keys j0 + k set_groups + r of the chunk, KEY_ROUNDS at a time.
-        for (var j0 = 0u; j0 < n; j0 += trip_keys) {
-            var trip: KeyTrip;
-            for (var k = 0u; k < KEY_ROUNDS; k++) {
-                let at = min(j0 + k * set_groups + r, n - 1u) * words;
-                let kd = staged_dims(at, kl.part);
-                let vd = staged_dims(STAGE_WORDS + at, kl.part);
-                trip.k[2u * k] = kd[0];
-                trip.k[2u * k + 1u] = kd[1];
-                trip.v[2u * k] = vd[0];
-                trip.v[2u * k + 1u] = vd[1];
-            }
-            let first = j0 + r;
-            let live = select(0u, (n - first + set_groups - 1u) / set_groups, first < n);
-            h_0 = run_head(h_0, &trip, live, kl.kl);
-            h_1 = run_head(h_1, &trip, live, kl.kl);
-        }
-    }
-    // The stage now takes the groups' value sums.
-    workgroupBarrier();
-    if r < set_groups {
-        keep_run(h_0, kl.slot, 0u, kl.part, d4);
-        keep_run(h_1, kl.slot, 1u, kl.part, d4);
-    }
-    workgroupBarrier();
-    finish_runs(job, lid, kvh * gn, gn, set_groups, d4);
-}
-#else
 @compute @workgroup_size(WG)
 fn keys(lanes: Lanes, @builtin(workgroup_id) wg: vec3<u32>) {
     let lid = lanes.lid;

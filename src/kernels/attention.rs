@@ -193,7 +193,8 @@ impl Site<'_> {
         // Tokens cut into many spans (long contexts) take the staged tier where it fits, every pass
         // size alike; the tiers above serve the rest.
         let staged_min = c("STAGED_MIN_SPLITS")?.max(1);
-        let long = (!whole_window && staged_fits(gpu, &p)?).then_some(SplitHeads::Staged);
+        let long =
+            (!whole_window && staged_fits(gpu, &p, self.kv_f16)?).then_some(SplitHeads::Staged);
         let short_splits = if long.is_some() {
             1..=staged_min - 1
         } else {
@@ -284,18 +285,37 @@ pub(crate) enum SplitHeads {
     Staged,
 }
 
-/// Whether the staged tier serves this shape on this adapter: key groups (subgroups), G even
-/// with a key group for each pair of heads, and the workgroup memory it takes.
-fn staged_fits(gpu: &Gpu, p: &Params) -> Result<bool> {
+/// Whether the staged tier serves this shape on this adapter: head_dim STAGE_D, at most MAX_G
+/// heads a group, subgroups from MIN_SUBGROUP lanes up to a chunk's keys (each subgroup of the
+/// scores phase within one head set), and the workgroup memory it takes.
+fn staged_fits(gpu: &Gpu, p: &Params, kv_f16: bool) -> Result<bool> {
     let c = |name| wgsl_const("attention_split.wgsl", name);
-    let group = p.n_heads / p.n_kv;
-    let (lanes, words) = (c("STAGE_WG")?, c("STAGE_WORDS")?);
-    // The stage (keys' and values' 16-byte words, later the groups' value sums), each lane
-    // group's max and sum for two heads (group_m, group_l), the token's TokenInfo.
-    let bytes = 2 * words * 16 + 2 * lanes * 2 * 4 + 64;
-    Ok(key_groups_fit(gpu, p.head_dim)
-        && group.is_multiple_of(2)
-        && lanes / (p.head_dim / 8) >= group / 2
+    let (lanes, d, max_g, min_sub) = (
+        c("STAGE_WG")?,
+        c("STAGE_D")?,
+        c("MAX_G")?,
+        c("MIN_SUBGROUP")?,
+    );
+    // f32 caches take half the keys a chunk, in the same bytes.
+    let (keys, value_bytes) = if kv_f16 {
+        (c("CHUNK")?, 2)
+    } else {
+        (c("CHUNK")? / 2, 4)
+    };
+    let heads_a_lane = max_g.div_ceil(lanes / keys);
+    // The chunk's keys and values, the queries and the chunk's weights (f32), the subgroups'
+    // maxima, each head's correction and max, the token's TokenInfo.
+    let bytes = 2 * keys * d * value_bytes
+        + max_g * d * 4
+        + keys * max_g * 4
+        + lanes / min_sub * heads_a_lane * 4
+        + 2 * max_g * 4
+        + 64;
+    Ok(gpu.caps.subgroups
+        && p.head_dim == d
+        && p.n_heads / p.n_kv <= max_g
+        && gpu.caps.subgroup_min >= min_sub
+        && gpu.caps.subgroup_max <= keys
         && bytes <= gpu.caps.workgroup_bytes)
 }
 
@@ -660,7 +680,7 @@ mod tests {
                 scale: 1.0,
                 _pad: [0; 2],
             };
-            assert!(staged_ran || !staged_fits(gpu, &gpt_oss).unwrap());
+            assert!(staged_ran || !staged_fits(gpu, &gpt_oss, kv_f16).unwrap());
         }
     }
 }
