@@ -27,9 +27,9 @@
 // scores, reductions and sums instead of G's.
 // KEY_GROUPS (FEW_HEADS, entry `keys`): a group of D / 8 lanes a key instead of a lane a key,
 // where subgroups allow (below).
-// STAGED (KEY_GROUPS, entry `staged`, grid (NKV, T * splits)): all G heads of a KV head a
-// workgroup again, for tokens cut into STAGED_MIN_SPLITS spans or more, the keys staged in
-// workgroup memory and scored by key groups (below).
+// STAGED (entry `staged`, grid (NKV, T * splits); D = STAGE_D, with subgroups): all G heads of a
+// KV head a workgroup again, for tokens cut into STAGED_MIN_SPLITS spans or more, chunks of keys
+// staged in workgroup memory and taken in three phases (below).
 // Limits: D <= WG, G <= MAX_G, D a multiple of 4, HG dividing G. Variants: SPLIT (with
 // FEW_HEADS, and TWO_HEADS, or not, and KEY_GROUPS; or STAGED; WHOLE_WINDOW or not) or MERGE,
 // KV_F16, SUBGROUPS (SPLIT's reductions in registers).
@@ -69,10 +69,9 @@ const STAGED_MIN_SPLITS: u32 = 8u;
 // -> 2.79 ms a step), a group's 64 (128 there: batch 32 attention 775 -> 1263 us a step).
 const HEAD_WG: u32 = 128u;
 const GROUP_WG: u32 = 64u;
-// STAGED's lanes (two heads a lane, G / 2 sets of lanes a workgroup; below).
+// STAGED's lanes (below).
 const STAGE_WG: u32 = 256u;
 #ifdef STAGED
-const HG: u32 = 2u;
 const WG: u32 = STAGE_WG;
 #else
 #ifdef FEW_HEADS
@@ -108,7 +107,8 @@ const NEG: f32 = -3.0e38;
 var<workgroup> tok_shared: TokenInfo;
 #include "common/lanes.wgsl"
 
-// `split`'s workgroup memory and reductions (KEY_GROUPS' entries have their own, below).
+// `split`'s workgroup memory and reductions (the other entries have their own, below).
+#ifndef STAGED
 #ifndef KEY_GROUPS
 var<workgroup> qs: array<vec4<f32>, HG * WG / 4u>;
 var<workgroup> prob: array<f32, HG * WG>;
@@ -171,6 +171,7 @@ fn reduce_heads(v: array<f32, HG>, l: Lanes, use_max: bool) -> array<f32, HG> {
     workgroupBarrier();
     return out;
 }
+#endif
 #endif
 #endif
 
@@ -251,6 +252,7 @@ fn finish(job: SpanJob, h: u32, m: f32, l: f32, o: vec4<f32>, q: u32) {
     }
 }
 
+#ifndef STAGED
 #ifndef KEY_GROUPS
 @compute @workgroup_size(WG)
 fn split(lanes: Lanes, @builtin(workgroup_id) wg: vec3<u32>) {
@@ -387,6 +389,7 @@ fn split(lanes: Lanes, @builtin(workgroup_id) wg: vec3<u32>) {
     }
 }
 #endif
+#endif
 
 #ifdef STAGED
 // STAGED (entry `staged`, grid (NKV, T * splits)): a workgroup takes all G query heads of its KV
@@ -430,7 +433,9 @@ const MIN_SUBGROUP: u32 = 4u;
 // Key sets of the values phase: a lane takes dims 2 dp, 2 dp + 1 of every head.
 const PAIRS: u32 = STAGE_D / 2u;
 const KEY_SETS: u32 = WG / PAIRS;
-var<workgroup> stage: array<vec4<u32>, 2u * STAGE_WORDS>;
+// The chunk's keys and values, at the end the key sets' value sums (two pairs a word).
+const STAGE_SIZE: u32 = max(2u * STAGE_WORDS, KEY_SETS * MAX_G * PAIRS / 2u);
+var<workgroup> stage: array<vec4<u32>, STAGE_SIZE>;
 // The token's queries [G, D] (times scale * log2(e)), the chunk's weights [key, head], each
 // subgroup's chunk max of its HPL heads (at the end their sums), and each head's correction of
 // the values' sums at this chunk.

@@ -281,7 +281,8 @@ pub(crate) enum SplitHeads {
     Two,
     /// All G heads of its KV head.
     Group,
-    /// All G heads of its KV head, two a lane, the keys staged in workgroup memory (`staged`).
+    /// All G heads of its KV head, chunks of keys staged in workgroup memory and taken in three
+    /// phases: scores, weights, values (`staged`).
     Staged,
 }
 
@@ -303,9 +304,11 @@ fn staged_fits(gpu: &Gpu, p: &Params, kv_f16: bool) -> Result<bool> {
         (c("CHUNK")? / 2, 4)
     };
     let heads_a_lane = max_g.div_ceil(lanes / keys);
-    // The chunk's keys and values, the queries and the chunk's weights (f32), the subgroups'
-    // maxima, each head's correction and max, the token's TokenInfo.
-    let bytes = 2 * keys * d * value_bytes
+    // The chunk's keys and values (at the end the key sets' f32 sums of every head's dims: a
+    // lane's), the queries and the chunk's weights (f32), the subgroups' maxima, each head's
+    // correction and max, the token's TokenInfo.
+    let stage = (2 * keys * d * value_bytes).max(lanes / (d / 2) * max_g * d * 4);
+    let bytes = stage
         + max_g * d * 4
         + keys * max_g * 4
         + lanes / min_sub * heads_a_lane * 4
@@ -332,7 +335,7 @@ fn key_groups_fit(gpu: &Gpu, head_dim: u32) -> bool {
 
 /// The split kernel's key for `heads` a workgroup (WHOLE_WINDOW is the caller's to add); one or
 /// two heads take the `keys` entry with `key_groups` (which needs `subgroups`), the staged tier
-/// (which needs both) `staged`.
+/// (which needs subgroups) `staged`.
 pub(crate) fn split_key(
     heads: SplitHeads,
     kv_f16: bool,
@@ -341,7 +344,7 @@ pub(crate) fn split_key(
 ) -> ShaderKey {
     let staged = matches!(heads, SplitHeads::Staged);
     let few = matches!(heads, SplitHeads::One | SplitHeads::Two);
-    let key_groups = staged || key_groups && subgroups && few;
+    let key_groups = key_groups && subgroups && few;
     let entry = match (staged, key_groups) {
         (true, _) => "staged",
         (false, true) => "keys",
