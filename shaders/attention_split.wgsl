@@ -103,10 +103,6 @@ const NEG: f32 = -3.0e38;
 @group(0) @binding(7) var<storage, read> sinks: array<f32>;
 @group(0) @binding(8) var<storage, read_write> out: array<f32>;
 @group(0) @binding(9) var<storage, read> kv_table: array<u32>;
-#ifdef MERGE_LAST
-// How many of a (token, KV head)'s spans are done, [T, NKV] (zero between dispatches).
-@group(0) @binding(10) var<storage, read_write> spans_done: array<atomic<u32>>;
-#endif
 
 var<workgroup> tok_shared: TokenInfo;
 #include "common/lanes.wgsl"
@@ -532,102 +528,6 @@ fn kept_pair(i: u32) -> vec2<f32> {
     return bitcast<vec2<f32>>(select(w.xy, w.zw, i % 2u == 1u));
 }
 
-#ifdef MERGE_LAST
-// MERGE_LAST: the span workgroup that finishes last merges its token's spans for the G heads, so
-// that long contexts need no merge dispatch. Each workgroup's partials reach device scope before
-// it counts itself done (storageBarrier: a device-scope release, then an acquire in the last one),
-// and the last one sets the count back to zero for the next dispatch. Lane (head, part, quad): the
-// G heads' D / 4 quads in MERGE_PARTS runs of spans, added in span order and then in part order,
-// as MERGE does.
-const MERGE_PARTS: u32 = WG / (MAX_G * STAGE_D / 4u);
-var<workgroup> is_last: u32;
-
-fn stage_f32(i: u32, v: f32) {
-    stage[i / 4u][i % 4u] = bitcast<u32>(v);
-}
-
-fn staged_f32(i: u32) -> f32 {
-    return bitcast<f32>(stage[i / 4u][i % 4u]);
-}
-
-fn merge_if_last(job: SpanJob, kvh: u32, gn: u32, lid: u32) {
-    storageBarrier();
-    let at = job.t * p.n_kv + kvh;
-    if lid == 0u {
-        is_last = select(0u, 1u, atomicAdd(&spans_done[at], 1u) == job.splits - 1u);
-    }
-    if workgroupUniformLoad(&is_last) == 0u {
-        return;
-    }
-    storageBarrier();
-    if lid == 0u {
-        atomicStore(&spans_done[at], 0u);
-    }
-    let d = p.head_dim;
-    let splits = job.splits;
-    let h0 = kvh * gn;
-    // Each span's max and sum, [head, span], into the stage (its last readers passed the barrier
-    // of workgroupUniformLoad).
-    let sums = MAX_G * MAX_SPLITS;
-    for (var i = lid; i < gn * splits; i += WG) {
-        let pb = ((job.t * p.n_heads + h0 + i / splits) * MAX_SPLITS + i % splits) * (d + 2u);
-        stage_f32((i / splits) * MAX_SPLITS + i % splits, part[pb + d]);
-        stage_f32(sums + (i / splits) * MAX_SPLITS + i % splits, part[pb + d + 1u]);
-    }
-    workgroupBarrier();
-    let d4 = STAGE_D / 4u;
-    let h = lid / (MERGE_PARTS * d4);
-    let r = (lid / d4) % MERGE_PARTS;
-    let q = lid % d4;
-    var o = vec4<f32>(0.0);
-    var den = 0.0;
-    var mx = NEG;
-    if h < gn {
-        mx = sinks[h0 + h];
-        for (var c = 0u; c < splits; c++) {
-            mx = max(mx, staged_f32(h * MAX_SPLITS + c));
-        }
-        let per = (splits + MERGE_PARTS - 1u) / MERGE_PARTS;
-        let c_end = min(splits, (r + 1u) * per);
-        let base = (job.t * p.n_heads + h0 + h) * MAX_SPLITS;
-        for (var c = r * per; c < c_end; c++) {
-            let w = exp(staged_f32(h * MAX_SPLITS + c) - mx);
-            den += w * staged_f32(sums + h * MAX_SPLITS + c);
-            o += w * vec4<f32>(
-                part[(base + c) * (d + 2u) + 4u * q],
-                part[(base + c) * (d + 2u) + 4u * q + 1u],
-                part[(base + c) * (d + 2u) + 4u * q + 2u],
-                part[(base + c) * (d + 2u) + 4u * q + 3u],
-            );
-        }
-    }
-    // The parts meet after the spans' sums (stage words from 2 sums / 4 on).
-    let parts_at = 2u * sums;
-    for (var k = 0u; k < 4u; k++) {
-        stage_f32(parts_at + lid * 5u + k, o[k]);
-    }
-    stage_f32(parts_at + lid * 5u + 4u, den);
-    workgroupBarrier();
-    if h < gn && r == 0u {
-        var total = vec4<f32>(0.0);
-        var total_den = exp(sinks[h0 + h] - mx);
-        for (var k = 0u; k < MERGE_PARTS; k++) {
-            let at_k = parts_at + (lid + k * d4) * 5u;
-            total += vec4<f32>(staged_f32(at_k), staged_f32(at_k + 1u), staged_f32(at_k + 2u),
-                               staged_f32(at_k + 3u));
-            total_den += staged_f32(at_k + 4u);
-        }
-        let ob = (job.t * p.n_heads + h0 + h) * d + 4u * q;
-        let res = total / total_den;
-        out[ob] = res.x;
-        out[ob + 1u] = res.y;
-        out[ob + 2u] = res.z;
-        out[ob + 3u] = res.w;
-    }
-}
-const_assert 2u * MAX_G * MAX_SPLITS + 5u * WG <= 4u * STAGE_SIZE;
-#endif
-
 @compute @workgroup_size(WG)
 fn staged(lanes: Lanes, @builtin(workgroup_id) wg: vec3<u32>) {
     let lid = lanes.lid;
@@ -754,9 +654,6 @@ fn staged(lanes: Lanes, @builtin(workgroup_id) wg: vec3<u32>) {
         }
         finish(job, kvh * gn + h, head_m[h] / LOG2E, den, o, q);
     }
-#ifdef MERGE_LAST
-    merge_if_last(job, kvh, gn, lid);
-#endif
 }
 #else
 #ifdef KEY_GROUPS
