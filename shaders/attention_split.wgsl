@@ -44,8 +44,11 @@
 // how spans are sized: keys up to ONE_SPAN take a single span, more are cut into spans of at
 // least MIN_SPAN (longer when MAX_SPLITS would not do). One span up to 256 keys rather than 128
 // spares the merge at short contexts (H200, 129-160 keys: batch 8 / 32 attention 460 / 776 ->
-// 350 / 548 us a step, +1% / +1.3% tok/s; PERF.md v0.28).
-const MAX_SPLITS: u32 = 64u;
+// 350 / 548 us a step, +1% / +1.3% tok/s; PERF.md v0.28). At most 32 spans: at batch 1 the
+// staged tier's 256 workgroups then run in one round of two an SM, each over more chunks (H100,
+// 32k keys: staged + merge 866 -> 811 us a step against 64 spans, 16: 923 without the merge;
+// PERF.md v0.40).
+const MAX_SPLITS: u32 = 32u;
 const ONE_SPAN: u32 = 256u;
 const MIN_SPAN: u32 = 64u;
 const MAX_G: u32 = 8u;

@@ -397,10 +397,11 @@ mod tests {
             // splits), tokens of seq 0's first pass)
             let shader = SplitRule::from_shader().unwrap();
             let mut staged_ran = false;
-            let rule = |one_span, min_span, max_splits| SplitRule {
+            // (at most the shader's MAX_SPLITS spans: its partials' stride)
+            let rule = |one_span, min_span, max_splits: u32| SplitRule {
                 one_span,
                 min_span,
-                max_splits,
+                max_splits: max_splits.min(shader.max_splits),
             };
             // `sharp`: scores that grow along the keys, past the tensor-core kernel's LAG between
             // its steps (so that it rescales its output mid-run), and exact in f16: q and k in
