@@ -407,9 +407,10 @@ fn split(lanes: Lanes, @builtin(workgroup_id) wg: vec3<u32>) {
 //   once, into workgroup memory;
 // - values: lane (dim pair, key set) adds p[h] v[j] for every head, each value converted once for
 //   all G heads.
-// Where the old key groups spent 3 shuffles, a max and an exponential on each of a key's 8 lanes,
-// and converted each key once per head pair, a key here costs its products and one exponential a
-// head. The key sets' sums meet in workgroup memory at the end.
+// A key costs its products and one exponential a head, where key groups (8 lanes a key) spent 3
+// shuffles, a max and an exponential on each of its lanes and converted it once per head pair
+// (at 32k keys on the H100: 856 -> 740 us a step, PERF.md v0.40). The key sets' sums meet in
+// workgroup memory at the end.
 #ifdef KV_F16
 const WORD_DIMS: u32 = 8u;
 #else
@@ -419,8 +420,8 @@ const WORD_DIMS: u32 = 4u;
 const STAGE_D: u32 = 64u;
 const CHUNK: u32 = 64u;
 const KEY_WORDS: u32 = STAGE_D / WORD_DIMS;
-// Keys' words then values' words of a chunk: 16 KiB in f16; in f32 (KEY_WORDS 16) half the keys
-// a chunk would fit, so f32 takes CHUNK_F32 keys.
+// Keys a chunk: CHUNK in f16 (keys' and values' words 16 KiB), half as many in f32 (KEY_WORDS
+// 16), in the same bytes.
 #ifdef KV_F16
 const CHUNK_KEYS: u32 = CHUNK;
 #else
