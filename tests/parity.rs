@@ -1,7 +1,8 @@
 //! Model parity against Hugging Face transformers (GptOssForCausalLM, float32, MXFP4 dequantized)
 //! on a small random checkpoint: 3 layers (sliding, full, sliding; window 128), hidden 128,
 //! 6 experts with top-3, 200 tokens. The fixture comes from tools/make_parity_fixtures.py, which
-//! writes the checkpoint with the same `synth` arguments used here.
+//! writes the checkpoint with the same `synth` arguments used here; and a second one with
+//! gpt-oss's head size for a 704-token context (parity_long.safetensors).
 //!
 //! Tolerance: both sides compute in f32 from identical bf16/MXFP4 weights, so logits agree to
 //! summation-order rounding: we require max |diff| <= 1e-4 at every position whose router
@@ -103,16 +104,24 @@ fn engine_on(
     coop: bool,
 ) -> Engine {
     let opts = ModelOptions {
+        kv_cache_bytes,
+        ..options(max_tokens, kv_f16, coop)
+    };
+    Engine::load_dir(Arc::new(gpu), dir, opts, &mut |_, _| {}).unwrap()
+}
+
+/// Two sequences of up to 256 positions, passes of up to max_tokens.
+fn options(max_tokens: u32, kv_f16: bool, coop: bool) -> ModelOptions {
+    ModelOptions {
         max_tokens,
         max_seqs: 2,
         max_context: 256,
         kv_f16,
         coop,
-        kv_cache_bytes,
+        kv_cache_bytes: None,
         // all_logits reads every position of a pass.
         max_outputs: Some(max_tokens),
-    };
-    Engine::load_dir(Arc::new(gpu), dir, opts, &mut |_, _| {}).unwrap()
+    }
 }
 
 /// Logits of every position, feeding the prompt in passes of `chunk` tokens.
@@ -217,6 +226,88 @@ fn logits_match_transformers() {
             .fold(0.0, f32::max);
         assert!(d <= TOL, "prefill-then-decode differs from one pass by {d}");
     }
+}
+
+/// The long-context checkpoint of tools/make_parity_fixtures.py (LONG_SYNTH_ARGS there): gpt-oss's
+/// head size, 8 query heads on one KV head.
+fn long_checkpoint() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = SynthSpec {
+        layers: 2,
+        hidden: 64,
+        inter: 32,
+        heads: 8,
+        kv_heads: 1,
+        head_dim: 64,
+        experts: 4,
+        top_k: 2,
+        vocab: 1024,
+        shard_bytes: 1 << 20,
+        ..SynthSpec::preset("tiny").unwrap()
+    };
+    synth::write(dir.path(), &spec, 9, &mut |_, _| {}).unwrap();
+    dir
+}
+
+/// A 704-token prompt, prefilled in one pass but for its last 32 tokens, which are decoded one at a
+/// time: those steps see 673 to 704 keys, cut into 11 spans, which the staged attention tier takes
+/// (where the adapter has subgroups: lavapipe too) and merges. Their logits against transformers'.
+#[test]
+fn long_context_decode_matches_transformers() {
+    let bytes = std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/parity_long.safetensors"),
+    )
+    .unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let ids: Vec<i32> = bytemuck::pod_collect_to_vec(st.tensor("token_ids").unwrap().data());
+    let want: Vec<f32> = bytemuck::pod_collect_to_vec(st.tensor("logits").unwrap().data());
+    let margin: Vec<f32> = bytemuck::pod_collect_to_vec(st.tensor("router_margin").unwrap().data());
+    let ids: Vec<u32> = ids.into_iter().map(|x| x as u32).collect();
+    let tail = margin.len();
+    let prefill = ids.len() - tail;
+    let dir = long_checkpoint();
+    let Some(gpu) = open_gpu(&GpuOptions::default()) else {
+        return;
+    };
+    let opts = ModelOptions {
+        max_context: ids.len() as u32,
+        ..options(prefill as u32, false, false)
+    };
+    let e = Engine::load_dir(Arc::new(gpu), dir.path(), opts, &mut |_, _| {}).unwrap();
+    let vocab = e.model.cfg.vocab as usize;
+    let toks: Vec<TokenInfo> = (0..prefill)
+        .map(|p| TokenInfo::new(ids[p], p as u32, 1))
+        .collect();
+    pollster::block_on(e.model.logits(&Batch {
+        tokens: &toks,
+        outputs: &[prefill as u32 - 1],
+        sampling: &[Default::default()],
+        bias: &[],
+    }))
+    .unwrap();
+    let mut worst = 0.0f32;
+    for (i, p) in (prefill..ids.len()).enumerate() {
+        let got = pollster::block_on(e.model.logits(&Batch {
+            tokens: &[TokenInfo::new(ids[p], p as u32, 1)],
+            outputs: &[0],
+            sampling: &[Default::default()],
+            bias: &[],
+        }))
+        .unwrap();
+        let d = got
+            .iter()
+            .zip(&want[i * vocab..(i + 1) * vocab])
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f32::max);
+        // (the fixture's margins here are all far from a tie: no position is excused)
+        assert!(
+            margin[i] >= NEAR_TIE && d <= TOL,
+            "position {p}: differs by {d} (router margin {})",
+            margin[i]
+        );
+        worst = worst.max(d);
+    }
+    eprintln!("long context: max |diff| {worst:.2e} over the last {tail} positions");
 }
 
 #[test]
