@@ -532,6 +532,60 @@ fn kept_pair(i: u32) -> vec2<f32> {
     return bitcast<vec2<f32>>(select(w.xy, w.zw, i % 2u == 1u));
 }
 
+// The staged chunk's scores (n live keys) for the lane's key and heads, and each head's max over
+// the lane's subgroup into sub_max. Called from uniform control flow.
+fn chunk_scores(j: u32, h0: u32, n: u32, lanes: Lanes) -> array<f32, HPL> {
+    var s = key_scores(j, h0);
+    for (var g = 0u; g < HPL; g++) {
+        s[g] = select(NEG, s[g], j < n);
+        let cm = subgroupMax(s[g]);
+        if lanes.lane == 0u {
+            sub_max[(lanes.lid / lanes.size) * HPL + g] = cm;
+        }
+    }
+    return s;
+}
+
+// Once the subgroups' maxima are in: the chunk's weights into probs and each head's correction
+// into corr, the running max m and sum l of the lane's heads moved on.
+fn chunk_weights(s: array<f32, HPL>, m: ptr<function, array<f32, HPL>>,
+                 l: ptr<function, array<f32, HPL>>, j: u32, h0: u32, lid: u32, subs: u32) {
+    for (var g = 0u; g < HPL; g++) {
+        var mx = (*m)[g];
+        for (var i = 0u; i < subs; i++) {
+            mx = max(mx, sub_max[((lid / CHUNK_KEYS) * subs + i) * HPL + g]);
+        }
+        let c = exp2((*m)[g] - mx);
+        let pw = exp2(s[g] - mx);
+        (*l)[g] = (*l)[g] * c + pw;
+        (*m)[g] = mx;
+        if h0 + g < MAX_G {
+            if j == 0u {
+                corr[(h0 + g) / 4u][(h0 + g) % 4u] = c;
+            }
+            probs[(j * MAX_G + h0 + g) / 4u][(h0 + g) % 4u] = pw;
+        }
+    }
+}
+
+// Once the weights are in: every head's sums of the lane's dim pair (dp) corrected, then the
+// chunk's keys ks, ks + KEY_SETS, ... (of n live) added.
+fn chunk_values(acc: ptr<function, array<vec2<f32>, MAX_G>>, ks: u32, dp: u32, n: u32) {
+    for (var h = 0u; h < MAX_G; h++) {
+        (*acc)[h] *= corr[h / 4u][h % 4u];
+    }
+    for (var jv = ks; jv < n; jv += KEY_SETS) {
+        let v = value_pair(jv, dp);
+        for (var h4 = 0u; h4 < MAX_G / 4u; h4++) {
+            let pv = probs[jv * (MAX_G / 4u) + h4];
+            (*acc)[4u * h4] += pv.x * v;
+            (*acc)[4u * h4 + 1u] += pv.y * v;
+            (*acc)[4u * h4 + 2u] += pv.z * v;
+            (*acc)[4u * h4 + 3u] += pv.w * v;
+        }
+    }
+}
+
 @compute @workgroup_size(WG)
 fn staged(lanes: Lanes, @builtin(workgroup_id) wg: vec3<u32>) {
     let lid = lanes.lid;
@@ -583,48 +637,11 @@ fn staged(lanes: Lanes, @builtin(workgroup_id) wg: vec3<u32>) {
             next = fetch_chunk(lid, tok.seq, kvh, base + CHUNK_KEYS, keys.y);
         }
         let n = min(CHUNK_KEYS, keys.y - base);
-        var s = key_scores(j, h0);
-        for (var g = 0u; g < HPL; g++) {
-            s[g] = select(NEG, s[g], j < n);
-            let cm = subgroupMax(s[g]);
-            if lanes.lane == 0u {
-                sub_max[sub * HPL + g] = cm;
-            }
-        }
+        let s = chunk_scores(j, h0, n, lanes);
         workgroupBarrier();
-        var pw: array<f32, HPL>;
-        for (var g = 0u; g < HPL; g++) {
-            var mx = m[g];
-            for (var i = 0u; i < subs; i++) {
-                mx = max(mx, sub_max[((lid / CHUNK_KEYS) * subs + i) * HPL + g]);
-            }
-            let c = exp2(m[g] - mx);
-            pw[g] = exp2(s[g] - mx);
-            l[g] = l[g] * c + pw[g];
-            m[g] = mx;
-            if j == 0u && h0 + g < MAX_G {
-                corr[(h0 + g) / 4u][(h0 + g) % 4u] = c;
-            }
-        }
-        for (var g = 0u; g < HPL; g++) {
-            if h0 + g < MAX_G {
-                probs[(j * MAX_G + h0 + g) / 4u][(h0 + g) % 4u] = pw[g];
-            }
-        }
+        chunk_weights(s, &m, &l, j, h0, lid, subs);
         workgroupBarrier();
-        for (var h = 0u; h < MAX_G; h++) {
-            acc[h] *= corr[h / 4u][h % 4u];
-        }
-        for (var jv = ks; jv < n; jv += KEY_SETS) {
-            let v = value_pair(jv, dp);
-            for (var h4 = 0u; h4 < MAX_G / 4u; h4++) {
-                let pv = probs[jv * (MAX_G / 4u) + h4];
-                acc[4u * h4] += pv.x * v;
-                acc[4u * h4 + 1u] += pv.y * v;
-                acc[4u * h4 + 2u] += pv.z * v;
-                acc[4u * h4 + 3u] += pv.w * v;
-            }
-        }
+        chunk_values(&acc, ks, dp, n);
     }
     // The heads' sums of weights (each subgroup's, then in subgroup order) and the key sets'
     // value sums meet in workgroup memory.
