@@ -549,11 +549,11 @@ fn chunk_scores(j: u32, h0: u32, n: u32, lanes: Lanes) -> array<f32, HPL> {
 // Once the subgroups' maxima are in: the chunk's weights into probs and each head's correction
 // into corr, the running max m and sum l of the lane's heads moved on.
 fn chunk_weights(s: array<f32, HPL>, m: ptr<function, array<f32, HPL>>,
-                 l: ptr<function, array<f32, HPL>>, j: u32, h0: u32, lid: u32, subs: u32) {
+                 l: ptr<function, array<f32, HPL>>, j: u32, h0: u32, subs: u32) {
     for (var g = 0u; g < HPL; g++) {
         var mx = (*m)[g];
         for (var i = 0u; i < subs; i++) {
-            mx = max(mx, sub_max[((lid / CHUNK_KEYS) * subs + i) * HPL + g]);
+            mx = max(mx, sub_max[((h0 / HPL) * subs + i) * HPL + g]);
         }
         let c = exp2((*m)[g] - mx);
         let pw = exp2(s[g] - mx);
@@ -639,7 +639,7 @@ fn staged(lanes: Lanes, @builtin(workgroup_id) wg: vec3<u32>) {
         let n = min(CHUNK_KEYS, keys.y - base);
         let s = chunk_scores(j, h0, n, lanes);
         workgroupBarrier();
-        chunk_weights(s, &m, &l, j, h0, lid, subs);
+        chunk_weights(s, &m, &l, j, h0, subs);
         workgroupBarrier();
         chunk_values(&acc, ks, dp, n);
     }

@@ -28,37 +28,60 @@ struct Fixture {
     greedy_margin: Vec<f32>,
 }
 
-fn fixture() -> Fixture {
-    let bytes = std::fs::read(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/parity_tiny.safetensors"),
-    )
-    .unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let f32s = |n: &str| -> Vec<f32> { bytemuck::pod_collect_to_vec(st.tensor(n).unwrap().data()) };
-    let i32s = |n: &str| -> Vec<u32> {
-        let v: Vec<i32> = bytemuck::pod_collect_to_vec(st.tensor(n).unwrap().data());
-        v.into_iter().map(|x| x as u32).collect()
-    };
-    Fixture {
-        ids: i32s("token_ids"),
-        logits: f32s("logits"),
-        router_margin: f32s("router_margin"),
-        greedy_prompt: i32s("greedy_prompt"),
-        greedy_ids: i32s("greedy_ids"),
-        greedy_margin: f32s("greedy_margin"),
+/// A file of tests/data written by tools/make_parity_fixtures.py (safetensors).
+struct Tensors(Vec<u8>);
+
+impl Tensors {
+    fn read(name: &str) -> Tensors {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/data")
+            .join(name);
+        Tensors(std::fs::read(path).unwrap())
     }
+
+    fn f32s(&self, name: &str) -> Vec<f32> {
+        let st = safetensors::SafeTensors::deserialize(&self.0).unwrap();
+        bytemuck::pod_collect_to_vec(st.tensor(name).unwrap().data())
+    }
+
+    /// Token ids (stored as i32).
+    fn ids(&self, name: &str) -> Vec<u32> {
+        let st = safetensors::SafeTensors::deserialize(&self.0).unwrap();
+        let v: Vec<i32> = bytemuck::pod_collect_to_vec(st.tensor(name).unwrap().data());
+        v.into_iter().map(|x| x as u32).collect()
+    }
+}
+
+fn fixture() -> Fixture {
+    let t = Tensors::read("parity_tiny.safetensors");
+    Fixture {
+        ids: t.ids("token_ids"),
+        logits: t.f32s("logits"),
+        router_margin: t.f32s("router_margin"),
+        greedy_prompt: t.ids("greedy_prompt"),
+        greedy_ids: t.ids("greedy_ids"),
+        greedy_margin: t.f32s("greedy_margin"),
+    }
+}
+
+/// A checkpoint of `spec` (with 1 MiB shards) from `seed` in a temporary directory.
+fn synth_checkpoint(spec: SynthSpec, seed: u64) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = SynthSpec {
+        shard_bytes: 1 << 20,
+        ..spec
+    };
+    synth::write(dir.path(), &spec, seed, &mut |_, _| {}).unwrap();
+    dir
 }
 
 /// The checkpoint of tools/make_parity_fixtures.py (SYNTH_ARGS there).
 fn checkpoint() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
     let spec = SynthSpec {
         vocab: 1024,
-        shard_bytes: 1 << 20,
         ..SynthSpec::preset("tiny").unwrap()
     };
-    synth::write(dir.path(), &spec, 7, &mut |_, _| {}).unwrap();
-    dir
+    synth_checkpoint(spec, 7)
 }
 
 fn engine(dir: &Path, opts: GpuOptions, max_tokens: u32, kv_f16: bool) -> Option<Engine> {
@@ -231,7 +254,6 @@ fn logits_match_transformers() {
 /// The long-context checkpoint of tools/make_parity_fixtures.py (LONG_SYNTH_ARGS there): gpt-oss's
 /// head size, 8 query heads on one KV head.
 fn long_checkpoint() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
     let spec = SynthSpec {
         layers: 2,
         hidden: 64,
@@ -242,11 +264,9 @@ fn long_checkpoint() -> tempfile::TempDir {
         experts: 4,
         top_k: 2,
         vocab: 1024,
-        shard_bytes: 1 << 20,
         ..SynthSpec::preset("tiny").unwrap()
     };
-    synth::write(dir.path(), &spec, 9, &mut |_, _| {}).unwrap();
-    dir
+    synth_checkpoint(spec, 9)
 }
 
 /// A 704-token prompt, prefilled in one pass but for its last 32 tokens, which are decoded one at a
@@ -254,15 +274,12 @@ fn long_checkpoint() -> tempfile::TempDir {
 /// (where the adapter has subgroups: lavapipe too) and merges. Their logits against transformers'.
 #[test]
 fn long_context_decode_matches_transformers() {
-    let bytes = std::fs::read(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/parity_long.safetensors"),
-    )
-    .unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let ids: Vec<i32> = bytemuck::pod_collect_to_vec(st.tensor("token_ids").unwrap().data());
-    let want: Vec<f32> = bytemuck::pod_collect_to_vec(st.tensor("logits").unwrap().data());
-    let margin: Vec<f32> = bytemuck::pod_collect_to_vec(st.tensor("router_margin").unwrap().data());
-    let ids: Vec<u32> = ids.into_iter().map(|x| x as u32).collect();
+    let t = Tensors::read("parity_long.safetensors");
+    let (ids, want, margin) = (
+        t.ids("token_ids"),
+        t.f32s("logits"),
+        t.f32s("router_margin"),
+    );
     let tail = margin.len();
     let prefill = ids.len() - tail;
     let dir = long_checkpoint();
