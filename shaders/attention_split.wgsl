@@ -29,7 +29,7 @@
 // where subgroups allow (below).
 // STAGED (entry `staged`, grid (NKV, T * splits); D = STAGE_D, with subgroups): all G heads of a
 // KV head a workgroup again, for tokens cut into STAGED_MIN_SPLITS spans or more, chunks of keys
-// staged in workgroup memory and taken in three phases (below).
+// staged in workgroup memory and taken in two phases (below).
 // Limits: D <= WG, G <= MAX_G, D a multiple of 4, HG dividing G. Variants: SPLIT (with
 // FEW_HEADS, and TWO_HEADS, or not, and KEY_GROUPS; or STAGED; WHOLE_WINDOW or not) or MERGE,
 // KV_F16, SUBGROUPS (SPLIT's reductions in registers).
@@ -398,19 +398,21 @@ fn split(lanes: Lanes, @builtin(workgroup_id) wg: vec3<u32>) {
 // STAGED (entry `staged`, grid (NKV, T * splits)): a workgroup takes all G query heads of its KV
 // head over one span, so each key and value is read from memory once. Chunks of CHUNK keys go
 // through workgroup memory (coalesced 16-byte loads, the next chunk's in flight while this one is
-// used), and each chunk runs in three phases, so that no work is repeated across lanes:
-// - scores: lane (key j, head set) takes whole dot products for HPL heads, reading its key's words
-//   (swizzled, so that a warp's lanes, each on its own key, hit distinct banks) and the queries
-//   (in workgroup memory, one address across a warp: a broadcast);
-// - weights: each head's chunk max (subgroups, then across them), its running max m and the
-//   weights p = 2^(s - m) (scores in log2 units: the queries carry scale * log2(e)), each computed
-//   once, into workgroup memory;
+// used), and each chunk runs in two phases, so that no work is repeated across lanes:
+// - weights: a run of RUN (32) lanes takes one head and the whole chunk, lane j keys j + RUN i:
+//   whole dot products, reading the keys' words (swizzled, so that a warp's lanes, each on its
+//   own key, hit distinct banks) and the head's queries (in workgroup memory, one address across
+//   a warp: a broadcast); then the chunk max over the run (shuffles, and across subgroups only
+//   where they are narrower than a run), the head's running max m and the weights
+//   p = 2^(s - m) (scores in log2 units: the queries carry scale * log2(e)), each computed once,
+//   into workgroup memory;
 // - values: lane (dim pair, key set) adds p[h] v[j] for every head, each value converted once for
 //   all G heads.
 // A key costs its products and one exponential a head, where key groups (8 lanes a key) spent 3
 // shuffles, a max and an exponential on each of its lanes and converted it once per head pair
-// (at 32k keys on the H100: 856 -> 740 us a step, PERF.md v0.40). The key sets' sums meet in
-// workgroup memory at the end.
+// (at 32k keys on the H100: 856 -> 740 us a step, PERF.md v0.40). A run holding a head's whole
+// chunk finds its max without a barrier: three a chunk instead of four, and 94 registers instead
+// of 120 (740 -> 619 us, v0.41). The key sets' sums meet in workgroup memory at the end.
 #ifdef KV_F16
 const WORD_DIMS: u32 = 8u;
 #else
@@ -429,10 +431,11 @@ const CHUNK_KEYS: u32 = CHUNK / 2u;
 #endif
 const STAGE_WORDS: u32 = CHUNK_KEYS * KEY_WORDS;
 const STAGE_LOADS: u32 = STAGE_WORDS / WG;
-// Lanes a key in the scores (head sets) and heads a lane.
-const SETS: u32 = WG / CHUNK_KEYS;
-const HPL: u32 = (MAX_G + SETS - 1u) / SETS;
-// The narrowest subgroup the tier takes (the Rust side reads this line), and the widest: CHUNK_KEYS.
+// Lanes a head in the weights phase (WG = RUN * MAX_G), and keys a lane.
+const RUN: u32 = 32u;
+const KPL: u32 = CHUNK_KEYS / RUN;
+const_assert WG == RUN * MAX_G && CHUNK_KEYS % RUN == 0u;
+// The narrowest subgroup the tier takes (the Rust side reads this line).
 const MIN_SUBGROUP: u32 = 4u;
 // Key sets of the values phase: a lane takes dims 2 dp, 2 dp + 1 of every head.
 const PAIRS: u32 = STAGE_D / 2u;
@@ -441,11 +444,11 @@ const KEY_SETS: u32 = WG / PAIRS;
 const STAGE_SIZE: u32 = max(2u * STAGE_WORDS, KEY_SETS * MAX_G * PAIRS / 2u);
 var<workgroup> stage: array<vec4<u32>, STAGE_SIZE>;
 // The token's queries [G, D] (times scale * log2(e)), the chunk's weights [key, head], each
-// subgroup's chunk max of its HPL heads (at the end their sums), and each head's correction of
-// the values' sums at this chunk.
+// subgroup's chunk max where subgroups are narrower than a run (at the end each run part's sum of
+// weights), and each head's correction of the values' sums at this chunk.
 var<workgroup> qs: array<vec4<f32>, MAX_G * STAGE_D / 4u>;
 var<workgroup> probs: array<vec4<f32>, CHUNK_KEYS * MAX_G / 4u>;
-var<workgroup> sub_max: array<f32, WG / MIN_SUBGROUP * HPL>;
+var<workgroup> sub_max: array<f32, WG / MIN_SUBGROUP>;
 var<workgroup> corr: array<vec4<f32>, MAX_G / 4u>;
 var<workgroup> head_m: array<f32, MAX_G>;
 const LOG2E: f32 = 1.4426950408889634;
@@ -484,22 +487,23 @@ fn stage_chunk(lid: u32, c: ChunkLoads) {
     }
 }
 
-// Staged key j's scores against the lane's heads h0 .. h0 + HPL - 1 (log2 units).
-fn key_scores(j: u32, h0: u32) -> array<f32, HPL> {
-    var s: array<f32, HPL>;
+// Head h's scores of staged keys j + RUN i (log2 units).
+fn key_scores(j: u32, h: u32) -> array<f32, KPL> {
+    var s: array<f32, KPL>;
     for (var w = 0u; w < KEY_WORDS; w++) {
-        let word = stage[key_slot(j, w)];
 #ifdef KV_F16
-        let k0 = vec4<f32>(unpack2x16float(word.x), unpack2x16float(word.y));
-        let k1 = vec4<f32>(unpack2x16float(word.z), unpack2x16float(word.w));
-        for (var g = 0u; g < HPL; g++) {
-            let q = (h0 + g) * (STAGE_D / 4u) + 2u * w;
-            s[g] += dot(qs[q], k0) + dot(qs[q + 1u], k1);
+        let q0 = qs[h * (STAGE_D / 4u) + 2u * w];
+        let q1 = qs[h * (STAGE_D / 4u) + 2u * w + 1u];
+        for (var i = 0u; i < KPL; i++) {
+            let word = stage[key_slot(j + RUN * i, w)];
+            let k0 = vec4<f32>(unpack2x16float(word.x), unpack2x16float(word.y));
+            let k1 = vec4<f32>(unpack2x16float(word.z), unpack2x16float(word.w));
+            s[i] += dot(q0, k0) + dot(q1, k1);
         }
 #else
-        let k0 = bitcast<vec4<f32>>(word);
-        for (var g = 0u; g < HPL; g++) {
-            s[g] += dot(qs[(h0 + g) * (STAGE_D / 4u) + w], k0);
+        let q0 = qs[h * (STAGE_D / 4u) + w];
+        for (var i = 0u; i < KPL; i++) {
+            s[i] += dot(q0, bitcast<vec4<f32>>(stage[key_slot(j + RUN * i, w)]));
         }
 #endif
     }
@@ -532,39 +536,43 @@ fn kept_pair(i: u32) -> vec2<f32> {
     return bitcast<vec2<f32>>(select(w.xy, w.zw, i % 2u == 1u));
 }
 
-// The staged chunk's scores (n live keys) for the lane's key and heads, and each head's max over
-// the lane's subgroup into sub_max. Called from uniform control flow.
-fn chunk_scores(j: u32, h0: u32, n: u32, lanes: Lanes) -> array<f32, HPL> {
-    var s = key_scores(j, h0);
-    for (var g = 0u; g < HPL; g++) {
-        s[g] = select(NEG, s[g], j < n);
-        let cm = subgroupMax(s[g]);
-        if lanes.lane == 0u {
-            sub_max[(lanes.lid / lanes.size) * HPL + g] = cm;
+// The chunk's weights (n live keys) of head h for keys j + RUN i into probs, the head's
+// correction into corr, its running max m and the lane's part of its sum l moved on. Called from
+// uniform control flow.
+fn chunk_weights(j: u32, h: u32, n: u32, lanes: Lanes, m: ptr<function, f32>,
+                 l: ptr<function, f32>) {
+    var s = key_scores(j, h);
+    var cm = NEG;
+    for (var i = 0u; i < KPL; i++) {
+        s[i] = select(NEG, s[i], j + RUN * i < n);
+        cm = max(cm, s[i]);
+    }
+    // The max over the run: within a subgroup by shuffles, then across its subgroups.
+    let width = min(lanes.size, RUN);
+    for (var o = 1u; o < width; o <<= 1u) {
+        cm = max(cm, subgroupShuffleXor(cm, o));
+    }
+    if width < RUN {
+        if lanes.lane % width == 0u {
+            sub_max[lanes.lid / width] = cm;
+        }
+        workgroupBarrier();
+        for (var i = 0u; i < RUN / width; i++) {
+            cm = max(cm, sub_max[h * (RUN / width) + i]);
         }
     }
-    return s;
-}
-
-// Once the subgroups' maxima are in: the chunk's weights into probs and each head's correction
-// into corr, the running max m and sum l of the lane's heads moved on.
-fn chunk_weights(s: array<f32, HPL>, m: ptr<function, array<f32, HPL>>,
-                 l: ptr<function, array<f32, HPL>>, j: u32, h0: u32, subs: u32) {
-    for (var g = 0u; g < HPL; g++) {
-        var mx = (*m)[g];
-        for (var i = 0u; i < subs; i++) {
-            mx = max(mx, sub_max[((h0 / HPL) * subs + i) * HPL + g]);
-        }
-        let c = exp2((*m)[g] - mx);
-        let pw = exp2(s[g] - mx);
-        (*l)[g] = (*l)[g] * c + pw;
-        (*m)[g] = mx;
-        if h0 + g < MAX_G {
-            if j == 0u {
-                corr[(h0 + g) / 4u][(h0 + g) % 4u] = c;
-            }
-            probs[(j * MAX_G + h0 + g) / 4u][(h0 + g) % 4u] = pw;
-        }
+    let mx = max(*m, cm);
+    let c = exp2(*m - mx);
+    var ps = 0.0;
+    for (var i = 0u; i < KPL; i++) {
+        let pw = exp2(s[i] - mx);
+        ps += pw;
+        probs[((j + RUN * i) * MAX_G + h) / 4u][h % 4u] = pw;
+    }
+    *l = *l * c + ps;
+    *m = mx;
+    if j == 0u {
+        corr[h / 4u][h % 4u] = c;
     }
 }
 
@@ -608,19 +616,15 @@ fn staged(lanes: Lanes, @builtin(workgroup_id) wg: vec3<u32>) {
         }
         qs[i] = q;
     }
-    // Scores: key j of the chunk, heads h0 ..; values: pair dp, keys ks, ks + KEY_SETS, ...
-    let j = lid % CHUNK_KEYS;
-    let h0 = (lid / CHUNK_KEYS) * HPL;
+    // Weights: head `head`, keys j + RUN i of the chunk; values: pair dp, keys ks, ks + KEY_SETS, ...
+    let j = lid % RUN;
+    let head = lid / RUN;
     let dp = lid % PAIRS;
     let ks = lid / PAIRS;
-    // Subgroups of the scores phase: those of one head set (sizes up to CHUNK_KEYS, Rust checks).
-    let sub = lid / lanes.size;
-    let subs = CHUNK_KEYS / lanes.size;
-    var m: array<f32, HPL>;
-    var l: array<f32, HPL>;
-    for (var g = 0u; g < HPL; g++) {
-        m[g] = NEG;
-    }
+    // Subgroups of a run, at most RUN lanes of it a subgroup.
+    let width = min(lanes.size, RUN);
+    var m = NEG;
+    var l = 0.0;
     var acc: array<vec2<f32>, MAX_G>;
     let keys = span_keys(tok, job.c);
     var next: ChunkLoads;
@@ -637,23 +641,19 @@ fn staged(lanes: Lanes, @builtin(workgroup_id) wg: vec3<u32>) {
             next = fetch_chunk(lid, tok.seq, kvh, base + CHUNK_KEYS, keys.y);
         }
         let n = min(CHUNK_KEYS, keys.y - base);
-        let s = chunk_scores(j, h0, n, lanes);
-        workgroupBarrier();
-        chunk_weights(s, &m, &l, j, h0, subs);
+        chunk_weights(j, head, n, lanes, &m, &l);
         workgroupBarrier();
         chunk_values(&acc, ks, dp, n);
     }
-    // The heads' sums of weights (each subgroup's, then in subgroup order) and the key sets'
-    // value sums meet in workgroup memory.
+    // The heads' sums of weights (each subgroup's part of a run, then in part order) and the key
+    // sets' value sums meet in workgroup memory.
     workgroupBarrier();
-    for (var g = 0u; g < HPL; g++) {
-        let ls = subgroupAdd(l[g]);
-        if lanes.lane == 0u {
-            sub_max[sub * HPL + g] = ls;
-        }
-        if j == 0u && h0 + g < MAX_G {
-            head_m[h0 + g] = m[g];
-        }
+    let ls = neighbour_sum(l, width);
+    if lanes.lane % width == 0u {
+        sub_max[lid / width] = ls;
+    }
+    if j == 0u {
+        head_m[head] = m;
     }
     for (var h = 0u; h < MAX_G; h++) {
         keep_pair(acc_slot(ks, h, dp), acc[h]);
@@ -668,10 +668,9 @@ fn staged(lanes: Lanes, @builtin(workgroup_id) wg: vec3<u32>) {
         for (var k = 0u; k < KEY_SETS; k++) {
             o += vec4<f32>(kept_pair(acc_slot(k, h, 2u * q)), kept_pair(acc_slot(k, h, 2u * q + 1u)));
         }
-        let hset = h / HPL;
         var den = 0.0;
-        for (var i = 0u; i < subs; i++) {
-            den += sub_max[(hset * subs + i) * HPL + h % HPL];
+        for (var i = 0u; i < RUN / width; i++) {
+            den += sub_max[h * (RUN / width) + i];
         }
         finish(job, kvh * gn + h, head_m[h] / LOG2E, den, o, q);
     }

@@ -281,14 +281,13 @@ pub(crate) enum SplitHeads {
     Two,
     /// All G heads of its KV head.
     Group,
-    /// All G heads of its KV head, chunks of keys staged in workgroup memory and taken in three
-    /// phases: scores, weights, values (`staged`).
+    /// All G heads of its KV head, chunks of keys staged in workgroup memory and taken in two
+    /// phases: weights (scores, max and exponentials), values (`staged`).
     Staged,
 }
 
 /// Whether the staged tier serves this shape on this adapter: head_dim STAGE_D, at most MAX_G
-/// heads a group, subgroups from MIN_SUBGROUP lanes up to a chunk's keys (each subgroup of the
-/// scores phase within one head set), and the workgroup memory it takes.
+/// heads a group, subgroups of at least MIN_SUBGROUP lanes, and the workgroup memory it takes.
 fn staged_fits(gpu: &Gpu, p: &Params, kv_f16: bool) -> Result<bool> {
     let c = |name| wgsl_const("attention_split.wgsl", name);
     let (lanes, d, max_g, min_sub) = (
@@ -303,22 +302,15 @@ fn staged_fits(gpu: &Gpu, p: &Params, kv_f16: bool) -> Result<bool> {
     } else {
         (c("CHUNK")? / 2, 4)
     };
-    let heads_a_lane = max_g.div_ceil(lanes / keys);
     // The chunk's keys and values (at the end the key sets' f32 sums of every head's dims: a
     // lane's), the queries and the chunk's weights (f32), the subgroups' maxima, each head's
     // correction and max, the token's TokenInfo.
     let stage = (2 * keys * d * value_bytes).max(lanes / (d / 2) * max_g * d * 4);
-    let bytes = stage
-        + max_g * d * 4
-        + keys * max_g * 4
-        + lanes / min_sub * heads_a_lane * 4
-        + 2 * max_g * 4
-        + 64;
+    let bytes = stage + max_g * d * 4 + keys * max_g * 4 + lanes / min_sub * 4 + 2 * max_g * 4 + 64;
     Ok(gpu.caps.subgroups
         && p.head_dim == d
         && p.n_heads / p.n_kv <= max_g
         && gpu.caps.subgroup_min >= min_sub
-        && gpu.caps.subgroup_max <= keys
         && bytes <= gpu.caps.workgroup_bytes)
 }
 
