@@ -422,7 +422,8 @@ mod tests {
                 (8, 2, 64, 0, rule(0, 16, 128), 40, false),
                 // Many spans a token take the staged tier where it fits: spans shorter than a
                 // chunk; two chunks a span with G = 8 (75 keys: 64 + 11); G = 6, whose last
-                // head set has no heads to score; a window longer than one span.
+                // two runs of lanes score heads past the group (zero queries); a window longer
+                // than one span.
                 (8, 2, 64, 0, rule(0, 4, 64), 70, false),
                 (16, 2, 64, 0, rule(0, 16, 8), 600, false),
                 (6, 1, 64, 0, rule(0, 4, 64), 70, false),
