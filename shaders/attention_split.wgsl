@@ -616,7 +616,8 @@ fn staged(lanes: Lanes, @builtin(workgroup_id) wg: vec3<u32>) {
         }
         qs[i] = q;
     }
-    // Weights: head `head`, keys j + RUN i of the chunk; values: pair dp, keys ks, ks + KEY_SETS, ...
+    // Weights: head `head`, keys j + RUN i of the chunk; values: pair dp, keys ks,
+    // ks + KEY_SETS, ...
     let j = lid % RUN;
     let head = lid / RUN;
     let dp = lid % PAIRS;
