@@ -536,6 +536,11 @@ fn kept_pair(i: u32) -> vec2<f32> {
     return bitcast<vec2<f32>>(select(w.xy, w.zw, i % 2u == 1u));
 }
 
+// Lanes of a run that one subgroup holds: the whole run, or a part where subgroups are narrower.
+fn run_width(lanes: Lanes) -> u32 {
+    return min(lanes.size, RUN);
+}
+
 // The chunk's weights (n live keys) of head h for keys j + RUN i into probs, the head's
 // correction into corr, its running max m and the lane's part of its sum l moved on. Called from
 // uniform control flow.
@@ -548,10 +553,8 @@ fn chunk_weights(j: u32, h: u32, n: u32, lanes: Lanes, m: ptr<function, f32>,
         cm = max(cm, s[i]);
     }
     // The max over the run: within a subgroup by shuffles, then across its subgroups.
-    let width = min(lanes.size, RUN);
-    for (var o = 1u; o < width; o <<= 1u) {
-        cm = max(cm, subgroupShuffleXor(cm, o));
-    }
+    let width = run_width(lanes);
+    cm = neighbour_max(cm, width);
     if width < RUN {
         if lanes.lane % width == 0u {
             sub_max[lanes.lid / width] = cm;
@@ -622,8 +625,7 @@ fn staged(lanes: Lanes, @builtin(workgroup_id) wg: vec3<u32>) {
     let head = lid / RUN;
     let dp = lid % PAIRS;
     let ks = lid / PAIRS;
-    // Subgroups of a run, at most RUN lanes of it a subgroup.
-    let width = min(lanes.size, RUN);
+    let width = run_width(lanes);
     var m = NEG;
     var l = 0.0;
     var acc: array<vec2<f32>, MAX_G>;

@@ -170,17 +170,38 @@ fn all_logits(e: &Engine, ids: &[u32], chunk: usize) -> Vec<f32> {
     out
 }
 
+/// Logits of every position: the first `prefill` in one pass, the rest decoded one at a time.
+fn prefill_then_decode(e: &Engine, ids: &[u32], prefill: usize) -> Vec<f32> {
+    let mut out = all_logits(e, &ids[..prefill], prefill);
+    for (p, &id) in ids.iter().enumerate().skip(prefill) {
+        out.extend(
+            pollster::block_on(e.model.logits(&Batch {
+                tokens: &[TokenInfo::new(id, p as u32, 1)],
+                outputs: &[0],
+                sampling: &[Default::default()],
+                bias: &[],
+            }))
+            .unwrap(),
+        );
+    }
+    out
+}
+
+/// The largest |a - b| over two equally long slices.
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    a.iter()
+        .zip(b)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f32::max)
+}
+
 /// Compares every position; returns the number of excused near-tie positions.
 fn compare(what: &str, got: &[f32], f: &Fixture, vocab: usize) -> usize {
     let mut excused = 0;
     let mut worst = 0.0f32;
     for p in 0..f.ids.len() {
-        let row = |v: &[f32]| v[p * vocab..(p + 1) * vocab].to_vec();
-        let d = row(got)
-            .iter()
-            .zip(row(&f.logits))
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0, f32::max);
+        let row = p * vocab..(p + 1) * vocab;
+        let d = max_diff(&got[row.clone()], &f.logits[row]);
         if f.router_margin[p] < NEAR_TIE {
             excused += 1;
             continue;
@@ -229,24 +250,7 @@ fn logits_match_transformers() {
         );
 
         // Prefill 150 tokens, then decode the rest one at a time: same logits as one pass.
-        let mut stepped = all_logits(&e, &f.ids[..150], 150);
-        for p in 150..f.ids.len() {
-            let t = [TokenInfo::new(f.ids[p], p as u32, 1)];
-            stepped.extend(
-                pollster::block_on(e.model.logits(&Batch {
-                    tokens: &t,
-                    outputs: &[0],
-                    sampling: &[Default::default()],
-                    bias: &[],
-                }))
-                .unwrap(),
-            );
-        }
-        let d = stepped
-            .iter()
-            .zip(&one_pass)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0, f32::max);
+        let d = max_diff(&prefill_then_decode(&e, &f.ids, 150), &one_pass);
         assert!(d <= TOL, "prefill-then-decode differs from one pass by {d}");
     }
 }
@@ -292,30 +296,13 @@ fn long_context_decode_matches_transformers() {
     };
     let e = Engine::load_dir(Arc::new(gpu), dir.path(), opts, &mut |_, _| {}).unwrap();
     let vocab = e.model.cfg.vocab as usize;
-    let toks: Vec<TokenInfo> = (0..prefill)
-        .map(|p| TokenInfo::new(ids[p], p as u32, 1))
-        .collect();
-    pollster::block_on(e.model.logits(&Batch {
-        tokens: &toks,
-        outputs: &[prefill as u32 - 1],
-        sampling: &[Default::default()],
-        bias: &[],
-    }))
-    .unwrap();
+    let got = prefill_then_decode(&e, &ids, prefill);
     let mut worst = 0.0f32;
     for (i, p) in (prefill..ids.len()).enumerate() {
-        let got = pollster::block_on(e.model.logits(&Batch {
-            tokens: &[TokenInfo::new(ids[p], p as u32, 1)],
-            outputs: &[0],
-            sampling: &[Default::default()],
-            bias: &[],
-        }))
-        .unwrap();
-        let d = got
-            .iter()
-            .zip(&want[i * vocab..(i + 1) * vocab])
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0, f32::max);
+        let d = max_diff(
+            &got[p * vocab..(p + 1) * vocab],
+            &want[i * vocab..(i + 1) * vocab],
+        );
         // (the fixture's margins here are all far from a tie: no position is excused)
         assert!(
             margin[i] >= NEAR_TIE && d <= TOL,

@@ -50,24 +50,14 @@ def write_long(binary, out):
           f"min router margin {margin[-LONG_TAIL:].min():.2e}")
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--bin", default="target/release/gpt-oss-wgpu")
-    ap.add_argument("--out", default="tests/data")
-    ap.add_argument("--which", choices=["tiny", "long", "all"], default="all")
-    args = ap.parse_args()
-    os.makedirs(args.out, exist_ok=True)
-    if args.which in ("long", "all"):
-        write_long(args.bin, args.out)
-    if args.which == "long":
-        return
-    model = synth(args.bin, SYNTH_ARGS)
+def write_tiny(binary, out):
+    model = synth(binary, SYNTH_ARGS)
     g = torch.Generator().manual_seed(SEED)
     ids = torch.randint(0, model.config.vocab_size, (N_TOKENS,), generator=g)
     logits, margin = reference.logits_and_router_margin(model, ids)
     prompt = ids[:GREEDY_PROMPT]
     greedy, greedy_margin = reference.greedy(model, prompt, GREEDY_NEW)
-    path = os.path.join(args.out, "parity_tiny.safetensors")
+    path = os.path.join(out, "parity_tiny.safetensors")
     save_file({
         "token_ids": ids.to(torch.int32).contiguous(),
         "logits": logits.contiguous(),
@@ -77,6 +67,19 @@ def main():
         "greedy_margin": greedy_margin.contiguous(),
     }, path)
     print(f"wrote {path}: logits {tuple(logits.shape)}, min router margin {margin.min():.2e}")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--bin", default="target/release/gpt-oss-wgpu")
+    ap.add_argument("--out", default="tests/data")
+    ap.add_argument("--which", choices=["tiny", "long", "all"], default="all")
+    args = ap.parse_args()
+    os.makedirs(args.out, exist_ok=True)
+    if args.which in ("long", "all"):
+        write_long(args.bin, args.out)
+    if args.which in ("tiny", "all"):
+        write_tiny(args.bin, args.out)
 
 
 if __name__ == "__main__":

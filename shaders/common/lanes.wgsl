@@ -16,6 +16,16 @@ fn neighbour_sum(v: f32, n: u32) -> f32 {
     }
     return s;
 }
+
+// The max of v over the n (a power of two) neighbouring lanes of an aligned run of the subgroup,
+// in each of them, by shuffles.
+fn neighbour_max(v: f32, n: u32) -> f32 {
+    var s = v;
+    for (var m = 1u; m < n; m <<= 1u) {
+        s = max(s, subgroupShuffleXor(s, m));
+    }
+    return s;
+}
 #else
 struct Lanes {
     @builtin(local_invocation_index) lid: u32,
