@@ -50,7 +50,9 @@ pub struct Report {
     pub prefill_kernels_us: Vec<(String, f64)>,
     /// Every dispatch of one batch-1 decode step, in order (label, microseconds).
     pub decode_dispatches_us: Vec<(String, f64)>,
-    /// The same for one wide decode step (empty when --batches has none).
+    /// The same for one batched decode step and one wide decode step (empty when --batches has
+    /// none).
+    pub batch_dispatches_us: Vec<(String, f64)>,
     pub wide_dispatches_us: Vec<(String, f64)>,
     /// Bytes the main decode kernel families must read in that step (weights, and the KV cache
     /// for attention), for achieved bandwidth.
@@ -240,6 +242,7 @@ pub fn run(
         context_kernels_us: Vec::new(),
         prefill_kernels_us: Vec::new(),
         decode_dispatches_us: Vec::new(),
+        batch_dispatches_us: Vec::new(),
         wide_dispatches_us: Vec::new(),
         decode_kernel_bytes: Vec::new(),
         prefill_kernel_flops: Vec::new(),
@@ -402,6 +405,7 @@ fn profile_batches(model: &Model, batches: &[u32], ctx: u32, report: &mut Report
         let families = per_family(&profile);
         if Some(b) == narrow {
             report.batch_decode_kernels_us = families.clone();
+            report.batch_dispatches_us = us(profile.clone());
         }
         if Some(b) == wide {
             report.wide_decode_kernels_us = families.clone();

@@ -464,6 +464,14 @@ fn serves_the_openai_api() {
     let a = post(s, "/v1/completions", &seeded).1;
     let b = post(s, "/v1/completions", &seeded).1;
     assert_eq!(a["choices"][0]["text"], b["choices"][0]["text"]);
+    // Seeds are 64-bit integers, negative ones too (OpenAI's and vLLM's range).
+    let negative = json!({"prompt": "Once", "max_tokens": 8, "temperature": 1.0, "seed": -11});
+    let (status, c) = post(s, "/v1/completions", &negative);
+    assert_eq!(status, 200, "{c}");
+    assert_eq!(
+        c["choices"][0]["text"],
+        post(s, "/v1/completions", &negative).1["choices"][0]["text"]
+    );
 
     // n completions: each choice is the seeded draw that choice's seed gives alone; streamed,
     // each choice's pieces carry its index and join to its text.

@@ -41,7 +41,8 @@ pub(super) struct Common {
     pub temperature: Option<f32>,
     pub top_p: Option<f32>,
     pub top_k: Option<i64>,
-    pub seed: Option<u64>,
+    /// Any 64-bit integer, as OpenAI and vLLM take it (negative ones too).
+    pub seed: Option<i64>,
     pub stop: Option<StopSpec>,
     pub n: Option<i64>,
     #[serde(default)]
@@ -191,7 +192,7 @@ impl Common {
                 temperature,
                 top_p,
                 top_k,
-                seed: self.seed.unwrap_or_else(|| now() ^ 0x5eed),
+                seed: self.seed.map_or_else(|| now() ^ 0x5eed, |s| s as u64),
                 presence_penalty: self.presence_penalty.unwrap_or(0.0),
                 frequency_penalty: self.frequency_penalty.unwrap_or(0.0),
             },
