@@ -264,7 +264,8 @@ fn generate_and_logits() {
     let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(&path), mode(&plain));
 
-    // bench writes its results on stdout.
+    // bench writes its results on stdout (and with --json, in a file).
+    let json = dir.path().join("bench.json");
     let out = run(&[
         "bench",
         "--model",
@@ -275,8 +276,37 @@ fn generate_and_logits() {
         "2",
         "--max-context",
         "64",
+        "--batches",
+        "1,2",
+        "--json",
+        json.to_str().unwrap(),
     ]);
     assert!(out.status.success());
+    // The batched step's dispatches, one by one, add up to its per-family profile.
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let pairs = |key: &str| -> Vec<(String, f64)> {
+        let v = report[key]
+            .as_array()
+            .unwrap_or_else(|| panic!("{key}: {report}"));
+        v.iter()
+            .map(|p| (p[0].as_str().unwrap().to_string(), p[1].as_f64().unwrap()))
+            .collect()
+    };
+    let dispatches = pairs("batch_dispatches_us");
+    let families = pairs("batch_decode_kernels_us");
+    assert!(!dispatches.is_empty() && !families.is_empty());
+    for (family, us) in &families {
+        let sum: f64 = dispatches
+            .iter()
+            .filter(|(label, _)| label.split('.').take(2).collect::<Vec<_>>().join(".") == *family)
+            .map(|(_, us)| us)
+            .sum();
+        assert!(
+            (sum - us).abs() <= 1e-6 * us.abs().max(1.0),
+            "{family}: {sum} against {us}"
+        );
+    }
+    assert!(pairs("wide_dispatches_us").is_empty());
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         stdout.contains("prefill") && stdout.contains("decode"),
