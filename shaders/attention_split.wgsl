@@ -541,10 +541,22 @@ fn run_width(lanes: Lanes) -> u32 {
     return min(lanes.size, RUN);
 }
 
+// A value of the lane's run part (the same in each of its `width` lanes) into sub_max, where run
+// h's RUN / width parts sit from h * (RUN / width) in lane order; part i of run h read back.
+fn keep_part(lanes: Lanes, width: u32, v: f32) {
+    if lanes.lane % width == 0u {
+        sub_max[lanes.lid / width] = v;
+    }
+}
+
+fn run_part(h: u32, i: u32, width: u32) -> f32 {
+    return sub_max[h * (RUN / width) + i];
+}
+
 // The chunk's weights (n live keys) of head h for keys j + RUN i into probs, the head's
-// correction into corr, its running max m and the lane's part of its sum l moved on. Called from
-// uniform control flow.
-fn chunk_weights(j: u32, h: u32, n: u32, lanes: Lanes, m: ptr<function, f32>,
+// correction into corr, its running max m and the lane's part of its sum l moved on (width:
+// run_width). Called from uniform control flow.
+fn chunk_weights(j: u32, h: u32, n: u32, lanes: Lanes, width: u32, m: ptr<function, f32>,
                  l: ptr<function, f32>) {
     var s = key_scores(j, h);
     var cm = NEG;
@@ -553,15 +565,12 @@ fn chunk_weights(j: u32, h: u32, n: u32, lanes: Lanes, m: ptr<function, f32>,
         cm = max(cm, s[i]);
     }
     // The max over the run: within a subgroup by shuffles, then across its subgroups.
-    let width = run_width(lanes);
     cm = neighbour_max(cm, width);
     if width < RUN {
-        if lanes.lane % width == 0u {
-            sub_max[lanes.lid / width] = cm;
-        }
+        keep_part(lanes, width, cm);
         workgroupBarrier();
         for (var i = 0u; i < RUN / width; i++) {
-            cm = max(cm, sub_max[h * (RUN / width) + i]);
+            cm = max(cm, run_part(h, i, width));
         }
     }
     let mx = max(*m, cm);
@@ -644,17 +653,14 @@ fn staged(lanes: Lanes, @builtin(workgroup_id) wg: vec3<u32>) {
             next = fetch_chunk(lid, tok.seq, kvh, base + CHUNK_KEYS, keys.y);
         }
         let n = min(CHUNK_KEYS, keys.y - base);
-        chunk_weights(j, head, n, lanes, &m, &l);
+        chunk_weights(j, head, n, lanes, width, &m, &l);
         workgroupBarrier();
         chunk_values(&acc, ks, dp, n);
     }
     // The heads' sums of weights (each subgroup's part of a run, then in part order) and the key
     // sets' value sums meet in workgroup memory.
     workgroupBarrier();
-    let ls = neighbour_sum(l, width);
-    if lanes.lane % width == 0u {
-        sub_max[lid / width] = ls;
-    }
+    keep_part(lanes, width, neighbour_sum(l, width));
     if j == 0u {
         head_m[head] = m;
     }
@@ -673,7 +679,7 @@ fn staged(lanes: Lanes, @builtin(workgroup_id) wg: vec3<u32>) {
         }
         var den = 0.0;
         for (var i = 0u; i < RUN / width; i++) {
-            den += sub_max[h * (RUN / width) + i];
+            den += run_part(h, i, width);
         }
         finish(job, kvh * gn + h, head_m[h] / LOG2E, den, o, q);
     }
