@@ -33,6 +33,13 @@
 // Limits: D <= WG, G <= MAX_G, D a multiple of 4, HG dividing G. Variants: SPLIT (with
 // FEW_HEADS, and TWO_HEADS, or not, and KEY_GROUPS; or STAGED; WHOLE_WINDOW or not) or MERGE,
 // KV_F16, SUBGROUPS (SPLIT's reductions in registers).
+// The staged tier's scores over an f16 cache take f16 pairs (the adapter has SHADER_F16 wherever
+// the cache is f16).
+#ifdef STAGED
+#ifdef KV_F16
+enable f16;
+#endif
+#endif
 #ifdef SPLIT
 #include "common/kv_table.wgsl"
 #endif
@@ -67,10 +74,14 @@ const TWO_HEADS_MAX_SPANS: u32 = 64u;
 // Tokens whose keys are cut into at least this many spans (long contexts) take STAGED, where the
 // adapter allows, whatever the pass's size (the Rust side reads this line).
 const STAGED_MIN_SPLITS: u32 = 8u;
-// Lanes per workgroup, a chunk of keys at a time (the Rust side reads these lines: D <= both). One
-// head's workgroup takes 128 keys a chunk (a window layer's keys in one round; H200 batch 1 2.87
-// -> 2.79 ms a step), a group's 64 (128 there: batch 32 attention 775 -> 1263 us a step).
+// Lanes per workgroup, a chunk of keys at a time (the Rust side reads these lines: D <= all). Two
+// heads' workgroups take 128 keys a chunk (a window layer's keys in one round; H200 batch 1 2.87
+// -> 2.79 ms a step), one head's 256 (its 128-256 keys in one or two trips of a lane group, not
+// two to four: H100 batches 1-4 `keys` 310-320 -> 280-290 us a step; at 256 the two-head
+// workgroups of batch 8 lost, 562 -> 740, PERF.md v0.42 and v0.43), a group's 64 (128 there:
+// batch 32 attention 775 -> 1263 us a step).
 const HEAD_WG: u32 = 128u;
+const ONE_HEAD_WG: u32 = 256u;
 const GROUP_WG: u32 = 64u;
 // STAGED's lanes (below).
 const STAGE_WG: u32 = 256u;
@@ -80,10 +91,11 @@ const WG: u32 = STAGE_WG;
 #ifdef FEW_HEADS
 #ifdef TWO_HEADS
 const HG: u32 = 2u;
+const WG: u32 = HEAD_WG;
 #else
 const HG: u32 = 1u;
+const WG: u32 = ONE_HEAD_WG;
 #endif
-const WG: u32 = HEAD_WG;
 #else
 const HG: u32 = MAX_G;
 const WG: u32 = GROUP_WG;
@@ -413,6 +425,11 @@ fn split(lanes: Lanes, @builtin(workgroup_id) wg: vec3<u32>) {
 // (at 32k keys on the H100: 856 -> 740 us a step, PERF.md v0.40). A run holding a head's whole
 // chunk finds its max without a barrier: three a chunk instead of four, and 94 registers instead
 // of 120 (740 -> 619 us, v0.41). The key sets' sums meet in workgroup memory at the end.
+// Over an f16 cache (the `fast` precision) the scores take f16 pairs: the queries rounded to f16
+// once, each word of a key (8 dims) two products an instruction summed in f16, then added in f32
+// (half the instructions of converting the keys to f32: 32k keys on the H100 615 -> 549 us a
+// step, PERF.md v0.43); each product is rounded to f16 (relative 2^-11), as the cache's values
+// already are.
 #ifdef KV_F16
 const WORD_DIMS: u32 = 8u;
 #else
@@ -443,10 +460,21 @@ const KEY_SETS: u32 = WG / PAIRS;
 // The chunk's keys and values, at the end the key sets' value sums (two pairs a word).
 const STAGE_SIZE: u32 = max(2u * STAGE_WORDS, KEY_SETS * MAX_G * PAIRS / 2u);
 var<workgroup> stage: array<vec4<u32>, STAGE_SIZE>;
-// The token's queries [G, D] (times scale * log2(e)), the chunk's weights [key, head], each
-// subgroup's chunk max where subgroups are narrower than a run (at the end each run part's sum of
-// weights), and each head's correction of the values' sums at this chunk.
+// The token's queries [G, D] (times scale * log2(e); over an f16 cache as f16 pairs, a key
+// word's 8 dims a word), the chunk's weights [key, head], each subgroup's chunk max where
+// subgroups are narrower than a run (at the end each run part's sum of weights), and each head's
+// correction of the values' sums at this chunk.
+#ifdef KV_F16
+var<workgroup> qh: array<vec4<u32>, MAX_G * KEY_WORDS>;
+
+// Two f16 values packed in a word (through f32, an exact round trip: naga 30 rejects
+// bitcast<vec2<f16>>(u32); common/mxfp4.wgsl's fp4_pairs does the same).
+fn half_pair(w: u32) -> vec2<f16> {
+    return vec2<f16>(unpack2x16float(w));
+}
+#else
 var<workgroup> qs: array<vec4<f32>, MAX_G * STAGE_D / 4u>;
+#endif
 var<workgroup> probs: array<vec4<f32>, CHUNK_KEYS * MAX_G / 4u>;
 var<workgroup> sub_max: array<f32, WG / MIN_SUBGROUP>;
 var<workgroup> corr: array<vec4<f32>, MAX_G / 4u>;
@@ -492,13 +520,18 @@ fn key_scores(j: u32, h: u32) -> array<f32, KPL> {
     var s: array<f32, KPL>;
     for (var w = 0u; w < KEY_WORDS; w++) {
 #ifdef KV_F16
-        let q0 = qs[h * (STAGE_D / 4u) + 2u * w];
-        let q1 = qs[h * (STAGE_D / 4u) + 2u * w + 1u];
+        let qw = qh[h * KEY_WORDS + w];
+        let q0 = half_pair(qw.x);
+        let q1 = half_pair(qw.y);
+        let q2 = half_pair(qw.z);
+        let q3 = half_pair(qw.w);
         for (var i = 0u; i < KPL; i++) {
             let word = stage[key_slot(j + RUN * i, w)];
-            let k0 = vec4<f32>(unpack2x16float(word.x), unpack2x16float(word.y));
-            let k1 = vec4<f32>(unpack2x16float(word.z), unpack2x16float(word.w));
-            s[i] += dot(q0, k0) + dot(q1, k1);
+            var t = half_pair(word.x) * q0;
+            t = fma(half_pair(word.y), q1, t);
+            t = fma(half_pair(word.z), q2, t);
+            t = fma(half_pair(word.w), q3, t);
+            s[i] += f32(t.x) + f32(t.y);
         }
 #else
         let q0 = qs[h * (STAGE_D / 4u) + w];
@@ -620,6 +653,19 @@ fn staged(lanes: Lanes, @builtin(workgroup_id) wg: vec3<u32>) {
     // The queries, scaled, into workgroup memory (heads past G zero).
     let stride = (p.n_heads + 2u * p.n_kv) * d;
     let qb = job.t * stride + kvh * gn * d;
+#ifdef KV_F16
+    for (var i = lid; i < MAX_G * KEY_WORDS; i += WG) {
+        let h = i / KEY_WORDS;
+        var w = vec4<u32>(0u);
+        if h < gn {
+            let a = qkv4(qb + 8u * i) * (p.scale * LOG2E);
+            let b = qkv4(qb + 8u * i + 4u) * (p.scale * LOG2E);
+            w = vec4<u32>(pack2x16float(a.xy), pack2x16float(a.zw), pack2x16float(b.xy),
+                          pack2x16float(b.zw));
+        }
+        qh[i] = w;
+    }
+#else
     for (var i = lid; i < MAX_G * STAGE_D / 4u; i += WG) {
         let h = i / (STAGE_D / 4u);
         var q = vec4<f32>(0.0);
@@ -628,6 +674,7 @@ fn staged(lanes: Lanes, @builtin(workgroup_id) wg: vec3<u32>) {
         }
         qs[i] = q;
     }
+#endif
     // Weights: head `head`, keys j + RUN i of the chunk; values: pair dp, keys ks,
     // ks + KEY_SETS, ...
     let j = lid % RUN;
