@@ -33,15 +33,14 @@
 // Limits: D <= WG, G <= MAX_G, D a multiple of 4, HG dividing G. Variants: SPLIT (with
 // FEW_HEADS, and TWO_HEADS, or not, and KEY_GROUPS; or STAGED; WHOLE_WINDOW or not) or MERGE,
 // KV_F16, SUBGROUPS (SPLIT's reductions in registers).
-// The staged tier's scores over an f16 cache take f16 pairs (the adapter has SHADER_F16 wherever
-// the cache is f16).
-#ifdef STAGED
-#ifdef KV_F16
-enable f16;
-#endif
-#endif
 #ifdef SPLIT
 #include "common/kv_table.wgsl"
+#endif
+// The staged tier's scores over an f16 cache take f16 pairs (common/kv.wgsl enables f16 there).
+#ifdef STAGED
+#ifdef KV_F16
+#include "common/f16_pairs.wgsl"
+#endif
 #endif
 #include "common/step.wgsl"
 
@@ -467,10 +466,9 @@ var<workgroup> stage: array<vec4<u32>, STAGE_SIZE>;
 #ifdef KV_F16
 var<workgroup> qh: array<vec4<u32>, MAX_G * KEY_WORDS>;
 
-// Two f16 values packed in a word (through f32, an exact round trip: naga 30 rejects
-// bitcast<vec2<f16>>(u32); common/mxfp4.wgsl's fp4_pairs does the same).
-fn half_pair(w: u32) -> vec2<f16> {
-    return vec2<f16>(unpack2x16float(w));
+// A staged word's 8 dims (a key's, or the queries') as f16 pairs, dims 2n and 2n + 1 in pair n.
+fn word_pairs(w: vec4<u32>) -> Pairs8 {
+    return Pairs8(half_pair(w.x), half_pair(w.y), half_pair(w.z), half_pair(w.w));
 }
 #else
 var<workgroup> qs: array<vec4<f32>, MAX_G * STAGE_D / 4u>;
@@ -520,17 +518,9 @@ fn key_scores(j: u32, h: u32) -> array<f32, KPL> {
     var s: array<f32, KPL>;
     for (var w = 0u; w < KEY_WORDS; w++) {
 #ifdef KV_F16
-        let qw = qh[h * KEY_WORDS + w];
-        let q0 = half_pair(qw.x);
-        let q1 = half_pair(qw.y);
-        let q2 = half_pair(qw.z);
-        let q3 = half_pair(qw.w);
+        let q = word_pairs(qh[h * KEY_WORDS + w]);
         for (var i = 0u; i < KPL; i++) {
-            let word = stage[key_slot(j + RUN * i, w)];
-            var t = half_pair(word.x) * q0;
-            t = fma(half_pair(word.y), q1, t);
-            t = fma(half_pair(word.z), q2, t);
-            t = fma(half_pair(word.w), q3, t);
+            let t = dot8_f16(word_pairs(stage[key_slot(j + RUN * i, w)]), q, vec2<f16>());
             s[i] += f32(t.x) + f32(t.y);
         }
 #else

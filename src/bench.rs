@@ -50,9 +50,11 @@ pub struct Report {
     pub prefill_kernels_us: Vec<(String, f64)>,
     /// Every dispatch of one batch-1 decode step, in order (label, microseconds).
     pub decode_dispatches_us: Vec<(String, f64)>,
-    /// The same for one batched decode step and one wide decode step (empty when --batches has
-    /// none).
+    /// The same for one step of the largest batch on the decode kernels (empty when --batches
+    /// has none).
     pub batch_dispatches_us: Vec<(String, f64)>,
+    /// The same for one step of the largest batch beyond them (the tiled kernels; empty when
+    /// --batches has none).
     pub wide_dispatches_us: Vec<(String, f64)>,
     /// Bytes the main decode kernel families must read in that step (weights, and the KV cache
     /// for attention), for achieved bandwidth.

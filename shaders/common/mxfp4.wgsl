@@ -65,7 +65,7 @@ fn mx_scale(s: u32) -> f32 {
 
 #ifdef F16_PRODUCTS
 // 8 inputs (or codes) as f16 pairs in fp4_halves' order: pair n holds elements n and n + 4.
-alias Pairs8 = array<vec2<f16>, 4>;
+#include "common/f16_pairs.wgsl"
 
 // 8 inputs as Pairs8, from a (elements 0..3) and b (4..7).
 fn f16_pairs(a: vec4<f32>, b: vec4<f32>) -> Pairs8 {
@@ -73,22 +73,10 @@ fn f16_pairs(a: vec4<f32>, b: vec4<f32>) -> Pairs8 {
                   vec2<f16>(vec2<f32>(a.z, b.z)), vec2<f16>(vec2<f32>(a.w, b.w)));
 }
 
-// The 8 codes of `w` in fp4_decode8's units, as f16 pairs (fp4_halves' own bit patterns; through
-// f32 because naga 30 rejects bitcast<vec2<f16>>(u32), a round trip that is exact, so a compiler
-// may fold it away).
+// The 8 codes of `w` in fp4_decode8's units, as f16 pairs (fp4_halves' own bit patterns).
 fn fp4_pairs(w: u32) -> Pairs8 {
     let h = fp4_halves(w);
-    return Pairs8(vec2<f16>(unpack2x16float(h[0])), vec2<f16>(unpack2x16float(h[1])),
-                  vec2<f16>(unpack2x16float(h[2])), vec2<f16>(unpack2x16float(h[3])));
-}
-
-// acc plus the products of codes c with inputs x, two at a time in f16 (one instruction a
-// pair). The caller keeps a chain short (a block at most) and adds it into f32.
-fn dot8_f16(c: Pairs8, x: Pairs8, acc: vec2<f16>) -> vec2<f16> {
-    var s = fma(c[0], x[0], acc);
-    s = fma(c[1], x[1], s);
-    s = fma(c[2], x[2], s);
-    return fma(c[3], x[3], s);
+    return Pairs8(half_pair(h[0]), half_pair(h[1]), half_pair(h[2]), half_pair(h[3]));
 }
 #endif
 

@@ -22,6 +22,7 @@ const SOURCES: &[(&str, &str)] = embed_wgsl![
     "common/step.wgsl",
     "common/bf16.wgsl",
     "common/mxfp4.wgsl",
+    "common/f16_pairs.wgsl",
     "common/kv.wgsl",
     "common/kv_table.wgsl",
     "common/rope.wgsl",
