@@ -155,11 +155,9 @@ fn prefill(model: &Model, rng: &mut Rng, seq: u32, len: u32) -> Result<(f64, u32
 }
 
 /// Decodes `steps` tokens for `batch` sequences whose prompts of `ctx` tokens are cached, as the
-/// engine does: each step queued before the previous one's ids come back, its tokens fed from
-/// them on the GPU, except a step whose position starts a KV block (the engine takes no new
-/// block for a token that may be wasted).
+/// engine does while its KV blocks come from free ones: each step queued before the previous
+/// one's ids come back, its tokens fed from them on the GPU.
 fn decode(model: &Model, first: &[u32], ctx: u32, steps: u32) -> Result<f64> {
-    let block = crate::model::kv_cache::block_size()?;
     let batch = first.len() as u32;
     let sampling = greedy(batch as usize);
     let outputs: Vec<u32> = (0..batch).collect();
@@ -183,11 +181,6 @@ fn decode(model: &Model, first: &[u32], ctx: u32, steps: u32) -> Result<f64> {
     let t0 = Instant::now();
     let mut queued = step(0)?;
     for s in 1..steps {
-        if (ctx + s).is_multiple_of(block) {
-            pollster::block_on(model.collect(queued))?;
-            queued = step(s)?;
-            continue;
-        }
         let next = step(s)?;
         pollster::block_on(model.collect(queued))?;
         queued = next;

@@ -510,9 +510,9 @@ impl Engine {
 
     /// Queues the pass after `cur` when it can go before `cur`'s ids come back: every running
     /// request decodes in `cur`, none wants log-probabilities, none is waiting to start, and
-    /// the next positions take no new KV block (so that a token computed for a request that
-    /// then stops never takes a block, which could evict a cached prefix: one pass per KV block
-    /// of positions runs unqueued). Requests that end by length in `cur` are left out.
+    /// the next positions' new KV blocks (one per KV block of positions) are free ones (so that
+    /// a token computed for a request that then stops never evicts a cached prefix; a pass that
+    /// would runs unqueued). Requests that end by length in `cur` are left out.
     fn submit_next(&mut self, cur: &mut Queued) -> Result<Option<Queued>> {
         if !self.waiting.is_empty()
             || !cur.kept.is_empty()
@@ -551,7 +551,7 @@ impl Engine {
             sc.placed.push((s.slot, pos as u32, 1));
             work.push((s.id, pos + 1));
         }
-        if tokens.is_empty() || self.model.cache().takes_blocks(&sc.placed) {
+        if tokens.is_empty() || self.model.cache().evicts(&sc.placed) {
             return Ok(None);
         }
         // `cur`'s full blocks go into the prefix cache before the next placement slides the

@@ -217,6 +217,12 @@ impl BlockPool {
         (a..=b).filter(|e| row[*e as usize].is_none()).count()
     }
 
+    /// Whether this work (slot, first position, tokens) takes more new blocks than are free.
+    pub fn evicts(&self, work: &[(u32, u32, u32)]) -> bool {
+        let need: usize = work.iter().map(|&(s, a, n)| self.missing(s, a, n)).sum();
+        need > self.free.len()
+    }
+
     /// Gives a slot's blocks back.
     pub fn release(&mut self, slot: u32) {
         let s = slot as usize;
@@ -496,13 +502,11 @@ impl KvCache {
         })
     }
 
-    /// Whether this work (slot, first position, tokens) takes any new block.
-    pub fn takes_blocks(&self, work: &[(u32, u32, u32)]) -> bool {
-        self.host().map_or(true, |host| {
-            host.pools
-                .iter()
-                .any(|pool| work.iter().any(|&(s, a, n)| pool.missing(s, a, n) > 0))
-        })
+    /// Whether this work (slot, first position, tokens) takes more new blocks of some kind than
+    /// are free, so that it would evict cached blocks.
+    pub fn evicts(&self, work: &[(u32, u32, u32)]) -> bool {
+        self.host()
+            .map_or(true, |host| host.pools.iter().any(|pool| pool.evicts(work)))
     }
 
     /// Whether a sequence slot with `cached` positions can take `len` more and still leave
@@ -691,6 +695,10 @@ mod tests {
         assert_eq!(t.lookup(h0, 0, &[5, 9]), None);
         assert_eq!(t.lookup(h1, h0, &toks[2..]), Some(1));
         assert_eq!(t.available(), 3);
+        // One free block: a new position's block comes from it, a second would evict.
+        assert!(!t.evicts(&[(1, 0, 2)]));
+        assert!(t.evicts(&[(1, 0, 4)]));
+        assert!(t.evicts(&[(1, 0, 2), (0, 0, 1)]));
         // Adopting takes a cached block out of the eviction order.
         t.adopt(1, 0, 0);
         assert_eq!(t.available(), 2);
