@@ -844,6 +844,8 @@ mod tests {
                 (1, 64, 8, 8, false),
                 (3, 128, 300, 130, true),
                 (1, 512, 40, 24, true),
+                // One token's rows over several trips of a lane's units, the last partial.
+                (1, 2064, 40, 24, false),
                 (1, 98, 13, 5, true),
                 (7, 98, 13, 5, true),
                 (5, 256, 37, 37, false),
