@@ -36,6 +36,8 @@
 // DOWN + GROUPED: y[s, n] = wts[s] * (W_down[e] act[s] + bias[e])[n] for the same slots; COMBINE
 //   then adds each token's slots to x in slot order, as the one-token DOWN does. Bindings: act,
 //   idx, wts, blocks, scales, bias, y [T*K, H]. Grid: (ceil(H / GROUPED_ROWS), e_count).
+//   COMBINE_LAST: no COMBINE dispatch; the workgroup that stores the last of a token's K slots
+//   of a row block adds them to x (combine_complete). Extra bindings: x, arrived.
 // A GROUPED workgroup takes GROUPED_ROWS rows of its expert for the slots routed to it, gathered
 // WG at a time and run MAX_S at once. Thread t owns row t % GROUPED_ROWS and every KSPLIT-th
 // 32-code block of it from t / GROUPED_ROWS: one 16-byte load, decoded once in registers and
@@ -63,7 +65,8 @@
 // (PERF.md v0.31): batches 2-64 +12-25% on the H200.
 // A dispatch holds the experts [e_start, e_start + e_count) of one weight buffer; slots routed to
 // other experts do nothing in it. Variants: ROUTE, GATE_UP or DOWN (with or without GROUPED, and
-// with GROUPED FEW; one token's GATE_UP also FOLDED), F16_PRODUCTS, SUBGROUPS.
+// with GROUPED FEW; one token's GATE_UP also FOLDED; GROUPED DOWN also COMBINE_LAST),
+// F16_PRODUCTS, SUBGROUPS.
 #ifdef F16_PRODUCTS
 enable f16;
 #endif
