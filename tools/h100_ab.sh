@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # On the NVIDIA test machine: time shader variants against each other with one binary, the way
 # PERF.md's tables are measured. Each variant is a folder of WGSL files that replace the embedded
-# ones (GPT_OSS_SHADER_DIR; an empty folder, or "none", runs the embedded shaders); the variants
-# run in turn, ROUNDS times, so that drift shows up as spread rather than as a difference.
+# ones (GPT_OSS_SHADER_DIR; an empty folder, or "none", runs the embedded shaders), or
+# "bin:PATH", another build's binary with its own embedded shaders (a change on the Rust side:
+# pack the other build's binary into .bin too); the variants run in turn, ROUNDS times, so that
+# drift shows up as spread rather than as a difference.
 #
 #   VARIANTS="none .bin/ov/A .bin/ov/B" KERNELS="linear.coop moe_vec.gate_up" \
 #     BENCH_ARGS="--prompt-lens 2048 --decode-steps 16 --batches 1,16,64" tools/h100_ab.sh
@@ -17,18 +19,26 @@ source tools/h100_env.sh
 ROUNDS=${ROUNDS:-2}
 # A folder that is not there would silently run the embedded shaders.
 for v in ${VARIANTS:-none}; do
-  [ "$v" = none ] || [ -d "$v" ] || { echo "no variant folder $v" >&2; exit 2; }
+  case $v in
+    none) ;;
+    bin:*) [ -x "${v#bin:}" ] || { echo "no binary ${v#bin:}" >&2; exit 2; } ;;
+    *) [ -d "$v" ] || { echo "no variant folder $v" >&2; exit 2; } ;;
+  esac
 done
 ARGS=${BENCH_ARGS:---prompt-lens 2048 --decode-steps 16 --batches 1,16,64}
 embedded=$(mktemp -d)
 for r in $(seq 1 "$ROUNDS"); do
   for v in ${VARIANTS:-none}; do
     name=$(basename "$v")
-    dir=$v; [ "$v" = none ] && dir=$embedded
+    dir=$v bin=$BIN
+    case $v in
+      none) dir=$embedded ;;
+      bin:*) dir=$embedded bin=${v#bin:} ;;
+    esac
     # A run that fails must not show an earlier run's figures.
     json="$OUT/ab.$name.$r.json"; rm -f "$json"
     echo "== $name (round $r)"
-    GPT_OSS_SHADER_DIR=$dir timeout ${RUN_TIMEOUT:-120} $BIN bench --model $M $ARGS --json "$json" 2>&1 |
+    GPT_OSS_SHADER_DIR=$dir timeout ${RUN_TIMEOUT:-120} $bin bench --model $M $ARGS --json "$json" 2>&1 |
       grep -E "tok/s|rror|panick"
     [ -e "$json" ] && KERNELS="${KERNELS:-}" python3 - "$json" <<'PY'
 import json, os, sys

@@ -2,6 +2,8 @@
 # Packs what a device call runs into .bin/bins.tar.xz (carried with .gl and .bin, see
 # ../shared/nvidia/README.md): the release binary, the library's unit tests (the kernel tests, as
 # .bin/libtest) and the parity tests (.bin/paritytest), all built from the working tree now.
+# With OTHER=REV also REV's release binary as .bin/gpt-oss-wgpu.REV (built in a worktree into
+# $OTHER_TARGET, by default target-other/), for tools/h100_ab.sh's "bin:" variants.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release
@@ -19,6 +21,14 @@ dir=$(mktemp -d)
 cp target/release/gpt-oss-wgpu "$dir/"
 cp "$lib" "$dir/libtest"
 cp "$parity" "$dir/paritytest"
+if [ -n "${OTHER:-}" ]; then
+  tree=$(mktemp -d)
+  git worktree add --detach "$tree" "$OTHER" >/dev/null
+  other_target=${OTHER_TARGET:-$PWD/target-other}
+  CARGO_TARGET_DIR="$other_target" cargo build --release --manifest-path "$tree/Cargo.toml"
+  cp "$other_target/release/gpt-oss-wgpu" "$dir/gpt-oss-wgpu.$OTHER"
+  git worktree remove --force "$tree"
+fi
 mkdir -p .bin
 tar -cJf .bin/bins.tar.xz -C "$dir" .
 git rev-parse HEAD > .bin/bins.rev
