@@ -36,8 +36,6 @@
 // DOWN + GROUPED: y[s, n] = wts[s] * (W_down[e] act[s] + bias[e])[n] for the same slots; COMBINE
 //   then adds each token's slots to x in slot order, as the one-token DOWN does. Bindings: act,
 //   idx, wts, blocks, scales, bias, y [T*K, H]. Grid: (ceil(H / GROUPED_ROWS), e_count).
-//   COMBINE_LAST: no COMBINE dispatch; the workgroup that stores the last of a token's K slots
-//   of a row block adds them to x (combine_complete). Extra bindings: x, arrived.
 // A GROUPED workgroup takes GROUPED_ROWS rows of its expert for the slots routed to it, gathered
 // WG at a time and run MAX_S at once. Thread t owns row t % GROUPED_ROWS and every KSPLIT-th
 // 32-code block of it from t / GROUPED_ROWS: one 16-byte load, decoded once in registers and
@@ -65,8 +63,7 @@
 // (PERF.md v0.31): batches 2-64 +12-25% on the H200.
 // A dispatch holds the experts [e_start, e_start + e_count) of one weight buffer; slots routed to
 // other experts do nothing in it. Variants: ROUTE, GATE_UP or DOWN (with or without GROUPED, and
-// with GROUPED FEW; one token's GATE_UP also FOLDED; GROUPED DOWN also COMBINE_LAST),
-// F16_PRODUCTS, SUBGROUPS.
+// with GROUPED FEW; one token's GATE_UP also FOLDED), F16_PRODUCTS, SUBGROUPS.
 #ifdef F16_PRODUCTS
 enable f16;
 #endif
@@ -149,12 +146,6 @@ fn input_base(s: u32) -> u32 {
 @group(0) @binding(7) var<storage, read> bias: array<f32>;
 // x [T, H] (one token: the residual stream) or y [T*K, H] (GROUPED: per slot, for COMBINE).
 @group(0) @binding(8) var<storage, read_write> out: array<f32>;
-#ifdef COMBINE_LAST
-// The residual x [T, H], and how many of each token's slots have stored each row block
-// [T, ceil(H / GROUPED_ROWS)] (zero between passes).
-@group(0) @binding(9) var<storage, read_write> x: array<f32>;
-@group(0) @binding(10) var<storage, read_write> arrived: array<atomic<u32>>;
-#endif
 
 fn input(i: u32) -> vec4<f32> {
     return act[i];
@@ -497,9 +488,6 @@ fn run_grouped(l: Lanes, wg: vec3<u32>, rows: u32, k: u32) {
             }
             workgroupBarrier();
             store_grouped(l.lid, e, row0, q0, n_s);
-#ifdef COMBINE_LAST
-            combine_complete(l, row0, q0, n_s);
-#endif
         }
         workgroupBarrier();
     }
@@ -572,45 +560,6 @@ fn store_grouped(lid: u32, e: u32, row0: u32, q0: u32, n_s: u32) {
         }
     }
 }
-
-#ifdef COMBINE_LAST
-// COMBINE's work without its dispatch: each of the n_s slots from list[q0] counts itself for
-// its token and this row block once stored, and the workgroup that stores a token's last slot
-// adds the token's K slot outputs to x in slot order, as COMBINE would. storageBarrier() orders
-// storage memory at device scope where the Rust side takes this variant (SPIR-V, HLSL), so the
-// slots the other workgroups stored are seen. Called from uniform control flow.
-const NO_TOKEN: u32 = 0xffffffffu;
-var<workgroup> complete: array<u32, MAX_S>;
-
-fn combine_complete(l: Lanes, row0: u32, q0: u32, n_s: u32) {
-    storageBarrier();
-    if l.lid < MAX_S {
-        var t = NO_TOKEN;
-        if l.lid < n_s {
-            let tok = list[q0 + l.lid] / p.top_k;
-            let at = tok * ((p.hidden + GROUPED_ROWS - 1u) / GROUPED_ROWS) + row0 / GROUPED_ROWS;
-            if atomicAdd(&arrived[at], 1u) == p.top_k - 1u {
-                atomicStore(&arrived[at], 0u);
-                t = tok;
-            }
-        }
-        complete[l.lid] = t;
-    }
-    workgroupBarrier();
-    storageBarrier();
-    for (var i = l.lid; i < MAX_S * GROUPED_ROWS; i += WG) {
-        let t = complete[i / GROUPED_ROWS];
-        let row = row0 + i % GROUPED_ROWS;
-        if t != NO_TOKEN && row < p.hidden {
-            var sum = 0.0;
-            for (var j = 0u; j < p.top_k; j++) {
-                sum += out[(t * p.top_k + j) * p.hidden + row];
-            }
-            x[t * p.hidden + row] += sum;
-        }
-    }
-}
-#endif
 #else
 // Each slot's expert, and each group's weighted row sums.
 var<workgroup> slot_e: array<u32, MAX_K>;

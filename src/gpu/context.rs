@@ -44,11 +44,6 @@ pub struct Caps {
     /// is the hardware's own (not a CPU adapter's emulation: lavapipe ran those products slower
     /// than f32, batch 8 48 against 54 tok/s on the test model).
     pub f16_products: bool,
-    /// `storageBarrier()` orders storage memory at device scope (naga's SPIR-V and HLSL say so,
-    /// WGSL itself promises the workgroup only): a workgroup that counts itself after its stores
-    /// and finds it is the last may read what the others stored, which lets a kernel finish a
-    /// reduction in its last workgroup instead of a dispatch. Off on the portable path.
-    pub device_scope_barrier: bool,
 }
 
 /// How to pick and set up the device.
@@ -227,7 +222,6 @@ impl Gpu {
         if opts.portable {
             // What WebGPU promises everywhere: the browser path's binding budget.
             gpu.caps.storage_buffers = gpu.caps.storage_buffers.min(8);
-            gpu.caps.device_scope_barrier = false;
         }
         if let Some(b) = opts.split_bytes {
             gpu.caps.split_bytes = gpu.caps.max_binding.min(b);
@@ -333,10 +327,6 @@ impl Gpu {
             // Until probe_f16 runs.
             f16_subnormals: false,
             f16_products: false,
-            device_scope_barrier: matches!(
-                info.backend,
-                wgpu::Backend::Vulkan | wgpu::Backend::Dx12
-            ),
         };
         Gpu {
             device,

@@ -83,9 +83,6 @@ pub fn all_variants() -> Vec<ShaderKey> {
             for f16 in [false, true] {
                 for (entry, define) in [("gate_up", "GATE_UP"), ("down", "DOWN")] {
                     let key = moe::vec_key(k("moe_vec.wgsl", entry), define, grouped, few, f16);
-                    if grouped && define == "DOWN" {
-                        out.push(key.clone().define_if("COMBINE_LAST", true));
-                    }
                     if !out.contains(&key) {
                         out.push(key);
                     }

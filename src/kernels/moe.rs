@@ -90,9 +90,6 @@ pub struct MoeBuffers<'a> {
     pub act: &'a wgpu::Buffer,
     pub y: &'a wgpu::Buffer,
     pub x: &'a wgpu::Buffer,
-    /// [arrived_bytes] zeroed: the grouped down's counts of the slots stored, where it adds the
-    /// slots to x itself (`combine_last`).
-    pub arrived: &'a wgpu::Buffer,
     /// The router folded into the attention block (`router_fold`) for the passes of up to its
     /// `max_tokens`: one token's gate_up routes from these and norms x itself (`h` is not
     /// written), route_slots for more also writes `h`; larger passes route as without.
@@ -218,20 +215,6 @@ fn per_chunk<'a>(
 /// `vec_max_tokens` tokens take the matrix-vector kernels (`vec_dispatches`), larger ones the
 /// tiled ones: route, then gate_up and down per expert chunk; both end in combine except the
 /// one-token pass, whose down adds to the residual itself.
-/// Whether the grouped down adds each token's slot outputs to x itself, the last workgroup to
-/// store one of a token's row blocks adding its K slots (moe_vec.wgsl COMBINE_LAST), instead of
-/// a COMBINE dispatch: where storageBarrier() orders storage memory at device scope.
-fn combine_last(gpu: &Gpu, s: &MoeShape) -> bool {
-    gpu.caps.device_scope_barrier && gpu.caps.storage_buffers >= 9 && s.vec_max_tokens >= 2
-}
-
-/// Bytes of `MoeBuffers::arrived` for passes of up to `vec_max_tokens` on the matrix-vector
-/// path: a count per token and row block of the grouped down.
-pub fn arrived_bytes(hidden: u32, vec_max_tokens: u32) -> Result<u64> {
-    let rows = wgsl_const("moe_vec.wgsl", "DOWN_GROUPED_ROWS")?;
-    Ok(4 * u64::from(vec_max_tokens.max(1)) * u64::from(hidden.div_ceil(rows)))
-}
-
 pub fn build(
     gpu: &Gpu,
     step: &wgpu::Buffer,
@@ -321,14 +304,10 @@ pub fn build(
         },
     )?);
     // Each token's slot outputs added to x in slot order (the one-token down of the
-    // matrix-vector path does it itself, and so may the grouped one).
+    // matrix-vector path does it itself).
     let key = ShaderKey::new("moe.wgsl", "combine").define_if("COMBINE", true);
     let grid = Grid::new(s.hidden.div_ceil(64), Count::Tokens, 1);
-    let tokens = if combine_last(gpu, s) {
-        s.vec_max_tokens + 1..=u32::MAX
-    } else {
-        (s.vec_max_tokens + 1).min(2)..=u32::MAX
-    };
+    let tokens = (s.vec_max_tokens + 1).min(2)..=u32::MAX;
     out.push(whole(key, &[b.y, b.x], grid, tokens)?);
     Ok(out)
 }
@@ -422,11 +401,7 @@ fn vec_dispatches(
             grid_x: s.hidden.div_ceil(down_grouped_rows),
             count: None,
             before: vec![b.act, b.idx, b.wts],
-            after: if combine_last(gpu, s) {
-                vec![w.down_bias, b.y, b.x, b.arrived]
-            } else {
-                vec![w.down_bias, b.y]
-            },
+            after: vec![w.down_bias, b.y],
         },
     ];
     // The grouped passes of up to FEW_MAX_TOKENS tokens take the FEW variant; all of them with
@@ -450,12 +425,7 @@ fn vec_dispatches(
         for (is_few, tokens) in variants.into_iter().filter(|(_, t)| !t.is_empty()) {
             let base = super::row_group_key(gpu, "moe_vec.wgsl", pr.entry);
             let folded = b.fold.is_some() && !grouped && pr.define == "GATE_UP";
-            let key = vec_key(base, pr.define, grouped, is_few, s.f16)
-                .define_if("FOLDED", folded)
-                .define_if(
-                    "COMBINE_LAST",
-                    grouped && pr.define == "DOWN" && combine_last(gpu, s),
-                );
+            let key = vec_key(base, pr.define, grouped, is_few, s.f16).define_if("FOLDED", folded);
             for c in pr.chunks {
                 let p = params(s, c.start, c.count);
                 let bufs = [&pr.before[..], &[&c.blocks, &c.scales], &pr.after[..]].concat();
@@ -655,9 +625,6 @@ mod tests {
                                  f16: bool,
                                  fold: Option<FoldBuffers<'_>>| {
                     let xb = gpu.upload("x", f32_bytes(&x0)).unwrap();
-                    let arrived_bytes = arrived_bytes(hd as u32, vec_max_tokens).unwrap();
-                    let arrived = gpu.storage("arrived", arrived_bytes).unwrap();
-                    let arrived_len = arrived_bytes as usize / 4;
                     // The router's picks, or written from the partial logits.
                     let (ib, wb) = if partial_max_tokens == 0 {
                         let i = gpu.upload("idx", bytemuck::cast_slice(&idx)).unwrap();
@@ -679,7 +646,6 @@ mod tests {
                         act: &ab,
                         y: &yb,
                         x: &xb,
-                        arrived: &arrived,
                         fold,
                     };
                     let shape = MoeShape {
@@ -697,9 +663,6 @@ mod tests {
                         ..Default::default()
                     };
                     submit(gpu, &step, &c, &d);
-                    // The grouped down's counts are all back to zero for the next pass.
-                    let left = gpu.read_u32(&arrived, arrived_len).await.unwrap();
-                    assert!(left.iter().all(|&n| n == 0), "t={t}: counts left {left:?}");
                     (
                         gpu.read_u32(&ib, t * k).await.unwrap(),
                         gpu.read_f32(&wb, t * k).await.unwrap(),

@@ -103,8 +103,6 @@ struct Activations {
     expert_out: wgpu::Buffer,
     expert_lists: wgpu::Buffer,
     expert_counts: wgpu::Buffer,
-    /// The grouped down's counts of slots stored (`moe::arrived_bytes`).
-    expert_arrived: wgpu::Buffer,
     /// The dense layers' k ranges' sums in decode batches (`linear::split_sums_bytes`).
     split_sums: wgpu::Buffer,
     /// [O, H] final norm, [O, V] logits, [O] sampling settings, [O * row_bias_entries]
@@ -169,10 +167,6 @@ impl Activations {
             expert_out: buf("expert_out", t * k * h * 4)?,
             expert_lists: buf("expert_lists", e * t * k * 4)?,
             expert_counts: buf("expert_counts", e * 4)?,
-            expert_arrived: buf(
-                "expert_arrived",
-                moe::arrived_bytes(c.hidden, moe::vec_max_tokens(coop)?)?,
-            )?,
             split_sums: buf("split_sums", split_sums.max(4))?,
             final_h: buf("final_h", o * h * 4)?,
             logits: buf("logits", o * v * 4)?,
@@ -508,7 +502,6 @@ impl Graph<'_> {
             act: &a.expert_act,
             y: &a.expert_out,
             x: &a.x,
-            arrived: &a.expert_arrived,
             fold: self.folds.get(l).map(|f| FoldBuffers {
                 max_tokens: self.fold_max_tokens,
                 z_x: &f.z_x,
