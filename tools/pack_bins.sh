@@ -24,10 +24,11 @@ cp "$parity" "$dir/paritytest"
 if [ -n "${OTHER:-}" ]; then
   tree=$(mktemp -d)
   git worktree add --detach "$tree" "$OTHER" >/dev/null
+  # A failed build must not leave the worktree registered.
+  trap 'git worktree remove --force "$tree"' EXIT
   other_target=${OTHER_TARGET:-$PWD/target-other}
   CARGO_TARGET_DIR="$other_target" cargo build --release --manifest-path "$tree/Cargo.toml"
   cp "$other_target/release/gpt-oss-wgpu" "$dir/gpt-oss-wgpu.$OTHER"
-  git worktree remove --force "$tree"
 fi
 mkdir -p .bin
 tar -cJf .bin/bins.tar.xz -C "$dir" .

@@ -523,8 +523,8 @@ mod tests {
                 // Input widths over several chunks of the grouped kernel (the last one short);
                 // experts with more slots than it runs at once.
                 (20, 320, 608, 3, 2, 2),
-                // One token's rows over several trips of a row group's lanes, two units a lane
-                // at once with one left over; the grouped kernel's chunks too.
+                // One token's rows over several trips of a row group's lanes (the last one
+                // partial); the grouped kernel's chunks too.
                 (1, 1120, 1056, 4, 2, 4),
                 (2, 1120, 1056, 4, 2, 4),
                 // Experts with several tiles of slots, rows not a multiple of the tile's.

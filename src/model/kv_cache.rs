@@ -217,10 +217,15 @@ impl BlockPool {
         (a..=b).filter(|e| row[*e as usize].is_none()).count()
     }
 
-    /// Whether this work (slot, first position, tokens) takes more new blocks than are free.
+    /// New blocks that this work (slot, first position, tokens) takes.
+    pub fn needs(&self, work: &[(u32, u32, u32)]) -> usize {
+        work.iter().map(|&(s, a, n)| self.missing(s, a, n)).sum()
+    }
+
+    /// Whether this work takes more new blocks than are free (so that some would be cached ones,
+    /// evicted).
     pub fn evicts(&self, work: &[(u32, u32, u32)]) -> bool {
-        let need: usize = work.iter().map(|&(s, a, n)| self.missing(s, a, n)).sum();
-        need > self.free.len()
+        self.needs(work) > self.free.len()
     }
 
     /// Gives a slot's blocks back.
@@ -496,10 +501,9 @@ impl KvCache {
         let Ok(host) = self.host() else {
             return false;
         };
-        host.pools.iter().all(|pool| {
-            let need: usize = work.iter().map(|&(s, a, n)| pool.missing(s, a, n)).sum();
-            need <= pool.available()
-        })
+        host.pools
+            .iter()
+            .all(|pool| pool.needs(work) <= pool.available())
     }
 
     /// Whether this work (slot, first position, tokens) takes more new blocks of some kind than
