@@ -147,6 +147,19 @@ fn token_block(y: u32) -> vec2<u32> {
     return vec2<u32>(t0, select(0u, min(count - t0, MAX_T), t0 < count));
 }
 
+// The weights of a trip from unit i0: unit i0 + u GL of row r0 + r at [u R + r] (clamped).
+fn trip_words(i0: u32, r0: u32, units: u32) -> array<vec4<u32>, UNROLL * R> {
+    var out: array<vec4<u32>, UNROLL * R>;
+    for (var u = 0u; u < UNROLL; u++) {
+        let i = i0 + u * GL;
+        let ic = select(0u, i, i < units);
+        for (var r = 0u; r < R; r++) {
+            out[u * R + r] = w[min(r0 + r, p.rows - 1u) * units + ic];
+        }
+    }
+    return out;
+}
+
 @compute @workgroup_size(WG)
 fn main(l: Lanes, @builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let tb = token_block(wg.y);
@@ -190,7 +203,13 @@ fn main(l: Lanes, @builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups)
         for (var q = 0u; q < NSUM; q++) {
             acc[q] = 0.0;
         }
+        // The next trip's weights are loaded before this trip's products, so that every lane's
+        // loads overlap the products rather than all lanes waiting, then all multiplying (H100
+        // batch 1, with moe_vec doing the same: 387-390 -> 414-417 tok/s, PERF.md v0.45).
+        var wn = trip_words(lane, r0, units);
         for (var i0 = lane; i0 < units; i0 += UNROLL * GL) {
+            let wc = wn;
+            wn = trip_words(i0 + UNROLL * GL, r0, units);
             // Straight-line code over UNROLL units (indices clamped, dead ones zeroed rather
             // than branched around) lets the compiler issue all their loads at once.
             for (var u = 0u; u < UNROLL; u++) {
@@ -208,7 +227,7 @@ fn main(l: Lanes, @builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups)
                 let gb = ga;
 #endif
                 for (var r = 0u; r < R; r++) {
-                    let wq = bf16_wide8(w[min(r0 + r, p.rows - 1u) * units + ic]);
+                    let wq = bf16_wide8(wc[u * R + r]);
                     let wr = array<vec4<f32>, 2>(wq[0] * ga, wq[1] * gb);
                     for (var t = 0u; t < MAX_T; t++) {
                         if t < n_tok {
