@@ -242,6 +242,9 @@ fn project(l: Lanes, e_local: u32, row0: u32, rows: u32, k: u32, inb: array<u32,
     for (var i = first; i < units; i += GL) {
         let w = w_next;
         w_next = unit_words(e_local, row0, rows, units, min(i + GL, units - 1u));
+        // The scales stay with this trip: carried with the next trip's words (and its inputs)
+        // they took the folded gate_up from 72 to 96 registers, past one round of its
+        // workgroups, and batch 1 lost 13-15% (PERF.md v0.45).
         var sc: array<f32, R>;
         for (var r = 0u; r < R; r++) {
             sc[r] = 0.0;

@@ -1,15 +1,14 @@
 #!/usr/bin/env python3
-"""Parity against transformers over random model shapes: for each of N seeded shapes (head dims,
-GQA groups, experts and top-k, windows, vocabularies, layer counts), writes a checkpoint with
-`synth`, runs tools/parity_check.py on it with a random choice of our options (f32 or f16 KV
-cache, the portable kernels, passes of a few tokens through `--chunk`: 9 and 17 take the
-decode kernels, the grouped experts among them, 64 the tiles), and prints a line per shape.
-With an f16 KV cache the reference rounds its keys and values to f16 the same way
-(parity_check.py --kv-f16): against f32 attention, f16's rounding may flip a near-tied router
-choice, which with few experts moves logits wholesale. Exits non-zero
-if any shape is off: relative L2 of the logits above 1e-4 (5e-4 with f16, whose rounding of a
-key may go the other way where the two sides' RoPE differ in the last bit), or a greedy
-continuation that differs before a near-tie. Needs torch and transformers (CPU is enough: a
+"""Parity against transformers over random model shapes: for each of N seeded shapes (head dims, GQA
+groups, experts and top-k, windows, vocabularies, layer counts), writes a checkpoint with `synth`,
+runs tools/parity_check.py on it with a random choice of our options (f32 or f16 KV cache, the
+portable kernels, passes of a few tokens through `--chunk`: 9 and 17 take the decode kernels, the
+grouped experts among them, 64 the tiles), and prints a line per shape. With an f16 KV cache the
+reference rounds its keys and values to f16 the same way (parity_check.py --kv-f16): against f32
+attention, f16's rounding may flip a near-tied router choice, which with few experts moves logits
+wholesale. Exits non-zero if any shape is off: relative L2 of the logits above 1e-4 (5e-4 with f16,
+whose rounding of a key may go the other way where the two sides' RoPE differ in the last bit), or a
+greedy continuation that differs before a near-tie. Needs torch and transformers (CPU is enough: a
 shape takes seconds).
 
 Usage: python3 tools/parity_sweep.py [--shapes 12] [--seed 1] [--bin target/release/gpt-oss-wgpu]
