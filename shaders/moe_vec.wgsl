@@ -120,8 +120,8 @@ fn residual(i: u32) -> vec4<f32> {
 
 fn input(i: u32) -> vec4<f32> {
 #ifdef FOLDED
-    // h is the residual here (one token), normed as it is read.
-    return normed(0u, i);
+    // h is the residual here, normed as it is read (the workgroup's token starts at norm_base).
+    return normed(norm_base, i - norm_base);
 #else
     return h[i];
 #endif
@@ -194,6 +194,10 @@ const GROUPED_ROWS: u32 = GATE_UP_GROUPED_ROWS;
 // the grouped products run in f16 pairs there (H200, batch 64: 3087 tok/s grouped in f16, 2767
 // tiled; in f32 the tiles won, 2228 against 1980: PERF.md v0.31).
 const COOP_VEC_MAX_TOKENS: u32 = 64u;
+// Passes of up to SLOT_MAX_TOKENS tokens take the per-slot kernels (a workgroup row per slot,
+// routing in gate_up, down adding to the residual: no routing or combining dispatch), larger
+// ones the GROUPED kernels (the Rust side reads this line).
+const SLOT_MAX_TOKENS: u32 = 1u;
 // FEW (passes of up to FEW_MAX_TOKENS tokens, whose experts have few slots each): 4 slots at
 // once, which takes fewer registers (H200, batch 8: 675 -> 727 tok/s; batch 32 with 4: 1625 ->
 // 1492). With F16_PRODUCTS the Rust side takes FEW for every grouped pass (H200, batch 24 / 32 /
@@ -665,8 +669,10 @@ var<workgroup> chosen_logit: array<f32, MAX_K>;
 #ifdef FOLDED
 const NV: u32 = 1u;
 #include "common/reduce.wgsl"
-// The norm's scale of the token's residual (route sets it).
+// The norm's scale of the token's residual and where the residual starts (vec4 index; route
+// sets both).
 var<private> norm_scale: f32;
+var<private> norm_base: u32;
 
 // Element i (vec4) of the normed residual of the token whose residual starts at vec4 xb.
 fn normed(xb: u32, i: u32) -> vec4<f32> {
@@ -694,6 +700,7 @@ fn route(l: Lanes, t: u32) {
     // row add zero; the same sums in the same order: H100 batch 1 gate_up 889 -> 874 us a step,
     // PERF.md v0.43).
     let xb = t * (p.hidden / 4u);
+    norm_base = xb;
     let n4 = p.hidden / 4u;
     var ss: array<f32, NV>;
     for (var i0 = l.lid; i0 < n4; i0 += 4u * WG) {

@@ -235,8 +235,8 @@ pub fn build(
         Ok(d.only_for(Count::Tokens, tokens))
     };
     // The picks from the router's partial logits, for the passes that route from them but whose
-    // kernels do not route themselves (all but the one-token matrix-vector pass).
-    let first = if s.vec_max_tokens >= 1 { 2 } else { 1 };
+    // kernels do not route themselves (all but the per-slot matrix-vector passes).
+    let first = slot_max_tokens(s, b)? + 1;
     let key = super::row_group_key(gpu, "moe_vec.wgsl", "route_slots").define_if("ROUTE", true);
     let grid = Grid::new(1, Count::Tokens, 1);
     let mut out = Vec::new();
@@ -307,15 +307,24 @@ pub fn build(
     // matrix-vector path does it itself).
     let key = ShaderKey::new("moe.wgsl", "combine").define_if("COMBINE", true);
     let grid = Grid::new(s.hidden.div_ceil(64), Count::Tokens, 1);
-    let tokens = (s.vec_max_tokens + 1).min(2)..=u32::MAX;
+    let tokens = slot_max_tokens(s, b)? + 1..=u32::MAX;
     out.push(whole(key, &[b.y, b.x], grid, tokens)?);
     Ok(out)
 }
 
-/// The matrix-vector path. One token: gate_up (routing and SwiGLU included) per slot and down
-/// per token, one dispatch of each per expert buffer. Several: routing on its own, then gate_up
-/// and down per expert, so that each routed expert's weights are read once for all its tokens
-/// (`build`'s COMBINE adds the slots' outputs).
+/// The largest pass that takes the per-slot matrix-vector kernels (SLOT_MAX_TOKENS, within the
+/// matrix-vector passes and the router fold's); 0 when there are none.
+fn slot_max_tokens(s: &MoeShape, b: &MoeBuffers) -> Result<u32> {
+    let fold_max = b.fold.as_ref().map_or(u32::MAX, |f| f.max_tokens);
+    Ok(wgsl_const("moe_vec.wgsl", "SLOT_MAX_TOKENS")?
+        .min(s.vec_max_tokens)
+        .min(fold_max))
+}
+
+/// The matrix-vector path. Passes of up to SLOT_MAX_TOKENS tokens: gate_up (routing and SwiGLU
+/// included) per slot and down per token, one dispatch of each per expert buffer. Larger ones:
+/// routing on its own, then gate_up and down per expert, so that each routed expert's weights
+/// are read once for all its tokens (`build`'s COMBINE adds the slots' outputs).
 fn vec_dispatches(
     gpu: &Gpu,
     step: &wgpu::Buffer,
@@ -341,10 +350,11 @@ fn vec_dispatches(
             s.top_k, s.experts
         )));
     }
-    let one = 1..=1;
+    let slot_max = slot_max_tokens(s, b)?;
+    let per_slot = 1..=slot_max;
     // Each projection binds its inputs, then one buffer's blocks and scales, then its outputs.
-    // One token: gate_up's workgroups take GATE_UP_ROWS rows of one slot; down's the R =
-    // DOWN_ROWS / groups rows of every slot of the token, added to the residual stream. Several:
+    // Per slot: gate_up's workgroups take GATE_UP_ROWS rows of one slot; down's the R =
+    // DOWN_ROWS / groups rows of every slot of a token, added to the residual stream. Grouped:
     // GROUPED_ROWS rows of one expert for all its slots.
     struct Projection<'a> {
         entry: &'static str,
@@ -412,15 +422,15 @@ fn vec_dispatches(
         wgsl_const("moe_vec.wgsl", "FEW_MAX_TOKENS")?
     };
     let (few, many) = (
-        2..=few_max.min(s.vec_max_tokens),
-        (few_max + 1).max(2)..=s.vec_max_tokens,
+        slot_max + 1..=few_max.min(s.vec_max_tokens),
+        (few_max + 1).max(slot_max + 1)..=s.vec_max_tokens,
     );
     for pr in projections {
         let grouped = pr.count.is_none();
         let variants = if grouped {
             vec![(true, few.clone()), (false, many.clone())]
         } else {
-            vec![(false, one.clone())]
+            vec![(false, per_slot.clone())]
         };
         for (is_few, tokens) in variants.into_iter().filter(|(_, t)| !t.is_empty()) {
             let base = super::row_group_key(gpu, "moe_vec.wgsl", pr.entry);
