@@ -1,7 +1,8 @@
 // MoE experts with MXFP4 weights for passes of a few tokens (decode), in two shapes. (Large
 // passes use moe.wgsl, which tiles slots and rows for the tensor cores.)
 //
-// One token (batch-1 decode): one workgroup row per token-expert slot, routing in gate_up itself.
+// Per slot (passes of up to SLOT_MAX_TOKENS tokens): one workgroup row per token-expert slot,
+// routing in gate_up itself.
 // GATE_UP: for slot s = t * K + j, the slot's expert e is the token's j-th largest router logit
 //   (lower index wins a tie), the logits being the sums of the router's per-slice partials
 //   (router.wgsl PARTIAL); every workgroup ranks them itself, so routing costs no dispatch of its
@@ -25,16 +26,16 @@
 //   Bindings: act, idx, wts [T*K], blocks [e_count, H, I/32, 16], scales, bias [E, H], x [T, H].
 //   Grid: (ceil(H / R), T).
 //
-// Several tokens (GROUPED): a workgroup row per expert, so that an expert chosen by several tokens
+// Larger passes (GROUPED): a workgroup row per expert, so that an expert chosen by several tokens
 // has its weights read once for all of them (PERF.md v0.15).
-// ROUTE: idx and wts of every slot of token t, as the one-token GATE_UP picks them.
+// ROUTE: idx and wts of every slot of token t, as the per-slot GATE_UP picks them.
 //   Bindings: part, idx, wts. Grid: (1, T). FOLDED: also h = s x' g, the experts' input, which
 //   the router writes where it is not folded. Extra bindings: x', z_a, g, b_r, h.
 // GATE_UP + GROUPED: act[s] as above for every slot s with idx[s] = e, e the workgroup row's
 //   expert. Bindings: h, idx, blocks (in 16-byte units: one block), scales, bias, act. Grid:
 //   (ceil(2I / GROUPED_ROWS), e_count).
 // DOWN + GROUPED: y[s, n] = wts[s] * (W_down[e] act[s] + bias[e])[n] for the same slots; COMBINE
-//   then adds each token's slots to x in slot order, as the one-token DOWN does. Bindings: act,
+//   then adds each token's slots to x in slot order, as the per-slot DOWN does. Bindings: act,
 //   idx, wts, blocks, scales, bias, y [T*K, H]. Grid: (ceil(H / GROUPED_ROWS), e_count).
 // A GROUPED workgroup takes GROUPED_ROWS rows of its expert for the slots routed to it, gathered
 // WG at a time and run MAX_S at once. Thread t owns row t % GROUPED_ROWS and every KSPLIT-th
@@ -46,7 +47,7 @@
 // v0.19). The KSPLIT partial sums of a row meet in workgroup memory at the end; a slot's sums run
 // in the same order whatever else is in the pass.
 //
-// One token: a row group of GL lanes takes R rows: lane i of a group reads 8-byte unit i, i +
+// Per slot: a row group of GL lanes takes R rows: lane i of a group reads 8-byte unit i, i +
 // GL, ... (16 codes; a warp reads 256 contiguous bytes) of each of its rows and the matching 16
 // inputs (64 contiguous bytes per lane), an input load serving R rows. (8-byte units beat 4-byte
 // ones by 3% on the H200; a byte-to-pair table in workgroup memory instead of the bit-twiddled
@@ -63,7 +64,7 @@
 // (PERF.md v0.31): batches 2-64 +12-25% on the H200.
 // A dispatch holds the experts [e_start, e_start + e_count) of one weight buffer; slots routed to
 // other experts do nothing in it. Variants: ROUTE, GATE_UP or DOWN (with or without GROUPED, and
-// with GROUPED FEW; one token's GATE_UP also FOLDED), F16_PRODUCTS, SUBGROUPS.
+// with GROUPED FEW; the per-slot GATE_UP also FOLDED), F16_PRODUCTS, SUBGROUPS.
 #ifdef F16_PRODUCTS
 enable f16;
 #endif
@@ -144,7 +145,7 @@ fn input_base(s: u32) -> u32 {
 #endif
 @group(0) @binding(6) var<storage, read> scales: array<u32>;
 @group(0) @binding(7) var<storage, read> bias: array<f32>;
-// x [T, H] (one token: the residual stream) or y [T*K, H] (GROUPED: per slot, for COMBINE).
+// x [T, H] (per slot: the residual stream) or y [T*K, H] (GROUPED: per slot, for COMBINE).
 @group(0) @binding(8) var<storage, read_write> out: array<f32>;
 
 fn input(i: u32) -> vec4<f32> {
@@ -157,7 +158,7 @@ fn input_base(s: u32) -> u32 {
 }
 #endif
 
-// One token: rows per workgroup and lanes per row group of each projection (the Rust side reads
+// Per slot: rows per workgroup and lanes per row group of each projection (the Rust side reads
 // these lines to size the grid; gate_up needs R even, a gate row beside its up row; down's row
 // groups each take one of the token's slots, so its workgroup covers R = DOWN_ROWS / groups rows
 // of all of them), and the most experts per token. Every workgroup of gate_up ranks its token's
@@ -196,8 +197,16 @@ const GROUPED_ROWS: u32 = GATE_UP_GROUPED_ROWS;
 const COOP_VEC_MAX_TOKENS: u32 = 64u;
 // Passes of up to SLOT_MAX_TOKENS tokens take the per-slot kernels (a workgroup row per slot,
 // routing in gate_up, down adding to the residual: no routing or combining dispatch), larger
-// ones the GROUPED kernels (the Rust side reads this line).
-const SLOT_MAX_TOKENS: u32 = 1u;
+// ones the GROUPED kernels (the Rust side reads this line). A pass of T tokens has 4T slots on
+// about 32 (1 - (31/32)^(4T)) distinct experts of the 20b's 32, so per slot reads 10% more
+// bytes at 2 tokens, 27% at 4, 57% at 8, for two dispatches fewer a layer (H100, PERF.md
+// v0.46, tok/s grouped -> per slot: 2 tokens 504-509 -> 564-569, 3 656-666 -> 715-717, 4
+// 801-807 -> 827, 5 873-874 -> 853-857, 8 1165-1173 -> 1017-1041).
+const SLOT_MAX_TOKENS: u32 = 4u;
+// Down takes its per-slot kernel (adding to the residual: no COMBINE) up to DOWN_SLOT_MAX_TOKENS
+// (at least SLOT_MAX_TOKENS), reading the slots that the routing dispatch picked above
+// SLOT_MAX_TOKENS (the Rust side reads this line).
+const DOWN_SLOT_MAX_TOKENS: u32 = 4u;
 // FEW (passes of up to FEW_MAX_TOKENS tokens, whose experts have few slots each): 4 slots at
 // once, which takes fewer registers (H200, batch 8: 675 -> 727 tok/s; batch 32 with 4: 1625 ->
 // 1492). With F16_PRODUCTS the Rust side takes FEW for every grouped pass (H200, batch 24 / 32 /

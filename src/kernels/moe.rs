@@ -1,6 +1,6 @@
 //! MoE expert projections with MXFP4 weights and the clamped SwiGLU: `shaders/moe_vec.wgsl`
-//! (matrix-vector: one workgroup row per slot for one token, per expert for a few) for passes of
-//! up to `vec_max_tokens` tokens, `shaders/moe.wgsl` (tiled products of slots grouped by expert)
+//! (matrix-vector: one workgroup row per slot for the fewest tokens, per expert for more) for
+//! passes of up to `vec_max_tokens` tokens, `shaders/moe.wgsl` (tiled products of slots grouped by expert)
 //! above.
 
 use crate::error::{Error, Result};
@@ -91,8 +91,9 @@ pub struct MoeBuffers<'a> {
     pub y: &'a wgpu::Buffer,
     pub x: &'a wgpu::Buffer,
     /// The router folded into the attention block (`router_fold`) for the passes of up to its
-    /// `max_tokens`: one token's gate_up routes from these and norms x itself (`h` is not
-    /// written), route_slots for more also writes `h`; larger passes route as without.
+    /// `max_tokens`: the per-slot gate_up routes from these and norms x itself (`h` is not
+    /// written), route_slots for grouped passes also writes `h`; larger passes route as
+    /// without.
     pub fold: Option<FoldBuffers<'a>>,
 }
 
@@ -214,7 +215,7 @@ fn per_chunk<'a>(
 /// The whole MoE block: x += sum_k w_k * (down_k(SwiGLU(gate_up_k(h) + b)) + b). Passes of up to
 /// `vec_max_tokens` tokens take the matrix-vector kernels (`vec_dispatches`), larger ones the
 /// tiled ones: route, then gate_up and down per expert chunk; both end in combine except the
-/// one-token pass, whose down adds to the residual itself.
+/// per-slot passes, whose down adds to the residual itself.
 pub fn build(
     gpu: &Gpu,
     step: &wgpu::Buffer,
@@ -236,7 +237,7 @@ pub fn build(
     };
     // The picks from the router's partial logits, for the passes that route from them but whose
     // kernels do not route themselves (all but the per-slot matrix-vector passes).
-    let first = slot_max_tokens(s, b)? + 1;
+    let first = slot_max_tokens(s, b)?.gate_up + 1;
     let key = super::row_group_key(gpu, "moe_vec.wgsl", "route_slots").define_if("ROUTE", true);
     let grid = Grid::new(1, Count::Tokens, 1);
     let mut out = Vec::new();
@@ -303,28 +304,41 @@ pub fn build(
             ]
         },
     )?);
-    // Each token's slot outputs added to x in slot order (the one-token down of the
+    // Each token's slot outputs added to x in slot order (the per-slot down of the
     // matrix-vector path does it itself).
     let key = ShaderKey::new("moe.wgsl", "combine").define_if("COMBINE", true);
     let grid = Grid::new(s.hidden.div_ceil(64), Count::Tokens, 1);
-    let tokens = slot_max_tokens(s, b)? + 1..=u32::MAX;
+    let tokens = slot_max_tokens(s, b)?.down + 1..=u32::MAX;
     out.push(whole(key, &[b.y, b.x], grid, tokens)?);
     Ok(out)
 }
 
-/// The largest pass that takes the per-slot matrix-vector kernels (SLOT_MAX_TOKENS, within the
-/// matrix-vector passes and the router fold's); 0 when there are none.
-fn slot_max_tokens(s: &MoeShape, b: &MoeBuffers) -> Result<u32> {
-    let fold_max = b.fold.as_ref().map_or(u32::MAX, |f| f.max_tokens);
-    Ok(wgsl_const("moe_vec.wgsl", "SLOT_MAX_TOKENS")?
-        .min(s.vec_max_tokens)
-        .min(fold_max))
+/// The largest passes that take the per-slot matrix-vector kernels, of each projection (0: none).
+struct SlotMax {
+    gate_up: u32,
+    down: u32,
 }
 
-/// The matrix-vector path. Passes of up to SLOT_MAX_TOKENS tokens: gate_up (routing and SwiGLU
-/// included) per slot and down per token, one dispatch of each per expert buffer. Larger ones:
-/// routing on its own, then gate_up and down per expert, so that each routed expert's weights
-/// are read once for all its tokens (`build`'s COMBINE adds the slots' outputs).
+/// SLOT_MAX_TOKENS for gate_up (within the matrix-vector passes and the router fold's), and
+/// DOWN_SLOT_MAX_TOKENS for down (at least gate_up's, whose slots it reads from the per-slot
+/// routing).
+fn slot_max_tokens(s: &MoeShape, b: &MoeBuffers) -> Result<SlotMax> {
+    let fold_max = b.fold.as_ref().map_or(u32::MAX, |f| f.max_tokens);
+    let gate_up = wgsl_const("moe_vec.wgsl", "SLOT_MAX_TOKENS")?
+        .min(s.vec_max_tokens)
+        .min(fold_max);
+    let down = wgsl_const("moe_vec.wgsl", "DOWN_SLOT_MAX_TOKENS")?.min(s.vec_max_tokens);
+    Ok(SlotMax {
+        gate_up,
+        down: down.max(gate_up),
+    })
+}
+
+/// The matrix-vector path, one dispatch of each projection per expert buffer. Passes of up to
+/// SLOT_MAX_TOKENS tokens: gate_up (routing and SwiGLU included) per slot; larger ones: routing
+/// on its own, then gate_up per expert, so that each routed expert's weights are read once for
+/// all its tokens. Down likewise per token (adding to the residual) up to DOWN_SLOT_MAX_TOKENS,
+/// per expert above (`build`'s COMBINE adds the slots' outputs).
 fn vec_dispatches(
     gpu: &Gpu,
     step: &wgpu::Buffer,
@@ -351,7 +365,6 @@ fn vec_dispatches(
         )));
     }
     let slot_max = slot_max_tokens(s, b)?;
-    let per_slot = 1..=slot_max;
     // Each projection binds its inputs, then one buffer's blocks and scales, then its outputs.
     // Per slot: gate_up's workgroups take GATE_UP_ROWS rows of one slot; down's the R =
     // DOWN_ROWS / groups rows of every slot of a token, added to the residual stream. Grouped:
@@ -363,6 +376,8 @@ fn vec_dispatches(
         grid_x: u32,
         /// Grid rows; None: GROUPED, a workgroup row per expert of the buffer.
         count: Option<Count>,
+        /// The largest pass on the per-slot kernel of this projection.
+        slot_max: u32,
         before: Vec<&'a wgpu::Buffer>,
         after: Vec<&'a wgpu::Buffer>,
     }
@@ -376,6 +391,8 @@ fn vec_dispatches(
             vec![w.gate_up_bias, b.act],
         ),
     };
+    // Both gate_up kernels before either down (a pass may take the grouped gate_up and the
+    // per-slot down).
     let projections = [
         Projection {
             entry: "gate_up",
@@ -383,17 +400,9 @@ fn vec_dispatches(
             chunks: w.gate_up,
             grid_x: (2 * s.inter).div_ceil(gate_up_rows),
             count: Some(Count::Slots),
+            slot_max: slot_max.gate_up,
             before: one_gate_up_before,
             after: one_gate_up_after,
-        },
-        Projection {
-            entry: "down",
-            define: "DOWN",
-            chunks: w.down,
-            grid_x: s.hidden.div_ceil(down_rows),
-            count: Some(Count::Tokens),
-            before: vec![b.act, b.idx, b.wts],
-            after: vec![w.down_bias, b.x],
         },
         Projection {
             entry: "gate_up",
@@ -401,6 +410,7 @@ fn vec_dispatches(
             chunks: w.gate_up,
             grid_x: (2 * s.inter).div_ceil(gate_up_grouped_rows),
             count: None,
+            slot_max: slot_max.gate_up,
             before: vec![b.h, b.idx],
             after: vec![w.gate_up_bias, b.act],
         },
@@ -408,8 +418,19 @@ fn vec_dispatches(
             entry: "down",
             define: "DOWN",
             chunks: w.down,
+            grid_x: s.hidden.div_ceil(down_rows),
+            count: Some(Count::Tokens),
+            slot_max: slot_max.down,
+            before: vec![b.act, b.idx, b.wts],
+            after: vec![w.down_bias, b.x],
+        },
+        Projection {
+            entry: "down",
+            define: "DOWN",
+            chunks: w.down,
             grid_x: s.hidden.div_ceil(down_grouped_rows),
             count: None,
+            slot_max: slot_max.down,
             before: vec![b.act, b.idx, b.wts],
             after: vec![w.down_bias, b.y],
         },
@@ -421,16 +442,15 @@ fn vec_dispatches(
     } else {
         wgsl_const("moe_vec.wgsl", "FEW_MAX_TOKENS")?
     };
-    let (few, many) = (
-        slot_max + 1..=few_max.min(s.vec_max_tokens),
-        (few_max + 1).max(slot_max + 1)..=s.vec_max_tokens,
-    );
     for pr in projections {
         let grouped = pr.count.is_none();
         let variants = if grouped {
-            vec![(true, few.clone()), (false, many.clone())]
+            vec![
+                (true, pr.slot_max + 1..=few_max.min(s.vec_max_tokens)),
+                (false, (few_max + 1).max(pr.slot_max + 1)..=s.vec_max_tokens),
+            ]
         } else {
-            vec![(false, per_slot.clone())]
+            vec![(false, 1..=pr.slot_max)]
         };
         for (is_few, tokens) in variants.into_iter().filter(|(_, t)| !t.is_empty()) {
             let base = super::row_group_key(gpu, "moe_vec.wgsl", pr.entry);
@@ -456,9 +476,9 @@ fn vec_dispatches(
 }
 
 /// A moe_vec.wgsl projection's shader (`define` GATE_UP or DOWN) from `base` (its file, entry
-/// and SUBGROUPS): grouped (FEW or not) or for one token, with f16 products where `f16` asks
-/// for them and they pay (every grouped kernel, one token's down; one token's gate_up was
-/// slower in f16 on the H200, PERF.md v0.31). The validation sweep takes them from here.
+/// and SUBGROUPS): grouped (FEW or not) or per slot, with f16 products where `f16` asks for
+/// them and they pay (every grouped kernel, the per-slot down; the per-slot gate_up was slower
+/// in f16 on the H200, PERF.md v0.31). The validation sweep takes them from here.
 pub(crate) fn vec_key(
     base: ShaderKey,
     define: &'static str,
@@ -526,7 +546,7 @@ mod tests {
                 (1usize, 64usize, 32usize, 4usize, 2usize, 4usize),
                 (7, 96, 64, 6, 3, 4),
                 (3, 32, 96, 5, 1, 2),
-                // More experts per token than a workgroup has row groups, alone (the one-token
+                // More experts per token than a workgroup has row groups, alone (the per-slot
                 // path) and with another token (experts shared by two tokens' slots).
                 (1, 64, 32, 8, 6, 3),
                 (2, 64, 32, 8, 6, 3),
@@ -627,7 +647,7 @@ mod tests {
                 };
                 // Every path on the same inputs: tiled (on the tensor cores too where the
                 // adapter has them; routed by the router or from the partial logits), and
-                // matrix-vector (per slot for one token, per expert for more).
+                // matrix-vector (per slot for the fewest tokens, per expert for more).
                 // Each run gives the picks and weights it stored and the residual it left.
                 let run = async |vec_max_tokens: u32,
                                  partial_max_tokens: u32,
@@ -635,6 +655,8 @@ mod tests {
                                  f16: bool,
                                  fold: Option<FoldBuffers<'_>>| {
                     let xb = gpu.upload("x", f32_bytes(&x0)).unwrap();
+                    // No path may read activations that an earlier path left.
+                    gpu.queue.write_buffer(&ab, 0, &vec![0u8; t * k * it * 4]);
                     // The router's picks, or written from the partial logits.
                     let (ib, wb) = if partial_max_tokens == 0 {
                         let i = gpu.upload("idx", bytemuck::cast_slice(&idx)).unwrap();
@@ -751,8 +773,8 @@ mod tests {
                 }
                 // The router folded into the attention block (where the adapter has the
                 // bindings): each token's residual in x0, normed with a gain, is the experts'
-                // input, its logits s (z_x + z_a) + b_r; one token's gate_up or route_slots (for
-                // the matrix-vector path and the tiles) take the norm and rank them.
+                // input, its logits s (z_x + z_a) + b_r; the per-slot gate_up or route_slots
+                // (for the matrix-vector path and the tiles) take the norm and rank them.
                 if crate::kernels::router_fold::fits(gpu, e as u32).unwrap() {
                     let g = random(&mut rng, hd, 2.0);
                     let z_x = random(&mut rng, t * e, 3.0);
