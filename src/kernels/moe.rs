@@ -1,7 +1,7 @@
 //! MoE expert projections with MXFP4 weights and the clamped SwiGLU: `shaders/moe_vec.wgsl`
 //! (matrix-vector: one workgroup row per slot for the fewest tokens, per expert for more) for
-//! passes of up to `vec_max_tokens` tokens, `shaders/moe.wgsl` (tiled products of slots grouped by expert)
-//! above.
+//! passes of up to `vec_max_tokens` tokens, `shaders/moe.wgsl` (tiled products of slots grouped
+//! by expert) above.
 
 use crate::error::{Error, Result};
 use crate::gpu::shader::wgsl_const;
