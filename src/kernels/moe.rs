@@ -237,7 +237,8 @@ pub fn build(
     };
     // The picks from the router's partial logits, for the passes that route from them but whose
     // kernels do not route themselves (all but the per-slot matrix-vector passes).
-    let first = slot_max_tokens(s, b)?.gate_up + 1;
+    let slots = slot_max_tokens(s, b)?;
+    let first = slots.gate_up + 1;
     let key = super::row_group_key(gpu, "moe_vec.wgsl", "route_slots").define_if("ROUTE", true);
     let grid = Grid::new(1, Count::Tokens, 1);
     let mut out = Vec::new();
@@ -255,7 +256,7 @@ pub fn build(
         grid,
         plain_first..=s.partial_max_tokens,
     )?);
-    out.extend(vec_dispatches(gpu, step, s, b, w)?);
+    out.extend(vec_dispatches(gpu, step, s, b, w, &slots)?);
     let tiled = (s.vec_max_tokens + 1)..=u32::MAX;
     let key = ShaderKey::new("moe.wgsl", "route").define_if("ROUTE", true);
     let lists = [b.idx, b.lists, b.counts];
@@ -308,7 +309,7 @@ pub fn build(
     // matrix-vector path does it itself).
     let key = ShaderKey::new("moe.wgsl", "combine").define_if("COMBINE", true);
     let grid = Grid::new(s.hidden.div_ceil(64), Count::Tokens, 1);
-    let tokens = slot_max_tokens(s, b)?.down + 1..=u32::MAX;
+    let tokens = slots.down + 1..=u32::MAX;
     out.push(whole(key, &[b.y, b.x], grid, tokens)?);
     Ok(out)
 }
@@ -345,6 +346,7 @@ fn vec_dispatches(
     s: &MoeShape,
     b: &MoeBuffers,
     w: &MoeWeights,
+    slot_max: &SlotMax,
 ) -> Result<Vec<Dispatch>> {
     let mut out = Vec::new();
     if s.vec_max_tokens == 0 {
@@ -364,7 +366,6 @@ fn vec_dispatches(
             s.top_k, s.experts
         )));
     }
-    let slot_max = slot_max_tokens(s, b)?;
     // Each projection binds its inputs, then one buffer's blocks and scales, then its outputs.
     // Per slot: gate_up's workgroups take GATE_UP_ROWS rows of one slot; down's the R =
     // DOWN_ROWS / groups rows of every slot of a token, added to the residual stream. Grouped:
