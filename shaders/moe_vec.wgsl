@@ -205,8 +205,10 @@ const COOP_VEC_MAX_TOKENS: u32 = 64u;
 const SLOT_MAX_TOKENS: u32 = 4u;
 // Down takes its per-slot kernel (adding to the residual: no COMBINE) up to DOWN_SLOT_MAX_TOKENS
 // (at least SLOT_MAX_TOKENS), reading the slots that the routing dispatch picked above
-// SLOT_MAX_TOKENS (the Rust side reads this line).
-const DOWN_SLOT_MAX_TOKENS: u32 = 4u;
+// SLOT_MAX_TOKENS (the Rust side reads this line). H200, PERF.md v0.47, tok/s at 5 / 6 / 8
+// tokens: 4 (grouped down and COMBINE above 4) 927 / 1026-1029 / 1228-1232; 6: 945-956 /
+// 1057-1061 / 1230; 8: 956-957 / 1060 / 1225-1233.
+const DOWN_SLOT_MAX_TOKENS: u32 = 6u;
 // FEW (passes of up to FEW_MAX_TOKENS tokens, whose experts have few slots each): 4 slots at
 // once, which takes fewer registers (H200, batch 8: 675 -> 727 tok/s; batch 32 with 4: 1625 ->
 // 1492). With F16_PRODUCTS the Rust side takes FEW for every grouped pass (H200, batch 24 / 32 /
