@@ -2,8 +2,9 @@
 """Parity against transformers over random model shapes: for each of N seeded shapes (head dims, GQA
 groups, experts and top-k, windows, vocabularies, layer counts), writes a checkpoint with `synth`,
 runs tools/parity_check.py on it with a random choice of our options (f32 or f16 KV cache, the
-portable kernels, passes of a few tokens through `--chunk`: 9 and 17 take the decode kernels, the
-grouped experts among them, 64 the tiles), and prints a line per shape. With an f16 KV cache the
+portable kernels, passes of a few tokens through `--chunk`: 3 takes the per-slot expert kernels,
+6 the grouped gate_up and the per-slot down, 9 and 17 the grouped experts, 64 the tiles), and
+prints a line per shape. With an f16 KV cache the
 reference rounds its keys and values to f16 the same way (parity_check.py --kv-f16): against f32
 attention, f16's rounding may flip a near-tied router choice, which with few experts moves logits
 wholesale. Exits non-zero if any shape is off: relative L2 of the logits above 1e-4 (5e-4 with f16,
@@ -38,8 +39,9 @@ def main():
         }
         shape["top-k"] = rng.randint(1, min(4, shape["experts"]))
         tokens = rng.choice([40, 120, 300, 600])
-        ours = rng.choice(["--kv-f32", "--kv-f32 --portable", "--kv-f32 --chunk 9", "--kv-f32 --chunk 17",
-                           "--kv-f32 --chunk 64", "--chunk 64 --precision fast"])
+        ours = rng.choice(["--kv-f32", "--kv-f32 --portable", "--kv-f32 --chunk 3", "--kv-f32 --chunk 6",
+                           "--kv-f32 --chunk 9", "--kv-f32 --chunk 17", "--kv-f32 --chunk 64",
+                           "--chunk 64 --precision fast"])
         flags = " ".join(f"--{k} {v}" for k, v in shape.items())
         model = tempfile.mkdtemp()
         try:
