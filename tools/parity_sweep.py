@@ -6,9 +6,10 @@ portable kernels, passes of a few tokens through `--chunk`: 3 takes the per-slot
 6 the grouped gate_up and the per-slot down, 9 and 17 the grouped experts, 64 the tiles), and
 prints a line per shape. With an f16 KV cache the reference rounds its keys and values to f16 the
 same way (parity_check.py --kv-f16): against f32 attention, f16's rounding may flip a near-tied
-router choice, which with few experts moves logits wholesale. Exits non-zero if any shape is off: relative L2 of the logits above 1e-4 (5e-4 with f16,
-whose rounding of a key may go the other way where the two sides' RoPE differ in the last bit), or a
-greedy continuation that differs before a near-tie. Needs torch and transformers (CPU is enough: a
+router choice, which with few experts moves logits wholesale. Exits non-zero if any shape is off:
+relative L2 of the logits above 1e-4 (5e-4 with f16, whose rounding of a key may go the other way
+where the two sides' RoPE differ in the last bit), or a greedy continuation that differs before a
+near-tie. Needs torch and transformers (CPU is enough: a
 shape takes seconds).
 
 Usage: python3 tools/parity_sweep.py [--shapes 12] [--seed 1] [--bin target/release/gpt-oss-wgpu]
