@@ -1,8 +1,9 @@
 // MoE experts with MXFP4 weights for passes of a few tokens (decode), in two shapes. (Large
 // passes use moe.wgsl, which tiles slots and rows for the tensor cores.)
 //
-// Per slot (passes of up to SLOT_MAX_TOKENS tokens): one workgroup row per token-expert slot,
-// routing in gate_up itself.
+// Per slot (passes of up to SLOT_MAX_TOKENS tokens; down up to DOWN_SLOT_MAX_TOKENS, after the
+// routing dispatch and the GROUPED gate_up above SLOT_MAX_TOKENS): one workgroup row per
+// token-expert slot, routing in gate_up itself.
 // GATE_UP: for slot s = t * K + j, the slot's expert e is the token's j-th largest router logit
 //   (lower index wins a tie), the logits being the sums of the router's per-slice partials
 //   (router.wgsl PARTIAL); every workgroup ranks them itself, so routing costs no dispatch of its

@@ -9,8 +9,7 @@ same way (parity_check.py --kv-f16): against f32 attention, f16's rounding may f
 router choice, which with few experts moves logits wholesale. Exits non-zero if any shape is off:
 relative L2 of the logits above 1e-4 (5e-4 with f16, whose rounding of a key may go the other way
 where the two sides' RoPE differ in the last bit), or a greedy continuation that differs before a
-near-tie. Needs torch and transformers (CPU is enough: a
-shape takes seconds).
+near-tie. Needs torch and transformers (CPU is enough: a shape takes seconds).
 
 Usage: python3 tools/parity_sweep.py [--shapes 12] [--seed 1] [--bin target/release/gpt-oss-wgpu]
 """

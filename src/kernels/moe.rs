@@ -479,7 +479,8 @@ fn vec_dispatches(
 /// A moe_vec.wgsl projection's shader (`define` GATE_UP or DOWN) from `base` (its file, entry
 /// and SUBGROUPS): grouped (FEW or not) or per slot, with f16 products where `f16` asks for
 /// them and they pay (every grouped kernel, the per-slot down; the per-slot gate_up was slower
-/// in f16 on the H200, PERF.md v0.31). The validation sweep takes them from here.
+/// in f16 on the H200, PERF.md v0.31, and 0.5-1.5% faster on an H100 in v0.47: not worth
+/// rounding its products). The validation sweep takes them from here.
 pub(crate) fn vec_key(
     base: ShaderKey,
     define: &'static str,
