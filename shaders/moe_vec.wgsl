@@ -65,7 +65,8 @@
 // (PERF.md v0.31): batches 2-64 +12-25% on the H200.
 // A dispatch holds the experts [e_start, e_start + e_count) of one weight buffer; slots routed to
 // other experts do nothing in it. Variants: ROUTE, GATE_UP or DOWN (with or without GROUPED, and
-// with GROUPED FEW; the per-slot GATE_UP also FOLDED), F16_PRODUCTS, SUBGROUPS.
+// with GROUPED FEW; the per-slot GATE_UP also FOLDED, and FOLDED with ONE_TOKEN), F16_PRODUCTS,
+// SUBGROUPS.
 #ifdef F16_PRODUCTS
 enable f16;
 #endif
@@ -172,6 +173,12 @@ const DOWN_ROWS: u32 = 16u;
 const DOWN_GL: u32 = 32u;
 const MAX_K: u32 = 16u;
 const VEC_WG: u32 = 128u;
+// ONE_TOKEN (the FOLDED gate_up of a one-token pass): workgroups of ONE_TOKEN_WG lanes over
+// ONE_TOKEN_GATE_UP_ROWS rows, the same R rows a row group, so half as many workgroups each rank,
+// norm and sum (H100, PERF.md v0.48: gate_up 918-920 -> 857 us a step, 410 -> 413 tok/s). At two
+// tokens the larger workgroups took more rounds of an SM's slots and lost (1345 -> 1390 us).
+const ONE_TOKEN_GATE_UP_ROWS: u32 = 64u;
+const ONE_TOKEN_WG: u32 = 256u;
 // GROUPED: rows of each projection and invocations per workgroup (the Rust side reads these
 // lines), slots at once, inputs of each slot in workgroup memory at once (8 KiB). On the H200 each
 // of these beat its neighbours at batch 32 (128 rows, 128 invocations, 4 or 16 slots, 512 or 1024
@@ -187,7 +194,11 @@ const ROWS: u32 = DOWN_ROWS;
 const GL: u32 = DOWN_GL;
 const GROUPED_ROWS: u32 = DOWN_GROUPED_ROWS;
 #else
+#ifdef ONE_TOKEN
+const ROWS: u32 = ONE_TOKEN_GATE_UP_ROWS;
+#else
 const ROWS: u32 = GATE_UP_ROWS;
+#endif
 const GL: u32 = GATE_UP_GL;
 const GROUPED_ROWS: u32 = GATE_UP_GROUPED_ROWS;
 #endif
@@ -230,7 +241,11 @@ const KC: u32 = 256u;
 #endif
 #include "common/lanes.wgsl"
 #else
+#ifdef ONE_TOKEN
+const WG: u32 = ONE_TOKEN_WG;
+#else
 const WG: u32 = VEC_WG;
+#endif
 const R: u32 = ROWS / (WG / GL);
 const MAX_S: u32 = 1u;
 const NSUM: u32 = MAX_S * R;

@@ -96,10 +96,13 @@ pub fn all_variants() -> Vec<ShaderKey> {
                     .define_if("FOLDED", folded),
             );
         }
-        out.push(
-            moe::vec_key(k("moe_vec.wgsl", "gate_up"), "GATE_UP", false, false, false)
-                .define_if("FOLDED", true),
-        );
+        for one_token in [false, true] {
+            out.push(
+                moe::vec_key(k("moe_vec.wgsl", "gate_up"), "GATE_UP", false, false, false)
+                    .define_if("FOLDED", true)
+                    .define_if("ONE_TOKEN", one_token),
+            );
+        }
         out.push(k("router_fold.wgsl", "project"));
 
         out.push(ShaderKey::new("moe.wgsl", "route").define_if("ROUTE", true));

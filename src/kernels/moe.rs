@@ -443,20 +443,39 @@ fn vec_dispatches(
     } else {
         wgsl_const("moe_vec.wgsl", "FEW_MAX_TOKENS")?
     };
+    let one_token_rows = wgsl_const("moe_vec.wgsl", "ONE_TOKEN_GATE_UP_ROWS")?;
     for pr in projections {
         let grouped = pr.count.is_none();
+        let folded = b.fold.is_some() && !grouped && pr.define == "GATE_UP";
+        // (FEW, ONE_TOKEN, the passes it serves): one token's folded gate_up takes larger
+        // workgroups of its own.
         let variants = if grouped {
             vec![
-                (true, pr.slot_max + 1..=few_max.min(s.vec_max_tokens)),
-                (false, (few_max + 1).max(pr.slot_max + 1)..=s.vec_max_tokens),
+                (true, false, pr.slot_max + 1..=few_max.min(s.vec_max_tokens)),
+                (
+                    false,
+                    false,
+                    (few_max + 1).max(pr.slot_max + 1)..=s.vec_max_tokens,
+                ),
+            ]
+        } else if folded {
+            vec![
+                (false, true, 1..=pr.slot_max.min(1)),
+                (false, false, 2..=pr.slot_max),
             ]
         } else {
-            vec![(false, 1..=pr.slot_max)]
+            vec![(false, false, 1..=pr.slot_max)]
         };
-        for (is_few, tokens) in variants.into_iter().filter(|(_, t)| !t.is_empty()) {
+        for (is_few, one_token, tokens) in variants.into_iter().filter(|v| !v.2.is_empty()) {
             let base = super::row_group_key(gpu, "moe_vec.wgsl", pr.entry);
-            let folded = b.fold.is_some() && !grouped && pr.define == "GATE_UP";
-            let key = vec_key(base, pr.define, grouped, is_few, s.f16).define_if("FOLDED", folded);
+            let key = vec_key(base, pr.define, grouped, is_few, s.f16)
+                .define_if("FOLDED", folded)
+                .define_if("ONE_TOKEN", one_token);
+            let grid_x = if one_token {
+                (2 * s.inter).div_ceil(one_token_rows)
+            } else {
+                pr.grid_x
+            };
             for c in pr.chunks {
                 let p = params(s, c.start, c.count);
                 let bufs = [&pr.before[..], &[&c.blocks, &c.scales], &pr.after[..]].concat();
@@ -467,7 +486,7 @@ fn vec_dispatches(
                     step,
                     bytemuck::bytes_of(&p),
                     &bufs,
-                    Grid::new(pr.grid_x, count, 1),
+                    Grid::new(grid_x, count, 1),
                 )?;
                 out.push(d.only_for(Count::Tokens, tokens.clone()));
             }
