@@ -3,7 +3,8 @@
 # PERF.md's tables are measured. Each variant is a folder of WGSL files that replace the embedded
 # ones (GPT_OSS_SHADER_DIR; an empty folder, or "none", runs the embedded shaders), or
 # "bin:PATH", another build's binary with its own embedded shaders (a change on the Rust side:
-# pack the other build's binary into .bin too); the variants run in turn, ROUNDS times, so that
+# pack the other build's binary into .bin too), or "env:NAME=VALUE", the embedded shaders with
+# that variable set (a switch on the Rust side); the variants run in turn, ROUNDS times, so that
 # drift shows up as spread rather than as a difference.
 #
 #   VARIANTS="none .bin/ov/A .bin/ov/B" KERNELS="linear.coop moe_vec.gate_up" \
@@ -22,6 +23,7 @@ for v in ${VARIANTS:-none}; do
   case $v in
     none) ;;
     bin:*) [ -x "${v#bin:}" ] || { echo "no binary ${v#bin:}" >&2; exit 2; } ;;
+    env:*=*) ;;
     *) [ -d "$v" ] || { echo "no variant folder $v" >&2; exit 2; } ;;
   esac
 done
@@ -29,16 +31,17 @@ ARGS=${BENCH_ARGS:---prompt-lens 2048 --decode-steps 16 --batches 1,16,64}
 embedded=$(mktemp -d)
 for r in $(seq 1 "$ROUNDS"); do
   for v in ${VARIANTS:-none}; do
-    name=$(basename "$v")
-    dir=$v bin=$BIN
+    name=$(basename "$v" | tr -c 'A-Za-z0-9._\n-' '_')
+    dir=$v bin=$BIN vars=
     case $v in
       none) dir=$embedded ;;
       bin:*) dir=$embedded bin=${v#bin:} ;;
+      env:*) dir=$embedded vars=${v#env:} ;;
     esac
     # A run that fails must not show an earlier run's figures.
     json="$OUT/ab.$name.$r.json"; rm -f "$json"
     echo "== $name (round $r)"
-    GPT_OSS_SHADER_DIR=$dir timeout ${RUN_TIMEOUT:-120} $bin bench --model $M $ARGS --json "$json" 2>&1 |
+    env $vars GPT_OSS_SHADER_DIR=$dir timeout ${RUN_TIMEOUT:-120} $bin bench --model $M $ARGS --json "$json" 2>&1 |
       grep -E "tok/s|rror|panick"
     [ -e "$json" ] && KERNELS="${KERNELS:-}" python3 - "$json" <<'PY'
 import json, os, sys

@@ -167,12 +167,9 @@ pub fn all_variants() -> Vec<ShaderKey> {
                 }
             }
             if sg {
-                out.push(attention::split_key(
-                    attention::SplitHeads::Staged,
-                    f16,
-                    true,
-                    true,
-                ));
+                let staged = attention::split_key(attention::SplitHeads::Staged, f16, true, true);
+                out.push(staged.clone().define_if("MERGE_LAST", true));
+                out.push(staged);
             }
         }
     }
