@@ -117,10 +117,6 @@ const NEG: f32 = -3.0e38;
 @group(0) @binding(7) var<storage, read> sinks: array<f32>;
 @group(0) @binding(8) var<storage, read_write> out: array<f32>;
 @group(0) @binding(9) var<storage, read> kv_table: array<u32>;
-#ifdef MERGE_LAST
-// How many of a (token, KV head)'s spans are done, [T, NKV] (zero between dispatches).
-@group(0) @binding(10) var<storage, read_write> spans_done: array<atomic<u32>>;
-#endif
 
 var<workgroup> tok_shared: TokenInfo;
 #include "common/lanes.wgsl"
@@ -633,103 +629,6 @@ fn chunk_values(acc: ptr<function, array<vec2<f32>, MAX_G>>, ks: u32, dp: u32, n
     }
 }
 
-#ifdef MERGE_LAST
-// MERGE_LAST: the span workgroup that finishes last merges its token's spans for the G heads, so
-// that long contexts need no merge dispatch. Each workgroup's partials reach device scope before
-// it counts itself done (storageBarrier: a device-scope release, then an acquire in the last one),
-// and the last one sets the count back to zero for the next dispatch. Lane (dim, head set hs): dim
-// lid % D of heads lid / D, lid / D + WG / D, ..., each over the spans in order, MERGE_LOADS
-// spans' outputs of each head in flight at once: the tail is a few rounds of cache loads (v0.40's
-// version, one span's quad at a time, took more than the dispatch it saved).
-const MERGE_SETS: u32 = WG / STAGE_D;
-const MERGE_HEADS: u32 = MAX_G / MERGE_SETS;
-const MERGE_LOADS: u32 = 8u;
-var<workgroup> is_last: u32;
-
-fn stage_f32(i: u32, v: f32) {
-    stage[i / 4u][i % 4u] = bitcast<u32>(v);
-}
-
-fn staged_f32(i: u32) -> f32 {
-    return bitcast<f32>(stage[i / 4u][i % 4u]);
-}
-
-// Called from uniform control flow, once the workgroup's partials are written.
-fn merge_if_last(job: SpanJob, kvh: u32, gn: u32, lid: u32) {
-    storageBarrier();
-    let at = job.t * p.n_kv + kvh;
-    if lid == 0u {
-        is_last = select(0u, 1u, atomicAdd(&spans_done[at], 1u) == job.splits - 1u);
-    }
-    if workgroupUniformLoad(&is_last) == 0u {
-        return;
-    }
-    storageBarrier();
-    if lid == 0u {
-        atomicStore(&spans_done[at], 0u);
-    }
-    let d = p.head_dim;
-    let splits = job.splits;
-    let h0 = kvh * gn;
-    // Each span's max and sum, [head, span], into the stage (its last readers passed the barrier
-    // of workgroupUniformLoad).
-    let sums = MAX_G * MAX_SPLITS;
-    for (var i = lid; i < gn * splits; i += WG) {
-        let pb = ((job.t * p.n_heads + h0 + i / splits) * MAX_SPLITS + i % splits) * (d + 2u);
-        stage_f32((i / splits) * MAX_SPLITS + i % splits, part[pb + d]);
-        stage_f32(sums + (i / splits) * MAX_SPLITS + i % splits, part[pb + d + 1u]);
-    }
-    workgroupBarrier();
-    let dim = lid % STAGE_D;
-    let hs = lid / STAGE_D;
-    var mx: array<f32, MERGE_HEADS>;
-    var den: array<f32, MERGE_HEADS>;
-    var o: array<f32, MERGE_HEADS>;
-    for (var k = 0u; k < MERGE_HEADS; k++) {
-        let h = hs + MERGE_SETS * k;
-        mx[k] = NEG;
-        den[k] = 0.0;
-        o[k] = 0.0;
-        if h < gn {
-            mx[k] = sinks[h0 + h];
-            for (var c = 0u; c < splits; c++) {
-                mx[k] = max(mx[k], staged_f32(h * MAX_SPLITS + c));
-            }
-            den[k] = exp(sinks[h0 + h] - mx[k]);
-        }
-    }
-    for (var c0 = 0u; c0 < splits; c0 += MERGE_LOADS) {
-        var po: array<f32, MERGE_HEADS * MERGE_LOADS>;
-        for (var k = 0u; k < MERGE_HEADS; k++) {
-            let base = (job.t * p.n_heads + h0 + hs + MERGE_SETS * k) * MAX_SPLITS;
-            for (var u = 0u; u < MERGE_LOADS; u++) {
-                if hs + MERGE_SETS * k < gn && c0 + u < splits {
-                    po[k * MERGE_LOADS + u] = part[(base + c0 + u) * (d + 2u) + dim];
-                }
-            }
-        }
-        for (var k = 0u; k < MERGE_HEADS; k++) {
-            let h = hs + MERGE_SETS * k;
-            for (var u = 0u; u < MERGE_LOADS; u++) {
-                let c = c0 + u;
-                if h < gn && c < splits {
-                    let w = exp(staged_f32(h * MAX_SPLITS + c) - mx[k]);
-                    den[k] += w * staged_f32(sums + h * MAX_SPLITS + c);
-                    o[k] += w * po[k * MERGE_LOADS + u];
-                }
-            }
-        }
-    }
-    for (var k = 0u; k < MERGE_HEADS; k++) {
-        let h = hs + MERGE_SETS * k;
-        if h < gn {
-            out[(job.t * p.n_heads + h0 + h) * d + dim] = o[k] / den[k];
-        }
-    }
-}
-const_assert 2u * MAX_G * MAX_SPLITS <= 4u * STAGE_SIZE && MAX_G % MERGE_SETS == 0u;
-#endif
-
 @compute @workgroup_size(WG)
 fn staged(lanes: Lanes, @builtin(workgroup_id) wg: vec3<u32>) {
     let lid = lanes.lid;
@@ -821,9 +720,6 @@ fn staged(lanes: Lanes, @builtin(workgroup_id) wg: vec3<u32>) {
         }
         finish(job, kvh * gn + h, head_m[h] / LOG2E, den, o, q);
     }
-#ifdef MERGE_LAST
-    merge_if_last(job, kvh, gn, lid);
-#endif
 }
 #else
 #ifdef KEY_GROUPS

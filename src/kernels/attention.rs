@@ -36,9 +36,6 @@ pub struct Attention<'a> {
     /// Scratch for the split path: [split_max_tokens(), NH, max_splits(), D + 2] f32
     /// (`partials_bytes`).
     pub partials: &'a wgpu::Buffer,
-    /// The staged tier's count of each (token, KV head)'s finished spans: [split_max_tokens(),
-    /// NKV] u32, zero when created (`spans_done_bytes`).
-    pub spans_done: &'a wgpu::Buffer,
 }
 
 /// Most spans a token's keys are split into (MAX_SPLITS in the shader).
@@ -59,20 +56,6 @@ pub fn partials_bytes(max_tokens: u32, n_heads: u32, head_dim: u32) -> Result<u6
         * max_splits()? as u64
         * (head_dim as u64 + 2)
         * 4)
-}
-
-/// Bytes of the staged tier's span counts for passes of up to `max_tokens` tokens and `n_kv` KV
-/// heads.
-pub fn spans_done_bytes(max_tokens: u32, n_kv: u32) -> Result<u64> {
-    Ok(max_tokens.min(split_max_tokens()?).max(1) as u64 * n_kv as u64 * 4)
-}
-
-/// Whether the staged tier's last span workgroup merges its token's spans (MERGE_LAST), instead
-/// of a merge dispatch: wherever storage barriers order memory at device scope, as naga's are on
-/// Vulkan, Metal and DX12. WGSL promises workgroup scope only, so browsers keep the dispatch.
-/// `GPT_OSS_MERGE_LAST=0` keeps it too (to measure what merging in the tier saves).
-fn merges_last() -> bool {
-    !cfg!(target_arch = "wasm32") && std::env::var_os("GPT_OSS_MERGE_LAST").is_none_or(|v| v != "0")
 }
 
 /// How split attention cuts a token's keys into spans: a short context takes one span (no
@@ -237,20 +220,13 @@ impl Site<'_> {
                 short_splits,
             ),
         ];
-        let merge_last = long.is_some() && merges_last();
         let long = long.map(|heads| (heads, p.n_kv, 1..=u32::MAX, staged_min..=u32::MAX));
         for (heads, x, range, splits) in tiers.into_iter().chain(long) {
             if range.is_empty() {
                 continue;
             }
-            let staged = matches!(heads, SplitHeads::Staged);
             let key = split_key(heads, self.kv_f16, gpu.caps.subgroups, key_groups)
-                .define_if("WHOLE_WINDOW", whole_window)
-                .define_if("MERGE_LAST", staged && merge_last);
-            let mut bufs = bufs.to_vec();
-            if staged && merge_last {
-                bufs.push(a.spans_done);
-            }
+                .define_if("WHOLE_WINDOW", whole_window);
             out.push(
                 self.dispatch(&key, &bufs, Grid::new(x, spans, 1))?
                     .only_for(Count::Tokens, 1..=split_max)
@@ -262,12 +238,10 @@ impl Site<'_> {
             let key = ShaderKey::new("attention_split.wgsl", "merge").define_if("MERGE", true);
             let bufs = [a.partials, a.sinks, a.out];
             let grid = Grid::new(p.n_heads, Count::Tokens, 1);
-            // The staged tier merges its own spans where it can.
-            let most = if merge_last { staged_min - 1 } else { u32::MAX };
             out.push(
                 self.dispatch(&key, &bufs, grid)?
                     .only_for(Count::Tokens, 1..=split_max)
-                    .only_for(Count::Splits, 2..=most),
+                    .only_for(Count::Splits, 2..=u32::MAX),
             );
         }
         Ok(out)
@@ -516,14 +490,6 @@ mod tests {
                 let mut ref_k = vec![vec![Vec::<f32>::new(); max_pos]; seqs];
                 let mut ref_v = vec![vec![Vec::<f32>::new(); max_pos]; seqs];
                 let mut next_pos = [0u32; 2];
-                // One count buffer for every pass: the staged tier's last span workgroup sets
-                // its counts back to zero for the next.
-                let spans_done = gpu
-                    .storage(
-                        "spans_done",
-                        spans_done_bytes(split_max_tokens().unwrap(), nkv).unwrap(),
-                    )
-                    .unwrap();
                 for plan in plans {
                     let mut toks = Vec::new();
                     for &(s, n) in &plan {
@@ -591,7 +557,6 @@ mod tests {
                             sinks: &sb,
                             out: &ob,
                             partials: &pb,
-                            spans_done: &spans_done,
                         },
                         Params {
                             n_heads: nh,

@@ -167,9 +167,12 @@ pub fn all_variants() -> Vec<ShaderKey> {
                 }
             }
             if sg {
-                let staged = attention::split_key(attention::SplitHeads::Staged, f16, true, true);
-                out.push(staged.clone().define_if("MERGE_LAST", true));
-                out.push(staged);
+                out.push(attention::split_key(
+                    attention::SplitHeads::Staged,
+                    f16,
+                    true,
+                    true,
+                ));
             }
         }
     }

@@ -90,7 +90,6 @@ struct Activations {
     qkv: wgpu::Buffer,
     attn: wgpu::Buffer,
     attn_partials: wgpu::Buffer,
-    attn_spans_done: wgpu::Buffer,
     /// [partial_max_tokens, slices, E] a decode pass's partial router logits; [T, K] chosen experts
     /// and their weights.
     router_part: wgpu::Buffer,
@@ -157,10 +156,6 @@ impl Activations {
             attn_partials: buf(
                 "attn_partials",
                 attention::partials_bytes(max_tokens, c.heads, c.head_dim)?,
-            )?,
-            attn_spans_done: buf(
-                "attn_spans_done",
-                attention::spans_done_bytes(max_tokens, c.kv_heads)?,
             )?,
             router_part: buf(
                 "router_part",
@@ -408,7 +403,6 @@ impl Graph<'_> {
                 sinks: &lw.sinks,
                 out: &a.attn,
                 partials: &a.attn_partials,
-                spans_done: &a.attn_spans_done,
             },
             attention::Params {
                 n_heads: c.heads,
