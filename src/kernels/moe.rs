@@ -335,6 +335,15 @@ fn slot_max_tokens(s: &MoeShape, b: &MoeBuffers) -> Result<SlotMax> {
     })
 }
 
+/// One shader variant of a matrix-vector projection and the passes it serves.
+struct Variant {
+    /// GROUPED's FEW (a few slots at once).
+    few: bool,
+    /// The per-slot gate_up's one-token shape (ONE_TOKEN).
+    one_token: bool,
+    tokens: std::ops::RangeInclusive<u32>,
+}
+
 /// The matrix-vector path, one dispatch of each projection per expert buffer. Passes of up to
 /// SLOT_MAX_TOKENS tokens: gate_up (routing and SwiGLU included) per slot; larger ones: routing
 /// on its own, then gate_up per expert, so that each routed expert's weights are read once for
@@ -447,12 +456,16 @@ fn vec_dispatches(
     for pr in projections {
         let grouped = pr.count.is_none();
         let folded = b.fold.is_some() && !grouped && pr.define == "GATE_UP";
-        // (FEW, ONE_TOKEN, the passes it serves): one token's folded gate_up takes larger
-        // workgroups of its own.
+        // One token's folded gate_up takes larger workgroups of its own.
+        let variant = |few, one_token, tokens| Variant {
+            few,
+            one_token,
+            tokens,
+        };
         let variants = if grouped {
             vec![
-                (true, false, pr.slot_max + 1..=few_max.min(s.vec_max_tokens)),
-                (
+                variant(true, false, pr.slot_max + 1..=few_max.min(s.vec_max_tokens)),
+                variant(
                     false,
                     false,
                     (few_max + 1).max(pr.slot_max + 1)..=s.vec_max_tokens,
@@ -460,18 +473,18 @@ fn vec_dispatches(
             ]
         } else if folded {
             vec![
-                (false, true, 1..=pr.slot_max.min(1)),
-                (false, false, 2..=pr.slot_max),
+                variant(false, true, 1..=pr.slot_max.min(1)),
+                variant(false, false, 2..=pr.slot_max),
             ]
         } else {
-            vec![(false, false, 1..=pr.slot_max)]
+            vec![variant(false, false, 1..=pr.slot_max)]
         };
-        for (is_few, one_token, tokens) in variants.into_iter().filter(|v| !v.2.is_empty()) {
+        for v in variants.into_iter().filter(|v| !v.tokens.is_empty()) {
             let base = super::row_group_key(gpu, "moe_vec.wgsl", pr.entry);
-            let key = vec_key(base, pr.define, grouped, is_few, s.f16)
+            let key = vec_key(base, pr.define, grouped, v.few, s.f16)
                 .define_if("FOLDED", folded)
-                .define_if("ONE_TOKEN", one_token);
-            let grid_x = if one_token {
+                .define_if("ONE_TOKEN", v.one_token);
+            let grid_x = if v.one_token {
                 (2 * s.inter).div_ceil(one_token_rows)
             } else {
                 pr.grid_x
@@ -488,7 +501,7 @@ fn vec_dispatches(
                     &bufs,
                     Grid::new(grid_x, count, 1),
                 )?;
-                out.push(d.only_for(Count::Tokens, tokens.clone()));
+                out.push(d.only_for(Count::Tokens, v.tokens.clone()));
             }
         }
     }
