@@ -13,7 +13,7 @@ struct Params {
     _pad: u32,
 }
 
-/// x: [T, H] f32 = table[id] for table: [V, H] bf16 split by rows, id = tokens[t].id or, for a
+/// x: [T, H] f32 = `table[id]` for table: [V, H] bf16 split by rows, id = `tokens[t].id` or, for a
 /// token fed from the previous pass, that pass's `sampled` id of its output row.
 pub fn build(
     gpu: &Gpu,

@@ -12,7 +12,7 @@ use crate::kernels::rope::{self, Rope};
 pub struct NormInput<'a> {
     /// The un-normed input [count, k] (the residual stream).
     pub x: &'a wgpu::Buffer,
-    /// [k] f32 gain.
+    /// \[k] f32 gain.
     pub w: &'a wgpu::Buffer,
     pub eps: f32,
 }

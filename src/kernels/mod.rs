@@ -1,5 +1,5 @@
 //! One module per WGSL kernel family: the parameter block that mirrors the shader's `Params`, a
-//! builder that checks shapes and returns ready [`Dispatch`]es, and tests against a plain Rust
+//! builder that checks shapes and returns ready [`Dispatch`](crate::gpu::Dispatch)es, and tests against a plain Rust
 //! reference.
 //!
 //! Shapes are written as `[T, H]`: T tokens, H hidden, NH/NKV heads, D head dim, E experts,

@@ -78,11 +78,11 @@ pub struct MoeBuffers<'a> {
     /// [partial_max_tokens, slices, E] the router's partial logits (the matrix-vector path routes
     /// itself).
     pub router_part: &'a wgpu::Buffer,
-    /// idx: [T*K] chosen experts, wts: [T*K] their weights (written by router.wgsl for the tiled
+    /// idx: \[T*K] chosen experts, wts: \[T*K] their weights (written by router.wgsl for the tiled
     /// path, by the matrix-vector path's own routing for the other).
     pub idx: &'a wgpu::Buffer,
     pub wts: &'a wgpu::Buffer,
-    /// lists: [E, max_slots] slots per expert, counts: [E].
+    /// lists: [E, max_slots] slots per expert, counts: \[E].
     pub lists: &'a wgpu::Buffer,
     pub counts: &'a wgpu::Buffer,
     /// h: [T, H] normed input, act: [T*K, I], y: [T*K, H] per-slot outputs, x: [T, H] residual.
@@ -98,8 +98,8 @@ pub struct MoeBuffers<'a> {
 }
 
 /// What the FOLDED kernels read besides x, for passes of up to `max_tokens` tokens (at least
-/// one): the two terms of the router logits [T, E], the post-attention norm's gain [H] and the
-/// router's bias [E].
+/// one): the two terms of the router logits [T, E], the post-attention norm's gain \[H] and the
+/// router's bias \[E].
 pub struct FoldBuffers<'a> {
     pub max_tokens: u32,
     pub z_x: &'a wgpu::Buffer,

@@ -12,7 +12,7 @@ struct Params {
     gather: u32,
 }
 
-/// out: [count, n] = RMSNorm(x[src]) * w, src = rows[r] when `rows` is given, else r.
+/// out: [count, n] = RMSNorm(`x[src]`) * w, src = `rows[r]` when `rows` is given, else r.
 pub struct RmsNorm<'a> {
     pub x: &'a wgpu::Buffer,
     pub w: &'a wgpu::Buffer,

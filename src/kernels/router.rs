@@ -19,10 +19,10 @@ struct Params {
 pub struct Router<'a> {
     /// [T, H] residual stream.
     pub x: &'a wgpu::Buffer,
-    /// [H] f32 post-attention norm gain.
+    /// \[H] f32 post-attention norm gain.
     pub norm: &'a wgpu::Buffer,
     pub eps: f32,
-    /// [E, H] bf16 and [E] f32.
+    /// [E, H] bf16 and \[E] f32.
     pub w: &'a Split,
     pub bias: &'a wgpu::Buffer,
     /// Outputs: h [T, H] = RMSNorm(x) * norm (the experts' input), idx and wts [T, K] (large

@@ -38,7 +38,7 @@ pub fn fits(gpu: &Gpu, n_experts: u32) -> Result<bool> {
 
 /// One layer's router weights as the fold needs them.
 pub struct FoldInputs<'a> {
-    /// [E, H] bf16 (one buffer), the post-attention norm gain g [H] f32.
+    /// [E, H] bf16 (one buffer), the post-attention norm gain g \[H] f32.
     pub router: &'a Split,
     pub norm: &'a wgpu::Buffer,
     /// o_proj [H, N] bf16 by rows.

@@ -70,8 +70,8 @@ pub fn parts_bytes(outputs: u32, vocab: u32) -> Result<u64> {
     Ok(outputs as u64 * chunks(vocab)? as u64 * wgsl_const("sample.wgsl", "PART")? as u64 * 4)
 }
 
-/// What sampling reads and writes: ids [outputs] u32 drawn from logits [outputs, V] with params
-/// [outputs], after each row's logit_bias entries (in `bias`, [LogitBias]) and pending penalty
+/// What sampling reads and writes: ids \[outputs] u32 drawn from logits [outputs, V] with params
+/// \[outputs], after each row's logit_bias entries (in `bias`, [LogitBias]) and pending penalty
 /// are applied to its logits (only in passes that have any: `StepCounts::biased`), reading the
 /// previous pass's ids; parts is scratch of `parts_bytes`.
 pub struct Sample<'a> {
