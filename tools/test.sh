@@ -6,7 +6,8 @@
 #      (llvmpipe's vector width), so that the paths that depend on the width run too;
 #   2. the same kernel tests inside headless Chromium on WebGPU (wasm-bindgen-test);
 #   3. the browser build (web/build.sh) and its page tests (playwright-core): the JS API against
-#      the native CLI, caching, errors, the demo page.
+#      the native CLI, caching, errors, the demo page;
+#   4. the library's documentation (rustdoc), whose warnings (a broken link) are errors.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export GPT_OSS_REQUIRE_GPU=1
@@ -28,3 +29,5 @@ WASM_BINDGEN_TEST_TIMEOUT=1800 CHROMEDRIVER=${CHROMEDRIVER:-/usr/bin/chromedrive
 echo "== browser build and page tests"
 web/build.sh
 node --test web/test/page.test.mjs
+echo "== the library's documentation (rustdoc, warnings as errors)"
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps
