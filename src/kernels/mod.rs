@@ -1,6 +1,6 @@
 //! One module per WGSL kernel family: the parameter block that mirrors the shader's `Params`, a
-//! builder that checks shapes and returns ready [`Dispatch`](crate::gpu::Dispatch)es, and tests against a plain Rust
-//! reference.
+//! builder that checks shapes and returns ready [`Dispatch`](crate::gpu::Dispatch)es, and tests
+//! against a plain Rust reference.
 //!
 //! Shapes are written as `[T, H]`: T tokens, H hidden, NH/NKV heads, D head dim, E experts,
 //! K experts per token, I intermediate, V vocab.

@@ -341,6 +341,8 @@ struct Variant {
     few: bool,
     /// The per-slot gate_up's one-token shape (ONE_TOKEN).
     one_token: bool,
+    /// Workgroups across the projection's rows.
+    grid_x: u32,
     tokens: std::ops::RangeInclusive<u32>,
 }
 
@@ -456,39 +458,38 @@ fn vec_dispatches(
     for pr in projections {
         let grouped = pr.count.is_none();
         let folded = b.fold.is_some() && !grouped && pr.define == "GATE_UP";
-        // One token's folded gate_up takes larger workgroups of its own.
-        let variant = |few, one_token, tokens| Variant {
-            few,
-            one_token,
+        let plain = |tokens| Variant {
+            few: false,
+            one_token: false,
+            grid_x: pr.grid_x,
             tokens,
         };
         let variants = if grouped {
             vec![
-                variant(true, false, pr.slot_max + 1..=few_max.min(s.vec_max_tokens)),
-                variant(
-                    false,
-                    false,
-                    (few_max + 1).max(pr.slot_max + 1)..=s.vec_max_tokens,
-                ),
+                Variant {
+                    few: true,
+                    ..plain(pr.slot_max + 1..=few_max.min(s.vec_max_tokens))
+                },
+                plain((few_max + 1).max(pr.slot_max + 1)..=s.vec_max_tokens),
             ]
         } else if folded {
+            // One token's folded gate_up takes larger workgroups of its own.
             vec![
-                variant(false, true, 1..=pr.slot_max.min(1)),
-                variant(false, false, 2..=pr.slot_max),
+                Variant {
+                    one_token: true,
+                    grid_x: (2 * s.inter).div_ceil(one_token_rows),
+                    ..plain(1..=pr.slot_max.min(1))
+                },
+                plain(2..=pr.slot_max),
             ]
         } else {
-            vec![variant(false, false, 1..=pr.slot_max)]
+            vec![plain(1..=pr.slot_max)]
         };
+        let base = super::row_group_key(gpu, "moe_vec.wgsl", pr.entry);
         for v in variants.into_iter().filter(|v| !v.tokens.is_empty()) {
-            let base = super::row_group_key(gpu, "moe_vec.wgsl", pr.entry);
-            let key = vec_key(base, pr.define, grouped, v.few, s.f16)
+            let key = vec_key(base.clone(), pr.define, grouped, v.few, s.f16)
                 .define_if("FOLDED", folded)
                 .define_if("ONE_TOKEN", v.one_token);
-            let grid_x = if v.one_token {
-                (2 * s.inter).div_ceil(one_token_rows)
-            } else {
-                pr.grid_x
-            };
             for c in pr.chunks {
                 let p = params(s, c.start, c.count);
                 let bufs = [&pr.before[..], &[&c.blocks, &c.scales], &pr.after[..]].concat();
@@ -499,7 +500,7 @@ fn vec_dispatches(
                     step,
                     bytemuck::bytes_of(&p),
                     &bufs,
-                    Grid::new(grid_x, count, 1),
+                    Grid::new(v.grid_x, count, 1),
                 )?;
                 out.push(d.only_for(Count::Tokens, v.tokens.clone()));
             }
