@@ -41,7 +41,8 @@ for r in $(seq 1 "$ROUNDS"); do
     # A run that fails must not show an earlier run's figures.
     json="$OUT/ab.$name.$r.json"; rm -f "$json"
     echo "== $name (round $r)"
-    env $vars GPT_OSS_SHADER_DIR=$dir timeout ${RUN_TIMEOUT:-120} $bin bench --model $M $ARGS --json "$json" 2>&1 |
+    env $vars GPT_OSS_SHADER_DIR=$dir timeout ${RUN_TIMEOUT:-120} \
+      $bin bench --model $M $ARGS --json "$json" 2>&1 |
       grep -E "tok/s|rror|panick"
     [ -e "$json" ] && KERNELS="${KERNELS:-}" python3 - "$json" <<'PY'
 import json, os, sys
