@@ -17,10 +17,10 @@
 // a merge).
 // SPLIT's extra bindings: sinks [NH] f32, out [T, NH * D] f32.
 // MERGE: Bindings part, sinks [NH] f32, out [T, NH * D] f32. Grid: (NH, T); lane i is dim
-//   i % D of part i / D. Each span's max and sum are staged in workgroup memory once, then a
-//   lane has MERGE_LOADS of its part's spans' outputs in flight at a time, added in span order
-//   (at 8k keys, 64 spans: 169 -> 147 us a step on the H200, PERF.md v0.26), and the parts'
-//   sums in part order.
+//   i % D of part i / D. Each span's max and sum are staged in workgroup memory once, while a
+//   lane's loads of all its part's spans' outputs are in flight (at 8k keys, 64 spans: 169 ->
+//   147 us a step on the H200, PERF.md v0.26), then added in span order, and the parts' sums in
+//   part order.
 // FEW_HEADS (SPLIT): a workgroup takes one query head, or two with TWO_HEADS (grid (NH / HG,
 // T * splits)), for passes of few spans in all (tokens times splits, ONE_HEAD_MAX_SPANS and
 // TWO_HEADS_MAX_SPANS): each key is then read by G / HG workgroups, but each carries HG heads'
@@ -908,8 +908,10 @@ var<workgroup> span_l: array<f32, MAX_SPLITS>;
 // loads instead of 8: H200 merge 150 -> 127 us a step; at 512 keys 106 -> 113). The parts' sums
 // meet in workgroup memory, added in part order.
 const MERGE_WG: u32 = 256u;
-// Spans whose outputs a lane loads at once.
-const MERGE_LOADS: u32 = 8u;
+// A lane's spans, all loaded at once: the split path's head dims are at most GROUP_WG (the Rust
+// side's split_fits), so a part has at most MAX_SPLITS / (MERGE_WG / GROUP_WG) of them.
+const MERGE_LOADS: u32 = MAX_SPLITS * GROUP_WG / MERGE_WG;
+const_assert MERGE_WG % GROUP_WG == 0u;
 var<workgroup> part_o: array<f32, MERGE_WG>;
 var<workgroup> part_den: array<f32, MERGE_WG>;
 
@@ -923,6 +925,21 @@ fn merge(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: v
     }
     let splits = step.splits;
     let base = (t * p.n_heads + h) * MAX_SPLITS * (d + 2u);
+    let parts = MERGE_WG / d;
+    let r = lid / d;
+    let dim = lid % d;
+    let per = (splits + parts - 1u) / parts;
+    let c0 = min(splits, r * per);
+    let c_end = select(c0, min(splits, (r + 1u) * per), r < parts);
+    // The lane's spans' outputs, in flight with the spans' maxima and sums (which they do not
+    // wait for; their loads after the barrier took one more round trip).
+    var po: array<f32, MERGE_LOADS>;
+    for (var u = 0u; u < MERGE_LOADS; u++) {
+        po[u] = 0.0;
+        if c0 + u < c_end {
+            po[u] = part[base + (c0 + u) * (d + 2u) + dim];
+        }
+    }
     for (var c = lid; c < splits; c += MERGE_WG) {
         span_m[c] = part[base + c * (d + 2u) + d];
         span_l[c] = part[base + c * (d + 2u) + d + 1u];
@@ -932,31 +949,18 @@ fn merge(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: v
     for (var c = 0u; c < splits; c++) {
         mx = max(mx, span_m[c]);
     }
-    let parts = MERGE_WG / d;
-    let r = lid / d;
-    let dim = lid % d;
-    if r < parts {
-        let per = (splits + parts - 1u) / parts;
-        let c_end = min(splits, (r + 1u) * per);
-        var den = 0.0;
-        var o = 0.0;
-        // MERGE_LOADS spans' outputs in flight, then added in span order.
-        for (var c0 = r * per; c0 < c_end; c0 += MERGE_LOADS) {
-            var po: array<f32, MERGE_LOADS>;
-            for (var u = 0u; u < MERGE_LOADS; u++) {
-                if c0 + u < c_end {
-                    po[u] = part[base + (c0 + u) * (d + 2u) + dim];
-                }
-            }
-            for (var u = 0u; u < MERGE_LOADS; u++) {
-                let c = c0 + u;
-                if c < c_end {
-                    let w = exp(span_m[c] - mx);
-                    den += w * span_l[c];
-                    o += w * po[u];
-                }
-            }
+    // Added in span order.
+    var den = 0.0;
+    var o = 0.0;
+    for (var u = 0u; u < MERGE_LOADS; u++) {
+        let c = c0 + u;
+        if c < c_end {
+            let w = exp(span_m[c] - mx);
+            den += w * span_l[c];
+            o += w * po[u];
         }
+    }
+    if r < parts {
         part_o[lid] = o;
         part_den[lid] = den;
     }
