@@ -99,7 +99,8 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: ve
     let stride = (p.n_heads + 2u * p.n_kv) * d;
     let q0 = t * stride + h * d;
     for (var i = lid; i < d / 4u; i += WG) {
-        qs[i] = vec4<f32>(qkv[q0 + 4u * i], qkv[q0 + 4u * i + 1u], qkv[q0 + 4u * i + 2u], qkv[q0 + 4u * i + 3u]);
+        qs[i] = vec4<f32>(qkv[q0 + 4u * i], qkv[q0 + 4u * i + 1u], qkv[q0 + 4u * i + 2u],
+                          qkv[q0 + 4u * i + 3u]);
     }
     workgroupBarrier();
 
@@ -220,7 +221,8 @@ fn tiled(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: v
                     let at = kv_at(run.seq, kb + j, kvh);
                     kv4 = vec4<f32>(k_cache[at / 4u + i]);
                     let v0 = at + 4u * i;
-                    vv4 = vec4<f32>(f32(v_cache[v0]), f32(v_cache[v0 + 1u]), f32(v_cache[v0 + 2u]), f32(v_cache[v0 + 3u]));
+                    vv4 = vec4<f32>(f32(v_cache[v0]), f32(v_cache[v0 + 1u]), f32(v_cache[v0 + 2u]),
+                                    f32(v_cache[v0 + 3u]));
                 }
                 k_tile[j * KP4 + i] = kv4;
                 v_tile[j * (TD / 4u) + i] = vv4;
@@ -232,7 +234,8 @@ fn tiled(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: v
                 var sc = NEG;
                 if mine && key >= lo && key <= tok.pos {
                     var dq = 0.0;
-                    // A constant trip count keeps q in registers (indexed by d4, it went to memory).
+                    // A constant trip count keeps q in registers (indexed by d4, it went to
+                    // memory).
                     for (var i = 0u; i < TD / 4u; i++) {
                         if i < d4 {
                             dq += dot(q[i], k_tile[j * KP4 + i]);
@@ -347,14 +350,16 @@ fn kv_stash(lid: u32, f: KvFetch) {
 }
 
 // acc + P V for output dims 16 n .. 16 n + 15 (pa0, pa1: the step's keys 0-15 and 16-31).
-fn pv_add(pa0: coop_mat16x16<f16, A>, pa1: coop_mat16x16<f16, A>, n: u32, acc: coop_mat16x16<f32, C>) -> coop_mat16x16<f32, C> {
+fn pv_add(pa0: coop_mat16x16<f16, A>, pa1: coop_mat16x16<f16, A>, n: u32,
+          acc: coop_mat16x16<f32, C>) -> coop_mat16x16<f32, C> {
     let o = coopMultiplyAdd(pa0, coopLoadT<coop_mat16x16<f16, B>>(&v_s[4u * n], DP4), acc);
     return coopMultiplyAdd(pa1, coopLoadT<coop_mat16x16<f16, B>>(&v_s[16u * DP4 + 4u * n], DP4), o);
 }
 
 // The output's four matrices into this subgroup's stage rows from s0 (once its threads are done
 // reading them), readable by all its threads on return.
-fn stage_output(s0: u32, o0: coop_mat16x16<f32, C>, o1: coop_mat16x16<f32, C>, o2: coop_mat16x16<f32, C>, o3: coop_mat16x16<f32, C>) {
+fn stage_output(s0: u32, o0: coop_mat16x16<f32, C>, o1: coop_mat16x16<f32, C>,
+                o2: coop_mat16x16<f32, C>, o3: coop_mat16x16<f32, C>) {
     subgroupBarrier();
     coopStoreT(o0, &stage[s0], SP4);
     coopStoreT(o1, &stage[s0 + 4u], SP4);
@@ -364,7 +369,8 @@ fn stage_output(s0: u32, o0: coop_mat16x16<f32, C>, o1: coop_mat16x16<f32, C>, o
 }
 
 @compute @workgroup_size(CWG)
-fn coop(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+fn coop(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>,
+        @builtin(num_workgroups) nwg: vec3<u32>) {
     let group = p.n_heads / p.n_kv;
     let kvh = wg.x;
     // The last tiles see the most keys: they start first, so the short ones fill the tail.

@@ -712,7 +712,8 @@ fn staged(lanes: Lanes, @builtin(workgroup_id) wg: vec3<u32>) {
         let q = lid % d4;
         var o = vec4<f32>(0.0);
         for (var k = 0u; k < KEY_SETS; k++) {
-            o += vec4<f32>(kept_pair(acc_slot(k, h, 2u * q)), kept_pair(acc_slot(k, h, 2u * q + 1u)));
+            o += vec4<f32>(kept_pair(acc_slot(k, h, 2u * q)),
+                           kept_pair(acc_slot(k, h, 2u * q + 1u)));
         }
         var den = 0.0;
         for (var i = 0u; i < RUN / width; i++) {

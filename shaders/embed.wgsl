@@ -4,8 +4,8 @@
 // Bindings: tokens [T], table rows [row_start, row_start + rows) of [V, H] bf16, x [T, H] f32,
 // sampled [O] u32. Grid: (ceil(H / (2 WG)), T): a lane per bf16 pair, so that a row's loads go
 // out together (one 64-lane workgroup walking the row, a chain of 23 loads a lane, took 14.8 us
-// of a batch-1 step on the H200, this 8.2: PERF.md v0.25). The table may be split over buffers; each
-// part is one dispatch that fills only the tokens whose id falls in its rows.
+// of a batch-1 step on the H200, this 8.2: PERF.md v0.25). The table may be split over buffers;
+// each part is one dispatch that fills only the tokens whose id falls in its rows.
 #include "common/step.wgsl"
 #include "common/bf16.wgsl"
 

@@ -5,7 +5,8 @@ enable wgpu_cooperative_matrix;
 #ifdef ROPE
 #include "common/kv.wgsl"
 #endif
-// Dense layer with bf16 weights: y[t, row_start + r] (+)= sum_k x[t, k] * W[r, k] + bias[row_start + r],
+// Dense layer with bf16 weights:
+// y[t, row_start + r] (+)= sum_k x[t, k] * W[r, k] + bias[row_start + r],
 // for passes above the matrix-vector kernel's (linear_vec.wgsl). Bindings: x [count, k] f32, W rows
 // [rows, k] bf16 (this buffer's part of the matrix), bias [n_out] f32, y [count, n_out] f32.
 // ACCUMULATE (a parameter) adds into y (the residual stream) instead of overwriting. Four entries:

@@ -232,7 +232,8 @@ fn main(l: Lanes, @builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups)
                     for (var t = 0u; t < MAX_T; t++) {
                         if t < n_tok {
                             let xb = (t0 + t) * xs + 2u * ic;
-                            acc[r * MAX_T + t] = dot8_acc(wr, x[xb], x[xb + 1u], acc[r * MAX_T + t]);
+                            let a = r * MAX_T + t;
+                            acc[a] = dot8_acc(wr, x[xb], x[xb + 1u], acc[a]);
                         }
                     }
                 }

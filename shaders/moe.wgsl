@@ -3,8 +3,8 @@ enable f16;
 enable wgpu_cooperative_matrix;
 #endif
 // MoE experts with MXFP4 weights for passes of many tokens (prefill), grouped by expert: a
-// workgroup owns TR rows of one expert and TS of the token-expert slots routed to it, a tiled matrix
-// product (common/coop_tile.wgsl on the tensor cores, common/simt_tile.wgsl otherwise). Each
+// workgroup owns TR rows of one expert and TS of the token-expert slots routed to it, a tiled
+// matrix product (common/coop_tile.wgsl on the tensor cores, common/simt_tile.wgsl otherwise). Each
 // step of the K loop decodes the MXFP4 codes of its rows into workgroup memory (a weight is
 // decoded once per TS slots, not once per slot) beside the TS slots' inputs. A slot's sums run
 // over k in order, so a sequence's results do not depend on what else is in the pass.
@@ -14,9 +14,10 @@ enable wgpu_cooperative_matrix;
 // GATE_UP: for each slot s of expert e (weights of experts [e_start, e_start + e_count) are in this
 //   dispatch's buffers; a split expert set takes one dispatch per buffer):
 //   g = W_gate_up[e] h[t] + bias[e] (2I values, even = gate, odd = up);
-//   gate = min(g_even, limit); up = clamp(g_odd, -limit, limit);   (the clamp is upper-only on gate)
+//   gate = min(g_even, limit); up = clamp(g_odd, -limit, limit);  (the clamp is upper-only on gate)
 //   act[s, i] = gate * sigmoid(alpha * gate) * (up + 1).
-//   Bindings: h [T, H], lists, counts, blocks [e_count, 2I, H/32] of 16 bytes, scales [e_count, 2I, H/32]
+//   Bindings: h [T, H], lists, counts, blocks [e_count, 2I, H/32] of 16 bytes, scales
+//   [e_count, 2I, H/32]
 //   u8, bias [E, 2I] f32, act [T*K, I]. Grid: (ceil(2I / TR), ceil(T / TS), e_count): a workgroup
 //   per tile of TR rows by TS of the expert's slots (an expert has at most T; the workgroups of
 //   tiles past its slots return at once), so an expert with many slots spreads over the GPU
@@ -30,7 +31,8 @@ enable wgpu_cooperative_matrix;
 // adapters with 16x16x16 f16 cooperative matrices and subgroups of 32: the tiles go to workgroup
 // memory as f16 and each subgroup multiplies 16 slots by the 64 rows on the tensor cores, f32
 // accumulation; inputs rounded to f16, which moves the logits little, unlike the dense layers'
-// inputs: common/coop_tile.wgsl; the `fast` precision). Passes of a few tokens take moe_vec.wgsl instead.
+// inputs: common/coop_tile.wgsl; the `fast` precision). Passes of a few tokens take moe_vec.wgsl
+// instead.
 #include "common/step.wgsl"
 #include "common/mxfp4.wgsl"
 
@@ -221,11 +223,11 @@ fn pow2_h(n: i32) -> f16 {
 // Item i's 8 weights (pair q: elements q and q + 4 of its word), decoded and scaled in f16: a
 // code times 2^-14 (fp4_halves' f16 values, which come back to f16 unchanged) times 2^n,
 // n = s - 127 + 14. For n in [-14, 15] (scale bytes 99 to 128, where real checkpoints' are)
-// that is one multiply, correctly rounded and at most 12. Otherwise two exact power-of-two steps that each fit f16's exponent range and
-// a clamp that keeps values beyond f16's range finite, as rounding from f32 does: exact for
-// every scale byte up to 143; above it (every nonzero weight 2^16 or more, no real
-// checkpoint's) the two steps stop at 2^30 and such weights come out below the f32 path's
-// clamped 65504.
+// that is one multiply, correctly rounded and at most 12. Otherwise two exact power-of-two
+// steps that each fit f16's exponent range and a clamp that keeps values beyond f16's range
+// finite, as rounding from f32 does: exact for every scale byte up to 143; above it (every
+// nonzero weight 2^16 or more, no real checkpoint's) the two steps stop at 2^30 and such weights
+// come out below the f32 path's clamped 65504.
 fn weights8(f: Fetch, i: u32, u: u32) -> array<vec2<f16>, 4> {
     var v: array<vec2<f16>, 4>;
     let h = fp4_halves(f.words[i]);
@@ -249,7 +251,8 @@ fn weights8(f: Fetch, i: u32, u: u32) -> array<vec2<f16>, 4> {
 fn inputs8(f: Fetch, i: u32, u: u32) -> array<vec2<f32>, 4> {
     let lo = f.xs[2u * i];
     let hi = f.xs[2u * i + 1u];
-    return array<vec2<f32>, 4>(vec2(lo.x, hi.x), vec2(lo.y, hi.y), vec2(lo.z, hi.z), vec2(lo.w, hi.w));
+    return array<vec2<f32>, 4>(vec2(lo.x, hi.x), vec2(lo.y, hi.y), vec2(lo.z, hi.z),
+                               vec2(lo.w, hi.w));
 }
 
 // The tile's slots are its first `live` rows.

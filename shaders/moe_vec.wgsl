@@ -10,7 +10,7 @@
 //   own, and the first workgroup of the slot stores e and its softmax weight (over the K chosen)
 //   in idx and wts for DOWN. Then, when e is in this dispatch's experts:
 //   g = W_gate_up[e] h[t] + bias[e] (2I values, even = gate, odd = up);
-//   gate = min(g_even, limit); up = clamp(g_odd, -limit, limit);   (the clamp is upper-only on gate)
+//   gate = min(g_even, limit); up = clamp(g_odd, -limit, limit);  (the clamp is upper-only on gate)
 //   act[s, i] = gate * sigmoid(alpha * gate) * (up + 1).
 //   Bindings: h [T, H] (normed), part [T, slices, E], idx [T*K] u32, wts [T*K] f32, blocks
 //   [e_count, 2I, H/32, 16] u8 in 8-byte units, scales [e_count, 2I, H/32] u8, bias [E, 2I] f32,
@@ -605,7 +605,8 @@ fn store_grouped(lid: u32, e: u32, row0: u32, q0: u32, n_s: u32) {
         let row = row0 + i % GROUPED_ROWS;
         if row < p.hidden {
             let s = list[q0 + q];
-            out[s * p.hidden + row] = wts[s] * (row_sum(q, i % GROUPED_ROWS) + bias[e * p.hidden + row]);
+            let y = row_sum(q, i % GROUPED_ROWS) + bias[e * p.hidden + row];
+            out[s * p.hidden + row] = wts[s] * y;
         }
     }
 }

@@ -83,7 +83,8 @@ fn logit_rows(l: Lanes, xb: u32, scale: f32, u_begin: u32, u_end: u32, r0: u32) 
 
 #ifdef PARTIAL
 @compute @workgroup_size(WG)
-fn partial(l: Lanes, @builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+fn partial(l: Lanes, @builtin(workgroup_id) wg: vec3<u32>,
+           @builtin(num_workgroups) nwg: vec3<u32>) {
     let t = wg.y;
     if t >= step.tokens {
         return;
