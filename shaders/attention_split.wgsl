@@ -478,6 +478,11 @@ var<workgroup> sub_max: array<f32, WG / MIN_SUBGROUP>;
 var<workgroup> corr: array<vec4<f32>, MAX_G / 4u>;
 var<workgroup> head_m: array<f32, MAX_G>;
 const LOG2E: f32 = 1.4426950408889634;
+// A head's running max moves only when a chunk's score exceeds it by LAG (log2 units): the
+// weights p = 2^(s - m) stay below 2^LAG, exact enough in f32, and with subgroups as wide as a
+// run most chunks take one vote instead of the max's five shuffles (FlashAttention-4's lazy
+// rescaling; the max's reduction was ~6% of the tier at 32k keys, PERF.md v0.49).
+const LAG: f32 = 16.0;
 
 // A lane's share of a chunk: words lid + i WG of its keys and of its values.
 struct ChunkLoads {
@@ -587,16 +592,22 @@ fn chunk_weights(j: u32, h: u32, n: u32, lanes: Lanes, width: u32, m: ptr<functi
         s[i] = select(NEG, s[i], j + RUN * i < n);
         cm = max(cm, s[i]);
     }
-    // The max over the run: within a subgroup by shuffles, then across its subgroups.
-    cm = neighbour_max(cm, width);
+    // The run's max, where it moves the head's (LAG above): subgroups narrower than a run reduce
+    // it by shuffles and then across their parts, wider ones vote first.
+    var mx = *m;
     if width < RUN {
+        cm = neighbour_max(cm, width);
         keep_part(lanes, width, cm);
         workgroupBarrier();
         for (var i = 0u; i < RUN / width; i++) {
             cm = max(cm, run_part(h, i, width));
         }
+        if cm > *m + LAG {
+            mx = max(*m, cm);
+        }
+    } else if subgroupAny(cm > *m + LAG) {
+        mx = max(*m, neighbour_max(cm, width));
     }
-    let mx = max(*m, cm);
     let c = exp2(*m - mx);
     var ps = 0.0;
     for (var i = 0u; i < KPL; i++) {

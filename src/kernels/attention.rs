@@ -397,42 +397,48 @@ mod tests {
                 min_span,
                 max_splits: max_splits.min(shader.max_splits),
             };
-            // `sharp`: scores that grow along the keys, past the tensor-core kernel's LAG between
-            // its steps (so that it rescales its output mid-run), and exact in f16: q and k in
-            // {-1, 0, 1}, k times an integer growing with the position, no rotation, scale 1/8,
-            // sinks -8 (the remaining error is p's rounding, as in the other cases).
-            for &(nh, nkv, d, window, rule, first, sharp) in &[
-                (4u32, 2u32, 64u32, 0u32, rule(0, 16, 128), 13usize, false),
-                (16, 2, 64, 0, rule(0, 16, 1), 70, false),
-                (4, 2, 64, 0, shader, 70, false),
-                (4, 2, 64, 0, rule(0, 70, 128), 70, false),
-                (6, 3, 32, 5, rule(0, 16, 3), 13, false),
-                (8, 1, 32, 40, rule(0, 16, 128), 70, false),
-                (8, 2, 64, 40, shader, 70, false),
-                (2, 1, 100, 70, shader, 13, false),
+            // `growth` > 0: scores that grow along the keys by that much a position, past the
+            // tensor-core kernel's LAG between its steps (so that it rescales its output
+            // mid-run), and exact in f16: q and k in {-1, 0, 1}, k times an integer growing with
+            // the position, no rotation, scale 1/8, sinks -8 (the remaining error is p's
+            // rounding, as in the other cases). STEEP: scores that outgrow a span's first chunk by
+            // far more than 128 (log2 units), so that a running max that failed to move would
+            // overflow 2^(s - m); exact in f32 only, so over an f32 cache.
+            const SHARP: f32 = 0.25;
+            const STEEP: f32 = 16.0;
+            for &(nh, nkv, d, window, rule, first, growth) in &[
+                (4u32, 2u32, 64u32, 0u32, rule(0, 16, 128), 13usize, 0.0),
+                (16, 2, 64, 0, rule(0, 16, 1), 70, 0.0),
+                (4, 2, 64, 0, shader, 70, 0.0),
+                (4, 2, 64, 0, rule(0, 70, 128), 70, 0.0),
+                (6, 3, 32, 5, rule(0, 16, 3), 13, 0.0),
+                (8, 1, 32, 40, rule(0, 16, 128), 70, 0.0),
+                (8, 2, 64, 40, shader, 70, 0.0),
+                (2, 1, 100, 70, shader, 13, 0.0),
                 // Head dim 48: 6 lanes a key do not tile a subgroup, so the one- and two-head
                 // tiers keep a lane a key (`split`) where subgroups would otherwise give `keys`.
-                (4, 2, 48, 0, shader, 13, false),
-                (4, 2, 48, 0, rule(0, 16, 128), 70, false),
+                (4, 2, 48, 0, shader, 13, 0.0),
+                (4, 2, 48, 0, rule(0, 16, 128), 70, 0.0),
                 // A window longer than one span (windows up to ONE_SPAN keys take one span
                 // whatever the pass's split).
-                (8, 2, 64, 150, rule(0, 16, 128), 70, false),
-                (8, 1, 64, 0, shader, 70, true),
+                (8, 2, 64, 150, rule(0, 16, 128), 70, 0.0),
+                (8, 1, 64, 0, shader, 70, SHARP),
+                (8, 1, 64, 0, rule(0, 16, 8), 600, STEEP),
                 // Passes of 33 to 64 tokens take the split path too (44 here): one span each,
                 // or several merged after.
-                (8, 2, 64, 0, shader, 40, false),
-                (8, 2, 64, 0, rule(0, 16, 128), 40, false),
+                (8, 2, 64, 0, shader, 40, 0.0),
+                (8, 2, 64, 0, rule(0, 16, 128), 40, 0.0),
                 // Many spans a token take the staged tier where it fits: spans shorter than a
                 // chunk; two chunks a span with G = 8 (75 keys: 64 + 11); G = 6, whose last
                 // two runs of lanes score heads past the group (zero queries); a window longer
                 // than one span.
-                (8, 2, 64, 0, rule(0, 4, 64), 70, false),
-                (16, 2, 64, 0, rule(0, 16, 8), 600, false),
-                (6, 1, 64, 0, rule(0, 4, 64), 70, false),
-                (8, 2, 64, 300, rule(0, 16, 64), 600, false),
+                (8, 2, 64, 0, rule(0, 4, 64), 70, 0.0),
+                (16, 2, 64, 0, rule(0, 16, 8), 600, 0.0),
+                (6, 1, 64, 0, rule(0, 4, 64), 70, 0.0),
+                (8, 2, 64, 300, rule(0, 16, 64), 600, 0.0),
                 // Head dim 128: 16 lanes a key, where subgroups are that wide (not lavapipe's 8).
-                (4, 2, 128, 0, shader, 70, false),
-                (4, 2, 128, 0, rule(0, 16, 128), 70, false),
+                (4, 2, 128, 0, shader, 70, 0.0),
+                (4, 2, 128, 0, rule(0, 16, 128), 70, 0.0),
             ] {
                 // Step 1: `first` tokens of seq 0 and 4 of seq 1; step 2: one token each; with a
                 // window, more passes, so that blocks leave the window and are taken again.
@@ -471,6 +477,10 @@ mod tests {
                     BlockPool::new(seqs as u32, entries as u32, block as u32, window, free);
                 let (nh_, nkv_, d_) = (nh as usize, nkv as usize, d as usize);
                 let stride = (nh_ + 2 * nkv_) * d_;
+                if growth > 1.0 && kv_f16 {
+                    continue;
+                }
+                let sharp = growth > 0.0;
                 let table = if sharp {
                     vec![[1.0, 0.0]; max_pos * d_ / 2]
                 } else {
@@ -507,7 +517,7 @@ mod tests {
                     let mut qkv = random(&mut rng, t * stride, 1.0);
                     if sharp {
                         for (ti, tok) in toks.iter().enumerate() {
-                            let grow = (1 + tok.pos / 4) as f32;
+                            let grow = 1.0 + (tok.pos as f32 * growth).floor();
                             let qk = &mut qkv[ti * stride..ti * stride + (nh_ + nkv_) * d_];
                             for (i, x) in qk.iter_mut().enumerate() {
                                 let k = if i >= nh_ * d_ { grow } else { 1.0 };
