@@ -592,8 +592,9 @@ fn chunk_weights(j: u32, h: u32, n: u32, lanes: Lanes, width: u32, m: ptr<functi
         s[i] = select(NEG, s[i], j + RUN * i < n);
         cm = max(cm, s[i]);
     }
-    // The run's max, where it moves the head's (LAG above): subgroups narrower than a run reduce
-    // it by shuffles and then across their parts, wider ones vote first.
+    // The run's max, where it moves the head's (LAG above; it is then above m): subgroups
+    // narrower than a run reduce it by shuffles and then across their parts, wider ones vote
+    // first.
     var mx = *m;
     if width < RUN {
         cm = neighbour_max(cm, width);
@@ -603,10 +604,10 @@ fn chunk_weights(j: u32, h: u32, n: u32, lanes: Lanes, width: u32, m: ptr<functi
             cm = max(cm, run_part(h, i, width));
         }
         if cm > *m + LAG {
-            mx = max(*m, cm);
+            mx = cm;
         }
     } else if subgroupAny(cm > *m + LAG) {
-        mx = max(*m, neighbour_max(cm, width));
+        mx = neighbour_max(cm, width);
     }
     let c = exp2(*m - mx);
     var ps = 0.0;
