@@ -948,7 +948,6 @@ fn merge(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: v
     // wait for; their loads after the barrier took one more round trip).
     var po: array<f32, MERGE_LOADS>;
     for (var u = 0u; u < MERGE_LOADS; u++) {
-        po[u] = 0.0;
         if c0 + u < c_end {
             po[u] = part[base + (c0 + u) * (d + 2u) + dim];
         }
