@@ -286,29 +286,36 @@ fn tiled(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: v
 #endif
 
 #ifdef COOP
-// The coop kernel's shape: query rows per workgroup (four subgroups of 16 rows), keys a step, and
-// the head dim it takes (the Rust side reads QR and CD).
-const QR: u32 = 64u;
+// The coop kernel's shape: query rows per workgroup (eight subgroups of 16 rows), keys a step, and
+// the head dim it takes (the Rust side reads QR, CK and CD). Each step's keys and values are
+// loaded once for all QR rows: with 64 rows (8 tokens of a KV head's 8 query heads) those loads,
+// every tile reading all its keys again from L2, were 60% of the kernel; 128 rows took an
+// 8192-token prefill's attention from 208 to 87 ms on an H100 (PERF.md v0.50). 128 rows fill the
+// 48 KB of workgroup memory that NVIDIA's Vulkan driver allows.
+const QR: u32 = 128u;
 const CK: u32 = 32u;
 const CD: u32 = 64u;
-const CWG: u32 = 128u;
+const CWG: u32 = 2u * QR;
 // Tile rows in vec4<f16> units, padded by 8 values so that a fragment's 16 rows spread over the
 // memory banks.
 const DP4: u32 = (CD + 8u) / 4u;
 const PP4: u32 = (CK + 8u) / 4u;
-// Stage rows in vec4<f32> units: 18 = 2 (mod 8), so the 4 rows x 2 threads of a quarter warp
-// reading interleaved vec4s hit distinct banks.
-const SP4: u32 = CD / 4u + 2u;
+// Stage rows in vec4<f32> units, as wide as a step's scores or half the output (CK = CD / 2):
+// 10 = 2 (mod 8), so the 4 rows x 2 threads of a quarter warp reading interleaved vec4s hit
+// distinct banks.
+const SP4: u32 = CD / 8u + 2u;
+const_assert CK <= CD / 2u;
 // How far a row's scores may rise above the max its output is scaled to before it is rescaled:
 // the products' p = exp(s - m) stay below exp(LAG) ~ 245, exact enough in f16 (FlashAttention-4's
 // lazy rescaling: most steps then leave the output in its matrices).
 const LAG: f32 = 5.5;
+// The queries, then (once every subgroup holds its query fragments) each step's weights P in rows
+// of PP4: one array for both, and the output staged in halves, keep QR = 128 within 48 KB.
 var<workgroup> q_s: array<vec4<f16>, QR * DP4>;
 var<workgroup> k_s: array<vec4<f16>, CK * DP4>;
 var<workgroup> v_s: array<vec4<f16>, CK * DP4>;
-var<workgroup> p_s: array<vec4<f16>, QR * PP4>;
-// Each subgroup's own 16 rows: a step's scores (CK wide), or its output (CD wide) when rescaled
-// and at the end. Only that subgroup touches them, so a subgroup barrier orders them.
+// Each subgroup's own 16 rows: a step's scores, or half its output when rescaled and at the end.
+// Only that subgroup touches them, so a subgroup barrier orders them.
 var<workgroup> stage: array<vec4<f32>, QR * SP4>;
 // Set in a step when some row's scores outgrew its max (then every subgroup rescales: the branch
 // must be uniform for the matrix loads and stores in it).
@@ -321,6 +328,7 @@ fn to_h4(v: vec4<f32>) -> vec4<f16> {
 // A thread's share of one step's keys and values: 4 dims of keys u / (CD / 4) for items
 // u = lid + n CWG (zeros past k_hi).
 const KV_ITEMS: u32 = CK * CD / 4u / CWG;
+const_assert KV_ITEMS * CWG == CK * CD / 4u;
 struct KvFetch {
     k: array<vec4<kv>, KV_ITEMS>,
     v: array<vec4<kv>, KV_ITEMS>,
@@ -356,16 +364,30 @@ fn pv_add(pa0: coop_mat16x16<f16, A>, pa1: coop_mat16x16<f16, A>, n: u32,
     return coopMultiplyAdd(pa1, coopLoadT<coop_mat16x16<f16, B>>(&v_s[16u * DP4 + 4u * n], DP4), o);
 }
 
-// The output's four matrices into this subgroup's stage rows from s0 (once its threads are done
-// reading them), readable by all its threads on return.
-fn stage_output(s0: u32, o0: coop_mat16x16<f32, C>, o1: coop_mat16x16<f32, C>,
-                o2: coop_mat16x16<f32, C>, o3: coop_mat16x16<f32, C>) {
+// Half the output (two 16-dim matrices) into this subgroup's stage rows from s0 (once its
+// threads are done reading them), readable by all its threads on return.
+fn stage_half(s0: u32, a: coop_mat16x16<f32, C>, b: coop_mat16x16<f32, C>) {
     subgroupBarrier();
-    coopStoreT(o0, &stage[s0], SP4);
-    coopStoreT(o1, &stage[s0 + 4u], SP4);
-    coopStoreT(o2, &stage[s0 + 8u], SP4);
-    coopStoreT(o3, &stage[s0 + 12u], SP4);
+    coopStoreT(a, &stage[s0], SP4);
+    coopStoreT(b, &stage[s0 + 4u], SP4);
     subgroupBarrier();
+}
+
+// Row r's staged half times its correction, readable by all the subgroup's threads on return.
+fn rescale_half(r: u32, hh: u32, corr: f32) {
+    for (var a = 0u; a < CD / 16u; a++) {
+        stage[r * SP4 + 2u * a + hh] *= corr;
+    }
+    subgroupBarrier();
+}
+
+// Row r's staged half (dims 32 half ..) over l into out from o_row.
+fn store_half(r: u32, hh: u32, live: bool, o_row: u32, half: u32, l: f32) {
+    if live {
+        for (var a = 0u; a < CD / 16u; a++) {
+            out[o_row + half * (CD / 8u) + 2u * a + hh] = stage[r * SP4 + 2u * a + hh] / l;
+        }
+    }
 }
 
 @compute @workgroup_size(CWG)
@@ -461,27 +483,26 @@ fn coop(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: ve
                 let corr = exp(m - m_new);
                 l *= corr;
                 m = m_new;
-                stage_output(s0, o0, o1, o2, o3);
-                for (var a = 0u; a < CD / 8u; a++) {
-                    stage[r * SP4 + 2u * a + hh] *= corr;
-                }
-                subgroupBarrier();
+                stage_half(s0, o0, o1);
+                rescale_half(r, hh, corr);
                 o0 = coopLoadT<coop_mat16x16<f32, C>>(&stage[s0], SP4);
                 o1 = coopLoadT<coop_mat16x16<f32, C>>(&stage[s0 + 4u], SP4);
-                o2 = coopLoadT<coop_mat16x16<f32, C>>(&stage[s0 + 8u], SP4);
-                o3 = coopLoadT<coop_mat16x16<f32, C>>(&stage[s0 + 12u], SP4);
+                stage_half(s0, o2, o3);
+                rescale_half(r, hh, corr);
+                o2 = coopLoadT<coop_mat16x16<f32, C>>(&stage[s0], SP4);
+                o3 = coopLoadT<coop_mat16x16<f32, C>>(&stage[s0 + 4u], SP4);
             }
             var ps = 0.0;
             for (var a = 0u; a < CK / 8u; a++) {
                 let pv = exp(sc[a] - m);
                 ps += pv.x + pv.y + pv.z + pv.w;
-                p_s[r * PP4 + 2u * a + hh] = vec4<f16>(pv);
+                q_s[r * PP4 + 2u * a + hh] = vec4<f16>(pv);
             }
             l += ps + subgroupShuffleXor(ps, 1u);
             subgroupBarrier();
             // This step's P V, added to the output's four 16-dim matrices.
-            let pa0 = coopLoadT<coop_mat16x16<f16, A>>(&p_s[16u * sg * PP4], PP4);
-            let pa1 = coopLoadT<coop_mat16x16<f16, A>>(&p_s[16u * sg * PP4 + 4u], PP4);
+            let pa0 = coopLoadT<coop_mat16x16<f16, A>>(&q_s[16u * sg * PP4], PP4);
+            let pa1 = coopLoadT<coop_mat16x16<f16, A>>(&q_s[16u * sg * PP4 + 4u], PP4);
             o0 = pv_add(pa0, pa1, 0u, o0);
             o1 = pv_add(pa0, pa1, 1u, o1);
             o2 = pv_add(pa0, pa1, 2u, o2);
@@ -489,12 +510,10 @@ fn coop(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: ve
         }
         ta = run.end;
     }
-    stage_output(s0, o0, o1, o2, o3);
-    if live {
-        let o_row = (tq * p.n_heads + h) * (CD / 4u);
-        for (var a = 0u; a < CD / 8u; a++) {
-            out[o_row + 2u * a + hh] = stage[r * SP4 + 2u * a + hh] / l;
-        }
-    }
+    let o_row = (tq * p.n_heads + h) * (CD / 4u);
+    stage_half(s0, o0, o1);
+    store_half(r, hh, live, o_row, 0u, l);
+    stage_half(s0, o2, o3);
+    store_half(r, hh, live, o_row, 1u, l);
 }
 #endif

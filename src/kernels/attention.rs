@@ -262,6 +262,7 @@ impl Site<'_> {
             && kv_f16
             && p.head_dim == wgsl_const("attention.wgsl", "CD")?
             && coop_rows % group == 0
+            && coop_fits(self.gpu)?
         {
             ("coop", p.n_kv, coop_rows / group)
         } else if p.head_dim <= wgsl_const("attention.wgsl", "TD")? && rows % group == 0 {
@@ -314,6 +315,17 @@ fn staged_fits(gpu: &Gpu, p: &Params, kv_f16: bool) -> Result<bool> {
         && p.n_heads / p.n_kv <= max_g
         && gpu.caps.subgroup_min >= min_sub
         && bytes <= gpu.caps.workgroup_bytes)
+}
+
+/// Whether the adapter gives the tensor-core prefill tile its workgroup memory (`coop` in
+/// attention.wgsl: QR rows of queries, then weights, in f16; a step's CK keys and values in f16;
+/// each row's staged scores or half its output in f32; all rows padded by 8 values or 2 vec4s;
+/// the rescale flag, aligned).
+fn coop_fits(gpu: &Gpu) -> Result<bool> {
+    let c = |name| wgsl_const("attention.wgsl", name);
+    let (rows, keys, d) = (c("QR")?, c("CK")?, c("CD")?);
+    let bytes = (rows + 2 * keys) * (d + 8) * 2 + rows * (d / 2 + 8) * 4 + 16;
+    Ok(bytes <= gpu.caps.workgroup_bytes)
 }
 
 /// Whether the one- and two-head tiers can give each key a group of head_dim / 8 lanes of one
