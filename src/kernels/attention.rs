@@ -322,10 +322,13 @@ fn staged_fits(gpu: &Gpu, p: &Params, kv_f16: bool) -> Result<bool> {
 /// each row's staged scores or half its output in f32; all rows padded by 8 values or 2 vec4s;
 /// the rescale flag, aligned).
 fn coop_fits(gpu: &Gpu) -> Result<bool> {
+    Ok(coop_bytes()? <= gpu.caps.workgroup_bytes)
+}
+
+fn coop_bytes() -> Result<u32> {
     let c = |name| wgsl_const("attention.wgsl", name);
     let (rows, keys, d) = (c("QR")?, c("CK")?, c("CD")?);
-    let bytes = (rows + 2 * keys) * (d + 8) * 2 + rows * (d / 2 + 8) * 4 + 16;
-    Ok(bytes <= gpu.caps.workgroup_bytes)
+    Ok((rows + 2 * keys) * (d + 8) * 2 + rows * (d / 2 + 8) * 4 + 16)
 }
 
 /// Whether the one- and two-head tiers can give each key a group of head_dim / 8 lanes of one
@@ -384,6 +387,26 @@ mod tests {
     use crate::kernels::testing::*;
     use crate::model::inputs::TokenInfo;
     use crate::model::kv_cache::BlockPool;
+
+    /// coop_fits' count against the workgroup variables naga lays out for the kernel.
+    #[test]
+    fn coop_bytes_match_the_shader() {
+        let src = prefill_key("coop", true).source().unwrap();
+        let module = naga::front::wgsl::parse_str(&src).unwrap();
+        let mut layouter = naga::proc::Layouter::default();
+        layouter.update(module.to_ctx()).unwrap();
+        let declared: u32 = module
+            .global_variables
+            .iter()
+            .filter(|(_, g)| g.space == naga::AddressSpace::WorkGroup)
+            .map(|(_, g)| layouter[g.ty].size)
+            .sum();
+        let counted = coop_bytes().unwrap();
+        assert!(
+            counted >= declared && counted - declared < 16,
+            "coop_fits counts {counted} bytes, the shader declares {declared}"
+        );
+    }
 
     gpu_test!(attention_matches_reference);
     async fn attention_matches_reference() {
