@@ -300,9 +300,9 @@ const CWG: u32 = 2u * QR;
 // memory banks.
 const DP4: u32 = (CD + 8u) / 4u;
 const PP4: u32 = (CK + 8u) / 4u;
-// Stage rows in vec4<f32> units, as wide as a step's scores or half the output (CK = CD / 2):
-// 10 = 2 (mod 8), so the 4 rows x 2 threads of a quarter warp reading interleaved vec4s hit
-// distinct banks.
+// Stage rows in vec4<f32> units, as wide as half the output, which holds a step's scores too (CK
+// at most CD / 2, asserted): 10 = 2 (mod 8), so the 4 rows x 2 threads of a quarter warp reading
+// interleaved vec4s hit distinct banks.
 const SP4: u32 = CD / 8u + 2u;
 const_assert CK <= CD / 2u;
 // How far a row's scores may rise above the max its output is scaled to before it is rescaled:
