@@ -317,14 +317,15 @@ fn staged_fits(gpu: &Gpu, p: &Params, kv_f16: bool) -> Result<bool> {
         && bytes <= gpu.caps.workgroup_bytes)
 }
 
-/// Whether the adapter gives the tensor-core prefill tile its workgroup memory (`coop` in
-/// attention.wgsl: QR rows of queries, then weights, in f16; a step's CK keys and values in f16;
-/// each row's staged scores or half its output in f32; all rows padded by 8 values or 2 vec4s;
-/// the rescale flag, aligned).
+/// Whether the adapter gives the tensor-core prefill tile (`coop` in attention.wgsl) its
+/// workgroup memory.
 fn coop_fits(gpu: &Gpu) -> Result<bool> {
     Ok(coop_bytes()? <= gpu.caps.workgroup_bytes)
 }
 
+/// The `coop` tile's workgroup memory: QR rows of queries, then weights, in f16; a step's CK keys
+/// and values in f16; each row's staged scores or half its output in f32; all rows padded by 8
+/// values or 2 vec4s; the rescale flag, aligned.
 fn coop_bytes() -> Result<u32> {
     let c = |name| wgsl_const("attention.wgsl", name);
     let (rows, keys, d) = (c("QR")?, c("CK")?, c("CD")?);
