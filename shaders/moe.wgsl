@@ -27,12 +27,17 @@ enable wgpu_cooperative_matrix;
 //   y [T*K, H]. Grid: (ceil(H / TR), ceil(T / TS), e_count).
 // COMBINE: x[t, n] += sum_j y[t*K + j, n] (the residual add), j in order.
 //   Bindings: y, x [T, H]. Grid: (ceil(H / 64), T).
-// Variants: ROUTE, GATE_UP, DOWN or COMBINE (different bindings); COOP (GATE_UP and DOWN on
+// PACK: h16 = h in f16 (two to a word, clamped as the tiles clamp their inputs), for the X16
+//   tiles. Bindings: h [T, H], h16 [T, H / 2] u32. Grid: (ceil(H / 8 / 64), T).
+// Variants: ROUTE, GATE_UP, DOWN, COMBINE or PACK (different bindings); COOP (GATE_UP and DOWN on
 // adapters with 16x16x16 f16 cooperative matrices and subgroups of 32: the tiles go to workgroup
 // memory as f16 and each subgroup multiplies 16 slots by the 64 rows on the tensor cores, f32
 // accumulation; inputs rounded to f16, which moves the logits little, unlike the dense layers'
-// inputs: common/coop_tile.wgsl; the `fast` precision). Passes of a few tokens take moe_vec.wgsl
-// instead.
+// inputs: common/coop_tile.wgsl; the `fast` precision); with X16 (the full tiles of prefill
+// passes) the inputs are already f16: GATE_UP reads h16 (PACK) and writes act in f16, which DOWN
+// reads. A 32-input step of a 64-slot tile reads 8 KB of f32 inputs against 2 KB of weights, and
+// every row tile of an expert reads them again: in f16, gate_up and down take 5% and 9% less time
+// (PERF.md v0.51). Passes of a few tokens take moe_vec.wgsl instead.
 #include "common/step.wgsl"
 #include "common/mxfp4.wgsl"
 
@@ -93,18 +98,31 @@ fn route(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: v
 }
 #endif
 
+// The tiles' inputs: 8 of them in X_LOADS loads (X16: f16, two to a word).
+#ifdef X16
+alias Inputs = vec4<u32>;
+const X_LOADS: u32 = 1u;
+#else
+alias Inputs = vec4<f32>;
+const X_LOADS: u32 = 2u;
+#endif
+
 #ifdef GATE_UP
-@group(0) @binding(2) var<storage, read> h: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> h: array<Inputs>;
 @group(0) @binding(3) var<storage, read> lists: array<u32>;
 @group(0) @binding(4) var<storage, read> counts: array<u32>;
 @group(0) @binding(5) var<storage, read> blocks: array<vec4<u32>>;
 @group(0) @binding(6) var<storage, read> scales: array<u32>;
 @group(0) @binding(7) var<storage, read> bias: array<f32>;
+#ifdef X16
+@group(0) @binding(8) var<storage, read_write> act: array<u32>;
+#else
 @group(0) @binding(8) var<storage, read_write> act: array<f32>;
+#endif
 #endif
 
 #ifdef DOWN
-@group(0) @binding(2) var<storage, read> act: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> act: array<Inputs>;
 @group(0) @binding(3) var<storage, read> lists: array<u32>;
 @group(0) @binding(4) var<storage, read> counts: array<u32>;
 @group(0) @binding(5) var<storage, read> wts: array<f32>;
@@ -133,9 +151,35 @@ fn combine(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg:
 }
 #endif
 
+// Two values as an f16 pair, clamped to f16's range as the tiles' conversions clamp.
+fn pack_pair(a: f32, b: f32) -> u32 {
+    return pack2x16float(clamp(vec2<f32>(a, b), vec2<f32>(-65504.0), vec2<f32>(65504.0)));
+}
+
+#ifdef PACK
+@group(0) @binding(2) var<storage, read> h: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read_write> h16: array<vec4<u32>>;
+
+@compute @workgroup_size(64)
+fn pack(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>) {
+    let t = wg.y;
+    let g = wg.x * 64u + lid;
+    let groups = p.hidden / 8u;
+    if t >= step.tokens || g >= groups {
+        return;
+    }
+    let at = t * groups + g;
+    let lo = h[2u * at];
+    let hi = h[2u * at + 1u];
+    h16[at] = vec4<u32>(pack_pair(lo.x, lo.y), pack_pair(lo.z, lo.w), pack_pair(hi.x, hi.y),
+                        pack_pair(hi.z, hi.w));
+}
+#endif
+
 // GATE_UP and DOWN share the tiled projection.
 #ifndef ROUTE
 #ifndef COMBINE
+#ifndef PACK
 const WG: u32 = TILE_WG;
 // Each slot of the tile: its id, or NONE past the live slots.
 var<workgroup> tile_slot: array<u32, TS>;
@@ -168,7 +212,7 @@ var<private> job: Job;
 struct Fetch {
     words: array<u32, WI>,
     scales: array<u32, WI>,
-    xs: array<vec4<f32>, 2u * XI>,
+    xs: array<Inputs, X_LOADS * XI>,
 }
 
 #ifdef COOP
@@ -206,9 +250,10 @@ fn fetch(lid: u32, step: u32) -> Fetch {
         if u < TS * 4u * KB && b < job.n_blocks {
             let slot = tile_slot[item_row(u)];
             if slot != NONE {
-                let at = (input_base(slot) + b * 32u) / 4u + 2u * (item_part(u) % 4u);
-                f.xs[2u * i] = input(at);
-                f.xs[2u * i + 1u] = input(at + 1u);
+                let at = ((input_base(slot) + b * 32u) / 8u + item_part(u) % 4u) * X_LOADS;
+                for (var c = 0u; c < X_LOADS; c++) {
+                    f.xs[X_LOADS * i + c] = input(at + c);
+                }
             }
         }
     }
@@ -249,8 +294,14 @@ fn weights8(f: Fetch, i: u32, u: u32) -> array<vec2<f16>, 4> {
 }
 
 fn inputs8(f: Fetch, i: u32, u: u32) -> array<vec2<f32>, 4> {
+#ifdef X16
+    let w = f.xs[i];
+    let lo = vec4<f32>(unpack2x16float(w.x), unpack2x16float(w.y));
+    let hi = vec4<f32>(unpack2x16float(w.z), unpack2x16float(w.w));
+#else
     let lo = f.xs[2u * i];
     let hi = f.xs[2u * i + 1u];
+#endif
     return array<vec2<f32>, 4>(vec2(lo.x, hi.x), vec2(lo.y, hi.y), vec2(lo.z, hi.z),
                                vec2(lo.w, hi.w));
 }
@@ -260,6 +311,15 @@ fn x_live() -> u32 {
     return job.live;
 }
 
+#ifdef DRAIN_QUADS
+// Tile slot j's rows `row` .. row + 3 (GATE_UP with X16: two activations, one word).
+fn store_quad(j: u32, row: u32, v: vec4<f32>) {
+    let slot = tile_slot[j];
+    if slot != NONE {
+        store_slot_quad(job.e, slot, row, v);
+    }
+}
+#else
 // Tile slot j's rows `row` and row + 1.
 fn store_rows(j: u32, row: u32, v: vec2<f32>) {
     let slot = tile_slot[j];
@@ -267,6 +327,7 @@ fn store_rows(j: u32, row: u32, v: vec2<f32>) {
         store_slot_rows(job.e, slot, row, v);
     }
 }
+#endif
 
 fn tile_products(lid: u32, row0: u32, k: u32) {
     coop_products(lid, row0, k / 32u);
@@ -355,9 +416,10 @@ fn run_grid_tile(lid: u32, wg: vec3<u32>, rows: u32, k: u32) {
 }
 #endif
 #endif
+#endif
 
 #ifdef GATE_UP
-fn input(i: u32) -> vec4<f32> {
+fn input(i: u32) -> Inputs {
     return h[i];
 }
 
@@ -366,17 +428,31 @@ fn input_base(slot: u32) -> u32 {
     return (slot / p.top_k) * p.hidden;
 }
 
-// Rows `row` (even) and row + 1 of a slot are one gate/up pair.
+// Rows `row` (even) and row + 1 of expert e's sums v are one gate/up pair.
+fn glu(e: u32, row: u32, v: vec2<f32>) -> f32 {
+    let rb = e * 2u * p.inter + row;
+    let gate = min(v.x + bias[rb], p.limit);
+    let up = clamp(v.y + bias[rb + 1u], -p.limit, p.limit);
+    return gate / (1.0 + exp(-p.alpha * gate)) * (up + 1.0);
+}
+
+#ifdef X16
+// Rows `row` .. row + 3 of a slot: activations i and i + 1 (i = row / 2 even, so both are there
+// or neither: I is a multiple of 32), one word of f16.
+fn store_slot_quad(e: u32, slot: u32, row: u32, v: vec4<f32>) {
+    let i = row / 2u;
+    if i < p.inter {
+        act[(slot * p.inter + i) / 2u] = pack_pair(glu(e, row, v.xy), glu(e, row + 2u, v.zw));
+    }
+}
+#else
 fn store_slot_rows(e: u32, slot: u32, row: u32, v: vec2<f32>) {
     let i = row / 2u;
     if i < p.inter {
-        let rb = e * 2u * p.inter + row;
-        let gate = min(v.x + bias[rb], p.limit);
-        let up = clamp(v.y + bias[rb + 1u], -p.limit, p.limit);
-        let glu = gate / (1.0 + exp(-p.alpha * gate));
-        act[slot * p.inter + i] = glu * (up + 1.0);
+        act[slot * p.inter + i] = glu(e, row, v);
     }
 }
+#endif
 
 @compute @workgroup_size(WG)
 fn gate_up(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>) {
@@ -385,7 +461,7 @@ fn gate_up(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg:
 #endif
 
 #ifdef DOWN
-fn input(i: u32) -> vec4<f32> {
+fn input(i: u32) -> Inputs {
     return act[i];
 }
 
@@ -403,6 +479,7 @@ fn store_slot_rows(e: u32, slot: u32, row: u32, v: vec2<f32>) {
         }
     }
 }
+
 
 @compute @workgroup_size(WG)
 fn down(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>) {

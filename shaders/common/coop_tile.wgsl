@@ -19,7 +19,8 @@
 // and put more bytes in flight per step, but take more registers and workgroup memory; PERF.md
 // v0.15), Fetch, fetch(lid, step), weights8(f, i, u), inputs8(f, i, u), item_col(u, j),
 // x_live() (the tile's inputs that are stored: a decode batch's expert has ~8 of 64) and
-// store_rows (with DIRECT_DRAIN store_block instead), and runs TILE_WG invocations per workgroup.
+// store_rows (with DIRECT_DRAIN store_block instead; with DRAIN_QUADS store_quad(j, row, v), rows
+// row .. row + 3 of input j), and runs TILE_WG invocations per workgroup.
 #include "common/tile_step.wgsl"
 const TILE_WG: u32 = 32u * (TS / 16u) * (TR / SUB_ROWS);
 const KS: u32 = 32u * KB;
@@ -119,12 +120,21 @@ fn drain(c: coop_mat16x16<f32, C>, n: u32, sg: u32, lane: u32, r0: u32) {
     coopStoreT(c, &stage[sg * 256u], 16u);
     workgroupBarrier();
     let ss = sg % (TS / 16u);
+#ifdef DRAIN_QUADS
+    for (var q = lane; q < 64u; q += 32u) {
+        let m = q / 4u;
+        let at = sg * 256u + m * 16u + 4u * (q % 4u);
+        let v = vec4<f32>(stage[at], stage[at + 1u], stage[at + 2u], stage[at + 3u]);
+        store_quad(16u * ss + m, r0 + 16u * n + 4u * (q % 4u), v);
+    }
+#else
     for (var q = lane; q < 128u; q += 32u) {
         let m = q / 8u;
         let pr = q % 8u;
         let at = sg * 256u + m * 16u + 2u * pr;
         store_rows(16u * ss + m, r0 + 16u * n + 2u * pr, vec2<f32>(stage[at], stage[at + 1u]));
     }
+#endif
 #endif
 }
 

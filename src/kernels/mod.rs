@@ -142,6 +142,7 @@ pub fn all_variants() -> Vec<ShaderKey> {
         out.push(moe::tiled_key("gate_up", "GATE_UP", coop, sparse));
         out.push(moe::tiled_key("down", "DOWN", coop, sparse));
     }
+    out.push(moe::pack_key());
     out.push(ShaderKey::new("embed.wgsl", "main"));
     out.push(ShaderKey::new("router_fold.wgsl", "prepare").define_if("PREPARE", true));
     out.push(ShaderKey::new("f16_probe.wgsl", "main").define_if("F16_PRODUCTS", true));

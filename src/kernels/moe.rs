@@ -87,6 +87,8 @@ pub struct MoeBuffers<'a> {
     pub counts: &'a wgpu::Buffer,
     /// h: [T, H] normed input, act: [T*K, I], y: [T*K, H] per-slot outputs, x: [T, H] residual.
     pub h: &'a wgpu::Buffer,
+    /// [T, H] h in f16 for the tensor-core tiles of large passes (`coop`; else not bound).
+    pub h16: &'a wgpu::Buffer,
     pub act: &'a wgpu::Buffer,
     pub y: &'a wgpu::Buffer,
     pub x: &'a wgpu::Buffer,
@@ -154,18 +156,43 @@ fn params(s: &MoeShape, start: u32, count: u32) -> Params {
 }
 
 /// The shader of a tiled projection of moe.wgsl (`define` GATE_UP or DOWN; on the tensor cores
-/// with `coop`, there with `sparse` for passes whose tiles are mostly dead slots; the validation
-/// sweep takes them from here).
+/// with `coop`, there with `sparse` for passes whose tiles are mostly dead slots, else with
+/// their inputs in f16 (X16); the validation sweep takes them from here).
 pub(crate) fn tiled_key(
     entry: &'static str,
     define: &'static str,
     coop: bool,
     sparse: bool,
 ) -> ShaderKey {
+    let x16 = x16(coop, sparse);
     ShaderKey::new("moe.wgsl", entry)
         .define_if(define, true)
         .define_if("COOP", coop)
         .define_if("SPARSE_TILES", coop && sparse)
+        .define_if("X16", x16)
+        .define_if("DRAIN_QUADS", x16 && define == "GATE_UP")
+}
+
+/// Whether the tiles take their inputs in f16 (PACK's h16, act in f16): the full tensor-core
+/// tiles of prefill, whose f32 inputs' loads were a fifth of their time (PERF.md v0.51). The
+/// sparse tiles of decode batches read few inputs and keep f32 (no PACK dispatch a layer).
+fn x16(coop: bool, sparse: bool) -> bool {
+    coop && !sparse
+}
+
+/// The largest passes that take the sparse tiles: from experts * TS / top_k tokens on, the
+/// tiles hold a tile of slots on average.
+fn sparse_max_tokens(s: &MoeShape) -> Result<u32> {
+    if !s.coop {
+        return Ok(s.vec_max_tokens);
+    }
+    let tile_slots = wgsl_const("moe.wgsl", "COOP_TS")?;
+    Ok((s.experts * tile_slots / s.top_k.max(1)).max(s.vec_max_tokens))
+}
+
+/// The shader of moe.wgsl's PACK (h to f16 for the X16 tiles).
+pub(crate) fn pack_key() -> ShaderKey {
+    ShaderKey::new("moe.wgsl", "pack").define_if("PACK", true)
 }
 
 /// One dispatch per expert chunk for the passes above `vec_max_tokens`: a workgroup per tile of
@@ -180,17 +207,12 @@ fn per_chunk<'a>(
     (entry, define): (&'static str, &'static str),
     chunks: &'a [ExpertChunk],
     rows: u32,
-    buffers: impl Fn(&'a ExpertChunk) -> Vec<&'a wgpu::Buffer>,
+    buffers: impl Fn(&'a ExpertChunk, bool) -> Vec<&'a wgpu::Buffer>,
 ) -> Result<Vec<Dispatch>> {
     let variant = if s.coop { "COOP" } else { "SIMT" };
     let tile_rows = wgsl_const("moe.wgsl", &format!("{variant}_TR"))?;
     let tile_slots = wgsl_const("moe.wgsl", &format!("{variant}_TS"))?;
-    // Tiles hold a tile of slots on average from experts * TS / top_k tokens on.
-    let sparse_max = if s.coop {
-        (s.experts * tile_slots / s.top_k.max(1)).max(s.vec_max_tokens)
-    } else {
-        s.vec_max_tokens
-    };
+    let sparse_max = sparse_max_tokens(s)?;
     let variants = [
         (true, s.vec_max_tokens + 1..=sparse_max),
         (false, sparse_max + 1..=u32::MAX),
@@ -203,7 +225,7 @@ fn per_chunk<'a>(
         let key = tiled_key(entry, define, s.coop, sparse);
         for c in chunks {
             let p = params(s, c.start, c.count);
-            let (bufs, x) = (buffers(c), rows.div_ceil(tile_rows));
+            let (bufs, x) = (buffers(c, x16(s.coop, sparse)), rows.div_ceil(tile_rows));
             let grid = Grid::new(x, Count::Tokens, tile_slots).depth(c.count);
             let d = Dispatch::new(gpu, &key, step, bytemuck::bytes_of(&p), &bufs, grid)?;
             out.push(d.only_for(Count::Tokens, tokens.clone()));
@@ -266,6 +288,12 @@ pub fn build(
         Grid::new(s.experts, Count::One, 1),
         tiled,
     )?);
+    if x16(s.coop, false) {
+        let key = pack_key();
+        let grid = Grid::new((s.hidden / 8).div_ceil(64), Count::Tokens, 1);
+        let tokens = sparse_max_tokens(s)? + 1..=u32::MAX;
+        out.push(whole(key, &[b.h, b.h16], grid, tokens)?);
+    }
     out.extend(per_chunk(
         gpu,
         step,
@@ -273,9 +301,9 @@ pub fn build(
         ("gate_up", "GATE_UP"),
         w.gate_up,
         2 * s.inter,
-        |c| {
+        |c, x16| {
             vec![
-                b.h,
+                if x16 { b.h16 } else { b.h },
                 b.lists,
                 b.counts,
                 &c.blocks,
@@ -292,7 +320,7 @@ pub fn build(
         ("down", "DOWN"),
         w.down,
         s.hidden,
-        |c| {
+        |c, _| {
             vec![
                 b.act,
                 b.lists,
@@ -527,7 +555,8 @@ pub(crate) fn vec_key(
         .define_if("F16_PRODUCTS", f16 && (grouped || define == "DOWN"))
 }
 
-/// MXFP4 dequantization on the host (the tests' reference): one row of `cols` values from its blocks and scales.
+/// MXFP4 dequantization on the host (the tests' reference): one row of `cols` values from its
+/// blocks and scales.
 #[cfg(test)]
 fn dequant_row(blocks: &[u8], scales: &[u8]) -> Vec<f32> {
     const LUT: [f32; 16] = [
@@ -592,7 +621,8 @@ mod tests {
                 // partial); the grouped kernel's chunks too.
                 (1, 1120, 1056, 4, 2, 4),
                 (2, 1120, 1056, 4, 2, 4),
-                // Experts with several tiles of slots, rows not a multiple of the tile's.
+                // Experts with several tiles of slots, rows not a multiple of the tile's (on the
+                // tensor cores, more than experts * 64 / top_k tokens: the tiles with f16 inputs).
                 (70, 96, 32, 2, 2, 1),
                 (300, 64, 64, 4, 2, 2),
                 // The most experts a token ranks from (MAX_E).
@@ -670,6 +700,7 @@ mod tests {
                 let gbb = gpu.upload("gub", f32_bytes(&gu_bias)).unwrap();
                 let dbb = gpu.upload("dnb", f32_bytes(&dn_bias)).unwrap();
                 let ab = gpu.storage("act", (t * k * it * 4) as u64).unwrap();
+                let h16b = gpu.storage("h16", (t * hd * 2) as u64).unwrap();
                 let yb = gpu.storage("y", (t * k * hd * 4) as u64).unwrap();
                 let lb = gpu.storage("lists", (e * t * k * 4) as u64).unwrap();
                 let cb = gpu.storage("counts", (e * 4) as u64).unwrap();
@@ -710,6 +741,7 @@ mod tests {
                         lists: &lb,
                         counts: &cb,
                         h: &hb,
+                        h16: &h16b,
                         act: &ab,
                         y: &yb,
                         x: &xb,

@@ -86,6 +86,8 @@ struct Activations {
     /// [T, H] the residual stream, and h = RMSNorm(x) for the tiled kernels and the experts.
     x: wgpu::Buffer,
     h: wgpu::Buffer,
+    /// [T, H] h in f16 for the tensor-core expert tiles (a word where there are none).
+    h16: wgpu::Buffer,
     /// [T, (NH + 2 NKV) D] q, k, v; [T, NH D] attention output; split attention's scratch.
     qkv: wgpu::Buffer,
     attn: wgpu::Buffer,
@@ -151,6 +153,7 @@ impl Activations {
             out_rows: buf("out_rows", o * 4)?,
             x: buf("x", t * h * 4)?,
             h: buf("h", t * h * 4)?,
+            h16: buf("h16", if coop { t * h * 2 } else { 4 })?,
             qkv: buf("qkv", t * qkv_n * 4)?,
             attn: buf("attn", t * (c.heads * c.head_dim) as u64 * 4)?,
             attn_partials: buf(
@@ -499,6 +502,7 @@ impl Graph<'_> {
             lists: &a.expert_lists,
             counts: &a.expert_counts,
             h: &a.h,
+            h16: &a.h16,
             act: &a.expert_act,
             y: &a.expert_out,
             x: &a.x,
