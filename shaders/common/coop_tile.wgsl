@@ -108,7 +108,8 @@ fn stash(lid: u32, f: Fetch) {
     }
 }
 
-// Subgroup sg's output tile n (its inputs 16 ss .., rows r0 + 16 n ..) handed to store_rows, or
+// Subgroup sg's output tile n (its inputs 16 ss .., rows r0 + 16 n ..) handed to store_rows two
+// rows at a time (with DRAIN_QUADS to store_quad four at a time: whole words of f16 outputs), or
 // with DIRECT_DRAIN to the includer's store_block(c, ss, row) whole, which stores it straight to
 // memory without the round trip through `stage` and its two barriers (H200, the dense layers'
 // decode tiles at batch 16 / 32: 14 / 6% faster, PERF.md v0.33).
