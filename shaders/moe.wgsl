@@ -480,7 +480,6 @@ fn store_slot_rows(e: u32, slot: u32, row: u32, v: vec2<f32>) {
     }
 }
 
-
 @compute @workgroup_size(WG)
 fn down(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>) {
     run_grid_tile(lid, wg, p.hidden, p.inter);

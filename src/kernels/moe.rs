@@ -288,6 +288,7 @@ pub fn build(
         Grid::new(s.experts, Count::One, 1),
         tiled,
     )?);
+    // h in f16 for the full tiles (not the sparse ones), where they take it.
     if x16(s.coop, false) {
         let key = pack_key();
         let grid = Grid::new((s.hidden / 8).div_ceil(64), Count::Tokens, 1);
