@@ -409,8 +409,45 @@ mod tests {
         );
     }
 
+    /// How a case's scores are shaped.
+    #[derive(Clone, Copy, PartialEq)]
+    enum Scores {
+        /// Random q, k, rotation and sinks.
+        Random,
+        /// Scores that grow along the keys by 0.25 a position, past the tensor-core kernel's
+        /// LAG between its steps (so that it rescales its output mid-run), and exact in f16: q
+        /// and k in {-1, 0, 1}, k times an integer growing with the position, no rotation, scale
+        /// 1/8, sinks -8 (the remaining error is p's rounding, as in the other cases).
+        Sharp,
+        /// Sharp's q and k without the growth, and a peak every 32 keys (see `peak`).
+        Peaks,
+    }
+
+    /// Makes a key of `Scores::Peaks` a peak where its position is 5 past a multiple of 32:
+    /// its k scores PEAK (natural units) more than the peak before it with every query, all of
+    /// which set their first dimension. The staged tier's chunks over an f32 cache are 32 keys,
+    /// so each of a span's chunks holds one peak and outgrows the chunk before it by 159 log2
+    /// units, past f32's 2^128: a running max that failed to move, or moved later than that,
+    /// would overflow 2^(s - m). The top peak outweighs every other key by e^100 or more, so the
+    /// output is its v to f32 precision, even where scores of this size carry rounding (the
+    /// staged tier's queries carry log2(e)); such scores a few units apart would not give that.
+    /// `qk`: a token's q rows then its k rows, in {-1, 0, 1}.
+    fn peak(qk: &mut [f32], nh: usize, d: usize, pos: u32) {
+        const PEAK: f32 = 110.0;
+        for h in 0..nh {
+            qk[h * d] = 1.0;
+        }
+        if pos % 32 == 5 {
+            let k0 = 8.0 * PEAK * (1 + pos / 32) as f32;
+            for (i, x) in qk[nh * d..].iter_mut().enumerate() {
+                *x = if i % d == 0 { k0 } else { 0.0 };
+            }
+        }
+    }
+
     gpu_test!(attention_matches_reference);
     async fn attention_matches_reference() {
+        use Scores::{Peaks, Random, Sharp};
         let mut rng = seeded("attention");
         // The tensor-core path (f16 cache only) where the adapter has it.
         for (gpu, kv_f16, coop) in gpus()
@@ -433,50 +470,42 @@ mod tests {
                 min_span,
                 max_splits: max_splits.min(shader.max_splits),
             };
-            // `growth` > 0: scores that grow along the keys by that much a position, past the
-            // tensor-core kernel's LAG between its steps (so that it rescales its output
-            // mid-run), and exact in f16: q and k in {-1, 0, 1}, k times an integer growing with
-            // the position, no rotation, scale 1/8, sinks -8 (the remaining error is p's
-            // rounding, as in the other cases). STEEP: scores that outgrow a span's first chunk by
-            // far more than 128 (log2 units), so that a running max that failed to move would
-            // overflow 2^(s - m); exact in f32 only, so over an f32 cache.
-            const SHARP: f32 = 0.25;
-            const STEEP: f32 = 16.0;
-            for &(nh, nkv, d, window, rule, first, growth) in &[
-                (4u32, 2u32, 64u32, 0u32, rule(0, 16, 128), 13usize, 0.0),
-                (16, 2, 64, 0, rule(0, 16, 1), 70, 0.0),
-                (4, 2, 64, 0, shader, 70, 0.0),
-                (4, 2, 64, 0, rule(0, 70, 128), 70, 0.0),
-                (6, 3, 32, 5, rule(0, 16, 3), 13, 0.0),
-                (8, 1, 32, 40, rule(0, 16, 128), 70, 0.0),
-                (8, 2, 64, 40, shader, 70, 0.0),
-                (2, 1, 100, 70, shader, 13, 0.0),
+            for &(nh, nkv, d, window, rule, first, scores) in &[
+                (4u32, 2u32, 64u32, 0u32, rule(0, 16, 128), 13usize, Random),
+                (16, 2, 64, 0, rule(0, 16, 1), 70, Random),
+                (4, 2, 64, 0, shader, 70, Random),
+                (4, 2, 64, 0, rule(0, 70, 128), 70, Random),
+                (6, 3, 32, 5, rule(0, 16, 3), 13, Random),
+                (8, 1, 32, 40, rule(0, 16, 128), 70, Random),
+                (8, 2, 64, 40, shader, 70, Random),
+                (2, 1, 100, 70, shader, 13, Random),
                 // Head dim 48: 6 lanes a key do not tile a subgroup, so the one- and two-head
                 // tiers keep a lane a key (`split`) where subgroups would otherwise give `keys`.
-                (4, 2, 48, 0, shader, 13, 0.0),
-                (4, 2, 48, 0, rule(0, 16, 128), 70, 0.0),
+                (4, 2, 48, 0, shader, 13, Random),
+                (4, 2, 48, 0, rule(0, 16, 128), 70, Random),
                 // A window longer than one span (windows up to ONE_SPAN keys take one span
                 // whatever the pass's split).
-                (8, 2, 64, 150, rule(0, 16, 128), 70, 0.0),
-                (8, 1, 64, 0, shader, 70, SHARP),
-                (8, 1, 64, 0, rule(0, 16, 8), 600, STEEP),
+                (8, 2, 64, 150, rule(0, 16, 128), 70, Random),
+                (8, 1, 64, 0, shader, 70, Sharp),
+                // Over an f32 cache only (its v the output, to f32 precision).
+                (8, 1, 64, 0, rule(0, 16, 8), 600, Peaks),
                 // Passes of 33 to 64 tokens take the split path too (44 here): one span each,
                 // or several merged after.
-                (8, 2, 64, 0, shader, 40, 0.0),
-                (8, 2, 64, 0, rule(0, 16, 128), 40, 0.0),
+                (8, 2, 64, 0, shader, 40, Random),
+                (8, 2, 64, 0, rule(0, 16, 128), 40, Random),
                 // Many spans a token take the staged tier where it fits: spans shorter than a
                 // chunk; two chunks a span with G = 8 (75 keys: 64 + 11); G = 6, whose last
                 // two runs of lanes score heads past the group (zero queries); a window longer
                 // than one span.
-                (8, 2, 64, 0, rule(0, 4, 64), 70, 0.0),
-                (16, 2, 64, 0, rule(0, 16, 8), 600, 0.0),
-                (6, 1, 64, 0, rule(0, 4, 64), 70, 0.0),
-                (8, 2, 64, 300, rule(0, 16, 64), 600, 0.0),
+                (8, 2, 64, 0, rule(0, 4, 64), 70, Random),
+                (16, 2, 64, 0, rule(0, 16, 8), 600, Random),
+                (6, 1, 64, 0, rule(0, 4, 64), 70, Random),
+                (8, 2, 64, 300, rule(0, 16, 64), 600, Random),
                 // Head dim 128: 16 lanes a key, where subgroups are that wide (not lavapipe's 8).
-                (4, 2, 128, 0, shader, 70, 0.0),
-                (4, 2, 128, 0, rule(0, 16, 128), 70, 0.0),
+                (4, 2, 128, 0, shader, 70, Random),
+                (4, 2, 128, 0, rule(0, 16, 128), 70, Random),
             ] {
-                if growth == STEEP && kv_f16 {
+                if scores == Peaks && kv_f16 {
                     continue;
                 }
                 // Step 1: `first` tokens of seq 0 and 4 of seq 1; step 2: one token each; with a
@@ -516,7 +545,7 @@ mod tests {
                     BlockPool::new(seqs as u32, entries as u32, block as u32, window, free);
                 let (nh_, nkv_, d_) = (nh as usize, nkv as usize, d as usize);
                 let stride = (nh_ + 2 * nkv_) * d_;
-                let sharp = growth > 0.0;
+                let sharp = scores != Random;
                 let table = if sharp {
                     vec![[1.0, 0.0]; max_pos * d_ / 2]
                 } else {
@@ -553,11 +582,16 @@ mod tests {
                     let mut qkv = random(&mut rng, t * stride, 1.0);
                     if sharp {
                         for (ti, tok) in toks.iter().enumerate() {
-                            let grow = 1.0 + (tok.pos as f32 * growth).floor();
+                            let grow = match scores {
+                                Sharp => 1.0 + (tok.pos as f32 * 0.25).floor(),
+                                _ => 1.0,
+                            };
                             let qk = &mut qkv[ti * stride..ti * stride + (nh_ + nkv_) * d_];
                             for (i, x) in qk.iter_mut().enumerate() {
-                                let k = if i >= nh_ * d_ { grow } else { 1.0 };
-                                *x = (*x * 1.5).round() * k;
+                                *x = (*x * 1.5).round() * if i < nh_ * d_ { 1.0 } else { grow };
+                            }
+                            if scores == Peaks {
+                                peak(qk, nh_, d_, tok.pos);
                             }
                         }
                     }
