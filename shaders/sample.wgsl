@@ -30,8 +30,7 @@ struct Params {
     vocab: u32,
     // Chunks per row in SCAN (ceil(vocab / CHUNK)).
     chunks: u32,
-    _pad1: u32,
-    _pad2: u32,
+    _pad: vec2<u32>,
 }
 
 // One row's sampling settings (SampleParams in src/kernels/sample.rs).
@@ -47,7 +46,7 @@ struct Sampling {
     pending: u32,
     presence: f32,
     frequency: f32,
-    _pad0: u32,
+    _pad: u32,
 }
 
 @group(0) @binding(1) var<uniform> p: Params;

@@ -9,8 +9,7 @@ struct Params {
     // Keys visible to a query: 0 for all earlier positions, else the sliding window.
     window: u32,
     scale: f32,
-    _pad0: u32,
-    _pad1: u32,
+    _pad: vec2<u32>,
 }
 
 @group(0) @binding(1) var<uniform> p: Params;

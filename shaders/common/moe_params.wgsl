@@ -16,7 +16,7 @@ struct Params {
     slices: u32,
     // moe_vec's FOLDED gate_up: the post-attention norm's epsilon (router_fold.wgsl).
     eps: f32,
-    _pad1: u32,
+    _pad: u32,
 }
 
 @group(0) @binding(1) var<uniform> p: Params;

@@ -9,8 +9,7 @@ struct Step {
     span: u32,
     // logit_bias entries of the pass (the Rust side's dispatch condition for sampling's BIAS).
     biased: u32,
-    _pad1: u32,
-    _pad2: u32,
+    _pad: vec2<u32>,
 }
 
 // One token of the forward pass (TokenInfo in src/model/inputs.rs): its id, position in its

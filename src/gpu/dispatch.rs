@@ -6,25 +6,29 @@
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
+use crate::gpu::mirror::wgsl_mirror;
 use crate::gpu::{Gpu, ShaderKey};
 
-/// The per-step counts every kernel reads from binding 0 (`Step` in `common/step.wgsl`).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
-pub struct StepCounts {
-    /// Tokens in this forward pass.
-    pub tokens: u32,
-    /// Rows of logits wanted (one per sequence that samples, or every position).
-    pub outputs: u32,
-    /// Token-expert slots: tokens times experts per token.
-    pub slots: u32,
-    /// Split attention: the spans each token's keys are cut into, and their length in positions.
-    pub splits: u32,
-    pub span: u32,
-    /// logit_bias entries of the pass's rows and rows with a pending penalty, all told
-    /// (sampling's BIAS runs when there are any).
-    pub biased: u32,
-    pub _pad: [u32; 2],
+wgsl_mirror! {
+    "common/step.wgsl", Step:
+    /// The per-step counts every kernel reads from binding 0 (`Step` in `common/step.wgsl`).
+    #[derive(Clone, Copy, Debug, Default, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
+    pub struct StepCounts {
+        /// Tokens in this forward pass.
+        pub tokens: u32,
+        /// Rows of logits wanted (one per sequence that samples, or every position).
+        pub outputs: u32,
+        /// Token-expert slots: tokens times experts per token.
+        pub slots: u32,
+        /// Split attention: the spans each token's keys are cut into, and their length in
+        /// positions.
+        pub splits: u32,
+        pub span: u32,
+        /// logit_bias entries of the pass's rows and rows with a pending penalty, all told
+        /// (sampling's BIAS runs when there are any).
+        pub biased: u32,
+        pub _pad: [u32; 2],
+    }
 }
 
 impl StepCounts {

@@ -2,6 +2,7 @@
 pub mod buffer;
 pub mod context;
 pub mod dispatch;
+pub(crate) mod mirror;
 pub mod shader;
 
 pub use buffer::{Rows, Split};

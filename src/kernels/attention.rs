@@ -3,21 +3,24 @@
 //! (`attention_split.wgsl`, then a merge), for larger passes tiles of queries (`attention.wgsl`).
 
 use crate::error::{Error, Result};
+use crate::gpu::mirror::wgsl_mirror;
 use crate::gpu::shader::wgsl_const;
 use crate::gpu::{Count, Dispatch, Gpu, Grid, ShaderKey};
 
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-pub(crate) struct Params {
-    pub n_heads: u32,
-    pub n_kv: u32,
-    pub head_dim: u32,
-    /// Entries of each slot's block table.
-    pub entries: u32,
-    /// Keys visible to a query: 0 for all earlier positions, else the sliding window.
-    pub window: u32,
-    pub scale: f32,
-    pub _pad: [u32; 2],
+wgsl_mirror! {
+    "common/attention_params.wgsl", Params:
+    #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+    pub(crate) struct Params {
+        pub n_heads: u32,
+        pub n_kv: u32,
+        pub head_dim: u32,
+        /// Entries of each slot's block table.
+        pub entries: u32,
+        /// Keys visible to a query: 0 for all earlier positions, else the sliding window.
+        pub window: u32,
+        pub scale: f32,
+        pub _pad: [u32; 2],
+    }
 }
 
 /// Largest head dim the kernel's shared q buffer holds (MAX_D in the shader).

@@ -1,16 +1,19 @@
 //! Token embedding lookup (`shaders/embed.wgsl`).
 
 use crate::error::Result;
+use crate::gpu::mirror::wgsl_mirror;
 use crate::gpu::shader::wgsl_const;
 use crate::gpu::{Count, Dispatch, Gpu, Grid, ShaderKey, Split};
 
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct Params {
-    hidden: u32,
-    row_start: u32,
-    rows: u32,
-    _pad: u32,
+wgsl_mirror! {
+    "embed.wgsl", Params:
+    #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+    pub(crate) struct Params {
+        hidden: u32,
+        row_start: u32,
+        rows: u32,
+        _pad: u32,
+    }
 }
 
 /// x: [T, H] f32 = `table[id]` for table: [V, H] bf16 split by rows, id = `tokens[t].id` or, for a

@@ -4,6 +4,7 @@
 //! its token tiles for larger passes.
 
 use crate::error::{Error, Result};
+use crate::gpu::mirror::wgsl_mirror;
 use crate::gpu::shader::wgsl_const;
 use crate::gpu::{Count, Dispatch, Gpu, Grid, ShaderKey, Split};
 use crate::kernels::rope::{self, Rope};
@@ -17,24 +18,26 @@ pub struct NormInput<'a> {
     pub eps: f32,
 }
 
-/// `Params` of shaders/common/linear_params.wgsl.
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct Params {
-    k: u32,
-    rows: u32,
-    row_start: u32,
-    n_out: u32,
-    count_which: u32,
-    has_bias: u32,
-    accumulate: u32,
-    eps: f32,
-    n_heads: u32,
-    n_kv: u32,
-    head_dim: u32,
-    kv_kind: u32,
-    splits: u32,
-    split_units: u32,
+wgsl_mirror! {
+    "common/linear_params.wgsl", Params:
+    /// `Params` of shaders/common/linear_params.wgsl.
+    #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+    pub(crate) struct Params {
+        k: u32,
+        rows: u32,
+        row_start: u32,
+        n_out: u32,
+        count_which: u32,
+        has_bias: u32,
+        accumulate: u32,
+        eps: f32,
+        n_heads: u32,
+        n_kv: u32,
+        head_dim: u32,
+        kv_kind: u32,
+        splits: u32,
+        split_units: u32,
+    }
 }
 
 impl Params {

@@ -4,25 +4,28 @@
 //! by expert) above.
 
 use crate::error::{Error, Result};
+use crate::gpu::mirror::wgsl_mirror;
 use crate::gpu::shader::wgsl_const;
 use crate::gpu::{Count, Dispatch, Gpu, Grid, ShaderKey};
 
-/// `Params` of shaders/common/moe_params.wgsl (moe.wgsl and moe_vec.wgsl).
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct Params {
-    hidden: u32,
-    inter: u32,
-    top_k: u32,
-    e_start: u32,
-    e_count: u32,
-    limit: f32,
-    alpha: f32,
-    list_stride: u32,
-    n_experts: u32,
-    slices: u32,
-    eps: f32,
-    _pad: u32,
+wgsl_mirror! {
+    "common/moe_params.wgsl", Params:
+    /// `Params` of shaders/common/moe_params.wgsl (moe.wgsl and moe_vec.wgsl).
+    #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+    pub(crate) struct Params {
+        hidden: u32,
+        inter: u32,
+        top_k: u32,
+        e_start: u32,
+        e_count: u32,
+        limit: f32,
+        alpha: f32,
+        list_stride: u32,
+        n_experts: u32,
+        slices: u32,
+        eps: f32,
+        _pad: u32,
+    }
 }
 
 /// The packed weights of experts [start, start + count) of one projection.

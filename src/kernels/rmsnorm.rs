@@ -1,15 +1,18 @@
 //! RMSNorm (`shaders/rmsnorm.wgsl`), optionally gathering the rows whose logits are wanted.
 
 use crate::error::Result;
+use crate::gpu::mirror::wgsl_mirror;
 use crate::gpu::{Count, Dispatch, Gpu, Grid};
 
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct Params {
-    n: u32,
-    eps: f32,
-    count_which: u32,
-    gather: u32,
+wgsl_mirror! {
+    "rmsnorm.wgsl", Params:
+    #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+    pub(crate) struct Params {
+        n: u32,
+        eps: f32,
+        count_which: u32,
+        gather: u32,
+    }
 }
 
 /// out: [count, n] = RMSNorm(`x[src]`) * w, src = `rows[r]` when `rows` is given, else r.

@@ -1,16 +1,19 @@
 //! RoPE on q and k plus the KV-cache write (`shaders/rope.wgsl`).
 
 use crate::error::Result;
+use crate::gpu::mirror::wgsl_mirror;
 use crate::gpu::{Count, Dispatch, Gpu, Grid, ShaderKey};
 
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-pub(crate) struct Params {
-    pub n_heads: u32,
-    pub n_kv: u32,
-    pub head_dim: u32,
-    /// Which of a token's KV slots this layer writes (`kv_cache::Kind`).
-    pub kv_kind: u32,
+wgsl_mirror! {
+    "rope.wgsl", Params:
+    #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+    pub(crate) struct Params {
+        pub n_heads: u32,
+        pub n_kv: u32,
+        pub head_dim: u32,
+        /// Which of a token's KV slots this layer writes (`kv_cache::Kind`).
+        pub kv_kind: u32,
+    }
 }
 
 /// Rotates q in qkv: [T, (NH + 2 NKV) * D] in place and writes rotated k and v into the paged

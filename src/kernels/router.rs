@@ -4,15 +4,18 @@
 //! workgroups as partial sums, which `moe_vec`'s gate_up adds up and ranks itself.
 
 use crate::error::{Error, Result};
+use crate::gpu::mirror::wgsl_mirror;
 use crate::gpu::{Count, Dispatch, Gpu, Grid, Split};
 
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct Params {
-    hidden: u32,
-    n_experts: u32,
-    top_k: u32,
-    eps: f32,
+wgsl_mirror! {
+    "router.wgsl", Params:
+    #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+    pub(crate) struct Params {
+        hidden: u32,
+        n_experts: u32,
+        top_k: u32,
+        eps: f32,
+    }
 }
 
 /// The router of one layer and what it reads and writes.

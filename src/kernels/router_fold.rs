@@ -4,20 +4,23 @@
 //! no router dispatch.
 
 use crate::error::{Error, Result};
+use crate::gpu::mirror::wgsl_mirror;
 use crate::gpu::shader::wgsl_const;
 use crate::gpu::{Count, Dispatch, Gpu, Grid, ShaderKey, Split};
 
-#[repr(C)]
-#[derive(Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
-struct Params {
-    hidden: u32,
-    width: u32,
-    n_experts: u32,
-    row_start: u32,
-    rows: u32,
-    offset: u32,
-    k_len: u32,
-    has_add: u32,
+wgsl_mirror! {
+    "router_fold.wgsl", Params:
+    #[derive(Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
+    pub(crate) struct Params {
+        hidden: u32,
+        width: u32,
+        n_experts: u32,
+        row_start: u32,
+        rows: u32,
+        offset: u32,
+        k_len: u32,
+        has_add: u32,
+    }
 }
 
 /// Storage buffers the FOLDED gate_up binds (the most of the fold's kernels).

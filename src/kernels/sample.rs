@@ -1,33 +1,36 @@
 //! Token sampling on the GPU (`shaders/sample.wgsl`): greedy, temperature, top-k, top-p, seeded.
 
 use crate::error::Result;
+use crate::gpu::mirror::wgsl_mirror;
 use crate::gpu::shader::wgsl_const;
 use crate::gpu::{Count, Dispatch, Gpu, Grid, ShaderKey};
 
-/// One logits row's sampling settings (`Sampling` in the shader).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
-pub struct SampleParams {
-    /// 0 means greedy.
-    pub temperature: f32,
-    /// 1 keeps everything.
-    pub top_p: f32,
-    /// 0 keeps everything; 1 is greedy.
-    pub top_k: u32,
-    pub seed: u32,
-    /// Advances every sampled token so each draw is fresh but replayable.
-    pub counter: u32,
-    /// The row's logit_bias: entries [bias_start, bias_start + bias_count) of the pass's list.
-    pub bias_start: u32,
-    pub bias_count: u32,
-    /// r + 1 when the row's token is the previous pass's id for its row r, still on the GPU
-    /// (its `TokenInfo::fed`; filled in by the model for rows with penalties), which then loses
-    /// frequency, plus presence unless an entry of the row is that token marked `GENERATED`
-    /// (0: none).
-    pub pending: u32,
-    pub presence: f32,
-    pub frequency: f32,
-    pub _pad: u32,
+wgsl_mirror! {
+    "sample.wgsl", Sampling:
+    /// One logits row's sampling settings (`Sampling` in the shader).
+    #[derive(Clone, Copy, Debug, Default, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
+    pub struct SampleParams {
+        /// 0 means greedy.
+        pub temperature: f32,
+        /// 1 keeps everything.
+        pub top_p: f32,
+        /// 0 keeps everything; 1 is greedy.
+        pub top_k: u32,
+        pub seed: u32,
+        /// Advances every sampled token so each draw is fresh but replayable.
+        pub counter: u32,
+        /// The row's logit_bias: entries [bias_start, bias_start + bias_count) of the pass's list.
+        pub bias_start: u32,
+        pub bias_count: u32,
+        /// r + 1 when the row's token is the previous pass's id for its row r, still on the GPU
+        /// (its `TokenInfo::fed`; filled in by the model for rows with penalties), which then loses
+        /// frequency, plus presence unless an entry of the row is that token marked `GENERATED`
+        /// (0: none).
+        pub pending: u32,
+        pub presence: f32,
+        pub frequency: f32,
+        pub _pad: u32,
+    }
 }
 
 /// Set in a `LogitBias` token: that token was generated before (see `SampleParams::pending`).
@@ -52,12 +55,14 @@ pub fn row_bias_entries(max_context: u32, vocab: u32) -> u64 {
     MAX_LOGIT_BIAS as u64 + max_context.min(vocab) as u64
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct Params {
-    vocab: u32,
-    chunks: u32,
-    _pad: [u32; 2],
+wgsl_mirror! {
+    "sample.wgsl", Params:
+    #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+    pub(crate) struct Params {
+        vocab: u32,
+        chunks: u32,
+        _pad: [u32; 2],
+    }
 }
 
 /// Chunks SCAN cuts a row of `vocab` logits into.
