@@ -6,9 +6,12 @@ use std::path::Path;
 use std::sync::OnceLock;
 
 use gpt_oss_wgpu::Tokenizer;
-use gpt_oss_wgpu::chat::harmony::{Harmony, Specials};
+use gpt_oss_wgpu::chat::harmony::{Harmony, Specials, developer_text};
 use gpt_oss_wgpu::chat::parser::{ParseEvent, ParsedMessage};
-use gpt_oss_wgpu::chat::{AssistantMessage, ChatRequest, Role, StreamParser};
+use gpt_oss_wgpu::chat::{
+    AssistantMessage, ChatRequest, Content, DeveloperContent, ResponseFormat, Role, StreamParser,
+    ToolDescription,
+};
 use serde_json::Value;
 
 fn tokenizer() -> &'static Tokenizer {
@@ -188,6 +191,26 @@ fn bad_requests_get_clear_errors() {
             r#"{"messages": [{"role": "user", "content": "x"}], "tools": [{"type": "web", "function": {"name": "f"}}]}"#,
             "tool type",
         ),
+        (
+            r#"{"messages": [{"role": "user", "content": "x"}], "response_format": {"type": "xml"}}"#,
+            "response_format type `xml`",
+        ),
+        (
+            r#"{"messages": [{"role": "user", "content": "x"}], "response_format": {}}"#,
+            "needs a `type`",
+        ),
+        (
+            r#"{"messages": [{"role": "user", "content": "x"}], "response_format": {"type": "json_schema"}}"#,
+            "`json_schema` object",
+        ),
+        (
+            r#"{"messages": [{"role": "user", "content": "x"}], "response_format": {"type": "json_schema", "json_schema": {"name": "a b", "schema": {}}}}"#,
+            "`name`",
+        ),
+        (
+            r#"{"messages": [{"role": "user", "content": "x"}], "response_format": {"type": "json_schema", "json_schema": {"name": "a", "schema": 3}}}"#,
+            "`schema`",
+        ),
     ];
     for (json, needle) in bad {
         let err = ChatRequest::from_json(json)
@@ -197,4 +220,92 @@ fn bad_requests_get_clear_errors() {
         assert!(err.contains(needle), "{json}: {err}");
     }
     assert!(ChatRequest::from_json("{not json").is_err());
+}
+
+/// The developer message of the Harmony guide's structured-output example (OpenAI cookbook,
+/// "OpenAI harmony response format", Structured output): openai-harmony 0.0.8 has no response
+/// formats to compare with, so the guide's text is the reference.
+#[test]
+fn response_formats_render_as_the_harmony_guide_shows() {
+    let schema: Value = serde_json::from_str(
+        r#"{"properties":{"items":{"type":"array","description":"entries on the shopping list","items":{"type":"string"}}},"type":"object"}"#,
+    )
+    .unwrap();
+    let shopping = ResponseFormat {
+        name: "shopping_list".into(),
+        description: None,
+        schema: schema.clone(),
+    };
+    let dev = DeveloperContent {
+        instructions: Some("You are a helpful shopping assistant".into()),
+        response_formats: vec![shopping.clone()],
+        ..Default::default()
+    };
+    assert_eq!(
+        developer_text(&dev),
+        format!(
+            "# Instructions\n\nYou are a helpful shopping assistant\n\n# Response Formats\n\n\
+             ## shopping_list\n\n{}",
+            r#"{"properties":{"items":{"type":"array","description":"entries on the shopping list","items":{"type":"string"}}},"type":"object"}"#
+        )
+    );
+    // The formats close the message, after the tools; a description is a comment per line.
+    let dev = DeveloperContent {
+        instructions: None,
+        function_tools: vec![ToolDescription {
+            name: "f".into(),
+            description: String::new(),
+            parameters: None,
+        }],
+        response_formats: vec![ResponseFormat {
+            description: Some("What to buy.\nOne line an item.".into()),
+            ..shopping
+        }],
+    };
+    let text = developer_text(&dev);
+    assert!(
+        text.ends_with(&format!(
+            "}} // namespace functions\n\n# Response Formats\n\n## shopping_list\n\n\
+             // What to buy.\n// One line an item.\n{schema}"
+        )),
+        "{text}"
+    );
+}
+
+/// `response_format` of a chat request: `json_schema` gives the developer message its format
+/// (even without instructions), `json_object` an object, `text` nothing.
+#[test]
+fn response_format_reaches_the_developer_message() {
+    let developer = |format: &str| {
+        let req = ChatRequest::from_json(&format!(
+            r#"{{"messages": [{{"role": "user", "content": "x"}}], "response_format": {format}}}"#
+        ))
+        .unwrap();
+        let msgs = req.to_harmony("2025-01-01").unwrap();
+        msgs.iter().find_map(|m| match &m.content {
+            Content::Developer(d) => Some(d.clone()),
+            _ => None,
+        })
+    };
+    let d = developer(
+        r#"{"type": "json_schema", "json_schema": {"name": "answer", "description": "d",
+            "schema": {"type": "object", "required": ["a"]}, "strict": true}}"#,
+    )
+    .unwrap();
+    assert_eq!(d.instructions, None);
+    assert_eq!(
+        d.response_formats,
+        vec![ResponseFormat {
+            name: "answer".into(),
+            description: Some("d".into()),
+            schema: serde_json::json!({"type": "object", "required": ["a"]}),
+        }]
+    );
+    let d = developer(r#"{"type": "json_object"}"#).unwrap();
+    assert_eq!(
+        d.response_formats[0].schema,
+        serde_json::json!({"type": "object"})
+    );
+    assert_eq!(developer(r#"{"type": "text"}"#), None);
+    assert_eq!(developer("null"), None);
 }

@@ -841,12 +841,49 @@ fn serves_the_openai_api() {
             json!({"input": "x", "max_output_tokens": 0}),
             "max_output_tokens",
         ),
+        (
+            chat,
+            json!({"messages": user, "response_format": {"type": "yaml"}}),
+            "response_format",
+        ),
+        (
+            resp,
+            json!({"input": "x", "text": {"format": {"type": "json_schema", "name": "a"}}}),
+            "text.format",
+        ),
         (resp, json!({"input": "hello ".repeat(400)}), "input"),
     ] {
         let (status, v) = post(s, path, &body);
         assert_eq!(status, 400, "{path} {body}: {v}");
         assert_eq!(v["error"]["param"], field, "{path} {body}: {v}");
     }
+    // A response format is stated in the developer message (Harmony's response formats), in
+    // either API's spelling: the same prompt, longer by the section.
+    let schema = json!({"type": "object", "properties": {"n": {"type": "integer"}}});
+    let asked = |v: &Value| v["usage"]["prompt_tokens"].as_u64().unwrap();
+    let plain = post(s, chat, &json!({"messages": user, "max_tokens": 1}));
+    let chat_format = post(
+        s,
+        chat,
+        &json!({"messages": user, "max_tokens": 1, "response_format":
+                {"type": "json_schema", "json_schema": {"name": "count", "schema": schema}}}),
+    );
+    let resp_format = post(
+        s,
+        resp,
+        &json!({"input": user[0]["content"], "max_output_tokens": 1, "text":
+                {"format": {"type": "json_schema", "name": "count", "schema": schema}}}),
+    );
+    assert_eq!((plain.0, chat_format.0, resp_format.0), (200, 200, 200));
+    assert!(
+        asked(&chat_format.1) > asked(&plain.1) + 10,
+        "{}",
+        chat_format.1
+    );
+    assert_eq!(
+        asked(&chat_format.1),
+        resp_format.1["usage"]["input_tokens"].as_u64().unwrap()
+    );
     let body = json!({"prompt": "x", "max_tokens": 1, "n": 2, "best_of": 2, "suffix": ""});
     let (status, v) = post(s, compl, &body);
     assert_eq!(status, 200, "{v}");

@@ -107,11 +107,23 @@ pub struct ToolDescription {
     pub parameters: Option<serde_json::Value>,
 }
 
-/// The developer message: instructions and function tools.
+/// A format the answer should take: Harmony's response formats, which the developer message
+/// lists after its tools. The model is asked for it, not held to it (sampling has no grammar).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ResponseFormat {
+    pub name: String,
+    #[serde(default)]
+    pub description: Option<String>,
+    /// A JSON Schema.
+    pub schema: serde_json::Value,
+}
+
+/// The developer message: instructions, function tools and response formats.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct DeveloperContent {
     pub instructions: Option<String>,
     pub function_tools: Vec<ToolDescription>,
+    pub response_formats: Vec<ResponseFormat>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -359,7 +371,8 @@ pub fn system_text(s: &SystemContent, has_function_tools: bool) -> String {
     sections.join("\n\n")
 }
 
-/// The developer message's text: instructions, then the `functions` namespace.
+/// The developer message's text: instructions, the `functions` namespace, then the response
+/// formats (each its name, its description as comments, and its schema as compact JSON).
 pub fn developer_text(d: &DeveloperContent) -> String {
     let mut sections = Vec::new();
     if let Some(i) = &d.instructions {
@@ -384,6 +397,20 @@ pub fn developer_text(d: &DeveloperContent) -> String {
         }
         ns.push("} // namespace functions".to_string());
         sections.push(format!("# Tools\n\n{}", ns.join("\n")));
+    }
+    if !d.response_formats.is_empty() {
+        sections.push("# Response Formats".to_string());
+        for f in &d.response_formats {
+            sections.push(format!("## {}", f.name));
+            let mut body: Vec<String> = f
+                .description
+                .iter()
+                .flat_map(|d| d.lines())
+                .map(|l| format!("// {l}"))
+                .collect();
+            body.push(f.schema.to_string());
+            sections.push(body.join("\n"));
+        }
     }
     sections.join("\n\n")
 }

@@ -9,8 +9,8 @@ pub mod session;
 pub mod stop;
 
 pub use harmony::{
-    Content, DeveloperContent, Harmony, Message, ReasoningEffort, Role, SystemContent,
-    ToolDescription,
+    Content, DeveloperContent, Harmony, Message, ReasoningEffort, ResponseFormat, Role,
+    SystemContent, ToolDescription,
 };
 pub use openai::{AssistantMessage, ChatRequest};
 pub use parser::{ParsedMessage, StreamParser};

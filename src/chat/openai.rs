@@ -6,12 +6,14 @@
 //! `reasoning_content` becomes an analysis message; assistant `tool_calls` become commentary
 //! messages to `functions.NAME` with content type `json`; `tool` messages become results from
 //! `functions.NAME` to the assistant. Analysis before the last final answer is dropped.
+//! `response_format` becomes the developer message's response format (asked for, not enforced).
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::harmony::{
-    Content, DeveloperContent, Message, ReasoningEffort, Role, SystemContent, ToolDescription,
+    Content, DeveloperContent, Message, ReasoningEffort, ResponseFormat, Role, SystemContent,
+    ToolDescription,
 };
 use super::parser::ParsedMessage;
 use crate::error::{Error, Result};
@@ -94,6 +96,81 @@ pub struct ChatRequest {
     pub tools: Option<Vec<ToolSpec>>,
     #[serde(default)]
     pub reasoning_effort: Option<String>,
+    /// `{"type": "text"}`, `{"type": "json_object"}` or `{"type": "json_schema", "json_schema":
+    /// {"name", "description", "schema", "strict"}}`: see `response_format`.
+    #[serde(default)]
+    pub response_format: Option<Value>,
+}
+
+/// The response format a request's `response_format` asks for: none for `text`; for
+/// `json_schema` its schema under its name; for `json_object` an object under that name. It goes
+/// to the developer message (Harmony's response formats), which asks the model for it; sampling
+/// does not enforce it (`strict` is accepted and means no more).
+fn response_format(v: &Value) -> Result<Option<ResponseFormat>> {
+    let err = |message: String| Error::Field {
+        field: "response_format",
+        message,
+    };
+    let kind = v.get("type").and_then(Value::as_str).ok_or_else(|| {
+        err("response_format needs a `type`: text, json_object or json_schema".into())
+    })?;
+    match kind {
+        "text" => Ok(None),
+        "json_object" => Ok(Some(ResponseFormat {
+            name: "json_object".into(),
+            description: None,
+            schema: serde_json::json!({"type": "object"}),
+        })),
+        "json_schema" => {
+            let s = v
+                .get("json_schema")
+                .and_then(Value::as_object)
+                .ok_or_else(|| {
+                    err("a json_schema response_format needs a `json_schema` object".into())
+                })?;
+            let name = s.get("name").and_then(Value::as_str).unwrap_or_default();
+            let name_ok = (1..=64).contains(&name.len())
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+            if !name_ok {
+                return Err(err(
+                    "a json_schema format's `name` must be 1 to 64 letters, digits, `_` or `-`"
+                        .into(),
+                ));
+            }
+            let description = match s.get("description") {
+                None | Some(Value::Null) => None,
+                Some(Value::String(d)) => Some(d.clone()),
+                Some(_) => {
+                    return Err(err(
+                        "a json_schema format's `description` must be a string".into()
+                    ));
+                }
+            };
+            let schema = match s.get("schema") {
+                Some(o @ Value::Object(_)) => o.clone(),
+                _ => {
+                    return Err(err(
+                        "a json_schema format's `schema` must be a JSON Schema object".into(),
+                    ));
+                }
+            };
+            if !matches!(s.get("strict"), None | Some(Value::Null | Value::Bool(_))) {
+                return Err(err(
+                    "a json_schema format's `strict` must be true or false".into()
+                ));
+            }
+            Ok(Some(ResponseFormat {
+                name: name.into(),
+                description,
+                schema,
+            }))
+        }
+        other => Err(err(format!(
+            "response_format type `{other}` is not text, json_object or json_schema"
+        ))),
+    }
 }
 
 /// An error in the request's `messages`.
@@ -222,8 +299,8 @@ impl ChatRequest {
     }
 
     /// The system message (date, reasoning effort, channels) and, where there are instructions
-    /// (a leading system or developer message) or function tools, the developer message; with
-    /// how many of the request's messages they took.
+    /// (a leading system or developer message), function tools or a response format, the
+    /// developer message; with how many of the request's messages they took.
     fn header(&self, date: &str) -> Result<(Vec<Message>, usize)> {
         let effort = match &self.reasoning_effort {
             None => None,
@@ -267,11 +344,16 @@ impl ChatRequest {
             instructions = Some(text_of(0, &first.content)?);
             taken = 1;
         }
+        let formats: Vec<ResponseFormat> = match &self.response_format {
+            None | Some(Value::Null) => Vec::new(),
+            Some(v) => response_format(v)?.into_iter().collect(),
+        };
         let mut out = vec![Message::new(Role::System, Content::System(system))];
-        if instructions.is_some() || !tools.is_empty() {
+        if instructions.is_some() || !tools.is_empty() || !formats.is_empty() {
             let dev = DeveloperContent {
                 instructions,
                 function_tools: tools,
+                response_formats: formats,
             };
             out.push(Message::new(Role::Developer, Content::Developer(dev)));
         }

@@ -238,7 +238,7 @@ impl ChatSession {
         if let Some(i) = &self.instructions {
             let dev = DeveloperContent {
                 instructions: Some(i.clone()),
-                function_tools: Vec::new(),
+                ..Default::default()
             };
             out.push(Message::new(Role::Developer, Content::Developer(dev)));
         }

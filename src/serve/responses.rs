@@ -36,6 +36,8 @@ struct ResponsesBody {
     tools: Option<Vec<Value>>,
     tool_choice: Option<Value>,
     reasoning: Option<Reasoning>,
+    /// `{"format": {"type": "text" | "json_object" | "json_schema", ...}}`.
+    text: Option<Value>,
     max_output_tokens: Option<i64>,
     temperature: Option<f32>,
     top_p: Option<f32>,
@@ -89,6 +91,22 @@ fn to_chat(b: &ResponsesBody) -> Result<ChatRequest, ApiError> {
     }
     if let Some(e) = b.reasoning.as_ref().and_then(|r| r.effort.as_ref()) {
         chat["reasoning_effort"] = json!(e);
+    }
+    // The Responses API states a JSON schema's fields beside its type; chat completions nests
+    // them under `json_schema`.
+    if let Some(f) = b.text.as_ref().and_then(|t| t.get("format")) {
+        let mut f = f.clone();
+        if let Some(o) = f
+            .as_object_mut()
+            .filter(|o| o.get("type") == Some(&json!("json_schema")))
+        {
+            let fields: serde_json::Map<String, Value> = std::mem::take(o)
+                .into_iter()
+                .filter(|(k, _)| k != "type")
+                .collect();
+            f = json!({"type": "json_schema", "json_schema": fields});
+        }
+        chat["response_format"] = f;
     }
     serde_json::from_value(chat)
         .map_err(|e| ApiError::param("input", format!("invalid input: {e}")))
@@ -240,6 +258,7 @@ pub async fn responses(
             e.param = e.param.map(|f| match f {
                 "messages" => "input",
                 "reasoning_effort" => "reasoning.effort",
+                "response_format" => "text.format",
                 "max_tokens" => "max_output_tokens",
                 f => f,
             });
