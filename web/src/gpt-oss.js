@@ -417,11 +417,15 @@ export class Model {
 
   /// A chat turn as parsed events: {type: 'reasoning' | 'content', text} while streaming, then
   /// {type: 'tool_call', name, arguments} for each function call. `messages` are OpenAI chat
-  /// messages; options: reasoningEffort, tools (OpenAI function tools), stop, maxTokens,
-  /// temperature, topP, topK, seed, greedy, presencePenalty, frequencyPenalty, signal.
+  /// messages; options: reasoningEffort, tools (OpenAI function tools), responseFormat (OpenAI's
+  /// response_format: asked of the model in the developer message, not enforced), stop,
+  /// maxTokens, temperature, topP, topK, seed, greedy, presencePenalty, frequencyPenalty, signal.
   chat(messages, options = {}) {
-    const { signal, reasoningEffort, tools, ...rest } = options;
-    const body = { ...rest, messages, tools, reasoning_effort: reasoningEffort, date: today() };
+    const { signal, reasoningEffort, responseFormat, tools, ...rest } = options;
+    const body = {
+      ...rest, messages, tools, reasoning_effort: reasoningEffort,
+      response_format: responseFormat, date: today(),
+    };
     return this.start(() => this.inner.submit_chat(JSON.stringify(body)), signal,
       ev => (ev.type === 'token' ? null : ev));
   }

@@ -159,6 +159,21 @@ test('the demo page loads a model, streams reasoning and answer apart, and stops
   assert.match(await page.textContent('#stats'), /tokens\/s · stopped/);
   fs.mkdirSync(OUTPUT, { recursive: true });
   await page.screenshot({ path: path.join(OUTPUT, 'demo.png'), fullPage: true });
+  // The JS API's chat options reach the Rust side's request checks (camelCase to the API's names).
+  const formatError = await page.evaluate(async () => {
+    const { loadModel } = await import('/gpt-oss.js');
+    const model = await loadModel('/models/scripted/');
+    try {
+      const options = { responseFormat: { type: 'xml' }, maxTokens: 1 };
+      for await (const ev of model.chat([{ role: 'user', content: 'Hi' }], options)) void ev;
+      return null;
+    } catch (e) {
+      return e.message;
+    } finally {
+      model.dispose();
+    }
+  });
+  assert.match(formatError ?? '', /response_format type `xml`/);
   await page.close();
 });
 
