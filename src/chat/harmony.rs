@@ -109,10 +109,9 @@ pub struct ToolDescription {
 
 /// A format the answer should take: Harmony's response formats, which the developer message
 /// lists after its tools. The model is asked for it, not held to it (sampling has no grammar).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct ResponseFormat {
     pub name: String,
-    #[serde(default)]
     pub description: Option<String>,
     /// A JSON Schema.
     pub schema: serde_json::Value,
