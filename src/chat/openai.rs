@@ -128,38 +128,28 @@ fn response_format(v: &Value) -> Result<Option<ResponseFormat>> {
                 .ok_or_else(|| {
                     err("a json_schema response_format needs a `json_schema` object".into())
                 })?;
+            let bad = |what: &str| -> Result<Option<ResponseFormat>> {
+                Err(err(format!("a json_schema format's {what}")))
+            };
             let name = s.get("name").and_then(Value::as_str).unwrap_or_default();
             let name_ok = (1..=64).contains(&name.len())
                 && name
                     .chars()
                     .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
             if !name_ok {
-                return Err(err(
-                    "a json_schema format's `name` must be 1 to 64 letters, digits, `_` or `-`"
-                        .into(),
-                ));
+                return bad("`name` must be 1 to 64 letters, digits, `_` or `-`");
             }
             let description = match s.get("description") {
                 None | Some(Value::Null) => None,
                 Some(Value::String(d)) => Some(d.clone()),
-                Some(_) => {
-                    return Err(err(
-                        "a json_schema format's `description` must be a string".into()
-                    ));
-                }
+                Some(_) => return bad("`description` must be a string"),
             };
             let schema = match s.get("schema") {
                 Some(o @ Value::Object(_)) => o.clone(),
-                _ => {
-                    return Err(err(
-                        "a json_schema format's `schema` must be a JSON Schema object".into(),
-                    ));
-                }
+                _ => return bad("`schema` must be a JSON Schema object"),
             };
             if !matches!(s.get("strict"), None | Some(Value::Null | Value::Bool(_))) {
-                return Err(err(
-                    "a json_schema format's `strict` must be true or false".into()
-                ));
+                return bad("`strict` must be true or false");
             }
             Ok(Some(ResponseFormat {
                 name: name.into(),

@@ -32,7 +32,7 @@ pub(crate) use wgsl_mirror;
 
 /// What `wgsl_mirror!` records of a struct for the test.
 #[cfg(test)]
-pub(crate) trait Mirror: Sized {
+pub(crate) trait Mirror {
     /// The WGSL file under `shaders/` that declares (or includes) the struct.
     const FILE: &'static str;
     /// Its name there.

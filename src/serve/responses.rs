@@ -96,15 +96,11 @@ fn to_chat(b: &ResponsesBody) -> Result<ChatRequest, ApiError> {
     // them under `json_schema`.
     if let Some(f) = b.text.as_ref().and_then(|t| t.get("format")) {
         let mut f = f.clone();
-        if let Some(o) = f
-            .as_object_mut()
-            .filter(|o| o.get("type") == Some(&json!("json_schema")))
-        {
-            let fields: serde_json::Map<String, Value> = std::mem::take(o)
-                .into_iter()
-                .filter(|(k, _)| k != "type")
-                .collect();
-            f = json!({"type": "json_schema", "json_schema": fields});
+        if f["type"] == "json_schema" {
+            if let Some(o) = f.as_object_mut() {
+                o.remove("type");
+            }
+            f = json!({"type": "json_schema", "json_schema": f});
         }
         chat["response_format"] = f;
     }
