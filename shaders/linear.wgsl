@@ -13,9 +13,10 @@ enable wgpu_cooperative_matrix;
 // tiled (with SIMT and TILES; k a multiple of 8): TS tokens by TR rows per workgroup through
 //   workgroup memory in f32 (common/simt_tile.wgsl), 8 weights and 8 inputs per load. Grid:
 //   (ceil(rows / TR), ceil(count / TS)).
-// coop (with COOP, TILES and SPLIT_INPUTS; k a multiple of 32): the tensor-core path of the `fast`
-//   precision (common/coop_tile.wgsl): inputs in two f16 parts (f16 inputs alone move the logits
-//   30 times more), f32 sums. Grid: (ceil(rows / TR), ceil(count / TS)).
+// coop (with COOP and TILES; k a multiple of 32): the tensor-core path of the `fast` precision
+//   (common/coop_tile.wgsl): inputs in f16, or with SPLIT_INPUTS in two f16 parts (the q/k/v
+//   projection: there f16 inputs alone move the logits 20 times more), f32 sums. Grid:
+//   (ceil(rows / TR), ceil(count / TS)).
 // staged (with STAGED and TILES; k a multiple of 8): decode passes of up to STAGED_TS tokens
 //   (FEW: STAGED_FEW_TS), f32 products, the tokens' inputs through workgroup memory (below).
 //   With NORM (and SPLIT_K) it reads the un-normed input and multiplies it by the gains (binding

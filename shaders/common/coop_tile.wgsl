@@ -8,9 +8,9 @@
 // exact in f16 within its range; to_h clamps beyond it), inputs in f32 through put_x: with
 // SPLIT_INPUTS (a define, not a branch: no control flow around the matrix operations) as two
 // f16 parts (high and the rest) multiplied one after the other, so that inputs keep about 22
-// bits instead of f16's 11 (on the parity checkpoint the dense layers' f16 inputs move the
-// logits by 1.7e-2 relative L2, split ones by 6e-4; the experts' f16 inputs add little: PERF.md
-// v0.12). Subgroups of 32 each own 16 inputs by SUB_ROWS rows: 64 (four 16 x 16 f32
+// bits instead of f16's 11 (on the parity checkpoint q/k/v's f16 inputs move the logits by
+// 1.7e-2 relative L2, split ones by 6e-4; o_proj's, the lm_head's and the experts' f16 inputs add
+// little: PERF.md v0.12, v0.52). Subgroups of 32 each own 16 inputs by SUB_ROWS rows: 64 (four 16 x 16 f32
 // accumulators) or 16 (one), so that tiles of few inputs (a decode batch's tokens) still get
 // enough subgroups to share the decoding of their weights; results leave through the
 // includer's store_rows(j, row, v): input j of the tile, rows row and row + 1. The includer

@@ -96,10 +96,19 @@ pub struct Linear<'a> {
     /// else by a rope.wgsl dispatch after the projection (prefill's whole tiles).
     pub rope: Option<RopeOutput<'a>>,
     /// Passes above the vector kernel's on the tensor cores where k is a multiple of 32
-    /// (`Caps::coop` must hold): f16 inputs, f32 sums.
-    pub coop: bool,
+    /// (`Caps::coop` must hold), with inputs as this gives, f32 sums; None: never.
+    pub coop: Option<CoopInputs>,
     /// Scratch for the tiles' k ranges (`split_sums_bytes`); without it k is never cut.
     pub split_sums: Option<&'a wgpu::Buffer>,
+}
+
+/// How the tensor-core tiles take a layer's f32 inputs (its bf16 weights are exact in f16).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CoopInputs {
+    /// Rounded to f16: 11 significant bits, one product a tile step.
+    F16,
+    /// As two f16 parts, the high 11 bits and the rest: about 22 bits, twice the products.
+    Split,
 }
 
 /// Where the fused q/k/v epilogue finds positions and rotations and puts k and v.
@@ -187,7 +196,7 @@ fn plan(l: &Linear) -> Result<Plan> {
         (0, None)
     } else if short_rows(l, l.rope.is_some())? {
         (c("SHORT_VEC_MAX_TOKENS")?, None)
-    } else if coop {
+    } else if coop.is_some() {
         let from = c("COOP_STAGED_FROM")?;
         (c("COOP_VEC_MAX_TOKENS")?, Some(from..=c("STAGED_TS")?))
     } else {
@@ -279,7 +288,7 @@ struct TileEntry {
 /// The tile entries of a layer: the staged tiles of STAGED_FEW_TS tokens, then of STAGED_TS, then
 /// on the tensor cores narrow tiles up to NARROW_TS tokens and the wide ones; else the portable
 /// ones. `subgroups`: the staged tiles' row sums by shuffles.
-fn tile_entries(coop: bool, subgroups: bool) -> Result<Vec<TileEntry>> {
+fn tile_entries(coop: Option<CoopInputs>, subgroups: bool) -> Result<Vec<TileEntry>> {
     let tiles = |key, shape: TileShape, last| TileEntry {
         key,
         shape,
@@ -296,11 +305,15 @@ fn tile_entries(coop: bool, subgroups: bool) -> Result<Vec<TileEntry>> {
             staged: true,
         });
     }
-    if coop {
+    if let Some(inputs) = coop {
         let narrow = tile_shape(true, true)?;
         let narrow_max = narrow.tokens;
-        out.push(tiles(coop_key(true), narrow, narrow_max));
-        out.push(tiles(coop_key(false), tile_shape(true, false)?, u32::MAX));
+        out.push(tiles(coop_key(true, inputs), narrow, narrow_max));
+        out.push(tiles(
+            coop_key(false, inputs),
+            tile_shape(true, false)?,
+            u32::MAX,
+        ));
     } else {
         out.push(tiles(simt_key(), tile_shape(false, false)?, u32::MAX));
     }
@@ -326,7 +339,7 @@ fn staged_fuses_norm(gpu: &Gpu, l: &Linear) -> Result<bool> {
     let (coop, simt) = tile_kind(l.k, l.coop);
     let buffers = if l.rope.is_some() { 8 } else { 4 };
     Ok(l.norm.is_some()
-        && (coop || simt)
+        && (coop.is_some() || simt)
         && l.split_sums.is_some()
         && gpu.caps.storage_buffers >= buffers
         && k_split(&staged_shape(false)?, l.k, l.n_out)?.splits > 1)
@@ -347,16 +360,17 @@ fn k_split(shape: &TileShape, k: u32, n_out: u32) -> Result<KSplit> {
 
 /// Whether a layer of input width k takes the tensor-core tiles, and whether the portable ones
 /// (else `main`).
-fn tile_kind(k: u32, coop: bool) -> (bool, bool) {
-    let coop = coop && k.is_multiple_of(32);
-    (coop, !coop && k.is_multiple_of(8))
+fn tile_kind(k: u32, coop: Option<CoopInputs>) -> (Option<CoopInputs>, bool) {
+    let coop = coop.filter(|_| k.is_multiple_of(32));
+    (coop, coop.is_none() && k.is_multiple_of(8))
 }
 
 /// The scratch a layer of n_out rows and k inputs needs for its k ranges (`Linear::split_sums`)
 /// in passes of up to max_tokens: 0 when k is not cut.
 pub fn split_sums_bytes(k: u32, n_out: u32, coop: bool, max_tokens: u32) -> Result<u64> {
-    let (coop, simt) = tile_kind(k, coop);
-    if !coop && !simt {
+    // The tiles' shapes do not depend on how they take their inputs.
+    let (coop, simt) = tile_kind(k, coop.then_some(CoopInputs::F16));
+    if coop.is_none() && !simt {
         return Ok(0);
     }
     let mut bytes = 0;
@@ -390,12 +404,12 @@ pub(crate) fn staged_key(subgroups: bool, few: bool) -> ShaderKey {
 }
 
 /// The tensor-core tiles' shader, wide or narrow (the validation sweep takes them from here).
-pub(crate) fn coop_key(narrow: bool) -> ShaderKey {
+pub(crate) fn coop_key(narrow: bool, inputs: CoopInputs) -> ShaderKey {
     ShaderKey::new("linear.wgsl", "coop")
         .define_if("TILES", true)
         .define_if("COOP", true)
         .define_if("NARROW", narrow)
-        .define_if("SPLIT_INPUTS", true)
+        .define_if("SPLIT_INPUTS", inputs == CoopInputs::Split)
 }
 
 /// Adds the k ranges' sums; with `rope` (Some(kv_f16)) rotates q, k and stores k, v too (the
@@ -456,7 +470,7 @@ fn check(l: &Linear) -> Result<()> {
 fn build_tiled(gpu: &Gpu, step: &wgpu::Buffer, l: &Linear, p: &Plan) -> Result<Vec<Dispatch>> {
     check(l)?;
     let (coop, simt) = tile_kind(l.k, l.coop);
-    if !coop && !simt {
+    if coop.is_none() && !simt {
         return build_main(gpu, step, l, p.tiles - 1);
     }
     let mut out = Vec::new();
@@ -779,7 +793,7 @@ mod tests {
         y: &'a wgpu::Buffer,
         k: usize,
         n: usize,
-        coop: bool,
+        coop: Option<CoopInputs>,
     ) -> Linear<'a> {
         Linear {
             x,
@@ -812,7 +826,7 @@ mod tests {
         };
         // (k, with a norm): a q/k/v-like layer, o_proj-like, short rows, k not a multiple of 8.
         for (k, with_norm) in [(2880, true), (4096, false), (128, false), (98, true)] {
-            for coop in [false, true] {
+            for coop in [None, Some(CoopInputs::F16)] {
                 let l = Linear {
                     norm: with_norm.then(norm),
                     ..layer(&buf, &w, &buf, k, 8, coop)
@@ -824,7 +838,7 @@ mod tests {
                         + (n >= p.tiles) as usize;
                     assert_eq!(
                         takers, 1,
-                        "k {k} coop {coop}: pass {n} has {takers} kernels"
+                        "k {k} coop {coop:?}: pass {n} has {takers} kernels"
                     );
                 }
             }
@@ -834,12 +848,14 @@ mod tests {
     gpu_test!(linear_matches_reference);
     async fn linear_matches_reference() {
         let mut rng = seeded("linear_matches_reference");
-        // The tensor-core path too where the adapter has it (inputs in two f16 parts: ~22 bits).
+        // The tensor-core paths too where the adapter has them: inputs in two f16 parts (~22
+        // bits) against the f32 reference, inputs in f16 against the reference on the inputs
+        // rounded to f16.
         let paths = gpus()
             .await
             .iter()
-            .flat_map(|g| [(g, false), (g, true)])
-            .filter(|(g, coop)| !coop || g.caps.coop);
+            .flat_map(|g| [None, Some(CoopInputs::Split), Some(CoopInputs::F16)].map(|c| (g, c)))
+            .filter(|(g, coop)| coop.is_none() || g.caps.coop);
         for (gpu, coop) in paths {
             // (tokens, k, n, rows per buffer, accumulate)
             for &(t, k, n, split, acc) in &[
@@ -875,10 +891,10 @@ mod tests {
                 (52, 1024, 160, 80, true),
             ] {
                 let e = case_nmse(gpu, &mut rng, (t, k, n, split, acc), coop, false, true).await;
-                let tol = if coop { 1e-9 } else { 1e-10 };
+                let tol = if coop.is_some() { 1e-9 } else { 1e-10 };
                 assert!(
                     e < tol,
-                    "{} coop={coop} t={t} k={k} n={n}: nmse {e}",
+                    "{} coop={coop:?} t={t} k={k} n={n}: nmse {e}",
                     gpu.caps.subgroups
                 );
             }
@@ -902,7 +918,7 @@ mod tests {
                 (8, 520, 200, 70, false, true),
             ] {
                 let case = (t, k, n, split, acc);
-                let e = case_nmse(gpu, &mut rng, case, false, true, cut).await;
+                let e = case_nmse(gpu, &mut rng, case, None, true, cut).await;
                 assert!(
                     e < 1e-10,
                     "{} t={t} k={k} n={n}: nmse {e}",
@@ -919,7 +935,7 @@ mod tests {
         gpu: &Gpu,
         rng: &mut crate::rng::Rng,
         (t, k, n, split, acc): (usize, usize, usize, usize, bool),
-        coop: bool,
+        coop: Option<CoopInputs>,
         tiles: bool,
         cut: bool,
     ) -> f64 {
@@ -931,7 +947,7 @@ mod tests {
         let xb = gpu.upload("x", f32_bytes(&x)).unwrap();
         let bb = gpu.upload("b", f32_bytes(&b)).unwrap();
         let yb = gpu.upload("y", f32_bytes(&y0)).unwrap();
-        let part_bytes = split_sums_bytes(k as u32, n as u32, coop, t as u32).unwrap();
+        let part_bytes = split_sums_bytes(k as u32, n as u32, coop.is_some(), t as u32).unwrap();
         let part = gpu.storage("part", part_bytes.max(4)).unwrap();
         let l = Linear {
             bias: Some(&bb),
@@ -940,6 +956,15 @@ mod tests {
             ..layer(&xb, &w_split, &yb, k, n, coop)
         };
         let got = run_pass(gpu, &l, tiles, t).await;
+        // Only the tensor-core tiles round the inputs: the vector kernel's and the staged tiles'
+        // passes keep them in f32.
+        let plan = if tiles { tiles_only() } else { plan(&l) };
+        let on_coop = t as u32 >= plan.unwrap().tiles && tile_kind(l.k, coop).0.is_some();
+        let x = if on_coop && coop == Some(CoopInputs::F16) {
+            x.iter().map(|&v| f16_round(v)).collect()
+        } else {
+            x
+        };
         nmse(&got, &reference(&x, &w, &b, &y0, k, acc))
     }
 
@@ -997,7 +1022,7 @@ mod tests {
                         eps: 1e-5,
                     }),
                     split_sums: tiles.then_some(&part),
-                    ..layer(&hb, &w_split, &yb, k, n, false)
+                    ..layer(&hb, &w_split, &yb, k, n, None)
                 };
                 assert!(!tiles || staged_fuses_norm(gpu, &l).unwrap());
                 let got = run_pass(gpu, &l, tiles, t).await;
@@ -1030,6 +1055,8 @@ mod tests {
         for (gpu, kv_f16, coop) in
             paths.filter(|(g, f, c)| (!f || g.caps.f16) && (!c || g.caps.coop))
         {
+            // Inputs in two parts: the tolerances below are f32's.
+            let inputs = coop.then_some(CoopInputs::Split);
             // (heads, kv heads, head dim, k, heads per weight buffer, tokens, which kernels)
             for &(nh, nkv, d, k, heads_split, t, path) in &[
                 (
@@ -1125,7 +1152,7 @@ mod tests {
                         kv_f16,
                     }),
                     split_sums: Some(&part),
-                    ..layer(&hb, &w_split, &yb, k, n, coop)
+                    ..layer(&hb, &w_split, &yb, k, n, inputs)
                 };
                 let ds = match path {
                     Kernels::Vec => build_vec(gpu, &step, &l, 1..=crate::kernels::VEC_MAX_TOKENS),

@@ -110,14 +110,16 @@ pub fn all_variants() -> Vec<ShaderKey> {
     }
     for split in [false, true] {
         for narrow in [false, true] {
-            out.push(linear::coop_key(narrow).define_if("SPLIT_K", split));
-            // Only with k cut: the sums go straight into part.
-            if split {
-                out.push(
-                    linear::coop_key(narrow)
-                        .define_if("SPLIT_K", true)
-                        .define_if("DIRECT_DRAIN", true),
-                );
+            for inputs in [linear::CoopInputs::F16, linear::CoopInputs::Split] {
+                out.push(linear::coop_key(narrow, inputs).define_if("SPLIT_K", split));
+                // Only with k cut: the sums go straight into part.
+                if split {
+                    out.push(
+                        linear::coop_key(narrow, inputs)
+                            .define_if("SPLIT_K", true)
+                            .define_if("DIRECT_DRAIN", true),
+                    );
+                }
             }
         }
         out.push(linear::simt_key().define_if("SPLIT_K", split));

@@ -121,6 +121,11 @@ pub fn random(rng: &mut Rng, n: usize, a: f32) -> Vec<f32> {
     (0..n).map(|_| rng.symmetric(a)).collect()
 }
 
+/// v rounded to the nearest f16 (clamped to its range first, as the kernels clamp).
+pub fn f16_round(v: f32) -> f32 {
+    half::f16::from_f32(v.clamp(-65504.0, 65504.0)).to_f32()
+}
+
 /// Random values already rounded to bf16, with their packed bytes.
 pub fn random_bf16(rng: &mut Rng, n: usize, a: f32) -> (Vec<f32>, Vec<u8>) {
     let v: Vec<half::bf16> = (0..n)
