@@ -108,32 +108,24 @@ pub fn all_variants() -> Vec<ShaderKey> {
         out.push(ShaderKey::new("moe.wgsl", "route").define_if("ROUTE", true));
         out.push(ShaderKey::new("moe.wgsl", "combine").define_if("COMBINE", true));
     }
-    for split in [false, true] {
-        for narrow in [false, true] {
-            for inputs in [linear::CoopInputs::F16, linear::CoopInputs::Split] {
-                out.push(linear::coop_key(narrow, inputs).define_if("SPLIT_K", split));
-                // Only with k cut: the sums go straight into part.
-                if split {
-                    out.push(
-                        linear::coop_key(narrow, inputs)
-                            .define_if("SPLIT_K", true)
-                            .define_if("DIRECT_DRAIN", true),
-                    );
-                }
-            }
+    // Each tile kernel with k whole and cut, and with k cut also with `extra`, which only
+    // exists then: the tensor-core tiles' sums straight into part, the staged tiles' fused norm.
+    let mut tiles = |key: ShaderKey, extra: Option<&'static str>| {
+        out.push(key.clone());
+        let cut = key.define_if("SPLIT_K", true);
+        if let Some(extra) = extra {
+            out.push(cut.clone().define_if(extra, true));
         }
-        out.push(linear::simt_key().define_if("SPLIT_K", split));
-        for (sg, few) in [(false, false), (false, true), (true, false), (true, true)] {
-            out.push(linear::staged_key(sg, few).define_if("SPLIT_K", split));
-            // The norm is fused only with k cut.
-            if split {
-                out.push(
-                    linear::staged_key(sg, few)
-                        .define_if("SPLIT_K", true)
-                        .define_if("NORM", true),
-                );
-            }
+        out.push(cut);
+    };
+    for narrow in [false, true] {
+        for inputs in [linear::CoopInputs::F16, linear::CoopInputs::Split] {
+            tiles(linear::coop_key(narrow, inputs), Some("DIRECT_DRAIN"));
         }
+    }
+    tiles(linear::simt_key(), None);
+    for (sg, few) in [(false, false), (false, true), (true, false), (true, true)] {
+        tiles(linear::staged_key(sg, few), Some("NORM"));
     }
     for rope in [None, Some(false), Some(true)] {
         for norm in [false, true] {
