@@ -24,6 +24,8 @@ pub(crate) struct LogitsArgs {
 pub(crate) fn logits(a: &LogitsArgs) -> Result<()> {
     let mut m = a.model.clone();
     m.precision.get_or_insert(Precision::Exact);
+    // Every token of a pass keeps its logits row (0.8 MB for gpt-oss): smaller passes.
+    m.chunk.get_or_insert(512);
     let ckpt = open(&m)?;
     let n = a.token_ids.len();
     let ctx = context(&m, &ckpt);
