@@ -49,7 +49,11 @@ pub(crate) fn serve(a: &ServeArgs) -> Result<()> {
         max_body: 32 << 20,
     };
     let name = cfg.model_name.clone();
-    let (m, seqs) = (a.model.clone(), a.max_num_seqs);
+    let (mut m, seqs) = (a.model.clone(), a.max_num_seqs);
+    // Decode tokens wait for the pass that carries a prompt's chunk: shorter passes than one
+    // sequence's default keep the other streams' tokens coming (H100, 64 clients: P99
+    // inter-token latency 53 ms at 512 against 133 ms at 2048; PERF.md v0.52).
+    m.chunk.get_or_insert(512);
     eprintln!(
         "opening {}:{} (503 on /health until the model is loaded)",
         a.host, a.port
