@@ -191,46 +191,51 @@ fn bad_requests_get_clear_errors() {
             r#"{"messages": [{"role": "user", "content": "x"}], "tools": [{"type": "web", "function": {"name": "f"}}]}"#,
             "tool type",
         ),
-        (
-            r#"{"messages": [{"role": "user", "content": "x"}], "response_format": {"type": "xml"}}"#,
-            "response_format type `xml`",
-        ),
-        (
-            r#"{"messages": [{"role": "user", "content": "x"}], "response_format": {}}"#,
-            "needs a `type`",
-        ),
-        (
-            r#"{"messages": [{"role": "user", "content": "x"}], "response_format": {"type": "json_schema"}}"#,
-            "`json_schema` object",
-        ),
-        (
-            r#"{"messages": [{"role": "user", "content": "x"}], "response_format": {"type": "json_schema", "json_schema": {"name": "a b", "schema": {}}}}"#,
-            "`name`",
-        ),
-        (
-            r#"{"messages": [{"role": "user", "content": "x"}], "response_format": {"type": "json_schema", "json_schema": {"name": "a", "schema": 3}}}"#,
-            "`schema`",
-        ),
     ];
-    for (json, needle) in bad {
+    let check = |json: &str, needle: &str| {
         let err = ChatRequest::from_json(json)
             .and_then(|r| r.to_harmony("2025-01-01"))
             .unwrap_err()
             .to_string();
         assert!(err.contains(needle), "{json}: {err}");
+    };
+    for (json, needle) in bad {
+        check(json, needle);
+    }
+    // response_format's errors, each in a request that is otherwise fine.
+    for (format, needle) in [
+        (r#"{"type": "xml"}"#, "response_format type `xml`"),
+        ("{}", "needs a `type`"),
+        (r#"{"type": "json_schema"}"#, "`json_schema` object"),
+        (
+            r#"{"type": "json_schema", "json_schema": {"name": "a b", "schema": {}}}"#,
+            "`name`",
+        ),
+        (
+            r#"{"type": "json_schema", "json_schema": {"name": "a", "schema": 3}}"#,
+            "`schema`",
+        ),
+    ] {
+        let json = format!(
+            r#"{{"messages": [{{"role": "user", "content": "x"}}], "response_format": {format}}}"#
+        );
+        check(&json, needle);
     }
     assert!(ChatRequest::from_json("{not json").is_err());
 }
+
+/// The schema of the Harmony guide's structured-output example, as the guide prints it.
+const GUIDE_SCHEMA: &str = concat!(
+    r#"{"properties":{"items":{"type":"array","description":"entries on the shopping list","#,
+    r#""items":{"type":"string"}}},"type":"object"}"#
+);
 
 /// The developer message of the Harmony guide's structured-output example (OpenAI cookbook,
 /// "OpenAI harmony response format", Structured output): openai-harmony 0.0.8 has no response
 /// formats to compare with, so the guide's text is the reference.
 #[test]
 fn response_formats_render_as_the_harmony_guide_shows() {
-    let schema: Value = serde_json::from_str(
-        r#"{"properties":{"items":{"type":"array","description":"entries on the shopping list","items":{"type":"string"}}},"type":"object"}"#,
-    )
-    .unwrap();
+    let schema: Value = serde_json::from_str(GUIDE_SCHEMA).unwrap();
     let shopping = ResponseFormat {
         name: "shopping_list".into(),
         description: None,
@@ -245,8 +250,7 @@ fn response_formats_render_as_the_harmony_guide_shows() {
         developer_text(&dev),
         format!(
             "# Instructions\n\nYou are a helpful shopping assistant\n\n# Response Formats\n\n\
-             ## shopping_list\n\n{}",
-            r#"{"properties":{"items":{"type":"array","description":"entries on the shopping list","items":{"type":"string"}}},"type":"object"}"#
+             ## shopping_list\n\n{GUIDE_SCHEMA}"
         )
     );
     // The formats close the message, after the tools; a description is a comment per line.

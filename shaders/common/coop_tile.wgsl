@@ -1,26 +1,25 @@
-// Tensor-core tile products, shared by the COOP variants of moe.wgsl and linear.wgsl: a
-// workgroup multiplies the TS inputs of its tile (expert slots or tokens) by TR rows of a weight
-// matrix, KS = 32 KB inputs of each at a time (KB MXFP4 blocks). Each step the includer's
-// fetch(lid, step) brings the next KS columns of both operands into registers while the tensor
-// cores multiply the current ones, and stash() writes them to workgroup memory as f16 (the
-// includer's weights8 and inputs8 turn what was fetched for item u into its 8 values as 4
-// pairs, value j for column item_col(u, j)): weights as f16 (bf16 and scaled e2m1 values are
-// exact in f16 within its range; to_h clamps beyond it), inputs in f32 through put_x: with
-// SPLIT_INPUTS (a define, not a branch: no control flow around the matrix operations) as two
-// f16 parts (high and the rest) multiplied one after the other, so that inputs keep about 22
-// bits instead of f16's 11 (on the parity checkpoint q/k/v's f16 inputs move the logits by
-// 1.7e-2 relative L2, split ones by 6e-4; o_proj's, the lm_head's and the experts' f16 inputs add
-// little: PERF.md v0.12, v0.52). Subgroups of 32 each own 16 inputs by SUB_ROWS rows: 64 (four 16 x 16 f32
-// accumulators) or 16 (one), so that tiles of few inputs (a decode batch's tokens) still get
-// enough subgroups to share the decoding of their weights; results leave through the
-// includer's store_rows(j, row, v): input j of the tile, rows row and row + 1. The includer
-// enables f16 and wgpu_cooperative_matrix and defines TS, TR and SUB_ROWS (TS a multiple of 16,
-// TR of SUB_ROWS), KB (blocks of 32 inputs per step: more halve the steps and their barriers
-// and put more bytes in flight per step, but take more registers and workgroup memory; PERF.md
-// v0.15), Fetch, fetch(lid, step), weights8(f, i, u), inputs8(f, i, u), item_col(u, j),
-// x_live() (the tile's inputs that are stored: a decode batch's expert has ~8 of 64) and
-// store_rows (with DIRECT_DRAIN store_block instead; with DRAIN_QUADS store_quad(j, row, v), rows
-// row .. row + 3 of input j), and runs TILE_WG invocations per workgroup.
+// Tensor-core tile products, shared by the COOP variants of moe.wgsl and linear.wgsl: a workgroup
+// multiplies the TS inputs of its tile (expert slots or tokens) by TR rows of a weight matrix, KS =
+// 32 KB inputs of each at a time (KB MXFP4 blocks). Each step the includer's fetch(lid, step)
+// brings the next KS columns of both operands into registers while the tensor cores multiply the
+// current ones, and stash() writes them to workgroup memory as f16 (the includer's weights8 and
+// inputs8 turn what was fetched for item u into its 8 values as 4 pairs, value j for column
+// item_col(u, j)): weights as f16 (bf16 and scaled e2m1 values are exact in f16 within its range;
+// to_h clamps beyond it), inputs in f32 through put_x: with SPLIT_INPUTS (a define, not a branch:
+// no control flow around the matrix operations) as two f16 parts (high and the rest) multiplied one
+// after the other, so that inputs keep about 22 bits instead of f16's 11 (on the parity checkpoint
+// q/k/v's f16 inputs move the logits by 1.7e-2 relative L2, split ones by 6e-4; o_proj's, the
+// lm_head's and the experts' f16 inputs add little: PERF.md v0.12, v0.52). Subgroups of 32 each own
+// 16 inputs by SUB_ROWS rows: 64 (four 16 x 16 f32 accumulators) or 16 (one), so that tiles of few
+// inputs (a decode batch's tokens) still get enough subgroups to share the decoding of their
+// weights; results leave through the includer's store_rows(j, row, v): input j of the tile, rows
+// row and row + 1. The includer enables f16 and wgpu_cooperative_matrix and defines TS, TR and
+// SUB_ROWS (TS a multiple of 16, TR of SUB_ROWS), KB (blocks of 32 inputs per step: more halve the
+// steps and their barriers and put more bytes in flight per step, but take more registers and
+// workgroup memory; PERF.md v0.15), Fetch, fetch(lid, step), weights8(f, i, u), inputs8(f, i, u),
+// item_col(u, j), x_live() (the tile's inputs that are stored: a decode batch's expert has ~8 of
+// 64) and store_rows (with DIRECT_DRAIN store_block instead; with DRAIN_QUADS store_quad(j, row,
+// v), rows row .. row + 3 of input j), and runs TILE_WG invocations per workgroup.
 #include "common/tile_step.wgsl"
 const TILE_WG: u32 = 32u * (TS / 16u) * (TR / SUB_ROWS);
 const KS: u32 = 32u * KB;

@@ -958,8 +958,8 @@ mod tests {
         let got = run_pass(gpu, &l, tiles, t).await;
         // Only the tensor-core tiles round the inputs: the vector kernel's and the staged tiles'
         // passes keep them in f32.
-        let plan = if tiles { tiles_only() } else { plan(&l) };
-        let on_coop = t as u32 >= plan.unwrap().tiles && tile_kind(l.k, coop).0.is_some();
+        let first_tiled = if tiles { tiles_only() } else { plan(&l) }.unwrap().tiles;
+        let on_coop = t as u32 >= first_tiled && tile_kind(l.k, coop).0.is_some();
         let x = if on_coop && coop == Some(CoopInputs::F16) {
             x.iter().map(|&v| f16_round(v)).collect()
         } else {
