@@ -162,15 +162,9 @@ impl Dispatch {
     }
 }
 
-/// Writes the step counts and records `dispatches` in order into one compute pass.
-pub fn record_all(
-    gpu: &Gpu,
-    enc: &mut wgpu::CommandEncoder,
-    step: &wgpu::Buffer,
-    counts: &StepCounts,
-    dispatches: &[Dispatch],
-) {
-    gpu.queue.write_buffer(step, 0, bytemuck::bytes_of(counts));
+/// Records `dispatches` in order into one compute pass, for a step whose counts are `counts`
+/// (the caller has written them to the step buffer).
+pub fn record_all(enc: &mut wgpu::CommandEncoder, counts: &StepCounts, dispatches: &[Dispatch]) {
     let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
         label: Some("forward"),
         timestamp_writes: None,
@@ -185,9 +179,10 @@ pub fn step_buffer(gpu: &Gpu) -> wgpu::Buffer {
     gpu.uniform("step", bytemuck::bytes_of(&StepCounts::default()))
 }
 
-/// Records and submits one step's dispatches (no waiting).
+/// Writes the step counts, records and submits one step's dispatches (no waiting).
 pub fn submit(gpu: &Gpu, step: &wgpu::Buffer, counts: &StepCounts, dispatches: &[Dispatch]) {
+    gpu.queue.write_buffer(step, 0, bytemuck::bytes_of(counts));
     let mut enc = gpu.device.create_command_encoder(&Default::default());
-    record_all(gpu, &mut enc, step, counts, dispatches);
+    record_all(&mut enc, counts, dispatches);
     gpu.queue.submit([enc.finish()]);
 }

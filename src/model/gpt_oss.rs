@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
-use crate::gpu::buffer::ReadBack;
+use crate::gpu::buffer::{ReadBack, Upload};
 use crate::gpu::dispatch::{self, StepCounts};
 use crate::gpu::{Count, Dispatch, Gpu};
 use crate::kernels::attention::{self, Attention};
@@ -81,8 +81,8 @@ pub struct Batch<'a> {
 /// `max_outputs` logits rows. Shapes: T tokens, O outputs, H hidden, E experts, K top-k.
 struct Activations {
     /// [T] TokenInfo, and [O] the token row of each output.
-    tokens: wgpu::Buffer,
-    out_rows: wgpu::Buffer,
+    tokens: Upload,
+    out_rows: Upload,
     /// [T, H] the residual stream, and h = RMSNorm(x) for the tiled kernels and the experts.
     x: wgpu::Buffer,
     h: wgpu::Buffer,
@@ -111,8 +111,8 @@ struct Activations {
     /// logit_bias entries, sampling's per-chunk scratch, [O] sampled ids.
     final_h: wgpu::Buffer,
     logits: wgpu::Buffer,
-    sampling: wgpu::Buffer,
-    logit_bias: wgpu::Buffer,
+    sampling: Upload,
+    logit_bias: Upload,
     sample_parts: wgpu::Buffer,
     ids: wgpu::Buffer,
     /// Their total size.
@@ -149,8 +149,8 @@ impl Activations {
             g.storage(name, n)
         };
         Ok(Activations {
-            tokens: buf("tokens", t * std::mem::size_of::<TokenInfo>() as u64)?,
-            out_rows: buf("out_rows", o * 4)?,
+            tokens: Upload::new(buf("tokens", t * size_of::<TokenInfo>() as u64)?),
+            out_rows: Upload::new(buf("out_rows", o * 4)?),
             x: buf("x", t * h * 4)?,
             h: buf("h", t * h * 4)?,
             h16: buf("h16", if coop { t * h * 2 } else { 4 })?,
@@ -173,11 +173,11 @@ impl Activations {
             split_sums: buf("split_sums", split_sums.max(4))?,
             final_h: buf("final_h", o * h * 4)?,
             logits: buf("logits", o * v * 4)?,
-            sampling: buf("sampling", o * size_of::<SampleParams>() as u64)?,
-            logit_bias: buf(
+            sampling: Upload::new(buf("sampling", o * size_of::<SampleParams>() as u64)?),
+            logit_bias: Upload::new(buf(
                 "logit_bias",
                 o * row_bias_entries(max_context, c.vocab) * size_of::<LogitBias>() as u64,
-            )?,
+            )?),
             sample_parts: buf("sample_parts", sample::parts_bytes(o as u32, c.vocab)?)?,
             ids: buf("ids", o * 4)?,
             partial_max_tokens,
@@ -244,7 +244,7 @@ pub struct Model {
     /// Whether decode's expert products run in f16 pairs (`ModelOptions::coop` and
     /// `Caps::f16_products`).
     pub f16_products: bool,
-    step: wgpu::Buffer,
+    step: Upload,
     acts: Activations,
     /// Read-back of sampled ids, and of kept logits rows (log-probabilities: 800 KB a row, so
     /// made as needed rather than for every output up front), one buffer per queued pass.
@@ -282,7 +282,15 @@ impl Graph<'_> {
         rope_table: &wgpu::Buffer,
     ) -> Result<Vec<Dispatch>> {
         let (g, step, c, a) = (self.g, self.step, self.c, self.acts);
-        let mut ds = embed::build(g, step, &a.tokens, &w.embed_tokens, &a.x, &a.ids, c.hidden)?;
+        let mut ds = embed::build(
+            g,
+            step,
+            &a.tokens.buffer,
+            &w.embed_tokens,
+            &a.x,
+            &a.ids,
+            c.hidden,
+        )?;
         for (l, lw) in w.layers.iter().enumerate() {
             ds.extend(self.attention_block(l, lw, cache, rope_table)?);
             ds.extend(self.moe_block(l, lw)?);
@@ -294,7 +302,7 @@ impl Graph<'_> {
             &RmsNorm {
                 x: &a.x,
                 w: &w.norm,
-                rows: Some(&a.out_rows),
+                rows: Some(&a.out_rows.buffer),
                 out: &a.final_h,
                 n: c.hidden,
                 eps: c.eps,
@@ -324,8 +332,8 @@ impl Graph<'_> {
             step,
             &sample::Sample {
                 logits: &a.logits,
-                params: &a.sampling,
-                bias: &a.logit_bias,
+                params: &a.sampling.buffer,
+                bias: &a.logit_bias.buffer,
                 parts: &a.sample_parts,
                 ids: &a.ids,
             },
@@ -373,7 +381,7 @@ impl Graph<'_> {
                 eps: c.eps,
             }),
             rope: Some(RopeOutput {
-                tokens: &a.tokens,
+                tokens: &a.tokens.buffer,
                 table: rope_table,
                 k_cache: &cache.k,
                 v_cache: &cache.v,
@@ -401,7 +409,7 @@ impl Graph<'_> {
             g,
             step,
             &Attention {
-                tokens: &a.tokens,
+                tokens: &a.tokens.buffer,
                 qkv: &a.qkv,
                 k_cache: &cache.k,
                 v_cache: &cache.v,
@@ -601,7 +609,7 @@ impl Model {
             kv_f16,
             opts.kv_cache_bytes,
         )?;
-        let step = dispatch::step_buffer(g);
+        let step = Upload::new(dispatch::step_buffer(g));
         let fold_max_tokens = if router_fold::fits(g, c.experts)? {
             router_fold::max_tokens(acts.partial_max_tokens)?
         } else {
@@ -617,7 +625,7 @@ impl Model {
         };
         let graph = Graph {
             g,
-            step: &step,
+            step: &step.buffer,
             c,
             acts: &acts,
             max_tokens: opts.max_tokens,
@@ -774,17 +782,14 @@ impl Model {
         let g = &self.gpu;
         let mut tokens = b.tokens.to_vec();
         self.cache.place(g, &mut tokens)?;
-        g.write(&self.acts.tokens, 0, bytemuck::cast_slice(&tokens));
-        if !b.outputs.is_empty() {
-            g.write(&self.acts.out_rows, 0, bytemuck::cast_slice(b.outputs));
-            g.write(&self.acts.sampling, 0, bytemuck::cast_slice(&sampling));
-        }
-        if !b.bias.is_empty() {
-            g.write(&self.acts.logit_bias, 0, bytemuck::cast_slice(b.bias));
-        }
+        let a = &self.acts;
+        a.tokens.write(g, bytemuck::cast_slice(&tokens));
+        a.out_rows.write(g, bytemuck::cast_slice(b.outputs));
+        a.sampling.write(g, bytemuck::cast_slice(&sampling));
+        a.logit_bias.write(g, bytemuck::cast_slice(b.bias));
         let keys = b.tokens.iter().map(|t| t.pos + 1).max().unwrap_or(1);
         let (splits, span) = self.split_rule.split(keys);
-        Ok(StepCounts {
+        let counts = StepCounts {
             tokens: n as u32,
             outputs: b.outputs.len() as u32,
             slots: n as u32 * self.cfg.top_k,
@@ -792,7 +797,9 @@ impl Model {
             span,
             biased: (b.bias.len() + sampling.iter().filter(|s| s.pending != 0).count()) as u32,
             _pad: [0; 2],
-        })
+        };
+        self.step.write(g, bytemuck::bytes_of(&counts));
+        Ok(counts)
     }
 
     /// Runs a forward pass and returns the sampled token id of each output row. Only those ids
@@ -825,7 +832,7 @@ impl Model {
         let counts = self.write_inputs(b)?;
         let g = &self.gpu;
         let mut enc = g.device.create_command_encoder(&Default::default());
-        dispatch::record_all(g, &mut enc, &self.step, &counts, &self.dispatches);
+        dispatch::record_all(&mut enc, &counts, &self.dispatches);
         let ids_bytes = b.outputs.len() as u64 * 4;
         let ids = (ids_bytes > 0).then(|| {
             // Sized for the most outputs, so that the same two serve every pass.
@@ -878,7 +885,9 @@ impl Model {
     /// Runs a forward pass and returns the logits [outputs, V] (a debugging and parity path).
     pub async fn logits(&self, b: &Batch<'_>) -> Result<Vec<f32>> {
         let counts = self.write_inputs(b)?;
-        dispatch::submit(&self.gpu, &self.step, &counts, &self.dispatches);
+        let mut enc = self.gpu.device.create_command_encoder(&Default::default());
+        dispatch::record_all(&mut enc, &counts, &self.dispatches);
+        self.gpu.queue.submit([enc.finish()]);
         self.gpu
             .read_f32(&self.acts.logits, b.outputs.len() * self.cfg.vocab as usize)
             .await
@@ -910,8 +919,6 @@ impl Model {
             usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
-        g.queue
-            .write_buffer(&self.step, 0, bytemuck::bytes_of(&counts));
         let mut enc = g.device.create_command_encoder(&Default::default());
         for (i, d) in self.dispatches.iter().enumerate() {
             let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
