@@ -175,17 +175,20 @@ impl Upload {
             return;
         }
         let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
-        let n = padded(data.len() as u64) as usize;
-        let mut v = data.to_vec();
-        v.resize(n, 0);
-        if known.get(..n) == Some(&v[..]) {
+        // `Gpu::write` pads the data with zeros to 4 bytes.
+        let (len, n) = (data.len(), padded(data.len() as u64) as usize);
+        let held = known
+            .get(..n)
+            .is_some_and(|k| k[..len] == *data && k[len..].iter().all(|&b| b == 0));
+        if held {
             return;
         }
-        gpu.queue.write_buffer(&self.buffer, 0, &v);
+        gpu.write(&self.buffer, 0, data);
         if known.len() < n {
             known.resize(n, 0);
         }
-        known[..n].copy_from_slice(&v);
+        known[..len].copy_from_slice(data);
+        known[len..n].fill(0);
         #[cfg(test)]
         self.queued
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);

@@ -179,10 +179,15 @@ pub fn step_buffer(gpu: &Gpu) -> wgpu::Buffer {
     gpu.uniform("step", bytemuck::bytes_of(&StepCounts::default()))
 }
 
-/// Writes the step counts, records and submits one step's dispatches (no waiting).
-pub fn submit(gpu: &Gpu, step: &wgpu::Buffer, counts: &StepCounts, dispatches: &[Dispatch]) {
-    gpu.queue.write_buffer(step, 0, bytemuck::bytes_of(counts));
+/// Records and submits one step's dispatches (no waiting), its counts already in the step buffer.
+pub fn run(gpu: &Gpu, counts: &StepCounts, dispatches: &[Dispatch]) {
     let mut enc = gpu.device.create_command_encoder(&Default::default());
     record_all(&mut enc, counts, dispatches);
     gpu.queue.submit([enc.finish()]);
+}
+
+/// Writes the step counts, then `run`s the dispatches.
+pub fn submit(gpu: &Gpu, step: &wgpu::Buffer, counts: &StepCounts, dispatches: &[Dispatch]) {
+    gpu.queue.write_buffer(step, 0, bytemuck::bytes_of(counts));
+    run(gpu, counts, dispatches);
 }

@@ -885,9 +885,7 @@ impl Model {
     /// Runs a forward pass and returns the logits [outputs, V] (a debugging and parity path).
     pub async fn logits(&self, b: &Batch<'_>) -> Result<Vec<f32>> {
         let counts = self.write_inputs(b)?;
-        let mut enc = self.gpu.device.create_command_encoder(&Default::default());
-        dispatch::record_all(&mut enc, &counts, &self.dispatches);
-        self.gpu.queue.submit([enc.finish()]);
+        dispatch::run(&self.gpu, &counts, &self.dispatches);
         self.gpu
             .read_f32(&self.acts.logits, b.outputs.len() * self.cfg.vocab as usize)
             .await
