@@ -478,8 +478,8 @@ fn loop_bounding() -> bool {
         || std::env::var_os("GPT_OSS_LOOP_BOUNDING").is_some_and(|v| v == "1")
 }
 
-/// Whether naga clamps every index (on unless `GPT_OSS_BOUNDS_CHECKS=0`, which measures what the
-/// clamps cost: PERF.md v0.17).
+/// Whether naga clamps every index and guards every integer division against a zero divisor
+/// (on unless `GPT_OSS_BOUNDS_CHECKS=0`, which measures what both cost: PERF.md v0.17, v0.54).
 fn bounds_checks() -> bool {
     cfg!(target_arch = "wasm32")
         || std::env::var_os("GPT_OSS_BOUNDS_CHECKS").is_none_or(|v| v != "0")
