@@ -350,6 +350,30 @@ fn errors_are_one_line_and_say_each_thing_once() {
     }
 }
 
+/// A zero where a count must be positive is refused as the arguments are read, naming the flag,
+/// before any model loads (the model folder here does not exist).
+#[test]
+fn zero_counts_are_refused_before_loading() {
+    for (cmd, flag) in [
+        ("generate", "--max-tokens"),
+        ("generate", "--chunk"),
+        ("generate", "--max-context"),
+        ("chat", "--max-tokens"),
+        ("bench", "--decode-steps"),
+        ("bench", "--batches"),
+        ("bench", "--prompt-lens"),
+        ("serve", "--max-num-seqs"),
+    ] {
+        let out = run(&[cmd, "--model", "/nonexistent", flag, "0"]);
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        let first = err.lines().next().unwrap_or("");
+        let want = format!("error: invalid value '0' for '{flag}");
+        assert!(first.starts_with(&want), "{cmd} {flag}: {err}");
+        assert!(!err.contains("nonexistent"), "{cmd} {flag}: {err}");
+    }
+}
+
 #[test]
 fn synth_refuses_to_overwrite_without_force() {
     let dir = tempfile::tempdir().unwrap();

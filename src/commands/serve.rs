@@ -2,7 +2,7 @@
 
 use std::io::Write;
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 use clap::Args;
 use gpt_oss_wgpu::serve::ServeConfig;
 
@@ -25,7 +25,7 @@ pub(crate) struct ServeArgs {
     #[arg(long)]
     pub(crate) served_model_name: Option<String>,
     /// Most sequences decoding together (each holds a KV-cache slot).
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..))]
     pub(crate) max_num_seqs: u32,
     /// Requests that may wait for a free sequence; more get 503.
     #[arg(long, default_value_t = 256)]
@@ -33,9 +33,6 @@ pub(crate) struct ServeArgs {
 }
 
 pub(crate) fn serve(a: &ServeArgs) -> Result<()> {
-    if a.max_num_seqs == 0 {
-        bail!("--max-num-seqs must be at least 1");
-    }
     let ckpt = open(&a.model)?;
     let cfg = ServeConfig {
         host: a.host.clone(),
