@@ -363,8 +363,10 @@ fn zero_counts_are_refused_before_loading() {
         ("bench", "--batches"),
         ("bench", "--prompt-lens"),
         ("serve", "--max-num-seqs"),
+        ("synth", "--shard-mib"),
     ] {
-        let out = run(&[cmd, "--model", "/nonexistent", flag, "0"]);
+        let place = if cmd == "synth" { "--out" } else { "--model" };
+        let out = run(&[cmd, place, "/nonexistent", flag, "0"]);
         assert!(!out.status.success());
         let err = String::from_utf8_lossy(&out.stderr);
         let first = err.lines().next().unwrap_or("");

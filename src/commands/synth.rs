@@ -50,8 +50,8 @@ pub(crate) struct SynthArgs {
     /// Keys a sliding-window layer attends to.
     #[arg(long)]
     pub(crate) sliding_window: Option<u32>,
-    /// Start a new shard after this many MiB.
-    #[arg(long)]
+    /// Start a new shard after this many MiB (default: 5 GiB shards).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub(crate) shard_mib: Option<u64>,
     /// Write into --out even if it already holds files (they may be overwritten).
     #[arg(long)]
@@ -105,7 +105,7 @@ pub(crate) fn synth_cmd(a: &SynthArgs) -> Result<()> {
     set(&mut s.vocab, a.vocab);
     set(&mut s.sliding_window, a.sliding_window);
     if let Some(m) = a.shard_mib {
-        s.shard_bytes = m.max(1) << 20;
+        s.shard_bytes = m.saturating_mul(1 << 20);
     }
     refuse_occupied(a)?;
     let pb = bar(0, "writing");
