@@ -217,8 +217,9 @@ fn read_stats(
     Ok(lines)
 }
 
-/// `key`'s SPIR-V as wgpu-hal writes it for a Vulkan 1.3 device with robust buffer access, and
-/// its bind group 0's bindings.
+/// `key`'s SPIR-V as wgpu-hal writes it for a Vulkan 1.3 device with robust buffer access (with
+/// naga's index clamps and division guards, or without them where the key opts out), and its
+/// bind group 0's bindings.
 fn spirv(key: &ShaderKey) -> Result<(Vec<u32>, Vec<vk::DescriptorSetLayoutBinding<'static>>)> {
     use naga::back::spv;
     let src = key.source()?;
@@ -233,12 +234,17 @@ fn spirv(key: &ShaderKey) -> Result<(Vec<u32>, Vec<vk::DescriptorSetLayoutBindin
     .validate(&module)?;
     let options = spv::Options {
         lang_version: (1, 6),
-        bounds_check_policies: naga::proc::BoundsCheckPolicies {
-            index: naga::proc::BoundsCheckPolicy::Restrict,
-            ..Default::default()
+        bounds_check_policies: if key.runtime_checks {
+            naga::proc::BoundsCheckPolicies {
+                index: naga::proc::BoundsCheckPolicy::Restrict,
+                ..Default::default()
+            }
+        } else {
+            naga::proc::BoundsCheckPolicies::default()
         },
         zero_initialize_workgroup_memory: spv::ZeroInitializeWorkgroupMemoryMode::Native,
         force_loop_bounding: false,
+        emit_int_div_checks: key.runtime_checks,
         ..Default::default()
     };
     let pipeline = spv::PipelineOptions {
@@ -278,6 +284,32 @@ mod tests {
                 super::spirv(&key).unwrap_or_else(|e| panic!("{}: {e:#}", key.label()));
             assert_eq!(words[0], 0x0723_0203, "{}: not SPIR-V", key.label());
             assert!(!bindings.is_empty(), "{}", key.label());
+        }
+    }
+
+    /// A variant that opts out of naga's runtime checks is written without them: no index
+    /// clamps and no division guards, so fewer words than the same source with them.
+    #[test]
+    fn unchecked_variants_drop_the_checks() {
+        let unchecked = gpt_oss_wgpu::kernels::all_variants()
+            .into_iter()
+            .filter(|k| !k.runtime_checks)
+            .collect::<Vec<_>>();
+        assert!(!unchecked.is_empty());
+        for key in unchecked {
+            let checked = gpt_oss_wgpu::gpu::ShaderKey {
+                runtime_checks: true,
+                ..key.clone()
+            };
+            let (lean, _) = super::spirv(&key).unwrap();
+            let (full, _) = super::spirv(&checked).unwrap();
+            assert!(
+                lean.len() < full.len(),
+                "{}: {} >= {} words",
+                key.label(),
+                lean.len(),
+                full.len()
+            );
         }
     }
 }

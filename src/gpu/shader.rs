@@ -108,12 +108,14 @@ pub fn wgsl_const(file: &str, name: &str) -> Result<u32> {
         })
 }
 
-/// One compiled variant: file, entry point and text defines.
+/// One compiled variant: file, entry point, text defines, and whether naga's runtime checks
+/// stay in (`Gpu::pipeline`).
 #[derive(Clone, Debug, PartialEq)]
 pub struct ShaderKey {
     pub file: &'static str,
     pub entry: &'static str,
     pub defines: BTreeSet<&'static str>,
+    pub runtime_checks: bool,
 }
 
 impl ShaderKey {
@@ -122,7 +124,18 @@ impl ShaderKey {
             file,
             entry,
             defines: BTreeSet::new(),
+            runtime_checks: true,
         }
+    }
+
+    /// Compiles without naga's index clamps and division guards on native backends, for a
+    /// kernel whose every index into its private and workgroup arrays is in range by
+    /// construction (loop bounds that are constants, or shapes the host checked) and whose
+    /// divisors are constants. Out of range there would be undefined behaviour, so a kernel
+    /// earns this only by review and by a measured gain (PERF.md v0.55).
+    pub fn without_runtime_checks(mut self) -> Self {
+        self.runtime_checks = false;
+        self
     }
 
     /// Adds a text define when `on`.
@@ -139,6 +152,9 @@ impl ShaderKey {
         for d in &self.defines {
             s.push('.');
             s.push_str(d);
+        }
+        if !self.runtime_checks {
+            s.push_str(".UNCHECKED");
         }
         s
     }
