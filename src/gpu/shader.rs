@@ -153,7 +153,8 @@ impl ShaderKey {
             s.push('.');
             s.push_str(d);
         }
-        if !self.runtime_checks {
+        // (The browser keeps the checks whatever the key asks: Gpu::pipeline.)
+        if !self.runtime_checks && !cfg!(target_arch = "wasm32") {
             s.push_str(".UNCHECKED");
         }
         s
