@@ -12,13 +12,13 @@ pub(crate) struct BenchArgs {
     #[command(flatten)]
     pub(crate) model: ModelArgs,
     /// Prompt lengths to prefill (each timed as the median of three passes after one untimed).
-    #[arg(long, value_delimiter = ',', default_value = "512,2048", value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, value_delimiter = ',', default_value = "512,2048", value_parser = positive())]
     pub(crate) prompt_lens: Vec<u32>,
     /// Decode batch sizes (sequences decoding together).
-    #[arg(long, value_delimiter = ',', default_value = "1", value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, value_delimiter = ',', default_value = "1", value_parser = positive())]
     pub(crate) batches: Vec<u32>,
     /// Decode steps to time per batch size.
-    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, default_value_t = 64, value_parser = positive())]
     pub(crate) decode_steps: u32,
     /// Also time batch-1 decode with this many positions already cached (e.g. 2048,8192,32768;
     /// the cache is not prefilled for these: only the amount of keys read matters for speed).

@@ -35,7 +35,7 @@ pub(crate) struct ChatOptions {
     #[arg(long)]
     pub(crate) system: Option<String>,
     /// Most tokens per answer, reasoning included.
-    #[arg(long, default_value_t = 2048, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, default_value_t = 2048, value_parser = positive())]
     pub(crate) max_tokens: u32,
     #[command(flatten)]
     pub(crate) sampling: SamplingArgs,

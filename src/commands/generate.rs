@@ -24,7 +24,7 @@ pub(crate) struct GenerateArgs {
     #[arg(long, value_delimiter = ',')]
     pub(crate) token_ids: Option<Vec<u32>>,
     /// Most tokens to generate (default: 2048 in chat mode, reasoning included; 128 with --raw).
-    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, value_parser = positive())]
     pub(crate) max_tokens: Option<u32>,
     #[command(flatten)]
     pub(crate) sampling: SamplingArgs,

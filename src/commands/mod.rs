@@ -45,14 +45,14 @@ pub(crate) struct ModelArgs {
     #[arg(long)]
     pub(crate) model: String,
     /// Most positions per sequence (prompt plus output).
-    #[arg(long, alias = "max-model-len", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, alias = "max-model-len", default_value_t = 4096, value_parser = positive())]
     pub(crate) max_context: u32,
     /// Most tokens per forward pass; longer prompts are prefilled in chunks. Memory grows with
     /// it (one 8k-token sequence of gpt-oss-20b: 13.2 GiB at 512, 13.5 at 2048), and so does
     /// prefill speed (H100: 10.6k tok/s at 512, 15.1k at 2048). [default: 2048; serve: 512, so
     /// that a prompt's pass holds up the other streams less; logits: 512, as it keeps every
     /// token's logits (0.8 MB each); bench: the longest --prompt-lens]
-    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, value_parser = positive())]
     pub(crate) chunk: Option<u32>,
     /// Keep the KV cache in f32 (default: f16 where the adapter supports it, half the memory).
     #[arg(long)]
@@ -112,6 +112,12 @@ impl SamplingArgs {
 pub(crate) enum Precision {
     Exact,
     Fast,
+}
+
+/// Parses a count that must be at least 1, so that a zero is refused as the arguments are read,
+/// naming the flag, rather than after a model loads.
+pub(crate) fn positive() -> clap::builder::RangedI64ValueParser<u32> {
+    clap::value_parser!(u32).range(1..)
 }
 
 /// A size in bytes: a number with an optional unit, K/M/G/T or KiB/MiB/GiB/TiB (powers of

@@ -25,7 +25,7 @@ pub(crate) struct ServeArgs {
     #[arg(long)]
     pub(crate) served_model_name: Option<String>,
     /// Most sequences decoding together (each holds a KV-cache slot).
-    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, default_value_t = 8, value_parser = positive())]
     pub(crate) max_num_seqs: u32,
     /// Requests that may wait for a free sequence; more get 503.
     #[arg(long, default_value_t = 256)]
