@@ -232,9 +232,10 @@ fn spirv(key: &ShaderKey) -> Result<(Vec<u32>, Vec<vk::DescriptorSetLayoutBindin
     .subgroup_stages(naga::valid::ShaderStages::COMPUTE)
     .subgroup_operations(naga::valid::SubgroupOperationSet::all())
     .validate(&module)?;
+    let checked = !key.checks_left_out();
     let options = spv::Options {
         lang_version: (1, 6),
-        bounds_check_policies: if key.runtime_checks {
+        bounds_check_policies: if checked {
             naga::proc::BoundsCheckPolicies {
                 index: naga::proc::BoundsCheckPolicy::Restrict,
                 ..Default::default()
@@ -244,7 +245,7 @@ fn spirv(key: &ShaderKey) -> Result<(Vec<u32>, Vec<vk::DescriptorSetLayoutBindin
         },
         zero_initialize_workgroup_memory: spv::ZeroInitializeWorkgroupMemoryMode::Native,
         force_loop_bounding: false,
-        emit_int_div_checks: key.runtime_checks,
+        emit_int_div_checks: checked,
         ..Default::default()
     };
     let pipeline = spv::PipelineOptions {
@@ -293,7 +294,7 @@ mod tests {
     fn unchecked_variants_drop_the_checks() {
         let unchecked = gpt_oss_wgpu::kernels::all_variants()
             .into_iter()
-            .filter(|k| !k.runtime_checks)
+            .filter(gpt_oss_wgpu::gpu::ShaderKey::checks_left_out)
             .collect::<Vec<_>>();
         assert!(!unchecked.is_empty());
         for key in unchecked {

@@ -355,7 +355,7 @@ impl Gpu {
             label: Some(&label),
             source: wgpu::ShaderSource::Wgsl(source.as_str().into()),
         };
-        let base = if bounds_checks(key) {
+        let base = if runtime_checks(key) {
             wgpu::ShaderRuntimeChecks::checked()
         } else {
             wgpu::ShaderRuntimeChecks::unchecked()
@@ -479,11 +479,11 @@ fn loop_bounding() -> bool {
 }
 
 /// Whether naga clamps every index and guards every integer division against a zero divisor in
-/// this kernel: always in the browser, otherwise unless the key opts out
-/// (`ShaderKey::without_runtime_checks`) or `GPT_OSS_BOUNDS_CHECKS=0` turns them off everywhere,
-/// which measures what both cost (PERF.md v0.17, v0.54).
-fn bounds_checks(key: &ShaderKey) -> bool {
-    cfg!(target_arch = "wasm32")
-        || (key.runtime_checks
-            && std::env::var_os("GPT_OSS_BOUNDS_CHECKS").is_none_or(|v| v != "0"))
+/// this kernel: unless the key leaves them out (`ShaderKey::checks_left_out`) or, natively,
+/// `GPT_OSS_BOUNDS_CHECKS=0` turns them off everywhere to measure what both cost (PERF.md v0.17,
+/// v0.54).
+fn runtime_checks(key: &ShaderKey) -> bool {
+    !key.checks_left_out()
+        && (cfg!(target_arch = "wasm32")
+            || std::env::var_os("GPT_OSS_BOUNDS_CHECKS").is_none_or(|v| v != "0"))
 }

@@ -153,11 +153,16 @@ impl ShaderKey {
             s.push('.');
             s.push_str(d);
         }
-        // (The browser keeps the checks whatever the key asks: Gpu::pipeline.)
-        if !self.runtime_checks && !cfg!(target_arch = "wasm32") {
+        if self.checks_left_out() {
             s.push_str(".UNCHECKED");
         }
         s
+    }
+
+    /// Whether this variant compiles without naga's runtime checks: where the key opts out, except
+    /// in the browser, which compiles the WGSL itself with its own checks.
+    pub fn checks_left_out(&self) -> bool {
+        !self.runtime_checks && !cfg!(target_arch = "wasm32")
     }
 
     /// The preprocessed WGSL text.
