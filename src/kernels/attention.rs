@@ -348,7 +348,10 @@ fn key_groups_fit(gpu: &Gpu, head_dim: u32) -> bool {
 
 /// The split kernel's key for `heads` a workgroup (WHOLE_WINDOW is the caller's to add); one or
 /// two heads take the `keys` entry with `key_groups` (which needs `subgroups`), the staged tier
-/// (which needs subgroups) `staged`.
+/// (which needs subgroups) `staged`, without naga's runtime checks: its private and workgroup
+/// indices have constant bounds, and it divides by the pass's spans only in workgroups a grid of
+/// tokens times spans has (H100, 32k keys: the tier 537-540 -> 518 us a step, PERF.md v0.56; the
+/// other tiers lost without them, `keys` 292 -> 316 us at batch 1).
 pub(crate) fn split_key(
     heads: SplitHeads,
     kv_f16: bool,
@@ -363,14 +366,19 @@ pub(crate) fn split_key(
         (false, true) => "keys",
         (false, false) => "split",
     };
-    ShaderKey::new("attention_split.wgsl", entry)
+    let key = ShaderKey::new("attention_split.wgsl", entry)
         .define_if("SPLIT", true)
         .define_if("KEY_GROUPS", key_groups)
         .define_if("STAGED", staged)
         .define_if("FEW_HEADS", few)
         .define_if("TWO_HEADS", matches!(heads, SplitHeads::Two))
         .define_if("KV_F16", kv_f16)
-        .define_if("SUBGROUPS", subgroups)
+        .define_if("SUBGROUPS", subgroups);
+    if staged {
+        key.without_runtime_checks()
+    } else {
+        key
+    }
 }
 
 /// The shader of a prefill entry of attention.wgsl (main, tiled or coop; the validation sweep
