@@ -128,13 +128,14 @@ impl ShaderKey {
         }
     }
 
-    /// Compiles without naga's index clamps and division guards on native backends, for a
-    /// kernel whose every index into its private and workgroup arrays is in range by
+    /// When `off`, compiles without naga's index clamps and division guards on native backends,
+    /// for a kernel whose every index into its private and workgroup arrays is in range by
     /// construction (loop bounds that are constants, or shapes the host checked) and whose
-    /// divisors are constants. Out of range there would be undefined behaviour, so a kernel
-    /// earns this only by review and by a measured gain (PERF.md v0.55).
-    pub fn without_runtime_checks(mut self) -> Self {
-        self.runtime_checks = false;
+    /// divisors are constants or counts the host checked are positive. Out of range there would
+    /// be undefined behaviour, so a kernel earns this only by review and by a measured gain
+    /// (PERF.md v0.55, v0.56).
+    pub fn without_runtime_checks_if(mut self, off: bool) -> Self {
+        self.runtime_checks &= !off;
         self
     }
 

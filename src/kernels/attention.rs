@@ -366,19 +366,15 @@ pub(crate) fn split_key(
         (false, true) => "keys",
         (false, false) => "split",
     };
-    let key = ShaderKey::new("attention_split.wgsl", entry)
+    ShaderKey::new("attention_split.wgsl", entry)
         .define_if("SPLIT", true)
         .define_if("KEY_GROUPS", key_groups)
         .define_if("STAGED", staged)
         .define_if("FEW_HEADS", few)
         .define_if("TWO_HEADS", matches!(heads, SplitHeads::Two))
         .define_if("KV_F16", kv_f16)
-        .define_if("SUBGROUPS", subgroups);
-    if staged {
-        key.without_runtime_checks()
-    } else {
-        key
-    }
+        .define_if("SUBGROUPS", subgroups)
+        .without_runtime_checks_if(staged)
 }
 
 /// The shader of a prefill entry of attention.wgsl (main, tiled or coop; the validation sweep
@@ -388,14 +384,10 @@ pub(crate) fn split_key(
 /// ms, PERF.md v0.56).
 pub(crate) fn prefill_key(entry: &'static str, kv_f16: bool) -> ShaderKey {
     let coop = entry == "coop";
-    let key = ShaderKey::new("attention.wgsl", entry)
+    ShaderKey::new("attention.wgsl", entry)
         .define_if("KV_F16", kv_f16)
-        .define_if("COOP", coop);
-    if coop {
-        key.without_runtime_checks()
-    } else {
-        key
-    }
+        .define_if("COOP", coop)
+        .without_runtime_checks_if(coop)
 }
 
 #[cfg(test)]

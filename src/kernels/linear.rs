@@ -404,7 +404,7 @@ pub(crate) fn staged_key(subgroups: bool, few: bool) -> ShaderKey {
         .define_if("STAGED", true)
         .define_if("SUBGROUPS", subgroups)
         .define_if("FEW", few)
-        .without_runtime_checks()
+        .without_runtime_checks_if(true)
 }
 
 /// The tensor-core tiles' shader, wide or narrow (the validation sweep takes them from here).

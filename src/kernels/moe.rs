@@ -172,17 +172,13 @@ pub(crate) fn tiled_key(
     sparse: bool,
 ) -> ShaderKey {
     let x16 = x16(coop, sparse);
-    let key = ShaderKey::new("moe.wgsl", entry)
+    ShaderKey::new("moe.wgsl", entry)
         .define_if(define, true)
         .define_if("COOP", coop)
         .define_if("SPARSE_TILES", coop && sparse)
         .define_if("X16", x16)
-        .define_if("DRAIN_QUADS", x16 && define == "GATE_UP");
-    if coop {
-        key.without_runtime_checks()
-    } else {
-        key
-    }
+        .define_if("DRAIN_QUADS", x16 && define == "GATE_UP")
+        .without_runtime_checks_if(coop)
 }
 
 /// Whether the tiles take their inputs in f16 (PACK's h16, act in f16): the full tensor-core
