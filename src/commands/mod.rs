@@ -49,9 +49,9 @@ pub(crate) struct ModelArgs {
     pub(crate) max_context: u32,
     /// Most tokens per forward pass; longer prompts are prefilled in chunks. Memory grows with
     /// it (one 8k-token sequence of gpt-oss-20b: 13.2 GiB at 512, 13.5 at 2048), and so does
-    /// prefill speed (H100: 10.6k tok/s at 512, 15.1k at 2048). [default: 2048; serve: 512, so
-    /// that a prompt's pass holds up the other streams less; logits: 512, as it keeps every
-    /// token's logits (0.8 MB each); bench: the longest --prompt-lens]
+    /// prefill speed (H100, v0.52: 10.6k tok/s at 512, 15.1k at 2048). [default: 2048; serve:
+    /// 512, so that a prompt's pass holds up the other streams less; logits: 512, as it keeps
+    /// every token's logits (0.8 MB each); bench: the longest --prompt-lens]
     #[arg(long, value_parser = positive())]
     pub(crate) chunk: Option<u32>,
     /// Keep the KV cache in f32 (default: f16 where the adapter supports it, half the memory).
