@@ -852,10 +852,28 @@ fn serves_the_openai_api() {
             "text.format",
         ),
         (resp, json!({"input": "hello ".repeat(400)}), "input"),
+        (resp, json!({"input": []}), "input"),
+        (
+            resp,
+            json!({"input": "x", "max_output_tokens": 100_000}),
+            "max_output_tokens",
+        ),
     ] {
         let (status, v) = post(s, path, &body);
         assert_eq!(status, 400, "{path} {body}: {v}");
         assert_eq!(v["error"]["param"], field, "{path} {body}: {v}");
+        // The message speaks the endpoint's names too.
+        if path == resp {
+            let message = v["error"]["message"].as_str().unwrap();
+            for chat_name in [
+                "messages",
+                "max_tokens",
+                "reasoning_effort",
+                "response_format",
+            ] {
+                assert!(!message.contains(chat_name), "{body}: {message}");
+            }
+        }
     }
     // A response format is stated in the developer message (Harmony's response formats), in
     // either API's spelling: the same prompt, longer by the section.

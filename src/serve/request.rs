@@ -168,9 +168,15 @@ impl Common {
             None => room,
             Some(0) if echo => 0,
             Some(m) if m < 1 => {
+                // Only the completions endpoint (a `prompt`) takes echo.
+                let echo_hint = if source == "prompt" {
+                    " (or 0 with echo)"
+                } else {
+                    ""
+                };
                 return Err(ApiError::param(
                     "max_tokens",
-                    "max_tokens must be at least 1 (or 0 with echo)",
+                    format!("max_tokens must be at least 1{echo_hint}"),
                 ));
             }
             Some(m) if m > room => {

@@ -250,14 +250,17 @@ pub async fn responses(
     let runs = start_chat(r, &chat, &common, forced)
         .await
         .map_err(|mut e| {
-            // The chat fields' names as this endpoint's body spells them.
-            e.param = e.param.map(|f| match f {
-                "messages" => "input",
-                "reasoning_effort" => "reasoning.effort",
-                "response_format" => "text.format",
-                "max_tokens" => "max_output_tokens",
-                f => f,
-            });
+            // The chat fields' names as this endpoint's body spells them, in the message too.
+            const NAMES: [(&str, &str); 4] = [
+                ("messages", "input"),
+                ("reasoning_effort", "reasoning.effort"),
+                ("response_format", "text.format"),
+                ("max_tokens", "max_output_tokens"),
+            ];
+            if let Some(&(chat, own)) = NAMES.iter().find(|(chat, _)| e.param == Some(*chat)) {
+                e.param = Some(own);
+                e.message = e.message.replace(chat, own);
+            }
             e
         })?;
     let Some(run) = runs.into_iter().next_back() else {
