@@ -854,6 +854,11 @@ fn serves_the_openai_api() {
         (resp, json!({"input": "hello ".repeat(400)}), "input"),
         (resp, json!({"input": []}), "input"),
         (
+            chat,
+            json!({"messages": user, "max_completion_tokens": 0}),
+            "max_completion_tokens",
+        ),
+        (
             resp,
             json!({"input": "x", "max_output_tokens": 100_000}),
             "max_output_tokens",

@@ -164,7 +164,12 @@ impl Common {
             ));
         }
         let room = (ctx - prompt.len()) as i64;
-        let max_tokens = match self.max_completion_tokens.or(self.max_tokens) {
+        // Refusals name the field the client sent (chat's newer name wins where both are).
+        let (field, asked) = match self.max_completion_tokens {
+            Some(m) => ("max_completion_tokens", Some(m)),
+            None => ("max_tokens", self.max_tokens),
+        };
+        let max_tokens = match asked {
             None => room,
             Some(0) if echo => 0,
             Some(m) if m < 1 => {
@@ -175,16 +180,16 @@ impl Common {
                     ""
                 };
                 return Err(ApiError::param(
-                    "max_tokens",
-                    format!("max_tokens must be at least 1{echo_hint}"),
+                    field,
+                    format!("{field} must be at least 1{echo_hint}"),
                 ));
             }
             Some(m) if m > room => {
                 return Err(ApiError::param(
-                    "max_tokens",
+                    field,
                     format!(
                         "This model's maximum context length is {ctx} tokens; the prompt has {} \
-                         tokens and max_tokens asks for {m} more.",
+                         tokens and {field} asks for {m} more.",
                         prompt.len()
                     ),
                 ));
