@@ -831,6 +831,13 @@ fn serves_the_openai_api() {
             "best_of",
         ),
         (compl, json!({"prompt": "hello ".repeat(400)}), "prompt"),
+        // Refused by the engine's own check, which names the field too.
+        (compl, json!({"prompt": [1, 999_999_999]}), "prompt"),
+        (
+            compl,
+            json!({"prompt": "x", "logit_bias": {"999999999": 1}}),
+            "logit_bias",
+        ),
         (
             resp,
             json!({"input": "x", "reasoning": {"effort": "max"}}),

@@ -28,7 +28,7 @@ pub(super) async fn submit(
 ) -> Result<mpsc::UnboundedReceiver<Update>, ApiError> {
     match r.driver.submit(req).await {
         Ok((_, rx)) => Ok(rx),
-        Err(Refused::Invalid(m)) => Err(ApiError::bad(m)),
+        Err(Refused::Invalid(e)) => Err(ApiError::request(e)),
         Err(Refused::Busy) => Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "the server is busy: too many requests are waiting",

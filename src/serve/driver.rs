@@ -27,8 +27,8 @@ pub enum Update {
 pub enum Refused {
     /// The waiting queue is full (503).
     Busy,
-    /// The request is invalid for this model (400).
-    Invalid(String),
+    /// The request is invalid for this model (400; the error names the field where it knows it).
+    Invalid(crate::error::Error),
     /// The engine has stopped (503).
     Stopped,
 }
@@ -196,9 +196,7 @@ fn accept(
     let answer = if engine.waiting() >= max_queue {
         Err(Refused::Busy)
     } else {
-        engine
-            .submit(s.req)
-            .map_err(|e| Refused::Invalid(e.to_string()))
+        engine.submit(s.req).map_err(Refused::Invalid)
     };
     if let Ok(id) = answer {
         handlers.insert(
