@@ -107,10 +107,7 @@ pub struct ChatRequest {
 /// to the developer message (Harmony's response formats), which asks the model for it; sampling
 /// does not enforce it (`strict` is accepted and means no more).
 fn response_format(v: &Value) -> Result<Option<ResponseFormat>> {
-    let err = |message: String| Error::Field {
-        field: "response_format",
-        message,
-    };
+    let err = |message: String| Error::field("response_format", message);
     let kind = v.get("type").and_then(Value::as_str).ok_or_else(|| {
         err("response_format needs a `type`: text, json_object or json_schema".into())
     })?;
@@ -163,14 +160,6 @@ fn response_format(v: &Value) -> Result<Option<ResponseFormat>> {
     }
 }
 
-/// An error in the request's `messages`.
-fn messages_error(message: String) -> Error {
-    Error::Field {
-        field: "messages",
-        message,
-    }
-}
-
 /// The text parts of a message's content. Parts other than text are refused: gpt-oss reads text
 /// only, and dropping an image silently would answer a question the user did not ask.
 fn parts_of(i: usize, c: &Option<MessageContent>) -> Result<Vec<String>> {
@@ -181,14 +170,17 @@ fn parts_of(i: usize, c: &Option<MessageContent>) -> Result<Vec<String>> {
             .iter()
             .map(|p| match (p.kind.as_str(), &p.text) {
                 ("text" | "input_text" | "output_text", Some(t)) => Ok(t.clone()),
-                ("text" | "input_text" | "output_text", None) => Err(messages_error(format!(
-                    "message {i}: a `{}` content part has no `text`",
-                    p.kind
-                ))),
-                (kind, _) => Err(messages_error(format!(
-                    "message {i}: content parts of type `{kind}` are not supported \
+                ("text" | "input_text" | "output_text", None) => Err(Error::field(
+                    "messages",
+                    format!("message {i}: a `{}` content part has no `text`", p.kind),
+                )),
+                (kind, _) => Err(Error::field(
+                    "messages",
+                    format!(
+                        "message {i}: content parts of type `{kind}` are not supported \
                      (gpt-oss reads text only)"
-                ))),
+                    ),
+                )),
             })
             .collect(),
     }
@@ -272,7 +264,7 @@ impl ChatRequest {
     pub fn to_harmony(&self, date: &str) -> Result<Vec<Message>> {
         check_date(date)?;
         if self.messages.is_empty() {
-            return Err(messages_error("`messages` is empty".into()));
+            return Err(Error::field("messages", "`messages` is empty"));
         }
         let (mut out, first) = self.header(date)?;
         let rest = &self.messages[first..];
@@ -294,18 +286,20 @@ impl ChatRequest {
     fn header(&self, date: &str) -> Result<(Vec<Message>, usize)> {
         let effort = match &self.reasoning_effort {
             None => None,
-            Some(e) => Some(ReasoningEffort::parse(e).ok_or_else(|| Error::Field {
-                field: "reasoning_effort",
-                message: format!("reasoning_effort `{e}` is not low, medium or high"),
+            Some(e) => Some(ReasoningEffort::parse(e).ok_or_else(|| {
+                Error::field(
+                    "reasoning_effort",
+                    format!("reasoning_effort `{e}` is not low, medium or high"),
+                )
             })?),
         };
         let mut tools = Vec::new();
         for t in self.tools.iter().flatten() {
             if t.kind != "function" {
-                return Err(Error::Field {
-                    field: "tools",
-                    message: format!("tool type `{}` is not supported (only function)", t.kind),
-                });
+                return Err(Error::field(
+                    "tools",
+                    format!("tool type `{}` is not supported (only function)", t.kind),
+                ));
             }
             tools.push(ToolDescription {
                 name: t.function.name.clone(),
@@ -402,10 +396,13 @@ fn turn_messages(
                     .map(|(_, n)| n.clone())
             });
             let name = by_id.or_else(|| m.name.clone()).ok_or_else(|| {
-                messages_error(format!(
-                    "message {i}: a tool result needs a `tool_call_id` of an earlier call or a \
+                Error::field(
+                    "messages",
+                    format!(
+                        "message {i}: a tool result needs a `tool_call_id` of an earlier call or a \
                      `name`"
-                ))
+                    ),
+                )
             })?;
             let mut msg = Message::text(Role::Tool, text)
                 .channel("commentary")
@@ -416,7 +413,12 @@ fn turn_messages(
         role => {
             let role = Role::parse(role)
                 .filter(|r| *r != Role::Tool)
-                .ok_or_else(|| messages_error(format!("message {i}: unknown role `{}`", m.role)))?;
+                .ok_or_else(|| {
+                    Error::field(
+                        "messages",
+                        format!("message {i}: unknown role `{}`", m.role),
+                    )
+                })?;
             out.push(Message::new(role, content_of(parts_of(i, &m.content)?)));
         }
     }

@@ -714,32 +714,23 @@ struct Queued {
     work: Vec<(RequestId, usize)>,
 }
 
-/// A refusal of request field `name` (an API names it in its error body).
-fn field(name: &'static str, message: String) -> Error {
-    Error::Field {
-        field: name,
-        message,
-    }
-}
-
 /// Checks a request against what config.json and the context size allow, so that callers can
 /// refuse it before loading any weights: an empty prompt, `max_tokens` 0, a prompt that leaves no
 /// room in the context, ids outside the vocabulary, sampling values out of range.
 pub fn check_request(cfg: &ModelConfig, max_context: u32, req: &Request) -> Result<()> {
     let ctx = max_context as usize;
     if req.prompt.is_empty() {
-        return Err(field("prompt", "the prompt is empty".into()));
+        return Err(Error::field("prompt", "the prompt is empty"));
     }
     if req.max_tokens == 0 && req.prompt_logprobs.is_none() {
-        return Err(field(
+        return Err(Error::field(
             "max_tokens",
             "max_tokens must be at least 1 (0 only when the prompt's log-probabilities are asked \
-             for)"
-                .into(),
+             for)",
         ));
     }
     if req.prompt.len() >= ctx {
-        return Err(field(
+        return Err(Error::field(
             "prompt",
             format!(
                 "the prompt has {} tokens but the context holds {ctx} (including at least one \
@@ -749,7 +740,7 @@ pub fn check_request(cfg: &ModelConfig, max_context: u32, req: &Request) -> Resu
         ));
     }
     if let Some(bad) = req.prompt.iter().find(|t| **t >= cfg.vocab) {
-        return Err(field(
+        return Err(Error::field(
             "prompt",
             format!("token id {bad} is outside the vocabulary of {}", cfg.vocab),
         ));
@@ -758,13 +749,13 @@ pub fn check_request(cfg: &ModelConfig, max_context: u32, req: &Request) -> Resu
         .iter()
         .any(|n| n.is_some_and(|n| n > MAX_TOP_LOGPROBS))
     {
-        return Err(field(
+        return Err(Error::field(
             "logprobs",
             format!("at most {MAX_TOP_LOGPROBS} alternatives per token can be reported"),
         ));
     }
     if req.logit_bias.len() > MAX_LOGIT_BIAS {
-        return Err(field(
+        return Err(Error::field(
             "logit_bias",
             format!(
                 "logit_bias has {} entries (at most {MAX_LOGIT_BIAS})",
@@ -774,7 +765,7 @@ pub fn check_request(cfg: &ModelConfig, max_context: u32, req: &Request) -> Resu
     }
     for (i, &(token, value)) in req.logit_bias.iter().enumerate() {
         if token >= cfg.vocab {
-            return Err(field(
+            return Err(Error::field(
                 "logit_bias",
                 format!(
                     "logit_bias names token {token}, outside the vocabulary of {}",
@@ -783,13 +774,13 @@ pub fn check_request(cfg: &ModelConfig, max_context: u32, req: &Request) -> Resu
             ));
         }
         if !(-100.0..=100.0).contains(&value) {
-            return Err(field(
+            return Err(Error::field(
                 "logit_bias",
                 format!("logit_bias for token {token} is {value}; values must be in [-100, 100]"),
             ));
         }
         if req.logit_bias[..i].iter().any(|&(t, _)| t == token) {
-            return Err(field(
+            return Err(Error::field(
                 "logit_bias",
                 format!("logit_bias names token {token} twice"),
             ));
@@ -809,7 +800,7 @@ pub fn check_request(cfg: &ModelConfig, max_context: u32, req: &Request) -> Resu
         ("frequency_penalty", s.frequency_penalty),
     ] {
         if !(-2.0..=2.0).contains(&v) {
-            return Err(field(
+            return Err(Error::field(
                 name,
                 format!("{name} is {v}; it must be from -2 to 2"),
             ));
