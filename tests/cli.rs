@@ -181,6 +181,33 @@ fn generate_and_logits() {
         "--greedy",
     ]);
     assert!(out.status.success());
+    // The summary says which limit cut the output (the model's end ids lie outside its 1024-token
+    // vocabulary, so only a limit can end it).
+    let summary = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        summary.contains("3 prompt tokens, 4 generated"),
+        "{summary}"
+    );
+    assert!(summary.contains("stopped at --max-tokens 4"), "{summary}");
+    let out = run(&[
+        "generate",
+        "--model",
+        m,
+        "--token-ids",
+        "1,2,3",
+        "--max-tokens",
+        "4",
+        "--max-context",
+        "5",
+        "--greedy",
+    ]);
+    assert!(out.status.success());
+    let summary = String::from_utf8_lossy(&out.stderr);
+    assert!(summary.contains("2 generated"), "{summary}");
+    assert!(
+        summary.contains("stopped at the context's end, --max-context 5"),
+        "{summary}"
+    );
 
     // logits of the fixture's first tokens equal transformers' rows.
     let fx = std::fs::read(
@@ -615,6 +642,11 @@ fn chat_over_a_pipe_with_commands_history_and_cancel() {
         err.matches("[4 tokens").count(),
         3,
         "three answers of 4 tokens"
+    );
+    assert_eq!(
+        err.matches("(stopped at --max-tokens 4)]").count(),
+        3,
+        "{err}"
     );
     let conv: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&saved).unwrap()).unwrap();

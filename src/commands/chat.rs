@@ -183,6 +183,7 @@ pub(crate) fn chat(a: &ChatArgs) -> Result<()> {
     session.instructions = a.chat.system.clone();
     session.set_stop(a.chat.stop.clone())?;
     tokenizer_of(&a.model, &ckpt)?;
+    let max_context = context(&a.model, &ckpt);
     if let Some(path) = &a.load {
         let n = load_conversation(&mut session, &path.display().to_string())?;
         eprintln!("continuing {} ({n} messages)", path.display());
@@ -277,11 +278,16 @@ pub(crate) fn chat(a: &ChatArgs) -> Result<()> {
             }
         };
         writeln!(stdout)?;
-        let note = if r.reason == gpt_oss_wgpu::FinishReason::Cancelled {
-            " (stopped)"
-        } else {
-            ""
+        let note = match r.reason {
+            FinishReason::Cancelled => Some("stopped".to_string()),
+            _ => limit_note(
+                Some(r.reason),
+                r.generated as usize,
+                a.chat.max_tokens,
+                max_context,
+            ),
         };
+        let note = note.map_or(String::new(), |n| format!(" ({n})"));
         eprintln!(
             "[{} tokens, {:.1} tok/s{note}]",
             r.generated,

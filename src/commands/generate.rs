@@ -78,7 +78,8 @@ pub(crate) fn generate(a: &GenerateArgs) -> Result<()> {
         sampling,
         ..Default::default()
     };
-    check_request(&ckpt.config, context(&a.model, &ckpt), &req)?;
+    let (max_tokens, max_context) = (req.max_tokens, context(&a.model, &ckpt));
+    check_request(&ckpt.config, max_context, &req)?;
     let mut stop = StopText::new(a.stop.clone())?;
     let mut engine = load(&a.model, ckpt, 1, None)?;
     let t0 = Instant::now();
@@ -116,7 +117,7 @@ pub(crate) fn generate(a: &GenerateArgs) -> Result<()> {
         }
         if stop.stopped() && reason.is_none() {
             engine.cancel(id);
-            reason = Some(gpt_oss_wgpu::FinishReason::Stop);
+            reason = Some(FinishReason::Stop);
         }
     }
     let rest = stop.finish();
@@ -141,11 +142,14 @@ pub(crate) fn generate(a: &GenerateArgs) -> Result<()> {
     } else {
         writeln!(stdout, "{rest}")?;
         eprintln!(
-            "{} prompt tokens, {} generated; first token after {:.0} ms, {:.1} tok/s",
+            "{} prompt token{}, {} generated; first token after {:.0} ms, {:.1} tok/s{}",
             prompt.len(),
+            if prompt.len() == 1 { "" } else { "s" },
             out.len(),
             ttft * 1e3,
-            decode_tok_s
+            decode_tok_s,
+            limit_note(reason, out.len(), max_tokens, max_context)
+                .map_or(String::new(), |n| format!("; {n}"))
         );
     }
     Ok(())
@@ -160,7 +164,8 @@ pub(crate) fn generate_chat(a: &GenerateArgs, text: &str) -> Result<()> {
     let (sampling, seed) = a.sampling();
     let max_tokens = a.max_tokens.unwrap_or(2048);
     let req = session.request(tokenizer_of(&a.model, &ckpt)?, text, sampling, max_tokens)?;
-    check_request(&ckpt.config, context(&a.model, &ckpt), &req)?;
+    let max_context = context(&a.model, &ckpt);
+    check_request(&ckpt.config, max_context, &req)?;
     let mut engine = load(&a.model, ckpt, 1, None)?;
     let mut stdout = std::io::stdout().lock();
     let mut printer = TurnPrinter::new(a.show_reasoning && !a.json, !a.json);
@@ -188,10 +193,17 @@ pub(crate) fn generate_chat(a: &GenerateArgs, text: &str) -> Result<()> {
     } else {
         writeln!(stdout)?;
         eprintln!(
-            "{} tokens in {:.1}s, {:.1} tok/s",
+            "{} tokens in {:.1}s, {:.1} tok/s{}",
             r.generated,
             r.seconds,
-            r.generated as f64 / r.seconds.max(1e-9)
+            r.generated as f64 / r.seconds.max(1e-9),
+            limit_note(
+                Some(r.reason),
+                r.generated as usize,
+                max_tokens,
+                max_context
+            )
+            .map_or(String::new(), |n| format!("; {n}"))
         );
     }
     Ok(())

@@ -21,7 +21,7 @@ use clap::Args;
 use gpt_oss_wgpu::chat::ReasoningEffort;
 use gpt_oss_wgpu::model::hub;
 use gpt_oss_wgpu::model::weights::Checkpoint;
-use gpt_oss_wgpu::{Engine, Gpu, GpuOptions, ModelOptions, Sampling, Tokenizer};
+use gpt_oss_wgpu::{Engine, FinishReason, Gpu, GpuOptions, ModelOptions, Sampling, Tokenizer};
 use indicatif::{ProgressBar, ProgressStyle};
 
 #[derive(Args, Clone)]
@@ -242,6 +242,25 @@ fn model_dir(model: &str) -> Result<PathBuf> {
 /// Positions per sequence: --max-context, capped by the model's own limit.
 pub(crate) fn context(m: &ModelArgs, ckpt: &Checkpoint) -> u32 {
     m.max_context.min(ckpt.config.max_positions)
+}
+
+/// Which limit cut an output short, for a command's summary line (None when the model ended it
+/// or it was cancelled): a Length finish before max_tokens is the context's end.
+pub(crate) fn limit_note(
+    reason: Option<FinishReason>,
+    generated: usize,
+    max_tokens: u32,
+    max_context: u32,
+) -> Option<String> {
+    match reason? {
+        FinishReason::Length if generated >= max_tokens as usize => {
+            Some(format!("stopped at --max-tokens {max_tokens}"))
+        }
+        FinishReason::Length => Some(format!(
+            "stopped at the context's end, --max-context {max_context}"
+        )),
+        _ => None,
+    }
 }
 
 /// The checkpoint's tokenizer, or an error saying how to do without one.
