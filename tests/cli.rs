@@ -169,44 +169,33 @@ fn generate_and_logits() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["token_ids"], greedy["token_ids"]);
 
-    // Streaming text mode prints to stdout.
-    let out = run(&[
-        "generate",
-        "--model",
-        m,
-        "--token-ids",
-        "1,2,3",
-        "--max-tokens",
-        "4",
-        "--greedy",
-    ]);
-    assert!(out.status.success());
-    // The summary says which limit cut the output (the model's end ids lie outside its 1024-token
-    // vocabulary, so only a limit can end it).
-    let summary = String::from_utf8_lossy(&out.stderr);
+    // Streaming text mode prints to stdout, and its summary says which limit cut the output (the
+    // model's end ids lie outside its 1024-token vocabulary, so only a limit can end it).
+    let summary = |extra: &[&str]| -> String {
+        let mut args = vec![
+            "generate",
+            "--model",
+            m,
+            "--token-ids",
+            "1,2,3",
+            "--max-tokens",
+            "4",
+            "--greedy",
+        ];
+        args.extend_from_slice(extra);
+        let out = run(&args);
+        assert!(out.status.success());
+        assert!(!out.stdout.is_empty());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let s = summary(&[]);
+    assert!(s.contains("3 prompt tokens, 4 generated"), "{s}");
+    assert!(s.contains("stopped at --max-tokens 4"), "{s}");
+    let s = summary(&["--max-context", "5"]);
+    assert!(s.contains("2 generated"), "{s}");
     assert!(
-        summary.contains("3 prompt tokens, 4 generated"),
-        "{summary}"
-    );
-    assert!(summary.contains("stopped at --max-tokens 4"), "{summary}");
-    let out = run(&[
-        "generate",
-        "--model",
-        m,
-        "--token-ids",
-        "1,2,3",
-        "--max-tokens",
-        "4",
-        "--max-context",
-        "5",
-        "--greedy",
-    ]);
-    assert!(out.status.success());
-    let summary = String::from_utf8_lossy(&out.stderr);
-    assert!(summary.contains("2 generated"), "{summary}");
-    assert!(
-        summary.contains("stopped at the context's end, --max-context 5"),
-        "{summary}"
+        s.contains("stopped at the context's end, --max-context 5"),
+        "{s}"
     );
 
     // logits of the fixture's first tokens equal transformers' rows.
