@@ -278,15 +278,7 @@ pub(crate) fn chat(a: &ChatArgs) -> Result<()> {
             }
         };
         writeln!(stdout)?;
-        let note = match r.reason {
-            FinishReason::Cancelled => Some("stopped".to_string()),
-            _ => limit_note(
-                Some(r.reason),
-                r.generated as usize,
-                a.chat.max_tokens,
-                max_context,
-            ),
-        };
+        let note = end_note(Some(r.reason), r.generated, a.chat.max_tokens, max_context);
         let note = note.map_or(String::new(), |n| format!(" ({n})"));
         eprintln!(
             "[{} tokens, {:.1} tok/s{note}]",

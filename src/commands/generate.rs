@@ -148,7 +148,7 @@ pub(crate) fn generate(a: &GenerateArgs) -> Result<()> {
             out.len(),
             ttft * 1e3,
             decode_tok_s,
-            limit_note(reason, out.len(), max_tokens, max_context)
+            end_note(reason, out.len() as u32, max_tokens, max_context)
                 .map_or(String::new(), |n| format!("; {n}"))
         );
     }
@@ -197,13 +197,8 @@ pub(crate) fn generate_chat(a: &GenerateArgs, text: &str) -> Result<()> {
             r.generated,
             r.seconds,
             r.generated as f64 / r.seconds.max(1e-9),
-            limit_note(
-                Some(r.reason),
-                r.generated as usize,
-                max_tokens,
-                max_context
-            )
-            .map_or(String::new(), |n| format!("; {n}"))
+            end_note(Some(r.reason), r.generated, max_tokens, max_context)
+                .map_or(String::new(), |n| format!("; {n}"))
         );
     }
     Ok(())

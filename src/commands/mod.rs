@@ -244,22 +244,23 @@ pub(crate) fn context(m: &ModelArgs, ckpt: &Checkpoint) -> u32 {
     m.max_context.min(ckpt.config.max_positions)
 }
 
-/// Which limit cut an output short, for a command's summary line (None when the model ended it
-/// or it was cancelled): a Length finish before max_tokens is the context's end.
-pub(crate) fn limit_note(
+/// Why an output ended early, for a command's summary line: cancelled, or the limit that cut it
+/// (a Length finish before max_tokens is the context's end); None when the model ended it.
+pub(crate) fn end_note(
     reason: Option<FinishReason>,
-    generated: usize,
+    generated: u32,
     max_tokens: u32,
     max_context: u32,
 ) -> Option<String> {
     match reason? {
-        FinishReason::Length if generated >= max_tokens as usize => {
+        FinishReason::Cancelled => Some("stopped".into()),
+        FinishReason::Length if generated >= max_tokens => {
             Some(format!("stopped at --max-tokens {max_tokens}"))
         }
         FinishReason::Length => Some(format!(
             "stopped at the context's end, --max-context {max_context}"
         )),
-        _ => None,
+        FinishReason::Stop => None,
     }
 }
 
