@@ -870,6 +870,27 @@ fn serves_the_openai_api() {
             json!({"input": "x", "max_output_tokens": 100_000}),
             "max_output_tokens",
         ),
+        (
+            chat,
+            json!({"messages": user, "stream_options": {"include_usage": true}}),
+            "stream_options",
+        ),
+        // Fields of the wrong type, named by their path in the body.
+        (
+            chat,
+            json!({"messages": user, "max_tokens": "3"}),
+            "max_tokens",
+        ),
+        (
+            chat,
+            json!({"messages": [{"role": "user", "content": 7}]}),
+            "messages[0].content",
+        ),
+        (
+            compl,
+            json!({"prompt": "x", "temperature": "hot"}),
+            "temperature",
+        ),
     ] {
         let (status, v) = post(s, path, &body);
         assert_eq!(status, 400, "{path} {body}: {v}");

@@ -21,6 +21,7 @@ use crate::error::{Error, Result};
 /// Message content: a string or a list of parts of which the text parts count.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(untagged)]
+#[serde(expecting = "expected a string or a list of content parts")]
 pub enum MessageContent {
     Text(String),
     Parts(Vec<ContentPart>),

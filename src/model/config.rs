@@ -29,6 +29,7 @@ pub struct HfQuantization {
 /// Token ids that may be given as one number or a list.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(untagged)]
+#[serde(expecting = "expected a token id or a list of token ids")]
 pub enum Ids {
     One(u32),
     Many(Vec<u32>),

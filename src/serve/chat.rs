@@ -15,9 +15,9 @@ use super::AppState;
 use super::answer::{
     Answer, Finish, drive_chat, failed, start_chat, stream_choices, usage, whole_answer,
 };
-use super::error::ApiResult;
+use super::error::{ApiError, ApiResult};
 use super::logprobs;
-use super::request::{Common, apply_tool_choice, new_id, now, parse};
+use super::request::{Body, Common, apply_tool_choice, new_id, now, parse, part_error};
 use super::stream::ChatDelta;
 use crate::chat::ChatRequest;
 
@@ -28,6 +28,12 @@ struct ChatBody {
     #[serde(flatten)]
     chat: ChatRequest,
     tool_choice: Option<Value>,
+}
+
+impl Body for ChatBody {
+    fn locate(v: &Value) -> Option<ApiError> {
+        part_error::<Common>(v).or_else(|| part_error::<ChatRequest>(v))
+    }
 }
 
 /// The message of a whole chat answer.

@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use super::answer::{Finish, drive, failed, stream_choices, submit, usage};
 use super::error::{ApiError, ApiResult};
 use super::logprobs;
-use super::request::{Common, encode, new_id, now, parse};
+use super::request::{Body, Common, encode, new_id, now, parse, part_error};
 use super::stream::TextStream;
 use super::{AppState, Ready};
 use crate::engine::TokenLogprobs;
@@ -24,6 +24,9 @@ use crate::tokenizer::Tokenizer;
 /// `prompt`: a text, token ids, or a list of either (one answer each).
 #[derive(Deserialize)]
 #[serde(untagged)]
+#[serde(
+    expecting = "expected a string, a list of strings, a list of token ids or a list of such lists"
+)]
 enum PromptSpec {
     Text(String),
     Texts(Vec<String>),
@@ -45,6 +48,12 @@ struct CompletionBody {
     suffix: Option<String>,
     /// Refused unless it equals `n` (no ranking of extra samples).
     best_of: Option<i64>,
+}
+
+impl Body for CompletionBody {
+    fn locate(v: &Value) -> Option<ApiError> {
+        part_error::<Common>(v)
+    }
 }
 
 pub async fn completions(

@@ -1,6 +1,8 @@
 //! Errors as OpenAI's API writes them: a status code and
 //! `{"error": {"message", "type", "param", "code"}}`.
 
+use std::borrow::Cow;
+
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
@@ -11,7 +13,7 @@ pub(super) type ApiResult = Result<Response, ApiError>;
 pub struct ApiError {
     pub status: StatusCode,
     pub message: String,
-    pub param: Option<&'static str>,
+    pub param: Option<Cow<'static, str>>,
 }
 
 impl ApiError {
@@ -29,9 +31,9 @@ impl ApiError {
     }
 
     /// 400 naming the offending field.
-    pub fn param(param: &'static str, message: impl Into<String>) -> ApiError {
+    pub fn param(param: impl Into<Cow<'static, str>>, message: impl Into<String>) -> ApiError {
         ApiError {
-            param: Some(param),
+            param: Some(param.into()),
             ..ApiError::bad(message)
         }
     }

@@ -18,6 +18,7 @@ use crate::engine::{MAX_TOP_LOGPROBS, Request, Sampling};
 /// `stop`: one string or a list.
 #[derive(Deserialize)]
 #[serde(untagged)]
+#[serde(expecting = "expected a string or a list of strings")]
 pub(super) enum StopSpec {
     One(String),
     Many(Vec<String>),
@@ -61,17 +62,47 @@ pub(super) struct Common {
     pub frequency_penalty: Option<f32>,
 }
 
+/// A request body. serde loses track of where it is inside a `#[serde(flatten)]` part, so a
+/// body with such parts names them here, and a field of theirs that fails to parse is found by
+/// parsing each part alone.
+pub(super) trait Body: serde::de::DeserializeOwned {
+    /// The first flattened part of `v` that fails to parse at a known field, as its error.
+    fn locate(_v: &Value) -> Option<ApiError> {
+        None
+    }
+}
+
+/// The error of the flattened part P of `v`, where it fails at a known field.
+pub(super) fn part_error<P: serde::de::DeserializeOwned>(v: &Value) -> Option<ApiError> {
+    located::<P>(v).err().filter(|e| e.param.is_some())
+}
+
+/// T from v; a field of the wrong type is named in `param` and the message (`max_tokens`,
+/// `messages[0].content`). A missing field has no path to name.
+fn located<T: serde::de::DeserializeOwned>(v: &Value) -> Result<T, ApiError> {
+    serde_path_to_error::deserialize(v).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if path == "." {
+            ApiError::bad(format!("invalid request: {inner}"))
+        } else {
+            ApiError::param(path.clone(), format!("invalid request: {path}: {inner}"))
+        }
+    })
+}
+
 /// The body as JSON of type T, with 400/413 for what is not.
-pub(super) fn parse<T: serde::de::DeserializeOwned>(
-    body: Result<Bytes, BytesRejection>,
-) -> Result<T, ApiError> {
+pub(super) fn parse<T: Body>(body: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
     let body = body.map_err(|e| ApiError::new(e.status(), e.body_text()))?;
     let v: Value = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad(format!("the body is not valid JSON: {e}")))?;
     if !v.is_object() {
         return Err(ApiError::bad("the body must be a JSON object"));
     }
-    serde_json::from_value(v).map_err(|e| ApiError::bad(format!("invalid request: {e}")))
+    located(&v).map_err(|e| match e.param {
+        Some(_) => e,
+        None => T::locate(&v).unwrap_or(e),
+    })
 }
 
 pub(super) fn now() -> u64 {
@@ -117,6 +148,13 @@ impl Common {
             return Err(ApiError::new(
                 StatusCode::NOT_FOUND,
                 format!("The model `{m}` does not exist."),
+            ));
+        }
+        // As OpenAI's API: the options describe a stream, so without one they are a mistake.
+        if self.stream_options.is_some() && !self.stream {
+            return Err(ApiError::param(
+                "stream_options",
+                "stream_options is only allowed when stream is true",
             ));
         }
         if self.n.is_some_and(|n| !(1..=MAX_N).contains(&n)) {

@@ -18,7 +18,7 @@ use super::answer::{
     Answer, ChatRun, Finish, drive_chat, error_event, sse, start_chat, whole_answer,
 };
 use super::error::{ApiError, ApiResult};
-use super::request::{Common, apply_tool_choice, new_id, now, parse};
+use super::request::{Body, Common, apply_tool_choice, new_id, now, parse};
 use super::stream::ChatDelta;
 use super::{AppState, Ready};
 use crate::chat::ChatRequest;
@@ -45,6 +45,8 @@ struct ResponsesBody {
     stream: bool,
     previous_response_id: Option<String>,
 }
+
+impl Body for ResponsesBody {}
 
 /// The chat request a responses request means.
 fn to_chat(b: &ResponsesBody) -> Result<ChatRequest, ApiError> {
@@ -257,8 +259,11 @@ pub async fn responses(
                 ("response_format", "text.format"),
                 ("max_tokens", "max_output_tokens"),
             ];
-            if let Some(&(chat, own)) = NAMES.iter().find(|(chat, _)| e.param == Some(*chat)) {
-                e.param = Some(own);
+            if let Some(&(chat, own)) = NAMES
+                .iter()
+                .find(|(chat, _)| e.param.as_deref() == Some(*chat))
+            {
+                e.param = Some(own.into());
                 e.message = e.message.replace(chat, own);
             }
             e

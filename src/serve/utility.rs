@@ -13,7 +13,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::error::{ApiError, ApiResult};
-use super::request::{encode, parse};
+use super::request::{Body, encode, parse, part_error};
 use super::{AppState, Ready};
 use crate::chat::ChatRequest;
 use crate::chat::harmony::Harmony;
@@ -24,6 +24,12 @@ struct TokenizeBody {
     prompt: Option<String>,
     #[serde(flatten)]
     chat: Option<ChatRequest>,
+}
+
+impl Body for TokenizeBody {
+    fn locate(v: &Value) -> Option<ApiError> {
+        part_error::<ChatRequest>(v)
+    }
 }
 
 /// `{"prompt": text}` or a chat request's `messages` (rendered as `render` does, ready for the
@@ -54,6 +60,8 @@ pub async fn tokenize(
 struct DetokenizeBody {
     tokens: Vec<u32>,
 }
+
+impl Body for DetokenizeBody {}
 
 pub async fn detokenize(
     State(st): State<Arc<AppState>>,
