@@ -143,8 +143,20 @@ fn positive_number(v: f64, name: &str) -> Result<f64> {
 
 impl HfConfig {
     pub fn from_json(text: &str) -> Result<HfConfig> {
-        serde_json::from_str(text)
-            .map_err(|e| Error::Config(format!("not valid JSON for a gpt-oss config: {e}")))
+        // The field at fault is named where there is one (`num_hidden_layers: invalid type ...`).
+        let mut de = serde_json::Deserializer::from_str(text);
+        serde_path_to_error::deserialize(&mut de).map_err(|e| {
+            let path = e.path().to_string();
+            let at = if path == "." {
+                String::new()
+            } else {
+                format!("{path}: ")
+            };
+            Error::Config(format!(
+                "not valid JSON for a gpt-oss config: {at}{}",
+                e.into_inner()
+            ))
+        })
     }
 
     /// Checks every value and resolves defaults the way transformers does.
@@ -471,5 +483,23 @@ mod tests {
             assert!(e.contains(field), "{field}: {e}");
         }
         assert!(HfConfig::from_json("{").is_err());
+        // A value of the wrong type names its field, nested ones included.
+        for (json, field) in [
+            (
+                r#"{"num_hidden_layers": "24"}"#,
+                "num_hidden_layers: invalid type",
+            ),
+            (
+                r#"{"eos_token_id": "x"}"#,
+                "eos_token_id: expected a token id",
+            ),
+            (
+                r#"{"rope_scaling": {"factor": "32"}}"#,
+                "rope_scaling.factor: invalid type",
+            ),
+        ] {
+            let e = HfConfig::from_json(json).unwrap_err().to_string();
+            assert!(e.contains(field), "{json}: {e}");
+        }
     }
 }
