@@ -891,6 +891,13 @@ fn serves_the_openai_api() {
             json!({"prompt": "x", "temperature": "hot"}),
             "temperature",
         ),
+        (chat, json!({"messages": user, "stop": 7}), "stop"),
+        (compl, json!({"prompt": {"text": "x"}}), "prompt"),
+        (
+            "/tokenize",
+            json!({"messages": [{"role": "user", "content": 7}]}),
+            "messages[0].content",
+        ),
     ] {
         let (status, v) = post(s, path, &body);
         assert_eq!(status, 400, "{path} {body}: {v}");

@@ -79,7 +79,7 @@ pub(super) fn part_error<P: serde::de::DeserializeOwned>(v: &Value) -> Option<Ap
 
 /// T from v; a field of the wrong type is named in `param` and the message (`max_tokens`,
 /// `messages[0].content`). A missing field has no path to name.
-fn located<T: serde::de::DeserializeOwned>(v: &Value) -> Result<T, ApiError> {
+pub(super) fn located<T: serde::de::DeserializeOwned>(v: &Value) -> Result<T, ApiError> {
     serde_path_to_error::deserialize(v).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();

@@ -13,7 +13,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::error::{ApiError, ApiResult};
-use super::request::{Body, encode, parse, part_error};
+use super::request::{Body, encode, located, parse};
 use super::{AppState, Ready};
 use crate::chat::ChatRequest;
 use crate::chat::harmony::Harmony;
@@ -22,15 +22,12 @@ use crate::chat::openai::today;
 #[derive(Deserialize)]
 struct TokenizeBody {
     prompt: Option<String>,
+    /// Without `prompt`, a chat request (parsed here, so that its errors name their field).
     #[serde(flatten)]
-    chat: Option<ChatRequest>,
+    rest: serde_json::Map<String, Value>,
 }
 
-impl Body for TokenizeBody {
-    fn locate(v: &Value) -> Option<ApiError> {
-        part_error::<ChatRequest>(v)
-    }
-}
+impl Body for TokenizeBody {}
 
 /// `{"prompt": text}` or a chat request's `messages` (rendered as `render` does, ready for the
 /// assistant's answer).
@@ -40,15 +37,16 @@ pub async fn tokenize(
 ) -> ApiResult {
     let r = st.ready()?;
     let b: TokenizeBody = parse(body)?;
-    let tokens = match (b.prompt, b.chat) {
-        (Some(p), _) => encode(r, &p)?,
-        (None, Some(chat)) => {
+    let tokens = match b.prompt {
+        Some(p) => encode(r, &p)?,
+        None if b.rest.contains_key("messages") => {
+            let chat: ChatRequest = located(&Value::Object(b.rest))?;
             let h = Harmony::new(&r.tokenizer).map_err(|e| ApiError::bad(e.to_string()))?;
             let msgs = chat.to_harmony(&today()).map_err(ApiError::request)?;
             h.render_for_completion(&msgs)
                 .map_err(|e| ApiError::bad(e.to_string()))?
         }
-        (None, None) => return Err(ApiError::bad("give `prompt` or `messages`")),
+        None => return Err(ApiError::bad("give `prompt` or `messages`")),
     };
     Ok(
         Json(json!({"count": tokens.len(), "max_model_len": r.max_model_len, "tokens": tokens}))
