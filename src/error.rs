@@ -1,6 +1,15 @@
 //! The library's error type. Every failure a user can cause (bad checkpoint, bad request, missing
 //! adapter feature) maps to one variant with a message that names the file, tensor or limit.
 
+/// What a JSON document that failed to deserialize got wrong: the path of the field at fault
+/// (`messages[0].content`; None at the top level, e.g. for a missing field) and serde's message.
+pub(crate) fn json_fault<E: std::fmt::Display>(
+    e: serde_path_to_error::Error<E>,
+) -> (Option<String>, String) {
+    let path = (e.path().iter().next().is_some()).then(|| e.path().to_string());
+    (path, e.into_inner().to_string())
+}
+
 /// Errors from loading, building and running a model.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

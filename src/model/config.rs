@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, json_fault};
 
 /// The YaRN parameters under `rope_scaling` (or `rope_parameters` as newer transformers write).
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
@@ -146,15 +146,10 @@ impl HfConfig {
         // The field at fault is named where there is one (`num_hidden_layers: invalid type ...`).
         let mut de = serde_json::Deserializer::from_str(text);
         serde_path_to_error::deserialize(&mut de).map_err(|e| {
-            let path = e.path().to_string();
-            let at = if path == "." {
-                String::new()
-            } else {
-                format!("{path}: ")
-            };
+            let (path, message) = json_fault(e);
+            let at = path.map_or(String::new(), |p| format!("{p}: "));
             Error::Config(format!(
-                "not valid JSON for a gpt-oss config: {at}{}",
-                e.into_inner()
+                "not valid JSON for a gpt-oss config: {at}{message}"
             ))
         })
     }

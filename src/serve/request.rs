@@ -14,6 +14,7 @@ use super::Ready;
 use super::error::ApiError;
 use crate::chat::{ChatRequest, StopText};
 use crate::engine::{MAX_TOP_LOGPROBS, Request, Sampling};
+use crate::error::json_fault;
 
 /// `stop`: one string or a list.
 #[derive(Deserialize)]
@@ -80,13 +81,10 @@ pub(super) fn part_error<P: serde::de::DeserializeOwned>(v: &Value) -> Option<Ap
 /// T from v; a field of the wrong type is named in `param` and the message (`max_tokens`,
 /// `messages[0].content`). A missing field has no path to name.
 pub(super) fn located<T: serde::de::DeserializeOwned>(v: &Value) -> Result<T, ApiError> {
-    serde_path_to_error::deserialize(v).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner();
-        if path == "." {
-            ApiError::bad(format!("invalid request: {inner}"))
-        } else {
-            ApiError::param(path.clone(), format!("invalid request: {path}: {inner}"))
+    serde_path_to_error::deserialize(v).map_err(|e| match json_fault(e) {
+        (None, message) => ApiError::bad(format!("invalid request: {message}")),
+        (Some(path), message) => {
+            ApiError::param(path.clone(), format!("invalid request: {path}: {message}"))
         }
     })
 }
