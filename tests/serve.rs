@@ -1234,6 +1234,40 @@ fn tool_calls_and_reasoning_go_end_to_end() {
         "{v}"
     );
     assert_eq!(v["choices"][0]["message"]["reasoning_content"], Value::Null);
+    // A call that max_tokens cuts off ends with `length`, whole or streamed, and is incomplete
+    // in the responses API: its arguments are unfinished.
+    let mut cut = named.clone();
+    cut["max_tokens"] = json!(2);
+    let (status, v) = post(s, "/v1/chat/completions", &cut);
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["choices"][0]["finish_reason"], "length", "{v}");
+    assert_eq!(
+        v["choices"][0]["message"]["tool_calls"][0]["function"]["name"],
+        "get_weather"
+    );
+    cut["stream"] = json!(true);
+    assert_eq!(
+        fold_chat(&events(s, "/v1/chat/completions", &cut)).3,
+        "length"
+    );
+    // Two tokens short of the whole answer: inside the call's arguments.
+    let whole_tokens = whole["usage"]["completion_tokens"].as_u64().unwrap();
+    let mut rcut = rreq.clone();
+    rcut["max_output_tokens"] = json!(whole_tokens - 2);
+    let (status, resp) = post(s, "/v1/responses", &rcut);
+    assert_eq!(status, 200, "{resp}");
+    assert_eq!(resp["status"], "incomplete", "{resp}");
+    let last = resp["output"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(
+        (&last["type"], &last["status"]),
+        (&json!("function_call"), &json!("incomplete")),
+        "{resp}"
+    );
+    let mut auto_cut = req.clone();
+    auto_cut["max_tokens"] = json!(whole_tokens - 2);
+    let (status, v) = post(s, "/v1/chat/completions", &auto_cut);
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["choices"][0]["finish_reason"], "length", "{v}");
     let mut required = req.clone();
     required["tool_choice"] = json!("required");
     let (status, v) = post(s, "/v1/chat/completions", &required);

@@ -181,9 +181,11 @@ pub(super) async fn drive<S: Sink>(
     if !out.finish().into_iter().all(|p| emit(p, &mut scored)) {
         return Ok(None);
     }
+    // A call cut off by max_tokens stays `length`: its arguments are unfinished, and the client
+    // must not run it (OpenAI's rule; vLLM reported `tool_calls` there, vllm#58228).
     if out.stopped() {
         finish.reason = "stop";
-    } else if out.tool_calls() > 0 {
+    } else if out.tool_calls() > 0 && finish.reason == "stop" {
         finish.reason = "tool_calls";
     }
     Ok(Some(finish))
