@@ -2,12 +2,25 @@
 //! adapter feature) maps to one variant with a message that names the file, tensor or limit.
 
 /// What a JSON document that failed to deserialize got wrong: the path of the field at fault
-/// (`messages[0].content`; None at the top level, e.g. for a missing field) and serde's message.
+/// (`messages[0].content`; a missing field's own, `messages[0].role`, where its parent is known;
+/// None for the document as a whole) and serde's message.
 pub(crate) fn json_fault<E: std::fmt::Display>(
     e: serde_path_to_error::Error<E>,
 ) -> (Option<String>, String) {
-    let path = (e.path().iter().next().is_some()).then(|| e.path().to_string());
-    (path, e.into_inner().to_string())
+    let parent = (e.path().iter().next().is_some()).then(|| e.path().to_string());
+    let message = e.into_inner().to_string();
+    let path = match (parent, missing_field(&message)) {
+        (Some(p), Some(name)) => Some(format!("{p}.{name}")),
+        (p, _) => p,
+    };
+    (path, message)
+}
+
+/// The field a serde message says is missing. serde names it only in the message, and the path
+/// stops at its parent, or is lost inside a flattened or untagged part.
+pub(crate) fn missing_field(message: &str) -> Option<&str> {
+    let rest = message.strip_prefix("missing field `")?;
+    rest.split_once('`').map(|(name, _)| name)
 }
 
 /// Errors from loading, building and running a model.

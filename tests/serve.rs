@@ -892,6 +892,18 @@ fn serves_the_openai_api() {
             "temperature",
         ),
         (chat, json!({"messages": user, "stop": 7}), "stop"),
+        // Missing fields, named too.
+        (chat, json!({"max_tokens": 3}), "messages"),
+        (
+            chat,
+            json!({"messages": [{"role": "user", "content": "x"}, {"content": "y"}]}),
+            "messages[1].role",
+        ),
+        (
+            chat,
+            json!({"messages": user, "tools": [{"type": "function", "function": {}}]}),
+            "tools[0].function.name",
+        ),
         (compl, json!({"prompt": {"text": "x"}}), "prompt"),
         (
             "/tokenize",

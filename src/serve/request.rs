@@ -14,7 +14,7 @@ use super::Ready;
 use super::error::ApiError;
 use crate::chat::{ChatRequest, StopText};
 use crate::engine::{MAX_TOP_LOGPROBS, Request, Sampling};
-use crate::error::json_fault;
+use crate::error::{json_fault, missing_field};
 
 /// `stop`: one string or a list.
 #[derive(Deserialize)]
@@ -78,15 +78,34 @@ pub(super) fn part_error<P: serde::de::DeserializeOwned>(v: &Value) -> Option<Ap
     located::<P>(v).err().filter(|e| e.param.is_some())
 }
 
-/// T from v; a field of the wrong type is named in `param` and the message (`max_tokens`,
-/// `messages[0].content`). A missing field has no path to name.
+/// T from v; a field of the wrong type or missing is named in `param` and the message
+/// (`max_tokens`, `messages[0].content`, `messages[1].role`).
 pub(super) fn located<T: serde::de::DeserializeOwned>(v: &Value) -> Result<T, ApiError> {
-    serde_path_to_error::deserialize(v).map_err(|e| match json_fault(e) {
-        (None, message) => ApiError::bad(format!("invalid request: {message}")),
-        (Some(path), message) => {
-            ApiError::param(path.clone(), format!("invalid request: {path}: {message}"))
+    serde_path_to_error::deserialize(v).map_err(|e| {
+        let (path, message) = json_fault(e);
+        match path.or_else(|| missing_at_top::<T>(v, &message)) {
+            Some(path) => {
+                ApiError::param(path.clone(), format!("invalid request: {path}: {message}"))
+            }
+            None => ApiError::bad(format!("invalid request: {message}")),
         }
     })
+}
+
+/// The field that `message` says is missing, where it is one of v's own: a path lost in a
+/// flattened part looks the same as the top level, so the field is put in and v parsed again;
+/// a nested field stays missing then.
+fn missing_at_top<T: serde::de::DeserializeOwned>(v: &Value, message: &str) -> Option<String> {
+    let name = missing_field(message)?;
+    let mut with = v.as_object()?.clone();
+    if with.contains_key(name) {
+        return None;
+    }
+    with.insert(name.to_string(), Value::Null);
+    match serde_json::from_value::<T>(Value::Object(with)) {
+        Err(e) if missing_field(&e.to_string()) == Some(name) => None,
+        _ => Some(name.to_string()),
+    }
 }
 
 /// The body as JSON of type T, with 400/413 for what is not.
