@@ -108,6 +108,11 @@ fn missing_at_top<T: serde::de::DeserializeOwned>(v: &Value, message: &str) -> O
     }
 }
 
+/// "1 token", "2 tokens".
+fn tokens(n: usize) -> String {
+    format!("{n} token{}", if n == 1 { "" } else { "s" })
+}
+
 /// The body as JSON of type T, with 400/413 for what is not.
 pub(super) fn parse<T: Body>(body: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
     let body = body.map_err(|e| ApiError::new(e.status(), e.body_text()))?;
@@ -213,8 +218,8 @@ impl Common {
             return Err(ApiError::param(
                 source,
                 format!(
-                    "This model's maximum context length is {ctx} tokens; the prompt has {} tokens.",
-                    prompt.len()
+                    "This model's maximum context length is {ctx} tokens; the prompt has {}.",
+                    tokens(prompt.len())
                 ),
             ));
         }
@@ -244,8 +249,8 @@ impl Common {
                     field,
                     format!(
                         "This model's maximum context length is {ctx} tokens; the prompt has {} \
-                         tokens and {field} asks for {m} more.",
-                        prompt.len()
+                         and {field} asks for {m} more.",
+                        tokens(prompt.len())
                     ),
                 ));
             }
