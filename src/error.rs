@@ -2,8 +2,9 @@
 //! adapter feature) maps to one variant with a message that names the file, tensor or limit.
 
 /// What a JSON document that failed to deserialize got wrong: the path of the field at fault
-/// (`messages[0].content`; a missing field's own, `messages[0].role`, where its parent is known;
-/// None for the document as a whole) and serde's message.
+/// (`messages[0].content`; a missing field's own, `messages[0].role`, where its parent is known)
+/// and serde's message. The path is None at the top level, and where serde lost it (inside a
+/// flattened or untagged part).
 pub(crate) fn json_fault<E: std::fmt::Display>(
     e: serde_path_to_error::Error<E>,
 ) -> (Option<String>, String) {

@@ -108,11 +108,6 @@ fn missing_at_top<T: serde::de::DeserializeOwned>(v: &Value, message: &str) -> O
     }
 }
 
-/// "1 token", "2 tokens".
-fn tokens(n: usize) -> String {
-    format!("{n} token{}", if n == 1 { "" } else { "s" })
-}
-
 /// The body as JSON of type T, with 400/413 for what is not.
 pub(super) fn parse<T: Body>(body: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
     let body = body.map_err(|e| ApiError::new(e.status(), e.body_text()))?;
@@ -150,6 +145,11 @@ pub(super) fn encode(r: &Ready, text: &str) -> Result<Vec<u32>, ApiError> {
     r.tokenizer
         .encode_ordinary(text)
         .map_err(|e| ApiError::param("prompt", e.to_string()))
+}
+
+/// "1 token", "2 tokens".
+fn tokens(n: usize) -> String {
+    format!("{n} token{}", if n == 1 { "" } else { "s" })
 }
 
 impl Common {
